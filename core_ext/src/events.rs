@@ -1,0 +1,265 @@
+//! Payment and refund events: decoding and validation of the raw JSON a gateway
+//! sends. The same validator runs at the ingress (to answer 400 with the field)
+//! and in the agents (a poison message on the topic is rejected, not trusted).
+
+use crate::errors::{CoreError, CoreResult};
+use chrono::DateTime;
+use serde_json::{Map, Value};
+
+/// Longest identifier we accept (event, member, BU, merchant, category, channel).
+pub const MAX_ID_LEN: usize = 64;
+/// Largest single amount: 10 billion yuan in fen. Far above any real payment, far
+/// below where `amount * rate * multiplier` could overflow i128 arithmetic.
+pub const MAX_AMOUNT_FEN: i64 = 1_000_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Payment,
+    Refund,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Payment => "payment",
+            EventKind::Refund => "refund",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentEvent {
+    pub event_id: String,
+    pub kind: EventKind,
+    /// Milliseconds since the Unix epoch (UTC).
+    pub occurred_at_ms: i64,
+    pub member_id: String,
+    pub bu_id: String,
+    pub merchant_id: String,
+    pub category: String,
+    pub amount_fen: i64,
+    pub channel: String,
+    pub refund_of: Option<String>,
+}
+
+/// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
+/// keeps hash tags (`{`, `}`), separators and control characters out.
+pub fn check_id(field: &str, value: &str) -> CoreResult<()> {
+    if value.is_empty() {
+        return Err(CoreError::invalid_event(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(CoreError::invalid_event(
+            field,
+            format!("must be at most {MAX_ID_LEN} characters, got {}", value.len()),
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@')))
+    {
+        return Err(CoreError::invalid_event(
+            field,
+            format!("character {bad:?} not allowed (use letters, digits, _ - . : @)"),
+        ));
+    }
+    Ok(())
+}
+
+fn get_str<'a>(obj: &'a Map<String, Value>, field: &str) -> CoreResult<&'a str> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(CoreError::invalid_event(field, "is required")),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(other) => Err(CoreError::invalid_event(
+            field,
+            format!("must be a string, got {}", type_name(other)),
+        )),
+    }
+}
+
+fn get_id(obj: &Map<String, Value>, field: &str) -> CoreResult<String> {
+    let s = get_str(obj, field)?;
+    check_id(field, s)?;
+    Ok(s.to_owned())
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp that carries an offset; returns epoch ms.
+pub fn parse_instant(field: &str, s: &str) -> CoreResult<i64> {
+    let dt = DateTime::parse_from_rfc3339(s).map_err(|e| {
+        CoreError::invalid_event(
+            field,
+            format!("must be an ISO-8601 time with offset, e.g. 2026-11-23T10:15:00+08:00 ({e})"),
+        )
+    })?;
+    Ok(dt.timestamp_millis())
+}
+
+fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
+    let v = obj
+        .get(field)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| CoreError::invalid_event(field, "is required"))?;
+    let n = match v {
+        Value::Number(n) => n,
+        other => {
+            return Err(CoreError::invalid_event(
+                field,
+                format!("must be an integer number of fen, got {}", type_name(other)),
+            ))
+        }
+    };
+    let amount = n.as_i64().ok_or_else(|| {
+        if n.is_f64() {
+            CoreError::invalid_event(field, "must be an integer number of fen, not a decimal")
+        } else {
+            CoreError::invalid_event(field, "is out of range")
+        }
+    })?;
+    if amount <= 0 {
+        return Err(CoreError::invalid_event(field, format!("must be > 0, got {amount}")));
+    }
+    if amount > MAX_AMOUNT_FEN {
+        return Err(CoreError::invalid_event(
+            field,
+            format!("must be at most {MAX_AMOUNT_FEN} fen, got {amount}"),
+        ));
+    }
+    Ok(amount)
+}
+
+/// Decodes and validates one event from its raw JSON bytes.
+pub fn parse_payment_event(raw: &[u8]) -> CoreResult<PaymentEvent> {
+    let value: Value = serde_json::from_slice(raw)
+        .map_err(|e| CoreError::invalid_event("body", format!("is not valid JSON: {e}")))?;
+    let obj = match value {
+        Value::Object(obj) => obj,
+        other => {
+            return Err(CoreError::invalid_event(
+                "body",
+                format!("must be a JSON object, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let event_id = get_id(&obj, "event_id")?;
+    let kind = match get_str(&obj, "type")? {
+        "payment" => EventKind::Payment,
+        "refund" => EventKind::Refund,
+        other => {
+            return Err(CoreError::invalid_event(
+                "type",
+                format!("must be \"payment\" or \"refund\", got {other:?}"),
+            ))
+        }
+    };
+    let occurred_at_ms = parse_instant("occurred_at", get_str(&obj, "occurred_at")?)?;
+    let member_id = get_id(&obj, "member_id")?;
+    let bu_id = get_id(&obj, "bu_id")?;
+    let merchant_id = get_id(&obj, "merchant_id")?;
+    let category = get_id(&obj, "category")?;
+    let amount_fen = get_amount(&obj, "amount_fen")?;
+    let channel = get_id(&obj, "channel")?;
+    let refund_of = match (kind, obj.get("refund_of")) {
+        (EventKind::Refund, _) => {
+            let of = get_id(&obj, "refund_of")?;
+            if of == event_id {
+                return Err(CoreError::invalid_event("refund_of", "must name another event"));
+            }
+            Some(of)
+        }
+        (EventKind::Payment, None | Some(Value::Null)) => None,
+        (EventKind::Payment, Some(_)) => {
+            return Err(CoreError::invalid_event(
+                "refund_of",
+                "is only allowed when type is \"refund\"",
+            ))
+        }
+    };
+    Ok(PaymentEvent {
+        event_id,
+        kind,
+        occurred_at_ms,
+        member_id,
+        bu_id,
+        merchant_id,
+        category,
+        amount_fen,
+        channel,
+        refund_of,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(overrides: &[(&str, Value)]) -> Vec<u8> {
+        let mut obj: Map<String, Value> = serde_json::from_str(
+            r#"{"event_id":"tx-1","type":"payment","occurred_at":"2026-11-23T10:15:00+08:00",
+                "member_id":"m-1","bu_id":"mall-01","merchant_id":"shop-7","category":"fashion",
+                "amount_fen":12345,"channel":"wechat"}"#,
+        )
+        .unwrap();
+        for (k, v) in overrides {
+            if v.is_null() {
+                obj.remove(*k);
+            } else {
+                obj.insert((*k).to_string(), v.clone());
+            }
+        }
+        serde_json::to_vec(&Value::Object(obj)).unwrap()
+    }
+
+    fn err_field(raw: &[u8]) -> String {
+        parse_payment_event(raw).unwrap_err().field().to_string()
+    }
+
+    #[test]
+    fn parses_a_valid_payment() {
+        let ev = parse_payment_event(&body(&[])).unwrap();
+        assert_eq!(ev.amount_fen, 12345);
+        assert_eq!(ev.kind, EventKind::Payment);
+        // 10:15 at +08:00 is 02:15 UTC.
+        assert_eq!(ev.occurred_at_ms, 1_795_400_100_000);
+        assert_eq!(ev.refund_of, None);
+    }
+
+    #[test]
+    fn names_the_field_that_is_wrong() {
+        assert_eq!(err_field(&body(&[("amount_fen", Value::from(1.5))])), "amount_fen");
+        assert_eq!(err_field(&body(&[("amount_fen", Value::from(0))])), "amount_fen");
+        assert_eq!(err_field(&body(&[("amount_fen", Value::from("100"))])), "amount_fen");
+        assert_eq!(err_field(&body(&[("member_id", Value::Null)])), "member_id");
+        assert_eq!(err_field(&body(&[("member_id", Value::from("{x}"))])), "member_id");
+        assert_eq!(err_field(&body(&[("type", Value::from("gift"))])), "type");
+        assert_eq!(err_field(&body(&[("occurred_at", Value::from("2026-11-23 10:15"))])), "occurred_at");
+        assert_eq!(err_field(&body(&[("refund_of", Value::from("tx-0"))])), "refund_of");
+        assert_eq!(err_field(&body(&[("type", Value::from("refund"))])), "refund_of");
+        assert_eq!(err_field(b"[1,2]"), "body");
+        assert_eq!(err_field(b"{not json"), "body");
+        assert_eq!(err_field(&body(&[("amount_fen", Value::from(u64::MAX))])), "amount_fen");
+    }
+
+    #[test]
+    fn parses_a_refund() {
+        let ev = parse_payment_event(&body(&[
+            ("type", Value::from("refund")),
+            ("event_id", Value::from("rf-1")),
+            ("refund_of", Value::from("tx-1")),
+        ]))
+        .unwrap();
+        assert_eq!(ev.kind, EventKind::Refund);
+        assert_eq!(ev.refund_of.as_deref(), Some("tx-1"));
+    }
+}

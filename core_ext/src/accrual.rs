@@ -54,6 +54,8 @@ pub struct LedgerRow<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Movement {
     pub points: i64,
+    /// The event's amount (the payment's, or the amount refunded).
+    pub amount_fen: i64,
     /// For refunds: the refunded payment, the amount refunded and points clawed back.
     pub refund_of: Option<String>,
     pub refund_amount_fen: i64,
@@ -159,6 +161,7 @@ fn accrue_payment(
     let format = &rules.business_units[&ev.bu_id].format;
     Ok(Movement {
         points,
+        amount_fen: ev.amount_fen,
         refund_of: None,
         refund_amount_fen: 0,
         clawback_points: 0,
@@ -200,6 +203,7 @@ fn accrue_refund(
         .map_or("", |bu| bu.format.as_str());
     Ok(Movement {
         points: -clawback,
+        amount_fen: ev.amount_fen,
         refund_of: Some(of.to_string()),
         refund_amount_fen: ev.amount_fen,
         clawback_points: clawback,

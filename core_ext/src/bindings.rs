@@ -199,7 +199,7 @@ pub fn accrue_batch(
                 m.points,
                 Some(m.row_json),
                 m.refund_of,
-                m.refund_amount_fen,
+                m.amount_fen,
                 m.clawback_points,
                 None,
                 None,

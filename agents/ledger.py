@@ -1,0 +1,55 @@
+"""Ledger sink: rows from the ledger topic go to ClickHouse in large inserts.
+
+This is the one process that owns the ClickHouse store (chdb allows one per data
+directory). A failed insert is retried with backoff while the stream waits, which
+holds back the offsets (nothing acked before it is written) and so applies
+backpressure instead of dropping rows. Re-emitted rows collapse in the
+ReplacingMergeTree, so at-least-once delivery here gives exactly-once counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from streams.app import app, ledger_topic, runtime, send_dead_letter
+from streams.metrics import counters
+from streams.sinks.ledger import LedgerUnavailable, decode_ledger_message
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 10.0
+
+
+async def write_ledger_messages(messages: Sequence[bytes]) -> int:
+    """Decodes every message (a poison one goes to the dead-letter topic) and writes
+    all rows in one insert, retrying until it is taken. Returns the rows written."""
+    rt = await runtime.started()
+    rows: list[dict[str, Any]] = []
+    for value in messages:
+        try:
+            rows.extend(decode_ledger_message(value))
+        except Exception as exc:
+            await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
+    backoff = 0.5
+    while True:
+        try:
+            await rt.ledger.write(rows)
+            counters["ledger_rows_written_total"] += len(rows)
+            return len(rows)
+        except LedgerUnavailable as exc:
+            counters["ledger_write_retries_total"] += 1
+            delay = max(exc.retry_after, backoff)
+            log.warning("%s; retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+@app.agent(ledger_topic)
+async def record_ledger(stream):  # type: ignore[no-untyped-def]
+    """Consumes ledger messages in large batches; one ClickHouse insert per batch."""
+    settings = runtime.settings
+    async for messages in stream.take(settings.ledger_batch_size, within=settings.ledger_within_s):
+        n = await write_ledger_messages(messages)
+        log.debug("ledger: %d rows from %d messages", n, len(messages))

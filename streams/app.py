@@ -1,0 +1,126 @@
+"""The Faust app, its topics, and the runtime (rules, Redis, ClickHouse) its agents share.
+
+Importing this module builds the app from the environment (streams.settings);
+`loyalty worker` imports the agents and the web views and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import faust
+
+import core_ext
+from streams.records import dead_letter_record
+from streams.settings import Settings
+from streams.sinks.balances import BalanceStore
+from streams.sinks.ledger import LedgerStore
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="memory://",
+    autodiscover=False,
+    key_serializer="raw",
+    value_serializer="raw",
+    producer_acks=-1,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    consumer_auto_offset_reset="earliest",
+    broker_commit_interval=1.0,
+    web_enabled=True,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_in_thread=False,
+)
+
+# internal=True: Faust creates the topics (with these partitions) before the
+# consumers subscribe, so nothing waits for a metadata refresh.
+payments_topic = app.topic(
+    settings.payments_topic, internal=True, partitions=settings.partitions,
+    key_serializer="raw", value_serializer="raw",
+)
+ledger_topic = app.topic(
+    settings.ledger_topic, internal=True, partitions=settings.partitions,
+    key_serializer="raw", value_serializer="raw",
+)
+dead_letter_topic = app.topic(
+    settings.dead_letter_topic, internal=True, partitions=1,
+    key_serializer="raw", value_serializer="raw",
+)
+
+
+def load_rules(path: Path) -> core_ext.RuleSet:
+    return core_ext.RuleSet.from_toml(path.read_text(encoding="utf-8"), str(path))
+
+
+class Runtime:
+    """What agents and views share in one worker: rules, balances and the ledger.
+
+    Started once, on first use, so that a view answering before the agents are up
+    and an agent starting before the web server both find it ready.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rules: core_ext.RuleSet = load_rules(settings.rules_path)
+        self.balances = BalanceStore(settings.redis_url, settings.redis_namespace)
+        self.ledger = LedgerStore(settings.clickhouse_dsn)
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def started(self) -> Runtime:
+        if self._started:
+            return self
+        async with self._lock:
+            if not self._started:
+                await self.balances.setup()
+                applied = await self.ledger.setup()
+                log.info(
+                    "runtime ready: rules %s, redis %s, clickhouse %s, migrations applied %s",
+                    self.rules.version, self.settings.redis_url, self.settings.clickhouse_dsn,
+                    applied or "none",
+                )
+                self._started = True
+        return self
+
+    def reload_rules(self) -> core_ext.RuleSet:
+        """Loads the rules file again; the old set stays if the new one is invalid."""
+        rules = load_rules(self.settings.rules_path)
+        self.rules = rules
+        log.info("rules reloaded: version %s", rules.version)
+        return rules
+
+
+runtime = Runtime(settings)
+
+
+async def send_dead_letter(
+    *, source: str, reason: str, body: bytes, field: str | None = None, event_id: str | None = None,
+) -> None:
+    """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
+    from streams.metrics import counters
+
+    record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
+    fut = await dead_letter_topic.send(
+        key=event_id.encode() if event_id else None, value=record, force=True,
+    )
+    await fut
+    counters["events_dead_lettered_total"] += 1
+    log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
+
+
+@app.task
+async def prepare_runtime() -> None:
+    """At worker start: connect to Redis and ClickHouse, migrate, declare the
+    topics nobody consumes here (dead letters), so the first request finds them."""
+    await runtime.started()
+    await dead_letter_topic.maybe_declare()

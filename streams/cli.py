@@ -1,0 +1,126 @@
+"""`loyalty`: the one command-line entry point. Run `loyalty --help`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import orjson
+
+from streams.settings import ROOT, Settings
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    return subprocess.call([str(ROOT / "scripts" / "services"), args.action])
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.web_port:
+        os.environ["LOYALTY_WEB_PORT"] = str(args.web_port)
+    # The app reads the environment when imported: import it only now.
+    from faust import Worker
+
+    import agents.accrual
+    import agents.ledger
+    import streams.web  # noqa: F401  (registers the HTTP views)
+    from streams.app import app
+
+    _ = agents.accrual, agents.ledger
+    worker = Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    import core_ext
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            rules = core_ext.RuleSet.from_toml(f.read(), args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except core_ext.RulesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    units = ", ".join(f"{bu} ({fmt})" for bu, fmt in rules.business_units)
+    print(f"ok: {args.file}: version {rules.version}; tiers {', '.join(rules.tier_ids)}; "
+          f"business units {units}")
+    return 0
+
+
+def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
+    req = urllib.request.Request(settings.base_url + path,
+                                 headers={"Authorization": f"Bearer {settings.admin_token}"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        result = admin_get(settings, "/v1/admin/reconcile")
+    except urllib.error.HTTPError as exc:
+        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 2
+    except urllib.error.URLError as exc:
+        print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
+              file=sys.stderr)
+        return 2
+    print(f"members {result['members']}  redis total {result['redis_total']}  "
+          f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}")
+    for m in result["mismatches"]:
+        print(f"  {m['member_id']}: redis {m['redis']} ledger {m['ledger']}")
+    return 0 if result["clean"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(events=args.events, members=args.members, seed=args.seed, concurrency=args.concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loyalty", description="Real-time loyalty and points engine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("services", help="start/stop the local Kafka and Redis (scripts/services)")
+    s.add_argument("action", choices=["up", "down", "status", "reset"])
+    s.set_defaults(func=cmd_services)
+
+    s = sub.add_parser("worker", help="run a worker: agents, HTTP callbacks, member and admin API")
+    s.add_argument("--web-port", type=int, default=0, help="HTTP port (default LOYALTY_WEB_PORT or 6066)")
+    s.add_argument("--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("demo", help="a simulated mall day through the whole pipeline, then a report")
+    s.add_argument("--events", type=int, default=3000, help="payments to simulate (default 3000)")
+    s.add_argument("--members", type=int, default=400, help="distinct members (default 400)")
+    s.add_argument("--seed", type=int, default=20261123, help="random seed (same seed, same day)")
+    s.add_argument("--concurrency", type=int, default=32, help="callbacks in flight (default 32)")
+    s.set_defaults(func=cmd_demo)
+
+    rules = sub.add_parser("rules", help="earning rules")
+    rsub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    s = rsub.add_parser("check", help="validate a rules file without running anything")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_rules_check)
+
+    s = sub.add_parser("reconcile", help="compare Redis balances with ClickHouse ledger sums (exit 1 if not equal)")
+    s.set_defaults(func=cmd_reconcile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

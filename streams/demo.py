@@ -1,0 +1,211 @@
+"""A simulated mall day through the whole pipeline, and the report it prints.
+
+Seeded, so the same seed sends the same day: payments across the group's formats,
+members of every tier, gateway retries (duplicates), refunds (full and partial),
+bodies a gateway should never send, forged signatures and unknown business units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.app import load_rules
+from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks
+from streams.settings import ROOT, Settings
+
+DAY = "2026-11-21"
+CATEGORIES = {
+    "mall": ["fashion", "fashion", "food", "food", "beauty", "sports", "kids", "cinema", "jewelry"],
+    "hotel": ["room", "dining", "spa"],
+    "office": ["canteen", "coffee"],
+    "convenience": ["grocery", "snacks", "tobacco", "gift_card"],
+    "parking": ["parking"],
+}
+# (min, max) amount in fen and relative traffic of each format.
+AMOUNTS = {"mall": (1_500, 150_000), "hotel": (30_000, 200_000), "office": (1_500, 6_000),
+           "convenience": (500, 5_000), "parking": (500, 6_000)}
+TRAFFIC = {"mall": 60, "hotel": 5, "office": 10, "convenience": 20, "parking": 5}
+CHANNELS = ["wechat", "wechat", "alipay", "alipay", "unionpay", "stored_value"]
+TIERS = [("normal", 70), ("silver", 15), ("gold", 10), ("diamond", 5)]
+
+
+@dataclass
+class DemoDay:
+    payments: list[bytes] = field(default_factory=list)
+    duplicates: list[bytes] = field(default_factory=list)
+    bad_bodies: list[bytes] = field(default_factory=list)
+    forged: list[bytes] = field(default_factory=list)
+    refunds: list[bytes] = field(default_factory=list)
+    tiers: dict[str, str] = field(default_factory=dict)
+
+
+def _time(rng: random.Random, start_s: int, end_s: int) -> tuple[int, str]:
+    s = rng.randint(start_s, end_s)
+    return s, f"{DAY}T{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}+08:00"
+
+
+def generate_day(seed: int, n_payments: int, n_members: int, business_units: list[tuple[str, str]]) -> DemoDay:
+    rng = random.Random(seed)
+    day = DemoDay()
+    members = [f"m-{i:05d}" for i in range(1, n_members + 1)]
+    for m in members:
+        tier = rng.choices([t for t, _ in TIERS], weights=[w for _, w in TIERS])[0]
+        if tier != "normal":
+            day.tiers[m] = tier
+    by_format: dict[str, list[str]] = {}
+    for bu, fmt in business_units:
+        by_format.setdefault(fmt, []).append(bu)
+    formats = [f for f in TRAFFIC if f in by_format]
+    events: list[tuple[int, dict[str, Any]]] = []
+    for i in range(n_payments):
+        fmt = rng.choices(formats, weights=[TRAFFIC[f] for f in formats])[0]
+        bu = rng.choice(by_format[fmt])
+        lo, hi = AMOUNTS[fmt]
+        secs, at = _time(rng, 10 * 3600, 22 * 3600)
+        events.append((secs, {
+            "event_id": f"{DAY}-tx-{seed}-{i:06d}", "type": "payment", "occurred_at": at,
+            "member_id": rng.choice(members), "bu_id": bu,
+            "merchant_id": f"{bu}-shop-{rng.randint(1, 40 if fmt == 'mall' else 4):02d}",
+            "category": rng.choice(CATEGORIES[fmt]), "amount_fen": rng.randint(lo, hi),
+            "channel": rng.choice(CHANNELS),
+        }))
+    events.sort(key=lambda e: e[0])
+    payments = [e for _, e in events]
+    day.payments = [orjson.dumps(e) for e in payments]
+    # Events the rules refuse: a business unit that is not in the rule set.
+    for k in range(5):
+        secs, at = _time(rng, 10 * 3600, 22 * 3600)
+        day.payments.append(orjson.dumps({**payments[k], "event_id": f"{DAY}-tx-{seed}-x{k}",
+                                          "bu_id": "closed-store", "occurred_at": at}))
+    day.duplicates = rng.sample(day.payments, k=max(1, n_payments * 3 // 100))
+    for k, p in enumerate(rng.sample(payments, k=max(1, n_payments // 20))):
+        full = k % 2 == 0
+        amount = p["amount_fen"] if full else rng.randint(1, p["amount_fen"] - 1)
+        day.refunds.append(orjson.dumps({
+            **p, "event_id": f"{p['event_id']}-rf", "type": "refund", "refund_of": p["event_id"],
+            "amount_fen": amount, "occurred_at": p["occurred_at"].replace("T", "T").replace("+08:00", "+08:00"),
+        }))
+    for k in range(3):  # refunds of payments that never happened
+        day.refunds.append(orjson.dumps({**payments[k], "event_id": f"{DAY}-rf-ghost-{k}", "type": "refund",
+                                         "refund_of": f"{DAY}-tx-ghost-{k}", "amount_fen": 100}))
+    bad_makers = [
+        lambda p: {k: v for k, v in p.items() if k != "member_id"},
+        lambda p: {**p, "amount_fen": p["amount_fen"] / 100},
+        lambda p: {**p, "amount_fen": -p["amount_fen"]},
+        lambda p: {**p, "type": "chargeback"},
+        lambda p: {**p, "occurred_at": "21/11/2026 10:00"},
+    ]
+    for k in range(max(5, n_payments // 100)):
+        p = rng.choice(payments)
+        day.bad_bodies.append(orjson.dumps(bad_makers[k % len(bad_makers)](p)))
+    day.bad_bodies.append(b'{"event_id": "truncated", "amount_fen": 12')
+    day.forged = [orjson.dumps({**rng.choice(payments), "amount_fen": 99_999_999}) for _ in range(3)]
+    return day
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
+    settings = Settings.from_env()
+    rules = load_rules(settings.rules_path)
+    run_id = f"demo-{seed}-{int(time.time())}"
+    data_root = ROOT / ".local" / "data" / "demo"
+    shutil.rmtree(data_root, ignore_errors=True)  # one demo's store at a time
+    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id)
+    day = generate_day(seed, events, members, rules.business_units)
+    print(f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
+          f"{len(day.duplicates)} gateway retries, {len(day.bad_bodies)} bad bodies, "
+          f"{len(day.forged)} forged signatures, {members} members", flush=True)
+    print(f"demo: starting a worker (run {run_id}, log {worker.data_dir / 'worker.log'})", flush=True)
+    worker.start()
+    try:
+        return asyncio.run(_drive(worker, settings, day, concurrency))
+    finally:
+        worker.stop()
+
+
+async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int) -> int:
+    for member, tier in day.tiers.items():  # operators granted these tiers earlier
+        status, _ = worker.post(f"/v1/admin/members/{member}/tier", orjson.dumps({"tier": tier}),
+                                {"Authorization": f"Bearer {worker.admin_token}"})
+        if status != 200:
+            raise RuntimeError(f"setting tier of {member} failed: {status}")
+    phase1 = day.payments + day.duplicates + day.bad_bodies + day.forged
+    forged = set(range(len(phase1) - len(day.forged), len(phase1)))
+    t0 = time.monotonic()
+    print(f"demo: sending {len(phase1)} payment callbacks ...", flush=True)
+    r1 = await send_callbacks(worker.base_url, worker.callback_secret, phase1, concurrency, forged)
+    print(f"demo: sending {len(day.refunds)} refund callbacks ...", flush=True)
+    r2 = await send_callbacks(worker.base_url, worker.callback_secret, day.refunds, concurrency)
+    t_sent = time.monotonic()
+    results = r1 + r2
+    statuses: dict[int, int] = {}
+    for status, _ in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    accepted_ids = {body["event_id"] for status, body in results if status == 202}
+
+    def processed() -> bool:
+        m = worker.metrics()
+        return m.get("events_applied_total", 0) + m.get("events_rejected_total", 0) >= len(accepted_ids)
+
+    worker.wait_until(processed, timeout=300, what="every accepted event to be processed")
+    applied = worker.metrics()["events_applied_total"]
+    worker.wait_until(lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("movements", 0) >= applied,
+                      timeout=300, what="every ledger row in ClickHouse")
+    t_done = time.monotonic()
+    m = worker.metrics()
+    _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
+    _, rec = worker.get("/v1/admin/reconcile", admin=True)
+    dead = await read_dead_letters(settings.kafka_bootstrap, f"{worker.run_id}.dead-letter")
+    by_source: dict[str, int] = {}
+    for d in dead:
+        by_source[d["source"]] = by_source.get(d["source"], 0) + 1
+
+    sent = len(results)
+    equal = rec["redis_total"] == rec["ledger_total"] and rec["clean"]
+    counts_tie = (m["events_applied_total"] == totals["movements"]
+                  and m["events_applied_total"] + m["events_rejected_total"] == len(accepted_ids))
+    lines = [
+        "",
+        f"Loyalty demo report — mall day {DAY}",
+        "-" * 60,
+        f"callbacks sent                 {_fmt(sent):>12}",
+        f"  accepted (202, Kafka acked)  {_fmt(statuses.get(202, 0)):>12}   distinct events {_fmt(len(accepted_ids))}",
+        f"  rejected 400 (bad body)      {_fmt(statuses.get(400, 0)):>12}",
+        f"  rejected 401 (bad signature) {_fmt(statuses.get(401, 0)):>12}",
+        f"  other                        {_fmt(sent - sum(statuses.get(s, 0) for s in (202, 400, 401))):>12}",
+        f"events applied                 {_fmt(m['events_applied_total']):>12}",
+        f"duplicates (no second effect)  {_fmt(m['events_duplicate_total']):>12}",
+        f"refused by the rules           {_fmt(m['events_rejected_total']):>12}",
+        f"points issued                  {_fmt(m['points_issued_total']):>12}",
+        f"points clawed back by refunds  {_fmt(m['points_clawed_back_total']):>12}",
+        f"members with points            {_fmt(rec['members']):>12}",
+        f"sum of Redis balances          {_fmt(rec['redis_total']):>12}",
+        f"sum of ClickHouse ledger       {_fmt(rec['ledger_total']):>12}   "
+        f"{'EQUAL' if equal else 'NOT EQUAL'} ({rec['mismatch_count']} members differ)",
+        f"ledger rows (movements)        {_fmt(totals['movements']):>12}",
+        f"dead-letter records            {_fmt(len(dead)):>12}   "
+        + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
+        f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
+        f"throughput: end to end         {len(accepted_ids) / (t_done - t0):>12,.0f} events/s "
+        f"(first callback to last ledger row, {t_done - t0:.1f} s)",
+        "-" * 60,
+        "result: " + ("OK — balances equal the ledger, every accepted event accounted for"
+                      if equal and counts_tie else "FAILED — see the lines above"),
+    ]
+    print("\n".join(lines), flush=True)
+    return 0 if equal and counts_tie else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo(3000, 400, 20261123, 32))

@@ -1,0 +1,216 @@
+"""Running a worker as a child process and talking to it: for the demo, the tests and
+the benchmarks. Each run gets its own topics, consumer group, Redis namespace and
+ClickHouse directory, so runs never see each other's data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.settings import ROOT
+from streams.signing import signed_headers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """A `loyalty worker` child process with an isolated namespace."""
+
+    run_id: str
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    callback_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "LOYALTY_APP_ID": self.run_id,
+            "LOYALTY_TOPIC_PREFIX": self.run_id,
+            "LOYALTY_REDIS_NAMESPACE": self.run_id,
+            "LOYALTY_CLICKHOUSE_DSN": f"chdb://{self.data_dir / 'chdb'}",
+            "LOYALTY_WEB_PORT": str(self.port),
+            "LOYALTY_CALLBACK_SECRET": self.callback_secret,
+            "LOYALTY_ADMIN_TOKEN": self.admin_token,
+        })
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_path or self.data_dir / "worker.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no commit, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    # ---- HTTP ----------------------------------------------------------------
+
+    def get(self, path: str, admin: bool = False) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
+        req = urllib.request.Request(self.base_url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, orjson.loads(e.read() or b"null")
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        req = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, orjson.loads(e.read() or b"null")
+
+    def send_callback(self, event: dict[str, Any] | bytes, secret: str | None = None) -> tuple[int, Any]:
+        body = event if isinstance(event, bytes) else orjson.dumps(event)
+        return self.post("/v1/callbacks/payment", body,
+                         signed_headers(secret or self.callback_secret, body))
+
+    def metrics(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name.removeprefix("loyalty_")] = int(float(value))
+        return out
+
+    def wait_until(self, predicate: Any, timeout: float = 120.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}; see {self.log_path}")
+
+
+async def send_callbacks(
+    base_url: str, secret: str, bodies: list[bytes], concurrency: int = 32,
+    bad_signature: set[int] | None = None,
+) -> list[tuple[int, dict[str, Any]]]:
+    """Sends signed callbacks with `concurrency` in flight; returns (status, json) in order."""
+    results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(bodies)):
+        queue.put_nowait(i)
+    bad = bad_signature or set()
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            body = bodies[i]
+            headers = signed_headers("not-the-secret" if i in bad else secret, body)
+            for attempt in range(20):
+                async with session.post(base_url + "/v1/callbacks/payment", data=body, headers=headers) as r:
+                    payload = await r.read()
+                    if r.status == 503 and attempt < 19:  # what a gateway does: retry later
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
+                    results[i] = (r.status, orjson.loads(payload) if payload else {})
+                    break
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    return results
+
+
+async def read_dead_letters(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Every record on the dead-letter topic, decoded."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def count_by(records: list[dict[str, Any]], key: str) -> Counter[str]:
+    return Counter(str(r.get(key)) for r in records)

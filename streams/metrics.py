@@ -1,0 +1,32 @@
+"""Process-wide counters, rendered at /metrics in Prometheus text format."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+counters: Counter[str] = Counter()
+
+HELP = {
+    "callbacks_accepted_total": "Payment callbacks acknowledged after Kafka had them (acks=all).",
+    "callbacks_rejected_total": "Payment callbacks refused (bad signature, bad body, too large).",
+    "callbacks_unavailable_total": "Payment callbacks answered 503 because Kafka did not take them.",
+    "events_applied_total": "Events whose movement was applied to a balance for the first time.",
+    "events_duplicate_total": "Events seen again (redelivery, retried callback): no new effect.",
+    "events_rejected_total": "Events the accrual refused (unknown BU, refund of an unknown payment...).",
+    "events_dead_lettered_total": "Events sent to the dead-letter topic with a reason.",
+    "points_issued_total": "Points added to balances.",
+    "points_clawed_back_total": "Points taken back by refunds.",
+    "batches_total": "Payment batches processed.",
+    "batch_retries_total": "Payment batches retried after a transient failure.",
+    "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",
+    "ledger_write_retries_total": "Ledger inserts retried after a failure.",
+}
+
+
+def render() -> str:
+    lines = []
+    for name, help_text in HELP.items():
+        lines.append(f"# HELP loyalty_{name} {help_text}")
+        lines.append(f"# TYPE loyalty_{name} counter")
+        lines.append(f"loyalty_{name} {counters[name]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""One frozen settings object, read from the environment (LOYALTY_*)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A LOYALTY_* environment variable has a value that cannot be used."""
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6380/0"
+    clickhouse_dsn: str = f"chdb:///{ROOT / '.local' / 'data' / 'chdb'}"
+    rules_path: Path = ROOT / "rules" / "demo.toml"
+    app_id: str = "loyalty"
+    topic_prefix: str = "loyalty"
+    redis_namespace: str = "ly"
+    partitions: int = 4
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    callback_secret: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
+    signature_max_age_s: int = 300
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    ledger_batch_size: int = 200  # ledger messages (each one payment batch) per insert
+    ledger_within_s: float = 0.5
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "info"
+
+    @property
+    def payments_topic(self) -> str:
+        return f"{self.topic_prefix}.payments"
+
+    @property
+    def ledger_topic(self) -> str:
+        return f"{self.topic_prefix}.ledger"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letter"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        return cls(
+            kafka_bootstrap=_str("LOYALTY_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
+            redis_url=_str("LOYALTY_REDIS_URL", d.redis_url),
+            clickhouse_dsn=_str("LOYALTY_CLICKHOUSE_DSN", d.clickhouse_dsn),
+            rules_path=Path(_str("LOYALTY_RULES", str(d.rules_path))),
+            app_id=_str("LOYALTY_APP_ID", d.app_id),
+            topic_prefix=_str("LOYALTY_TOPIC_PREFIX", d.topic_prefix),
+            redis_namespace=_str("LOYALTY_REDIS_NAMESPACE", d.redis_namespace),
+            partitions=_int("LOYALTY_PARTITIONS", d.partitions, 1),
+            web_host=_str("LOYALTY_WEB_HOST", d.web_host),
+            web_port=_int("LOYALTY_WEB_PORT", d.web_port, 1),
+            callback_secret=os.environ.get("LOYALTY_CALLBACK_SECRET", ""),
+            admin_token=os.environ.get("LOYALTY_ADMIN_TOKEN", ""),
+            signature_max_age_s=_int("LOYALTY_SIGNATURE_MAX_AGE", d.signature_max_age_s, 1),
+            batch_size=_int("LOYALTY_BATCH_SIZE", d.batch_size, 1),
+            batch_within_s=_float("LOYALTY_BATCH_WITHIN", d.batch_within_s),
+            ledger_batch_size=_int("LOYALTY_LEDGER_BATCH_SIZE", d.ledger_batch_size, 1),
+            ledger_within_s=_float("LOYALTY_LEDGER_WITHIN", d.ledger_within_s),
+            max_body_bytes=_int("LOYALTY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
+            log_level=_str("LOYALTY_LOG_LEVEL", d.log_level),
+        )

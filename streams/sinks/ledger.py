@@ -1,0 +1,145 @@
+"""The points ledger in ClickHouse (embedded chdb by default, a server by DSN).
+
+clickhouse-connect's client is synchronous; every call runs on one dedicated thread
+so the event loop never blocks and the embedded engine sees one caller at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import orjson
+
+from streams.settings import ROOT
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = ROOT / "sql"
+UTC = dt.UTC
+
+LEDGER_COLUMNS = (
+    "event_id", "member_id", "kind", "points", "amount_fen", "bu_id", "format", "merchant_id",
+    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at",
+)
+
+
+class LedgerUnavailable(Exception):
+    """The ledger store did not take a write; `retry_after` says when to try again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    return sorted(p for p in sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def split_statements(text: str) -> list[str]:
+    """Splits a .sql file on ';' at line ends; our DDL has no ';' inside strings."""
+    body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def load_query(name: str) -> str:
+    path = SQL_DIR / "queries" / f"{name}.sql"
+    return "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("--"))
+
+
+def _ms_to_datetime(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+def row_values(row: dict[str, Any]) -> list[Any]:
+    """A decoded ledger row (the core's JSON) as values in LEDGER_COLUMNS order."""
+    return [
+        row["event_id"], row["member_id"], row["kind"], row["points"], row["amount_fen"],
+        row["bu_id"], row["format"], row["merchant_id"], row["category"], row["channel"],
+        _ms_to_datetime(row["occurred_at_ms"]), row["refund_of"], row["tier"],
+        row["rules_version"], _ms_to_datetime(row["processed_at_ms"]),
+    ]
+
+
+class LedgerStore:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        if self.dsn.startswith("chdb://"):
+            Path(self.dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=self.dsn)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def setup(self) -> list[str]:
+        """Connects, pings and applies pending migrations; returns the ones applied."""
+        self._client = await self._run(self._connect)
+        return await self._run(self.migrate_sync)
+
+    def migrate_sync(self) -> list[str]:
+        client = self._client
+        client.command(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name String, applied_at DateTime64(3, 'UTC')"
+            " DEFAULT now64(3)) ENGINE = MergeTree ORDER BY name"
+        )
+        done = {r[0] for r in client.query("SELECT name FROM schema_migrations").result_rows}
+        applied = []
+        for path in migration_files():
+            if path.name in done:
+                continue
+            for statement in split_statements(path.read_text()):
+                client.command(statement)
+            client.insert("schema_migrations", [[path.name]], column_names=["name"])
+            log.info("applied migration %s", path.name)
+            applied.append(path.name)
+        return applied
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._run(self._client.close)
+            self._client = None
+        self._executor.shutdown(wait=True)
+
+    async def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """One insert for the whole batch. The dedup token is a digest of the rows'
+        identities, so an insert retried after an unclear failure is taken once."""
+        if not rows:
+            return
+        digest = hashlib.sha256()
+        for r in rows:
+            digest.update(f"{r['member_id']}\x1f{r['event_id']}\x1f{r['kind']}\x1e".encode())
+        token = digest.hexdigest()
+        values = [row_values(r) for r in rows]
+        try:
+            await self._run(
+                self._client.insert, "ledger", values, column_names=LEDGER_COLUMNS,
+                settings={"insert_deduplication_token": token},
+            )
+        except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
+            raise LedgerUnavailable(f"ledger insert of {len(rows)} rows failed: {exc}", 1.0) from exc
+
+    async def query(self, name: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Runs a named query from sql/queries/ and returns its rows as dicts."""
+        sql = load_query(name)
+        result = await self._run(self._client.query, sql, parameters=parameters or {})
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+
+def decode_ledger_message(value: bytes) -> list[dict[str, Any]]:
+    """A ledger-topic message is a JSON array of the core's ledger rows."""
+    rows = orjson.loads(value)
+    if not isinstance(rows, list):
+        raise ValueError("a ledger message must be a JSON array of rows")
+    return rows

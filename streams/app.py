@@ -35,6 +35,10 @@ app = faust.App(
     topic_allow_declare=True,
     consumer_auto_offset_reset="earliest",
     broker_commit_interval=1.0,
+    # A worker that died (SIGKILL, OOM) leaves the group after this long, so its
+    # replacement gets the partitions within seconds, not a minute.
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
     web_enabled=True,
     web_host=settings.web_host,
     web_bind=settings.web_host,

@@ -27,6 +27,13 @@ from streams.settings import ROOT
 from streams.signing import signed_headers
 
 
+def _decode(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload or b"null")
+    except orjson.JSONDecodeError:
+        return payload.decode(errors="replace")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,7 +121,7 @@ class WorkerProcess:
             with urllib.request.urlopen(req, timeout=120) as r:
                 return r.status, orjson.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read() or b"null")
+            return e.code, _decode(e.read())
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         req = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
@@ -122,7 +129,7 @@ class WorkerProcess:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, orjson.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read() or b"null")
+            return e.code, _decode(e.read())
 
     def send_callback(self, event: dict[str, Any] | bytes, secret: str | None = None) -> tuple[int, Any]:
         body = event if isinstance(event, bytes) else orjson.dumps(event)

@@ -60,6 +60,7 @@ class Settings:
     ledger_batch_size: int = 200  # ledger messages (each one payment batch) per insert
     ledger_within_s: float = 0.5
     max_body_bytes: int = 64 * 1024
+    session_timeout_s: float = 10.0
     log_level: str = "info"
 
     @property
@@ -100,5 +101,6 @@ class Settings:
             ledger_batch_size=_int("LOYALTY_LEDGER_BATCH_SIZE", d.ledger_batch_size, 1),
             ledger_within_s=_float("LOYALTY_LEDGER_WITHIN", d.ledger_within_s),
             max_body_bytes=_int("LOYALTY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
+            session_timeout_s=_float("LOYALTY_SESSION_TIMEOUT", d.session_timeout_s),
             log_level=_str("LOYALTY_LOG_LEVEL", d.log_level),
         )

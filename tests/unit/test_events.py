@@ -1,0 +1,58 @@
+"""Validation of payment bodies by the core, as the ingress and the agents see it."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+import core_ext
+
+GOOD = {
+    "event_id": "tx-1", "type": "payment", "occurred_at": "2026-11-23T10:15:00+08:00",
+    "member_id": "m-1", "bu_id": "sh-mall", "merchant_id": "shop-7", "category": "fashion",
+    "amount_fen": 12345, "channel": "wechat",
+}
+
+
+def test_valid_payment_gives_its_keys() -> None:
+    assert core_ext.validate_payment(orjson.dumps(GOOD)) == ("tx-1", "m-1", "payment")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount_fen": 12.5}, "amount_fen"),
+        ({"amount_fen": -1}, "amount_fen"),
+        ({"amount_fen": 0}, "amount_fen"),
+        ({"amount_fen": "100"}, "amount_fen"),
+        ({"amount_fen": 2**63}, "amount_fen"),
+        ({"member_id": None}, "member_id"),
+        ({"member_id": "a{b}"}, "member_id"),
+        ({"member_id": "x" * 65}, "member_id"),
+        ({"type": "chargeback"}, "type"),
+        ({"occurred_at": "2026-11-23 10:15"}, "occurred_at"),
+        ({"occurred_at": "2026-11-23T10:15:00"}, "occurred_at"),
+        ({"refund_of": "tx-0"}, "refund_of"),
+        ({"type": "refund"}, "refund_of"),
+        ({"event_id": 7}, "event_id"),
+    ],
+)
+def test_bad_field_is_named(change: dict[str, object], field: str) -> None:
+    body = {**GOOD, **change}
+    with pytest.raises(core_ext.InvalidEventError) as info:
+        core_ext.validate_payment(orjson.dumps(body))
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b"\xff\xfe", b'"x"'])
+def test_not_an_object_is_a_body_error(raw: bytes) -> None:
+    with pytest.raises(core_ext.InvalidEventError) as info:
+        core_ext.validate_payment(raw)
+    assert info.value.field == "body"
+
+
+def test_exceptions_form_one_tree_under_value_error() -> None:
+    for exc in (core_ext.InvalidEventError, core_ext.RulesError, core_ext.RejectedEventError):
+        assert issubclass(exc, core_ext.LoyaltyCoreError)
+    assert issubclass(core_ext.LoyaltyCoreError, ValueError)

@@ -29,8 +29,7 @@ from streams.sinks.balances import Movement
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
-             asyncio.TimeoutError)
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError, asyncio.TimeoutError)
 MAX_BACKOFF_S = 5.0
 
 
@@ -52,9 +51,7 @@ async def process_payment_batch(bodies: Sequence[bytes]) -> BatchReport:
     batch = core_ext.PaymentBatch.decode(list(bodies))
     keys = batch.keys()
     ctx = await rt.balances.read_context(keys)
-    outcomes = core_ext.accrue_batch(
-        rt.rules, batch, ctx.tiers, ctx.originals, ctx.applied, int(time.time() * 1000)
-    )
+    outcomes = core_ext.accrue_batch(rt.rules, batch, ctx.tiers, ctx.originals, ctx.applied, int(time.time() * 1000))
 
     movements: list[Movement] = []
     replayed: list[tuple[str, str]] = []
@@ -63,12 +60,19 @@ async def process_payment_batch(bodies: Sequence[bytes]) -> BatchReport:
         event_id, member_id, _ = keys[i]
         if status == "apply":
             assert event_id is not None and member_id is not None and row is not None
-            movements.append(Movement(
-                member_id=member_id, event_id=event_id,
-                kind="refund" if refund_of is not None else "payment",
-                points=points, row=row, amount_fen=amount_fen, refund_of=refund_of,
-                refund_amount_fen=amount_fen if refund_of is not None else 0, clawback_points=clawback,
-            ))
+            movements.append(
+                Movement(
+                    member_id=member_id,
+                    event_id=event_id,
+                    kind="refund" if refund_of is not None else "payment",
+                    points=points,
+                    row=row,
+                    amount_fen=amount_fen,
+                    refund_of=refund_of,
+                    refund_amount_fen=amount_fen if refund_of is not None else 0,
+                    clawback_points=clawback,
+                )
+            )
         elif status == "duplicate":
             report.duplicates += 1
             if ctx.applied[i] and event_id is not None and member_id is not None:
@@ -100,7 +104,10 @@ async def process_payment_batch(bodies: Sequence[bytes]) -> BatchReport:
     for i, err_field, reason in dead:
         event_id = keys[i][0]
         await send_dead_letter(
-            source="accrual", reason=f"{err_field}: {reason}", field=err_field, body=bodies[i],
+            source="accrual",
+            reason=f"{err_field}: {reason}",
+            field=err_field,
+            body=bodies[i],
             event_id=event_id,
         )
         report.rejected += 1
@@ -118,8 +125,7 @@ async def process_with_retries(bodies: Sequence[bytes]) -> BatchReport:
             return await process_payment_batch(bodies)
         except TRANSIENT as exc:
             counters["batch_retries_total"] += 1
-            log.warning("batch of %d failed (attempt %d, retrying in %.1fs): %r",
-                        len(bodies), attempt, backoff, exc)
+            log.warning("batch of %d failed (attempt %d, retrying in %.1fs): %r", len(bodies), attempt, backoff, exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         except Exception:
@@ -173,5 +179,10 @@ async def accrue_payments(stream):  # type: ignore[no-untyped-def]
     async for bodies in stream.take(settings.batch_size, within=settings.batch_within_s):
         report = await process_with_retries(bodies)
         account(report)
-        log.debug("batch: %d events, %d applied, %d duplicates, %d rejected",
-                  len(bodies), report.applied, report.duplicates, report.rejected)
+        log.debug(
+            "batch: %d events, %d applied, %d duplicates, %d rejected",
+            len(bodies),
+            report.applied,
+            report.duplicates,
+            report.rejected,
+        )

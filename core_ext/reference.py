@@ -71,8 +71,12 @@ class RefOutcome:
 
 
 def accrue(
-    rules: RefRules, events: list[dict[str, Any] | None], tiers: list[str | None],
-    originals: list[Original | None], applied: list[bool], now_ms: int,
+    rules: RefRules,
+    events: list[dict[str, Any] | None],
+    tiers: list[str | None],
+    originals: list[Original | None],
+    applied: list[bool],
+    now_ms: int,
 ) -> list[RefOutcome]:
     """Same contract as core_ext.accrue_batch; `None` stands for an invalid event."""
     seen: set[tuple[str, str]] = set()
@@ -112,11 +116,24 @@ def accrue(
             kind = "clawback"
         seen.add(key)
         fmt = rules.business_units.get(ev["bu_id"], ("", None))[0]
-        out.append(RefOutcome("apply", pts, row={
-            "event_id": ev["event_id"], "member_id": ev["member_id"], "kind": kind, "points": pts,
-            "amount_fen": ev["amount_fen"], "bu_id": ev["bu_id"], "format": fmt, "tier": tier_id,
-            "rules_version": rules.version, "processed_at_ms": now_ms,
-        }))
+        out.append(
+            RefOutcome(
+                "apply",
+                pts,
+                row={
+                    "event_id": ev["event_id"],
+                    "member_id": ev["member_id"],
+                    "kind": kind,
+                    "points": pts,
+                    "amount_fen": ev["amount_fen"],
+                    "bu_id": ev["bu_id"],
+                    "format": fmt,
+                    "tier": tier_id,
+                    "rules_version": rules.version,
+                    "processed_at_ms": now_ms,
+                },
+            )
+        )
     return out
 
 

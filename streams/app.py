@@ -49,16 +49,25 @@ app = faust.App(
 # internal=True: Faust creates the topics (with these partitions) before the
 # consumers subscribe, so nothing waits for a metadata refresh.
 payments_topic = app.topic(
-    settings.payments_topic, internal=True, partitions=settings.partitions,
-    key_serializer="raw", value_serializer="raw",
+    settings.payments_topic,
+    internal=True,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
 )
 ledger_topic = app.topic(
-    settings.ledger_topic, internal=True, partitions=settings.partitions,
-    key_serializer="raw", value_serializer="raw",
+    settings.ledger_topic,
+    internal=True,
+    partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
 )
 dead_letter_topic = app.topic(
-    settings.dead_letter_topic, internal=True, partitions=1,
-    key_serializer="raw", value_serializer="raw",
+    settings.dead_letter_topic,
+    internal=True,
+    partitions=1,
+    key_serializer="raw",
+    value_serializer="raw",
 )
 
 
@@ -90,7 +99,9 @@ class Runtime:
                 applied = await self.ledger.setup()
                 log.info(
                     "runtime ready: rules %s, redis %s, clickhouse %s, migrations applied %s",
-                    self.rules.version, self.settings.redis_url, self.settings.clickhouse_dsn,
+                    self.rules.version,
+                    self.settings.redis_url,
+                    self.settings.clickhouse_dsn,
                     applied or "none",
                 )
                 self._started = True
@@ -108,14 +119,21 @@ runtime = Runtime(settings)
 
 
 async def send_dead_letter(
-    *, source: str, reason: str, body: bytes, field: str | None = None, event_id: str | None = None,
+    *,
+    source: str,
+    reason: str,
+    body: bytes,
+    field: str | None = None,
+    event_id: str | None = None,
 ) -> None:
     """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
     from streams.metrics import counters
 
     record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
     fut = await dead_letter_topic.send(
-        key=event_id.encode() if event_id else None, value=record, force=True,
+        key=event_id.encode() if event_id else None,
+        value=record,
+        force=True,
     )
     await fut
     counters["events_dead_lettered_total"] += 1

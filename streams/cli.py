@@ -49,14 +49,12 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     units = ", ".join(f"{bu} ({fmt})" for bu, fmt in rules.business_units)
-    print(f"ok: {args.file}: version {rules.version}; tiers {', '.join(rules.tier_ids)}; "
-          f"business units {units}")
+    print(f"ok: {args.file}: version {rules.version}; tiers {', '.join(rules.tier_ids)}; business units {units}")
     return 0
 
 
 def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
-    req = urllib.request.Request(settings.base_url + path,
-                                 headers={"Authorization": f"Bearer {settings.admin_token}"})
+    req = urllib.request.Request(settings.base_url + path, headers={"Authorization": f"Bearer {settings.admin_token}"})
     with urllib.request.urlopen(req, timeout=120) as resp:
         return orjson.loads(resp.read())  # type: ignore[no-any-return]
 
@@ -69,11 +67,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return 2
     except urllib.error.URLError as exc:
-        print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
-              file=sys.stderr)
+        print(
+            f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`", file=sys.stderr
+        )
         return 2
-    print(f"members {result['members']}  redis total {result['redis_total']}  "
-          f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}")
+    print(
+        f"members {result['members']}  redis total {result['redis_total']}  "
+        f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}"
+    )
     for m in result["mismatches"]:
         print(f"  {m['member_id']}: redis {m['redis']} ledger {m['ledger']}")
     return 0 if result["clean"] else 1
@@ -95,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a worker: agents, HTTP callbacks, member and admin API")
     s.add_argument("--web-port", type=int, default=0, help="HTTP port (default LOYALTY_WEB_PORT or 6066)")
-    s.add_argument("--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
+    )
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("demo", help="a simulated mall day through the whole pipeline, then a report")

@@ -30,8 +30,13 @@ CATEGORIES = {
     "parking": ["parking"],
 }
 # (min, max) amount in fen and relative traffic of each format.
-AMOUNTS = {"mall": (1_500, 150_000), "hotel": (30_000, 200_000), "office": (1_500, 6_000),
-           "convenience": (500, 5_000), "parking": (500, 6_000)}
+AMOUNTS = {
+    "mall": (1_500, 150_000),
+    "hotel": (30_000, 200_000),
+    "office": (1_500, 6_000),
+    "convenience": (500, 5_000),
+    "parking": (500, 6_000),
+}
 TRAFFIC = {"mall": 60, "hotel": 5, "office": 10, "convenience": 20, "parking": 5}
 CHANNELS = ["wechat", "wechat", "alipay", "alipay", "unionpay", "stored_value"]
 TIERS = [("normal", 70), ("silver", 15), ("gold", 10), ("diamond", 5)]
@@ -70,32 +75,60 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
         bu = rng.choice(by_format[fmt])
         lo, hi = AMOUNTS[fmt]
         secs, at = _time(rng, 10 * 3600, 22 * 3600)
-        events.append((secs, {
-            "event_id": f"{DAY}-tx-{seed}-{i:06d}", "type": "payment", "occurred_at": at,
-            "member_id": rng.choice(members), "bu_id": bu,
-            "merchant_id": f"{bu}-shop-{rng.randint(1, 40 if fmt == 'mall' else 4):02d}",
-            "category": rng.choice(CATEGORIES[fmt]), "amount_fen": rng.randint(lo, hi),
-            "channel": rng.choice(CHANNELS),
-        }))
+        events.append(
+            (
+                secs,
+                {
+                    "event_id": f"{DAY}-tx-{seed}-{i:06d}",
+                    "type": "payment",
+                    "occurred_at": at,
+                    "member_id": rng.choice(members),
+                    "bu_id": bu,
+                    "merchant_id": f"{bu}-shop-{rng.randint(1, 40 if fmt == 'mall' else 4):02d}",
+                    "category": rng.choice(CATEGORIES[fmt]),
+                    "amount_fen": rng.randint(lo, hi),
+                    "channel": rng.choice(CHANNELS),
+                },
+            )
+        )
     events.sort(key=lambda e: e[0])
     payments = [e for _, e in events]
     day.payments = [orjson.dumps(e) for e in payments]
     # Events the rules refuse: a business unit that is not in the rule set.
     for k in range(5):
         secs, at = _time(rng, 10 * 3600, 22 * 3600)
-        day.payments.append(orjson.dumps({**payments[k], "event_id": f"{DAY}-tx-{seed}-x{k}",
-                                          "bu_id": "closed-store", "occurred_at": at}))
+        day.payments.append(
+            orjson.dumps(
+                {**payments[k], "event_id": f"{DAY}-tx-{seed}-x{k}", "bu_id": "closed-store", "occurred_at": at}
+            )
+        )
     day.duplicates = rng.sample(day.payments, k=max(1, n_payments * 3 // 100))
     for k, p in enumerate(rng.sample(payments, k=max(1, n_payments // 20))):
         full = k % 2 == 0
         amount = p["amount_fen"] if full else rng.randint(1, p["amount_fen"] - 1)
-        day.refunds.append(orjson.dumps({
-            **p, "event_id": f"{p['event_id']}-rf", "type": "refund", "refund_of": p["event_id"],
-            "amount_fen": amount, "occurred_at": p["occurred_at"].replace("T", "T").replace("+08:00", "+08:00"),
-        }))
+        day.refunds.append(
+            orjson.dumps(
+                {
+                    **p,
+                    "event_id": f"{p['event_id']}-rf",
+                    "type": "refund",
+                    "refund_of": p["event_id"],
+                    "amount_fen": amount,
+                }
+            )
+        )
     for k in range(3):  # refunds of payments that never happened
-        day.refunds.append(orjson.dumps({**payments[k], "event_id": f"{DAY}-rf-ghost-{k}", "type": "refund",
-                                         "refund_of": f"{DAY}-tx-ghost-{k}", "amount_fen": 100}))
+        day.refunds.append(
+            orjson.dumps(
+                {
+                    **payments[k],
+                    "event_id": f"{DAY}-rf-ghost-{k}",
+                    "type": "refund",
+                    "refund_of": f"{DAY}-tx-ghost-{k}",
+                    "amount_fen": 100,
+                }
+            )
+        )
     bad_makers = [
         lambda p: {k: v for k, v in p.items() if k != "member_id"},
         lambda p: {**p, "amount_fen": p["amount_fen"] / 100},
@@ -123,9 +156,12 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     shutil.rmtree(data_root, ignore_errors=True)  # one demo's store at a time
     worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id)
     day = generate_day(seed, events, members, rules.business_units)
-    print(f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
-          f"{len(day.duplicates)} gateway retries, {len(day.bad_bodies)} bad bodies, "
-          f"{len(day.forged)} forged signatures, {members} members", flush=True)
+    print(
+        f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
+        f"{len(day.duplicates)} gateway retries, {len(day.bad_bodies)} bad bodies, "
+        f"{len(day.forged)} forged signatures, {members} members",
+        flush=True,
+    )
     print(f"demo: starting a worker (run {run_id}, log {worker.data_dir / 'worker.log'})", flush=True)
     worker.start()
     try:
@@ -136,8 +172,11 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
 
 async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int) -> int:
     for member, tier in day.tiers.items():  # operators granted these tiers earlier
-        status, _ = worker.post(f"/v1/admin/members/{member}/tier", orjson.dumps({"tier": tier}),
-                                {"Authorization": f"Bearer {worker.admin_token}"})
+        status, _ = worker.post(
+            f"/v1/admin/members/{member}/tier",
+            orjson.dumps({"tier": tier}),
+            {"Authorization": f"Bearer {worker.admin_token}"},
+        )
         if status != 200:
             raise RuntimeError(f"setting tier of {member} failed: {status}")
     phase1 = day.payments + day.duplicates + day.bad_bodies + day.forged
@@ -160,8 +199,11 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
 
     worker.wait_until(processed, timeout=300, what="every accepted event to be processed")
     applied = worker.metrics()["events_applied_total"]
-    worker.wait_until(lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("movements", 0) >= applied,
-                      timeout=300, what="every ledger row in ClickHouse")
+    worker.wait_until(
+        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("movements", 0) >= applied,
+        timeout=300,
+        what="every ledger row in ClickHouse",
+    )
     t_done = time.monotonic()
     m = worker.metrics()
     _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
@@ -173,8 +215,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
 
     sent = len(results)
     equal = rec["redis_total"] == rec["ledger_total"] and rec["clean"]
-    counts_tie = (m["events_applied_total"] == totals["movements"]
-                  and m["events_applied_total"] + m["events_rejected_total"] == len(accepted_ids))
+    counts_tie = m["events_applied_total"] == totals["movements"] and m["events_applied_total"] + m[
+        "events_rejected_total"
+    ] == len(accepted_ids)
     lines = [
         "",
         f"Loyalty demo report — mall day {DAY}",
@@ -200,8 +243,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"throughput: end to end         {len(accepted_ids) / (t_done - t0):>12,.0f} events/s "
         f"(first callback to last ledger row, {t_done - t0:.1f} s)",
         "-" * 60,
-        "result: " + ("OK — balances equal the ledger, every accepted event accounted for"
-                      if equal and counts_tie else "FAILED — see the lines above"),
+        "result: "
+        + (
+            "OK — balances equal the ledger, every accepted event accounted for"
+            if equal and counts_tie
+            else "FAILED — see the lines above"
+        ),
     ]
     print("\n".join(lines), flush=True)
     return 0 if equal and counts_tie else 1

@@ -56,15 +56,17 @@ class WorkerProcess:
     @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "LOYALTY_APP_ID": self.run_id,
-            "LOYALTY_TOPIC_PREFIX": self.run_id,
-            "LOYALTY_REDIS_NAMESPACE": self.run_id,
-            "LOYALTY_CLICKHOUSE_DSN": f"chdb://{self.data_dir / 'chdb'}",
-            "LOYALTY_WEB_PORT": str(self.port),
-            "LOYALTY_CALLBACK_SECRET": self.callback_secret,
-            "LOYALTY_ADMIN_TOKEN": self.admin_token,
-        })
+        env.update(
+            {
+                "LOYALTY_APP_ID": self.run_id,
+                "LOYALTY_TOPIC_PREFIX": self.run_id,
+                "LOYALTY_REDIS_NAMESPACE": self.run_id,
+                "LOYALTY_CLICKHOUSE_DSN": f"chdb://{self.data_dir / 'chdb'}",
+                "LOYALTY_WEB_PORT": str(self.port),
+                "LOYALTY_CALLBACK_SECRET": self.callback_secret,
+                "LOYALTY_ADMIN_TOKEN": self.admin_token,
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -75,10 +77,13 @@ class WorkerProcess:
     def start(self, timeout: float = 90.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.data_dir / "worker.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.wait_ready(timeout)
 
@@ -133,8 +138,7 @@ class WorkerProcess:
 
     def send_callback(self, event: dict[str, Any] | bytes, secret: str | None = None) -> tuple[int, Any]:
         body = event if isinstance(event, bytes) else orjson.dumps(event)
-        return self.post("/v1/callbacks/payment", body,
-                         signed_headers(secret or self.callback_secret, body))
+        return self.post("/v1/callbacks/payment", body, signed_headers(secret or self.callback_secret, body))
 
     def metrics(self) -> dict[str, int]:
         with urllib.request.urlopen(self.base_url + "/metrics", timeout=10) as r:
@@ -156,7 +160,10 @@ class WorkerProcess:
 
 
 async def send_callbacks(
-    base_url: str, secret: str, bodies: list[bytes], concurrency: int = 32,
+    base_url: str,
+    secret: str,
+    bodies: list[bytes],
+    concurrency: int = 32,
     bad_signature: set[int] | None = None,
 ) -> list[tuple[int, dict[str, Any]]]:
     """Sends signed callbacks with `concurrency` in flight; returns (status, json) in order."""
@@ -189,10 +196,9 @@ async def send_callbacks(
     return results
 
 
-async def read_dead_letters(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def read_dead_letters(bootstrap: str, topic: str, wait_s: float = 10.0) -> list[dict[str, Any]]:
     """Every record on the dead-letter topic, decoded."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -206,7 +212,7 @@ async def read_dead_letters(bootstrap: str, topic: str, timeout: float = 10.0) -
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             positions = [await consumer.position(tp) for tp in tps]
             if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):

@@ -21,7 +21,12 @@ def is_valid_id(value: str) -> bool:
 
 
 def dead_letter_record(
-    *, source: str, reason: str, body: bytes, field: str | None = None, event_id: str | None = None,
+    *,
+    source: str,
+    reason: str,
+    body: bytes,
+    field: str | None = None,
+    event_id: str | None = None,
 ) -> bytes:
     """The dead-letter envelope: why, where, when, and the body exactly as received."""
     record: dict[str, object] = {

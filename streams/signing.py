@@ -22,7 +22,11 @@ def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[s
 
 
 def verify(
-    secret: str, timestamp: str | None, signature: str | None, body: bytes, max_age_s: int,
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    max_age_s: int,
     now: float | None = None,
 ) -> None:
     """Raises SignatureError unless the signature is right and the timestamp fresh."""

@@ -1,12 +1,12 @@
 """The HTTP service, on the Faust worker's web server: callbacks, member API, admin.
 
-    POST /v1/callbacks/payment          signed gateway callback -> 202 after Kafka acks
-    GET  /v1/members/{member_id}        balance and tier from Redis
-    GET  /v1/admin/ledger/totals        ledger totals from ClickHouse      (admin token)
-    GET  /v1/admin/reconcile            Redis balances vs ledger sums      (admin token)
-    POST /v1/admin/members/{id}/tier    operator sets a member's tier      (admin token)
-    POST /v1/admin/rules/reload         reload the rules file              (admin token)
-    GET  /healthz, GET /metrics
+POST /v1/callbacks/payment          signed gateway callback -> 202 after Kafka acks
+GET  /v1/members/{member_id}        balance and tier from Redis
+GET  /v1/admin/ledger/totals        ledger totals from ClickHouse      (admin token)
+GET  /v1/admin/reconcile            Redis balances vs ledger sums      (admin token)
+POST /v1/admin/members/{id}/tier    operator sets a member's tier      (admin token)
+POST /v1/admin/rules/reload         reload the rules file              (admin token)
+GET  /healthz, GET /metrics
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ class PaymentCallback(View):
         if not settings.callback_secret:
             return error_response(self, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
         try:
-            verify(settings.callback_secret, request.headers.get("X-Timestamp"),
-                   request.headers.get("X-Signature"), body, settings.signature_max_age_s)
+            verify(
+                settings.callback_secret,
+                request.headers.get("X-Timestamp"),
+                request.headers.get("X-Signature"),
+                body,
+                settings.signature_max_age_s,
+            )
         except SignatureError as exc:
             return await _reject(self, 401, str(exc), body, field="X-Signature")
         try:
@@ -79,8 +84,7 @@ class PaymentCallback(View):
         except KafkaError as exc:
             counters["callbacks_unavailable_total"] += 1
             log.error("kafka did not take callback %s: %r", event_id, exc)
-            return json_response(self, {"error": "temporarily unavailable, retry"}, 503,
-                                 headers={"Retry-After": "1"})
+            return json_response(self, {"error": "temporarily unavailable, retry"}, 503, headers={"Retry-After": "1"})
         counters["callbacks_accepted_total"] += 1
         return json_response(self, {"event_id": event_id, "status": "accepted"}, 202)
 
@@ -89,20 +93,22 @@ class PaymentCallback(View):
 class MemberView(View):
     async def get(self, request: Request, member_id: str) -> Response:
         if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars",
-                                  "member_id")
+            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
         rt = await runtime.started()
         data = await rt.balances.member(member_id)
         if data is None:
             return error_response(self, 404, f"member {member_id} has no points activity", "member_id")
-        return json_response(self, {
-            "member_id": member_id,
-            "balance": int(data.get("balance", 0)),
-            "tier": data.get("tier") or rt.rules.default_tier,
-            "earned": int(data.get("earned", 0)),
-            "clawed_back": int(data.get("clawed_back", 0)),
-            "events": int(data.get("events", 0)),
-        })
+        return json_response(
+            self,
+            {
+                "member_id": member_id,
+                "balance": int(data.get("balance", 0)),
+                "tier": data.get("tier") or rt.rules.default_tier,
+                "earned": int(data.get("earned", 0)),
+                "clawed_back": int(data.get("clawed_back", 0)),
+                "events": int(data.get("events", 0)),
+            },
+        )
 
 
 def admin_denied(view: View, request: Request) -> Response | None:

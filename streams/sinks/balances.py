@@ -86,9 +86,7 @@ class BalanceStore:
     def event_key(self, member_id: str, event_id: str) -> str:
         return f"{self.ns}:ev:{{{member_id}}}:{event_id}"
 
-    async def read_context(
-        self, keys: Sequence[tuple[str | None, str | None, str | None]]
-    ) -> BatchContext:
+    async def read_context(self, keys: Sequence[tuple[str | None, str | None, str | None]]) -> BatchContext:
         """One pipeline: tier, applied flag and refunded payment for every valid event."""
         pipe = self.redis.pipeline(transaction=False)
         layout: list[tuple[bool, bool]] = []
@@ -166,7 +164,7 @@ class BalanceStore:
             for key in batch:
                 pipe.hget(key, "balance")
             for key, value in zip(batch, await pipe.execute(), strict=True):
-                out[key[len(prefix):-1]] = int(value or 0)
+                out[key[len(prefix) : -1]] = int(value or 0)
         return out
 
 

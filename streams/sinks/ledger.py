@@ -26,8 +26,21 @@ SQL_DIR = ROOT / "sql"
 UTC = dt.UTC
 
 LEDGER_COLUMNS = (
-    "event_id", "member_id", "kind", "points", "amount_fen", "bu_id", "format", "merchant_id",
-    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at",
+    "event_id",
+    "member_id",
+    "kind",
+    "points",
+    "amount_fen",
+    "bu_id",
+    "format",
+    "merchant_id",
+    "category",
+    "channel",
+    "occurred_at",
+    "refund_of",
+    "tier",
+    "rules_version",
+    "processed_at",
 )
 
 
@@ -61,10 +74,21 @@ def _ms_to_datetime(ms: int) -> dt.datetime:
 def row_values(row: dict[str, Any]) -> list[Any]:
     """A decoded ledger row (the core's JSON) as values in LEDGER_COLUMNS order."""
     return [
-        row["event_id"], row["member_id"], row["kind"], row["points"], row["amount_fen"],
-        row["bu_id"], row["format"], row["merchant_id"], row["category"], row["channel"],
-        _ms_to_datetime(row["occurred_at_ms"]), row["refund_of"], row["tier"],
-        row["rules_version"], _ms_to_datetime(row["processed_at_ms"]),
+        row["event_id"],
+        row["member_id"],
+        row["kind"],
+        row["points"],
+        row["amount_fen"],
+        row["bu_id"],
+        row["format"],
+        row["merchant_id"],
+        row["category"],
+        row["channel"],
+        _ms_to_datetime(row["occurred_at_ms"]),
+        row["refund_of"],
+        row["tier"],
+        row["rules_version"],
+        _ms_to_datetime(row["processed_at_ms"]),
     ]
 
 
@@ -124,7 +148,10 @@ class LedgerStore:
         values = [row_values(r) for r in rows]
         try:
             await self._run(
-                self._client.insert, "ledger", values, column_names=LEDGER_COLUMNS,
+                self._client.insert,
+                "ledger",
+                values,
+                column_names=LEDGER_COLUMNS,
                 settings={"insert_deduplication_token": token},
             )
         except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"

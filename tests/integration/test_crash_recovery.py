@@ -27,14 +27,26 @@ def make_events(n: int, seed: int) -> list[dict[str, Any]]:
     for i in range(n):
         if paid and rng.random() < 0.05:
             p = paid.pop(rng.randrange(len(paid)))
-            events.append({**p, "event_id": f"{p['event_id']}-rf", "type": "refund",
-                           "refund_of": p["event_id"], "amount_fen": rng.randint(1, p["amount_fen"])})
+            events.append(
+                {
+                    **p,
+                    "event_id": f"{p['event_id']}-rf",
+                    "type": "refund",
+                    "refund_of": p["event_id"],
+                    "amount_fen": rng.randint(1, p["amount_fen"]),
+                }
+            )
             continue
         ev = {
-            "event_id": f"crash-{seed}-{i}", "type": "payment", "occurred_at": "2026-11-23T12:00:00+08:00",
-            "member_id": rng.choice(members), "bu_id": rng.choice(["sh-mall", "sh-hotel", "sh-cvs"]),
-            "merchant_id": "shop-1", "category": rng.choice(["fashion", "food", "room"]),
-            "amount_fen": rng.randint(100, 500_000), "channel": "alipay",
+            "event_id": f"crash-{seed}-{i}",
+            "type": "payment",
+            "occurred_at": "2026-11-23T12:00:00+08:00",
+            "member_id": rng.choice(members),
+            "bu_id": rng.choice(["sh-mall", "sh-hotel", "sh-cvs"]),
+            "merchant_id": "shop-1",
+            "category": rng.choice(["fashion", "food", "room"]),
+            "amount_fen": rng.randint(100, 500_000),
+            "channel": "alipay",
         }
         events.append(ev)
         paid.append(ev)
@@ -42,12 +54,10 @@ def make_events(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 async def produce(topic: str, events: list[dict[str, Any]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=Settings.from_env().kafka_bootstrap, acks="all",
-                                linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=Settings.from_env().kafka_bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        futures = [await producer.send(topic, key=e["member_id"].encode(), value=orjson.dumps(e))
-                   for e in events]
+        futures = [await producer.send(topic, key=e["member_id"].encode(), value=orjson.dumps(e)) for e in events]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -66,8 +76,11 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(worker_factory: An
     for wave in waves:
         before = worker.metrics()["events_applied_total"]
         asyncio.run(produce(f"{worker.run_id}.payments", wave))
-        worker.wait_until(lambda b=before: worker.metrics()["events_applied_total"] > b + 200,
-                          timeout=60, what="the worker to be mid-stream")
+        worker.wait_until(
+            lambda b=before: worker.metrics()["events_applied_total"] > b + 200,
+            timeout=60,
+            what="the worker to be mid-stream",
+        )
         if worker.metrics()["events_applied_total"] < before + len(wave) - 100:
             mid_stream += 1  # killed with part of the wave still to apply
         worker.kill()
@@ -77,8 +90,7 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(worker_factory: An
 
     distinct = {e["event_id"]: e for wave in waves for e in wave}
     events = list(distinct.values())
-    outcomes = reference.accrue(REF, events, [None] * len(events), [None] * len(events),
-                                [False] * len(events), 0)
+    outcomes = reference.accrue(REF, events, [None] * len(events), [None] * len(events), [False] * len(events), 0)
     expected: dict[str, int] = {}
     for ev, out in zip(events, outcomes, strict=True):
         assert out.status == "apply", (ev, out)
@@ -91,7 +103,7 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(worker_factory: An
     worker.wait_until(all_in_ledger, timeout=120, what="every event in the ledger")
     _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
     assert totals["movements"] == len(distinct)  # none lost, none doubled
-    status, rec = worker.get("/v1/admin/reconcile", admin=True)
+    _status, rec = worker.get("/v1/admin/reconcile", admin=True)
     assert rec["clean"], rec["mismatches"]
     assert rec["redis_total"] == sum(expected.values())
     for member, points in expected.items():

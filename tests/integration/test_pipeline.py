@@ -20,17 +20,28 @@ REF = reference.RefRules.from_toml((ROOT / "rules" / "demo.toml").read_text())
 
 def payment(member: str, amount: int = 12_345, **over: Any) -> dict[str, Any]:
     ev = {
-        "event_id": f"tx-{uuid.uuid4().hex[:12]}", "type": "payment",
-        "occurred_at": "2026-11-23T10:15:00+08:00", "member_id": member, "bu_id": "sh-mall",
-        "merchant_id": "shop-7", "category": "fashion", "amount_fen": amount, "channel": "wechat",
+        "event_id": f"tx-{uuid.uuid4().hex[:12]}",
+        "type": "payment",
+        "occurred_at": "2026-11-23T10:15:00+08:00",
+        "member_id": member,
+        "bu_id": "sh-mall",
+        "merchant_id": "shop-7",
+        "category": "fashion",
+        "amount_fen": amount,
+        "channel": "wechat",
     }
     ev.update(over)
     return ev
 
 
 def refund(of: dict[str, Any], amount: int) -> dict[str, Any]:
-    return {**of, "event_id": f"{of['event_id']}-rf-{amount}", "type": "refund",
-            "refund_of": of["event_id"], "amount_fen": amount}
+    return {
+        **of,
+        "event_id": f"{of['event_id']}-rf-{amount}",
+        "type": "refund",
+        "refund_of": of["event_id"],
+        "amount_fen": amount,
+    }
 
 
 def new_member() -> str:
@@ -43,13 +54,15 @@ def balance_of(worker: WorkerProcess, member: str) -> int | None:
 
 
 def wait_balance(worker: WorkerProcess, member: str, expected: int) -> dict[str, Any]:
-    worker.wait_until(lambda: balance_of(worker, member) == expected, timeout=60,
-                      what=f"balance of {member} to be {expected}")
+    worker.wait_until(
+        lambda: balance_of(worker, member) == expected, timeout=60, what=f"balance of {member} to be {expected}"
+    )
     return worker.get(f"/v1/members/{member}")[1]
 
 
 def wait_quiet(worker: WorkerProcess) -> None:
     """Until every accepted callback has been applied or refused, and the ledger has it."""
+
     def settled() -> bool:
         m = worker.metrics()
         done = m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
@@ -57,12 +70,12 @@ def wait_quiet(worker: WorkerProcess) -> None:
             return False
         _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
         return int(totals.get("movements", 0)) >= m["events_applied_total"]
+
     worker.wait_until(settled, timeout=90, what="the pipeline to settle")
 
 
 def dead_letters_for(worker: WorkerProcess, marker: str) -> list[dict[str, Any]]:
-    records = asyncio.run(read_dead_letters(Settings.from_env().kafka_bootstrap,
-                                            f"{worker.run_id}.dead-letter"))
+    records = asyncio.run(read_dead_letters(Settings.from_env().kafka_bootstrap, f"{worker.run_id}.dead-letter"))
     return [r for r in records if marker in (r.get("body") or "")]
 
 
@@ -100,8 +113,9 @@ def test_refund_claws_back_points(worker: WorkerProcess) -> None:
 
 def test_gold_member_earns_one_and_a_half(worker: WorkerProcess) -> None:
     member = new_member()
-    status, _ = worker.post(f"/v1/admin/members/{member}/tier", b'{"tier":"gold"}',
-                            {"Authorization": f"Bearer {worker.admin_token}"})
+    status, _ = worker.post(
+        f"/v1/admin/members/{member}/tier", b'{"tier":"gold"}', {"Authorization": f"Bearer {worker.admin_token}"}
+    )
     assert status == 200
     assert worker.send_callback(payment(member, 1_099))[0] == 202
     wait_balance(worker, member, 16)
@@ -141,26 +155,36 @@ def test_random_callbacks_redis_equals_ledger_equals_reference(worker: WorkerPro
     tiers = {m: rng.choice([None, "silver", "gold", "diamond"]) for m in members}
     for m, t in tiers.items():
         if t:
-            worker.post(f"/v1/admin/members/{m}/tier", orjson.dumps({"tier": t}),
-                        {"Authorization": f"Bearer {worker.admin_token}"})
-    payments = [payment(rng.choice(members), rng.randint(1, 300_000),
-                        bu_id=rng.choice(["sh-mall", "sh-hotel", "sh-cvs", "sh-park", "sh-office"]),
-                        category=rng.choice(["fashion", "jewelry", "tobacco", "food"]))
-                for _ in range(300)]
+            worker.post(
+                f"/v1/admin/members/{m}/tier",
+                orjson.dumps({"tier": t}),
+                {"Authorization": f"Bearer {worker.admin_token}"},
+            )
+    payments = [
+        payment(
+            rng.choice(members),
+            rng.randint(1, 300_000),
+            bu_id=rng.choice(["sh-mall", "sh-hotel", "sh-cvs", "sh-park", "sh-office"]),
+            category=rng.choice(["fashion", "jewelry", "tobacco", "food"]),
+        )
+        for _ in range(300)
+    ]
     refunds = [refund(p, rng.randint(1, p["amount_fen"])) for p in rng.sample(payments, 30)]
     dups = rng.sample(payments, 20)
     bodies = [orjson.dumps(e) for e in payments + dups]
     results = asyncio.run(send_callbacks(worker.base_url, worker.callback_secret, bodies, 16))
     assert {s for s, _ in results} == {202}
-    results = asyncio.run(send_callbacks(worker.base_url, worker.callback_secret,
-                                         [orjson.dumps(e) for e in refunds], 16))
+    results = asyncio.run(
+        send_callbacks(worker.base_url, worker.callback_secret, [orjson.dumps(e) for e in refunds], 16)
+    )
     assert {s for s, _ in results} == {202}
     wait_quiet(worker)
 
     events = payments + refunds
     expected: dict[str, int] = {}
-    outcomes = reference.accrue(REF, events, [tiers[e["member_id"]] for e in events], [None] * len(events),
-                                [False] * len(events), 0)
+    outcomes = reference.accrue(
+        REF, events, [tiers[e["member_id"]] for e in events], [None] * len(events), [False] * len(events), 0
+    )
     for ev, out in zip(events, outcomes, strict=True):
         assert out.status == "apply"
         expected[ev["member_id"]] = expected.get(ev["member_id"], 0) + out.points

@@ -39,9 +39,14 @@ def batches(draw: Any) -> tuple[list[bytes], list[str | None], list[Any], list[b
             applied.append(False)
             continue
         ev: dict[str, Any] = {
-            "event_id": f"e{i}", "type": "payment", "occurred_at": "2026-11-23T10:00:00+08:00",
-            "member_id": member, "bu_id": draw(st.sampled_from(BUS)), "merchant_id": "s1",
-            "category": draw(st.sampled_from(CATEGORIES)), "amount_fen": draw(st.integers(1, 10**9)),
+            "event_id": f"e{i}",
+            "type": "payment",
+            "occurred_at": "2026-11-23T10:00:00+08:00",
+            "member_id": member,
+            "bu_id": draw(st.sampled_from(BUS)),
+            "merchant_id": "s1",
+            "category": draw(st.sampled_from(CATEGORIES)),
+            "amount_fen": draw(st.integers(1, 10**9)),
             "channel": "wechat",
         }
         original = None
@@ -87,11 +92,23 @@ def test_rust_matches_reference(case: tuple[list[bytes], list[str | None], list[
 
 
 def test_one_batch_call_handles_hundreds_of_events() -> None:
-    bodies = [orjson.dumps({
-        "event_id": f"e{i}", "type": "payment", "occurred_at": "2026-11-23T10:00:00+08:00",
-        "member_id": f"m-{i % 50}", "bu_id": "sh-hotel", "merchant_id": "s1", "category": "room",
-        "amount_fen": 10_000 + i, "channel": "alipay",
-    }) for i in range(500)]
-    out = core_ext.accrue_batch(RUST, core_ext.PaymentBatch.decode(bodies), [None] * 500, [None] * 500,
-                                [False] * 500, 0)
+    bodies = [
+        orjson.dumps(
+            {
+                "event_id": f"e{i}",
+                "type": "payment",
+                "occurred_at": "2026-11-23T10:00:00+08:00",
+                "member_id": f"m-{i % 50}",
+                "bu_id": "sh-hotel",
+                "merchant_id": "s1",
+                "category": "room",
+                "amount_fen": 10_000 + i,
+                "channel": "alipay",
+            }
+        )
+        for i in range(500)
+    ]
+    out = core_ext.accrue_batch(
+        RUST, core_ext.PaymentBatch.decode(bodies), [None] * 500, [None] * 500, [False] * 500, 0
+    )
     assert [o[1] for o in out] == [(10_000 + i) * 2 // 100 for i in range(500)]

@@ -8,9 +8,15 @@ import pytest
 import core_ext
 
 GOOD = {
-    "event_id": "tx-1", "type": "payment", "occurred_at": "2026-11-23T10:15:00+08:00",
-    "member_id": "m-1", "bu_id": "sh-mall", "merchant_id": "shop-7", "category": "fashion",
-    "amount_fen": 12345, "channel": "wechat",
+    "event_id": "tx-1",
+    "type": "payment",
+    "occurred_at": "2026-11-23T10:15:00+08:00",
+    "member_id": "m-1",
+    "bu_id": "sh-mall",
+    "merchant_id": "shop-7",
+    "category": "fashion",
+    "amount_fen": 12345,
+    "channel": "wechat",
 }
 
 

@@ -27,7 +27,7 @@ def test_error_names_file_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(core_ext.RulesError) as info:
         core_ext.RuleSet.from_toml(text, str(bad))
     err = info.value
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.strip() == 'format = "spa"')
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.strip() == 'format = "spa"')
     assert (err.file, err.line, err.field) == (str(bad), line, "business_units[1].format")
     assert "unknown format" in err.reason
 

@@ -1,0 +1,1 @@
+"""Benchmarks are not tests: run them with `scripts/bench` (pytest-benchmark)."""

@@ -17,10 +17,17 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     use pyo3::prelude::*;
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("LoyaltyCoreError", py.get_type::<bindings::LoyaltyCoreError>())?;
-    m.add("InvalidEventError", py.get_type::<bindings::InvalidEventError>())?;
-    m.add("RulesError", py.get_type::<bindings::RulesError>())?;
-    m.add("RejectedEventError", py.get_type::<bindings::RejectedEventError>())?;
+    let exceptions = [
+        ("LoyaltyCoreError", py.get_type::<bindings::LoyaltyCoreError>()),
+        ("InvalidEventError", py.get_type::<bindings::InvalidEventError>()),
+        ("RulesError", py.get_type::<bindings::RulesError>()),
+        ("RejectedEventError", py.get_type::<bindings::RejectedEventError>()),
+    ];
+    for (name, exc) in exceptions {
+        // Tracebacks then say core_ext.InvalidEventError, where users import it from.
+        exc.setattr("__module__", "core_ext")?;
+        m.add(name, exc)?;
+    }
     m.add_class::<bindings::PyRuleSet>()?;
     m.add_class::<bindings::PyPaymentBatch>()?;
     m.add_function(wrap_pyfunction!(bindings::validate_payment, m)?)?;

@@ -30,14 +30,20 @@ def make_batch(n: int = N, seed: int = 1) -> list[bytes]:
     for i in range(n):
         if paid and i % 20 == 0:
             p = paid[rng.randrange(len(paid))]
-            out.append(orjson.dumps({**p, "event_id": f"r{i}", "type": "refund", "refund_of": p["event_id"],
-                                     "amount_fen": 1}))
+            out.append(
+                orjson.dumps({**p, "event_id": f"r{i}", "type": "refund", "refund_of": p["event_id"], "amount_fen": 1})
+            )
             continue
         ev = {
-            "event_id": f"e{i}", "type": "payment", "occurred_at": "2026-11-23T10:00:00+08:00",
-            "member_id": f"m-{rng.randrange(200)}", "bu_id": rng.choice(["sh-mall", "sh-hotel", "sh-cvs"]),
-            "merchant_id": "shop-1", "category": rng.choice(["fashion", "food", "jewelry", "tobacco"]),
-            "amount_fen": rng.randint(100, 500_000), "channel": "wechat",
+            "event_id": f"e{i}",
+            "type": "payment",
+            "occurred_at": "2026-11-23T10:00:00+08:00",
+            "member_id": f"m-{rng.randrange(200)}",
+            "bu_id": rng.choice(["sh-mall", "sh-hotel", "sh-cvs"]),
+            "merchant_id": "shop-1",
+            "category": rng.choice(["fashion", "food", "jewelry", "tobacco"]),
+            "amount_fen": rng.randint(100, 500_000),
+            "channel": "wechat",
         }
         paid.append(ev)
         out.append(orjson.dumps(ev))

@@ -39,21 +39,34 @@ class GatewayAndMembers(HttpUser):
             body = random.choice(self.sent)
         else:
             bu, category = random.choice(BUS)
-            body = orjson.dumps({
-                "event_id": f"load-{uuid.uuid4().hex}", "type": "payment",
-                "occurred_at": "2026-11-23T12:00:00+08:00", "member_id": random.choice(self.members),
-                "bu_id": bu, "merchant_id": f"{bu}-shop-1", "category": category,
-                "amount_fen": random.randint(100, 200_000), "channel": "wechat",
-            })
+            body = orjson.dumps(
+                {
+                    "event_id": f"load-{uuid.uuid4().hex}",
+                    "type": "payment",
+                    "occurred_at": "2026-11-23T12:00:00+08:00",
+                    "member_id": random.choice(self.members),
+                    "bu_id": bu,
+                    "merchant_id": f"{bu}-shop-1",
+                    "category": category,
+                    "amount_fen": random.randint(100, 200_000),
+                    "channel": "wechat",
+                }
+            )
             self.sent = [*self.sent[-50:], body]
-        with self.client.post("/v1/callbacks/payment", data=body, headers=signed_headers(SECRET, body),
-                              name="/v1/callbacks/payment", catch_response=True) as resp:
+        with self.client.post(
+            "/v1/callbacks/payment",
+            data=body,
+            headers=signed_headers(SECRET, body),
+            name="/v1/callbacks/payment",
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 202:
                 resp.failure(f"{resp.status_code}: {resp.text[:200]}")
 
     @task(2)
     def member_balance(self) -> None:
-        with self.client.get(f"/v1/members/{random.choice(self.members)}", name="/v1/members/{id}",
-                             catch_response=True) as resp:
+        with self.client.get(
+            f"/v1/members/{random.choice(self.members)}", name="/v1/members/{id}", catch_response=True
+        ) as resp:
             if resp.status_code in (200, 404):
                 resp.success()

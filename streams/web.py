@@ -55,13 +55,13 @@ async def _reject(view: View, status: int, reason: str, body: bytes, field: str 
 class PaymentCallback(View):
     async def post(self, request: Request) -> Response:
         settings = runtime.settings
+        too_large = f"body larger than {settings.max_body_bytes} bytes"
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
-            counters["callbacks_rejected_total"] += 1
-            return error_response(self, 413, f"body larger than {settings.max_body_bytes} bytes")
+            # Not read at all: the dead letter keeps the reason, not the body.
+            return await _reject(self, 413, too_large, b"", field="body")
         body = await request.read()
         if len(body) > settings.max_body_bytes:
-            counters["callbacks_rejected_total"] += 1
-            return error_response(self, 413, f"body larger than {settings.max_body_bytes} bytes")
+            return await _reject(self, 413, too_large, body[: settings.max_body_bytes], field="body")
         if not settings.callback_secret:
             return error_response(self, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
         try:

@@ -200,3 +200,9 @@ def test_member_api_errors(worker: WorkerProcess) -> None:
     assert worker.get("/v1/members/" + "x" * 65)[0] == 400
     assert worker.get("/v1/members/a%7Bb%7D")[0] in (400, 404)
     assert worker.get("/v1/admin/reconcile")[0] == 401
+
+
+def test_oversized_body_is_refused_with_413(worker: WorkerProcess) -> None:
+    body = orjson.dumps(payment(new_member(), 100, channel="x" * 70_000))
+    status, reply = worker.send_callback(body)
+    assert status == 413 and "larger than" in reply["error"]

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 import core_ext
-from core_ext import reference
+from tests import reference
 from streams.settings import ROOT
 
 RULES_TEXT = (ROOT / "rules" / "demo.toml").read_text()

@@ -1,21 +1,22 @@
 //! The only module that touches Python objects. Converts once per batch at the
 //! boundary and releases the GIL while the pure core works.
 
-use crate::accrual::{self, EventContext, Outcome, PaymentRecord};
+use crate::accrual::PaymentRecord;
+use crate::engine::{self, Outcome, StoredMembers};
 use crate::errors::CoreError;
-use crate::events::{self, PaymentEvent};
+use crate::events::{self, Event};
 use crate::rules::RuleSet;
+use crate::state::MemberState;
+use crate::tiers;
+use crate::time::Local;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-create_exception!(
-    _core,
-    LoyaltyCoreError,
-    PyValueError,
-    "Base class of every error raised by the loyalty core."
-);
+create_exception!(_core, LoyaltyCoreError, PyValueError, "Base class of every error raised by the loyalty core.");
 create_exception!(
     _core,
     InvalidEventError,
@@ -55,7 +56,7 @@ pub fn core_error_to_py(py: Python<'_>, err: CoreError) -> PyErr {
     pyerr
 }
 
-/// A validated, compiled earning rule set.
+/// A validated, compiled rule set.
 #[pyclass(name = "RuleSet", frozen, module = "core_ext._core")]
 pub struct PyRuleSet {
     pub inner: Arc<RuleSet>,
@@ -88,123 +89,169 @@ impl PyRuleSet {
 
     #[getter]
     fn business_units(&self) -> Vec<(String, String)> {
-        let mut out: Vec<_> = self
-            .inner
-            .business_units
-            .values()
-            .map(|b| (b.id.clone(), b.format.clone()))
-            .collect();
+        let mut out: Vec<_> = self.inner.business_units.values().map(|b| (b.id.clone(), b.format.clone())).collect();
         out.sort();
         out
     }
 
+    /// (campaign id, budget points or None), in file order.
+    #[getter]
+    fn campaigns(&self) -> Vec<(String, Option<i64>)> {
+        self.inner.campaigns.iter().map(|c| (c.id.clone(), c.budget_points)).collect()
+    }
+
+    #[getter]
+    fn guest_credit_days(&self) -> i64 {
+        self.inner.guest_credit_days
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "RuleSet(version={:?}, business_units={}, tiers={})",
+            "RuleSet(version={:?}, business_units={}, merchants={}, tiers={}, campaigns={})",
             self.inner.version,
             self.inner.business_units.len(),
-            self.inner.tiers.len()
+            self.inner.merchants.len(),
+            self.inner.tiers.len(),
+            self.inner.campaigns.len()
         )
     }
 }
 
-/// Validates one raw event body; returns `(event_id, member_id, type)`.
+/// Validates one raw payment or refund body; returns
+/// `(event_id, member_id or None, type, payer (kind, id) or None)`.
 #[pyfunction]
-pub fn validate_payment(py: Python<'_>, body: &[u8]) -> PyResult<(String, String, &'static str)> {
+#[allow(clippy::type_complexity)]
+pub fn validate_payment(
+    py: Python<'_>,
+    body: &[u8],
+) -> PyResult<(String, Option<String>, &'static str, Option<(String, String)>)> {
     events::parse_payment_event(body)
-        .map(|ev| (ev.event_id, ev.member_id, ev.kind.as_str()))
+        .map(|ev| (ev.event_id, ev.member_id, ev.kind.as_str(), ev.payer))
         .map_err(|e| core_error_to_py(py, e))
 }
 
-/// A batch of raw event bodies, decoded and validated once.
-#[pyclass(name = "PaymentBatch", frozen, module = "core_ext._core")]
-pub struct PyPaymentBatch {
-    events: Vec<Result<PaymentEvent, CoreError>>,
+/// Validates one raw member event body; returns `(event_id, member_id, type)`.
+#[pyfunction]
+pub fn validate_member_event(py: Python<'_>, body: &[u8]) -> PyResult<(String, String, &'static str)> {
+    match events::parse_event(body) {
+        Ok(Event::Member(m)) => Ok((m.event_id, m.member_id, m.kind.as_str())),
+        Ok(Event::Payment(_)) => Err(core_error_to_py(
+            py,
+            CoreError::invalid_event("type", "payments go to /v1/callbacks/payment"),
+        )),
+        Err(e) => Err(core_error_to_py(py, e)),
+    }
 }
 
+/// A batch of raw event bodies (payments, refunds, member events), decoded once.
+#[pyclass(name = "EventBatch", frozen, module = "core_ext._core")]
+pub struct PyEventBatch {
+    events: Vec<Result<Event, CoreError>>,
+}
+
+type Keys = (Option<String>, Option<String>, Option<String>, Option<(String, String)>, i64);
+
 #[pymethods]
-impl PyPaymentBatch {
+impl PyEventBatch {
     #[staticmethod]
     fn decode(py: Python<'_>, bodies: Vec<Vec<u8>>) -> Self {
-        let events = py.detach(|| bodies.iter().map(|b| events::parse_payment_event(b)).collect());
-        PyPaymentBatch { events }
+        let events = py.detach(|| bodies.iter().map(|b| events::parse_event(b)).collect());
+        PyEventBatch { events }
     }
 
     fn __len__(&self) -> usize {
         self.events.len()
     }
 
-    /// Per event: `(event_id, member_id, refund_of)`, all None for an invalid event.
-    fn keys(&self) -> Vec<(Option<String>, Option<String>, Option<String>)> {
+    /// Per event: `(event_id, member_id, refund_of, payer, occurred_at_ms)`;
+    /// all None (and 0) for an invalid body; member_id None for a guest payment.
+    fn keys(&self) -> Vec<Keys> {
         self.events
             .iter()
             .map(|e| match e {
-                Ok(ev) => (Some(ev.event_id.clone()), Some(ev.member_id.clone()), ev.refund_of.clone()),
-                Err(_) => (None, None, None),
+                Ok(Event::Payment(p)) => (
+                    Some(p.event_id.clone()),
+                    p.member_id.clone(),
+                    p.refund_of.clone(),
+                    p.payer.clone(),
+                    p.occurred_at_ms,
+                ),
+                Ok(Event::Member(m)) => (Some(m.event_id.clone()), Some(m.member_id.clone()), None, None, m.occurred_at_ms),
+                Err(_) => (None, None, None, None, 0),
             })
             .collect()
     }
+
+    /// External ids that registrations in this batch bind: (index, member_id, kind, id).
+    fn bindings(&self) -> Vec<(usize, String, String, String)> {
+        let mut out = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            if let Ok(Event::Member(m)) = e {
+                for (kind, id) in &m.external_ids {
+                    out.push((i, m.member_id.clone(), kind.clone(), id.clone()));
+                }
+            }
+        }
+        out
+    }
 }
 
-type OutcomeTuple = (
+type EventOutcome = (
     &'static str,
     i64,
     Option<String>,
     Option<String>,
     i64,
     i64,
+    Vec<(String, i64)>,
     Option<String>,
     Option<String>,
 );
 
-/// Computes the outcome of every event of `batch`; see `core_ext/_core.pyi`.
+/// Evaluates a batch; see `core_ext/_core.pyi`.
 #[pyfunction]
-pub fn accrue_batch(
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub fn evaluate_batch(
     py: Python<'_>,
     rules: &PyRuleSet,
-    batch: &PyPaymentBatch,
-    tiers: Vec<Option<String>>,
-    originals: Vec<Option<(i64, i64, i64, i64)>>,
+    batch: &PyEventBatch,
     applied: Vec<bool>,
+    originals: Vec<Option<(i64, i64, i64, i64)>>,
+    members: HashMap<String, (i64, Option<String>)>,
+    budget_spent: HashMap<String, i64>,
     now_ms: i64,
-) -> PyResult<Vec<OutcomeTuple>> {
+) -> PyResult<(Vec<EventOutcome>, Vec<(String, i64, String, Option<i64>)>)> {
     let n = batch.events.len();
-    if tiers.len() != n || originals.len() != n || applied.len() != n {
+    if applied.len() != n || originals.len() != n {
         return Err(PyValueError::new_err(format!(
-            "accrue_batch: {n} events but {} tiers, {} originals, {} applied flags",
-            tiers.len(),
-            originals.len(),
-            applied.len()
+            "evaluate_batch: {n} events but {} applied flags and {} originals",
+            applied.len(),
+            originals.len()
         )));
     }
-    let mut contexts = Vec::with_capacity(n);
-    for ((tier, original), already_applied) in tiers.into_iter().zip(originals).zip(applied) {
-        let original = match original {
+    let mut records = Vec::with_capacity(n);
+    for original in originals {
+        records.push(match original {
             Some((amount_fen, points, refunded_amount_fen, refunded_points)) if amount_fen > 0 => {
                 Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points })
             }
-            Some(_) => return Err(PyValueError::new_err("accrue_batch: an original payment has amount_fen <= 0")),
+            Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
             None => None,
-        };
-        contexts.push(EventContext { tier, original, already_applied });
+        });
     }
+    let stored = StoredMembers { members, budget_spent };
     let rules = Arc::clone(&rules.inner);
     let events = &batch.events;
-    let outcomes = py.detach(|| accrual::accrue_batch(&rules, events, &contexts, now_ms));
-    Ok(outcomes
+    let result = py.detach(|| engine::evaluate_batch(&rules, events, &applied, &records, &stored, now_ms));
+    let outcomes = result
+        .outcomes
         .into_iter()
         .map(|o| match o {
-            Outcome::Apply(m) => (
-                "apply",
-                m.points,
-                Some(m.row_json),
-                m.refund_of,
-                m.amount_fen,
-                m.clawback_points,
-                None,
-                None,
-            ),
-            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, None, None),
+            Outcome::Apply(a) => {
+                ("apply", a.points, Some(a.rows_json), a.refund_of, a.amount_fen, a.clawback_points, a.campaigns, None, None)
+            }
+            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None),
+            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None),
             Outcome::Rejected(e) => (
                 "rejected",
                 0,
@@ -212,9 +259,77 @@ pub fn accrue_batch(
                 None,
                 0,
                 0,
+                Vec::new(),
                 Some(e.field().to_string()),
                 Some(e.reason().to_string()),
             ),
         })
-        .collect())
+        .collect();
+    let updates = result
+        .members
+        .into_iter()
+        .map(|m| (m.member_id, m.expected_seq, m.state_json, m.review_at_ms))
+        .collect();
+    Ok((outcomes, updates))
+}
+
+/// What the member API shows of a stored state: tier, progress and review date.
+#[pyfunction]
+#[pyo3(signature = (rules, state_json, now_ms))]
+pub fn member_view<'py>(
+    py: Python<'py>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    now_ms: i64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let local = Local::of(now_ms, rules.inner.utc_offset_minutes);
+    let v = tiers::view(&rules.inner, &state, local.month_index, now_ms);
+    let tier = rules.inner.tier(Some(&v.tier));
+    let d = PyDict::new(py);
+    d.set_item("tier", v.tier)?;
+    d.set_item("qualified_tier", v.qualified_tier)?;
+    d.set_item("window_points", v.window_points)?;
+    d.set_item("window_spend_fen", v.window_spend_fen)?;
+    d.set_item("next_tier", v.next_tier)?;
+    d.set_item("points_to_next", v.points_to_next)?;
+    d.set_item("spend_to_next_fen", v.spend_to_next_fen)?;
+    d.set_item("review_at_ms", v.review_at_ms)?;
+    d.set_item("override_until_ms", v.override_until_ms)?;
+    d.set_item("free_parking_minutes", tier.free_parking_minutes)?;
+    d.set_item("redemption_bonus_pct", tier.redemption_bonus_pct)?;
+    d.set_item("registered", state.registered_at_ms.is_some())?;
+    d.set_item("birthday", state.birthday)?;
+    d.set_item("tags", state.tags)?;
+    d.set_item("sign_in_streak", state.sign_in_streak)?;
+    Ok(d)
+}
+
+/// Replays raw payment bodies (oldest first) through `rules` from empty states.
+#[pyfunction]
+pub fn simulate<'py>(py: Python<'py>, rules: &PyRuleSet, bodies: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyDict>> {
+    let rules_inner = Arc::clone(&rules.inner);
+    let r = py.detach(|| {
+        let events: Vec<_> = bodies.iter().map(|b| events::parse_event(b)).collect();
+        crate::simulate::simulate(&rules_inner, &events)
+    });
+    let d = PyDict::new(py);
+    d.set_item("events", r.events)?;
+    d.set_item("refused", r.refused)?;
+    d.set_item("points_issued", r.points_issued)?;
+    d.set_item("points_clawed_back", r.points_clawed_back)?;
+    d.set_item("points_by_bu", r.points_by_bu)?;
+    d.set_item("points_by_format", r.points_by_format)?;
+    d.set_item(
+        "campaigns",
+        rules
+            .inner
+            .campaigns
+            .iter()
+            .map(|c| (c.id.clone(), r.campaign_points.get(&c.id).copied().unwrap_or(0), c.budget_points))
+            .collect::<Vec<_>>(),
+    )?;
+    d.set_item("upgrades", r.upgrades)?;
+    d.set_item("final_tiers", r.final_tiers)?;
+    Ok(d)
 }

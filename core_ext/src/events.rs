@@ -3,7 +3,6 @@
 //! and in the agents (a poison message on the topic is rejected, not trusted).
 
 use crate::errors::{CoreError, CoreResult};
-use chrono::DateTime;
 use serde_json::{Map, Value};
 
 /// Longest identifier we accept (event, member, BU, merchant, category, channel).
@@ -33,7 +32,10 @@ pub struct PaymentEvent {
     pub kind: EventKind,
     /// Milliseconds since the Unix epoch (UTC).
     pub occurred_at_ms: i64,
-    pub member_id: String,
+    /// None for a guest payment (a payer that is not bound to a member).
+    pub member_id: Option<String>,
+    /// The external id the gateway named: (kind, id), e.g. ("wechat", openid).
+    pub payer: Option<(String, String)>,
     pub bu_id: String,
     pub merchant_id: String,
     pub category: String,
@@ -97,13 +99,7 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Parses an ISO-8601 / RFC 3339 timestamp that carries an offset; returns epoch ms.
 pub fn parse_instant(field: &str, s: &str) -> CoreResult<i64> {
-    let dt = DateTime::parse_from_rfc3339(s).map_err(|e| {
-        CoreError::invalid_event(
-            field,
-            format!("must be an ISO-8601 time with offset, e.g. 2026-11-23T10:15:00+08:00 ({e})"),
-        )
-    })?;
-    Ok(dt.timestamp_millis())
+    crate::time::parse_instant_ms(s).map_err(|e| CoreError::invalid_event(field, e.reason().to_string()))
 }
 
 fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
@@ -139,40 +135,241 @@ fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
     Ok(amount)
 }
 
-/// Decodes and validates one event from its raw JSON bytes.
-pub fn parse_payment_event(raw: &[u8]) -> CoreResult<PaymentEvent> {
+fn parse_object(raw: &[u8]) -> CoreResult<Map<String, Value>> {
     let value: Value = serde_json::from_slice(raw)
         .map_err(|e| CoreError::invalid_event("body", format!("is not valid JSON: {e}")))?;
-    let obj = match value {
-        Value::Object(obj) => obj,
-        other => {
-            return Err(CoreError::invalid_event(
-                "body",
-                format!("must be a JSON object, got {}", type_name(&other)),
-            ))
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => Err(CoreError::invalid_event(
+            "body",
+            format!("must be a JSON object, got {}", type_name(&other)),
+        )),
+    }
+}
+
+/// Payer kinds a payment may name instead of a member id.
+pub const PAYER_KINDS: [&str; 6] = ["phone", "wechat", "alipay", "unionpay", "plate", "card"];
+
+fn get_external_id(v: &Value, field: &str) -> CoreResult<(String, String)> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| CoreError::invalid_event(field, "must be an object {\"kind\": ..., \"id\": ...}"))?;
+    let kind = get_str(obj, "kind").map_err(|e| CoreError::invalid_event(format!("{field}.kind"), e.reason()))?;
+    if !PAYER_KINDS.contains(&kind) {
+        return Err(CoreError::invalid_event(
+            format!("{field}.kind"),
+            format!("must be one of {}", PAYER_KINDS.join(", ")),
+        ));
+    }
+    let id = get_str(obj, "id").map_err(|e| CoreError::invalid_event(format!("{field}.id"), e.reason()))?;
+    check_id(&format!("{field}.id"), id)?;
+    Ok((kind.to_string(), id.to_string()))
+}
+
+fn get_payer(obj: &Map<String, Value>) -> CoreResult<Option<(String, String)>> {
+    match obj.get("payer") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => get_external_id(v, "payer").map(Some),
+    }
+}
+
+/// Any event of the engine: a payment or refund, or a member event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Payment(PaymentEvent),
+    Member(MemberEvent),
+}
+
+impl Event {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Event::Payment(p) => &p.event_id,
+            Event::Member(m) => &m.event_id,
         }
+    }
+
+    pub fn member_id(&self) -> Option<&str> {
+        match self {
+            Event::Payment(p) => p.member_id.as_deref(),
+            Event::Member(m) => Some(&m.member_id),
+        }
+    }
+
+    pub fn occurred_at_ms(&self) -> i64 {
+        match self {
+            Event::Payment(p) => p.occurred_at_ms,
+            Event::Member(m) => m.occurred_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    Register,
+    Profile,
+    SignIn,
+    Referral,
+    Review,
+    TierOverride,
+    TierReview,
+}
+
+impl MemberKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberKind::Register => "register",
+            MemberKind::Profile => "profile",
+            MemberKind::SignIn => "sign_in",
+            MemberKind::Referral => "referral",
+            MemberKind::Review => "review",
+            MemberKind::TierOverride => "tier_override",
+            MemberKind::TierReview => "tier_review",
+        }
+    }
+
+    fn parse(s: &str) -> Option<MemberKind> {
+        Some(match s {
+            "register" => MemberKind::Register,
+            "profile" => MemberKind::Profile,
+            "sign_in" => MemberKind::SignIn,
+            "referral" => MemberKind::Referral,
+            "review" => MemberKind::Review,
+            "tier_override" => MemberKind::TierOverride,
+            "tier_review" => MemberKind::TierReview,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEvent {
+    pub event_id: String,
+    pub kind: MemberKind,
+    pub occurred_at_ms: i64,
+    pub member_id: String,
+    /// "MM-DD"
+    pub birthday: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub external_ids: Vec<(String, String)>,
+    pub referred_member_id: Option<String>,
+    pub tier: Option<String>,
+    pub until_ms: Option<i64>,
+}
+
+fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
+    let s = match obj.get("birthday") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(CoreError::invalid_event("birthday", "must be a string MM-DD or YYYY-MM-DD")),
     };
-    let event_id = get_id(&obj, "event_id")?;
-    let kind = match get_str(&obj, "type")? {
+    let md = if s.len() == 10 { &s[5..] } else { s };
+    let ok = md.len() == 5
+        && md.as_bytes()[2] == b'-'
+        && matches!(md[..2].parse::<u32>(), Ok(1..=12))
+        && matches!(md[3..].parse::<u32>(), Ok(1..=31));
+    if !ok {
+        return Err(CoreError::invalid_event("birthday", "must be MM-DD or YYYY-MM-DD"));
+    }
+    Ok(Some(md.to_string()))
+}
+
+fn get_tags(obj: &Map<String, Value>) -> CoreResult<Option<Vec<String>>> {
+    match obj.get("tags") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.len() <= 50 => items
+            .iter()
+            .map(|t| match t {
+                Value::String(s) => check_id("tags", s).map(|_| s.clone()),
+                _ => Err(CoreError::invalid_event("tags", "must be a list of strings")),
+            })
+            .collect::<CoreResult<Vec<_>>>()
+            .map(Some),
+        Some(_) => Err(CoreError::invalid_event("tags", "must be a list of at most 50 strings")),
+    }
+}
+
+fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: String) -> CoreResult<MemberEvent> {
+    let occurred_at_ms = parse_instant("occurred_at", get_str(obj, "occurred_at")?)?;
+    let member_id = get_id(obj, "member_id")?;
+    let external_ids = match obj.get("external_ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= 10 => items
+            .iter()
+            .map(|v| get_external_id(v, "external_ids[]"))
+            .collect::<CoreResult<Vec<_>>>()?,
+        Some(_) => return Err(CoreError::invalid_event("external_ids", "must be a list of at most 10 {kind, id}")),
+    };
+    let referred_member_id = match kind {
+        MemberKind::Referral => Some(get_id(obj, "referred_member_id")?),
+        _ => None,
+    };
+    let (tier, until_ms) = match kind {
+        MemberKind::TierOverride => (
+            Some(get_id(obj, "tier")?),
+            Some(parse_instant("until", get_str(obj, "until")?)?),
+        ),
+        _ => (None, None),
+    };
+    Ok(MemberEvent {
+        event_id,
+        kind,
+        occurred_at_ms,
+        member_id,
+        birthday: get_birthday(obj)?,
+        tags: get_tags(obj)?,
+        external_ids,
+        referred_member_id,
+        tier,
+        until_ms,
+    })
+}
+
+/// Decodes and validates any event (payment, refund or member event).
+pub fn parse_event(raw: &[u8]) -> CoreResult<Event> {
+    let obj = &parse_object(raw)?;
+    let event_id = get_id(obj, "event_id")?;
+    let type_ = get_str(obj, "type")?;
+    if let Some(kind) = MemberKind::parse(type_) {
+        return parse_member_event(obj, kind, event_id).map(Event::Member);
+    }
+    parse_payment_object(obj, event_id).map(Event::Payment)
+}
+
+/// Decodes and validates one payment or refund from its raw JSON bytes.
+pub fn parse_payment_event(raw: &[u8]) -> CoreResult<PaymentEvent> {
+    let obj = &parse_object(raw)?;
+    let event_id = get_id(obj, "event_id")?;
+    parse_payment_object(obj, event_id)
+}
+
+fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResult<PaymentEvent> {
+    let kind = match get_str(obj, "type")? {
         "payment" => EventKind::Payment,
         "refund" => EventKind::Refund,
         other => {
             return Err(CoreError::invalid_event(
                 "type",
-                format!("must be \"payment\" or \"refund\", got {other:?}"),
+                format!(
+                    "must be payment, refund, register, profile, sign_in, referral, review, \
+                     tier_override or tier_review, got {other:?}"
+                ),
             ))
         }
     };
-    let occurred_at_ms = parse_instant("occurred_at", get_str(&obj, "occurred_at")?)?;
-    let member_id = get_id(&obj, "member_id")?;
-    let bu_id = get_id(&obj, "bu_id")?;
-    let merchant_id = get_id(&obj, "merchant_id")?;
-    let category = get_id(&obj, "category")?;
-    let amount_fen = get_amount(&obj, "amount_fen")?;
-    let channel = get_id(&obj, "channel")?;
+    let occurred_at_ms = parse_instant("occurred_at", get_str(obj, "occurred_at")?)?;
+    let payer = get_payer(obj)?;
+    let member_id = match (obj.get("member_id"), &payer) {
+        (None | Some(Value::Null), Some(_)) => None,
+        _ => Some(get_id(obj, "member_id")?),
+    };
+    let bu_id = get_id(obj, "bu_id")?;
+    let merchant_id = get_id(obj, "merchant_id")?;
+    let category = get_id(obj, "category")?;
+    let amount_fen = get_amount(obj, "amount_fen")?;
+    let channel = get_id(obj, "channel")?;
     let refund_of = match (kind, obj.get("refund_of")) {
         (EventKind::Refund, _) => {
-            let of = get_id(&obj, "refund_of")?;
+            let of = get_id(obj, "refund_of")?;
             if of == event_id {
                 return Err(CoreError::invalid_event("refund_of", "must name another event"));
             }
@@ -191,6 +388,7 @@ pub fn parse_payment_event(raw: &[u8]) -> CoreResult<PaymentEvent> {
         kind,
         occurred_at_ms,
         member_id,
+        payer,
         bu_id,
         merchant_id,
         category,

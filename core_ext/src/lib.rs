@@ -2,9 +2,18 @@
 //! states and rules. No I/O here; `bindings` is the only module that knows Python.
 
 pub mod accrual;
+pub mod behaviour;
+pub mod campaigns;
+pub mod engine;
 pub mod errors;
 pub mod events;
+pub mod ledger;
 pub mod rules;
+pub mod rules_file;
+pub mod simulate;
+pub mod state;
+pub mod tiers;
+pub mod time;
 
 #[cfg(feature = "python")]
 mod bindings;
@@ -29,8 +38,14 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
         m.add(name, exc)?;
     }
     m.add_class::<bindings::PyRuleSet>()?;
-    m.add_class::<bindings::PyPaymentBatch>()?;
+    m.add_class::<bindings::PyEventBatch>()?;
     m.add_function(wrap_pyfunction!(bindings::validate_payment, m)?)?;
-    m.add_function(wrap_pyfunction!(bindings::accrue_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::validate_member_event, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::evaluate_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::member_view, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests_engine;

@@ -1,10 +1,8 @@
-//! The earning rule set: loaded from TOML, validated once, compiled into lookup
-//! tables. Every error names the file, the line and the field.
+//! The compiled rule set: rates, caps, tiers, campaigns and behaviour rules, with
+//! the lookups the accrual needs. Built from TOML by `rules_file`.
 
-use crate::errors::{CoreError, CoreResult};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
-use toml::Spanned;
 
 /// How a fractional point is turned into an integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -42,6 +40,14 @@ pub struct BusinessUnit {
 }
 
 #[derive(Debug, Clone)]
+pub struct Merchant {
+    pub id: String,
+    pub bu: String,
+    pub category: String,
+    pub rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone)]
 pub struct CategoryRule {
     pub formats: Option<HashSet<String>>,
     pub excluded: bool,
@@ -53,374 +59,164 @@ pub struct Tier {
     pub id: String,
     /// Earning multiplier in percent (150 = 1.5x).
     pub multiplier_pct: i64,
+    /// Qualification thresholds over the rolling window (None: not a criterion).
+    pub qualify_points: Option<i64>,
+    pub qualify_spend_fen: Option<i64>,
+    pub free_parking_minutes: i64,
+    pub redemption_bonus_pct: i64,
+    /// Extra multiplier on payments in the member's birthday month (100 = none).
+    pub birthday_multiplier_pct: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Downgrade {
+    /// At review, the member gets the highest tier the window qualifies for.
+    ToQualified,
+    /// At review, at most one step down.
+    OneStep,
+}
+
+#[derive(Debug, Clone)]
+pub struct TierPolicy {
+    /// Qualification window in calendar months, the current one included.
+    pub window_months: i32,
+    /// Days from reaching (or renewing) a tier to its review.
+    pub review_after_days: i64,
+    pub downgrade: Downgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stacking {
+    /// Only the campaign worth the most points applies (the first listed on a tie).
+    BestOf,
+    /// Every matching campaign adds its own points, each computed on the base.
+    Add,
+    /// Multipliers compound in file order; fixed bonuses add.
+    Multiply,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CampaignKind {
+    /// Extra points = tier-adjusted points x (pct - 100) / 100.
+    Multiplier(i64),
+    /// A fixed number of points per qualifying payment.
+    Bonus(i64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CampaignFilter {
+    pub bus: Option<HashSet<String>>,
+    pub formats: Option<HashSet<String>>,
+    pub merchants: Option<HashSet<String>>,
+    pub categories: Option<HashSet<String>>,
+    pub tiers: Option<HashSet<String>>,
+    pub tags: Option<HashSet<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: String,
+    pub kind: CampaignKind,
+    pub starts_at_ms: Option<i64>,
+    pub ends_at_ms: Option<i64>,
+    /// Local dates as day numbers since 1970-01-01.
+    pub dates: Option<HashSet<i64>>,
+    /// Local weekdays, Monday = 0.
+    pub weekdays: Option<HashSet<u32>>,
+    /// Local hours [from, to).
+    pub hours: Option<(u32, u32)>,
+    pub min_amount_fen: i64,
+    pub filter: CampaignFilter,
+    pub budget_points: Option<i64>,
+    pub per_member_cap_points: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreakBonus {
+    pub days: i64,
+    pub points: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    pub registration_gift: i64,
+    pub birthday_month_bonus: i64,
+    pub sign_in_points: i64,
+    pub sign_in_streaks: Vec<StreakBonus>,
+    /// Consecutive days with a payment: bonus when the streak reaches `days`.
+    pub spend_streak: Option<(StreakBonus, i64)>,
+    /// Monthly spend task: (spend_fen to reach, points).
+    pub monthly_task: Option<(i64, i64)>,
+    pub referral_points: i64,
+    pub referral_max_per_month: i64,
+    pub review_points: i64,
+    pub review_max_per_day: i64,
 }
 
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     pub version: String,
     pub rounding: Rounding,
+    /// The group's local time, for dates, weekdays, hours and day/month boundaries.
+    pub utc_offset_minutes: i64,
+    pub per_transaction_cap: Option<i64>,
+    pub per_member_daily_cap: Option<i64>,
     pub formats: HashMap<String, Rate>,
     pub business_units: HashMap<String, BusinessUnit>,
+    pub merchants: HashMap<String, Merchant>,
     pub categories: HashMap<String, Vec<CategoryRule>>,
     pub tiers: Vec<Tier>,
-}
-
-// ---- the file as written -------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRuleSet {
-    version: Spanned<String>,
-    #[serde(default = "default_rounding")]
-    rounding: Rounding,
-    formats: HashMap<String, RawRate>,
-    #[serde(default)]
-    business_units: Vec<RawBusinessUnit>,
-    #[serde(default)]
-    categories: Vec<RawCategory>,
-    tiers: Spanned<Vec<RawTier>>,
-}
-
-fn default_rounding() -> Rounding {
-    Rounding::Floor
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRate {
-    points: Spanned<i64>,
-    per_fen: Spanned<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBusinessUnit {
-    id: Spanned<String>,
-    format: Spanned<String>,
-    #[serde(default)]
-    name: Option<String>,
-    points: Option<Spanned<i64>>,
-    per_fen: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCategory {
-    id: Spanned<String>,
-    #[serde(default)]
-    formats: Option<Spanned<Vec<String>>>,
-    #[serde(default)]
-    excluded: bool,
-    points: Option<Spanned<i64>>,
-    per_fen: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTier {
-    id: Spanned<String>,
-    multiplier_pct: Spanned<i64>,
-}
-
-// ---- loading -------------------------------------------------------------------
-
-struct Source<'a> {
-    file: &'a str,
-    text: &'a str,
-}
-
-impl Source<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
-    }
-
-    fn err<T>(&self, span: std::ops::Range<usize>, field: &str, reason: impl Into<String>) -> CoreResult<T> {
-        Err(CoreError::InvalidRules {
-            file: self.file.to_string(),
-            line: self.line_of(span.start),
-            field: field.to_string(),
-            reason: reason.into(),
-        })
-    }
-
-    /// The dotted path of the key on the line of `offset`, from the nearest table
-    /// header above it: used to name the field of a serde error.
-    fn field_at(&self, offset: usize) -> String {
-        let start = offset.min(self.text.len());
-        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
-        let line = self.text[line_start..line_end].trim();
-        let key = line.split('=').next().unwrap_or("").trim();
-        let header = self.text[..line_start]
-            .lines()
-            .rev()
-            .map(str::trim)
-            .find(|l| l.starts_with('['))
-            .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
-        match (header, key.is_empty() || line.starts_with('[')) {
-            (Some(h), false) => format!("{h}.{key}"),
-            (Some(h), true) => h,
-            (None, false) => key.to_string(),
-            (None, true) => "(top level)".to_string(),
-        }
-    }
-}
-
-fn check_rate(src: &Source, field: &str, points: &Spanned<i64>, per_fen: &Spanned<i64>) -> CoreResult<Rate> {
-    if !(0..=10_000).contains(points.get_ref()) {
-        return src.err(points.span(), &format!("{field}.points"), "must be between 0 and 10000");
-    }
-    if !(1..=100_000_000).contains(per_fen.get_ref()) {
-        return src.err(per_fen.span(), &format!("{field}.per_fen"), "must be between 1 and 100000000 fen");
-    }
-    Ok(Rate {
-        points: *points.get_ref(),
-        per_fen: *per_fen.get_ref(),
-    })
-}
-
-fn optional_rate(
-    src: &Source,
-    field: &str,
-    at: std::ops::Range<usize>,
-    points: &Option<Spanned<i64>>,
-    per_fen: &Option<Spanned<i64>>,
-) -> CoreResult<Option<Rate>> {
-    match (points, per_fen) {
-        (None, None) => Ok(None),
-        (Some(p), Some(f)) => check_rate(src, field, p, f).map(Some),
-        _ => src.err(at, field, "set both points and per_fen, or neither"),
-    }
-}
-
-fn check_rule_id(src: &Source, field: &str, id: &Spanned<String>) -> CoreResult<()> {
-    crate::events::check_id(field, id.get_ref())
-        .or_else(|e| src.err(id.span(), field, e.reason().to_string()))
+    pub tier_policy: TierPolicy,
+    pub stacking: Stacking,
+    pub campaigns: Vec<Campaign>,
+    /// Campaign indexes that may match a payment at each business unit.
+    pub campaigns_by_bu: HashMap<String, Vec<usize>>,
+    pub behaviour: Behaviour,
+    /// Days after a guest payment within which registering credits it.
+    pub guest_credit_days: i64,
 }
 
 impl RuleSet {
-    /// Parses and validates a TOML rule set. `file` is only used in error messages.
-    pub fn from_toml(text: &str, file: &str) -> CoreResult<RuleSet> {
-        let src = Source { file, text };
-        let raw: RawRuleSet = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            CoreError::InvalidRules {
-                file: file.to_string(),
-                line: src.line_of(offset),
-                field: src.field_at(offset),
-                reason: e.message().trim().to_string(),
-            }
-        })?;
-
-        if raw.version.get_ref().trim().is_empty() {
-            return src.err(raw.version.span(), "version", "must not be empty");
-        }
-
-        let mut formats = HashMap::new();
-        for (name, rate) in &raw.formats {
-            check_rule_id(&src, &format!("formats.{name}"), &Spanned::new(rate.points.span(), name.clone()))?;
-            formats.insert(name.clone(), check_rate(&src, &format!("formats.{name}"), &rate.points, &rate.per_fen)?);
-        }
-
-        let mut business_units = HashMap::new();
-        for (i, bu) in raw.business_units.iter().enumerate() {
-            let field = format!("business_units[{i}]");
-            check_rule_id(&src, &format!("{field}.id"), &bu.id)?;
-            if !formats.contains_key(bu.format.get_ref()) {
-                return src.err(
-                    bu.format.span(),
-                    &format!("{field}.format"),
-                    format!("unknown format {:?} (define it under [formats])", bu.format.get_ref()),
-                );
-            }
-            let rate = optional_rate(&src, &field, bu.id.span(), &bu.points, &bu.per_fen)?;
-            let _ = &bu.name;
-            let unit = BusinessUnit {
-                id: bu.id.get_ref().clone(),
-                format: bu.format.get_ref().clone(),
-                rate,
-            };
-            if business_units.insert(unit.id.clone(), unit).is_some() {
-                return src.err(bu.id.span(), &format!("{field}.id"), format!("duplicate business unit {:?}", bu.id.get_ref()));
-            }
-        }
-
-        let mut categories: HashMap<String, Vec<CategoryRule>> = HashMap::new();
-        for (i, cat) in raw.categories.iter().enumerate() {
-            let field = format!("categories[{i}]");
-            check_rule_id(&src, &format!("{field}.id"), &cat.id)?;
-            let scope = match &cat.formats {
-                None => None,
-                Some(list) => {
-                    for f in list.get_ref() {
-                        if !formats.contains_key(f) {
-                            return src.err(list.span(), &format!("{field}.formats"), format!("unknown format {f:?}"));
-                        }
-                    }
-                    Some(list.get_ref().iter().cloned().collect::<HashSet<_>>())
-                }
-            };
-            let rate = optional_rate(&src, &field, cat.id.span(), &cat.points, &cat.per_fen)?;
-            if cat.excluded && rate.is_some() {
-                return src.err(cat.id.span(), &field, "an excluded category cannot also have a rate");
-            }
-            if !cat.excluded && rate.is_none() {
-                return src.err(cat.id.span(), &field, "set excluded = true, or points and per_fen");
-            }
-            categories.entry(cat.id.get_ref().clone()).or_default().push(CategoryRule {
-                formats: scope,
-                excluded: cat.excluded,
-                rate,
-            });
-        }
-
-        if raw.tiers.get_ref().is_empty() {
-            return src.err(raw.tiers.span(), "tiers", "at least one tier is required (the first is the default)");
-        }
-        let mut tiers: Vec<Tier> = Vec::new();
-        for (i, t) in raw.tiers.get_ref().iter().enumerate() {
-            let field = format!("tiers[{i}]");
-            check_rule_id(&src, &format!("{field}.id"), &t.id)?;
-            if !(0..=10_000).contains(t.multiplier_pct.get_ref()) {
-                return src.err(t.multiplier_pct.span(), &format!("{field}.multiplier_pct"), "must be between 0 and 10000 (percent)");
-            }
-            if tiers.iter().any(|x| &x.id == t.id.get_ref()) {
-                return src.err(t.id.span(), &format!("{field}.id"), format!("duplicate tier {:?}", t.id.get_ref()));
-            }
-            tiers.push(Tier {
-                id: t.id.get_ref().clone(),
-                multiplier_pct: *t.multiplier_pct.get_ref(),
-            });
-        }
-
-        Ok(RuleSet {
-            version: raw.version.get_ref().trim().to_string(),
-            rounding: raw.rounding,
-            formats,
-            business_units,
-            categories,
-            tiers,
-        })
-    }
-
     pub fn default_tier(&self) -> &Tier {
         &self.tiers[0]
     }
 
+    pub fn tier_index(&self, id: Option<&str>) -> usize {
+        id.and_then(|id| self.tiers.iter().position(|t| t.id == id)).unwrap_or(0)
+    }
+
     /// The tier a member earns at; an unknown or missing tier earns at the default.
     pub fn tier(&self, id: Option<&str>) -> &Tier {
-        id.and_then(|id| self.tiers.iter().find(|t| t.id == id))
-            .unwrap_or_else(|| self.default_tier())
+        &self.tiers[self.tier_index(id)]
     }
 
-    /// The base earning rate of a payment, or `None` when it earns nothing
-    /// (excluded category). Category beats business unit beats format.
-    pub fn base_rate(&self, bu: &BusinessUnit, category: &str) -> Option<Rate> {
-        if let Some(rules) = self.categories.get(category) {
-            if let Some(rule) = rules
+    /// The category a payment earns under: a configured merchant's own category wins.
+    pub fn category_of<'a>(&'a self, merchant_id: &str, event_category: &'a str) -> &'a str {
+        self.merchants
+            .get(merchant_id)
+            .map_or(event_category, |m| m.category.as_str())
+    }
+
+    /// The base earning rate of a payment, or `None` when it earns nothing.
+    /// An excluded category earns nothing whatever else is set; otherwise a
+    /// merchant's rate beats a category rule, which beats the business unit's,
+    /// which beats the format's.
+    pub fn base_rate(&self, bu: &BusinessUnit, merchant_id: &str, category: &str) -> Option<Rate> {
+        let rule = self.categories.get(category).and_then(|rules| {
+            rules
                 .iter()
                 .find(|r| r.formats.as_ref().is_none_or(|f| f.contains(&bu.format)))
-            {
-                return if rule.excluded { None } else { rule.rate };
-            }
+        });
+        if rule.is_some_and(|r| r.excluded) {
+            return None;
         }
-        bu.rate.or_else(|| self.formats.get(&bu.format).copied())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub const SAMPLE: &str = r#"
-version = "t-1"
-rounding = "floor"
-
-[formats.mall]
-points = 1
-per_fen = 100
-
-[formats.hotel]
-points = 2
-per_fen = 100
-
-[[business_units]]
-id = "mall-01"
-format = "mall"
-
-[[business_units]]
-id = "hotel-01"
-format = "hotel"
-
-[[categories]]
-id = "tobacco"
-excluded = true
-
-[[categories]]
-id = "jewelry"
-formats = ["mall"]
-points = 1
-per_fen = 200
-
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
-
-[[tiers]]
-id = "gold"
-multiplier_pct = 150
-"#;
-
-    #[test]
-    fn loads_the_sample() {
-        let r = RuleSet::from_toml(SAMPLE, "rules.toml").unwrap();
-        assert_eq!(r.version, "t-1");
-        assert_eq!(r.tiers.len(), 2);
-        let mall = &r.business_units["mall-01"];
-        assert_eq!(r.base_rate(mall, "fashion"), Some(Rate { points: 1, per_fen: 100 }));
-        assert_eq!(r.base_rate(mall, "jewelry"), Some(Rate { points: 1, per_fen: 200 }));
-        assert_eq!(r.base_rate(mall, "tobacco"), None);
-        let hotel = &r.business_units["hotel-01"];
-        // The jewelry rate is scoped to malls: the hotel earns its format rate.
-        assert_eq!(r.base_rate(hotel, "jewelry"), Some(Rate { points: 2, per_fen: 100 }));
-        assert_eq!(r.tier(Some("nope")).id, "normal");
-    }
-
-    fn error_of(text: &str) -> (usize, String, String) {
-        match RuleSet::from_toml(text, "r.toml").unwrap_err() {
-            CoreError::InvalidRules { line, field, reason, .. } => (line, field, reason),
-            other => panic!("unexpected {other:?}"),
+        if let Some(rate) = self.merchants.get(merchant_id).and_then(|m| m.rate) {
+            return Some(rate);
         }
-    }
-
-    #[test]
-    fn errors_name_line_and_field() {
-        let bad = SAMPLE.replace("format = \"hotel\"", "format = \"spa\"");
-        let (line, field, reason) = error_of(&bad);
-        assert_eq!(field, "business_units[1].format");
-        assert_eq!(line, 19);
-        assert!(reason.contains("unknown format"), "{reason}");
-
-        let bad = SAMPLE.replace("multiplier_pct = 150", "multiplier_pct = \"x\"");
-        let (line, field, _) = error_of(&bad);
-        assert_eq!((line, field.as_str()), (37, "tiers.multiplier_pct"));
-
-        let bad = SAMPLE.replace("per_fen = 200", "per_fen = 0");
-        let (line, field, _) = error_of(&bad);
-        assert_eq!((line, field.as_str()), (29, "categories[1].per_fen"));
-
-        let bad = SAMPLE.replace("rounding = \"floor\"", "roundng = \"floor\"");
-        let (line, field, reason) = error_of(&bad);
-        assert_eq!((line, field.as_str()), (3, "roundng"));
-        assert!(reason.contains("unknown field"), "{reason}");
-    }
-
-    #[test]
-    fn rounding_rules() {
-        assert_eq!(Rounding::Floor.divide(199, 100), 1);
-        assert_eq!(Rounding::Ceil.divide(101, 100), 2);
-        assert_eq!(Rounding::Ceil.divide(100, 100), 1);
-        assert_eq!(Rounding::HalfUp.divide(150, 100), 2);
-        assert_eq!(Rounding::HalfUp.divide(149, 100), 1);
+        rule.and_then(|r| r.rate)
+            .or(bu.rate)
+            .or_else(|| self.formats.get(&bu.format).copied())
     }
 }

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from core_ext import reference
+from tests import reference
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
 

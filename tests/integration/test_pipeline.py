@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from core_ext import reference
+from tests import reference
 from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks
 from streams.settings import ROOT, Settings
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import core_ext
-from core_ext import reference
+from tests import reference
 from streams.settings import ROOT
 
 RULES_TEXT = (ROOT / "rules" / "demo.toml").read_text()

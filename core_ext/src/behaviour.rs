@@ -1,0 +1,143 @@
+//! Member events: registration gift, profile changes, daily sign-in with streak
+//! bonuses, referral and review points, an operator's tier override, and the
+//! scheduled tier review.
+
+use crate::accrual::Applied;
+use crate::errors::{CoreError, CoreResult};
+use crate::events::{MemberEvent, MemberKind};
+use crate::ledger::{rows_json, LedgerRow, Part};
+use crate::rules::RuleSet;
+use crate::state::MemberState;
+use crate::tiers::{self, TierChange};
+use crate::time::Local;
+
+pub fn apply_member_event(
+    rules: &RuleSet,
+    ev: &MemberEvent,
+    state: &mut MemberState,
+    now_ms: i64,
+) -> CoreResult<Applied> {
+    let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
+    let b = &rules.behaviour;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut change: Option<TierChange> = None;
+    if matches!(ev.kind, MemberKind::Register | MemberKind::Profile) {
+        if let Some(bd) = &ev.birthday {
+            state.birthday = Some(bd.clone());
+        }
+        if let Some(tags) = &ev.tags {
+            state.tags = tags.clone();
+        }
+    }
+    match ev.kind {
+        MemberKind::Register => {
+            if state.registered_at_ms.is_none() {
+                state.registered_at_ms = Some(ev.occurred_at_ms);
+                parts.push(Part::new("registration_gift", "", b.registration_gift));
+            } else {
+                parts.push(Part::new("already_registered", "", 0));
+            }
+        }
+        MemberKind::Profile => parts.push(Part::new("profile", "", 0)),
+        MemberKind::SignIn => {
+            if state.sign_in_last_day == Some(local.day) {
+                parts.push(Part::new("already_signed_in_today", "", 0));
+            } else {
+                state.sign_in_streak = if state.sign_in_last_day == Some(local.day - 1) {
+                    state.sign_in_streak + 1
+                } else {
+                    1
+                };
+                state.sign_in_last_day = Some(local.day);
+                parts.push(Part::new("sign_in", "", b.sign_in_points));
+                for s in &b.sign_in_streaks {
+                    if state.sign_in_streak % s.days == 0 {
+                        parts.push(Part::new("sign_in_streak", format!("{}d", s.days), s.points));
+                    }
+                }
+            }
+        }
+        MemberKind::Referral => {
+            if state.referral_month != local.month_index {
+                state.referral_month = local.month_index;
+                state.referrals_month = 0;
+            }
+            if state.referrals_month < b.referral_max_per_month {
+                state.referrals_month += 1;
+                parts.push(Part::new(
+                    "referral",
+                    ev.referred_member_id.clone().unwrap_or_default(),
+                    b.referral_points,
+                ));
+            } else {
+                parts.push(Part::new("referral_limit", "", 0));
+            }
+        }
+        MemberKind::Review => {
+            if state.review_day != local.day {
+                state.review_day = local.day;
+                state.reviews_today = 0;
+            }
+            if state.reviews_today < b.review_max_per_day {
+                state.reviews_today += 1;
+                parts.push(Part::new("review", "", b.review_points));
+            } else {
+                parts.push(Part::new("review_limit", "", 0));
+            }
+        }
+        MemberKind::TierOverride => {
+            let tier = ev.tier.as_deref().unwrap_or_default();
+            if !rules.tiers.iter().any(|t| t.id == tier) {
+                return Err(CoreError::rejected("tier", format!("unknown tier {tier:?}")));
+            }
+            let until = ev.until_ms.unwrap_or(0);
+            if until <= ev.occurred_at_ms {
+                return Err(CoreError::rejected("until", "must be after occurred_at"));
+            }
+            state.override_tier = Some(tier.to_string());
+            state.override_until_ms = Some(until);
+            parts.push(Part::new("override", tier, 0));
+        }
+        MemberKind::TierReview => {
+            change = tiers::review(rules, state, local.month_index, ev.occurred_at_ms);
+            if change.is_none() {
+                parts.push(Part::new("review_not_due", "", 0));
+            }
+        }
+    }
+    let points: i64 = parts.iter().map(|p| p.points).sum();
+    let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
+    let base = LedgerRow {
+        event_id: &ev.event_id,
+        member_id: &ev.member_id,
+        kind: ev.kind.as_str(),
+        points,
+        amount_fen: 0,
+        bu_id: "",
+        format: "",
+        merchant_id: "",
+        category: "",
+        channel: "",
+        occurred_at_ms: ev.occurred_at_ms,
+        refund_of: "",
+        tier: &tier.id,
+        rules_version: &rules.version,
+        processed_at_ms: now_ms,
+        explain: &parts,
+    };
+    let rows = match &change {
+        None => rows_json(&[base]),
+        Some(c) => {
+            let explain = [Part::new(c.reason, format!("{}->{}", c.from, c.to), 0)];
+            rows_json(&[LedgerRow { kind: "tier_change", tier: &c.to, explain: &explain, ..base }])
+        }
+    };
+    Ok(Applied {
+        points,
+        amount_fen: 0,
+        refund_of: None,
+        clawback_points: 0,
+        campaigns: Vec::new(),
+        rows_json: rows,
+    })
+}

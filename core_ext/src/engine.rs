@@ -1,0 +1,156 @@
+//! One batch of events against the members' states: a pure function of
+//! (events, states, budgets, rules, now). Member state is threaded through the
+//! batch in event order; an event that is refused leaves it untouched.
+
+use crate::accrual::{self, Applied, PaymentRecord};
+use crate::behaviour;
+use crate::errors::{CoreError, CoreResult};
+use crate::events::{Event, EventKind};
+use crate::rules::RuleSet;
+use crate::state::MemberState;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Apply(Applied),
+    /// A payment or refund of a payer with no member: a fact for BI, no points.
+    Guest(String),
+    /// Applied before (an earlier batch, or earlier in this one): no new effect.
+    Duplicate,
+    Rejected(CoreError),
+}
+
+/// A member's state after the batch, to be written only if the stored sequence
+/// number is still `expected_seq` (optimistic concurrency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberUpdate {
+    pub member_id: String,
+    pub expected_seq: i64,
+    pub state_json: String,
+    pub review_at_ms: Option<i64>,
+}
+
+/// What the store holds for the members of a batch, read before it.
+#[derive(Debug, Clone, Default)]
+pub struct StoredMembers {
+    /// member id -> (sequence number, state JSON)
+    pub members: HashMap<String, (i64, Option<String>)>,
+    /// campaign id -> points of its budget already spent
+    pub budget_spent: HashMap<String, i64>,
+}
+
+pub struct BatchResult {
+    pub outcomes: Vec<Outcome>,
+    pub members: Vec<MemberUpdate>,
+}
+
+struct Working {
+    expected_seq: i64,
+    state: MemberState,
+    touched: bool,
+}
+
+pub fn evaluate_batch(
+    rules: &RuleSet,
+    events: &[CoreResult<Event>],
+    applied: &[bool],
+    originals: &[Option<PaymentRecord>],
+    stored: &StoredMembers,
+    now_ms: i64,
+) -> BatchResult {
+    assert!(events.len() == applied.len() && events.len() == originals.len(), "one flag and record per event");
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::new();
+    let mut working: HashMap<String, Working> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut budget_spent = stored.budget_spent.clone();
+    let mut outcomes = Vec::with_capacity(events.len());
+
+    for ((ev, &was_applied), original) in events.iter().zip(applied).zip(originals) {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                outcomes.push(Outcome::Rejected(e.clone()));
+                continue;
+            }
+        };
+        let Some(member_id) = ev.member_id() else {
+            outcomes.push(match ev {
+                Event::Payment(p) => Outcome::Guest(accrual::guest_fact(rules, p, now_ms)),
+                Event::Member(_) => Outcome::Rejected(CoreError::rejected("member_id", "is required")),
+            });
+            continue;
+        };
+        if was_applied || seen.contains(&(member_id, ev.event_id())) {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if !working.contains_key(member_id) {
+            let (seq, json) = stored.members.get(member_id).cloned().unwrap_or((0, None));
+            match MemberState::from_json(json.as_deref()) {
+                Ok(state) => {
+                    working.insert(member_id.to_string(), Working { expected_seq: seq, state, touched: false });
+                    order.push(member_id.to_string());
+                }
+                Err(reason) => {
+                    outcomes.push(Outcome::Rejected(CoreError::rejected("member_id", reason)));
+                    continue;
+                }
+            }
+        }
+        let w = working.get_mut(member_id).expect("inserted above");
+        let mut state = w.state.clone();
+        let mut budgets = budget_spent.clone();
+        let result = match ev {
+            Event::Payment(p) if p.kind == EventKind::Payment => {
+                accrual::accrue_payment(rules, p, member_id, &mut state, &mut budgets, now_ms).inspect(|a| {
+                    payments.insert(
+                        (member_id.to_string(), p.event_id.clone()),
+                        PaymentRecord { amount_fen: p.amount_fen, points: a.points, ..Default::default() },
+                    );
+                })
+            }
+            Event::Payment(p) => {
+                let of = p.refund_of.clone().unwrap_or_default();
+                let key = (member_id.to_string(), of.clone());
+                match payments.get(&key).copied().or(*original) {
+                    None => Err(CoreError::rejected(
+                        "refund_of",
+                        format!("no payment {of:?} of member {member_id:?} is known"),
+                    )),
+                    Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, &mut state, now_ms).map(
+                        |(applied, after)| {
+                            payments.insert(key, after);
+                            applied
+                        },
+                    ),
+                }
+            }
+            Event::Member(m) => behaviour::apply_member_event(rules, m, &mut state, now_ms),
+        };
+        match result {
+            Ok(applied) => {
+                w.state = state;
+                w.touched = true;
+                budget_spent = budgets;
+                seen.insert((member_id, ev.event_id()));
+                outcomes.push(Outcome::Apply(applied));
+            }
+            Err(e) => outcomes.push(Outcome::Rejected(e)),
+        }
+    }
+
+    let members = order
+        .into_iter()
+        .filter_map(|id| {
+            let w = working.remove(&id)?;
+            w.touched.then(|| MemberUpdate {
+                review_at_ms: w.state.review_at_ms,
+                state_json: w.state.to_json(),
+                expected_seq: w.expected_seq,
+                member_id: id,
+            })
+        })
+        .collect();
+    BatchResult { outcomes, members }
+}

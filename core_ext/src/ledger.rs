@@ -1,0 +1,45 @@
+//! Ledger rows and their explanations, serialised once in the core so that the
+//! store keeps the exact rows a replay must reproduce.
+
+use serde::Serialize;
+
+/// One contribution to a movement: base, tier, a campaign, a behaviour rule, a cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Part {
+    pub rule: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    pub points: i64,
+}
+
+impl Part {
+    pub fn new(rule: &'static str, id: impl Into<String>, points: i64) -> Part {
+        Part { rule, id: id.into(), points }
+    }
+}
+
+/// One row of the points ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerRow<'a> {
+    pub event_id: &'a str,
+    pub member_id: &'a str,
+    pub kind: &'a str,
+    pub points: i64,
+    pub amount_fen: i64,
+    pub bu_id: &'a str,
+    pub format: &'a str,
+    pub merchant_id: &'a str,
+    pub category: &'a str,
+    pub channel: &'a str,
+    pub occurred_at_ms: i64,
+    pub refund_of: &'a str,
+    pub tier: &'a str,
+    pub rules_version: &'a str,
+    pub processed_at_ms: i64,
+    pub explain: &'a [Part],
+}
+
+/// The rows of one event, as a JSON array.
+pub fn rows_json(rows: &[LedgerRow]) -> String {
+    serde_json::to_string(rows).expect("ledger rows always serialise")
+}

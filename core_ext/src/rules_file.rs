@@ -1,0 +1,645 @@
+//! The rules file as written (TOML) and its validation into a `RuleSet`.
+//! Every error names the file, the line and the field.
+
+use crate::errors::{CoreError, CoreResult};
+use crate::rules::*;
+use crate::time::{local_day_of_date, parse_instant_ms};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use toml::Spanned;
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleSet {
+    version: S<String>,
+    #[serde(default = "default_rounding")]
+    rounding: Rounding,
+    #[serde(default)]
+    utc_offset_minutes: Option<S<i64>>,
+    #[serde(default)]
+    guest_credit_days: Option<S<i64>>,
+    #[serde(default)]
+    caps: Option<RawCaps>,
+    formats: HashMap<String, RawRate>,
+    #[serde(default)]
+    business_units: Vec<RawBusinessUnit>,
+    #[serde(default)]
+    merchants: Vec<RawMerchant>,
+    #[serde(default)]
+    categories: Vec<RawCategory>,
+    #[serde(default)]
+    tier_policy: Option<RawTierPolicy>,
+    tiers: S<Vec<RawTier>>,
+    #[serde(default)]
+    campaign_policy: Option<RawCampaignPolicy>,
+    #[serde(default)]
+    campaigns: Vec<RawCampaign>,
+    #[serde(default)]
+    behaviour: Option<RawBehaviour>,
+}
+
+fn default_rounding() -> Rounding {
+    Rounding::Floor
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaps {
+    per_transaction_points: Option<S<i64>>,
+    per_member_daily_points: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    points: S<i64>,
+    per_fen: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBusinessUnit {
+    id: S<String>,
+    format: S<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+    points: Option<S<i64>>,
+    per_fen: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMerchant {
+    id: S<String>,
+    bu: S<String>,
+    category: S<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+    points: Option<S<i64>>,
+    per_fen: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCategory {
+    id: S<String>,
+    #[serde(default)]
+    formats: Option<S<Vec<String>>>,
+    #[serde(default)]
+    excluded: bool,
+    points: Option<S<i64>>,
+    per_fen: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTierPolicy {
+    window_months: Option<S<i64>>,
+    review_after_days: Option<S<i64>>,
+    downgrade: Option<Downgrade>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    id: S<String>,
+    multiplier_pct: S<i64>,
+    qualify_points: Option<S<i64>>,
+    qualify_spend_fen: Option<S<i64>>,
+    #[serde(default)]
+    free_parking_minutes: Option<S<i64>>,
+    #[serde(default)]
+    redemption_bonus_pct: Option<S<i64>>,
+    #[serde(default)]
+    birthday_multiplier_pct: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaignPolicy {
+    stacking: Stacking,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    id: S<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+    multiplier_pct: Option<S<i64>>,
+    bonus_points: Option<S<i64>>,
+    starts_at: Option<S<String>>,
+    ends_at: Option<S<String>>,
+    dates: Option<S<Vec<String>>>,
+    weekdays: Option<S<Vec<String>>>,
+    hours: Option<S<Vec<i64>>>,
+    min_amount_fen: Option<S<i64>>,
+    bus: Option<S<Vec<String>>>,
+    formats: Option<S<Vec<String>>>,
+    merchants: Option<S<Vec<String>>>,
+    categories: Option<S<Vec<String>>>,
+    tiers: Option<S<Vec<String>>>,
+    tags: Option<S<Vec<String>>>,
+    budget_points: Option<S<i64>>,
+    per_member_cap_points: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBehaviour {
+    registration_gift: Option<S<i64>>,
+    birthday_month_bonus: Option<S<i64>>,
+    sign_in: Option<RawSignIn>,
+    spend_streak: Option<RawSpendStreak>,
+    monthly_task: Option<RawMonthlyTask>,
+    referral: Option<RawLimited>,
+    review: Option<RawReview>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStreakBonus {
+    days: S<i64>,
+    points: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignIn {
+    points: S<i64>,
+    #[serde(default)]
+    streak_bonuses: Vec<RawStreakBonus>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpendStreak {
+    days: S<i64>,
+    points: S<i64>,
+    #[serde(default)]
+    min_amount_fen: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonthlyTask {
+    spend_fen: S<i64>,
+    points: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimited {
+    points: S<i64>,
+    max_per_month: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReview {
+    points: S<i64>,
+    max_per_day: S<i64>,
+}
+
+// ---- validation helpers ----------------------------------------------------------
+
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn err<T>(&self, span: Range<usize>, field: &str, reason: impl Into<String>) -> CoreResult<T> {
+        Err(CoreError::InvalidRules {
+            file: self.file.to_string(),
+            line: self.line_of(span.start),
+            field: field.to_string(),
+            reason: reason.into(),
+        })
+    }
+
+    /// The dotted path of the key on the line of `offset`, from the nearest table
+    /// header above it: used to name the field of a serde error.
+    fn field_at(&self, offset: usize) -> String {
+        let start = offset.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
+        let line = self.text[line_start..line_end].trim();
+        let key = line.split('=').next().unwrap_or("").trim();
+        let header = self.text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+        match (header, key.is_empty() || line.starts_with('[')) {
+            (Some(h), false) => format!("{h}.{key}"),
+            (Some(h), true) => h,
+            (None, false) => key.to_string(),
+            (None, true) => "(top level)".to_string(),
+        }
+    }
+
+    fn int(&self, v: &S<i64>, field: &str, range: std::ops::RangeInclusive<i64>) -> CoreResult<i64> {
+        if !range.contains(v.get_ref()) {
+            return self.err(
+                v.span(),
+                field,
+                format!("must be between {} and {}, got {}", range.start(), range.end(), v.get_ref()),
+            );
+        }
+        Ok(*v.get_ref())
+    }
+
+    fn opt_int(
+        &self,
+        v: &Option<S<i64>>,
+        field: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> CoreResult<Option<i64>> {
+        v.as_ref().map(|v| self.int(v, field, range)).transpose()
+    }
+
+    fn id(&self, v: &S<String>, field: &str) -> CoreResult<String> {
+        crate::events::check_id(field, v.get_ref()).or_else(|e| self.err(v.span(), field, e.reason().to_string()))?;
+        Ok(v.get_ref().clone())
+    }
+
+    fn rate(&self, field: &str, points: &S<i64>, per_fen: &S<i64>) -> CoreResult<Rate> {
+        Ok(Rate {
+            points: self.int(points, &format!("{field}.points"), 0..=10_000)?,
+            per_fen: self.int(per_fen, &format!("{field}.per_fen"), 1..=100_000_000)?,
+        })
+    }
+
+    fn opt_rate(
+        &self,
+        field: &str,
+        at: Range<usize>,
+        points: &Option<S<i64>>,
+        per_fen: &Option<S<i64>>,
+    ) -> CoreResult<Option<Rate>> {
+        match (points, per_fen) {
+            (None, None) => Ok(None),
+            (Some(p), Some(f)) => self.rate(field, p, f).map(Some),
+            _ => self.err(at, field, "set both points and per_fen, or neither"),
+        }
+    }
+
+    /// A list of ids that must each be one of `known` (when given).
+    fn id_set(
+        &self,
+        v: &Option<S<Vec<String>>>,
+        field: &str,
+        known: Option<&dyn Fn(&str) -> bool>,
+        what: &str,
+    ) -> CoreResult<Option<HashSet<String>>> {
+        let Some(list) = v else { return Ok(None) };
+        if list.get_ref().is_empty() {
+            return self.err(list.span(), field, "must not be empty (leave it out to match all)");
+        }
+        for item in list.get_ref() {
+            crate::events::check_id(field, item).or_else(|e| self.err(list.span(), field, e.reason().to_string()))?;
+            if let Some(known) = known {
+                if !known(item) {
+                    return self.err(list.span(), field, format!("unknown {what} {item:?}"));
+                }
+            }
+        }
+        Ok(Some(list.get_ref().iter().cloned().collect()))
+    }
+}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+// ---- loading -------------------------------------------------------------------
+
+impl RuleSet {
+    /// Parses and validates a TOML rule set. `file` is only used in error messages.
+    pub fn from_toml(text: &str, file: &str) -> CoreResult<RuleSet> {
+        let src = Source { file, text };
+        let raw: RawRuleSet = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            CoreError::InvalidRules {
+                file: file.to_string(),
+                line: src.line_of(offset),
+                field: src.field_at(offset),
+                reason: e.message().trim().to_string(),
+            }
+        })?;
+        if raw.version.get_ref().trim().is_empty() {
+            return src.err(raw.version.span(), "version", "must not be empty");
+        }
+        let utc_offset_minutes = src.opt_int(&raw.utc_offset_minutes, "utc_offset_minutes", -720..=840)?.unwrap_or(480);
+        let guest_credit_days = src.opt_int(&raw.guest_credit_days, "guest_credit_days", 0..=366)?.unwrap_or(0);
+        let (per_transaction_cap, per_member_daily_cap) = match &raw.caps {
+            None => (None, None),
+            Some(c) => (
+                src.opt_int(&c.per_transaction_points, "caps.per_transaction_points", 1..=i64::MAX / 4)?,
+                src.opt_int(&c.per_member_daily_points, "caps.per_member_daily_points", 1..=i64::MAX / 4)?,
+            ),
+        };
+
+        let mut formats = HashMap::new();
+        for (name, rate) in &raw.formats {
+            let field = format!("formats.{name}");
+            crate::events::check_id(&field, name).or_else(|e| src.err(rate.points.span(), &field, e.reason().to_string()))?;
+            formats.insert(name.clone(), src.rate(&field, &rate.points, &rate.per_fen)?);
+        }
+
+        let mut business_units = HashMap::new();
+        for (i, bu) in raw.business_units.iter().enumerate() {
+            let field = format!("business_units[{i}]");
+            let id = src.id(&bu.id, &format!("{field}.id"))?;
+            if !formats.contains_key(bu.format.get_ref()) {
+                return src.err(
+                    bu.format.span(),
+                    &format!("{field}.format"),
+                    format!("unknown format {:?} (define it under [formats])", bu.format.get_ref()),
+                );
+            }
+            let rate = src.opt_rate(&field, bu.id.span(), &bu.points, &bu.per_fen)?;
+            let unit = BusinessUnit { id: id.clone(), format: bu.format.get_ref().clone(), rate };
+            if business_units.insert(id.clone(), unit).is_some() {
+                return src.err(bu.id.span(), &format!("{field}.id"), format!("duplicate business unit {id:?}"));
+            }
+        }
+
+        let mut merchants = HashMap::new();
+        for (i, m) in raw.merchants.iter().enumerate() {
+            let field = format!("merchants[{i}]");
+            let id = src.id(&m.id, &format!("{field}.id"))?;
+            if !business_units.contains_key(m.bu.get_ref()) {
+                return src.err(m.bu.span(), &format!("{field}.bu"), format!("unknown business unit {:?}", m.bu.get_ref()));
+            }
+            let category = src.id(&m.category, &format!("{field}.category"))?;
+            let rate = src.opt_rate(&field, m.id.span(), &m.points, &m.per_fen)?;
+            let merchant = Merchant { id: id.clone(), bu: m.bu.get_ref().clone(), category, rate };
+            if merchants.insert(id.clone(), merchant).is_some() {
+                return src.err(m.id.span(), &format!("{field}.id"), format!("duplicate merchant {id:?}"));
+            }
+        }
+
+        let mut categories: HashMap<String, Vec<CategoryRule>> = HashMap::new();
+        for (i, cat) in raw.categories.iter().enumerate() {
+            let field = format!("categories[{i}]");
+            let id = src.id(&cat.id, &format!("{field}.id"))?;
+            let is_format = |f: &str| formats.contains_key(f);
+            let scope = src.id_set(&cat.formats, &format!("{field}.formats"), Some(&is_format), "format")?;
+            let rate = src.opt_rate(&field, cat.id.span(), &cat.points, &cat.per_fen)?;
+            if cat.excluded && rate.is_some() {
+                return src.err(cat.id.span(), &field, "an excluded category cannot also have a rate");
+            }
+            if !cat.excluded && rate.is_none() {
+                return src.err(cat.id.span(), &field, "set excluded = true, or points and per_fen");
+            }
+            categories.entry(id).or_default().push(CategoryRule { formats: scope, excluded: cat.excluded, rate });
+        }
+
+        let tiers = load_tiers(&src, &raw.tiers)?;
+        let tier_policy = match &raw.tier_policy {
+            None => TierPolicy { window_months: 12, review_after_days: 365, downgrade: Downgrade::ToQualified },
+            Some(p) => TierPolicy {
+                window_months: src.opt_int(&p.window_months, "tier_policy.window_months", 1..=60)?.unwrap_or(12) as i32,
+                review_after_days: src
+                    .opt_int(&p.review_after_days, "tier_policy.review_after_days", 1..=3660)?
+                    .unwrap_or(365),
+                downgrade: p.downgrade.unwrap_or(Downgrade::ToQualified),
+            },
+        };
+
+        let stacking = raw.campaign_policy.as_ref().map_or(Stacking::BestOf, |p| p.stacking);
+        let mut campaigns = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, c) in raw.campaigns.iter().enumerate() {
+            let campaign = load_campaign(&src, i, c, &business_units, &formats, &tiers, utc_offset_minutes)?;
+            if !seen.insert(campaign.id.clone()) {
+                return src.err(c.id.span(), &format!("campaigns[{i}].id"), format!("duplicate campaign {:?}", campaign.id));
+            }
+            campaigns.push(campaign);
+        }
+        let mut campaigns_by_bu: HashMap<String, Vec<usize>> = HashMap::new();
+        for bu in business_units.values() {
+            let list = campaigns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.filter.bus.as_ref().is_none_or(|s| s.contains(&bu.id))
+                        && c.filter.formats.as_ref().is_none_or(|s| s.contains(&bu.format))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            campaigns_by_bu.insert(bu.id.clone(), list);
+        }
+
+        let behaviour = load_behaviour(&src, raw.behaviour.as_ref())?;
+
+        Ok(RuleSet {
+            version: raw.version.get_ref().trim().to_string(),
+            rounding: raw.rounding,
+            utc_offset_minutes,
+            per_transaction_cap,
+            per_member_daily_cap,
+            formats,
+            business_units,
+            merchants,
+            categories,
+            tiers,
+            tier_policy,
+            stacking,
+            campaigns,
+            campaigns_by_bu,
+            behaviour,
+            guest_credit_days,
+        })
+    }
+}
+
+fn load_tiers(src: &Source, raw: &S<Vec<RawTier>>) -> CoreResult<Vec<Tier>> {
+    if raw.get_ref().is_empty() {
+        return src.err(raw.span(), "tiers", "at least one tier is required (the first is the default)");
+    }
+    let mut tiers: Vec<Tier> = Vec::new();
+    for (i, t) in raw.get_ref().iter().enumerate() {
+        let field = format!("tiers[{i}]");
+        let id = src.id(&t.id, &format!("{field}.id"))?;
+        if tiers.iter().any(|x| x.id == id) {
+            return src.err(t.id.span(), &format!("{field}.id"), format!("duplicate tier {id:?}"));
+        }
+        let tier = Tier {
+            id,
+            multiplier_pct: src.int(&t.multiplier_pct, &format!("{field}.multiplier_pct"), 0..=10_000)?,
+            qualify_points: src.opt_int(&t.qualify_points, &format!("{field}.qualify_points"), 0..=i64::MAX / 4)?,
+            qualify_spend_fen: src.opt_int(&t.qualify_spend_fen, &format!("{field}.qualify_spend_fen"), 0..=i64::MAX / 4)?,
+            free_parking_minutes: src
+                .opt_int(&t.free_parking_minutes, &format!("{field}.free_parking_minutes"), 0..=10_080)?
+                .unwrap_or(0),
+            redemption_bonus_pct: src
+                .opt_int(&t.redemption_bonus_pct, &format!("{field}.redemption_bonus_pct"), 0..=1_000)?
+                .unwrap_or(0),
+            birthday_multiplier_pct: src
+                .opt_int(&t.birthday_multiplier_pct, &format!("{field}.birthday_multiplier_pct"), 100..=10_000)?
+                .unwrap_or(100),
+        };
+        if i == 0 && (tier.qualify_points.is_some() || tier.qualify_spend_fen.is_some()) {
+            return src.err(t.id.span(), &field, "the first tier is the default and takes no qualification");
+        }
+        if i > 0 && tier.qualify_points.is_none() && tier.qualify_spend_fen.is_none() {
+            return src.err(t.id.span(), &field, "set qualify_points and/or qualify_spend_fen");
+        }
+        if let Some(prev) = tiers.last() {
+            let lower = |a: Option<i64>, b: Option<i64>| matches!((a, b), (Some(a), Some(b)) if a < b);
+            if lower(tier.qualify_points, prev.qualify_points) || lower(tier.qualify_spend_fen, prev.qualify_spend_fen) {
+                return src.err(t.id.span(), &field, "tiers must be listed lowest first (thresholds may not decrease)");
+            }
+        }
+        tiers.push(tier);
+    }
+    Ok(tiers)
+}
+
+fn load_campaign(
+    src: &Source,
+    i: usize,
+    c: &RawCampaign,
+    bus: &HashMap<String, BusinessUnit>,
+    formats: &HashMap<String, Rate>,
+    tiers: &[Tier],
+    utc_offset_minutes: i64,
+) -> CoreResult<Campaign> {
+    let f = |name: &str| format!("campaigns[{i}].{name}");
+    let id = src.id(&c.id, &f("id"))?;
+    let kind = match (&c.multiplier_pct, &c.bonus_points) {
+        (Some(m), None) => CampaignKind::Multiplier(src.int(m, &f("multiplier_pct"), 101..=10_000)?),
+        (None, Some(b)) => CampaignKind::Bonus(src.int(b, &f("bonus_points"), 1..=100_000_000)?),
+        _ => return src.err(c.id.span(), &f("multiplier_pct"), "set exactly one of multiplier_pct or bonus_points"),
+    };
+    let instant = |v: &Option<S<String>>, name: &str| -> CoreResult<Option<i64>> {
+        v.as_ref()
+            .map(|s| parse_instant_ms(s.get_ref()).or_else(|e| src.err(s.span(), &f(name), e.reason().to_string())))
+            .transpose()
+    };
+    let starts_at_ms = instant(&c.starts_at, "starts_at")?;
+    let ends_at_ms = instant(&c.ends_at, "ends_at")?;
+    if let (Some(a), Some(b), Some(span)) = (starts_at_ms, ends_at_ms, c.ends_at.as_ref().map(|s| s.span())) {
+        if b <= a {
+            return src.err(span, &f("ends_at"), "must be after starts_at");
+        }
+    }
+    let dates = match &c.dates {
+        None => None,
+        Some(list) => {
+            let mut set = HashSet::new();
+            for d in list.get_ref() {
+                let day = local_day_of_date(d).ok_or(()).or_else(|_| {
+                    src.err(list.span(), &f("dates"), format!("{d:?} is not a date like 2026-11-11"))
+                })?;
+                set.insert(day);
+            }
+            Some(set)
+        }
+    };
+    let _ = utc_offset_minutes;
+    let weekdays = match &c.weekdays {
+        None => None,
+        Some(list) => {
+            let mut set = HashSet::new();
+            for w in list.get_ref() {
+                let idx = WEEKDAYS.iter().position(|x| x.eq_ignore_ascii_case(w)).ok_or(()).or_else(|_| {
+                    src.err(list.span(), &f("weekdays"), format!("{w:?} is not one of mon tue wed thu fri sat sun"))
+                })?;
+                set.insert(idx as u32);
+            }
+            Some(set)
+        }
+    };
+    let hours = match &c.hours {
+        None => None,
+        Some(h) => match h.get_ref().as_slice() {
+            [from, to] if (0..24).contains(from) && (1..=24).contains(to) && from < to => Some((*from as u32, *to as u32)),
+            _ => return src.err(h.span(), &f("hours"), "must be [from, to) with 0 <= from < to <= 24"),
+        },
+    };
+    let is_bu = |x: &str| bus.contains_key(x);
+    let is_format = |x: &str| formats.contains_key(x);
+    let is_tier = |x: &str| tiers.iter().any(|t| t.id == x);
+    Ok(Campaign {
+        id,
+        kind,
+        starts_at_ms,
+        ends_at_ms,
+        dates,
+        weekdays,
+        hours,
+        min_amount_fen: src.opt_int(&c.min_amount_fen, &f("min_amount_fen"), 0..=i64::MAX / 4)?.unwrap_or(0),
+        filter: CampaignFilter {
+            bus: src.id_set(&c.bus, &f("bus"), Some(&is_bu), "business unit")?,
+            formats: src.id_set(&c.formats, &f("formats"), Some(&is_format), "format")?,
+            merchants: src.id_set(&c.merchants, &f("merchants"), None, "merchant")?,
+            categories: src.id_set(&c.categories, &f("categories"), None, "category")?,
+            tiers: src.id_set(&c.tiers, &f("tiers"), Some(&is_tier), "tier")?,
+            tags: src.id_set(&c.tags, &f("tags"), None, "tag")?,
+        },
+        budget_points: src.opt_int(&c.budget_points, &f("budget_points"), 1..=i64::MAX / 4)?,
+        per_member_cap_points: src.opt_int(&c.per_member_cap_points, &f("per_member_cap_points"), 1..=i64::MAX / 4)?,
+    })
+}
+
+fn load_behaviour(src: &Source, raw: Option<&RawBehaviour>) -> CoreResult<Behaviour> {
+    let Some(b) = raw else { return Ok(Behaviour::default()) };
+    let pts = 0..=100_000_000;
+    let mut out = Behaviour {
+        registration_gift: src.opt_int(&b.registration_gift, "behaviour.registration_gift", pts.clone())?.unwrap_or(0),
+        birthday_month_bonus: src
+            .opt_int(&b.birthday_month_bonus, "behaviour.birthday_month_bonus", pts.clone())?
+            .unwrap_or(0),
+        ..Behaviour::default()
+    };
+    if let Some(s) = &b.sign_in {
+        out.sign_in_points = src.int(&s.points, "behaviour.sign_in.points", pts.clone())?;
+        for (i, sb) in s.streak_bonuses.iter().enumerate() {
+            let f = format!("behaviour.sign_in.streak_bonuses[{i}]");
+            let bonus = StreakBonus {
+                days: src.int(&sb.days, &format!("{f}.days"), 2..=366)?,
+                points: src.int(&sb.points, &format!("{f}.points"), pts.clone())?,
+            };
+            if out.sign_in_streaks.iter().any(|x| x.days >= bonus.days) {
+                return src.err(sb.days.span(), &format!("{f}.days"), "streak bonuses must be listed by increasing days");
+            }
+            out.sign_in_streaks.push(bonus);
+        }
+    }
+    if let Some(s) = &b.spend_streak {
+        let bonus = StreakBonus {
+            days: src.int(&s.days, "behaviour.spend_streak.days", 2..=366)?,
+            points: src.int(&s.points, "behaviour.spend_streak.points", pts.clone())?,
+        };
+        let min = src.opt_int(&s.min_amount_fen, "behaviour.spend_streak.min_amount_fen", 0..=i64::MAX / 4)?;
+        out.spend_streak = Some((bonus, min.unwrap_or(0)));
+    }
+    if let Some(t) = &b.monthly_task {
+        out.monthly_task = Some((
+            src.int(&t.spend_fen, "behaviour.monthly_task.spend_fen", 1..=i64::MAX / 4)?,
+            src.int(&t.points, "behaviour.monthly_task.points", pts.clone())?,
+        ));
+    }
+    if let Some(r) = &b.referral {
+        out.referral_points = src.int(&r.points, "behaviour.referral.points", pts.clone())?;
+        out.referral_max_per_month = src.int(&r.max_per_month, "behaviour.referral.max_per_month", 1..=10_000)?;
+    }
+    if let Some(r) = &b.review {
+        out.review_points = src.int(&r.points, "behaviour.review.points", pts)?;
+        out.review_max_per_day = src.int(&r.max_per_day, "behaviour.review.max_per_day", 1..=1_000)?;
+    }
+    Ok(out)
+}

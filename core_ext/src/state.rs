@@ -1,0 +1,118 @@
+//! A member's state as the core needs it: kept in Redis as JSON next to the
+//! balance, read before a batch, threaded through it, written back atomically.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero32(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberState {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registered_at_ms: Option<i64>,
+    /// "MM-DD"
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub birthday: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The tier earned by qualification (None: the default tier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_since_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_until_ms: Option<i64>,
+    /// Qualification buckets: [month_index, points, spend_fen], oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub qual: Vec<[i64; 3]>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub day: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub earned_day: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend_last_day: Option<i64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spend_streak: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sign_in_last_day: Option<i64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sign_in_streak: i64,
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub task_month: i32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub task_spend_fen: i64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub task_done: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub review_day: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reviews_today: i64,
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub referral_month: i32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub referrals_month: i64,
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub birthday_bonus_year: i32,
+    /// Points each campaign has given this member (for per-member caps).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub campaigns: BTreeMap<String, i64>,
+}
+
+impl MemberState {
+    pub fn from_json(s: Option<&str>) -> Result<MemberState, String> {
+        match s {
+            None | Some("") => Ok(MemberState::default()),
+            Some(s) => serde_json::from_str(s).map_err(|e| format!("stored member state is not valid: {e}")),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("member state always serialises")
+    }
+
+    /// Birthday month (1..=12), if a birthday is known.
+    pub fn birthday_month(&self) -> Option<u32> {
+        self.birthday.as_deref()?.get(..2)?.parse().ok()
+    }
+
+    /// Points and spend over the `window` months ending with `month_index`.
+    pub fn window_totals(&self, month_index: i32, window: i32) -> (i64, i64) {
+        let from = (month_index - window + 1) as i64;
+        self.qual
+            .iter()
+            .filter(|b| b[0] >= from && b[0] <= month_index as i64)
+            .fold((0, 0), |(p, s), b| (p + b[1], s + b[2]))
+    }
+
+    /// Adds to the bucket of `month_index` and drops buckets older than the window.
+    pub fn add_qualification(&mut self, month_index: i32, window: i32, points: i64, spend: i64) {
+        let m = month_index as i64;
+        match self.qual.iter_mut().find(|b| b[0] == m) {
+            Some(b) => {
+                b[1] += points;
+                b[2] += spend;
+            }
+            None => {
+                self.qual.push([m, points, spend]);
+                self.qual.sort_by_key(|b| b[0]);
+            }
+        }
+        let oldest = m - window as i64 + 1;
+        self.qual.retain(|b| b[0] >= oldest);
+    }
+}

@@ -1,0 +1,476 @@
+//! Rule kinds and their combinations, through the batch entry point.
+
+use crate::accrual::PaymentRecord;
+use crate::engine::{evaluate_batch, BatchResult, Outcome, StoredMembers};
+use crate::errors::CoreError;
+use crate::events::parse_event;
+use crate::rules::RuleSet;
+use crate::state::MemberState;
+use serde_json::{json, Value};
+
+const RULES: &str = r#"
+version = "t-2"
+utc_offset_minutes = 480
+[caps]
+per_transaction_points = 5000
+per_member_daily_points = 8000
+[formats.mall]
+points = 1
+per_fen = 100
+[formats.hotel]
+points = 2
+per_fen = 100
+[[business_units]]
+id = "mall"
+format = "mall"
+[[business_units]]
+id = "hotel"
+format = "hotel"
+[[merchants]]
+id = "gadgets"
+bu = "mall"
+category = "electronics"
+points = 1
+per_fen = 500
+[[merchants]]
+id = "cafe"
+bu = "mall"
+category = "food"
+[[categories]]
+id = "tobacco"
+excluded = true
+[[categories]]
+id = "jewelry"
+formats = ["mall"]
+points = 1
+per_fen = 200
+[tier_policy]
+window_months = 12
+review_after_days = 30
+[[tiers]]
+id = "normal"
+multiplier_pct = 100
+[[tiers]]
+id = "gold"
+multiplier_pct = 150
+qualify_points = 1000
+birthday_multiplier_pct = 200
+[[tiers]]
+id = "diamond"
+multiplier_pct = 200
+qualify_points = 10000
+[campaign_policy]
+stacking = "STACKING"
+[[campaigns]]
+id = "weekend-food"
+multiplier_pct = 200
+weekdays = ["sat", "sun"]
+categories = ["food"]
+budget_points = 300
+per_member_cap_points = 150
+[[campaigns]]
+id = "lunch-bonus"
+bonus_points = 10
+hours = [11, 14]
+formats = ["mall"]
+min_amount_fen = 2000
+[[campaigns]]
+id = "gold-window"
+multiplier_pct = 300
+tiers = ["gold"]
+tags = ["vip"]
+starts_at = "2026-11-23T10:00:00+08:00"
+ends_at = "2026-11-23T12:00:00+08:00"
+[behaviour]
+registration_gift = 200
+birthday_month_bonus = 500
+[behaviour.sign_in]
+points = 5
+streak_bonuses = [{ days = 7, points = 50 }]
+[behaviour.spend_streak]
+days = 3
+points = 100
+min_amount_fen = 1000
+[behaviour.monthly_task]
+spend_fen = 100000
+points = 1000
+[behaviour.referral]
+points = 300
+max_per_month = 2
+[behaviour.review]
+points = 20
+max_per_day = 1
+"#;
+
+fn rules(stacking: &str) -> RuleSet {
+    RuleSet::from_toml(&RULES.replace("STACKING", stacking), "t.toml").unwrap()
+}
+
+/// A Monday, 09:00 local.
+const MON: &str = "2026-11-23T09:00:00+08:00";
+/// A Saturday, 12:30 local.
+const SAT_NOON: &str = "2026-11-21T12:30:00+08:00";
+
+fn pay(id: &str, member: &str, bu: &str, merchant: &str, category: &str, amount: i64, at: &str) -> Value {
+    json!({"event_id": id, "type": "payment", "occurred_at": at, "member_id": member, "bu_id": bu,
+           "merchant_id": merchant, "category": category, "amount_fen": amount, "channel": "wechat"})
+}
+
+fn refund(id: &str, member: &str, of: &str, amount: i64) -> Value {
+    json!({"event_id": id, "type": "refund", "occurred_at": MON, "member_id": member, "bu_id": "mall",
+           "merchant_id": "m", "category": "fashion", "amount_fen": amount, "channel": "wechat", "refund_of": of})
+}
+
+fn member_ev(id: &str, member: &str, kind: &str, at: &str) -> Value {
+    json!({"event_id": id, "type": kind, "occurred_at": at, "member_id": member})
+}
+
+struct Run {
+    result: BatchResult,
+}
+
+impl Run {
+    fn points(&self) -> Vec<Option<i64>> {
+        self.result
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Apply(a) => Some(a.points),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn explain(&self, i: usize) -> Vec<(String, String, i64)> {
+        let Outcome::Apply(a) = &self.result.outcomes[i] else { panic!("not applied: {:?}", self.result.outcomes[i]) };
+        let rows: Value = serde_json::from_str(&a.rows_json).unwrap();
+        rows[0]["explain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["rule"].as_str().unwrap().to_string(),
+                    p["id"].as_str().unwrap_or("").to_string(),
+                    p["points"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn rows(&self, i: usize) -> Value {
+        let Outcome::Apply(a) = &self.result.outcomes[i] else { panic!() };
+        serde_json::from_str(&a.rows_json).unwrap()
+    }
+
+    fn state(&self, member: &str) -> MemberState {
+        let m = self.result.members.iter().find(|m| m.member_id == member).unwrap();
+        serde_json::from_str(&m.state_json).unwrap()
+    }
+
+    fn rejected_field(&self, i: usize) -> String {
+        match &self.result.outcomes[i] {
+            Outcome::Rejected(e) => e.field().to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn run_with(r: &RuleSet, evs: &[Value], stored: StoredMembers) -> Run {
+    let events: Vec<_> = evs.iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
+    let n = events.len();
+    Run { result: evaluate_batch(r, &events, &vec![false; n], &vec![None; n], &stored, 7) }
+}
+
+fn run(r: &RuleSet, evs: &[Value]) -> Run {
+    run_with(r, evs, StoredMembers::default())
+}
+
+fn with_state(member: &str, state: MemberState) -> StoredMembers {
+    let mut s = StoredMembers::default();
+    s.members.insert(member.into(), (3, Some(state.to_json())));
+    s
+}
+
+#[test]
+fn rates_by_format_category_and_merchant() {
+    let r = rules("best_of");
+    let out = run(
+        &r,
+        &[
+            pay("a", "m1", "mall", "x", "fashion", 12_399, MON),
+            pay("b", "m2", "hotel", "x", "room", 50_050, MON),
+            pay("c", "m3", "mall", "x", "tobacco", 10_000, MON),
+            pay("d", "m4", "mall", "x", "jewelry", 10_000, MON),
+            pay("e", "m5", "hotel", "x", "jewelry", 10_000, MON),
+            // The merchant's rate (1 per 5 yuan) and category (electronics) win.
+            pay("f", "m6", "mall", "gadgets", "fashion", 10_000, MON),
+        ],
+    );
+    assert_eq!(out.points(), vec![Some(123), Some(1001), Some(0), Some(50), Some(200), Some(20)]);
+    assert_eq!(out.rows(5)[0]["category"], "electronics");
+    assert_eq!(out.explain(2), vec![("excluded".into(), "tobacco".into(), 0)]);
+}
+
+#[test]
+fn tier_multiplier_is_explained_and_rounds_down() {
+    let r = rules("best_of");
+    let state = MemberState { tier: Some("gold".into()), ..Default::default() };
+    let out = run_with(&r, &[pay("a", "m1", "mall", "x", "fashion", 1_099, MON)], with_state("m1", state));
+    assert_eq!(out.points(), vec![Some(16)]);
+    assert_eq!(out.explain(0), vec![("base".into(), "".into(), 10), ("tier".into(), "gold".into(), 6)]);
+    assert_eq!(out.result.members[0].expected_seq, 3);
+}
+
+#[test]
+fn birthday_month_doubles_for_gold_and_gives_the_bonus_once_a_year() {
+    let r = rules("best_of");
+    let state = MemberState { tier: Some("gold".into()), birthday: Some("11-02".into()), ..Default::default() };
+    let out = run_with(
+        &r,
+        &[pay("a", "m1", "mall", "x", "fashion", 10_000, MON), pay("b", "m1", "mall", "x", "fashion", 10_000, MON)],
+        with_state("m1", state),
+    );
+    // base 100, tier +50, birthday x2 on 150 = +150, bonus 500 (first payment only)
+    assert_eq!(out.points(), vec![Some(800), Some(300)]);
+}
+
+#[test]
+fn campaigns_match_on_weekday_category_hours_and_stack_best_of() {
+    let r = rules("best_of");
+    let out = run(
+        &r,
+        &[
+            pay("a", "m1", "mall", "cafe", "whatever", 5_000, SAT_NOON),
+            pay("b", "m2", "mall", "x", "fashion", 5_000, SAT_NOON),
+            pay("c", "m3", "mall", "cafe", "food", 5_000, MON),
+        ],
+    );
+    // a: food on Saturday at lunch: weekend-food (+50) beats lunch-bonus (+10).
+    assert_eq!(out.points(), vec![Some(100), Some(60), Some(50)]);
+    assert_eq!(out.explain(0)[1], ("campaign".into(), "weekend-food".into(), 50));
+}
+
+#[test]
+fn stacking_add_and_multiply() {
+    let evs = [pay("a", "m1", "mall", "cafe", "food", 5_000, SAT_NOON)];
+    assert_eq!(run(&rules("add"), &evs).points(), vec![Some(110)]);
+    // multiply: 50 -> x2 = 100; the bonus adds 10.
+    assert_eq!(run(&rules("multiply"), &evs).points(), vec![Some(110)]);
+}
+
+#[test]
+fn campaign_time_window_tier_and_tag_filters() {
+    let r = rules("best_of");
+    let gold_vip = MemberState { tier: Some("gold".into()), tags: vec!["vip".into()], ..Default::default() };
+    let at = |h: &str| format!("2026-11-23T{h}:00+08:00");
+    let evs = [
+        pay("before", "m1", "mall", "x", "fashion", 1_000, &at("09:59")),
+        pay("open", "m1", "mall", "x", "fashion", 1_000, &at("10:00")),
+        pay("closed", "m1", "mall", "x", "fashion", 1_000, &at("12:00")),
+    ];
+    let out = run_with(&r, &evs, with_state("m1", gold_vip.clone()));
+    // 10 base -> 15 at gold; the window adds 15 x 2 = 30 (lunch bonus needs 20 yuan).
+    assert_eq!(out.points(), vec![Some(15), Some(45), Some(15)]);
+    let not_vip = MemberState { tags: vec![], ..gold_vip };
+    let out = run_with(&r, &evs[1..2], with_state("m1", not_vip));
+    assert_eq!(out.points(), vec![Some(15)]);
+}
+
+#[test]
+fn budget_and_member_cap_limit_and_are_consumed_once() {
+    let r = rules("best_of");
+    let mut stored = StoredMembers::default();
+    stored.budget_spent.insert("weekend-food".into(), 200);
+    let evs = [
+        pay("a", "m1", "mall", "cafe", "food", 10_000, SAT_NOON), // wants 100, cap 150
+        pay("b", "m1", "mall", "cafe", "food", 10_000, SAT_NOON), // cap left 50, budget left 0
+        pay("c", "m2", "mall", "cafe", "food", 10_000, SAT_NOON),
+    ];
+    let out = run_with(&r, &evs, stored);
+    // Budget left 100: a takes it all; b and c fall back to the lunch bonus (+10).
+    assert_eq!(out.points(), vec![Some(200), Some(110), Some(110)]);
+    let Outcome::Apply(a) = &out.result.outcomes[0] else { panic!() };
+    assert_eq!(a.campaigns, vec![("weekend-food".to_string(), 100)]);
+    assert_eq!(out.state("m1").campaigns.get("weekend-food"), Some(&100));
+}
+
+#[test]
+fn per_transaction_and_daily_caps_cut_campaigns_first() {
+    let r = rules("best_of");
+    let evs = [
+        pay("a", "m1", "hotel", "x", "room", 400_000, MON), // 8000 -> cap 5000
+        pay("b", "m1", "hotel", "x", "room", 200_000, MON), // 4000, 3000 left today
+        pay("c", "m1", "hotel", "x", "room", 200_000, "2026-11-24T09:00:00+08:00"),
+    ];
+    let out = run(&r, &evs);
+    let pts = out.points();
+    // a: 8000 capped to 5000, plus the monthly task (1,000 yuan, not capped): 6000,
+    // and gold from then on. b: 6000 at gold, capped to 5000, 3000 left today.
+    // c: the next day, 6000 at gold, capped to 5000.
+    assert_eq!(pts, vec![Some(6000), Some(3000), Some(5000)]);
+    assert!(out.explain(0).iter().any(|p| p.0 == "cap" && p.1 == "cut 3000"));
+    assert!(out.explain(1).iter().any(|p| p.0 == "daily_cap" && p.1 == "cut 2000"));
+}
+
+#[test]
+fn spend_streak_and_monthly_task() {
+    let r = rules("best_of");
+    let day = |d: u32| format!("2026-11-{d:02}T10:00:00+08:00");
+    let evs = [
+        pay("a", "m1", "mall", "x", "fashion", 1_000, &day(2)),
+        pay("b", "m1", "mall", "x", "fashion", 1_000, &day(3)),
+        pay("c", "m1", "mall", "x", "fashion", 99_000, &day(4)),
+        pay("d", "m1", "mall", "x", "fashion", 1_000, &day(5)),
+    ];
+    let out = run(&r, &evs);
+    // c: third day in a row (+100) and 1,010 yuan this month (+1000), which also
+    // qualifies for gold: d earns 1.5x.
+    assert_eq!(out.points(), vec![Some(10), Some(10), Some(2090), Some(15)]);
+}
+
+#[test]
+fn member_events_registration_sign_in_referral_review() {
+    let r = rules("best_of");
+    let day = |d: u32| format!("2026-11-{d:02}T08:00:00+08:00");
+    let mut evs = vec![member_ev("reg", "m1", "register", &day(1)), member_ev("reg2", "m1", "register", &day(1))];
+    for d in 1..=7 {
+        evs.push(member_ev(&format!("s{d}"), "m1", "sign_in", &day(d)));
+    }
+    evs.push(member_ev("s7b", "m1", "sign_in", &day(7)));
+    let mut refer = member_ev("r1", "m1", "referral", &day(8));
+    refer["referred_member_id"] = json!("m9");
+    for k in 0..3 {
+        let mut e = refer.clone();
+        e["event_id"] = json!(format!("r{k}"));
+        evs.push(e);
+    }
+    evs.push(member_ev("v1", "m1", "review", &day(8)));
+    evs.push(member_ev("v2", "m1", "review", &day(8)));
+    let out = run(&r, &evs);
+    let pts = out.points();
+    assert_eq!(pts[..2], [Some(200), Some(0)]);
+    assert_eq!(pts[2..8], [Some(5); 6]);
+    assert_eq!(pts[8], Some(55)); // day 7 of the streak
+    assert_eq!(pts[9], Some(0)); // second sign-in the same day
+    assert_eq!(pts[10..13], [Some(300), Some(300), Some(0)]);
+    assert_eq!(pts[13..], [Some(20), Some(0)]);
+    assert_eq!(out.state("m1").sign_in_streak, 7);
+}
+
+#[test]
+fn upgrade_on_the_payment_that_crosses_the_threshold() {
+    let r = rules("best_of");
+    let evs = [
+        pay("a", "m1", "mall", "x", "fashion", 50_000, MON), // 500
+        pay("b", "m1", "mall", "x", "fashion", 50_000, MON), // 500 + 100 task? no: task needs 1,000 yuan
+        pay("c", "m1", "mall", "x", "fashion", 10_000, MON), // earned at gold
+    ];
+    let out = run(&r, &evs);
+    // b brings the month to 1,000 yuan: +1000 task; window points 2000 >= 1000: gold.
+    assert_eq!(out.points(), vec![Some(500), Some(1500), Some(150)]);
+    let rows = out.rows(1);
+    assert_eq!(rows[1]["kind"], "tier_change");
+    assert_eq!(rows[1]["explain"][0]["id"], "normal->gold");
+    let st = out.state("m1");
+    assert_eq!(st.tier.as_deref(), Some("gold"));
+    assert!(st.review_at_ms.is_some());
+}
+
+#[test]
+fn review_downgrades_or_renews_and_override_wins_until_its_end() {
+    let r = rules("best_of");
+    let due = crate::time::parse_instant_ms(MON).unwrap() - 1;
+    let gold = MemberState { tier: Some("gold".into()), review_at_ms: Some(due), ..Default::default() };
+    let out = run_with(&r, &[member_ev("rv", "m1", "tier_review", MON)], with_state("m1", gold.clone()));
+    assert_eq!(out.rows(0)[0]["explain"][0]["id"], "gold->normal");
+    assert_eq!(out.state("m1").tier, None);
+
+    let month = crate::time::Local::of(due, 480).month_index as i64;
+    let kept = MemberState { qual: vec![[month, 1500, 0]], ..gold.clone() };
+    let out = run_with(&r, &[member_ev("rv", "m1", "tier_review", MON)], with_state("m1", kept));
+    assert_eq!(out.rows(0)[0]["explain"][0]["rule"], "renewal");
+
+    let mut ov = member_ev("ov", "m2", "tier_override", MON);
+    ov["tier"] = json!("diamond");
+    ov["until"] = json!("2026-11-23T10:00:00+08:00");
+    let evs = [
+        ov,
+        pay("a", "m2", "mall", "x", "fashion", 1_000, "2026-11-23T09:30:00+08:00"),
+        pay("b", "m2", "mall", "x", "fashion", 1_000, "2026-11-23T10:30:00+08:00"),
+    ];
+    assert_eq!(run(&r, &evs).points(), vec![Some(0), Some(20), Some(10)]);
+}
+
+#[test]
+fn refunds_claw_back_pro_rata_and_refuse_what_they_cannot() {
+    let r = rules("best_of");
+    let evs = [
+        pay("p", "m1", "mall", "x", "fashion", 999, MON),
+        refund("r1", "m1", "p", 333),
+        refund("r2", "m1", "p", 333),
+        refund("r3", "m1", "p", 333),
+        refund("r4", "m1", "p", 1),
+        refund("r5", "m1", "ghost", 1),
+    ];
+    let out = run(&r, &evs);
+    assert_eq!(out.points()[..4], [Some(9), Some(-3), Some(-3), Some(-3)]);
+    assert_eq!(out.rejected_field(4), "amount_fen");
+    assert_eq!(out.rejected_field(5), "refund_of");
+
+    let events: Vec<_> = [refund("r", "m1", "p", 5_000)].iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
+    let orig = PaymentRecord { amount_fen: 10_000, points: 150, refunded_amount_fen: 0, refunded_points: 0 };
+    let res = evaluate_batch(&r, &events, &[false], &[Some(orig)], &StoredMembers::default(), 0);
+    assert!(matches!(&res.outcomes[0], Outcome::Apply(a) if a.points == -75 && a.clawback_points == 75));
+}
+
+#[test]
+fn duplicates_guests_and_refused_events_change_no_state() {
+    let r = rules("best_of");
+    let mut guest = pay("g", "x", "mall", "x", "fashion", 1_000, MON);
+    guest.as_object_mut().unwrap().remove("member_id");
+    guest["payer"] = json!({"kind": "wechat", "id": "o-123"});
+    let evs = [
+        pay("a", "m1", "mall", "x", "fashion", 1_000, MON),
+        pay("a", "m1", "mall", "x", "fashion", 1_000, MON),
+        pay("z", "m1", "closed", "x", "fashion", 1_000, MON),
+        guest,
+    ];
+    let out = run(&r, &evs);
+    assert_eq!(out.result.outcomes[1], Outcome::Duplicate);
+    assert_eq!(out.rejected_field(2), "bu_id");
+    assert!(matches!(&out.result.outcomes[3], Outcome::Guest(f) if f.contains("o-123")));
+    assert_eq!(out.state("m1").qual[0][2], 1_000);
+    assert!(matches!(&out.result.outcomes[2], Outcome::Rejected(CoreError::Rejected { .. })));
+}
+
+#[test]
+fn deterministic() {
+    let r = rules("add");
+    let evs = [pay("a", "m1", "mall", "cafe", "food", 5_000, SAT_NOON), refund("r", "m1", "a", 10)];
+    let a = run(&r, &evs);
+    let b = run(&r, &evs);
+    assert_eq!(a.result.outcomes, b.result.outcomes);
+    assert_eq!(a.result.members, b.result.members);
+}
+
+#[test]
+fn rules_errors_name_file_line_and_field() {
+    let err = |text: String| match RuleSet::from_toml(&text, "r.toml").unwrap_err() {
+        CoreError::InvalidRules { line, field, reason, file } => (file, line, field, reason),
+        other => panic!("{other:?}"),
+    };
+    let base = RULES.replace("STACKING", "add");
+    let (file, line, field, _) = err(base.replace("format = \"hotel\"", "format = \"spa\""));
+    assert_eq!((file.as_str(), line, field.as_str()), ("r.toml", 18, "business_units[1].format"));
+    let (_, _, field, reason) = err(base.replace("weekdays = [\"sat\", \"sun\"]", "weekdays = [\"caturday\"]"));
+    assert_eq!(field, "campaigns[0].weekdays");
+    assert!(reason.contains("caturday"));
+    let (_, _, field, _) = err(base.replace("tiers = [\"gold\"]", "tiers = [\"platinum\"]"));
+    assert_eq!(field, "campaigns[2].tiers");
+    let (_, _, field, _) = err(base.replace("qualify_points = 10000", "qualify_points = 10"));
+    assert_eq!(field, "tiers[2]");
+    let (_, _, field, reason) = err(base.replace("stacking = \"add\"", "stacking = \"sum\""));
+    assert_eq!(field, "campaign_policy.stacking");
+    assert!(reason.contains("unknown variant"), "{reason}");
+}

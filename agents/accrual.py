@@ -1,10 +1,14 @@
-"""Accrual: payments and refunds become points, a whole batch at a time.
+"""Accrual: payments, refunds and member events become points, a batch at a time.
 
-Per batch: decode and validate in Rust, read every member's context from Redis in
-one pipeline, compute all outcomes in one Rust call, apply the movements in one
-pipeline of idempotent Lua calls, then send the ledger rows to the ledger topic as
-one message and wait for Kafka's ack. Only then does the loop take the next batch,
-which is when Faust acknowledges (and later commits) the offsets of this one.
+Per batch: decode and validate in Rust, read every member's state, the campaign
+budgets and the refunded payments from Redis in one pipeline, evaluate the batch in
+one Rust call, apply each member's movements in one atomic Lua call (checked
+against the member's sequence number and the budgets), then send the ledger rows
+and guest facts to the ledger topic as one message and wait for Kafka's ack. Only
+then does the loop take the next batch, which is when Faust acknowledges it.
+
+A member whose stored state moved on since the read (another worker, an operator)
+or whose campaign budget ran out meanwhile is evaluated again with fresh state.
 
 faust-streaming acknowledges a batch even if the body raises, so nothing here may
 raise: transient failures are retried with backoff (every step is idempotent), and
@@ -19,18 +23,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
 import core_ext
-from streams.app import app, ledger_topic, payments_topic, runtime, send_dead_letter
+from streams.app import app, ledger_topic, member_events_topic, payments_topic, runtime, send_dead_letter
 from streams.metrics import counters
-from streams.sinks.balances import Movement
+from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError, asyncio.TimeoutError)
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
+             asyncio.TimeoutError)
 MAX_BACKOFF_S = 5.0
+MAX_CONFLICT_ROUNDS = 20
+DAY_MS = 86_400_000
+
+
+class ConflictsPersist(Exception):
+    """Members kept conflicting; treated as transient (the batch is retried)."""
 
 
 @dataclass
@@ -38,81 +50,144 @@ class BatchReport:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
+    guests: int = 0
     points_issued: int = 0
     points_clawed_back: int = 0
     ledger_rows: int = 0
+    conflicts: int = 0
     rejections: list[tuple[str | None, str, str]] = field(default_factory=list)
 
+    def add(self, other: BatchReport) -> None:
+        for name in ("applied", "duplicates", "rejected", "guests", "points_issued", "points_clawed_back",
+                     "ledger_rows", "conflicts"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
-async def process_payment_batch(bodies: Sequence[bytes]) -> BatchReport:
-    """Applies one batch of raw payment/refund bodies. Idempotent: safe to repeat."""
+
+async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
+    """Applies one batch of raw event bodies. Idempotent: safe to repeat."""
     rt = await runtime.started()
+    rules = rt.rules  # one rule set for the whole batch, even if reloaded meanwhile
+    budgets = dict(rules.campaigns)
+    budgeted = [cid for cid, budget in budgets.items() if budget is not None]
     report = BatchReport()
-    batch = core_ext.PaymentBatch.decode(list(bodies))
-    keys = batch.keys()
-    ctx = await rt.balances.read_context(keys)
-    outcomes = core_ext.accrue_batch(rt.rules, batch, ctx.tiers, ctx.originals, ctx.applied, int(time.time() * 1000))
-
-    movements: list[Movement] = []
+    ledger_rows: list[str] = []
+    guest_facts: list[str] = []
     replayed: list[tuple[str, str]] = []
     dead: list[tuple[int, str, str]] = []
-    for i, (status, points, row, refund_of, amount_fen, clawback, err_field, reason) in enumerate(outcomes):
-        event_id, member_id, _ = keys[i]
-        if status == "apply":
-            assert event_id is not None and member_id is not None and row is not None
-            movements.append(
-                Movement(
-                    member_id=member_id,
-                    event_id=event_id,
-                    kind="refund" if refund_of is not None else "payment",
-                    points=points,
-                    row=row,
-                    amount_fen=amount_fen,
-                    refund_of=refund_of,
-                    refund_amount_fen=amount_fen if refund_of is not None else 0,
-                    clawback_points=clawback,
-                )
-            )
-        elif status == "duplicate":
-            report.duplicates += 1
-            if ctx.applied[i] and event_id is not None and member_id is not None:
-                replayed.append((member_id, event_id))
-        else:
-            dead.append((i, err_field or "body", reason or "rejected"))
+    registered: list[int] = []
 
-    ledger_rows: list[str] = []
-    for (newly, row), m in zip(await rt.balances.apply(movements), movements, strict=True):
-        ledger_rows.append(row)
-        if newly:
-            report.applied += 1
-            if m.points >= 0:
-                report.points_issued += m.points
+    pending = list(range(len(bodies)))
+    for _round in range(MAX_CONFLICT_ROUNDS):
+        batch = core_ext.EventBatch.decode([bodies[i] for i in pending])
+        keys = batch.keys()
+        ctx = await rt.balances.read_context(keys, budgeted)
+        outcomes, updates = core_ext.evaluate_batch(
+            rules, batch, ctx.applied, ctx.originals, ctx.members, ctx.budget_spent, int(time.time() * 1000)
+        )
+        groups = {m: MemberMoves(m, seq, state, review) for m, seq, state, review in updates}
+        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r), k in zip(
+            outcomes, keys, strict=True
+        ):
+            if status != "apply":
+                continue
+            event_id, member_id = k[0], k[1]
+            assert event_id is not None and member_id is not None and rows is not None
+            g = groups[member_id]
+            g.events.append(EventMove(event_id, k[5], points, rows, amount, refund_of, clawback))
+            for cid, pts in campaigns:
+                g.campaigns[cid] = g.campaigns.get(cid, 0) + pts
+        group_list = list(groups.values())
+        results = await rt.balances.apply(group_list, budgets)
+        conflicted = {g.member_id for g, r in zip(group_list, results, strict=True) if r != "ok"}
+        report.conflicts += len(conflicted)
+
+        next_pending: list[int] = []
+        for j, (status, points, rows, _of, _amt, _claw, _c, err_field, reason) in enumerate(outcomes):
+            i = pending[j]
+            event_id, member_id = keys[j][0], keys[j][1]
+            if member_id is not None and member_id in conflicted and status in ("apply", "rejected"):
+                next_pending.append(i)
+                continue
+            if status == "apply":
+                assert rows is not None
+                ledger_rows.append(rows)
+                report.applied += 1
+                if points >= 0:
+                    report.points_issued += points
+                else:
+                    report.points_clawed_back -= points
+                if keys[j][5] == "register":
+                    registered.append(i)
+            elif status == "duplicate":
+                report.duplicates += 1
+                if ctx.applied[j] and event_id is not None and member_id is not None:
+                    replayed.append((member_id, event_id))
+            elif status == "guest":
+                assert rows is not None
+                report.guests += 1
+                guest_facts.append(rows)
+                payer = keys[j][3]
+                if payer is not None:
+                    await rt.balances.keep_guest(payer[0], payer[1], bodies[i], max(1, rules.guest_credit_days))
             else:
-                report.points_clawed_back -= m.points
-        else:
-            report.duplicates += 1
-    # Rows of events applied by an earlier delivery are sent again: if that delivery
-    # died before its ledger message was acked, this is what puts the row in ClickHouse.
-    ledger_rows.extend(r for r in await rt.balances.stored_rows(replayed) if r is not None)
+                dead.append((i, err_field or "body", reason or "rejected"))
+        if conflicted:
+            log.info("%d members changed since the read; evaluating their %d events again",
+                     len(conflicted), len(next_pending))
+        pending = next_pending
+        if not pending:
+            break
+    else:
+        raise ConflictsPersist(f"{len(pending)} events still conflict after {MAX_CONFLICT_ROUNDS} rounds")
 
-    if ledger_rows:
-        payload = ("[" + ",".join(ledger_rows) + "]").encode()
+    # Rows of events applied by an earlier delivery are sent again: if that delivery
+    # died before its ledger message was acked, this is what puts them in ClickHouse.
+    ledger_rows.extend(r for r in await rt.balances.stored_rows(replayed) if r is not None)
+    if ledger_rows or guest_facts:
+        payload = (
+            '{"ledger":[' + ",".join(r[1:-1] for r in ledger_rows) + '],"guests":[' + ",".join(guest_facts) + "]}"
+        ).encode()
         fut = await ledger_topic.send(value=payload, force=True)
         await fut
-        report.ledger_rows = len(ledger_rows)
+        report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
 
+    for i in registered:
+        await bind_and_credit(bodies[i], rules.guest_credit_days)
     for i, err_field, reason in dead:
-        event_id = keys[i][0]
-        await send_dead_letter(
-            source="accrual",
-            reason=f"{err_field}: {reason}",
-            field=err_field,
-            body=bodies[i],
-            event_id=event_id,
-        )
+        event_id = core_ext.EventBatch.decode([bodies[i]]).keys()[0][0]
+        await send_dead_letter(source="accrual", reason=f"{err_field}: {reason}", field=err_field, body=bodies[i],
+                               event_id=event_id)
         report.rejected += 1
         report.rejections.append((event_id, err_field, reason))
     return report
+
+
+async def bind_and_credit(body: bytes, credit_days: int) -> None:
+    """After a registration: bind its external ids and credit the guest payments those
+    ids made within the credit window, by sending them again under the member's id."""
+    rt = await runtime.started()
+    batch = core_ext.EventBatch.decode([body])
+    registered_at = batch.keys()[0][4]
+    for _i, member_id, kind, external_id in batch.bindings():
+        owner = await rt.balances.bind(kind, external_id, member_id)
+        if owner != member_id:
+            log.warning("%s id %s is bound to member %s already; not rebinding it to %s",
+                        kind, external_id, owner, member_id)
+            continue
+        credited = 0
+        for raw in await rt.balances.guest_payments(kind, external_id):
+            event = orjson.loads(raw)
+            occurred = core_ext.EventBatch.decode([raw.encode()]).keys()[0][4]
+            if credit_days <= 0 or occurred < registered_at - credit_days * DAY_MS:
+                continue
+            event["member_id"] = member_id
+            fut = await payments_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
+            await fut
+            credited += 1
+        await rt.balances.forget_guest(kind, external_id)
+        if credited:
+            counters["guest_payments_credited_total"] += credited
+            log.info("credited %d guest payments of %s %s to member %s", credited, kind, external_id, member_id)
 
 
 async def process_with_retries(bodies: Sequence[bytes]) -> BatchReport:
@@ -122,8 +197,8 @@ async def process_with_retries(bodies: Sequence[bytes]) -> BatchReport:
     while True:
         attempt += 1
         try:
-            return await process_payment_batch(bodies)
-        except TRANSIENT as exc:
+            return await process_event_batch(bodies)
+        except (*TRANSIENT, ConflictsPersist) as exc:
             counters["batch_retries_total"] += 1
             log.warning("batch of %d failed (attempt %d, retrying in %.1fs): %r", len(bodies), attempt, backoff, exc)
             await asyncio.sleep(backoff)
@@ -138,9 +213,9 @@ async def _process_one_by_one(bodies: Sequence[bytes]) -> BatchReport:
     for body in bodies:
         while True:
             try:
-                r = await process_payment_batch([body])
+                r = await process_event_batch([body])
                 break
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ConflictsPersist) as exc:
                 log.warning("event retry after transient failure: %r", exc)
                 await asyncio.sleep(1.0)
             except Exception as exc:
@@ -148,8 +223,7 @@ async def _process_one_by_one(bodies: Sequence[bytes]) -> BatchReport:
                 await _dead_letter_forever(body, f"internal error: {exc!r}")
                 r = BatchReport(rejected=1)
                 break
-        for name in ("applied", "duplicates", "rejected", "points_issued", "points_clawed_back", "ledger_rows"):
-            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.add(r)
     return total
 
 
@@ -168,21 +242,28 @@ def account(report: BatchReport) -> None:
     counters["events_applied_total"] += report.applied
     counters["events_duplicate_total"] += report.duplicates
     counters["events_rejected_total"] += report.rejected
+    counters["events_guest_total"] += report.guests
     counters["points_issued_total"] += report.points_issued
     counters["points_clawed_back_total"] += report.points_clawed_back
+    counters["member_conflicts_total"] += report.conflicts
 
 
-@app.agent(payments_topic)
-async def accrue_payments(stream):  # type: ignore[no-untyped-def]
-    """Consumes payments in batches; each batch is applied before its offsets are acked."""
+async def _consume(stream) -> None:  # type: ignore[no-untyped-def]
     settings = runtime.settings
     async for bodies in stream.take(settings.batch_size, within=settings.batch_within_s):
         report = await process_with_retries(bodies)
         account(report)
-        log.debug(
-            "batch: %d events, %d applied, %d duplicates, %d rejected",
-            len(bodies),
-            report.applied,
-            report.duplicates,
-            report.rejected,
-        )
+        log.debug("batch: %d events, %d applied, %d duplicates, %d rejected, %d guests",
+                  len(bodies), report.applied, report.duplicates, report.rejected, report.guests)
+
+
+@app.agent(payments_topic)
+async def accrue_payments(stream):  # type: ignore[no-untyped-def]
+    """Payments and refunds, in batches; each batch is applied before its offsets are acked."""
+    await _consume(stream)
+
+
+@app.agent(member_events_topic)
+async def apply_member_events(stream):  # type: ignore[no-untyped-def]
+    """Registrations, profile changes, sign-ins, referrals, reviews, tier overrides and reviews."""
+    await _consume(stream)

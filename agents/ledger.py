@@ -27,15 +27,18 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     all rows in one insert, retrying until it is taken. Returns the rows written."""
     rt = await runtime.started()
     rows: list[dict[str, Any]] = []
+    guests: list[dict[str, Any]] = []
     for value in messages:
         try:
-            rows.extend(decode_ledger_message(value))
+            ledger, facts = decode_ledger_message(value)
+            rows.extend(ledger)
+            guests.extend(facts)
         except Exception as exc:
             await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
     backoff = 0.5
     while True:
         try:
-            await rt.ledger.write(rows)
+            await rt.ledger.write(rows, guests)
             counters["ledger_rows_written_total"] += len(rows)
             return len(rows)
         except LedgerUnavailable as exc:

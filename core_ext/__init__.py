@@ -1,25 +1,31 @@
 """The loyalty engine's Rust core (pure, batch-shaped), as a Python package."""
 
 from core_ext._core import (
+    EventBatch,
     InvalidEventError,
     LoyaltyCoreError,
-    PaymentBatch,
     RejectedEventError,
-    RulesError,
     RuleSet,
+    RulesError,
     __version__,
-    accrue_batch,
+    evaluate_batch,
+    member_view,
+    simulate,
+    validate_member_event,
     validate_payment,
 )
 
 __all__ = [
+    "EventBatch",
     "InvalidEventError",
     "LoyaltyCoreError",
-    "PaymentBatch",
     "RejectedEventError",
     "RuleSet",
     "RulesError",
     "__version__",
-    "accrue_batch",
+    "evaluate_batch",
+    "member_view",
+    "simulate",
+    "validate_member_event",
     "validate_payment",
 ]

@@ -1,16 +1,19 @@
 """Type stubs of the Rust extension `core_ext._core` (the loyalty engine's pure core)."""
 
-from typing import Literal, final
+from typing import Any, Literal, final
 
 __all__ = [
+    "__version__",
+    "EventBatch",
     "InvalidEventError",
     "LoyaltyCoreError",
-    "PaymentBatch",
     "RejectedEventError",
     "RuleSet",
     "RulesError",
-    "__version__",
-    "accrue_batch",
+    "evaluate_batch",
+    "member_view",
+    "simulate",
+    "validate_member_event",
     "validate_payment",
 ]
 
@@ -36,7 +39,7 @@ class RejectedEventError(LoyaltyCoreError):
 
 @final
 class RuleSet:
-    """A validated, compiled earning rule set."""
+    """A validated, compiled rule set."""
 
     @staticmethod
     def from_toml(text: str, path: str = "<string>") -> RuleSet:
@@ -48,47 +51,71 @@ class RuleSet:
         """Tier ids, lowest first."""
     @property
     def default_tier(self) -> str:
-        """The tier of a member who has none set (the first one)."""
+        """The tier of a member who has none (the first one)."""
     @property
     def business_units(self) -> list[tuple[str, str]]:
         """(business unit id, format), sorted."""
+    @property
+    def campaigns(self) -> list[tuple[str, int | None]]:
+        """(campaign id, budget points or None), in file order."""
+    @property
+    def guest_credit_days(self) -> int:
+        """Days within which registering credits a guest's payments (0: never)."""
+
+_Keys = tuple[str | None, str | None, str | None, tuple[str, str] | None, int, str]
 
 @final
-class PaymentBatch:
-    """A batch of raw event bodies, decoded and validated once (GIL released)."""
+class EventBatch:
+    """A batch of raw event bodies (payments, refunds, member events), decoded once (GIL released)."""
 
     @staticmethod
-    def decode(bodies: list[bytes]) -> PaymentBatch: ...
+    def decode(bodies: list[bytes]) -> EventBatch: ...
     def __len__(self) -> int: ...
-    def keys(self) -> list[tuple[str | None, str | None, str | None]]:
-        """Per event: (event_id, member_id, refund_of); all None for an invalid body."""
+    def keys(self) -> list[_Keys]:
+        """Per event: (event_id, member_id, refund_of, payer, occurred_at_ms, type);
+        (None, None, None, None, 0, "") for an invalid body; member_id None for a guest payment."""
+    def bindings(self) -> list[tuple[int, str, str, str]]:
+        """External ids that registrations bind: (event index, member_id, kind, id)."""
 
-def validate_payment(body: bytes) -> tuple[str, str, Literal["payment", "refund"]]:
-    """Validates one raw body; returns (event_id, member_id, type) or raises InvalidEventError."""
+def validate_payment(body: bytes) -> tuple[str, str | None, Literal["payment", "refund"], tuple[str, str] | None]:
+    """Validates one raw payment/refund; returns (event_id, member_id or None, type, payer or None)."""
 
-_OutcomeTuple = tuple[
-    Literal["apply", "duplicate", "rejected"],
+def validate_member_event(body: bytes) -> tuple[str, str, str]:
+    """Validates one raw member event; returns (event_id, member_id, type)."""
+
+_Outcome = tuple[
+    Literal["apply", "guest", "duplicate", "rejected"],
     int,  # points delta (negative for a clawback)
-    str | None,  # the ledger row, JSON (apply only)
+    str | None,  # apply: the event's ledger rows (JSON array); guest: the fact (JSON object)
     str | None,  # refund_of (refunds only)
     int,  # amount_fen of the event
     int,  # clawback points (refunds only)
+    list[tuple[str, int]],  # campaign budget consumed: (campaign id, points)
     str | None,  # error field (rejected only)
     str | None,  # error reason (rejected only)
 ]
+_MemberUpdate = tuple[str, int, str, int | None]  # member_id, expected seq, state JSON, review_at_ms
 
-def accrue_batch(
+def evaluate_batch(
     rules: RuleSet,
-    batch: PaymentBatch,
-    tiers: list[str | None],
-    originals: list[tuple[int, int, int, int] | None],
+    batch: EventBatch,
     applied: list[bool],
+    originals: list[tuple[int, int, int, int] | None],
+    members: dict[str, tuple[int, str | None]],
+    budget_spent: dict[str, int],
     now_ms: int,
-) -> list[_OutcomeTuple]:
-    """Outcome of every event of `batch`, in order.
+) -> tuple[list[_Outcome], list[_MemberUpdate]]:
+    """Outcome of every event of `batch`, in order, and each touched member's new state.
 
-    tiers: each event's member tier as stored (None: default tier).
+    applied: the event id was applied by an earlier batch (outcome "duplicate").
     originals: for refunds, the refunded payment as stored:
         (amount_fen, points, refunded_amount_fen, refunded_points).
-    applied: the event id was applied by an earlier batch (outcome "duplicate").
+    members: member id -> (stored sequence number, stored state JSON or None).
+    budget_spent: campaign id -> points of its budget already spent.
     """
+
+def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
+    """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""
+
+def simulate(rules: RuleSet, bodies: list[bytes]) -> dict[str, Any]:
+    """Replays payment/refund bodies (oldest first) through `rules` from empty member states."""

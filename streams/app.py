@@ -7,7 +7,9 @@ Importing this module builds the app from the environment (streams.settings);
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
 from pathlib import Path
 
 import faust
@@ -61,6 +63,10 @@ ledger_topic = app.topic(
     partitions=settings.partitions,
     key_serializer="raw",
     value_serializer="raw",
+)
+member_events_topic = app.topic(
+    settings.member_events_topic, internal=True, partitions=settings.partitions,
+    key_serializer="raw", value_serializer="raw",
 )
 dead_letter_topic = app.topic(
     settings.dead_letter_topic,
@@ -138,6 +144,25 @@ async def send_dead_letter(
     await fut
     counters["events_dead_lettered_total"] += 1
     log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
+
+
+@app.timer(interval=settings.tier_review_interval_s)
+async def schedule_tier_reviews() -> None:
+    """Due tier reviews become member events, so each is applied in order with
+    that member's other events (Kafka key = member id)."""
+    import orjson
+
+    rt = await runtime.started()
+    now_ms = int(time.time() * 1000)
+    for member_id, due_ms in await rt.balances.due_reviews(now_ms):
+        event = {
+            "event_id": f"tier-review-{member_id}-{due_ms}", "type": "tier_review", "member_id": member_id,
+            "occurred_at": dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
+        }
+        fut = await member_events_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
+        await fut
+        await rt.balances.drop_review(member_id, due_ms)
+        log.info("tier review of %s due since %d sent", member_id, due_ms)
 
 
 @app.task

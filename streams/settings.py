@@ -61,11 +61,16 @@ class Settings:
     ledger_within_s: float = 0.5
     max_body_bytes: int = 64 * 1024
     session_timeout_s: float = 10.0
+    tier_review_interval_s: float = 60.0
     log_level: str = "info"
 
     @property
     def payments_topic(self) -> str:
         return f"{self.topic_prefix}.payments"
+
+    @property
+    def member_events_topic(self) -> str:
+        return f"{self.topic_prefix}.member-events"
 
     @property
     def ledger_topic(self) -> str:
@@ -102,5 +107,6 @@ class Settings:
             ledger_within_s=_float("LOYALTY_LEDGER_WITHIN", d.ledger_within_s),
             max_body_bytes=_int("LOYALTY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
             session_timeout_s=_float("LOYALTY_SESSION_TIMEOUT", d.session_timeout_s),
+            tier_review_interval_s=_float("LOYALTY_TIER_REVIEW_INTERVAL", d.tier_review_interval_s),
             log_level=_str("LOYALTY_LOG_LEVEL", d.log_level),
         )

@@ -149,7 +149,7 @@ pub struct PyEventBatch {
     events: Vec<Result<Event, CoreError>>,
 }
 
-type Keys = (Option<String>, Option<String>, Option<String>, Option<(String, String)>, i64);
+type Keys = (Option<String>, Option<String>, Option<String>, Option<(String, String)>, i64, &'static str);
 
 #[pymethods]
 impl PyEventBatch {
@@ -163,8 +163,8 @@ impl PyEventBatch {
         self.events.len()
     }
 
-    /// Per event: `(event_id, member_id, refund_of, payer, occurred_at_ms)`;
-    /// all None (and 0) for an invalid body; member_id None for a guest payment.
+    /// Per event: `(event_id, member_id, refund_of, payer, occurred_at_ms, type)`;
+    /// all None (0, "") for an invalid body; member_id None for a guest payment.
     fn keys(&self) -> Vec<Keys> {
         self.events
             .iter()
@@ -175,9 +175,12 @@ impl PyEventBatch {
                     p.refund_of.clone(),
                     p.payer.clone(),
                     p.occurred_at_ms,
+                    p.kind.as_str(),
                 ),
-                Ok(Event::Member(m)) => (Some(m.event_id.clone()), Some(m.member_id.clone()), None, None, m.occurred_at_ms),
-                Err(_) => (None, None, None, None, 0),
+                Ok(Event::Member(m)) => {
+                    (Some(m.event_id.clone()), Some(m.member_id.clone()), None, None, m.occurred_at_ms, m.kind.as_str())
+                }
+                Err(_) => (None, None, None, None, 0, ""),
             })
             .collect()
     }

@@ -1,77 +1,120 @@
-"""Member balances in Redis: the read of a batch's context and the idempotent apply.
+"""Member balances and states in Redis: the read of a batch's context and the
+atomic, idempotent apply of each member's movements.
 
-Keys are hash-tagged by member (`ly:m:{m-1}`, `ly:ev:{m-1}:tx-9`) so that every key
-one event touches lives in one Redis Cluster slot. Each movement is applied by one
-Lua script that checks the event id and moves the balance in the same step; the
-event's record keeps the exact ledger row, so a replay re-emits the same row.
+Keys of one member are hash-tagged by member (`ly:m:{m-1}`, `ly:ev:{m-1}:tx-9`,
+`ly:hist:{m-1}`). A member's movements of a batch are applied by one Lua call that
+first checks the member's sequence number (optimistic concurrency: the state the
+core computed from is still the stored one) and every campaign budget it draws on,
+then moves the balance, writes the state and the events' records, and consumes
+the budgets, all in one atomic step. Campaign budget keys are global, so this
+script needs a single Redis primary (or a cluster slot holding the campaigns).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
-# KEYS: member hash, event hash, refunded payment's hash (refunds only)
-# ARGV: points delta, ledger row, amount_fen, kind, refund amount, clawback points
-# Integers stay strings and go straight to HINCRBY: no Lua doubles on point paths.
-APPLY_MOVEMENT_LUA = """
-local prior = redis.call('HGET', KEYS[2], 'row')
-if prior then return {0, prior} end
-local delta = ARGV[1]
-redis.call('HINCRBY', KEYS[1], 'balance', delta)
-if string.sub(delta, 1, 1) == '-' then
-  redis.call('HINCRBY', KEYS[1], 'clawed_back', string.sub(delta, 2))
-else
-  redis.call('HINCRBY', KEYS[1], 'earned', delta)
+HISTORY_LENGTH = 20
+
+# KEYS: member hash, history list, then event, refunded-payment and campaign keys.
+# ARGV: expected seq, new state, n events, n campaigns,
+#       per campaign: key index, points, budget (-1: none),
+#       per event: key index, refunded key index (0: none), points, rows, amount, kind,
+#                  refund amount, clawback points
+# Point arithmetic is HINCRBY on strings (int64 in Redis); the one comparison made
+# in Lua (budget) is on integers below 2^53, which Lua's doubles hold exactly.
+APPLY_MEMBER_LUA = """
+local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
+if seq ~= ARGV[1] then return {'conflict', seq} end
+local n_ev = tonumber(ARGV[3])
+local n_c = tonumber(ARGV[4])
+local p = 5
+for i = 1, n_c do
+  local budget = tonumber(ARGV[p + 2])
+  if budget >= 0 then
+    local spent = tonumber(redis.call('HGET', KEYS[tonumber(ARGV[p])], 'spent') or '0')
+    if spent + tonumber(ARGV[p + 1]) > budget then return {'budget', ARGV[p]} end
+  end
+  p = p + 3
 end
-redis.call('HINCRBY', KEYS[1], 'events', 1)
-redis.call('HSET', KEYS[2], 'row', ARGV[2], 'amount', ARGV[3], 'points', delta,
-           'kind', ARGV[4], 'refunded_amount', 0, 'refunded_points', 0)
-if ARGV[4] == 'refund' then
-  redis.call('HINCRBY', KEYS[3], 'refunded_amount', ARGV[5])
-  redis.call('HINCRBY', KEYS[3], 'refunded_points', ARGV[6])
+p = 5
+for i = 1, n_c do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[p])], 'spent', ARGV[p + 1])
+  p = p + 3
 end
-return {1, ARGV[2]}
-"""
+for i = 1, n_ev do
+  local delta = ARGV[p + 2]
+  redis.call('HINCRBY', KEYS[1], 'balance', delta)
+  if string.sub(delta, 1, 1) == '-' then
+    redis.call('HINCRBY', KEYS[1], 'clawed_back', string.sub(delta, 2))
+  else
+    redis.call('HINCRBY', KEYS[1], 'earned', delta)
+  end
+  redis.call('HINCRBY', KEYS[1], 'events', 1)
+  redis.call('HSET', KEYS[tonumber(ARGV[p])], 'rows', ARGV[p + 3], 'amount', ARGV[p + 4], 'points', delta,
+             'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0)
+  local orig = tonumber(ARGV[p + 1])
+  if orig > 0 then
+    redis.call('HINCRBY', KEYS[orig], 'refunded_amount', ARGV[p + 6])
+    redis.call('HINCRBY', KEYS[orig], 'refunded_points', ARGV[p + 7])
+  end
+  redis.call('LPUSH', KEYS[2], ARGV[p + 3])
+  p = p + 8
+end
+redis.call('LTRIM', KEYS[2], 0, HISTORY_LAST)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'seq', tostring(tonumber(ARGV[1]) + 1))
+return {'ok', ARGV[1]}
+""".replace("HISTORY_LAST", str(HISTORY_LENGTH - 1))
 
 Original = tuple[int, int, int, int]
+Keys = tuple[str | None, str | None, str | None, tuple[str, str] | None, int, str]
 
 
 @dataclass(frozen=True)
 class BatchContext:
-    tiers: list[str | None]
-    originals: list[Original | None]
     applied: list[bool]
+    originals: list[Original | None]
+    members: dict[str, tuple[int, str | None]]
+    budget_spent: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Movement:
-    """One outcome of the core to apply: `kind` is "payment" or "refund"."""
+@dataclass
+class EventMove:
+    """One applied event of a member: its key, points, rows and refund effects."""
 
-    member_id: str
     event_id: str
     kind: str
     points: int
-    row: str
+    rows: str
     amount_fen: int
     refund_of: str | None
-    refund_amount_fen: int
     clawback_points: int
 
 
+@dataclass
+class MemberMoves:
+    member_id: str
+    expected_seq: int
+    state_json: str
+    review_at_ms: int | None
+    events: list[EventMove] = field(default_factory=list)
+    campaigns: dict[str, int] = field(default_factory=dict)
+
+
 class BalanceStore:
-    """Balances, tiers and applied-event records of members, in Redis."""
+    """Balances, states and applied-event records of members, in Redis."""
 
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.ns = namespace
         self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
-        self._apply = self.redis.register_script(APPLY_MOVEMENT_LUA)
+        self._apply = self.redis.register_script(APPLY_MEMBER_LUA)
 
     async def setup(self) -> None:
         """Connects and pings, so a bad URL fails at start rather than on the first batch."""
@@ -86,58 +129,86 @@ class BalanceStore:
     def event_key(self, member_id: str, event_id: str) -> str:
         return f"{self.ns}:ev:{{{member_id}}}:{event_id}"
 
-    async def read_context(self, keys: Sequence[tuple[str | None, str | None, str | None]]) -> BatchContext:
-        """One pipeline: tier, applied flag and refunded payment for every valid event."""
+    def history_key(self, member_id: str) -> str:
+        return f"{self.ns}:hist:{{{member_id}}}"
+
+    def campaign_key(self, campaign_id: str) -> str:
+        return f"{self.ns}:camp:{campaign_id}"
+
+    @property
+    def tier_reviews_key(self) -> str:
+        return f"{self.ns}:tier_reviews"
+
+    def identity_key(self, kind: str, external_id: str) -> str:
+        return f"{self.ns}:id:{kind}:{external_id}"
+
+    def guest_key(self, kind: str, external_id: str) -> str:
+        return f"{self.ns}:guest:{kind}:{external_id}"
+
+    async def read_context(self, keys: Sequence[Keys], budgeted: Sequence[str]) -> BatchContext:
+        """One pipeline: applied flags, refunded payments, member states, budgets."""
         pipe = self.redis.pipeline(transaction=False)
-        layout: list[tuple[bool, bool]] = []
-        for event_id, member_id, refund_of in keys:
+        members = sorted({k[1] for k in keys if k[1] is not None})
+        for m in members:
+            pipe.hmget(self.member_key(m), ["seq", "state"])
+        for c in budgeted:
+            pipe.hget(self.campaign_key(c), "spent")
+        for event_id, member_id, refund_of, *_ in keys:
             if event_id is None or member_id is None:
-                layout.append((False, False))
                 continue
-            pipe.hget(self.member_key(member_id), "tier")
             pipe.exists(self.event_key(member_id, event_id))
             if refund_of is not None:
-                pipe.hmget(
-                    self.event_key(member_id, refund_of),
-                    ["kind", "amount", "points", "refunded_amount", "refunded_points"],
-                )
-            layout.append((True, refund_of is not None))
+                pipe.hmget(self.event_key(member_id, refund_of),
+                           ["kind", "amount", "points", "refunded_amount", "refunded_points"])
         replies = await pipe.execute() if len(pipe) else []
-        tiers: list[str | None] = []
-        originals: list[Original | None] = []
+        it = iter(replies)
+        stored = {m: (int(seq or 0), state) for m, (seq, state) in zip(members, it, strict=False)}
+        spent = {c: int(next(it) or 0) for c in budgeted}
         applied: list[bool] = []
-        i = 0
-        for valid, is_refund in layout:
-            if not valid:
-                tiers.append(None)
-                originals.append(None)
+        originals: list[Original | None] = []
+        for event_id, member_id, refund_of, *_ in keys:
+            if event_id is None or member_id is None:
                 applied.append(False)
+                originals.append(None)
                 continue
-            tiers.append(replies[i])
-            applied.append(bool(replies[i + 1]))
-            i += 2
+            applied.append(bool(next(it)))
             original: Original | None = None
-            if is_refund:
-                kind, amount, points, r_amount, r_points = replies[i]
-                i += 1
-                if kind == "payment" and amount is not None:
+            if refund_of is not None:
+                kind, amount, points, r_amount, r_points = next(it)
+                if kind == "payment" and amount is not None and int(amount) > 0:
                     original = (int(amount), int(points), int(r_amount or 0), int(r_points or 0))
             originals.append(original)
-        return BatchContext(tiers, originals, applied)
+        return BatchContext(applied, originals, stored, spent)
 
-    async def apply(self, movements: Sequence[Movement]) -> list[tuple[bool, str]]:
-        """Applies each movement once; returns (newly_applied, canonical ledger row) per movement."""
-        if not movements:
+    async def apply(self, groups: Sequence[MemberMoves], budgets: dict[str, int | None]) -> list[str]:
+        """Applies each member's moves atomically; returns "ok", "conflict" or "budget" per member."""
+        if not groups:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for m in movements:
-            keys = [self.member_key(m.member_id), self.event_key(m.member_id, m.event_id)]
-            if m.refund_of is not None:
-                keys.append(self.event_key(m.member_id, m.refund_of))
-            args = [m.points, m.row, m.amount_fen, m.kind, m.refund_amount_fen, m.clawback_points]
+        for g in groups:
+            keys = [self.member_key(g.member_id), self.history_key(g.member_id)]
+            args: list[object] = [g.expected_seq, g.state_json, len(g.events), len(g.campaigns)]
+            for cid, points in g.campaigns.items():
+                keys.append(self.campaign_key(cid))
+                budget = budgets.get(cid)
+                args += [len(keys), points, -1 if budget is None else budget]
+            for e in g.events:
+                keys.append(self.event_key(g.member_id, e.event_id))
+                ev_index = len(keys)
+                orig_index = 0
+                if e.refund_of is not None:
+                    keys.append(self.event_key(g.member_id, e.refund_of))
+                    orig_index = len(keys)
+                args += [ev_index, orig_index, e.points, e.rows, e.amount_fen, e.kind,
+                         e.amount_fen if e.refund_of is not None else 0, e.clawback_points]
             await self._apply(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
-        return [(bool(int(flag)), row) for flag, row in replies]
+        results = [str(reply[0]) for reply in replies]
+        await self.schedule_reviews({
+            g.member_id: g.review_at_ms for g, r in zip(groups, results, strict=True)
+            if r == "ok" and g.review_at_ms is not None
+        })
+        return results
 
     async def stored_rows(self, pairs: Sequence[tuple[str, str]]) -> list[str | None]:
         """The ledger rows kept for already-applied (member_id, event_id) pairs."""
@@ -145,15 +216,52 @@ class BalanceStore:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for member_id, event_id in pairs:
-            pipe.hget(self.event_key(member_id, event_id), "row")
+            pipe.hget(self.event_key(member_id, event_id), "rows")
         return list(await pipe.execute())
 
     async def member(self, member_id: str) -> dict[str, str] | None:
         data = await self.redis.hgetall(self.member_key(member_id))
         return data or None
 
-    async def set_tier(self, member_id: str, tier: str) -> None:
-        await self.redis.hset(self.member_key(member_id), "tier", tier)
+    async def history(self, member_id: str) -> list[str]:
+        return list(await self.redis.lrange(self.history_key(member_id), 0, HISTORY_LENGTH - 1))
+
+    async def resolve(self, kind: str, external_id: str) -> str | None:
+        return await self.redis.get(self.identity_key(kind, external_id))  # type: ignore[no-any-return]
+
+    async def bind(self, kind: str, external_id: str, member_id: str) -> str:
+        """Binds an external id to a member unless bound already; returns the owner."""
+        key = self.identity_key(kind, external_id)
+        await self.redis.set(key, member_id, nx=True)
+        return await self.redis.get(key)  # type: ignore[no-any-return]
+
+    async def keep_guest(self, kind: str, external_id: str, body: bytes, keep_days: int) -> None:
+        key = self.guest_key(kind, external_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, body)
+        pipe.expire(key, max(1, keep_days) * 86_400)
+        await pipe.execute()
+
+    async def guest_payments(self, kind: str, external_id: str) -> list[str]:
+        return list(await self.redis.lrange(self.guest_key(kind, external_id), 0, -1))
+
+    async def forget_guest(self, kind: str, external_id: str) -> None:
+        await self.redis.delete(self.guest_key(kind, external_id))
+
+    async def due_reviews(self, now_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
+        items = await self.redis.zrangebyscore(self.tier_reviews_key, "-inf", now_ms, start=0, num=limit,
+                                               withscores=True)
+        return [(m, int(score)) for m, score in items]
+
+    async def drop_review(self, member_id: str, at_ms: int) -> None:
+        """Removes a due review, unless it was rescheduled meanwhile."""
+        score = await self.redis.zscore(self.tier_reviews_key, member_id)
+        if score is not None and int(score) == at_ms:
+            await self.redis.zrem(self.tier_reviews_key, member_id)
+
+    async def schedule_reviews(self, reviews: dict[str, int]) -> None:
+        if reviews:
+            await self.redis.zadd(self.tier_reviews_key, reviews)
 
     async def balances(self) -> dict[str, int]:
         """Every member's balance (SCAN, then one pipeline per page): for reconciliation."""
@@ -164,8 +272,14 @@ class BalanceStore:
             for key in batch:
                 pipe.hget(key, "balance")
             for key, value in zip(batch, await pipe.execute(), strict=True):
-                out[key[len(prefix) : -1]] = int(value or 0)
+                out[key[len(prefix):-1]] = int(value or 0)
         return out
+
+    async def campaign_spent(self, campaign_ids: Sequence[str]) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for c in campaign_ids:
+            pipe.hget(self.campaign_key(c), "spent")
+        return {c: int(v or 0) for c, v in zip(campaign_ids, await pipe.execute(), strict=True)}
 
 
 async def _scan_pages(client: aioredis.Redis, pattern: str, count: int = 1000):  # type: ignore[no-untyped-def]

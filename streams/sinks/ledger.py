@@ -164,9 +164,11 @@ class LedgerStore:
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
-def decode_ledger_message(value: bytes) -> list[dict[str, Any]]:
-    """A ledger-topic message is a JSON array of the core's ledger rows."""
-    rows = orjson.loads(value)
-    if not isinstance(rows, list):
-        raise ValueError("a ledger message must be a JSON array of rows")
-    return rows
+def decode_ledger_message(value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A ledger-topic message: {"ledger": [rows], "guests": [facts]}, from the core."""
+    msg = orjson.loads(value)
+    if not isinstance(msg, dict) or not isinstance(msg.get("ledger"), list) or not isinstance(
+        msg.get("guests", []), list
+    ):
+        raise ValueError('a ledger message must be {"ledger": [...], "guests": [...]}')
+    return msg["ledger"], msg.get("guests", [])

@@ -41,10 +41,15 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
             await rt.ledger.write(rows, guests)
             counters["ledger_rows_written_total"] += len(rows)
             return len(rows)
-        except LedgerUnavailable as exc:
+        except Exception as exc:
+            # Whatever the failure, the rows are not acked until written: Faust would
+            # ack the batch if this raised (faust-streaming #606), losing them.
             counters["ledger_write_retries_total"] += 1
-            delay = max(exc.retry_after, backoff)
-            log.warning("%s; retrying in %.1fs", exc, delay)
+            delay = max(exc.retry_after if isinstance(exc, LedgerUnavailable) else 1.0, backoff)
+            if isinstance(exc, LedgerUnavailable):
+                log.warning("%s; retrying in %.1fs", exc, delay)
+            else:
+                log.exception("ledger write failed unexpectedly; retrying in %.1fs", delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 

@@ -196,6 +196,33 @@ async def send_callbacks(
     return results
 
 
+async def send_callbacks_in_order(
+    base_url: str, secret: str, bodies: list[bytes], key: str = "member_id", concurrency: int = 16,
+    path: str = "/v1/callbacks/payment",
+) -> list[tuple[int, dict[str, Any]]]:
+    """Like a gateway: callbacks of one member (by `key`) one after the other, in
+    list order; different members concurrently. Returns (status, json) in order."""
+    lanes: dict[str, list[int]] = {}
+    for i, body in enumerate(bodies):
+        lanes.setdefault(str(orjson.loads(body).get(key)), []).append(i)
+    results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
+    queue: asyncio.Queue[list[int]] = asyncio.Queue()
+    for lane in lanes.values():
+        queue.put_nowait(lane)
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            for i in queue.get_nowait():
+                async with session.post(base_url + path, data=bodies[i],
+                                        headers=signed_headers(secret, bodies[i])) as r:
+                    payload = await r.read()
+                    results[i] = (r.status, orjson.loads(payload) if payload else {})
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    return results
+
+
 async def read_dead_letters(bootstrap: str, topic: str, wait_s: float = 10.0) -> list[dict[str, Any]]:
     """Every record on the dead-letter topic, decoded."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")

@@ -1,10 +1,13 @@
--- Totals of the ledger: rows, members, points issued, clawed back and net.
+-- Totals of the ledger: rows, events, members, points issued, clawed back and net.
 SELECT
-    count()                          AS movements,
-    uniqExact(member_id)             AS members,
-    sumIf(points, points > 0)        AS points_issued,
-    -sumIf(points, points < 0)       AS points_clawed_back,
-    sum(points)                      AS points_net,
-    countIf(kind = 'earn')           AS payments,
-    countIf(kind = 'clawback')       AS refunds
+    count()                                AS movements,
+    uniqExact(event_id)                    AS events,
+    uniqExact(member_id)                   AS members,
+    sumIf(points, points > 0)              AS points_issued,
+    -sumIf(points, points < 0)             AS points_clawed_back,
+    sum(points)                            AS points_net,
+    countIf(kind = 'earn')                 AS payments,
+    countIf(kind = 'clawback')             AS refunds,
+    countIf(kind = 'tier_change')          AS tier_changes,
+    countIf(kind NOT IN ('earn', 'clawback', 'tier_change')) AS member_events
 FROM ledger FINAL

@@ -26,21 +26,12 @@ SQL_DIR = ROOT / "sql"
 UTC = dt.UTC
 
 LEDGER_COLUMNS = (
-    "event_id",
-    "member_id",
-    "kind",
-    "points",
-    "amount_fen",
-    "bu_id",
-    "format",
-    "merchant_id",
-    "category",
-    "channel",
-    "occurred_at",
-    "refund_of",
-    "tier",
-    "rules_version",
-    "processed_at",
+    "event_id", "member_id", "kind", "points", "amount_fen", "bu_id", "format", "merchant_id",
+    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain",
+)
+GUEST_COLUMNS = (
+    "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
+    "channel", "occurred_at", "refund_of", "processed_at",
 )
 
 
@@ -74,21 +65,20 @@ def _ms_to_datetime(ms: int) -> dt.datetime:
 def row_values(row: dict[str, Any]) -> list[Any]:
     """A decoded ledger row (the core's JSON) as values in LEDGER_COLUMNS order."""
     return [
-        row["event_id"],
-        row["member_id"],
-        row["kind"],
-        row["points"],
-        row["amount_fen"],
-        row["bu_id"],
-        row["format"],
-        row["merchant_id"],
-        row["category"],
-        row["channel"],
-        _ms_to_datetime(row["occurred_at_ms"]),
-        row["refund_of"],
-        row["tier"],
-        row["rules_version"],
-        _ms_to_datetime(row["processed_at_ms"]),
+        row["event_id"], row["member_id"], row["kind"], row["points"], row["amount_fen"],
+        row["bu_id"], row["format"], row["merchant_id"], row["category"], row["channel"],
+        _ms_to_datetime(row["occurred_at_ms"]), row["refund_of"], row["tier"],
+        row["rules_version"], _ms_to_datetime(row["processed_at_ms"]),
+        orjson.dumps(row.get("explain", [])).decode(),
+    ]
+
+
+def guest_values(fact: dict[str, Any]) -> list[Any]:
+    """A guest payment fact (the core's JSON) as values in GUEST_COLUMNS order."""
+    return [
+        fact["event_id"], fact["type"], fact["payer_kind"], fact["payer_id"], fact["amount_fen"], fact["bu_id"],
+        fact["format"], fact["merchant_id"], fact["category"], fact["channel"],
+        _ms_to_datetime(fact["occurred_at_ms"]), fact["refund_of"], _ms_to_datetime(fact["processed_at_ms"]),
     ]
 
 
@@ -136,26 +126,25 @@ class LedgerStore:
             self._client = None
         self._executor.shutdown(wait=True)
 
-    async def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """One insert for the whole batch. The dedup token is a digest of the rows'
-        identities, so an insert retried after an unclear failure is taken once."""
-        if not rows:
-            return
-        digest = hashlib.sha256()
-        for r in rows:
-            digest.update(f"{r['member_id']}\x1f{r['event_id']}\x1f{r['kind']}\x1e".encode())
-        token = digest.hexdigest()
-        values = [row_values(r) for r in rows]
-        try:
-            await self._run(
-                self._client.insert,
-                "ledger",
-                values,
-                column_names=LEDGER_COLUMNS,
-                settings={"insert_deduplication_token": token},
-            )
-        except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
-            raise LedgerUnavailable(f"ledger insert of {len(rows)} rows failed: {exc}", 1.0) from exc
+    async def write(self, rows: Sequence[dict[str, Any]], guests: Sequence[dict[str, Any]] = ()) -> None:
+        """One insert per table for the whole batch. The dedup token is a digest of the
+        rows' identities, so an insert retried after an unclear failure is taken once."""
+        for table, items, columns, to_values, ident in (
+            ("ledger", rows, LEDGER_COLUMNS, row_values, ("member_id", "event_id", "kind")),
+            ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),
+        ):
+            if not items:
+                continue
+            digest = hashlib.sha256()
+            for r in items:
+                digest.update("\x1f".join(str(r[k]) for k in ident).encode() + b"\x1e")
+            try:
+                await self._run(
+                    self._client.insert, table, [to_values(r) for r in items], column_names=columns,
+                    settings={"insert_deduplication_token": digest.hexdigest()},
+                )
+            except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
+                raise LedgerUnavailable(f"{table} insert of {len(items)} rows failed: {exc}", 1.0) from exc
 
     async def query(self, name: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs a named query from sql/queries/ and returns its rows as dicts."""

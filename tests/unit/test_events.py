@@ -21,7 +21,30 @@ GOOD = {
 
 
 def test_valid_payment_gives_its_keys() -> None:
-    assert core_ext.validate_payment(orjson.dumps(GOOD)) == ("tx-1", "m-1", "payment")
+    assert core_ext.validate_payment(orjson.dumps(GOOD)) == ("tx-1", "m-1", "payment", None)
+
+
+def test_a_payer_may_stand_in_for_the_member() -> None:
+    body = {k: v for k, v in GOOD.items() if k != "member_id"} | {"payer": {"kind": "wechat", "id": "o-9"}}
+    assert core_ext.validate_payment(orjson.dumps(body)) == ("tx-1", None, "payment", ("wechat", "o-9"))
+    for payer, field in [({"kind": "fax", "id": "1"}, "payer.kind"), ({"kind": "phone"}, "payer.id"),
+                         ("13800000000", "payer")]:
+        with pytest.raises(core_ext.InvalidEventError) as info:
+            core_ext.validate_payment(orjson.dumps(body | {"payer": payer}))
+        assert info.value.field == field
+
+
+def test_member_events_validate() -> None:
+    reg = {"event_id": "r-1", "type": "register", "occurred_at": "2026-11-23T10:00:00+08:00", "member_id": "m-1",
+           "birthday": "1990-11-02", "tags": ["vip"], "external_ids": [{"kind": "phone", "id": "13800000000"}]}
+    assert core_ext.validate_member_event(orjson.dumps(reg)) == ("r-1", "m-1", "register")
+    for change, field in [({"birthday": "1990-13-02"}, "birthday"), ({"tags": "vip"}, "tags"),
+                          ({"type": "referral"}, "referred_member_id"), ({"type": "tier_override"}, "tier")]:
+        with pytest.raises(core_ext.InvalidEventError) as info:
+            core_ext.validate_member_event(orjson.dumps(reg | change))
+        assert info.value.field == field
+    with pytest.raises(core_ext.InvalidEventError):
+        core_ext.validate_member_event(orjson.dumps(GOOD))
 
 
 @pytest.mark.parametrize(
@@ -36,6 +59,7 @@ def test_valid_payment_gives_its_keys() -> None:
         ({"member_id": "a{b}"}, "member_id"),
         ({"member_id": "x" * 65}, "member_id"),
         ({"type": "chargeback"}, "type"),
+        ({"type": "register"}, "type"),
         ({"occurred_at": "2026-11-23 10:15"}, "occurred_at"),
         ({"occurred_at": "2026-11-23T10:15:00"}, "occurred_at"),
         ({"refund_of": "tx-0"}, "refund_of"),

@@ -304,7 +304,11 @@ class Health(View):
     async def get(self, request: Request) -> Response:
         rt = await runtime.started()
         await rt.balances.redis.ping()
-        return json_response(self, {"status": "ok", "rules_version": rt.rules.version})
+        try:
+            assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+        except Exception:  # not yet subscribed
+            assigned = []
+        return json_response(self, {"status": "ok", "rules_version": rt.rules.version, "assigned": assigned})
 
 
 @app.page("/metrics")

@@ -53,6 +53,73 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_simulate(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        with open(args.rules, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        print(f"error: cannot read {args.rules}: {exc.strerror}", file=sys.stderr)
+        return 2
+    payload = orjson.dumps({"rules": text, "path": args.rules, "from": _instant(args.start),
+                            "to": _instant(args.end)})
+    print(f"replaying stored payments {args.start} .. {args.end} through {args.rules} ...", file=sys.stderr)
+    try:
+        result = admin_post(settings, "/v1/admin/rules/simulate", payload)
+    except urllib.error.HTTPError as exc:
+        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1 if exc.code == 400 else 2
+    except urllib.error.URLError as exc:
+        print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
+              file=sys.stderr)
+        return 2
+    print(format_simulation(result))
+    return 0
+
+
+def _instant(value: str) -> str:
+    """A date (local midnight, +08:00) or a full ISO-8601 instant."""
+    return f"{value}T00:00:00+08:00" if len(value) == 10 else value
+
+
+def format_simulation(r: dict) -> str:  # type: ignore[type-arg]
+    live, cand = r["live"], r["candidate"]
+    lines = [f"{r['payments']:,} payments and refunds from {r['from']} to {r['to']}", ""]
+    lines.append(f"{'':32}{'live ' + live['version']:>22}{'candidate ' + cand['version']:>26}{'change':>12}")
+
+    def row(label: str, a: int, b: int) -> None:
+        lines.append(f"{label:32}{a:>22,}{b:>26,}{b - a:>+12,}")
+
+    row("points issued", live["points_issued"], cand["points_issued"])
+    row("points clawed back", live["points_clawed_back"], cand["points_clawed_back"])
+    for title, key in (("by business unit", "points_by_bu"), ("by format", "points_by_format")):
+        lines.append(title)
+        for k in sorted(set(live[key]) | set(cand[key])):
+            row(f"  {k}", live[key].get(k, 0), cand[key].get(k, 0))
+    lines.append("campaign cost (points / budget)")
+    live_c = {c[0]: c for c in live["campaigns"]}
+    for cid, points, budget in cand["campaigns"]:
+        before = live_c.get(cid, [cid, 0, None])[1]
+        cap = f" / {budget:,}" if budget is not None else ""
+        over = "  BUDGET EXHAUSTED" if budget is not None and points >= budget else ""
+        lines.append(f"  {cid:30}{before:>22,}{points:>26,}{cap}{over}")
+    lines.append("members reaching a tier by upgrade")
+    for t in sorted(set(live["upgrades"]) | set(cand["upgrades"])):
+        row(f"  {t}", live["upgrades"].get(t, 0), cand["upgrades"].get(t, 0))
+    lines.append("members per tier at the end")
+    for t in sorted(set(live["final_tiers"]) | set(cand["final_tiers"])):
+        row(f"  {t}", live["final_tiers"].get(t, 0), cand["final_tiers"].get(t, 0))
+    return "\n".join(lines)
+
+
+def admin_post(settings: Settings, path: str, body: bytes) -> dict:  # type: ignore[type-arg]
+    req = urllib.request.Request(settings.base_url + path, data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {settings.admin_token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+
+
 def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
     req = urllib.request.Request(settings.base_url + path, headers={"Authorization": f"Bearer {settings.admin_token}"})
     with urllib.request.urlopen(req, timeout=120) as resp:
@@ -113,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = rsub.add_parser("check", help="validate a rules file without running anything")
     s.add_argument("file")
     s.set_defaults(func=cmd_rules_check)
+    s = rsub.add_parser("simulate", help="replay stored payments through candidate rules, side by side with live")
+    s.add_argument("--rules", required=True, help="the candidate rules file")
+    s.add_argument("--from", dest="start", required=True, help="first day (YYYY-MM-DD) or ISO-8601 instant")
+    s.add_argument("--to", dest="end", required=True, help="end, exclusive (YYYY-MM-DD) or ISO-8601 instant")
+    s.set_defaults(func=cmd_rules_simulate)
 
     s = sub.add_parser("reconcile", help="compare Redis balances with ClickHouse ledger sums (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from streams.app import load_rules
-from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks
+from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks, send_callbacks_in_order
 from streams.settings import ROOT, Settings
 
 DAY = "2026-11-21"
@@ -39,7 +39,6 @@ AMOUNTS = {
 }
 TRAFFIC = {"mall": 60, "hotel": 5, "office": 10, "convenience": 20, "parking": 5}
 CHANNELS = ["wechat", "wechat", "alipay", "alipay", "unionpay", "stored_value"]
-TIERS = [("normal", 70), ("silver", 15), ("gold", 10), ("diamond", 5)]
 
 
 @dataclass
@@ -49,7 +48,9 @@ class DemoDay:
     bad_bodies: list[bytes] = field(default_factory=list)
     forged: list[bytes] = field(default_factory=list)
     refunds: list[bytes] = field(default_factory=list)
-    tiers: dict[str, str] = field(default_factory=dict)
+    registrations: list[bytes] = field(default_factory=list)
+    late_registrations: list[bytes] = field(default_factory=list)
+    sign_ins: list[bytes] = field(default_factory=list)
 
 
 def _time(rng: random.Random, start_s: int, end_s: int) -> tuple[int, str]:
@@ -61,10 +62,20 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
     rng = random.Random(seed)
     day = DemoDay()
     members = [f"m-{i:05d}" for i in range(1, n_members + 1)]
+    # Most members registered before the day (with their WeChat openid); some pay as
+    # guests by openid and register in the evening, which credits those payments.
+    late = set(rng.sample(members, k=max(1, n_members // 20)))
     for m in members:
-        tier = rng.choices([t for t, _ in TIERS], weights=[w for _, w in TIERS])[0]
-        if tier != "normal":
-            day.tiers[m] = tier
+        reg = orjson.dumps({
+            "event_id": f"reg-{m}", "type": "register", "member_id": m,
+            "occurred_at": f"{DAY}T{'21' if m in late else '08'}:30:00+08:00",
+            "birthday": f"19{rng.randint(60, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            "external_ids": [{"kind": "wechat", "id": f"o-{m}"}],
+        })
+        (day.late_registrations if m in late else day.registrations).append(reg)
+        if rng.random() < 0.3:
+            day.sign_ins.append(orjson.dumps({"event_id": f"signin-{m}-{DAY}", "type": "sign_in", "member_id": m,
+                                              "occurred_at": f"{DAY}T09:{rng.randint(0, 59):02d}:00+08:00"}))
     by_format: dict[str, list[str]] = {}
     for bu, fmt in business_units:
         by_format.setdefault(fmt, []).append(bu)
@@ -93,6 +104,11 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
         )
     events.sort(key=lambda e: e[0])
     payments = [e for _, e in events]
+    for p in payments:
+        # A tenth pay by openid (resolved to the member at the ingress); late
+        # registrants always do, so they are guests until they register.
+        if p["member_id"] in late or rng.random() < 0.1:
+            p["payer"] = {"kind": "wechat", "id": f"o-{p.pop('member_id')}"}
     day.payments = [orjson.dumps(e) for e in payments]
     # Events the rules refuse: a business unit that is not in the rule set.
     for k in range(5):
@@ -103,7 +119,8 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
             )
         )
     day.duplicates = rng.sample(day.payments, k=max(1, n_payments * 3 // 100))
-    for k, p in enumerate(rng.sample(payments, k=max(1, n_payments // 20))):
+    members_payments = [p for p in payments if "member_id" in p]
+    for k, p in enumerate(rng.sample(members_payments, k=max(1, n_payments // 20))):
         full = k % 2 == 0
         amount = p["amount_fen"] if full else rng.randint(1, p["amount_fen"] - 1)
         day.refunds.append(
@@ -137,11 +154,19 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
         lambda p: {**p, "occurred_at": "21/11/2026 10:00"},
     ]
     for k in range(max(5, n_payments // 100)):
-        p = rng.choice(payments)
+        p = rng.choice(members_payments)
         day.bad_bodies.append(orjson.dumps(bad_makers[k % len(bad_makers)](p)))
     day.bad_bodies.append(b'{"event_id": "truncated", "amount_fen": 12')
-    day.forged = [orjson.dumps({**rng.choice(payments), "amount_fen": 99_999_999}) for _ in range(3)]
+    day.forged = [orjson.dumps({**rng.choice(members_payments), "amount_fen": 99_999_999}) for _ in range(3)]
     return day
+
+
+def _settled(worker: WorkerProcess) -> bool:
+    """Every callback Kafka took (and every credited guest payment) has been processed."""
+    m = worker.metrics()
+    done = (m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
+            + m["events_guest_total"])
+    return done >= m["callbacks_accepted_total"] + m["guest_payments_credited_total"]
 
 
 def _fmt(n: int) -> str:
@@ -171,36 +196,39 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
 
 
 async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int) -> int:
-    for member, tier in day.tiers.items():  # operators granted these tiers earlier
-        status, _ = worker.post(
-            f"/v1/admin/members/{member}/tier",
-            orjson.dumps({"tier": tier}),
-            {"Authorization": f"Bearer {worker.admin_token}"},
-        )
-        if status != 200:
-            raise RuntimeError(f"setting tier of {member} failed: {status}")
-    phase1 = day.payments + day.duplicates + day.bad_bodies + day.forged
-    forged = set(range(len(phase1) - len(day.forged), len(phase1)))
     t0 = time.monotonic()
+    print(f"demo: {len(day.registrations)} registrations, {len(day.sign_ins)} sign-ins ...", flush=True)
+    rm = await send_callbacks(worker.base_url, worker.callback_secret, day.registrations + day.sign_ins,
+                              concurrency, path="/v1/callbacks/member")
+    # Payments by openid resolve only once the registrations are applied.
+    registered = len(day.registrations) + len(day.sign_ins)
+    worker.wait_until(lambda: worker.metrics()["events_applied_total"] >= registered, timeout=120,
+                      what="the registrations to be applied")
+    # Each member's (or payer's) callbacks in order, members concurrently, as a
+    # gateway sends them: the same seed then gives the same report.
+    phase1 = day.payments + day.duplicates
     print(f"demo: sending {len(phase1)} payment callbacks ...", flush=True)
-    r1 = await send_callbacks(worker.base_url, worker.callback_secret, phase1, concurrency, forged)
+    r1 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, phase1, concurrency=concurrency)
+    bad = day.bad_bodies + day.forged
+    forged = set(range(len(bad) - len(day.forged), len(bad)))
+    rb = await send_callbacks(worker.base_url, worker.callback_secret, bad, concurrency, forged)
     print(f"demo: sending {len(day.refunds)} refund callbacks ...", flush=True)
-    r2 = await send_callbacks(worker.base_url, worker.callback_secret, day.refunds, concurrency)
+    r2 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, day.refunds, concurrency=concurrency)
+    worker.wait_until(lambda: _settled(worker), timeout=300, what="the payments to be processed")
+    print(f"demo: {len(day.late_registrations)} guests register in the evening ...", flush=True)
+    r3 = await send_callbacks(worker.base_url, worker.callback_secret, day.late_registrations, concurrency,
+                              path="/v1/callbacks/member")
     t_sent = time.monotonic()
-    results = r1 + r2
+    results = rm + r1 + rb + r2 + r3
     statuses: dict[int, int] = {}
     for status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
     accepted_ids = {body["event_id"] for status, body in results if status == 202}
 
-    def processed() -> bool:
-        m = worker.metrics()
-        return m.get("events_applied_total", 0) + m.get("events_rejected_total", 0) >= len(accepted_ids)
-
-    worker.wait_until(processed, timeout=300, what="every accepted event to be processed")
+    worker.wait_until(lambda: _settled(worker), timeout=300, what="every accepted event to be processed")
     applied = worker.metrics()["events_applied_total"]
     worker.wait_until(
-        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("movements", 0) >= applied,
+        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied,
         timeout=300,
         what="every ledger row in ClickHouse",
     )
@@ -215,9 +243,10 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
 
     sent = len(results)
     equal = rec["redis_total"] == rec["ledger_total"] and rec["clean"]
-    counts_tie = m["events_applied_total"] == totals["movements"] and m["events_applied_total"] + m[
-        "events_rejected_total"
-    ] == len(accepted_ids)
+    credited = m["guest_payments_credited_total"]
+    counts_tie = (m["events_applied_total"] == totals["events"]
+                  and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"]
+                  == len(accepted_ids) + credited)
     lines = [
         "",
         f"Loyalty demo report — mall day {DAY}",
@@ -230,13 +259,17 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"events applied                 {_fmt(m['events_applied_total']):>12}",
         f"duplicates (no second effect)  {_fmt(m['events_duplicate_total']):>12}",
         f"refused by the rules           {_fmt(m['events_rejected_total']):>12}",
+        f"guest payments (no member yet) {_fmt(m['events_guest_total']):>12}   "
+        f"credited after registering {_fmt(credited)}",
+        f"member events applied          {_fmt(totals['member_events']):>12}   (registrations, sign-ins)",
+        f"tier upgrades                  {_fmt(totals['tier_changes']):>12}",
         f"points issued                  {_fmt(m['points_issued_total']):>12}",
         f"points clawed back by refunds  {_fmt(m['points_clawed_back_total']):>12}",
         f"members with points            {_fmt(rec['members']):>12}",
         f"sum of Redis balances          {_fmt(rec['redis_total']):>12}",
         f"sum of ClickHouse ledger       {_fmt(rec['ledger_total']):>12}   "
         f"{'EQUAL' if equal else 'NOT EQUAL'} ({rec['mismatch_count']} members differ)",
-        f"ledger rows (movements)        {_fmt(totals['movements']):>12}",
+        f"ledger rows (movements)        {_fmt(totals['movements']):>12}   events {_fmt(totals['events'])}",
         f"dead-letter records            {_fmt(len(dead)):>12}   "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",

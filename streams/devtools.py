@@ -165,6 +165,7 @@ async def send_callbacks(
     bodies: list[bytes],
     concurrency: int = 32,
     bad_signature: set[int] | None = None,
+    path: str = "/v1/callbacks/payment",
 ) -> list[tuple[int, dict[str, Any]]]:
     """Sends signed callbacks with `concurrency` in flight; returns (status, json) in order."""
     results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
@@ -182,7 +183,7 @@ async def send_callbacks(
             body = bodies[i]
             headers = signed_headers("not-the-secret" if i in bad else secret, body)
             for attempt in range(20):
-                async with session.post(base_url + "/v1/callbacks/payment", data=body, headers=headers) as r:
+                async with session.post(base_url + path, data=body, headers=headers) as r:
                     payload = await r.read()
                     if r.status == 503 and attempt < 19:  # what a gateway does: retry later
                         await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
@@ -204,7 +205,9 @@ async def send_callbacks_in_order(
     list order; different members concurrently. Returns (status, json) in order."""
     lanes: dict[str, list[int]] = {}
     for i, body in enumerate(bodies):
-        lanes.setdefault(str(orjson.loads(body).get(key)), []).append(i)
+        event = orjson.loads(body)
+        lane = event.get(key) or (event.get("payer") or {}).get("id")
+        lanes.setdefault(str(lane), []).append(i)
     results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
     queue: asyncio.Queue[list[int]] = asyncio.Queue()
     for lane in lanes.values():

@@ -225,3 +225,16 @@ def test_rules_reload_while_running_and_backtest(worker_factory: Any, rules_file
     assert sim["live"]["points_by_bu"]["mall"] == 2 * (300 + 50)  # live rules now: rate 3
     assert sim["candidate"]["points_by_bu"]["mall"] == 2 * (200 + 50)
     assert ["flash", 100, 5000] in sim["candidate"]["campaigns"]
+
+    # The same through the command line.
+    import subprocess
+    import sys
+
+    cand_file = rules_file.parent / "candidate.toml"
+    cand_file.write_text(candidate)
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "rules", "simulate", "--rules", str(cand_file),
+                          "--from", "2026-11-01", "--to", "2026-12-01"], env=worker.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "points issued" in out.stdout and "flash" in out.stdout
+    assert f"{2 * 350:>22,}{2 * 250:>26,}{-200:>+12,}" in out.stdout

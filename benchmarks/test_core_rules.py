@@ -48,7 +48,8 @@ def realistic_rules(seed: int = 3) -> str:
     out += ["[campaign_policy]", 'stacking = "best_of"']
     for i in range(24):
         out += ["[[campaigns]]", f'id = "camp-{i:02d}"']
-        out.append(f"multiplier_pct = {rng.choice([150, 200, 300])}" if i % 3 else f"bonus_points = {rng.randint(10, 200)}")
+        kind = f"multiplier_pct = {rng.choice([150, 200, 300])}" if i % 3 else f"bonus_points = {rng.randint(10, 200)}"
+        out.append(kind)
         if i % 4 == 0:
             out.append(f'weekdays = ["{rng.choice(["sat", "sun", "fri"])}"]')
         if i % 4 == 1:

@@ -3,13 +3,13 @@
 from typing import Any, Literal, final
 
 __all__ = [
-    "__version__",
     "EventBatch",
     "InvalidEventError",
     "LoyaltyCoreError",
     "RejectedEventError",
     "RuleSet",
     "RulesError",
+    "__version__",
     "evaluate_batch",
     "member_view",
     "simulate",

@@ -9,9 +9,9 @@ core is the one that validates them).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import tomllib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

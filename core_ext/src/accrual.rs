@@ -10,7 +10,7 @@ use crate::rules::RuleSet;
 use crate::state::MemberState;
 use crate::tiers::{self, TierChange};
 use crate::time::Local;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// What the store knows about an applied payment (the target of a refund).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -21,6 +21,16 @@ pub fn apply_member_event(
     let b = &rules.behaviour;
     let mut parts: Vec<Part> = Vec::new();
     let mut change: Option<TierChange> = None;
+    // Refusals first: nothing below may fail once the state has changed.
+    if ev.kind == MemberKind::TierOverride {
+        let tier = ev.tier.as_deref().unwrap_or_default();
+        if !rules.tiers.iter().any(|t| t.id == tier) {
+            return Err(CoreError::rejected("tier", format!("unknown tier {tier:?}")));
+        }
+        if ev.until_ms.unwrap_or(0) <= ev.occurred_at_ms {
+            return Err(CoreError::rejected("until", "must be after occurred_at"));
+        }
+    }
     if matches!(ev.kind, MemberKind::Register | MemberKind::Profile) {
         if let Some(bd) = &ev.birthday {
             state.birthday = Some(bd.clone());
@@ -87,13 +97,7 @@ pub fn apply_member_event(
         }
         MemberKind::TierOverride => {
             let tier = ev.tier.as_deref().unwrap_or_default();
-            if !rules.tiers.iter().any(|t| t.id == tier) {
-                return Err(CoreError::rejected("tier", format!("unknown tier {tier:?}")));
-            }
             let until = ev.until_ms.unwrap_or(0);
-            if until <= ev.occurred_at_ms {
-                return Err(CoreError::rejected("until", "must be after occurred_at"));
-            }
             state.override_tier = Some(tier.to_string());
             state.override_until_ms = Some(until);
             parts.push(Part::new("override", tier, 0));

@@ -242,7 +242,7 @@ pub fn evaluate_batch(
             None => None,
         });
     }
-    let stored = StoredMembers { members, budget_spent };
+    let stored = StoredMembers { members: members.into_iter().collect(), budget_spent: budget_spent.into_iter().collect() };
     let rules = Arc::clone(&rules.inner);
     let events = &batch.events;
     let result = py.detach(|| engine::evaluate_batch(&rules, events, &applied, &records, &stored, now_ms));

@@ -5,7 +5,7 @@
 use crate::rules::{Campaign, CampaignKind, RuleSet, Stacking};
 use crate::state::MemberState;
 use crate::time::Local;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// What a payment looks like to the campaign matcher.
 pub struct PaymentView<'a> {

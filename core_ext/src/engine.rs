@@ -8,7 +8,7 @@ use crate::errors::{CoreError, CoreResult};
 use crate::events::{Event, EventKind};
 use crate::rules::RuleSet;
 use crate::state::MemberState;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -59,9 +59,9 @@ pub fn evaluate_batch(
     now_ms: i64,
 ) -> BatchResult {
     assert!(events.len() == applied.len() && events.len() == originals.len(), "one flag and record per event");
-    let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::new();
-    let mut working: HashMap<String, Working> = HashMap::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::default();
+    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::default();
+    let mut working: HashMap<String, Working> = HashMap::default();
     let mut order: Vec<String> = Vec::new();
     let mut budget_spent = stored.budget_spent.clone();
     let mut outcomes = Vec::with_capacity(events.len());
@@ -99,11 +99,12 @@ pub fn evaluate_batch(
             }
         }
         let w = working.get_mut(member_id).expect("inserted above");
-        let mut state = w.state.clone();
-        let mut budgets = budget_spent.clone();
+        // Every refusal happens before an evaluation changes the state or the budgets
+        // (checked by `refused_events_change_no_state`), so they are used in place.
+        let state = &mut w.state;
         let result = match ev {
             Event::Payment(p) if p.kind == EventKind::Payment => {
-                accrual::accrue_payment(rules, p, member_id, &mut state, &mut budgets, now_ms).inspect(|a| {
+                accrual::accrue_payment(rules, p, member_id, state, &mut budget_spent, now_ms).inspect(|a| {
                     payments.insert(
                         (member_id.to_string(), p.event_id.clone()),
                         PaymentRecord { amount_fen: p.amount_fen, points: a.points, ..Default::default() },
@@ -118,7 +119,7 @@ pub fn evaluate_batch(
                         "refund_of",
                         format!("no payment {of:?} of member {member_id:?} is known"),
                     )),
-                    Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, &mut state, now_ms).map(
+                    Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, state, now_ms).map(
                         |(applied, after)| {
                             payments.insert(key, after);
                             applied
@@ -126,13 +127,11 @@ pub fn evaluate_batch(
                     ),
                 }
             }
-            Event::Member(m) => behaviour::apply_member_event(rules, m, &mut state, now_ms),
+            Event::Member(m) => behaviour::apply_member_event(rules, m, state, now_ms),
         };
         match result {
             Ok(applied) => {
-                w.state = state;
                 w.touched = true;
-                budget_spent = budgets;
                 seen.insert((member_id, ev.event_id()));
                 outcomes.push(Outcome::Apply(applied));
             }

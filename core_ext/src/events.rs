@@ -3,7 +3,9 @@
 //! and in the agents (a poison message on the topic is rejected, not trusted).
 
 use crate::errors::{CoreError, CoreResult};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Longest identifier we accept (event, member, BU, merchant, category, channel).
 pub const MAX_ID_LEN: usize = 64;
@@ -324,8 +326,73 @@ fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: Stri
     })
 }
 
+/// The common case, decoded without building a generic JSON tree: a payment or
+/// refund with a member id. Anything else (or anything wrong) returns None and
+/// goes through the general parser, which names the field at fault.
+#[derive(Deserialize)]
+struct FastPayment<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    #[serde(borrow)]
+    member_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    bu_id: Cow<'a, str>,
+    #[serde(borrow)]
+    merchant_id: Cow<'a, str>,
+    #[serde(borrow)]
+    category: Cow<'a, str>,
+    amount_fen: i64,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow, default)]
+    refund_of: Option<Cow<'a, str>>,
+    #[serde(default)]
+    payer: Option<serde::de::IgnoredAny>,
+}
+
+fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
+    let f: FastPayment = serde_json::from_slice(raw).ok()?;
+    let kind = match f.kind.as_ref() {
+        "payment" => EventKind::Payment,
+        "refund" => EventKind::Refund,
+        _ => return None,
+    };
+    let member_id = f.member_id?;
+    if f.payer.is_some() || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen) {
+        return None;
+    }
+    for id in [&f.event_id, &member_id, &f.bu_id, &f.merchant_id, &f.category, &f.channel] {
+        check_id("", id).ok()?;
+    }
+    let refund_of = match (kind, f.refund_of) {
+        (EventKind::Refund, Some(of)) if check_id("", &of).is_ok() && of != f.event_id => Some(of.into_owned()),
+        (EventKind::Payment, None) => None,
+        _ => return None,
+    };
+    Some(PaymentEvent {
+        occurred_at_ms: crate::time::parse_instant_ms(&f.occurred_at).ok()?,
+        event_id: f.event_id.into_owned(),
+        kind,
+        member_id: Some(member_id.into_owned()),
+        payer: None,
+        bu_id: f.bu_id.into_owned(),
+        merchant_id: f.merchant_id.into_owned(),
+        category: f.category.into_owned(),
+        amount_fen: f.amount_fen,
+        channel: f.channel.into_owned(),
+        refund_of,
+    })
+}
+
 /// Decodes and validates any event (payment, refund or member event).
 pub fn parse_event(raw: &[u8]) -> CoreResult<Event> {
+    if let Some(p) = parse_fast(raw) {
+        return Ok(Event::Payment(p));
+    }
     let obj = &parse_object(raw)?;
     let event_id = get_id(obj, "event_id")?;
     let type_ = get_str(obj, "type")?;

@@ -2,7 +2,7 @@
 //! the lookups the accrual needs. Built from TOML by `rules_file`.
 
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// How a fractional point is turned into an integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -5,7 +5,7 @@ use crate::errors::{CoreError, CoreResult};
 use crate::rules::*;
 use crate::time::{local_day_of_date, parse_instant_ms};
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::ops::Range;
 use toml::Spanned;
 
@@ -350,14 +350,14 @@ impl RuleSet {
             ),
         };
 
-        let mut formats = HashMap::new();
+        let mut formats = HashMap::default();
         for (name, rate) in &raw.formats {
             let field = format!("formats.{name}");
             crate::events::check_id(&field, name).or_else(|e| src.err(rate.points.span(), &field, e.reason().to_string()))?;
             formats.insert(name.clone(), src.rate(&field, &rate.points, &rate.per_fen)?);
         }
 
-        let mut business_units = HashMap::new();
+        let mut business_units = HashMap::default();
         for (i, bu) in raw.business_units.iter().enumerate() {
             let field = format!("business_units[{i}]");
             let id = src.id(&bu.id, &format!("{field}.id"))?;
@@ -375,7 +375,7 @@ impl RuleSet {
             }
         }
 
-        let mut merchants = HashMap::new();
+        let mut merchants = HashMap::default();
         for (i, m) in raw.merchants.iter().enumerate() {
             let field = format!("merchants[{i}]");
             let id = src.id(&m.id, &format!("{field}.id"))?;
@@ -390,7 +390,7 @@ impl RuleSet {
             }
         }
 
-        let mut categories: HashMap<String, Vec<CategoryRule>> = HashMap::new();
+        let mut categories: HashMap<String, Vec<CategoryRule>> = HashMap::default();
         for (i, cat) in raw.categories.iter().enumerate() {
             let field = format!("categories[{i}]");
             let id = src.id(&cat.id, &format!("{field}.id"))?;
@@ -420,7 +420,7 @@ impl RuleSet {
 
         let stacking = raw.campaign_policy.as_ref().map_or(Stacking::BestOf, |p| p.stacking);
         let mut campaigns = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         for (i, c) in raw.campaigns.iter().enumerate() {
             let campaign = load_campaign(&src, i, c, &business_units, &formats, &tiers, utc_offset_minutes)?;
             if !seen.insert(campaign.id.clone()) {
@@ -428,7 +428,7 @@ impl RuleSet {
             }
             campaigns.push(campaign);
         }
-        let mut campaigns_by_bu: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut campaigns_by_bu: HashMap<String, Vec<usize>> = HashMap::default();
         for bu in business_units.values() {
             let list = campaigns
                 .iter()
@@ -539,7 +539,7 @@ fn load_campaign(
     let dates = match &c.dates {
         None => None,
         Some(list) => {
-            let mut set = HashSet::new();
+            let mut set = HashSet::default();
             for d in list.get_ref() {
                 let day = local_day_of_date(d).ok_or(()).or_else(|_| {
                     src.err(list.span(), &f("dates"), format!("{d:?} is not a date like 2026-11-11"))
@@ -553,7 +553,7 @@ fn load_campaign(
     let weekdays = match &c.weekdays {
         None => None,
         Some(list) => {
-            let mut set = HashSet::new();
+            let mut set = HashSet::default();
             for w in list.get_ref() {
                 let idx = WEEKDAYS.iter().position(|x| x.eq_ignore_ascii_case(w)).ok_or(()).or_else(|_| {
                     src.err(list.span(), &f("weekdays"), format!("{w:?} is not one of mon tue wed thu fri sat sun"))

@@ -6,7 +6,8 @@ use crate::errors::CoreResult;
 use crate::events::{Event, EventKind};
 use crate::rules::RuleSet;
 use crate::state::MemberState;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimReport {
@@ -26,9 +27,9 @@ pub struct SimReport {
 
 pub fn simulate(rules: &RuleSet, events: &[CoreResult<Event>]) -> SimReport {
     let mut report = SimReport::default();
-    let mut states: HashMap<String, MemberState> = HashMap::new();
-    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::new();
-    let mut budgets: HashMap<String, i64> = HashMap::new();
+    let mut states: HashMap<String, MemberState> = HashMap::default();
+    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::default();
+    let mut budgets: HashMap<String, i64> = HashMap::default();
     for ev in events {
         let Ok(Event::Payment(p)) = ev else {
             report.refused += 1;

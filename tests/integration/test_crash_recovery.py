@@ -11,9 +11,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests import reference
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
+from tests import reference
 
 pytestmark = pytest.mark.integration
 REF = reference.RefRules((ROOT / "rules" / "demo.toml").read_text())

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests import reference
 from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks_in_order
 from streams.settings import ROOT, Settings
+from tests import reference
 
 pytestmark = pytest.mark.integration
 REF = reference.RefRules((ROOT / "rules" / "demo.toml").read_text())

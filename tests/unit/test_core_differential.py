@@ -123,7 +123,7 @@ def streams(draw: Any) -> list[dict[str, Any]]:
             continue
         ev: dict[str, Any] = {"event_id": f"e{i}", "type": kind, "occurred_at": at, "member_id": member}
         if kind == "payment" or (kind == "refund" and not payments) or kind == "dup":
-            fmt = draw(st.sampled_from(FORMATS + ["closed"]))
+            fmt = draw(st.sampled_from([*FORMATS, "closed"]))
             ev.update(type="payment", bu_id=f"bu-{fmt}", merchant_id=draw(st.sampled_from(["shop-1", "shop-2"])),
                       category=draw(st.sampled_from(CATEGORIES)), amount_fen=draw(st.integers(1, 500_000)),
                       channel="wechat")
@@ -141,7 +141,7 @@ def streams(draw: Any) -> list[dict[str, Any]]:
         elif kind == "referral":
             ev["referred_member_id"] = "m-9"
         elif kind == "tier_override":
-            ev["tier"] = draw(st.sampled_from(TIERS + ["platinum"]))
+            ev["tier"] = draw(st.sampled_from([*TIERS, "platinum"]))
             ev["until"] = draw(st.sampled_from(["2026-11-22T00:00:00+08:00", "2027-01-01T00:00:00+08:00"]))
         events.append(ev)
     return events
@@ -171,7 +171,8 @@ def test_rust_core_equals_reference(rules_text: str, events: list[dict[str, Any]
     ref_rules = reference.RefRules(rules_text)
     bodies = [orjson.dumps(e) for e in events]
     n = len(bodies)
-    members: dict[str, tuple[int, str | None]] = {"m-1": (4, orjson.dumps({"tier": "silver", "tags": ["vip"]}).decode())}
+    stored_state = orjson.dumps({"tier": "silver", "tags": ["vip"]}).decode()
+    members: dict[str, tuple[int, str | None]] = {"m-1": (4, stored_state)}
     outcomes, updates = core_ext.evaluate_batch(rust_rules, core_ext.EventBatch.decode(bodies), [False] * n,
                                                 [None] * n, members, spent, 1)
     ref_out, ref_states = reference.evaluate(ref_rules, [reference.decode(b) for b in bodies], [False] * n,

@@ -474,3 +474,30 @@ fn rules_errors_name_file_line_and_field() {
     assert_eq!(field, "campaign_policy.stacking");
     assert!(reason.contains("unknown variant"), "{reason}");
 }
+
+#[test]
+fn refused_events_change_no_state() {
+    // The engine evaluates in place: every refusal must come before any change.
+    let r = rules("add");
+    let start = MemberState { tier: Some("gold".into()), tags: vec!["vip".into()], ..Default::default() };
+    let mut bad_override = member_ev("ov", "m1", "tier_override", MON);
+    bad_override["tier"] = json!("platinum");
+    bad_override["until"] = json!("2027-01-01T00:00:00+08:00");
+    let mut past_override = bad_override.clone();
+    past_override["tier"] = json!("gold");
+    past_override["until"] = json!("2020-01-01T00:00:00+08:00");
+    let evs = [
+        bad_override,
+        past_override,
+        refund("r1", "m1", "ghost", 10),
+        pay("p", "m1", "closed", "x", "fashion", 10_000, MON),
+        member_ev("s", "m1", "sign_in", MON), // applied: makes the member's state come back
+    ];
+    let out = run_with(&r, &evs, with_state("m1", start.clone()));
+    for i in 0..4 {
+        assert!(matches!(out.result.outcomes[i], Outcome::Rejected(_)), "{i}");
+    }
+    let after = out.state("m1");
+    let expected = MemberState { sign_in_last_day: after.sign_in_last_day, sign_in_streak: 1, ..start };
+    assert_eq!(after, expected);
+}

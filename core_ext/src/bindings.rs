@@ -12,7 +12,7 @@ use crate::time::Local;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -154,8 +154,10 @@ type Keys = (Option<String>, Option<String>, Option<String>, Option<(String, Str
 #[pymethods]
 impl PyEventBatch {
     #[staticmethod]
-    fn decode(py: Python<'_>, bodies: Vec<Vec<u8>>) -> Self {
-        let events = py.detach(|| bodies.iter().map(|b| events::parse_event(b)).collect());
+    fn decode(py: Python<'_>, bodies: Vec<Bound<'_, PyBytes>>) -> Self {
+        // One copy of each body (a memcpy), so that the parse can run without the GIL.
+        let owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
+        let events = py.detach(|| owned.iter().map(|b| events::parse_event(b)).collect());
         PyEventBatch { events }
     }
 
@@ -310,7 +312,12 @@ pub fn member_view<'py>(
 
 /// Replays raw payment bodies (oldest first) through `rules` from empty states.
 #[pyfunction]
-pub fn simulate<'py>(py: Python<'py>, rules: &PyRuleSet, bodies: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyDict>> {
+pub fn simulate<'py>(
+    py: Python<'py>,
+    rules: &PyRuleSet,
+    bodies: Vec<Bound<'py, PyBytes>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
     let rules_inner = Arc::clone(&rules.inner);
     let r = py.detach(|| {
         let events: Vec<_> = bodies.iter().map(|b| events::parse_event(b)).collect();

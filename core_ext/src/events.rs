@@ -528,3 +528,21 @@ mod tests {
         assert_eq!(ev.refund_of.as_deref(), Some("tx-1"));
     }
 }
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_path_takes_ordinary_payments_and_agrees_with_the_general_parser() {
+        let body = br#"{"event_id":"e1","type":"payment","occurred_at":"2026-11-23T10:00:00+08:00","member_id":"m-1","bu_id":"bu-mall","merchant_id":"shop-001","category":"food","amount_fen":12345,"channel":"wechat"}"#;
+        let fast = parse_fast(body).expect("fast path");
+        let obj = parse_object(body).unwrap();
+        let slow = parse_payment_object(&obj, "e1".into()).unwrap();
+        assert_eq!(fast, slow);
+        let refund = br#"{"event_id":"r1","type":"refund","occurred_at":"2026-11-23T10:00:00+08:00","member_id":"m-1","bu_id":"b","merchant_id":"s","category":"c","amount_fen":5,"channel":"w","refund_of":"e1"}"#;
+        assert!(parse_fast(refund).is_some());
+        // Anything unusual goes the general way (and gets its field-named error there).
+        assert!(parse_fast(br#"{"event_id":"e1","type":"payment","amount_fen":1.5}"#).is_none());
+    }
+}

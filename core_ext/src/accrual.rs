@@ -6,10 +6,11 @@ use crate::campaigns::{self, PaymentView};
 use crate::errors::{CoreError, CoreResult};
 use crate::events::{EventKind, PaymentEvent};
 use crate::ledger::{rows_json, LedgerRow, Part};
-use crate::rules::RuleSet;
+use crate::rules::{RuleSet, Shortfall};
 use crate::state::MemberState;
 use crate::tiers::{self, TierChange};
-use crate::time::Local;
+use crate::time::{Local, DAY_MS};
+use crate::wallet;
 use rustc_hash::FxHashMap as HashMap;
 
 /// What the store knows about an applied payment (the target of a refund).
@@ -31,6 +32,8 @@ pub struct Applied {
     /// Campaign budget consumed: (campaign id, points).
     pub campaigns: Vec<(String, i64)>,
     pub rows_json: String,
+    /// A notification for the member (an expiry reminder), as JSON.
+    pub notice: Option<String>,
 }
 
 /// Removes `excess` points from the parts: campaigns first (last listed first),
@@ -169,9 +172,19 @@ pub fn accrue_payment(
         parts.push(Part::new("birthday_bonus", "", b.birthday_month_bonus));
     }
 
-    let total: i64 = parts.iter().map(|p| p.points).sum();
+    let mut total: i64 = parts.iter().map(|p| p.points).sum();
     state.add_qualification(local.month_index, rules.tier_policy.window_months, total, ev.amount_fen);
     let change = tiers::check_upgrade(rules, state, local.month_index, ev.occurred_at_ms);
+    // A debt a refund left (policy record_debt) is taken from these points first.
+    if state.owed > 0 && total > 0 {
+        let repay = state.owed.min(total);
+        state.owed -= repay;
+        total -= repay;
+        parts.push(Part::new("debt", "", -repay));
+    }
+    let window = rules.return_window_days(bu, category);
+    let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
+    wallet::credit(state, total, local.month_index as i64, pending);
     let rows = payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), now_ms);
     Ok(Applied {
         points: total,
@@ -180,6 +193,7 @@ pub fn accrue_payment(
         clawback_points: 0,
         campaigns: consumed,
         rows_json: rows,
+        notice: None,
     })
 }
 
@@ -208,6 +222,17 @@ pub fn accrue_refund(
     now_ms: i64,
 ) -> CoreResult<(Applied, PaymentRecord)> {
     let clawback = clawback_for_refund(&original, ev.amount_fen)?;
+    let short = wallet::take_back(state, ev.refund_of.as_deref().unwrap_or_default(), clawback);
+    let taken = match rules.wallet.shortfall {
+        Shortfall::AllowNegative => {
+            state.neg += short;
+            clawback
+        }
+        Shortfall::RecordDebt => {
+            state.owed += short;
+            clawback - short
+        }
+    };
     let after = PaymentRecord {
         refunded_amount_fen: original.refunded_amount_fen + ev.amount_fen,
         refunded_points: original.refunded_points + clawback,
@@ -216,16 +241,20 @@ pub fn accrue_refund(
     let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
     state.add_qualification(local.month_index, rules.tier_policy.window_months, -clawback, -ev.amount_fen);
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
-    let parts = [Part::new("refund", ev.refund_of.clone().unwrap_or_default(), -clawback)];
-    let rows = payment_rows(rules, ev, member_id, "clawback", -clawback, &parts, &tier.id, None, now_ms);
+    let mut parts = vec![Part::new("refund", ev.refund_of.clone().unwrap_or_default(), -taken)];
+    if taken < clawback {
+        parts.push(Part::new("owed", format!("{}", clawback - taken), 0));
+    }
+    let rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, now_ms);
     Ok((
         Applied {
-            points: -clawback,
+            points: -taken,
             amount_fen: ev.amount_fen,
             refund_of: ev.refund_of.clone(),
             clawback_points: clawback,
             campaigns: Vec::new(),
             rows_json: rows,
+            notice: None,
         },
         after,
     ))
@@ -261,6 +290,7 @@ fn payment_rows(
         rules_version: &rules.version,
         processed_at_ms: now_ms,
         explain: parts,
+        lots: &[],
     };
     match change {
         None => rows_json(&[row]),

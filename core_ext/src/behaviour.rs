@@ -10,6 +10,7 @@ use crate::rules::RuleSet;
 use crate::state::MemberState;
 use crate::tiers::{self, TierChange};
 use crate::time::Local;
+use crate::wallet;
 
 pub fn apply_member_event(
     rules: &RuleSet,
@@ -21,6 +22,8 @@ pub fn apply_member_event(
     let b = &rules.behaviour;
     let mut parts: Vec<Part> = Vec::new();
     let mut change: Option<TierChange> = None;
+    let mut expired: Vec<[i64; 2]> = Vec::new();
+    let mut notice: Option<String> = None;
     // Refusals first: nothing below may fail once the state has changed.
     if ev.kind == MemberKind::TierOverride {
         let tier = ev.tier.as_deref().unwrap_or_default();
@@ -108,13 +111,37 @@ pub fn apply_member_event(
                 parts.push(Part::new("review_not_due", "", 0));
             }
         }
+        MemberKind::WalletCheck => {
+            let released = wallet::release_due(state, ev.occurred_at_ms);
+            if released > 0 {
+                parts.push(Part::new("released", format!("{released}"), 0));
+            }
+            expired = wallet::expire_due(rules, state, ev.occurred_at_ms);
+            for l in &expired {
+                parts.push(Part::new("expire", wallet::month_label(l[0]), -l[1]));
+            }
+            if let Some((month, points, expires_at_ms)) = wallet::reminder_due(rules, state, ev.occurred_at_ms) {
+                notice = Some(
+                    serde_json::json!({
+                        "kind": "points_expiring", "member_id": ev.member_id, "event_id": ev.event_id,
+                        "lot": wallet::month_label(month), "points": points, "expires_at_ms": expires_at_ms,
+                    })
+                    .to_string(),
+                );
+                parts.push(Part::new("reminder", wallet::month_label(month), 0));
+            }
+            if parts.is_empty() {
+                parts.push(Part::new("nothing_due", "", 0));
+            }
+        }
     }
     let points: i64 = parts.iter().map(|p| p.points).sum();
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
+    let kind = if expired.is_empty() { ev.kind.as_str() } else { "expire" };
     let base = LedgerRow {
         event_id: &ev.event_id,
         member_id: &ev.member_id,
-        kind: ev.kind.as_str(),
+        kind,
         points,
         amount_fen: 0,
         bu_id: "",
@@ -128,6 +155,7 @@ pub fn apply_member_event(
         rules_version: &rules.version,
         processed_at_ms: now_ms,
         explain: &parts,
+        lots: &expired,
     };
     let rows = match &change {
         None => rows_json(&[base]),
@@ -143,5 +171,6 @@ pub fn apply_member_event(
         clawback_points: 0,
         campaigns: Vec::new(),
         rows_json: rows,
+        notice,
     })
 }

@@ -211,7 +211,9 @@ type EventOutcome = (
     Vec<(String, i64)>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
+type MemberUpdateTuple = (String, i64, String, Option<i64>, Option<i64>);
 
 /// Evaluates a batch; see `core_ext/_core.pyi`.
 #[pyfunction]
@@ -225,7 +227,7 @@ pub fn evaluate_batch(
     members: HashMap<String, (i64, Option<String>)>,
     budget_spent: HashMap<String, i64>,
     now_ms: i64,
-) -> PyResult<(Vec<EventOutcome>, Vec<(String, i64, String, Option<i64>)>)> {
+) -> PyResult<(Vec<EventOutcome>, Vec<MemberUpdateTuple>)> {
     let n = batch.events.len();
     if applied.len() != n || originals.len() != n {
         return Err(PyValueError::new_err(format!(
@@ -252,11 +254,20 @@ pub fn evaluate_batch(
         .outcomes
         .into_iter()
         .map(|o| match o {
-            Outcome::Apply(a) => {
-                ("apply", a.points, Some(a.rows_json), a.refund_of, a.amount_fen, a.clawback_points, a.campaigns, None, None)
-            }
-            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None),
-            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None),
+            Outcome::Apply(a) => (
+                "apply",
+                a.points,
+                Some(a.rows_json),
+                a.refund_of,
+                a.amount_fen,
+                a.clawback_points,
+                a.campaigns,
+                None,
+                None,
+                a.notice,
+            ),
+            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None, None),
+            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None, None),
             Outcome::Rejected(e) => (
                 "rejected",
                 0,
@@ -267,13 +278,14 @@ pub fn evaluate_batch(
                 Vec::new(),
                 Some(e.field().to_string()),
                 Some(e.reason().to_string()),
+                None,
             ),
         })
         .collect();
     let updates = result
         .members
         .into_iter()
-        .map(|m| (m.member_id, m.expected_seq, m.state_json, m.review_at_ms))
+        .map(|m| (m.member_id, m.expected_seq, m.state_json, m.review_at_ms, m.next_check_ms))
         .collect();
     Ok((outcomes, updates))
 }
@@ -304,10 +316,69 @@ pub fn member_view<'py>(
     d.set_item("free_parking_minutes", tier.free_parking_minutes)?;
     d.set_item("redemption_bonus_pct", tier.redemption_bonus_pct)?;
     d.set_item("registered", state.registered_at_ms.is_some())?;
-    d.set_item("birthday", state.birthday)?;
-    d.set_item("tags", state.tags)?;
+    d.set_item("birthday", state.birthday.clone())?;
+    d.set_item("tags", state.tags.clone())?;
     d.set_item("sign_in_streak", state.sign_in_streak)?;
+    let r = &rules.inner;
+    d.set_item("available", crate::wallet::available(r, &state, now_ms))?;
+    d.set_item("pending", crate::wallet::pending_total(&state))?;
+    d.set_item("negative", state.neg)?;
+    d.set_item("owed", state.owed)?;
+    let lots: Vec<(String, i64, Option<i64>)> = state
+        .lots
+        .iter()
+        .map(|l| (crate::wallet::month_label(l[0]), l[1], crate::wallet::expiry_ms(r, l[0])))
+        .collect();
+    d.set_item("next_expiry", lots.first().cloned())?;
+    d.set_item("lots", lots)?;
+    d.set_item(
+        "pending_releases",
+        state.pending.iter().map(|p| (p.points, p.release_at_ms)).collect::<Vec<_>>(),
+    )?;
     Ok(d)
+}
+
+type RedeemAnswer = (&'static str, Option<String>, Option<String>, String);
+
+/// Redeems points from a stored state; see `core_ext/_core.pyi`.
+#[pyfunction]
+pub fn redeem(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    redemption_id: &str,
+    body: &[u8],
+    now_ms: i64,
+) -> PyResult<RedeemAnswer> {
+    use crate::redemption::{self, RedeemError};
+    let req = redemption::parse_request(body).map_err(|e| core_error_to_py(py, e))?;
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    match redemption::redeem(&rules.inner, &mut state, redemption_id, &req, now_ms) {
+        Ok(r) => Ok(("redeemed", Some(state.to_json()), Some(r.rows_json), r.result_json)),
+        Err(RedeemError::Insufficient { available, needed }) => Ok((
+            "insufficient",
+            None,
+            None,
+            serde_json::json!({"error": "insufficient points", "available": available, "needed": needed})
+                .to_string(),
+        )),
+        Err(RedeemError::Invalid(e)) => Err(core_error_to_py(py, e)),
+    }
+}
+
+/// Reverses a stored redemption: `(state_json, rows_json, result_json)`.
+#[pyfunction]
+pub fn reverse_redemption(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    stored_rows_json: &str,
+    now_ms: i64,
+) -> PyResult<(String, String, String)> {
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let r = crate::redemption::reverse(&rules.inner, &mut state, stored_rows_json, now_ms)
+        .map_err(|e| core_error_to_py(py, e))?;
+    Ok((state.to_json(), r.rows_json, r.result_json))
 }
 
 /// Replays raw payment bodies (oldest first) through `rules` from empty states.

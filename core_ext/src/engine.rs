@@ -28,6 +28,8 @@ pub struct MemberUpdate {
     pub expected_seq: i64,
     pub state_json: String,
     pub review_at_ms: Option<i64>,
+    /// When the wallet next needs the scheduled check (release, expiry, reminder).
+    pub next_check_ms: Option<i64>,
 }
 
 /// What the store holds for the members of a batch, read before it.
@@ -145,6 +147,7 @@ pub fn evaluate_batch(
             let w = working.remove(&id)?;
             w.touched.then(|| MemberUpdate {
                 review_at_ms: w.state.review_at_ms,
+                next_check_ms: crate::wallet::next_check_ms(rules, &w.state),
                 state_json: w.state.to_json(),
                 expected_seq: w.expected_seq,
                 member_id: id,

@@ -214,6 +214,8 @@ pub enum MemberKind {
     Review,
     TierOverride,
     TierReview,
+    /// The scheduled wallet check: release pending points, expire lots, remind.
+    WalletCheck,
 }
 
 impl MemberKind {
@@ -226,6 +228,7 @@ impl MemberKind {
             MemberKind::Review => "review",
             MemberKind::TierOverride => "tier_override",
             MemberKind::TierReview => "tier_review",
+            MemberKind::WalletCheck => "wallet_check",
         }
     }
 
@@ -238,6 +241,7 @@ impl MemberKind {
             "review" => MemberKind::Review,
             "tier_override" => MemberKind::TierOverride,
             "tier_review" => MemberKind::TierReview,
+            "wallet_check" => MemberKind::WalletCheck,
             _ => return None,
         })
     }
@@ -418,7 +422,7 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
                 "type",
                 format!(
                     "must be payment, refund, register, profile, sign_in, referral, review, \
-                     tier_override or tier_review, got {other:?}"
+                     tier_override, tier_review or wallet_check, got {other:?}"
                 ),
             ))
         }

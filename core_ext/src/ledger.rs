@@ -37,6 +37,9 @@ pub struct LedgerRow<'a> {
     pub rules_version: &'a str,
     pub processed_at_ms: i64,
     pub explain: &'a [Part],
+    /// Lots a spend, reversal or expiry touched: [month_index, points].
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub lots: &'a [[i64; 2]],
 }
 
 /// The rows of one event, as a JSON array.

@@ -14,6 +14,8 @@ pub mod simulate;
 pub mod state;
 pub mod tiers;
 pub mod time;
+pub mod redemption;
+pub mod wallet;
 
 #[cfg(feature = "python")]
 mod bindings;
@@ -44,6 +46,8 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::evaluate_batch, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::member_view, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::reverse_redemption, m)?)?;
     Ok(())
 }
 

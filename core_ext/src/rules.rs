@@ -52,6 +52,49 @@ pub struct CategoryRule {
     pub formats: Option<HashSet<String>>,
     pub excluded: bool,
     pub rate: Option<Rate>,
+    /// Days the points of such a payment stay pending (goods can be returned).
+    pub return_window_days: i64,
+}
+
+/// What a point is worth when spent: `points` points pay `value_fen` fen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedemptionRate {
+    pub points: i64,
+    pub value_fen: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shortfall {
+    /// A refund takes back everything; the balance may go below zero.
+    AllowNegative,
+    /// A refund takes what there is; the rest is owed and taken from later earnings.
+    RecordDebt,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalletRules {
+    /// Lots expire at the end of the month this many months after earning (None: never).
+    pub validity_months: Option<i64>,
+    /// Days before a lot expires that the member is reminded (None: no reminders).
+    pub reminder_days: Option<i64>,
+    pub shortfall: Shortfall,
+    pub default_rate: RedemptionRate,
+    pub rates_by_bu: HashMap<String, RedemptionRate>,
+    pub lottery_cost_points: i64,
+}
+
+impl Default for WalletRules {
+    fn default() -> Self {
+        WalletRules {
+            validity_months: None,
+            reminder_days: None,
+            shortfall: Shortfall::AllowNegative,
+            default_rate: RedemptionRate { points: 100, value_fen: 100 },
+            rates_by_bu: HashMap::default(),
+            lottery_cost_points: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +219,7 @@ pub struct RuleSet {
     pub behaviour: Behaviour,
     /// Days after a guest payment within which registering credits it.
     pub guest_credit_days: i64,
+    pub wallet: WalletRules,
 }
 
 impl RuleSet {
@@ -197,6 +241,21 @@ impl RuleSet {
         self.merchants
             .get(merchant_id)
             .map_or(event_category, |m| m.category.as_str())
+    }
+
+    /// The return window (days) of a payment's category at a business unit (0: none).
+    pub fn return_window_days(&self, bu: &BusinessUnit, category: &str) -> i64 {
+        self.categories.get(category).map_or(0, |rules| {
+            rules
+                .iter()
+                .find(|r| r.formats.as_ref().is_none_or(|f| f.contains(&bu.format)))
+                .map_or(0, |r| r.return_window_days)
+        })
+    }
+
+    /// The redemption rate at a business unit.
+    pub fn redemption_rate(&self, bu_id: &str) -> RedemptionRate {
+        self.wallet.rates_by_bu.get(bu_id).copied().unwrap_or(self.wallet.default_rate)
     }
 
     /// The base earning rate of a payment, or `None` when it earns nothing.

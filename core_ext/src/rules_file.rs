@@ -39,6 +39,35 @@ struct RawRuleSet {
     campaigns: Vec<RawCampaign>,
     #[serde(default)]
     behaviour: Option<RawBehaviour>,
+    #[serde(default)]
+    wallet: Option<RawWallet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWallet {
+    validity_months: Option<S<i64>>,
+    reminder_days: Option<S<i64>>,
+    refund_shortfall: Option<Shortfall>,
+    lottery_cost_points: Option<S<i64>>,
+    default_rate: Option<RawRedemptionRate>,
+    #[serde(default)]
+    bu_rates: Vec<RawBuRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedemptionRate {
+    points: S<i64>,
+    value_fen: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuRate {
+    bu: S<String>,
+    points: S<i64>,
+    value_fen: S<i64>,
 }
 
 fn default_rounding() -> Rounding {
@@ -94,6 +123,7 @@ struct RawCategory {
     excluded: bool,
     points: Option<S<i64>>,
     per_fen: Option<S<i64>>,
+    return_window_days: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -403,7 +433,14 @@ impl RuleSet {
             if !cat.excluded && rate.is_none() {
                 return src.err(cat.id.span(), &field, "set excluded = true, or points and per_fen");
             }
-            categories.entry(id).or_default().push(CategoryRule { formats: scope, excluded: cat.excluded, rate });
+            let return_window_days =
+                src.opt_int(&cat.return_window_days, &format!("{field}.return_window_days"), 0..=365)?.unwrap_or(0);
+            categories.entry(id).or_default().push(CategoryRule {
+                formats: scope,
+                excluded: cat.excluded,
+                rate,
+                return_window_days,
+            });
         }
 
         let tiers = load_tiers(&src, &raw.tiers)?;
@@ -443,6 +480,7 @@ impl RuleSet {
         }
 
         let behaviour = load_behaviour(&src, raw.behaviour.as_ref())?;
+        let wallet = load_wallet(&src, raw.wallet.as_ref(), &business_units)?;
 
         Ok(RuleSet {
             version: raw.version.get_ref().trim().to_string(),
@@ -461,6 +499,7 @@ impl RuleSet {
             campaigns_by_bu,
             behaviour,
             guest_credit_days,
+            wallet,
         })
     }
 }
@@ -640,6 +679,39 @@ fn load_behaviour(src: &Source, raw: Option<&RawBehaviour>) -> CoreResult<Behavi
     if let Some(r) = &b.review {
         out.review_points = src.int(&r.points, "behaviour.review.points", pts)?;
         out.review_max_per_day = src.int(&r.max_per_day, "behaviour.review.max_per_day", 1..=1_000)?;
+    }
+    Ok(out)
+}
+
+fn load_wallet(
+    src: &Source,
+    raw: Option<&RawWallet>,
+    bus: &HashMap<String, BusinessUnit>,
+) -> CoreResult<WalletRules> {
+    let Some(w) = raw else { return Ok(WalletRules::default()) };
+    let rate = |r: &RawRedemptionRate, field: &str| -> CoreResult<RedemptionRate> {
+        Ok(RedemptionRate {
+            points: src.int(&r.points, &format!("{field}.points"), 1..=1_000_000)?,
+            value_fen: src.int(&r.value_fen, &format!("{field}.value_fen"), 1..=1_000_000)?,
+        })
+    };
+    let mut out = WalletRules {
+        validity_months: src.opt_int(&w.validity_months, "wallet.validity_months", 1..=240)?,
+        reminder_days: src.opt_int(&w.reminder_days, "wallet.reminder_days", 1..=365)?,
+        shortfall: w.refund_shortfall.unwrap_or(Shortfall::AllowNegative),
+        lottery_cost_points: src.opt_int(&w.lottery_cost_points, "wallet.lottery_cost_points", 1..=10_000_000)?.unwrap_or(0),
+        ..WalletRules::default()
+    };
+    if let Some(d) = &w.default_rate {
+        out.default_rate = rate(d, "wallet.default_rate")?;
+    }
+    for (i, r) in w.bu_rates.iter().enumerate() {
+        let field = format!("wallet.bu_rates[{i}]");
+        if !bus.contains_key(r.bu.get_ref()) {
+            return src.err(r.bu.span(), &format!("{field}.bu"), format!("unknown business unit {:?}", r.bu.get_ref()));
+        }
+        let rr = rate(&RawRedemptionRate { points: r.points.clone(), value_fen: r.value_fen.clone() }, &field)?;
+        out.rates_by_bu.insert(r.bu.get_ref().clone(), rr);
     }
     Ok(out)
 }

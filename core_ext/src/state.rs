@@ -71,9 +71,38 @@ pub struct MemberState {
     /// Points each campaign has given this member (for per-member caps).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub campaigns: BTreeMap<String, i64>,
+    /// Available points by the month they were earned: [month_index, points], oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<[i64; 2]>,
+    /// Points waiting for their payment's return window to pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Pending>,
+    /// Points the balance is below zero by (refund shortfall, policy allow_negative):
+    /// earnings repay it before they reach a lot.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub neg: i64,
+    /// Points a refund could not take back (policy record_debt): taken from later earnings.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub owed: i64,
+    /// Month index of the newest lot an expiry reminder was sent for.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reminded_month: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub event_id: String,
+    pub release_at_ms: i64,
+    pub points: i64,
+    pub month: i64,
 }
 
 impl MemberState {
+    /// What the balance must be: lots + pending - neg (the invariant every movement keeps).
+    pub fn wallet_total(&self) -> i64 {
+        self.lots.iter().map(|l| l[1]).sum::<i64>() + self.pending.iter().map(|p| p.points).sum::<i64>() - self.neg
+    }
+
     pub fn from_json(s: Option<&str>) -> Result<MemberState, String> {
         match s {
             None | Some("") => Ok(MemberState::default()),

@@ -1,0 +1,182 @@
+//! The points wallet of a member: lots by earning month, pending points, FIFO
+//! spending, expiry, reminders, refund shortfalls. Pure functions over
+//! `MemberState`; every movement keeps balance = lots + pending - neg.
+
+use crate::rules::RuleSet;
+use crate::state::{MemberState, Pending};
+use crate::time::DAY_MS;
+use chrono::NaiveDate;
+
+/// When the lot of `month_index` expires: the end of the month `validity_months`
+/// later (local time), as UTC ms. None: points never expire.
+pub fn expiry_ms(rules: &RuleSet, month_index: i64) -> Option<i64> {
+    let validity = rules.wallet.validity_months?;
+    let first_after = month_index + validity + 1;
+    let (year, month0) = (first_after.div_euclid(12), first_after.rem_euclid(12));
+    let date = NaiveDate::from_ymd_opt(year as i32, month0 as u32 + 1, 1)?;
+    let day = date.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days();
+    Some(day * DAY_MS - rules.utc_offset_minutes * 60_000)
+}
+
+fn spendable(rules: &RuleSet, month: i64, now_ms: i64) -> bool {
+    expiry_ms(rules, month).is_none_or(|e| now_ms < e)
+}
+
+/// Points that can be spent now: lots not past their expiry.
+pub fn available(rules: &RuleSet, state: &MemberState, now_ms: i64) -> i64 {
+    state.lots.iter().filter(|l| spendable(rules, l[0], now_ms)).map(|l| l[1]).sum()
+}
+
+pub fn pending_total(state: &MemberState) -> i64 {
+    state.pending.iter().map(|p| p.points).sum()
+}
+
+fn add_to_lot(state: &mut MemberState, month: i64, points: i64) {
+    if points <= 0 {
+        return;
+    }
+    match state.lots.binary_search_by_key(&month, |l| l[0]) {
+        Ok(i) => state.lots[i][1] += points,
+        Err(i) => state.lots.insert(i, [month, points]),
+    }
+}
+
+/// Puts earned points in the wallet: first repaying a negative balance, then into
+/// the month's lot, or pending until `release_at_ms` when the payment's category
+/// has a return window.
+pub fn credit(state: &mut MemberState, points: i64, month: i64, pending: Option<(&str, i64)>) {
+    if points <= 0 {
+        return;
+    }
+    let repay = points.min(state.neg);
+    state.neg -= repay;
+    let rest = points - repay;
+    if rest == 0 {
+        return;
+    }
+    match pending {
+        Some((event_id, release_at_ms)) => state.pending.push(Pending {
+            event_id: event_id.to_string(),
+            release_at_ms,
+            points: rest,
+            month,
+        }),
+        None => add_to_lot(state, month, rest),
+    }
+}
+
+/// Moves pending points whose return window has passed into their lots.
+pub fn release_due(state: &mut MemberState, now_ms: i64) -> i64 {
+    let mut released = 0;
+    let mut keep = Vec::with_capacity(state.pending.len());
+    for p in std::mem::take(&mut state.pending) {
+        if p.release_at_ms <= now_ms {
+            released += p.points;
+            add_to_lot(state, p.month, p.points);
+        } else {
+            keep.push(p);
+        }
+    }
+    state.pending = keep;
+    released
+}
+
+/// Takes `points` back for a refund of `payment_id`: from that payment's pending
+/// points first (a refund inside the return window takes back points that were
+/// never spendable), then the newest lots, then other pending points. Returns what
+/// could not be taken.
+pub fn take_back(state: &mut MemberState, payment_id: &str, points: i64) -> i64 {
+    let mut left = points;
+    for p in state.pending.iter_mut().filter(|p| p.event_id == payment_id) {
+        let t = p.points.min(left);
+        p.points -= t;
+        left -= t;
+    }
+    for l in state.lots.iter_mut().rev() {
+        let t = l[1].min(left);
+        l[1] -= t;
+        left -= t;
+    }
+    for p in state.pending.iter_mut().rev() {
+        let t = p.points.min(left);
+        p.points -= t;
+        left -= t;
+    }
+    state.lots.retain(|l| l[1] > 0);
+    state.pending.retain(|p| p.points > 0);
+    left
+}
+
+/// Spends `points` from spendable lots, oldest first. Returns the lots used, or None
+/// (and leaves the state alone) when there is not enough.
+pub fn spend_fifo(rules: &RuleSet, state: &mut MemberState, points: i64, now_ms: i64) -> Option<Vec<[i64; 2]>> {
+    if points <= 0 || available(rules, state, now_ms) < points {
+        return None;
+    }
+    let mut left = points;
+    let mut used = Vec::new();
+    for l in state.lots.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if !spendable(rules, l[0], now_ms) {
+            continue;
+        }
+        let t = l[1].min(left);
+        if t > 0 {
+            l[1] -= t;
+            left -= t;
+            used.push([l[0], t]);
+        }
+    }
+    state.lots.retain(|l| l[1] > 0);
+    Some(used)
+}
+
+/// Puts spent points back into the very lots they came from.
+pub fn restore(state: &mut MemberState, lots: &[[i64; 2]]) {
+    for l in lots {
+        add_to_lot(state, l[0], l[1]);
+    }
+}
+
+/// Removes the lots whose expiry has come; returns them.
+pub fn expire_due(rules: &RuleSet, state: &mut MemberState, now_ms: i64) -> Vec<[i64; 2]> {
+    let (expired, kept): (Vec<_>, Vec<_>) = state.lots.iter().partition(|l| !spendable(rules, l[0], now_ms));
+    state.lots = kept;
+    expired
+}
+
+/// A reminder is due for the oldest lot expiring within `reminder_days` that has not
+/// been reminded yet: (month, points, expires_at_ms).
+pub fn reminder_due(rules: &RuleSet, state: &mut MemberState, now_ms: i64) -> Option<(i64, i64, i64)> {
+    let days = rules.wallet.reminder_days?;
+    let lot = state.lots.iter().find(|l| {
+        l[0] > state.reminded_month
+            && expiry_ms(rules, l[0]).is_some_and(|e| now_ms < e && e - now_ms <= days * DAY_MS)
+    })?;
+    let (month, points) = (lot[0], lot[1]);
+    state.reminded_month = month;
+    Some((month, points, expiry_ms(rules, month)?))
+}
+
+/// The next moment the wallet needs the scheduled check: a pending release, a lot
+/// expiry, or a reminder.
+pub fn next_check_ms(rules: &RuleSet, state: &MemberState) -> Option<i64> {
+    let pending = state.pending.iter().map(|p| p.release_at_ms).min();
+    let expiry = state.lots.first().and_then(|l| expiry_ms(rules, l[0]));
+    let reminder = rules.wallet.reminder_days.and_then(|days| {
+        state
+            .lots
+            .iter()
+            .find(|l| l[0] > state.reminded_month)
+            .and_then(|l| expiry_ms(rules, l[0]))
+            .map(|e| e - days * DAY_MS)
+    });
+    [pending, expiry, reminder].into_iter().flatten().min()
+}
+
+/// Month label of a lot ("2026-11").
+pub fn month_label(month_index: i64) -> String {
+    format!("{:04}-{:02}", month_index.div_euclid(12), month_index.rem_euclid(12) + 1)
+}

@@ -28,7 +28,15 @@ import redis.exceptions
 from aiokafka.errors import KafkaError
 
 import core_ext
-from streams.app import app, ledger_topic, member_events_topic, payments_topic, runtime, send_dead_letter
+from streams.app import (
+    app,
+    ledger_topic,
+    member_events_topic,
+    notifications_topic,
+    payments_topic,
+    runtime,
+    send_dead_letter,
+)
 from streams.metrics import counters
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -75,6 +83,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     replayed: list[tuple[str, str]] = []
     dead: list[tuple[int, str, str]] = []
     registered: list[int] = []
+    notices: list[tuple[str, str]] = []
 
     pending = list(range(len(bodies)))
     for _round in range(MAX_CONFLICT_ROUNDS):
@@ -84,8 +93,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         outcomes, updates = core_ext.evaluate_batch(
             rules, batch, ctx.applied, ctx.originals, ctx.members, ctx.budget_spent, int(time.time() * 1000)
         )
-        groups = {m: MemberMoves(m, seq, state, review) for m, seq, state, review in updates}
-        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r), k in zip(
+        groups = {m: MemberMoves(m, seq, state, review, check) for m, seq, state, review, check in updates}
+        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n), k in zip(
             outcomes, keys, strict=True
         ):
             if status != "apply":
@@ -102,7 +111,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         report.conflicts += len(conflicted)
 
         next_pending: list[int] = []
-        for j, (status, points, rows, _of, _amt, _claw, _c, err_field, reason) in enumerate(outcomes):
+        for j, (status, points, rows, _of, _amt, _claw, _c, err_field, reason, notice) in enumerate(outcomes):
             i = pending[j]
             event_id, member_id = keys[j][0], keys[j][1]
             if member_id is not None and member_id in conflicted and status in ("apply", "rejected"):
@@ -118,6 +127,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                     report.points_clawed_back -= points
                 if keys[j][5] == "register":
                     registered.append(i)
+                if notice is not None:
+                    notices.append((member_id or "", notice))
             elif status == "duplicate":
                 report.duplicates += 1
                 if ctx.applied[j] and event_id is not None and member_id is not None:
@@ -151,6 +162,10 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         await fut
         report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
 
+    for member_id, notice in notices:
+        fut = await notifications_topic.send(key=member_id.encode(), value=notice.encode(), force=True)
+        await fut
+        counters["notices_sent_total"] += 1
     for i in registered:
         await bind_and_credit(bodies[i], rules.guest_credit_days)
     for i, err_field, reason in dead:

@@ -12,6 +12,8 @@ __all__ = [
     "__version__",
     "evaluate_batch",
     "member_view",
+    "redeem",
+    "reverse_redemption",
     "simulate",
     "validate_member_event",
     "validate_payment",
@@ -93,8 +95,10 @@ _Outcome = tuple[
     list[tuple[str, int]],  # campaign budget consumed: (campaign id, points)
     str | None,  # error field (rejected only)
     str | None,  # error reason (rejected only)
+    str | None,  # a notification for the member (an expiry reminder), JSON
 ]
-_MemberUpdate = tuple[str, int, str, int | None]  # member_id, expected seq, state JSON, review_at_ms
+# member_id, expected seq, state JSON, tier review_at_ms, next wallet check ms
+_MemberUpdate = tuple[str, int, str, int | None, int | None]
 
 def evaluate_batch(
     rules: RuleSet,
@@ -119,3 +123,19 @@ def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str
 
 def simulate(rules: RuleSet, bodies: list[bytes]) -> dict[str, Any]:
     """Replays payment/refund bodies (oldest first) through `rules` from empty member states."""
+
+def redeem(
+    rules: RuleSet, state_json: str | None, redemption_id: str, body: bytes, now_ms: int
+) -> tuple[Literal["redeemed", "insufficient"], str | None, str | None, str]:
+    """Spends points for a redemption request (oldest spendable lots first).
+
+    Returns (status, new state JSON, ledger rows JSON, answer JSON); for "insufficient"
+    the state and rows are None and the answer carries `available` and `needed`.
+    Raises InvalidEventError for a bad request (unknown kind, business unit, points...).
+    """
+
+def reverse_redemption(
+    rules: RuleSet, state_json: str | None, stored_rows_json: str, now_ms: int
+) -> tuple[str, str, str]:
+    """Gives a redemption's points back to the very lots they came from:
+    (new state JSON, ledger rows JSON, answer JSON)."""

@@ -68,6 +68,10 @@ member_events_topic = app.topic(
     settings.member_events_topic, internal=True, partitions=settings.partitions,
     key_serializer="raw", value_serializer="raw",
 )
+notifications_topic = app.topic(
+    settings.notifications_topic, internal=True, partitions=settings.partitions,
+    key_serializer="raw", value_serializer="raw",
+)
 dead_letter_topic = app.topic(
     settings.dead_letter_topic,
     internal=True,
@@ -146,23 +150,53 @@ async def send_dead_letter(
     log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
 
 
-@app.timer(interval=settings.tier_review_interval_s)
-async def schedule_tier_reviews() -> None:
-    """Due tier reviews become member events, so each is applied in order with
-    that member's other events (Kafka key = member id)."""
+async def _send_scheduled(key: str, kind: str) -> int:
+    """Due entries of a schedule become member events (applied in order with the
+    member's other events, Kafka key = member id); returns how many were sent."""
     import orjson
 
     rt = await runtime.started()
     now_ms = int(time.time() * 1000)
-    for member_id, due_ms in await rt.balances.due_reviews(now_ms):
+    sent = 0
+    for member_id, due_ms in await rt.balances.due(key, now_ms):
         event = {
-            "event_id": f"tier-review-{member_id}-{due_ms}", "type": "tier_review", "member_id": member_id,
+            "event_id": f"{kind}-{member_id}-{due_ms}", "type": kind, "member_id": member_id,
             "occurred_at": dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
         }
         fut = await member_events_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
         await fut
-        await rt.balances.drop_review(member_id, due_ms)
-        log.info("tier review of %s due since %d sent", member_id, due_ms)
+        await rt.balances.unschedule(key, member_id, due_ms)
+        sent += 1
+    if sent:
+        log.info("%d %s events sent", sent, kind)
+    return sent
+
+
+@app.timer(interval=settings.tier_review_interval_s)
+async def schedule_tier_reviews() -> None:
+    """Due tier reviews become tier_review member events."""
+    await _send_scheduled(runtime.balances.tier_reviews_key, "tier_review")
+
+
+@app.timer(interval=settings.wallet_check_interval_s)
+async def schedule_wallet_checks() -> None:
+    """Due pending releases, lot expiries and expiry reminders become wallet_check events."""
+    await _send_scheduled(runtime.balances.wallet_checks_key, "wallet_check")
+
+
+@app.timer(interval=10.0)
+async def flush_ledger_outbox() -> None:
+    """Ledger rows written by the HTTP path (redemptions) whose send to Kafka did not
+    complete (a crash, a Kafka outage) are sent again; the ledger dedups them."""
+    rt = await runtime.started()
+    rows = await rt.balances.outbox()
+    if not rows:
+        return
+    payload = ('{"ledger":[' + ",".join(r[1:-1] for r in rows) + '],"guests":[]}').encode()
+    fut = await ledger_topic.send(value=payload, force=True)
+    await fut
+    await rt.balances.outbox_done(rows)
+    log.info("ledger outbox: %d rows sent again", len(rows))
 
 
 @app.task
@@ -171,3 +205,4 @@ async def prepare_runtime() -> None:
     topics nobody consumes here (dead letters), so the first request finds them."""
     await runtime.started()
     await dead_letter_topic.maybe_declare()
+    await notifications_topic.maybe_declare()

@@ -62,6 +62,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     session_timeout_s: float = 10.0
     tier_review_interval_s: float = 60.0
+    wallet_check_interval_s: float = 30.0
     log_level: str = "info"
 
     @property
@@ -71,6 +72,10 @@ class Settings:
     @property
     def member_events_topic(self) -> str:
         return f"{self.topic_prefix}.member-events"
+
+    @property
+    def notifications_topic(self) -> str:
+        return f"{self.topic_prefix}.coupon-pushes"
 
     @property
     def ledger_topic(self) -> str:
@@ -108,5 +113,6 @@ class Settings:
             max_body_bytes=_int("LOYALTY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
             session_timeout_s=_float("LOYALTY_SESSION_TIMEOUT", d.session_timeout_s),
             tier_review_interval_s=_float("LOYALTY_TIER_REVIEW_INTERVAL", d.tier_review_interval_s),
+            wallet_check_interval_s=_float("LOYALTY_WALLET_CHECK_INTERVAL", d.wallet_check_interval_s),
             log_level=_str("LOYALTY_LOG_LEVEL", d.log_level),
         )

@@ -25,10 +25,11 @@ from faust.web import Request, Response, View
 
 import core_ext
 from streams import metrics
-from streams.app import app, member_events_topic, payments_topic, runtime, send_dead_letter
+from streams.app import app, ledger_topic, member_events_topic, payments_topic, runtime, send_dead_letter
 from streams.metrics import counters
 from streams.records import is_valid_id
 from streams.signing import SignatureError, verify
+from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,129 @@ class MemberView(View):
         })
 
 
+async def _apply_now(member_id: str, seq: int, state_json: str, move: EventMove) -> str:
+    """Applies one synchronous movement (a redemption or reversal) with the member's
+    sequence check; on success its ledger row goes to Kafka at once (the outbox
+    keeps it until then). Returns "ok" or "conflict"."""
+    rt = await runtime.started()
+    group = MemberMoves(member_id, seq, state_json, None, None, events=[move], outbox=True)
+    (result,) = await rt.balances.apply([group], {})
+    if result == "ok":
+        fut = await ledger_topic.send(value=('{"ledger":' + move.rows + ',"guests":[]}').encode(), force=True)
+        await fut
+        await rt.balances.outbox_done([move.rows])
+    return result
+
+
+MAX_ATTEMPTS = 20
+
+
+@app.page("/v1/redemptions")
+class Redemptions(View):
+    """Spend points: checked and deducted atomically (oldest lots first), answered at once.
+    The Idempotency-Key header names the redemption; a retry returns the same answer."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        key = request.headers.get("Idempotency-Key", "")
+        if not is_valid_id(key):
+            return await _reject(self, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars",
+                                 body, field="Idempotency-Key")
+        try:
+            member_id = orjson.loads(body)["member_id"]
+            assert isinstance(member_id, str) and is_valid_id(member_id)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        rt = await runtime.started()
+        for _ in range(MAX_ATTEMPTS):
+            seq, state, _balance = await rt.balances.member_state(member_id)
+            record = await rt.balances.event_record(member_id, key)
+            if record:
+                if record.get("kind") != "redeem":
+                    return error_response(self, 409, "Idempotency-Key already used for another operation",
+                                          "Idempotency-Key")
+                return json_response(self, orjson.loads(record["result"]), 200)
+            try:
+                status, new_state, rows, result = core_ext.redeem(rt.rules, state, key, body,
+                                                                  int(time.time() * 1000))
+            except core_ext.InvalidEventError as exc:
+                return await _reject(self, 400, str(exc), body, field=exc.field)
+            if status == "insufficient":
+                counters["redemptions_refused_total"] += 1
+                return json_response(self, orjson.loads(result), 409)
+            assert new_state is not None and rows is not None
+            answer = orjson.loads(result)
+            move = EventMove(key, "redeem", -answer["points"], rows, answer["value_fen"], None, 0, result)
+            if await _apply_now(member_id, seq, new_state, move) == "ok":
+                counters["redemptions_total"] += 1
+                log.info("redemption %s of %s: %d points (%s)", key, member_id, answer["points"], answer["kind"])
+                return json_response(self, answer, 201)
+        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
+@app.page("/v1/redemptions/{redemption_id}/reverse")
+class RedemptionReversal(View):
+    """Gives the points of a redemption back, to the very lots they came from. Idempotent."""
+
+    async def post(self, request: Request, redemption_id: str) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        try:
+            member_id = orjson.loads(body)["member_id"]
+            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(redemption_id)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        rt = await runtime.started()
+        reversal_id = f"{redemption_id}:reverse"
+        for _ in range(MAX_ATTEMPTS):
+            done = await rt.balances.event_record(member_id, reversal_id)
+            if done:
+                return json_response(self, orjson.loads(done["result"]), 200)
+            original = await rt.balances.event_record(member_id, redemption_id)
+            if original.get("kind") != "redeem":
+                return error_response(self, 404, f"no redemption {redemption_id} of member {member_id}",
+                                      "redemption_id")
+            seq, state, _balance = await rt.balances.member_state(member_id)
+            new_state, rows, result = core_ext.reverse_redemption(rt.rules, state, original["rows"],
+                                                                  int(time.time() * 1000))
+            answer = orjson.loads(result)
+            move = EventMove(reversal_id, "reverse", answer["points"], rows, 0, None, 0, result)
+            if await _apply_now(member_id, seq, new_state, move) == "ok":
+                counters["reversals_total"] += 1
+                log.info("redemption %s of %s reversed: %d points back", redemption_id, member_id, answer["points"])
+                return json_response(self, answer, 201)
+        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
+@app.page("/v1/members/{member_id}/ledger")
+class MemberLedger(View):
+    """A member's ledger rows from ClickHouse, newest first, paged, by date range."""
+
+    async def get(self, request: Request, member_id: str) -> Response:
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: invalid", "member_id")
+        q = request.query
+        try:
+            start = dt.datetime.fromisoformat(q.get("from", "1970-01-01T00:00:00+00:00")).astimezone(dt.UTC)
+            end = dt.datetime.fromisoformat(q.get("to", "2100-01-01T00:00:00+00:00")).astimezone(dt.UTC)
+            limit = int(q.get("limit", "50"))
+            offset = int(q.get("offset", "0"))
+            assert 1 <= limit <= 1000 and 0 <= offset <= 1_000_000
+        except (ValueError, AssertionError):
+            return error_response(self, 400, "from/to: ISO-8601 instants; limit: 1-1000; offset: >= 0", "query")
+        rt = await runtime.started()
+        rows = await rt.ledger.query("member_ledger", {"member_id": member_id, "start": start, "end": end,
+                                                       "limit": limit, "offset": offset})
+        for r in rows:
+            r["explain"] = orjson.loads(r["explain"] or "[]")
+            r["lots"] = orjson.loads(r["lots"] or "[]")
+        return json_response(self, {"member_id": member_id, "limit": limit, "offset": offset, "rows": rows,
+                                    "next_offset": offset + limit if len(rows) == limit else None})
+
+
 def admin_denied(view: View, request: Request) -> Response | None:
     token = runtime.settings.admin_token
     if not token:
@@ -171,13 +295,15 @@ class LedgerTotals(View):
 async def reconcile() -> dict[str, Any]:
     """Compares every member's Redis balance with the sum of their ledger rows."""
     rt = await runtime.started()
-    redis_balances = await rt.balances.balances()
+    states = await rt.balances.states()
+    redis_balances = {m: b for m, (b, _) in states.items()}
     ledger = {r["member_id"]: int(r["points"]) for r in await rt.ledger.query("ledger_balances")}
-    mismatches = [
-        {"member_id": m, "redis": redis_balances.get(m, 0), "ledger": ledger.get(m, 0)}
-        for m in sorted(set(redis_balances) | set(ledger))
-        if redis_balances.get(m, 0) != ledger.get(m, 0)
-    ]
+    mismatches = []
+    for m in sorted(set(redis_balances) | set(ledger)):
+        balance, state_json = states.get(m, (0, None))
+        wallet = wallet_total(state_json)
+        if balance != ledger.get(m, 0) or balance != wallet:
+            mismatches.append({"member_id": m, "redis": balance, "ledger": ledger.get(m, 0), "wallet": wallet})
     return {
         "members": len(set(redis_balances) | set(ledger)),
         "redis_total": sum(redis_balances.values()),
@@ -186,6 +312,15 @@ async def reconcile() -> dict[str, Any]:
         "mismatch_count": len(mismatches),
         "clean": not mismatches,
     }
+
+
+def wallet_total(state_json: str | None) -> int:
+    """What the member's lots, pending points and negative balance add up to."""
+    if not state_json:
+        return 0
+    st = orjson.loads(state_json)
+    return (sum(lot[1] for lot in st.get("lots", [])) + sum(p["points"] for p in st.get("pending", []))
+            - st.get("neg", 0))
 
 
 @app.page("/v1/admin/reconcile")

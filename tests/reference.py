@@ -66,6 +66,23 @@ class RefRules:
         self.stacking = raw.get("campaign_policy", {}).get("stacking", "best_of")
         self.campaigns: list[dict[str, Any]] = raw.get("campaigns", [])
         self.behaviour: dict[str, Any] = raw.get("behaviour", {})
+        w = raw.get("wallet", {})
+        self.validity: int | None = w.get("validity_months")
+        self.reminder_days: int | None = w.get("reminder_days")
+        self.shortfall: str = w.get("refund_shortfall", "allow_negative")
+
+    def return_window(self, bu: dict[str, Any], category: str) -> int:
+        for r in self.categories.get(category, []):
+            if r.get("formats") is None or bu["format"] in r["formats"]:
+                return int(r.get("return_window_days", 0))
+        return 0
+
+    def expiry_ms(self, month: int) -> int | None:
+        if self.validity is None:
+            return None
+        first_after = month + self.validity + 1
+        day = (dt.date(first_after // 12, first_after % 12 + 1, 1) - EPOCH).days
+        return day * DAY_MS - self.offset * 60_000
 
     def divide(self, num: int, den: int) -> int:
         if self.rounding == "floor":
@@ -109,7 +126,90 @@ def new_state() -> dict[str, Any]:
         "earned_day": 0, "spend_last_day": None, "spend_streak": 0, "sign_in_last_day": None,
         "sign_in_streak": 0, "task_month": 0, "task_spend_fen": 0, "task_done": False, "review_day": 0,
         "reviews_today": 0, "referral_month": 0, "referrals_month": 0, "birthday_bonus_year": 0, "campaigns": {},
+        "lots": [], "pending": [], "neg": 0, "owed": 0, "reminded_month": 0,
     }
+
+
+# ---- the wallet ----------------------------------------------------------------------
+
+def add_to_lot(s: dict[str, Any], month: int, points: int) -> None:
+    if points <= 0:
+        return
+    for lot in s["lots"]:
+        if lot[0] == month:
+            lot[1] += points
+            return
+    s["lots"].append([month, points])
+    s["lots"].sort(key=lambda lot: lot[0])
+
+
+def credit(s: dict[str, Any], points: int, month: int, pending: tuple[str, int] | None) -> None:
+    if points <= 0:
+        return
+    repay = min(points, s["neg"])
+    s["neg"] -= repay
+    rest = points - repay
+    if rest == 0:
+        return
+    if pending is not None:
+        s["pending"].append({"event_id": pending[0], "release_at_ms": pending[1], "points": rest, "month": month})
+    else:
+        add_to_lot(s, month, rest)
+
+
+def take_back(s: dict[str, Any], payment_id: str, points: int) -> int:
+    left = points
+    for p in s["pending"]:
+        if p["event_id"] == payment_id:
+            t = min(p["points"], left)
+            p["points"] -= t
+            left -= t
+    for lot in reversed(s["lots"]):
+        t = min(lot[1], left)
+        lot[1] -= t
+        left -= t
+    for p in reversed(s["pending"]):
+        t = min(p["points"], left)
+        p["points"] -= t
+        left -= t
+    s["lots"] = [lot for lot in s["lots"] if lot[1] > 0]
+    s["pending"] = [p for p in s["pending"] if p["points"] > 0]
+    return left
+
+
+def month_label(m: int) -> str:
+    return f"{m // 12:04d}-{m % 12 + 1:02d}"
+
+
+def wallet_check(r: RefRules, s: dict[str, Any], at: int) -> tuple[list[list[Any]], str | None]:
+    parts: list[list[Any]] = []
+    released = 0
+    keep = []
+    for p in s["pending"]:
+        if p["release_at_ms"] <= at:
+            released += p["points"]
+            add_to_lot(s, p["month"], p["points"])
+        else:
+            keep.append(p)
+    s["pending"] = keep
+    if released > 0:
+        parts.append(["released", str(released), 0])
+    expired = [lot for lot in s["lots"] if (e := r.expiry_ms(lot[0])) is not None and at >= e]
+    s["lots"] = [lot for lot in s["lots"] if lot not in expired]
+    for lot in expired:
+        parts.append(["expire", month_label(lot[0]), -lot[1]])
+    notice = None
+    if r.reminder_days is not None:
+        for lot in s["lots"]:
+            e = r.expiry_ms(lot[0])
+            if lot[0] > s["reminded_month"] and e is not None and at < e and e - at <= r.reminder_days * DAY_MS:
+                s["reminded_month"] = lot[0]
+                notice = month_label(lot[0])
+                parts.append(["reminder", notice, 0])
+                break
+    if not parts:
+        parts.append(["nothing_due", "", 0])
+    return parts, notice
 
 
 def state_from_json(text: str | None) -> dict[str, Any]:
@@ -327,6 +427,13 @@ def accrue_payment(r: RefRules, p: dict[str, Any], s: dict[str, Any], spent: dic
     if q > current:
         set_tier(r, s, q, at)
         change = f"upgrade {r.tiers[current]['id']}->{r.tiers[q]['id']}"
+    if s["owed"] > 0 and total > 0:
+        repay = min(s["owed"], total)
+        s["owed"] -= repay
+        total -= repay
+        parts.append(["debt", "", -repay])
+    window = r.return_window(bu, category)
+    credit(s, total, local.month_index, (p["event_id"], at + window * DAY_MS) if window > 0 else None)
     return Outcome("apply", total, explain=parts, tier_change=change, campaigns=consumed)
 
 
@@ -387,6 +494,11 @@ def apply_member_event(r: RefRules, e: dict[str, Any], s: dict[str, Any]) -> Out
             return Outcome("rejected", field="until")
         s["override_tier"], s["override_until_ms"] = e["tier"], until
         parts.append(["override", e["tier"], 0])
+    elif kind == "wallet_check":
+        wparts, _notice = wallet_check(r, s, at)
+        parts.extend(wparts)
+        if any(x[0] == "expire" for x in wparts):
+            kind = "expire"
     elif kind == "tier_review":
         due = s["review_at_ms"]
         if due is None or at < due:
@@ -443,8 +555,18 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                 claw = rec[1] * (rec[2] + e["amount_fen"]) // rec[0] - rec[3]
                 payments[key] = [rec[0], rec[1], rec[2] + e["amount_fen"], rec[3] + claw]
                 local = local_of(e["_at"], r.offset)
+                short = take_back(trial, e["refund_of"], claw)
+                if r.shortfall == "allow_negative":
+                    trial["neg"] += short
+                    taken = claw
+                else:
+                    trial["owed"] += short
+                    taken = claw - short
                 add_qual(trial, local.month_index, r.window, -claw, -e["amount_fen"])
-                o = Outcome("apply", -claw, explain=[["refund", e["refund_of"], -claw]])
+                explain = [["refund", e["refund_of"], -taken]]
+                if taken < claw:
+                    explain.append(["owed", str(claw - taken), 0])
+                o = Outcome("apply", -taken, explain=explain)
         else:
             o = apply_member_event(r, e, trial)
         if o.status == "apply":

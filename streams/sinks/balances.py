@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 HISTORY_LENGTH = 20
 
 # KEYS: member hash, history list, then event, refunded-payment and campaign keys.
-# ARGV: expected seq, new state, n events, n campaigns,
+# ARGV: expected seq, new state, n events, n campaigns, outbox key index (0: none),
 #       per campaign: key index, points, budget (-1: none),
 #       per event: key index, refunded key index (0: none), points, rows, amount, kind,
-#                  refund amount, clawback points
+#                  refund amount, clawback points, result
 # Point arithmetic is HINCRBY on strings (int64 in Redis); the one comparison made
 # in Lua (budget) is on integers below 2^53, which Lua's doubles hold exactly.
 APPLY_MEMBER_LUA = """
@@ -34,7 +34,8 @@ local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 if seq ~= ARGV[1] then return {'conflict', seq} end
 local n_ev = tonumber(ARGV[3])
 local n_c = tonumber(ARGV[4])
-local p = 5
+local outbox = tonumber(ARGV[5])
+local p = 6
 for i = 1, n_c do
   local budget = tonumber(ARGV[p + 2])
   if budget >= 0 then
@@ -43,7 +44,7 @@ for i = 1, n_c do
   end
   p = p + 3
 end
-p = 5
+p = 6
 for i = 1, n_c do
   redis.call('HINCRBY', KEYS[tonumber(ARGV[p])], 'spent', ARGV[p + 1])
   p = p + 3
@@ -58,14 +59,15 @@ for i = 1, n_ev do
   end
   redis.call('HINCRBY', KEYS[1], 'events', 1)
   redis.call('HSET', KEYS[tonumber(ARGV[p])], 'rows', ARGV[p + 3], 'amount', ARGV[p + 4], 'points', delta,
-             'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0)
+             'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0, 'result', ARGV[p + 8])
+  if outbox > 0 then redis.call('RPUSH', KEYS[outbox], ARGV[p + 3]) end
   local orig = tonumber(ARGV[p + 1])
   if orig > 0 then
     redis.call('HINCRBY', KEYS[orig], 'refunded_amount', ARGV[p + 6])
     redis.call('HINCRBY', KEYS[orig], 'refunded_points', ARGV[p + 7])
   end
   redis.call('LPUSH', KEYS[2], ARGV[p + 3])
-  p = p + 8
+  p = p + 9
 end
 redis.call('LTRIM', KEYS[2], 0, HISTORY_LAST)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'seq', tostring(tonumber(ARGV[1]) + 1))
@@ -95,6 +97,7 @@ class EventMove:
     amount_fen: int
     refund_of: str | None
     clawback_points: int
+    result: str = ""
 
 
 @dataclass
@@ -103,8 +106,11 @@ class MemberMoves:
     expected_seq: int
     state_json: str
     review_at_ms: int | None
+    next_check_ms: int | None = None
     events: list[EventMove] = field(default_factory=list)
     campaigns: dict[str, int] = field(default_factory=dict)
+    #: Keep the rows in the ledger outbox until the caller has them in Kafka (HTTP path).
+    outbox: bool = False
 
 
 class BalanceStore:
@@ -138,6 +144,14 @@ class BalanceStore:
     @property
     def tier_reviews_key(self) -> str:
         return f"{self.ns}:tier_reviews"
+
+    @property
+    def wallet_checks_key(self) -> str:
+        return f"{self.ns}:wallet_checks"
+
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.ns}:ledger_outbox"
 
     def identity_key(self, kind: str, external_id: str) -> str:
         return f"{self.ns}:id:{kind}:{external_id}"
@@ -187,7 +201,10 @@ class BalanceStore:
         pipe = self.redis.pipeline(transaction=False)
         for g in groups:
             keys = [self.member_key(g.member_id), self.history_key(g.member_id)]
-            args: list[object] = [g.expected_seq, g.state_json, len(g.events), len(g.campaigns)]
+            if g.outbox:
+                keys.append(self.outbox_key)
+            args: list[object] = [g.expected_seq, g.state_json, len(g.events), len(g.campaigns),
+                                  len(keys) if g.outbox else 0]
             for cid, points in g.campaigns.items():
                 keys.append(self.campaign_key(cid))
                 budget = budgets.get(cid)
@@ -200,14 +217,15 @@ class BalanceStore:
                     keys.append(self.event_key(g.member_id, e.refund_of))
                     orig_index = len(keys)
                 args += [ev_index, orig_index, e.points, e.rows, e.amount_fen, e.kind,
-                         e.amount_fen if e.refund_of is not None else 0, e.clawback_points]
+                         e.amount_fen if e.refund_of is not None else 0, e.clawback_points, e.result]
             await self._apply(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         results = [str(reply[0]) for reply in replies]
-        await self.schedule_reviews({
-            g.member_id: g.review_at_ms for g, r in zip(groups, results, strict=True)
-            if r == "ok" and g.review_at_ms is not None
-        })
+        ok = [g for g, r in zip(groups, results, strict=True) if r == "ok"]
+        await self.schedule(self.tier_reviews_key, {g.member_id: g.review_at_ms for g in ok
+                                                    if g.review_at_ms is not None})
+        await self.schedule(self.wallet_checks_key, {g.member_id: g.next_check_ms for g in ok
+                                                     if g.next_check_ms is not None})
         return results
 
     async def stored_rows(self, pairs: Sequence[tuple[str, str]]) -> list[str | None]:
@@ -248,20 +266,49 @@ class BalanceStore:
     async def forget_guest(self, kind: str, external_id: str) -> None:
         await self.redis.delete(self.guest_key(kind, external_id))
 
-    async def due_reviews(self, now_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
-        items = await self.redis.zrangebyscore(self.tier_reviews_key, "-inf", now_ms, start=0, num=limit,
-                                               withscores=True)
+    async def due(self, key: str, now_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
+        """Members whose scheduled review or wallet check (`key`) is due."""
+        items = await self.redis.zrangebyscore(key, "-inf", now_ms, start=0, num=limit, withscores=True)
         return [(m, int(score)) for m, score in items]
 
-    async def drop_review(self, member_id: str, at_ms: int) -> None:
-        """Removes a due review, unless it was rescheduled meanwhile."""
-        score = await self.redis.zscore(self.tier_reviews_key, member_id)
+    async def unschedule(self, key: str, member_id: str, at_ms: int) -> None:
+        """Removes a due entry, unless it was rescheduled meanwhile."""
+        score = await self.redis.zscore(key, member_id)
         if score is not None and int(score) == at_ms:
-            await self.redis.zrem(self.tier_reviews_key, member_id)
+            await self.redis.zrem(key, member_id)
 
-    async def schedule_reviews(self, reviews: dict[str, int]) -> None:
-        if reviews:
-            await self.redis.zadd(self.tier_reviews_key, reviews)
+    async def schedule(self, key: str, when: dict[str, int]) -> None:
+        if when:
+            await self.redis.zadd(key, when)
+
+    async def outbox(self, limit: int = 1000) -> list[str]:
+        return list(await self.redis.lrange(self.outbox_key, 0, limit - 1))
+
+    async def outbox_done(self, rows: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for r in rows:
+            pipe.lrem(self.outbox_key, 1, r)
+        await pipe.execute()
+
+    async def member_state(self, member_id: str) -> tuple[int, str | None, int]:
+        """(seq, state JSON, balance) of a member."""
+        seq, state, balance = await self.redis.hmget(self.member_key(member_id), ["seq", "state", "balance"])
+        return int(seq or 0), state, int(balance or 0)
+
+    async def event_record(self, member_id: str, event_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(self.event_key(member_id, event_id))  # type: ignore[no-any-return]
+
+    async def states(self) -> dict[str, tuple[int, str | None]]:
+        """Every member's (balance, state JSON): for reconciliation."""
+        out: dict[str, tuple[int, str | None]] = {}
+        prefix = f"{self.ns}:m:{{"
+        async for batch in _scan_pages(self.redis, f"{self.ns}:m:*"):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in batch:
+                pipe.hmget(key, ["balance", "state"])
+            for key, (balance, state) in zip(batch, await pipe.execute(), strict=True):
+                out[key[len(prefix):-1]] = (int(balance or 0), state)
+        return out
 
     async def balances(self) -> dict[str, int]:
         """Every member's balance (SCAN, then one pipeline per page): for reconciliation."""

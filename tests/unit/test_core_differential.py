@@ -46,7 +46,10 @@ def rule_sets(draw: Any) -> str:
     if draw(st.booleans()):
         lines += [f"points = {draw(st.integers(0, 3))}", f"per_fen = {draw(st.integers(1, 300))}"]
     lines += ["[[categories]]", 'id = "tobacco"', "excluded = true"]
-    lines += ["[[categories]]", 'id = "jewelry"', 'formats = ["mall"]', "points = 1", "per_fen = 200"]
+    lines += ["[[categories]]", 'id = "jewelry"', 'formats = ["mall"]', "points = 1", "per_fen = 200",
+              f"return_window_days = {draw(st.integers(0, 3))}"]
+    lines += ["[[categories]]", 'id = "room"', "points = 1", "per_fen = 50",
+              f"return_window_days = {draw(st.integers(0, 2))}"]
     lines += ["[tier_policy]", f"window_months = {draw(st.integers(1, 3))}",
               f"review_after_days = {draw(st.integers(1, 40))}",
               f'downgrade = "{draw(st.sampled_from(["to_qualified", "one_step"]))}"']
@@ -98,10 +101,16 @@ def rule_sets(draw: Any) -> str:
         lines += ["[behaviour.monthly_task]", f"spend_fen = {draw(st.integers(1, 200_000))}", "points = 99"]
     lines += ["[behaviour.referral]", "points = 30", f"max_per_month = {draw(st.integers(1, 2))}"]
     lines += ["[behaviour.review]", "points = 3", f"max_per_day = {draw(st.integers(1, 2))}"]
+    lines += ["[wallet]", f'refund_shortfall = "{draw(st.sampled_from(["allow_negative", "record_debt"]))}"']
+    if draw(st.booleans()):
+        lines.append(f"validity_months = {draw(st.integers(1, 3))}")
+        if draw(st.booleans()):
+            lines.append(f"reminder_days = {draw(st.integers(1, 60))}")
     return "\n".join(lines) + "\n"
 
 
-DAYS = ["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-12-01", "2027-01-05"]
+DAYS = ["2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-12-01", "2027-01-05", "2027-03-02",
+        "2027-05-31"]
 
 
 @st.composite
@@ -112,7 +121,8 @@ def streams(draw: Any) -> list[dict[str, Any]]:
         member = draw(st.sampled_from(MEMBERS))
         at = f"{draw(st.sampled_from(DAYS))}T{draw(st.integers(0, 23)):02d}:{draw(st.integers(0, 59)):02d}:00+08:00"
         kind = draw(st.sampled_from(["payment"] * 5 + ["refund", "register", "profile", "sign_in", "referral",
-                                                        "review", "tier_override", "tier_review", "dup", "run"]))
+                                                        "review", "tier_override", "tier_review", "dup", "run",
+                                                        "wallet_check", "wallet_check"]))
         if kind == "run":  # sign-ins on consecutive days: streaks and their bonuses
             for d in range(draw(st.integers(2, 7))):
                 events.append({"event_id": f"e{i}-s{d}", "type": "sign_in", "member_id": member,
@@ -177,7 +187,7 @@ def test_rust_core_equals_reference(rules_text: str, events: list[dict[str, Any]
                                                 [None] * n, members, spent, 1)
     ref_out, ref_states = reference.evaluate(ref_rules, [reference.decode(b) for b in bodies], [False] * n,
                                              [None] * n, members, spent)
-    for i, ((status, points, rows, *_rest, field, _reason), expected) in enumerate(zip(outcomes, ref_out,
+    for i, ((status, points, rows, *_rest, field, _reason, _notice), expected) in enumerate(zip(outcomes, ref_out,
                                                                                        strict=True)):
         context = f"event {i}: {events[i]}"
         assert status == expected.status, context
@@ -192,7 +202,7 @@ def test_rust_core_equals_reference(rules_text: str, events: list[dict[str, Any]
                 assert explain == expected.explain, context
             assert _rest[3] == expected.campaigns, context
     assert {m for m, *_ in updates} == set(ref_states)
-    for member_id, seq, state_json, review_at in updates:
+    for member_id, seq, state_json, review_at, _check in updates:
         assert seq == members.get(member_id, (0, None))[0]
         assert normalise_state(state_json) == orjson.loads(orjson.dumps(ref_states[member_id])), member_id
         assert review_at == ref_states[member_id]["review_at_ms"]

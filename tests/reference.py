@@ -510,7 +510,10 @@ def apply_member_event(r: RefRules, e: dict[str, Any], s: dict[str, Any]) -> Out
             set_tier(r, s, new, at)
             reason = "downgrade" if new < current else "renewal" if new == current else "upgrade"
             change = f"{reason} {r.tiers[current]['id']}->{r.tiers[new]['id']}"
-    return Outcome("apply", sum(x[2] for x in parts), explain=parts, tier_change=change)
+    total = sum(x[2] for x in parts)
+    if kind not in ("wallet_check", "expire"):
+        credit(s, total, local.month_index, None)
+    return Outcome("apply", total, explain=parts, tier_change=change)
 
 
 def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[bool],

@@ -136,6 +136,10 @@ pub fn apply_member_event(
         }
     }
     let points: i64 = parts.iter().map(|p| p.points).sum();
+    if ev.kind != MemberKind::WalletCheck {
+        // Behaviour points are spendable at once, in the lot of the month they were earned.
+        wallet::credit(state, points, local.month_index as i64, None);
+    }
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
     let kind = if expired.is_empty() { ev.kind.as_str() } else { "expire" };
     let base = LedgerRow {

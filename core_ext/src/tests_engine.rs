@@ -498,6 +498,12 @@ fn refused_events_change_no_state() {
         assert!(matches!(out.result.outcomes[i], Outcome::Rejected(_)), "{i}");
     }
     let after = out.state("m1");
-    let expected = MemberState { sign_in_last_day: after.sign_in_last_day, sign_in_streak: 1, ..start };
+    let expected = MemberState {
+        sign_in_last_day: after.sign_in_last_day,
+        sign_in_streak: 1,
+        lots: after.lots.clone(),
+        ..start
+    };
+    assert_eq!(after.lots.iter().map(|l| l[1]).sum::<i64>(), 5);
     assert_eq!(after, expected);
 }

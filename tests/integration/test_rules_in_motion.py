@@ -194,6 +194,9 @@ def test_registration_binds_ids_and_credits_guest_payments(worker_factory: Any, 
     assert worker.send_callback(later)[0] == 202
     got = wait_events(worker, m, 3)
     assert got["balance"] == 100 + 200 + 50 + 10 + 50
+    assert got["available"] == got["balance"]  # the gift and the credited payment are spendable
+    worker.wait_until(lambda: worker.get("/v1/admin/reconcile", admin=True)[1]["clean"], timeout=30,
+                      what="Redis, wallet and ledger to agree")
 
 
 def test_rules_reload_while_running_and_backtest(worker_factory: Any, rules_file: Path) -> None:

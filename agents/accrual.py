@@ -63,11 +63,12 @@ class BatchReport:
     points_clawed_back: int = 0
     ledger_rows: int = 0
     conflicts: int = 0
+    parked: int = 0
     rejections: list[tuple[str | None, str, str]] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
         for name in ("applied", "duplicates", "rejected", "guests", "points_issued", "points_clawed_back",
-                     "ledger_rows", "conflicts"):
+                     "ledger_rows", "conflicts", "parked"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -84,6 +85,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     dead: list[tuple[int, str, str]] = []
     registered: list[int] = []
     notices: list[tuple[str, str]] = []
+    parked: list[tuple[str, str, bytes]] = []
+    paid: list[tuple[str, str]] = []
 
     pending = list(range(len(bodies)))
     for _round in range(MAX_CONFLICT_ROUNDS):
@@ -127,6 +130,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                     report.points_clawed_back -= points
                 if keys[j][5] == "register":
                     registered.append(i)
+                elif keys[j][5] == "payment" and event_id is not None and member_id is not None:
+                    paid.append((member_id, event_id))
                 if notice is not None:
                     notices.append((member_id or "", notice))
             elif status == "duplicate":
@@ -140,6 +145,10 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                 payer = keys[j][3]
                 if payer is not None:
                     await rt.balances.keep_guest(payer[0], payer[1], bodies[i], max(1, rules.guest_credit_days))
+            elif (keys[j][5] == "refund" and err_field == "refund_of" and member_id is not None
+                  and keys[j][2] is not None and (reason or "").startswith("no payment")):
+                # A refund ahead of its payment: held until the payment is applied.
+                parked.append((member_id, keys[j][2], bodies[i]))
             else:
                 dead.append((i, err_field or "body", reason or "rejected"))
         if conflicted:
@@ -162,6 +171,11 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         await fut
         report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
 
+    for member_id, payment_id, body in parked:
+        await rt.balances.park(member_id, payment_id, body)
+        report.parked += 1
+        log.info("refund of unknown payment %s of %s held until the payment arrives", payment_id, member_id)
+    await release_parked(paid)
     for member_id, notice in notices:
         fut = await notifications_topic.send(key=member_id.encode(), value=notice.encode(), force=True)
         await fut
@@ -175,6 +189,20 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         report.rejected += 1
         report.rejections.append((event_id, err_field, reason))
     return report
+
+
+async def release_parked(paid: Sequence[tuple[str, str]]) -> None:
+    """Refunds held for payments that are now applied are sent again, after them."""
+    if not paid:
+        return
+    rt = await runtime.started()
+    for member_id, payment_id, held in await rt.balances.parked(paid):
+        for body in held:
+            fut = await payments_topic.send(key=member_id.encode(), value=body.encode(), force=True)
+            await fut
+        await rt.balances.unpark(member_id, payment_id)
+        counters["refunds_released_total"] += len(held)
+        log.info("%d held refunds of payment %s of %s released", len(held), payment_id, member_id)
 
 
 async def bind_and_credit(body: bytes, credit_days: int) -> None:
@@ -261,6 +289,7 @@ def account(report: BatchReport) -> None:
     counters["points_issued_total"] += report.points_issued
     counters["points_clawed_back_total"] += report.points_clawed_back
     counters["member_conflicts_total"] += report.conflicts
+    counters["refunds_held_total"] += report.parked
 
 
 async def _consume(stream) -> None:  # type: ignore[no-untyped-def]

@@ -281,6 +281,22 @@ class BalanceStore:
         if when:
             await self.redis.zadd(key, when)
 
+    def parked_key(self, member_id: str, payment_id: str) -> str:
+        return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
+
+    async def park(self, member_id: str, payment_id: str, body: bytes) -> None:
+        await self.redis.rpush(self.parked_key(member_id, payment_id), body)
+
+    async def parked(self, paid: Sequence[tuple[str, str]]) -> list[tuple[str, str, list[str]]]:
+        """Refunds held for these (member, payment) pairs: one pipeline."""
+        pipe = self.redis.pipeline(transaction=False)
+        for member_id, payment_id in paid:
+            pipe.lrange(self.parked_key(member_id, payment_id), 0, -1)
+        return [(m, p, held) for (m, p), held in zip(paid, await pipe.execute(), strict=True) if held]
+
+    async def unpark(self, member_id: str, payment_id: str) -> None:
+        await self.redis.delete(self.parked_key(member_id, payment_id))
+
     async def outbox(self, limit: int = 1000) -> list[str]:
         return list(await self.redis.lrange(self.outbox_key, 0, limit - 1))
 

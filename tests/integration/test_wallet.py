@@ -245,3 +245,19 @@ def test_expiry_really_expires_and_reminds(worker_factory: Any, tmp_path: Path) 
 
 async def _read_topic(topic: str) -> list[dict[str, Any]]:
     return await read_dead_letters(Settings.from_env().kafka_bootstrap, topic)
+
+
+def test_a_refund_before_its_payment_is_held_and_applied_after(worker_factory: Any, tmp_path: Path) -> None:
+    w = start(worker_factory, tmp_path, "early")
+    m = member_id()
+    p = pay(m, 100_000)
+    assert w.send_callback(refund(p, 40_000))[0] == 202
+    assert w.send_callback(pay(m, 1_000))[0] == 202  # another payment: the member exists, the refund waits
+    wait_events(w, m, 1)
+    assert view(w, m)["balance"] == 10
+    w.wait_until(lambda: w.metrics()["refunds_held_total"] == 1, timeout=30, what="the refund to be held")
+    assert w.send_callback(p)[0] == 202
+    got = wait_events(w, m, 3)
+    assert got["balance"] == 10 + 1000 - 400
+    assert w.metrics()["refunds_released_total"] == 1
+    w.wait_until(lambda: w.get("/v1/admin/reconcile", admin=True)[1]["clean"], timeout=30, what="reconcile")

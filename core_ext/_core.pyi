@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "evaluate_batch",
     "member_view",
+    "rebuild_member",
     "redeem",
     "reverse_redemption",
     "simulate",
@@ -139,3 +140,10 @@ def reverse_redemption(
 ) -> tuple[str, str, str]:
     """Gives a redemption's points back to the very lots they came from:
     (new state JSON, ledger rows JSON, answer JSON)."""
+
+def rebuild_member(
+    rules: RuleSet, rows_json: str, now_ms: int
+) -> tuple[str, int, list[tuple[str, str, int, int, int, int]], int | None, int | None]:
+    """A member's state rebuilt from their ledger rows (JSON array, in applied order):
+    (state JSON, balance, event records, tier review_at_ms, next wallet check ms); a record
+    is (event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points)."""

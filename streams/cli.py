@@ -128,6 +128,7 @@ def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    print(f"comparing Redis with the ledger through {settings.base_url} ...", file=sys.stderr)
     try:
         result = admin_get(settings, "/v1/admin/reconcile")
     except urllib.error.HTTPError as exc:
@@ -143,8 +144,32 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}"
     )
     for m in result["mismatches"]:
-        print(f"  {m['member_id']}: redis {m['redis']} ledger {m['ledger']}")
+        print(f"  {m['member_id']}: redis {m['redis']} ledger {m['ledger']} wallet {m.get('wallet')}")
     return 0 if result["clean"] else 1
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    offset: int | None = 0
+    done = 0
+    print(f"rebuilding Redis state from the ledger through {settings.base_url} ...", file=sys.stderr)
+    while offset is not None:
+        try:
+            page = admin_post(settings, "/v1/admin/rebuild", orjson.dumps({"offset": offset, "limit": args.page}))
+        except urllib.error.HTTPError as exc:
+            print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+            return 2
+        except urllib.error.URLError as exc:
+            print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
+                  file=sys.stderr)
+            return 2
+        done += page["rebuilt"]
+        total = max(page["total"], 1)
+        print(f"\r  {done:,}/{page['total']:,} members ({100 * done // total}%)", end="", file=sys.stderr, flush=True)
+        offset = page["next_offset"]
+    print(file=sys.stderr)
+    print(f"rebuilt {done:,} members; run `loyalty reconcile` to check")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -186,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="end", required=True, help="end, exclusive (YYYY-MM-DD) or ISO-8601 instant")
     s.set_defaults(func=cmd_rules_simulate)
 
-    s = sub.add_parser("reconcile", help="compare Redis balances with ClickHouse ledger sums (exit 1 if not equal)")
+    s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)
+
+    s = sub.add_parser("rebuild", help="recreate Redis state (balances, lots, tiers, event records) from the ledger")
+    s.add_argument("--page", type=int, default=500, help="members per request (default 500)")
+    s.set_defaults(func=cmd_rebuild)
     return p
 
 

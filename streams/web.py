@@ -331,6 +331,24 @@ class Reconcile(View):
         return json_response(self, await reconcile())
 
 
+@app.page("/v1/admin/rebuild")
+class Rebuild(View):
+    """Recreates Redis state from the ledger, one page of members per call."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        from streams.recovery import rebuild_page
+
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+            offset, limit = int(body.get("offset", 0)), int(body.get("limit", 500))
+            assert offset >= 0 and 1 <= limit <= 10_000
+        except (orjson.JSONDecodeError, ValueError, AssertionError, AttributeError):
+            return error_response(self, 400, 'body: {"offset": >= 0, "limit": 1-10000}')
+        return json_response(self, await rebuild_page(offset, limit))
+
+
 @app.page("/v1/admin/members/{member_id}/tier")
 class MemberTier(View):
     """An operator's tier override with an end date; applied in order with the

@@ -414,3 +414,22 @@ pub fn simulate<'py>(
     d.set_item("final_tiers", r.final_tiers)?;
     Ok(d)
 }
+
+type RebuiltMember = (String, i64, Vec<(String, String, i64, i64, i64, i64)>, Option<i64>, Option<i64>);
+
+/// Rebuilds a member's state from their ledger rows (a JSON array, oldest first):
+/// `(state_json, balance, records, review_at_ms, next_check_ms)`, each record being
+/// `(event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points)`.
+#[pyfunction]
+pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms: i64) -> PyResult<RebuiltMember> {
+    let rows: Vec<crate::rebuild::StoredRow> = serde_json::from_str(rows_json)
+        .map_err(|e| core_error_to_py(py, CoreError::invalid_event("rows", format!("unreadable ledger rows: {e}"))))?;
+    let r = crate::rebuild::rebuild_member(&rules.inner, &rows, now_ms);
+    let records = r
+        .records
+        .into_iter()
+        .map(|e| (e.event_id, e.kind, e.amount_fen, e.points, e.refunded_amount_fen, e.refunded_points))
+        .collect();
+    let next = crate::wallet::next_check_ms(&rules.inner, &r.state);
+    Ok((r.state.to_json(), r.balance, records, r.state.review_at_ms, next))
+}

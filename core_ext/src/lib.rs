@@ -14,6 +14,7 @@ pub mod simulate;
 pub mod state;
 pub mod tiers;
 pub mod time;
+pub mod rebuild;
 pub mod redemption;
 pub mod wallet;
 
@@ -48,6 +49,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::reverse_redemption, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::rebuild_member, m)?)?;
     Ok(())
 }
 

@@ -1,0 +1,143 @@
+//! Recovery: a member's wallet state rebuilt from their ledger rows alone (after a
+//! Redis loss). Balance, lots, pending points, negative balance and debt, tier,
+//! qualification, registration and campaign usage come back; day-to-day counters
+//! (streaks, daily caps, referral and review counts) and overrides start afresh.
+
+use crate::rules::RuleSet;
+use crate::state::MemberState;
+use crate::time::{Local, DAY_MS};
+use crate::wallet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+pub struct StoredPart {
+    pub rule: String,
+    #[serde(default)]
+    pub id: String,
+    pub points: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StoredRow {
+    pub event_id: String,
+    pub kind: String,
+    pub points: i64,
+    pub amount_fen: i64,
+    pub bu_id: String,
+    pub category: String,
+    pub occurred_at_ms: i64,
+    #[serde(default)]
+    pub refund_of: String,
+    #[serde(default)]
+    pub explain: Vec<StoredPart>,
+    #[serde(default)]
+    pub lots: Vec<[i64; 2]>,
+}
+
+/// One applied event's record, as the store keeps it for idempotency and refunds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub kind: String,
+    pub amount_fen: i64,
+    pub points: i64,
+    pub refunded_amount_fen: i64,
+    pub refunded_points: i64,
+}
+
+pub struct Rebuilt {
+    pub state: MemberState,
+    pub balance: i64,
+    pub records: Vec<EventRecord>,
+}
+
+fn remove_lots(state: &mut MemberState, lots: &[[i64; 2]]) {
+    for l in lots {
+        if let Some(lot) = state.lots.iter_mut().find(|x| x[0] == l[0]) {
+            lot[1] -= l[1];
+        }
+    }
+    state.lots.retain(|l| l[1] > 0);
+}
+
+fn part<'a>(row: &'a StoredRow, rule: &str) -> Option<&'a StoredPart> {
+    row.explain.iter().find(|p| p.rule == rule)
+}
+
+/// Rebuilds from rows in the order they were applied (oldest first).
+pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebuilt {
+    let mut state = MemberState::default();
+    let mut balance = 0;
+    let mut records: BTreeMap<String, EventRecord> = BTreeMap::new();
+    let window = rules.tier_policy.window_months;
+    for row in rows {
+        balance += row.points;
+        let local = Local::of(row.occurred_at_ms, rules.utc_offset_minutes);
+        let month = local.month_index as i64;
+        let record_kind = match row.kind.as_str() {
+            "earn" => "payment",
+            "clawback" => "refund",
+            "tier_change" => "",
+            other => other,
+        };
+        if !record_kind.is_empty() {
+            records.entry(row.event_id.clone()).or_insert(EventRecord {
+                event_id: row.event_id.clone(),
+                kind: record_kind.to_string(),
+                amount_fen: row.amount_fen,
+                points: row.points,
+                refunded_amount_fen: 0,
+                refunded_points: 0,
+            });
+        }
+        match row.kind.as_str() {
+            "earn" => {
+                let debt = part(row, "debt").map_or(0, |p| -p.points);
+                state.owed = (state.owed - debt).max(0);
+                state.add_qualification(local.month_index, window, row.points + debt, row.amount_fen);
+                for p in row.explain.iter().filter(|p| p.rule == "campaign") {
+                    *state.campaigns.entry(p.id.clone()).or_insert(0) += p.points;
+                }
+                if part(row, "birthday_bonus").is_some() {
+                    state.birthday_bonus_year = local.year;
+                }
+                let days = rules.business_units.get(&row.bu_id).map_or(0, |bu| rules.return_window_days(bu, &row.category));
+                let pending = (days > 0).then(|| (row.event_id.as_str(), row.occurred_at_ms + days * DAY_MS));
+                wallet::credit(&mut state, row.points, month, pending);
+            }
+            "clawback" => {
+                let owed = part(row, "owed").and_then(|p| p.id.parse::<i64>().ok()).unwrap_or(0);
+                let taken = -row.points;
+                let short = wallet::take_back(&mut state, &row.refund_of, taken);
+                state.neg += short;
+                state.owed += owed;
+                state.add_qualification(local.month_index, window, -(taken + owed), -row.amount_fen);
+                if let Some(orig) = records.get_mut(&row.refund_of) {
+                    orig.refunded_amount_fen += row.amount_fen;
+                    orig.refunded_points += taken + owed;
+                }
+            }
+            "redeem" | "expire" => remove_lots(&mut state, &row.lots),
+            "reverse" => wallet::restore(&mut state, &row.lots),
+            "tier_change" => {
+                if let Some(p) = row.explain.first() {
+                    let to = p.id.rsplit("->").next().unwrap_or_default();
+                    let index = rules.tier_index(Some(to));
+                    state.tier = (index > 0).then(|| to.to_string());
+                    state.tier_since_ms = Some(row.occurred_at_ms);
+                    state.review_at_ms =
+                        (index > 0).then_some(row.occurred_at_ms + rules.tier_policy.review_after_days * DAY_MS);
+                }
+            }
+            kind => {
+                if kind == "register" {
+                    state.registered_at_ms = Some(row.occurred_at_ms);
+                }
+                wallet::credit(&mut state, row.points, month, None);
+            }
+        }
+    }
+    wallet::release_due(&mut state, now_ms);
+    Rebuilt { state, balance, records: records.into_values().collect() }
+}

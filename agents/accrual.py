@@ -97,7 +97,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
             rules, batch, ctx.applied, ctx.originals, ctx.members, ctx.budget_spent, int(time.time() * 1000)
         )
         groups = {m: MemberMoves(m, seq, state, review, check) for m, seq, state, review, check in updates}
-        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n), k in zip(
+        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n, extra), k in zip(
             outcomes, keys, strict=True
         ):
             if status != "apply":
@@ -105,7 +105,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
             event_id, member_id = k[0], k[1]
             assert event_id is not None and member_id is not None and rows is not None
             g = groups[member_id]
-            g.events.append(EventMove(event_id, k[5], points, rows, amount, refund_of, clawback))
+            g.events.append(EventMove(event_id, k[5], points, rows, amount, refund_of, clawback,
+                                      record_points=extra[0], used=extra[1], returned=extra[2]))
             for cid, pts in campaigns:
                 g.campaigns[cid] = g.campaigns.get(cid, 0) + pts
         group_list = list(groups.values())
@@ -114,7 +115,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         report.conflicts += len(conflicted)
 
         next_pending: list[int] = []
-        for j, (status, points, rows, _of, _amt, _claw, _c, err_field, reason, notice) in enumerate(outcomes):
+        for j, (status, points, rows, _of, _amt, _claw, _c, err_field, reason, notice, _x) in enumerate(outcomes):
             i = pending[j]
             event_id, member_id = keys[j][0], keys[j][1]
             if member_id is not None and member_id in conflicted and status in ("apply", "rejected"):

@@ -11,9 +11,11 @@ __all__ = [
     "RulesError",
     "__version__",
     "evaluate_batch",
+    "hold_points",
     "member_view",
     "rebuild_member",
     "redeem",
+    "release_hold",
     "reverse_redemption",
     "simulate",
     "validate_member_event",
@@ -97,6 +99,7 @@ _Outcome = tuple[
     str | None,  # error field (rejected only)
     str | None,  # error reason (rejected only)
     str | None,  # a notification for the member (an expiry reminder), JSON
+    tuple[int, int, int],  # points the record keeps, points used at the till, points given back
 ]
 # member_id, expected seq, state JSON, tier review_at_ms, next wallet check ms
 _MemberUpdate = tuple[str, int, str, int | None, int | None]
@@ -105,7 +108,7 @@ def evaluate_batch(
     rules: RuleSet,
     batch: EventBatch,
     applied: list[bool],
-    originals: list[tuple[int, int, int, int] | None],
+    originals: list[tuple[int, int, int, int, int, int] | None],
     members: dict[str, tuple[int, str | None]],
     budget_spent: dict[str, int],
     now_ms: int,
@@ -113,8 +116,8 @@ def evaluate_batch(
     """Outcome of every event of `batch`, in order, and each touched member's new state.
 
     applied: the event id was applied by an earlier batch (outcome "duplicate").
-    originals: for refunds, the refunded payment as stored:
-        (amount_fen, points, refunded_amount_fen, refunded_points).
+    originals: for refunds, the refunded payment as stored: (amount_fen, points earned,
+        refunded_amount_fen, refunded_points, points used at the till, used points given back).
     members: member id -> (stored sequence number, stored state JSON or None).
     budget_spent: campaign id -> points of its budget already spent.
     """
@@ -143,7 +146,15 @@ def reverse_redemption(
 
 def rebuild_member(
     rules: RuleSet, rows_json: str, now_ms: int
-) -> tuple[str, int, list[tuple[str, str, int, int, int, int]], int | None, int | None]:
+) -> tuple[str, int, list[tuple[str, str, int, int, int, int, int, int]], int | None, int | None]:
     """A member's state rebuilt from their ledger rows (JSON array, in applied order):
     (state JSON, balance, event records, tier review_at_ms, next wallet check ms); a record
-    is (event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points)."""
+    is (event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)."""
+
+def hold_points(
+    rules: RuleSet, state_json: str | None, hold_id: str, points: int, ttl_ms: int, now_ms: int
+) -> tuple[Literal["held", "insufficient"], str | None, str]:
+    """Locks points (oldest lots first) for a checkout: (status, new state JSON, answer JSON)."""
+
+def release_hold(state_json: str | None, hold_id: str) -> tuple[str | None, int]:
+    """Gives a hold back to its lots: (new state JSON, points), or (None, 0) if there is no such hold."""

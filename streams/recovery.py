@@ -48,7 +48,7 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
             "events": len(records),
         })
         pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry
-        for event_id, kind, amount, points, r_amount, r_points in records:
+        for event_id, kind, amount, points, r_amount, r_points, used, returned in records:
             event_rows = by_event[event_id]
             result = ""
             if kind == "redeem":
@@ -57,6 +57,7 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
             pipe.hset(b.event_key(member_id, event_id), mapping={
                 "rows": orjson.dumps(event_rows).decode(), "amount": amount, "points": points, "kind": kind,
                 "refunded_amount": r_amount, "refunded_points": r_points, "result": result,
+                "used": used, "returned_used": returned,
             })
         if review_at is not None:
             reviews[member_id] = review_at

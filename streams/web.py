@@ -211,6 +211,72 @@ class Redemptions(View):
         return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
 
 
+@app.page("/v1/holds")
+class Holds(View):
+    """Locks points for a checkout at the till. The Idempotency-Key header is the hold
+    id; the payment callback that carries `hold_id` (and `points_used`) confirms it,
+    POST /v1/holds/{id}/release gives it back, and the wallet check releases it when
+    its time is up. Locked points cannot be spent twice and never vanish."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        hold_id = request.headers.get("Idempotency-Key", "")
+        try:
+            req = orjson.loads(body)
+            member_id, points = req["member_id"], req["points"]
+            ttl_s = int(req.get("ttl_seconds", 900))
+            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id)
+            assert isinstance(points, int) and not isinstance(points, bool)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
+            return await _reject(self, 400, 'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key',
+                                 body, "body")
+        rt = await runtime.started()
+        for _ in range(MAX_ATTEMPTS):
+            seq, state, _balance = await rt.balances.member_state(member_id)
+            held = orjson.loads(state or "{}").get("holds", {}).get(hold_id)
+            if held is not None:
+                return json_response(self, {"hold_id": hold_id, "status": "held", "points": held["points"],
+                                            "expires_at_ms": held["expires_at_ms"]}, 200)
+            try:
+                status, new_state, answer = core_ext.hold_points(rt.rules, state, hold_id, points, ttl_s * 1000,
+                                                                 int(time.time() * 1000))
+            except core_ext.InvalidEventError as exc:
+                return await _reject(self, 400, str(exc), body, field=exc.field)
+            if status == "insufficient":
+                return json_response(self, orjson.loads(answer), 409)
+            assert new_state is not None
+            group = MemberMoves(member_id, seq, new_state, None, orjson.loads(answer)["expires_at_ms"])
+            if (await rt.balances.apply([group], {}))[0] == "ok":
+                counters["holds_total"] += 1
+                return json_response(self, orjson.loads(answer), 201)
+        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
+@app.page("/v1/holds/{hold_id}/release")
+class HoldRelease(View):
+    async def post(self, request: Request, hold_id: str) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        try:
+            member_id = orjson.loads(body)["member_id"]
+            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        rt = await runtime.started()
+        for _ in range(MAX_ATTEMPTS):
+            seq, state, _balance = await rt.balances.member_state(member_id)
+            new_state, points = core_ext.release_hold(state, hold_id)
+            if new_state is None:
+                return error_response(self, 404, f"no hold {hold_id} of member {member_id} (used or released)",
+                                      "hold_id")
+            if (await rt.balances.apply([MemberMoves(member_id, seq, new_state, None)], {}))[0] == "ok":
+                return json_response(self, {"hold_id": hold_id, "status": "released", "points": points}, 200)
+        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
 @app.page("/v1/redemptions/{redemption_id}/reverse")
 class RedemptionReversal(View):
     """Gives the points of a redemption back, to the very lots they came from. Idempotent."""
@@ -315,12 +381,12 @@ async def reconcile() -> dict[str, Any]:
 
 
 def wallet_total(state_json: str | None) -> int:
-    """What the member's lots, pending points and negative balance add up to."""
+    """What the member's lots, pending and held points and negative balance add up to."""
     if not state_json:
         return 0
     st = orjson.loads(state_json)
     return (sum(lot[1] for lot in st.get("lots", [])) + sum(p["points"] for p in st.get("pending", []))
-            - st.get("neg", 0))
+            + sum(h["points"] for h in st.get("holds", {}).values()) - st.get("neg", 0))
 
 
 @app.page("/v1/admin/reconcile")

@@ -434,7 +434,26 @@ def accrue_payment(r: RefRules, p: dict[str, Any], s: dict[str, Any], spent: dic
         parts.append(["debt", "", -repay])
     window = r.return_window(bu, category)
     credit(s, total, local.month_index, (p["event_id"], at + window * DAY_MS) if window > 0 else None)
-    return Outcome("apply", total, explain=parts, tier_change=change, campaigns=consumed)
+    used = int(p.get("points_used", 0))
+    if used > 0:
+        spend_used(r, s, used, at)
+    return Outcome("apply", total - used, explain=parts, tier_change=change, campaigns=consumed)
+
+
+def spend_used(r: RefRules, s: dict[str, Any], points: int, at: int) -> None:
+    """Points used at the till (no hold here): oldest spendable lots, then below zero."""
+    left = points
+    for lot in s["lots"]:
+        e = r.expiry_ms(lot[0])
+        if left == 0:
+            break
+        if e is not None and at >= e:
+            continue
+        t = min(lot[1], left)
+        lot[1] -= t
+        left -= t
+    s["lots"] = [lot for lot in s["lots"] if lot[1] > 0]
+    s["neg"] += left
 
 
 def apply_member_event(r: RefRules, e: dict[str, Any], s: dict[str, Any]) -> Outcome:
@@ -517,7 +536,8 @@ def apply_member_event(r: RefRules, e: dict[str, Any], s: dict[str, Any]) -> Out
 
 
 def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[bool],
-             originals: list[tuple[int, int, int, int] | None], members: dict[str, tuple[int, str | None]],
+             originals: list[tuple[int, int, int, int, int, int] | None],
+             members: dict[str, tuple[int, str | None]],
              budget_spent: dict[str, int]) -> tuple[list[Outcome], dict[str, dict[str, Any]]]:
     """Same contract as core_ext.evaluate_batch; `None` stands for an invalid event.
     Returns the outcomes and the touched members' final states."""
@@ -546,7 +566,8 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
         if e["type"] == "payment":
             o = accrue_payment(r, e, trial, trial_spent)
             if o.status == "apply":
-                payments[(mid, e["event_id"])] = [e["amount_fen"], o.points, 0, 0]
+                used = int(e.get("points_used", 0))
+                payments[(mid, e["event_id"])] = [e["amount_fen"], o.points + used, 0, 0, used, 0]
         elif e["type"] == "refund":
             key = (mid, e["refund_of"])
             rec = payments.get(key) or (list(original) if original else None)
@@ -556,7 +577,8 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                 o = Outcome("rejected", field="amount_fen")
             else:
                 claw = rec[1] * (rec[2] + e["amount_fen"]) // rec[0] - rec[3]
-                payments[key] = [rec[0], rec[1], rec[2] + e["amount_fen"], rec[3] + claw]
+                returned = rec[4] * (rec[2] + e["amount_fen"]) // rec[0] - rec[5]
+                payments[key] = [rec[0], rec[1], rec[2] + e["amount_fen"], rec[3] + claw, rec[4], rec[5] + returned]
                 local = local_of(e["_at"], r.offset)
                 short = take_back(trial, e["refund_of"], claw)
                 if r.shortfall == "allow_negative":
@@ -569,7 +591,9 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                 explain = [["refund", e["refund_of"], -taken]]
                 if taken < claw:
                     explain.append(["owed", str(claw - taken), 0])
-                o = Outcome("apply", -taken, explain=explain)
+                if returned > 0:
+                    credit(trial, returned, local.month_index, None)
+                o = Outcome("apply", returned - taken, explain=explain)
         else:
             o = apply_member_event(r, e, trial)
         if o.status == "apply":

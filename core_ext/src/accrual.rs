@@ -17,9 +17,13 @@ use rustc_hash::FxHashMap as HashMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PaymentRecord {
     pub amount_fen: i64,
+    /// Points the payment earned (before points used at the till).
     pub points: i64,
     pub refunded_amount_fen: i64,
     pub refunded_points: i64,
+    /// Points used at the till in this payment, and how many refunds gave back.
+    pub used: i64,
+    pub returned_used: i64,
 }
 
 /// A movement to apply to one member, with the ledger rows that record it.
@@ -34,6 +38,11 @@ pub struct Applied {
     pub rows_json: String,
     /// A notification for the member (an expiry reminder), as JSON.
     pub notice: Option<String>,
+    /// What the event's record keeps as its points (a payment: what it earned).
+    pub record_points: i64,
+    /// Points used at the till (payments) and given back (refunds).
+    pub used_points: i64,
+    pub returned_points: i64,
 }
 
 /// Removes `excess` points from the parts: campaigns first (last listed first),
@@ -185,15 +194,26 @@ pub fn accrue_payment(
     let window = rules.return_window_days(bu, category);
     let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
     wallet::credit(state, total, local.month_index as i64, pending);
-    let rows = payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), now_ms);
+    let mut rows = payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), now_ms);
+    if ev.points_used > 0 {
+        let (lots, short) = wallet::spend_used(rules, state, ev.hold_id.as_deref(), ev.points_used, ev.occurred_at_ms);
+        let mut used_parts = vec![Part::new("points_used", ev.hold_id.clone().unwrap_or_default(), -ev.points_used)];
+        if short > 0 {
+            used_parts.push(Part::new("below_zero", format!("{short}"), 0));
+        }
+        rows = append_row(rows, &extra_row(rules, ev, member_id, "redeem", -ev.points_used, &used_parts, &lots, &tier.id, now_ms));
+    }
     Ok(Applied {
-        points: total,
+        points: total - ev.points_used,
         amount_fen: ev.amount_fen,
         refund_of: None,
         clawback_points: 0,
         campaigns: consumed,
         rows_json: rows,
         notice: None,
+        record_points: total,
+        used_points: ev.points_used,
+        returned_points: 0,
     })
 }
 
@@ -233,9 +253,12 @@ pub fn accrue_refund(
             clawback - short
         }
     };
+    let refunded_after = (original.refunded_amount_fen + ev.amount_fen) as i128;
+    let returned = (original.used as i128 * refunded_after / original.amount_fen as i128) as i64 - original.returned_used;
     let after = PaymentRecord {
         refunded_amount_fen: original.refunded_amount_fen + ev.amount_fen,
         refunded_points: original.refunded_points + clawback,
+        returned_used: original.returned_used + returned,
         ..original
     };
     let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
@@ -245,16 +268,25 @@ pub fn accrue_refund(
     if taken < clawback {
         parts.push(Part::new("owed", format!("{}", clawback - taken), 0));
     }
-    let rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, now_ms);
+    let mut rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, now_ms);
+    if returned > 0 {
+        // Points the member used in the payment come back with the refund.
+        wallet::credit(state, returned, local.month_index as i64, None);
+        let back = [Part::new("points_returned", ev.refund_of.clone().unwrap_or_default(), returned)];
+        rows = append_row(rows, &extra_row(rules, ev, member_id, "return", returned, &back, &[], &tier.id, now_ms));
+    }
     Ok((
         Applied {
-            points: -taken,
+            points: returned - taken,
             amount_fen: ev.amount_fen,
             refund_of: ev.refund_of.clone(),
             clawback_points: clawback,
             campaigns: Vec::new(),
             rows_json: rows,
             notice: None,
+            record_points: returned - taken,
+            used_points: 0,
+            returned_points: returned,
         },
         after,
     ))
@@ -307,6 +339,49 @@ fn payment_rows(
             rows_json(&[row, change_row])
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn extra_row(
+    rules: &RuleSet,
+    ev: &PaymentEvent,
+    member_id: &str,
+    kind: &str,
+    points: i64,
+    parts: &[Part],
+    lots: &[[i64; 2]],
+    tier: &str,
+    now_ms: i64,
+) -> String {
+    let row = LedgerRow {
+        event_id: &ev.event_id,
+        member_id,
+        kind,
+        points,
+        amount_fen: 0,
+        bu_id: &ev.bu_id,
+        format: rules.business_units.get(&ev.bu_id).map_or("", |b| b.format.as_str()),
+        merchant_id: &ev.merchant_id,
+        category: rules.category_of(&ev.merchant_id, &ev.category),
+        channel: "points",
+        occurred_at_ms: ev.occurred_at_ms,
+        refund_of: ev.refund_of.as_deref().unwrap_or(""),
+        tier,
+        rules_version: &rules.version,
+        processed_at_ms: now_ms,
+        explain: parts,
+        lots,
+    };
+    serde_json::to_string(&row).expect("a ledger row always serialises")
+}
+
+/// Adds one row (a JSON object) to an event's rows (a JSON array).
+fn append_row(mut rows: String, row: &str) -> String {
+    rows.pop();
+    rows.push(',');
+    rows.push_str(row);
+    rows.push(']');
+    rows
 }
 
 /// A guest payment (no member): the fact kept for BI, as JSON.

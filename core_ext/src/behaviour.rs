@@ -112,6 +112,9 @@ pub fn apply_member_event(
             }
         }
         MemberKind::WalletCheck => {
+            for (id, points) in wallet::release_expired_holds(state, ev.occurred_at_ms) {
+                parts.push(Part::new("hold_released", format!("{id}:{points}"), 0));
+            }
             let released = wallet::release_due(state, ev.occurred_at_ms);
             if released > 0 {
                 parts.push(Part::new("released", format!("{released}"), 0));
@@ -176,5 +179,8 @@ pub fn apply_member_event(
         campaigns: Vec::new(),
         rows_json: rows,
         notice,
+        record_points: points,
+        used_points: 0,
+        returned_points: 0,
     })
 }

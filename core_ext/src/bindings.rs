@@ -212,6 +212,7 @@ type EventOutcome = (
     Option<String>,
     Option<String>,
     Option<String>,
+    (i64, i64, i64),
 );
 type MemberUpdateTuple = (String, i64, String, Option<i64>, Option<i64>);
 
@@ -223,7 +224,7 @@ pub fn evaluate_batch(
     rules: &PyRuleSet,
     batch: &PyEventBatch,
     applied: Vec<bool>,
-    originals: Vec<Option<(i64, i64, i64, i64)>>,
+    originals: Vec<Option<(i64, i64, i64, i64, i64, i64)>>,
     members: HashMap<String, (i64, Option<String>)>,
     budget_spent: HashMap<String, i64>,
     now_ms: i64,
@@ -239,8 +240,8 @@ pub fn evaluate_batch(
     let mut records = Vec::with_capacity(n);
     for original in originals {
         records.push(match original {
-            Some((amount_fen, points, refunded_amount_fen, refunded_points)) if amount_fen > 0 => {
-                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points })
+            Some((amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)) if amount_fen > 0 => {
+                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used })
             }
             Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
             None => None,
@@ -265,9 +266,10 @@ pub fn evaluate_batch(
                 None,
                 None,
                 a.notice,
+                (a.record_points, a.used_points, a.returned_points),
             ),
-            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None, None),
-            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None, None),
+            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None, None, (0, 0, 0)),
+            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None, None, (0, 0, 0)),
             Outcome::Rejected(e) => (
                 "rejected",
                 0,
@@ -279,6 +281,7 @@ pub fn evaluate_batch(
                 Some(e.field().to_string()),
                 Some(e.reason().to_string()),
                 None,
+                (0, 0, 0),
             ),
         })
         .collect();
@@ -415,7 +418,8 @@ pub fn simulate<'py>(
     Ok(d)
 }
 
-type RebuiltMember = (String, i64, Vec<(String, String, i64, i64, i64, i64)>, Option<i64>, Option<i64>);
+type RebuiltRecord = (String, String, i64, i64, i64, i64, i64, i64);
+type RebuiltMember = (String, i64, Vec<RebuiltRecord>, Option<i64>, Option<i64>);
 
 /// Rebuilds a member's state from their ledger rows (a JSON array, oldest first):
 /// `(state_json, balance, records, review_at_ms, next_check_ms)`, each record being
@@ -428,8 +432,61 @@ pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms
     let records = r
         .records
         .into_iter()
-        .map(|e| (e.event_id, e.kind, e.amount_fen, e.points, e.refunded_amount_fen, e.refunded_points))
+        .map(|e| {
+            (e.event_id, e.kind, e.amount_fen, e.points, e.refunded_amount_fen, e.refunded_points, e.used, e.returned_used)
+        })
         .collect();
     let next = crate::wallet::next_check_ms(&rules.inner, &r.state);
     Ok((r.state.to_json(), r.balance, records, r.state.review_at_ms, next))
+}
+
+/// Locks points for a checkout: `(status, state_json, answer_json)`; status "held" or
+/// "insufficient" (state None).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn hold_points(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    hold_id: &str,
+    points: i64,
+    ttl_ms: i64,
+    now_ms: i64,
+) -> PyResult<(&'static str, Option<String>, String)> {
+    crate::events::check_id("hold_id", hold_id).map_err(|e| core_error_to_py(py, e))?;
+    if !(1..=1_000_000_000).contains(&points) {
+        return Err(core_error_to_py(py, CoreError::invalid_event("points", "must be an integer from 1 to 1000000000")));
+    }
+    if !(1_000..=86_400_000).contains(&ttl_ms) {
+        return Err(core_error_to_py(py, CoreError::invalid_event("ttl_seconds", "must be from 1 to 86400")));
+    }
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    crate::wallet::release_due(&mut state, now_ms);
+    let available = crate::wallet::available(&rules.inner, &state, now_ms);
+    match crate::wallet::hold(&rules.inner, &mut state, hold_id, points, now_ms + ttl_ms, now_ms) {
+        Some(lots) => Ok((
+            "held",
+            Some(state.to_json()),
+            serde_json::json!({"hold_id": hold_id, "status": "held", "points": points,
+                               "expires_at_ms": now_ms + ttl_ms,
+                               "lots": lots.iter().map(|l| serde_json::json!({"month": crate::wallet::month_label(l[0]), "points": l[1]})).collect::<Vec<_>>(),
+                               "available_after": crate::wallet::available(&rules.inner, &state, now_ms)})
+            .to_string(),
+        )),
+        None => Ok((
+            "insufficient",
+            None,
+            serde_json::json!({"error": "insufficient points", "available": available, "needed": points}).to_string(),
+        )),
+    }
+}
+
+/// Releases a hold: `(state_json or None if there is no such hold, points)`.
+#[pyfunction]
+pub fn release_hold(state_json: Option<&str>, hold_id: &str) -> PyResult<(Option<String>, i64)> {
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    Ok(match crate::wallet::release_hold(&mut state, hold_id) {
+        Some(h) => (Some(state.to_json()), h.points),
+        None => (None, 0),
+    })
 }

@@ -109,7 +109,12 @@ pub fn evaluate_batch(
                 accrual::accrue_payment(rules, p, member_id, state, &mut budget_spent, now_ms).inspect(|a| {
                     payments.insert(
                         (member_id.to_string(), p.event_id.clone()),
-                        PaymentRecord { amount_fen: p.amount_fen, points: a.points, ..Default::default() },
+                        PaymentRecord {
+                            amount_fen: p.amount_fen,
+                            points: a.record_points,
+                            used: a.used_points,
+                            ..Default::default()
+                        },
                     );
                 })
             }
@@ -132,7 +137,8 @@ pub fn evaluate_batch(
             Event::Member(m) => behaviour::apply_member_event(rules, m, state, now_ms),
         };
         match result {
-            Ok(applied) => {
+            Ok(mut applied) => {
+                applied.rows_json = stamp_rows(&applied.rows_json, outcomes.len());
                 w.touched = true;
                 seen.insert((member_id, ev.event_id()));
                 outcomes.push(Outcome::Apply(applied));
@@ -155,4 +161,11 @@ pub fn evaluate_batch(
         })
         .collect();
     BatchResult { outcomes, members }
+}
+
+/// Puts the event's index in the batch on each of its ledger rows, so that the rows
+/// of one batch (which share processed_at) keep the order they were applied in:
+/// recovery replays them in that order.
+fn stamp_rows(rows_json: &str, index: usize) -> String {
+    rows_json.replace(r#"{"event_id":"#, &format!(r#"{{"batch_index":{index},"event_id":"#))
 }

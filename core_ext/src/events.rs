@@ -44,6 +44,10 @@ pub struct PaymentEvent {
     pub amount_fen: i64,
     pub channel: String,
     pub refund_of: Option<String>,
+    /// A hold taken at the till for this checkout (points locked beforehand).
+    pub hold_id: Option<String>,
+    /// Points the member used at the till for this payment (0: none).
+    pub points_used: i64,
 }
 
 /// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
@@ -356,6 +360,10 @@ struct FastPayment<'a> {
     refund_of: Option<Cow<'a, str>>,
     #[serde(default)]
     payer: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    hold_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    points_used: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
@@ -366,7 +374,8 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         _ => return None,
     };
     let member_id = f.member_id?;
-    if f.payer.is_some() || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen) {
+    if f.payer.is_some() || f.hold_id.is_some() || f.points_used.is_some() || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
+    {
         return None;
     }
     for id in [&f.event_id, &member_id, &f.bu_id, &f.merchant_id, &f.category, &f.channel] {
@@ -389,6 +398,8 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         amount_fen: f.amount_fen,
         channel: f.channel.into_owned(),
         refund_of,
+        hold_id: None,
+        points_used: 0,
     })
 }
 
@@ -454,7 +465,28 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
             ))
         }
     };
+    let hold_id = match obj.get("hold_id") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(get_id(obj, "hold_id")?),
+    };
+    let points_used = match obj.get("points_used") {
+        None | Some(Value::Null) => 0,
+        Some(v) => match v.as_i64() {
+            Some(n @ 0..=1_000_000_000) if kind == EventKind::Payment => n,
+            _ => {
+                return Err(CoreError::invalid_event(
+                    "points_used",
+                    "must be an integer from 0 to 1000000000, on payments only",
+                ))
+            }
+        },
+    };
+    if hold_id.is_some() && points_used == 0 {
+        return Err(CoreError::invalid_event("points_used", "is required (> 0) with hold_id"));
+    }
     Ok(PaymentEvent {
+        hold_id,
+        points_used,
         event_id,
         kind,
         occurred_at_ms,

@@ -50,6 +50,8 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::reverse_redemption, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::rebuild_member, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::hold_points, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::release_hold, m)?)?;
     Ok(())
 }
 

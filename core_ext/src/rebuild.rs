@@ -44,6 +44,8 @@ pub struct EventRecord {
     pub points: i64,
     pub refunded_amount_fen: i64,
     pub refunded_points: i64,
+    pub used: i64,
+    pub returned_used: i64,
 }
 
 pub struct Rebuilt {
@@ -78,7 +80,11 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
         let record_kind = match row.kind.as_str() {
             "earn" => "payment",
             "clawback" => "refund",
+            // Rows that go with another row of the same event (tier change, points
+            // used at the till, points a refund gave back).
             "tier_change" => "",
+            "redeem" if records.contains_key(&row.event_id) => "",
+            "return" => "",
             other => other,
         };
         if !record_kind.is_empty() {
@@ -89,6 +95,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 points: row.points,
                 refunded_amount_fen: 0,
                 refunded_points: 0,
+                used: 0,
+                returned_used: 0,
             });
         }
         match row.kind.as_str() {
@@ -107,6 +115,7 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 wallet::credit(&mut state, row.points, month, pending);
             }
             "clawback" => {
+                let _ = &row.refund_of;
                 let owed = part(row, "owed").and_then(|p| p.id.parse::<i64>().ok()).unwrap_or(0);
                 let taken = -row.points;
                 let short = wallet::take_back(&mut state, &row.refund_of, taken);
@@ -118,7 +127,23 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                     orig.refunded_points += taken + owed;
                 }
             }
-            "redeem" | "expire" => remove_lots(&mut state, &row.lots),
+            "redeem" | "expire" => {
+                if row.kind == "redeem" {
+                    if let Some(rec) = records.get_mut(&row.event_id).filter(|r| r.kind == "payment") {
+                        rec.used += -row.points;
+                    }
+                }
+                remove_lots(&mut state, &row.lots);
+                // Points used at the till beyond what the lots held went below zero.
+                let from_lots: i64 = row.lots.iter().map(|l| l[1]).sum();
+                state.neg += (-row.points - from_lots).max(0);
+            }
+            "return" => {
+                wallet::credit(&mut state, row.points, month, None);
+                if let Some(orig) = records.get_mut(&row.refund_of) {
+                    orig.returned_used += row.points;
+                }
+            }
             "reverse" => wallet::restore(&mut state, &row.lots),
             "tier_change" => {
                 if let Some(p) = row.explain.first() {

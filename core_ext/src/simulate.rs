@@ -44,7 +44,7 @@ pub fn simulate(rules: &RuleSet, events: &[CoreResult<Event>]) -> SimReport {
             accrual::accrue_payment(rules, p, &member, &mut trial, &mut budgets, 0).inspect(|a| {
                 payments.insert(
                     (member.clone(), p.event_id.clone()),
-                    PaymentRecord { amount_fen: p.amount_fen, points: a.points, ..Default::default() },
+                    PaymentRecord { amount_fen: p.amount_fen, points: a.record_points, ..Default::default() },
                 );
             })
         } else {

@@ -84,9 +84,19 @@ pub struct MemberState {
     /// Points a refund could not take back (policy record_debt): taken from later earnings.
     #[serde(skip_serializing_if = "is_zero")]
     pub owed: i64,
+    /// Points locked for a checkout at the till, by hold id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub holds: BTreeMap<String, Hold>,
     /// Month index of the newest lot an expiry reminder was sent for.
     #[serde(skip_serializing_if = "is_zero")]
     pub reminded_month: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub points: i64,
+    pub lots: Vec<[i64; 2]>,
+    pub expires_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,9 +108,12 @@ pub struct Pending {
 }
 
 impl MemberState {
-    /// What the balance must be: lots + pending - neg (the invariant every movement keeps).
+    /// What the balance must be: lots + pending + held - neg (the invariant every movement keeps).
     pub fn wallet_total(&self) -> i64 {
-        self.lots.iter().map(|l| l[1]).sum::<i64>() + self.pending.iter().map(|p| p.points).sum::<i64>() - self.neg
+        self.lots.iter().map(|l| l[1]).sum::<i64>()
+            + self.pending.iter().map(|p| p.points).sum::<i64>()
+            + self.holds.values().map(|h| h.points).sum::<i64>()
+            - self.neg
     }
 
     pub fn from_json(s: Option<&str>) -> Result<MemberState, String> {

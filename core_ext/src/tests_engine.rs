@@ -419,7 +419,7 @@ fn refunds_claw_back_pro_rata_and_refuse_what_they_cannot() {
     assert_eq!(out.rejected_field(5), "refund_of");
 
     let events: Vec<_> = [refund("r", "m1", "p", 5_000)].iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
-    let orig = PaymentRecord { amount_fen: 10_000, points: 150, refunded_amount_fen: 0, refunded_points: 0 };
+    let orig = PaymentRecord { amount_fen: 10_000, points: 150, ..Default::default() };
     let res = evaluate_batch(&r, &events, &[false], &[Some(orig)], &StoredMembers::default(), 0);
     assert!(matches!(&res.outcomes[0], Outcome::Apply(a) if a.points == -75 && a.clawback_points == 75));
 }
@@ -506,4 +506,24 @@ fn refused_events_change_no_state() {
     };
     assert_eq!(after.lots.iter().map(|l| l[1]).sum::<i64>(), 5);
     assert_eq!(after, expected);
+}
+
+#[test]
+fn points_used_at_the_till_are_spent_and_a_refund_gives_them_back_pro_rata() {
+    let r = rules("add");
+    let rich = MemberState { lots: vec![[24310, 1_000]], ..Default::default() };
+    let mut p = pay("p", "m1", "mall", "x", "fashion", 10_000, MON);
+    p["points_used"] = json!(400);
+    let evs = [p, refund("r1", "m1", "p", 5_000), refund("r2", "m1", "p", 5_000)];
+    let out = run_with(&r, &evs, with_state("m1", rich));
+    // Earns 100, uses 400; each half refund claws back 50 and gives 200 back.
+    assert_eq!(out.points(), vec![Some(-300), Some(150), Some(150)]);
+    let rows = out.rows(0);
+    assert_eq!(rows[1]["kind"], "redeem");
+    assert_eq!(rows[1]["lots"], json!([[24310, 400]]));
+    let Outcome::Apply(a) = &out.result.outcomes[0] else { panic!() };
+    assert_eq!((a.record_points, a.used_points), (100, 400));
+    assert_eq!(out.rows(1)[1]["kind"], "return");
+    let st = out.state("m1");
+    assert_eq!(st.wallet_total(), 1_000);
 }

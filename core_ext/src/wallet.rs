@@ -3,7 +3,7 @@
 //! `MemberState`; every movement keeps balance = lots + pending - neg.
 
 use crate::rules::RuleSet;
-use crate::state::{MemberState, Pending};
+use crate::state::{Hold, MemberState, Pending};
 use crate::time::DAY_MS;
 use chrono::NaiveDate;
 
@@ -173,7 +173,60 @@ pub fn next_check_ms(rules: &RuleSet, state: &MemberState) -> Option<i64> {
             .and_then(|l| expiry_ms(rules, l[0]))
             .map(|e| e - days * DAY_MS)
     });
-    [pending, expiry, reminder].into_iter().flatten().min()
+    let hold = state.holds.values().map(|h| h.expires_at_ms).min();
+    [pending, expiry, reminder, hold].into_iter().flatten().min()
+}
+
+/// Locks `points` (oldest lots first) for a checkout; None when not enough.
+pub fn hold(
+    rules: &RuleSet,
+    state: &mut MemberState,
+    hold_id: &str,
+    points: i64,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Option<Vec<[i64; 2]>> {
+    let lots = spend_fifo(rules, state, points, now_ms)?;
+    state.holds.insert(hold_id.to_string(), Hold { points, lots: lots.clone(), expires_at_ms });
+    Some(lots)
+}
+
+/// Gives a hold's points back to the lots they came from.
+pub fn release_hold(state: &mut MemberState, hold_id: &str) -> Option<Hold> {
+    let h = state.holds.remove(hold_id)?;
+    restore(state, &h.lots);
+    Some(h)
+}
+
+/// Releases the holds whose time is up; returns their ids and points.
+pub fn release_expired_holds(state: &mut MemberState, now_ms: i64) -> Vec<(String, i64)> {
+    let due: Vec<String> = state.holds.iter().filter(|(_, h)| h.expires_at_ms <= now_ms).map(|(k, _)| k.clone()).collect();
+    due.into_iter()
+        .filter_map(|id| release_hold(state, &id).map(|h| (id, h.points)))
+        .collect()
+}
+
+/// Spends `points` used at the till for a payment: the hold if it is still there,
+/// else the oldest lots, and below zero if even they are short (the member already
+/// had the discount). Returns the lots spent and what went below zero.
+pub fn spend_used(
+    rules: &RuleSet,
+    state: &mut MemberState,
+    hold_id: Option<&str>,
+    points: i64,
+    now_ms: i64,
+) -> (Vec<[i64; 2]>, i64) {
+    if let Some(h) = hold_id.and_then(|id| state.holds.remove(id)) {
+        if h.points == points {
+            return (h.lots, 0);
+        }
+        restore(state, &h.lots);
+    }
+    let have = available(rules, state, now_ms).min(points);
+    let lots = spend_fifo(rules, state, have, now_ms).unwrap_or_default();
+    let short = points - have;
+    state.neg += short;
+    (lots, short)
 }
 
 /// Month label of a lot ("2026-11").

@@ -26,7 +26,7 @@ HISTORY_LENGTH = 20
 # ARGV: expected seq, new state, n events, n campaigns, outbox key index (0: none),
 #       per campaign: key index, points, budget (-1: none),
 #       per event: key index, refunded key index (0: none), points, rows, amount, kind,
-#                  refund amount, clawback points, result
+#                  refund amount, clawback points, result, record points, used, returned
 # Point arithmetic is HINCRBY on strings (int64 in Redis); the one comparison made
 # in Lua (budget) is on integers below 2^53, which Lua's doubles hold exactly.
 APPLY_MEMBER_LUA = """
@@ -58,23 +58,25 @@ for i = 1, n_ev do
     redis.call('HINCRBY', KEYS[1], 'earned', delta)
   end
   redis.call('HINCRBY', KEYS[1], 'events', 1)
-  redis.call('HSET', KEYS[tonumber(ARGV[p])], 'rows', ARGV[p + 3], 'amount', ARGV[p + 4], 'points', delta,
-             'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0, 'result', ARGV[p + 8])
+  redis.call('HSET', KEYS[tonumber(ARGV[p])], 'rows', ARGV[p + 3], 'amount', ARGV[p + 4], 'points', ARGV[p + 9],
+             'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0, 'result', ARGV[p + 8],
+             'used', ARGV[p + 10], 'returned_used', 0)
   if outbox > 0 then redis.call('RPUSH', KEYS[outbox], ARGV[p + 3]) end
   local orig = tonumber(ARGV[p + 1])
   if orig > 0 then
     redis.call('HINCRBY', KEYS[orig], 'refunded_amount', ARGV[p + 6])
     redis.call('HINCRBY', KEYS[orig], 'refunded_points', ARGV[p + 7])
+    redis.call('HINCRBY', KEYS[orig], 'returned_used', ARGV[p + 11])
   end
   redis.call('LPUSH', KEYS[2], ARGV[p + 3])
-  p = p + 9
+  p = p + 12
 end
 redis.call('LTRIM', KEYS[2], 0, HISTORY_LAST)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'seq', tostring(tonumber(ARGV[1]) + 1))
 return {'ok', ARGV[1]}
 """.replace("HISTORY_LAST", str(HISTORY_LENGTH - 1))
 
-Original = tuple[int, int, int, int]
+Original = tuple[int, int, int, int, int, int]
 Keys = tuple[str | None, str | None, str | None, tuple[str, str] | None, int, str]
 
 
@@ -98,6 +100,11 @@ class EventMove:
     refund_of: str | None
     clawback_points: int
     result: str = ""
+    #: What the record keeps as points (a payment: earned), points used at the till,
+    #: and points a refund gave back; default: the movement itself.
+    record_points: int | None = None
+    used: int = 0
+    returned: int = 0
 
 
 @dataclass
@@ -173,7 +180,7 @@ class BalanceStore:
             pipe.exists(self.event_key(member_id, event_id))
             if refund_of is not None:
                 pipe.hmget(self.event_key(member_id, refund_of),
-                           ["kind", "amount", "points", "refunded_amount", "refunded_points"])
+                           ["kind", "amount", "points", "refunded_amount", "refunded_points", "used", "returned_used"])
         replies = await pipe.execute() if len(pipe) else []
         it = iter(replies)
         stored = {m: (int(seq or 0), state) for m, (seq, state) in zip(members, it, strict=False)}
@@ -188,9 +195,10 @@ class BalanceStore:
             applied.append(bool(next(it)))
             original: Original | None = None
             if refund_of is not None:
-                kind, amount, points, r_amount, r_points = next(it)
+                kind, amount, points, r_amount, r_points, used, returned = next(it)
                 if kind == "payment" and amount is not None and int(amount) > 0:
-                    original = (int(amount), int(points), int(r_amount or 0), int(r_points or 0))
+                    original = (int(amount), int(points), int(r_amount or 0), int(r_points or 0), int(used or 0),
+                                int(returned or 0))
             originals.append(original)
         return BatchContext(applied, originals, stored, spent)
 
@@ -217,7 +225,8 @@ class BalanceStore:
                     keys.append(self.event_key(g.member_id, e.refund_of))
                     orig_index = len(keys)
                 args += [ev_index, orig_index, e.points, e.rows, e.amount_fen, e.kind,
-                         e.amount_fen if e.refund_of is not None else 0, e.clawback_points, e.result]
+                         e.amount_fen if e.refund_of is not None else 0, e.clawback_points, e.result,
+                         e.points if e.record_points is None else e.record_points, e.used, e.returned]
             await self._apply(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         results = [str(reply[0]) for reply in replies]

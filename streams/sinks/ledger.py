@@ -27,7 +27,7 @@ UTC = dt.UTC
 
 LEDGER_COLUMNS = (
     "event_id", "member_id", "kind", "points", "amount_fen", "bu_id", "format", "merchant_id",
-    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain", "lots",
+    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain", "lots", "batch_index",
 )
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
@@ -71,6 +71,7 @@ def row_values(row: dict[str, Any]) -> list[Any]:
         row["rules_version"], _ms_to_datetime(row["processed_at_ms"]),
         orjson.dumps(row.get("explain", [])).decode(),
         orjson.dumps(row["lots"]).decode() if row.get("lots") else "",
+        row.get("batch_index", 0),
     ]
 
 

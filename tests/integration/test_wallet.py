@@ -312,3 +312,43 @@ def test_disaster_recovery_flush_redis_rebuild_reconcile(worker_factory: Any, tm
     w.wait_until(lambda: view(w, members[1])["balance"] == before[members[1]]["balance"] + 10, timeout=30,
                  what="a payment after the rebuild")
     assert view(w, members[1])["available"] == before[members[1]]["available"] + 10
+
+
+def test_a_hold_at_the_till_is_confirmed_by_its_payment_or_released(worker_factory: Any, tmp_path: Path) -> None:
+    w = start(worker_factory, tmp_path, "holds")
+    m = member_id()
+    assert w.send_callback(pay(m, 100_000))[0] == 202
+    wait_events(w, m, 1)
+
+    def hold(key: str, points: int, ttl: int = 900) -> tuple[int, Any]:
+        body = orjson.dumps({"member_id": m, "points": points, "ttl_seconds": ttl})
+        return w.post("/v1/holds", body, {**signed_headers(w.callback_secret, body), "Idempotency-Key": key})
+
+    status, h = hold("h1-" + m, 600)
+    assert status == 201 and h["available_after"] == 400
+    assert hold("h1-" + m, 600)[0] == 200  # the same hold again: no second lock
+    assert hold("h2-" + m, 500)[0] == 409  # locked points cannot be spent twice
+    assert redeem(w, "r-" + m, m, points=500)[0] == 409
+    got = view(w, m)
+    assert (got["balance"], got["available"]) == (1000, 400)
+
+    # The payment that carries the hold confirms it: 600 points spent, 100 earned.
+    p = pay(m, 10_000) | {"hold_id": "h1-" + m, "points_used": 600}
+    assert w.send_callback(p)[0] == 202
+    got = wait_events(w, m, 2)
+    assert (got["balance"], got["available"]) == (500, 500)
+    # A full refund claws back the 100 earned and returns the 600 used.
+    assert w.send_callback(refund(p, 10_000) | {"hold_id": None, "points_used": None})[0] == 202
+    got = wait_events(w, m, 3)
+    assert (got["balance"], got["available"]) == (1000, 1000)
+
+    # A hold released by the POS, and one that times out: the points come back.
+    assert hold("h3-" + m, 300)[0] == 201
+    body = orjson.dumps({"member_id": m})
+    assert w.post(f"/v1/holds/h3-{m}/release", body, signed_headers(w.callback_secret, body))[0] == 200
+    assert w.post(f"/v1/holds/h3-{m}/release", body, signed_headers(w.callback_secret, body))[0] == 404
+    assert hold("h4-" + m, 700, ttl=1)[0] == 201
+    assert view(w, m)["available"] == 300
+    w.wait_until(lambda: view(w, m)["available"] == 1000, timeout=30, what="the timed-out hold to be released")
+    assert view(w, m)["balance"] == 1000
+    w.wait_until(lambda: w.get("/v1/admin/reconcile", admin=True)[1]["clean"], timeout=30, what="reconcile")

@@ -51,14 +51,15 @@ class Wallet:
         self.state: str | None = None
         self.balance = 0
         self.ledger = 0
-        self.payments: dict[str, tuple[int, int, int, int]] = {}
+        self.payments: dict[str, tuple[int, int, int, int, int, int]] = {}
         self.redemptions: dict[str, str] = {}
         self.reversed: set[str] = set()
         self.credited: dict[int, int] = {}
         self.spent: dict[int, int] = {}
         self.n = 0
 
-    def event(self, body: dict[str, Any], original: tuple[int, int, int, int] | None = None) -> tuple[Any, ...]:
+    def event(self, body: dict[str, Any], original: tuple[int, int, int, int, int, int] | None = None
+              ) -> tuple[Any, ...]:
         batch = core_ext.EventBatch.decode([orjson.dumps(body)])
         outcomes, updates = core_ext.evaluate_batch(RULES, batch, [False], [original], {"m": (0, self.state)}, {}, 0)
         if updates:
@@ -83,7 +84,7 @@ class Wallet:
 def operations(draw: Any) -> list[tuple[Any, ...]]:
     return draw(st.lists(st.one_of(
         st.tuples(st.just("earn"), st.integers(1, 200_000), st.sampled_from(["fashion", "electronics"]),
-                  st.integers(0, 100)),
+                  st.integers(0, 100), st.sampled_from([0, 0, 0, 50, 700])),
         st.tuples(st.just("redeem"), st.integers(1, 3000), st.integers(0, 100)),
         st.tuples(st.just("reverse"), st.integers(0, 20)),
         st.tuples(st.just("refund"), st.integers(0, 20), st.integers(1, 100)),
@@ -104,11 +105,13 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
             body = {"event_id": f"p{w.n}", "type": "payment", "member_id": "m", "bu_id": "mall",
                     "merchant_id": "s", "category": op[2], "amount_fen": op[1], "channel": "w",
                     "occurred_at": _iso(at)}
+            if op[4]:
+                body["points_used"] = op[4]
             held_before = _by_month(w.state)
             out = w.event(body)
             assert out[0] == "apply"
             w.move(out[2], out[1])
-            w.payments[f"p{w.n}"] = (op[1], out[1], 0, 0)
+            w.payments[f"p{w.n}"] = (op[1], out[10][0], 0, 0, out[10][1], 0)
             for month, pts in _by_month(w.state).items():
                 w.credited[month] = w.credited.get(month, 0) + max(0, pts - held_before.get(month, 0))
         elif op[0] == "redeem":
@@ -150,7 +153,7 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
             w.reversed.add(rid)
         elif op[0] == "refund" and w.payments:
             pid = sorted(w.payments)[op[1] % len(w.payments)]
-            amount, pts, refunded, clawed = w.payments[pid]
+            amount, pts, refunded, clawed, used, returned = w.payments[pid]
             left = amount - refunded
             if left == 0:
                 continue
@@ -158,10 +161,10 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
             body = {"event_id": f"{pid}-rf{w.n}", "type": "refund", "member_id": "m", "bu_id": "mall",
                     "merchant_id": "s", "category": "fashion", "amount_fen": part, "channel": "w",
                     "refund_of": pid, "occurred_at": _iso(T0 + day * DAY_MS)}
-            out = w.event(body, (amount, pts, refunded, clawed))
+            out = w.event(body, (amount, pts, refunded, clawed, used, returned))
             assert out[0] == "apply"
             w.move(out[2], out[1])
-            w.payments[pid] = (amount, pts, refunded + part, clawed + out[5])
+            w.payments[pid] = (amount, pts, refunded + part, clawed + out[5], used, returned + out[10][2])
         elif op[0] == "check":
             day += op[1]
             out = w.event({"event_id": f"c{w.n}", "type": "wallet_check", "member_id": "m",
@@ -170,10 +173,10 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
             w.move(out[2], out[1])
         w.check()
     # Every payment fully refunded claws back exactly what it earned, never more.
-    for amount, pts, refunded, clawed in w.payments.values():
-        assert clawed <= pts
+    for amount, pts, refunded, clawed, used, returned in w.payments.values():
+        assert clawed <= pts and returned <= used
         if refunded == amount:
-            assert clawed == pts
+            assert (clawed, returned) == (pts, used)
 
 
 def _by_month(state_json: str | None) -> dict[int, int]:

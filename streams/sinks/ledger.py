@@ -27,7 +27,8 @@ UTC = dt.UTC
 
 LEDGER_COLUMNS = (
     "event_id", "member_id", "kind", "points", "amount_fen", "bu_id", "format", "merchant_id",
-    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain", "lots", "batch_index",
+    "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain", "lots",
+    "batch_index",
 )
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",

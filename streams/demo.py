@@ -165,8 +165,8 @@ def _settled(worker: WorkerProcess) -> bool:
     """Every callback Kafka took (and every credited guest payment) has been processed."""
     m = worker.metrics()
     done = (m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
-            + m["events_guest_total"])
-    return done >= m["callbacks_accepted_total"] + m["guest_payments_credited_total"]
+            + m["events_guest_total"] + m["refunds_held_total"])
+    return done >= m["callbacks_accepted_total"] + m["guest_payments_credited_total"] + m["refunds_released_total"]
 
 
 def _fmt(n: int) -> str:
@@ -244,8 +244,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     sent = len(results)
     equal = rec["redis_total"] == rec["ledger_total"] and rec["clean"]
     credited = m["guest_payments_credited_total"]
+    held = m["refunds_held_total"] - m["refunds_released_total"]
     counts_tie = (m["events_applied_total"] == totals["events"]
-                  and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"]
+                  and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
                   == len(accepted_ids) + credited)
     lines = [
         "",
@@ -259,6 +260,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"events applied                 {_fmt(m['events_applied_total']):>12}",
         f"duplicates (no second effect)  {_fmt(m['events_duplicate_total']):>12}",
         f"refused by the rules           {_fmt(m['events_rejected_total']):>12}",
+        f"refunds held for their payment {_fmt(held):>12}   (refunds of payments not seen yet)",
         f"guest payments (no member yet) {_fmt(m['events_guest_total']):>12}   "
         f"credited after registering {_fmt(credited)}",
         f"member events applied          {_fmt(totals['member_events']):>12}   (registrations, sign-ins)",

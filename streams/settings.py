@@ -93,8 +93,10 @@ class Settings:
     def from_env(cls) -> Settings:
         d = cls()
         return cls(
-            kafka_bootstrap=_str("LOYALTY_KAFKA_BOOTSTRAP", d.kafka_bootstrap),
-            redis_url=_str("LOYALTY_REDIS_URL", d.redis_url),
+            # scripts/services reads LOYALTY_KAFKA_PORT / LOYALTY_REDIS_PORT too: one
+            # variable moves both the service and its clients.
+            kafka_bootstrap=_str("LOYALTY_KAFKA_BOOTSTRAP", f"127.0.0.1:{_int('LOYALTY_KAFKA_PORT', 9092, 1)}"),
+            redis_url=_str("LOYALTY_REDIS_URL", f"redis://127.0.0.1:{_int('LOYALTY_REDIS_PORT', 6380, 1)}/0"),
             clickhouse_dsn=_str("LOYALTY_CLICKHOUSE_DSN", d.clickhouse_dsn),
             rules_path=Path(_str("LOYALTY_RULES", str(d.rules_path))),
             app_id=_str("LOYALTY_APP_ID", d.app_id),

@@ -166,6 +166,15 @@ async def _apply_now(member_id: str, seq: int, state_json: str, move: EventMove)
 MAX_ATTEMPTS = 20
 
 
+def _member_of(body: bytes) -> str | None:
+    """The valid `member_id` of a JSON request body, or None."""
+    try:
+        member_id = orjson.loads(body).get("member_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return member_id if isinstance(member_id, str) and is_valid_id(member_id) else None
+
+
 @app.page("/v1/redemptions")
 class Redemptions(View):
     """Spend points: checked and deducted atomically (oldest lots first), answered at once.
@@ -179,10 +188,8 @@ class Redemptions(View):
         if not is_valid_id(key):
             return await _reject(self, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars",
                                  body, field="Idempotency-Key")
-        try:
-            member_id = orjson.loads(body)["member_id"]
-            assert isinstance(member_id, str) and is_valid_id(member_id)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+        member_id = _member_of(body)
+        if member_id is None:
             return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
@@ -260,10 +267,8 @@ class HoldRelease(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
-        try:
-            member_id = orjson.loads(body)["member_id"]
-            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+        member_id = _member_of(body)
+        if member_id is None or not is_valid_id(hold_id):
             return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
@@ -285,10 +290,8 @@ class RedemptionReversal(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
-        try:
-            member_id = orjson.loads(body)["member_id"]
-            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(redemption_id)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+        member_id = _member_of(body)
+        if member_id is None or not is_valid_id(redemption_id):
             return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         reversal_id = f"{redemption_id}:reverse"

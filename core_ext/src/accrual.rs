@@ -292,6 +292,40 @@ pub fn accrue_refund(
     ))
 }
 
+/// The ledger row of a payment or refund event, before any kind-specific field.
+#[allow(clippy::too_many_arguments)]
+fn row_of<'a>(
+    rules: &'a RuleSet,
+    ev: &'a PaymentEvent,
+    member_id: &'a str,
+    kind: &'a str,
+    points: i64,
+    parts: &'a [Part],
+    tier: &'a str,
+    now_ms: i64,
+) -> LedgerRow<'a> {
+    LedgerRow {
+        event_id: &ev.event_id,
+        member_id,
+        kind,
+        points,
+        amount_fen: ev.amount_fen,
+        bu_id: &ev.bu_id,
+        format: rules.business_units.get(&ev.bu_id).map_or("", |b| b.format.as_str()),
+        merchant_id: &ev.merchant_id,
+        category: rules.category_of(&ev.merchant_id, &ev.category),
+        channel: &ev.channel,
+        occurred_at_ms: ev.occurred_at_ms,
+        refund_of: ev.refund_of.as_deref().unwrap_or(""),
+        tier,
+        rules_version: &rules.version,
+        processed_at_ms: now_ms,
+        explain: parts,
+        lots: &[],
+    }
+}
+
+/// The rows of a payment or refund: its own, and a tier change it caused.
 #[allow(clippy::too_many_arguments)]
 fn payment_rows(
     rules: &RuleSet,
@@ -304,26 +338,7 @@ fn payment_rows(
     change: Option<&TierChange>,
     now_ms: i64,
 ) -> String {
-    let format = rules.business_units.get(&ev.bu_id).map_or("", |b| b.format.as_str());
-    let row = LedgerRow {
-        event_id: &ev.event_id,
-        member_id,
-        kind,
-        points,
-        amount_fen: ev.amount_fen,
-        bu_id: &ev.bu_id,
-        format,
-        merchant_id: &ev.merchant_id,
-        category: rules.category_of(&ev.merchant_id, &ev.category),
-        channel: &ev.channel,
-        occurred_at_ms: ev.occurred_at_ms,
-        refund_of: ev.refund_of.as_deref().unwrap_or(""),
-        tier,
-        rules_version: &rules.version,
-        processed_at_ms: now_ms,
-        explain: parts,
-        lots: &[],
-    };
+    let row = row_of(rules, ev, member_id, kind, points, parts, tier, now_ms);
     match change {
         None => rows_json(&[row]),
         Some(c) => {
@@ -341,6 +356,7 @@ fn payment_rows(
     }
 }
 
+/// A second row of a payment or refund: points used at the till, or given back.
 #[allow(clippy::too_many_arguments)]
 fn extra_row(
     rules: &RuleSet,
@@ -354,23 +370,10 @@ fn extra_row(
     now_ms: i64,
 ) -> String {
     let row = LedgerRow {
-        event_id: &ev.event_id,
-        member_id,
-        kind,
-        points,
         amount_fen: 0,
-        bu_id: &ev.bu_id,
-        format: rules.business_units.get(&ev.bu_id).map_or("", |b| b.format.as_str()),
-        merchant_id: &ev.merchant_id,
-        category: rules.category_of(&ev.merchant_id, &ev.category),
         channel: "points",
-        occurred_at_ms: ev.occurred_at_ms,
-        refund_of: ev.refund_of.as_deref().unwrap_or(""),
-        tier,
-        rules_version: &rules.version,
-        processed_at_ms: now_ms,
-        explain: parts,
         lots,
+        ..row_of(rules, ev, member_id, kind, points, parts, tier, now_ms)
     };
     serde_json::to_string(&row).expect("a ledger row always serialises")
 }

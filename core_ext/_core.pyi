@@ -64,6 +64,9 @@ class RuleSet:
     def campaigns(self) -> list[tuple[str, int | None]]:
         """(campaign id, budget points or None), in file order."""
     @property
+    def utc_offset_minutes(self) -> int:
+        """The group's local time offset (dates, days, months)."""
+    @property
     def guest_credit_days(self) -> int:
         """Days within which registering credits a guest's payments (0: never)."""
 

@@ -172,6 +172,37 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settlement_statement(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    query = f"/v1/admin/settlement/statement?date={args.date}"
+    if args.bu:
+        query += f"&bu={args.bu}"
+    if args.merchant:
+        query += f"&merchant={args.merchant}"
+    try:
+        st = admin_get(settings, query)
+    except urllib.error.HTTPError as exc:
+        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1 if exc.code == 400 else 2
+    except urllib.error.URLError as exc:
+        print(f"error: no worker at {settings.base_url} ({exc.reason})", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    scope = f" business unit {st['bu']}" if st["bu"] else f" merchant {st['merchant']}" if st["merchant"] else ""
+    print(f"Settlement statement {st['date']}{scope}")
+    print(f"{'account':32}{'amount (fen)':>16}{'points':>14}{'lines':>8}")
+    for a in st["accounts"]:
+        print(f"{a['account']:32}{a['amount_fen']:>16,}{a['points']:>14,}{a['lines']:>8,}")
+    print("net positions:")
+    for p in st["positions"]:
+        print(f"  {p['party']:30} {p['direction']:8} {p['amount_fen']:>14,} fen")
+    print(f"balanced: {'yes' if st['balanced'] else 'NO'}; points tie out to the ledger: "
+          f"{'yes' if st['ties_out'] else 'NO'} ({st['members_points']:,} / {st['ledger_points']:,})")
+    return 0 if st["balanced"] and st["ties_out"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -213,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)
+
+    settlement = sub.add_parser("settlement", help="settlement between business units and merchants")
+    ssub = settlement.add_subparsers(dest="settlement_command", required=True, metavar="ACTION")
+    s = ssub.add_parser("statement", help="net positions of one day: per account, who owes whom")
+    s.add_argument("--date", required=True, help="local day, YYYY-MM-DD")
+    who = s.add_mutually_exclusive_group()
+    who.add_argument("--bu", default="", help="only this business unit")
+    who.add_argument("--merchant", default="", help="only this merchant")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_settlement_statement)
 
     s = sub.add_parser("rebuild", help="recreate Redis state (balances, lots, tiers, event records) from the ledger")
     s.add_argument("--page", type=int, default=500, help="members per request (default 500)")

@@ -400,6 +400,49 @@ class Reconcile(View):
         return json_response(self, await reconcile())
 
 
+@app.page("/v1/admin/settlement/statement")
+class SettlementStatement(View):
+    """Per account net positions of one local day, for the group, a BU or a merchant."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        q = request.query
+        try:
+            day = dt.date.fromisoformat(q.get("date", ""))
+        except ValueError:
+            return error_response(self, 400, "date: YYYY-MM-DD is required", "date")
+        bu, merchant = q.get("bu", ""), q.get("merchant", "")
+        if (bu and not is_valid_id(bu)) or (merchant and not is_valid_id(merchant)):
+            return error_response(self, 400, "bu / merchant: invalid id", "bu")
+        return json_response(self, await settlement_statement(day, bu, merchant))
+
+
+async def settlement_statement(day: dt.date, bu: str = "", merchant: str = "") -> dict[str, Any]:
+    rt = await runtime.started()
+    offset_s = int(rt.rules.utc_offset_minutes) * 60
+    params = {"day": day, "bu": bu, "merchant": merchant, "offset_s": offset_s}
+    accounts = await rt.ledger.query("settlement_statement", params)
+    ledger = (await rt.ledger.query("ledger_day_points", params))[0]
+    members_points = sum(int(a["points"]) for a in accounts if a["account"] == "members")
+    positions = []
+    for a in accounts:
+        amount = int(a["amount_fen"])
+        if a["account"].startswith(("bu:", "merchant:")) and amount != 0:
+            positions.append({"party": a["account"], "amount_fen": abs(amount),
+                              "direction": "is owed" if amount > 0 else "owes"})
+    return {
+        "date": day.isoformat(), "bu": bu or None, "merchant": merchant or None,
+        "accounts": [{"account": a["account"], "amount_fen": int(a["amount_fen"]), "points": int(a["points"]),
+                      "lines": int(a["lines"])} for a in accounts],
+        "positions": positions,
+        "balanced": sum(int(a["amount_fen"]) for a in accounts) == 0 and sum(int(a["points"]) for a in accounts) == 0,
+        "ledger_points": int(ledger["points"] or 0),
+        "members_points": members_points,
+        "ties_out": members_points == int(ledger["points"] or 0),
+    }
+
+
 @app.page("/v1/admin/rebuild")
 class Rebuild(View):
     """Recreates Redis state from the ledger, one page of members per call."""

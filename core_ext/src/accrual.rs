@@ -10,6 +10,7 @@ use crate::rules::{RuleSet, Shortfall};
 use crate::state::MemberState;
 use crate::tiers::{self, TierChange};
 use crate::time::{Local, DAY_MS};
+use crate::settlement;
 use crate::wallet;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -194,7 +195,19 @@ pub fn accrue_payment(
     let window = rules.return_window_days(bu, category);
     let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
     wallet::credit(state, total, local.month_index as i64, pending);
-    let mut rows = payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), now_ms);
+    let (bp, min_fen) = rules.contract(&ev.merchant_id);
+    let split = settlement::split_payment(ev.amount_fen, bp, min_fen, rules.paid_fen(&ev.bu_id, ev.points_used));
+    let lines = settlement::payment_lines(
+        &ev.bu_id,
+        &ev.merchant_id,
+        &split,
+        total,
+        rules.funding_fen(&ev.bu_id, total),
+        ev.points_used,
+        1,
+    );
+    let mut rows =
+        payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), &lines, now_ms);
     if ev.points_used > 0 {
         let (lots, short) = wallet::spend_used(rules, state, ev.hold_id.as_deref(), ev.points_used, ev.occurred_at_ms);
         let mut used_parts = vec![Part::new("points_used", ev.hold_id.clone().unwrap_or_default(), -ev.points_used)];
@@ -268,7 +281,20 @@ pub fn accrue_refund(
     if taken < clawback {
         parts.push(Part::new("owed", format!("{}", clawback - taken), 0));
     }
-    let mut rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, now_ms);
+    let (bp, min_fen) = rules.contract(&ev.merchant_id);
+    let original_split =
+        settlement::split_payment(original.amount_fen, bp, min_fen, rules.paid_fen(&ev.bu_id, original.used));
+    let reversed = settlement::split_refund(&original_split, original.refunded_amount_fen, ev.amount_fen);
+    let lines = settlement::payment_lines(
+        &ev.bu_id,
+        &ev.merchant_id,
+        &reversed,
+        taken,
+        rules.funding_fen(&ev.bu_id, taken),
+        returned,
+        -1,
+    );
+    let mut rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, &lines, now_ms);
     if returned > 0 {
         // Points the member used in the payment come back with the refund.
         wallet::credit(state, returned, local.month_index as i64, None);
@@ -322,6 +348,7 @@ fn row_of<'a>(
         processed_at_ms: now_ms,
         explain: parts,
         lots: &[],
+        settlement: &[],
     }
 }
 
@@ -336,9 +363,10 @@ fn payment_rows(
     parts: &[Part],
     tier: &str,
     change: Option<&TierChange>,
+    lines: &[settlement::Line],
     now_ms: i64,
 ) -> String {
-    let row = row_of(rules, ev, member_id, kind, points, parts, tier, now_ms);
+    let row = LedgerRow { settlement: lines, ..row_of(rules, ev, member_id, kind, points, parts, tier, now_ms) };
     match change {
         None => rows_json(&[row]),
         Some(c) => {
@@ -349,6 +377,7 @@ fn payment_rows(
                 amount_fen: 0,
                 tier: &c.to,
                 explain: &explain,
+                settlement: &[],
                 ..row.clone()
             };
             rows_json(&[row, change_row])

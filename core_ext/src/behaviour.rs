@@ -145,6 +145,22 @@ pub fn apply_member_event(
     }
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
     let kind = if expired.is_empty() { ev.kind.as_str() } else { "expire" };
+    let lines = if expired.is_empty() {
+        // Behaviour points are the group's marketing: the pool issues them.
+        let mut l = vec![
+            crate::settlement::Line::points("members", points),
+            crate::settlement::Line::points("pool", -points),
+        ];
+        l.retain(|x| x.points != 0);
+        l
+    } else {
+        let s = &rules.settlement;
+        crate::settlement::expiry_lines(
+            -points,
+            crate::settlement::value_of(-points, s.breakage_fen_per_100, 100),
+            &s.breakage_to,
+        )
+    };
     let base = LedgerRow {
         event_id: &ev.event_id,
         member_id: &ev.member_id,
@@ -163,12 +179,13 @@ pub fn apply_member_event(
         processed_at_ms: now_ms,
         explain: &parts,
         lots: &expired,
+        settlement: &lines,
     };
     let rows = match &change {
         None => rows_json(&[base]),
         Some(c) => {
             let explain = [Part::new(c.reason, format!("{}->{}", c.from, c.to), 0)];
-            rows_json(&[LedgerRow { kind: "tier_change", tier: &c.to, explain: &explain, ..base }])
+            rows_json(&[LedgerRow { kind: "tier_change", tier: &c.to, explain: &explain, settlement: &[], ..base }])
         }
     };
     Ok(Applied {

@@ -101,6 +101,11 @@ impl PyRuleSet {
     }
 
     #[getter]
+    fn utc_offset_minutes(&self) -> i64 {
+        self.inner.utc_offset_minutes
+    }
+
+    #[getter]
     fn guest_credit_days(&self) -> i64 {
         self.inner.guest_credit_days
     }

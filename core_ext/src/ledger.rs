@@ -40,6 +40,9 @@ pub struct LedgerRow<'a> {
     /// Lots a spend, reversal or expiry touched: [month_index, points].
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub lots: &'a [[i64; 2]],
+    /// The event's settlement lines (on its first row only); they sum to zero.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub settlement: &'a [crate::settlement::Line],
 }
 
 /// The rows of one event, as a JSON array.

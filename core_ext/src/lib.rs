@@ -10,6 +10,7 @@ pub mod events;
 pub mod ledger;
 pub mod rules;
 pub mod rules_file;
+pub mod settlement;
 pub mod simulate;
 pub mod state;
 pub mod tiers;

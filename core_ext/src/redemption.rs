@@ -100,6 +100,7 @@ pub fn redeem(
     };
     let format = rules.business_units[&req.bu_id].format.as_str();
     let parts = [Part::new("redeem", req.kind.clone(), -points)];
+    let lines = crate::settlement::spend_lines(&req.bu_id, points, rules.paid_fen(&req.bu_id, points));
     let row = LedgerRow {
         event_id: redemption_id,
         member_id: &req.member_id,
@@ -118,6 +119,7 @@ pub fn redeem(
         processed_at_ms: now_ms,
         explain: &parts,
         lots: &lots,
+        settlement: &lines,
     };
     let result = json!({
         "redemption_id": redemption_id, "status": "redeemed", "member_id": req.member_id, "bu_id": req.bu_id,
@@ -160,6 +162,7 @@ pub fn reverse(
     let tier = tiers::effective_tier(rules, state, now_ms);
     let format = rules.business_units.get(&row.bu_id).map_or("", |b| b.format.as_str());
     let parts = [Part::new("reverse", row.event_id.clone(), points)];
+    let lines = crate::settlement::spend_lines(&row.bu_id, -points, -rules.paid_fen(&row.bu_id, points));
     let out = LedgerRow {
         event_id: &reversal_id,
         member_id: &row.member_id,
@@ -178,6 +181,7 @@ pub fn reverse(
         processed_at_ms: now_ms,
         explain: &parts,
         lots: &row.lots,
+        settlement: &lines,
     };
     let result = json!({
         "redemption_id": row.event_id, "status": "reversed", "member_id": row.member_id, "points": points,

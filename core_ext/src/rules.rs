@@ -45,6 +45,37 @@ pub struct Merchant {
     pub bu: String,
     pub category: String,
     pub rate: Option<Rate>,
+    /// The mall's commission on this merchant's payments, basis points, and its minimum.
+    pub commission_bp: Option<i64>,
+    pub commission_min_fen: i64,
+}
+
+/// How business units settle points with the pool, and where breakage goes.
+#[derive(Debug, Clone)]
+pub struct SettlementRules {
+    /// Fen a business unit pays the pool per 100 points it issues.
+    pub fund_fen_per_100: HashMap<String, i64>,
+    /// Fen the pool pays a business unit per 100 points spent in it (default: its
+    /// redemption rate).
+    pub paid_fen_per_100: HashMap<String, i64>,
+    pub default_fund_fen_per_100: i64,
+    pub default_commission_bp: i64,
+    /// "pool" or a business unit id.
+    pub breakage_to: String,
+    pub breakage_fen_per_100: i64,
+}
+
+impl Default for SettlementRules {
+    fn default() -> Self {
+        SettlementRules {
+            fund_fen_per_100: HashMap::default(),
+            paid_fen_per_100: HashMap::default(),
+            default_fund_fen_per_100: 100,
+            default_commission_bp: 0,
+            breakage_to: "pool".into(),
+            breakage_fen_per_100: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +251,7 @@ pub struct RuleSet {
     /// Days after a guest payment within which registering credits it.
     pub guest_credit_days: i64,
     pub wallet: WalletRules,
+    pub settlement: SettlementRules,
 }
 
 impl RuleSet {
@@ -251,6 +283,31 @@ impl RuleSet {
                 .find(|r| r.formats.as_ref().is_none_or(|f| f.contains(&bu.format)))
                 .map_or(0, |r| r.return_window_days)
         })
+    }
+
+    /// Fen the issuing business unit pays the pool for `points`.
+    pub fn funding_fen(&self, bu_id: &str, points: i64) -> i64 {
+        let per100 = self.settlement.fund_fen_per_100.get(bu_id).copied().unwrap_or(self.settlement.default_fund_fen_per_100);
+        crate::settlement::value_of(points, per100, 100)
+    }
+
+    /// Fen the pool pays a business unit for `points` spent in it.
+    pub fn paid_fen(&self, bu_id: &str, points: i64) -> i64 {
+        match self.settlement.paid_fen_per_100.get(bu_id) {
+            Some(&per100) => crate::settlement::value_of(points, per100, 100),
+            None => {
+                let r = self.redemption_rate(bu_id);
+                crate::settlement::value_of(points, r.value_fen, r.points)
+            }
+        }
+    }
+
+    /// (commission basis points, minimum fen) of a merchant's contract.
+    pub fn contract(&self, merchant_id: &str) -> (i64, i64) {
+        match self.merchants.get(merchant_id) {
+            Some(m) => (m.commission_bp.unwrap_or(self.settlement.default_commission_bp), m.commission_min_fen),
+            None => (self.settlement.default_commission_bp, 0),
+        }
     }
 
     /// The redemption rate at a business unit.

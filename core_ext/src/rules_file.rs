@@ -41,6 +41,8 @@ struct RawRuleSet {
     behaviour: Option<RawBehaviour>,
     #[serde(default)]
     wallet: Option<RawWallet>,
+    #[serde(default)]
+    settlement: Option<RawSettlement>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +113,27 @@ struct RawMerchant {
     name: Option<String>,
     points: Option<S<i64>>,
     per_fen: Option<S<i64>>,
+    commission_bp: Option<S<i64>>,
+    commission_min_fen: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettlement {
+    default_fund_fen_per_100: Option<S<i64>>,
+    default_commission_bp: Option<S<i64>>,
+    breakage_to: Option<S<String>>,
+    breakage_fen_per_100: Option<S<i64>>,
+    #[serde(default)]
+    bus: Vec<RawSettlementBu>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettlementBu {
+    bu: S<String>,
+    fund_fen_per_100: Option<S<i64>>,
+    paid_fen_per_100: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -414,7 +437,16 @@ impl RuleSet {
             }
             let category = src.id(&m.category, &format!("{field}.category"))?;
             let rate = src.opt_rate(&field, m.id.span(), &m.points, &m.per_fen)?;
-            let merchant = Merchant { id: id.clone(), bu: m.bu.get_ref().clone(), category, rate };
+            let merchant = Merchant {
+                id: id.clone(),
+                bu: m.bu.get_ref().clone(),
+                category,
+                rate,
+                commission_bp: src.opt_int(&m.commission_bp, &format!("{field}.commission_bp"), 0..=10_000)?,
+                commission_min_fen: src
+                    .opt_int(&m.commission_min_fen, &format!("{field}.commission_min_fen"), 0..=100_000_000)?
+                    .unwrap_or(0),
+            };
             if merchants.insert(id.clone(), merchant).is_some() {
                 return src.err(m.id.span(), &format!("{field}.id"), format!("duplicate merchant {id:?}"));
             }
@@ -481,6 +513,7 @@ impl RuleSet {
 
         let behaviour = load_behaviour(&src, raw.behaviour.as_ref())?;
         let wallet = load_wallet(&src, raw.wallet.as_ref(), &business_units)?;
+        let settlement = load_settlement(&src, raw.settlement.as_ref(), &business_units)?;
 
         Ok(RuleSet {
             version: raw.version.get_ref().trim().to_string(),
@@ -500,6 +533,7 @@ impl RuleSet {
             behaviour,
             guest_credit_days,
             wallet,
+            settlement,
         })
     }
 }
@@ -712,6 +746,42 @@ fn load_wallet(
         }
         let rr = rate(&RawRedemptionRate { points: r.points.clone(), value_fen: r.value_fen.clone() }, &field)?;
         out.rates_by_bu.insert(r.bu.get_ref().clone(), rr);
+    }
+    Ok(out)
+}
+
+fn load_settlement(
+    src: &Source,
+    raw: Option<&RawSettlement>,
+    bus: &HashMap<String, BusinessUnit>,
+) -> CoreResult<SettlementRules> {
+    let Some(r) = raw else { return Ok(SettlementRules::default()) };
+    let fen = 0..=1_000_000;
+    let mut out = SettlementRules {
+        default_fund_fen_per_100: src
+            .opt_int(&r.default_fund_fen_per_100, "settlement.default_fund_fen_per_100", fen.clone())?
+            .unwrap_or(100),
+        default_commission_bp: src.opt_int(&r.default_commission_bp, "settlement.default_commission_bp", 0..=10_000)?.unwrap_or(0),
+        breakage_fen_per_100: src.opt_int(&r.breakage_fen_per_100, "settlement.breakage_fen_per_100", fen.clone())?.unwrap_or(100),
+        ..SettlementRules::default()
+    };
+    if let Some(to) = &r.breakage_to {
+        if to.get_ref() != "pool" && !bus.contains_key(to.get_ref()) {
+            return src.err(to.span(), "settlement.breakage_to", "must be \"pool\" or a business unit id");
+        }
+        out.breakage_to = to.get_ref().clone();
+    }
+    for (i, b) in r.bus.iter().enumerate() {
+        let field = format!("settlement.bus[{i}]");
+        if !bus.contains_key(b.bu.get_ref()) {
+            return src.err(b.bu.span(), &format!("{field}.bu"), format!("unknown business unit {:?}", b.bu.get_ref()));
+        }
+        if let Some(v) = src.opt_int(&b.fund_fen_per_100, &format!("{field}.fund_fen_per_100"), fen.clone())? {
+            out.fund_fen_per_100.insert(b.bu.get_ref().clone(), v);
+        }
+        if let Some(v) = src.opt_int(&b.paid_fen_per_100, &format!("{field}.paid_fen_per_100"), fen.clone())? {
+            out.paid_fen_per_100.insert(b.bu.get_ref().clone(), v);
+        }
     }
     Ok(out)
 }

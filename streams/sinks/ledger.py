@@ -30,6 +30,10 @@ LEDGER_COLUMNS = (
     "category", "channel", "occurred_at", "refund_of", "tier", "rules_version", "processed_at", "explain", "lots",
     "batch_index",
 )
+SETTLEMENT_COLUMNS = (
+    "event_id", "kind", "line_no", "member_id", "account", "amount_fen", "points", "bu_id", "merchant_id",
+    "occurred_at", "processed_at",
+)
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
     "channel", "occurred_at", "refund_of", "processed_at",
@@ -74,6 +78,24 @@ def row_values(row: dict[str, Any]) -> list[Any]:
         orjson.dumps(row["lots"]).decode() if row.get("lots") else "",
         row.get("batch_index", 0),
     ]
+
+
+def settlement_values(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settlement lines the core put on ledger rows, one dict per line."""
+    out = []
+    for r in rows:
+        for n, line in enumerate(r.get("settlement", ())):
+            out.append({"event_id": r["event_id"], "kind": r["kind"], "line_no": n, "member_id": r["member_id"],
+                        "account": line["account"], "amount_fen": line["amount_fen"], "points": line["points"],
+                        "bu_id": r["bu_id"], "merchant_id": r["merchant_id"],
+                        "occurred_at_ms": r["occurred_at_ms"], "processed_at_ms": r["processed_at_ms"]})
+    return out
+
+
+def line_values(line: dict[str, Any]) -> list[Any]:
+    return [line["event_id"], line["kind"], line["line_no"], line["member_id"], line["account"], line["amount_fen"],
+            line["points"], line["bu_id"], line["merchant_id"], _ms_to_datetime(line["occurred_at_ms"]),
+            _ms_to_datetime(line["processed_at_ms"])]
 
 
 def guest_values(fact: dict[str, Any]) -> list[Any]:
@@ -135,6 +157,8 @@ class LedgerStore:
         for table, items, columns, to_values, ident in (
             ("ledger", rows, LEDGER_COLUMNS, row_values, ("member_id", "event_id", "kind")),
             ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),
+            ("settlement_lines", settlement_values(rows), SETTLEMENT_COLUMNS, line_values,
+             ("event_id", "kind", "line_no")),
         ):
             if not items:
                 continue

@@ -57,6 +57,8 @@ class Wallet:
         self.credited: dict[int, int] = {}
         self.spent: dict[int, int] = {}
         self.n = 0
+        self.members_points = 0
+        self.pool_points = 0
 
     def event(self, body: dict[str, Any], original: tuple[int, int, int, int, int, int] | None = None
               ) -> tuple[Any, ...]:
@@ -71,10 +73,21 @@ class Wallet:
         assert sum(r["points"] for r in rows) == points
         self.balance += points
         self.ledger += sum(r["points"] for r in rows)
+        lines = [line for r in rows for line in r.get("settlement", [])]
+        # Every event's settlement lines balance, in fen and in points...
+        assert sum(line["amount_fen"] for line in lines) == 0
+        assert sum(line["points"] for line in lines) == 0
+        # ...and the members' side of the points pool moves exactly with the balance,
+        # so the pool's position is always -(issued - spent - expired).
+        self.members_points += sum(line["points"] for line in lines if line["account"] == "members")
+        self.pool_points += sum(line["points"] for line in lines if line["account"] == "pool")
+        if rows[0]["kind"] == "earn":
+            paid = -sum(line["amount_fen"] for line in lines if line["account"] == "gateway")
+            assert paid == rows[0]["amount_fen"], "the split must add up to the paid amount"
 
     def check(self) -> None:
         state = orjson.loads(self.state or "{}")
-        assert wallet_total(state) == self.balance == self.ledger
+        assert wallet_total(state) == self.balance == self.ledger == self.members_points == -self.pool_points
         assert all(lot[1] > 0 for lot in state.get("lots", []))
         for month, spent in self.spent.items():
             assert spent <= self.credited.get(month, 0), "a lot was spent beyond what it held"

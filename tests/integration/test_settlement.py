@@ -1,0 +1,115 @@
+"""Settlement over the real services: a payment with points used produces the exact
+split and pool lines, a partial refund reverses its share, a redemption pays the
+business unit from the pool, and the day's statement balances and ties out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.devtools import WorkerProcess
+from streams.signing import signed_headers
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+version = "settle-1"
+utc_offset_minutes = 480
+[formats.mall]
+points = 1
+per_fen = 100
+[formats.convenience]
+points = 1
+per_fen = 100
+[[business_units]]
+id = "mall"
+format = "mall"
+[[business_units]]
+id = "cvs"
+format = "convenience"
+[[merchants]]
+id = "shop-c"
+bu = "mall"
+category = "fashion"
+commission_bp = 550
+commission_min_fen = 100
+[[tiers]]
+id = "normal"
+multiplier_pct = 100
+[wallet]
+[wallet.default_rate]
+points = 100
+value_fen = 100
+[[wallet.bu_rates]]
+bu = "cvs"
+points = 100
+value_fen = 500
+[settlement]
+default_fund_fen_per_100 = 50
+breakage_to = "mall"
+[[settlement.bus]]
+bu = "cvs"
+fund_fen_per_100 = 80
+paid_fen_per_100 = 300
+"""
+
+
+def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
+    rules = tmp_path / "settle.toml"
+    rules.write_text(RULES)
+    w: WorkerProcess = worker_factory("settle", LOYALTY_RULES=str(rules))
+    w.start()
+    m = f"s-{uuid.uuid4().hex[:8]}"
+    day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    first = {"event_id": f"p1-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "mall",
+             "merchant_id": "shop-c", "category": "fashion", "amount_fen": 100_000, "channel": "wechat"}
+    assert w.send_callback(first)[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[0] == 200, timeout=30, what="the first payment")
+    # 1,000 points earned; now 300 of them pay part of a second payment at the same shop.
+    second = first | {"event_id": f"p2-{m}", "amount_fen": 20_000, "points_used": 300}
+    assert w.send_callback(second)[0] == 202
+    refund = second | {"event_id": f"r2-{m}", "type": "refund", "refund_of": f"p2-{m}", "amount_fen": 5_000}
+    refund.pop("points_used")
+    assert w.send_callback(refund)[0] == 202
+    body = orjson.dumps({"member_id": m, "bu_id": "cvs", "kind": "cash_offset", "points": 100})
+    status, _ = w.post("/v1/redemptions", body, {**signed_headers(w.callback_secret, body),
+                                                 "Idempotency-Key": f"rd-{m}"})
+    assert status == 201
+
+    def member_rows() -> int:
+        return len(w.get(f"/v1/members/{m}/ledger")[1]["rows"])
+    w.wait_until(lambda: member_rows() >= 5, timeout=30, what="the ledger rows")
+
+    status, st = w.get(f"/v1/admin/settlement/statement?date={day}&merchant=shop-c", admin=True)
+    assert status == 200, st
+    acc = {a["account"]: a for a in st["accounts"]}
+    # Payment 1: 100,000 fen, commission 5.5% = 5,500; 1,000 points funded at 0.5 fen = 500.
+    # Payment 2: 20,000 fen, commission 1,100; 300 points offset worth 300 fen, paid by the pool;
+    #            200 points earned, funded 100.
+    # Refund of 5,000 (a quarter): reverses 275 commission, 4,725 merchant, 75 offset; claws back 50
+    #            points (funding 25) and returns 75 used points.
+    assert acc["gateway"]["amount_fen"] == -(100_000 + 20_000 - 5_000)
+    assert acc["merchant:shop-c"]["amount_fen"] == (94_500 + 18_900 + 300) - (4_725 + 75)
+    assert acc["bu:mall"]["amount_fen"] == (5_500 - 500) + (1_100 - 100) - (275 - 25)
+    assert acc["pool"]["amount_fen"] == 500 + 100 - 300 - 25 + 75
+    assert acc["members"]["points"] == 1_000 + 200 - 300 - 50 + 75
+    assert st["balanced"] and st["ties_out"]
+
+    status, cvs = w.get(f"/v1/admin/settlement/statement?date={day}&bu=cvs", admin=True)
+    acc = {a["account"]: a for a in cvs["accounts"]}
+    assert acc["bu:cvs"]["amount_fen"] == 300 and acc["pool"]["amount_fen"] == -300  # 100 points at 3 fen
+    assert acc["members"]["points"] == -100 and cvs["balanced"]
+    assert {"party": "bu:cvs", "amount_fen": 300, "direction": "is owed"} in cvs["positions"]
+
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "settlement", "statement", "--date", str(day)],
+                         env=w.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "balanced: yes; points tie out to the ledger: yes" in out.stdout

@@ -28,17 +28,19 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     rt = await runtime.started()
     rows: list[dict[str, Any]] = []
     guests: list[dict[str, Any]] = []
+    parking: list[dict[str, Any]] = []
     for value in messages:
         try:
-            ledger, facts = decode_ledger_message(value)
+            ledger, facts, sessions = decode_ledger_message(value)
             rows.extend(ledger)
             guests.extend(facts)
+            parking.extend(sessions)
         except Exception as exc:
             await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
     backoff = 0.5
     while True:
         try:
-            await rt.ledger.write(rows, guests)
+            await rt.ledger.write(rows, guests, parking)
             counters["ledger_rows_written_total"] += len(rows)
             return len(rows)
         except Exception as exc:

@@ -13,6 +13,7 @@ __all__ = [
     "evaluate_batch",
     "hold_points",
     "member_view",
+    "parking_exit",
     "rebuild_member",
     "redeem",
     "release_hold",
@@ -63,6 +64,9 @@ class RuleSet:
     @property
     def campaigns(self) -> list[tuple[str, int | None]]:
         """(campaign id, budget points or None), in file order."""
+    @property
+    def car_parks(self) -> list[str]:
+        """Car park business unit ids, sorted."""
     @property
     def utc_offset_minutes(self) -> int:
         """The group's local time offset (dates, days, months)."""
@@ -161,3 +165,17 @@ def hold_points(
 
 def release_hold(state_json: str | None, hold_id: str) -> tuple[str | None, int]:
     """Gives a hold back to its lots: (new state JSON, points), or (None, 0) if there is no such hold."""
+
+def parking_exit(
+    rules: RuleSet,
+    car_park: str,
+    exit_event_id: str,
+    member_id: str | None,
+    state_json: str | None,
+    entry_ms: int,
+    exit_ms: int,
+    coupon_minutes: int,
+    auto_pay: bool,
+) -> tuple[str, str | None, str | None]:
+    """Prices an exit (schedule, tier, same-day spend, coupon, points): (fee JSON, new
+    state JSON, ledger rows JSON); state and rows are None when no points were used."""

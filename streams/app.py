@@ -68,6 +68,10 @@ member_events_topic = app.topic(
     settings.member_events_topic, internal=True, partitions=settings.partitions,
     key_serializer="raw", value_serializer="raw",
 )
+parking_topic = app.topic(
+    settings.parking_topic, internal=True, partitions=settings.partitions,
+    key_serializer="raw", value_serializer="raw",
+)
 notifications_topic = app.topic(
     settings.notifications_topic, internal=True, partitions=settings.partitions,
     key_serializer="raw", value_serializer="raw",

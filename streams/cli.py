@@ -27,10 +27,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import agents.accrual
     import agents.ledger
+    import agents.parking
     import streams.web  # noqa: F401  (registers the HTTP views)
     from streams.app import app
 
-    _ = agents.accrual, agents.ledger
+    _ = agents.accrual, agents.ledger, agents.parking
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

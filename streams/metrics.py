@@ -22,6 +22,7 @@ HELP = {
     "redemptions_refused_total": "Redemptions refused for insufficient points.",
     "reversals_total": "Redemptions reversed.",
     "holds_total": "Points locked for a checkout at the till.",
+    "parking_exits_total": "Car park exits priced and recorded.",
     "refunds_held_total": "Refunds that arrived before their payment, held until it is applied.",
     "refunds_released_total": "Held refunds sent again once their payment was applied.",
     "events_dead_lettered_total": "Events sent to the dead-letter topic with a reason.",

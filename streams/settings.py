@@ -74,6 +74,10 @@ class Settings:
         return f"{self.topic_prefix}.member-events"
 
     @property
+    def parking_topic(self) -> str:
+        return f"{self.topic_prefix}.parking"
+
+    @property
     def notifications_topic(self) -> str:
         return f"{self.topic_prefix}.coupon-pushes"
 

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -25,7 +26,15 @@ from faust.web import Request, Response, View
 
 import core_ext
 from streams import metrics
-from streams.app import app, ledger_topic, member_events_topic, payments_topic, runtime, send_dead_letter
+from streams.app import (
+    app,
+    ledger_topic,
+    member_events_topic,
+    parking_topic,
+    payments_topic,
+    runtime,
+    send_dead_letter,
+)
 from streams.metrics import counters
 from streams.records import is_valid_id
 from streams.signing import SignatureError, verify
@@ -124,6 +133,104 @@ class MemberCallback(View):
         if kind in ("tier_override", "tier_review"):
             return await _reject(self, 400, f"type: {kind} is for operators (admin API)", body, field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)
+
+
+PLATE = re.compile(r"^[0-9A-Za-z\u4e00-\u9fff]{2,16}$")
+
+
+def _parking_event(body: bytes, car_parks: set[str]) -> tuple[dict[str, Any] | None, str, str]:
+    """A validated parking event, or (None, field, reason)."""
+    try:
+        ev = orjson.loads(body)
+        assert isinstance(ev, dict)
+    except (orjson.JSONDecodeError, AssertionError):
+        return None, "body", "must be a JSON object"
+    for f in ("event_id", "gate"):
+        if not isinstance(ev.get(f), str) or not is_valid_id(ev[f]):
+            return None, f, "required: letters, digits, _ - . : @"
+    if ev.get("type") not in ("entry", "exit"):
+        return None, "type", 'must be "entry" or "exit"'
+    if not isinstance(ev.get("plate"), str) or not PLATE.fullmatch(ev["plate"]):
+        return None, "plate", "required: 2-16 letters, digits or Chinese characters"
+    if ev.get("car_park") not in car_parks:
+        return None, "car_park", f"must be one of {sorted(car_parks)}"
+    try:
+        at = dt.datetime.fromisoformat(ev["occurred_at"])
+        assert at.tzinfo is not None
+    except (KeyError, TypeError, ValueError, AssertionError):
+        return None, "occurred_at", "must be an ISO-8601 time with offset"
+    return ev, "", ""
+
+
+@app.page("/v1/callbacks/parking")
+class ParkingCallback(View):
+    """Entries and exits from the car park system, signed like payments; keyed by plate."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        rt = await runtime.started()
+        ev, field, reason = _parking_event(body, set(rt.rules.car_parks))
+        if ev is None:
+            return await _reject(self, 400, f"{field}: {reason}", body, field=field)
+        return await _publish(self, parking_topic, ev["plate"], body, ev["event_id"])
+
+
+@app.page("/v1/members/{member_id}/plates")
+class MemberPlates(View):
+    """Binds a car plate to a member (signed); `auto_pay` opts in to ticketless exits paid with points."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        try:
+            req = orjson.loads(body)
+            plate, auto_pay = req["plate"], bool(req.get("auto_pay", False))
+            assert is_valid_id(member_id) and isinstance(plate, str) and PLATE.fullmatch(plate)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return await _reject(self, 400, 'body: {"plate": "沪A12345", "auto_pay": true|false}', body, "plate")
+        rt = await runtime.started()
+        owner = await rt.balances.bind_plate(plate, member_id, auto_pay)
+        if owner != member_id:
+            return error_response(self, 409, f"plate {plate} is bound to another member", "plate")
+        return json_response(self, {"member_id": member_id, "plate": plate, "auto_pay": auto_pay}, 200)
+
+
+@app.page("/v1/parking/quote")
+class ParkingQuote(View):
+    """What leaving now would cost (for the gate, synchronously); nothing is applied."""
+
+    async def get(self, request: Request) -> Response:
+        rt = await runtime.started()
+        plate, park = request.query.get("plate", ""), request.query.get("car_park", "")
+        if not PLATE.fullmatch(plate) or park not in rt.rules.car_parks:
+            return error_response(self, 400, "plate and car_park (a configured car park) are required", "plate")
+        session = await rt.balances.redis.hgetall(rt.balances.parking_key(park, plate))
+        if not session:
+            return error_response(self, 404, f"no car {plate} inside {park}", "plate")
+        binding = await rt.balances.plate_binding(plate)
+        member_id = binding.get("member_id")
+        state = (await rt.balances.member_state(member_id))[1] if member_id else None
+        now = int(time.time() * 1000)
+        fee_json, _, _ = core_ext.parking_exit(rt.rules, park, "quote", member_id, state,
+                                               int(session["entry_ms"]), now, 0, binding.get("auto_pay") == "1")
+        return json_response(self, {"plate": plate, "car_park": park, "member_id": member_id,
+                                    **orjson.loads(fee_json)})
+
+
+@app.page("/v1/parking/sessions")
+class ParkingSessions(View):
+    async def get(self, request: Request) -> Response:
+        plate = request.query.get("plate", "")
+        if not PLATE.fullmatch(plate):
+            return error_response(self, 400, "plate is required", "plate")
+        rt = await runtime.started()
+        rows = await rt.ledger.query("parking_sessions_of_plate", {"plate": plate})
+        for r in rows:
+            r["deductions"] = orjson.loads(r["deductions"] or "[]")
+        return json_response(self, {"plate": plate, "sessions": rows})
 
 
 @app.page("/v1/members/{member_id}")

@@ -126,7 +126,8 @@ def new_state() -> dict[str, Any]:
         "earned_day": 0, "spend_last_day": None, "spend_streak": 0, "sign_in_last_day": None,
         "sign_in_streak": 0, "task_month": 0, "task_spend_fen": 0, "task_done": False, "review_day": 0,
         "reviews_today": 0, "referral_month": 0, "referrals_month": 0, "birthday_bonus_year": 0, "campaigns": {},
-        "lots": [], "pending": [], "neg": 0, "owed": 0, "reminded_month": 0,
+        "lots": [], "pending": [], "neg": 0, "owed": 0, "reminded_month": 0, "holds": {}, "spend_day": 0,
+        "spend_by_bu": {},
     }
 
 
@@ -395,6 +396,10 @@ def accrue_payment(r: RefRules, p: dict[str, Any], s: dict[str, Any], spent: dic
         s["day"] = local.day
         s["earned_day"] = 0
     s["earned_day"] += capped
+    if s["spend_day"] != local.day:
+        s["spend_day"] = local.day
+        s["spend_by_bu"] = {}
+    s["spend_by_bu"][p["bu_id"]] = s["spend_by_bu"].get(p["bu_id"], 0) + amount
     b = r.behaviour
     if "spend_streak" in b and amount >= b["spend_streak"].get("min_amount_fen", 0):
         last = s["spend_last_day"]

@@ -147,6 +147,11 @@ pub fn accrue_payment(
         state.earned_day = 0;
     }
     state.earned_day += capped;
+    if state.spend_day != local.day {
+        state.spend_day = local.day;
+        state.spend_by_bu.clear();
+    }
+    *state.spend_by_bu.entry(ev.bu_id.clone()).or_insert(0) += ev.amount_fen;
 
     // Behaviour rules a payment drives; not subject to the caps above.
     let b = &rules.behaviour;

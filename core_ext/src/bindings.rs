@@ -100,6 +100,14 @@ impl PyRuleSet {
         self.inner.campaigns.iter().map(|c| (c.id.clone(), c.budget_points)).collect()
     }
 
+    /// Car park business unit ids.
+    #[getter]
+    fn car_parks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.car_parks.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     #[getter]
     fn utc_offset_minutes(&self) -> i64 {
         self.inner.utc_offset_minutes
@@ -494,4 +502,44 @@ pub fn release_hold(state_json: Option<&str>, hold_id: &str) -> PyResult<(Option
         Some(h) => (Some(state.to_json()), h.points),
         None => (None, 0),
     })
+}
+
+/// Prices an exit and, when points pay, spends them: `(fee_json, state_json, rows_json)`,
+/// state and rows None when no points were used. Raises for an unknown car park.
+#[pyfunction]
+#[pyo3(signature = (rules, car_park, exit_event_id, member_id, state_json, entry_ms, exit_ms, coupon_minutes, auto_pay))]
+#[allow(clippy::too_many_arguments)]
+pub fn parking_exit(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    car_park: &str,
+    exit_event_id: &str,
+    member_id: Option<&str>,
+    state_json: Option<&str>,
+    entry_ms: i64,
+    exit_ms: i64,
+    coupon_minutes: i64,
+    auto_pay: bool,
+) -> PyResult<(String, Option<String>, Option<String>)> {
+    let park = rules.inner.car_parks.get(car_park).ok_or_else(|| {
+        core_error_to_py(py, CoreError::invalid_event("car_park", format!("unknown car park {car_park:?}")))
+    })?;
+    let mut state = match member_id {
+        Some(_) => Some(MemberState::from_json(state_json).map_err(PyValueError::new_err)?),
+        None => None,
+    };
+    let (fee, rows) = crate::parking::settle_exit(
+        &rules.inner,
+        park,
+        exit_event_id,
+        member_id,
+        state.as_mut(),
+        entry_ms,
+        exit_ms,
+        coupon_minutes,
+        auto_pay,
+    );
+    let fee_json = serde_json::to_string(&fee).expect("a fee always serialises");
+    let new_state = rows.as_ref().and(state.as_ref()).map(|s| s.to_json());
+    Ok((fee_json, new_state, rows))
 }

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod errors;
 pub mod events;
 pub mod ledger;
+pub mod parking;
 pub mod rules;
 pub mod rules_file;
 pub mod settlement;
@@ -53,6 +54,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::rebuild_member, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::hold_points, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::release_hold, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::parking_exit, m)?)?;
     Ok(())
 }
 

@@ -252,6 +252,8 @@ pub struct RuleSet {
     pub guest_credit_days: i64,
     pub wallet: WalletRules,
     pub settlement: SettlementRules,
+    /// Car parks by business unit id.
+    pub car_parks: HashMap<String, crate::parking::CarPark>,
 }
 
 impl RuleSet {

@@ -43,6 +43,34 @@ struct RawRuleSet {
     wallet: Option<RawWallet>,
     #[serde(default)]
     settlement: Option<RawSettlement>,
+    #[serde(default)]
+    parking: Option<RawParking>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParking {
+    #[serde(default)]
+    car_parks: Vec<RawCarPark>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCarPark {
+    bu: S<String>,
+    free_minutes: S<i64>,
+    price_per_hour_fen: S<i64>,
+    daily_cap_fen: S<i64>,
+    spend_bu: Option<S<String>>,
+    #[serde(default)]
+    spend_steps: Vec<RawSpendStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpendStep {
+    min_spend_fen: S<i64>,
+    free_minutes: S<i64>,
 }
 
 #[derive(Deserialize)]
@@ -514,6 +542,38 @@ impl RuleSet {
         let behaviour = load_behaviour(&src, raw.behaviour.as_ref())?;
         let wallet = load_wallet(&src, raw.wallet.as_ref(), &business_units)?;
         let settlement = load_settlement(&src, raw.settlement.as_ref(), &business_units)?;
+        let mut car_parks = HashMap::default();
+        for (i, c) in raw.parking.iter().flat_map(|p| p.car_parks.iter()).enumerate() {
+            let f = |n: &str| format!("parking.car_parks[{i}].{n}");
+            if !business_units.contains_key(c.bu.get_ref()) {
+                return src.err(c.bu.span(), &f("bu"), format!("unknown business unit {:?}", c.bu.get_ref()));
+            }
+            if let Some(sb) = &c.spend_bu {
+                if !business_units.contains_key(sb.get_ref()) {
+                    return src.err(sb.span(), &f("spend_bu"), format!("unknown business unit {:?}", sb.get_ref()));
+                }
+            }
+            let mut steps = Vec::new();
+            for (k, st) in c.spend_steps.iter().enumerate() {
+                let step = (
+                    src.int(&st.min_spend_fen, &f(&format!("spend_steps[{k}].min_spend_fen")), 0..=i64::MAX / 4)?,
+                    src.int(&st.free_minutes, &f(&format!("spend_steps[{k}].free_minutes")), 0..=10_080)?,
+                );
+                if steps.last().is_some_and(|p: &(i64, i64)| p.0 >= step.0) {
+                    return src.err(st.min_spend_fen.span(), &f("spend_steps"), "list steps by increasing min_spend_fen");
+                }
+                steps.push(step);
+            }
+            let park = crate::parking::CarPark {
+                bu: c.bu.get_ref().clone(),
+                free_minutes: src.int(&c.free_minutes, &f("free_minutes"), 0..=1_440)?,
+                price_per_hour_fen: src.int(&c.price_per_hour_fen, &f("price_per_hour_fen"), 0..=100_000)?,
+                daily_cap_fen: src.int(&c.daily_cap_fen, &f("daily_cap_fen"), 0..=10_000_000)?,
+                spend_bu: c.spend_bu.as_ref().map(|s| s.get_ref().clone()),
+                spend_steps: steps,
+            };
+            car_parks.insert(park.bu.clone(), park);
+        }
 
         Ok(RuleSet {
             version: raw.version.get_ref().trim().to_string(),
@@ -534,6 +594,7 @@ impl RuleSet {
             guest_credit_days,
             wallet,
             settlement,
+            car_parks,
         })
     }
 }

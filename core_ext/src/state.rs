@@ -87,6 +87,11 @@ pub struct MemberState {
     /// Points locked for a checkout at the till, by hold id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: BTreeMap<String, Hold>,
+    /// Today's spend per business unit (for free parking): the day it is for.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spend_day: i64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spend_by_bu: BTreeMap<String, i64>,
     /// Month index of the newest lot an expiry reminder was sent for.
     #[serde(skip_serializing_if = "is_zero")]
     pub reminded_month: i64,

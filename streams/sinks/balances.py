@@ -290,6 +290,27 @@ class BalanceStore:
         if when:
             await self.redis.zadd(key, when)
 
+    def parking_key(self, car_park: str, plate: str) -> str:
+        return f"{self.ns}:park:{car_park}:{plate}"
+
+    def parking_closed_key(self, exit_event_id: str) -> str:
+        return f"{self.ns}:park-closed:{exit_event_id}"
+
+    def plate_key(self, plate: str) -> str:
+        return f"{self.ns}:plate:{plate}"
+
+    async def plate_binding(self, plate: str) -> dict[str, str]:
+        return await self.redis.hgetall(self.plate_key(plate))  # type: ignore[no-any-return]
+
+    async def bind_plate(self, plate: str, member_id: str, auto_pay: bool) -> str:
+        """Binds a plate to a member unless another member has it; returns the owner."""
+        key = self.plate_key(plate)
+        await self.redis.hsetnx(key, "member_id", member_id)
+        owner = await self.redis.hget(key, "member_id")
+        if owner == member_id:
+            await self.redis.hset(key, "auto_pay", "1" if auto_pay else "0")
+        return owner  # type: ignore[no-any-return]
+
     def parked_key(self, member_id: str, payment_id: str) -> str:
         return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
 

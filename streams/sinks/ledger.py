@@ -34,6 +34,10 @@ SETTLEMENT_COLUMNS = (
     "event_id", "kind", "line_no", "member_id", "account", "amount_fen", "points", "bu_id", "merchant_id",
     "occurred_at", "processed_at",
 )
+PARKING_COLUMNS = (
+    "event_id", "status", "plate", "car_park", "member_id", "entry_at", "exit_at", "minutes", "gross_fee_fen",
+    "fee_fen", "points_used", "points_value_fen", "due_fen", "deductions",
+)
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
     "channel", "occurred_at", "refund_of", "processed_at",
@@ -98,6 +102,12 @@ def line_values(line: dict[str, Any]) -> list[Any]:
             _ms_to_datetime(line["processed_at_ms"])]
 
 
+def parking_values(s: dict[str, Any]) -> list[Any]:
+    return [s["event_id"], s["status"], s["plate"], s["car_park"], s["member_id"], _ms_to_datetime(s["entry_ms"]),
+            _ms_to_datetime(s["exit_ms"]), s["minutes"], s["gross_fee_fen"], s["fee_fen"], s["points_used"],
+            s["points_value_fen"], s["due_fen"], orjson.dumps(s["deductions"]).decode()]
+
+
 def guest_values(fact: dict[str, Any]) -> list[Any]:
     """A guest payment fact (the core's JSON) as values in GUEST_COLUMNS order."""
     return [
@@ -151,7 +161,8 @@ class LedgerStore:
             self._client = None
         self._executor.shutdown(wait=True)
 
-    async def write(self, rows: Sequence[dict[str, Any]], guests: Sequence[dict[str, Any]] = ()) -> None:
+    async def write(self, rows: Sequence[dict[str, Any]], guests: Sequence[dict[str, Any]] = (),
+                    parking: Sequence[dict[str, Any]] = ()) -> None:
         """One insert per table for the whole batch. The dedup token is a digest of the
         rows' identities, so an insert retried after an unclear failure is taken once."""
         for table, items, columns, to_values, ident in (
@@ -159,6 +170,7 @@ class LedgerStore:
             ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),
             ("settlement_lines", settlement_values(rows), SETTLEMENT_COLUMNS, line_values,
              ("event_id", "kind", "line_no")),
+            ("parking_sessions", parking, PARKING_COLUMNS, parking_values, ("car_park", "event_id")),
         ):
             if not items:
                 continue
@@ -180,11 +192,9 @@ class LedgerStore:
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
-def decode_ledger_message(value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A ledger-topic message: {"ledger": [rows], "guests": [facts]}, from the core."""
+def decode_ledger_message(value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A ledger-topic message: {"ledger": [rows], "guests": [facts], "parking": [sessions]}."""
     msg = orjson.loads(value)
-    if not isinstance(msg, dict) or not isinstance(msg.get("ledger"), list) or not isinstance(
-        msg.get("guests", []), list
-    ):
-        raise ValueError('a ledger message must be {"ledger": [...], "guests": [...]}')
-    return msg["ledger"], msg.get("guests", [])
+    if not isinstance(msg, dict) or not all(isinstance(msg.get(k, []), list) for k in ("ledger", "guests", "parking")):
+        raise ValueError('a ledger message must be {"ledger": [...], "guests": [...], "parking": [...]}')
+    return msg.get("ledger", []), msg.get("guests", []), msg.get("parking", [])

@@ -116,6 +116,56 @@ pub fn exit_fee(
     }
 }
 
+/// An exit priced and, when points pay, spent from the wallet: (fee, new state and
+/// the ledger rows of the points used, if any).
+#[allow(clippy::too_many_arguments)]
+pub fn settle_exit(
+    rules: &RuleSet,
+    park: &CarPark,
+    exit_event_id: &str,
+    member_id: Option<&str>,
+    state: Option<&mut MemberState>,
+    entry_ms: i64,
+    exit_ms: i64,
+    coupon_minutes: i64,
+    auto_pay: bool,
+) -> (ExitFee, Option<String>) {
+    let Some(state) = state else {
+        return (exit_fee(rules, park, entry_ms, exit_ms, None, coupon_minutes, false, 0), None);
+    };
+    crate::wallet::release_due(state, exit_ms);
+    let available = crate::wallet::available(rules, state, exit_ms);
+    let fee = exit_fee(rules, park, entry_ms, exit_ms, Some(state), coupon_minutes, auto_pay, available);
+    if fee.points_used == 0 {
+        return (fee, None);
+    }
+    let lots = crate::wallet::spend_fifo(rules, state, fee.points_used, exit_ms).unwrap_or_default();
+    let tier = crate::tiers::effective_tier(rules, state, exit_ms);
+    let parts = [crate::ledger::Part::new("parking_offset", park.bu.clone(), -fee.points_used)];
+    let lines = crate::settlement::spend_lines(&park.bu, fee.points_used, rules.paid_fen(&park.bu, fee.points_used));
+    let row = crate::ledger::LedgerRow {
+        event_id: exit_event_id,
+        member_id: member_id.unwrap_or(""),
+        kind: "redeem",
+        points: -fee.points_used,
+        amount_fen: fee.points_value_fen,
+        bu_id: &park.bu,
+        format: rules.business_units.get(&park.bu).map_or("", |b| b.format.as_str()),
+        merchant_id: "",
+        category: "parking_offset",
+        channel: "points",
+        occurred_at_ms: exit_ms,
+        refund_of: "",
+        tier: &tier.id,
+        rules_version: &rules.version,
+        processed_at_ms: exit_ms,
+        explain: &parts,
+        lots: &lots,
+        settlement: &lines,
+    };
+    (fee, Some(crate::ledger::rows_json(&[row])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,54 +250,4 @@ value_fen = 100
         assert_eq!(paid.points_used, 3_000);
         assert_eq!(f(None, 0, 0, false, 0).minutes, 0);
     }
-}
-
-/// An exit priced and, when points pay, spent from the wallet: (fee, new state and
-/// the ledger rows of the points used, if any).
-#[allow(clippy::too_many_arguments)]
-pub fn settle_exit(
-    rules: &RuleSet,
-    park: &CarPark,
-    exit_event_id: &str,
-    member_id: Option<&str>,
-    state: Option<&mut MemberState>,
-    entry_ms: i64,
-    exit_ms: i64,
-    coupon_minutes: i64,
-    auto_pay: bool,
-) -> (ExitFee, Option<String>) {
-    let Some(state) = state else {
-        return (exit_fee(rules, park, entry_ms, exit_ms, None, coupon_minutes, false, 0), None);
-    };
-    crate::wallet::release_due(state, exit_ms);
-    let available = crate::wallet::available(rules, state, exit_ms);
-    let fee = exit_fee(rules, park, entry_ms, exit_ms, Some(state), coupon_minutes, auto_pay, available);
-    if fee.points_used == 0 {
-        return (fee, None);
-    }
-    let lots = crate::wallet::spend_fifo(rules, state, fee.points_used, exit_ms).unwrap_or_default();
-    let tier = crate::tiers::effective_tier(rules, state, exit_ms);
-    let parts = [crate::ledger::Part::new("parking_offset", park.bu.clone(), -fee.points_used)];
-    let lines = crate::settlement::spend_lines(&park.bu, fee.points_used, rules.paid_fen(&park.bu, fee.points_used));
-    let row = crate::ledger::LedgerRow {
-        event_id: exit_event_id,
-        member_id: member_id.unwrap_or(""),
-        kind: "redeem",
-        points: -fee.points_used,
-        amount_fen: fee.points_value_fen,
-        bu_id: &park.bu,
-        format: rules.business_units.get(&park.bu).map_or("", |b| b.format.as_str()),
-        merchant_id: "",
-        category: "parking_offset",
-        channel: "points",
-        occurred_at_ms: exit_ms,
-        refund_of: "",
-        tier: &tier.id,
-        rules_version: &rules.version,
-        processed_at_ms: exit_ms,
-        explain: &parts,
-        lots: &lots,
-        settlement: &lines,
-    };
-    (fee, Some(crate::ledger::rows_json(&[row])))
 }

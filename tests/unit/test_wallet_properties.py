@@ -174,8 +174,12 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
             body = {"event_id": f"{pid}-rf{w.n}", "type": "refund", "member_id": "m", "bu_id": "mall",
                     "merchant_id": "s", "category": "fashion", "amount_fen": part, "channel": "w",
                     "refund_of": pid, "occurred_at": _iso(T0 + day * DAY_MS)}
+            held_before = _by_month(w.state)
             out = w.event(body, (amount, pts, refunded, clawed, used, returned))
             assert out[0] == "apply"
+            # Used points a refund gives back are new points in this month's lot.
+            for month, held in _by_month(w.state).items():
+                w.credited[month] = w.credited.get(month, 0) + max(0, held - held_before.get(month, 0))
             w.move(out[2], out[1])
             w.payments[pid] = (amount, pts, refunded + part, clawed + out[5], used, returned + out[10][2])
         elif op[0] == "check":

@@ -19,6 +19,7 @@ from core_ext._core import (
     simulate,
     validate_member_event,
     validate_payment,
+    wallet_total,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "simulate",
     "validate_member_event",
     "validate_payment",
+    "wallet_total",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "simulate",
     "validate_member_event",
     "validate_payment",
+    "wallet_total",
 ]
 
 __version__: str
@@ -179,3 +180,6 @@ def parking_exit(
 ) -> tuple[str, str | None, str | None]:
     """Prices an exit (schedule, tier, same-day spend, coupon, points): (fee JSON, new
     state JSON, ledger rows JSON); state and rows are None when no points were used."""
+
+def wallet_total(state_json: str | None) -> int:
+    """Lots + pending + held points - negative balance of a stored state (what the balance must equal)."""

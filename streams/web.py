@@ -477,7 +477,7 @@ async def reconcile() -> dict[str, Any]:
     mismatches = []
     for m in sorted(set(redis_balances) | set(ledger)):
         balance, state_json = states.get(m, (0, None))
-        wallet = wallet_total(state_json)
+        wallet = core_ext.wallet_total(state_json)
         if balance != ledger.get(m, 0) or balance != wallet:
             mismatches.append({"member_id": m, "redis": balance, "ledger": ledger.get(m, 0), "wallet": wallet})
     return {
@@ -488,15 +488,6 @@ async def reconcile() -> dict[str, Any]:
         "mismatch_count": len(mismatches),
         "clean": not mismatches,
     }
-
-
-def wallet_total(state_json: str | None) -> int:
-    """What the member's lots, pending and held points and negative balance add up to."""
-    if not state_json:
-        return 0
-    st = orjson.loads(state_json)
-    return (sum(lot[1] for lot in st.get("lots", [])) + sum(p["points"] for p in st.get("pending", []))
-            + sum(h["points"] for h in st.get("holds", {}).values()) - st.get("neg", 0))
 
 
 @app.page("/v1/admin/reconcile")

@@ -200,8 +200,7 @@ pub fn accrue_payment(
     let window = rules.return_window_days(bu, category);
     let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
     wallet::credit(state, total, local.month_index as i64, pending);
-    let (bp, min_fen) = rules.contract(&ev.merchant_id);
-    let split = settlement::split_payment(ev.amount_fen, bp, min_fen, rules.paid_fen(&ev.bu_id, ev.points_used));
+    let split = rules.split_of(&ev.bu_id, &ev.merchant_id, ev.amount_fen, ev.points_used);
     let lines = settlement::payment_lines(
         &ev.bu_id,
         &ev.merchant_id,
@@ -286,9 +285,7 @@ pub fn accrue_refund(
     if taken < clawback {
         parts.push(Part::new("owed", format!("{}", clawback - taken), 0));
     }
-    let (bp, min_fen) = rules.contract(&ev.merchant_id);
-    let original_split =
-        settlement::split_payment(original.amount_fen, bp, min_fen, rules.paid_fen(&ev.bu_id, original.used));
+    let original_split = rules.split_of(&ev.bu_id, &ev.merchant_id, original.amount_fen, original.used);
     let reversed = settlement::split_refund(&original_split, original.refunded_amount_fen, ev.amount_fen);
     let lines = settlement::payment_lines(
         &ev.bu_id,

@@ -543,3 +543,10 @@ pub fn parking_exit(
     let new_state = rows.as_ref().and(state.as_ref()).map(|s| s.to_json());
     Ok((fee_json, new_state, rows))
 }
+
+/// What a stored state's lots, pending and held points less the negative balance add
+/// up to: the balance must equal it (`MemberState::wallet_total`).
+#[pyfunction]
+pub fn wallet_total(state_json: Option<&str>) -> PyResult<i64> {
+    Ok(MemberState::from_json(state_json).map_err(PyValueError::new_err)?.wallet_total())
+}

@@ -304,6 +304,13 @@ impl RuleSet {
         }
     }
 
+    /// The split of a payment of `gross_fen` at `bu_id` / `merchant_id` in which
+    /// `points_used` points were used at the till (valued at the unit's rate).
+    pub fn split_of(&self, bu_id: &str, merchant_id: &str, gross_fen: i64, points_used: i64) -> crate::settlement::Split {
+        let (bp, min_fen) = self.contract(merchant_id);
+        crate::settlement::split_payment(gross_fen, bp, min_fen, self.paid_fen(bu_id, points_used))
+    }
+
     /// (commission basis points, minimum fen) of a merchant's contract.
     pub fn contract(&self, merchant_id: &str) -> (i64, i64) {
         match self.merchants.get(merchant_id) {

@@ -15,6 +15,10 @@ from pathlib import Path
 import faust
 
 import core_ext
+from streams.gateways import load_rsa_public_key
+from streams.gateways.mapping import GatewayConfig
+from streams.gateways.mapping import load_config as load_gateway_config
+from streams.gateways.wechatpay import WeChatPayKeys
 from streams.records import dead_letter_record
 from streams.settings import Settings
 from streams.sinks.balances import BalanceStore
@@ -23,11 +27,14 @@ from streams.sinks.ledger import LedgerStore
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",
+    # Faust's own table directory, out of the working tree (default: ./<app id>-data).
+    datadir=str(settings.faust_dir),
     autodiscover=False,
     key_serializer="raw",
     value_serializer="raw",
@@ -89,6 +96,10 @@ def load_rules(path: Path) -> core_ext.RuleSet:
     return core_ext.RuleSet.from_toml(path.read_text(encoding="utf-8"), str(path))
 
 
+def load_gateways(settings: Settings, rules: core_ext.RuleSet) -> GatewayConfig:
+    return load_gateway_config(settings.gateways_path, {bu for bu, _ in rules.business_units})
+
+
 class Runtime:
     """What agents and views share in one worker: rules, balances and the ledger.
 
@@ -99,6 +110,11 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rules: core_ext.RuleSet = load_rules(settings.rules_path)
+        self.gateways = load_gateways(settings, self.rules)
+        self.wechatpay_keys = WeChatPayKeys.from_settings(settings.wechatpay_apiv3_key,
+                                                          settings.wechatpay_platform_keys)
+        self.alipay_key = (load_rsa_public_key(Path(settings.alipay_public_key).read_bytes(), "Alipay public key")
+                           if settings.alipay_public_key else None)
         self.balances = BalanceStore(settings.redis_url, settings.redis_namespace)
         self.ledger = LedgerStore(settings.clickhouse_dsn)
         self._started = False
@@ -124,7 +140,8 @@ class Runtime:
     def reload_rules(self) -> core_ext.RuleSet:
         """Loads the rules file again; the old set stays if the new one is invalid."""
         rules = load_rules(self.settings.rules_path)
-        self.rules = rules
+        gateways = load_gateways(self.settings, rules)
+        self.rules, self.gateways = rules, gateways
         log.info("rules reloaded: version %s", rules.version)
         return rules
 

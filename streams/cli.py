@@ -28,10 +28,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import agents.accrual
     import agents.ledger
     import agents.parking
-    import streams.web  # noqa: F401  (registers the HTTP views)
+    import streams.web  # (registers the HTTP views)
+    import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
     from streams.app import app
 
-    _ = agents.accrual, agents.ledger, agents.parking
+    _ = agents.accrual, agents.ledger, agents.parking, streams.web, streams.web_gateways
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

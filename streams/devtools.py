@@ -132,7 +132,7 @@ class WorkerProcess:
         req = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, orjson.loads(r.read())
+                return r.status, _decode(r.read()) if r.status != 204 else None
         except urllib.error.HTTPError as e:
             return e.code, _decode(e.read())
 

@@ -32,6 +32,11 @@ HELP = {
     "batch_retries_total": "Payment batches retried after a transient failure.",
     "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",
     "ledger_write_retries_total": "Ledger inserts retried after a failure.",
+    "gateway_wechatpay_payment_total": "WeChat Pay payment notifications accepted.",
+    "gateway_wechatpay_refund_total": "WeChat Pay refund notifications accepted.",
+    "gateway_alipay_payment_total": "Alipay payment notifications accepted.",
+    "gateway_alipay_refund_total": "Alipay refund notifications accepted.",
+    "gateway_refused_total": "Gateway notifications refused (signature, timestamp, decryption, mapping).",
 }
 
 

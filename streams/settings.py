@@ -64,6 +64,13 @@ class Settings:
     tier_review_interval_s: float = 60.0
     wallet_check_interval_s: float = 30.0
     log_level: str = "info"
+    # Payment gateways (streams/gateways): where merchant numbers map to BUs and merchants,
+    # and the keys that verify them. Secrets come from the environment only.
+    gateways_path: Path = ROOT / "rules" / "gateways.toml"
+    wechatpay_apiv3_key: str = field(default="", repr=False)
+    wechatpay_platform_keys: str = ""  # "serial=/path/key.pem,serial2=/path/cert.pem"
+    alipay_public_key: str = ""  # path to the Alipay public key (PEM or bare base64)
+    gateway_route_days: int = 400  # how long a gateway payment's route is kept for its refunds
 
     @property
     def payments_topic(self) -> str:
@@ -88,6 +95,10 @@ class Settings:
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letter"
+
+    @property
+    def faust_dir(self) -> Path:
+        return ROOT / ".local" / "faust" / self.app_id
 
     @property
     def base_url(self) -> str:
@@ -121,4 +132,9 @@ class Settings:
             tier_review_interval_s=_float("LOYALTY_TIER_REVIEW_INTERVAL", d.tier_review_interval_s),
             wallet_check_interval_s=_float("LOYALTY_WALLET_CHECK_INTERVAL", d.wallet_check_interval_s),
             log_level=_str("LOYALTY_LOG_LEVEL", d.log_level),
+            gateways_path=Path(_str("LOYALTY_GATEWAYS", str(d.gateways_path))),
+            wechatpay_apiv3_key=os.environ.get("LOYALTY_WECHATPAY_APIV3_KEY", ""),
+            wechatpay_platform_keys=_str("LOYALTY_WECHATPAY_PLATFORM_KEYS", ""),
+            alipay_public_key=_str("LOYALTY_ALIPAY_PUBLIC_KEY", ""),
+            gateway_route_days=_int("LOYALTY_GATEWAY_ROUTE_DAYS", d.gateway_route_days, 1),
         )

@@ -35,6 +35,7 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
+from streams.gateways.mapping import GatewayConfigError
 from streams.metrics import counters
 from streams.records import is_valid_id
 from streams.signing import SignatureError, verify
@@ -55,7 +56,7 @@ def error_response(view: View, status: int, error: str, field: str | None = None
     return json_response(view, body, status)
 
 
-async def _reject(view: View, status: int, reason: str, body: bytes, field: str | None = None) -> Response:
+async def reject(view: View, status: int, reason: str, body: bytes, field: str | None = None) -> Response:
     counters["callbacks_rejected_total"] += 1
     try:
         await send_dead_letter(source="ingress", reason=reason, field=field, body=body)
@@ -65,36 +66,66 @@ async def _reject(view: View, status: int, reason: str, body: bytes, field: str 
     return error_response(view, status, reason, field)
 
 
-async def _read_signed(view: View, request: Request) -> tuple[bytes | None, Response | None]:
-    """The body of a signed callback, or the response that refuses it."""
+async def read_body(view: View, request: Request) -> tuple[bytes | None, Response | None]:
+    """The body of a callback within the size limit, or the 413 that refuses it."""
     settings = runtime.settings
     too_large = f"body larger than {settings.max_body_bytes} bytes"
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         # Not read at all: the dead letter keeps the reason, not the body.
-        return None, await _reject(view, 413, too_large, b"", field="body")
+        return None, await reject(view, 413, too_large, b"", field="body")
     body = await request.read()
     if len(body) > settings.max_body_bytes:
-        return None, await _reject(view, 413, too_large, body[: settings.max_body_bytes], field="body")
+        return None, await reject(view, 413, too_large, body[: settings.max_body_bytes], field="body")
+    return body, None
+
+
+async def _read_signed(view: View, request: Request) -> tuple[bytes | None, Response | None]:
+    """The body of a signed callback, or the response that refuses it."""
+    settings = runtime.settings
+    body, refused = await read_body(view, request)
+    if body is None:
+        return None, refused
     if not settings.callback_secret:
         return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
     try:
         verify(settings.callback_secret, request.headers.get("X-Timestamp"),
                request.headers.get("X-Signature"), body, settings.signature_max_age_s)
     except SignatureError as exc:
-        return None, await _reject(view, 401, str(exc), body, field="X-Signature")
+        return None, await reject(view, 401, str(exc), body, field="X-Signature")
     return body, None
 
 
-async def _publish(view: View, topic: object, key: str, body: bytes, event_id: str) -> Response:
+async def publish(topic: object, key: str, body: bytes, event_id: str) -> bool:
+    """Sends an accepted event and waits for Kafka's ack (acks=all); False if Kafka did not take it."""
     try:
         fut = await topic.send(key=key.encode(), value=body, force=True)  # type: ignore[attr-defined]
         await fut  # acks=all: the broker has it before we say so
     except KafkaError as exc:
         counters["callbacks_unavailable_total"] += 1
         log.error("kafka did not take callback %s: %r", event_id, exc)
-        return json_response(view, {"error": "temporarily unavailable, retry"}, 503, headers={"Retry-After": "1"})
+        return False
     counters["callbacks_accepted_total"] += 1
+    return True
+
+
+async def _publish(view: View, topic: object, key: str, body: bytes, event_id: str) -> Response:
+    if not await publish(topic, key, body, event_id):
+        return json_response(view, {"error": "temporarily unavailable, retry"}, 503, headers={"Retry-After": "1"})
     return json_response(view, {"event_id": event_id, "status": "accepted"}, 202)
+
+
+async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str] | None) -> tuple[str, bytes]:
+    """The Kafka key of a validated payment or refund (its member, or its guest payer, so
+    one member's events stay in order) and its body with the payer resolved to the member."""
+    if member_id is None and payer is not None:
+        rt = await runtime.started()
+        member_id = await rt.balances.resolve(*payer)
+        if member_id is None:
+            counters["callbacks_guest_total"] += 1
+            return f"guest:{payer[0]}:{payer[1]}", body
+        body = orjson.dumps({**orjson.loads(body), "member_id": member_id})
+    assert member_id is not None
+    return member_id, body
 
 
 @app.page("/v1/callbacks/payment")
@@ -106,18 +137,9 @@ class PaymentCallback(View):
         try:
             event_id, member_id, _kind, payer = core_ext.validate_payment(body)
         except core_ext.InvalidEventError as exc:
-            return await _reject(self, 400, str(exc), body, field=exc.field)
-        if member_id is None and payer is not None:
-            # Resolve the payer here, so the event is keyed (and ordered) by member.
-            rt = await runtime.started()
-            member_id = await rt.balances.resolve(*payer)
-            if member_id is not None:
-                body = orjson.dumps({**orjson.loads(body), "member_id": member_id})
-            else:
-                counters["callbacks_guest_total"] += 1
-                return await _publish(self, payments_topic, f"guest:{payer[0]}:{payer[1]}", body, event_id)
-        assert member_id is not None
-        return await _publish(self, payments_topic, member_id, body, event_id)
+            return await reject(self, 400, str(exc), body, field=exc.field)
+        key, body = await payment_key(body, member_id, payer)
+        return await _publish(self, payments_topic, key, body, event_id)
 
 
 @app.page("/v1/callbacks/member")
@@ -129,9 +151,9 @@ class MemberCallback(View):
         try:
             event_id, member_id, kind = core_ext.validate_member_event(body)
         except core_ext.InvalidEventError as exc:
-            return await _reject(self, 400, str(exc), body, field=exc.field)
+            return await reject(self, 400, str(exc), body, field=exc.field)
         if kind in ("tier_override", "tier_review"):
-            return await _reject(self, 400, f"type: {kind} is for operators (admin API)", body, field="type")
+            return await reject(self, 400, f"type: {kind} is for operators (admin API)", body, field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)
 
 
@@ -173,7 +195,7 @@ class ParkingCallback(View):
         rt = await runtime.started()
         ev, field, reason = _parking_event(body, set(rt.rules.car_parks))
         if ev is None:
-            return await _reject(self, 400, f"{field}: {reason}", body, field=field)
+            return await reject(self, 400, f"{field}: {reason}", body, field=field)
         return await _publish(self, parking_topic, ev["plate"], body, ev["event_id"])
 
 
@@ -190,7 +212,7 @@ class MemberPlates(View):
             plate, auto_pay = req["plate"], bool(req.get("auto_pay", False))
             assert is_valid_id(member_id) and isinstance(plate, str) and PLATE.fullmatch(plate)
         except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
-            return await _reject(self, 400, 'body: {"plate": "沪A12345", "auto_pay": true|false}', body, "plate")
+            return await reject(self, 400, 'body: {"plate": "沪A12345", "auto_pay": true|false}', body, "plate")
         rt = await runtime.started()
         owner = await rt.balances.bind_plate(plate, member_id, auto_pay)
         if owner != member_id:
@@ -293,11 +315,11 @@ class Redemptions(View):
             return refused  # type: ignore[return-value]
         key = request.headers.get("Idempotency-Key", "")
         if not is_valid_id(key):
-            return await _reject(self, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars",
+            return await reject(self, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars",
                                  body, field="Idempotency-Key")
         member_id = _member_of(body)
         if member_id is None:
-            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -311,7 +333,7 @@ class Redemptions(View):
                 status, new_state, rows, result = core_ext.redeem(rt.rules, state, key, body,
                                                                   int(time.time() * 1000))
             except core_ext.InvalidEventError as exc:
-                return await _reject(self, 400, str(exc), body, field=exc.field)
+                return await reject(self, 400, str(exc), body, field=exc.field)
             if status == "insufficient":
                 counters["redemptions_refused_total"] += 1
                 return json_response(self, orjson.loads(result), 409)
@@ -344,7 +366,7 @@ class Holds(View):
             assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id)
             assert isinstance(points, int) and not isinstance(points, bool)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
-            return await _reject(self, 400, 'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key',
+            return await reject(self, 400, 'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key',
                                  body, "body")
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
@@ -357,7 +379,7 @@ class Holds(View):
                 status, new_state, answer = core_ext.hold_points(rt.rules, state, hold_id, points, ttl_s * 1000,
                                                                  int(time.time() * 1000))
             except core_ext.InvalidEventError as exc:
-                return await _reject(self, 400, str(exc), body, field=exc.field)
+                return await reject(self, 400, str(exc), body, field=exc.field)
             if status == "insufficient":
                 return json_response(self, orjson.loads(answer), 409)
             assert new_state is not None
@@ -376,7 +398,7 @@ class HoldRelease(View):
             return refused  # type: ignore[return-value]
         member_id = _member_of(body)
         if member_id is None or not is_valid_id(hold_id):
-            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -399,7 +421,7 @@ class RedemptionReversal(View):
             return refused  # type: ignore[return-value]
         member_id = _member_of(body)
         if member_id is None or not is_valid_id(redemption_id):
-            return await _reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
         rt = await runtime.started()
         reversal_id = f"{redemption_id}:reverse"
         for _ in range(MAX_ATTEMPTS):
@@ -659,7 +681,9 @@ class RulesReload(View):
             rules = runtime.reload_rules()
         except core_ext.RulesError as exc:
             return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
-        return json_response(self, {"version": rules.version})
+        except GatewayConfigError as exc:
+            return error_response(self, 400, str(exc), "gateways")
+        return json_response(self, {"version": rules.version, "gateways": runtime.gateways.path})
 
 
 @app.page("/healthz")

@@ -5,7 +5,7 @@
 use crate::accrual::{self, Applied, PaymentRecord};
 use crate::behaviour;
 use crate::errors::{CoreError, CoreResult};
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, PaymentEvent};
 use crate::rules::RuleSet;
 use crate::state::MemberState;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -126,6 +126,21 @@ pub fn evaluate_batch(
                         "refund_of",
                         format!("no payment {of:?} of member {member_id:?} is known"),
                     )),
+                    Some(orig) if p.cumulative && p.amount_fen <= orig.refunded_amount_fen => Err(CoreError::rejected(
+                        "amount_fen",
+                        format!(
+                            "refunded total {} fen is already covered: {} fen of {of:?} is refunded",
+                            p.amount_fen, orig.refunded_amount_fen
+                        ),
+                    )),
+                    Some(orig) if p.cumulative => {
+                        // The gateway reported the refunded total: this refund is the rest.
+                        let this = PaymentEvent { amount_fen: p.amount_fen - orig.refunded_amount_fen, ..p.clone() };
+                        accrual::accrue_refund(rules, &this, member_id, orig, state, now_ms).map(|(applied, after)| {
+                            payments.insert(key, after);
+                            applied
+                        })
+                    }
                     Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, state, now_ms).map(
                         |(applied, after)| {
                             payments.insert(key, after);

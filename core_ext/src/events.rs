@@ -48,6 +48,10 @@ pub struct PaymentEvent {
     pub hold_id: Option<String>,
     /// Points the member used at the till for this payment (0: none).
     pub points_used: i64,
+    /// A refund whose `amount_fen` is the payment's refunded total after it (the
+    /// way Alipay reports `refund_fee`), not the amount of this refund: the engine
+    /// applies the difference to what is refunded already.
+    pub cumulative: bool,
 }
 
 /// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
@@ -364,6 +368,8 @@ struct FastPayment<'a> {
     hold_id: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     points_used: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cumulative: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
@@ -374,7 +380,11 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         _ => return None,
     };
     let member_id = f.member_id?;
-    if f.payer.is_some() || f.hold_id.is_some() || f.points_used.is_some() || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
+    if f.payer.is_some()
+        || f.hold_id.is_some()
+        || f.points_used.is_some()
+        || f.cumulative.is_some()
+        || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
     {
         return None;
     }
@@ -400,6 +410,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         refund_of,
         hold_id: None,
         points_used: 0,
+        cumulative: false,
     })
 }
 
@@ -484,7 +495,18 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
     if hold_id.is_some() && points_used == 0 {
         return Err(CoreError::invalid_event("points_used", "is required (> 0) with hold_id"));
     }
+    let cumulative = match obj.get("cumulative") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) if kind == EventKind::Refund => true,
+        Some(_) => {
+            return Err(CoreError::invalid_event(
+                "cumulative",
+                "must be true or false, and true only on refunds",
+            ))
+        }
+    };
     Ok(PaymentEvent {
+        cumulative,
         hold_id,
         points_used,
         event_id,
@@ -562,6 +584,20 @@ mod tests {
         .unwrap();
         assert_eq!(ev.kind, EventKind::Refund);
         assert_eq!(ev.refund_of.as_deref(), Some("tx-1"));
+        assert!(!ev.cumulative);
+    }
+
+    #[test]
+    fn cumulative_is_for_refunds_only() {
+        let refund = [
+            ("type", Value::from("refund")),
+            ("event_id", Value::from("rf-1")),
+            ("refund_of", Value::from("tx-1")),
+            ("cumulative", Value::from(true)),
+        ];
+        assert!(parse_event(&body(&refund)).is_ok_and(|e| matches!(e, Event::Payment(p) if p.cumulative)));
+        assert_eq!(err_field(&body(&[("cumulative", Value::from(true))])), "cumulative");
+        assert_eq!(err_field(&body(&[("cumulative", Value::from("yes"))])), "cumulative");
     }
 }
 

@@ -425,6 +425,27 @@ fn refunds_claw_back_pro_rata_and_refuse_what_they_cannot() {
 }
 
 #[test]
+fn cumulative_refunds_apply_the_rest_in_any_order() {
+    // Alipay reports refund_fee as the refunded total, and notifications may come out of order.
+    let r = rules("best_of");
+    let cum = |id: &str, total: i64| {
+        let mut v = refund(id, "m1", "p", total);
+        v["cumulative"] = json!(true);
+        v
+    };
+    let evs = [pay("p", "m1", "mall", "x", "fashion", 999, MON), cum("r1", 300), cum("r3", 999), cum("r2", 600)];
+    let out = run(&r, &evs);
+    // 300 refunded, then the rest (699); the total of 600 arriving late is covered already.
+    assert_eq!(out.points()[..3], [Some(9), Some(-2), Some(-7)]);
+    assert_eq!(out.rows(2)[0]["amount_fen"], json!(699));
+    assert_eq!(out.rejected_field(3), "amount_fen");
+    assert_eq!(run(&r, &[evs[0].clone(), cum("r4", 1_000)]).rejected_field(1), "amount_fen");
+
+    let in_order = [pay("p", "m1", "mall", "x", "fashion", 999, MON), cum("r1", 333), cum("r2", 666), cum("r3", 999)];
+    assert_eq!(run(&r, &in_order).points(), vec![Some(9), Some(-3), Some(-3), Some(-3)]);
+}
+
+#[test]
 fn duplicates_guests_and_refused_events_change_no_state() {
     let r = rules("best_of");
     let mut guest = pay("g", "x", "mall", "x", "fashion", 1_000, MON);

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,18 @@ class BalanceStore:
 
     def guest_key(self, kind: str, external_id: str) -> str:
         return f"{self.ns}:guest:{kind}:{external_id}"
+
+    def gateway_route_key(self, payment_event_id: str) -> str:
+        return f"{self.ns}:gwpay:{payment_event_id}"
+
+    async def remember_route(self, payment_event_id: str, route: dict[str, Any], keep_days: int) -> None:
+        """What a gateway's refund notification will not say again: the payer and the BU,
+        merchant and category its payment was routed to (WeChat refunds name no payer)."""
+        await self.redis.set(self.gateway_route_key(payment_event_id), orjson.dumps(route), ex=keep_days * 86_400)
+
+    async def route_of(self, payment_event_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.gateway_route_key(payment_event_id))
+        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def read_context(self, keys: Sequence[Keys], budgeted: Sequence[str]) -> BatchContext:
         """One pipeline: applied flags, refunded payments, member states, budgets."""

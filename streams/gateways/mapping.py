@@ -1,0 +1,128 @@
+"""Which business unit, merchant and category a gateway's payment belongs to.
+
+rules/gateways.toml (LOYALTY_GATEWAYS) lists routes: a WeChat Pay merchant number
+(and sub-merchant in partner mode) or an Alipay app id (and seller id) maps to a BU,
+a merchant and a category. The payment's own `attach` (WeChat) or `passback_params`
+(Alipay), set by the merchant's till when it created the order, may name them
+instead, as a query string: `bu_id=sh-mall&merchant_id=sh-mall-shop-02&category=food`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from streams.gateways import GatewayError
+from streams.records import is_valid_id
+
+
+class GatewayConfigError(ValueError):
+    """rules/gateways.toml cannot be used; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Route:
+    bu_id: str
+    merchant_id: str
+    category: str
+
+
+@dataclass(frozen=True)
+class GatewayRoutes:
+    """The routes of one gateway: (account, sub account or "") -> Route."""
+
+    routes: dict[tuple[str, str], Route]
+    overrides: bool  # attach / passback_params may name the route
+
+    def route(self, account: str, sub_account: str, override: str | None) -> Route:
+        """The route of a payment; GatewayError (retry: the config may be fixed) if none."""
+        if override and self.overrides:
+            fields = dict(parse_qsl(override, keep_blank_values=False))
+            if {"bu_id", "merchant_id", "category"} <= fields.keys():
+                r = Route(fields["bu_id"], fields["merchant_id"], fields["category"])
+                for name, value in vars(r).items():
+                    if not is_valid_id(value):
+                        raise GatewayError("attach", f"{name} {value!r} is not a valid id")
+                return r
+        found = self.routes.get((account, sub_account)) or self.routes.get((account, ""))
+        if found is None:
+            raise GatewayError(
+                "route",
+                f"no route for merchant {account!r}" + (f" / {sub_account!r}" if sub_account else "")
+                + " in the gateways file, and no bu_id/merchant_id/category in the order",
+                status=500,
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    wechatpay: GatewayRoutes
+    alipay: GatewayRoutes
+    path: str
+
+    @classmethod
+    def empty(cls) -> GatewayConfig:
+        return cls(GatewayRoutes({}, True), GatewayRoutes({}, True), "<none>")
+
+
+_KEYS = {"wechatpay": ("mchid", "sub_mchid"), "alipay": ("app_id", "seller_id")}
+
+
+def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[str] | None) -> GatewayRoutes:
+    if not isinstance(section, dict):
+        raise GatewayConfigError(f"{where}: must be a table")
+    unknown = set(section) - {"routes", "overrides"}
+    if unknown:
+        raise GatewayConfigError(f"{where}: unknown field(s) {sorted(unknown)} (routes, overrides)")
+    overrides = section.get("overrides", True)
+    if not isinstance(overrides, bool):
+        raise GatewayConfigError(f"{where}.overrides: must be true or false")
+    routes: dict[tuple[str, str], Route] = {}
+    for i, entry in enumerate(section.get("routes", [])):
+        at = f"{where}.routes[{i}]"
+        if not isinstance(entry, dict):
+            raise GatewayConfigError(f"{at}: must be a table")
+        allowed = {account_key, sub_key, "bu_id", "merchant_id", "category"}
+        if set(entry) - allowed:
+            extra = sorted(set(entry) - allowed)
+            raise GatewayConfigError(f"{at}: unknown field(s) {extra} ({', '.join(sorted(allowed))})")
+        for name in (account_key, "bu_id", "merchant_id", "category"):
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                raise GatewayConfigError(f"{at}.{name}: required (a string)")
+        for name in ("bu_id", "merchant_id", "category"):
+            if not is_valid_id(entry[name]):
+                raise GatewayConfigError(f"{at}.{name}: {entry[name]!r} is not a valid id (letters, digits, _ - . : @)")
+        sub = entry.get(sub_key, "")
+        if not isinstance(sub, str):
+            raise GatewayConfigError(f"{at}.{sub_key}: must be a string")
+        if bus is not None and entry["bu_id"] not in bus:
+            raise GatewayConfigError(f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules")
+        key = (entry[account_key], sub)
+        if key in routes:
+            raise GatewayConfigError(f"{at}: a second route for {account_key} {key[0]!r} {sub_key} {sub!r}")
+        routes[key] = Route(entry["bu_id"], entry["merchant_id"], entry["category"])
+    return GatewayRoutes(routes, overrides)
+
+
+def parse_config(text: str, path: str, business_units: set[str] | None = None) -> GatewayConfig:
+    """Parses and checks a gateways file; the BU ids are checked against the rules when given."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GatewayConfigError(f"{path}: {exc}") from None
+    unknown = set(doc) - set(_KEYS)
+    if unknown:
+        raise GatewayConfigError(f"{path}: unknown section(s) {sorted(unknown)} (wechatpay, alipay)")
+    wechat = _routes(f"{path}: wechatpay", doc.get("wechatpay", {}), *_KEYS["wechatpay"], business_units)
+    alipay = _routes(f"{path}: alipay", doc.get("alipay", {}), *_KEYS["alipay"], business_units)
+    return GatewayConfig(wechat, alipay, path)
+
+
+def load_config(path: Path, business_units: set[str] | None = None) -> GatewayConfig:
+    if not path.exists():
+        return GatewayConfig.empty()
+    return parse_config(path.read_text(encoding="utf-8"), str(path), business_units)

@@ -1,0 +1,216 @@
+"""The gateways' side, for tests, load tests and demos: keys generated on the spot,
+notifications built and signed the way WeChat Pay v3 and Alipay publish them.
+
+The tests check these fixtures with the gateways' published SDKs (wechatpayv3,
+python-alipay-sdk), so they are the real formats, not our idea of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from streams.gateways.alipay import charset_of, sign_content
+
+BEIJING = dt.timezone(dt.timedelta(hours=8))
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
+    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+class WeChatPaySimulator:
+    """WeChat Pay's platform: its signing key (public key mode, PUB_KEY_ID_...) and a
+    merchant's APIv3 key that encrypts the notifications' resource."""
+
+    def __init__(self, serial: str | None = None) -> None:
+        self.platform_key = _new_key()
+        self.serial = serial or "PUB_KEY_ID_" + secrets.token_hex(16).upper()
+        self.apiv3_key = secrets.token_hex(16)  # 32 characters, like the real one
+
+    def env(self, directory: Path) -> dict[str, str]:
+        """The LOYALTY_* variables a worker needs to accept this gateway's notifications."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"wechatpay-{self.serial}.pem"
+        path.write_text(public_pem(self.platform_key))
+        return {"LOYALTY_WECHATPAY_APIV3_KEY": self.apiv3_key,
+                "LOYALTY_WECHATPAY_PLATFORM_KEYS": f"{self.serial}={path}"}
+
+    @staticmethod
+    def transaction(transaction_id: str, openid: str, total: int, *, mchid: str = "1900000109",
+                    sub_mchid: str | None = None, attach: str | None = None, payer_total: int | None = None,
+                    success_time: str | None = None) -> dict[str, Any]:
+        """The decrypted resource of a TRANSACTION.SUCCESS notification (支付成功通知)."""
+        res: dict[str, Any] = {
+            "transaction_id": transaction_id,
+            "amount": {"payer_total": total if payer_total is None else payer_total, "total": total,
+                       "currency": "CNY", "payer_currency": "CNY"},
+            "appid": "wxd678efh567hg6787",
+            "out_trade_no": "1217752501201407033233368018",
+            "trade_state": "SUCCESS",
+            "bank_type": "CMC",
+            "success_time": success_time or dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
+            "payer": {"openid": openid},
+            "trade_type": "MICROPAY",
+            "trade_state_desc": "支付成功",
+            "attach": attach or "",
+        }
+        if sub_mchid:
+            res.update({"sp_mchid": mchid, "sub_mchid": sub_mchid, "sp_appid": res.pop("appid")})
+            res["payer"] = {"sp_openid": openid}
+        else:
+            res["mchid"] = mchid
+        return res
+
+    @staticmethod
+    def refund(refund_id: str, transaction_id: str, refund: int, total: int, *, mchid: str = "1900000109",
+               success_time: str | None = None) -> dict[str, Any]:
+        """The decrypted resource of a REFUND.SUCCESS notification (退款结果通知)."""
+        return {
+            "mchid": mchid,
+            "transaction_id": transaction_id,
+            "out_trade_no": "1217752501201407033233368018",
+            "refund_id": refund_id,
+            "out_refund_no": "R" + refund_id[-20:],
+            "refund_status": "SUCCESS",
+            "success_time": success_time or dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
+            "user_received_account": "招商银行信用卡0403",
+            "amount": {"total": total, "refund": refund, "payer_total": total, "payer_refund": refund},
+        }
+
+    def notification(self, event_type: str, resource: dict[str, Any], *, apiv3_key: str | None = None) -> bytes:
+        """The body WeChat Pay posts: the resource encrypted with AEAD_AES_256_GCM."""
+        nonce = secrets.token_hex(6)  # 12 characters
+        ad = "transaction" if event_type.startswith("TRANSACTION") else "refund"
+        key = (apiv3_key or self.apiv3_key).encode()
+        ciphertext = AESGCM(key).encrypt(nonce.encode(), orjson.dumps(resource), ad.encode())
+        body = {
+            "id": "EV-" + secrets.token_hex(10),
+            "create_time": dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
+            "resource_type": "encrypt-resource",
+            "event_type": event_type,
+            "summary": "支付成功" if ad == "transaction" else "退款成功",
+            "resource": {"original_type": ad, "algorithm": "AEAD_AES_256_GCM",
+                         "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": ad,
+                         "nonce": nonce},
+        }
+        return orjson.dumps(body)
+
+    def headers(self, body: bytes, *, timestamp: int | None = None, serial: str | None = None,
+                key: rsa.RSAPrivateKey | None = None) -> dict[str, str]:
+        """The Wechatpay-* headers: RSA-SHA256 over "timestamp\\nnonce\\nbody\\n"."""
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        nonce = secrets.token_hex(16).upper()
+        message = f"{ts}\n{nonce}\n".encode() + body + b"\n"
+        return {
+            "Content-Type": "application/json",
+            "Wechatpay-Timestamp": ts,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Signature": _sign(key or self.platform_key, message),
+            "Wechatpay-Serial": serial or self.serial,
+            "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+        }
+
+
+class AlipaySimulator:
+    """Alipay's side: the key it signs notifications with, and an app id."""
+
+    def __init__(self, app_id: str = "2021000000000001", seller_id: str = "2088000000000001") -> None:
+        self.alipay_key = _new_key()
+        self.app_id = app_id
+        self.seller_id = seller_id
+
+    def env(self, directory: Path) -> dict[str, str]:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"alipay-{self.app_id}.pem"
+        # Alipay hands out the bare base64 key (no PEM lines): keep it that way.
+        pem = public_pem(self.alipay_key)
+        path.write_text("".join(line for line in pem.splitlines() if not line.startswith("-----")))
+        return {"LOYALTY_ALIPAY_PUBLIC_KEY": str(path)}
+
+    def trade(self, trade_no: str, buyer_id: str, total_yuan: str, *, status: str = "TRADE_SUCCESS",
+              seller_id: str | None = None, passback: str | None = None, gmt_payment: str | None = None,
+              **extra: str) -> dict[str, str]:
+        """The parameters of a trade status notification (trade_status_sync), unsigned."""
+        now = dt.datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        params = {
+            "notify_time": now,
+            "notify_type": "trade_status_sync",
+            "notify_id": secrets.token_hex(16),
+            "app_id": self.app_id,
+            "charset": "utf-8",
+            "version": "1.0",
+            "trade_no": trade_no,
+            "out_trade_no": "6823789339978248",
+            "buyer_id": buyer_id,
+            "buyer_logon_id": "159****5620",
+            "seller_id": seller_id or self.seller_id,
+            "seller_email": "zhuzhanghu@alitest.com",
+            "trade_status": status,
+            "total_amount": total_yuan,
+            "receipt_amount": total_yuan,
+            "buyer_pay_amount": total_yuan,
+            "subject": "商场消费",
+            "gmt_create": now,
+            "gmt_payment": gmt_payment or now,
+            "fund_bill_list": orjson.dumps([{"amount": total_yuan, "fundChannel": "ALIPAYACCOUNT"}]).decode(),
+        }
+        if passback:
+            params["passback_params"] = passback
+        params.update(extra)
+        return params
+
+    def refund(self, trade: dict[str, str], out_biz_no: str, refund_fee_yuan: str, *, closed: bool = False,
+               gmt_refund: str | None = None) -> dict[str, str]:
+        """A refund notification of `trade`: `refund_fee` is the trade's refunded total."""
+        params = {k: v for k, v in trade.items() if k not in ("sign", "sign_type")}
+        params.update({
+            "notify_id": secrets.token_hex(16),
+            "out_biz_no": out_biz_no,
+            "refund_fee": refund_fee_yuan,
+            "gmt_refund": gmt_refund or dt.datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S.000"),
+            "trade_status": "TRADE_CLOSED" if closed else "TRADE_SUCCESS",
+        })
+        return params
+
+    def sign(self, params: dict[str, str], key: rsa.RSAPrivateKey | None = None) -> dict[str, str]:
+        signed = {**params, "sign_type": "RSA2"}
+        signed["sign"] = _sign(key or self.alipay_key, sign_content(signed).encode(charset_of(signed)))
+        return signed
+
+    @staticmethod
+    def body(signed: dict[str, str]) -> bytes:
+        return urlencode(signed, encoding=charset_of(signed)).encode()
+
+
+def write_keys_for(directory: Path) -> tuple[WeChatPaySimulator, AlipaySimulator, dict[str, str]]:
+    """Both simulators and the environment of a worker that trusts them."""
+    wx, ali = WeChatPaySimulator(), AlipaySimulator()
+    env = {**wx.env(directory), **ali.env(directory)}
+    os.makedirs(directory, exist_ok=True)
+    return wx, ali, env

@@ -1,0 +1,134 @@
+"""Payment gateways' notifications, as they really arrive (docs/gateways.md).
+
+POST /v1/callbacks/wechatpay   WeChat Pay API v3 payment and refund notifications
+POST /v1/callbacks/alipay      Alipay asynchronous notifications (form-encoded)
+
+Each is verified with the gateway's key, mapped to our payment or refund event
+(the gateway's transaction / refund id is the event id, so its retries change
+nothing twice), validated by the core like any callback, and answered as the
+gateway expects only after Kafka has the event. Every refusal is answered so that
+the gateway retries, and the body goes to the dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from faust.web import Request, Response, View
+
+import core_ext
+from streams.app import app, payments_topic, runtime, send_dead_letter
+from streams.gateways import GatewayError, Mapped, alipay, wechatpay
+from streams.metrics import counters
+from streams.web import payment_key, publish, read_body
+
+log = logging.getLogger(__name__)
+
+
+async def _dead_letter(source: str, exc: GatewayError, body: bytes) -> None:
+    counters["gateway_refused_total"] += 1
+    try:
+        await send_dead_letter(source=source, reason=str(exc), field=exc.field, body=body)
+    except Exception:  # Kafka down: the gateway retries anyway; the body is in our log
+        log.exception("could not dead-letter a %s notification (%s): %r", source, exc, body[:2000])
+
+
+async def _accept(source: str, mapped: Mapped) -> None:
+    """Validates the mapped event in the core and sends it to Kafka (acks=all).
+
+    Raises GatewayError when the event cannot be taken: the caller answers so that
+    the gateway retries."""
+    event = mapped.event
+    rt = await runtime.started()
+    if mapped.kind == "refund" and "payer" not in event:
+        # A WeChat refund names no payer: its payment's route says who and where.
+        route = await rt.balances.route_of(event["refund_of"])
+        if route is None:
+            raise GatewayError("transaction_id", f"refund of {event['refund_of']}, a payment not seen here yet; "
+                               "the gateway will send it again", status=503)
+        event = {**event, **route}
+    body = orjson.dumps(event)
+    try:
+        event_id, member_id, _kind, payer = core_ext.validate_payment(body)
+    except core_ext.InvalidEventError as exc:
+        raise GatewayError(exc.field, f"mapped event refused: {exc.reason}") from None
+    if mapped.kind == "payment":
+        # Kept before the send, so a refund that follows at once finds it.
+        route = {k: event[k] for k in ("payer", "bu_id", "merchant_id", "category")}
+        await rt.balances.remember_route(event_id, route, rt.settings.gateway_route_days)
+    key, body = await payment_key(body, member_id, payer)
+    if not await publish(payments_topic, key, body, event_id):
+        raise GatewayError("kafka", "temporarily unavailable", status=503)
+    counters[f"gateway_{source}_{mapped.kind}_total"] += 1
+    log.info("%s %s %s accepted (%s fen)", source, mapped.kind, event_id, event["amount_fen"])
+
+
+def _wechat_fail(view: View, status: int, message: str) -> Response:
+    return view.bytes(orjson.dumps({"code": "FAIL", "message": message}), content_type="application/json",
+                      status=status)
+
+
+@app.page("/v1/callbacks/wechatpay")
+class WeChatPayNotification(View):
+    """WeChat Pay v3: 204 when we have it (the gateway stops); 4xx/5xx {"code": "FAIL"} to be retried."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await read_body(self, request)
+        if body is None:
+            return refused  # type: ignore[return-value]
+        rt = await runtime.started()
+        keys = rt.wechatpay_keys
+        if keys is None:
+            log.error("a WeChat Pay notification arrived but LOYALTY_WECHATPAY_* is not configured")
+            return _wechat_fail(self, 503, "WeChat Pay notifications are not configured here")
+        try:
+            wechatpay.verify(request.headers, body, keys, time.time(), rt.settings.signature_max_age_s)
+            try:
+                notification: Any = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise GatewayError("body", "is not JSON") from None
+            if not isinstance(notification, dict):
+                raise GatewayError("body", "must be a JSON object")
+            resource = wechatpay.decrypt(notification, keys)
+            mapped = wechatpay.to_event(notification, resource, rt.gateways.wechatpay)
+            if mapped.kind == "ignored":
+                log.info("wechatpay notification %s ignored: %s", notification.get("id"), mapped.note)
+                return self.bytes(b"", status=204)
+            await _accept("wechatpay", mapped)
+        except GatewayError as exc:
+            log.warning("wechatpay notification refused (%d): %s", exc.status, exc)
+            if exc.field != "kafka":
+                await _dead_letter("wechatpay", exc, body)
+            return _wechat_fail(self, exc.status, str(exc))
+        return self.bytes(b"", status=204)
+
+
+@app.page("/v1/callbacks/alipay")
+class AlipayNotification(View):
+    """Alipay: the body `success` when we have it; anything else (here `fail`) is retried."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await read_body(self, request)
+        if body is None:
+            return refused  # type: ignore[return-value]
+        rt = await runtime.started()
+        if rt.alipay_key is None:
+            log.error("an Alipay notification arrived but LOYALTY_ALIPAY_PUBLIC_KEY is not configured")
+            return self.text("fail", status=503)
+        try:
+            params = alipay.parse_form(body)
+            alipay.verify(params, rt.alipay_key)
+            mapped = alipay.to_event(params, rt.gateways.alipay)
+            if mapped.kind == "ignored":
+                log.info("alipay notification %s ignored: %s", params.get("notify_id"), mapped.note)
+                return self.text("success")
+            await _accept("alipay", mapped)
+        except GatewayError as exc:
+            log.warning("alipay notification refused (%d): %s", exc.status, exc)
+            if exc.field != "kafka":
+                await _dead_letter("alipay", exc, body)
+            return self.text("fail", status=exc.status)
+        return self.text("success")

@@ -1,12 +1,23 @@
-"""Locust load on the HTTP service: signed payment callbacks and member balance reads.
+"""Locust load on the HTTP service: signed payment callbacks and member balance reads,
+and the payment gateways' own formats (WeChat Pay v3, Alipay notifications).
 
 Headless, against a running worker (e.g. `loyalty worker`, with the same secret):
 
     LOYALTY_CALLBACK_SECRET=... .venv/bin/locust -f loadtests/locustfile.py --headless \\
-        -H http://127.0.0.1:6066 -u 50 -r 50 -t 30s --only-summary
+        -H http://127.0.0.1:6066 -u 50 -r 50 -t 30s --only-summary GatewayAndMembers
 
 Every callback has a fresh event id; 3% are resent (a gateway retry) and must be
 answered 202 without a second effect.
+
+The gateway formats sign with simulated gateways' test keys; the worker must trust
+them (`loyalty gateways simulator-keys DIR` prints its environment):
+
+    eval "$(loyalty gateways simulator-keys .local/gateway-sim)"; loyalty worker &
+    LOYALTY_GATEWAY_SIM_DIR=.local/gateway-sim .venv/bin/locust -f loadtests/locustfile.py --headless \\
+        -H http://127.0.0.1:6066 -u 20 -r 20 -t 30s --only-summary WeChatPayNotifications AlipayNotifications
+
+Each sends payments from a pool of payers, 3% retried as the gateway would, and 5%
+refunds of its earlier payments.
 """
 
 from __future__ import annotations
@@ -14,10 +25,12 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from pathlib import Path
 
 import orjson
 from locust import HttpUser, between, task
 
+from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simulators
 from streams.signing import signed_headers
 
 SECRET = os.environ.get("LOYALTY_CALLBACK_SECRET", "")
@@ -70,3 +83,87 @@ class GatewayAndMembers(HttpUser):
         ) as resp:
             if resp.status_code in (200, 404):
                 resp.success()
+
+
+def _gateway_sims() -> tuple[WeChatPaySimulator, AlipaySimulator]:
+    directory = os.environ.get("LOYALTY_GATEWAY_SIM_DIR")
+    if not directory:
+        raise RuntimeError("set LOYALTY_GATEWAY_SIM_DIR to the keys the worker trusts "
+                           "(loyalty gateways simulator-keys DIR)")
+    wx, ali, _ = simulators(Path(directory))
+    return wx, ali
+
+
+class WeChatPayNotifications(HttpUser):
+    """WeChat Pay v3 TRANSACTION.SUCCESS and REFUND.SUCCESS notifications; 204 expected."""
+
+    wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        self.wx, _ = _gateway_sims()
+        self.payers = [f"oLoad{uuid.uuid4().hex[:23]}" for _ in range(20)]
+        self.paid: list[tuple[str, int]] = []
+        self.sent: list[bytes] = []
+
+    def _post(self, body: bytes, name: str) -> None:
+        with self.client.post("/v1/callbacks/wechatpay", data=body, headers=self.wx.headers(body), name=name,
+                              catch_response=True) as resp:
+            if resp.status_code not in (200, 204):
+                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+
+    @task(20)
+    def payment(self) -> None:
+        if self.sent and random.random() < 0.03:
+            body = random.choice(self.sent)  # the gateway's retry, signed anew
+        else:
+            tx, total = f"42{uuid.uuid4().int % 10**30:030d}", random.randint(100, 200_000)
+            body = self.wx.notification("TRANSACTION.SUCCESS",
+                                        self.wx.transaction(tx, random.choice(self.payers), total))
+            self.paid = [*self.paid[-50:], (tx, total)]
+            self.sent = [*self.sent[-50:], body]
+        self._post(body, "/v1/callbacks/wechatpay [payment]")
+
+    @task(1)
+    def refund(self) -> None:
+        if not self.paid:
+            return
+        tx, total = self.paid.pop(random.randrange(len(self.paid)))
+        body = self.wx.notification("REFUND.SUCCESS",
+                                    self.wx.refund(f"50{uuid.uuid4().int % 10**30:030d}", tx, total, total))
+        self._post(body, "/v1/callbacks/wechatpay [refund]")
+
+
+class AlipayNotifications(HttpUser):
+    """Alipay trade_status_sync notifications (form-encoded, RSA2); `success` expected."""
+
+    wait_time = between(0.0, 0.01)
+
+    def on_start(self) -> None:
+        _, self.ali = _gateway_sims()
+        self.buyers = [f"2088{random.randrange(10**12):012d}" for _ in range(20)]
+        self.paid: list[dict[str, str]] = []
+
+    def _post(self, params: dict[str, str], name: str) -> None:
+        with self.client.post("/v1/callbacks/alipay", data=AlipaySimulator.body(self.ali.sign(params)),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"}, name=name,
+                              catch_response=True) as resp:
+            if resp.status_code != 200 or resp.text != "success":
+                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+
+    @task(20)
+    def payment(self) -> None:
+        if self.paid and random.random() < 0.03:
+            trade = random.choice(self.paid)  # Alipay's retry
+        else:
+            yuan = f"{random.randint(1, 2_000)}.{random.randint(0, 99):02d}"
+            trade = self.ali.trade(f"2026{uuid.uuid4().int % 10**24:024d}", random.choice(self.buyers), yuan)
+            self.paid = [*self.paid[-50:], trade]
+        self._post(trade, "/v1/callbacks/alipay [payment]")
+
+    @task(1)
+    def refund(self) -> None:
+        if not self.paid:
+            return
+        trade = self.paid.pop(random.randrange(len(self.paid)))
+        self._post(self.ali.refund(trade, f"RF-{uuid.uuid4().hex[:12]}", trade["total_amount"], closed=True),
+                   "/v1/callbacks/alipay [refund]")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -52,6 +54,39 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         return 1
     units = ", ".join(f"{bu} ({fmt})" for bu, fmt in rules.business_units)
     print(f"ok: {args.file}: version {rules.version}; tiers {', '.join(rules.tier_ids)}; business units {units}")
+    return 0
+
+
+def cmd_gateways_check(args: argparse.Namespace) -> int:
+    import core_ext
+    from streams.gateways.mapping import GatewayConfigError, load_config
+
+    settings = Settings.from_env()
+    path = Path(args.file) if args.file else settings.gateways_path
+    try:
+        rules = core_ext.RuleSet.from_toml(settings.rules_path.read_text(encoding="utf-8"), str(settings.rules_path))
+        if not path.exists():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+        config = load_config(path, {bu for bu, _ in rules.business_units})
+    except (core_ext.RulesError, GatewayConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {path}: {len(config.wechatpay.routes)} WeChat Pay route(s), {len(config.alipay.routes)} Alipay "
+          f"route(s), checked against the business units of {settings.rules_path}")
+    for name, routes in (("wechatpay", config.wechatpay), ("alipay", config.alipay)):
+        for (account, sub), r in sorted(routes.routes.items()):
+            print(f"  {name:9} {account:>18} {sub or '-':>18} -> {r.bu_id} / {r.merchant_id} / {r.category}")
+    return 0
+
+
+def cmd_gateways_simulator_keys(args: argparse.Namespace) -> int:
+    from streams.gateways.simulate import simulators
+
+    _, _, env = simulators(Path(args.dir))
+    print(f"# test keys of simulated gateways in {args.dir} (never for production); a worker that trusts them:")
+    for k, v in env.items():
+        print(f"export {k}={shlex.quote(v)}")
     return 0
 
 
@@ -243,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="start", required=True, help="first day (YYYY-MM-DD) or ISO-8601 instant")
     s.add_argument("--to", dest="end", required=True, help="end, exclusive (YYYY-MM-DD) or ISO-8601 instant")
     s.set_defaults(func=cmd_rules_simulate)
+
+    gateways = sub.add_parser("gateways", help="WeChat Pay and Alipay notifications (docs/gateways.md)")
+    gsub = gateways.add_subparsers(dest="gateways_command", required=True)
+    s = gsub.add_parser("check", help="validate the gateways file (routes) against the rules' business units")
+    s.add_argument("file", nargs="?", help="default: LOYALTY_GATEWAYS or rules/gateways.toml")
+    s.set_defaults(func=cmd_gateways_check)
+    s = gsub.add_parser("simulator-keys", help="make (or reuse) test keys of simulated gateways, print worker env")
+    s.add_argument("dir", help="directory for the keys, e.g. .local/gateway-sim")
+    s.set_defaults(func=cmd_gateways_simulator_keys)
 
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)

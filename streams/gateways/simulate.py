@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
 import secrets
 import time
 from pathlib import Path
@@ -52,6 +51,25 @@ class WeChatPaySimulator:
         self.platform_key = _new_key()
         self.serial = serial or "PUB_KEY_ID_" + secrets.token_hex(16).upper()
         self.apiv3_key = secrets.token_hex(16)  # 32 characters, like the real one
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> WeChatPaySimulator:
+        """The simulator whose keys are kept in `directory` (made there the first time), so
+        a worker and a load generator started apart agree on them."""
+        sim = cls()
+        key_file, meta = directory / "wechatpay-platform.key", directory / "wechatpay.json"
+        if key_file.exists() and meta.exists():
+            loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            assert isinstance(loaded, rsa.RSAPrivateKey)
+            sim.platform_key = loaded
+            sim.serial, sim.apiv3_key = orjson.loads(meta.read_bytes())
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(private_pem(sim.platform_key))
+            key_file.chmod(0o600)
+            meta.write_bytes(orjson.dumps([sim.serial, sim.apiv3_key]))
+            meta.chmod(0o600)
+        return sim
 
     def env(self, directory: Path) -> dict[str, str]:
         """The LOYALTY_* variables a worker needs to accept this gateway's notifications."""
@@ -145,6 +163,20 @@ class AlipaySimulator:
         self.app_id = app_id
         self.seller_id = seller_id
 
+    @classmethod
+    def in_directory(cls, directory: Path) -> AlipaySimulator:
+        sim = cls()
+        key_file = directory / "alipay-signing.key"
+        if key_file.exists():
+            loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            assert isinstance(loaded, rsa.RSAPrivateKey)
+            sim.alipay_key = loaded
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(private_pem(sim.alipay_key))
+            key_file.chmod(0o600)
+        return sim
+
     def env(self, directory: Path) -> dict[str, str]:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"alipay-{self.app_id}.pem"
@@ -208,9 +240,8 @@ class AlipaySimulator:
         return urlencode(signed, encoding=charset_of(signed)).encode()
 
 
-def write_keys_for(directory: Path) -> tuple[WeChatPaySimulator, AlipaySimulator, dict[str, str]]:
-    """Both simulators and the environment of a worker that trusts them."""
-    wx, ali = WeChatPaySimulator(), AlipaySimulator()
-    env = {**wx.env(directory), **ali.env(directory)}
-    os.makedirs(directory, exist_ok=True)
-    return wx, ali, env
+def simulators(directory: Path) -> tuple[WeChatPaySimulator, AlipaySimulator, dict[str, str]]:
+    """Both simulators with their keys kept in `directory`, and the environment of a
+    worker that trusts them (`loyalty gateways simulator-keys` prints it)."""
+    wx, ali = WeChatPaySimulator.in_directory(directory), AlipaySimulator.in_directory(directory)
+    return wx, ali, {**wx.env(directory), **ali.env(directory)}

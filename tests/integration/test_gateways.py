@@ -9,6 +9,9 @@ retries and refund order."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +22,8 @@ import orjson
 import pytest
 
 from streams.devtools import WorkerProcess, read_dead_letters
-from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, _new_key
-from streams.settings import Settings
+from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, _new_key, simulators
+from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from tests.integration.conftest import new_worker
 
@@ -29,10 +32,13 @@ AT = "2026-11-23T10:15:00+08:00"
 
 
 @pytest.fixture(scope="module")
-def sims(tmp_path_factory: pytest.TempPathFactory) -> tuple[WeChatPaySimulator, AlipaySimulator, dict[str, str]]:
-    keys = tmp_path_factory.mktemp("gateway-keys")
-    wx, ali = WeChatPaySimulator(), AlipaySimulator()
-    return wx, ali, {**wx.env(keys), **ali.env(keys)}
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway-keys")
+
+
+@pytest.fixture(scope="module")
+def sims(sim_dir: Path) -> tuple[WeChatPaySimulator, AlipaySimulator, dict[str, str]]:
+    return simulators(sim_dir)
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +248,26 @@ def test_unconfigured_gateways_are_refused_so_they_retry(services: None, tmp_pat
         assert w.post("/v1/callbacks/alipay", b"a=1", {})[0] == 503
     finally:
         w.stop()
+
+
+def test_locust_gateway_users_run_without_failures(gw: WorkerProcess, sim_dir: Path, tmp_path: Path) -> None:
+    """The load test's WeChat Pay and Alipay users, headless for a few seconds: every
+    notification is answered as the gateway expects, and all of them reach the worker."""
+    before = gw.metrics()
+    report = tmp_path / "locust"  # locust adds .json
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+         "-H", gw.base_url, "-u", "4", "-r", "4", "-t", "4s", "-s", "5", "--only-summary",
+         "--json-file", str(report), "WeChatPayNotifications", "AlipayNotifications"],
+        cwd=ROOT, env={**os.environ, "LOYALTY_GATEWAY_SIM_DIR": str(sim_dir)}, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = orjson.loads(report.with_suffix(".json").read_bytes())
+    requests = sum(s["num_requests"] for s in stats)
+    failures = sum(s["num_failures"] for s in stats)
+    assert requests > 20 and failures == 0, proc.stderr[-3000:]
+    after = gw.metrics()
+    accepted = sum(after[f"gateway_{g}_{k}_total"] - before[f"gateway_{g}_{k}_total"]
+                   for g in ("wechatpay", "alipay") for k in ("payment", "refund"))
+    assert accepted == requests  # retries are accepted again (same event id), refusals would have failed

@@ -140,12 +140,16 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                 if ctx.applied[j] and event_id is not None and member_id is not None:
                     replayed.append((member_id, event_id))
             elif status == "guest":
-                assert rows is not None
-                report.guests += 1
+                assert rows is not None and event_id is not None
+                # Its fact is written again either way (the ledger dedups it): a crash
+                # after keeping it and before the write must not lose the row.
                 guest_facts.append(rows)
                 payer = keys[j][3]
-                if payer is not None:
-                    await rt.balances.keep_guest(payer[0], payer[1], bodies[i], max(1, rules.guest_credit_days))
+                if payer is not None and not await rt.balances.keep_guest(
+                        payer[0], payer[1], event_id, bodies[i], max(1, rules.guest_credit_days)):
+                    report.duplicates += 1  # kept already: a redelivery or a gateway's retry
+                else:
+                    report.guests += 1
             elif (keys[j][5] == "refund" and err_field == "refund_of" and member_id is not None
                   and keys[j][2] is not None and (reason or "").startswith("no payment")):
                 # A refund ahead of its payment: held until the payment is applied.

@@ -19,6 +19,7 @@ import orjson
 
 from streams.app import load_rules
 from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks, send_callbacks_in_order
+from streams.gateways.simulate import simulators
 from streams.settings import ROOT, Settings
 
 DAY = "2026-11-21"
@@ -179,7 +180,9 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     run_id = f"demo-{seed}-{int(time.time())}"
     data_root = ROOT / ".local" / "data" / "demo"
     shutil.rmtree(data_root, ignore_errors=True)  # one demo's store at a time
-    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id)
+    # Simulated WeChat Pay and Alipay, with test keys this worker trusts.
+    wx, ali, gateway_env = simulators(data_root / run_id / "gateway-keys")
+    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id, extra_env=gateway_env)
     day = generate_day(seed, events, members, rules.business_units)
     print(
         f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
@@ -190,12 +193,40 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     print(f"demo: starting a worker (run {run_id}, log {worker.data_dir / 'worker.log'})", flush=True)
     worker.start()
     try:
-        return asyncio.run(_drive(worker, settings, day, concurrency))
+        return asyncio.run(_drive(worker, settings, day, concurrency, (wx, ali, seed, members)))
     finally:
         worker.stop()
 
 
-async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int) -> int:
+def _gateway_notifications(worker: WorkerProcess, gateways: tuple[Any, Any, int, int],
+                           n: int) -> list[tuple[int, dict[str, Any]]]:
+    """`n` WeChat Pay and `n` Alipay notifications in the gateways' own formats, each sent
+    twice (the gateway's retry); results as (status, {"event_id": ...}) like callbacks."""
+    wx, ali, seed, members = gateways
+    rng = random.Random(seed + 1)
+    out: list[tuple[int, dict[str, Any]]] = []
+    for i in range(n):
+        _, at = _time(rng, 10 * 3600, 22 * 3600)
+        tx = f"4200{seed:08d}{i:020d}"
+        openid = f"o-m-{rng.randint(1, members):05d}"
+        body = wx.notification("TRANSACTION.SUCCESS", wx.transaction(tx, openid, rng.randint(1_500, 150_000),
+                                                                     success_time=at))
+        for _ in range(2):
+            status, _ = worker.post("/v1/callbacks/wechatpay", body, wx.headers(body))
+            out.append((202 if status == 204 else status, {"event_id": f"wx:{tx}"}))
+        trade_no = f"2026{seed:08d}{i:016d}"
+        params = ali.sign(ali.trade(trade_no, f"2088{rng.randint(0, 10**12):012d}",
+                                    f"{rng.randint(15, 1500)}.{rng.randint(0, 99):02d}",
+                                    gmt_payment=at[:19].replace("T", " ")))
+        for _ in range(2):
+            status, reply = worker.post("/v1/callbacks/alipay", ali.body(params),
+                                        {"Content-Type": "application/x-www-form-urlencoded"})
+            out.append((202 if (status, reply) == (200, "success") else status, {"event_id": f"ali:{trade_no}"}))
+    return out
+
+
+async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int,
+                 gateways: tuple[Any, Any, int, int]) -> int:
     t0 = time.monotonic()
     print(f"demo: {len(day.registrations)} registrations, {len(day.sign_ins)} sign-ins ...", flush=True)
     rm = await send_callbacks(worker.base_url, worker.callback_secret, day.registrations + day.sign_ins,
@@ -209,6 +240,10 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     phase1 = day.payments + day.duplicates
     print(f"demo: sending {len(phase1)} payment callbacks ...", flush=True)
     r1 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, phase1, concurrency=concurrency)
+    n_gateway = max(2, len(day.payments) // 100)
+    print(f"demo: {n_gateway} WeChat Pay and {n_gateway} Alipay notifications in their own formats, each "
+          "sent twice ...", flush=True)
+    rg = await asyncio.to_thread(_gateway_notifications, worker, gateways, n_gateway)
     bad = day.bad_bodies + day.forged
     forged = set(range(len(bad) - len(day.forged), len(bad)))
     rb = await send_callbacks(worker.base_url, worker.callback_secret, bad, concurrency, forged)
@@ -219,7 +254,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     r3 = await send_callbacks(worker.base_url, worker.callback_secret, day.late_registrations, concurrency,
                               path="/v1/callbacks/member")
     t_sent = time.monotonic()
-    results = rm + r1 + rb + r2 + r3
+    results = rm + r1 + rg + rb + r2 + r3
     statuses: dict[int, int] = {}
     for status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
@@ -254,6 +289,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         "-" * 60,
         f"callbacks sent                 {_fmt(sent):>12}",
         f"  accepted (202, Kafka acked)  {_fmt(statuses.get(202, 0)):>12}   distinct events {_fmt(len(accepted_ids))}",
+        f"    of which gateway formats   {_fmt(sum(1 for st, _ in rg if st == 202)):>12}   "
+        f"WeChat Pay v3 {_fmt(m['gateway_wechatpay_payment_total'])}, Alipay {_fmt(m['gateway_alipay_payment_total'])}",
         f"  rejected 400 (bad body)      {_fmt(statuses.get(400, 0)):>12}",
         f"  rejected 401 (bad signature) {_fmt(statuses.get(401, 0)):>12}",
         f"  other                        {_fmt(sent - sum(statuses.get(s, 0) for s in (202, 400, 401))):>12}",

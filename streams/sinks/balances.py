@@ -122,6 +122,17 @@ class MemberMoves:
     outbox: bool = False
 
 
+# A guest payment is kept once per event id (the seen set outlives the crediting, so a
+# late redelivery is not kept again).
+_KEEP_GUEST = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 class BalanceStore:
     """Balances, states and applied-event records of members, in Redis."""
 
@@ -166,7 +177,7 @@ class BalanceStore:
         return f"{self.ns}:id:{kind}:{external_id}"
 
     def guest_key(self, kind: str, external_id: str) -> str:
-        return f"{self.ns}:guest:{kind}:{external_id}"
+        return f"{self.ns}:guest:{{{kind}:{external_id}}}"
 
     def gateway_route_key(self, payment_event_id: str) -> str:
         return f"{self.ns}:gwpay:{payment_event_id}"
@@ -276,12 +287,15 @@ class BalanceStore:
         await self.redis.set(key, member_id, nx=True)
         return await self.redis.get(key)  # type: ignore[no-any-return]
 
-    async def keep_guest(self, kind: str, external_id: str, body: bytes, keep_days: int) -> None:
-        key = self.guest_key(kind, external_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(key, body)
-        pipe.expire(key, max(1, keep_days) * 86_400)
-        await pipe.execute()
+    async def keep_guest(self, kind: str, external_id: str, event_id: str, body: bytes, keep_days: int) -> bool:
+        """Keeps a guest payment for crediting at registration; False if this event was
+        kept already (a redelivery or a gateway's retry): it is not counted twice."""
+        tag = f"{{{kind}:{external_id}}}"  # both keys in one Redis Cluster slot
+        kept = await self.redis.eval(  # type: ignore[misc]
+            _KEEP_GUEST, 2, f"{self.ns}:guest:{tag}", f"{self.ns}:guest-seen:{tag}", event_id, body,
+            max(1, keep_days) * 86_400,
+        )
+        return bool(kept)
 
     async def guest_payments(self, kind: str, external_id: str) -> list[str]:
         return list(await self.redis.lrange(self.guest_key(kind, external_id), 0, -1))

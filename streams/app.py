@@ -97,7 +97,7 @@ def load_rules(path: Path) -> core_ext.RuleSet:
 
 
 def load_gateways(settings: Settings, rules: core_ext.RuleSet) -> GatewayConfig:
-    return load_gateway_config(settings.gateways_path, {bu for bu, _ in rules.business_units})
+    return load_gateway_config(settings.gateways_path, {bu for bu, _ in rules.business_units}, lenient=True)
 
 
 class Runtime:

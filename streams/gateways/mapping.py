@@ -9,6 +9,7 @@ instead, as a query string: `bu_id=sh-mall&merchant_id=sh-mall-shop-02&category=
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from urllib.parse import parse_qsl
 
 from streams.gateways import GatewayError
 from streams.records import is_valid_id
+
+log = logging.getLogger(__name__)
 
 
 class GatewayConfigError(ValueError):
@@ -72,7 +75,8 @@ class GatewayConfig:
 _KEYS = {"wechatpay": ("mchid", "sub_mchid"), "alipay": ("app_id", "seller_id")}
 
 
-def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[str] | None) -> GatewayRoutes:
+def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[str] | None,
+            lenient: bool) -> GatewayRoutes:
     if not isinstance(section, dict):
         raise GatewayConfigError(f"{where}: must be a table")
     unknown = set(section) - {"routes", "overrides"}
@@ -100,7 +104,13 @@ def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[s
         if not isinstance(sub, str):
             raise GatewayConfigError(f"{at}.{sub_key}: must be a string")
         if bus is not None and entry["bu_id"] not in bus:
-            raise GatewayConfigError(f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules")
+            problem = f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules"
+            if not lenient:
+                raise GatewayConfigError(problem)
+            # A worker keeps running: this route's payments are refused (and retried by
+            # the gateway) until the rules or the routes are fixed.
+            log.error("%s; its payments will be refused until fixed", problem)
+            continue
         key = (entry[account_key], sub)
         if key in routes:
             raise GatewayConfigError(f"{at}: a second route for {account_key} {key[0]!r} {sub_key} {sub!r}")
@@ -108,8 +118,10 @@ def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[s
     return GatewayRoutes(routes, overrides)
 
 
-def parse_config(text: str, path: str, business_units: set[str] | None = None) -> GatewayConfig:
-    """Parses and checks a gateways file; the BU ids are checked against the rules when given."""
+def parse_config(text: str, path: str, business_units: set[str] | None = None,
+                 lenient: bool = False) -> GatewayConfig:
+    """Parses and checks a gateways file; the BU ids are checked against the rules when given
+    (lenient: a route to an unknown BU is logged and left out instead of refusing the file)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -117,12 +129,13 @@ def parse_config(text: str, path: str, business_units: set[str] | None = None) -
     unknown = set(doc) - set(_KEYS)
     if unknown:
         raise GatewayConfigError(f"{path}: unknown section(s) {sorted(unknown)} (wechatpay, alipay)")
-    wechat = _routes(f"{path}: wechatpay", doc.get("wechatpay", {}), *_KEYS["wechatpay"], business_units)
-    alipay = _routes(f"{path}: alipay", doc.get("alipay", {}), *_KEYS["alipay"], business_units)
+    wechat = _routes(f"{path}: wechatpay", doc.get("wechatpay", {}), *_KEYS["wechatpay"], business_units, lenient)
+    alipay = _routes(f"{path}: alipay", doc.get("alipay", {}), *_KEYS["alipay"], business_units, lenient)
     return GatewayConfig(wechat, alipay, path)
 
 
-def load_config(path: Path, business_units: set[str] | None = None) -> GatewayConfig:
+def load_config(path: Path, business_units: set[str] | None = None, lenient: bool = False) -> GatewayConfig:
     if not path.exists():
+        log.warning("no gateways file at %s: gateway payments need attach / passback_params routes", path)
         return GatewayConfig.empty()
-    return parse_config(path.read_text(encoding="utf-8"), str(path), business_units)
+    return parse_config(path.read_text(encoding="utf-8"), str(path), business_units, lenient)

@@ -320,3 +320,15 @@ def test_the_shipped_gateways_file_loads_against_the_demo_rules() -> None:
 def test_gateways_file_errors_name_the_entry(text: str, message: str) -> None:
     with pytest.raises(GatewayConfigError, match=message):
         parse_config(text, "gateways.toml", {"sh-mall"})
+
+
+def test_a_worker_leaves_out_routes_to_unknown_business_units_and_check_refuses_them() -> None:
+    text = ('[wechatpay]\nroutes = [{mchid = "1", bu_id = "gone", merchant_id = "m", category = "c"},'
+            '{mchid = "2", bu_id = "sh-mall", merchant_id = "m", category = "c"}]')
+    config = parse_config(text, "gateways.toml", {"sh-mall"}, lenient=True)
+    assert list(config.wechatpay.routes) == [("2", "")]
+    with pytest.raises(GatewayError) as err:
+        config.wechatpay.route("1", "", None)
+    assert err.value.field == "route" and err.value.status == 500
+    with pytest.raises(GatewayConfigError):
+        parse_config(text, "gateways.toml", {"sh-mall"})

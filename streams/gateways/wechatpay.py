@@ -56,7 +56,7 @@ class WeChatPayKeys:
                 pem = Path(path).read_bytes()
             except OSError as exc:
                 raise ValueError(f"LOYALTY_WECHATPAY_PLATFORM_KEYS: cannot read {path}: {exc.strerror}") from None
-            platform[serial.strip()] = load_rsa_public_key(pem, f"platform key {serial}")
+            platform[serial.strip().upper()] = load_rsa_public_key(pem, f"platform key {serial}")
         if not platform:
             raise ValueError("LOYALTY_WECHATPAY_PLATFORM_KEYS must name at least one SERIAL=/path/to/key.pem")
         return cls(apiv3_key.encode(), platform)
@@ -76,7 +76,7 @@ def verify(headers: Mapping[str, str], body: bytes, keys: WeChatPayKeys, now_s: 
     if kind != SIGNATURE_TYPE:
         raise GatewayError("Wechatpay-Signature-Type", f"{kind!r} is not supported ({SIGNATURE_TYPE})", status=401)
     serial = _header(headers, "Wechatpay-Serial")
-    key = keys.platform.get(serial)
+    key = keys.platform.get(serial.upper())  # certificate serials are hex: any case
     if key is None:
         raise GatewayError("Wechatpay-Serial", f"{serial[:64]!r} is not a configured platform key", status=401)
     raw_ts = _header(headers, "Wechatpay-Timestamp")

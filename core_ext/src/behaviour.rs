@@ -52,6 +52,7 @@ pub fn apply_member_event(
             }
         }
         MemberKind::Profile => parts.push(Part::new("profile", "", 0)),
+        MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
         MemberKind::SignIn => {
             if state.sign_in_last_day == Some(local.day) {
                 parts.push(Part::new("already_signed_in_today", "", 0));

@@ -4,6 +4,7 @@
 
 use crate::accrual::{self, Applied, PaymentRecord};
 use crate::behaviour;
+use crate::coupons;
 use crate::errors::{CoreError, CoreResult};
 use crate::events::{Event, EventKind, PaymentEvent};
 use crate::rules::RuleSet;
@@ -104,6 +105,9 @@ pub fn evaluate_batch(
         // Every refusal happens before an evaluation changes the state or the budgets
         // (checked by `refused_events_change_no_state`), so they are used in place.
         let state = &mut w.state;
+        let marketing = !rules.triggers.is_empty() || !state.coupons.is_empty()
+            || matches!(ev, Event::Payment(p) if !p.coupon_ids.is_empty());
+        let before = marketing.then(|| (coupons::before(rules, state, ev.occurred_at_ms()), state.registered_at_ms));
         let result = match ev {
             Event::Payment(p) if p.kind == EventKind::Payment => {
                 accrual::accrue_payment(rules, p, member_id, state, &mut budget_spent, now_ms).inspect(|a| {
@@ -153,6 +157,20 @@ pub fn evaluate_batch(
         };
         match result {
             Ok(mut applied) => {
+                if let Some((before, was_registered)) = &before {
+                    let refund_done = match ev {
+                        Event::Payment(p) if p.kind == EventKind::Refund => {
+                            let of = p.refund_of.clone().unwrap_or_default();
+                            payments
+                                .get(&(member_id.to_string(), of.clone()))
+                                .is_some_and(|r| r.refunded_amount_fen >= r.amount_fen)
+                                .then_some(of)
+                        }
+                        _ => None,
+                    };
+                    let m = Marketing { member_id, before, was_registered: was_registered.is_some(), refund_done };
+                    m.run(rules, ev, state, &mut budget_spent, &mut applied, now_ms);
+                }
                 applied.rows_json = stamp_rows(&applied.rows_json, outcomes.len());
                 w.touched = true;
                 seen.insert((member_id, ev.event_id()));
@@ -176,6 +194,80 @@ pub fn evaluate_batch(
         })
         .collect();
     BatchResult { outcomes, members }
+}
+
+/// Coupons around an applied event: redemptions a payment carries, coupons a full
+/// refund gives back, coupons past their validity, and the triggers.
+struct Marketing<'a> {
+    member_id: &'a str,
+    before: &'a coupons::Before,
+    was_registered: bool,
+    refund_done: Option<String>,
+}
+
+impl Marketing<'_> {
+    fn run(
+        &self,
+        rules: &RuleSet,
+        ev: &Event,
+        state: &mut MemberState,
+        budget_spent: &mut HashMap<String, i64>,
+        applied: &mut Applied,
+        now_ms: i64,
+    ) {
+        let (event_id, at_ms) = (ev.event_id(), ev.occurred_at_ms());
+        let at = coupons::At { rules, member_id: self.member_id, event_id, at_ms, now_ms };
+        let mut rows = coupons::expire(&at, state);
+        if let Event::Payment(p) = ev {
+            for cid in &p.coupon_ids {
+                if state.coupons.iter().any(|c| c.id == *cid && c.used_by.as_deref() == Some(event_id)) {
+                    continue; // redeemed at the till beforehand, for this payment
+                }
+                let u = coupons::Use {
+                    bu_id: &p.bu_id,
+                    merchant_id: &p.merchant_id,
+                    category: &p.category,
+                    paid_fen: p.amount_fen,
+                    at_ms,
+                };
+                match coupons::redeem(&at, state, cid, &u) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => rows.push(coupons::refused(&at, cid, e.reason())),
+                }
+            }
+        }
+        if let Some(of) = &self.refund_done {
+            rows.extend(coupons::give_back(&at, state, of));
+        }
+        let tier = crate::tiers::effective_tier(rules, state, at_ms);
+        let rank = rules.tiers.iter().position(|t| t.id == tier.id).unwrap_or(0);
+        let h = coupons::Happened {
+            event_id,
+            member_id: self.member_id,
+            at_ms,
+            payment: match ev {
+                Event::Payment(p) => Some(p),
+                Event::Member(_) => None,
+            },
+            registered: !self.was_registered && state.registered_at_ms.is_some(),
+            reminder: applied.notice.is_some(),
+            parking_exit: matches!(ev, Event::Member(m) if m.kind == crate::events::MemberKind::ParkingExit),
+            tier_after: (&tier.id, rank),
+        };
+        let (issued, consumed) = coupons::after_event(rules, &h, self.before, state, budget_spent, now_ms);
+        rows.extend(issued);
+        if rows.is_empty() {
+            return;
+        }
+        applied.campaigns.extend(consumed);
+        let extra = coupons::rows_json(&rows).join(",");
+        let body = applied.rows_json.trim_end();
+        applied.rows_json = match body.strip_suffix(']') {
+            Some(head) if head.trim_end().ends_with('[') => format!("{head}{extra}]"),
+            Some(head) => format!("{head},{extra}]"),
+            None => format!("[{extra}]"),
+        };
+    }
 }
 
 /// Puts the event's index in the batch on each of its ledger rows, so that the rows

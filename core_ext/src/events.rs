@@ -52,6 +52,8 @@ pub struct PaymentEvent {
     /// way Alipay reports `refund_fee`), not the amount of this refund: the engine
     /// applies the difference to what is refunded already.
     pub cumulative: bool,
+    /// Coupons the member used at the till for this payment (redeemed with it).
+    pub coupon_ids: Vec<String>,
 }
 
 /// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
@@ -224,6 +226,8 @@ pub enum MemberKind {
     TierReview,
     /// The scheduled wallet check: release pending points, expire lots, remind.
     WalletCheck,
+    /// A member's car left a car park (sent by the parking agent): marketing triggers only.
+    ParkingExit,
 }
 
 impl MemberKind {
@@ -237,6 +241,7 @@ impl MemberKind {
             MemberKind::TierOverride => "tier_override",
             MemberKind::TierReview => "tier_review",
             MemberKind::WalletCheck => "wallet_check",
+            MemberKind::ParkingExit => "parking_exit",
         }
     }
 
@@ -250,6 +255,7 @@ impl MemberKind {
             "tier_override" => MemberKind::TierOverride,
             "tier_review" => MemberKind::TierReview,
             "wallet_check" => MemberKind::WalletCheck,
+            "parking_exit" => MemberKind::ParkingExit,
             _ => return None,
         })
     }
@@ -370,6 +376,8 @@ struct FastPayment<'a> {
     points_used: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     cumulative: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    coupon_ids: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
@@ -384,6 +392,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         || f.hold_id.is_some()
         || f.points_used.is_some()
         || f.cumulative.is_some()
+        || f.coupon_ids.is_some()
         || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
     {
         return None;
@@ -411,6 +420,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         hold_id: None,
         points_used: 0,
         cumulative: false,
+        coupon_ids: Vec::new(),
     })
 }
 
@@ -505,7 +515,28 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
             ))
         }
     };
+    let coupon_ids = match obj.get("coupon_ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() <= 10 && kind == EventKind::Payment => {
+            let mut ids = Vec::with_capacity(items.len());
+            for v in items {
+                let Value::String(id) = v else {
+                    return Err(CoreError::invalid_event("coupon_ids", "must be a list of coupon ids"));
+                };
+                check_id("coupon_ids", id)?;
+                if ids.contains(id) {
+                    return Err(CoreError::invalid_event("coupon_ids", format!("{id} is listed twice")));
+                }
+                ids.push(id.clone());
+            }
+            ids
+        }
+        Some(_) => {
+            return Err(CoreError::invalid_event("coupon_ids", "must be a list of at most 10 coupon ids, on payments"))
+        }
+    };
     Ok(PaymentEvent {
+        coupon_ids,
         cumulative,
         hold_id,
         points_used,

@@ -4,6 +4,7 @@
 pub mod accrual;
 pub mod behaviour;
 pub mod campaigns;
+pub mod coupons;
 pub mod engine;
 pub mod errors;
 pub mod events;
@@ -61,3 +62,5 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
 
 #[cfg(test)]
 mod tests_engine;
+#[cfg(test)]
+mod tests_coupons;

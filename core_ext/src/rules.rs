@@ -254,6 +254,9 @@ pub struct RuleSet {
     pub settlement: SettlementRules,
     /// Car parks by business unit id.
     pub car_parks: HashMap<String, crate::parking::CarPark>,
+    /// Real-time marketing: coupon templates by id, and the triggers that issue them.
+    pub coupon_templates: HashMap<String, crate::coupons::CouponTemplate>,
+    pub triggers: Vec<crate::coupons::Trigger>,
 }
 
 impl RuleSet {

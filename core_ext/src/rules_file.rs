@@ -45,6 +45,52 @@ struct RawRuleSet {
     settlement: Option<RawSettlement>,
     #[serde(default)]
     parking: Option<RawParking>,
+    #[serde(default)]
+    coupon_templates: Vec<RawCouponTemplate>,
+    #[serde(default)]
+    triggers: Vec<RawTrigger>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCouponTemplate {
+    id: S<String>,
+    kind: S<String>,
+    percent_off: Option<S<i64>>,
+    max_off_fen: Option<S<i64>>,
+    amount_off_fen: Option<S<i64>>,
+    item: Option<S<String>>,
+    item_value_fen: Option<S<i64>>,
+    parking_minutes: Option<S<i64>>,
+    threshold_fen: Option<S<i64>>,
+    valid_days: Option<S<i64>>,
+    valid_from: Option<S<String>>,
+    valid_to: Option<S<String>>,
+    stock: Option<S<i64>>,
+    per_member_limit: Option<S<i64>>,
+    bus: Option<S<Vec<String>>>,
+    merchants: Option<S<Vec<String>>>,
+    categories: Option<S<Vec<String>>>,
+    merchant_share_pct: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    id: S<String>,
+    on: S<String>,
+    coupon: S<String>,
+    dormant_days: Option<S<i64>>,
+    min_amount_fen: Option<S<i64>>,
+    min_total_fen: Option<S<i64>>,
+    window_days: Option<S<i64>>,
+    to_tiers: Option<S<Vec<String>>>,
+    formats: Option<S<Vec<String>>>,
+    tiers: Option<S<Vec<String>>>,
+    tags: Option<S<Vec<String>>>,
+    max_per_member: Option<S<i64>>,
+    per_days: Option<S<i64>>,
+    budget: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -575,7 +621,26 @@ impl RuleSet {
             car_parks.insert(park.bu.clone(), park);
         }
 
+        let mut coupon_templates = HashMap::default();
+        for (i, t) in raw.coupon_templates.iter().enumerate() {
+            let tpl = load_coupon_template(&src, i, t, &business_units)?;
+            if coupon_templates.contains_key(&tpl.id) {
+                return src.err(t.id.span(), &format!("coupon_templates[{i}].id"), "is a duplicate");
+            }
+            coupon_templates.insert(tpl.id.clone(), tpl);
+        }
+        let mut triggers: Vec<crate::coupons::Trigger> = Vec::new();
+        for (i, t) in raw.triggers.iter().enumerate() {
+            let trig = load_trigger(&src, i, t, &coupon_templates, &formats, &tiers)?;
+            if triggers.iter().any(|x| x.id == trig.id) {
+                return src.err(t.id.span(), &format!("triggers[{i}].id"), "is a duplicate");
+            }
+            triggers.push(trig);
+        }
+
         Ok(RuleSet {
+            coupon_templates,
+            triggers,
             version: raw.version.get_ref().trim().to_string(),
             rounding: raw.rounding,
             utc_offset_minutes,
@@ -845,4 +910,141 @@ fn load_settlement(
         }
     }
     Ok(out)
+}
+
+fn load_coupon_template(
+    src: &Source,
+    i: usize,
+    t: &RawCouponTemplate,
+    bus: &HashMap<String, BusinessUnit>,
+) -> CoreResult<crate::coupons::CouponTemplate> {
+    use crate::coupons::{CouponKind, CouponTemplate, Scope, Validity};
+    let f = |name: &str| format!("coupon_templates[{i}].{name}");
+    let id = src.id(&t.id, &f("id"))?;
+    let money = 1..=100_000_000;
+    let need = |v: &Option<S<i64>>, name: &str, range: std::ops::RangeInclusive<i64>| -> CoreResult<i64> {
+        match v {
+            Some(v) => src.int(v, &f(name), range),
+            None => src.err(t.kind.span(), &f(name), format!("is required for kind {:?}", t.kind.get_ref())),
+        }
+    };
+    let kind = match t.kind.get_ref().as_str() {
+        "percent_off" => CouponKind::PercentOff {
+            pct: need(&t.percent_off, "percent_off", 1..=99)?,
+            max_off_fen: src.opt_int(&t.max_off_fen, &f("max_off_fen"), money.clone())?.unwrap_or(0),
+        },
+        "amount_off" => CouponKind::AmountOff { off_fen: need(&t.amount_off_fen, "amount_off_fen", money.clone())? },
+        "item" => CouponKind::Item {
+            item: match &t.item {
+                Some(v) => src.id(v, &f("item"))?,
+                None => return src.err(t.kind.span(), &f("item"), "is required for kind \"item\""),
+            },
+            value_fen: src.opt_int(&t.item_value_fen, &f("item_value_fen"), 0..=100_000_000)?.unwrap_or(0),
+        },
+        "parking" => CouponKind::Parking { minutes: need(&t.parking_minutes, "parking_minutes", 1..=10_080)? },
+        other => {
+            return src.err(
+                t.kind.span(),
+                &f("kind"),
+                format!("{other:?} is not one of percent_off, amount_off, item, parking"),
+            )
+        }
+    };
+    let instant = |v: &S<String>, name: &str| -> CoreResult<i64> {
+        parse_instant_ms(v.get_ref()).or_else(|e| src.err(v.span(), &f(name), e.reason().to_string()))
+    };
+    let validity = match (&t.valid_days, &t.valid_from, &t.valid_to) {
+        (Some(d), None, None) => Validity::Days(src.int(d, &f("valid_days"), 1..=3_650)?),
+        (None, Some(a), Some(b)) => {
+            let (from_ms, to_ms) = (instant(a, "valid_from")?, instant(b, "valid_to")?);
+            if to_ms <= from_ms {
+                return src.err(b.span(), &f("valid_to"), "must be after valid_from");
+            }
+            Validity::Fixed { from_ms, to_ms }
+        }
+        _ => return src.err(t.id.span(), &f("valid_days"), "set valid_days, or valid_from and valid_to"),
+    };
+    let is_bu = |x: &str| bus.contains_key(x);
+    Ok(CouponTemplate {
+        id,
+        kind,
+        threshold_fen: src.opt_int(&t.threshold_fen, &f("threshold_fen"), 0..=100_000_000_000)?.unwrap_or(0),
+        validity,
+        stock: src.opt_int(&t.stock, &f("stock"), 1..=1_000_000_000)?,
+        per_member_limit: src.opt_int(&t.per_member_limit, &f("per_member_limit"), 1..=10_000)?,
+        scope: Scope {
+            bus: src.id_set(&t.bus, &f("bus"), Some(&is_bu), "business unit")?,
+            merchants: src.id_set(&t.merchants, &f("merchants"), None, "merchant")?,
+            categories: src.id_set(&t.categories, &f("categories"), None, "category")?,
+        },
+        merchant_share_pct: src.opt_int(&t.merchant_share_pct, &f("merchant_share_pct"), 0..=100)?.unwrap_or(0),
+    })
+}
+
+fn load_trigger(
+    src: &Source,
+    i: usize,
+    t: &RawTrigger,
+    templates: &HashMap<String, crate::coupons::CouponTemplate>,
+    formats: &HashMap<String, Rate>,
+    tiers: &[Tier],
+) -> CoreResult<crate::coupons::Trigger> {
+    use crate::coupons::{Trigger, TriggerKind};
+    let f = |name: &str| format!("triggers[{i}].{name}");
+    let id = src.id(&t.id, &f("id"))?;
+    let need = |v: &Option<S<i64>>, name: &str, range: std::ops::RangeInclusive<i64>| -> CoreResult<i64> {
+        match v {
+            Some(v) => src.int(v, &f(name), range),
+            None => src.err(t.on.span(), &f(name), format!("is required for on = {:?}", t.on.get_ref())),
+        }
+    };
+    let is_format = |x: &str| formats.contains_key(x);
+    let is_tier = |x: &str| tiers.iter().any(|t| t.id == x);
+    let kind = match t.on.get_ref().as_str() {
+        "register" => TriggerKind::Register,
+        "win_back" => TriggerKind::WinBack { dormant_days: need(&t.dormant_days, "dormant_days", 1..=3_650)? },
+        "spend" => TriggerKind::Spend { min_amount_fen: need(&t.min_amount_fen, "min_amount_fen", 1..=100_000_000_000)? },
+        "spend_window" => TriggerKind::SpendWindow {
+            min_total_fen: need(&t.min_total_fen, "min_total_fen", 1..=100_000_000_000)?,
+            window_days: need(&t.window_days, "window_days", 1..=366)?,
+        },
+        "parking_exit" => TriggerKind::ParkingExit,
+        "birthday_month" => TriggerKind::BirthdayMonth,
+        "tier_upgrade" => TriggerKind::TierUpgrade { to: src.id_set(&t.to_tiers, &f("to_tiers"), Some(&is_tier), "tier")? },
+        "points_expiring" => TriggerKind::PointsExpiring,
+        "first_format" => {
+            TriggerKind::FirstFormat { formats: src.id_set(&t.formats, &f("formats"), Some(&is_format), "format")? }
+        }
+        other => {
+            return src.err(
+                t.on.span(),
+                &f("on"),
+                format!(
+                    "{other:?} is not one of register, win_back, spend, spend_window, parking_exit, \
+                     birthday_month, tier_upgrade, points_expiring, first_format"
+                ),
+            )
+        }
+    };
+    let coupon = src.id(&t.coupon, &f("coupon"))?;
+    if !templates.contains_key(&coupon) {
+        return src.err(t.coupon.span(), &f("coupon"), format!("unknown coupon template {coupon:?}"));
+    }
+    let cap = match (&t.max_per_member, &t.per_days) {
+        (None, None) => None,
+        (Some(m), d) => Some((
+            src.int(m, &f("max_per_member"), 1..=10_000)?,
+            src.opt_int(d, &f("per_days"), 0..=3_650)?.unwrap_or(0),
+        )),
+        (None, Some(d)) => return src.err(d.span(), &f("per_days"), "needs max_per_member"),
+    };
+    Ok(Trigger {
+        id,
+        kind,
+        coupon,
+        tiers: src.id_set(&t.tiers, &f("tiers"), Some(&is_tier), "tier")?,
+        tags: src.id_set(&t.tags, &f("tags"), None, "tag")?,
+        cap,
+        budget: src.opt_int(&t.budget, &f("budget"), 1..=1_000_000_000)?,
+    })
 }

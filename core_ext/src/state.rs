@@ -95,6 +95,33 @@ pub struct MemberState {
     /// Month index of the newest lot an expiry reminder was sent for.
     #[serde(skip_serializing_if = "is_zero")]
     pub reminded_month: i64,
+    /// The coupon wallet: active coupons and the newest used or expired ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub coupons: Vec<Coupon>,
+    /// For marketing triggers: the last payment, the formats paid in, spend by local day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_paid_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub formats_seen: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spend_days: Vec<[i64; 2]>,
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub birthday_coupon_year: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coupon {
+    pub id: String,
+    pub template: String,
+    pub trigger: String,
+    pub issued_at_ms: i64,
+    pub valid_from_ms: i64,
+    pub valid_until_ms: i64,
+    /// active | used | expired
+    pub status: String,
+    /// The payment (or redemption) that used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

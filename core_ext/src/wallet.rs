@@ -174,7 +174,8 @@ pub fn next_check_ms(rules: &RuleSet, state: &MemberState) -> Option<i64> {
             .map(|e| e - days * DAY_MS)
     });
     let hold = state.holds.values().map(|h| h.expires_at_ms).min();
-    [pending, expiry, reminder, hold].into_iter().flatten().min()
+    let coupon = state.coupons.iter().filter(|c| c.status == "active").map(|c| c.valid_until_ms).min();
+    [pending, expiry, reminder, hold, coupon].into_iter().flatten().min()
 }
 
 /// Locks `points` (oldest lots first) for a checkout; None when not enough.

@@ -1,0 +1,549 @@
+//! Real-time marketing: coupon templates, the member's coupon wallet, and the
+//! triggers that issue coupons as events are applied. Pure: the engine calls
+//! `after_event` with the member's state; issued, redeemed, returned and expired
+//! coupons come back as coupon rows that travel with the event's ledger rows (so a
+//! replay re-sends them) and become ClickHouse history and pushes downstream.
+
+use crate::errors::{CoreError, CoreResult};
+use crate::events::{EventKind, PaymentEvent};
+use crate::rules::RuleSet;
+use crate::state::{Coupon, MemberState};
+use crate::time::{Local, DAY_MS};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CouponKind {
+    /// `pct` percent off what is paid before the discount, at most `max_off_fen` (0: no cap).
+    PercentOff { pct: i64, max_off_fen: i64 },
+    /// `off_fen` off (满减 with a threshold).
+    AmountOff { off_fen: i64 },
+    /// An item in exchange (a coffee, a gift); `value_fen` is its cost for settlement.
+    Item { item: String, value_fen: i64 },
+    /// Free parking minutes at the car parks in scope.
+    Parking { minutes: i64 },
+}
+
+impl CouponKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CouponKind::PercentOff { .. } => "percent_off",
+            CouponKind::AmountOff { .. } => "amount_off",
+            CouponKind::Item { .. } => "item",
+            CouponKind::Parking { .. } => "parking",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validity {
+    /// Valid for N days from issue.
+    Days(i64),
+    /// Valid between two instants, whenever issued.
+    Fixed { from_ms: i64, to_ms: i64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub bus: Option<HashSet<String>>,
+    pub merchants: Option<HashSet<String>>,
+    pub categories: Option<HashSet<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CouponTemplate {
+    pub id: String,
+    pub kind: CouponKind,
+    /// Least amount (before the discount) a redemption needs.
+    pub threshold_fen: i64,
+    pub validity: Validity,
+    /// Coupons of this template the whole group may issue (a global budget).
+    pub stock: Option<i64>,
+    pub per_member_limit: Option<i64>,
+    pub scope: Scope,
+    /// Percent of the discount the merchant bears; the issuing business unit bears the rest.
+    pub merchant_share_pct: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerKind {
+    Register,
+    /// A payment by a member whose previous payment is `dormant_days` or more ago.
+    WinBack { dormant_days: i64 },
+    /// One payment of at least `min_amount_fen`.
+    Spend { min_amount_fen: i64 },
+    /// Payments adding up to `min_total_fen` within `window_days` (local days).
+    SpendWindow { min_total_fen: i64, window_days: i64 },
+    /// A car park exit of a member (the parking agent's exit event).
+    ParkingExit,
+    /// The first event of a member in their birthday month, once a year.
+    BirthdayMonth,
+    /// A tier upgrade (to one of `to`, or any).
+    TierUpgrade { to: Option<HashSet<String>> },
+    /// An expiry reminder was due: points are about to expire.
+    PointsExpiring,
+    /// The first payment in a format the member never paid in (one of `formats`, or any).
+    FirstFormat { formats: Option<HashSet<String>> },
+}
+
+impl TriggerKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TriggerKind::Register => "register",
+            TriggerKind::WinBack { .. } => "win_back",
+            TriggerKind::Spend { .. } => "spend",
+            TriggerKind::SpendWindow { .. } => "spend_window",
+            TriggerKind::ParkingExit => "parking_exit",
+            TriggerKind::BirthdayMonth => "birthday_month",
+            TriggerKind::TierUpgrade { .. } => "tier_upgrade",
+            TriggerKind::PointsExpiring => "points_expiring",
+            TriggerKind::FirstFormat { .. } => "first_format",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub id: String,
+    pub kind: TriggerKind,
+    pub coupon: String,
+    pub tiers: Option<HashSet<String>>,
+    pub tags: Option<HashSet<String>>,
+    /// At most `max` coupons per member from this trigger within `per_days` days (0: ever).
+    pub cap: Option<(i64, i64)>,
+    /// Coupons this trigger may issue in all (a global budget).
+    pub budget: Option<i64>,
+}
+
+/// Budget ids shared with campaign budgets (one atomic Lua step consumes them).
+pub fn trigger_budget_id(trigger: &str) -> String {
+    format!("trigger:{trigger}")
+}
+
+pub fn stock_budget_id(template: &str) -> String {
+    format!("stock:{template}")
+}
+
+/// A coupon id that a redelivered event reproduces exactly (FNV-1a of event and trigger).
+pub fn coupon_id(event_id: &str, trigger: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in event_id.bytes().chain([0u8]).chain(trigger.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("cp{h:016x}")
+}
+
+/// One coupon event: a ClickHouse row of `coupon_events` and, when issued, a push.
+#[derive(Debug, Clone, Serialize)]
+pub struct CouponRow {
+    pub event_id: String,
+    pub member_id: String,
+    pub table: &'static str,
+    /// issued | redeemed | returned | expired | refused
+    pub kind: &'static str,
+    pub coupon_id: String,
+    pub template: String,
+    pub trigger: String,
+    pub coupon_kind: &'static str,
+    pub face_value_fen: i64,
+    pub discount_fen: i64,
+    pub merchant_share_fen: i64,
+    pub issuer_share_fen: i64,
+    pub valid_until_ms: i64,
+    pub occurred_at_ms: i64,
+    pub processed_at_ms: i64,
+    pub rules_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+fn face_value(kind: &CouponKind) -> i64 {
+    match kind {
+        CouponKind::PercentOff { max_off_fen, .. } => *max_off_fen,
+        CouponKind::AmountOff { off_fen } => *off_fen,
+        CouponKind::Item { value_fen, .. } => *value_fen,
+        CouponKind::Parking { .. } => 0,
+    }
+}
+
+/// Where a coupon row happens: which member, event, time and rules.
+pub struct At<'a> {
+    pub rules: &'a RuleSet,
+    pub member_id: &'a str,
+    pub event_id: &'a str,
+    pub at_ms: i64,
+    pub now_ms: i64,
+}
+
+impl At<'_> {
+    fn row(&self, kind: &'static str, c: &Coupon) -> CouponRow {
+        CouponRow::new(kind, c, self.rules.coupon_templates.get(&c.template), self)
+    }
+}
+
+impl CouponRow {
+    fn new(kind: &'static str, c: &Coupon, tpl: Option<&CouponTemplate>, at: &At) -> CouponRow {
+        let (rules, at_ms, now_ms) = (at.rules, at.at_ms, at.now_ms);
+        CouponRow {
+            event_id: at.event_id.to_string(),
+            member_id: at.member_id.to_string(),
+            table: "coupon_events",
+            kind,
+            coupon_id: c.id.clone(),
+            template: c.template.clone(),
+            trigger: c.trigger.clone(),
+            coupon_kind: tpl.map_or("", |t| t.kind.as_str()),
+            face_value_fen: tpl.map_or(0, |t| face_value(&t.kind)),
+            discount_fen: 0,
+            merchant_share_fen: 0,
+            issuer_share_fen: 0,
+            valid_until_ms: c.valid_until_ms,
+            occurred_at_ms: at_ms,
+            processed_at_ms: now_ms,
+            rules_version: rules.version.clone(),
+            reason: String::new(),
+        }
+    }
+}
+
+/// What the engine knew before it applied the event.
+pub struct Before {
+    pub tier_id: String,
+    pub tier_rank: usize,
+}
+
+/// What happened, for the triggers.
+pub struct Happened<'a> {
+    pub event_id: &'a str,
+    pub member_id: &'a str,
+    pub at_ms: i64,
+    pub payment: Option<&'a PaymentEvent>,
+    pub registered: bool,
+    pub reminder: bool,
+    pub parking_exit: bool,
+    pub tier_after: (&'a str, usize),
+}
+
+fn tier_rank(rules: &RuleSet, id: &str) -> usize {
+    rules.tiers.iter().position(|t| t.id == id).unwrap_or(0)
+}
+
+pub fn before(rules: &RuleSet, state: &MemberState, at_ms: i64) -> Before {
+    let tier = crate::tiers::effective_tier(rules, state, at_ms);
+    Before { tier_id: tier.id.clone(), tier_rank: tier_rank(rules, &tier.id) }
+}
+
+/// Marks coupons past their validity as expired; rows for each.
+pub fn expire(at: &At, state: &mut MemberState) -> Vec<CouponRow> {
+    let mut rows = Vec::new();
+    for c in state.coupons.iter_mut().filter(|c| c.status == "active" && c.valid_until_ms <= at.at_ms) {
+        c.status = "expired".into();
+        rows.push(at.row("expired", c));
+    }
+    rows
+}
+
+/// Runs every trigger on an applied event: issues coupons (state, budgets) and
+/// returns their rows, plus the budget each consumed (id, 1).
+pub fn after_event(
+    rules: &RuleSet,
+    h: &Happened,
+    before: &Before,
+    state: &mut MemberState,
+    budget_spent: &mut HashMap<String, i64>,
+    now_ms: i64,
+) -> (Vec<CouponRow>, Vec<(String, i64)>) {
+    let mut rows = Vec::new();
+    let mut consumed = Vec::new();
+    if rules.triggers.is_empty() {
+        note_payment(rules, h, state);
+        return (rows, consumed);
+    }
+    let local = Local::of(h.at_ms, rules.utc_offset_minutes);
+    let format = h.payment.and_then(|p| rules.business_units.get(&p.bu_id)).map(|b| b.format.as_str());
+    let paying = h.payment.is_some_and(|p| p.kind == EventKind::Payment);
+    for t in &rules.triggers {
+        let fired = match &t.kind {
+            TriggerKind::Register => h.registered,
+            TriggerKind::WinBack { dormant_days } => {
+                paying && state.last_paid_ms.is_some_and(|last| h.at_ms - last >= dormant_days * DAY_MS)
+            }
+            TriggerKind::Spend { min_amount_fen } => paying && h.payment.is_some_and(|p| p.amount_fen >= *min_amount_fen),
+            TriggerKind::SpendWindow { min_total_fen, window_days } => {
+                paying && {
+                    let from = local.day - window_days + 1;
+                    let before_total: i64 = state.spend_days.iter().filter(|d| d[0] >= from).map(|d| d[1]).sum();
+                    let amount = h.payment.map_or(0, |p| p.amount_fen);
+                    // Fires when this payment takes the window's total across the line.
+                    before_total < *min_total_fen && before_total + amount >= *min_total_fen
+                }
+            }
+            TriggerKind::ParkingExit => h.parking_exit,
+            TriggerKind::BirthdayMonth => {
+                state.birthday_month() == Some(local.month) && state.birthday_coupon_year != local.year
+            }
+            TriggerKind::TierUpgrade { to } => {
+                h.tier_after.1 > before.tier_rank
+                    && h.tier_after.0 != before.tier_id
+                    && to.as_ref().is_none_or(|s| s.contains(h.tier_after.0))
+            }
+            TriggerKind::PointsExpiring => h.reminder,
+            TriggerKind::FirstFormat { formats } => {
+                paying
+                    && format.is_some_and(|f| {
+                        !state.formats_seen.iter().any(|s| s == f) && formats.as_ref().is_none_or(|s| s.contains(f))
+                    })
+                    // A member's very first payment is not "another" format.
+                    && !state.formats_seen.is_empty()
+            }
+        };
+        if !fired {
+            continue;
+        }
+        if t.tiers.as_ref().is_some_and(|s| !s.contains(h.tier_after.0))
+            || t.tags.as_ref().is_some_and(|s| !state.tags.iter().any(|tag| s.contains(tag)))
+        {
+            continue;
+        }
+        if let Some(c) = issue(rules, t, h, state, budget_spent) {
+            let tpl = rules.coupon_templates.get(&c.template);
+            let at = At { rules, member_id: h.member_id, event_id: h.event_id, at_ms: h.at_ms, now_ms };
+            rows.push(at.row("issued", &c));
+            consumed.push((trigger_budget_id(&t.id), 1));
+            if tpl.is_some_and(|t| t.stock.is_some()) {
+                consumed.push((stock_budget_id(&c.template), 1));
+            }
+            if t.kind == TriggerKind::BirthdayMonth {
+                state.birthday_coupon_year = local.year;
+            }
+        }
+    }
+    note_payment(rules, h, state);
+    (rows, consumed.into_iter().filter(|(id, _)| budgeted(rules, id)).collect())
+}
+
+fn budgeted(rules: &RuleSet, id: &str) -> bool {
+    if let Some(t) = id.strip_prefix("trigger:") {
+        rules.triggers.iter().any(|x| x.id == t && x.budget.is_some())
+    } else if let Some(t) = id.strip_prefix("stock:") {
+        rules.coupon_templates.get(t).is_some_and(|x| x.stock.is_some())
+    } else {
+        false
+    }
+}
+
+/// What later triggers need to know about this payment (last visit, formats, spend by day).
+fn note_payment(rules: &RuleSet, h: &Happened, state: &mut MemberState) {
+    let Some(p) = h.payment.filter(|p| p.kind == EventKind::Payment) else { return };
+    state.last_paid_ms = Some(state.last_paid_ms.map_or(h.at_ms, |l| l.max(h.at_ms)));
+    if let Some(bu) = rules.business_units.get(&p.bu_id) {
+        if !state.formats_seen.iter().any(|f| f == &bu.format) {
+            state.formats_seen.push(bu.format.clone());
+        }
+    }
+    let longest = rules
+        .triggers
+        .iter()
+        .filter_map(|t| match t.kind {
+            TriggerKind::SpendWindow { window_days, .. } => Some(window_days),
+            _ => None,
+        })
+        .max();
+    if let Some(window) = longest {
+        let day = Local::of(h.at_ms, rules.utc_offset_minutes).day;
+        match state.spend_days.iter_mut().find(|d| d[0] == day) {
+            Some(d) => d[1] += p.amount_fen,
+            None => state.spend_days.push([day, p.amount_fen]),
+        }
+        state.spend_days.retain(|d| d[0] > day - window);
+    }
+}
+
+/// Issues the trigger's coupon unless a cap, the member limit, the trigger's budget
+/// or the template's stock says no.
+fn issue(
+    rules: &RuleSet,
+    t: &Trigger,
+    h: &Happened,
+    state: &mut MemberState,
+    budget_spent: &mut HashMap<String, i64>,
+) -> Option<Coupon> {
+    let tpl = rules.coupon_templates.get(&t.coupon)?;
+    if let Some((max, per_days)) = t.cap {
+        let since = if per_days == 0 { i64::MIN } else { h.at_ms - per_days * DAY_MS };
+        let recent = state.coupons.iter().filter(|c| c.trigger == t.id && c.issued_at_ms > since).count() as i64;
+        if recent >= max {
+            return None;
+        }
+    }
+    if let Some(limit) = tpl.per_member_limit {
+        if state.coupons.iter().filter(|c| c.template == tpl.id).count() as i64 >= limit {
+            return None;
+        }
+    }
+    let id = coupon_id(h.event_id, &t.id);
+    if state.coupons.iter().any(|c| c.id == id) {
+        return None;
+    }
+    for (bid, limit) in [(trigger_budget_id(&t.id), t.budget), (stock_budget_id(&tpl.id), tpl.stock)] {
+        if let Some(limit) = limit {
+            if budget_spent.get(&bid).copied().unwrap_or(0) >= limit {
+                return None;
+            }
+        }
+    }
+    for (bid, limit) in [(trigger_budget_id(&t.id), t.budget), (stock_budget_id(&tpl.id), tpl.stock)] {
+        if limit.is_some() {
+            *budget_spent.entry(bid).or_insert(0) += 1;
+        }
+    }
+    let (valid_from_ms, valid_until_ms) = match tpl.validity {
+        Validity::Days(d) => (h.at_ms, h.at_ms + d * DAY_MS),
+        Validity::Fixed { from_ms, to_ms } => (from_ms, to_ms),
+    };
+    let c = Coupon {
+        id,
+        template: tpl.id.clone(),
+        trigger: t.id.clone(),
+        issued_at_ms: h.at_ms,
+        valid_from_ms,
+        valid_until_ms,
+        status: "active".into(),
+        used_by: None,
+    };
+    state.coupons.push(c.clone());
+    prune(state);
+    Some(c)
+}
+
+/// The wallet keeps every active coupon and the 50 newest others.
+fn prune(state: &mut MemberState) {
+    let inactive = state.coupons.iter().filter(|c| c.status != "active").count();
+    if inactive > 50 {
+        let mut drop = inactive - 50;
+        state.coupons.retain(|c| {
+            if drop > 0 && c.status != "active" {
+                drop -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Where and how much a redemption is for.
+pub struct Use<'a> {
+    pub bu_id: &'a str,
+    pub merchant_id: &'a str,
+    pub category: &'a str,
+    /// What the member paid (after the discount).
+    pub paid_fen: i64,
+    pub at_ms: i64,
+}
+
+/// The discount of a coupon on a payment of `paid_fen` (after the discount).
+fn discount(kind: &CouponKind, paid_fen: i64) -> i64 {
+    match kind {
+        CouponKind::PercentOff { pct, max_off_fen } => {
+            // paid = gross * (100 - pct) / 100  =>  discount = paid * pct / (100 - pct)
+            let d = (paid_fen as i128 * *pct as i128 / (100 - *pct) as i128) as i64;
+            if *max_off_fen > 0 { d.min(*max_off_fen) } else { d }
+        }
+        CouponKind::AmountOff { off_fen } => *off_fen,
+        CouponKind::Item { value_fen, .. } => *value_fen,
+        CouponKind::Parking { .. } => 0,
+    }
+}
+
+/// Checks that `member`'s coupon `coupon_id` can pay for `u`: the owner's, active,
+/// within its validity, over the threshold, in scope. RejectedEventError names why.
+pub fn check(rules: &RuleSet, state: &MemberState, coupon_id: &str, u: &Use) -> CoreResult<i64> {
+    let refuse = |reason: String| Err(CoreError::rejected("coupon_ids", reason));
+    let Some(c) = state.coupons.iter().find(|c| c.id == coupon_id) else {
+        return refuse(format!("coupon {coupon_id} is not this member's"));
+    };
+    match c.status.as_str() {
+        "active" => {}
+        "used" => return refuse(format!("coupon {coupon_id} is used already")),
+        "expired" => return refuse(format!("coupon {coupon_id} has expired")),
+        other => return refuse(format!("coupon {coupon_id} is {other}")),
+    }
+    if u.at_ms < c.valid_from_ms {
+        return refuse(format!("coupon {coupon_id} is not valid yet"));
+    }
+    if u.at_ms >= c.valid_until_ms {
+        return refuse(format!("coupon {coupon_id} has expired"));
+    }
+    let Some(tpl) = rules.coupon_templates.get(&c.template) else {
+        return refuse(format!("coupon {coupon_id}: template {} is no longer in the rules", c.template));
+    };
+    let s = &tpl.scope;
+    if s.bus.as_ref().is_some_and(|x| !x.contains(u.bu_id))
+        || s.merchants.as_ref().is_some_and(|x| !x.contains(u.merchant_id))
+        || s.categories.as_ref().is_some_and(|x| !x.contains(u.category))
+    {
+        return refuse(format!("coupon {coupon_id} is not valid at {} / {} / {}", u.bu_id, u.merchant_id, u.category));
+    }
+    let d = discount(&tpl.kind, u.paid_fen);
+    if u.paid_fen + d < tpl.threshold_fen {
+        return refuse(format!(
+            "coupon {coupon_id} needs a spend of {} fen, this one is {} fen",
+            tpl.threshold_fen,
+            u.paid_fen + d
+        ));
+    }
+    Ok(d)
+}
+
+/// Redeems a coupon (after `check`): marks it used by `by` and returns its row.
+pub fn redeem(at: &At, state: &mut MemberState, coupon_id: &str, u: &Use) -> CoreResult<CouponRow> {
+    let d = check(at.rules, state, coupon_id, u)?;
+    let c = state.coupons.iter_mut().find(|c| c.id == coupon_id).expect("checked above");
+    c.status = "used".into();
+    c.used_by = Some(at.event_id.to_string());
+    let tpl = at.rules.coupon_templates.get(&c.template);
+    let mut row = CouponRow::new("redeemed", c, tpl, at);
+    let merchant_pct = tpl.map_or(0, |t| t.merchant_share_pct);
+    row.discount_fen = d;
+    row.merchant_share_fen = d * merchant_pct / 100;
+    row.issuer_share_fen = d - row.merchant_share_fen;
+    Ok(row)
+}
+
+/// The row of a coupon a payment named but could not use (the payment still counts).
+pub fn refused(at: &At, coupon_id: &str, reason: &str) -> CouponRow {
+    let c = Coupon {
+        id: coupon_id.to_string(),
+        template: String::new(),
+        trigger: String::new(),
+        issued_at_ms: 0,
+        valid_from_ms: 0,
+        valid_until_ms: 0,
+        status: "refused".into(),
+        used_by: None,
+    };
+    let mut row = CouponRow::new("refused", &c, None, at);
+    row.reason = reason.to_string();
+    row
+}
+
+/// Coupons used by payment `payment_id` come back when it is refunded in full, if
+/// still valid then.
+pub fn give_back(at: &At, state: &mut MemberState, payment_id: &str) -> Vec<CouponRow> {
+    let mut rows = Vec::new();
+    for c in state.coupons.iter_mut() {
+        if c.status == "used" && c.used_by.as_deref() == Some(payment_id) && at.at_ms < c.valid_until_ms {
+            c.status = "active".into();
+            c.used_by = None;
+            rows.push(at.row("returned", c));
+        }
+    }
+    rows
+}
+
+/// The coupon rows of an event as JSON objects to append to its ledger rows.
+pub fn rows_json(rows: &[CouponRow]) -> Vec<String> {
+    rows.iter().map(|r| serde_json::to_string(r).expect("coupon rows serialise")).collect()
+}

@@ -76,8 +76,9 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     """Applies one batch of raw event bodies. Idempotent: safe to repeat."""
     rt = await runtime.started()
     rules = rt.rules  # one rule set for the whole batch, even if reloaded meanwhile
-    budgets = dict(rules.campaigns)
-    budgeted = [cid for cid, budget in budgets.items() if budget is not None]
+    # Campaign points, trigger coupons and coupon stocks: one atomic budget check.
+    budgets: dict[str, int | None] = dict(rules.budgets)
+    budgeted = list(budgets)
     report = BatchReport()
     ledger_rows: list[str] = []
     guest_facts: list[str] = []

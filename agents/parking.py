@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 from typing import Any
 
 import orjson
 
 import core_ext
-from streams.app import app, ledger_topic, notifications_topic, parking_topic, runtime
+from streams.app import app, ledger_topic, member_events_topic, notifications_topic, parking_topic, runtime
 from streams.metrics import counters
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -89,6 +90,15 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
               "car_park": park, "minutes": fee["minutes"], "due_fen": fee["due_fen"]}
     fut = await notifications_topic.send(key=plate.encode(), value=orjson.dumps(notice), force=True)
     await fut
+    if member_id is not None:
+        # The member's exit, in order with their other events: marketing triggers (a coupon).
+        exit_id = f"px:{event_id}"
+        if len(exit_id) > 64:
+            exit_id = "px:" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+        member_event = {"event_id": exit_id, "type": "parking_exit", "member_id": member_id,
+                        "occurred_at": event["occurred_at"]}
+        fut = await member_events_topic.send(key=member_id.encode(), value=orjson.dumps(member_event), force=True)
+        await fut
     await b.redis.set(b.parking_closed_key(event_id), 1, ex=30 * 86_400)
     await b.redis.delete(session_key)
     counters["parking_exits_total"] += 1

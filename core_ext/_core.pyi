@@ -10,12 +10,14 @@ __all__ = [
     "RuleSet",
     "RulesError",
     "__version__",
+    "coupon_wallet",
     "evaluate_batch",
     "hold_points",
     "member_view",
     "parking_exit",
     "rebuild_member",
     "redeem",
+    "redeem_coupon",
     "release_hold",
     "reverse_redemption",
     "simulate",
@@ -65,6 +67,13 @@ class RuleSet:
     @property
     def campaigns(self) -> list[tuple[str, int | None]]:
         """(campaign id, budget points or None), in file order."""
+    @property
+    def budgets(self) -> list[tuple[str, int]]:
+        """Every budget the atomic apply checks: campaigns (points), `trigger:<id>` and
+        `stock:<template>` (coupons), with their limits."""
+    @property
+    def coupon_templates(self) -> list[str]:
+        """Coupon template ids, sorted."""
     @property
     def car_parks(self) -> list[str]:
         """Car park business unit ids, sorted."""
@@ -183,3 +192,12 @@ def parking_exit(
 
 def wallet_total(state_json: str | None) -> int:
     """Lots + pending + held points - negative balance of a stored state (what the balance must equal)."""
+
+def redeem_coupon(rules: RuleSet, state_json: str | None, body: bytes, now_ms: int) -> tuple[bool, str, str, str]:
+    """Redeems a coupon at the till: (changed, new state JSON, coupon rows JSON, result JSON).
+    `changed` is False for a retry (already redeemed for this payment_id). Raises
+    InvalidEventError (bad body) or RejectedEventError (wrong owner, used, expired, below
+    threshold, out of scope) naming the reason."""
+
+def coupon_wallet(rules: RuleSet, state_json: str | None, now_ms: int) -> str:
+    """The member's coupons (newest first) as a JSON array."""

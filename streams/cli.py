@@ -29,12 +29,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     import agents.accrual
     import agents.ledger
+    import agents.notifier
     import agents.parking
     import streams.web  # (registers the HTTP views)
     import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
     from streams.app import app
 
-    _ = agents.accrual, agents.ledger, agents.parking, streams.web, streams.web_gateways
+    _ = agents.accrual, agents.ledger, agents.notifier, agents.parking, streams.web, streams.web_gateways
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -37,6 +37,15 @@ HELP = {
     "gateway_alipay_payment_total": "Alipay payment notifications accepted.",
     "gateway_alipay_refund_total": "Alipay refund notifications accepted.",
     "gateway_refused_total": "Gateway notifications refused (signature, timestamp, decryption, mapping).",
+    "coupon_events_written_total": "Coupon events (issued, redeemed, refused, returned, expired, pushed) written.",
+    "coupon_pushes_queued_total": "Issued coupons sent to the coupon-pushes topic (again after a replay).",
+    "coupons_redeemed_total": "Coupons redeemed at the till through the endpoint.",
+    "coupons_refused_total": "Coupon redemptions refused at the endpoint (owner, validity, threshold, scope, used).",
+    "pushes_delivered_total": "Pushes the webhook answered 2xx.",
+    "pushes_failed_total": "Pushes dead-lettered after every attempt failed.",
+    "pushes_duplicate_total": "Pushes not sent again: delivered before (redelivery, replay).",
+    "push_latency_ms_sum": "Sum of (delivered - event processed) milliseconds, for the mean push latency.",
+    "push_latency_ms_count": "Pushes counted in push_latency_ms_sum.",
 }
 
 

@@ -71,6 +71,13 @@ class Settings:
     wechatpay_platform_keys: str = ""  # "serial=/path/key.pem,serial2=/path/cert.pem"
     alipay_public_key: str = ""  # path to the Alipay public key (PEM or bare base64)
     gateway_route_days: int = 400  # how long a gateway payment's route is kept for its refunds
+    # Pushes (coupons issued, expiry reminders) to the members' messaging webhook.
+    push_webhook_url: str = ""
+    push_secret: str = field(default="", repr=False)
+    push_timeout_s: float = 2.0
+    push_attempts: int = 5
+    push_backoff_s: float = 0.2
+    push_batch_size: int = 200
 
     @property
     def payments_topic(self) -> str:
@@ -137,4 +144,10 @@ class Settings:
             wechatpay_platform_keys=_str("LOYALTY_WECHATPAY_PLATFORM_KEYS", ""),
             alipay_public_key=_str("LOYALTY_ALIPAY_PUBLIC_KEY", ""),
             gateway_route_days=_int("LOYALTY_GATEWAY_ROUTE_DAYS", d.gateway_route_days, 1),
+            push_webhook_url=_str("LOYALTY_PUSH_WEBHOOK_URL", ""),
+            push_secret=os.environ.get("LOYALTY_PUSH_SECRET", ""),
+            push_timeout_s=_float("LOYALTY_PUSH_TIMEOUT", d.push_timeout_s),
+            push_attempts=_int("LOYALTY_PUSH_ATTEMPTS", d.push_attempts, 1),
+            push_backoff_s=_float("LOYALTY_PUSH_BACKOFF", d.push_backoff_s),
+            push_batch_size=_int("LOYALTY_PUSH_BATCH_SIZE", d.push_batch_size, 1),
         )

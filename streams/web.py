@@ -2,7 +2,10 @@
 
 POST /v1/callbacks/payment          signed gateway callback -> 202 after Kafka acks
 GET  /v1/members/{member_id}        balance and tier from Redis
+GET  /v1/members/{id}/coupons       the member's coupon wallet
+POST /v1/coupons/redeem             redeem a coupon at the till (signed)
 GET  /v1/admin/ledger/totals        ledger totals from ClickHouse      (admin token)
+GET  /v1/admin/coupons/totals       coupon events by kind and template (admin token)
 GET  /v1/admin/reconcile            Redis balances vs ledger sums      (admin token)
 POST /v1/admin/members/{id}/tier    operator sets a member's tier      (admin token)
 POST /v1/admin/rules/reload         reload the rules file              (admin token)
@@ -152,8 +155,9 @@ class MemberCallback(View):
             event_id, member_id, kind = core_ext.validate_member_event(body)
         except core_ext.InvalidEventError as exc:
             return await reject(self, 400, str(exc), body, field=exc.field)
-        if kind in ("tier_override", "tier_review"):
-            return await reject(self, 400, f"type: {kind} is for operators (admin API)", body, field="type")
+        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit"):
+            return await reject(self, 400, f"type: {kind} is for operators and the system, not callbacks", body,
+                                field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)
 
 
@@ -347,6 +351,58 @@ class Redemptions(View):
         return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
 
 
+@app.page("/v1/members/{member_id}/coupons")
+class MemberCoupons(View):
+    """The member's coupon wallet: active, used and expired coupons, newest first."""
+
+    async def get(self, request: Request, member_id: str) -> Response:
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
+        rt = await runtime.started()
+        _seq, state, _balance = await rt.balances.member_state(member_id)
+        wallet = core_ext.coupon_wallet(rt.rules, state, int(time.time() * 1000))
+        return self.bytes(b'{"member_id":' + orjson.dumps(member_id) + b',"coupons":' + wallet.encode() + b"}",
+                          content_type="application/json")
+
+
+@app.page("/v1/coupons/redeem")
+class CouponRedemption(View):
+    """核销 at the till: checks owner, validity, threshold, scope and single use and marks
+    the coupon used, atomically with the member's state. The till then sends its payment
+    callback with this `payment_id` as event id and the coupon in `coupon_ids`. A retry
+    (same coupon, same payment_id) gets the same answer."""
+
+    async def post(self, request: Request) -> Response:
+        body, refused = await _read_signed(self, request)
+        if refused is not None or body is None:
+            return refused  # type: ignore[return-value]
+        member_id = _member_of(body)
+        if member_id is None:
+            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        rt = await runtime.started()
+        for _ in range(MAX_ATTEMPTS):
+            seq, state, _balance = await rt.balances.member_state(member_id)
+            try:
+                changed, new_state, rows, result = core_ext.redeem_coupon(rt.rules, state, body,
+                                                                          int(time.time() * 1000))
+            except core_ext.InvalidEventError as exc:
+                return await reject(self, 400, str(exc), body, field=exc.field)
+            except core_ext.RejectedEventError as exc:
+                counters["coupons_refused_total"] += 1
+                return error_response(self, 409, exc.reason, exc.field)
+            if not changed:
+                return self.bytes(result.encode(), content_type="application/json", status=200)
+            answer = orjson.loads(result)
+            move = EventMove(f"coupon:{answer['coupon_id']}:{answer['payment_id']}", "coupon", 0, rows, 0, None, 0,
+                             result)
+            if await _apply_now(member_id, seq, new_state, move) == "ok":
+                counters["coupons_redeemed_total"] += 1
+                log.info("coupon %s of %s redeemed for payment %s (%d fen off)", answer["coupon_id"], member_id,
+                         answer["payment_id"], answer["discount_fen"])
+                return self.bytes(result.encode(), content_type="application/json", status=201)
+        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
 @app.page("/v1/holds")
 class Holds(View):
     """Locks points for a checkout at the till. The Idempotency-Key header is the hold
@@ -478,6 +534,17 @@ def admin_denied(view: View, request: Request) -> Response | None:
     if not hmac.compare_digest(given.encode(), token.encode()):
         return error_response(view, 401, "admin token missing or wrong")
     return None
+
+
+@app.page("/v1/admin/coupons/totals")
+class CouponTotals(View):
+    """Coupon events in ClickHouse by kind and template (issued, redeemed, pushed...)."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        return json_response(self, {"rows": await rt.ledger.query("coupon_totals")})
 
 
 @app.page("/v1/admin/ledger/totals")

@@ -100,6 +100,30 @@ impl PyRuleSet {
         self.inner.campaigns.iter().map(|c| (c.id.clone(), c.budget_points)).collect()
     }
 
+    /// Every budget the atomic apply step checks: campaigns (points), triggers
+    /// (`trigger:<id>`, coupons) and coupon stocks (`stock:<template>`), with their limits.
+    #[getter]
+    fn budgets(&self) -> Vec<(String, i64)> {
+        let r = &self.inner;
+        let campaigns = r.campaigns.iter().filter_map(|c| c.budget_points.map(|b| (c.id.clone(), b)));
+        let triggers = r.triggers.iter().filter_map(|t| t.budget.map(|b| (crate::coupons::trigger_budget_id(&t.id), b)));
+        let mut stocks: Vec<(String, i64)> = r
+            .coupon_templates
+            .values()
+            .filter_map(|t| t.stock.map(|s| (crate::coupons::stock_budget_id(&t.id), s)))
+            .collect();
+        stocks.sort();
+        campaigns.chain(triggers).chain(stocks).collect()
+    }
+
+    /// Coupon template ids, sorted.
+    #[getter]
+    fn coupon_templates(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.coupon_templates.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Car park business unit ids.
     #[getter]
     fn car_parks(&self) -> Vec<String> {
@@ -549,4 +573,27 @@ pub fn parking_exit(
 #[pyfunction]
 pub fn wallet_total(state_json: Option<&str>) -> PyResult<i64> {
     Ok(MemberState::from_json(state_json).map_err(PyValueError::new_err)?.wallet_total())
+}
+
+/// Redeems a coupon at the till from a stored state: `(changed, state_json, rows_json, result_json)`.
+#[pyfunction]
+pub fn redeem_coupon(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    body: &[u8],
+    now_ms: i64,
+) -> PyResult<(bool, String, String, String)> {
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let (changed, result, rows) = crate::coupons::redeem_at_till(&rules.inner, &mut state, body, now_ms)
+        .map_err(|e| core_error_to_py(py, e))?;
+    let rows_json = format!("[{}]", crate::coupons::rows_json(&rows).join(","));
+    Ok((changed, state.to_json(), rows_json, result))
+}
+
+/// The member's coupon wallet as JSON (newest first).
+#[pyfunction]
+pub fn coupon_wallet(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -> PyResult<String> {
+    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    Ok(crate::coupons::wallet_json(&rules.inner, &state, now_ms))
 }

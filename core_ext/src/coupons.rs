@@ -547,3 +547,76 @@ pub fn give_back(at: &At, state: &mut MemberState, payment_id: &str) -> Vec<Coup
 pub fn rows_json(rows: &[CouponRow]) -> Vec<String> {
     rows.iter().map(|r| serde_json::to_string(r).expect("coupon rows serialise")).collect()
 }
+
+/// A redemption at the till through the endpoint: which coupon, for which payment.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTillRedemption {
+    member_id: String,
+    coupon_id: String,
+    /// The event id the till's payment callback will carry (with this coupon in coupon_ids).
+    payment_id: String,
+    bu_id: String,
+    merchant_id: String,
+    category: String,
+    /// What the member pays after the discount, in fen.
+    amount_fen: i64,
+    occurred_at: String,
+}
+
+/// Redeems a coupon at the till (the endpoint): `(changed, result JSON, rows)`; `changed`
+/// is false when this coupon was redeemed for this payment already (a retry).
+pub fn redeem_at_till(rules: &RuleSet, state: &mut MemberState, body: &[u8], now_ms: i64)
+    -> CoreResult<(bool, String, Vec<CouponRow>)> {
+    let r: RawTillRedemption = serde_json::from_slice(body).map_err(|e| {
+        CoreError::invalid_event("body", format!("{e} (member_id, coupon_id, payment_id, bu_id, merchant_id, \
+                                                  category, amount_fen, occurred_at)"))
+    })?;
+    for (field, v) in [("member_id", &r.member_id), ("coupon_id", &r.coupon_id), ("payment_id", &r.payment_id),
+                       ("bu_id", &r.bu_id), ("merchant_id", &r.merchant_id), ("category", &r.category)] {
+        crate::events::check_id(field, v)?;
+    }
+    if !(1..=crate::events::MAX_AMOUNT_FEN).contains(&r.amount_fen) {
+        return Err(CoreError::invalid_event("amount_fen", "must be a positive number of fen"));
+    }
+    let at_ms = crate::events::parse_instant("occurred_at", &r.occurred_at)?;
+    let answer = |c: &Coupon, discount: i64| {
+        serde_json::json!({"coupon_id": c.id, "template": c.template, "status": c.status,
+                           "payment_id": r.payment_id, "discount_fen": discount}).to_string()
+    };
+    if let Some(c) = state.coupons.iter().find(|c| c.id == r.coupon_id && c.used_by.as_deref() == Some(&r.payment_id)) {
+        let tpl = rules.coupon_templates.get(&c.template);
+        let d = tpl.map_or(0, |t| discount(&t.kind, r.amount_fen));
+        return Ok((false, answer(c, d), Vec::new()));
+    }
+    let at = At { rules, member_id: &r.member_id, event_id: &r.payment_id, at_ms, now_ms };
+    let u = Use { bu_id: &r.bu_id, merchant_id: &r.merchant_id, category: &r.category, paid_fen: r.amount_fen, at_ms };
+    let row = redeem(&at, state, &r.coupon_id, &u)?;
+    let c = state.coupons.iter().find(|c| c.id == r.coupon_id).expect("redeemed above");
+    Ok((true, answer(c, row.discount_fen), vec![row]))
+}
+
+/// The member's coupons with what their templates say, newest first, as JSON.
+pub fn wallet_json(rules: &RuleSet, state: &MemberState, now_ms: i64) -> String {
+    let mut out: Vec<serde_json::Value> = state
+        .coupons
+        .iter()
+        .map(|c| {
+            let tpl = rules.coupon_templates.get(&c.template);
+            let status = if c.status == "active" && c.valid_until_ms <= now_ms { "expired" } else { c.status.as_str() };
+            serde_json::json!({
+                "coupon_id": c.id, "template": c.template, "trigger": c.trigger, "status": status,
+                "kind": tpl.map_or("", |t| t.kind.as_str()),
+                "face_value_fen": tpl.map_or(0, |t| face_value(&t.kind)),
+                "threshold_fen": tpl.map_or(0, |t| t.threshold_fen),
+                "percent_off": tpl.and_then(|t| match t.kind { CouponKind::PercentOff { pct, .. } => Some(pct), _ => None }),
+                "item": tpl.and_then(|t| match &t.kind { CouponKind::Item { item, .. } => Some(item.clone()), _ => None }),
+                "parking_minutes": tpl.and_then(|t| match t.kind { CouponKind::Parking { minutes } => Some(minutes), _ => None }),
+                "issued_at_ms": c.issued_at_ms, "valid_from_ms": c.valid_from_ms, "valid_until_ms": c.valid_until_ms,
+                "used_by": c.used_by,
+            })
+        })
+        .collect();
+    out.reverse();
+    serde_json::Value::Array(out).to_string()
+}

@@ -179,6 +179,22 @@ class BalanceStore:
     def guest_key(self, kind: str, external_id: str) -> str:
         return f"{self.ns}:guest:{{{kind}:{external_id}}}"
 
+    def pushed_key(self, push_id: str) -> str:
+        return f"{self.ns}:pushed:{push_id}"
+
+    async def pushed(self, push_ids: Sequence[str]) -> list[bool]:
+        """Which pushes were delivered already (answered 2xx by the webhook)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in push_ids:
+            pipe.exists(self.pushed_key(pid))
+        return [bool(x) for x in await pipe.execute()]
+
+    async def mark_pushed(self, push_ids: Sequence[str], keep_days: int = 90) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in push_ids:
+            pipe.set(self.pushed_key(pid), 1, ex=keep_days * 86_400)
+        await pipe.execute()
+
     def gateway_route_key(self, payment_event_id: str) -> str:
         return f"{self.ns}:gwpay:{payment_event_id}"
 

@@ -38,6 +38,11 @@ PARKING_COLUMNS = (
     "event_id", "status", "plate", "car_park", "member_id", "entry_at", "exit_at", "minutes", "gross_fee_fen",
     "fee_fen", "points_used", "points_value_fen", "due_fen", "deductions",
 )
+COUPON_COLUMNS = (
+    "event_id", "member_id", "kind", "coupon_id", "template", "trigger", "coupon_kind", "face_value_fen",
+    "discount_fen", "merchant_share_fen", "issuer_share_fen", "valid_until", "occurred_at", "processed_at",
+    "rules_version", "reason",
+)
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
     "channel", "occurred_at", "refund_of", "processed_at",
@@ -108,6 +113,14 @@ def parking_values(s: dict[str, Any]) -> list[Any]:
             s["points_value_fen"], s["due_fen"], orjson.dumps(s["deductions"]).decode()]
 
 
+def coupon_values(c: dict[str, Any]) -> list[Any]:
+    return [c["event_id"], c["member_id"], c["kind"], c["coupon_id"], c.get("template", ""), c.get("trigger", ""),
+            c.get("coupon_kind", ""), c.get("face_value_fen", 0), c.get("discount_fen", 0),
+            c.get("merchant_share_fen", 0), c.get("issuer_share_fen", 0), _ms_to_datetime(c.get("valid_until_ms", 0)),
+            _ms_to_datetime(c["occurred_at_ms"]), _ms_to_datetime(c["processed_at_ms"]), c.get("rules_version", ""),
+            c.get("reason", "")]
+
+
 def guest_values(fact: dict[str, Any]) -> list[Any]:
     """A guest payment fact (the core's JSON) as values in GUEST_COLUMNS order."""
     return [
@@ -162,7 +175,7 @@ class LedgerStore:
         self._executor.shutdown(wait=True)
 
     async def write(self, rows: Sequence[dict[str, Any]], guests: Sequence[dict[str, Any]] = (),
-                    parking: Sequence[dict[str, Any]] = ()) -> None:
+                    parking: Sequence[dict[str, Any]] = (), coupons: Sequence[dict[str, Any]] = ()) -> None:
         """One insert per table for the whole batch. The dedup token is a digest of the
         rows' identities, so an insert retried after an unclear failure is taken once."""
         for table, items, columns, to_values, ident in (
@@ -171,6 +184,7 @@ class LedgerStore:
             ("settlement_lines", settlement_values(rows), SETTLEMENT_COLUMNS, line_values,
              ("event_id", "kind", "line_no")),
             ("parking_sessions", parking, PARKING_COLUMNS, parking_values, ("car_park", "event_id")),
+            ("coupon_events", coupons, COUPON_COLUMNS, coupon_values, ("coupon_id", "kind", "event_id")),
         ):
             if not items:
                 continue
@@ -192,9 +206,22 @@ class LedgerStore:
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
-def decode_ledger_message(value: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """A ledger-topic message: {"ledger": [rows], "guests": [facts], "parking": [sessions]}."""
-    msg = orjson.loads(value)
-    if not isinstance(msg, dict) or not all(isinstance(msg.get(k, []), list) for k in ("ledger", "guests", "parking")):
-        raise ValueError('a ledger message must be {"ledger": [...], "guests": [...], "parking": [...]}')
-    return msg.get("ledger", []), msg.get("guests", []), msg.get("parking", [])
+class LedgerMessage:
+    """A ledger-topic message, decoded: points rows, guest facts, parking sessions and
+    coupon events (the core puts coupon rows among an event's rows, marked
+    "table": "coupon_events"; the notifier sends its own under "coupons")."""
+
+    __slots__ = ("coupons", "guests", "ledger", "parking")
+
+    def __init__(self, value: bytes) -> None:
+        msg = orjson.loads(value)
+        keys = ("ledger", "guests", "parking", "coupons")
+        if not isinstance(msg, dict) or not all(isinstance(msg.get(k, []), list) for k in keys):
+            raise ValueError('a ledger message must be {"ledger": [...], "guests": [...], "parking": [...], '
+                             '"coupons": [...]}')
+        rows = msg.get("ledger", [])
+        self.coupons: list[dict[str, Any]] = list(msg.get("coupons", []))
+        self.coupons += [r for r in rows if r.get("table") == "coupon_events"]
+        self.ledger: list[dict[str, Any]] = [r for r in rows if r.get("table") is None]
+        self.guests: list[dict[str, Any]] = msg.get("guests", [])
+        self.parking: list[dict[str, Any]] = msg.get("parking", [])

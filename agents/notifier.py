@@ -1,0 +1,109 @@
+"""Notifier: pushes on the coupon-pushes topic go to the members' messaging webhook.
+
+Started only when LOYALTY_PUSH_WEBHOOK_URL is set (otherwise pushes wait in Kafka).
+Each batch: pushes already delivered (Redis remembers every push id answered 2xx) are
+skipped, the rest are delivered concurrently (streams.pushes.Webhook: signed, timeout,
+retries with backoff), delivered ones are remembered, failed ones dead-lettered, and a
+`pushed` / `push_failed` coupon event goes to the ledger for the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from streams.app import app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
+from streams.metrics import counters
+from streams.pushes import Delivery, Webhook, push_id_of
+
+log = logging.getLogger(__name__)
+MAX_IN_FLIGHT = 64
+
+
+def _history_row(msg: dict[str, Any], d: Delivery, now_ms: int) -> dict[str, Any] | None:
+    coupon = msg.get("coupon")
+    if msg.get("type") != "coupon_issued" or not isinstance(coupon, dict):
+        return None
+    return {
+        "event_id": "push",  # one row per coupon and outcome, however often it is re-sent
+        "member_id": msg.get("member_id", ""),
+        "kind": "pushed" if d.ok else "push_failed",
+        "coupon_id": coupon.get("coupon_id", ""),
+        "template": coupon.get("template", ""),
+        "trigger": coupon.get("trigger", ""),
+        "coupon_kind": coupon.get("coupon_kind", ""),
+        "valid_until_ms": coupon.get("valid_until_ms", 0),
+        "occurred_at_ms": now_ms,
+        "processed_at_ms": now_ms,
+        "reason": f"attempts={d.attempts} status={d.status} latency_ms={d.latency_ms} {d.error}".strip(),
+    }
+
+
+async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values: Sequence[bytes]) -> None:
+    rt = await runtime.started()
+    pending: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for value in values:
+        try:
+            msg = orjson.loads(value)
+            assert isinstance(msg, dict)
+        except (orjson.JSONDecodeError, AssertionError):
+            await send_dead_letter(source="notifier", reason="push is not a JSON object", body=value)
+            continue
+        pending.setdefault(push_id_of(msg), (msg, value))
+    ids = list(pending)
+    done = await rt.balances.pushed(ids)
+    todo = [pid for pid, was in zip(ids, done, strict=True) if not was]
+    counters["pushes_duplicate_total"] += len(values) - len(todo)
+    if not todo:
+        return
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def one(pid: str) -> Delivery:
+        async with gate:
+            return await webhook.deliver(session, pid, pending[pid][1])
+
+    results = await asyncio.gather(*(one(pid) for pid in todo))
+    delivered = [d.push_id for d in results if d.ok]
+    await rt.balances.mark_pushed(delivered)
+    now_ms = int(time.time() * 1000)
+    rows = []
+    for d in results:
+        msg = pending[d.push_id][0]
+        if d.ok:
+            counters["pushes_delivered_total"] += 1
+            since = msg.get("processed_at_ms")
+            if isinstance(since, int):
+                counters["push_latency_ms_sum"] += max(0, now_ms - since)
+                counters["push_latency_ms_count"] += 1
+        else:
+            counters["pushes_failed_total"] += 1
+            await send_dead_letter(source="notifier", reason=f"push {d.push_id} not delivered after {d.attempts} "
+                                   f"attempts: {d.error}", body=pending[d.push_id][1], event_id=d.push_id)
+        row = _history_row(msg, d, now_ms)
+        if row is not None:
+            rows.append(row)
+    if rows:
+        fut = await ledger_topic.send(value=orjson.dumps({"coupons": rows}), force=True)
+        await fut
+    log.info("pushes: %d delivered, %d failed, %d already delivered", len(delivered), len(todo) - len(delivered),
+             len(values) - len(todo))
+
+
+if settings.push_webhook_url:
+    WEBHOOK = Webhook(settings.push_webhook_url, settings.push_secret, settings.push_timeout_s,
+                      settings.push_attempts, settings.push_backoff_s)
+
+    @app.agent(notifications_topic)
+    async def deliver_pushes(stream):  # type: ignore[no-untyped-def]
+        """Consumes pushes in batches; a batch is acked once each push is delivered or dead-lettered."""
+        async with aiohttp.ClientSession() as session:
+            async for values in stream.take(settings.push_batch_size, within=0.02):
+                await deliver_batch(WEBHOOK, session, values)
+else:
+    log.warning("LOYALTY_PUSH_WEBHOOK_URL is not set: pushes wait on the coupon-pushes topic undelivered")

@@ -90,7 +90,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
               "car_park": park, "minutes": fee["minutes"], "due_fen": fee["due_fen"]}
     fut = await notifications_topic.send(key=plate.encode(), value=orjson.dumps(notice), force=True)
     await fut
-    if member_id is not None:
+    if member_id is not None and "parking_exit" in rt.rules.trigger_kinds:
         # The member's exit, in order with their other events: marketing triggers (a coupon).
         exit_id = f"px:{event_id}"
         if len(exit_id) > 64:

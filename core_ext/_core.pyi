@@ -72,6 +72,9 @@ class RuleSet:
         """Every budget the atomic apply checks: campaigns (points), `trigger:<id>` and
         `stock:<template>` (coupons), with their limits."""
     @property
+    def trigger_kinds(self) -> list[str]:
+        """The kinds of the marketing triggers in the rules (e.g. "parking_exit"), sorted."""
+    @property
     def coupon_templates(self) -> list[str]:
         """Coupon template ids, sorted."""
     @property

@@ -116,6 +116,15 @@ impl PyRuleSet {
         campaigns.chain(triggers).chain(stocks).collect()
     }
 
+    /// The kinds of the marketing triggers in the rules (e.g. "parking_exit"), sorted.
+    #[getter]
+    fn trigger_kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.inner.triggers.iter().map(|t| t.kind.as_str().to_string()).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
     /// Coupon template ids, sorted.
     #[getter]
     fn coupon_templates(&self) -> Vec<String> {

@@ -302,7 +302,7 @@ fn redemption_validation_table() {
 fn redemption_shares_cost_and_a_full_refund_gives_the_coupon_back() {
     let (r, s, id) = welcomed("m1");
     let p = with_coupons(pay("p", "m1", "mall", "food", 8_000, MON), &[&id]);
-    let res = run_with(&r, &[p.clone()], stored("m1", &s));
+    let res = run_with(&r, std::slice::from_ref(&p), stored("m1", &s));
     let Outcome::Apply(a) = &res.outcomes[0] else { panic!() };
     let rows: Vec<Value> = serde_json::from_str(&a.rows_json).unwrap();
     let red = rows.iter().find(|r| r["kind"] == "redeemed").unwrap();

@@ -38,6 +38,7 @@ from streams.app import (
     send_dead_letter,
 )
 from streams.metrics import counters
+from streams.pushes import coupon_push
 from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         fut = await ledger_topic.send(value=payload, force=True)
         await fut
         report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
+        await send_coupon_pushes(ledger_rows)
 
     for member_id, payment_id, body in parked:
         await rt.balances.park(member_id, payment_id, body)
@@ -195,6 +197,23 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         report.rejected += 1
         report.rejections.append((event_id, err_field, reason))
     return report
+
+
+async def send_coupon_pushes(ledger_rows: Sequence[str]) -> None:
+    """Coupons the batch issued (and those of replayed events, whose send may have died
+    with the worker) go to the coupon-pushes topic, keyed by member, once Redis has them.
+    The push id is the coupon id: the notifier delivers each id once."""
+    futures = []
+    for rows in ledger_rows:
+        if '"table":"coupon_events"' not in rows:
+            continue
+        for row in orjson.loads(rows):
+            if row.get("table") == "coupon_events" and row["kind"] == "issued":
+                futures.append(await notifications_topic.send(key=row["member_id"].encode(), value=coupon_push(row),
+                                                              force=True))
+    for fut in futures:
+        await fut
+    counters["coupon_pushes_queued_total"] += len(futures)
 
 
 async def release_parked(paid: Sequence[tuple[str, str]]) -> None:

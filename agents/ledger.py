@@ -14,9 +14,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from streams.app import app, ledger_topic, notifications_topic, runtime, send_dead_letter
+from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters
-from streams.pushes import coupon_push
 from streams.sinks.ledger import LedgerMessage, LedgerUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
             await rt.ledger.write(rows, guests, parking, coupons)
             counters["ledger_rows_written_total"] += len(rows)
             counters["coupon_events_written_total"] += len(coupons)
-            await send_coupon_pushes(coupons)
             return len(rows)
         except Exception as exc:
             # Whatever the failure, the rows are not acked until written: Faust would
@@ -59,20 +57,6 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
                 log.exception("ledger write failed unexpectedly; retrying in %.1fs", delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-
-async def send_coupon_pushes(coupons: Sequence[dict[str, Any]]) -> None:
-    """Issued coupons become pushes on the coupon-pushes topic, keyed by member, once
-    their rows are written. A redelivered ledger message sends them again: the push
-    id is the coupon id, and the notifier delivers each id once."""
-    futures = []
-    for c in coupons:
-        if c.get("kind") == "issued":
-            futures.append(await notifications_topic.send(key=c["member_id"].encode(), value=coupon_push(c),
-                                                          force=True))
-    for fut in futures:
-        await fut
-    counters["coupon_pushes_queued_total"] += len(futures)
 
 
 @app.agent(ledger_topic)

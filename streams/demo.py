@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import shutil
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 
 from streams.app import load_rules
-from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks, send_callbacks_in_order
+from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks, send_callbacks_in_order
 from streams.gateways.simulate import simulators
 from streams.settings import ROOT, Settings
 
@@ -182,7 +183,11 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     shutil.rmtree(data_root, ignore_errors=True)  # one demo's store at a time
     # Simulated WeChat Pay and Alipay, with test keys this worker trusts.
     wx, ali, gateway_env = simulators(data_root / run_id / "gateway-keys")
-    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id, extra_env=gateway_env)
+    # The members' messaging webhook: a local receiver that checks each push's signature.
+    push_secret = secrets.token_hex(16)
+    receiver = WebhookReceiver(push_secret).start()
+    push_env = {"LOYALTY_PUSH_WEBHOOK_URL": receiver.url, "LOYALTY_PUSH_SECRET": push_secret}
+    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id, extra_env={**gateway_env, **push_env})
     day = generate_day(seed, events, members, rules.business_units)
     print(
         f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
@@ -193,9 +198,10 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     print(f"demo: starting a worker (run {run_id}, log {worker.data_dir / 'worker.log'})", flush=True)
     worker.start()
     try:
-        return asyncio.run(_drive(worker, settings, day, concurrency, (wx, ali, seed, members)))
+        return asyncio.run(_drive(worker, settings, day, concurrency, (wx, ali, seed, members), receiver))
     finally:
         worker.stop()
+        receiver.stop()
 
 
 def _gateway_notifications(worker: WorkerProcess, gateways: tuple[Any, Any, int, int],
@@ -226,7 +232,7 @@ def _gateway_notifications(worker: WorkerProcess, gateways: tuple[Any, Any, int,
 
 
 async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concurrency: int,
-                 gateways: tuple[Any, Any, int, int]) -> int:
+                 gateways: tuple[Any, Any, int, int], receiver: WebhookReceiver) -> int:
     t0 = time.monotonic()
     print(f"demo: {len(day.registrations)} registrations, {len(day.sign_ins)} sign-ins ...", flush=True)
     rm = await send_callbacks(worker.base_url, worker.callback_secret, day.registrations + day.sign_ins,
@@ -268,6 +274,18 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         what="every ledger row in ClickHouse",
     )
     t_done = time.monotonic()
+
+    def coupon_kinds() -> dict[str, int]:
+        rows = worker.get("/v1/admin/coupons/totals", admin=True)[1]["rows"]
+        out: dict[str, int] = {}
+        for r in rows:
+            out[r["kind"]] = out.get(r["kind"], 0) + int(r["coupons"])
+        return out
+    # Every issued coupon pushed and its "pushed" row written.
+    worker.wait_until(lambda: coupon_kinds().get("pushed", 0) >= coupon_kinds().get("issued", 0), timeout=120,
+                      what="every coupon pushed")
+    kinds = coupon_kinds()
+    pushed_ids = receiver.ids()
     m = worker.metrics()
     _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
     _, rec = worker.get("/v1/admin/reconcile", admin=True)
@@ -278,6 +296,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
 
     sent = len(results)
     equal = rec["redis_total"] == rec["ledger_total"] and rec["clean"]
+    pushes_ok = kinds.get("issued", 0) == kinds.get("pushed", 0) == len(pushed_ids)
     credited = m["guest_payments_credited_total"]
     held = m["refunds_held_total"] - m["refunds_released_total"]
     counts_tie = (m["events_applied_total"] == totals["events"]
@@ -309,6 +328,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"sum of ClickHouse ledger       {_fmt(rec['ledger_total']):>12}   "
         f"{'EQUAL' if equal else 'NOT EQUAL'} ({rec['mismatch_count']} members differ)",
         f"ledger rows (movements)        {_fmt(totals['movements']):>12}   events {_fmt(totals['events'])}",
+        f"coupons issued                 {_fmt(kinds.get('issued', 0)):>12}   by triggers; pushed "
+        f"{_fmt(kinds.get('pushed', 0))}, received by the webhook {_fmt(len(pushed_ids))} "
+        f"(twice: {sum(1 for n in pushed_ids.values() if n > 1)})",
         f"dead-letter records            {_fmt(len(dead)):>12}   "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
@@ -317,13 +339,13 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         "-" * 60,
         "result: "
         + (
-            "OK — balances equal the ledger, every accepted event accounted for"
-            if equal and counts_tie
+            "OK — balances equal the ledger, every accepted event accounted for, every coupon pushed once"
+            if equal and counts_tie and pushes_ok
             else "FAILED — see the lines above"
         ),
     ]
     print("\n".join(lines), flush=True)
-    return 0 if equal and counts_tie else 1
+    return 0 if equal and counts_tie and pushes_ok else 1
 
 
 if __name__ == "__main__":

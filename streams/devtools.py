@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +22,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.settings import ROOT
-from streams.signing import signed_headers
+from streams.signing import SignatureError, signed_headers, verify
 
 
 def _decode(payload: bytes) -> Any:
@@ -257,3 +259,64 @@ async def read_dead_letters(bootstrap: str, topic: str, wait_s: float = 10.0) ->
 
 def count_by(records: list[dict[str, Any]], key: str) -> Counter[str]:
     return Counter(str(r.get(key)) for r in records)
+
+
+class WebhookReceiver:
+    """A real webhook receiver on 127.0.0.1: records each request, verifies its signature,
+    and fails on demand (status to answer, or a delay longer than the notifier's timeout)."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.port = free_port()
+        self.received: list[tuple[str, dict[str, Any], float]] = []
+        self.bad_signatures = 0
+        self.fail_status: int | None = None
+        self.lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/push"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify(self.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"), body, 300)
+        except SignatureError:
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.fail_status is not None:
+            return web.Response(status=self.fail_status)
+        with self.lock:
+            self.received.append((request.headers.get("X-Push-Id", ""), orjson.loads(body), time.time()))
+        return web.Response(status=204)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/push", self._handle)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def pushes_for(self, member: str, kind: str = "coupon_issued") -> list[dict[str, Any]]:
+        """The member's pushes of one type (coupons; "" for every type: reminders, exits too)."""
+        with self.lock:
+            return [b for _, b, _ in self.received
+                    if b.get("member_id") == member and (not kind or b.get("type") == kind)]
+
+    def ids(self) -> Counter[str]:
+        with self.lock:
+            return Counter(pid for pid, _, _ in self.received)

@@ -156,6 +156,12 @@ pub struct CouponRow {
     pub rules_version: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Where a redemption (or its return) happened, and its settlement lines: the
+    /// business unit pays the merchant the share of the discount the merchant does not bear.
+    pub bu_id: String,
+    pub merchant_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settlement: Vec<crate::settlement::Line>,
 }
 
 fn face_value(kind: &CouponKind) -> i64 {
@@ -203,6 +209,9 @@ impl CouponRow {
             processed_at_ms: now_ms,
             rules_version: rules.version.clone(),
             reason: String::new(),
+            bu_id: c.bu_id.clone(),
+            merchant_id: c.merchant_id.clone(),
+            settlement: Vec::new(),
         }
     }
 }
@@ -410,7 +419,7 @@ fn issue(
         valid_from_ms,
         valid_until_ms,
         status: "active".into(),
-        used_by: None,
+        ..Coupon::default()
     };
     state.coupons.push(c.clone());
     prune(state);
@@ -503,12 +512,17 @@ pub fn redeem(at: &At, state: &mut MemberState, coupon_id: &str, u: &Use) -> Cor
     let c = state.coupons.iter_mut().find(|c| c.id == coupon_id).expect("checked above");
     c.status = "used".into();
     c.used_by = Some(at.event_id.to_string());
+    c.bu_id = u.bu_id.to_string();
+    c.merchant_id = u.merchant_id.to_string();
     let tpl = at.rules.coupon_templates.get(&c.template);
-    let mut row = CouponRow::new("redeemed", c, tpl, at);
     let merchant_pct = tpl.map_or(0, |t| t.merchant_share_pct);
+    c.discount_fen = d;
+    c.issuer_share_fen = d - d * merchant_pct / 100;
+    let mut row = CouponRow::new("redeemed", c, tpl, at);
     row.discount_fen = d;
-    row.merchant_share_fen = d * merchant_pct / 100;
-    row.issuer_share_fen = d - row.merchant_share_fen;
+    row.merchant_share_fen = d - c.issuer_share_fen;
+    row.issuer_share_fen = c.issuer_share_fen;
+    row.settlement = subsidy_lines(c, 1);
     Ok(row)
 }
 
@@ -522,7 +536,7 @@ pub fn refused(at: &At, coupon_id: &str, reason: &str) -> CouponRow {
         valid_from_ms: 0,
         valid_until_ms: 0,
         status: "refused".into(),
-        used_by: None,
+        ..Coupon::default()
     };
     let mut row = CouponRow::new("refused", &c, None, at);
     row.reason = reason.to_string();
@@ -535,12 +549,31 @@ pub fn give_back(at: &At, state: &mut MemberState, payment_id: &str) -> Vec<Coup
     let mut rows = Vec::new();
     for c in state.coupons.iter_mut() {
         if c.status == "used" && c.used_by.as_deref() == Some(payment_id) && at.at_ms < c.valid_until_ms {
+            let mut row = at.row("returned", c);
+            row.discount_fen = -c.discount_fen;
+            row.issuer_share_fen = -c.issuer_share_fen;
+            row.merchant_share_fen = -(c.discount_fen - c.issuer_share_fen);
+            row.settlement = subsidy_lines(c, -1);
             c.status = "active".into();
             c.used_by = None;
-            rows.push(at.row("returned", c));
+            c.discount_fen = 0;
+            c.issuer_share_fen = 0;
+            rows.push(row);
         }
     }
     rows
+}
+
+/// The business unit pays the merchant its share of the discount (`sign` -1: reversed).
+fn subsidy_lines(c: &Coupon, sign: i64) -> Vec<crate::settlement::Line> {
+    use crate::settlement::Line;
+    if c.issuer_share_fen == 0 {
+        return Vec::new();
+    }
+    vec![
+        Line::money(format!("bu:{}", c.bu_id), -sign * c.issuer_share_fen),
+        Line::money(format!("merchant:{}", c.merchant_id), sign * c.issuer_share_fen),
+    ]
 }
 
 /// The coupon rows of an event as JSON objects to append to its ledger rows.

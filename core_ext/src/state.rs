@@ -109,7 +109,7 @@ pub struct MemberState {
     pub birthday_coupon_year: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coupon {
     pub id: String,
     pub template: String,
@@ -122,6 +122,15 @@ pub struct Coupon {
     /// The payment (or redemption) that used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_by: Option<String>,
+    /// Where it was used, the discount, and the part of it the business unit pays the merchant.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bu_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub merchant_id: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub discount_fen: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub issuer_share_fen: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

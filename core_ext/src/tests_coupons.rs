@@ -308,6 +308,9 @@ fn redemption_shares_cost_and_a_full_refund_gives_the_coupon_back() {
     let red = rows.iter().find(|r| r["kind"] == "redeemed").unwrap();
     assert_eq!((red["discount_fen"].as_i64(), red["merchant_share_fen"].as_i64(), red["issuer_share_fen"].as_i64()),
                (Some(2000), Some(800), Some(1200)));
+    // The business unit pays the merchant the 60% of the discount the merchant does not bear.
+    assert_eq!(red["settlement"], json!([{"account": "bu:mall", "amount_fen": -1200, "points": 0},
+                                         {"account": "merchant:shop", "amount_fen": 1200, "points": 0}]));
     let s2 = state_of(&res, "m1");
     assert_eq!(s2.coupons[0].status, "used");
     // Half refunded: still used. Fully refunded: back in the wallet.
@@ -318,6 +321,11 @@ fn redemption_shares_cost_and_a_full_refund_gives_the_coupon_back() {
     let res = run_with(&r, &[p, half, rest], stored("m1", &s));
     assert!(coupon_rows(&res, 1).is_empty());
     assert_eq!(coupon_rows(&res, 2)[0].0, "returned");
+    let Outcome::Apply(a) = &res.outcomes[2] else { panic!() };
+    let rows: Vec<Value> = serde_json::from_str(&a.rows_json).unwrap();
+    let back = rows.iter().find(|r| r["kind"] == "returned").unwrap();
+    assert_eq!(back["settlement"][0]["amount_fen"], 1200);
+    assert_eq!(back["settlement"][1]["amount_fen"], -1200);
     assert_eq!(state_of(&res, "m1").coupons[0].status, "active");
 }
 

@@ -181,7 +181,7 @@ class LedgerStore:
         for table, items, columns, to_values, ident in (
             ("ledger", rows, LEDGER_COLUMNS, row_values, ("member_id", "event_id", "kind")),
             ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),
-            ("settlement_lines", settlement_values(rows), SETTLEMENT_COLUMNS, line_values,
+            ("settlement_lines", settlement_values([*rows, *coupons]), SETTLEMENT_COLUMNS, line_values,
              ("event_id", "kind", "line_no")),
             ("parking_sessions", parking, PARKING_COLUMNS, parking_values, ("car_park", "event_id")),
             ("coupon_events", coupons, COUPON_COLUMNS, coupon_values, ("coupon_id", "kind", "event_id")),

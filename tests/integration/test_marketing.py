@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import time
 import uuid
 from collections import Counter
@@ -17,11 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from streams.devtools import WorkerProcess, free_port, read_dead_letters, send_callbacks
+from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks
 from streams.settings import Settings
-from streams.signing import SignatureError, signed_headers, verify
+from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration
 PUSH_SECRET = "push-secret-for-tests"
@@ -165,69 +163,9 @@ max_per_member = 1
 """
 
 
-class Receiver:
-    """A real webhook receiver on 127.0.0.1: records each request, verifies its signature,
-    and fails on demand (status to answer, or a delay longer than the notifier's timeout)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.received: list[tuple[str, dict[str, Any], float]] = []
-        self.bad_signatures = 0
-        self.fail_status: int | None = None
-        self.lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/push"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            verify(PUSH_SECRET, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"), body, 300)
-        except SignatureError:
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        if self.fail_status is not None:
-            return web.Response(status=self.fail_status)
-        with self.lock:
-            self.received.append((request.headers.get("X-Push-Id", ""), orjson.loads(body), time.time()))
-        return web.Response(status=204)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_post("/push", self._handle)
-        runner = web.AppRunner(app)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    def start(self) -> Receiver:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def pushes_for(self, member: str, kind: str = "coupon_issued") -> list[dict[str, Any]]:
-        """The member's pushes of one type (coupons; "" for every type: reminders, exits too)."""
-        with self.lock:
-            return [b for _, b, _ in self.received
-                    if b.get("member_id") == member and (not kind or b.get("type") == kind)]
-
-    def ids(self) -> Counter[str]:
-        with self.lock:
-            return Counter(pid for pid, _, _ in self.received)
-
-
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver(PUSH_SECRET).start()
     yield r
     r.stop()
 
@@ -239,14 +177,14 @@ def rules_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-def env(rules_path: Path, receiver: Receiver, **extra: str) -> dict[str, str]:
+def env(rules_path: Path, receiver: WebhookReceiver, **extra: str) -> dict[str, str]:
     return {"LOYALTY_RULES": str(rules_path), "LOYALTY_PUSH_WEBHOOK_URL": receiver.url,
             "LOYALTY_PUSH_SECRET": PUSH_SECRET, "LOYALTY_PUSH_BACKOFF": "0.05", "LOYALTY_PUSH_TIMEOUT": "1",
             "LOYALTY_WALLET_CHECK_INTERVAL": "1", **extra}
 
 
 @pytest.fixture(scope="module")
-def mw(services: None, rules_path: Path, receiver: Receiver,
+def mw(services: None, rules_path: Path, receiver: WebhookReceiver,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     from tests.integration.conftest import new_worker
 
@@ -281,7 +219,7 @@ def coupons(w: WorkerProcess, m: str) -> list[dict[str, Any]]:
     return body["coupons"]  # type: ignore[no-any-return]
 
 
-def wait_triggers(w: WorkerProcess, receiver: Receiver, m: str, want: set[str]) -> list[dict[str, Any]]:
+def wait_triggers(w: WorkerProcess, receiver: WebhookReceiver, m: str, want: set[str]) -> list[dict[str, Any]]:
     """Until the member's wallet holds coupons of exactly these triggers and each was pushed."""
     def done() -> bool:
         got = {c["trigger"] for c in coupons(w, m)}
@@ -291,7 +229,7 @@ def wait_triggers(w: WorkerProcess, receiver: Receiver, m: str, want: set[str]) 
     return coupons(w, m)
 
 
-def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver: Receiver) -> None:
+def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver: WebhookReceiver) -> None:
     m = f"m-{uuid.uuid4().hex[:8]}"
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
     member_event(mw, {"event_id": f"reg-{m}", "type": "register", "occurred_at": iso(), "member_id": m,
@@ -343,7 +281,7 @@ def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver:
     assert history()["issued"] >= history()["pushed"]
 
 
-def test_redemption_at_the_till_validates_and_is_single_use(mw: WorkerProcess, receiver: Receiver) -> None:
+def test_redemption_at_the_till_validates_and_is_single_use(mw: WorkerProcess, receiver: WebhookReceiver) -> None:
     m, other = f"m-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
     for x in (m, other):
         member_event(mw, {"event_id": f"reg-{x}", "type": "register", "occurred_at": iso(), "member_id": x})
@@ -386,7 +324,7 @@ def test_redemption_at_the_till_validates_and_is_single_use(mw: WorkerProcess, r
     assert coupon_rows == ["redeemed"]  # the endpoint's; the payment added no refusal, no second use
 
 
-def test_coupon_ids_on_the_payment_callback_and_refund_returns_it(mw: WorkerProcess, receiver: Receiver) -> None:
+def test_coupon_ids_on_the_payment_callback_and_refund_returns_it(mw: WorkerProcess, receiver: WebhookReceiver) -> None:
     m = f"m-{uuid.uuid4().hex[:8]}"
     member_event(mw, {"event_id": f"reg-{m}", "type": "register", "occurred_at": iso(), "member_id": m})
     (welcome,) = [c for c in wait_triggers(mw, receiver, m, {"welcome"}) if c["trigger"] == "welcome"]
@@ -407,7 +345,7 @@ def test_coupon_ids_on_the_payment_callback_and_refund_returns_it(mw: WorkerProc
                   timeout=30, what="redeemed, refused and returned rows in ClickHouse")
 
 
-def test_caps_and_budget_hold_under_a_burst(mw: WorkerProcess, receiver: Receiver) -> None:
+def test_caps_and_budget_hold_under_a_burst(mw: WorkerProcess, receiver: WebhookReceiver) -> None:
     """The flash template has a stock of 5 for the whole group; 30 tagged members pay at
     once, twice each: exactly 5 coupons, at most one per member."""
     members = [f"f-{uuid.uuid4().hex[:8]}" for _ in range(30)]
@@ -430,7 +368,7 @@ def test_webhook_down_then_up_is_retried_and_never_answering_is_dead_lettered(
         services: None, rules_path: Path, tmp_path: Path) -> None:
     from tests.integration.conftest import new_worker
 
-    r = Receiver().start()
+    r = WebhookReceiver(PUSH_SECRET).start()
     r.fail_status = 503
     w = new_worker(tmp_path, "pushfail", **env(rules_path, r, LOYALTY_PUSH_ATTEMPTS="40"))
     w.start()
@@ -466,7 +404,7 @@ def test_webhook_down_then_up_is_retried_and_never_answering_is_dead_lettered(
 def test_no_double_issue_or_push_across_sigkill(services: None, rules_path: Path, tmp_path: Path) -> None:
     from tests.integration.conftest import new_worker
 
-    r = Receiver().start()
+    r = WebhookReceiver(PUSH_SECRET).start()
     w = new_worker(tmp_path, "mktcrash", **env(rules_path, r))
     members = [f"k-{uuid.uuid4().hex[:8]}" for _ in range(40)]
     regs = [orjson.dumps({"event_id": f"reg-{x}", "type": "register", "occurred_at": iso(), "member_id": x})

@@ -299,6 +299,11 @@ async def _apply_now(member_id: str, seq: int, state_json: str, move: EventMove)
 MAX_ATTEMPTS = 20
 
 
+def member_busy(view: View) -> Response:
+    """The answer when a member's state kept moving for MAX_ATTEMPTS sequence-checked tries."""
+    return json_response(view, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
 def _member_of(body: bytes) -> str | None:
     """The valid `member_id` of a JSON request body, or None."""
     try:
@@ -348,7 +353,7 @@ class Redemptions(View):
                 counters["redemptions_total"] += 1
                 log.info("redemption %s of %s: %d points (%s)", key, member_id, answer["points"], answer["kind"])
                 return json_response(self, answer, 201)
-        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+        return member_busy(self)
 
 
 @app.page("/v1/members/{member_id}/coupons")
@@ -400,7 +405,7 @@ class CouponRedemption(View):
                 log.info("coupon %s of %s redeemed for payment %s (%d fen off)", answer["coupon_id"], member_id,
                          answer["payment_id"], answer["discount_fen"])
                 return self.bytes(result.encode(), content_type="application/json", status=201)
-        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+        return member_busy(self)
 
 
 @app.page("/v1/holds")
@@ -443,7 +448,7 @@ class Holds(View):
             if (await rt.balances.apply([group], {}))[0] == "ok":
                 counters["holds_total"] += 1
                 return json_response(self, orjson.loads(answer), 201)
-        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+        return member_busy(self)
 
 
 @app.page("/v1/holds/{hold_id}/release")
@@ -464,7 +469,7 @@ class HoldRelease(View):
                                       "hold_id")
             if (await rt.balances.apply([MemberMoves(member_id, seq, new_state, None)], {}))[0] == "ok":
                 return json_response(self, {"hold_id": hold_id, "status": "released", "points": points}, 200)
-        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+        return member_busy(self)
 
 
 @app.page("/v1/redemptions/{redemption_id}/reverse")
@@ -497,7 +502,7 @@ class RedemptionReversal(View):
                 counters["reversals_total"] += 1
                 log.info("redemption %s of %s reversed: %d points back", redemption_id, member_id, answer["points"])
                 return json_response(self, answer, 201)
-        return json_response(self, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+        return member_busy(self)
 
 
 @app.page("/v1/members/{member_id}/ledger")

@@ -564,6 +564,22 @@ pub fn give_back(at: &At, state: &mut MemberState, payment_id: &str) -> Vec<Coup
     rows
 }
 
+/// The member's parking coupon to use at car park `bu` at `at_ms`: the active one in scope
+/// with the most minutes (the soonest to expire among equals); (coupon id, minutes).
+pub fn parking_coupon(rules: &RuleSet, state: &MemberState, bu: &str, at_ms: i64) -> Option<(String, i64)> {
+    state
+        .coupons
+        .iter()
+        .filter(|c| c.status == "active" && c.valid_from_ms <= at_ms && at_ms < c.valid_until_ms)
+        .filter_map(|c| {
+            let tpl = rules.coupon_templates.get(&c.template)?;
+            let CouponKind::Parking { minutes } = tpl.kind else { return None };
+            tpl.scope.bus.as_ref().is_none_or(|s| s.contains(bu)).then_some((c, minutes))
+        })
+        .max_by_key(|(c, minutes)| (*minutes, -c.valid_until_ms))
+        .map(|(c, minutes)| (c.id.clone(), minutes))
+}
+
 /// The business unit pays the merchant its share of the discount (`sign` -1: reversed).
 fn subsidy_lines(c: &Coupon, sign: i64) -> Vec<crate::settlement::Line> {
     use crate::settlement::Line;

@@ -134,10 +134,25 @@ pub fn settle_exit(
         return (exit_fee(rules, park, entry_ms, exit_ms, None, coupon_minutes, false, 0), None);
     };
     crate::wallet::release_due(state, exit_ms);
+    // A parking coupon in the member's wallet pays for minutes the stay would be charged for.
+    let mut coupon_row = None;
+    let mut coupon_minutes = coupon_minutes;
+    if exit_fee(rules, park, entry_ms, exit_ms, Some(state), coupon_minutes, false, 0).fee_fen > 0 {
+        if let Some((id, minutes)) = crate::coupons::parking_coupon(rules, state, &park.bu, exit_ms) {
+            let at = crate::coupons::At { rules, member_id: member_id.unwrap_or(""), event_id: exit_event_id,
+                                          at_ms: exit_ms, now_ms: exit_ms };
+            let u = crate::coupons::Use { bu_id: &park.bu, merchant_id: &park.bu, category: "parking", paid_fen: 0,
+                                          at_ms: exit_ms };
+            if let Ok(row) = crate::coupons::redeem(&at, state, &id, &u) {
+                coupon_minutes += minutes;
+                coupon_row = Some(crate::coupons::rows_json(&[row]).join(","));
+            }
+        }
+    }
     let available = crate::wallet::available(rules, state, exit_ms);
     let fee = exit_fee(rules, park, entry_ms, exit_ms, Some(state), coupon_minutes, auto_pay, available);
     if fee.points_used == 0 {
-        return (fee, None);
+        return (fee, coupon_row.map(|r| format!("[{r}]")));
     }
     let lots = crate::wallet::spend_fifo(rules, state, fee.points_used, exit_ms).unwrap_or_default();
     let tier = crate::tiers::effective_tier(rules, state, exit_ms);
@@ -163,7 +178,12 @@ pub fn settle_exit(
         lots: &lots,
         settlement: &lines,
     };
-    (fee, Some(crate::ledger::rows_json(&[row])))
+    let rows = crate::ledger::rows_json(&[row]);
+    let rows = match coupon_row {
+        Some(c) => format!("{},{c}]", &rows[..rows.len() - 1]),
+        None => rows,
+    };
+    (fee, Some(rows))
 }
 
 #[cfg(test)]

@@ -21,6 +21,17 @@ format = "mall"
 [[business_units]]
 id = "hotel"
 format = "hotel"
+[formats.parking]
+points = 0
+per_fen = 100
+[[business_units]]
+id = "park"
+format = "parking"
+[[parking.car_parks]]
+bu = "park"
+free_minutes = 15
+price_per_hour_fen = 1000
+daily_cap_fen = 6000
 [[tiers]]
 id = "normal"
 multiplier_pct = 100
@@ -372,4 +383,29 @@ fn rules_errors_name_the_coupon_field() {
     assert!(RuleSet::from_toml(&text, "c.toml").unwrap_err().field().contains("triggers[0].coupon"));
     let text = RULES.replacen(r#"on = "register""#, r#"on = "lunar_new_year""#, 1);
     assert!(RuleSet::from_toml(&text, "c.toml").unwrap_err().field().contains("triggers[0].on"));
+}
+
+#[test]
+fn a_parking_coupon_pays_for_minutes_at_the_exit_once() {
+    let r = rules();
+    let res = run_with(&r, &[member_ev("exit-0", "m1", "parking_exit", MON)], StoredMembers::default());
+    let s = state_of(&res, "m1");
+    let park = r.car_parks.get("park").unwrap();
+    let entry = crate::time::parse_instant_ms(MON).unwrap();
+    let exit = entry + 180 * 60_000; // 3 hours: 3 started hours = 3,000 fen without the coupon
+    let mut st = s.clone();
+    let (fee, rows) = crate::parking::settle_exit(&r, park, "exit-1", Some("m1"), Some(&mut st), entry, exit, 0, false);
+    assert_eq!(fee.fee_fen, 1_000); // 180 - 120 minutes: one started hour
+    assert!(fee.deductions.iter().any(|d| d.rule == "coupon" && d.minutes == 120));
+    let rows: Vec<Value> = serde_json::from_str(&rows.expect("the coupon's row")).unwrap();
+    assert_eq!(rows[0]["kind"], "redeemed");
+    assert_eq!(st.coupons[0].status, "used");
+    // Used: the next exit pays in full. A free short stay does not spend a coupon.
+    let (fee, _) = crate::parking::settle_exit(&r, park, "exit-2", Some("m1"), Some(&mut st), entry, exit, 0, false);
+    assert_eq!(fee.fee_fen, 3_000);
+    let mut fresh = s.clone();
+    let (fee, rows) =
+        crate::parking::settle_exit(&r, park, "exit-3", Some("m1"), Some(&mut fresh), entry, entry + 10 * 60_000, 0, false);
+    assert_eq!((fee.fee_fen, rows), (0, None));
+    assert_eq!(fresh.coupons[0].status, "active");
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -253,6 +254,19 @@ def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver:
             time.sleep(1.0)  # the exit must find the entry
     got = wait_triggers(mw, receiver, m, {"after-parking"})
     assert sum(1 for c in got if c["trigger"] == "big-spender") == 1
+    # The next stay (3 hours) uses the 2-hour parking coupon at the exit.
+    for kind, minutes in (("entry", 180), ("exit", 0)):
+        ev = orjson.dumps({"event_id": f"{kind}-{uuid.uuid4().hex[:8]}", "type": kind, "plate": plate,
+                           "car_park": "park", "gate": "g1",
+                           "occurred_at": (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)).isoformat()})
+        assert mw.post("/v1/callbacks/parking", ev, signed_headers(mw.callback_secret, ev))[0] == 202
+        if kind == "entry":
+            time.sleep(1.0)
+    mw.wait_until(lambda: [c["status"] for c in coupons(mw, m) if c["trigger"] == "after-parking"][-1:] == ["used"],
+                  timeout=30, what="the parking coupon used at the exit")
+    sessions_path = f"/v1/parking/sessions?plate={urllib.parse.quote(plate)}"
+    mw.wait_until(lambda: any(d["rule"] == "coupon" for s in mw.get(sessions_path)[1]["sessions"]
+                              for d in s["deductions"]), timeout=30, what="the coupon deduction")
 
     # Win-back: a member whose last payment was 70 days ago pays again. Points earned then
     # expire within the 60-day reminder window: points_expiring, via the wallet check.

@@ -1,0 +1,93 @@
+"""BI on the ClickHouse history: the operator's KPIs, each a parameterised query in
+sql/queries/kpi/, run for a date range and an optional business unit / format filter.
+
+The report CLI (`loyalty report`), the dashboard's JSON endpoint and the tests all go
+through `run_kpis`, so a figure on the screen is the figure the query returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streams.sinks.ledger import load_query
+
+
+@dataclass(frozen=True)
+class Kpi:
+    name: str
+    title: str
+    #: "one": one row of figures; "table": rows
+    shape: str
+
+
+KPIS: tuple[Kpi, ...] = (
+    Kpi("members", "Members and new members", "one"),
+    Kpi("activity", "Active / normal / dormant members", "one"),
+    Kpi("growth_churn", "Growth and churn (vs the previous period)", "one"),
+    Kpi("sales", "Sales: members' share and average ticket", "one"),
+    Kpi("repurchase", "Repurchase rate", "one"),
+    Kpi("lifetime_value", "Lifetime value", "one"),
+    Kpi("points", "Points issued, spent, expired, outstanding", "one"),
+    Kpi("tiers", "Tier distribution", "table"),
+    Kpi("tier_movements", "Tier movements", "table"),
+    Kpi("campaigns", "Campaign participation and ROI", "table"),
+    Kpi("coupons", "Coupons: issued, redeemed, cost", "table"),
+    Kpi("parking", "Parking usage and free-hour cost", "one"),
+    Kpi("cross_format", "Members active in two formats", "table"),
+    Kpi("points_flow", "Points earned and spent by format", "table"),
+    Kpi("settlement", "Settlement per account", "table"),
+)
+
+PARAM = re.compile(r"\{(\w+):")
+
+
+@dataclass(frozen=True)
+class Filters:
+    start: dt.datetime
+    end: dt.datetime
+    bu: str = ""
+    format: str = ""
+    active_days: int = 30
+    dormant_days: int = 90
+    point_value_fen_per_100: int = 100
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError("--to must be after --from")
+        if not 0 < self.active_days <= self.dormant_days:
+            raise ValueError("active days must be > 0 and at most the dormant days")
+
+    def params(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "bu": self.bu, "format": self.format,
+                "active_days": self.active_days, "dormant_days": self.dormant_days,
+                "point_value_fen_per_100": self.point_value_fen_per_100}
+
+
+def query_name(kpi: Kpi) -> str:
+    return f"kpi/{kpi.name}"
+
+
+def params_for(kpi: Kpi, filters: Filters) -> dict[str, Any]:
+    """Only the parameters the KPI's query names."""
+    used = set(PARAM.findall(load_query(query_name(kpi))))
+    return {k: v for k, v in filters.params().items() if k in used}
+
+
+Query = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+
+
+async def run_kpis(query: Query, filters: Filters, names: list[str] | None = None,
+                   progress: Callable[[Kpi], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Runs the KPIs (all, or `names`) and returns each one's rows."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kpi in KPIS:
+        if names and kpi.name not in names:
+            continue
+        if progress is not None:
+            progress(kpi)
+        out[kpi.name] = await query(query_name(kpi), params_for(kpi, filters))
+    return out

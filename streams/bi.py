@@ -40,6 +40,7 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("cross_format", "Members active in two formats", "table"),
     Kpi("points_flow", "Points earned and spent by format", "table"),
     Kpi("settlement", "Settlement per account", "table"),
+    Kpi("daily", "Day by day: sales, active members, points issued and spent", "table"),
 )
 
 PARAM = re.compile(r"\{(\w+):")
@@ -54,6 +55,7 @@ class Filters:
     active_days: int = 30
     dormant_days: int = 90
     point_value_fen_per_100: int = 100
+    utc_offset_minutes: int = 480
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
@@ -64,7 +66,8 @@ class Filters:
     def params(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "bu": self.bu, "format": self.format,
                 "active_days": self.active_days, "dormant_days": self.dormant_days,
-                "point_value_fen_per_100": self.point_value_fen_per_100}
+                "point_value_fen_per_100": self.point_value_fen_per_100,
+                "offset_s": self.utc_offset_minutes * 60}
 
 
 def query_name(kpi: Kpi) -> str:
@@ -91,3 +94,45 @@ async def run_kpis(query: Query, filters: Filters, names: list[str] | None = Non
             progress(kpi)
         out[kpi.name] = await query(query_name(kpi), params_for(kpi, filters))
     return out
+
+
+def filters_from(query: dict[str, str], utc_offset_minutes: int, today: dt.date | None = None) -> Filters:
+    """Filters from request / command-line values: `from` and `to` are local dates, both
+    included (default: the last 30 days up to today); `bu`, `format`, thresholds optional.
+    ValueError names the field."""
+    tz = dt.timezone(dt.timedelta(minutes=utc_offset_minutes))
+    today = today or dt.datetime.now(tz).date()
+
+    def day(name: str, default: dt.date) -> dt.date:
+        raw = query.get(name) or ""
+        if not raw:
+            return default
+        try:
+            return dt.date.fromisoformat(raw)
+        except ValueError:
+            raise ValueError(f"{name}: {raw!r} is not a date YYYY-MM-DD") from None
+
+    def number(name: str, default: int) -> int:
+        raw = query.get(name) or ""
+        if not raw:
+            return default
+        if not raw.isdigit() or not 0 < int(raw) <= 3650:
+            raise ValueError(f"{name}: {raw!r} is not a number of days (1-3650)")
+        return int(raw)
+
+    first = day("from", today - dt.timedelta(days=29))
+    last = day("to", today)
+    if last < first:
+        raise ValueError("to: must not be before from")
+    for name in ("bu", "format"):
+        v = query.get(name) or ""
+        if v and not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,64}", v):
+            raise ValueError(f"{name}: {v!r} is not a valid id")
+    start = dt.datetime.combine(first, dt.time(), tz).astimezone(dt.UTC)
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tz).astimezone(dt.UTC)
+    try:
+        return Filters(start, end, query.get("bu") or "", query.get("format") or "",
+                       number("active_days", 30), number("dormant_days", 90),
+                       utc_offset_minutes=utc_offset_minutes)
+    except ValueError as exc:
+        raise ValueError(f"dormant_days: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import shlex
 import subprocess
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -88,6 +90,68 @@ def cmd_gateways_simulator_keys(args: argparse.Namespace) -> int:
     print(f"# test keys of simulated gateways in {args.dir} (never for production); a worker that trusts them:")
     for k, v in env.items():
         print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows as aligned text columns (numbers right-aligned, with thousands separators)."""
+    if not rows:
+        return ["  (none)"]
+    cols = list(rows[0])
+    cells = [[f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    out = ["  " + "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    out += ["  " + "  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return out
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from streams import bi
+
+    settings = Settings.from_env()
+    base = {k: v for k, v in {"from": args.start, "to": args.end, "bu": args.bu, "format": args.format,
+                              "active_days": args.active_days, "dormant_days": args.dormant_days}.items() if v}
+    results: dict[str, list[dict[str, Any]]] = {}
+    filters: dict[str, Any] = {}
+    for i, kpi in enumerate(bi.KPIS, 1):
+        print(f"[{i}/{len(bi.KPIS)}] {kpi.title} ...", file=sys.stderr, flush=True)
+        try:
+            answer = admin_get(settings, "/v1/admin/kpis?" + urlencode({**base, "kpi": kpi.name}))
+        except urllib.error.HTTPError as exc:
+            print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+            return 1 if exc.code == 400 else 2
+        except urllib.error.URLError as exc:
+            print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
+                  file=sys.stderr)
+            return 2
+        results[kpi.name] = answer["kpis"][kpi.name]
+        filters = answer["filters"]
+    if args.json:
+        print(orjson.dumps({"filters": filters, "kpis": results}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(["kpi", "row", "column", "value"])
+        for name, rows in results.items():
+            for n, r in enumerate(rows):
+                for col, value in r.items():
+                    w.writerow([name, n, col, value])
+        return 0
+    scope = ", ".join(f"{k} {filters[k]}" for k in ("bu", "format") if filters.get(k)) or "all business units"
+    print(f"Loyalty report {filters['from']} .. {filters['to']} ({scope}; active <= {filters['active_days']} d, "
+          f"dormant > {filters['dormant_days']} d)")
+    for kpi in bi.KPIS:
+        print(f"\n{kpi.title}")
+        rows = results[kpi.name]
+        if kpi.shape == "one" and rows:
+            for col, value in rows[0].items():
+                shown = f"{value / 100:.2f} %" if col.endswith("_bp") else f"{value:,}" if isinstance(value, int) \
+                    else str(value)
+                print(f"  {col:28} {shown:>16}")
+        else:
+            print("\n".join(format_table(rows)))
     return 0
 
 
@@ -288,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = gsub.add_parser("simulator-keys", help="make (or reuse) test keys of simulated gateways, print worker env")
     s.add_argument("dir", help="directory for the keys, e.g. .local/gateway-sim")
     s.set_defaults(func=cmd_gateways_simulator_keys)
+
+    s = sub.add_parser("report", help="the operator's KPIs from ClickHouse, as tables (or --json / --csv)")
+    s.add_argument("--from", dest="start", help="first local day, YYYY-MM-DD (default: 29 days before --to)")
+    s.add_argument("--to", dest="end", help="last local day, YYYY-MM-DD, included (default: today)")
+    s.add_argument("--bu", help="one business unit")
+    s.add_argument("--format", help="one format (mall, hotel, ...)")
+    s.add_argument("--active-days", dest="active_days", help="paid within this many days: active (30)")
+    s.add_argument("--dormant-days", dest="dormant_days", help="no payment for more than this: dormant (90)")
+    out = s.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON document")
+    out.add_argument("--csv", action="store_true", help="CSV rows: kpi,row,column,value")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
 import core_ext
-from streams import metrics
+from streams import bi, metrics
 from streams.app import (
     app,
     ledger_topic,
@@ -550,6 +550,39 @@ class CouponTotals(View):
             return denied
         rt = await runtime.started()
         return json_response(self, {"rows": await rt.ledger.query("coupon_totals")})
+
+
+@app.page("/v1/admin/kpis")
+class Kpis(View):
+    """KPIs from ClickHouse: ?from=YYYY-MM-DD&to=YYYY-MM-DD (local days, both included)
+    [&bu=][&format=][&active_days=][&dormant_days=][&kpi=name,...] -> {"filters", "kpis": {name: rows}}."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        return await kpi_response(self, request)
+
+
+async def kpi_response(view: View, request: Request) -> Response:
+    rt = await runtime.started()
+    q = dict(request.query)
+    try:
+        filters = bi.filters_from(q, int(rt.rules.utc_offset_minutes))
+    except ValueError as exc:
+        return error_response(view, 400, str(exc), str(exc).split(":")[0])
+    names = [n for n in (q.get("kpi") or "").split(",") if n]
+    unknown = set(names) - {k.name for k in bi.KPIS}
+    if unknown:
+        return error_response(view, 400, f"kpi: unknown {sorted(unknown)}; one of {[k.name for k in bi.KPIS]}",
+                              "kpi")
+    kpis = await bi.run_kpis(rt.ledger.query, filters, names or None)
+    return json_response(view, {
+        "filters": {"from": q.get("from") or filters.start.isoformat(), "to": q.get("to") or filters.end.isoformat(),
+                    "start": filters.start.isoformat(), "end": filters.end.isoformat(), "bu": filters.bu,
+                    "format": filters.format, "active_days": filters.active_days,
+                    "dormant_days": filters.dormant_days},
+        "kpis": kpis,
+    })
 
 
 @app.page("/v1/admin/ledger/totals")

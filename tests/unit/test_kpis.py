@@ -27,6 +27,14 @@ def ms(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)
 
 
+def trunc_div(a: int, b: int) -> int:
+    """ClickHouse's intDiv (truncates toward zero), with 0 for a zero divisor as the queries do."""
+    if b == 0:
+        return 0
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
 def row(event_id: str, member: str, kind: str, at: dt.datetime, points: int = 0, amount: int = 0, bu: str = "",
         tier: str = "normal", explain: list[dict[str, Any]] | None = None, refund_of: str = "",
         settlement: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -111,9 +119,9 @@ class History:
                 self.coupon_rows.append({**base, "event_id": "push", "kind": "pushed", "occurred_at_ms": ms(at) + 100,
                                      "processed_at_ms": ms(at) + 100})
             if rng.random() < 0.4:
-                self.coupon_rows.append({**base, "event_id": f"pay{k}", "kind": "redeemed", "occurred_at_ms": ms(at) + 200,
-                                     "processed_at_ms": ms(at) + 200, "discount_fen": 500, "issuer_share_fen": 300,
-                                     "merchant_share_fen": 200})
+                self.coupon_rows.append({**base, "event_id": f"pay{k}", "kind": "redeemed",
+                                         "occurred_at_ms": ms(at) + 200, "processed_at_ms": ms(at) + 200,
+                                         "discount_fen": 500, "issuer_share_fen": 300, "merchant_share_fen": 200})
                 if rng.random() < 0.3:
                     self.coupon_rows.append({**base, "event_id": f"rf{k}", "kind": "returned",
                                          "occurred_at_ms": ms(at) + 300, "processed_at_ms": ms(at) + 300,
@@ -157,13 +165,14 @@ class History:
         gp = sum(1 for g in gs if g["type"] == "payment")
         total = ms_ + gsum
         return {"member_sales_fen": ms_, "member_payments": mp, "guest_sales_fen": gsum, "guest_payments": gp,
-                "total_sales_fen": total, "member_share_bp": 0 if total == 0 else int(ms_ * 10000 / total),
-                "member_avg_ticket_fen": 0 if mp == 0 else int(ms_ / mp)}
+                "total_sales_fen": total, "member_share_bp": trunc_div(ms_ * 10000, total),
+                "member_avg_ticket_fen": trunc_div(ms_, mp)}
 
     def repurchase(self, f: Filters) -> dict[str, int]:
         n = Counter(r["member_id"] for r in self.rows if r["kind"] == "earn" and self.in_range(r) and self.scoped(r, f))
         buyers, repeat = len(n), sum(1 for v in n.values() if v >= 2)
-        return {"buyers": buyers, "repeat_buyers": repeat, "repurchase_bp": 0 if not buyers else repeat * 10000 // buyers}
+        return {"buyers": buyers, "repeat_buyers": repeat,
+                "repurchase_bp": 0 if not buyers else repeat * 10000 // buyers}
 
     def lifetime_value(self, f: Filters) -> dict[str, int]:
         net: dict[str, int] = defaultdict(int)
@@ -174,7 +183,7 @@ class History:
                 if r["kind"] == "earn":
                     paid.add(r["member_id"])
         total = sum(net[m] for m in paid)
-        return {"paying_members": len(paid), "lifetime_sales_fen": total, "ltv_fen": int(total / len(paid)) if paid else 0}
+        return {"paying_members": len(paid), "lifetime_sales_fen": total, "ltv_fen": trunc_div(total, len(paid))}
 
     def growth_churn(self, f: Filters) -> dict[str, int]:
         prev_start = START - (END - START)
@@ -279,6 +288,36 @@ class History:
                     spent[r["format"]] -= r["points"]
         return [{"format": k, "earned": earned[k], "spent": spent[k]} for k in sorted(set(earned) | set(spent))]
 
+    def daily(self, f: Filters) -> list[dict[str, Any]]:
+        tz = dt.timezone(dt.timedelta(minutes=f.utc_offset_minutes))
+
+        def day(t_ms: int) -> str:
+            return dt.datetime.fromtimestamp(t_ms / 1000, tz).date().isoformat()
+        out: dict[str, dict[str, Any]] = {}
+
+        def slot(d: str) -> dict[str, Any]:
+            return out.setdefault(d, {"day": d, "sales_fen": 0, "buyers": set(), "points_issued": 0,
+                                      "points_spent": 0})
+        for r in self.rows:
+            if not (self.in_range(r) and self.scoped(r, f)):
+                continue
+            s = slot(day(r["occurred_at_ms"]))
+            if r["kind"] == "earn":
+                s["sales_fen"] += r["amount_fen"]
+                s["buyers"].add(r["member_id"])
+            elif r["kind"] == "clawback":
+                s["sales_fen"] -= r["amount_fen"]
+            if r["points"] > 0 and r["kind"] not in ("return", "reverse"):
+                s["points_issued"] += r["points"]
+            if r["kind"] == "redeem":
+                s["points_spent"] -= r["points"]
+        for g in self.guests:
+            if self.in_range(g) and self.scoped(g, f):
+                slot(day(g["occurred_at_ms"]))["sales_fen"] += g["amount_fen"] * (1 if g["type"] == "payment" else -1)
+        return [{"day": d, "sales_fen": v["sales_fen"], "active_members": len(v["buyers"]),
+                 "points_issued": v["points_issued"], "points_spent": v["points_spent"]}
+                for d, v in sorted(out.items())]
+
     def settlement(self, f: Filters) -> list[dict[str, Any]]:
         acc: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for r in self.rows:
@@ -326,7 +365,7 @@ def test_every_kpi_matches_an_independent_python_computation(store: LedgerStore,
         "growth_churn": [history.growth_churn(f)], "points": [history.points(f)], "tiers": history.tiers(f),
         "tier_movements": history.tier_movements(f), "campaigns": history.campaigns(f),
         "coupons": history.coupons(f), "parking": [history.parking_kpi(f)], "cross_format": history.cross_format(f),
-        "points_flow": history.points_flow(f), "settlement": history.settlement(f),
+        "points_flow": history.points_flow(f), "settlement": history.settlement(f), "daily": history.daily(f),
     }
     for name, want in expected.items():
         rows = [{k: (int(v) if isinstance(v, int) else v) for k, v in r.items()} for r in got[name]]

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -550,6 +551,19 @@ class CouponTotals(View):
             return denied
         rt = await runtime.started()
         return json_response(self, {"rows": await rt.ledger.query("coupon_totals")})
+
+
+DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
+
+
+@app.page("/dashboard")
+class Dashboard(View):
+    """The operators' dashboard: a static page that asks for the admin token and draws
+    tiles and charts from /v1/admin/kpis (the same queries as `loyalty report`)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(DASHBOARD.read_bytes(), content_type="text/html",
+                          headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
 
 @app.page("/v1/admin/kpis")

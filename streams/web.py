@@ -156,7 +156,7 @@ class MemberCallback(View):
             event_id, member_id, kind = core_ext.validate_member_event(body)
         except core_ext.InvalidEventError as exc:
             return await reject(self, 400, str(exc), body, field=exc.field)
-        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit"):
+        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments"):
             return await reject(self, 400, f"type: {kind} is for operators and the system, not callbacks", body,
                                 field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)

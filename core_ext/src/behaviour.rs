@@ -53,6 +53,11 @@ pub fn apply_member_event(
         }
         MemberKind::Profile => parts.push(Part::new("profile", "", 0)),
         MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
+        MemberKind::Segments => {
+            state.segment_tags = ev.tags.clone().unwrap_or_default();
+            state.segment = ev.segment.clone();
+            parts.push(Part::new("segments", ev.segment.clone().unwrap_or_default(), 0));
+        }
         MemberKind::SignIn => {
             if state.sign_in_last_day == Some(local.day) {
                 parts.push(Part::new("already_signed_in_today", "", 0));

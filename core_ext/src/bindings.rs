@@ -367,6 +367,8 @@ pub fn member_view<'py>(
     d.set_item("registered", state.registered_at_ms.is_some())?;
     d.set_item("birthday", state.birthday.clone())?;
     d.set_item("tags", state.tags.clone())?;
+    d.set_item("segment_tags", state.segment_tags.clone())?;
+    d.set_item("segment", state.segment.clone())?;
     d.set_item("sign_in_streak", state.sign_in_streak)?;
     let r = &rules.inner;
     d.set_item("available", crate::wallet::available(r, &state, now_ms))?;

@@ -35,7 +35,7 @@ pub fn matches(c: &Campaign, p: &PaymentView, state: &MemberState) -> bool {
     f.merchants.as_ref().is_none_or(|s| s.contains(p.merchant_id))
         && f.categories.as_ref().is_none_or(|s| s.contains(p.category))
         && f.tiers.as_ref().is_none_or(|s| s.contains(p.tier_id))
-        && f.tags.as_ref().is_none_or(|s| state.tags.iter().any(|t| s.contains(t)))
+        && f.tags.as_ref().is_none_or(|s| state.has_any_tag(s))
 }
 
 /// The points a campaign wants to give on `on` points (before budget and caps).

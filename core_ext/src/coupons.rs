@@ -311,7 +311,7 @@ pub fn after_event(
             continue;
         }
         if t.tiers.as_ref().is_some_and(|s| !s.contains(h.tier_after.0))
-            || t.tags.as_ref().is_some_and(|s| !state.tags.iter().any(|tag| s.contains(tag)))
+            || t.tags.as_ref().is_some_and(|s| !state.has_any_tag(s))
         {
             continue;
         }

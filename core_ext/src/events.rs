@@ -228,6 +228,8 @@ pub enum MemberKind {
     WalletCheck,
     /// A member's car left a car park (sent by the parking agent): marketing triggers only.
     ParkingExit,
+    /// Tags and the segment computed by the BI refresh (`tags`, `segment`).
+    Segments,
 }
 
 impl MemberKind {
@@ -242,6 +244,7 @@ impl MemberKind {
             MemberKind::TierReview => "tier_review",
             MemberKind::WalletCheck => "wallet_check",
             MemberKind::ParkingExit => "parking_exit",
+            MemberKind::Segments => "segments",
         }
     }
 
@@ -256,6 +259,7 @@ impl MemberKind {
             "tier_review" => MemberKind::TierReview,
             "wallet_check" => MemberKind::WalletCheck,
             "parking_exit" => MemberKind::ParkingExit,
+            "segments" => MemberKind::Segments,
             _ => return None,
         })
     }
@@ -274,6 +278,8 @@ pub struct MemberEvent {
     pub referred_member_id: Option<String>,
     pub tier: Option<String>,
     pub until_ms: Option<i64>,
+    /// The RFM segment of a `segments` event.
+    pub segment: Option<String>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
@@ -330,7 +336,12 @@ fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: Stri
         ),
         _ => (None, None),
     };
+    let segment = match kind {
+        MemberKind::Segments => Some(get_id(obj, "segment")?),
+        _ => None,
+    };
     Ok(MemberEvent {
+        segment,
         event_id,
         kind,
         occurred_at_ms,

@@ -107,6 +107,11 @@ pub struct MemberState {
     pub spend_days: Vec<[i64; 2]>,
     #[serde(skip_serializing_if = "is_zero32")]
     pub birthday_coupon_year: i32,
+    /// Tags and the RFM segment the BI refresh computed (`loyalty segments refresh`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segment_tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +171,11 @@ impl MemberState {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("member state always serialises")
+    }
+
+    /// Whether the member has any of `wanted` among their own tags or the computed ones.
+    pub fn has_any_tag(&self, wanted: &rustc_hash::FxHashSet<String>) -> bool {
+        self.tags.iter().chain(&self.segment_tags).any(|t| wanted.contains(t))
     }
 
     /// Birthday month (1..=12), if a birthday is known.

@@ -409,3 +409,18 @@ fn a_parking_coupon_pays_for_minutes_at_the_exit_once() {
     assert_eq!((fee.fee_fen, rows), (0, None));
     assert_eq!(fresh.coupons[0].status, "active");
 }
+
+#[test]
+fn computed_segment_tags_drive_tag_filters() {
+    let r = rules();
+    let s = MemberState { birthday: Some("11-02".into()), ..Default::default() };
+    let seg = json!({"event_id": "seg-1", "type": "segments", "occurred_at": "2026-10-01T09:00:00+08:00",
+                     "member_id": "m1", "tags": ["vip", "foodie"], "segment": "champions"});
+    let res = run_with(&r, &[seg, member_ev("si", "m1", "sign_in", MON)], stored("m1", &s));
+    let st = state_of(&res, "m1");
+    assert_eq!((st.segment_tags.clone(), st.segment.clone()), (vec!["vip".to_string(), "foodie".into()], Some("champions".into())));
+    assert!(st.tags.is_empty(), "the member's own tags are untouched");
+    assert_eq!(issued(&res, 1), ["birthday"], "the vip filter saw the computed tag");
+    assert!(parse_event(json!({"event_id": "s", "type": "segments", "occurred_at": MON, "member_id": "m1"})
+        .to_string().as_bytes()).is_err(), "a segments event names its segment");
+}

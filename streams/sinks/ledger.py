@@ -199,6 +199,15 @@ class LedgerStore:
             except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
                 raise LedgerUnavailable(f"{table} insert of {len(items)} rows failed: {exc}", 1.0) from exc
 
+    async def insert_segments(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows of member_segments (one refresh)."""
+        if not rows:
+            return
+        cols = ("member_id", "recency_days", "frequency", "monetary_fen", "r", "f", "m", "segment", "tags",
+                "refreshed_at")
+        await self._run(self._client.insert, "member_segments", [[r[c] for c in cols] for r in rows],
+                        column_names=cols)
+
     async def query(self, name: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs a named query from sql/queries/ and returns its rows as dicts."""
         sql = load_query(name)

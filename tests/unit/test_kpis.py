@@ -19,7 +19,8 @@ from streams.sinks.ledger import LedgerStore
 UTC = dt.UTC
 T0 = dt.datetime(2026, 9, 1, tzinfo=UTC)
 START, END = dt.datetime(2026, 11, 1, tzinfo=UTC), dt.datetime(2026, 11, 23, tzinfo=UTC)
-FORMATS = {"mall": "mall", "hotel": "hotel", "cvs": "convenience"}
+FORMATS = {"mall": "mall", "hotel": "hotel", "cvs": "convenience", "park": "parking"}
+CATEGORIES = ["food", "food", "fashion", "sports", "dining", "x"]
 TIERS = ["normal", "silver", "gold"]
 
 
@@ -37,10 +38,10 @@ def trunc_div(a: int, b: int) -> int:
 
 def row(event_id: str, member: str, kind: str, at: dt.datetime, points: int = 0, amount: int = 0, bu: str = "",
         tier: str = "normal", explain: list[dict[str, Any]] | None = None, refund_of: str = "",
-        settlement: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        settlement: list[dict[str, Any]] | None = None, category: str = "x") -> dict[str, Any]:
     return {"event_id": event_id, "member_id": member, "kind": kind, "points": points, "amount_fen": amount,
             "bu_id": bu, "format": FORMATS.get(bu, ""), "merchant_id": f"{bu}-shop" if bu else "",
-            "category": "x", "channel": "wechat", "occurred_at_ms": ms(at), "refund_of": refund_of, "tier": tier,
+            "category": category, "channel": "wechat", "occurred_at_ms": ms(at), "refund_of": refund_of, "tier": tier,
             "rules_version": "t", "processed_at_ms": ms(at), "explain": explain or [], "lots": [],
             "batch_index": 0, "settlement": settlement or []}
 
@@ -74,7 +75,8 @@ class History:
                 pts = sum(p["points"] for p in explain)
                 settle = [{"account": f"merchant:{bu}-shop", "amount_fen": amount, "points": 0},
                           {"account": "gateway", "amount_fen": -amount, "points": 0}]
-                self.rows.append(row(f"p{n}", m, "earn", at, pts, amount, bu, tier, explain, settlement=settle))
+                self.rows.append(row(f"p{n}", m, "earn", at, pts, amount, bu, tier, explain, settlement=settle,
+                                     category=rng.choice(CATEGORIES)))
                 if rng.random() < 0.2:
                     part = rng.randrange(1, amount + 1)
                     self.rows.append(row(f"r{n}", m, "clawback", at + dt.timedelta(hours=2), -(pts * part // amount),
@@ -372,3 +374,84 @@ def test_every_kpi_matches_an_independent_python_computation(store: LedgerStore,
         assert rows == want, name
     # The data is rich enough that the figures are not trivially zero.
     assert expected["sales"][0]["member_sales_fen"] > 0 and expected["campaigns"] and expected["tier_movements"]
+
+
+def ntile(n_rows: int, buckets: int = 5) -> list[int]:
+    """SQL's ntile: the first n % buckets groups get one row more."""
+    base, extra = divmod(n_rows, buckets)
+    out: list[int] = []
+    for b in range(buckets):
+        out += [b + 1] * (base + (1 if b < extra else 0))
+    return out
+
+
+def python_segments(h: History, end: dt.datetime, rules: Any) -> list[dict[str, Any]]:
+    since = ms(end - dt.timedelta(days=rules.window_days))
+    feats: dict[str, dict[str, int]] = {}
+    for r in h.rows:
+        if r["kind"] not in ("earn", "clawback") or not since <= r["occurred_at_ms"] < ms(end):
+            continue
+        f = feats.setdefault(r["member_id"], {"last": 0, "frequency": 0, "monetary_fen": 0, "gross": 0, "food": 0,
+                                              "sports": 0, "parking": 0})
+        sign = 1 if r["kind"] == "earn" else -1
+        f["monetary_fen"] += sign * r["amount_fen"]
+        if r["kind"] == "earn":
+            f["last"] = max(f["last"], r["occurred_at_ms"])
+            f["frequency"] += 1
+            f["gross"] += r["amount_fen"]
+            f["food"] += r["amount_fen"] if r["category"] in rules.food_categories else 0
+            f["sports"] += r["amount_fen"] if r["category"] in rules.sports_categories else 0
+            f["parking"] += r["format"] == "parking"
+    feats = {m: f for m, f in feats.items() if f["frequency"] > 0}
+    for s in h.parking:
+        if s["member_id"] in feats and since <= s["exit_ms"] < ms(end):
+            feats[s["member_id"]]["parking"] += 1
+    for f in feats.values():
+        # ClickHouse's dateDiff('day'): calendar days between the UTC dates.
+        last = dt.datetime.fromtimestamp(f["last"] / 1000, UTC).date()
+        f["recency_days"] = (end.astimezone(UTC).date() - last).days
+    members = sorted(feats)
+    scores: dict[str, dict[str, int]] = {m: {} for m in members}
+    for key, order in (("r", lambda m: (-feats[m]["recency_days"], m)), ("f", lambda m: (feats[m]["frequency"], m)),
+                       ("m", lambda m: (feats[m]["monetary_fen"], m))):
+        for m, bucket in zip(sorted(members, key=order), ntile(len(members)), strict=True):
+            scores[m][key] = bucket
+    out = []
+    for m in members:
+        f, sc = feats[m], scores[m]
+        r_, f_, m_ = sc["r"], sc["f"], sc["m"]
+        segment = ("champions" if r_ >= 4 and f_ >= 4 and m_ >= 4 else "loyal" if f_ >= 4 else
+                   "promising" if r_ >= 4 and f_ <= 2 else "at_risk" if r_ <= 2 and f_ >= 3 else
+                   "hibernating" if r_ <= 2 else "regular")
+        tags = [t for t, ok in (("foodie", f["gross"] > 0 and f["food"] * 100 >= f["gross"] * rules.foodie_pct),
+                                ("sports_lover", f["gross"] > 0 and f["sports"] * 100 >= f["gross"] * rules.sports_pct),
+                                ("parker", f["parking"] >= rules.parker_visits)) if ok]
+        out.append({"member_id": m, "recency_days": f["recency_days"], "frequency": f["frequency"],
+                    "monetary_fen": f["monetary_fen"], "r": r_, "f": f_, "m": m_, "segment": segment, "tags": tags})
+    return out
+
+
+def test_segments_and_tags_match_an_independent_python_computation(store: LedgerStore, history: History) -> None:
+    from streams.segments import SegmentRules, changes, refresh
+
+    rules = SegmentRules(parker_visits=2)
+    got = asyncio.run(store.query("segments/compute", rules.params(END)))
+    want = python_segments(history, END, rules)
+    assert [{k: (list(v) if isinstance(v, list | tuple) else v) for k, v in r.items()} for r in got] == want
+    assert {r["segment"] for r in want} >= {"champions", "hibernating"} and any(r["tags"] for r in want)
+
+    sent: list[tuple[str, bytes]] = []
+
+    async def send(member: str, body: bytes) -> None:
+        sent.append((member, body))
+
+    async def run(end: dt.datetime) -> Any:
+        return await refresh(store.query, store.insert_segments, send, rules, end)
+    first = asyncio.run(run(END))
+    assert first.changed == len(want) == len(sent) and first.lapsed == 0
+    sent.clear()
+    again = asyncio.run(run(END + dt.timedelta(seconds=1)))  # nothing changed: nothing sent
+    assert (again.changed, sent) == (0, [])
+    later = asyncio.run(run(END + dt.timedelta(days=200)))  # nobody paid since: everyone lapses
+    assert later.lapsed == len(want)
+    assert changes([], [{"member_id": "x", "segment": "lapsed", "tags": []}]) == []

@@ -155,6 +155,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segments_refresh(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    print(f"computing RFM segments and tags through {settings.base_url} ...", file=sys.stderr)
+    try:
+        report = admin_post(settings, "/v1/admin/segments/refresh", b"")
+    except urllib.error.HTTPError as exc:
+        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"error: no worker at {settings.base_url} ({exc.reason})", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"members scored {report['members']:,}; changed {report['changed']:,} (lapsed {report['lapsed']:,})")
+    for name in ("segments", "tags"):
+        print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report[name].items())))
+    return 0
+
+
 def cmd_rules_simulate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:
@@ -364,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON document")
     out.add_argument("--csv", action="store_true", help="CSV rows: kpi,row,column,value")
     s.set_defaults(func=cmd_report)
+
+    segments = sub.add_parser("segments", help="RFM segments and computed tags (docs/bi.md)")
+    segsub = segments.add_subparsers(dest="segments_command", required=True)
+    s = segsub.add_parser("refresh", help="compute segments and tags now; changed members' states get them")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_segments_refresh)
 
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)

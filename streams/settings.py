@@ -78,6 +78,7 @@ class Settings:
     push_attempts: int = 5
     push_backoff_s: float = 0.2
     push_batch_size: int = 200
+    segments_interval_s: float = 86_400.0  # scheduled segments refresh (0: off)
 
     @property
     def payments_topic(self) -> str:
@@ -150,4 +151,5 @@ class Settings:
             push_attempts=_int("LOYALTY_PUSH_ATTEMPTS", d.push_attempts, 1),
             push_backoff_s=_float("LOYALTY_PUSH_BACKOFF", d.push_backoff_s),
             push_batch_size=_int("LOYALTY_PUSH_BATCH_SIZE", d.push_batch_size, 1),
+            segments_interval_s=_float("LOYALTY_SEGMENTS_INTERVAL", d.segments_interval_s),
         )

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
 import core_ext
-from streams import bi, metrics
+from streams import bi, metrics, segments
 from streams.app import (
     app,
     ledger_topic,
@@ -597,6 +597,35 @@ async def kpi_response(view: View, request: Request) -> Response:
                     "dormant_days": filters.dormant_days},
         "kpis": kpis,
     })
+
+
+@app.page("/v1/admin/segments/refresh")
+class SegmentsRefresh(View):
+    """Computes RFM segments and tags now and sends the changes to the members' states."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        report = await refresh_segments()
+        return json_response(self, vars(report))
+
+
+async def refresh_segments() -> segments.RefreshReport:
+    rt = await runtime.started()
+
+    async def send(member_id: str, body: bytes) -> None:
+        fut = await member_events_topic.send(key=member_id.encode(), value=body, force=True)
+        await fut
+    return await segments.refresh(rt.ledger.query, rt.ledger.insert_segments, send, segments.SegmentRules(),
+                                  dt.datetime.now(dt.UTC))
+
+
+if runtime.settings.segments_interval_s > 0:
+
+    @app.timer(interval=runtime.settings.segments_interval_s, on_leader=True)
+    async def scheduled_segments_refresh() -> None:
+        """The scheduled refresh (LOYALTY_SEGMENTS_INTERVAL), on one worker of the group."""
+        await refresh_segments()
 
 
 @app.page("/v1/admin/ledger/totals")

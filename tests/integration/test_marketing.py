@@ -155,6 +155,14 @@ coupon = "coffee"
 max_per_member = 1
 
 [[triggers]]
+id = "foodie-treat"
+on = "spend"
+min_amount_fen = 1
+coupon = "coffee"
+tags = ["foodie"]
+max_per_member = 1
+
+[[triggers]]
 id = "flash-sale"
 on = "spend"
 min_amount_fen = 100
@@ -376,6 +384,42 @@ def test_caps_and_budget_hold_under_a_burst(mw: WorkerProcess, receiver: Webhook
                   what="the burst")
     per_member = [sum(1 for c in coupons(mw, x) if c["template"] == "flash") for x in members]
     assert sum(per_member) == 5 and max(per_member) == 1
+
+
+def test_segment_refresh_tags_members_and_a_trigger_uses_the_tag(mw: WorkerProcess, receiver: WebhookReceiver) -> None:
+    """`loyalty segments refresh` computes tags in ClickHouse (foodie: >= 40% of spend in
+    food); the member's state gets them, the API shows them, and a foodie-only trigger fires."""
+    import os
+    import subprocess
+    import sys
+
+    from streams.settings import ROOT
+
+    foodie, other = f"m-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
+    for m in (foodie, other):
+        member_event(mw, {"event_id": f"reg-{m}", "type": "register", "occurred_at": iso(), "member_id": m})
+    for _ in range(3):
+        pay(mw, foodie, 3_000, category="food", days_ago=1)
+        pay(mw, other, 3_000, category="fashion", days_ago=1)
+    mw.wait_until(lambda: all(mw.get(f"/v1/members/{m}")[1]["events"] >= 4 for m in (foodie, other)), timeout=30,
+                  what="the payments")
+    mw.wait_until(lambda: mw.get("/v1/admin/ledger/totals", admin=True)[1]["events"]
+                  >= mw.metrics()["events_applied_total"], timeout=30, what="the ledger in ClickHouse")
+    env = {**os.environ, "LOYALTY_WEB_PORT": str(mw.port), "LOYALTY_ADMIN_TOKEN": mw.admin_token}
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "segments", "refresh", "--json"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = orjson.loads(out.stdout)
+    assert report["members"] >= 2 and report["tags"].get("foodie", 0) >= 1
+    mw.wait_until(lambda: "foodie" in mw.get(f"/v1/members/{foodie}")[1]["segment_tags"], timeout=30,
+                  what="the foodie tag in the member's state")
+    got = mw.get(f"/v1/members/{foodie}")[1]
+    assert got["segment"] and "foodie" not in mw.get(f"/v1/members/{other}")[1]["segment_tags"]
+    pay(mw, foodie, 1_000)
+    pay(mw, other, 1_000, category="food")
+    wait_triggers(mw, receiver, foodie, {"foodie-treat"})
+    time.sleep(1.0)
+    assert "foodie-treat" not in {c["trigger"] for c in coupons(mw, other)}
 
 
 def test_webhook_down_then_up_is_retried_and_never_answering_is_dead_lettered(

@@ -155,6 +155,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Applies the sql/NNN_*.sql migrations not yet applied to the configured ClickHouse."""
+    import asyncio
+
+    from streams.sinks.ledger import LedgerStore, migration_files
+
+    settings = Settings.from_env()
+    dsn = args.dsn or settings.clickhouse_dsn
+    shown = dsn.split("@")[-1]  # never print a password
+    print(f"migrating {shown} ({len(migration_files())} migrations in sql/) ...", file=sys.stderr)
+
+    async def run() -> list[str]:
+        store = LedgerStore(dsn)
+        try:
+            return await store.setup()
+        finally:
+            await store.close()
+    try:
+        applied = asyncio.run(run())
+    except Exception as exc:
+        hint = " (an embedded store is held by a running worker: stop it, or use a server DSN)" \
+            if dsn.startswith("chdb://") else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    print("applied: " + (", ".join(applied) if applied else "nothing new"))
+    return 0
+
+
 def cmd_segments_refresh(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     print(f"computing RFM segments and tags through {settings.base_url} ...", file=sys.stderr)
@@ -384,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON document")
     out.add_argument("--csv", action="store_true", help="CSV rows: kpi,row,column,value")
     s.set_defaults(func=cmd_report)
+
+    db = sub.add_parser("db", help="the ClickHouse schema (sql/)")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    s = dbsub.add_parser("migrate", help="apply the migrations not yet applied (safe to re-run)")
+    s.add_argument("--dsn", help="default: LOYALTY_CLICKHOUSE_DSN (chdb:///path or http://host:8123)")
+    s.set_defaults(func=cmd_db_migrate)
 
     segments = sub.add_parser("segments", help="RFM segments and computed tags (docs/bi.md)")
     segsub = segments.add_subparsers(dest="segments_command", required=True)

@@ -208,6 +208,11 @@ class LedgerStore:
         await self._run(self._client.insert, "member_segments", [[r[c] for c in cols] for r in rows],
                         column_names=cols)
 
+    async def query_sql(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Runs one SQL statement (tests, tools); named queries go through `query`."""
+        result = await self._run(self._client.query, sql, parameters=parameters or {})
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
     async def query(self, name: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs a named query from sql/queries/ and returns its rows as dicts."""
         sql = load_query(name)

@@ -13,6 +13,7 @@ __all__ = [
     "coupon_wallet",
     "evaluate_batch",
     "hold_points",
+    "liability_by_expiry",
     "member_view",
     "parking_exit",
     "rebuild_member",
@@ -204,3 +205,7 @@ def redeem_coupon(rules: RuleSet, state_json: str | None, body: bytes, now_ms: i
 
 def coupon_wallet(rules: RuleSet, state_json: str | None, now_ms: int) -> str:
     """The member's coupons (newest first) as a JSON array."""
+
+def liability_by_expiry(rules: RuleSet, states_json: list[str | None]) -> list[tuple[str, int]]:
+    """The live points liability by expiry month ("YYYY-MM", or "never") over stored states:
+    available lots, pending and held points."""

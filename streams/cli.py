@@ -128,6 +128,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 2
         results[kpi.name] = answer["kpis"][kpi.name]
         filters = answer["filters"]
+    print("[+] points liability by expiry month (live, from the wallets) ...", file=sys.stderr, flush=True)
+    liability = admin_get(settings, "/v1/admin/liability")
+    results["liability"] = liability["by_expiry_month"]
     if args.json:
         print(orjson.dumps({"filters": filters, "kpis": results}, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -152,6 +155,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                 print(f"  {col:28} {shown:>16}")
         else:
             print("\n".join(format_table(rows)))
+    print(f"\nPoints liability by expiry month (live, {liability['members']:,} wallets, "
+          f"{liability['total']:,} points)")
+    print("\n".join(format_table(results["liability"])))
     return 0
 
 

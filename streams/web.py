@@ -599,6 +599,20 @@ async def kpi_response(view: View, request: Request) -> Response:
     })
 
 
+@app.page("/v1/admin/liability")
+class Liability(View):
+    """The live points liability by expiry month, from every member's wallet in Redis."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        states = await rt.balances.states()
+        months = core_ext.liability_by_expiry(rt.rules, [s for _, s in states.values()])
+        return json_response(self, {"members": len(states), "total": sum(p for _, p in months),
+                                    "by_expiry_month": [{"month": m, "points": p} for m, p in months]})
+
+
 @app.page("/v1/admin/segments/refresh")
 class SegmentsRefresh(View):
     """Computes RFM segments and tags now and sends the changes to the members' states."""

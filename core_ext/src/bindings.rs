@@ -608,3 +608,14 @@ pub fn coupon_wallet(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -
     let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
     Ok(crate::coupons::wallet_json(&rules.inner, &state, now_ms))
 }
+
+/// The live points liability by expiry month over stored member states: [(month, points)].
+#[pyfunction]
+pub fn liability_by_expiry(rules: &PyRuleSet, states_json: Vec<Option<String>>) -> PyResult<Vec<(String, i64)>> {
+    let states = states_json
+        .iter()
+        .map(|s| MemberState::from_json(s.as_deref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PyValueError::new_err)?;
+    Ok(crate::wallet::liability_by_expiry(&rules.inner, &states))
+}

@@ -548,3 +548,19 @@ fn points_used_at_the_till_are_spent_and_a_refund_gives_them_back_pro_rata() {
     let st = out.state("m1");
     assert_eq!(st.wallet_total(), 1_000);
 }
+
+#[test]
+fn liability_by_expiry_month_sums_lots_pending_and_holds() {
+    let mut r = rules("best_of");
+    r.wallet.validity_months = Some(24);
+    let m = 2026 * 12 + 10; // 2026-11
+    let mut s = MemberState { lots: vec![[m, 100], [m + 1, 50]], ..Default::default() };
+    s.pending.push(crate::state::Pending { event_id: "p".into(), release_at_ms: 0, points: 20, month: m + 1 });
+    s.holds.insert("h".into(), crate::state::Hold { points: 10, lots: vec![[m, 10]], expires_at_ms: 0 });
+    let other = MemberState { lots: vec![[m, 5]], neg: 3, ..Default::default() };
+    let got = crate::wallet::liability_by_expiry(&r, &[s, other]);
+    assert_eq!(got, vec![("2028-11".to_string(), 115), ("2028-12".to_string(), 70)]);
+    r.wallet.validity_months = None;
+    assert_eq!(crate::wallet::liability_by_expiry(&r, &[MemberState { lots: vec![[m, 7]], ..Default::default() }]),
+               vec![("never".to_string(), 7)]);
+}

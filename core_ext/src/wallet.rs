@@ -234,3 +234,28 @@ pub fn spend_used(
 pub fn month_label(month_index: i64) -> String {
     format!("{:04}-{:02}", month_index.div_euclid(12), month_index.rem_euclid(12) + 1)
 }
+
+/// The live points liability by the month the points expire in ("YYYY-MM", or "never"
+/// without a validity): available lots, pending points (in the lot of their month) and
+/// held points, summed over `states`. Points below zero (`neg`) are not a liability.
+pub fn liability_by_expiry(rules: &RuleSet, states: &[MemberState]) -> Vec<(String, i64)> {
+    let mut by: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    let label = |month: i64| match rules.wallet.validity_months {
+        Some(v) => month_label(month + v),
+        None => "never".to_string(),
+    };
+    for s in states {
+        for l in &s.lots {
+            *by.entry(label(l[0])).or_insert(0) += l[1];
+        }
+        for p in &s.pending {
+            *by.entry(label(p.month)).or_insert(0) += p.points;
+        }
+        for h in s.holds.values() {
+            for l in &h.lots {
+                *by.entry(label(l[0])).or_insert(0) += l[1];
+            }
+        }
+    }
+    by.into_iter().filter(|(_, p)| *p != 0).collect()
+}

@@ -75,8 +75,31 @@ def test_dashboard_tiles_and_charts_in_a_real_browser(worker_factory: Any, tmp_p
         sales_point = page.get_attribute("svg[data-chart='sales'] circle.point", "data-value")
         assert float(sales_point or 0) == sum(amounts) / 100
         assert int(page.get_attribute("#settlement", "data-rows") or 0) > 0
+        assert int(page.get_attribute("#liability", "data-rows") or 0) > 0
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+    # `loyalty report`, the same figures in a terminal, as JSON and as CSV.
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "LOYALTY_WEB_PORT": str(w.port), "LOYALTY_ADMIN_TOKEN": w.admin_token}
+    cmd = [sys.executable, "-m", "streams.cli", "report", "--from", day, "--to", day]
+    as_json = subprocess.run([*cmd, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    assert "[16/16]" in as_json.stderr  # progress, one line per KPI
+    kpis = orjson.loads(as_json.stdout)["kpis"]
+    assert kpis["sales"][0]["total_sales_fen"] == sum(amounts)
+    assert kpis["repurchase"][0]["repeat_buyers"] == 2  # 6 payments over 4 members
+    # The live liability (wallets in Redis) equals the points outstanding in the ledger.
+    assert sum(x["points"] for x in kpis["liability"]) == kpis["points"][0]["outstanding"] > 0
+    as_csv = subprocess.run([*cmd, "--csv"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert f"sales,0,total_sales_fen,{sum(amounts)}" in as_csv.stdout.splitlines()
+    text = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "Members and new members" in text.stdout and f"{sum(amounts):,}" in text.stdout
+    bad = subprocess.run([*cmd[:-4], "--from", "2026-13-01"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and "from" in bad.stderr

@@ -401,8 +401,8 @@ def test_segment_refresh_tags_members_and_a_trigger_uses_the_tag(mw: WorkerProce
     for _ in range(3):
         pay(mw, foodie, 3_000, category="food", days_ago=1)
         pay(mw, other, 3_000, category="fashion", days_ago=1)
-    mw.wait_until(lambda: all(mw.get(f"/v1/members/{m}")[1]["events"] >= 4 for m in (foodie, other)), timeout=30,
-                  what="the payments")
+    mw.wait_until(lambda: all(mw.get(f"/v1/members/{m}")[1].get("events", 0) >= 4 for m in (foodie, other)),
+                  timeout=30, what="the payments")
     mw.wait_until(lambda: mw.get("/v1/admin/ledger/totals", admin=True)[1]["events"]
                   >= mw.metrics()["events_applied_total"], timeout=30, what="the ledger in ClickHouse")
     env = {**os.environ, "LOYALTY_WEB_PORT": str(mw.port), "LOYALTY_ADMIN_TOKEN": mw.admin_token}

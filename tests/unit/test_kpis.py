@@ -121,7 +121,8 @@ class History:
                 self.coupon_rows.append({**base, "event_id": "push", "kind": "pushed", "occurred_at_ms": ms(at) + 100,
                                      "processed_at_ms": ms(at) + 100})
             if rng.random() < 0.4:
-                self.coupon_rows.append({**base, "event_id": f"pay{k}", "kind": "redeemed",
+                paid = rng.choice([r for r in self.rows if r["kind"] == "earn"])
+                self.coupon_rows.append({**base, "event_id": paid["event_id"], "kind": "redeemed",
                                          "occurred_at_ms": ms(at) + 200, "processed_at_ms": ms(at) + 200,
                                          "discount_fen": 500, "issuer_share_fen": 300, "merchant_share_fen": 200})
                 if rng.random() < 0.3:
@@ -251,12 +252,16 @@ class History:
             cs = [c for c in self.coupon_rows if c["template"] == tpl and self.in_range(c)]
             issued = len({c["coupon_id"] for c in cs if c["kind"] == "issued"})
             redeemed = sum(1 for c in cs if c["kind"] == "redeemed") - sum(1 for c in cs if c["kind"] == "returned")
+            cost = sum(c.get("issuer_share_fen", 0) for c in cs)
+            amounts = {r["event_id"]: r["amount_fen"] for r in self.rows if r["kind"] == "earn"}
+            sales = sum(amounts[c["event_id"]] for c in cs if c["kind"] == "redeemed" and c["event_id"] in amounts)
             out.append({"template": tpl, "issued": issued,
                         "pushed": len({c["coupon_id"] for c in cs if c["kind"] == "pushed"}),
                         "redeemed": redeemed, "expired": 0,
                         "redemption_bp": redeemed * 10000 // issued if issued else 0,
                         "discount_fen": sum(c.get("discount_fen", 0) for c in cs),
-                        "issuer_cost_fen": sum(c.get("issuer_share_fen", 0) for c in cs)})
+                        "issuer_cost_fen": cost, "sales_fen": sales,
+                        "roi_bp": trunc_div(sales * 10000, cost) if cost > 0 else 0})
         return out
 
     def parking_kpi(self, f: Filters) -> dict[str, int]:
@@ -374,6 +379,7 @@ def test_every_kpi_matches_an_independent_python_computation(store: LedgerStore,
         assert rows == want, name
     # The data is rich enough that the figures are not trivially zero.
     assert expected["sales"][0]["member_sales_fen"] > 0 and expected["campaigns"] and expected["tier_movements"]
+    assert all(c["sales_fen"] > 0 and c["roi_bp"] > 0 for c in expected["coupons"])
 
 
 def ntile(n_rows: int, buckets: int = 5) -> list[int]:
@@ -483,3 +489,21 @@ def test_db_migrate_applies_what_is_new_and_is_safe_to_rerun(tmp_path: Path) -> 
     assert "001_ledger.sql" in first.stdout and "010_daily_aggregates.sql" in first.stdout
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing new" in again.stdout
+
+
+def test_fact_views_cover_members_and_guests(store: LedgerStore, history: History) -> None:
+    got = asyncio.run(store.query_sql("SELECT type, count() AS n, sum(amount_fen) AS s FROM payments GROUP BY type "
+                                      "ORDER BY type"))
+    want = Counter()
+    sums: Counter[str] = Counter()
+    for r in history.rows:
+        if r["kind"] in ("earn", "clawback"):
+            t = "payment" if r["kind"] == "earn" else "refund"
+            want[t] += 1
+            sums[t] += r["amount_fen"]
+    for g in history.guests:
+        want[g["type"]] += 1
+        sums[g["type"]] += g["amount_fen"]
+    assert [(r["type"], r["n"], r["s"]) for r in got] == [(t, want[t], sums[t]) for t in sorted(want)]
+    changes = asyncio.run(store.query_sql("SELECT count() AS n FROM member_changes"))[0]["n"]
+    assert changes == sum(1 for r in history.rows if r["kind"] in ("register", "tier_change"))

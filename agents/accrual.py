@@ -37,7 +37,7 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
-from streams.metrics import counters
+from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import coupon_push
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -92,12 +92,17 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
 
     pending = list(range(len(bodies)))
     for _round in range(MAX_CONFLICT_ROUNDS):
+        t0 = time.perf_counter()
         batch = core_ext.EventBatch.decode([bodies[i] for i in pending])
         keys = batch.keys()
+        t1 = time.perf_counter()
         ctx = await rt.balances.read_context(keys, budgeted)
+        t2 = time.perf_counter()
         outcomes, updates = core_ext.evaluate_batch(
             rules, batch, ctx.applied, ctx.originals, ctx.members, ctx.budget_spent, int(time.time() * 1000)
         )
+        t3 = time.perf_counter()
+        histograms["core_ms"].observe((t1 - t0 + t3 - t2) * 1000)
         groups = {m: MemberMoves(m, seq, state, review, check) for m, seq, state, review, check in updates}
         for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n, extra), k in zip(
             outcomes, keys, strict=True
@@ -112,7 +117,9 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
             for cid, pts in campaigns:
                 g.campaigns[cid] = g.campaigns.get(cid, 0) + pts
         group_list = list(groups.values())
+        t4 = time.perf_counter()
         results = await rt.balances.apply(group_list, budgets)
+        histograms["redis_apply_ms"].observe((t2 - t1 + time.perf_counter() - t4) * 1000)
         conflicted = {g.member_id for g, r in zip(group_list, results, strict=True) if r != "ok"}
         report.conflicts += len(conflicted)
 
@@ -176,6 +183,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         ).encode()
         fut = await ledger_topic.send(value=payload, force=True)
         await fut
+        topic_messages[(ledger_topic.get_topic_name(), "out")] += 1
         report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
         await send_coupon_pushes(ledger_rows)
 
@@ -317,11 +325,15 @@ def account(report: BatchReport) -> None:
     counters["refunds_held_total"] += report.parked
 
 
-async def _consume(stream) -> None:  # type: ignore[no-untyped-def]
+async def _consume(stream, topic: str) -> None:  # type: ignore[no-untyped-def]
     settings = runtime.settings
     async for bodies in stream.take(settings.batch_size, within=settings.batch_within_s):
+        t0 = time.perf_counter()
+        topic_messages[(topic, "in")] += len(bodies)
+        histograms["batch_size"].observe(len(bodies))
         report = await process_with_retries(bodies)
         account(report)
+        histograms["batch_ms"].observe((time.perf_counter() - t0) * 1000)
         log.debug("batch: %d events, %d applied, %d duplicates, %d rejected, %d guests",
                   len(bodies), report.applied, report.duplicates, report.rejected, report.guests)
 
@@ -329,10 +341,10 @@ async def _consume(stream) -> None:  # type: ignore[no-untyped-def]
 @app.agent(payments_topic)
 async def accrue_payments(stream):  # type: ignore[no-untyped-def]
     """Payments and refunds, in batches; each batch is applied before its offsets are acked."""
-    await _consume(stream)
+    await _consume(stream, payments_topic.get_topic_name())
 
 
 @app.agent(member_events_topic)
 async def apply_member_events(stream):  # type: ignore[no-untyped-def]
     """Registrations, profile changes, sign-ins, referrals, reviews, tier overrides and reviews."""
-    await _consume(stream)
+    await _consume(stream, member_events_topic.get_topic_name())

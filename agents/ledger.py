@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from streams.app import app, ledger_topic, runtime, send_dead_letter
-from streams.metrics import counters
+from streams.metrics import counters, histograms, topic_messages
 from streams.sinks.ledger import LedgerMessage, LedgerUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,13 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
             coupons.extend(msg.coupons)
         except Exception as exc:
             await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
+    topic_messages[(ledger_topic.get_topic_name(), "in")] += len(messages)
     backoff = 0.5
     while True:
         try:
+            t0 = time.perf_counter()
             await rt.ledger.write(rows, guests, parking, coupons)
+            histograms["clickhouse_write_ms"].observe((time.perf_counter() - t0) * 1000)
             counters["ledger_rows_written_total"] += len(rows)
             counters["coupon_events_written_total"] += len(coupons)
             return len(rows)

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from streams.app import app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
-from streams.metrics import counters
+from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, push_id_of
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def _history_row(msg: dict[str, Any], d: Delivery, now_ms: int) -> dict[str, Any
 
 async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values: Sequence[bytes]) -> None:
     rt = await runtime.started()
+    topic_messages[(notifications_topic.get_topic_name(), "in")] += len(values)
     pending: dict[str, tuple[dict[str, Any], bytes]] = {}
     for value in values:
         try:
@@ -81,6 +82,7 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
             if isinstance(since, int):
                 counters["push_latency_ms_sum"] += max(0, now_ms - since)
                 counters["push_latency_ms_count"] += 1
+                histograms["push_latency_ms"].observe(max(0, now_ms - since))
         else:
             counters["pushes_failed_total"] += 1
             await send_dead_letter(source="notifier", reason=f"push {d.push_id} not delivered after {d.attempts} "

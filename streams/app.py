@@ -220,6 +220,28 @@ async def flush_ledger_outbox() -> None:
     log.info("ledger outbox: %d rows sent again", len(rows))
 
 
+def consumer_lag() -> dict[str, float]:
+    """Per assigned partition: the highwater mark less the committed offset."""
+    out: dict[str, float] = {}
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        committed = consumer._committed_offset.get(tp)  # Faust keeps it; no public accessor
+        out[f'topic="{tp.topic}",partition="{tp.partition}"'] = max(
+            0, consumer.highwater(tp) - (committed + 1 if committed is not None else 0))
+    return out
+
+
+def _register_gauges() -> None:
+    from streams import metrics
+
+    metrics.gauges["consumer_lag"] = ("Messages not yet processed per assigned partition.", consumer_lag)
+    metrics.gauges["dead_letters"] = ("Events sent to the dead-letter topic by this process.",
+                                      lambda: {"": float(metrics.counters["events_dead_lettered_total"])})
+
+
+_register_gauges()
+
+
 @app.task
 async def prepare_runtime() -> None:
     """At worker start: connect to Redis and ClickHouse, migrate, declare the

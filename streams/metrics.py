@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 counters: Counter[str] = Counter()
 
 HELP = {
     "callbacks_accepted_total": "Payment callbacks acknowledged after Kafka had them (acks=all).",
     "callbacks_rejected_total": "Payment callbacks refused (bad signature, bad body, too large).",
-    "callbacks_unavailable_total": "Payment callbacks answered 503 because Kafka did not take them.",
+    "callbacks_unavailable_total": "Payment callbacks answered 503 because Kafka did not take them (in time).",
+    "callbacks_shed_total": "Callbacks answered 503 at once: too many were waiting for Kafka (overload).",
     "events_applied_total": "Events whose movement was applied to a balance for the first time.",
     "events_duplicate_total": "Events seen again (redelivery, retried callback): no new effect.",
     "events_rejected_total": "Events the accrual refused (unknown BU, refund of an unknown payment...).",
@@ -49,10 +51,73 @@ HELP = {
 }
 
 
+class Histogram:
+    """A Prometheus histogram: cumulative buckets, sum and count (observe is O(buckets))."""
+
+    def __init__(self, help_text: str, buckets: tuple[float, ...]) -> None:
+        self.help = help_text
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.n += 1
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+                break
+
+    def lines(self, name: str) -> list[str]:
+        out = [f"# HELP loyalty_{name} {self.help}", f"# TYPE loyalty_{name} histogram"]
+        running = 0
+        for b, c in zip(self.buckets, self.counts, strict=True):
+            running += c
+            out.append(f'loyalty_{name}_bucket{{le="{b:g}"}} {running}')
+        out.append(f'loyalty_{name}_bucket{{le="+Inf"}} {self.n}')
+        out.append(f"loyalty_{name}_sum {self.total:.6f}")
+        out.append(f"loyalty_{name}_count {self.n}")
+        return out
+
+
+MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+histograms: dict[str, Histogram] = {
+    "batch_size": Histogram("Events per accrual batch.", (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)),
+    "core_ms": Histogram("Milliseconds in the Rust core per batch (decode, evaluate).", MS),
+    "redis_apply_ms": Histogram("Milliseconds of the Redis read and atomic apply per batch.", MS),
+    "clickhouse_write_ms": Histogram("Milliseconds per ClickHouse insert (all tables of a ledger batch).", MS),
+    "batch_ms": Histogram("Milliseconds per accrual batch, end to end (read to ledger message acked).", MS),
+    "push_latency_ms": Histogram("Milliseconds from an event's processing to its push delivered.", MS),
+    "callback_ms": Histogram("Milliseconds from a callback's arrival to its answer.", MS),
+}
+
+#: (topic, direction) -> messages: "in" consumed by an agent, "out" produced.
+topic_messages: Counter[tuple[str, str]] = Counter()
+
+#: Gauges computed when /metrics is read: name -> (help, () -> {labels: value}).
+gauges: dict[str, tuple[str, Callable[[], dict[str, float]]]] = {}
+
+
 def render() -> str:
     lines = []
     for name, help_text in HELP.items():
         lines.append(f"# HELP loyalty_{name} {help_text}")
         lines.append(f"# TYPE loyalty_{name} counter")
         lines.append(f"loyalty_{name} {counters[name]}")
+    lines.append("# HELP loyalty_topic_messages_total Messages consumed (in) and produced (out) per topic.")
+    lines.append("# TYPE loyalty_topic_messages_total counter")
+    for (topic, direction), n in sorted(topic_messages.items()):
+        lines.append(f'loyalty_topic_messages_total{{topic="{topic}",direction="{direction}"}} {n}')
+    for name, h in histograms.items():
+        lines += h.lines(name)
+    for name, (help_text, read) in gauges.items():
+        lines.append(f"# HELP loyalty_{name} {help_text}")
+        lines.append(f"# TYPE loyalty_{name} gauge")
+        try:
+            values = read()
+        except Exception:  # a gauge that cannot be read now is left out, not an error page
+            values = {}
+        for labels, v in sorted(values.items()):
+            lines.append(f"loyalty_{name}{{{labels}}} {v:g}" if labels else f"loyalty_{name} {v:g}")
     return "\n".join(lines) + "\n"

@@ -79,6 +79,8 @@ class Settings:
     push_backoff_s: float = 0.2
     push_batch_size: int = 200
     segments_interval_s: float = 86_400.0  # scheduled segments refresh (0: off)
+    max_in_flight: int = 2_000  # callbacks waiting for Kafka's ack before new ones get 503
+    publish_timeout_s: float = 5.0
 
     @property
     def payments_topic(self) -> str:
@@ -152,4 +154,6 @@ class Settings:
             push_backoff_s=_float("LOYALTY_PUSH_BACKOFF", d.push_backoff_s),
             push_batch_size=_int("LOYALTY_PUSH_BATCH_SIZE", d.push_batch_size, 1),
             segments_interval_s=_float("LOYALTY_SEGMENTS_INTERVAL", d.segments_interval_s),
+            max_in_flight=_int("LOYALTY_MAX_IN_FLIGHT", d.max_in_flight, 1),
+            publish_timeout_s=_float("LOYALTY_PUBLISH_TIMEOUT", d.publish_timeout_s),
         )

@@ -99,16 +99,34 @@ async def _read_signed(view: View, request: Request) -> tuple[bytes | None, Resp
     return body, None
 
 
+class Admission:
+    """Callbacks waiting for Kafka's ack. Over the limit (LOYALTY_MAX_IN_FLIGHT), or when an
+    ack takes longer than LOYALTY_PUBLISH_TIMEOUT, a callback is answered 503 with
+    Retry-After at once: the gateway retries later instead of timing out, and an event
+    whose send did complete after all is recognised by its id when it comes again."""
+
+    in_flight = 0
+
+
 async def publish(topic: object, key: str, body: bytes, event_id: str) -> bool:
-    """Sends an accepted event and waits for Kafka's ack (acks=all); False if Kafka did not take it."""
+    """Sends an accepted event and waits for Kafka's ack (acks=all); False if Kafka did not take
+    it in time or too many callbacks are waiting already."""
+    settings = runtime.settings
+    if Admission.in_flight >= settings.max_in_flight:
+        counters["callbacks_shed_total"] += 1
+        return False
+    Admission.in_flight += 1
     try:
         fut = await topic.send(key=key.encode(), value=body, force=True)  # type: ignore[attr-defined]
-        await fut  # acks=all: the broker has it before we say so
-    except KafkaError as exc:
+        await asyncio.wait_for(asyncio.shield(fut), settings.publish_timeout_s)  # acks=all: the broker has it
+    except (KafkaError, TimeoutError) as exc:
         counters["callbacks_unavailable_total"] += 1
         log.error("kafka did not take callback %s: %r", event_id, exc)
         return False
+    finally:
+        Admission.in_flight -= 1
     counters["callbacks_accepted_total"] += 1
+    metrics.topic_messages[(topic.get_topic_name(), "out")] += 1  # type: ignore[attr-defined]
     return True
 
 
@@ -135,6 +153,13 @@ async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str]
 @app.page("/v1/callbacks/payment")
 class PaymentCallback(View):
     async def post(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            return await self._post(request)
+        finally:
+            metrics.histograms["callback_ms"].observe((time.perf_counter() - t0) * 1000)
+
+    async def _post(self, request: Request) -> Response:
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]

@@ -39,6 +39,7 @@ from streams.app import (
 )
 from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import coupon_push
+from streams.records import ledger_messages
 from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,11 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     # died before its ledger message was acked, this is what puts them in ClickHouse.
     ledger_rows.extend(r for r in await rt.balances.stored_rows(replayed) if r is not None)
     if ledger_rows or guest_facts:
-        payload = (
-            '{"ledger":[' + ",".join(r[1:-1] for r in ledger_rows) + '],"guests":[' + ",".join(guest_facts) + "]}"
-        ).encode()
-        fut = await ledger_topic.send(value=payload, force=True)
-        await fut
-        topic_messages[(ledger_topic.get_topic_name(), "out")] += 1
+        futures = [await ledger_topic.send(value=payload, force=True)
+                   for payload in ledger_messages(ledger_rows, guest_facts)]
+        for fut in futures:
+            await fut
+        topic_messages[(ledger_topic.get_topic_name(), "out")] += len(futures)
         report.ledger_rows = sum(r.count('"event_id"') for r in ledger_rows)
         await send_coupon_pushes(ledger_rows)
 

@@ -18,6 +18,14 @@ them (`loyalty gateways simulator-keys DIR` prints its environment):
 
 Each sends payments from a pool of payers, 3% retried as the gateway would, and 5%
 refunds of its earlier payments.
+
+Peak traffic (issue 8): the peak-shaped load (ramp, normal, a 10x burst, back to normal),
+callbacks plus members reading balances and redeeming; a 503 with Retry-After (overload,
+refused at once) is its own line in the stats, anything else but 202 is a failure:
+
+    LOYALTY_LOAD_SHAPE=peak LOYALTY_LOAD_USERS=20 LOYALTY_LOAD_SECONDS=20 LOYALTY_CALLBACK_SECRET=... \\
+        .venv/bin/locust -f loadtests/locustfile.py --headless -H http://127.0.0.1:6066 --only-summary \\
+        --json-file .local/locust-peak GatewayAndMembers MembersReadingAndRedeeming
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import uuid
 from pathlib import Path
 
 import orjson
-from locust import HttpUser, between, task
+from locust import HttpUser, LoadTestShape, between, task
 
 from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simulators
 from streams.signing import signed_headers
@@ -73,7 +81,11 @@ class GatewayAndMembers(HttpUser):
             name="/v1/callbacks/payment",
             catch_response=True,
         ) as resp:
-            if resp.status_code != 202:
+            if resp.status_code == 503 and resp.headers.get("Retry-After"):
+                # Overload, refused at once as designed: its own line in the stats.
+                resp.request_meta["name"] = "/v1/callbacks/payment (503 shed, retry later)"
+                resp.success()
+            elif resp.status_code != 202:
                 resp.failure(f"{resp.status_code}: {resp.text[:200]}")
 
     @task(2)
@@ -167,3 +179,55 @@ class AlipayNotifications(HttpUser):
         trade = self.paid.pop(random.randrange(len(self.paid)))
         self._post(self.ali.refund(trade, f"RF-{uuid.uuid4().hex[:12]}", trade["total_amount"], closed=True),
                    "/v1/callbacks/alipay [refund]")
+
+
+class MembersReadingAndRedeeming(HttpUser):
+    """Members in the app: balance reads, and small redemptions (409 when short is an answer)."""
+
+    wait_time = between(0.05, 0.2)
+
+    def on_start(self) -> None:
+        if not SECRET:
+            raise RuntimeError("set LOYALTY_CALLBACK_SECRET to the worker's secret")
+        self.members = [f"load-m-{random.randrange(100_000)}" for _ in range(20)]
+
+    @task(5)
+    def balance(self) -> None:
+        with self.client.get(f"/v1/members/{random.choice(self.members)}", name="/v1/members/{id}",
+                             catch_response=True) as resp:
+            if resp.status_code in (200, 404):
+                resp.success()
+
+    @task(1)
+    def redeem(self) -> None:
+        body = orjson.dumps({"member_id": random.choice(self.members), "kind": "cash_offset", "points": 100,
+                             "bu_id": "sh-mall"})
+        headers = {**signed_headers(SECRET, body), "Idempotency-Key": f"load-{uuid.uuid4().hex[:16]}"}
+        with self.client.post("/v1/redemptions", data=body, headers=headers, name="/v1/redemptions",
+                              catch_response=True) as resp:
+            if resp.status_code in (201, 409, 404):
+                resp.success()
+            else:
+                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+
+
+if os.environ.get("LOYALTY_LOAD_SHAPE") == "peak":
+
+    class PeakShape(LoadTestShape):
+        """A mall day's peak: ramp up, steady, a 10x burst (an anniversary opening), back to
+        normal. LOYALTY_LOAD_USERS (normal users, 20) and LOYALTY_LOAD_SECONDS (one stage, 20)."""
+
+        users = int(os.environ.get("LOYALTY_LOAD_USERS", "20"))
+        stage = int(os.environ.get("LOYALTY_LOAD_SECONDS", "20"))
+
+        def tick(self) -> tuple[int, float] | None:
+            t, n, s = self.get_run_time(), self.users, self.stage
+            if t < s:
+                return max(1, int(n * t / s)), n  # ramp
+            if t < 2 * s:
+                return n, n  # normal
+            if t < 3 * s:
+                return 10 * n, 10 * n  # the burst
+            if t < 4 * s:
+                return n, 10 * n  # back to normal
+            return None

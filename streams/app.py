@@ -19,7 +19,7 @@ from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
-from streams.records import dead_letter_record
+from streams.records import dead_letter_record, ledger_messages
 from streams.settings import Settings
 from streams.sinks.balances import BalanceStore
 from streams.sinks.ledger import LedgerStore
@@ -213,9 +213,9 @@ async def flush_ledger_outbox() -> None:
     rows = await rt.balances.outbox()
     if not rows:
         return
-    payload = ('{"ledger":[' + ",".join(r[1:-1] for r in rows) + '],"guests":[]}').encode()
-    fut = await ledger_topic.send(value=payload, force=True)
-    await fut
+    for payload in ledger_messages(rows, []):
+        fut = await ledger_topic.send(value=payload, force=True)
+        await fut
     await rt.balances.outbox_done(rows)
     log.info("ledger outbox: %d rows sent again", len(rows))
 

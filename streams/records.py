@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+from collections.abc import Sequence
 
 import orjson
 
@@ -41,3 +42,33 @@ def dead_letter_record(
     except UnicodeDecodeError:
         record["body_base64"] = base64.b64encode(body).decode("ascii")
     return orjson.dumps(record)
+
+
+#: A ledger message stays well under Kafka's default 1 MB request limit.
+LEDGER_MESSAGE_BYTES = 700_000
+
+
+def ledger_messages(ledger_rows: Sequence[str], guest_facts: Sequence[str]) -> list[bytes]:
+    """The batch's ledger rows (each event's JSON array) and guest facts as one or more
+    ledger-topic messages of at most about LEDGER_MESSAGE_BYTES each; an event's rows
+    stay together."""
+    messages: list[bytes] = []
+    rows: list[str] = []
+    guests: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal rows, guests, size
+        if rows or guests:
+            messages.append(('{"ledger":[' + ",".join(r[1:-1] for r in rows if len(r) > 2) + '],"guests":['
+                             + ",".join(guests) + "]}").encode())
+        rows, guests, size = [], [], 0
+
+    for kind, items in (("rows", ledger_rows), ("guests", guest_facts)):
+        for item in items:
+            if size + len(item) > LEDGER_MESSAGE_BYTES and size:
+                flush()
+            (rows if kind == "rows" else guests).append(item)
+            size += len(item) + 1
+    flush()
+    return messages

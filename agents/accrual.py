@@ -90,6 +90,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     notices: list[tuple[str, str]] = []
     parked: list[tuple[str, str, bytes]] = []
     paid: list[tuple[str, str]] = []
+    guests: list[tuple[str, str, str, bytes]] = []
 
     pending = list(range(len(bodies)))
     for _round in range(MAX_CONFLICT_ROUNDS):
@@ -155,9 +156,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                 # after keeping it and before the write must not lose the row.
                 guest_facts.append(rows)
                 payer = keys[j][3]
-                if payer is not None and not await rt.balances.keep_guest(
-                        payer[0], payer[1], event_id, bodies[i], max(1, rules.guest_credit_days)):
-                    report.duplicates += 1  # kept already: a redelivery or a gateway's retry
+                if payer is not None:
+                    guests.append((payer[0], payer[1], event_id, bodies[i]))
                 else:
                     report.guests += 1
             elif (keys[j][5] == "refund" and err_field == "refund_of" and member_id is not None
@@ -175,6 +175,11 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     else:
         raise ConflictsPersist(f"{len(pending)} events still conflict after {MAX_CONFLICT_ROUNDS} rounds")
 
+    for kept in await rt.balances.keep_guests(guests, max(1, rules.guest_credit_days)):
+        if kept:
+            report.guests += 1
+        else:
+            report.duplicates += 1  # kept already: a redelivery or a gateway's retry
     # Rows of events applied by an earlier delivery are sent again: if that delivery
     # died before its ledger message was acked, this is what puts them in ClickHouse.
     ledger_rows.extend(r for r in await rt.balances.stored_rows(replayed) if r is not None)

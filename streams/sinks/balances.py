@@ -141,6 +141,7 @@ class BalanceStore:
         self.ns = namespace
         self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
         self._apply = self.redis.register_script(APPLY_MEMBER_LUA)
+        self._keep_guest = self.redis.register_script(_KEEP_GUEST)
 
     async def setup(self) -> None:
         """Connects and pings, so a bad URL fails at start rather than on the first batch."""
@@ -303,15 +304,19 @@ class BalanceStore:
         await self.redis.set(key, member_id, nx=True)
         return await self.redis.get(key)  # type: ignore[no-any-return]
 
-    async def keep_guest(self, kind: str, external_id: str, event_id: str, body: bytes, keep_days: int) -> bool:
-        """Keeps a guest payment for crediting at registration; False if this event was
-        kept already (a redelivery or a gateway's retry): it is not counted twice."""
-        tag = f"{{{kind}:{external_id}}}"  # both keys in one Redis Cluster slot
-        kept = await self.redis.eval(  # type: ignore[misc]
-            _KEEP_GUEST, 2, f"{self.ns}:guest:{tag}", f"{self.ns}:guest-seen:{tag}", event_id, body,
-            max(1, keep_days) * 86_400,
-        )
-        return bool(kept)
+    async def keep_guests(self, guests: Sequence[tuple[str, str, str, bytes]], keep_days: int) -> list[bool]:
+        """Keeps guest payments (kind, external id, event id, body) for crediting at
+        registration, in one round trip; False for one kept already (a redelivery or a
+        gateway's retry): it is not counted twice."""
+        if not guests:
+            return []
+        ttl = max(1, keep_days) * 86_400
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, external_id, event_id, body in guests:
+            tag = f"{{{kind}:{external_id}}}"  # both keys in one Redis Cluster slot
+            await self._keep_guest(keys=[f"{self.ns}:guest:{tag}", f"{self.ns}:guest-seen:{tag}"],
+                                   args=[event_id, body, ttl], client=pipe)
+        return [bool(x) for x in await pipe.execute()]
 
     async def guest_payments(self, kind: str, external_id: str) -> list[str]:
         return list(await self.redis.lrange(self.guest_key(kind, external_id), 0, -1))

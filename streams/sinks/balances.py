@@ -34,6 +34,8 @@ HISTORY_LENGTH = 20
 APPLY_MEMBER_LUA = """
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 if seq ~= ARGV[1] then return {'conflict', seq} end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local n_ev = tonumber(ARGV[3])
 local n_c = tonumber(ARGV[4])
 local outbox = tonumber(ARGV[5])
@@ -62,7 +64,7 @@ for i = 1, n_ev do
   redis.call('HINCRBY', KEYS[1], 'events', 1)
   redis.call('HSET', KEYS[tonumber(ARGV[p])], 'rows', ARGV[p + 3], 'amount', ARGV[p + 4], 'points', ARGV[p + 9],
              'kind', ARGV[p + 5], 'refunded_amount', 0, 'refunded_points', 0, 'result', ARGV[p + 8],
-             'used', ARGV[p + 10], 'returned_used', 0)
+             'used', ARGV[p + 10], 'returned_used', 0, 'applied_at_ms', now_ms)
   if outbox > 0 then redis.call('RPUSH', KEYS[outbox], ARGV[p + 3]) end
   local orig = tonumber(ARGV[p + 1])
   if orig > 0 then

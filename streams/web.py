@@ -330,6 +330,26 @@ def member_busy(view: View) -> Response:
     return json_response(view, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
 
 
+async def _member_or_reject(view: View, body: bytes, *path_ids: str) -> tuple[str | None, Response | None]:
+    """The body's valid `member_id` (and valid ids in the path), or the 400 that refuses it."""
+    member_id = _member_of(body)
+    if member_id is None or not all(is_valid_id(i) for i in path_ids):
+        return None, await reject(view, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+    return member_id, None
+
+
+async def _signed_member_request(view: View, request: Request, *path_ids: str
+                                 ) -> tuple[bytes, str] | Response:
+    """A signed request about one member: (body, member id), or the response refusing it."""
+    body, refused = await _read_signed(view, request)
+    if refused is not None or body is None:
+        return refused  # type: ignore[return-value]
+    member_id, refused = await _member_or_reject(view, body, *path_ids)
+    if refused is not None or member_id is None:
+        return refused  # type: ignore[return-value]
+    return body, member_id
+
+
 def _member_of(body: bytes) -> str | None:
     """The valid `member_id` of a JSON request body, or None."""
     try:
@@ -352,9 +372,9 @@ class Redemptions(View):
         if not is_valid_id(key):
             return await reject(self, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars",
                                  body, field="Idempotency-Key")
-        member_id = _member_of(body)
-        if member_id is None:
-            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        member_id, refused = await _member_or_reject(self, body)
+        if refused is not None or member_id is None:
+            return refused  # type: ignore[return-value]
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -404,12 +424,10 @@ class CouponRedemption(View):
     (same coupon, same payment_id) gets the same answer."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
-        member_id = _member_of(body)
-        if member_id is None:
-            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        got = await _signed_member_request(self, request)
+        if not isinstance(got, tuple):
+            return got
+        body, member_id = got
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -480,12 +498,10 @@ class Holds(View):
 @app.page("/v1/holds/{hold_id}/release")
 class HoldRelease(View):
     async def post(self, request: Request, hold_id: str) -> Response:
-        body, refused = await _read_signed(self, request)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
-        member_id = _member_of(body)
-        if member_id is None or not is_valid_id(hold_id):
-            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        got = await _signed_member_request(self, request, hold_id)
+        if not isinstance(got, tuple):
+            return got
+        _body, member_id = got
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -503,12 +519,10 @@ class RedemptionReversal(View):
     """Gives the points of a redemption back, to the very lots they came from. Idempotent."""
 
     async def post(self, request: Request, redemption_id: str) -> Response:
-        body, refused = await _read_signed(self, request)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
-        member_id = _member_of(body)
-        if member_id is None or not is_valid_id(redemption_id):
-            return await reject(self, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+        got = await _signed_member_request(self, request, redemption_id)
+        if not isinstance(got, tuple):
+            return got
+        _body, member_id = got
         rt = await runtime.started()
         reversal_id = f"{redemption_id}:reverse"
         for _ in range(MAX_ATTEMPTS):

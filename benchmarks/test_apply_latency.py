@@ -85,3 +85,4 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
               f"p50 {_pct(lat, 0.5):.0f} ms, p99 {_pct(lat, 0.99):.0f} ms, max {max(lat):.0f} ms")
     finally:
         worker.stop()
+        worker.cleanup()

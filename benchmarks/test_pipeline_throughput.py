@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -30,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.app import load_rules
 from streams.demo import generate_day
-from streams.devtools import WorkerProcess
+from streams.devtools import WorkerProcess, remove_run_data
 from streams.settings import ROOT, Settings
 
 PARTITIONS = 4
@@ -135,5 +136,64 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
     finally:
         naive.terminate()
         naive.wait(30)
+        remove_run_data(settings.kafka_bootstrap, settings.redis_url, run_id)
+        remove_run_data(settings.kafka_bootstrap, settings.redis_url, ns)
     print(f"naive baseline: {naive_rate:,.0f} events/s (one event at a time, one Redis round trip each)")
     print(f"ratio: pipeline / naive = {rate / naive_rate:.1f}x")
+
+
+def drain(accrual: list[WorkerProcess], ledger: WorkerProcess, total: int) -> tuple[float, dict[str, Any]]:
+    """Seconds from the first applied event until `total` events are accounted for by the
+    accrual workers and the ledger worker has every applied row; the reconcile answer."""
+    def done() -> int:
+        out = 0
+        for w in accrual:
+            m = w.metrics()
+            out += (m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
+                    + m["events_guest_total"] + m["refunds_held_total"])
+        return out
+
+    t_first = wait(lambda: done() > 0, 120, "the first event")
+    first = done()
+    wait(lambda: done() >= total, 3600, "every event", every=0.5)
+    applied = sum(w.metrics()["events_applied_total"] for w in accrual)
+    t_end = wait(lambda: ledger.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied,
+                 3600, "the ledger in ClickHouse", every=0.5)
+    rec = ledger.get("/v1/admin/reconcile", admin=True)[1]
+    assert rec["clean"] and rec["redis_total"] == rec["ledger_total"], rec
+    return (total - first) / (t_end - t_first), rec
+
+
+def test_scale_out_two_accrual_workers(tmp_path: Path) -> None:
+    """The same events drained by one worker (all roles), then by two accrual workers in
+    one consumer group with a third process holding the ledger (embedded ClickHouse
+    belongs to one process). Prints both rates and the ratio."""
+    subprocess.run([str(ROOT / "scripts" / "services"), "up"], check=True)
+    settings = Settings.from_env()
+    n = int(os.environ.get("LOYALTY_BENCH_EVENTS", "200000"))
+    events = make_events(n)
+    env = {"LOYALTY_PARTITIONS": str(PARTITIONS), "LOYALTY_BATCH_SIZE": "2000", "LOYALTY_LEDGER_BATCH_SIZE": "50"}
+    rates = {}
+    for name, accrual_count in (("one worker, all roles", 0), ("two accrual workers + a ledger worker", 2)):
+        run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", events))
+        ledger = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id / "ledger",
+                               extra_env={**env, "LOYALTY_ROLES": "ledger" if accrual_count else "all"})
+        accrual = [WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id / f"a{i}",
+                                 callback_secret=ledger.callback_secret, admin_token=ledger.admin_token,
+                                 extra_env={**env, "LOYALTY_ROLES": "accrual,notifier,parking"})
+                   for i in range(accrual_count)]
+        try:
+            for w in [ledger, *accrual]:
+                w.start()
+            rates[name], rec = drain(accrual or [ledger], ledger, len(events))
+            shares = [w.metrics()["events_applied_total"] for w in accrual or [ledger]]
+            print(f"\n{name}: {len(events):,} events at {rates[name]:,.0f} events/s; applied per accrual "
+                  f"process {shares}; Redis = ledger {rec['redis_total']:,} points", flush=True)
+            assert all(s > 0 for s in shares)
+        finally:
+            for w in [ledger, *accrual]:
+                w.stop()
+            remove_run_data(settings.kafka_bootstrap, settings.redis_url, run_id)
+    one, two = rates.values()
+    print(f"scale-out: two accrual workers / one worker = {two / one:.2f}x")

@@ -77,3 +77,4 @@ def test_soak_memory_stays_flat(tmp_path: Path) -> None:
                   f"{t:.0f}s {m:.0f}" for (t, _), m in zip(samples, mib, strict=True)))
     finally:
         worker.stop()
+        worker.cleanup()

@@ -117,6 +117,7 @@ def test_trigger_latency_accepted_to_push_received(tmp_path: Path) -> None:
               f"mean processed->delivered {m['push_latency_ms_sum'] / max(1, m['push_latency_ms_count']):.0f} ms")
     finally:
         worker.stop()
+        worker.cleanup()
         receiver.stop()
 
 

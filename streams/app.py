@@ -30,7 +30,7 @@ settings = Settings.from_env()
 settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
-    settings.app_id,
+    settings.group_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store="memory://",
     # Faust's own table directory, out of the working tree (default: ./<app id>-data).
@@ -126,9 +126,10 @@ class Runtime:
         async with self._lock:
             if not self._started:
                 await self.balances.setup()
-                applied = await self.ledger.setup()
+                applied = await self.ledger.setup() if self.settings.holds_ledger else ["(held by the ledger worker)"]
                 log.info(
-                    "runtime ready: rules %s, redis %s, clickhouse %s, migrations applied %s",
+                    "runtime ready: roles %s, rules %s, redis %s, clickhouse %s, migrations applied %s",
+                    ",".join(sorted(self.settings.roles)),
                     self.rules.version,
                     self.settings.redis_url,
                     self.settings.clickhouse_dsn,

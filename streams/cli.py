@@ -26,18 +26,21 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.web_port:
         os.environ["LOYALTY_WEB_PORT"] = str(args.web_port)
+    if args.roles:
+        os.environ["LOYALTY_ROLES"] = args.roles
     # The app reads the environment when imported: import it only now.
+    import importlib
+
     from faust import Worker
 
-    import agents.accrual
-    import agents.ledger
-    import agents.notifier
-    import agents.parking
     import streams.web  # (registers the HTTP views)
     import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
-    from streams.app import app
+    from streams.app import app, settings
 
-    _ = agents.accrual, agents.ledger, agents.notifier, agents.parking, streams.web, streams.web_gateways
+    _ = streams.web, streams.web_gateways
+    # Each role is an agent module; a worker subscribes only to its roles' topics.
+    for role in sorted(settings.roles):
+        importlib.import_module(f"agents.{role}")
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -375,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a worker: agents, HTTP callbacks, member and admin API")
     s.add_argument("--web-port", type=int, default=0, help="HTTP port (default LOYALTY_WEB_PORT or 6066)")
+    s.add_argument("--roles", default="", help="comma-separated roles: accrual, ledger, notifier, parking "
+                   "(default LOYALTY_ROLES or all); workers with the same roles share partitions")
     s.add_argument(
         "--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
     )

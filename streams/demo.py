@@ -19,7 +19,14 @@ from typing import Any
 import orjson
 
 from streams.app import load_rules
-from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks, send_callbacks_in_order
+from streams.devtools import (
+    WebhookReceiver,
+    WorkerProcess,
+    read_dead_letters,
+    remove_run_data,
+    send_callbacks,
+    send_callbacks_in_order,
+)
 from streams.gateways.simulate import simulators
 from streams.settings import ROOT, Settings
 
@@ -181,6 +188,7 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     run_id = f"demo-{seed}-{int(time.time())}"
     data_root = ROOT / ".local" / "data" / "demo"
     shutil.rmtree(data_root, ignore_errors=True)  # one demo's store at a time
+    remove_run_data(settings.kafka_bootstrap, settings.redis_url, "demo-")  # and its topics and keys
     # Simulated WeChat Pay and Alipay, with test keys this worker trusts.
     wx, ali, gateway_env = simulators(data_root / run_id / "gateway-keys")
     # The members' messaging webhook: a local receiver that checks each push's signature.

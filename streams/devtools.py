@@ -42,6 +42,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def remove_run_data(kafka_bootstrap: str, redis_url: str, prefix: str) -> None:
+    """Deletes the topics whose names start with `prefix` and the Redis keys under
+    `prefix:` (a test run's namespace)."""
+    import redis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def drop_topics() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_topics())
+    r = redis.Redis.from_url(redis_url)
+    try:
+        batch: list[bytes] = []
+        for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                r.unlink(*batch)
+                batch.clear()
+        if batch:
+            r.unlink(*batch)
+    finally:
+        r.close()
+
+
 @dataclass
 class WorkerProcess:
     """A `loyalty worker` child process with an isolated namespace."""
@@ -112,6 +143,16 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Deletes what this run left in the shared services: its topics (they start
+        with the run id, Faust's own included) and its Redis keys. Without it a local
+        Kafka collects thousands of partitions and takes minutes to start."""
+        remove_run_data(self.env["LOYALTY_KAFKA_BOOTSTRAP"] if "LOYALTY_KAFKA_BOOTSTRAP" in self.env
+                        else f"127.0.0.1:{self.env.get('LOYALTY_KAFKA_PORT', '9092')}",
+                        self.env.get("LOYALTY_REDIS_URL")
+                        or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0",
+                        self.run_id)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no commit, no flush."""

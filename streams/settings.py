@@ -40,6 +40,23 @@ def _str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+# What a worker process runs. `ledger` holds the ClickHouse store (an embedded chdb store
+# belongs to exactly one process); the others need only Kafka and Redis.
+ROLES = frozenset({"accrual", "ledger", "notifier", "parking"})
+
+
+def _roles(name: str) -> frozenset[str]:
+    raw = os.environ.get(name, "").strip()
+    if not raw or raw == "all":
+        return ROLES
+    roles = frozenset(r.strip() for r in raw.split(",") if r.strip())
+    unknown = sorted(roles - ROLES)
+    if unknown or not roles:
+        raise SettingsError(f"{name} takes a comma-separated list of {', '.join(sorted(ROLES))} (or all), "
+                            f"got {raw!r}")
+    return roles
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -81,6 +98,21 @@ class Settings:
     segments_interval_s: float = 86_400.0  # scheduled segments refresh (0: off)
     max_in_flight: int = 2_000  # callbacks waiting for Kafka's ack before new ones get 503
     publish_timeout_s: float = 5.0
+    roles: frozenset[str] = ROLES
+
+    @property
+    def group_id(self) -> str:
+        """The Kafka consumer group: workers with the same roles share partitions (a
+        Faust group expects every member to subscribe to the same topics)."""
+        if self.roles == ROLES:
+            return self.app_id
+        return f"{self.app_id}-{'-'.join(sorted(self.roles))}"
+
+    @property
+    def holds_ledger(self) -> bool:
+        """Whether this process may open the ClickHouse store: the ledger role, or any
+        worker when the DSN names a server that all of them share."""
+        return "ledger" in self.roles or not self.clickhouse_dsn.startswith("chdb://")
 
     @property
     def payments_topic(self) -> str:
@@ -108,7 +140,7 @@ class Settings:
 
     @property
     def faust_dir(self) -> Path:
-        return ROOT / ".local" / "faust" / self.app_id
+        return ROOT / ".local" / "faust" / self.group_id
 
     @property
     def base_url(self) -> str:
@@ -156,4 +188,5 @@ class Settings:
             segments_interval_s=_float("LOYALTY_SEGMENTS_INTERVAL", d.segments_interval_s),
             max_in_flight=_int("LOYALTY_MAX_IN_FLIGHT", d.max_in_flight, 1),
             publish_timeout_s=_float("LOYALTY_PUBLISH_TIMEOUT", d.publish_timeout_s),
+            roles=_roles("LOYALTY_ROLES"),
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import clickhouse_connect
 import orjson
+from faust.web.exceptions import ServiceUnavailable
 
 from streams.settings import ROOT
 
@@ -132,6 +133,11 @@ def guest_values(fact: dict[str, Any]) -> list[Any]:
     ]
 
 
+class LedgerNotHeld(ServiceUnavailable):
+    """This worker runs without the ledger role and the store is embedded: another
+    process holds it. A view that needs the store answers 503 with the reason."""
+
+
 class LedgerStore:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -142,6 +148,14 @@ class LedgerStore:
         if self.dsn.startswith("chdb://"):
             Path(self.dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=self.dsn)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise LedgerNotHeld(
+                f"the ClickHouse store {self.dsn} is held by the ledger worker, not this one "
+                "(LOYALTY_ROLES without ledger): ask that worker, or use a server DSN")
+        return self._client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -197,7 +211,7 @@ class LedgerStore:
                 # Column-oriented: zip transposes in C, where the driver would pivot in Python.
                 data = [list(col) for col in zip(*[to_values(r) for r in items], strict=True)]
                 await self._run(
-                    self._client.insert, table, data, column_names=columns, column_oriented=True,
+                    self.client.insert, table, data, column_names=columns, column_oriented=True,
                     settings={"insert_deduplication_token": digest.hexdigest()},
                 )
             except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
@@ -209,18 +223,18 @@ class LedgerStore:
             return
         cols = ("member_id", "recency_days", "frequency", "monetary_fen", "r", "f", "m", "segment", "tags",
                 "refreshed_at")
-        await self._run(self._client.insert, "member_segments", [[r[c] for c in cols] for r in rows],
+        await self._run(self.client.insert, "member_segments", [[r[c] for c in cols] for r in rows],
                         column_names=cols)
 
     async def query_sql(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs one SQL statement (tests, tools); named queries go through `query`."""
-        result = await self._run(self._client.query, sql, parameters=parameters or {})
+        result = await self._run(self.client.query, sql, parameters=parameters or {})
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
     async def query(self, name: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs a named query from sql/queries/ and returns its rows as dicts."""
         sql = load_query(name)
-        result = await self._run(self._client.query, sql, parameters=parameters or {})
+        result = await self._run(self.client.query, sql, parameters=parameters or {})
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 

@@ -30,6 +30,7 @@ def worker(services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     w.start()
     yield w
     w.stop()
+    w.cleanup()
 
 
 @pytest.fixture
@@ -44,3 +45,5 @@ def worker_factory(services: None, tmp_path: Path) -> Iterator[object]:
     yield make
     for w in started:
         w.kill()
+    for w in started:
+        w.cleanup()

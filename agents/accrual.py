@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
-import redis.exceptions
-from aiokafka.errors import KafkaError
 
 import core_ext
 from streams.app import (
+    TRANSIENT,
     app,
     ledger_topic,
     member_events_topic,
@@ -44,8 +43,6 @@ from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
-             asyncio.TimeoutError)
 MAX_BACKOFF_S = 5.0
 MAX_CONFLICT_ROUNDS = 20
 DAY_MS = 86_400_000

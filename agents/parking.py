@@ -18,8 +18,18 @@ from typing import Any
 import orjson
 
 import core_ext
-from streams.app import app, ledger_topic, member_events_topic, notifications_topic, parking_topic, runtime
+from streams.app import (
+    TRANSIENT,
+    app,
+    ledger_topic,
+    member_events_topic,
+    notifications_topic,
+    parking_topic,
+    runtime,
+    send_dead_letter,
+)
 from streams.metrics import counters
+from streams.records import parking_event
 from streams.sinks.balances import EventMove, MemberMoves
 
 log = logging.getLogger(__name__)
@@ -121,9 +131,16 @@ def _session(event_id: str, status: str, plate: str, park: str, member_id: str, 
 async def track_parking(stream):  # type: ignore[no-untyped-def]
     """Entries and exits, one at a time (a car park's traffic is light); retried on failure."""
     async for bodies in stream.take(100, within=0.05):
+        rt = await runtime.started()
         for body in bodies:
-            event = orjson.loads(body)
+            event, field, reason = parking_event(body, set(rt.rules.car_parks))
+            if event is None:
+                # A poison message (not from our ingress, or rules changed): kept, never retried.
+                await send_dead_letter(source="parking", reason=f"{field}: {reason}", field=field, body=body)
+                continue
+            attempts = 0
             while True:
+                attempts += 1
                 try:
                     anomaly = await handle_parking_event(event)
                     if anomaly is not None and event["type"] == "entry":
@@ -131,7 +148,12 @@ async def track_parking(stream):  # type: ignore[no-untyped-def]
                             {"ledger": [], "guests": [], "parking": [anomaly]}), force=True)
                         await fut
                     break
-                except Exception:
+                except TRANSIENT:
                     # Never let Faust ack an unapplied event (faust-streaming #606).
                     log.exception("parking event %s failed; retrying", event.get("event_id"))
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempts, 5)))
+                except Exception as exc:
+                    log.exception("parking event %s failed on its own; dead-lettering it", event.get("event_id"))
+                    await send_dead_letter(source="parking", reason=f"internal error: {exc!r}",
+                                           event_id=event.get("event_id"), body=body)
+                    break

@@ -1,9 +1,12 @@
 """Locust load on the HTTP service: signed payment callbacks and member balance reads,
 and the payment gateways' own formats (WeChat Pay v3, Alipay notifications).
 
-Headless, against a running worker (e.g. `loyalty worker`, with the same secret):
+Headless, against a running worker (e.g. `loyalty worker`, with the same secrets: the
+callback secret, LOYALTY_MEMBER_TOKEN_SECRET for the members' tokens, LOYALTY_POS_KEYS for
+the till):
 
-    LOYALTY_CALLBACK_SECRET=... .venv/bin/locust -f loadtests/locustfile.py --headless \\
+    LOYALTY_CALLBACK_SECRET=... LOYALTY_MEMBER_TOKEN_SECRET=... LOYALTY_POS_KEYS=... \\
+      .venv/bin/locust -f loadtests/locustfile.py --headless \\
         -H http://127.0.0.1:6066 -u 50 -r 50 -t 30s --only-summary GatewayAndMembers
 
 Every callback has a fresh event id; 3% are resent (a gateway retry) and must be
@@ -38,10 +41,20 @@ from pathlib import Path
 import orjson
 from locust import HttpUser, LoadTestShape, between, task
 
+from streams.auth import member_token, parse_pos_keys
 from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simulators
 from streams.signing import signed_headers
 
 SECRET = os.environ.get("LOYALTY_CALLBACK_SECRET", "")
+# Members read with their own tokens; the till redeems with a POS key (the worker's settings).
+MEMBER_SECRET = os.environ.get("LOYALTY_MEMBER_TOKEN_SECRET", "")
+POS_KEY_ID, POS_SECRET = next(iter(parse_pos_keys(os.environ.get("LOYALTY_POS_KEYS", "")).items()), ("", ""))
+
+
+def member_headers(member_id: str) -> dict[str, str]:
+    if not MEMBER_SECRET:
+        raise RuntimeError("set LOYALTY_MEMBER_TOKEN_SECRET to the worker's, so members can read their balance")
+    return {"Authorization": f"Bearer {member_token(MEMBER_SECRET, member_id)}"}
 BUS = [("sh-mall", "fashion"), ("sh-mall", "food"), ("sh-hotel", "room"), ("sh-cvs", "snacks"), ("sh-park", "parking")]
 
 
@@ -90,8 +103,9 @@ class GatewayAndMembers(HttpUser):
 
     @task(2)
     def member_balance(self) -> None:
+        member = random.choice(self.members)
         with self.client.get(
-            f"/v1/members/{random.choice(self.members)}", name="/v1/members/{id}", catch_response=True
+            f"/v1/members/{member}", name="/v1/members/{id}", headers=member_headers(member), catch_response=True
         ) as resp:
             if resp.status_code in (200, 404):
                 resp.success()
@@ -193,7 +207,8 @@ class MembersReadingAndRedeeming(HttpUser):
 
     @task(5)
     def balance(self) -> None:
-        with self.client.get(f"/v1/members/{random.choice(self.members)}", name="/v1/members/{id}",
+        member = random.choice(self.members)
+        with self.client.get(f"/v1/members/{member}", name="/v1/members/{id}", headers=member_headers(member),
                              catch_response=True) as resp:
             if resp.status_code in (200, 404):
                 resp.success()
@@ -202,7 +217,10 @@ class MembersReadingAndRedeeming(HttpUser):
     def redeem(self) -> None:
         body = orjson.dumps({"member_id": random.choice(self.members), "kind": "cash_offset", "points": 100,
                              "bu_id": "sh-mall"})
-        headers = {**signed_headers(SECRET, body), "Idempotency-Key": f"load-{uuid.uuid4().hex[:16]}"}
+        if not POS_KEY_ID:
+            raise RuntimeError("set LOYALTY_POS_KEYS to the worker's, so the till can redeem")
+        headers = {**signed_headers(POS_SECRET, body, key_id=POS_KEY_ID),
+                   "Idempotency-Key": f"load-{uuid.uuid4().hex[:16]}"}
         with self.client.post("/v1/redemptions", data=body, headers=headers, name="/v1/redemptions",
                               catch_response=True) as resp:
             if resp.status_code in (201, 409, 404):

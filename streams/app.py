@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import faust
+import redis.exceptions
+from aiokafka.errors import KafkaError
 
 import core_ext
+from streams.auth import mask_phone_bytes, mask_phones, parse_pos_keys, pseudonymise_body, redact_url
 from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
@@ -25,6 +28,10 @@ from streams.sinks.balances import BalanceStore
 from streams.sinks.ledger import LedgerStore
 
 log = logging.getLogger(__name__)
+
+# Failures that pass: an event that met one is retried, never dead-lettered.
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
+             asyncio.TimeoutError)
 
 settings = Settings.from_env()
 settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -115,8 +122,9 @@ class Runtime:
                                                           settings.wechatpay_platform_keys)
         self.alipay_key = (load_rsa_public_key(Path(settings.alipay_public_key).read_bytes(), "Alipay public key")
                            if settings.alipay_public_key else None)
+        self.pos_keys = parse_pos_keys(settings.pos_keys)
         self.balances = BalanceStore(settings.redis_url, settings.redis_namespace)
-        self.ledger = LedgerStore(settings.clickhouse_dsn)
+        self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
         self._started = False
         self._lock = asyncio.Lock()
 
@@ -131,8 +139,8 @@ class Runtime:
                     "runtime ready: roles %s, rules %s, redis %s, clickhouse %s, migrations applied %s",
                     ",".join(sorted(self.settings.roles)),
                     self.rules.version,
-                    self.settings.redis_url,
-                    self.settings.clickhouse_dsn,
+                    redact_url(self.settings.redis_url),
+                    redact_url(self.settings.clickhouse_dsn),
                     applied or "none",
                 )
                 self._started = True
@@ -161,6 +169,9 @@ async def send_dead_letter(
     """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
     from streams.metrics import counters
 
+    # No phone number leaves the ingress in clear, rejected bodies included.
+    body = pseudonymise_body(body, settings.pii_key) if settings.pii_key else body
+    body, reason = mask_phone_bytes(body), mask_phones(reason)
     record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
     fut = await dead_letter_topic.send(
         key=event_id.encode() if event_id else None,

@@ -23,6 +23,22 @@ def cmd_services(args: argparse.Namespace) -> int:
     return subprocess.call([str(ROOT / "scripts" / "services"), args.action])
 
 
+def cmd_members_token(args: argparse.Namespace) -> int:
+    """A member token for the member app (reads that member's balance, coupons, ledger)."""
+    from streams.auth import member_token
+    from streams.records import is_valid_id
+
+    secret = os.environ.get("LOYALTY_MEMBER_TOKEN_SECRET", "")
+    if not secret:
+        print("error: LOYALTY_MEMBER_TOKEN_SECRET is not set (the worker's member token secret)", file=sys.stderr)
+        return 2
+    if not is_valid_id(args.member_id):
+        print("error: member_id: letters, digits, _ - . : @ only, 1-64 chars", file=sys.stderr)
+        return 2
+    print(member_token(secret, args.member_id, args.ttl))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.web_port:
         os.environ["LOYALTY_WEB_PORT"] = str(args.web_port)
@@ -33,6 +49,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from faust import Worker
 
+    from streams.auth import install_log_masking
+
+    install_log_masking()  # no full phone number in any log line
     import streams.web  # (registers the HTTP views)
     import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
     from streams.app import app, settings
@@ -402,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="start", required=True, help="first day (YYYY-MM-DD) or ISO-8601 instant")
     s.add_argument("--to", dest="end", required=True, help="end, exclusive (YYYY-MM-DD) or ISO-8601 instant")
     s.set_defaults(func=cmd_rules_simulate)
+
+    members = sub.add_parser("members", help="member credentials")
+    msub = members.add_subparsers(dest="members_command", required=True)
+    s = msub.add_parser("token", help="issue a member token (reads only that member's data) for the member app")
+    s.add_argument("member_id")
+    s.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    s.set_defaults(func=cmd_members_token)
 
     gateways = sub.add_parser("gateways", help="WeChat Pay and Alipay notifications (docs/gateways.md)")
     gsub = gateways.add_subparsers(dest="gateways_command", required=True)

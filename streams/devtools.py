@@ -82,6 +82,10 @@ class WorkerProcess:
     port: int = field(default_factory=free_port)
     callback_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    pos_key_id: str = "pos-test"
+    pos_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    member_token_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    pii_key: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -98,6 +102,9 @@ class WorkerProcess:
                 "LOYALTY_WEB_PORT": str(self.port),
                 "LOYALTY_CALLBACK_SECRET": self.callback_secret,
                 "LOYALTY_ADMIN_TOKEN": self.admin_token,
+                "LOYALTY_POS_KEYS": f"{self.pos_key_id}:{self.pos_secret}",
+                "LOYALTY_MEMBER_TOKEN_SECRET": self.member_token_secret,
+                "LOYALTY_PII_KEY": self.pii_key,
             }
         )
         env.update(self.extra_env)
@@ -162,14 +169,29 @@ class WorkerProcess:
 
     # ---- HTTP ----------------------------------------------------------------
 
-    def get(self, path: str, admin: bool = False) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
+    def get(self, path: str, admin: bool = True, token: str | None = None) -> tuple[int, Any]:
+        """GET with the operator's token (`admin`), a given bearer token, or none (token="")."""
+        bearer = token if token is not None else (self.admin_token if admin else "")
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         req = urllib.request.Request(self.base_url + path, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 return r.status, orjson.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, _decode(e.read())
+
+    def pos_headers(self, body: bytes, **extra: str) -> dict[str, str]:
+        """Headers of a till request signed with this worker's POS key."""
+        return {**signed_headers(self.pos_secret, body, key_id=self.pos_key_id), **extra}
+
+    @property
+    def pos_bearer(self) -> str:
+        return f"pos:{self.pos_key_id}:{self.pos_secret}"
+
+    def member_token(self, member_id: str, ttl_s: int = 3600) -> str:
+        from streams.auth import member_token
+
+        return member_token(self.member_token_secret, member_id, ttl_s)
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         req = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
@@ -324,7 +346,8 @@ class WebhookReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify(self.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Signature"), body, 300)
+            verify(self.secret, request.headers.get("X-Timestamp"), request.headers.get("X-Nonce"),
+                   request.headers.get("X-Signature"), body, 300)
         except SignatureError:
             self.bad_signatures += 1
             return web.Response(status=401)

@@ -12,6 +12,8 @@ HELP = {
     "callbacks_rejected_total": "Payment callbacks refused (bad signature, bad body, too large).",
     "callbacks_unavailable_total": "Payment callbacks answered 503 because Kafka did not take them (in time).",
     "callbacks_shed_total": "Callbacks answered 503 at once: too many were waiting for Kafka (overload).",
+    "requests_unavailable_total": "Requests answered 503 because Redis or Kafka was out of reach.",
+    "requests_rate_limited_total": "Member and POS requests answered 429 past their key's rate limit.",
     "events_applied_total": "Events whose movement was applied to a balance for the first time.",
     "events_duplicate_total": "Events seen again (redelivery, retried callback): no new effect.",
     "events_rejected_total": "Events the accrual refused (unknown BU, refund of an unknown payment...).",

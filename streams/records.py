@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -72,3 +73,30 @@ def ledger_messages(ledger_rows: Sequence[str], guest_facts: Sequence[str]) -> l
             size += len(item) + 1
     flush()
     return messages
+
+
+PLATE = re.compile(r"^[0-9A-Za-z\u4e00-\u9fff]{2,16}$")
+
+
+def parking_event(body: bytes, car_parks: set[str]) -> tuple[dict[str, Any] | None, str, str]:
+    """A validated parking event, or (None, field, reason)."""
+    try:
+        ev = orjson.loads(body)
+        assert isinstance(ev, dict)
+    except (orjson.JSONDecodeError, AssertionError):
+        return None, "body", "must be a JSON object"
+    for f in ("event_id", "gate"):
+        if not isinstance(ev.get(f), str) or not is_valid_id(ev[f]):
+            return None, f, "required: letters, digits, _ - . : @"
+    if ev.get("type") not in ("entry", "exit"):
+        return None, "type", 'must be "entry" or "exit"'
+    if not isinstance(ev.get("plate"), str) or not PLATE.fullmatch(ev["plate"]):
+        return None, "plate", "required: 2-16 letters, digits or Chinese characters"
+    if ev.get("car_park") not in car_parks:
+        return None, "car_park", f"must be one of {sorted(car_parks)}"
+    try:
+        at = dt.datetime.fromisoformat(ev["occurred_at"])
+        assert at.tzinfo is not None
+    except (KeyError, TypeError, ValueError, AssertionError):
+        return None, "occurred_at", "must be an ISO-8601 time with offset"
+    return ev, "", ""

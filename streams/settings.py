@@ -99,6 +99,16 @@ class Settings:
     max_in_flight: int = 2_000  # callbacks waiting for Kafka's ack before new ones get 503
     publish_timeout_s: float = 5.0
     roles: frozenset[str] = ROLES
+    # Credentials (issue 9): scoped keys, from the environment only (streams/auth.py).
+    pos_keys: str = field(default="", repr=False)  # "till-01:secret,till-02:secret"
+    member_token_secret: str = field(default="", repr=False)
+    pii_key: str = field(default="", repr=False)  # keys the pseudonyms of phone numbers
+    nonce_window_s: int = 600  # how long a used nonce is remembered (> 2x the signature window)
+    rate_limit_member: int = 20  # requests per second per member token
+    rate_limit_pos: int = 500  # requests per second per POS key
+    # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
+    # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
+    faults_dir: str = ""
 
     @property
     def group_id(self) -> str:
@@ -189,4 +199,11 @@ class Settings:
             max_in_flight=_int("LOYALTY_MAX_IN_FLIGHT", d.max_in_flight, 1),
             publish_timeout_s=_float("LOYALTY_PUBLISH_TIMEOUT", d.publish_timeout_s),
             roles=_roles("LOYALTY_ROLES"),
+            pos_keys=os.environ.get("LOYALTY_POS_KEYS", ""),
+            member_token_secret=os.environ.get("LOYALTY_MEMBER_TOKEN_SECRET", ""),
+            pii_key=os.environ.get("LOYALTY_PII_KEY", ""),
+            nonce_window_s=_int("LOYALTY_NONCE_WINDOW", d.nonce_window_s, 1),
+            rate_limit_member=_int("LOYALTY_RATE_LIMIT_MEMBER", d.rate_limit_member, 1),
+            rate_limit_pos=_int("LOYALTY_RATE_LIMIT_POS", d.rate_limit_pos, 1),
+            faults_dir=_str("LOYALTY_FAULTS_DIR", ""),
         )

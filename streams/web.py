@@ -18,19 +18,20 @@ import asyncio
 import datetime as dt
 import hmac
 import logging
-import re
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web as aiohttp_web
 from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 
 import core_ext
 from streams import bi, metrics, segments
 from streams.app import (
+    TRANSIENT,
     app,
     ledger_topic,
     member_events_topic,
@@ -39,9 +40,10 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
+from streams.auth import Principal, bearer_principal, pseudonymise_body
 from streams.gateways.mapping import GatewayConfigError
 from streams.metrics import counters
-from streams.records import is_valid_id
+from streams.records import PLATE, is_valid_id, parking_event
 from streams.signing import SignatureError, verify
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -50,6 +52,24 @@ log = logging.getLogger(__name__)
 
 def json_response(view: View, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return view.bytes(orjson.dumps(body), content_type="application/json", status=status, headers=headers)
+
+
+@aiohttp_web.middleware
+async def transient_failures(request: aiohttp_web.Request, handler: Any) -> aiohttp_web.StreamResponse:
+    """Redis or Kafka out of reach while a request is served: 503 with Retry-After (the
+    caller tries again), not a 500; anything else unexpected is logged and answered 500."""
+    try:
+        return await handler(request)
+    except aiohttp_web.HTTPException:
+        raise
+    except TRANSIENT as exc:
+        counters["requests_unavailable_total"] += 1
+        log.warning("%s %s: a backing service is unavailable: %r", request.method, request.path, exc)
+        return aiohttp_web.json_response({"error": "temporarily unavailable, retry"}, status=503,
+                                         headers={"Retry-After": "1"})
+
+
+app.web.web_app.middlewares.append(transient_failures)
 
 
 def error_response(view: View, status: int, error: str, field: str | None = None, **extra: Any) -> Response:
@@ -83,20 +103,66 @@ async def read_body(view: View, request: Request) -> tuple[bytes | None, Respons
     return body, None
 
 
-async def _read_signed(view: View, request: Request) -> tuple[bytes | None, Response | None]:
-    """The body of a signed callback, or the response that refuses it."""
+async def _read_signed(view: View, request: Request, scope: str = "callback") -> tuple[bytes | None, Response | None]:
+    """The body of a signed request, or the response that refuses it. `scope` is whose
+    secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
+    "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once."""
     settings = runtime.settings
     body, refused = await read_body(view, request)
     if body is None:
         return None, refused
-    if not settings.callback_secret:
-        return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
+    key_id = request.headers.get("X-Key-Id")
+    rt = await runtime.started()
+    if scope == "pos":
+        if not rt.pos_keys:
+            return None, error_response(view, 503, "till API disabled: LOYALTY_POS_KEYS is not set")
+        secret = rt.pos_keys.get(key_id or "")
+        if secret is None:
+            return None, await reject(view, 401, "X-Key-Id: required, a POS key this service knows", body,
+                                      field="X-Key-Id")
+    else:
+        if not settings.callback_secret:
+            return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
+        if key_id is not None:
+            return None, await reject(view, 403, "X-Key-Id: POS keys may not send gateway callbacks", body,
+                                      field="X-Key-Id")
+        secret = settings.callback_secret
+    nonce = request.headers.get("X-Nonce")
     try:
-        verify(settings.callback_secret, request.headers.get("X-Timestamp"),
-               request.headers.get("X-Signature"), body, settings.signature_max_age_s)
+        verify(secret, request.headers.get("X-Timestamp"), nonce, request.headers.get("X-Signature"), body,
+               settings.signature_max_age_s)
     except SignatureError as exc:
         return None, await reject(view, 401, str(exc), body, field="X-Signature")
+    if scope == "pos" and not await rt.balances.rate_hit(f"pos:{key_id}", settings.rate_limit_pos):
+        counters["requests_rate_limited_total"] += 1
+        return None, json_response(view, {"error": f"rate limit of {settings.rate_limit_pos}/s for key {key_id}"},
+                                   429, headers={"Retry-After": "1"})
+    if not await rt.balances.claim_nonce(key_id or "callback", nonce or "", settings.nonce_window_s):
+        return None, await reject(view, 401, "X-Nonce: already used (a replayed request); sign every attempt anew",
+                                  body, field="X-Nonce")
     return body, None
+
+
+async def _reader(view: View, request: Request, member_id: str | None = None) -> Principal | Response:
+    """Who reads: the admin token, a POS key (`Bearer pos:<id>:<secret>`) or the member's own
+    token; 401 without one, 403 for another member's data, 429 past the key's rate."""
+    rt = await runtime.started()
+    settings = rt.settings
+    who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token, rt.pos_keys,
+                           settings.member_token_secret)
+    if who is None:
+        return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
+                              " required")
+    if member_id is not None and not who.may_read(member_id):
+        return error_response(view, 403, "this member token is for another member")
+    if member_id is None and who.kind == "member":
+        return error_response(view, 403, "a POS key or the admin token is required here, not a member token")
+    limit = {"member": settings.rate_limit_member, "pos": settings.rate_limit_pos}.get(who.kind)
+    if limit is not None and not await rt.balances.rate_hit(who.client_key, limit):
+        counters["requests_rate_limited_total"] += 1
+        return json_response(view, {"error": f"rate limit of {limit}/s for this key"}, 429,
+                             headers={"Retry-After": "1"})
+    return who
 
 
 class Admission:
@@ -150,6 +216,17 @@ async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str]
     return member_id, body
 
 
+def _without_phones(view: View, body: bytes) -> tuple[bytes, Response | None]:
+    """The body with phone numbers replaced by their keyed pseudonyms before it reaches
+    Kafka, Redis or ClickHouse; 503 if no LOYALTY_PII_KEY is configured to make them."""
+    if b'"phone"' not in body:
+        return body, None
+    key = runtime.settings.pii_key
+    if not key:
+        return body, error_response(view, 503, "phone numbers refused: LOYALTY_PII_KEY is not set")
+    return pseudonymise_body(body, key), None
+
+
 @app.page("/v1/callbacks/payment")
 class PaymentCallback(View):
     async def post(self, request: Request) -> Response:
@@ -163,6 +240,9 @@ class PaymentCallback(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
+        body, unavailable = _without_phones(self, body)  # (before validation: "+86 139..." is fine)
+        if unavailable is not None:
+            return unavailable
         try:
             event_id, member_id, _kind, payer = core_ext.validate_payment(body)
         except core_ext.InvalidEventError as exc:
@@ -177,6 +257,9 @@ class MemberCallback(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
+        body, unavailable = _without_phones(self, body)
+        if unavailable is not None:
+            return unavailable
         try:
             event_id, member_id, kind = core_ext.validate_member_event(body)
         except core_ext.InvalidEventError as exc:
@@ -185,33 +268,6 @@ class MemberCallback(View):
             return await reject(self, 400, f"type: {kind} is for operators and the system, not callbacks", body,
                                 field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)
-
-
-PLATE = re.compile(r"^[0-9A-Za-z\u4e00-\u9fff]{2,16}$")
-
-
-def _parking_event(body: bytes, car_parks: set[str]) -> tuple[dict[str, Any] | None, str, str]:
-    """A validated parking event, or (None, field, reason)."""
-    try:
-        ev = orjson.loads(body)
-        assert isinstance(ev, dict)
-    except (orjson.JSONDecodeError, AssertionError):
-        return None, "body", "must be a JSON object"
-    for f in ("event_id", "gate"):
-        if not isinstance(ev.get(f), str) or not is_valid_id(ev[f]):
-            return None, f, "required: letters, digits, _ - . : @"
-    if ev.get("type") not in ("entry", "exit"):
-        return None, "type", 'must be "entry" or "exit"'
-    if not isinstance(ev.get("plate"), str) or not PLATE.fullmatch(ev["plate"]):
-        return None, "plate", "required: 2-16 letters, digits or Chinese characters"
-    if ev.get("car_park") not in car_parks:
-        return None, "car_park", f"must be one of {sorted(car_parks)}"
-    try:
-        at = dt.datetime.fromisoformat(ev["occurred_at"])
-        assert at.tzinfo is not None
-    except (KeyError, TypeError, ValueError, AssertionError):
-        return None, "occurred_at", "must be an ISO-8601 time with offset"
-    return ev, "", ""
 
 
 @app.page("/v1/callbacks/parking")
@@ -223,7 +279,7 @@ class ParkingCallback(View):
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         rt = await runtime.started()
-        ev, field, reason = _parking_event(body, set(rt.rules.car_parks))
+        ev, field, reason = parking_event(body, set(rt.rules.car_parks))
         if ev is None:
             return await reject(self, 400, f"{field}: {reason}", body, field=field)
         return await _publish(self, parking_topic, ev["plate"], body, ev["event_id"])
@@ -234,7 +290,7 @@ class MemberPlates(View):
     """Binds a car plate to a member (signed); `auto_pay` opts in to ticketless exits paid with points."""
 
     async def post(self, request: Request, member_id: str) -> Response:
-        body, refused = await _read_signed(self, request)
+        body, refused = await _read_signed(self, request, "pos")
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         try:
@@ -255,6 +311,8 @@ class ParkingQuote(View):
     """What leaving now would cost (for the gate, synchronously); nothing is applied."""
 
     async def get(self, request: Request) -> Response:
+        if not isinstance(who := await _reader(self, request), Principal):
+            return who
         rt = await runtime.started()
         plate, park = request.query.get("plate", ""), request.query.get("car_park", "")
         if not PLATE.fullmatch(plate) or park not in rt.rules.car_parks:
@@ -275,6 +333,8 @@ class ParkingQuote(View):
 @app.page("/v1/parking/sessions")
 class ParkingSessions(View):
     async def get(self, request: Request) -> Response:
+        if not isinstance(who := await _reader(self, request), Principal):
+            return who
         plate = request.query.get("plate", "")
         if not PLATE.fullmatch(plate):
             return error_response(self, 400, "plate is required", "plate")
@@ -291,6 +351,8 @@ class MemberView(View):
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars",
                                   "member_id")
+        if not isinstance(who := await _reader(self, request, member_id), Principal):
+            return who
         rt = await runtime.started()
         data = await rt.balances.member(member_id)
         if data is None:
@@ -341,7 +403,7 @@ async def _member_or_reject(view: View, body: bytes, *path_ids: str) -> tuple[st
 async def _signed_member_request(view: View, request: Request, *path_ids: str
                                  ) -> tuple[bytes, str] | Response:
     """A signed request about one member: (body, member id), or the response refusing it."""
-    body, refused = await _read_signed(view, request)
+    body, refused = await _read_signed(view, request, "pos")
     if refused is not None or body is None:
         return refused  # type: ignore[return-value]
     member_id, refused = await _member_or_reject(view, body, *path_ids)
@@ -365,7 +427,7 @@ class Redemptions(View):
     The Idempotency-Key header names the redemption; a retry returns the same answer."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request)
+        body, refused = await _read_signed(self, request, "pos")
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         key = request.headers.get("Idempotency-Key", "")
@@ -409,6 +471,8 @@ class MemberCoupons(View):
     async def get(self, request: Request, member_id: str) -> Response:
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
+        if not isinstance(who := await _reader(self, request, member_id), Principal):
+            return who
         rt = await runtime.started()
         _seq, state, _balance = await rt.balances.member_state(member_id)
         wallet = core_ext.coupon_wallet(rt.rules, state, int(time.time() * 1000))
@@ -460,7 +524,7 @@ class Holds(View):
     its time is up. Locked points cannot be spent twice and never vanish."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request)
+        body, refused = await _read_signed(self, request, "pos")
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         hold_id = request.headers.get("Idempotency-Key", "")
@@ -552,6 +616,8 @@ class MemberLedger(View):
     async def get(self, request: Request, member_id: str) -> Response:
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: invalid", "member_id")
+        if not isinstance(who := await _reader(self, request, member_id), Principal):
+            return who
         q = request.query
         try:
             start = dt.datetime.fromisoformat(q.get("from", "1970-01-01T00:00:00+00:00")).astimezone(dt.UTC)

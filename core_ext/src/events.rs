@@ -147,8 +147,71 @@ fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
     Ok(amount)
 }
 
+/// A JSON value whose objects may not repeat a key: `{"amount_fen":1,"amount_fen":9}` is
+/// refused rather than read as 9 (another parser could read it as 1).
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn parse_object(raw: &[u8]) -> CoreResult<Map<String, Value>> {
-    let value: Value = serde_json::from_slice(raw)
+    let StrictValue(value) = serde_json::from_slice(raw)
         .map_err(|e| CoreError::invalid_event("body", format!("is not valid JSON: {e}")))?;
     match value {
         Value::Object(obj) => Ok(obj),
@@ -359,6 +422,7 @@ fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: Stri
 /// refund with a member id. Anything else (or anything wrong) returns None and
 /// goes through the general parser, which names the field at fault.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)] // (so a repeated unknown key reaches the strict parser too)
 struct FastPayment<'a> {
     #[serde(borrow)]
     event_id: Cow<'a, str>,
@@ -588,6 +652,16 @@ mod tests {
 
     fn err_field(raw: &[u8]) -> String {
         parse_payment_event(raw).unwrap_err().field().to_string()
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let ok = body(&[]);
+        let mut dup = ok[..ok.len() - 1].to_vec();
+        dup.extend_from_slice(br#","amount_fen":5}"#);
+        assert_eq!(err_field(&dup), "body");
+        let nested = br#"{"event_id":"e1","type":"payment","occurred_at":"2026-11-23T10:00:00+08:00","bu_id":"sh-mall","merchant_id":"m","category":"c","amount_fen":100,"channel":"x","payer":{"kind":"wechat","kind":"phone","id":"1"}}"#;
+        assert_eq!(err_field(nested), "body");
     }
 
     #[test]

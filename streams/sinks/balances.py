@@ -13,6 +13,7 @@ script needs a single Redis primary (or a cluster slot holding the campaigns).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,6 +198,20 @@ class BalanceStore:
         for pid in push_ids:
             pipe.set(self.pushed_key(pid), 1, ex=keep_days * 86_400)
         await pipe.execute()
+
+    async def claim_nonce(self, scope: str, nonce: str, window_s: int) -> bool:
+        """True the first time a signed request's nonce is seen within the window (SET NX)."""
+        return bool(await self.redis.set(f"{self.ns}:nonce:{scope}:{nonce}", 1, nx=True, ex=window_s))
+
+    async def rate_hit(self, client_key: str, limit_per_s: int, now: float | None = None) -> bool:
+        """Counts one request of a client in the current second; False past the limit."""
+        second = int(time.time() if now is None else now)
+        key = f"{self.ns}:rl:{client_key}:{second}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 2)
+        count, _ = await pipe.execute()
+        return int(count) <= limit_per_s
 
     def gateway_route_key(self, payment_event_id: str) -> str:
         return f"{self.ns}:gwpay:{payment_event_id}"

@@ -139,8 +139,9 @@ class LedgerNotHeld(ServiceUnavailable):
 
 
 class LedgerStore:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, faults_dir: str = "") -> None:
         self.dsn = dsn
+        self._fault = Path(faults_dir) / "clickhouse-down" if faults_dir else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
@@ -194,6 +195,8 @@ class LedgerStore:
                     parking: Sequence[dict[str, Any]] = (), coupons: Sequence[dict[str, Any]] = ()) -> None:
         """One insert per table for the whole batch. The dedup token is a digest of the
         rows' identities, so an insert retried after an unclear failure is taken once."""
+        if self._fault is not None and self._fault.exists():
+            raise LedgerUnavailable(f"injected fault: {self._fault} exists (ClickHouse down)", 0.5)
         for table, items, columns, to_values, ident in (
             ("ledger", rows, LEDGER_COLUMNS, row_values, ("member_id", "event_id", "kind")),
             ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),

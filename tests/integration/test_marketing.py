@@ -252,7 +252,7 @@ def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver:
     pay(mw, m, 300_000)  # big-spender again: capped at one per 30 days
     plate = "沪B" + uuid.uuid4().hex[:5].upper()
     body = orjson.dumps({"plate": plate})
-    assert mw.post(f"/v1/members/{m}/plates", body, signed_headers(mw.callback_secret, body))[0] == 200
+    assert mw.post(f"/v1/members/{m}/plates", body, mw.pos_headers(body))[0] == 200
     for kind, minutes in (("entry", 90), ("exit", 0)):
         ev = orjson.dumps({"event_id": f"{kind}-{uuid.uuid4().hex[:8]}", "type": kind, "plate": plate,
                            "car_park": "park", "gate": "g1",
@@ -316,7 +316,7 @@ def test_redemption_at_the_till_validates_and_is_single_use(mw: WorkerProcess, r
         body = orjson.dumps({"member_id": member, "coupon_id": coupon, "payment_id": payment, "bu_id": bu,
                              "merchant_id": "s1", "category": category, "amount_fen": amount,
                              "occurred_at": iso(-days)})
-        return mw.post("/v1/coupons/redeem", body, signed_headers(mw.callback_secret, body))
+        return mw.post("/v1/coupons/redeem", body, mw.pos_headers(body))
 
     table = [
         ("wrong owner", redeem(other, cid, "p-x"), 409, "not this member's"),

@@ -86,9 +86,9 @@ def test_member_exit_reduced_by_tier_spend_and_points(worker_factory: Any, tmp_p
     assert w.send_callback(pay)[0] == 202  # 250 points and 250 yuan spent in the mall today
     w.wait_until(lambda: w.get(f"/v1/members/{m}")[1].get("balance") == 250, timeout=30, what="the payment")
     body = orjson.dumps({"plate": plate, "auto_pay": True})
-    assert w.post(f"/v1/members/{m}/plates", body, signed_headers(w.callback_secret, body))[0] == 200
+    assert w.post(f"/v1/members/{m}/plates", body, w.pos_headers(body))[0] == 200
     other = orjson.dumps({"plate": plate})
-    assert w.post("/v1/members/someone-else/plates", other, signed_headers(w.callback_secret, other))[0] == 409
+    assert w.post("/v1/members/someone-else/plates", other, w.pos_headers(other))[0] == 409
 
     entry = f"in-{m}"
     assert park_event(w, "entry", plate, 241, entry)[0] == 202  # 4 h 1 min

@@ -15,7 +15,6 @@ import orjson
 import pytest
 
 from streams.devtools import WorkerProcess
-from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +79,7 @@ def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
     refund.pop("points_used")
     assert w.send_callback(refund)[0] == 202
     body = orjson.dumps({"member_id": m, "bu_id": "cvs", "kind": "cash_offset", "points": 100})
-    status, _ = w.post("/v1/redemptions", body, {**signed_headers(w.callback_secret, body),
+    status, _ = w.post("/v1/redemptions", body, {**w.pos_headers(body),
                                                  "Idempotency-Key": f"rd-{m}"})
     assert status == 201
 

@@ -16,7 +16,6 @@ import pytest
 
 from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks_in_order
 from streams.settings import Settings
-from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration
 
@@ -98,12 +97,12 @@ def wait_events(w: WorkerProcess, member: str, n: int) -> dict[str, Any]:
 
 def redeem(w: WorkerProcess, key: str, member: str, **req: Any) -> tuple[int, Any]:
     body = orjson.dumps({"member_id": member, "bu_id": "mall", "kind": "cash_offset", **req})
-    return w.post("/v1/redemptions", body, {**signed_headers(w.callback_secret, body), "Idempotency-Key": key})
+    return w.post("/v1/redemptions", body, {**w.pos_headers(body), "Idempotency-Key": key})
 
 
 def reverse(w: WorkerProcess, redemption_id: str, member: str) -> tuple[int, Any]:
     body = orjson.dumps({"member_id": member})
-    return w.post(f"/v1/redemptions/{redemption_id}/reverse", body, signed_headers(w.callback_secret, body))
+    return w.post(f"/v1/redemptions/{redemption_id}/reverse", body, w.pos_headers(body))
 
 
 def member_id() -> str:
@@ -127,7 +126,7 @@ def test_redeem_is_idempotent_fifo_and_reversible(worker_factory: Any, tmp_path:
     assert (after["balance"], after["available"]) == (400, 400)
 
     body = orjson.dumps({"member_id": m, "bu_id": "cvs", "kind": "cash_offset", "points": 200})
-    status, cvs = w.post("/v1/redemptions", body, {**signed_headers(w.callback_secret, body),
+    status, cvs = w.post("/v1/redemptions", body, {**w.pos_headers(body),
                                                    "Idempotency-Key": "r-2-" + m})
     assert status == 201 and cvs["value_fen"] == 1000  # 100 points = 5 yuan at the convenience store
 
@@ -147,7 +146,7 @@ def test_redeem_is_idempotent_fifo_and_reversible(worker_factory: Any, tmp_path:
     assert redeem(w, "r-5-" + m, m, points=-5)[0] == 400
     assert redeem(w, "r-6-" + m, m, kind="teleport", points=5)[0] == 400
     body = orjson.dumps({"member_id": m, "bu_id": "mall", "kind": "cash_offset", "points": 1})
-    assert w.post("/v1/redemptions", body, signed_headers(w.callback_secret, body))[0] == 400  # no key
+    assert w.post("/v1/redemptions", body, w.pos_headers(body))[0] == 400  # no key
 
     def in_ledger() -> bool:
         status, page = w.get(f"/v1/members/{m}/ledger?limit=2")
@@ -172,7 +171,7 @@ def test_parallel_redemptions_never_overdraw(worker_factory: Any, tmp_path: Path
     async def storm() -> list[int]:
         async def one(session: aiohttp.ClientSession, i: int) -> int:
             body = orjson.dumps({"member_id": m, "bu_id": "mall", "kind": "mall_exchange", "points": 100})
-            headers = {**signed_headers(w.callback_secret, body), "Idempotency-Key": f"p-{i}-{m}"}
+            headers = {**w.pos_headers(body), "Idempotency-Key": f"p-{i}-{m}"}
             async with session.post(w.base_url + "/v1/redemptions", data=body, headers=headers) as r:
                 return r.status
         async with aiohttp.ClientSession() as a, aiohttp.ClientSession() as b, aiohttp.ClientSession() as c:
@@ -322,7 +321,7 @@ def test_a_hold_at_the_till_is_confirmed_by_its_payment_or_released(worker_facto
 
     def hold(key: str, points: int, ttl: int = 900) -> tuple[int, Any]:
         body = orjson.dumps({"member_id": m, "points": points, "ttl_seconds": ttl})
-        return w.post("/v1/holds", body, {**signed_headers(w.callback_secret, body), "Idempotency-Key": key})
+        return w.post("/v1/holds", body, {**w.pos_headers(body), "Idempotency-Key": key})
 
     status, h = hold("h1-" + m, 600)
     assert status == 201 and h["available_after"] == 400
@@ -345,8 +344,8 @@ def test_a_hold_at_the_till_is_confirmed_by_its_payment_or_released(worker_facto
     # A hold released by the POS, and one that times out: the points come back.
     assert hold("h3-" + m, 300)[0] == 201
     body = orjson.dumps({"member_id": m})
-    assert w.post(f"/v1/holds/h3-{m}/release", body, signed_headers(w.callback_secret, body))[0] == 200
-    assert w.post(f"/v1/holds/h3-{m}/release", body, signed_headers(w.callback_secret, body))[0] == 404
+    assert w.post(f"/v1/holds/h3-{m}/release", body, w.pos_headers(body))[0] == 200
+    assert w.post(f"/v1/holds/h3-{m}/release", body, w.pos_headers(body))[0] == 404
     assert hold("h4-" + m, 700, ttl=1)[0] == 201
     assert view(w, m)["available"] == 300
     w.wait_until(lambda: view(w, m)["available"] == 1000, timeout=30, what="the timed-out hold to be released")

@@ -1,0 +1,254 @@
+"""Faults injected into the real services while callbacks flow, each checked by counts:
+events accepted (202) = events applied = ledger rows, none doubled, Redis = ledger.
+
+Redis restarted mid-stream (AOF), the Kafka broker restarted, ClickHouse inserts failing
+for a while, duplicates and a whole day replayed, poison messages on every topic. Each test
+appends its row to .local/artifacts/reliability.jsonl (docs/reliability.md has the table).
+The gateway side behaves like a real one: anything but a 2xx is sent again, signed anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams.devtools import WorkerProcess, read_dead_letters
+from streams.settings import ROOT, Settings
+from streams.signing import signed_headers
+from tests import reference
+
+pytestmark = pytest.mark.integration
+REF = reference.RefRules((ROOT / "rules" / "demo.toml").read_text())
+ARTIFACTS = ROOT / ".local" / "artifacts"
+
+
+def record(fault: str, events_in: int, applied: int, lost: int, doubled: int, note: str = "") -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    row = {"fault": fault, "events_in": events_in, "applied": applied, "lost": lost, "doubled": doubled,
+           "note": note, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with open(ARTIFACTS / "reliability.jsonl", "ab") as f:
+        f.write(orjson.dumps(row) + b"\n")
+
+
+def make_events(n: int, tag: str) -> list[dict[str, Any]]:
+    members = [f"{tag}-m-{i}" for i in range(60)]
+    out = []
+    for i in range(n):
+        out.append({"event_id": f"{tag}-{i}", "type": "payment", "occurred_at": "2026-11-23T12:00:00+08:00",
+                    "member_id": members[i % len(members)], "bu_id": ("sh-mall", "sh-hotel", "sh-cvs")[i % 3],
+                    "merchant_id": "shop-1", "category": ("fashion", "food", "room")[i % 3],
+                    "amount_fen": 1_000 + (i * 7919) % 200_000, "channel": "alipay"})
+    return out
+
+
+class Gateway:
+    """Sends every event until it is acknowledged (202), like a payment gateway; counts tries."""
+
+    def __init__(self, w: WorkerProcess) -> None:
+        self.w = w
+        self.accepted = 0
+        self.retries = 0
+
+    async def send_all(self, events: list[dict[str, Any]], concurrency: int = 16, give_up_s: float = 180) -> None:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for e in events:
+            queue.put_nowait(e)
+        deadline = time.monotonic() + give_up_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async def lane() -> None:
+                while not queue.empty():
+                    ev = queue.get_nowait()
+                    body = orjson.dumps(ev)
+                    while True:
+                        assert time.monotonic() < deadline, f"{ev['event_id']} never acknowledged"
+                        try:
+                            async with session.post(self.w.base_url + "/v1/callbacks/payment", data=body,
+                                                    headers=signed_headers(self.w.callback_secret, body)) as r:
+                                await r.read()
+                                if r.status == 202:
+                                    self.accepted += 1
+                                    break
+                                assert r.status in (429, 500, 502, 503), f"{r.status} for {ev['event_id']}"
+                        except (aiohttp.ClientError, TimeoutError):
+                            pass
+                        self.retries += 1
+                        await asyncio.sleep(0.2)
+            await asyncio.gather(*(lane() for _ in range(concurrency)))
+
+
+def during(gateway: Gateway, after_accepted: int, fault: Any) -> threading.Thread:
+    """Runs `fault()` in a thread once the gateway has `after_accepted` acknowledgements."""
+    def run() -> None:
+        while gateway.accepted < after_accepted:
+            time.sleep(0.05)
+        fault()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def services(*args: str) -> None:
+    subprocess.run([str(ROOT / "scripts" / "services"), *args], check=True, timeout=400)
+
+
+def check_exactly_once(w: WorkerProcess, events: list[dict[str, Any]], fault: str, note: str = "") -> None:
+    distinct = {e["event_id"]: e for e in events}
+    expected = reference.simple_points(REF, list(distinct.values()))
+    w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= len(distinct), 180,
+                 "every event in the ledger")
+    time.sleep(1.0)  # anything doubled would land now
+    events_in_ledger = int(w.get("/v1/admin/ledger/totals")[1]["events"])
+    applied = sum(int(w.get(f"/v1/members/{m}")[1]["events"]) for m in expected)
+    rec = w.get("/v1/admin/reconcile")[1]
+    lost, doubled = max(0, len(distinct) - applied), max(0, applied - len(distinct))
+    record(fault, len(distinct), applied, lost, doubled, note)
+    assert applied == len(distinct) == events_in_ledger
+    assert rec["clean"], rec.get("mismatches")
+    assert rec["redis_total"] == sum(expected.values())
+    for member, points in expected.items():
+        assert w.get(f"/v1/members/{member}")[1]["balance"] == points, member
+
+
+def test_redis_restarted_mid_stream(worker_factory: Any) -> None:
+    w: WorkerProcess = worker_factory("redis-restart", LOYALTY_BATCH_SIZE="50")
+    w.start()
+    events = make_events(1_500, f"rr-{uuid.uuid4().hex[:6]}")
+    gw = Gateway(w)
+
+    def restart() -> None:
+        services("down", "redis")
+        time.sleep(3)
+        services("up", "redis")
+
+    t = during(gw, 400, restart)
+    asyncio.run(gw.send_all(events))
+    t.join(60)
+    assert gw.retries > 0, "the restart should have refused some callbacks"
+    check_exactly_once(w, events, "Redis restarted mid-stream (AOF everysec)", f"{gw.retries} gateway retries")
+
+
+def test_kafka_broker_restarted_mid_stream(worker_factory: Any) -> None:
+    w: WorkerProcess = worker_factory("kafka-restart", LOYALTY_BATCH_SIZE="50", LOYALTY_PUBLISH_TIMEOUT="2")
+    w.start()
+    events = make_events(1_500, f"kr-{uuid.uuid4().hex[:6]}")
+    gw = Gateway(w)
+
+    def restart() -> None:
+        services("down", "kafka")
+        time.sleep(2)
+        services("up", "kafka")
+
+    t = during(gw, 400, restart)
+    asyncio.run(gw.send_all(events, give_up_s=400))
+    t.join(400)
+    assert gw.retries > 0, "the restart should have refused some callbacks"
+    check_exactly_once(w, events, "Kafka broker restarted mid-stream", f"{gw.retries} gateway retries")
+
+
+def test_clickhouse_sink_failing_for_a_while(worker_factory: Any, tmp_path: Path) -> None:
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    w: WorkerProcess = worker_factory("ch-down", LOYALTY_BATCH_SIZE="50", LOYALTY_FAULTS_DIR=str(faults))
+    w.start()
+    events = make_events(1_500, f"cd-{uuid.uuid4().hex[:6]}")
+    gw = Gateway(w)
+    seen: dict[str, int] = {}
+
+    def outage() -> None:
+        (faults / "clickhouse-down").touch()
+        time.sleep(1.0)
+        seen["ledger_at_start"] = int(w.get("/v1/admin/ledger/totals")[1].get("events", 0))
+        seen["applied_at_start"] = w.metrics()["events_applied_total"]
+        time.sleep(8)
+        seen["ledger_at_end"] = int(w.get("/v1/admin/ledger/totals")[1].get("events", 0))
+        seen["applied_at_end"] = w.metrics()["events_applied_total"]
+        seen["retries"] = w.metrics()["ledger_write_retries_total"]
+        (faults / "clickhouse-down").unlink()
+
+    t = during(gw, 300, outage)
+    asyncio.run(gw.send_all(events))
+    t.join(60)
+    # While ClickHouse was down, balances went on in Redis and the ledger did not move.
+    assert seen["applied_at_end"] > seen["applied_at_start"]
+    assert seen["ledger_at_end"] == seen["ledger_at_start"]
+    assert seen["retries"] >= 2  # the sink retried with backoff
+    check_exactly_once(w, events, "ClickHouse inserts failing for 8 s",
+                       f"{seen['retries']} insert retries, {seen['applied_at_end'] - seen['applied_at_start']} "
+                       "events applied meanwhile")
+
+
+async def produce(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=Settings.from_env().kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+def test_duplicates_and_a_whole_day_replayed_change_nothing_twice(worker_factory: Any) -> None:
+    w: WorkerProcess = worker_factory("replay")
+    w.start()
+    tag = f"rp-{uuid.uuid4().hex[:6]}"
+    events = make_events(600, tag)
+    gw = Gateway(w)
+    asyncio.run(gw.send_all(events))
+    asyncio.run(gw.send_all(events[:50] * 9))  # the same callback ten times
+    refund = {**events[0], "event_id": f"{tag}-0-rf", "type": "refund", "refund_of": f"{tag}-late",
+              "amount_fen": 500}
+    late = {**events[1], "event_id": f"{tag}-late"}
+    asyncio.run(gw.send_all([refund]))  # a refund before its payment...
+    asyncio.run(gw.send_all([late]))  # ...which arrives afterwards
+    w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= len(events) + 2, 120,
+                 "the day in the ledger")
+    # The whole day again, straight into Kafka (a replay of the topic from a backup).
+    day = [(e["member_id"].encode(), orjson.dumps(e)) for e in [*events, late, refund]]
+    asyncio.run(produce(f"{w.run_id}.payments", day))
+    w.wait_until(lambda: w.metrics()["events_duplicate_total"] >= len(day), 120, "the replay to be seen")
+    expected_events = [*events, late, refund]
+    distinct = {e["event_id"] for e in expected_events}
+    applied = sum(int(w.get(f"/v1/members/{m}")[1]["events"]) for m in {e["member_id"] for e in events})
+    record("duplicates x10, refund before payment, the day replayed", len(distinct), applied,
+           max(0, len(distinct) - applied), max(0, applied - len(distinct)),
+           f"{len(events[:50]) * 9 + len(day)} repeated deliveries")
+    assert applied == len(distinct)
+    assert w.get("/v1/admin/ledger/totals")[1]["events"] == len(distinct)
+    assert w.get("/v1/admin/reconcile")[1]["clean"]
+
+
+def test_poison_messages_on_every_topic_are_dead_lettered_and_the_stream_goes_on(worker_factory: Any) -> None:
+    w: WorkerProcess = worker_factory("poison")
+    w.start()
+    poison = [b"\xff\xfe not json", b"[1,2,3]", b'{"event_id": 5}', b"{" * 5_000, b'{"type":"payment"}']
+    topics = ("payments", "member-events", "parking", "ledger", "coupon-pushes")
+    for topic in topics:
+        asyncio.run(produce(f"{w.run_id}.{topic}", [(b"k", p) for p in poison]))
+    m = f"after-poison-{uuid.uuid4().hex[:6]}"
+    gw = Gateway(w)
+    good = make_events(20, m)
+    asyncio.run(gw.send_all(good))
+    w.wait_until(lambda: sum(int(w.get(f"/v1/members/{e['member_id']}")[1].get("events", 0))
+                             for e in {e["member_id"]: e for e in good}.values()) == len(good), 60,
+                 "the good events after the poison")
+    settings = Settings.from_env()
+
+    def letters() -> list[dict[str, Any]]:
+        return asyncio.run(read_dead_letters(settings.kafka_bootstrap, f"{w.run_id}.dead-letter", wait_s=2))
+
+    w.wait_until(lambda: len(letters()) >= len(poison) * len(topics), 60, "a dead letter per poison message")
+    sources = {d["source"] for d in letters()}
+    assert {"accrual", "parking", "ledger", "notifier"} <= sources, sources
+    assert all(d["reason"] for d in letters())
+    record("poison messages on 5 topics", len(good), len(good), 0, 0,
+           f"{len(poison) * len(topics)} poison messages, {len(letters())} dead letters")

@@ -13,11 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
-from streams.sinks.ledger import LedgerMessage, LedgerUnavailable
+from streams.sinks.ledger import BadLedgerRows, LedgerMessage, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
@@ -26,21 +25,33 @@ MAX_BACKOFF_S = 10.0
 async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     """Decodes every message (a poison one goes to the dead-letter topic) and writes
     all rows in one insert, retrying until it is taken. Returns the rows written."""
-    rt = await runtime.started()
-    rows: list[dict[str, Any]] = []
-    guests: list[dict[str, Any]] = []
-    parking: list[dict[str, Any]] = []
-    coupons: list[dict[str, Any]] = []
+    decoded: list[tuple[bytes, LedgerMessage]] = []
     for value in messages:
         try:
-            msg = LedgerMessage(value)
-            rows.extend(msg.ledger)
-            guests.extend(msg.guests)
-            parking.extend(msg.parking)
-            coupons.extend(msg.coupons)
+            decoded.append((value, LedgerMessage(value)))
         except Exception as exc:
             await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
     topic_messages[(ledger_topic.get_topic_name(), "in")] += len(messages)
+    try:
+        return await _write(decoded)
+    except BadLedgerRows:
+        # One message of the batch has rows that cannot be stored: write them one by one,
+        # dead-letter the poison, keep the rest.
+        written = 0
+        for value, msg in decoded:
+            try:
+                written += await _write([(value, msg)])
+            except BadLedgerRows as exc:
+                await send_dead_letter(source="ledger", reason=str(exc), body=value)
+        return written
+
+
+async def _write(decoded: Sequence[tuple[bytes, LedgerMessage]]) -> int:
+    rt = await runtime.started()
+    rows = [r for _, m in decoded for r in m.ledger]
+    guests = [g for _, m in decoded for g in m.guests]
+    parking = [p for _, m in decoded for p in m.parking]
+    coupons = [c for _, m in decoded for c in m.coupons]
     backoff = 0.5
     while True:
         try:
@@ -50,6 +61,8 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
             counters["ledger_rows_written_total"] += len(rows)
             counters["coupon_events_written_total"] += len(coupons)
             return len(rows)
+        except BadLedgerRows:
+            raise
         except Exception as exc:
             # Whatever the failure, the rows are not acked until written: Faust would
             # ack the batch if this raised (faust-streaming #606), losing them.

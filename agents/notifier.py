@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from streams.app import app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
+from streams.app import TRANSIENT, app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
 from streams.metrics import counters, histograms, topic_messages
-from streams.pushes import Delivery, Webhook, push_id_of
+from streams.pushes import Delivery, Webhook, is_push, push_id_of
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 64
@@ -55,6 +55,10 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
             assert isinstance(msg, dict)
         except (orjson.JSONDecodeError, AssertionError):
             await send_dead_letter(source="notifier", reason="push is not a JSON object", body=value)
+            continue
+        if not is_push(msg):
+            await send_dead_letter(source="notifier", reason="push needs member_id and push_id (or kind and event_id)",
+                                   body=value)
             continue
         pending.setdefault(push_id_of(msg), (msg, value))
     ids = list(pending)
@@ -106,6 +110,14 @@ if settings.push_webhook_url:
         """Consumes pushes in batches; a batch is acked once each push is delivered or dead-lettered."""
         async with aiohttp.ClientSession() as session:
             async for values in stream.take(settings.push_batch_size, within=0.02):
-                await deliver_batch(WEBHOOK, session, values)
+                delay = 0.2
+                while True:
+                    try:
+                        await deliver_batch(WEBHOOK, session, values)
+                        break
+                    except TRANSIENT as exc:  # Redis or Kafka away: the batch is not acked until done
+                        log.warning("push batch waits for a backing service (%r); retrying in %.1fs", exc, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
 else:
     log.warning("LOYALTY_PUSH_WEBHOOK_URL is not set: pushes wait on the coupon-pushes topic undelivered")

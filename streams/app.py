@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import faust
@@ -205,19 +207,35 @@ async def _send_scheduled(key: str, kind: str) -> int:
     return sent
 
 
+def outage_tolerant(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """For timers: an exception in a Faust timer crashes the whole worker, so a round that
+    meets a Redis or Kafka outage is skipped (logged) and the next round tries again."""
+    @functools.wraps(fn)
+    async def guarded() -> None:
+        try:
+            await fn()
+        except TRANSIENT as exc:
+            log.warning("%s skipped this round: a backing service is unavailable (%r)", fn.__name__, exc)
+
+    return guarded
+
+
 @app.timer(interval=settings.tier_review_interval_s)
+@outage_tolerant
 async def schedule_tier_reviews() -> None:
     """Due tier reviews become tier_review member events."""
     await _send_scheduled(runtime.balances.tier_reviews_key, "tier_review")
 
 
 @app.timer(interval=settings.wallet_check_interval_s)
+@outage_tolerant
 async def schedule_wallet_checks() -> None:
     """Due pending releases, lot expiries and expiry reminders become wallet_check events."""
     await _send_scheduled(runtime.balances.wallet_checks_key, "wallet_check")
 
 
 @app.timer(interval=10.0)
+@outage_tolerant
 async def flush_ledger_outbox() -> None:
     """Ledger rows written by the HTTP path (redemptions) whose send to Kafka did not
     complete (a crash, a Kafka outage) are sent again; the ledger dedups them."""

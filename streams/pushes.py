@@ -38,6 +38,15 @@ def coupon_push(row: dict[str, Any]) -> bytes:
     })
 
 
+def is_push(msg: dict[str, Any]) -> bool:
+    """A coupon push (push_id) or a notice (kind + event_id), for a member: what the
+    messaging webhook may be sent; anything else on the topic is a poison message."""
+    def text(key: str) -> bool:
+        return isinstance(msg.get(key), str) and bool(msg[key])
+
+    return text("member_id") and (text("push_id") or (text("kind") and text("event_id")))
+
+
 def push_id_of(msg: dict[str, Any]) -> str:
     """A push's id: its own, or for an expiry reminder (which predates push ids) its event's."""
     pid = msg.get("push_id")

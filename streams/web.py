@@ -744,7 +744,10 @@ if runtime.settings.segments_interval_s > 0:
     @app.timer(interval=runtime.settings.segments_interval_s, on_leader=True)
     async def scheduled_segments_refresh() -> None:
         """The scheduled refresh (LOYALTY_SEGMENTS_INTERVAL), on one worker of the group."""
-        await refresh_segments()
+        try:
+            await refresh_segments()
+        except Exception:  # a failed round must not stop the worker (Faust crashes on a timer's error)
+            log.exception("scheduled segments refresh failed; the next round tries again")
 
 
 @app.page("/v1/admin/ledger/totals")

@@ -133,6 +133,11 @@ def guest_values(fact: dict[str, Any]) -> list[Any]:
     ]
 
 
+class BadLedgerRows(ValueError):
+    """Rows of a ledger message that cannot be stored (missing or mistyped fields): a poison
+    message, never retried."""
+
+
 class LedgerNotHeld(ServiceUnavailable):
     """This worker runs without the ledger role and the store is embedded: another
     process holds it. A view that needs the store answers 503 with the reason."""
@@ -197,28 +202,37 @@ class LedgerStore:
         rows' identities, so an insert retried after an unclear failure is taken once."""
         if self._fault is not None and self._fault.exists():
             raise LedgerUnavailable(f"injected fault: {self._fault} exists (ClickHouse down)", 0.5)
+        # Every table's columns first: a row that cannot be converted (a poison message) is
+        # named before anything is inserted, and the caller can isolate it.
+        inserts = []
         for table, items, columns, to_values, ident in (
             ("ledger", rows, LEDGER_COLUMNS, row_values, ("member_id", "event_id", "kind")),
             ("guest_payments", guests, GUEST_COLUMNS, guest_values, ("payer_id", "event_id", "type")),
-            ("settlement_lines", settlement_values([*rows, *coupons]), SETTLEMENT_COLUMNS, line_values,
-             ("event_id", "kind", "line_no")),
+            ("settlement_lines", None, SETTLEMENT_COLUMNS, line_values, ("event_id", "kind", "line_no")),
             ("parking_sessions", parking, PARKING_COLUMNS, parking_values, ("car_park", "event_id")),
             ("coupon_events", coupons, COUPON_COLUMNS, coupon_values, ("coupon_id", "kind", "event_id")),
         ):
-            if not items:
-                continue
-            digest = hashlib.sha256()
-            for r in items:
-                digest.update("\x1f".join(str(r[k]) for k in ident).encode() + b"\x1e")
             try:
+                if items is None:
+                    items = settlement_values([*rows, *coupons])
+                if not items:
+                    continue
+                digest = hashlib.sha256()
+                for r in items:
+                    digest.update("\x1f".join(str(r[k]) for k in ident).encode() + b"\x1e")
                 # Column-oriented: zip transposes in C, where the driver would pivot in Python.
                 data = [list(col) for col in zip(*[to_values(r) for r in items], strict=True)]
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise BadLedgerRows(f"{table} rows cannot be stored: {exc!r}") from exc
+            inserts.append((table, data, columns, digest.hexdigest(), len(items)))
+        for table, data, columns, token, n in inserts:
+            try:
                 await self._run(
                     self.client.insert, table, data, column_names=columns, column_oriented=True,
-                    settings={"insert_deduplication_token": digest.hexdigest()},
+                    settings={"insert_deduplication_token": token},
                 )
             except Exception as exc:  # clickhouse-connect raises several kinds; all mean "not taken"
-                raise LedgerUnavailable(f"{table} insert of {len(items)} rows failed: {exc}", 1.0) from exc
+                raise LedgerUnavailable(f"{table} insert of {n} rows failed: {exc}", 1.0) from exc
 
     async def insert_segments(self, rows: Sequence[dict[str, Any]]) -> None:
         """Rows of member_segments (one refresh)."""
@@ -251,7 +265,9 @@ class LedgerMessage:
     def __init__(self, value: bytes) -> None:
         msg = orjson.loads(value)
         keys = ("ledger", "guests", "parking", "coupons")
-        if not isinstance(msg, dict) or not all(isinstance(msg.get(k, []), list) for k in keys):
+        if (not isinstance(msg, dict) or not msg or not set(msg) <= set(keys)
+                or not all(isinstance(msg.get(k, []), list) for k in keys)
+                or not all(isinstance(r, dict) for k in keys for r in msg.get(k, []))):
             raise ValueError('a ledger message must be {"ledger": [...], "guests": [...], "parking": [...], '
                              '"coupons": [...]}')
         rows = msg.get("ledger", [])

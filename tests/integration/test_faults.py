@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.devtools import WorkerProcess, read_dead_letters
+from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from tests import reference
@@ -207,7 +207,7 @@ def test_duplicates_and_a_whole_day_replayed_change_nothing_twice(worker_factory
     asyncio.run(gw.send_all(events[:50] * 9))  # the same callback ten times
     refund = {**events[0], "event_id": f"{tag}-0-rf", "type": "refund", "refund_of": f"{tag}-late",
               "amount_fen": 500}
-    late = {**events[1], "event_id": f"{tag}-late"}
+    late = {**events[0], "event_id": f"{tag}-late"}
     asyncio.run(gw.send_all([refund]))  # a refund before its payment...
     asyncio.run(gw.send_all([late]))  # ...which arrives afterwards
     w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= len(events) + 2, 120,
@@ -228,9 +228,12 @@ def test_duplicates_and_a_whole_day_replayed_change_nothing_twice(worker_factory
 
 
 def test_poison_messages_on_every_topic_are_dead_lettered_and_the_stream_goes_on(worker_factory: Any) -> None:
-    w: WorkerProcess = worker_factory("poison")
+    receiver = WebhookReceiver("push-secret").start()  # so the notifier runs and reads its topic
+    w: WorkerProcess = worker_factory("poison", LOYALTY_PUSH_WEBHOOK_URL=receiver.url,
+                                      LOYALTY_PUSH_SECRET="push-secret")
     w.start()
-    poison = [b"\xff\xfe not json", b"[1,2,3]", b'{"event_id": 5}', b"{" * 5_000, b'{"type":"payment"}']
+    poison = [b"\xff\xfe not json", b"[1,2,3]", b'{"event_id": 5}', b"{" * 5_000, b'{"type":"payment"}',
+              b'{"ledger": [{"member_id": "m"}]}']
     topics = ("payments", "member-events", "parking", "ledger", "coupon-pushes")
     for topic in topics:
         asyncio.run(produce(f"{w.run_id}.{topic}", [(b"k", p) for p in poison]))
@@ -250,5 +253,6 @@ def test_poison_messages_on_every_topic_are_dead_lettered_and_the_stream_goes_on
     sources = {d["source"] for d in letters()}
     assert {"accrual", "parking", "ledger", "notifier"} <= sources, sources
     assert all(d["reason"] for d in letters())
+    receiver.stop()
     record("poison messages on 5 topics", len(good), len(good), 0, 0,
            f"{len(poison) * len(topics)} poison messages, {len(letters())} dead letters")

@@ -30,8 +30,8 @@ ODD = st.one_of(
     st.just(2**63), st.just(-1), st.just("x" * 5_000), st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
-KEYS = sorted(BASE) + ["refund_of", "payer", "coupon_ids", "points", "kind", "hold_id", "plate", "gate", "car_park",
-                       "external_ids", "tier", "until", "reason", "idempotency_key", "ttl_s"]
+KEYS = [*sorted(BASE), "refund_of", "payer", "coupon_ids", "points", "kind", "hold_id", "plate", "gate", "car_park",
+        "external_ids", "tier", "until", "reason", "idempotency_key", "ttl_s"]
 
 
 def _body(drop: list[str], changes: dict[str, Any]) -> bytes:

@@ -142,7 +142,10 @@ class BalanceStore:
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.ns = namespace
-        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        # A blocking pool: under a burst, requests wait for a free connection (up to 10 s)
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._apply = self.redis.register_script(APPLY_MEMBER_LUA)
         self._keep_guest = self.redis.register_script(_KEEP_GUEST)
 

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
 from tests import reference
+from tests.integration.reliability import record
 
 pytestmark = pytest.mark.integration
 REF = reference.RefRules((ROOT / "rules" / "demo.toml").read_text())
@@ -97,6 +98,9 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(worker_factory: An
 
     worker.wait_until(all_in_ledger, timeout=120, what="every event in the ledger")
     _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
+    applied = sum(int(worker.get(f"/v1/members/{m}")[1]["events"]) for m in expected)
+    record("worker SIGKILLed 3 times mid-stream", len(distinct), applied, max(0, len(distinct) - applied),
+           max(0, applied - len(distinct)), f"{sum(map(len, waves)) - len(distinct)} events delivered again")
     assert totals["events"] == len(distinct)  # none lost, none doubled
     _status, rec = worker.get("/v1/admin/reconcile", admin=True)
     assert rec["clean"], rec["mismatches"]

@@ -26,18 +26,10 @@ from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from tests import reference
+from tests.integration.reliability import record
 
 pytestmark = pytest.mark.integration
 REF = reference.RefRules((ROOT / "rules" / "demo.toml").read_text())
-ARTIFACTS = ROOT / ".local" / "artifacts"
-
-
-def record(fault: str, events_in: int, applied: int, lost: int, doubled: int, note: str = "") -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    row = {"fault": fault, "events_in": events_in, "applied": applied, "lost": lost, "doubled": doubled,
-           "note": note, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with open(ARTIFACTS / "reliability.jsonl", "ab") as f:
-        f.write(orjson.dumps(row) + b"\n")
 
 
 def make_events(n: int, tag: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import pytest
 from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks
 from streams.settings import Settings
 from streams.signing import signed_headers
+from tests.integration.reliability import record
 
 pytestmark = pytest.mark.integration
 PUSH_SECRET = "push-secret-for-tests"
@@ -431,13 +432,19 @@ def test_webhook_down_then_up_is_retried_and_never_answering_is_dead_lettered(
     w = new_worker(tmp_path, "pushfail", **env(rules_path, r, LOYALTY_PUSH_ATTEMPTS="40"))
     w.start()
     try:
-        m = f"m-{uuid.uuid4().hex[:8]}"
-        member_event(w, {"event_id": f"reg-{m}", "type": "register", "occurred_at": iso(), "member_id": m})
-        w.wait_until(lambda: w.get(f"/v1/members/{m}")[0] == 200, timeout=30, what="registration")
+        ms = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(30)]
+        for m in ms:
+            member_event(w, {"event_id": f"reg-{m}", "type": "register", "occurred_at": iso(), "member_id": m})
+        w.wait_until(lambda: all(w.get(f"/v1/members/{m}")[0] == 200 for m in ms), timeout=30, what="registrations")
         time.sleep(1.5)  # the notifier is retrying against a receiver answering 503
-        assert not r.pushes_for(m)
+        assert not any(r.pushes_for(m) for m in ms)
         r.fail_status = None
-        w.wait_until(lambda: len(r.pushes_for(m)) == 1, timeout=60, what="the push once the receiver is back")
+        w.wait_until(lambda: all(r.pushes_for(m) for m in ms), timeout=90, what="the pushes once the receiver is back")
+        time.sleep(1.0)
+        delivered = sum(len(r.pushes_for(m)) for m in ms)
+        record("messaging webhook down (503) then up", len(ms), delivered, max(0, len(ms) - delivered),
+               max(0, delivered - len(ms)), "welcome-coupon pushes; counted at the receiver")
+        assert all(len(r.pushes_for(m)) == 1 for m in ms)
     finally:
         w.stop()
     # A receiver that never succeeds: after the attempts, the push is dead-lettered.

@@ -196,7 +196,8 @@ def test_member_api_errors(worker: WorkerProcess) -> None:
     assert worker.get("/v1/members/nobody-here")[0] == 404
     assert worker.get("/v1/members/" + "x" * 65)[0] == 400
     assert worker.get("/v1/members/a%7Bb%7D")[0] in (400, 404)
-    assert worker.get("/v1/admin/reconcile")[0] == 401
+    assert worker.get("/v1/admin/reconcile", admin=False)[0] == 401
+    assert worker.get("/v1/members/nobody-here", admin=False)[0] == 401  # credentials first
 
 
 def test_oversized_body_is_refused_with_413(worker: WorkerProcess) -> None:

@@ -264,7 +264,7 @@ class MemberCallback(View):
             event_id, member_id, kind = core_ext.validate_member_event(body)
         except core_ext.InvalidEventError as exc:
             return await reject(self, 400, str(exc), body, field=exc.field)
-        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments"):
+        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments", "adjustment"):
             return await reject(self, 400, f"type: {kind} is for operators and the system, not callbacks", body,
                                 field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)
@@ -885,6 +885,53 @@ class MemberTier(View):
                  "applied" if applied else "queued")
         return json_response(self, {"member_id": member_id, "tier": tier, "until": until, "applied": applied},
                              200 if applied else 202)
+
+
+@app.page("/v1/admin/members/{member_id}/adjustments")
+class MemberAdjustment(View):
+    """An operator's manual adjustment with a reason (admin token): points added to the
+    month's lot, or taken from the oldest lots (never below zero). Idempotent by
+    `adjustment_id`; applied in order with the member's events, answered once applied."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        body, refused = await read_body(self, request)
+        if body is None:
+            return refused  # type: ignore[return-value]
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: invalid", "member_id")
+        try:
+            req = orjson.loads(body)
+            adjustment_id = req["adjustment_id"]
+            assert isinstance(adjustment_id, str) and is_valid_id(adjustment_id) and len(adjustment_id) <= 48
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return error_response(self, 400, 'body: {"adjustment_id": "<id, 1-48 chars>", "points": <±int>, '
+                                  '"reason": "<3-200 chars>"}', "adjustment_id")
+        event_id = f"adj:{adjustment_id}"
+        now = dt.datetime.now(dt.UTC)
+        event = orjson.dumps({"event_id": event_id, "type": "adjustment", "member_id": member_id,
+                              "occurred_at": now.isoformat(timespec="milliseconds"),
+                              "points": req.get("points"), "reason": req.get("reason")})
+        try:
+            core_ext.validate_member_event(event)
+        except core_ext.InvalidEventError as exc:
+            return error_response(self, 400, str(exc), exc.field)
+        rt = await runtime.started()
+        points = int(req["points"])
+        if points < 0 and not await rt.balances.redis.exists(rt.balances.event_key(member_id, event_id)):
+            _seq, state, _balance = await rt.balances.member_state(member_id)
+            available = int(core_ext.member_view(rt.rules, state, int(now.timestamp() * 1000))["available"])
+            if available < -points:
+                return error_response(self, 409, f"the member has {available} points available, the adjustment "
+                                      f"takes {-points}", "points", available=available)
+        fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
+        await fut
+        applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
+        log.info("operator adjustment %s of %s: %+d points, reason %r (%s)", adjustment_id, member_id, points,
+                 req["reason"], "applied" if applied else "queued")
+        return json_response(self, {"member_id": member_id, "adjustment_id": adjustment_id, "points": points,
+                                    "applied": applied}, 201 if applied else 202)
 
 
 async def _wait_applied(member_id: str, event_id: str, timeout_s: float) -> bool:

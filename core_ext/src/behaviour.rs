@@ -28,11 +28,29 @@ pub fn apply_member_event(
     if ev.kind == MemberKind::TierOverride {
         let tier = ev.tier.as_deref().unwrap_or_default();
         if !rules.tiers.iter().any(|t| t.id == tier) {
-            return Err(CoreError::rejected("tier", format!("unknown tier {tier:?}")));
+            return Err(CoreError::rejected(
+                "tier",
+                format!("unknown tier {tier:?}"),
+            ));
         }
         if ev.until_ms.unwrap_or(0) <= ev.occurred_at_ms {
             return Err(CoreError::rejected("until", "must be after occurred_at"));
         }
+    }
+    let mut spent: Vec<[i64; 2]> = Vec::new();
+    if ev.kind == MemberKind::Adjustment && ev.points < 0 {
+        // Taken from the oldest spendable lots, like a redemption; never below zero.
+        spent =
+            wallet::spend_fifo(rules, state, -ev.points, ev.occurred_at_ms).ok_or_else(|| {
+                CoreError::rejected(
+                    "points",
+                    format!(
+                        "the member has {} points available, the adjustment takes {}",
+                        wallet::available(rules, state, ev.occurred_at_ms),
+                        -ev.points
+                    ),
+                )
+            })?;
     }
     if matches!(ev.kind, MemberKind::Register | MemberKind::Profile) {
         if let Some(bd) = &ev.birthday {
@@ -52,11 +70,22 @@ pub fn apply_member_event(
             }
         }
         MemberKind::Profile => parts.push(Part::new("profile", "", 0)),
+        MemberKind::Adjustment => {
+            parts.push(Part::new(
+                "adjustment",
+                ev.reason.clone().unwrap_or_default(),
+                ev.points,
+            ));
+        }
         MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
         MemberKind::Segments => {
             state.segment_tags = ev.tags.clone().unwrap_or_default();
             state.segment = ev.segment.clone();
-            parts.push(Part::new("segments", ev.segment.clone().unwrap_or_default(), 0));
+            parts.push(Part::new(
+                "segments",
+                ev.segment.clone().unwrap_or_default(),
+                0,
+            ));
         }
         MemberKind::SignIn => {
             if state.sign_in_last_day == Some(local.day) {
@@ -71,7 +100,11 @@ pub fn apply_member_event(
                 parts.push(Part::new("sign_in", "", b.sign_in_points));
                 for s in &b.sign_in_streaks {
                     if state.sign_in_streak % s.days == 0 {
-                        parts.push(Part::new("sign_in_streak", format!("{}d", s.days), s.points));
+                        parts.push(Part::new(
+                            "sign_in_streak",
+                            format!("{}d", s.days),
+                            s.points,
+                        ));
                     }
                 }
             }
@@ -129,7 +162,9 @@ pub fn apply_member_event(
             for l in &expired {
                 parts.push(Part::new("expire", wallet::month_label(l[0]), -l[1]));
             }
-            if let Some((month, points, expires_at_ms)) = wallet::reminder_due(rules, state, ev.occurred_at_ms) {
+            if let Some((month, points, expires_at_ms)) =
+                wallet::reminder_due(rules, state, ev.occurred_at_ms)
+            {
                 notice = Some(
                     serde_json::json!({
                         "kind": "points_expiring", "member_id": ev.member_id, "event_id": ev.event_id,
@@ -145,12 +180,16 @@ pub fn apply_member_event(
         }
     }
     let points: i64 = parts.iter().map(|p| p.points).sum();
-    if ev.kind != MemberKind::WalletCheck {
+    if ev.kind != MemberKind::WalletCheck && points > 0 {
         // Behaviour points are spendable at once, in the lot of the month they were earned.
         wallet::credit(state, points, local.month_index as i64, None);
     }
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
-    let kind = if expired.is_empty() { ev.kind.as_str() } else { "expire" };
+    let kind = if expired.is_empty() {
+        ev.kind.as_str()
+    } else {
+        "expire"
+    };
     let lines = if expired.is_empty() {
         // Behaviour points are the group's marketing: the pool issues them.
         let mut l = vec![
@@ -184,14 +223,20 @@ pub fn apply_member_event(
         rules_version: &rules.version,
         processed_at_ms: now_ms,
         explain: &parts,
-        lots: &expired,
+        lots: if expired.is_empty() { &spent } else { &expired },
         settlement: &lines,
     };
     let rows = match &change {
         None => rows_json(&[base]),
         Some(c) => {
             let explain = [Part::new(c.reason, format!("{}->{}", c.from, c.to), 0)];
-            rows_json(&[LedgerRow { kind: "tier_change", tier: &c.to, explain: &explain, settlement: &[], ..base }])
+            rows_json(&[LedgerRow {
+                kind: "tier_change",
+                tier: &c.to,
+                explain: &explain,
+                settlement: &[],
+                ..base
+            }])
         }
     };
     Ok(Applied {

@@ -65,7 +65,10 @@ pub fn check_id(field: &str, value: &str) -> CoreResult<()> {
     if value.len() > MAX_ID_LEN {
         return Err(CoreError::invalid_event(
             field,
-            format!("must be at most {MAX_ID_LEN} characters, got {}", value.len()),
+            format!(
+                "must be at most {MAX_ID_LEN} characters, got {}",
+                value.len()
+            ),
         ));
     }
     if let Some(bad) = value
@@ -111,7 +114,8 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Parses an ISO-8601 / RFC 3339 timestamp that carries an offset; returns epoch ms.
 pub fn parse_instant(field: &str, s: &str) -> CoreResult<i64> {
-    crate::time::parse_instant_ms(s).map_err(|e| CoreError::invalid_event(field, e.reason().to_string()))
+    crate::time::parse_instant_ms(s)
+        .map_err(|e| CoreError::invalid_event(field, e.reason().to_string()))
 }
 
 fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
@@ -136,7 +140,10 @@ fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
         }
     })?;
     if amount <= 0 {
-        return Err(CoreError::invalid_event(field, format!("must be > 0, got {amount}")));
+        return Err(CoreError::invalid_event(
+            field,
+            format!("must be > 0, got {amount}"),
+        ));
     }
     if amount > MAX_AMOUNT_FEN {
         return Err(CoreError::invalid_event(
@@ -222,21 +229,26 @@ fn parse_object(raw: &[u8]) -> CoreResult<Map<String, Value>> {
     }
 }
 
+/// The largest manual adjustment, either way.
+pub const MAX_ADJUSTMENT: i64 = 10_000_000;
+
 /// Payer kinds a payment may name instead of a member id.
 pub const PAYER_KINDS: [&str; 6] = ["phone", "wechat", "alipay", "unionpay", "plate", "card"];
 
 fn get_external_id(v: &Value, field: &str) -> CoreResult<(String, String)> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| CoreError::invalid_event(field, "must be an object {\"kind\": ..., \"id\": ...}"))?;
-    let kind = get_str(obj, "kind").map_err(|e| CoreError::invalid_event(format!("{field}.kind"), e.reason()))?;
+    let obj = v.as_object().ok_or_else(|| {
+        CoreError::invalid_event(field, "must be an object {\"kind\": ..., \"id\": ...}")
+    })?;
+    let kind = get_str(obj, "kind")
+        .map_err(|e| CoreError::invalid_event(format!("{field}.kind"), e.reason()))?;
     if !PAYER_KINDS.contains(&kind) {
         return Err(CoreError::invalid_event(
             format!("{field}.kind"),
             format!("must be one of {}", PAYER_KINDS.join(", ")),
         ));
     }
-    let id = get_str(obj, "id").map_err(|e| CoreError::invalid_event(format!("{field}.id"), e.reason()))?;
+    let id = get_str(obj, "id")
+        .map_err(|e| CoreError::invalid_event(format!("{field}.id"), e.reason()))?;
     check_id(&format!("{field}.id"), id)?;
     Ok((kind.to_string(), id.to_string()))
 }
@@ -293,6 +305,8 @@ pub enum MemberKind {
     ParkingExit,
     /// Tags and the segment computed by the BI refresh (`tags`, `segment`).
     Segments,
+    /// An operator's manual adjustment (`points`, positive or negative, and a `reason`).
+    Adjustment,
 }
 
 impl MemberKind {
@@ -308,6 +322,7 @@ impl MemberKind {
             MemberKind::WalletCheck => "wallet_check",
             MemberKind::ParkingExit => "parking_exit",
             MemberKind::Segments => "segments",
+            MemberKind::Adjustment => "adjustment",
         }
     }
 
@@ -323,6 +338,7 @@ impl MemberKind {
             "wallet_check" => MemberKind::WalletCheck,
             "parking_exit" => MemberKind::ParkingExit,
             "segments" => MemberKind::Segments,
+            "adjustment" => MemberKind::Adjustment,
             _ => return None,
         })
     }
@@ -343,13 +359,21 @@ pub struct MemberEvent {
     pub until_ms: Option<i64>,
     /// The RFM segment of a `segments` event.
     pub segment: Option<String>,
+    /// An adjustment's points (non-zero) and its reason.
+    pub points: i64,
+    pub reason: Option<String>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
     let s = match obj.get("birthday") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(CoreError::invalid_event("birthday", "must be a string MM-DD or YYYY-MM-DD")),
+        Some(_) => {
+            return Err(CoreError::invalid_event(
+                "birthday",
+                "must be a string MM-DD or YYYY-MM-DD",
+            ))
+        }
     };
     let md = if s.len() == 10 { &s[5..] } else { s };
     let ok = md.len() == 5
@@ -357,7 +381,10 @@ fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
         && matches!(md[..2].parse::<u32>(), Ok(1..=12))
         && matches!(md[3..].parse::<u32>(), Ok(1..=31));
     if !ok {
-        return Err(CoreError::invalid_event("birthday", "must be MM-DD or YYYY-MM-DD"));
+        return Err(CoreError::invalid_event(
+            "birthday",
+            "must be MM-DD or YYYY-MM-DD",
+        ));
     }
     Ok(Some(md.to_string()))
 }
@@ -369,15 +396,25 @@ fn get_tags(obj: &Map<String, Value>) -> CoreResult<Option<Vec<String>>> {
             .iter()
             .map(|t| match t {
                 Value::String(s) => check_id("tags", s).map(|_| s.clone()),
-                _ => Err(CoreError::invalid_event("tags", "must be a list of strings")),
+                _ => Err(CoreError::invalid_event(
+                    "tags",
+                    "must be a list of strings",
+                )),
             })
             .collect::<CoreResult<Vec<_>>>()
             .map(Some),
-        Some(_) => Err(CoreError::invalid_event("tags", "must be a list of at most 50 strings")),
+        Some(_) => Err(CoreError::invalid_event(
+            "tags",
+            "must be a list of at most 50 strings",
+        )),
     }
 }
 
-fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: String) -> CoreResult<MemberEvent> {
+fn parse_member_event(
+    obj: &Map<String, Value>,
+    kind: MemberKind,
+    event_id: String,
+) -> CoreResult<MemberEvent> {
     let occurred_at_ms = parse_instant("occurred_at", get_str(obj, "occurred_at")?)?;
     let member_id = get_id(obj, "member_id")?;
     let external_ids = match obj.get("external_ids") {
@@ -386,7 +423,12 @@ fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: Stri
             .iter()
             .map(|v| get_external_id(v, "external_ids[]"))
             .collect::<CoreResult<Vec<_>>>()?,
-        Some(_) => return Err(CoreError::invalid_event("external_ids", "must be a list of at most 10 {kind, id}")),
+        Some(_) => {
+            return Err(CoreError::invalid_event(
+                "external_ids",
+                "must be a list of at most 10 {kind, id}",
+            ))
+        }
     };
     let referred_member_id = match kind {
         MemberKind::Referral => Some(get_id(obj, "referred_member_id")?),
@@ -403,7 +445,34 @@ fn parse_member_event(obj: &Map<String, Value>, kind: MemberKind, event_id: Stri
         MemberKind::Segments => Some(get_id(obj, "segment")?),
         _ => None,
     };
+    let (points, reason) = match kind {
+        MemberKind::Adjustment => {
+            let points = match obj.get("points") {
+                Some(Value::Number(n)) => {
+                    n.as_i64().filter(|p| *p != 0 && p.abs() <= MAX_ADJUSTMENT)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| {
+                CoreError::invalid_event(
+                    "points",
+                    format!("must be a non-zero integer within ±{MAX_ADJUSTMENT}"),
+                )
+            })?;
+            let reason = get_str(obj, "reason")?.trim();
+            if !(3..=200).contains(&reason.chars().count()) {
+                return Err(CoreError::invalid_event(
+                    "reason",
+                    "must say why, 3-200 characters",
+                ));
+            }
+            (points, Some(reason.to_string()))
+        }
+        _ => (0, None),
+    };
     Ok(MemberEvent {
+        points,
+        reason,
         segment,
         event_id,
         kind,
@@ -472,11 +541,20 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
     {
         return None;
     }
-    for id in [&f.event_id, &member_id, &f.bu_id, &f.merchant_id, &f.category, &f.channel] {
+    for id in [
+        &f.event_id,
+        &member_id,
+        &f.bu_id,
+        &f.merchant_id,
+        &f.category,
+        &f.channel,
+    ] {
         check_id("", id).ok()?;
     }
     let refund_of = match (kind, f.refund_of) {
-        (EventKind::Refund, Some(of)) if check_id("", &of).is_ok() && of != f.event_id => Some(of.into_owned()),
+        (EventKind::Refund, Some(of)) if check_id("", &of).is_ok() && of != f.event_id => {
+            Some(of.into_owned())
+        }
         (EventKind::Payment, None) => None,
         _ => return None,
     };
@@ -529,7 +607,7 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
                 "type",
                 format!(
                     "must be payment, refund, register, profile, sign_in, referral, review, \
-                     tier_override, tier_review or wallet_check, got {other:?}"
+                     tier_override, tier_review, wallet_check or adjustment, got {other:?}"
                 ),
             ))
         }
@@ -549,7 +627,10 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
         (EventKind::Refund, _) => {
             let of = get_id(obj, "refund_of")?;
             if of == event_id {
-                return Err(CoreError::invalid_event("refund_of", "must name another event"));
+                return Err(CoreError::invalid_event(
+                    "refund_of",
+                    "must name another event",
+                ));
             }
             Some(of)
         }
@@ -578,7 +659,10 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
         },
     };
     if hold_id.is_some() && points_used == 0 {
-        return Err(CoreError::invalid_event("points_used", "is required (> 0) with hold_id"));
+        return Err(CoreError::invalid_event(
+            "points_used",
+            "is required (> 0) with hold_id",
+        ));
     }
     let cumulative = match obj.get("cumulative") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
@@ -596,18 +680,27 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
             let mut ids = Vec::with_capacity(items.len());
             for v in items {
                 let Value::String(id) = v else {
-                    return Err(CoreError::invalid_event("coupon_ids", "must be a list of coupon ids"));
+                    return Err(CoreError::invalid_event(
+                        "coupon_ids",
+                        "must be a list of coupon ids",
+                    ));
                 };
                 check_id("coupon_ids", id)?;
                 if ids.contains(id) {
-                    return Err(CoreError::invalid_event("coupon_ids", format!("{id} is listed twice")));
+                    return Err(CoreError::invalid_event(
+                        "coupon_ids",
+                        format!("{id} is listed twice"),
+                    ));
                 }
                 ids.push(id.clone());
             }
             ids
         }
         Some(_) => {
-            return Err(CoreError::invalid_event("coupon_ids", "must be a list of at most 10 coupon ids, on payments"))
+            return Err(CoreError::invalid_event(
+                "coupon_ids",
+                "must be a list of at most 10 coupon ids, on payments",
+            ))
         }
     };
     Ok(PaymentEvent {
@@ -676,18 +769,42 @@ mod tests {
 
     #[test]
     fn names_the_field_that_is_wrong() {
-        assert_eq!(err_field(&body(&[("amount_fen", Value::from(1.5))])), "amount_fen");
-        assert_eq!(err_field(&body(&[("amount_fen", Value::from(0))])), "amount_fen");
-        assert_eq!(err_field(&body(&[("amount_fen", Value::from("100"))])), "amount_fen");
+        assert_eq!(
+            err_field(&body(&[("amount_fen", Value::from(1.5))])),
+            "amount_fen"
+        );
+        assert_eq!(
+            err_field(&body(&[("amount_fen", Value::from(0))])),
+            "amount_fen"
+        );
+        assert_eq!(
+            err_field(&body(&[("amount_fen", Value::from("100"))])),
+            "amount_fen"
+        );
         assert_eq!(err_field(&body(&[("member_id", Value::Null)])), "member_id");
-        assert_eq!(err_field(&body(&[("member_id", Value::from("{x}"))])), "member_id");
+        assert_eq!(
+            err_field(&body(&[("member_id", Value::from("{x}"))])),
+            "member_id"
+        );
         assert_eq!(err_field(&body(&[("type", Value::from("gift"))])), "type");
-        assert_eq!(err_field(&body(&[("occurred_at", Value::from("2026-11-23 10:15"))])), "occurred_at");
-        assert_eq!(err_field(&body(&[("refund_of", Value::from("tx-0"))])), "refund_of");
-        assert_eq!(err_field(&body(&[("type", Value::from("refund"))])), "refund_of");
+        assert_eq!(
+            err_field(&body(&[("occurred_at", Value::from("2026-11-23 10:15"))])),
+            "occurred_at"
+        );
+        assert_eq!(
+            err_field(&body(&[("refund_of", Value::from("tx-0"))])),
+            "refund_of"
+        );
+        assert_eq!(
+            err_field(&body(&[("type", Value::from("refund"))])),
+            "refund_of"
+        );
         assert_eq!(err_field(b"[1,2]"), "body");
         assert_eq!(err_field(b"{not json"), "body");
-        assert_eq!(err_field(&body(&[("amount_fen", Value::from(u64::MAX))])), "amount_fen");
+        assert_eq!(
+            err_field(&body(&[("amount_fen", Value::from(u64::MAX))])),
+            "amount_fen"
+        );
     }
 
     #[test]
@@ -711,9 +828,16 @@ mod tests {
             ("refund_of", Value::from("tx-1")),
             ("cumulative", Value::from(true)),
         ];
-        assert!(parse_event(&body(&refund)).is_ok_and(|e| matches!(e, Event::Payment(p) if p.cumulative)));
-        assert_eq!(err_field(&body(&[("cumulative", Value::from(true))])), "cumulative");
-        assert_eq!(err_field(&body(&[("cumulative", Value::from("yes"))])), "cumulative");
+        assert!(parse_event(&body(&refund))
+            .is_ok_and(|e| matches!(e, Event::Payment(p) if p.cumulative)));
+        assert_eq!(
+            err_field(&body(&[("cumulative", Value::from(true))])),
+            "cumulative"
+        );
+        assert_eq!(
+            err_field(&body(&[("cumulative", Value::from("yes"))])),
+            "cumulative"
+        );
     }
 }
 

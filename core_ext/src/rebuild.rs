@@ -103,25 +103,41 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
             "earn" => {
                 let debt = part(row, "debt").map_or(0, |p| -p.points);
                 state.owed = (state.owed - debt).max(0);
-                state.add_qualification(local.month_index, window, row.points + debt, row.amount_fen);
+                state.add_qualification(
+                    local.month_index,
+                    window,
+                    row.points + debt,
+                    row.amount_fen,
+                );
                 for p in row.explain.iter().filter(|p| p.rule == "campaign") {
                     *state.campaigns.entry(p.id.clone()).or_insert(0) += p.points;
                 }
                 if part(row, "birthday_bonus").is_some() {
                     state.birthday_bonus_year = local.year;
                 }
-                let days = rules.business_units.get(&row.bu_id).map_or(0, |bu| rules.return_window_days(bu, &row.category));
-                let pending = (days > 0).then(|| (row.event_id.as_str(), row.occurred_at_ms + days * DAY_MS));
+                let days = rules
+                    .business_units
+                    .get(&row.bu_id)
+                    .map_or(0, |bu| rules.return_window_days(bu, &row.category));
+                let pending =
+                    (days > 0).then(|| (row.event_id.as_str(), row.occurred_at_ms + days * DAY_MS));
                 wallet::credit(&mut state, row.points, month, pending);
             }
             "clawback" => {
                 let _ = &row.refund_of;
-                let owed = part(row, "owed").and_then(|p| p.id.parse::<i64>().ok()).unwrap_or(0);
+                let owed = part(row, "owed")
+                    .and_then(|p| p.id.parse::<i64>().ok())
+                    .unwrap_or(0);
                 let taken = -row.points;
                 let short = wallet::take_back(&mut state, &row.refund_of, taken);
                 state.neg += short;
                 state.owed += owed;
-                state.add_qualification(local.month_index, window, -(taken + owed), -row.amount_fen);
+                state.add_qualification(
+                    local.month_index,
+                    window,
+                    -(taken + owed),
+                    -row.amount_fen,
+                );
                 if let Some(orig) = records.get_mut(&row.refund_of) {
                     orig.refunded_amount_fen += row.amount_fen;
                     orig.refunded_points += taken + owed;
@@ -129,7 +145,10 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
             }
             "redeem" | "expire" => {
                 if row.kind == "redeem" {
-                    if let Some(rec) = records.get_mut(&row.event_id).filter(|r| r.kind == "payment") {
+                    if let Some(rec) = records
+                        .get_mut(&row.event_id)
+                        .filter(|r| r.kind == "payment")
+                    {
                         rec.used += -row.points;
                     }
                 }
@@ -145,14 +164,16 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 }
             }
             "reverse" => wallet::restore(&mut state, &row.lots),
+            "adjustment" if row.points < 0 => remove_lots(&mut state, &row.lots),
             "tier_change" => {
                 if let Some(p) = row.explain.first() {
                     let to = p.id.rsplit("->").next().unwrap_or_default();
                     let index = rules.tier_index(Some(to));
                     state.tier = (index > 0).then(|| to.to_string());
                     state.tier_since_ms = Some(row.occurred_at_ms);
-                    state.review_at_ms =
-                        (index > 0).then_some(row.occurred_at_ms + rules.tier_policy.review_after_days * DAY_MS);
+                    state.review_at_ms = (index > 0).then_some(
+                        row.occurred_at_ms + rules.tier_policy.review_after_days * DAY_MS,
+                    );
                 }
             }
             kind => {
@@ -164,5 +185,9 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
         }
     }
     wallet::release_due(&mut state, now_ms);
-    Rebuilt { state, balance, records: records.into_values().collect() }
+    Rebuilt {
+        state,
+        balance,
+        records: records.into_values().collect(),
+    }
 }

@@ -111,7 +111,15 @@ const MON: &str = "2026-11-23T09:00:00+08:00";
 /// A Saturday, 12:30 local.
 const SAT_NOON: &str = "2026-11-21T12:30:00+08:00";
 
-fn pay(id: &str, member: &str, bu: &str, merchant: &str, category: &str, amount: i64, at: &str) -> Value {
+fn pay(
+    id: &str,
+    member: &str,
+    bu: &str,
+    merchant: &str,
+    category: &str,
+    amount: i64,
+    at: &str,
+) -> Value {
     json!({"event_id": id, "type": "payment", "occurred_at": at, "member_id": member, "bu_id": bu,
            "merchant_id": merchant, "category": category, "amount_fen": amount, "channel": "wechat"})
 }
@@ -142,7 +150,9 @@ impl Run {
     }
 
     fn explain(&self, i: usize) -> Vec<(String, String, i64)> {
-        let Outcome::Apply(a) = &self.result.outcomes[i] else { panic!("not applied: {:?}", self.result.outcomes[i]) };
+        let Outcome::Apply(a) = &self.result.outcomes[i] else {
+            panic!("not applied: {:?}", self.result.outcomes[i])
+        };
         let rows: Value = serde_json::from_str(&a.rows_json).unwrap();
         rows[0]["explain"]
             .as_array()
@@ -159,12 +169,19 @@ impl Run {
     }
 
     fn rows(&self, i: usize) -> Value {
-        let Outcome::Apply(a) = &self.result.outcomes[i] else { panic!() };
+        let Outcome::Apply(a) = &self.result.outcomes[i] else {
+            panic!()
+        };
         serde_json::from_str(&a.rows_json).unwrap()
     }
 
     fn state(&self, member: &str) -> MemberState {
-        let m = self.result.members.iter().find(|m| m.member_id == member).unwrap();
+        let m = self
+            .result
+            .members
+            .iter()
+            .find(|m| m.member_id == member)
+            .unwrap();
         serde_json::from_str(&m.state_json).unwrap()
     }
 
@@ -177,9 +194,14 @@ impl Run {
 }
 
 fn run_with(r: &RuleSet, evs: &[Value], stored: StoredMembers) -> Run {
-    let events: Vec<_> = evs.iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
+    let events: Vec<_> = evs
+        .iter()
+        .map(|v| parse_event(v.to_string().as_bytes()))
+        .collect();
     let n = events.len();
-    Run { result: evaluate_batch(r, &events, &vec![false; n], &vec![None; n], &stored, 7) }
+    Run {
+        result: evaluate_batch(r, &events, &vec![false; n], &vec![None; n], &stored, 7),
+    }
 }
 
 fn run(r: &RuleSet, evs: &[Value]) -> Run {
@@ -207,28 +229,61 @@ fn rates_by_format_category_and_merchant() {
             pay("f", "m6", "mall", "gadgets", "fashion", 10_000, MON),
         ],
     );
-    assert_eq!(out.points(), vec![Some(123), Some(1001), Some(0), Some(50), Some(200), Some(20)]);
+    assert_eq!(
+        out.points(),
+        vec![
+            Some(123),
+            Some(1001),
+            Some(0),
+            Some(50),
+            Some(200),
+            Some(20)
+        ]
+    );
     assert_eq!(out.rows(5)[0]["category"], "electronics");
-    assert_eq!(out.explain(2), vec![("excluded".into(), "tobacco".into(), 0)]);
+    assert_eq!(
+        out.explain(2),
+        vec![("excluded".into(), "tobacco".into(), 0)]
+    );
 }
 
 #[test]
 fn tier_multiplier_is_explained_and_rounds_down() {
     let r = rules("best_of");
-    let state = MemberState { tier: Some("gold".into()), ..Default::default() };
-    let out = run_with(&r, &[pay("a", "m1", "mall", "x", "fashion", 1_099, MON)], with_state("m1", state));
+    let state = MemberState {
+        tier: Some("gold".into()),
+        ..Default::default()
+    };
+    let out = run_with(
+        &r,
+        &[pay("a", "m1", "mall", "x", "fashion", 1_099, MON)],
+        with_state("m1", state),
+    );
     assert_eq!(out.points(), vec![Some(16)]);
-    assert_eq!(out.explain(0), vec![("base".into(), "".into(), 10), ("tier".into(), "gold".into(), 6)]);
+    assert_eq!(
+        out.explain(0),
+        vec![
+            ("base".into(), "".into(), 10),
+            ("tier".into(), "gold".into(), 6)
+        ]
+    );
     assert_eq!(out.result.members[0].expected_seq, 3);
 }
 
 #[test]
 fn birthday_month_doubles_for_gold_and_gives_the_bonus_once_a_year() {
     let r = rules("best_of");
-    let state = MemberState { tier: Some("gold".into()), birthday: Some("11-02".into()), ..Default::default() };
+    let state = MemberState {
+        tier: Some("gold".into()),
+        birthday: Some("11-02".into()),
+        ..Default::default()
+    };
     let out = run_with(
         &r,
-        &[pay("a", "m1", "mall", "x", "fashion", 10_000, MON), pay("b", "m1", "mall", "x", "fashion", 10_000, MON)],
+        &[
+            pay("a", "m1", "mall", "x", "fashion", 10_000, MON),
+            pay("b", "m1", "mall", "x", "fashion", 10_000, MON),
+        ],
         with_state("m1", state),
     );
     // base 100, tier +50, birthday x2 on 150 = +150, bonus 500 (first payment only)
@@ -248,7 +303,10 @@ fn campaigns_match_on_weekday_category_hours_and_stack_best_of() {
     );
     // a: food on Saturday at lunch: weekend-food (+50) beats lunch-bonus (+10).
     assert_eq!(out.points(), vec![Some(100), Some(60), Some(50)]);
-    assert_eq!(out.explain(0)[1], ("campaign".into(), "weekend-food".into(), 50));
+    assert_eq!(
+        out.explain(0)[1],
+        ("campaign".into(), "weekend-food".into(), 50)
+    );
 }
 
 #[test]
@@ -262,7 +320,11 @@ fn stacking_add_and_multiply() {
 #[test]
 fn campaign_time_window_tier_and_tag_filters() {
     let r = rules("best_of");
-    let gold_vip = MemberState { tier: Some("gold".into()), tags: vec!["vip".into()], ..Default::default() };
+    let gold_vip = MemberState {
+        tier: Some("gold".into()),
+        tags: vec!["vip".into()],
+        ..Default::default()
+    };
     let at = |h: &str| format!("2026-11-23T{h}:00+08:00");
     let evs = [
         pay("before", "m1", "mall", "x", "fashion", 1_000, &at("09:59")),
@@ -272,7 +334,10 @@ fn campaign_time_window_tier_and_tag_filters() {
     let out = run_with(&r, &evs, with_state("m1", gold_vip.clone()));
     // 10 base -> 15 at gold; the window adds 15 x 2 = 30 (lunch bonus needs 20 yuan).
     assert_eq!(out.points(), vec![Some(15), Some(45), Some(15)]);
-    let not_vip = MemberState { tags: vec![], ..gold_vip };
+    let not_vip = MemberState {
+        tags: vec![],
+        ..gold_vip
+    };
     let out = run_with(&r, &evs[1..2], with_state("m1", not_vip));
     assert_eq!(out.points(), vec![Some(15)]);
 }
@@ -290,7 +355,9 @@ fn budget_and_member_cap_limit_and_are_consumed_once() {
     let out = run_with(&r, &evs, stored);
     // Budget left 100: a takes it all; b and c fall back to the lunch bonus (+10).
     assert_eq!(out.points(), vec![Some(200), Some(110), Some(110)]);
-    let Outcome::Apply(a) = &out.result.outcomes[0] else { panic!() };
+    let Outcome::Apply(a) = &out.result.outcomes[0] else {
+        panic!()
+    };
     assert_eq!(a.campaigns, vec![("weekend-food".to_string(), 100)]);
     assert_eq!(out.state("m1").campaigns.get("weekend-food"), Some(&100));
 }
@@ -301,7 +368,15 @@ fn per_transaction_and_daily_caps_cut_campaigns_first() {
     let evs = [
         pay("a", "m1", "hotel", "x", "room", 400_000, MON), // 8000 -> cap 5000
         pay("b", "m1", "hotel", "x", "room", 200_000, MON), // 4000, 3000 left today
-        pay("c", "m1", "hotel", "x", "room", 200_000, "2026-11-24T09:00:00+08:00"),
+        pay(
+            "c",
+            "m1",
+            "hotel",
+            "x",
+            "room",
+            200_000,
+            "2026-11-24T09:00:00+08:00",
+        ),
     ];
     let out = run(&r, &evs);
     let pts = out.points();
@@ -309,8 +384,14 @@ fn per_transaction_and_daily_caps_cut_campaigns_first() {
     // and gold from then on. b: 6000 at gold, capped to 5000, 3000 left today.
     // c: the next day, 6000 at gold, capped to 5000.
     assert_eq!(pts, vec![Some(6000), Some(3000), Some(5000)]);
-    assert!(out.explain(0).iter().any(|p| p.0 == "cap" && p.1 == "cut 3000"));
-    assert!(out.explain(1).iter().any(|p| p.0 == "daily_cap" && p.1 == "cut 2000"));
+    assert!(out
+        .explain(0)
+        .iter()
+        .any(|p| p.0 == "cap" && p.1 == "cut 3000"));
+    assert!(out
+        .explain(1)
+        .iter()
+        .any(|p| p.0 == "daily_cap" && p.1 == "cut 2000"));
 }
 
 #[test]
@@ -333,7 +414,10 @@ fn spend_streak_and_monthly_task() {
 fn member_events_registration_sign_in_referral_review() {
     let r = rules("best_of");
     let day = |d: u32| format!("2026-11-{d:02}T08:00:00+08:00");
-    let mut evs = vec![member_ev("reg", "m1", "register", &day(1)), member_ev("reg2", "m1", "register", &day(1))];
+    let mut evs = vec![
+        member_ev("reg", "m1", "register", &day(1)),
+        member_ev("reg2", "m1", "register", &day(1)),
+    ];
     for d in 1..=7 {
         evs.push(member_ev(&format!("s{d}"), "m1", "sign_in", &day(d)));
     }
@@ -381,14 +465,29 @@ fn upgrade_on_the_payment_that_crosses_the_threshold() {
 fn review_downgrades_or_renews_and_override_wins_until_its_end() {
     let r = rules("best_of");
     let due = crate::time::parse_instant_ms(MON).unwrap() - 1;
-    let gold = MemberState { tier: Some("gold".into()), review_at_ms: Some(due), ..Default::default() };
-    let out = run_with(&r, &[member_ev("rv", "m1", "tier_review", MON)], with_state("m1", gold.clone()));
+    let gold = MemberState {
+        tier: Some("gold".into()),
+        review_at_ms: Some(due),
+        ..Default::default()
+    };
+    let out = run_with(
+        &r,
+        &[member_ev("rv", "m1", "tier_review", MON)],
+        with_state("m1", gold.clone()),
+    );
     assert_eq!(out.rows(0)[0]["explain"][0]["id"], "gold->normal");
     assert_eq!(out.state("m1").tier, None);
 
     let month = crate::time::Local::of(due, 480).month_index as i64;
-    let kept = MemberState { qual: vec![[month, 1500, 0]], ..gold.clone() };
-    let out = run_with(&r, &[member_ev("rv", "m1", "tier_review", MON)], with_state("m1", kept));
+    let kept = MemberState {
+        qual: vec![[month, 1500, 0]],
+        ..gold.clone()
+    };
+    let out = run_with(
+        &r,
+        &[member_ev("rv", "m1", "tier_review", MON)],
+        with_state("m1", kept),
+    );
     assert_eq!(out.rows(0)[0]["explain"][0]["rule"], "renewal");
 
     let mut ov = member_ev("ov", "m2", "tier_override", MON);
@@ -396,8 +495,24 @@ fn review_downgrades_or_renews_and_override_wins_until_its_end() {
     ov["until"] = json!("2026-11-23T10:00:00+08:00");
     let evs = [
         ov,
-        pay("a", "m2", "mall", "x", "fashion", 1_000, "2026-11-23T09:30:00+08:00"),
-        pay("b", "m2", "mall", "x", "fashion", 1_000, "2026-11-23T10:30:00+08:00"),
+        pay(
+            "a",
+            "m2",
+            "mall",
+            "x",
+            "fashion",
+            1_000,
+            "2026-11-23T09:30:00+08:00",
+        ),
+        pay(
+            "b",
+            "m2",
+            "mall",
+            "x",
+            "fashion",
+            1_000,
+            "2026-11-23T10:30:00+08:00",
+        ),
     ];
     assert_eq!(run(&r, &evs).points(), vec![Some(0), Some(20), Some(10)]);
 }
@@ -418,10 +533,26 @@ fn refunds_claw_back_pro_rata_and_refuse_what_they_cannot() {
     assert_eq!(out.rejected_field(4), "amount_fen");
     assert_eq!(out.rejected_field(5), "refund_of");
 
-    let events: Vec<_> = [refund("r", "m1", "p", 5_000)].iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
-    let orig = PaymentRecord { amount_fen: 10_000, points: 150, ..Default::default() };
-    let res = evaluate_batch(&r, &events, &[false], &[Some(orig)], &StoredMembers::default(), 0);
-    assert!(matches!(&res.outcomes[0], Outcome::Apply(a) if a.points == -75 && a.clawback_points == 75));
+    let events: Vec<_> = [refund("r", "m1", "p", 5_000)]
+        .iter()
+        .map(|v| parse_event(v.to_string().as_bytes()))
+        .collect();
+    let orig = PaymentRecord {
+        amount_fen: 10_000,
+        points: 150,
+        ..Default::default()
+    };
+    let res = evaluate_batch(
+        &r,
+        &events,
+        &[false],
+        &[Some(orig)],
+        &StoredMembers::default(),
+        0,
+    );
+    assert!(
+        matches!(&res.outcomes[0], Outcome::Apply(a) if a.points == -75 && a.clawback_points == 75)
+    );
 }
 
 #[test]
@@ -433,16 +564,32 @@ fn cumulative_refunds_apply_the_rest_in_any_order() {
         v["cumulative"] = json!(true);
         v
     };
-    let evs = [pay("p", "m1", "mall", "x", "fashion", 999, MON), cum("r1", 300), cum("r3", 999), cum("r2", 600)];
+    let evs = [
+        pay("p", "m1", "mall", "x", "fashion", 999, MON),
+        cum("r1", 300),
+        cum("r3", 999),
+        cum("r2", 600),
+    ];
     let out = run(&r, &evs);
     // 300 refunded, then the rest (699); the total of 600 arriving late is covered already.
     assert_eq!(out.points()[..3], [Some(9), Some(-2), Some(-7)]);
     assert_eq!(out.rows(2)[0]["amount_fen"], json!(699));
     assert_eq!(out.rejected_field(3), "amount_fen");
-    assert_eq!(run(&r, &[evs[0].clone(), cum("r4", 1_000)]).rejected_field(1), "amount_fen");
+    assert_eq!(
+        run(&r, &[evs[0].clone(), cum("r4", 1_000)]).rejected_field(1),
+        "amount_fen"
+    );
 
-    let in_order = [pay("p", "m1", "mall", "x", "fashion", 999, MON), cum("r1", 333), cum("r2", 666), cum("r3", 999)];
-    assert_eq!(run(&r, &in_order).points(), vec![Some(9), Some(-3), Some(-3), Some(-3)]);
+    let in_order = [
+        pay("p", "m1", "mall", "x", "fashion", 999, MON),
+        cum("r1", 333),
+        cum("r2", 666),
+        cum("r3", 999),
+    ];
+    assert_eq!(
+        run(&r, &in_order).points(),
+        vec![Some(9), Some(-3), Some(-3), Some(-3)]
+    );
 }
 
 #[test]
@@ -462,13 +609,19 @@ fn duplicates_guests_and_refused_events_change_no_state() {
     assert_eq!(out.rejected_field(2), "bu_id");
     assert!(matches!(&out.result.outcomes[3], Outcome::Guest(f) if f.contains("o-123")));
     assert_eq!(out.state("m1").qual[0][2], 1_000);
-    assert!(matches!(&out.result.outcomes[2], Outcome::Rejected(CoreError::Rejected { .. })));
+    assert!(matches!(
+        &out.result.outcomes[2],
+        Outcome::Rejected(CoreError::Rejected { .. })
+    ));
 }
 
 #[test]
 fn deterministic() {
     let r = rules("add");
-    let evs = [pay("a", "m1", "mall", "cafe", "food", 5_000, SAT_NOON), refund("r", "m1", "a", 10)];
+    let evs = [
+        pay("a", "m1", "mall", "cafe", "food", 5_000, SAT_NOON),
+        refund("r", "m1", "a", 10),
+    ];
     let a = run(&r, &evs);
     let b = run(&r, &evs);
     assert_eq!(a.result.outcomes, b.result.outcomes);
@@ -478,13 +631,22 @@ fn deterministic() {
 #[test]
 fn rules_errors_name_file_line_and_field() {
     let err = |text: String| match RuleSet::from_toml(&text, "r.toml").unwrap_err() {
-        CoreError::InvalidRules { line, field, reason, file } => (file, line, field, reason),
+        CoreError::InvalidRules {
+            line,
+            field,
+            reason,
+            file,
+        } => (file, line, field, reason),
         other => panic!("{other:?}"),
     };
     let base = RULES.replace("STACKING", "add");
     let (file, line, field, _) = err(base.replace("format = \"hotel\"", "format = \"spa\""));
-    assert_eq!((file.as_str(), line, field.as_str()), ("r.toml", 18, "business_units[1].format"));
-    let (_, _, field, reason) = err(base.replace("weekdays = [\"sat\", \"sun\"]", "weekdays = [\"caturday\"]"));
+    assert_eq!(
+        (file.as_str(), line, field.as_str()),
+        ("r.toml", 18, "business_units[1].format")
+    );
+    let (_, _, field, reason) =
+        err(base.replace("weekdays = [\"sat\", \"sun\"]", "weekdays = [\"caturday\"]"));
     assert_eq!(field, "campaigns[0].weekdays");
     assert!(reason.contains("caturday"));
     let (_, _, field, _) = err(base.replace("tiers = [\"gold\"]", "tiers = [\"platinum\"]"));
@@ -500,7 +662,11 @@ fn rules_errors_name_file_line_and_field() {
 fn refused_events_change_no_state() {
     // The engine evaluates in place: every refusal must come before any change.
     let r = rules("add");
-    let start = MemberState { tier: Some("gold".into()), tags: vec!["vip".into()], ..Default::default() };
+    let start = MemberState {
+        tier: Some("gold".into()),
+        tags: vec!["vip".into()],
+        ..Default::default()
+    };
     let mut bad_override = member_ev("ov", "m1", "tier_override", MON);
     bad_override["tier"] = json!("platinum");
     bad_override["until"] = json!("2027-01-01T00:00:00+08:00");
@@ -516,7 +682,10 @@ fn refused_events_change_no_state() {
     ];
     let out = run_with(&r, &evs, with_state("m1", start.clone()));
     for i in 0..4 {
-        assert!(matches!(out.result.outcomes[i], Outcome::Rejected(_)), "{i}");
+        assert!(
+            matches!(out.result.outcomes[i], Outcome::Rejected(_)),
+            "{i}"
+        );
     }
     let after = out.state("m1");
     let expected = MemberState {
@@ -532,17 +701,26 @@ fn refused_events_change_no_state() {
 #[test]
 fn points_used_at_the_till_are_spent_and_a_refund_gives_them_back_pro_rata() {
     let r = rules("add");
-    let rich = MemberState { lots: vec![[24310, 1_000]], ..Default::default() };
+    let rich = MemberState {
+        lots: vec![[24310, 1_000]],
+        ..Default::default()
+    };
     let mut p = pay("p", "m1", "mall", "x", "fashion", 10_000, MON);
     p["points_used"] = json!(400);
-    let evs = [p, refund("r1", "m1", "p", 5_000), refund("r2", "m1", "p", 5_000)];
+    let evs = [
+        p,
+        refund("r1", "m1", "p", 5_000),
+        refund("r2", "m1", "p", 5_000),
+    ];
     let out = run_with(&r, &evs, with_state("m1", rich));
     // Earns 100, uses 400; each half refund claws back 50 and gives 200 back.
     assert_eq!(out.points(), vec![Some(-300), Some(150), Some(150)]);
     let rows = out.rows(0);
     assert_eq!(rows[1]["kind"], "redeem");
     assert_eq!(rows[1]["lots"], json!([[24310, 400]]));
-    let Outcome::Apply(a) = &out.result.outcomes[0] else { panic!() };
+    let Outcome::Apply(a) = &out.result.outcomes[0] else {
+        panic!()
+    };
     assert_eq!((a.record_points, a.used_points), (100, 400));
     assert_eq!(out.rows(1)[1]["kind"], "return");
     let st = out.state("m1");
@@ -554,13 +732,79 @@ fn liability_by_expiry_month_sums_lots_pending_and_holds() {
     let mut r = rules("best_of");
     r.wallet.validity_months = Some(24);
     let m = 2026 * 12 + 10; // 2026-11
-    let mut s = MemberState { lots: vec![[m, 100], [m + 1, 50]], ..Default::default() };
-    s.pending.push(crate::state::Pending { event_id: "p".into(), release_at_ms: 0, points: 20, month: m + 1 });
-    s.holds.insert("h".into(), crate::state::Hold { points: 10, lots: vec![[m, 10]], expires_at_ms: 0 });
-    let other = MemberState { lots: vec![[m, 5]], neg: 3, ..Default::default() };
+    let mut s = MemberState {
+        lots: vec![[m, 100], [m + 1, 50]],
+        ..Default::default()
+    };
+    s.pending.push(crate::state::Pending {
+        event_id: "p".into(),
+        release_at_ms: 0,
+        points: 20,
+        month: m + 1,
+    });
+    s.holds.insert(
+        "h".into(),
+        crate::state::Hold {
+            points: 10,
+            lots: vec![[m, 10]],
+            expires_at_ms: 0,
+        },
+    );
+    let other = MemberState {
+        lots: vec![[m, 5]],
+        neg: 3,
+        ..Default::default()
+    };
     let got = crate::wallet::liability_by_expiry(&r, &[s, other]);
-    assert_eq!(got, vec![("2028-11".to_string(), 115), ("2028-12".to_string(), 70)]);
+    assert_eq!(
+        got,
+        vec![("2028-11".to_string(), 115), ("2028-12".to_string(), 70)]
+    );
     r.wallet.validity_months = None;
-    assert_eq!(crate::wallet::liability_by_expiry(&r, &[MemberState { lots: vec![[m, 7]], ..Default::default() }]),
-               vec![("never".to_string(), 7)]);
+    assert_eq!(
+        crate::wallet::liability_by_expiry(
+            &r,
+            &[MemberState {
+                lots: vec![[m, 7]],
+                ..Default::default()
+            }]
+        ),
+        vec![("never".to_string(), 7)]
+    );
+}
+
+#[test]
+fn manual_adjustments_add_take_from_the_oldest_lots_and_never_overdraw() {
+    let r = rules("best_of");
+    let adj = |id: &str, points: i64, reason: &str| {
+        let mut e = member_ev(id, "m1", "adjustment", MON);
+        e["points"] = json!(points);
+        e["reason"] = json!(reason);
+        e
+    };
+    let evs = [
+        pay("p", "m1", "mall", "x", "fashion", 10_000, MON),
+        adj("a1", 500, "goodwill: lost receipt"),
+        adj("a2", -300, "duplicate manual credit"),
+        adj("a3", -1_000_000, "too much"),
+    ];
+    let out = run(&r, &evs);
+    assert_eq!(out.points()[1..3], [Some(500), Some(-300)]);
+    assert_eq!(out.rejected_field(3), "points");
+    let rows = out.rows(2);
+    assert_eq!(rows[0]["kind"], "adjustment");
+    assert_eq!(rows[0]["explain"][0]["id"], "duplicate manual credit");
+    assert!(
+        !rows[0]["lots"].as_array().unwrap().is_empty(),
+        "the lots the points came from"
+    );
+    // A reason is required, the points must be a non-zero integer within bounds.
+    for (field, bad) in [
+        ("reason", adj("b1", 5, "")),
+        ("points", adj("b2", 0, "zero")),
+        ("points", adj("b3", 20_000_000, "huge")),
+    ] {
+        let err = crate::events::parse_event(bad.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field(), field);
+    }
 }

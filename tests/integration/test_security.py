@@ -93,6 +93,39 @@ def test_keys_are_scoped_to_their_endpoints(sw: WorkerProcess) -> None:
     assert sw.get(f"/v1/members/{m}")[1]["events"] == 2  # the payment and one redemption, nothing else
 
 
+def test_manual_adjustments_need_the_admin_token_and_a_reason(sw: WorkerProcess) -> None:
+    m = f"adj-{uuid.uuid4().hex[:6]}"
+    assert sw.send_callback(payment(m, 10_000))[0] == 202
+    sw.wait_until(lambda: sw.get(f"/v1/members/{m}")[0] == 200, 60, "the member")
+    start = sw.get(f"/v1/members/{m}")[1]["balance"]
+    path = f"/v1/admin/members/{m}/adjustments"
+
+    def adjust(points: int, reason: str = "goodwill: receipt lost at the till", key: str = "a1",
+               token: str | None = None) -> tuple[int, Any]:
+        body = orjson.dumps({"adjustment_id": key, "points": points, "reason": reason})
+        return sw.post(path, body, {"Authorization": f"Bearer {token or sw.admin_token}"})
+
+    for token in (sw.pos_bearer, sw.member_token(m), sw.callback_secret):
+        assert adjust(100, token=token)[0] == 401
+    assert adjust(100, reason="")[0] == 400
+    assert adjust(0)[0] == 400
+    status, answer = adjust(100)
+    assert status == 201 and answer["applied"], answer
+    assert adjust(100)[0] == 201  # the same adjustment again: counted once
+    status, answer = adjust(-(start + 1_000), key="a2", reason="correction")
+    assert status == 409 and answer["available"] == start + 100
+    assert adjust(-50, key="a3", reason="duplicate goodwill")[0] == 201
+    member = sw.get(f"/v1/members/{m}")[1]
+    assert member["balance"] == start + 100 - 50
+    reasons = [p["id"] for r in member["recent_movements"] if r["kind"] == "adjustment" for p in r["explain"]]
+    assert sorted(reasons) == ["duplicate goodwill", "goodwill: receipt lost at the till"]
+    # Not through the gateways' callback: an adjustment is for operators only.
+    body = orjson.dumps({"event_id": "adj-cb", "type": "adjustment", "member_id": m, "points": 10 ** 6,
+                         "reason": "free points", "occurred_at": "2026-11-23T12:00:00+08:00"})
+    assert sw.post("/v1/callbacks/member", body, signed_headers(sw.callback_secret, body))[0] == 400
+    sw.wait_until(lambda: sw.get("/v1/admin/reconcile")[1]["clean"], 60, "Redis = ledger")
+
+
 def test_a_replayed_request_is_refused_and_dead_lettered(sw: WorkerProcess) -> None:
     m = f"replay-{uuid.uuid4().hex[:6]}"
     body = orjson.dumps(payment(m))

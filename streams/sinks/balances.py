@@ -206,9 +206,9 @@ class BalanceStore:
         """True the first time a signed request's nonce is seen within the window (SET NX)."""
         return bool(await self.redis.set(f"{self.ns}:nonce:{scope}:{nonce}", 1, nx=True, ex=window_s))
 
-    async def rate_hit(self, client_key: str, limit_per_s: int, now: float | None = None) -> bool:
-        """Counts one request of a client in the current second; False past the limit."""
-        second = int(time.time() if now is None else now)
+    async def rate_hit(self, client_key: str, limit_per_s: int, second: int | None = None) -> bool:
+        """Counts one request of a client in the current (Unix) second; False past the limit."""
+        second = int(time.time()) if second is None else second
         key = f"{self.ns}:rl:{client_key}:{second}"
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(key)

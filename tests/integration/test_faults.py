@@ -111,40 +111,27 @@ def check_exactly_once(w: WorkerProcess, events: list[dict[str, Any]], fault: st
         assert w.get(f"/v1/members/{member}")[1]["balance"] == points, member
 
 
-def test_redis_restarted_mid_stream(worker_factory: Any) -> None:
-    w: WorkerProcess = worker_factory("redis-restart", LOYALTY_BATCH_SIZE="50")
+@pytest.mark.parametrize(("service", "down_s", "fault", "env"), [
+    ("redis", 3, "Redis restarted mid-stream (AOF everysec)", {}),
+    ("kafka", 2, "Kafka broker restarted mid-stream", {"LOYALTY_PUBLISH_TIMEOUT": "2"}),
+])
+def test_backing_service_restarted_mid_stream(worker_factory: Any, service: str, down_s: int, fault: str,
+                                              env: dict[str, str]) -> None:
+    w: WorkerProcess = worker_factory(f"{service}-restart", LOYALTY_BATCH_SIZE="50", **env)
     w.start()
-    events = make_events(1_500, f"rr-{uuid.uuid4().hex[:6]}")
+    events = make_events(1_500, f"{service[0]}r-{uuid.uuid4().hex[:6]}")
     gw = Gateway(w)
 
     def restart() -> None:
-        services("down", "redis")
-        time.sleep(3)
-        services("up", "redis")
-
-    t = during(gw, 400, restart)
-    asyncio.run(gw.send_all(events))
-    t.join(60)
-    assert gw.retries > 0, "the restart should have refused some callbacks"
-    check_exactly_once(w, events, "Redis restarted mid-stream (AOF everysec)", f"{gw.retries} gateway retries")
-
-
-def test_kafka_broker_restarted_mid_stream(worker_factory: Any) -> None:
-    w: WorkerProcess = worker_factory("kafka-restart", LOYALTY_BATCH_SIZE="50", LOYALTY_PUBLISH_TIMEOUT="2")
-    w.start()
-    events = make_events(1_500, f"kr-{uuid.uuid4().hex[:6]}")
-    gw = Gateway(w)
-
-    def restart() -> None:
-        services("down", "kafka")
-        time.sleep(2)
-        services("up", "kafka")
+        services("down", service)
+        time.sleep(down_s)
+        services("up", service)
 
     t = during(gw, 400, restart)
     asyncio.run(gw.send_all(events, give_up_s=400))
     t.join(400)
     assert gw.retries > 0, "the restart should have refused some callbacks"
-    check_exactly_once(w, events, "Kafka broker restarted mid-stream", f"{gw.retries} gateway retries")
+    check_exactly_once(w, events, fault, f"{gw.retries} gateway retries")
 
 
 def test_clickhouse_sink_failing_for_a_while(worker_factory: Any, tmp_path: Path) -> None:

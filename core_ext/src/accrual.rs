@@ -108,6 +108,11 @@ pub fn accrue_payment(
                 .divide(with_tier as i128 * (tier.birthday_multiplier_pct - 100) as i128, 100) as i64;
             parts.push(Part::new("birthday", tier.id.clone(), extra));
         }
+        if let Some(&pct) = rules.engagement.channel_multiplier_pct.get(&ev.channel) {
+            // A payment channel with its own earning rate (stored value at the till).
+            let extra = rules.rounding.divide(with_tier as i128 * (pct - 100) as i128, 100) as i64;
+            parts.push(Part::new("channel", ev.channel.clone(), extra));
+        }
         let view = PaymentView {
             bu_id: &ev.bu_id,
             merchant_id: &ev.merchant_id,
@@ -200,6 +205,7 @@ pub fn accrue_payment(
     let window = rules.return_window_days(bu, category);
     let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
     wallet::credit(state, total, local.month_index as i64, pending);
+    crate::engage::note_earned(rules, state, &ev.event_id, &ev.bu_id, local.day, total);
     let split = rules.split_of(&ev.bu_id, &ev.merchant_id, ev.amount_fen, ev.points_used);
     let lines = settlement::payment_lines(
         &ev.bu_id,
@@ -270,6 +276,7 @@ pub fn accrue_refund(
             clawback - short
         }
     };
+    crate::engage::unnote_earned(state, ev.refund_of.as_deref().unwrap_or_default(), clawback);
     let refunded_after = (original.refunded_amount_fen + ev.amount_fen) as i128;
     let returned = (original.used as i128 * refunded_after / original.amount_fen as i128) as i64 - original.returned_used;
     let after = PaymentRecord {

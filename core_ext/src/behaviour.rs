@@ -59,6 +59,22 @@ pub fn apply_member_event(
         if let Some(tags) = &ev.tags {
             state.tags = tags.clone();
         }
+        let mut filled: Vec<String> = ev.profile_fields.clone();
+        if ev.birthday.is_some() {
+            filled.push("birthday".into());
+        }
+        for f in filled {
+            if !state.profile_fields.contains(&f) {
+                state.profile_fields.push(f);
+            }
+        }
+        // Completing the profile: each reward once, when all of its fields are filled in.
+        for r in &rules.engagement.profile_rewards {
+            if !state.profile_rewarded.contains(&r.id) && r.fields.iter().all(|f| state.profile_fields.contains(f)) {
+                state.profile_rewarded.push(r.id.clone());
+                parts.push(Part::new("profile_reward", r.id.clone(), r.points));
+            }
+        }
     }
     match ev.kind {
         MemberKind::Register => {
@@ -114,8 +130,10 @@ pub fn apply_member_event(
                 state.referral_month = local.month_index;
                 state.referrals_month = 0;
             }
-            if state.referrals_month < b.referral_max_per_month {
+            let lifetime_full = b.referral_max_total.is_some_and(|m| state.referrals_total >= m);
+            if state.referrals_month < b.referral_max_per_month && !lifetime_full {
                 state.referrals_month += 1;
+                state.referrals_total += 1;
                 parts.push(Part::new(
                     "referral",
                     ev.referred_member_id.clone().unwrap_or_default(),

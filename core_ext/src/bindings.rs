@@ -233,6 +233,41 @@ impl PyEventBatch {
             .collect()
     }
 
+    /// Per event, the leaderboards a payment or refund of a member counts on:
+    /// `(bu_id, ISO week "YYYY-Www", month "YYYY-MM")` in the group's local time, else None.
+    fn boards(&self, rules: &PyRuleSet) -> Vec<Option<(String, String, String)>> {
+        use chrono::Datelike;
+        let offset = rules.inner.utc_offset_minutes;
+        self.events
+            .iter()
+            .map(|e| match e {
+                Ok(Event::Payment(p)) if p.member_id.is_some() => {
+                    let local = chrono::DateTime::from_timestamp_millis(p.occurred_at_ms + offset * 60_000)?.naive_utc();
+                    let w = local.iso_week();
+                    Some((
+                        p.bu_id.clone(),
+                        format!("{}-W{:02}", w.year(), w.week()),
+                        format!("{}-{:02}", local.year(), local.month()),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Registrations that name an inviter: (index, new member id, inviter id).
+    fn referrals(&self) -> Vec<(usize, String, String)> {
+        let mut out = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            if let Ok(Event::Member(m)) = e {
+                if let Some(by) = &m.referred_by {
+                    out.push((i, m.member_id.clone(), by.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// External ids that registrations in this batch bind: (index, member_id, kind, id).
     fn bindings(&self) -> Vec<(usize, String, String, String)> {
         let mut out = Vec::new();
@@ -618,4 +653,48 @@ pub fn liability_by_expiry(rules: &PyRuleSet, states_json: Vec<Option<String>>) 
         .collect::<Result<Vec<_>, _>>()
         .map_err(PyValueError::new_err)?;
     Ok(crate::wallet::liability_by_expiry(&rules.inner, &states))
+}
+
+type EngageAnswer = (String, String, String, i64, i64, i64, Option<String>, Vec<(String, i64)>, Option<String>);
+
+/// An engagement operation (game play, sign-in plan, partner exchange, stored value)
+/// on a stored state; see `core_ext/_core.pyi`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn engage(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    op: &str,
+    state_json: Option<&str>,
+    op_id: &str,
+    body: &[u8],
+    context_json: &str,
+    now_ms: i64,
+) -> PyResult<EngageAnswer> {
+    let ctx: crate::engage::Context = serde_json::from_str(context_json)
+        .map_err(|e| PyValueError::new_err(format!("engage: context is not valid: {e}")))?;
+    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let d = crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms)
+        .map_err(|e| core_error_to_py(py, e))?;
+    Ok((state.to_json(), d.rows_json, d.result_json, d.points, d.sv_fen, d.amount_fen, d.refund_of, d.consumed, d.publish))
+}
+
+/// What a stored state holds of engagement: games played today, cards, sign-in plans,
+/// pending exchanges, stored value; JSON.
+#[pyfunction]
+pub fn engagement_view(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -> PyResult<String> {
+    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let day = Local::of(now_ms, rules.inner.utc_offset_minutes).day;
+    let games: serde_json::Map<String, serde_json::Value> = state
+        .game_plays
+        .iter()
+        .map(|(g, p)| (g.clone(), serde_json::json!(if p[0] == day { p[1] } else { 0 })))
+        .collect();
+    Ok(serde_json::json!({
+        "plays_today": games, "cards": state.cards, "plans": state.plans,
+        "pending_exchanges": state.exchanges, "stored_value_fen": state.sv_fen,
+        "profile_fields": state.profile_fields, "profile_rewards": state.profile_rewarded,
+        "referrals_total": state.referrals_total,
+    })
+    .to_string())
 }

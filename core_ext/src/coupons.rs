@@ -216,6 +216,11 @@ impl CouponRow {
     }
 }
 
+/// The row of a coupon issued outside the triggers (a game's prize).
+pub fn issued_row(at: &At, c: &Coupon) -> CouponRow {
+    at.row("issued", c)
+}
+
 /// What the engine knew before it applied the event.
 pub struct Before {
     pub tier_id: String,

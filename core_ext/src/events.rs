@@ -229,6 +229,19 @@ fn parse_object(raw: &[u8]) -> CoreResult<Map<String, Value>> {
     }
 }
 
+/// Refuses a body that is not one JSON object or repeats a key at any depth (the
+/// typed requests then read it with serde).
+pub fn check_unique_keys(raw: &[u8]) -> CoreResult<()> {
+    parse_object(raw).map(|_| ())
+}
+
+/// An instant as RFC 3339 in UTC with milliseconds (what the events carry).
+pub fn format_instant(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The largest manual adjustment, either way.
 pub const MAX_ADJUSTMENT: i64 = 10_000_000;
 
@@ -362,6 +375,10 @@ pub struct MemberEvent {
     /// An adjustment's points (non-zero) and its reason.
     pub points: i64,
     pub reason: Option<String>,
+    /// Registration and profile: the names of the profile fields filled in (never values).
+    pub profile_fields: Vec<String>,
+    /// Registration: the member who invited this one.
+    pub referred_by: Option<String>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
@@ -470,7 +487,33 @@ fn parse_member_event(
         }
         _ => (0, None),
     };
+    let profile_fields = match (kind, obj.get("profile_fields")) {
+        (_, None | Some(Value::Null)) => Vec::new(),
+        (MemberKind::Register | MemberKind::Profile, Some(Value::Array(items))) if items.len() <= 20 => items
+            .iter()
+            .map(|v| match v.as_str() {
+                Some(f) if crate::engage_rules::PROFILE_FIELDS.contains(&f) => Ok(f.to_string()),
+                _ => Err(CoreError::invalid_event(
+                    "profile_fields",
+                    format!("each must be one of {}", crate::engage_rules::PROFILE_FIELDS.join(", ")),
+                )),
+            })
+            .collect::<CoreResult<Vec<_>>>()?,
+        _ => {
+            return Err(CoreError::invalid_event(
+                "profile_fields",
+                "a list of field names, on register and profile events only",
+            ))
+        }
+    };
+    let referred_by = match (kind, obj.get("referred_by")) {
+        (_, None | Some(Value::Null)) => None,
+        (MemberKind::Register, Some(_)) => Some(get_id(obj, "referred_by")?),
+        _ => return Err(CoreError::invalid_event("referred_by", "only a registration names its inviter")),
+    };
     Ok(MemberEvent {
+        profile_fields,
+        referred_by,
         points,
         reason,
         segment,

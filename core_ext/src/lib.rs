@@ -5,6 +5,8 @@ pub mod accrual;
 pub mod behaviour;
 pub mod campaigns;
 pub mod coupons;
+pub mod engage;
+pub mod engage_rules;
 pub mod engine;
 pub mod errors;
 pub mod events;
@@ -60,6 +62,8 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::redeem_coupon, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::coupon_wallet, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::liability_by_expiry, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::engage, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::engagement_view, m)?)?;
     Ok(())
 }
 

@@ -164,7 +164,11 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 }
             }
             "reverse" => wallet::restore(&mut state, &row.lots),
-            "adjustment" if row.points < 0 => remove_lots(&mut state, &row.lots),
+            // An exchange the partner failed gives the very lots back.
+            "exchange_returned" => wallet::restore(&mut state, &row.lots),
+            // Spends of the engagement operations (game cost, make-up, stake, exchange
+            // out) and negative adjustments name the lots they took.
+            _ if row.points < 0 => remove_lots(&mut state, &row.lots),
             "tier_change" => {
                 if let Some(p) = row.explain.first() {
                     let to = p.id.rsplit("->").next().unwrap_or_default();

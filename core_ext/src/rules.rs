@@ -227,6 +227,8 @@ pub struct Behaviour {
     pub referral_max_per_month: i64,
     pub review_points: i64,
     pub review_max_per_day: i64,
+    /// Referral rewards an inviter may ever get (None: no lifetime cap).
+    pub referral_max_total: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +259,9 @@ pub struct RuleSet {
     /// Real-time marketing: coupon templates by id, and the triggers that issue them.
     pub coupon_templates: HashMap<String, crate::coupons::CouponTemplate>,
     pub triggers: Vec<crate::coupons::Trigger>,
+    /// Games, sign-in plans, burn-side promotions, partners, stored value, channel
+    /// rates and profile rewards (`engage_rules`).
+    pub engagement: crate::engage_rules::Engagement,
 }
 
 impl RuleSet {

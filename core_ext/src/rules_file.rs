@@ -49,6 +49,20 @@ struct RawRuleSet {
     coupon_templates: Vec<RawCouponTemplate>,
     #[serde(default)]
     triggers: Vec<RawTrigger>,
+    #[serde(default)]
+    games: Vec<crate::engage_rules::RawGame>,
+    #[serde(default)]
+    sign_in_plans: Vec<crate::engage_rules::RawSignInPlan>,
+    #[serde(default)]
+    burn_promotions: Vec<crate::engage_rules::RawBurnPromotion>,
+    #[serde(default)]
+    partners: Vec<crate::engage_rules::RawPartner>,
+    #[serde(default)]
+    stored_value: Option<crate::engage_rules::RawStoredValue>,
+    #[serde(default)]
+    channels: Vec<crate::engage_rules::RawChannel>,
+    #[serde(default)]
+    profile_rewards: Vec<crate::engage_rules::RawProfileReward>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +339,8 @@ struct RawMonthlyTask {
 struct RawLimited {
     points: S<i64>,
     max_per_month: S<i64>,
+    #[serde(default)]
+    max_total: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -336,17 +352,17 @@ struct RawReview {
 
 // ---- validation helpers ----------------------------------------------------------
 
-struct Source<'a> {
-    file: &'a str,
-    text: &'a str,
+pub(crate) struct Source<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) text: &'a str,
 }
 
 impl Source<'_> {
-    fn line_of(&self, offset: usize) -> usize {
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
 
-    fn err<T>(&self, span: Range<usize>, field: &str, reason: impl Into<String>) -> CoreResult<T> {
+    pub(crate) fn err<T>(&self, span: Range<usize>, field: &str, reason: impl Into<String>) -> CoreResult<T> {
         Err(CoreError::InvalidRules {
             file: self.file.to_string(),
             line: self.line_of(span.start),
@@ -357,7 +373,7 @@ impl Source<'_> {
 
     /// The dotted path of the key on the line of `offset`, from the nearest table
     /// header above it: used to name the field of a serde error.
-    fn field_at(&self, offset: usize) -> String {
+    pub(crate) fn field_at(&self, offset: usize) -> String {
         let start = offset.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
@@ -377,7 +393,7 @@ impl Source<'_> {
         }
     }
 
-    fn int(&self, v: &S<i64>, field: &str, range: std::ops::RangeInclusive<i64>) -> CoreResult<i64> {
+    pub(crate) fn int(&self, v: &S<i64>, field: &str, range: std::ops::RangeInclusive<i64>) -> CoreResult<i64> {
         if !range.contains(v.get_ref()) {
             return self.err(
                 v.span(),
@@ -388,7 +404,7 @@ impl Source<'_> {
         Ok(*v.get_ref())
     }
 
-    fn opt_int(
+    pub(crate) fn opt_int(
         &self,
         v: &Option<S<i64>>,
         field: &str,
@@ -397,19 +413,19 @@ impl Source<'_> {
         v.as_ref().map(|v| self.int(v, field, range)).transpose()
     }
 
-    fn id(&self, v: &S<String>, field: &str) -> CoreResult<String> {
+    pub(crate) fn id(&self, v: &S<String>, field: &str) -> CoreResult<String> {
         crate::events::check_id(field, v.get_ref()).or_else(|e| self.err(v.span(), field, e.reason().to_string()))?;
         Ok(v.get_ref().clone())
     }
 
-    fn rate(&self, field: &str, points: &S<i64>, per_fen: &S<i64>) -> CoreResult<Rate> {
+    pub(crate) fn rate(&self, field: &str, points: &S<i64>, per_fen: &S<i64>) -> CoreResult<Rate> {
         Ok(Rate {
             points: self.int(points, &format!("{field}.points"), 0..=10_000)?,
             per_fen: self.int(per_fen, &format!("{field}.per_fen"), 1..=100_000_000)?,
         })
     }
 
-    fn opt_rate(
+    pub(crate) fn opt_rate(
         &self,
         field: &str,
         at: Range<usize>,
@@ -424,7 +440,7 @@ impl Source<'_> {
     }
 
     /// A list of ids that must each be one of `known` (when given).
-    fn id_set(
+    pub(crate) fn id_set(
         &self,
         v: &Option<S<Vec<String>>>,
         field: &str,
@@ -638,7 +654,23 @@ impl RuleSet {
             triggers.push(trig);
         }
 
+        let engagement = crate::engage_rules::load(
+            &src,
+            crate::engage_rules::RawEngagement {
+                games: &raw.games,
+                sign_in_plans: &raw.sign_in_plans,
+                burn_promotions: &raw.burn_promotions,
+                partners: &raw.partners,
+                stored_value: raw.stored_value.as_ref(),
+                channels: &raw.channels,
+                profile_rewards: &raw.profile_rewards,
+            },
+            &business_units,
+            &formats,
+            &coupon_templates,
+        )?;
         Ok(RuleSet {
+            engagement,
             coupon_templates,
             triggers,
             version: raw.version.get_ref().trim().to_string(),
@@ -835,6 +867,7 @@ fn load_behaviour(src: &Source, raw: Option<&RawBehaviour>) -> CoreResult<Behavi
     if let Some(r) = &b.referral {
         out.referral_points = src.int(&r.points, "behaviour.referral.points", pts.clone())?;
         out.referral_max_per_month = src.int(&r.max_per_month, "behaviour.referral.max_per_month", 1..=10_000)?;
+        out.referral_max_total = src.opt_int(&r.max_total, "behaviour.referral.max_total", 1..=1_000_000)?;
     }
     if let Some(r) = &b.review {
         out.review_points = src.int(&r.points, "behaviour.review.points", pts)?;

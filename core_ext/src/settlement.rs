@@ -10,7 +10,7 @@ use serde::Serialize;
 /// One double-entry line. Accounts: "gateway" (money paid in), "merchant:<id>",
 /// "bu:<id>" (a business unit's books), "pool" (the group's points pool), "members"
 /// (points held by members).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Line {
     pub account: String,
     pub amount_fen: i64,

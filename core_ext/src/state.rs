@@ -112,6 +112,72 @@ pub struct MemberState {
     pub segment_tags: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
+    /// Games: game id -> [local day, plays that day].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub game_plays: BTreeMap<String, [i64; 2]>,
+    /// Card collections: game id -> card -> cards held.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cards: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Sign-in plans: plan id -> the member's cycle and contract.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, PlanState>,
+    /// Partner exchanges sent out and not yet confirmed, by exchange id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub exchanges: BTreeMap<String, PendingExchange>,
+    /// partner id -> [local day, points sent out that day, points received that day].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub exchange_days: BTreeMap<String, [i64; 3]>,
+    /// Stored value (prepaid money, fen), kept apart from points.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sv_fen: i64,
+    /// Recent earnings where a burn-side promotion looks at origin (unspent by promotions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earned_recent: Vec<Earned>,
+    /// Profile fields the member has filled in, and the profile rewards given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile_fields: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile_rewarded: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub referrals_total: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlanState {
+    /// Local day the current cycle started.
+    pub start_day: i64,
+    /// Days of the cycle signed in (bit i: start_day + i), and made up for points.
+    pub signed: u32,
+    pub made_up: u32,
+    pub makeups: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractState {
+    pub stake: i64,
+    pub start_day: i64,
+    /// Days of the contract period signed in (bit i: start_day + i).
+    pub signed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingExchange {
+    pub partner: String,
+    pub points: i64,
+    pub units: i64,
+    pub lots: Vec<[i64; 2]>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earned {
+    pub event_id: String,
+    pub day: i64,
+    pub bu: String,
+    pub points: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,12 +24,15 @@ import redis.asyncio as aioredis
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 20
+#: Leaderboards (a week's, a month's) are kept this long after their last update.
+BOARD_TTL_S = 100 * 86_400
 
 # KEYS: member hash, history list, then event, refunded-payment and campaign keys.
-# ARGV: expected seq, new state, n events, n campaigns, outbox key index (0: none),
+# ARGV: expected seq, new state, n events, n campaigns, outbox key index (0: none), member id,
 #       per campaign: key index, points, budget (-1: none),
 #       per event: key index, refunded key index (0: none), points, rows, amount, kind,
-#                  refund amount, clawback points, result, record points, used, returned
+#                  refund amount, clawback points, result, record points, used, returned,
+#                  stored-value delta (fen), n leaderboards, leaderboard points, n key indexes
 # Point arithmetic is HINCRBY on strings (int64 in Redis); the one comparison made
 # in Lua (budget) is on integers below 2^53, which Lua's doubles hold exactly.
 APPLY_MEMBER_LUA = """
@@ -37,10 +40,11 @@ local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
 if seq ~= ARGV[1] then return {'conflict', seq} end
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local MEMBER_ID = ARGV[6]
 local n_ev = tonumber(ARGV[3])
 local n_c = tonumber(ARGV[4])
 local outbox = tonumber(ARGV[5])
-local p = 6
+local p = 7
 for i = 1, n_c do
   local budget = tonumber(ARGV[p + 2])
   if budget >= 0 then
@@ -49,7 +53,7 @@ for i = 1, n_c do
   end
   p = p + 3
 end
-p = 6
+p = 7
 for i = 1, n_c do
   redis.call('HINCRBY', KEYS[tonumber(ARGV[p])], 'spent', ARGV[p + 1])
   p = p + 3
@@ -74,12 +78,19 @@ for i = 1, n_ev do
     redis.call('HINCRBY', KEYS[orig], 'returned_used', ARGV[p + 11])
   end
   redis.call('LPUSH', KEYS[2], ARGV[p + 3])
-  p = p + 12
+  if ARGV[p + 12] ~= '0' then redis.call('HINCRBY', KEYS[1], 'sv_balance', ARGV[p + 12]) end
+  local nb = tonumber(ARGV[p + 13])
+  for b = 1, nb do
+    local bk = KEYS[tonumber(ARGV[p + 14 + b])]
+    redis.call('ZINCRBY', bk, ARGV[p + 14], MEMBER_ID)
+    redis.call('EXPIRE', bk, BOARD_TTL)
+  end
+  p = p + 15 + nb
 end
 redis.call('LTRIM', KEYS[2], 0, HISTORY_LAST)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'seq', tostring(tonumber(ARGV[1]) + 1))
 return {'ok', ARGV[1]}
-""".replace("HISTORY_LAST", str(HISTORY_LENGTH - 1))
+""".replace("HISTORY_LAST", str(HISTORY_LENGTH - 1)).replace("BOARD_TTL", str(BOARD_TTL_S))
 
 Original = tuple[int, int, int, int, int, int]
 Keys = tuple[str | None, str | None, str | None, tuple[str, str] | None, int, str]
@@ -110,6 +121,11 @@ class EventMove:
     record_points: int | None = None
     used: int = 0
     returned: int = 0
+    #: Stored value moved (fen), kept apart from points.
+    sv_fen: int = 0
+    #: Leaderboards (sorted-set names, see BalanceStore.board_key) this event adds to.
+    boards: tuple[str, ...] = ()
+    board_points: int = 0
 
 
 @dataclass
@@ -167,6 +183,50 @@ class BalanceStore:
 
     def campaign_key(self, campaign_id: str) -> str:
         return f"{self.ns}:camp:{campaign_id}"
+
+    def board_key(self, board: str) -> str:
+        """A leaderboard: `w:2026-W48:all`, `m:2026-11:bu:sh-mall` (period, then scope)."""
+        return f"{self.ns}:lb:{board}"
+
+    async def board_top(self, board: str, n: int) -> list[tuple[str, int]]:
+        return [(m, int(s)) for m, s in await self.redis.zrevrange(self.board_key(board), 0, n - 1, withscores=True)]
+
+    async def board_rank(self, board: str, member_id: str) -> tuple[int | None, int, int]:
+        """(rank from 1, or None if not on the board; points; members on the board)."""
+        pipe = self.redis.pipeline(transaction=False)
+        key = self.board_key(board)
+        pipe.zrevrank(key, member_id)
+        pipe.zscore(key, member_id)
+        pipe.zcard(key)
+        rank, score, size = await pipe.execute()
+        return (None if rank is None else int(rank) + 1), int(score or 0), int(size)
+
+    async def budget_spent(self, budget_ids: Sequence[str]) -> dict[str, int]:
+        """Units taken of each budget (campaign points, coupon and prize stocks)."""
+        return await self.campaign_spent(budget_ids)
+
+    async def sv_balances(self) -> dict[str, tuple[int, str | None]]:
+        """Every member's stored value in Redis and state JSON: for its reconciliation."""
+        out: dict[str, tuple[int, str | None]] = {}
+        prefix = f"{self.ns}:m:{{"
+        async for batch in _scan_pages(self.redis, f"{self.ns}:m:*"):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in batch:
+                pipe.hmget(key, ["sv_balance", "state"])
+            for key, (sv, state) in zip(batch, await pipe.execute(), strict=True):
+                out[key[len(prefix):-1]] = (int(sv or 0), state)
+        return out
+
+    def referral_phone_key(self, phone: str) -> str:
+        return f"{self.ns}:ref-phone:{phone}"
+
+    async def claim_referral_phone(self, phone: str, member_id: str) -> bool:
+        """True if this (pseudonymised) phone number has not earned an inviter a reward for
+        another member: the first registration with it claims it, and a redelivery of that
+        same registration still finds it its own."""
+        key = self.referral_phone_key(phone)
+        await self.redis.set(key, member_id, nx=True)
+        return await self.redis.get(key) == member_id
 
     @property
     def tier_reviews_key(self) -> str:
@@ -274,7 +334,7 @@ class BalanceStore:
             if g.outbox:
                 keys.append(self.outbox_key)
             args: list[object] = [g.expected_seq, g.state_json, len(g.events), len(g.campaigns),
-                                  len(keys) if g.outbox else 0]
+                                  len(keys) if g.outbox else 0, g.member_id]
             for cid, points in g.campaigns.items():
                 keys.append(self.campaign_key(cid))
                 budget = budgets.get(cid)
@@ -288,7 +348,11 @@ class BalanceStore:
                     orig_index = len(keys)
                 args += [ev_index, orig_index, e.points, e.rows, e.amount_fen, e.kind,
                          e.amount_fen if e.refund_of is not None else 0, e.clawback_points, e.result,
-                         e.points if e.record_points is None else e.record_points, e.used, e.returned]
+                         e.points if e.record_points is None else e.record_points, e.used, e.returned,
+                         e.sv_fen, len(e.boards), e.board_points]
+                for board in e.boards:
+                    keys.append(self.board_key(board))
+                    args.append(len(keys))
             await self._apply(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
         results = [str(reply[0]) for reply in replies]

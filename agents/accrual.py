@@ -18,6 +18,7 @@ an event that fails on its own goes to the dead-letter topic with the reason.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -84,6 +85,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
     replayed: list[tuple[str, str]] = []
     dead: list[tuple[int, str, str]] = []
     registered: list[int] = []
+    invited: list[int] = []
     notices: list[tuple[str, str]] = []
     parked: list[tuple[str, str, bytes]] = []
     paid: list[tuple[str, str]] = []
@@ -94,6 +96,7 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         t0 = time.perf_counter()
         batch = core_ext.EventBatch.decode([bodies[i] for i in pending])
         keys = batch.keys()
+        boards = batch.boards(rules)
         t1 = time.perf_counter()
         ctx = await rt.balances.read_context(keys, budgeted)
         t2 = time.perf_counter()
@@ -103,16 +106,22 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         t3 = time.perf_counter()
         histograms["core_ms"].observe((t1 - t0 + t3 - t2) * 1000)
         groups = {m: MemberMoves(m, seq, state, review, check) for m, seq, state, review, check in updates}
-        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n, extra), k in zip(
-            outcomes, keys, strict=True
+        for (status, points, rows, refund_of, amount, clawback, campaigns, _f, _r, _n, extra), k, board in zip(
+            outcomes, keys, boards, strict=True
         ):
             if status != "apply":
                 continue
             event_id, member_id = k[0], k[1]
             assert event_id is not None and member_id is not None and rows is not None
             g = groups[member_id]
+            # Leaderboards: points a payment earned (a refund's clawback takes them back),
+            # added in the same atomic step as the balance.
+            score = 0 if board is None else extra[0] if k[5] == "payment" else -clawback
+            on = () if not score or board is None else (
+                f"w:{board[1]}:all", f"w:{board[1]}:bu:{board[0]}", f"m:{board[2]}:all", f"m:{board[2]}:bu:{board[0]}")
             g.events.append(EventMove(event_id, k[5], points, rows, amount, refund_of, clawback,
-                                      record_points=extra[0], used=extra[1], returned=extra[2]))
+                                      record_points=extra[0], used=extra[1], returned=extra[2],
+                                      boards=on, board_points=score))
             for cid, pts in campaigns:
                 g.campaigns[cid] = g.campaigns.get(cid, 0) + pts
         group_list = list(groups.values())
@@ -139,12 +148,15 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
                     report.points_clawed_back -= points
                 if keys[j][5] == "register":
                     registered.append(i)
+                    invited.append(i)
                 elif keys[j][5] == "payment" and event_id is not None and member_id is not None:
                     paid.append((member_id, event_id))
                 if notice is not None:
                     notices.append((member_id or "", notice))
             elif status == "duplicate":
                 report.duplicates += 1
+                if keys[j][5] == "register":
+                    invited.append(i)  # a redelivery: its referral may not have been sent
                 if ctx.applied[j] and event_id is not None and member_id is not None:
                     replayed.append((member_id, event_id))
             elif status == "guest":
@@ -200,6 +212,8 @@ async def process_event_batch(bodies: Sequence[bytes]) -> BatchReport:
         counters["notices_sent_total"] += 1
     for i in registered:
         await bind_and_credit(bodies[i], rules.guest_credit_days)
+    for i in invited:
+        await reward_referral(bodies[i])
     for i, err_field, reason in dead:
         event_id = core_ext.EventBatch.decode([bodies[i]]).keys()[0][0]
         await send_dead_letter(source="accrual", reason=f"{err_field}: {reason}", field=err_field, body=bodies[i],
@@ -266,6 +280,33 @@ async def bind_and_credit(body: bytes, credit_days: int) -> None:
         if credited:
             counters["guest_payments_credited_total"] += credited
             log.info("credited %d guest payments of %s %s to member %s", credited, kind, external_id, member_id)
+
+
+async def reward_referral(body: bytes) -> None:
+    """A registration that names its inviter: the inviter's `referral` event (their caps
+    apply in the core), once per new phone number: a phone that already earned a reward
+    for another registration earns none, nor does a registration without a phone."""
+    batch = core_ext.EventBatch.decode([body])
+    refs = batch.referrals()
+    if not refs:
+        return
+    _i, member_id, inviter = refs[0]
+    if inviter == member_id:
+        log.warning("member %s names itself as inviter; no referral reward", member_id)
+        return
+    phones = [ext for _j, _m, kind, ext in batch.bindings() if kind == "phone"]
+    rt = await runtime.started()
+    if not phones or not await rt.balances.claim_referral_phone(phones[0], member_id):
+        counters["referrals_refused_total"] += 1
+        log.info("registration of %s invited by %s: %s; no referral reward", member_id, inviter,
+                 "no phone number" if not phones else "the phone number was rewarded before")
+        return
+    at = dt.datetime.fromtimestamp(batch.keys()[0][4] / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    event = {"event_id": f"referral:{member_id}", "type": "referral", "occurred_at": at, "member_id": inviter,
+             "referred_member_id": member_id}
+    fut = await member_events_topic.send(key=inviter.encode(), value=orjson.dumps(event), force=True)
+    await fut
+    counters["referrals_sent_total"] += 1
 
 
 async def process_with_retries(bodies: Sequence[bytes]) -> BatchReport:

@@ -52,11 +52,13 @@ async def _write(decoded: Sequence[tuple[bytes, LedgerMessage]]) -> int:
     guests = [g for _, m in decoded for g in m.guests]
     parking = [p for _, m in decoded for p in m.parking]
     coupons = [c for _, m in decoded for c in m.coupons]
+    draws = [d for _, m in decoded for d in m.draws]
+    stored = [r for _, m in decoded for r in m.stored]
     backoff = 0.5
     while True:
         try:
             t0 = time.perf_counter()
-            await rt.ledger.write(rows, guests, parking, coupons)
+            await rt.ledger.write(rows, guests, parking, coupons, draws, stored)
             histograms["clickhouse_write_ms"].observe((time.perf_counter() - t0) * 1000)
             counters["ledger_rows_written_total"] += len(rows)
             counters["coupon_events_written_total"] += len(coupons)

@@ -11,6 +11,8 @@ __all__ = [
     "RulesError",
     "__version__",
     "coupon_wallet",
+    "engage",
+    "engagement_view",
     "evaluate_batch",
     "hold_points",
     "liability_by_expiry",
@@ -81,6 +83,12 @@ class RuleSet:
     @property
     def car_parks(self) -> list[str]:
         """Car park business unit ids, sorted."""
+    def game_budgets(self, game: str) -> list[tuple[str, int]]:
+        """The stocks a play of `game` may take: (budget id, units) of its prizes
+        (`prize:<game>:<prize>`) and of their coupon templates (`stock:<template>`)."""
+    @property
+    def games(self) -> list[str]:
+        """Game ids, sorted."""
     @property
     def utc_offset_minutes(self) -> int:
         """The group's local time offset (dates, days, months)."""
@@ -102,6 +110,11 @@ class EventBatch:
         (None, None, None, None, 0, "") for an invalid body; member_id None for a guest payment."""
     def bindings(self) -> list[tuple[int, str, str, str]]:
         """External ids that registrations bind: (event index, member_id, kind, id)."""
+    def boards(self, rules: RuleSet) -> list[tuple[str, str, str] | None]:
+        """Per event, the leaderboards a member's payment or refund counts on:
+        (bu_id, ISO week "YYYY-Www", month "YYYY-MM") in local time; None otherwise."""
+    def referrals(self) -> list[tuple[int, str, str]]:
+        """Registrations naming their inviter: (event index, new member id, inviter id)."""
 
 def validate_payment(body: bytes) -> tuple[str, str | None, Literal["payment", "refund"], tuple[str, str] | None]:
     """Validates one raw payment/refund; returns (event_id, member_id or None, type, payer or None)."""
@@ -209,3 +222,26 @@ def coupon_wallet(rules: RuleSet, state_json: str | None, now_ms: int) -> str:
 def liability_by_expiry(rules: RuleSet, states_json: list[str | None]) -> list[tuple[str, int]]:
     """The live points liability by expiry month ("YYYY-MM", or "never") over stored states:
     available lots, pending and held points."""
+
+# new state JSON, rows JSON (ledger rows, coupon rows, game_draws / stored_value rows),
+# answer JSON, points delta, stored-value delta (fen), amount the record keeps,
+# the record a refund is of, budgets consumed, an event to publish (JSON) or None
+_Engaged = tuple[str, str, str, int, int, int, str | None, list[tuple[str, int]], str | None]
+
+def engage(
+    rules: RuleSet, op: str, state_json: str | None, op_id: str, body: bytes, context_json: str, now_ms: int
+) -> _Engaged:
+    """An engagement operation on a stored state: op is one of game_play, sign_in,
+    sign_in_makeup, sign_in_contract, exchange_out, exchange_settle, exchange_in,
+    sv_topup, sv_pay, sv_refund; `op_id` is its idempotency key.
+
+    context_json: {"draw": int in [0, 1000000) (games), "spent": {budget id: units taken},
+    "original": {"amount_fen", "refunded_fen", "bu_id", "merchant_id", "category"} (a
+    stored-value refund's payment)}. Raises InvalidEventError for a bad request and
+    RejectedEventError when the rules or the state refuse it (insufficient points or
+    stored value, a daily limit, a closed game...), naming the field and the reason.
+    """
+
+def engagement_view(rules: RuleSet, state_json: str | None, now_ms: int) -> str:
+    """Plays today per game, cards held, sign-in plans, pending exchanges, stored value,
+    profile fields and rewards, referrals (JSON)."""

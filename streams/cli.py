@@ -53,10 +53,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     install_log_masking()  # no full phone number in any log line
     import streams.web  # (registers the HTTP views)
+    import streams.web_engage  # (games, sign-in plans, leaderboards, exchange, stored value)
     import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
     from streams.app import app, settings
 
-    _ = streams.web, streams.web_gateways
+    _ = streams.web, streams.web_gateways, streams.web_engage
     # Each role is an agent module; a worker subscribes only to its roles' topics.
     for role in sorted(settings.roles):
         importlib.import_module(f"agents.{role}")

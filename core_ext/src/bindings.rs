@@ -141,6 +141,30 @@ impl PyRuleSet {
         v
     }
 
+    /// The stocks a game's play may take: (budget id, units), prizes and coupon templates.
+    fn game_budgets(&self, game: &str) -> Vec<(String, i64)> {
+        let Some(g) = self.inner.engagement.games.get(game) else { return Vec::new() };
+        let mut out = Vec::new();
+        for p in &g.prizes {
+            if let Some(stock) = p.stock {
+                out.push((crate::engage_rules::prize_budget_id(&g.id, &p.id), stock));
+            }
+            if let crate::engage_rules::Reward::Coupon(t) = &p.reward {
+                if let Some(stock) = self.inner.coupon_templates.get(t).and_then(|t| t.stock) {
+                    out.push((crate::coupons::stock_budget_id(t), stock));
+                }
+            }
+        }
+        out
+    }
+
+    #[getter]
+    fn games(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.engagement.games.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     #[getter]
     fn utc_offset_minutes(&self) -> i64 {
         self.inner.utc_offset_minutes

@@ -44,6 +44,14 @@ COUPON_COLUMNS = (
     "discount_fen", "merchant_share_fen", "issuer_share_fen", "valid_until", "occurred_at", "processed_at",
     "rules_version", "reason",
 )
+GAME_DRAW_COLUMNS = (
+    "event_id", "member_id", "game_id", "game_kind", "draw", "odds_total", "odds", "prize_id", "outcome",
+    "cost_points", "rules_version", "occurred_at", "processed_at",
+)
+STORED_VALUE_COLUMNS = (
+    "event_id", "member_id", "kind", "amount_fen", "balance_after_fen", "bu_id", "merchant_id", "category",
+    "channel", "refund_of", "occurred_at", "processed_at",
+)
 GUEST_COLUMNS = (
     "event_id", "type", "payer_kind", "payer_id", "amount_fen", "bu_id", "format", "merchant_id", "category",
     "channel", "occurred_at", "refund_of", "processed_at",
@@ -124,6 +132,18 @@ def coupon_values(c: dict[str, Any]) -> list[Any]:
             c.get("reason", "")]
 
 
+def game_draw_values(d: dict[str, Any]) -> list[Any]:
+    return [d["event_id"], d["member_id"], d["game_id"], d["game_kind"], d["draw"], d["odds_total"], d["odds"],
+            d["prize_id"], d["outcome"], d["cost_points"], d["rules_version"], _ticks(d["occurred_at_ms"]),
+            _ticks(d["processed_at_ms"])]
+
+
+def stored_value_values(r: dict[str, Any]) -> list[Any]:
+    return [r["event_id"], r["member_id"], r["kind"], r["amount_fen"], r["balance_after_fen"], r["bu_id"],
+            r["merchant_id"], r["category"], r["channel"], r["refund_of"], _ticks(r["occurred_at_ms"]),
+            _ticks(r["processed_at_ms"])]
+
+
 def guest_values(fact: dict[str, Any]) -> list[Any]:
     """A guest payment fact (the core's JSON) as values in GUEST_COLUMNS order."""
     return [
@@ -197,7 +217,8 @@ class LedgerStore:
         self._executor.shutdown(wait=True)
 
     async def write(self, rows: Sequence[dict[str, Any]], guests: Sequence[dict[str, Any]] = (),
-                    parking: Sequence[dict[str, Any]] = (), coupons: Sequence[dict[str, Any]] = ()) -> None:
+                    parking: Sequence[dict[str, Any]] = (), coupons: Sequence[dict[str, Any]] = (),
+                    draws: Sequence[dict[str, Any]] = (), stored: Sequence[dict[str, Any]] = ()) -> None:
         """One insert per table for the whole batch. The dedup token is a digest of the
         rows' identities, so an insert retried after an unclear failure is taken once."""
         if self._fault is not None and self._fault.exists():
@@ -211,10 +232,12 @@ class LedgerStore:
             ("settlement_lines", None, SETTLEMENT_COLUMNS, line_values, ("event_id", "kind", "line_no")),
             ("parking_sessions", parking, PARKING_COLUMNS, parking_values, ("car_park", "event_id")),
             ("coupon_events", coupons, COUPON_COLUMNS, coupon_values, ("coupon_id", "kind", "event_id")),
+            ("game_draws", draws, GAME_DRAW_COLUMNS, game_draw_values, ("game_id", "member_id", "event_id")),
+            ("stored_value", stored, STORED_VALUE_COLUMNS, stored_value_values, ("member_id", "event_id")),
         ):
             try:
                 if items is None:
-                    items = settlement_values([*rows, *coupons])
+                    items = settlement_values([*rows, *coupons, *stored])
                 if not items:
                     continue
                 digest = hashlib.sha256()
@@ -260,7 +283,7 @@ class LedgerMessage:
     coupon events (the core puts coupon rows among an event's rows, marked
     "table": "coupon_events"; the notifier sends its own under "coupons")."""
 
-    __slots__ = ("coupons", "guests", "ledger", "parking")
+    __slots__ = ("coupons", "draws", "guests", "ledger", "parking", "stored")
 
     def __init__(self, value: bytes) -> None:
         msg = orjson.loads(value)
@@ -273,6 +296,8 @@ class LedgerMessage:
         rows = msg.get("ledger", [])
         self.coupons: list[dict[str, Any]] = list(msg.get("coupons", []))
         self.coupons += [r for r in rows if r.get("table") == "coupon_events"]
+        self.draws: list[dict[str, Any]] = [r for r in rows if r.get("table") == "game_draws"]
+        self.stored: list[dict[str, Any]] = [r for r in rows if r.get("table") == "stored_value"]
         self.ledger: list[dict[str, Any]] = [r for r in rows if r.get("table") is None]
         self.guests: list[dict[str, Any]] = msg.get("guests", [])
         self.parking: list[dict[str, Any]] = msg.get("parking", [])

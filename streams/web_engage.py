@@ -410,3 +410,57 @@ class StoredValueReconcile(View):
         if (denied := admin_denied(self, request)) is not None:
             return denied
         return json_response(self, await stored_value_reconcile())
+
+
+@app.page("/v1/admin/games/{game}/draws")
+class GameDraws(View):
+    """The audit of a game from ClickHouse: its draws (newest first; `member`, `limit`,
+    `offset`) and the count of plays by outcome and prize."""
+
+    async def get(self, request: Request, game: str) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        q = request.query
+        try:
+            limit, offset = int(q.get("limit", "100")), int(q.get("offset", "0"))
+            member = q.get("member", "")
+            assert 1 <= limit <= 10_000 and offset >= 0 and is_valid_id(game) and (not member or is_valid_id(member))
+        except (ValueError, AssertionError):
+            return error_response(self, 400, "game and member: ids; limit: 1-10000; offset: >= 0", "query")
+        rt = await runtime.started()
+        draws = await rt.ledger.query("game_draws", {"game": game, "member": member, "limit": limit,
+                                                     "offset": offset})
+        for d in draws:
+            d["odds"] = orjson.loads(d["odds"])
+        outcomes = await rt.ledger.query("game_outcomes", {"game": game})
+        return json_response(self, {"game": game, "outcomes": outcomes, "draws": draws})
+
+
+@app.page("/v1/admin/settlement/events/{event_id}")
+class EventSettlement(View):
+    """The settlement lines of one event, from ClickHouse."""
+
+    async def get(self, request: Request, event_id: str) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        if not is_valid_id(event_id):
+            return error_response(self, 400, "event_id: letters, digits, _ - . : @ only, 1-64 chars", "event_id")
+        rt = await runtime.started()
+        return json_response(self, {"event_id": event_id,
+                                    "lines": await rt.ledger.query("settlement_of_event", {"event_id": event_id})})
+
+
+@app.page("/v1/members/{member_id}/stored-value")
+class MemberStoredValue(View):
+    """The member's stored-value balance (Redis) and ledger (ClickHouse)."""
+
+    async def get(self, request: Request, member_id: str) -> Response:
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
+        if not isinstance(who := await _reader(self, request, member_id), Principal):
+            return who
+        rt = await runtime.started()
+        data = await rt.balances.member(member_id) or {}
+        rows = await rt.ledger.query("stored_value_of_member", {"member_id": member_id})
+        return json_response(self, {"member_id": member_id, "balance_fen": int(data.get("sv_balance", 0)),
+                                    "rows": rows})

@@ -713,7 +713,7 @@ fn stored_value(
     Ok(Done {
         points: 0,
         sv_fen: delta,
-        amount_fen: if kind == "pay" { amount } else { 0 },
+        amount_fen: if kind == "topup" { 0 } else { amount },
         refund_of: (kind == "refund").then(|| format!("sv:{refund_of}")),
         rows_json: format!("[{row}]"),
         result_json: result.to_string(),

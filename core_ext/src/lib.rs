@@ -71,3 +71,5 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
 mod tests_engine;
 #[cfg(test)]
 mod tests_coupons;
+#[cfg(test)]
+mod tests_engage;

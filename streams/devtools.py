@@ -5,6 +5,7 @@ ClickHouse directory, so runs never see each other's data."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.settings import ROOT
 from streams.signing import SignatureError, signed_headers, verify
 
+log = logging.getLogger(__name__)
 
 def _decode(payload: bytes) -> Any:
     try:
@@ -218,8 +220,15 @@ class WorkerProcess:
     def wait_until(self, predicate: Any, timeout: float = 120.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate():
-                return
+            try:
+                if predicate():
+                    return
+            except ConnectionError as exc:
+                # A poll that met a connection reset (a backing service restarting under
+                # the worker) is asked again; a dead worker still fails the wait.
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise
+                log.warning("waiting for %s: %r; asking again", what, exc)
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}; see {self.log_path}")
 

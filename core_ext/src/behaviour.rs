@@ -59,9 +59,13 @@ pub fn apply_member_event(
         if let Some(tags) = &ev.tags {
             state.tags = tags.clone();
         }
+        // Fields filled in are kept only when some profile reward may need them.
         let mut filled: Vec<String> = ev.profile_fields.clone();
         if ev.birthday.is_some() {
             filled.push("birthday".into());
+        }
+        if rules.engagement.profile_rewards.is_empty() {
+            filled.clear();
         }
         for f in filled {
             if !state.profile_fields.contains(&f) {
@@ -133,7 +137,9 @@ pub fn apply_member_event(
             let lifetime_full = b.referral_max_total.is_some_and(|m| state.referrals_total >= m);
             if state.referrals_month < b.referral_max_per_month && !lifetime_full {
                 state.referrals_month += 1;
-                state.referrals_total += 1;
+                if b.referral_max_total.is_some() {
+                    state.referrals_total += 1; // kept only for a lifetime cap
+                }
                 parts.push(Part::new(
                     "referral",
                     ev.referred_member_id.clone().unwrap_or_default(),

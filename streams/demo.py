@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from streams.app import load_rules
 from streams.devtools import (
     WebhookReceiver,
     WorkerProcess,
+    post_signed_many,
     read_dead_letters,
     remove_run_data,
     send_callbacks,
@@ -282,6 +284,22 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         what="every ledger row in ClickHouse",
     )
     t_done = time.monotonic()
+    print("demo: an evening of engagement: the prize wheel, sign-in plans, stored value, airline miles ...",
+          flush=True)
+    eng = await _engagement(worker, gateways[2], gateways[3], concurrency, receiver)
+    worker.wait_until(lambda: _settled(worker), timeout=300, what="the stored-value payments to be processed")
+    applied = worker.metrics()["events_applied_total"]
+    worker.wait_until(
+        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied + eng["points_ops"],
+        timeout=300,
+        what="every engagement ledger row in ClickHouse",
+    )
+    worker.wait_until(lambda: sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]
+                                  ["outcomes"]) >= eng["plays"], timeout=120, what="every draw in ClickHouse")
+    audited = sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]["outcomes"])
+    worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
+                      what="stored value: Redis = ledger")
+    _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")
 
     def coupon_kinds() -> dict[str, int]:
         rows = worker.get("/v1/admin/coupons/totals", admin=True)[1]["rows"]
@@ -293,7 +311,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     worker.wait_until(lambda: coupon_kinds().get("pushed", 0) >= coupon_kinds().get("issued", 0), timeout=120,
                       what="every coupon pushed")
     kinds = coupon_kinds()
-    pushed_ids = receiver.ids()
+    with receiver.lock:
+        pushed_ids = Counter(pid for pid, b, _ in receiver.received if b.get("type") == "coupon_issued")
     m = worker.metrics()
     _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
     _, rec = worker.get("/v1/admin/reconcile", admin=True)
@@ -307,9 +326,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     pushes_ok = kinds.get("issued", 0) == kinds.get("pushed", 0) == len(pushed_ids)
     credited = m["guest_payments_credited_total"]
     held = m["refunds_held_total"] - m["refunds_released_total"]
-    counts_tie = (m["events_applied_total"] == totals["events"]
+    # Engagement operations write their own ledger rows; stored-value payments also
+    # go through accrual as payment events.
+    counts_tie = (m["events_applied_total"] + eng["points_ops"] == totals["events"]
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
-                  == len(accepted_ids) + credited)
+                  == len(accepted_ids) + credited + eng["sv_payments"])
+    engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"]
     lines = [
         "",
         f"Loyalty demo report — mall day {DAY}",
@@ -339,6 +361,16 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"coupons issued                 {_fmt(kinds.get('issued', 0)):>12}   by triggers; pushed "
         f"{_fmt(kinds.get('pushed', 0))}, received by the webhook {_fmt(len(pushed_ids))} "
         f"(twice: {sum(1 for n in pushed_ids.values() if n > 1)})",
+        f"game plays (prize wheel)       {_fmt(eng['plays']):>12}   prizes {_fmt(eng['prizes'])}, thanks "
+        f"{_fmt(eng['thanks'])}, out of stock {_fmt(eng['out_of_stock'])}; refused (points) "
+        f"{_fmt(eng['plays_refused'])}; draws audited in ClickHouse {_fmt(audited)}",
+        f"plan sign-ins (7-day cycle)    {_fmt(eng['sign_ins']):>12}   points given {_fmt(eng['sign_in_points'])}",
+        f"stored value top-ups           {_fmt(eng['topups']):>12}   {eng['topup_fen'] / 100:,.2f} yuan; paid at the "
+        f"till {_fmt(eng['sv_payments'])} times, {eng['sv_paid_fen'] / 100:,.2f} yuan (earning points through accrual)",
+        f"stored value balances          {sv_rec['redis_total_fen'] / 100:>12,.2f}   yuan in Redis, ledger "
+        f"{sv_rec['ledger_total_fen'] / 100:,.2f}: {'EQUAL' if sv_rec['clean'] else 'NOT EQUAL'}",
+        f"points to airline miles        {_fmt(eng['exchanges']):>12}   requests sent once each, confirmed "
+        f"{_fmt(eng['confirmed'])}",
         f"dead-letter records            {_fmt(len(dead)):>12}   "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
@@ -348,12 +380,60 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         "result: "
         + (
             "OK — balances equal the ledger, every accepted event accounted for, every coupon pushed once"
-            if equal and counts_tie and pushes_ok
+            if equal and counts_tie and pushes_ok and engaged_ok
             else "FAILED — see the lines above"
         ),
     ]
     print("\n".join(lines), flush=True)
-    return 0 if equal and counts_tie and pushes_ok else 1
+    return 0 if equal and counts_tie and pushes_ok and engaged_ok else 1
+
+
+async def _engagement(worker: WorkerProcess, seed: int, members: int, concurrency: int,
+                      receiver: WebhookReceiver) -> dict[str, int]:
+    """An evening over the HTTP API: members play the prize wheel, sign in on the week
+    plan, top up stored value and pay with it at the till (payments that then go through
+    accrual), and send points to the airline, which confirms each request it received."""
+    rng = random.Random(seed + 2)
+    ids = [f"m-{i:05d}" for i in range(1, members + 1)]
+    plays = [("/v1/games/wheel-nov/plays", {"member_id": m}, f"{DAY}-play-{m}-{k}")
+             for m in rng.sample(ids, k=max(1, members // 4)) for k in range(2)]
+    signs = [("/v1/sign-in-plans/week/sign-ins", {"member_id": m}, f"{DAY}-week-{m}")
+             for m in rng.sample(ids, k=max(1, members // 3))]
+    savers = rng.sample(ids, k=max(1, members // 10))
+    tops = [("/v1/stored-value/topups", {"member_id": m, "amount_fen": 100_000, "channel": "wechat"},
+             f"{DAY}-topup-{m}") for m in savers]
+    r_play = await post_signed_many(worker, plays, concurrency)
+    r_sign = await post_signed_many(worker, signs, concurrency)
+    r_top = await post_signed_many(worker, tops, concurrency)
+    pays = [("/v1/stored-value/payments", {"member_id": m, "amount_fen": rng.randint(5_000, 30_000),
+                                           "bu_id": "sh-mall", "merchant_id": "sh-mall-shop-01",
+                                           "category": "fashion"}, f"{DAY}-svpay-{m}") for m in savers]
+    r_pay = await post_signed_many(worker, pays, concurrency)
+    outs = [("/v1/exchanges", {"member_id": m, "partner": "river-air", "points": 500}, f"{DAY}-air-{m}")
+            for m in rng.sample(ids, k=max(1, members // 20))]
+    r_out = await post_signed_many(worker, outs, concurrency)
+    sent = [(req["member_id"], key) for (_, req, key), (st, _) in zip(outs, r_out, strict=True) if st == 201]
+    worker.wait_until(lambda: all(receiver.ids()[key] for _, key in sent), timeout=120,
+                      what="the airline to receive its requests")
+    confirms = [("/v1/partners/river-air/confirmations", {"member_id": m, "exchange_id": key, "status": "confirmed"},
+                 f"{key}-ok") for m, key in sent]
+    r_conf = await post_signed_many(worker, confirms, concurrency, partner=True)
+
+    def ok(results: list[tuple[int, Any]], status: int = 201) -> int:
+        return sum(1 for st, _ in results if st == status)
+    outcomes = Counter(r["outcome"] for st, r in r_play if st == 201)
+    everything = r_play + r_sign + r_top + r_pay + r_out + r_conf
+    return {
+        "plays": ok(r_play), "plays_refused": ok(r_play, 409), "prizes": outcomes["prize"],
+        "thanks": outcomes["thanks"], "out_of_stock": outcomes["out_of_stock"],
+        "sign_ins": ok(r_sign), "sign_in_points": sum(r["points"] for st, r in r_sign if st == 201),
+        "topups": ok(r_top), "topup_fen": sum(r["amount_fen"] for st, r in r_top if st == 201),
+        "sv_payments": ok(r_pay), "sv_paid_fen": sum(r["amount_fen"] for st, r in r_pay if st == 201),
+        "exchanges": len(sent), "confirmed": ok(r_conf),
+        # Operations that write points ledger rows under their own event id.
+        "points_ops": ok(r_play) + ok(r_sign) + len(sent) + ok(r_conf),
+        "errors": sum(1 for st, _ in everything if st not in (201, 409)),
+    }
 
 
 if __name__ == "__main__":

@@ -233,6 +233,29 @@ class WorkerProcess:
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}; see {self.log_path}")
 
 
+async def post_signed_many(w: WorkerProcess, reqs: list[tuple[str, dict[str, Any], str]], concurrency: int = 16,
+                           partner: bool = False) -> list[tuple[int, Any]]:
+    """Signed POSTs (path, body, Idempotency-Key) with `concurrency` in flight: with the
+    worker's POS key, or (`partner`) the gateway secret; (status, json) in order."""
+    out: list[tuple[int, Any]] = [(0, None)] * len(reqs)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(reqs)):
+        queue.put_nowait(i)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            path, req, key = reqs[i]
+            body = orjson.dumps(req)
+            headers = signed_headers(w.callback_secret, body) if partner else w.pos_headers(body)
+            async with session.post(w.base_url + path, data=body, headers={**headers, "Idempotency-Key": key}) as r:
+                out[i] = (r.status, _decode(await r.read()))
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return out
+
+
 async def send_callbacks(
     base_url: str,
     secret: str,

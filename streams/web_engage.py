@@ -198,6 +198,13 @@ def _mask(member_id: str) -> str:
     return member_id[:3] + "***" if len(member_id) > 3 else "***"
 
 
+async def _member_reader(view: View, request: Request, member_id: str) -> Principal | Response:
+    """Who reads one member's data (the member's token, a POS key, admin), or the refusal."""
+    if not is_valid_id(member_id):
+        return error_response(view, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
+    return await _reader(view, request, member_id)
+
+
 async def _any_reader(view: View, request: Request) -> Principal | Response:
     rt = await runtime.started()
     who = bearer_principal(request.headers.get("Authorization", ""), rt.settings.admin_token, rt.pos_keys,
@@ -235,9 +242,7 @@ class Leaderboard(View):
 @app.page("/v1/members/{member_id}/rank")
 class MemberRank(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
-        if not isinstance(who := await _reader(self, request, member_id), Principal):
+        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
             return who
         rt = await runtime.started()
         period, scope = request.query.get("period", "week"), request.query.get("scope", "group")
@@ -375,9 +380,7 @@ async def _resend_payment(member_id: str, key: str) -> None:
 @app.page("/v1/members/{member_id}/engagement")
 class MemberEngagement(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
-        if not isinstance(who := await _reader(self, request, member_id), Principal):
+        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
             return who
         rt = await runtime.started()
         data = await rt.balances.member(member_id) or {}
@@ -455,9 +458,7 @@ class MemberStoredValue(View):
     """The member's stored-value balance (Redis) and ledger (ClickHouse)."""
 
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
-        if not isinstance(who := await _reader(self, request, member_id), Principal):
+        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
             return who
         rt = await runtime.started()
         data = await rt.balances.member(member_id) or {}

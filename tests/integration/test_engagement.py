@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
-from streams.devtools import WebhookReceiver, WorkerProcess, send_callbacks_in_order
+from streams.devtools import WebhookReceiver, WorkerProcess, post_signed_many, send_callbacks_in_order
 from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration
@@ -196,11 +195,12 @@ def pay(member: str, amount: int, bu: str = "mall", category: str = "fashion") -
 
 def fund(w: WorkerProcess, members: list[str], amount: int, bu: str = "mall") -> None:
     """Points through the real pipeline: one payment per member, waited for."""
+    before = {m: events(w, m) for m in members}
     bodies = [orjson.dumps(pay(m, amount, bu)) for m in members]
     results = asyncio.run(send_callbacks_in_order(w.base_url, w.callback_secret, bodies))
     assert all(s == 202 for s, _ in results), results
     for m in members:
-        w.wait_until(lambda m=m: w.get(f"/v1/members/{m}")[1].get("events", 0) >= 1, timeout=60, what=f"{m} funded")
+        w.wait_until(lambda m=m: events(w, m) > before[m], timeout=60, what=f"{m} funded")
 
 
 def member(w: WorkerProcess, m: str) -> dict[str, Any]:
@@ -235,28 +235,6 @@ def partner_post(w: WorkerProcess, path: str, req: dict[str, Any], key: str | No
     return w.post(path, body, headers)
 
 
-async def post_many(w: WorkerProcess, reqs: list[tuple[str, dict[str, Any], str]], concurrency: int = 16
-                    ) -> list[tuple[int, Any]]:
-    """POS-signed POSTs (path, body, idempotency key) with `concurrency` in flight."""
-    out: list[tuple[int, Any]] = [(0, None)] * len(reqs)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(reqs)):
-        queue.put_nowait(i)
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            path, req, key = reqs[i]
-            body = orjson.dumps(req)
-            async with session.post(w.base_url + path, data=body,
-                                    headers={**w.pos_headers(body), "Idempotency-Key": key}) as r:
-                out[i] = (r.status, orjson.loads(await r.read()))
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    return out
-
-
 def draws(w: WorkerProcess, game: str, limit: int = 10_000) -> dict[str, Any]:
     status, body = w.get(f"/v1/admin/games/{game}/draws?limit={limit}")
     assert status == 200, body
@@ -286,7 +264,7 @@ def test_game_odds_match_within_tolerance_and_every_draw_is_auditable(ew: Worker
     fund(ew, players, 200_000)  # 2,000 points each: 200 plays at 10
     plays = [("/v1/games/wheel/plays", {"member_id": players[i % 20]}, f"play-{uuid.uuid4().hex[:12]}")
              for i in range(3000)]
-    results = asyncio.run(post_many(ew, plays))
+    results = asyncio.run(post_signed_many(ew, plays))
     assert all(s == 201 for s, _ in results), Counter(s for s, _ in results)
     prize_of = Counter(r["prize"]["prize"] if r["prize"] else "" for _, r in results)
     # The umbrella's 3 units went to 3 players; its later draws were out of stock.
@@ -331,7 +309,7 @@ def test_prize_stock_is_never_oversold_under_concurrency(ew: WorkerProcess) -> N
     players = [mid("r") for _ in range(30)]
     plays = [("/v1/games/rush/plays", {"member_id": players[i % 30]}, f"rush-{uuid.uuid4().hex[:12]}")
              for i in range(90)]
-    results = asyncio.run(post_many(ew, plays, concurrency=30))
+    results = asyncio.run(post_signed_many(ew, plays, concurrency=30))
     assert all(s == 201 for s, _ in results), results
     outcomes = Counter(r["outcome"] for _, r in results)
     assert outcomes == {"prize": 5, "out_of_stock": 85}

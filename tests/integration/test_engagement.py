@@ -196,11 +196,12 @@ def pay(member: str, amount: int, bu: str = "mall", category: str = "fashion") -
 
 def fund(w: WorkerProcess, members: list[str], amount: int, bu: str = "mall") -> None:
     """Points through the real pipeline: one payment per member, waited for."""
+    before = {m: events(w, m) for m in members}
     bodies = [orjson.dumps(pay(m, amount, bu)) for m in members]
     results = asyncio.run(send_callbacks_in_order(w.base_url, w.callback_secret, bodies))
     assert all(s == 202 for s, _ in results), results
     for m in members:
-        w.wait_until(lambda m=m: w.get(f"/v1/members/{m}")[1].get("events", 0) >= 1, timeout=60, what=f"{m} funded")
+        w.wait_until(lambda m=m: events(w, m) > before[m], timeout=60, what=f"{m} funded")
 
 
 def member(w: WorkerProcess, m: str) -> dict[str, Any]:

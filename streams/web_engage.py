@@ -358,23 +358,13 @@ class StoredValue(View):
 
 
 async def _resend_payment(member_id: str, key: str) -> None:
+    """Sends the stored-value operation's payment or refund event again (as answered)."""
     rt = await runtime.started()
     record = await rt.balances.event_record(member_id, f"sv:{key}")
-    result = orjson.loads(record.get("result", "{}"))
-    rows = orjson.loads(record.get("rows", "[]"))
-    if not rows or result.get("kind") not in ("pay", "refund"):
-        return
-    row = rows[0]
-    at = dt.datetime.fromtimestamp(row["occurred_at_ms"] / 1000, dt.UTC).isoformat(timespec="milliseconds")
-    event: dict[str, Any] = {"event_id": key, "type": "payment" if result["kind"] == "pay" else "refund",
-                             "occurred_at": at.replace("+00:00", "Z"), "member_id": member_id,
-                             "bu_id": result["bu_id"], "merchant_id": result["merchant_id"],
-                             "category": result["category"], "amount_fen": result["amount_fen"],
-                             "channel": "stored_value"}
-    if result["kind"] == "refund":
-        event["refund_of"] = result["payment_id"]
-    fut = await payments_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
-    await fut
+    event = orjson.loads(record.get("result", "{}")).get("event")
+    if event:
+        fut = await payments_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
+        await fut
 
 
 @app.page("/v1/members/{member_id}/engagement")

@@ -709,7 +709,9 @@ fn stored_value(
     });
     let result = json!({"operation_id": op_id, "member_id": req.member_id, "kind": kind, "amount_fen": amount,
                         "balance_fen": state.sv_fen, "bu_id": bu, "merchant_id": merchant, "category": category,
-                        "payment_id": if refund_of.is_empty() { json!(null) } else { json!(refund_of) }});
+                        "payment_id": if refund_of.is_empty() { json!(null) } else { json!(refund_of) },
+                        // The payment or refund event sent to accrual (sent again on a retry).
+                        "event": publish.as_deref().map(|p| serde_json::from_str::<Value>(p).expect("built above"))});
     Ok(Done {
         points: 0,
         sv_fen: delta,

@@ -505,6 +505,12 @@ def test_stored_value_topup_pay_refund_ledger_and_points(ew: WorkerProcess) -> N
     assert status == 201 and p["balance_fen"] == 70_000, p
     # The payment earns through the pipeline at the stored-value channel's rate: 300 x 2.
     ew.wait_until(lambda: balance(ew, m) == 600, timeout=60, what="points of the stored-value payment")
+    assert p["event"]["channel"] == "stored_value" and p["event"]["event_id"] == f"sv-pay-{m}"
+    # A retry is answered as before and sends the payment again, which accrual takes once.
+    dups = ew.metrics().get("events_duplicate_total", 0)
+    assert post(ew, "/v1/stored-value/payments", sale, f"sv-pay-{m}") == (200, p)
+    ew.wait_until(lambda: ew.metrics().get("events_duplicate_total", 0) > dups, timeout=60, what="the resent payment")
+    assert balance(ew, m) == 600 and events(ew, m) == 2
     assert post(ew, "/v1/stored-value/payments", {**sale, "amount_fen": 80_000}, f"sv-pay2-{m}")[0] == 409
     status, rf = post(ew, "/v1/stored-value/refunds", {"member_id": m, "payment_id": f"sv-pay-{m}",
                                                        "amount_fen": 10_000}, f"sv-rf-{m}")

@@ -358,7 +358,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"sum of ClickHouse ledger       {_fmt(rec['ledger_total']):>12}   "
         f"{'EQUAL' if equal else 'NOT EQUAL'} ({rec['mismatch_count']} members differ)",
         f"ledger rows (movements)        {_fmt(totals['movements']):>12}   events {_fmt(totals['events'])}",
-        f"coupons issued                 {_fmt(kinds.get('issued', 0)):>12}   by triggers; pushed "
+        f"coupons issued                 {_fmt(kinds.get('issued', 0)):>12}   by triggers and prizes; pushed "
         f"{_fmt(kinds.get('pushed', 0))}, received by the webhook {_fmt(len(pushed_ids))} "
         f"(twice: {sum(1 for n in pushed_ids.values() if n > 1)})",
         f"game plays (prize wheel)       {_fmt(eng['plays']):>12}   prizes {_fmt(eng['prizes'])}, thanks "

@@ -73,6 +73,22 @@ pub struct Done {
     pub publish: Option<String>,
 }
 
+impl Done {
+    /// An operation that moves points only (games, sign-in plans, partner exchange).
+    fn points(points: i64, rows: &Rows, result: Value, publish: Option<String>) -> Done {
+        Done {
+            points,
+            sv_fen: 0,
+            amount_fen: 0,
+            refund_of: None,
+            rows_json: rows.json(),
+            result_json: result.to_string(),
+            consumed: Vec::new(),
+            publish,
+        }
+    }
+}
+
 fn invalid(field: &str, reason: impl Into<String>) -> CoreError {
     CoreError::invalid_event(field, reason)
 }
@@ -143,6 +159,16 @@ impl<'a> Rows<'a> {
 fn pool_lines(points_to_members: i64) -> Vec<Line> {
     let mut l = vec![Line::points("members", points_to_members), Line::points("pool", -points_to_members)];
     l.retain(|x| x.points != 0);
+    l
+}
+
+/// Points between the members and the pool, and money from the pool to a partner (an
+/// exchange out: the pool buys the partner's units; negative: in, or a failed one).
+fn partner_lines(points_to_members: i64, partner: &str, fen_to_partner: i64) -> Vec<Line> {
+    let mut l = pool_lines(points_to_members);
+    l.push(Line::money("pool", -fen_to_partner));
+    l.push(Line::money(format!("partner:{partner}"), fen_to_partner));
+    l.retain(|x| x.amount_fen != 0 || x.points != 0);
     l
 }
 
@@ -361,16 +387,7 @@ fn play(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8], ctx:
         "cards": if game.kind == "cards" { json!(cards) } else { json!(null) },
         "plays_today": played + 1, "available_after": wallet::available(rules, state, now_ms),
     });
-    Ok(Done {
-        points,
-        sv_fen: 0,
-        amount_fen: 0,
-        refund_of: None,
-        rows_json: rows.json(),
-        result_json: result.to_string(),
-        consumed,
-        publish: None,
-    })
+    Ok(Done { consumed, ..Done::points(points, &rows, result, None) })
 }
 
 // ---- sign-in plans ---------------------------------------------------------------
@@ -497,8 +514,7 @@ fn sign_in(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, body
                              "signed": (0..n).filter(|i| bit(ps.signed, *i)).map(|i| i + 1).collect::<Vec<_>>(),
                              "made_up": (0..n).filter(|i| bit(ps.made_up, *i)).map(|i| i + 1).collect::<Vec<_>>()});
     result["available_after"] = json!(wallet::available(rules, state, now_ms));
-    Ok(Done { points, sv_fen: 0, amount_fen: 0, refund_of: None, rows_json: rows.json(),
-              result_json: result.to_string(), consumed: Vec::new(), publish: None })
+    Ok(Done::points(points, &rows, result, None))
 }
 
 // ---- partner exchange --------------------------------------------------------------
@@ -542,10 +558,7 @@ fn exchange(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, bod
         if status == "failed" {
             wallet::restore(state, &x.lots);
             // The points come back, and the partner is owed nothing for them.
-            lines = pool_lines(x.points);
-            lines.push(Line::money(format!("partner:{}", x.partner), -value));
-            lines.push(Line::money("pool", value));
-            lines.retain(|l| l.amount_fen != 0 || l.points != 0);
+            lines = partner_lines(x.points, &x.partner, -value);
             if let Some(d) = state.exchange_days.get_mut(&x.partner).filter(|d| d[0] == Local::of(x.at_ms, rules.utc_offset_minutes).day) {
                 d[1] -= x.points;
             }
@@ -556,8 +569,7 @@ fn exchange(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, bod
         let result = json!({"exchange_id": xid, "member_id": req.member_id, "partner": x.partner, "status": status,
                             "points": x.points, "units": x.units, "points_returned": points,
                             "available_after": wallet::available(rules, state, now_ms)});
-        return Ok(Done { points, sv_fen: 0, amount_fen: 0, refund_of: None, rows_json: rows.json(),
-                         result_json: result.to_string(), consumed: Vec::new(), publish: None });
+        return Ok(Done::points(points, &rows, result, None));
     }
     let pid = req.partner.as_deref().ok_or_else(|| invalid("partner", "is required"))?;
     check_id("partner", pid)?;
@@ -578,10 +590,7 @@ fn exchange(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, bod
         let value = units * partner.unit_value_fen;
         state.exchange_days.insert(pid.to_string(), [day, used[1] + points, used[2]]);
         state.exchanges.insert(op_id.to_string(), PendingExchange { partner: pid.to_string(), points, units, lots: lots.clone(), at_ms: now_ms });
-        let mut lines = pool_lines(-points);
-        lines.push(Line::money("pool", -value));
-        lines.push(Line::money(format!("partner:{pid}"), value));
-        lines.retain(|l| l.amount_fen != 0 || l.points != 0);
+        let lines = partner_lines(-points, pid, value);
         let parts = [Part::new("partner_out", format!("{pid}:{units}"), -points)];
         rows.points("exchange_out", -points, pid, op_id, &parts, &lots, &lines);
         let result = json!({"exchange_id": op_id, "member_id": req.member_id, "partner": pid, "direction": "out",
@@ -589,8 +598,7 @@ fn exchange(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, bod
                             "available_after": wallet::available(rules, state, now_ms)});
         let publish = json!({"kind": "partner_exchange", "push_id": op_id, "exchange_id": op_id, "partner": pid,
                              "member_id": req.member_id, "units": units, "points": points}).to_string();
-        return Ok(Done { points: -points, sv_fen: 0, amount_fen: 0, refund_of: None, rows_json: rows.json(),
-                         result_json: result.to_string(), consumed: Vec::new(), publish: Some(publish) });
+        return Ok(Done::points(-points, &rows, result, Some(publish)));
     }
     let per = partner.points_per_unit_in.ok_or_else(|| refused("partner", format!("{pid:?} sends no points in")))?;
     let units = match req.units {
@@ -604,17 +612,13 @@ fn exchange(rules: &RuleSet, op: &str, state: &mut MemberState, op_id: &str, bod
     state.exchange_days.insert(pid.to_string(), [day, used[1], used[2] + points]);
     wallet::credit(state, points, month_of(rules, now_ms), None);
     let value = units * partner.unit_value_fen;
-    let mut lines = pool_lines(points);
-    lines.push(Line::money(format!("partner:{pid}"), -value));
-    lines.push(Line::money("pool", value));
-    lines.retain(|l| l.amount_fen != 0 || l.points != 0);
+    let lines = partner_lines(points, pid, -value);
     let parts = [Part::new("partner_in", format!("{pid}:{units}"), points)];
     rows.points("exchange_in", points, pid, op_id, &parts, &[], &lines);
     let result = json!({"exchange_id": op_id, "member_id": req.member_id, "partner": pid, "direction": "in",
                         "status": "credited", "points": points, "units": units,
                         "available_after": wallet::available(rules, state, now_ms)});
-    Ok(Done { points, sv_fen: 0, amount_fen: 0, refund_of: None, rows_json: rows.json(),
-              result_json: result.to_string(), consumed: Vec::new(), publish: None })
+    Ok(Done::points(points, &rows, result, None))
 }
 
 // ---- stored value ----------------------------------------------------------------

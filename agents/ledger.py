@@ -16,55 +16,41 @@ from collections.abc import Sequence
 
 from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
-from streams.sinks.ledger import BadLedgerRows, LedgerMessage, LedgerUnavailable
+from streams.sinks.ledger import LedgerUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
 
 
 async def write_ledger_messages(messages: Sequence[bytes]) -> int:
-    """Decodes every message (a poison one goes to the dead-letter topic) and writes
-    all rows in one insert, retrying until it is taken. Returns the rows written."""
-    decoded: list[tuple[bytes, LedgerMessage]] = []
-    for value in messages:
-        try:
-            decoded.append((value, LedgerMessage(value)))
-        except Exception as exc:
-            await send_dead_letter(source="ledger", reason=f"undecodable ledger message: {exc}", body=value)
+    """Writes every message's rows (the core encodes them into one block per table) and
+    applies the leaderboard scores they carry, retrying until ClickHouse takes them; a
+    message that cannot be stored goes to the dead-letter topic with the reason. Returns
+    the ledger rows written."""
     topic_messages[(ledger_topic.get_topic_name(), "in")] += len(messages)
-    try:
-        return await _write(decoded)
-    except BadLedgerRows:
-        # One message of the batch has rows that cannot be stored: write them one by one,
-        # dead-letter the poison, keep the rest.
-        written = 0
-        for value, msg in decoded:
-            try:
-                written += await _write([(value, msg)])
-            except BadLedgerRows as exc:
-                await send_dead_letter(source="ledger", reason=str(exc), body=value)
-        return written
-
-
-async def _write(decoded: Sequence[tuple[bytes, LedgerMessage]]) -> int:
     rt = await runtime.started()
-    rows = [r for _, m in decoded for r in m.ledger]
-    guests = [g for _, m in decoded for g in m.guests]
-    parking = [p for _, m in decoded for p in m.parking]
-    coupons = [c for _, m in decoded for c in m.coupons]
-    draws = [d for _, m in decoded for d in m.draws]
-    stored = [r for _, m in decoded for r in m.stored]
+    good = list(messages)
     backoff = 0.5
     while True:
         try:
             t0 = time.perf_counter()
-            await rt.ledger.write(rows, guests, parking, coupons, draws, stored)
+            result = await rt.ledger.write_messages(good)
+            if result.poison:
+                bad = {i for i, _ in result.poison}
+                for i, reason in result.poison:
+                    await send_dead_letter(source="ledger", reason=f"ledger rows cannot be stored: {reason}",
+                                           body=good[i])
+                good = [m for i, m in enumerate(good) if i not in bad]
+                continue
             histograms["clickhouse_write_ms"].observe((time.perf_counter() - t0) * 1000)
-            counters["ledger_rows_written_total"] += len(rows)
-            counters["coupon_events_written_total"] += len(coupons)
-            return len(rows)
-        except BadLedgerRows:
-            raise
+            ledger_rows = result.rows.get("ledger", 0)
+            counters["ledger_rows_written_total"] += ledger_rows
+            counters["coupon_events_written_total"] += result.rows.get("coupon_events", 0)
+            counters["ledger_sink_rows_total"] += sum(result.rows.values())
+            counters["ledger_sink_cpu_us_total"] += int(result.cpu_s * 1e6)
+            # Leaderboards follow the ledger: absolute scores, the newest version wins.
+            counters["boards_scores_taken_total"] += await rt.balances.apply_boards(result.boards)
+            return ledger_rows
         except Exception as exc:
             # Whatever the failure, the rows are not acked until written: Faust would
             # ack the batch if this raised (faust-streaming #606), losing them.

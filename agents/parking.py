@@ -94,8 +94,8 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
     payload = {"ledger": orjson.loads(rows) if rows else [], "guests": [], "parking": [session]}
     fut = await ledger_topic.send(value=orjson.dumps(payload), force=True)
     await fut
-    if rows:
-        await b.outbox_done([rows])
+    if rows and member_id is not None:
+        await b.outbox_done(member_id, [event_id])
     notice = {"kind": "parking_exit", "event_id": event_id, "member_id": member_id, "plate": plate,
               "car_park": park, "minutes": fee["minutes"], "due_fen": fee["due_fen"]}
     fut = await notifications_topic.send(key=plate.encode(), value=orjson.dumps(notice), force=True)
@@ -127,12 +127,24 @@ def _session(event_id: str, status: str, plate: str, park: str, member_id: str, 
             "points_value_fen": fee["points_value_fen"], "due_fen": fee["due_fen"], "deductions": fee["deductions"]}
 
 
+def _bodies(records: list[bytes]) -> list[bytes]:
+    """The events of the records: an envelope's bodies, or the record itself (a corrupt
+    envelope is handed on whole, to be refused as a body that is not an event)."""
+    out: list[bytes] = []
+    for record in records:
+        try:
+            out.extend(core_ext.envelope_unpack(record))
+        except core_ext.InvalidEventError:
+            out.append(record)
+    return out
+
+
 @app.agent(parking_topic)
 async def track_parking(stream):  # type: ignore[no-untyped-def]
     """Entries and exits, one at a time (a car park's traffic is light); retried on failure."""
-    async for bodies in stream.take(100, within=0.05):
+    async for records in stream.take(100, within=0.05):
         rt = await runtime.started()
-        for body in bodies:
+        for body in _bodies(records):
             event, field, reason = parking_event(body, set(rt.rules.car_parks))
             if event is None:
                 # A poison message (not from our ingress, or rules changed): kept, never retried.

@@ -23,7 +23,7 @@ import redis
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
-from streams.sinks.balances import BalanceStore
+from streams.sinks.balances import BalanceStore, decode_record
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -76,8 +76,8 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
         pipe = r.pipeline(transaction=False)
         keys = list(accepted)
         for member, event_id in keys:
-            pipe.hget(store.event_key(member, event_id), "applied_at_ms")
-        applied = pipe.execute()
+            pipe.hget(store.records_key(member), event_id)
+        applied = [decode_record(r).get("applied_at_ms") for r in pipe.execute()]
         assert all(a is not None for a in applied), "an accepted event is missing"
         assert worker.metrics()["events_applied_total"] == len(accepted)
         lat = [int(a) - accepted[k] for k, a in zip(keys, applied, strict=True)]

@@ -10,12 +10,15 @@ explanations, ledger rows and member states as JSON). Python: decode + evaluate.
 from __future__ import annotations
 
 import random
+import statistics
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 import core_ext
+from benchmarks.results import record
 from tests import reference
 
 FORMATS = {"mall": (1, 100), "hotel": (2, 100), "office": (1, 100), "convenience": (1, 100), "parking": (1, 200)}
@@ -104,11 +107,15 @@ RUST = core_ext.RuleSet.from_toml(RULES_TEXT, "bench.toml")
 REF = reference.RefRules(RULES_TEXT)
 BODIES, STORED = realistic_batch()
 FLAGS = [False] * N
-NONE: list[tuple[int, int, int, int] | None] = [None] * N
+NONE: list[tuple[int, int, int, int, int, int] | None] = [None] * N
 SPENT = {f"camp-{i:02d}": 1000 for i in range(24)}
+# The hot path's records: the same events in envelopes of 100 (the ingress's group commit).
+ENVELOPES = [core_ext.envelope_pack(BODIES[i:i + 100]) for i in range(0, N, 100)]
+NOW_MS = 1_795_000_000_000  # 2026-11-18: every event is within the refund horizon
+ROUNDS = 9
 
 
-def rust_batch() -> Any:
+def rust_batch() -> core_ext.Evaluation:
     return core_ext.evaluate_batch(RUST, core_ext.EventBatch.decode(BODIES), FLAGS, NONE, STORED, SPENT, 0)
 
 
@@ -116,18 +123,92 @@ def python_batch() -> Any:
     return reference.evaluate(REF, [reference.decode(b) for b in BODIES], FLAGS, NONE, STORED, SPENT)
 
 
+def _read_replies() -> list[Any]:
+    """What Redis answers the read of the batch: each member's stored state, no records."""
+    batch = core_ext.AccrualBatch(RUST, ENVELOPES, "bench", NOW_MS, 400, 10)
+    replies: list[Any] = []
+    for cmd in batch.read_plan():
+        parts = cmd.split(b"\r\n")
+        if parts[2] == b"HGET":
+            replies.append(str(SPENT.get(parts[4].decode().split("{")[1].rstrip("}"), 0)).encode())
+            continue
+        member = parts[10].decode().split("{")[1].rstrip("}")
+        seq, state = STORED[member]
+        asked = int(parts[16])
+        replies.append([[str(seq).encode(), None if state is None else state.encode(), b"0", *([None] * 2 * asked)]])
+    return replies
+
+
+READ_REPLIES = _read_replies()
+
+
+def plan_batch() -> tuple[core_ext.AccrualBatch, core_ext.LedgerBlocks]:
+    """The accrual's core work on one batch, as the worker does it with Redis answering at
+    once: decode the envelopes, evaluate, reserve, write, settle, the ledger messages and
+    their ClickHouse blocks (RowBinary)."""
+    batch = core_ext.AccrualBatch(RUST, ENVELOPES, "bench", NOW_MS, 400, 10)
+    batch.read_plan()
+    batch.read_done(READ_REPLIES)
+    reserve = batch.reserve_plan()
+    batch.reserve_done([[1] * cmd.count(b"\r\nm-") for cmd in reserve])
+    write = batch.write_plan()
+    batch.write_done([[b"ok"]] * len(write))
+    batch.settle_plan()
+    batch.trim_plan()
+    blocks = core_ext.ledger_blocks(batch.ledger_messages())
+    return batch, blocks
+
+
 def test_rust_and_reference_agree() -> None:
-    outcomes, _ = rust_batch()
+    outcomes = rust_batch().outcomes
     ref, _ = python_batch()
-    assert [o[1] for o in outcomes] == [r.points for r in ref]
-    assert [o[0] for o in outcomes] == [r.status for r in ref]
-    assert sum(1 for o in outcomes if o[6]) > 50, "campaigns must be part of the load"
+    assert [o.points for o in outcomes] == [r.points for r in ref]
+    kinds = {core_ext.OutcomeKind.APPLIED: "apply", core_ext.OutcomeKind.REJECTED: "rejected",
+             core_ext.OutcomeKind.HELD: "rejected", core_ext.OutcomeKind.DUPLICATE: "duplicate",
+             core_ext.OutcomeKind.GUEST: "guest"}
+    assert [kinds[o.kind] for o in outcomes] == [r.status for r in ref]
+    assert sum(1 for o in outcomes if o.campaigns) > 50, "campaigns must be part of the load"
+
+
+def test_the_plan_gives_the_references_points() -> None:
+    batch, blocks = plan_batch()
+    ref, _ = python_batch()
+    report = batch.report()
+    assert report.applied == sum(1 for r in ref if r.status == "apply")
+    assert report.points_issued - report.points_clawed_back == sum(r.points for r in ref if r.status == "apply")
+    ledger = next(t for t in blocks.tables if t.table == "ledger")
+    assert ledger.rows >= report.applied and not blocks.poison
+
+
+def _time(fn: Any, rounds: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def test_core_alone_vs_the_python_reference(benchmark: Any) -> None:
+    """The issue's figure: events/s of the core's whole batch work (median of ROUNDS) and
+    its ratio to the Python reference's evaluation of the same events."""
+    rust = benchmark.pedantic(plan_batch, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert rust[0].report().applied > 0
+    core_s = statistics.median(benchmark.stats.stats.data)
+    ref_s = statistics.median(_time(python_batch, 5))
+    eval_s = statistics.median(_time(rust_batch, ROUNDS))
+    core_eps, ref_eps = N / core_s, N / ref_s
+    print(f"\ncore alone (envelopes decoded, evaluated, Redis plan, ledger messages and RowBinary blocks): "
+          f"{core_eps:,.0f} events/s (median of {ROUNDS}, {core_s * 1000:.2f} ms per {N})")
+    print(f"  of which evaluate_batch alone: {N / eval_s:,.0f} events/s")
+    print(f"python reference (decode + evaluate): {ref_eps:,.0f} events/s; ratio {core_eps / ref_eps:.1f}x")
+    record(core_eps=round(core_eps), core_ratio=round(core_eps / ref_eps, 1))
 
 
 @pytest.mark.benchmark(group="rules-core-1000")
 def test_rust_core_batch(benchmark: Any) -> None:
-    outcomes, _ = benchmark(rust_batch)
-    assert len(outcomes) == N
+    assert len(benchmark(rust_batch).outcomes) == N
 
 
 @pytest.mark.benchmark(group="rules-core-1000")

@@ -1,16 +1,23 @@
-"""Pipeline throughput, side by side with a naive baseline, on the same data in one run.
+"""Pipeline throughput, side by side with a naive baseline and Faust's own ceiling, on the
+same data in one run.
 
 N payment events (LOYALTY_BENCH_EVENTS, default 200,000; the issue's figure is 1,000,000)
-of the demo's realistic mix (five formats, campaigns, tiers, 10% paid by openid, 5%
-refunds, 1% duplicates, a few for a closed store) are preloaded into Kafka. Then:
+of the demo's realistic mix (five formats, campaigns, tiers, leaderboards, 10% paid by
+openid, 5% refunds, 1% duplicates, a few for a closed store) are preloaded into Kafka the
+way the ingress writes them at a peak: envelopes of their partition's events, no larger on
+average than the ingress produced in its capacity run (`ingress_envelope_mean` in
+benchmarks/results/latest.json; LOYALTY_BENCH_ENVELOPE overrides). Then:
 
-1. the real worker drains them: events/s from its first applied event until every event
-   is accounted for (applied, duplicate, refused, guest, held), every ledger row is in
-   ClickHouse and `reconcile` says Redis = ledger;
-2. the naive baseline (benchmarks/naive_worker.py: one event at a time, plain Python,
-   one Redis round trip each) drains the same topic in its own consumer group.
+1. the real worker (every role) drains them: events/s from its first applied event until
+   every event is accounted for (applied, duplicate, refused, guest, held), every ledger
+   row is in ClickHouse and `reconcile` says Redis = ledger; Redis bytes per event = the
+   growth of Redis' used_memory over the run / events consumed;
+2. a no-op Faust agent (benchmarks/noop_worker.py) drains the same envelopes: the ceiling
+   Faust itself sets;
+3. the naive baseline (benchmarks/naive_worker.py: one event per record, plain Python, one
+   Redis round trip each) drains the same events as single records.
 
-Prints both rates and the ratio. Run: `scripts/bench -k pipeline -s`.
+Run: `scripts/bench pipeline --events N`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+import core_ext
+from benchmarks.results import LATEST, record
 from streams.app import load_rules
 from streams.demo import generate_day
 from streams.devtools import WorkerProcess, remove_run_data
+from streams.ingress import partition_for
 from streams.settings import ROOT, Settings
 
 PARTITIONS = 4
@@ -49,18 +59,37 @@ def make_events(n: int, seed: int = 20261123) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def preload(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
+def envelopes(events: list[tuple[bytes, bytes]], size: int) -> list[tuple[bytes, int, bytes]]:
+    """The events packed per partition of their key, in order, `size` to an envelope."""
+    lanes: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, body in events:
+        lanes.setdefault(partition_for(key, PARTITIONS), []).append((key, body))
+    out = []
+    for p, items in sorted(lanes.items()):
+        for i in range(0, len(items), size):
+            chunk = items[i:i + size]
+            value = chunk[0][1] if len(chunk) == 1 else core_ext.envelope_pack([b for _k, b in chunk])
+            out.append((chunk[0][0], p, value))
+    return out
+
+
+async def create(bootstrap: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024)
+
+
+async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, int | None, bytes]]) -> float:
+    await create(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024,
+                                max_request_size=4 * 1024 * 1024)
     await producer.start()
     t0 = time.monotonic()
     try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in events]
+        futures = [await producer.send(topic, value=v, key=k, partition=p) for k, p, v in records]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -76,6 +105,41 @@ def wait(predicate, timeout: float, what: str, every: float = 0.25) -> float:  #
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def envelope_size() -> tuple[int, str]:
+    """The envelope size to preload: what the ingress produced at its peak, or the override."""
+    if os.environ.get("LOYALTY_BENCH_ENVELOPE"):
+        return int(os.environ["LOYALTY_BENCH_ENVELOPE"]), "LOYALTY_BENCH_ENVELOPE"
+    if LATEST.exists():
+        mean = orjson.loads(LATEST.read_bytes()).get("ingress_envelope_mean")
+        if mean:
+            return max(1, int(mean)), f"the ingress capacity run's mean ({mean:.1f})"
+    return 50, "default (no ingress capacity run recorded yet)"
+
+
+def _side_worker(script: str, env_prefix: str, topic: str, run_id: str, log_path: Path) -> subprocess.Popen[bytes]:
+    settings = Settings.from_env()
+    ns = f"{env_prefix.lower()}-{run_id}"
+    env = {**os.environ, f"{env_prefix}_TOPIC": topic, f"{env_prefix}_APP": ns, f"{env_prefix}_NS": ns,
+           "LOYALTY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "LOYALTY_REDIS_URL": settings.redis_url,
+           "LOYALTY_RULES": str(ROOT / "rules" / "demo.toml")}
+    return subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / script)], env=env, cwd=ROOT,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+
+
+def _side_rate(proc: subprocess.Popen[bytes], counter: str, total: int) -> float:
+    r = redis.Redis.from_url(Settings.from_env().redis_url)
+    try:
+        def done() -> int:
+            return int(r.get(counter) or 0)
+        t_first = wait(lambda: done() > 0, 120, counter)
+        first = done()
+        t_end = wait(lambda: done() >= total, 7200, counter, every=0.25)
+        return (total - first) / (t_end - t_first)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
     subprocess.run([str(ROOT / "scripts" / "services"), "up"], check=True)
     settings = Settings.from_env()
@@ -83,12 +147,20 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     t = time.monotonic()
     events = make_events(n)
-    print(f"\n{len(events):,} messages generated in {time.monotonic() - t:.1f}s", flush=True)
-    took = asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", events))
-    print(f"preloaded into Kafka in {took:.1f}s", flush=True)
+    size, source = envelope_size()
+    packed = envelopes(events, size)
+    mean = len(events) / len(packed)
+    print(f"\n{len(events):,} events generated in {time.monotonic() - t:.1f}s; {len(packed):,} envelopes, "
+          f"mean {mean:.1f} events (size {size}: {source})", flush=True)
+    r = redis.Redis.from_url(settings.redis_url)
+    took = asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", list(packed)))
+    naive_topic = f"{run_id}.naive"
+    asyncio.run(preload(settings.kafka_bootstrap, naive_topic, [(k, None, v) for k, v in events]))
+    print(f"preloaded into Kafka in {took:.1f}s (and as single records for the naive agent)", flush=True)
 
+    used_before = int(r.info("memory")["used_memory"])
     worker = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id,
-                           extra_env={"LOYALTY_PARTITIONS": str(PARTITIONS), "LOYALTY_BATCH_SIZE": "2000",
+                           extra_env={"LOYALTY_PARTITIONS": str(PARTITIONS), "LOYALTY_BATCH_SIZE": "200",
                                       "LOYALTY_LEDGER_BATCH_SIZE": "50"})
     worker.start()
     try:
@@ -98,48 +170,45 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
                     + m["events_guest_total"] + m["refunds_held_total"])
         t_first = wait(lambda: done() > 0, 120, "the first event")
         first = done()
-        wait(lambda: done() >= len(events), 3600, "every event", every=0.5)
+        wait(lambda: done() >= len(events), 3600, "every event", every=0.25)
         applied = worker.metrics()["events_applied_total"]
         t_end = wait(lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied,
-                     3600, "the ledger in ClickHouse", every=0.5)
+                     3600, "the ledger in ClickHouse", every=0.25)
         rate = (len(events) - first) / (t_end - t_first)
         rec = worker.get("/v1/admin/reconcile", admin=True)[1]
         assert rec["clean"] and rec["redis_total"] == rec["ledger_total"], rec
         m = worker.metrics()
+        assert m["events_total"] == len(events), "every event decoded once"
+        used_after = int(r.info("memory")["used_memory"])
+        per_event = (used_after - used_before) / len(events)
+        batches = max(1, m["batch_size_count"])
         print(f"pipeline: {len(events):,} events in {t_end - t_first:.1f}s = {rate:,.0f} events/s "
               f"(applied {m['events_applied_total']:,}, duplicates {m['events_duplicate_total']:,}, "
               f"refused {m['events_rejected_total']:,}, guests {m['events_guest_total']:,}; Redis = ledger "
               f"{rec['redis_total']:,} points over {rec['members']:,} members)", flush=True)
-        print(f"  mean batch {m['batch_size_sum'] / max(1, m['batch_size_count']):,.0f} events, core "
-              f"{m['core_ms_sum'] / max(1, m['batch_size_count']):.1f} ms, Redis "
-              f"{m['redis_apply_ms_sum'] / max(1, m['batch_size_count']):.1f} ms, batch "
-              f"{m['batch_ms_sum'] / max(1, m['batch_ms_count']):.1f} ms, ClickHouse insert "
-              f"{m['clickhouse_write_ms_sum'] / max(1, m['clickhouse_write_ms_count']):.0f} ms", flush=True)
+        print(f"  mean batch {m['batch_size_sum'] / batches:,.0f} events, core {m['core_ms_sum'] / batches:.1f} ms, "
+              f"Redis {m['redis_apply_ms_sum'] / batches:.1f} ms, batch {m['batch_ms_sum'] / batches:.1f} ms, "
+              f"ClickHouse insert {m['clickhouse_write_ms_sum'] / max(1, m['clickhouse_write_ms_count']):.0f} ms, "
+              f"ledger sink {m['ledger_sink_cpu_us_total'] / max(1, m['ledger_sink_rows_total']):.2f} µs CPU "
+              f"per row ({m['ledger_sink_rows_total']:,} rows)", flush=True)
+        print(f"Redis: {used_after - used_before:,} bytes more for {len(events):,} events = {per_event:,.0f} "
+              "bytes per event (members' hashes, records, history, guests, boards)", flush=True)
     finally:
         worker.stop()
 
-    ns = f"naive-{run_id}"
-    env = {**os.environ, "NAIVE_TOPIC": f"{run_id}.payments", "NAIVE_APP": ns, "NAIVE_NS": ns,
-           "LOYALTY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "LOYALTY_REDIS_URL": settings.redis_url,
-           "LOYALTY_RULES": str(ROOT / "rules" / "demo.toml")}
-    r = redis.Redis.from_url(settings.redis_url)
-    log = open(tmp_path / "naive.log", "wb")
-    naive = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_worker.py")], env=env, cwd=ROOT,
-                             stdout=log, stderr=subprocess.STDOUT)
-    try:
-        def naive_done() -> int:
-            return int(r.get(f"{ns}:done") or 0)
-        t_first = wait(lambda: naive_done() > 0, 120, "the naive worker's first event")
-        first = naive_done()
-        t_end = wait(lambda: naive_done() >= len(events), 7200, "the naive worker", every=0.5)
-        naive_rate = (len(events) - first) / (t_end - t_first)
-    finally:
-        naive.terminate()
-        naive.wait(30)
-        remove_run_data(settings.kafka_bootstrap, settings.redis_url, run_id)
-        remove_run_data(settings.kafka_bootstrap, settings.redis_url, ns)
-    print(f"naive baseline: {naive_rate:,.0f} events/s (one event at a time, one Redis round trip each)")
-    print(f"ratio: pipeline / naive = {rate / naive_rate:.1f}x")
+    noop = _side_worker("noop_worker.py", "NOOP", f"{run_id}.payments", run_id, tmp_path / "noop.log")
+    noop_rate = _side_rate(noop, f"noop-{run_id}:events", len(events))
+    print(f"no-op Faust agent on the same envelopes: {noop_rate:,.0f} events/s "
+          f"({noop_rate / mean:,.0f} records/s)", flush=True)
+    naive = _side_worker("naive_worker.py", "NAIVE", naive_topic, run_id, tmp_path / "naive.log")
+    naive_rate = _side_rate(naive, f"naive-{run_id}:done", len(events))
+    for prefix in (run_id, f"noop-{run_id}", f"naive-{run_id}"):
+        remove_run_data(settings.kafka_bootstrap, settings.redis_url, prefix)
+    print(f"naive baseline: {naive_rate:,.0f} events/s (one event per record, one Redis round trip each)")
+    print(f"ratio: pipeline / naive = {rate / naive_rate:.1f}x; pipeline / no-op Faust = {rate / noop_rate:.2f}")
+    record(pipeline_eps=round(rate), naive_eps=round(naive_rate), pipeline_ratio=round(rate / naive_rate, 1),
+           noop_faust_eps=round(noop_rate), redis_bytes_per_event=round(per_event), events=len(events),
+           pipeline_envelope_mean=round(mean, 1))
 
 
 def drain(accrual: list[WorkerProcess], ledger: WorkerProcess, total: int) -> tuple[float, dict[str, Any]]:
@@ -176,7 +245,8 @@ def test_scale_out_two_accrual_workers(tmp_path: Path) -> None:
     rates = {}
     for name, accrual_count in (("one worker, all roles", 0), ("two accrual workers + a ledger worker", 2)):
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
-        asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", events))
+        packed = list(envelopes(events, envelope_size()[0]))
+        asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", packed))
         ledger = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id / "ledger",
                                extra_env={**env, "LOYALTY_ROLES": "ledger" if accrual_count else "all"})
         accrual = [WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id / f"a{i}",

@@ -3,18 +3,36 @@
 from typing import Any, Literal, final
 
 __all__ = [
+    "AccrualBatch",
+    "BatchReport",
+    "DeadLetter",
+    "Evaluation",
     "EventBatch",
+    "EventInfo",
+    "EventOutcome",
+    "HeldRefund",
     "InvalidEventError",
+    "LedgerBlocks",
     "LoyaltyCoreError",
+    "MemberUpdate",
+    "Message",
+    "OutcomeKind",
     "RejectedEventError",
     "RuleSet",
     "RulesError",
+    "TableBlock",
     "__version__",
     "coupon_wallet",
+    "decode_event",
     "engage",
     "engagement_view",
+    "envelope_pack",
+    "envelope_unpack",
     "evaluate_batch",
     "hold_points",
+    "ledger_blocks",
+    "ledger_schema_mismatches",
+    "ledger_tables",
     "liability_by_expiry",
     "member_view",
     "parking_exit",
@@ -90,31 +108,22 @@ class RuleSet:
     def games(self) -> list[str]:
         """Game ids, sorted."""
     @property
+    def leaderboards(self) -> list[tuple[str, str]]:
+        """Leaderboards the rules define: (period "week"|"month", scope "group"|"bu")."""
+    @property
     def utc_offset_minutes(self) -> int:
         """The group's local time offset (dates, days, months)."""
     @property
     def guest_credit_days(self) -> int:
         """Days within which registering credits a guest's payments (0: never)."""
 
-_Keys = tuple[str | None, str | None, str | None, tuple[str, str] | None, int, str]
-
 @final
 class EventBatch:
-    """A batch of raw event bodies (payments, refunds, member events), decoded once (GIL released)."""
+    """A batch of raw records (single events or envelopes of them), decoded once (GIL released)."""
 
     @staticmethod
-    def decode(bodies: list[bytes]) -> EventBatch: ...
+    def decode(records: list[bytes]) -> EventBatch: ...
     def __len__(self) -> int: ...
-    def keys(self) -> list[_Keys]:
-        """Per event: (event_id, member_id, refund_of, payer, occurred_at_ms, type);
-        (None, None, None, None, 0, "") for an invalid body; member_id None for a guest payment."""
-    def bindings(self) -> list[tuple[int, str, str, str]]:
-        """External ids that registrations bind: (event index, member_id, kind, id)."""
-    def boards(self, rules: RuleSet) -> list[tuple[str, str, str] | None]:
-        """Per event, the leaderboards a member's payment or refund counts on:
-        (bu_id, ISO week "YYYY-Www", month "YYYY-MM") in local time; None otherwise."""
-    def referrals(self) -> list[tuple[int, str, str]]:
-        """Registrations naming their inviter: (event index, new member id, inviter id)."""
 
 def validate_payment(body: bytes) -> tuple[str, str | None, Literal["payment", "refund"], tuple[str, str] | None]:
     """Validates one raw payment/refund; returns (event_id, member_id or None, type, payer or None)."""
@@ -122,21 +131,84 @@ def validate_payment(body: bytes) -> tuple[str, str | None, Literal["payment", "
 def validate_member_event(body: bytes) -> tuple[str, str, str]:
     """Validates one raw member event; returns (event_id, member_id, type)."""
 
-_Outcome = tuple[
-    Literal["apply", "guest", "duplicate", "rejected"],
-    int,  # points delta (negative for a clawback)
-    str | None,  # apply: the event's ledger rows (JSON array); guest: the fact (JSON object)
-    str | None,  # refund_of (refunds only)
-    int,  # amount_fen of the event
-    int,  # clawback points (refunds only)
-    list[tuple[str, int]],  # campaign budget consumed: (campaign id, points)
-    str | None,  # error field (rejected only)
-    str | None,  # error reason (rejected only)
-    str | None,  # a notification for the member (an expiry reminder), JSON
-    tuple[int, int, int],  # points the record keeps, points used at the till, points given back
-]
-# member_id, expected seq, state JSON, tier review_at_ms, next wallet check ms
-_MemberUpdate = tuple[str, int, str, int | None, int | None]
+@final
+class OutcomeKind:
+    """What became of an event."""
+
+    APPLIED: OutcomeKind
+    DUPLICATE: OutcomeKind
+    GUEST: OutcomeKind
+    REJECTED: OutcomeKind
+    HELD: OutcomeKind
+    """A refund of a payment not applied yet: held until it is."""
+    PENDING: OutcomeKind
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __int__(self) -> int: ...
+
+@final
+class EventOutcome:
+    """One event's outcome of `evaluate_batch`."""
+
+    @property
+    def kind(self) -> OutcomeKind: ...
+    @property
+    def points(self) -> int:
+        """Balance movement (negative for a clawback; 0 unless applied)."""
+    @property
+    def rows_json(self) -> str | None:
+        """Applied: the event's ledger rows (JSON array); guest: the fact (JSON object)."""
+    @property
+    def refund_of(self) -> str | None: ...
+    @property
+    def amount_fen(self) -> int: ...
+    @property
+    def clawback_points(self) -> int: ...
+    @property
+    def campaigns(self) -> list[tuple[str, int]]:
+        """Budgets consumed: (budget id, units)."""
+    @property
+    def field(self) -> str | None:
+        """Rejected or held: the field it is about."""
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def notice(self) -> str | None:
+        """A notification for the member (an expiry reminder), JSON."""
+    @property
+    def record_points(self) -> int: ...
+    @property
+    def used_points(self) -> int: ...
+    @property
+    def returned_points(self) -> int: ...
+    @property
+    def boards(self) -> list[tuple[str, int]]:
+        """Leaderboards moved: (board, the member's new score)."""
+
+@final
+class MemberUpdate:
+    """A member's state after a batch, written only if the stored sequence number is still `expected_seq`."""
+
+    @property
+    def member_id(self) -> str: ...
+    @property
+    def expected_seq(self) -> int: ...
+    @property
+    def state_json(self) -> str: ...
+    @property
+    def review_at_ms(self) -> int | None: ...
+    @property
+    def next_check_ms(self) -> int | None: ...
+
+@final
+class Evaluation:
+    """`evaluate_batch`'s answer."""
+
+    @property
+    def outcomes(self) -> list[EventOutcome]: ...
+    @property
+    def members(self) -> list[MemberUpdate]: ...
 
 def evaluate_batch(
     rules: RuleSet,
@@ -146,15 +218,199 @@ def evaluate_batch(
     members: dict[str, tuple[int, str | None]],
     budget_spent: dict[str, int],
     now_ms: int,
-) -> tuple[list[_Outcome], list[_MemberUpdate]]:
+) -> Evaluation:
     """Outcome of every event of `batch`, in order, and each touched member's new state.
 
-    applied: the event id was applied by an earlier batch (outcome "duplicate").
+    applied: the event id was applied by an earlier batch (outcome DUPLICATE).
     originals: for refunds, the refunded payment as stored: (amount_fen, points earned,
         refunded_amount_fen, refunded_points, points used at the till, used points given back).
     members: member id -> (stored sequence number, stored state JSON or None).
-    budget_spent: campaign id -> points of its budget already spent.
+    budget_spent: budget id -> units already taken.
     """
+
+@final
+class EventInfo:
+    """What one event says of itself."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def member_id(self) -> str | None: ...
+    @property
+    def kind(self) -> str:
+        """payment, refund, register, sign_in, ..."""
+    @property
+    def occurred_at_ms(self) -> int: ...
+    @property
+    def refund_of(self) -> str | None: ...
+    @property
+    def payer_kind(self) -> str | None: ...
+    @property
+    def payer_id(self) -> str | None: ...
+    @property
+    def bindings(self) -> list[tuple[str, str]]:
+        """External ids a registration binds: (kind, id)."""
+    @property
+    def referred_by(self) -> str | None: ...
+
+def decode_event(body: bytes) -> EventInfo:
+    """Decodes and validates one event body; raises InvalidEventError naming the field."""
+
+def envelope_pack(bodies: list[bytes]) -> bytes:
+    """Packs event bodies into one envelope record (docs/envelopes.md)."""
+
+def envelope_unpack(record: bytes) -> list[bytes]:
+    """The bodies a record holds (an envelope's, or the record itself); raises
+    InvalidEventError (field "envelope") for a corrupt envelope."""
+
+@final
+class BatchReport:
+    """Counts of an accrual batch."""
+
+    @property
+    def events(self) -> int: ...
+    @property
+    def applied(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def guests(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def points_issued(self) -> int: ...
+    @property
+    def points_clawed_back(self) -> int: ...
+    @property
+    def ledger_rows(self) -> int: ...
+    @property
+    def conflicts(self) -> int: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def resent(self) -> int:
+        """Duplicates whose rows an earlier delivery left in the outbox: sent again."""
+
+@final
+class DeadLetter:
+    """An event refused: its body, why, and its id if it has one."""
+
+    @property
+    def event_id(self) -> str | None: ...
+    @property
+    def field(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+
+@final
+class HeldRefund:
+    """A refund held until its payment is applied."""
+
+    @property
+    def member_id(self) -> str: ...
+    @property
+    def payment_id(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+
+@final
+class Message:
+    """A Kafka message to send."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def value(self) -> bytes: ...
+
+@final
+class TableBlock:
+    """One table's rows of a batch of ledger messages, as a RowBinary block."""
+
+    @property
+    def table(self) -> str: ...
+    @property
+    def columns(self) -> list[str]: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def identity(self) -> bytes:
+        """The rows' identities (event ids and kinds), for the insert's deduplication token."""
+
+@final
+class LedgerBlocks:
+    """A batch of ledger-topic messages as ClickHouse blocks."""
+
+    @property
+    def tables(self) -> list[TableBlock]:
+        """Tables with rows, in insert order."""
+    @property
+    def boards(self) -> list[tuple[str, str, int, int]]:
+        """Leaderboard scores the rows carry: (board, member, score, version)."""
+    @property
+    def poison(self) -> list[tuple[int, str]]:
+        """Messages that cannot be stored: (index in the batch, reason); none of their rows is in the blocks."""
+
+def ledger_blocks(messages: list[bytes]) -> LedgerBlocks:
+    """Encodes ledger-topic messages into one RowBinary block per table (GIL released)."""
+
+def ledger_schema_mismatches(describe: list[tuple[str, str, str]]) -> list[str]:
+    """Columns whose ClickHouse type is not what the ledger blocks write, from
+    (table, column, type) rows; empty when the schema fits."""
+
+def ledger_tables() -> list[tuple[str, list[str]]]:
+    """The tables the ledger blocks write: (table, columns in insert order)."""
+
+@final
+class AccrualBatch:
+    """A batch of Kafka records on its way through the accrual rounds: each `*_plan` is a
+    list of Redis commands (RESP bytes) to send as they are, each `*_done` takes their
+    replies (as hiredis parses them) in order. See docs/hot-path.md."""
+
+    def __new__(
+        cls, rules: RuleSet, records: list[bytes], namespace: str, now_ms: int, horizon_days: int,
+        history_len: int,
+    ) -> AccrualBatch: ...
+    def __len__(self) -> int: ...
+    def pending(self) -> int:
+        """Events not settled yet (their members conflicted; another round takes them)."""
+    def read_plan(self) -> list[bytes]:
+        """One ly_read per member with pending events, then one HGET per budget; empty when done."""
+    def read_done(self, replies_: list[Any]) -> None:
+        """Takes the read's replies and evaluates the round (the GIL is released meanwhile)."""
+    def reserve_plan(self) -> list[bytes]: ...
+    def reserve_done(self, replies_: list[Any]) -> None: ...
+    def write_plan(self) -> list[bytes]: ...
+    def write_done(self, replies_: list[Any]) -> int:
+        """Returns how many members conflicted (their events go to the next round)."""
+    def settle_plan(self) -> list[bytes]: ...
+    def guest_plan(self, ttl_s: int) -> list[bytes]: ...
+    def guest_done(self, replies_: list[Any]) -> None: ...
+    def ledger_messages(self) -> list[bytes]:
+        """The ledger-topic messages: rows of applied events and re-sent outbox rows, guest facts."""
+    def trim_plan(self) -> list[bytes]:
+        """Outbox entries to delete once the ledger messages are acked."""
+    def report(self) -> BatchReport: ...
+    def dead_letters(self) -> list[DeadLetter]: ...
+    def held(self) -> list[HeldRefund]: ...
+    def kinds(self) -> list[OutcomeKind]: ...
+    def schedules(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Tier reviews and wallet checks to schedule: ({member: when_ms}, {member: when_ms})."""
+    def paid_with_held(self) -> list[tuple[str, str]]:
+        """(member, payment id) of payments applied for members with refunds held."""
+    def pushes(self) -> list[Message]:
+        """Coupon pushes (issued coupons), keyed by member."""
+    def notices(self) -> list[Message]:
+        """Member notices (expiry reminders), keyed by member."""
+    def registrations(self) -> list[bytes]:
+        """Bodies of registrations applied (ids to bind, guest payments to credit)."""
+    def invitations(self) -> list[bytes]:
+        """Bodies of registrations applied or seen again (their referral may be owed)."""
 
 def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""
@@ -180,10 +436,11 @@ def reverse_redemption(
 
 def rebuild_member(
     rules: RuleSet, rows_json: str, now_ms: int
-) -> tuple[str, int, list[tuple[str, str, int, int, int, int, int, int]], int | None, int | None]:
+) -> tuple[str, int, list[tuple[str, str, int, int, str | None]], int | None, int | None]:
     """A member's state rebuilt from their ledger rows (JSON array, in applied order):
     (state JSON, balance, event records, tier review_at_ms, next wallet check ms); a record
-    is (event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)."""
+    is (event_id, kind, amount_fen, points, the string Redis keeps for a payment or refund,
+    or None for the other kinds)."""
 
 def hold_points(
     rules: RuleSet, state_json: str | None, hold_id: str, points: int, ttl_ms: int, now_ms: int

@@ -125,7 +125,8 @@ class Runtime:
         self.alipay_key = (load_rsa_public_key(Path(settings.alipay_public_key).read_bytes(), "Alipay public key")
                            if settings.alipay_public_key else None)
         self.pos_keys = parse_pos_keys(settings.pos_keys)
-        self.balances = BalanceStore(settings.redis_url, settings.redis_namespace)
+        self.balances = BalanceStore(settings.redis_url, settings.redis_namespace, settings.refund_horizon_days,
+                                     settings.history_length)
         self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
         self._started = False
         self._lock = asyncio.Lock()
@@ -237,17 +238,19 @@ async def schedule_wallet_checks() -> None:
 @app.timer(interval=10.0)
 @outage_tolerant
 async def flush_ledger_outbox() -> None:
-    """Ledger rows written by the HTTP path (redemptions) whose send to Kafka did not
-    complete (a crash, a Kafka outage) are sent again; the ledger dedups them."""
+    """Ledger rows written by the HTTP path (redemptions, engagement, parking exits) whose
+    send to Kafka did not complete (a crash, a Kafka outage) are sent again from the
+    member's outbox; the ledger dedups them. The accrual's own outbox entries come back
+    with the redelivery of their batch."""
     rt = await runtime.started()
-    rows = await rt.balances.outbox()
-    if not rows:
-        return
-    for payload in ledger_messages(rows, []):
-        fut = await ledger_topic.send(value=payload, force=True)
-        await fut
-    await rt.balances.outbox_done(rows)
-    log.info("ledger outbox: %d rows sent again", len(rows))
+    older_than = int(time.time() * 1000) - 30_000
+    for member_id, rows in await rt.balances.orphaned_outboxes(older_than):
+        for payload in ledger_messages(list(rows.values()), []):
+            fut = await ledger_topic.send(value=payload, force=True)
+            await fut
+        await rt.balances.outbox_done(member_id, list(rows))
+        await rt.balances.forget_outbox_index(member_id, older_than)
+        log.info("ledger outbox of %s: %d operations sent again", member_id, len(rows))
 
 
 def consumer_lag() -> dict[str, float]:

@@ -32,10 +32,17 @@ HELP = {
     "events_dead_lettered_total": "Events sent to the dead-letter topic with a reason.",
     "points_issued_total": "Points added to balances.",
     "points_clawed_back_total": "Points taken back by refunds.",
-    "batches_total": "Payment batches processed.",
+    "batches_total": "Batches of records processed by the accrual.",
+    "envelopes_sent_total": "Records the ingress produced (an envelope holds the callbacks of one partition).",
+    "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",
+    "events_total": "Events the accrual decoded (an envelope record holds many).",
+    "ledger_rows_sent_total": "Ledger rows sent to the ledger topic (re-sent outbox rows included).",
+    "boards_scores_taken_total": "Leaderboard scores taken from the ledger topic (newest version wins).",
     "batch_retries_total": "Payment batches retried after a transient failure.",
     "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",
     "ledger_write_retries_total": "Ledger inserts retried after a failure.",
+    "ledger_sink_rows_total": "Rows the ledger sink inserted, every table (ledger, settlement, coupons, ...).",
+    "ledger_sink_cpu_us_total": "CPU microseconds the ledger sink's thread spent encoding and inserting them.",
     "gateway_wechatpay_payment_total": "WeChat Pay payment notifications accepted.",
     "gateway_wechatpay_refund_total": "WeChat Pay refund notifications accepted.",
     "gateway_alipay_payment_total": "Alipay payment notifications accepted.",
@@ -92,6 +99,8 @@ histograms: dict[str, Histogram] = {
     "batch_ms": Histogram("Milliseconds per accrual batch, end to end (read to ledger message acked).", MS),
     "push_latency_ms": Histogram("Milliseconds from an event's processing to its push delivered.", MS),
     "callback_ms": Histogram("Milliseconds from a callback's arrival to its answer.", MS),
+    "envelope_events": Histogram("Events per envelope the ingress produced (group commit).",
+                                 (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)),
 }
 
 #: (topic, direction) -> messages: "in" consumed by an agent, "out" produced.

@@ -12,6 +12,7 @@ import orjson
 
 import core_ext
 from streams.app import runtime
+from streams.sinks.balances import first_row
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,28 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
             "events": len(records),
         })
         pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry
-        for event_id, kind, amount, points, r_amount, r_points, used, returned in records:
+        entries: dict[str, str] = {}
+        for event_id, kind, amount, points, record in records:
             event_rows = by_event[event_id]
-            result = ""
-            if kind == "redeem":
+            applied = int(event_rows[0].get("processed_at_ms", now_ms))
+            if record is None and kind == "redeem":
                 result = orjson.dumps({"redemption_id": event_id, "status": "redeemed", "member_id": member_id,
                                        "points": -points, "value_fen": amount}).decode()
-            pipe.hset(b.event_key(member_id, event_id), mapping={
-                "rows": orjson.dumps(event_rows).decode(), "amount": amount, "points": points, "kind": kind,
-                "refunded_amount": r_amount, "refunded_points": r_points, "result": result,
-                "used": used, "returned_used": returned,
-            })
+                record = f"J|{applied}|" + orjson.dumps({
+                    "kind": kind, "amount": amount, "points": points, "result": result, "used": 0,
+                    "refunded_amount": 0, "refunded_points": 0, "returned_used": 0,
+                    "rows": orjson.dumps(event_rows).decode()}).decode()
+            elif record is None:
+                record = f"M|{applied}|{0:016x}|{points}"
+            entries[event_id] = record
+        if entries:
+            pipe.hset(b.records_key(member_id), mapping=entries)
+            pipe.expire(b.records_key(member_id), b.horizon_days * 86_400 + 86_400)
+        recent = list(dict.fromkeys(r["event_id"] for r in items))[-b.history_len:]
+        history = [h for h in (first_row(orjson.dumps(by_event[e]).decode()) for e in recent) if h]
+        pipe.delete(b.history_key(member_id))
+        if history:
+            pipe.lpush(b.history_key(member_id), *history)
         if review_at is not None:
             reviews[member_id] = review_at
         if next_check is not None:

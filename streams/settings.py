@@ -109,6 +109,14 @@ class Settings:
     # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
     # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
     faults_dir: str = ""
+    # The hot path (docs/hot-path.md): how long event records live (a refund or a duplicate
+    # arriving later is refused), recent movements kept per member, and the ingress's
+    # envelopes (group commit: callbacks arriving while a produce is in flight share a record).
+    refund_horizon_days: int = 400
+    history_length: int = 10
+    envelope_linger_ms: float = 1.0
+    envelope_max_events: int = 500
+    envelope_max_bytes: int = 512 * 1024
 
     @property
     def group_id(self) -> str:
@@ -206,4 +214,9 @@ class Settings:
             rate_limit_member=_int("LOYALTY_RATE_LIMIT_MEMBER", d.rate_limit_member, 1),
             rate_limit_pos=_int("LOYALTY_RATE_LIMIT_POS", d.rate_limit_pos, 1),
             faults_dir=_str("LOYALTY_FAULTS_DIR", ""),
+            refund_horizon_days=_int("LOYALTY_REFUND_HORIZON_DAYS", d.refund_horizon_days, 1),
+            history_length=_int("LOYALTY_HISTORY_LENGTH", d.history_length, 1),
+            envelope_linger_ms=_float("LOYALTY_ENVELOPE_LINGER_MS", d.envelope_linger_ms),
+            envelope_max_events=_int("LOYALTY_ENVELOPE_MAX_EVENTS", d.envelope_max_events, 1),
+            envelope_max_bytes=_int("LOYALTY_ENVELOPE_MAX_BYTES", d.envelope_max_bytes, 1024),
         )

@@ -42,6 +42,7 @@ from streams.app import (
 )
 from streams.auth import Principal, bearer_principal, pseudonymise_body
 from streams.gateways.mapping import GatewayConfigError
+from streams.ingress import Coalescer, EnvelopeProducer
 from streams.metrics import counters
 from streams.records import PLATE, is_valid_id, parking_event
 from streams.signing import SignatureError, verify
@@ -137,7 +138,7 @@ async def _read_signed(view: View, request: Request, scope: str = "callback") ->
         counters["requests_rate_limited_total"] += 1
         return None, json_response(view, {"error": f"rate limit of {settings.rate_limit_pos}/s for key {key_id}"},
                                    429, headers={"Retry-After": "1"})
-    if not await rt.balances.claim_nonce(key_id or "callback", nonce or "", settings.nonce_window_s):
+    if not await _claim_nonce((key_id or "callback", nonce or "")):
         return None, await reject(view, 401, "X-Nonce: already used (a replayed request); sign every attempt anew",
                                   body, field="X-Nonce")
     return body, None
@@ -174,23 +175,41 @@ class Admission:
     in_flight = 0
 
 
+_envelopes = EnvelopeProducer(app, runtime.settings.envelope_linger_ms / 1000, runtime.settings.envelope_max_events,
+                              runtime.settings.envelope_max_bytes, runtime.settings.publish_timeout_s)
+
+
+async def _claim_many(claims: list[tuple[str, str]]) -> list[bool]:
+    rt = await runtime.started()
+    return await rt.balances.claim_nonces(claims, rt.settings.nonce_window_s)
+
+
+async def _resolve_many(payers: list[tuple[str, str]]) -> list[str | None]:
+    rt = await runtime.started()
+    return await rt.balances.resolve_many(payers)
+
+
+# Nonce claims and payer look-ups of concurrent callbacks share one Redis round trip.
+_claim_nonce: Coalescer[tuple[str, str], bool] = Coalescer(_claim_many)
+_resolve_payer: Coalescer[tuple[str, str], str | None] = Coalescer(_resolve_many)
+
+
 async def publish(topic: object, key: str, body: bytes, event_id: str) -> bool:
-    """Sends an accepted event and waits for Kafka's ack (acks=all); False if Kafka did not take
-    it in time or too many callbacks are waiting already."""
+    """Sends an accepted event in its partition's next envelope and waits for Kafka's ack
+    (acks=all); False if Kafka did not take it in time or too many callbacks are waiting."""
     settings = runtime.settings
     if Admission.in_flight >= settings.max_in_flight:
         counters["callbacks_shed_total"] += 1
         return False
     Admission.in_flight += 1
     try:
-        fut = await topic.send(key=key.encode(), value=body, force=True)  # type: ignore[attr-defined]
-        await asyncio.wait_for(asyncio.shield(fut), settings.publish_timeout_s)  # acks=all: the broker has it
-    except (KafkaError, TimeoutError) as exc:
-        counters["callbacks_unavailable_total"] += 1
-        log.error("kafka did not take callback %s: %r", event_id, exc)
-        return False
+        ok = await _envelopes.publish(topic, key.encode(), body)
     finally:
         Admission.in_flight -= 1
+    if not ok:
+        counters["callbacks_unavailable_total"] += 1
+        log.error("kafka did not take callback %s", event_id)
+        return False
     counters["callbacks_accepted_total"] += 1
     metrics.topic_messages[(topic.get_topic_name(), "out")] += 1  # type: ignore[attr-defined]
     return True
@@ -206,8 +225,7 @@ async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str]
     """The Kafka key of a validated payment or refund (its member, or its guest payer, so
     one member's events stay in order) and its body with the payer resolved to the member."""
     if member_id is None and payer is not None:
-        rt = await runtime.started()
-        member_id = await rt.balances.resolve(*payer)
+        member_id = await _resolve_payer(payer)
         if member_id is None:
             counters["callbacks_guest_total"] += 1
             return f"guest:{payer[0]}:{payer[1]}", body
@@ -380,7 +398,7 @@ async def _apply_now(member_id: str, seq: int, state_json: str, move: EventMove)
     if result == "ok":
         fut = await ledger_topic.send(value=('{"ledger":' + move.rows + ',"guests":[]}').encode(), force=True)
         await fut
-        await rt.balances.outbox_done([move.rows])
+        await rt.balances.outbox_done(member_id, [move.event_id])
     return result
 
 
@@ -919,7 +937,7 @@ class MemberAdjustment(View):
             return error_response(self, 400, str(exc), exc.field)
         rt = await runtime.started()
         points = int(req["points"])
-        if points < 0 and not await rt.balances.redis.exists(rt.balances.event_key(member_id, event_id)):
+        if points < 0 and not await rt.balances.event_record(member_id, event_id):
             _seq, state, _balance = await rt.balances.member_state(member_id)
             available = int(core_ext.member_view(rt.rules, state, int(now.timestamp() * 1000))["available"])
             if available < -points:
@@ -936,10 +954,9 @@ class MemberAdjustment(View):
 
 async def _wait_applied(member_id: str, event_id: str, timeout_s: float) -> bool:
     rt = await runtime.started()
-    key = rt.balances.event_key(member_id, event_id)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await rt.balances.redis.exists(key):
+        if await rt.balances.event_record(member_id, event_id):
             return True
         await asyncio.sleep(0.05)
     return False

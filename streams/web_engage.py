@@ -95,7 +95,7 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
             continue  # the state moved on, or a stock ran out meanwhile: evaluate again
         fut = await ledger_topic.send(value=('{"ledger":' + rows + ',"guests":[]}').encode(), force=True)
         await fut
-        await rt.balances.outbox_done([rows])
+        await rt.balances.outbox_done(member_id, [record_id])
         await _after(member_id, rows, publish)
         counters[f"engagement_{op}_total"] += 1
         log.info("%s %s of %s: %+d points, %+d fen stored value", op, op_id, member_id, points, sv_fen)
@@ -186,12 +186,16 @@ PERIODS = ("week", "month")
 
 
 def _board(period: str, scope: str, at: dt.datetime, offset_minutes: int) -> str | None:
-    """The sorted set of a period and scope at a local time: w:2026-W48:all, m:2026-11:bu:x."""
+    """The board of a period and scope at a local time: w:2026-W48:all, m:2026-11:bu:x."""
     if period not in PERIODS or not (scope == "group" or is_valid_id(scope)):
         return None
     local = at.astimezone(dt.timezone(dt.timedelta(minutes=offset_minutes)))
     label = "w:{}-W{:02d}".format(*local.isocalendar()[:2]) if period == "week" else f"m:{local:%Y-%m}"
     return f"{label}:{'all' if scope == 'group' else 'bu:' + scope}"
+
+
+def _defined(rules: core_ext.RuleSet, period: str, scope: str) -> bool:
+    return (period, "group" if scope == "group" else "bu") in rules.leaderboards
 
 
 def _mask(member_id: str) -> str:
@@ -233,6 +237,9 @@ class Leaderboard(View):
         except (ValueError, AssertionError):
             return error_response(self, 400, "period: week|month; scope: group or a business unit id; "
                                   "limit: 1-100", "query")
+        if not _defined(rt.rules, period, scope):
+            return error_response(self, 404, f"no {period} leaderboard for {scope} in the rules ([[leaderboards]])",
+                                  "period")
         top = await rt.balances.board_top(board, limit)
         show = (lambda m: m) if who.kind in ("admin", "pos") else (lambda m: m if who.may_read(m) else _mask(m))
         return json_response(self, {"board": board, "period": period, "scope": scope, "top": [
@@ -249,6 +256,9 @@ class MemberRank(View):
         board = _board(period, scope, dt.datetime.now(dt.UTC), rt.rules.utc_offset_minutes)
         if board is None:
             return error_response(self, 400, "period: week|month; scope: group or a business unit id", "query")
+        if not _defined(rt.rules, period, scope):
+            return error_response(self, 404, f"no {period} leaderboard for {scope} in the rules ([[leaderboards]])",
+                                  "period")
         rank, points, size = await rt.balances.board_rank(board, member_id)
         return json_response(self, {"member_id": member_id, "board": board, "rank": rank, "points": points,
                                     "members_ranked": size})

@@ -44,6 +44,10 @@ pub struct Applied {
     /// Points used at the till (payments) and given back (refunds).
     pub used_points: i64,
     pub returned_points: i64,
+    /// A payment's booking (where and what split), kept in its record for its refunds.
+    pub booking: Option<crate::record::Booking>,
+    /// Leaderboards the event moved, with the member's new absolute score on each.
+    pub boards: Vec<(String, i64)>,
 }
 
 /// Removes `excess` points from the parts: campaigns first (last listed first),
@@ -207,15 +211,18 @@ pub fn accrue_payment(
     wallet::credit(state, total, local.month_index as i64, pending);
     crate::engage::note_earned(rules, state, &ev.event_id, &ev.bu_id, local.day, total);
     let split = rules.split_of(&ev.bu_id, &ev.merchant_id, ev.amount_fen, ev.points_used);
-    let lines = settlement::payment_lines(
-        &ev.bu_id,
-        &ev.merchant_id,
-        &split,
-        total,
-        rules.funding_fen(&ev.bu_id, total),
-        ev.points_used,
-        1,
-    );
+    let funded_fen = rules.funding_fen(&ev.bu_id, total);
+    let lines = settlement::payment_lines(&ev.bu_id, &ev.merchant_id, &split, total, funded_fen, ev.points_used, 1);
+    let booking = crate::record::Booking {
+        bu_id: ev.bu_id.clone(),
+        merchant_id: ev.merchant_id.clone(),
+        category: category.to_string(),
+        format: bu.format.clone(),
+        commission_fen: split.commission_fen,
+        merchant_fen: split.merchant_fen,
+        offset_fen: split.points_offset_fen,
+        funded_fen,
+    };
     let mut rows =
         payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), &lines, now_ms);
     if ev.points_used > 0 {
@@ -237,6 +244,8 @@ pub fn accrue_payment(
         record_points: total,
         used_points: ev.points_used,
         returned_points: 0,
+        booking: Some(booking),
+        boards: Vec::new(),
     })
 }
 
@@ -322,6 +331,8 @@ pub fn accrue_refund(
             record_points: returned - taken,
             used_points: 0,
             returned_points: returned,
+            booking: None,
+            boards: Vec::new(),
         },
         after,
     ))

@@ -274,5 +274,7 @@ pub fn apply_member_event(
         record_points: points,
         used_points: 0,
         returned_points: 0,
+        booking: None,
+        boards: Vec::new(),
     })
 }

@@ -2,7 +2,7 @@
 //! boundary and releases the GIL while the pure core works.
 
 use crate::accrual::PaymentRecord;
-use crate::engine::{self, Outcome, StoredMembers};
+use crate::engine::{self, StoredMembers};
 use crate::errors::CoreError;
 use crate::events::{self, Event};
 use crate::rules::RuleSet;
@@ -165,6 +165,17 @@ impl PyRuleSet {
         v
     }
 
+    /// Leaderboards the rules define: (period "week"|"month", scope "group"|"bu").
+    #[getter]
+    fn leaderboards(&self) -> Vec<(&'static str, &'static str)> {
+        self.inner
+            .engagement
+            .leaderboards
+            .iter()
+            .map(|b| (if b.monthly { "month" } else { "week" }, if b.per_bu { "bu" } else { "group" }))
+            .collect()
+    }
+
     #[getter]
     fn utc_offset_minutes(&self) -> i64 {
         self.inner.utc_offset_minutes
@@ -213,127 +224,52 @@ pub fn validate_member_event(py: Python<'_>, body: &[u8]) -> PyResult<(String, S
     }
 }
 
-/// A batch of raw event bodies (payments, refunds, member events), decoded once.
+/// A batch of raw records (single events or envelopes of them), decoded once.
 #[pyclass(name = "EventBatch", frozen, module = "core_ext._core")]
 pub struct PyEventBatch {
     events: Vec<Result<Event, CoreError>>,
 }
 
-type Keys = (Option<String>, Option<String>, Option<String>, Option<(String, String)>, i64, &'static str);
-
 #[pymethods]
 impl PyEventBatch {
     #[staticmethod]
-    fn decode(py: Python<'_>, bodies: Vec<Bound<'_, PyBytes>>) -> Self {
-        // One copy of each body (a memcpy), so that the parse can run without the GIL.
-        let owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
-        let events = py.detach(|| owned.iter().map(|b| events::parse_event(b)).collect());
+    fn decode(py: Python<'_>, records: Vec<Bound<'_, PyBytes>>) -> Self {
+        // One copy of each record (a memcpy), so that the parse can run without the GIL.
+        let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
+        let events = py.detach(|| {
+            let mut out = Vec::with_capacity(owned.len());
+            for rec in &owned {
+                match crate::envelope::unpack(rec) {
+                    Ok(bodies) => out.extend(bodies.into_iter().map(events::parse_event)),
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            out
+        });
         PyEventBatch { events }
     }
 
     fn __len__(&self) -> usize {
         self.events.len()
     }
-
-    /// Per event: `(event_id, member_id, refund_of, payer, occurred_at_ms, type)`;
-    /// all None (0, "") for an invalid body; member_id None for a guest payment.
-    fn keys(&self) -> Vec<Keys> {
-        self.events
-            .iter()
-            .map(|e| match e {
-                Ok(Event::Payment(p)) => (
-                    Some(p.event_id.clone()),
-                    p.member_id.clone(),
-                    p.refund_of.clone(),
-                    p.payer.clone(),
-                    p.occurred_at_ms,
-                    p.kind.as_str(),
-                ),
-                Ok(Event::Member(m)) => {
-                    (Some(m.event_id.clone()), Some(m.member_id.clone()), None, None, m.occurred_at_ms, m.kind.as_str())
-                }
-                Err(_) => (None, None, None, None, 0, ""),
-            })
-            .collect()
-    }
-
-    /// Per event, the leaderboards a payment or refund of a member counts on:
-    /// `(bu_id, ISO week "YYYY-Www", month "YYYY-MM")` in the group's local time, else None.
-    fn boards(&self, rules: &PyRuleSet) -> Vec<Option<(String, String, String)>> {
-        use chrono::Datelike;
-        let offset = rules.inner.utc_offset_minutes;
-        self.events
-            .iter()
-            .map(|e| match e {
-                Ok(Event::Payment(p)) if p.member_id.is_some() => {
-                    let local = chrono::DateTime::from_timestamp_millis(p.occurred_at_ms + offset * 60_000)?.naive_utc();
-                    let w = local.iso_week();
-                    Some((
-                        p.bu_id.clone(),
-                        format!("{}-W{:02}", w.year(), w.week()),
-                        format!("{}-{:02}", local.year(), local.month()),
-                    ))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Registrations that name an inviter: (index, new member id, inviter id).
-    fn referrals(&self) -> Vec<(usize, String, String)> {
-        let mut out = Vec::new();
-        for (i, e) in self.events.iter().enumerate() {
-            if let Ok(Event::Member(m)) = e {
-                if let Some(by) = &m.referred_by {
-                    out.push((i, m.member_id.clone(), by.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    /// External ids that registrations in this batch bind: (index, member_id, kind, id).
-    fn bindings(&self) -> Vec<(usize, String, String, String)> {
-        let mut out = Vec::new();
-        for (i, e) in self.events.iter().enumerate() {
-            if let Ok(Event::Member(m)) = e {
-                for (kind, id) in &m.external_ids {
-                    out.push((i, m.member_id.clone(), kind.clone(), id.clone()));
-                }
-            }
-        }
-        out
-    }
 }
 
-type EventOutcome = (
-    &'static str,
-    i64,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    Vec<(String, i64)>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    (i64, i64, i64),
-);
-type MemberUpdateTuple = (String, i64, String, Option<i64>, Option<i64>);
+/// A stored payment record: (amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used).
+type OriginalTuple = (i64, i64, i64, i64, i64, i64);
 
 /// Evaluates a batch; see `core_ext/_core.pyi`.
 #[pyfunction]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_batch(
     py: Python<'_>,
     rules: &PyRuleSet,
     batch: &PyEventBatch,
     applied: Vec<bool>,
-    originals: Vec<Option<(i64, i64, i64, i64, i64, i64)>>,
+    originals: Vec<Option<OriginalTuple>>,
     members: HashMap<String, (i64, Option<String>)>,
     budget_spent: HashMap<String, i64>,
     now_ms: i64,
-) -> PyResult<(Vec<EventOutcome>, Vec<MemberUpdateTuple>)> {
+) -> PyResult<crate::bindings_batch::PyEvaluation> {
     let n = batch.events.len();
     if applied.len() != n || originals.len() != n {
         return Err(PyValueError::new_err(format!(
@@ -356,46 +292,7 @@ pub fn evaluate_batch(
     let rules = Arc::clone(&rules.inner);
     let events = &batch.events;
     let result = py.detach(|| engine::evaluate_batch(&rules, events, &applied, &records, &stored, now_ms));
-    let outcomes = result
-        .outcomes
-        .into_iter()
-        .map(|o| match o {
-            Outcome::Apply(a) => (
-                "apply",
-                a.points,
-                Some(a.rows_json),
-                a.refund_of,
-                a.amount_fen,
-                a.clawback_points,
-                a.campaigns,
-                None,
-                None,
-                a.notice,
-                (a.record_points, a.used_points, a.returned_points),
-            ),
-            Outcome::Guest(fact) => ("guest", 0, Some(fact), None, 0, 0, Vec::new(), None, None, None, (0, 0, 0)),
-            Outcome::Duplicate => ("duplicate", 0, None, None, 0, 0, Vec::new(), None, None, None, (0, 0, 0)),
-            Outcome::Rejected(e) => (
-                "rejected",
-                0,
-                None,
-                None,
-                0,
-                0,
-                Vec::new(),
-                Some(e.field().to_string()),
-                Some(e.reason().to_string()),
-                None,
-                (0, 0, 0),
-            ),
-        })
-        .collect();
-    let updates = result
-        .members
-        .into_iter()
-        .map(|m| (m.member_id, m.expected_seq, m.state_json, m.review_at_ms, m.next_check_ms))
-        .collect();
-    Ok((outcomes, updates))
+    crate::bindings_batch::evaluation(py, result)
 }
 
 /// What the member API shows of a stored state: tier, progress and review date.
@@ -525,12 +422,13 @@ pub fn simulate<'py>(
     Ok(d)
 }
 
-type RebuiltRecord = (String, String, i64, i64, i64, i64, i64, i64);
+type RebuiltRecord = (String, String, i64, i64, Option<String>);
 type RebuiltMember = (String, i64, Vec<RebuiltRecord>, Option<i64>, Option<i64>);
 
 /// Rebuilds a member's state from their ledger rows (a JSON array, oldest first):
 /// `(state_json, balance, records, review_at_ms, next_check_ms)`, each record being
-/// `(event_id, kind, amount_fen, points, refunded_amount_fen, refunded_points)`.
+/// `(event_id, kind, amount_fen, points, record)`, `record` the string Redis keeps for a
+/// payment or refund (None for the other kinds, whose record the caller writes).
 #[pyfunction]
 pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms: i64) -> PyResult<RebuiltMember> {
     let rows: Vec<crate::rebuild::StoredRow> = serde_json::from_str(rows_json)
@@ -540,7 +438,8 @@ pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms
         .records
         .into_iter()
         .map(|e| {
-            (e.event_id, e.kind, e.amount_fen, e.points, e.refunded_amount_fen, e.refunded_points, e.used, e.returned_used)
+            let rec = e.encode(&rules.inner);
+            (e.event_id, e.kind, e.amount_fen, e.points, rec)
         })
         .collect();
     let next = crate::wallet::next_check_ms(&rules.inner, &r.state);

@@ -156,6 +156,16 @@ pub struct Engagement {
     /// Earning multiplier in percent by payment channel (e.g. stored_value = 150).
     pub channel_multiplier_pct: HashMap<String, i64>,
     pub profile_rewards: Vec<ProfileReward>,
+    /// Leaderboards the rules define (none: no scores are kept).
+    pub leaderboards: Vec<Leaderboard>,
+}
+
+/// A leaderboard of points earned on payments: per ISO week or calendar month, group-wide
+/// or one board per business unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaderboard {
+    pub monthly: bool,
+    pub per_bu: bool,
 }
 
 // ---- as written ------------------------------------------------------------------
@@ -250,6 +260,13 @@ pub struct RawProfileReward {
     points: S<i64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeaderboard {
+    period: S<String>,
+    scope: S<String>,
+}
+
 pub struct RawEngagement<'a> {
     pub games: &'a [RawGame],
     pub sign_in_plans: &'a [RawSignInPlan],
@@ -258,6 +275,7 @@ pub struct RawEngagement<'a> {
     pub stored_value: Option<&'a RawStoredValue>,
     pub channels: &'a [RawChannel],
     pub profile_rewards: &'a [RawProfileReward],
+    pub leaderboards: &'a [RawLeaderboard],
 }
 
 const POINTS: std::ops::RangeInclusive<i64> = 0..=100_000_000;
@@ -476,6 +494,24 @@ pub(crate) fn load(
             return src.err(r.fields.span(), &f("fields"), format!("{bad:?} is not one of {}", PROFILE_FIELDS.join(", ")));
         }
         out.profile_rewards.push(ProfileReward { id, fields, points: src.int(&r.points, &f("points"), 1..=100_000_000)? });
+    }
+    for (i, b) in raw.leaderboards.iter().enumerate() {
+        let f = |n: &str| format!("leaderboards[{i}].{n}");
+        let monthly = match b.period.get_ref().as_str() {
+            "week" => false,
+            "month" => true,
+            other => return src.err(b.period.span(), &f("period"), format!("{other:?} is not week or month")),
+        };
+        let per_bu = match b.scope.get_ref().as_str() {
+            "group" => false,
+            "bu" => true,
+            other => return src.err(b.scope.span(), &f("scope"), format!("{other:?} is not group or bu")),
+        };
+        let board = Leaderboard { monthly, per_bu };
+        if out.leaderboards.contains(&board) {
+            return src.err(b.period.span(), &f("period"), "this period and scope are defined twice");
+        }
+        out.leaderboards.push(board);
     }
     Ok(out)
 }

@@ -12,6 +12,7 @@ use crate::state::MemberState;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per event of a batch, consumed at once
 pub enum Outcome {
     Apply(Applied),
     /// A payment or refund of a payer with no member: a fact for BI, no points.
@@ -19,6 +20,8 @@ pub enum Outcome {
     /// Applied before (an earlier batch, or earlier in this one): no new effect.
     Duplicate,
     Rejected(CoreError),
+    /// A refund of a payment not known yet: held until that payment is applied.
+    Held(CoreError),
 }
 
 /// A member's state after the batch, to be written only if the stored sequence
@@ -45,6 +48,9 @@ pub struct StoredMembers {
 pub struct BatchResult {
     pub outcomes: Vec<Outcome>,
     pub members: Vec<MemberUpdate>,
+    /// Payments applied or refunded in the batch, as their records stand after it:
+    /// ((member id, payment id), record).
+    pub payments: Vec<((String, String), PaymentRecord)>,
 }
 
 struct Working {
@@ -61,6 +67,19 @@ pub fn evaluate_batch(
     stored: &StoredMembers,
     now_ms: i64,
 ) -> BatchResult {
+    let refs: Vec<&CoreResult<Event>> = events.iter().collect();
+    evaluate_refs(rules, &refs, applied, originals, stored, now_ms)
+}
+
+/// `evaluate_batch` over events held elsewhere (the accrual batch's pending ones).
+pub fn evaluate_refs(
+    rules: &RuleSet,
+    events: &[&CoreResult<Event>],
+    applied: &[bool],
+    originals: &[Option<PaymentRecord>],
+    stored: &StoredMembers,
+    now_ms: i64,
+) -> BatchResult {
     assert!(events.len() == applied.len() && events.len() == originals.len(), "one flag and record per event");
     let mut seen: HashSet<(&str, &str)> = HashSet::default();
     let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::default();
@@ -69,7 +88,7 @@ pub fn evaluate_batch(
     let mut budget_spent = stored.budget_spent.clone();
     let mut outcomes = Vec::with_capacity(events.len());
 
-    for ((ev, &was_applied), original) in events.iter().zip(applied).zip(originals) {
+    for ((&ev, &was_applied), original) in events.iter().zip(applied).zip(originals) {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
@@ -126,10 +145,13 @@ pub fn evaluate_batch(
                 let of = p.refund_of.clone().unwrap_or_default();
                 let key = (member_id.to_string(), of.clone());
                 match payments.get(&key).copied().or(*original) {
-                    None => Err(CoreError::rejected(
-                        "refund_of",
-                        format!("no payment {of:?} of member {member_id:?} is known"),
-                    )),
+                    None => {
+                        outcomes.push(Outcome::Held(CoreError::rejected(
+                            "refund_of",
+                            format!("no payment {of:?} of member {member_id:?} is known"),
+                        )));
+                        continue;
+                    }
                     Some(orig) if p.cumulative && p.amount_fen <= orig.refunded_amount_fen => Err(CoreError::rejected(
                         "amount_fen",
                         format!(
@@ -171,7 +193,15 @@ pub fn evaluate_batch(
                     let m = Marketing { member_id, before, was_registered: was_registered.is_some(), refund_done };
                     m.run(rules, ev, state, &mut budget_spent, &mut applied, now_ms);
                 }
+                if let Event::Payment(p) = ev {
+                    let delta = if p.kind == EventKind::Payment { applied.record_points } else { -applied.clawback_points };
+                    applied.boards = crate::boards::score(rules, state, &p.bu_id, p.occurred_at_ms, delta);
+                }
                 applied.rows_json = stamp_rows(&applied.rows_json, outcomes.len());
+                if !applied.boards.is_empty() {
+                    let version = crate::boards::version(w.expected_seq + 1, outcomes.len());
+                    applied.rows_json = stamp_boards(&applied.rows_json, &applied.boards, version);
+                }
                 w.touched = true;
                 seen.insert((member_id, ev.event_id()));
                 outcomes.push(Outcome::Apply(applied));
@@ -193,7 +223,9 @@ pub fn evaluate_batch(
             })
         })
         .collect();
-    BatchResult { outcomes, members }
+    let mut payments: Vec<((String, String), PaymentRecord)> = payments.into_iter().collect();
+    payments.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    BatchResult { outcomes, members, payments }
 }
 
 /// Coupons around an applied event: redemptions a payment carries, coupons a full
@@ -267,6 +299,17 @@ impl Marketing<'_> {
             Some(head) => format!("{head},{extra}]"),
             None => format!("[{extra}]"),
         };
+    }
+}
+
+/// Puts the boards an event moved on its first ledger row: `"boards":[[board, score,
+/// version], ...]`, for the leaderboard consumer of the ledger topic.
+fn stamp_boards(rows_json: &str, boards: &[(String, i64)], version: i64) -> String {
+    let list: Vec<(&str, i64, i64)> = boards.iter().map(|(b, s)| (b.as_str(), *s, version)).collect();
+    let json = serde_json::to_string(&list).expect("boards always serialise");
+    match rows_json.strip_prefix("[{") {
+        Some(rest) => format!("[{{\"boards\":{json},{rest}"),
+        None => rows_json.to_string(),
     }
 }
 

@@ -2,12 +2,16 @@
 //! states and rules. No I/O here; `bindings` is the only module that knows Python.
 
 pub mod accrual;
+pub mod batch;
+pub mod blocks;
 pub mod behaviour;
+pub mod boards;
 pub mod campaigns;
 pub mod coupons;
 pub mod engage;
 pub mod engage_rules;
 pub mod engine;
+pub mod envelope;
 pub mod errors;
 pub mod events;
 pub mod ledger;
@@ -20,11 +24,15 @@ pub mod state;
 pub mod tiers;
 pub mod time;
 pub mod rebuild;
+pub mod record;
+pub mod resp;
 pub mod redemption;
 pub mod wallet;
 
 #[cfg(feature = "python")]
 mod bindings;
+#[cfg(feature = "python")]
+mod bindings_batch;
 
 /// The extension module `core_ext._core`: its exports, in one place.
 #[cfg(feature = "python")]
@@ -47,6 +55,24 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     }
     m.add_class::<bindings::PyRuleSet>()?;
     m.add_class::<bindings::PyEventBatch>()?;
+    m.add_class::<bindings_batch::PyAccrualBatch>()?;
+    m.add_class::<bindings_batch::PyOutcomeKind>()?;
+    m.add_class::<bindings_batch::PyEventOutcome>()?;
+    m.add_class::<bindings_batch::PyMemberUpdate>()?;
+    m.add_class::<bindings_batch::PyEvaluation>()?;
+    m.add_class::<bindings_batch::PyEventInfo>()?;
+    m.add_class::<bindings_batch::PyBatchReport>()?;
+    m.add_class::<bindings_batch::PyDeadLetter>()?;
+    m.add_class::<bindings_batch::PyHeldRefund>()?;
+    m.add_class::<bindings_batch::PyMessage>()?;
+    m.add_class::<bindings_batch::PyTableBlock>()?;
+    m.add_class::<bindings_batch::PyLedgerBlocks>()?;
+    m.add_function(wrap_pyfunction!(bindings_batch::ledger_blocks, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::ledger_schema_mismatches, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::ledger_tables, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::decode_event, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::envelope_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::envelope_unpack, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::validate_payment, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::validate_member_event, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::evaluate_batch, m)?)?;
@@ -73,3 +99,5 @@ mod tests_engine;
 mod tests_coupons;
 #[cfg(test)]
 mod tests_engage;
+#[cfg(test)]
+mod tests_batch;

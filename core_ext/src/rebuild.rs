@@ -25,8 +25,14 @@ pub struct StoredRow {
     pub points: i64,
     pub amount_fen: i64,
     pub bu_id: String,
+    #[serde(default)]
+    pub merchant_id: String,
     pub category: String,
+    #[serde(default)]
+    pub format: String,
     pub occurred_at_ms: i64,
+    #[serde(default)]
+    pub processed_at_ms: i64,
     #[serde(default)]
     pub refund_of: String,
     #[serde(default)]
@@ -46,6 +52,55 @@ pub struct EventRecord {
     pub refunded_points: i64,
     pub used: i64,
     pub returned_used: i64,
+    pub bu_id: String,
+    pub merchant_id: String,
+    pub category: String,
+    pub format: String,
+    pub applied_ms: i64,
+}
+
+impl EventRecord {
+    /// The record Redis keeps (`record.rs`) for a payment or a refund; None for the
+    /// other kinds (the caller writes those). The booking of a payment is recomputed
+    /// under today's rules: the ledger keeps where it was booked, not its split.
+    pub fn encode(&self, rules: &RuleSet) -> Option<String> {
+        use crate::record::{Booking, Record};
+        match self.kind.as_str() {
+            "payment" => {
+                let split = rules.split_of(&self.bu_id, &self.merchant_id, self.amount_fen, self.used);
+                Some(
+                    Record::Payment {
+                        applied_ms: Some(self.applied_ms),
+                        digest: 0,
+                        payment: crate::accrual::PaymentRecord {
+                            amount_fen: self.amount_fen,
+                            points: self.points,
+                            refunded_amount_fen: self.refunded_amount_fen,
+                            refunded_points: self.refunded_points,
+                            used: self.used,
+                            returned_used: self.returned_used,
+                        },
+                        booking: Booking {
+                            bu_id: self.bu_id.clone(),
+                            merchant_id: self.merchant_id.clone(),
+                            category: self.category.clone(),
+                            format: self.format.clone(),
+                            commission_fen: split.commission_fen,
+                            merchant_fen: split.merchant_fen,
+                            offset_fen: split.points_offset_fen,
+                            funded_fen: rules.funding_fen(&self.bu_id, self.points),
+                        },
+                    }
+                    .encode(),
+                )
+            }
+            "refund" => Some(
+                Record::Refund { applied_ms: Some(self.applied_ms), digest: 0, amount_fen: self.amount_fen, points: self.points }
+                    .encode(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 pub struct Rebuilt {
@@ -97,6 +152,11 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 refunded_points: 0,
                 used: 0,
                 returned_used: 0,
+                bu_id: row.bu_id.clone(),
+                merchant_id: row.merchant_id.clone(),
+                category: row.category.clone(),
+                format: row.format.clone(),
+                applied_ms: row.processed_at_ms,
             });
         }
         match row.kind.as_str() {

@@ -63,6 +63,8 @@ struct RawRuleSet {
     channels: Vec<crate::engage_rules::RawChannel>,
     #[serde(default)]
     profile_rewards: Vec<crate::engage_rules::RawProfileReward>,
+    #[serde(default)]
+    leaderboards: Vec<crate::engage_rules::RawLeaderboard>,
 }
 
 #[derive(Deserialize)]
@@ -664,6 +666,7 @@ impl RuleSet {
                 stored_value: raw.stored_value.as_ref(),
                 channels: &raw.channels,
                 profile_rewards: &raw.profile_rewards,
+                leaderboards: &raw.leaderboards,
             },
             &business_units,
             &formats,

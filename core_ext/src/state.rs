@@ -140,6 +140,9 @@ pub struct MemberState {
     pub profile_rewarded: Vec<String>,
     #[serde(skip_serializing_if = "is_zero")]
     pub referrals_total: i64,
+    /// Leaderboard scores of the current periods (`boards.rs`): board -> points.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub boards: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,6 +44,12 @@ format = "hotel"
 [[tiers]]
 id = "normal"
 multiplier_pct = 100
+[[leaderboards]]
+period = "week"
+scope = "group"
+[[leaderboards]]
+period = "month"
+scope = "bu"
 [wallet.default_rate]
 points = 100
 value_fen = 100
@@ -388,9 +394,16 @@ def test_leaderboards_follow_accrual_and_refunds(ew: WorkerProcess) -> None:
     bodies = [orjson.dumps(e) for e in (pa, pb, pc, refund)]
     asyncio.run(send_callbacks_in_order(ew.base_url, ew.callback_secret, bodies))
     ew.wait_until(lambda: events(ew, a) >= 2, timeout=60, what="refund applied")
-    status, top = ew.get("/v1/leaderboards/week/group?limit=100")
-    assert status == 200
-    scores = {e["member"]: e["points"] for e in top["top"]}
+
+    def week() -> dict[str, int]:
+        status, top = ew.get("/v1/leaderboards/week/group?limit=100")
+        assert status == 200
+        return {e["member"]: e["points"] for e in top["top"]}
+
+    # Boards follow the ledger topic (its consumer takes each member's newest score).
+    ew.wait_until(lambda: all(m in week() for m in (a, b, c)) and week()[a] == 6_000, timeout=60,
+                  what="the boards")
+    scores = week()
     assert (scores[b], scores[c], scores[a]) == (10_000, 7_000, 6_000)
     status, mall = ew.get("/v1/leaderboards/month/mall?limit=100")
     mall_scores = {e["member"]: e["points"] for e in mall["top"]}
@@ -405,6 +418,7 @@ def test_leaderboards_follow_accrual_and_refunds(ew: WorkerProcess) -> None:
     assert c in names and a not in names and b not in names
     assert ew.get(f"/v1/members/{a}/rank", token=token)[0] == 403
     assert ew.get("/v1/leaderboards/year/group")[0] == 400
+    assert ew.get("/v1/leaderboards/week/mall")[0] == 404, "no weekly board per business unit in these rules"
     # Replaying the same callbacks counts nothing twice.
     asyncio.run(send_callbacks_in_order(ew.base_url, ew.callback_secret, bodies))
     ew.wait_until(lambda: ew.metrics().get("events_duplicate_total", 0) >= 4, timeout=60, what="duplicates")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.bi import KPIS, Filters, run_kpis
@@ -335,6 +336,12 @@ class History:
         return [{"account": a, "amount_fen": v[0], "points": v[1]} for a, v in sorted(acc.items())]
 
 
+def message(rows: list[dict[str, Any]], guests: list[dict[str, Any]], parking: list[dict[str, Any]],
+            coupons: list[dict[str, Any]]) -> bytes:
+    """A ledger-topic message as the workers send them."""
+    return orjson.dumps({"ledger": rows, "guests": guests, "parking": parking, "coupons": coupons})
+
+
 @pytest.fixture(scope="module")
 def history() -> History:
     return History()
@@ -347,9 +354,10 @@ def store(history: History, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     async def setup() -> None:
         await s.setup()
-        await s.write(history.rows, history.guests, history.parking, history.coupon_rows)
+        await s.write_messages([message(history.rows, history.guests, history.parking, history.coupon_rows)])
         # A replay of part of the history (a crash re-sends rows): counted once.
-        await s.write(history.rows[:50], history.guests[:5], history.parking[:5], history.coupon_rows[:5])
+        await s.write_messages([message(history.rows[:50], history.guests[:5], history.parking[:5],
+                                        history.coupon_rows[:5])])
     asyncio.run(setup())
     yield s
 

@@ -61,12 +61,12 @@ class Wallet:
         self.pool_points = 0
 
     def event(self, body: dict[str, Any], original: tuple[int, int, int, int, int, int] | None = None
-              ) -> tuple[Any, ...]:
+              ) -> core_ext.EventOutcome:
         batch = core_ext.EventBatch.decode([orjson.dumps(body)])
-        outcomes, updates = core_ext.evaluate_batch(RULES, batch, [False], [original], {"m": (0, self.state)}, {}, 0)
-        if updates:
-            self.state = updates[0][2]
-        return outcomes[0]
+        ev = core_ext.evaluate_batch(RULES, batch, [False], [original], {"m": (0, self.state)}, {}, 0)
+        if ev.members:
+            self.state = ev.members[0].state_json
+        return ev.outcomes[0]
 
     def move(self, rows_json: str, points: int) -> None:
         rows = orjson.loads(rows_json)
@@ -122,9 +122,9 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
                 body["points_used"] = op[4]
             held_before = _by_month(w.state)
             out = w.event(body)
-            assert out[0] == "apply"
-            w.move(out[2], out[1])
-            w.payments[f"p{w.n}"] = (op[1], out[10][0], 0, 0, out[10][1], 0)
+            assert out.kind == core_ext.OutcomeKind.APPLIED and out.rows_json is not None
+            w.move(out.rows_json, out.points)
+            w.payments[f"p{w.n}"] = (op[1], out.record_points, 0, 0, out.used_points, 0)
             for month, pts in _by_month(w.state).items():
                 w.credited[month] = w.credited.get(month, 0) + max(0, pts - held_before.get(month, 0))
         elif op[0] == "redeem":
@@ -176,18 +176,19 @@ def test_random_wallet_sequences_keep_every_invariant(ops: list[tuple[Any, ...]]
                     "refund_of": pid, "occurred_at": _iso(T0 + day * DAY_MS)}
             held_before = _by_month(w.state)
             out = w.event(body, (amount, pts, refunded, clawed, used, returned))
-            assert out[0] == "apply"
+            assert out.kind == core_ext.OutcomeKind.APPLIED and out.rows_json is not None
             # Used points a refund gives back are new points in this month's lot.
             for month, held in _by_month(w.state).items():
                 w.credited[month] = w.credited.get(month, 0) + max(0, held - held_before.get(month, 0))
-            w.move(out[2], out[1])
-            w.payments[pid] = (amount, pts, refunded + part, clawed + out[5], used, returned + out[10][2])
+            w.move(out.rows_json, out.points)
+            w.payments[pid] = (amount, pts, refunded + part, clawed + out.clawback_points, used,
+                               returned + out.returned_points)
         elif op[0] == "check":
             day += op[1]
             out = w.event({"event_id": f"c{w.n}", "type": "wallet_check", "member_id": "m",
                            "occurred_at": _iso(T0 + day * DAY_MS)})
-            assert out[0] == "apply"
-            w.move(out[2], out[1])
+            assert out.kind == core_ext.OutcomeKind.APPLIED and out.rows_json is not None
+            w.move(out.rows_json, out.points)
         w.check()
     # Every payment fully refunded claws back exactly what it earned, never more.
     for amount, pts, refunded, clawed, used, returned in w.payments.values():

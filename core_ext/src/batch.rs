@@ -1,0 +1,1091 @@
+//! The accrual hot path as a plan: a batch of Kafka records (envelopes or single
+//! events) goes through rounds of read -> evaluate -> reserve budgets -> write, each
+//! step a list of Redis commands built here (RESP bytes) that the caller sends without
+//! looking inside, and the replies it hands back. Pure: no I/O, no clock.
+//!
+//! Per round: one `ly_read` call per member (its state, sequence number and the records
+//! of the event ids it names), one `HGET` per budget; the engine evaluates the pending
+//! events; one `ly_reserve` call per budget takes what the events consume (idempotent
+//! by event id); one `ly_apply` call per member writes its state, records, outbox and
+//! history only if its sequence number is unchanged; one `ly_settle` call per budget
+//! commits the reservations of members written and releases the others. Members that
+//! conflicted (another writer) or met a short budget are evaluated again next round.
+//! Every call names the keys of one hash slot (a member's, or one budget's).
+
+use crate::accrual::{Applied, PaymentRecord};
+use crate::engine::{self, Outcome, StoredMembers};
+use crate::envelope;
+use crate::errors::{CoreError, CoreResult};
+use crate::events::{self, Event, EventKind, MemberKind};
+use crate::record::{self, Record};
+use crate::resp::{Command, Reply};
+use crate::rules::RuleSet;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
+
+pub const DAY_MS: i64 = 86_400_000;
+/// A ledger-topic message stays well under Kafka's default 1 MB request limit.
+pub const LEDGER_MESSAGE_BYTES: usize = 700_000;
+
+/// Where the batch writes and how long what it keeps lives.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis key namespace.
+    pub ns: String,
+    /// Records are kept this long after they were applied (the refund horizon); an
+    /// event older than it is refused, since its duplicate check could not be trusted.
+    pub horizon_ms: i64,
+    /// Recent movements kept per member for the member API.
+    pub history_len: i64,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pending,
+    Applied,
+    Duplicate,
+    Guest,
+    Rejected,
+    Held,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pending => "pending",
+            Kind::Applied => "applied",
+            Kind::Duplicate => "duplicate",
+            Kind::Guest => "guest",
+            Kind::Rejected => "rejected",
+            Kind::Held => "held",
+        }
+    }
+}
+
+/// Counts of a batch, for metrics and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub events: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub guests: usize,
+    pub held: usize,
+    pub points_issued: i64,
+    pub points_clawed_back: i64,
+    pub ledger_rows: usize,
+    pub conflicts: usize,
+    pub rounds: usize,
+    pub resent: usize,
+}
+
+struct Ev {
+    body: Vec<u8>,
+    parsed: CoreResult<Event>,
+    kind: Kind,
+    error: Option<CoreError>,
+    applied: Option<Applied>,
+    /// Outbox rows of an earlier delivery found for a duplicate: sent again.
+    resend: Option<String>,
+    /// A guest payment's fact (for BI).
+    fact: Option<String>,
+}
+
+/// What one member's read returned.
+struct MemberRead {
+    id: String,
+    seq: i64,
+    state: Option<String>,
+    held: i64,
+    /// Event indexes of this member evaluated this round, in order.
+    events: Vec<usize>,
+    /// Ids asked: (id, outbox wanted). Replies in the same order.
+    asked: Vec<(String, bool)>,
+    records: HashMap<String, String>,
+    outbox: HashMap<String, String>,
+}
+
+/// A member's write of this round.
+struct MemberWrite {
+    member: usize,
+    expected_seq: i64,
+    state_json: String,
+    review_at_ms: Option<i64>,
+    next_check_ms: Option<i64>,
+    events: Vec<usize>,
+    records: Vec<(String, String)>,
+    blocked: bool,
+    ok: bool,
+}
+
+/// A reservation of a budget: (event id, units, index of the member's write).
+type Reservation = (String, i64, usize);
+
+/// A member written: its id, events, tier review and wallet check times.
+struct Done {
+    member: String,
+    events: Vec<usize>,
+    review_at_ms: Option<i64>,
+    next_check_ms: Option<i64>,
+}
+
+/// (member, when) pairs of the schedules: tier reviews and wallet checks.
+pub type Schedules = (Vec<(String, i64)>, Vec<(String, i64)>);
+
+#[derive(Default)]
+struct Round {
+    /// Event indexes evaluated in this round.
+    idx: Vec<usize>,
+    members: Vec<MemberRead>,
+    by_member: HashMap<String, usize>,
+    budgets: Vec<(String, i64)>,
+    spent: HashMap<String, i64>,
+    writes: Vec<MemberWrite>,
+    /// Reservations per budget: (event id, units, write index), in reply order.
+    reservations: Vec<(String, Vec<Reservation>)>,
+}
+
+pub struct AccrualBatch {
+    rules: Arc<RuleSet>,
+    cfg: Config,
+    now_ms: i64,
+    evs: Vec<Ev>,
+    round: Option<Round>,
+    conflicts: usize,
+    rounds: usize,
+    /// Members written (with their events) over all rounds, for outbox trims and schedules.
+    done_members: Vec<Done>,
+    /// Duplicates whose outbox rows were found: (member, event id).
+    resent: Vec<(String, String)>,
+    /// Members that have refunds held, with the payments applied for them in this batch.
+    paid_with_held: Vec<(String, String)>,
+    guests_kept: Option<Vec<bool>>,
+}
+
+fn member_key(ns: &str, m: &str) -> String {
+    format!("{ns}:m:{{{m}}}")
+}
+
+fn budget_key(ns: &str, id: &str) -> String {
+    format!("{ns}:budget:{{{id}}}")
+}
+
+/// The Redis keys of a member, all in its hash slot: state, records, outbox, history.
+pub fn member_keys(ns: &str, m: &str) -> [String; 4] {
+    [member_key(ns, m), format!("{ns}:ev:{{{m}}}"), format!("{ns}:ob:{{{m}}}"), format!("{ns}:h:{{{m}}}")]
+}
+
+pub fn guest_key(ns: &str, kind: &str, id: &str) -> String {
+    format!("{ns}:guest:{{{kind}:{id}}}")
+}
+
+impl AccrualBatch {
+    /// Decodes every record (envelopes and single events) into one batch of events.
+    pub fn decode(rules: Arc<RuleSet>, cfg: Config, records: &[&[u8]], now_ms: i64) -> AccrualBatch {
+        let mut evs = Vec::with_capacity(records.len());
+        for rec in records {
+            match envelope::unpack(rec) {
+                Ok(bodies) => {
+                    for b in bodies {
+                        evs.push(Ev::new(b.to_vec(), events::parse_event(b)));
+                    }
+                }
+                Err(e) => evs.push(Ev::new(rec.to_vec(), Err(e))),
+            }
+        }
+        let oldest = now_ms - cfg.horizon_ms;
+        let days = cfg.horizon_ms / DAY_MS;
+        for ev in &mut evs {
+            if let Ok(e) = &ev.parsed {
+                if e.occurred_at_ms() < oldest {
+                    ev.settle(Kind::Rejected, Some(CoreError::rejected(
+                        "occurred_at",
+                        format!("older than the refund horizon of {days} days: records of events that old are gone, so it cannot be checked for a duplicate"),
+                    )));
+                }
+            }
+        }
+        AccrualBatch {
+            rules,
+            cfg,
+            now_ms,
+            evs,
+            round: None,
+            conflicts: 0,
+            rounds: 0,
+            done_members: Vec::new(),
+            resent: Vec::new(),
+            paid_with_held: Vec::new(),
+            guests_kept: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.evs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.evs.is_empty()
+    }
+
+    pub fn kind(&self, i: usize) -> Kind {
+        self.evs[i].kind
+    }
+
+    pub fn body(&self, i: usize) -> &[u8] {
+        &self.evs[i].body
+    }
+
+    pub fn event(&self, i: usize) -> Option<&Event> {
+        self.evs[i].parsed.as_ref().ok()
+    }
+
+    pub fn error(&self, i: usize) -> Option<&CoreError> {
+        self.evs[i].error.as_ref()
+    }
+
+    pub fn applied(&self, i: usize) -> Option<&Applied> {
+        self.evs[i].applied.as_ref()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.evs.iter().filter(|e| e.kind == Kind::Pending).count()
+    }
+
+    // ---- round: read ---------------------------------------------------------------
+
+    /// The read of a round: one `ly_read` per member with pending events, one `HGET` per
+    /// budget (members first, then budgets). Empty when nothing is pending.
+    pub fn read_plan(&mut self) -> Vec<Vec<u8>> {
+        let mut round = Round::default();
+        for (i, ev) in self.evs.iter_mut().enumerate() {
+            if ev.kind != Kind::Pending {
+                continue;
+            }
+            let Ok(e) = &ev.parsed else { continue };
+            round.idx.push(i);
+            let Some(m) = e.member_id() else { continue };
+            let at = match round.by_member.get(m) {
+                Some(&at) => at,
+                None => {
+                    round.by_member.insert(m.to_string(), round.members.len());
+                    round.members.push(MemberRead {
+                        id: m.to_string(),
+                        seq: 0,
+                        state: None,
+                        held: 0,
+                        events: Vec::new(),
+                        asked: Vec::new(),
+                        records: HashMap::default(),
+                        outbox: HashMap::default(),
+                    });
+                    round.members.len() - 1
+                }
+            };
+            let mr = &mut round.members[at];
+            mr.events.push(i);
+            mr.asked.push((e.event_id().to_string(), true));
+            if let Event::Payment(p) = e {
+                if let Some(of) = &p.refund_of {
+                    mr.asked.push((of.clone(), false));
+                }
+            }
+        }
+        if round.idx.is_empty() {
+            self.round = None;
+            return Vec::new();
+        }
+        round.budgets = budget_limits(&self.rules);
+        let ns = &self.cfg.ns;
+        let mut out = Vec::with_capacity(round.members.len() + round.budgets.len());
+        for m in &round.members {
+            let keys = member_keys(ns, &m.id);
+            let mut c = Command::new("FCALL_RO");
+            c.str("ly_read").int(3).key(&keys[0]).key(&keys[1]).key(&keys[2]).int(1).int(m.asked.len() as i64);
+            for (id, ob) in &m.asked {
+                c.str(id).int(*ob as i64);
+            }
+            out.push(c.bytes());
+        }
+        for (id, _) in &round.budgets {
+            let mut c = Command::new("HGET");
+            c.key(&budget_key(ns, id)).str("spent");
+            out.push(c.bytes());
+        }
+        self.round = Some(round);
+        out
+    }
+
+    /// Takes the read's replies and evaluates the round's events in the engine.
+    pub fn read_done(&mut self, replies: &[Reply]) -> Result<(), String> {
+        let mut round = self.round.take().ok_or("read_done without a read plan")?;
+        if replies.len() != round.members.len() + round.budgets.len() {
+            return Err(format!(
+                "read: {} replies for {} members and {} budgets",
+                replies.len(),
+                round.members.len(),
+                round.budgets.len()
+            ));
+        }
+        for (m, reply) in round.members.iter_mut().zip(replies) {
+            // ly_read answers an array of members; each call here names one.
+            let a = reply
+                .as_array()
+                .and_then(|all| all.first())
+                .and_then(Reply::as_array)
+                .ok_or_else(|| format!("ly_read of {}: {}", m.id, reply.describe()))?;
+            if a.len() != 3 + 2 * m.asked.len() {
+                return Err(format!("ly_read of {}: {} values for {} ids", m.id, a.len(), m.asked.len()));
+            }
+            m.seq = a[0].as_int().ok_or_else(|| format!("ly_read of {}: seq {}", m.id, a[0].describe()))?;
+            m.state = a[1].as_str().map(str::to_string);
+            m.held = a[2].as_int().unwrap_or(0);
+            for (k, (id, _)) in m.asked.iter().enumerate() {
+                if let Some(r) = a[3 + 2 * k].as_str() {
+                    m.records.insert(id.clone(), r.to_string());
+                }
+                if let Some(o) = a[4 + 2 * k].as_str() {
+                    m.outbox.insert(id.clone(), o.to_string());
+                }
+            }
+        }
+        for ((id, _), reply) in round.budgets.iter().zip(&replies[round.members.len()..]) {
+            round.spent.insert(id.clone(), reply.as_int().unwrap_or(0));
+        }
+        self.evaluate(round)
+    }
+
+    fn evaluate(&mut self, mut round: Round) -> Result<(), String> {
+        let n = round.idx.len();
+        let mut flags = Vec::with_capacity(n);
+        let mut originals = Vec::with_capacity(n);
+        // Every pending event's record: applied already? the payment a refund names?
+        for &i in &round.idx {
+            let e = self.evs[i].parsed.as_ref().expect("only parsed events are pending");
+            let (mut applied, mut original) = (false, None);
+            if let Some(m) = e.member_id().and_then(|m| round.by_member.get(m)).map(|&at| &round.members[at]) {
+                applied = m.records.contains_key(e.event_id());
+                if let Event::Payment(p) = e {
+                    if let Some(of) = &p.refund_of {
+                        original = m.records.get(of).and_then(|r| Record::decode(r).ok()).and_then(|r| r.as_payment());
+                    }
+                }
+            }
+            flags.push(applied);
+            originals.push(original);
+        }
+        let stored = StoredMembers {
+            members: round.members.iter().map(|m| (m.id.clone(), (m.seq, m.state.clone()))).collect(),
+            budget_spent: round.spent.clone(),
+        };
+        let result = if n == self.evs.len() {
+            let all: Vec<&CoreResult<Event>> = self.evs.iter().map(|e| &e.parsed).collect();
+            engine_on(&self.rules, &all, &flags, &originals, &stored, self.now_ms)
+        } else {
+            let some: Vec<&CoreResult<Event>> = round.idx.iter().map(|&i| &self.evs[i].parsed).collect();
+            engine_on(&self.rules, &some, &flags, &originals, &stored, self.now_ms)
+        };
+        // Outcomes back onto the events; applied ones wait for their member's write.
+        let mut per_member: HashMap<String, Vec<usize>> = HashMap::default();
+        for (k, outcome) in result.outcomes.into_iter().enumerate() {
+            let i = round.idx[k];
+            let ev = &mut self.evs[i];
+            match outcome {
+                Outcome::Apply(a) => {
+                    ev.applied = Some(a);
+                    let m = ev.parsed.as_ref().ok().and_then(|e| e.member_id()).unwrap_or("");
+                    per_member.entry(m.to_string()).or_default().push(i);
+                }
+                Outcome::Duplicate => {
+                    let e = ev.parsed.as_ref().ok();
+                    let found = e.and_then(|e| {
+                        let at = *round.by_member.get(e.member_id()?)?;
+                        round.members[at].outbox.get(e.event_id()).map(|rows| (at, rows.clone()))
+                    });
+                    if let Some((at, rows)) = found {
+                        self.resent.push((round.members[at].id.clone(), ev.parsed.as_ref().unwrap().event_id().to_string()));
+                        ev.resend = Some(rows);
+                    }
+                    ev.settle(Kind::Duplicate, None);
+                }
+                Outcome::Guest(fact) => {
+                    ev.fact = Some(fact);
+                    ev.settle(Kind::Guest, None);
+                }
+                Outcome::Rejected(err) => {
+                    // A refusal may come from a state that moved on: final only if its
+                    // member's write goes through (or it has no member write).
+                    ev.error = Some(err);
+                }
+                Outcome::Held(err) => {
+                    ev.error = Some(err);
+                    ev.kind = Kind::Held;
+                }
+            }
+        }
+        let payments: HashMap<(String, String), PaymentRecord> = result.payments.into_iter().collect();
+        let mut writes = Vec::with_capacity(result.members.len());
+        for u in result.members {
+            let at = round.by_member[&u.member_id];
+            let events = per_member.remove(u.member_id.as_str()).unwrap_or_default();
+            let records = self.records_of(&round.members[at], &events, &payments);
+            writes.push(MemberWrite {
+                member: at,
+                expected_seq: u.expected_seq,
+                state_json: u.state_json,
+                review_at_ms: u.review_at_ms,
+                next_check_ms: u.next_check_ms,
+                events,
+                records,
+                blocked: false,
+                ok: false,
+            });
+        }
+        // Budgets the written events consume, per budget in rule order.
+        let limits: HashMap<&str, i64> = round.budgets.iter().map(|(id, l)| (id.as_str(), *l)).collect();
+        let mut by_budget: HashMap<String, Vec<(String, i64, usize)>> = HashMap::default();
+        let mut order: Vec<String> = Vec::new();
+        for (w, mw) in writes.iter().enumerate() {
+            for &i in &mw.events {
+                let a = self.evs[i].applied.as_ref().expect("applied");
+                let eid = self.evs[i].parsed.as_ref().unwrap().event_id();
+                let mut units: Vec<(&str, i64)> = Vec::new();
+                for (b, u) in &a.campaigns {
+                    if !limits.contains_key(b.as_str()) {
+                        continue;
+                    }
+                    match units.iter_mut().find(|x| x.0 == b) {
+                        Some(x) => x.1 += u,
+                        None => units.push((b, *u)),
+                    }
+                }
+                for (b, u) in units {
+                    if !by_budget.contains_key(b) {
+                        order.push(b.to_string());
+                    }
+                    by_budget.entry(b.to_string()).or_default().push((eid.to_string(), u, w));
+                }
+            }
+        }
+        round.reservations = order.into_iter().map(|b| {
+            let v = by_budget.remove(&b).unwrap_or_default();
+            (b, v)
+        }).collect();
+        round.writes = writes;
+        self.round = Some(round);
+        Ok(())
+    }
+
+    /// The records a member's write stores: each applied event's, and a refunded
+    /// payment's record again with its refunds counted.
+    fn records_of(
+        &self,
+        m: &MemberRead,
+        events: &[usize],
+        payments: &HashMap<(String, String), PaymentRecord>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(events.len() + 1);
+        let mut written: HashSet<String> = HashSet::default();
+        for &i in events {
+            let e = self.evs[i].parsed.as_ref().expect("applied events are parsed");
+            let a = self.evs[i].applied.as_ref().expect("applied");
+            let digest = record::digest(e);
+            let rec = match e {
+                Event::Payment(p) if p.kind == EventKind::Payment => Record::Payment {
+                    applied_ms: None,
+                    digest,
+                    payment: payments
+                        .get(&(m.id.clone(), p.event_id.clone()))
+                        .copied()
+                        .unwrap_or(PaymentRecord {
+                            amount_fen: p.amount_fen,
+                            points: a.record_points,
+                            used: a.used_points,
+                            ..Default::default()
+                        }),
+                    booking: a.booking.clone().unwrap_or_default(),
+                },
+                Event::Payment(_) => {
+                    Record::Refund { applied_ms: None, digest, amount_fen: a.amount_fen, points: a.record_points }
+                }
+                Event::Member(_) => Record::Member { applied_ms: None, digest, points: a.points },
+            };
+            written.insert(e.event_id().to_string());
+            out.push((e.event_id().to_string(), rec.encode()));
+        }
+        // Payments of earlier batches that this batch refunded.
+        for &i in events {
+            let Some(Event::Payment(p)) = self.evs[i].parsed.as_ref().ok() else { continue };
+            let Some(of) = &p.refund_of else { continue };
+            if written.contains(of) {
+                continue;
+            }
+            let (Some(stored), Some(after)) = (m.records.get(of), payments.get(&(m.id.clone(), of.clone()))) else {
+                continue;
+            };
+            if let Ok(Record::Payment { applied_ms, digest, booking, .. }) = Record::decode(stored) {
+                let rec = Record::Payment { applied_ms, digest, payment: *after, booking };
+                written.insert(of.clone());
+                out.push((of.clone(), rec.encode()));
+            }
+        }
+        out
+    }
+
+    // ---- round: budgets ------------------------------------------------------------
+
+    /// One `ly_reserve` per budget the round's writes consume (empty if none).
+    pub fn reserve_plan(&self) -> Vec<Vec<u8>> {
+        let Some(round) = &self.round else { return Vec::new() };
+        let limits: HashMap<&str, i64> = round.budgets.iter().map(|(id, l)| (id.as_str(), *l)).collect();
+        round
+            .reservations
+            .iter()
+            .map(|(b, items)| {
+                let mut c = Command::new("FCALL");
+                c.str("ly_reserve").int(1).key(&budget_key(&self.cfg.ns, b)).int(self.now_ms);
+                c.int(limits.get(b.as_str()).copied().unwrap_or(-1));
+                for (eid, units, w) in items {
+                    c.str(eid).int(*units).str(&round.members[round.writes[*w].member].id);
+                }
+                c.bytes()
+            })
+            .collect()
+    }
+
+    /// A member any of whose reservations failed is not written this round.
+    pub fn reserve_done(&mut self, replies: &[Reply]) -> Result<(), String> {
+        let round = self.round.as_mut().ok_or("reserve_done without a round")?;
+        if replies.len() != round.reservations.len() {
+            return Err(format!("reserve: {} replies for {} budgets", replies.len(), round.reservations.len()));
+        }
+        for ((b, items), reply) in round.reservations.iter().zip(replies) {
+            let a = reply.as_array().ok_or_else(|| format!("ly_reserve of {b}: {}", reply.describe()))?;
+            if a.len() != items.len() {
+                return Err(format!("ly_reserve of {b}: {} answers for {} reservations", a.len(), items.len()));
+            }
+            for ((_, _, w), r) in items.iter().zip(a) {
+                if r.as_int() != Some(1) {
+                    round.writes[*w].blocked = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- round: write --------------------------------------------------------------
+
+    /// One `ly_apply` per member to write (not blocked by a short budget).
+    pub fn write_plan(&self) -> Vec<Vec<u8>> {
+        let Some(round) = &self.round else { return Vec::new() };
+        let day = self.now_ms.div_euclid(DAY_MS);
+        let sweep_before = self.now_ms - self.cfg.horizon_ms;
+        let ttl_s = self.cfg.horizon_ms / 1000 + 86_400;
+        let mut out = Vec::with_capacity(round.writes.len());
+        for w in round.writes.iter().filter(|w| !w.blocked) {
+            let m = &round.members[w.member];
+            let keys = member_keys(&self.cfg.ns, &m.id);
+            let mut c = Command::new("FCALL");
+            c.str("ly_apply").int(4);
+            for k in &keys {
+                c.key(k);
+            }
+            c.int(1).int(day).int(sweep_before).int(ttl_s).int(self.cfg.history_len);
+            let (mut balance, mut earned, mut clawed) = (0i64, 0i64, 0i64);
+            for &i in &w.events {
+                let p = self.evs[i].applied.as_ref().expect("applied").points;
+                balance += p;
+                if p < 0 {
+                    clawed -= p;
+                } else {
+                    earned += p;
+                }
+            }
+            c.int(w.expected_seq).str(&w.state_json).int(balance).int(earned).int(clawed);
+            c.int(w.events.len() as i64).int(0);
+            c.int(w.records.len() as i64);
+            for (id, rec) in &w.records {
+                c.str(id).str(rec);
+            }
+            c.int(w.events.len() as i64);
+            for &i in &w.events {
+                let e = self.evs[i].parsed.as_ref().unwrap();
+                c.str(e.event_id()).str(&self.evs[i].applied.as_ref().unwrap().rows_json);
+            }
+            let first = w.events.len().saturating_sub(self.cfg.history_len.max(0) as usize);
+            let hist: Vec<String> = w.events[first..]
+                .iter()
+                .filter_map(|&i| history_entry(&self.evs[i].applied.as_ref().unwrap().rows_json))
+                .collect();
+            c.int(hist.len() as i64);
+            for h in &hist {
+                c.str(h);
+            }
+            out.push(c.bytes());
+        }
+        out
+    }
+
+    /// Takes the writes' replies: members written settle their events; the others go
+    /// back to pending for the next round. Returns how many members conflicted.
+    pub fn write_done(&mut self, replies: &[Reply]) -> Result<usize, String> {
+        let round = self.round.as_mut().ok_or("write_done without a round")?;
+        let expected = round.writes.iter().filter(|w| !w.blocked).count();
+        if replies.len() != expected {
+            return Err(format!("write: {} replies for {} members", replies.len(), expected));
+        }
+        let mut it = replies.iter();
+        let mut retry: HashSet<usize> = HashSet::default();
+        for w in round.writes.iter_mut() {
+            if w.blocked {
+                retry.insert(w.member);
+                continue;
+            }
+            let reply = it.next().expect("counted");
+            let ok = match reply.as_array().and_then(|a| a.first()) {
+                Some(r) => r.as_str() == Some("ok"),
+                None => return Err(format!("ly_apply of {}: {}", round.members[w.member].id, reply.describe())),
+            };
+            w.ok = ok;
+            if !ok {
+                retry.insert(w.member);
+            }
+        }
+        let conflicts = retry.len();
+        self.conflicts += conflicts;
+        self.rounds += 1;
+        // Events of members written or not: settle, or back to pending.
+        for &i in &round.idx {
+            let ev = &mut self.evs[i];
+            if ev.kind != Kind::Pending {
+                continue;
+            }
+            let member = ev.parsed.as_ref().ok().and_then(|e| e.member_id()).and_then(|m| round.by_member.get(m));
+            if member.is_some_and(|at| retry.contains(at)) {
+                ev.applied = None;
+                ev.error = None;
+                continue;
+            }
+            if ev.applied.is_some() {
+                ev.kind = Kind::Applied;
+            } else if ev.error.is_some() {
+                ev.kind = Kind::Rejected;
+            }
+        }
+        for &i in &round.idx {
+            let ev = &mut self.evs[i];
+            if ev.kind == Kind::Held {
+                let member = ev.parsed.as_ref().ok().and_then(|e| e.member_id()).and_then(|m| round.by_member.get(m));
+                if member.is_some_and(|at| retry.contains(at)) {
+                    ev.kind = Kind::Pending;
+                    ev.error = None;
+                }
+            }
+        }
+        // Payments applied that refunds may wait for: the member had refunds held (its read
+        // said so), or one of this batch's refunds was held for exactly this payment.
+        let held_here: HashSet<(String, String)> = self
+            .evs
+            .iter()
+            .filter(|e| e.kind == Kind::Held)
+            .filter_map(|e| match e.parsed.as_ref().ok()? {
+                Event::Payment(p) => Some((p.member_id.clone()?, p.refund_of.clone()?)),
+                Event::Member(_) => None,
+            })
+            .collect();
+        for w in round.writes.iter().filter(|w| w.ok) {
+            let m = &round.members[w.member];
+            let mut paid = Vec::new();
+            for &i in &w.events {
+                if let Ok(Event::Payment(p)) = self.evs[i].parsed.as_ref() {
+                    let key = (m.id.clone(), p.event_id.clone());
+                    if p.kind == EventKind::Payment && (m.held > 0 || held_here.contains(&key)) {
+                        paid.push(key);
+                    }
+                }
+            }
+            self.paid_with_held.extend(paid);
+            self.done_members.push(Done {
+                member: m.id.clone(),
+                events: w.events.clone(),
+                review_at_ms: w.review_at_ms,
+                next_check_ms: w.next_check_ms,
+            });
+        }
+        Ok(conflicts)
+    }
+
+    /// One `ly_settle` per budget: reservations of members written are committed, the
+    /// others released.
+    pub fn settle_plan(&self) -> Vec<Vec<u8>> {
+        let Some(round) = &self.round else { return Vec::new() };
+        round
+            .reservations
+            .iter()
+            .map(|(b, items)| {
+                let mut c = Command::new("FCALL");
+                c.str("ly_settle").int(1).key(&budget_key(&self.cfg.ns, b));
+                for (eid, _, w) in items {
+                    c.str(eid).int(round.writes[*w].ok as i64);
+                }
+                c.bytes()
+            })
+            .collect()
+    }
+
+    /// Counts of the batch as it stands.
+    pub fn report(&self) -> Report {
+        let mut r = Report { events: self.evs.len(), ..Report::default() };
+        for ev in &self.evs {
+            match ev.kind {
+                Kind::Applied => {
+                    r.applied += 1;
+                    let a = ev.applied.as_ref().expect("applied");
+                    if a.points >= 0 {
+                        r.points_issued += a.points;
+                    } else {
+                        r.points_clawed_back -= a.points;
+                    }
+                    r.ledger_rows += count_rows(&a.rows_json);
+                }
+                Kind::Duplicate => {
+                    r.duplicates += 1;
+                    if let Some(rows) = &ev.resend {
+                        r.resent += 1;
+                        r.ledger_rows += count_rows(rows);
+                    }
+                }
+                Kind::Guest => r.guests += 1,
+                Kind::Rejected => r.rejected += 1,
+                Kind::Held => r.held += 1,
+                Kind::Pending => {}
+            }
+        }
+        r.conflicts = self.conflicts;
+        r.rounds = self.rounds;
+        if let Some(kept) = &self.guests_kept {
+            let again = kept.iter().filter(|k| !**k).count();
+            r.guests -= again;
+            r.duplicates += again;
+        }
+        r
+    }
+
+    // ---- after the rounds ----------------------------------------------------------
+
+    /// Guest payments kept (compact facts) for crediting at registration: one `ly_guest`
+    /// per guest payment with a payer.
+    pub fn guest_plan(&self, ttl_s: i64) -> Vec<Vec<u8>> {
+        self.guest_events()
+            .map(|(_, p)| {
+                let (kind, id) = p.payer.as_ref().expect("guests with a payer");
+                let mut c = Command::new("FCALL");
+                c.str("ly_guest").int(1).key(&guest_key(&self.cfg.ns, kind, id)).int(ttl_s).str(&p.event_id);
+                c.arg(&guest_compact(p));
+                c.bytes()
+            })
+            .collect()
+    }
+
+    fn guest_events(&self) -> impl Iterator<Item = (usize, &events::PaymentEvent)> {
+        self.evs.iter().enumerate().filter_map(|(i, ev)| match (&ev.kind, &ev.parsed) {
+            (Kind::Guest, Ok(Event::Payment(p))) if p.payer.is_some() => Some((i, p)),
+            _ => None,
+        })
+    }
+
+    /// A guest payment kept before (a redelivery or a gateway's retry) counts as a duplicate.
+    pub fn guest_done(&mut self, replies: &[Reply]) {
+        self.guests_kept = Some(replies.iter().map(|r| r.as_int() == Some(1)).collect());
+    }
+
+    /// The ledger-topic messages of the batch: every applied event's rows, the rows of
+    /// duplicates an earlier delivery wrote but may not have sent, and guest facts.
+    pub fn ledger_messages(&self) -> Vec<Vec<u8>> {
+        let mut rows: Vec<&str> = Vec::new();
+        let mut guests: Vec<&str> = Vec::new();
+        for ev in &self.evs {
+            match ev.kind {
+                Kind::Applied => rows.push(&ev.applied.as_ref().unwrap().rows_json),
+                Kind::Duplicate => {
+                    if let Some(r) = &ev.resend {
+                        rows.push(r);
+                    }
+                }
+                Kind::Guest => guests.extend(ev.fact.as_deref()),
+                _ => {}
+            }
+        }
+        ledger_messages(&rows, &guests)
+    }
+
+    /// Outbox entries to delete once the ledger messages are acked: one `HDEL` per member.
+    pub fn trim_plan(&self) -> Vec<Vec<u8>> {
+        let mut by_member: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::default();
+        let pairs = self
+            .done_members
+            .iter()
+            .flat_map(|d| d.events.iter().map(move |&i| (d.member.as_str(), self.evs[i].parsed.as_ref().unwrap().event_id())))
+            .chain(self.resent.iter().map(|(m, e)| (m.as_str(), e.as_str())));
+        for (m, e) in pairs {
+            let k = *at.entry(m).or_insert_with(|| {
+                by_member.push((m.to_string(), Vec::new()));
+                by_member.len() - 1
+            });
+            by_member[k].1.push(e);
+        }
+        by_member
+            .into_iter()
+            .map(|(m, ids)| {
+                let mut c = Command::new("HDEL");
+                c.key(&format!("{}:ob:{{{m}}}", self.cfg.ns));
+                for id in ids {
+                    c.str(id);
+                }
+                c.bytes()
+            })
+            .collect()
+    }
+
+    /// (member, when) of tier reviews and wallet checks to schedule, for members written.
+    pub fn schedules(&self) -> Schedules {
+        let mut reviews = Vec::new();
+        let mut checks = Vec::new();
+        for d in &self.done_members {
+            if let Some(r) = d.review_at_ms {
+                reviews.push((d.member.clone(), r));
+            }
+            if let Some(c) = d.next_check_ms {
+                checks.push((d.member.clone(), c));
+            }
+        }
+        (reviews, checks)
+    }
+
+    /// Payments applied for members who have refunds held: (member, payment id).
+    pub fn paid_with_held(&self) -> &[(String, String)] {
+        &self.paid_with_held
+    }
+
+    /// Coupon pushes of the batch (issued coupons, those of re-sent rows too): (member, JSON).
+    pub fn pushes(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for ev in &self.evs {
+            let rows = match ev.kind {
+                Kind::Applied => ev.applied.as_ref().map(|a| a.rows_json.as_str()),
+                Kind::Duplicate => ev.resend.as_deref(),
+                _ => None,
+            };
+            let Some(rows) = rows else { continue };
+            if !rows.contains("\"coupon_events\"") {
+                continue;
+            }
+            let Ok(parsed) = serde_json::from_str::<Vec<serde_json::Value>>(rows) else { continue };
+            for r in parsed {
+                if r.get("table").and_then(|t| t.as_str()) == Some("coupon_events")
+                    && r.get("kind").and_then(|k| k.as_str()) == Some("issued")
+                {
+                    if let Some(push) = coupon_push(&r) {
+                        out.push(push);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Notices for members (expiry reminders): (member, JSON).
+    pub fn notices(&self) -> Vec<(String, String)> {
+        self.evs
+            .iter()
+            .filter(|ev| ev.kind == Kind::Applied)
+            .filter_map(|ev| {
+                let n = ev.applied.as_ref()?.notice.clone()?;
+                Some((ev.parsed.as_ref().ok()?.member_id()?.to_string(), n))
+            })
+            .collect()
+    }
+
+    /// Registrations applied (their ids to bind, guest payments to credit) and those
+    /// seen again (their referral may not have been sent): event indexes.
+    pub fn registrations(&self) -> (Vec<usize>, Vec<usize>) {
+        let mut applied = Vec::new();
+        let mut invited = Vec::new();
+        for (i, ev) in self.evs.iter().enumerate() {
+            if let Ok(Event::Member(m)) = &ev.parsed {
+                if m.kind == MemberKind::Register {
+                    match ev.kind {
+                        Kind::Applied => {
+                            applied.push(i);
+                            invited.push(i);
+                        }
+                        Kind::Duplicate => invited.push(i),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        (applied, invited)
+    }
+}
+
+impl Ev {
+    fn new(body: Vec<u8>, parsed: CoreResult<Event>) -> Ev {
+        let (kind, error) = match &parsed {
+            Ok(_) => (Kind::Pending, None),
+            Err(e) => (Kind::Rejected, Some(e.clone())),
+        };
+        Ev { body, parsed, kind, error, applied: None, resend: None, fact: None }
+    }
+
+    fn settle(&mut self, kind: Kind, error: Option<CoreError>) {
+        self.kind = kind;
+        self.error = error;
+    }
+}
+
+fn engine_on(
+    rules: &RuleSet,
+    events: &[&CoreResult<Event>],
+    applied: &[bool],
+    originals: &[Option<PaymentRecord>],
+    stored: &StoredMembers,
+    now_ms: i64,
+) -> engine::BatchResult {
+    engine::evaluate_refs(rules, events, applied, originals, stored, now_ms)
+}
+
+/// Every budget with a limit, and its limit: campaigns (points), triggers and coupon stocks.
+pub fn budget_limits(rules: &RuleSet) -> Vec<(String, i64)> {
+    let campaigns = rules.campaigns.iter().filter_map(|c| c.budget_points.map(|b| (c.id.clone(), b)));
+    let triggers =
+        rules.triggers.iter().filter_map(|t| t.budget.map(|b| (crate::coupons::trigger_budget_id(&t.id), b)));
+    let mut stocks: Vec<(String, i64)> = rules
+        .coupon_templates
+        .values()
+        .filter_map(|t| t.stock.map(|s| (crate::coupons::stock_budget_id(&t.id), s)))
+        .collect();
+    stocks.sort();
+    campaigns.chain(triggers).chain(stocks).collect()
+}
+
+fn count_rows(rows_json: &str) -> usize {
+    rows_json.matches("\"event_id\"").count()
+}
+
+/// The ledger-topic messages for these rows (each event's JSON array) and guest facts:
+/// `{"ledger":[...],"guests":[...]}` of at most about LEDGER_MESSAGE_BYTES each; an
+/// event's rows stay together.
+pub fn ledger_messages(rows: &[&str], guests: &[&str]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur_rows: Vec<&str> = Vec::new();
+    let mut cur_guests: Vec<&str> = Vec::new();
+    let mut size = 0;
+    let flush = |cur_rows: &mut Vec<&str>, cur_guests: &mut Vec<&str>, out: &mut Vec<Vec<u8>>| {
+        if cur_rows.is_empty() && cur_guests.is_empty() {
+            return;
+        }
+        let mut m = Vec::with_capacity(64 + cur_rows.iter().chain(cur_guests.iter()).map(|s| s.len() + 1).sum::<usize>());
+        m.extend_from_slice(b"{\"ledger\":[");
+        let mut first = true;
+        for r in cur_rows.iter() {
+            let inner = r.trim();
+            let inner = inner.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(inner);
+            if inner.trim().is_empty() {
+                continue;
+            }
+            if !first {
+                m.push(b',');
+            }
+            first = false;
+            m.extend_from_slice(inner.as_bytes());
+        }
+        m.extend_from_slice(b"],\"guests\":[");
+        for (k, g) in cur_guests.iter().enumerate() {
+            if k > 0 {
+                m.push(b',');
+            }
+            m.extend_from_slice(g.as_bytes());
+        }
+        m.extend_from_slice(b"]}");
+        out.push(m);
+        cur_rows.clear();
+        cur_guests.clear();
+    };
+    for (is_row, items) in [(true, rows), (false, guests)] {
+        for item in items.iter() {
+            if size + item.len() > LEDGER_MESSAGE_BYTES && size > 0 {
+                flush(&mut cur_rows, &mut cur_guests, &mut out);
+                size = 0;
+            }
+            if is_row {
+                cur_rows.push(item);
+            } else {
+                cur_guests.push(item);
+            }
+            size += item.len() + 1;
+        }
+    }
+    flush(&mut cur_rows, &mut cur_guests, &mut out);
+    out
+}
+
+/// The member API's entry for an event: its rows without the settlement lines and
+/// boards (what a person reads), as a JSON array.
+fn history_entry(rows_json: &str) -> Option<String> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let rows: Vec<BTreeMap<&str, &RawValue>> = serde_json::from_str(rows_json).ok()?;
+    let kept: Vec<BTreeMap<&str, &RawValue>> = rows
+        .into_iter()
+        .map(|mut r| {
+            for k in ["settlement", "boards", "batch_index"] {
+                r.remove(k);
+            }
+            r
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    serde_json::to_string(&kept).ok()
+}
+
+/// A guest payment as kept for crediting: what a payment under the member's id needs.
+fn guest_compact(p: &events::PaymentEvent) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "event_id": p.event_id,
+        "type": p.kind.as_str(),
+        "occurred_at": events::format_instant(p.occurred_at_ms),
+        "amount_fen": p.amount_fen,
+        "bu_id": p.bu_id,
+        "merchant_id": p.merchant_id,
+        "category": p.category,
+        "channel": p.channel,
+    });
+    if let Some(of) = &p.refund_of {
+        v["refund_of"] = serde_json::json!(of);
+    }
+    serde_json::to_vec(&v).expect("a guest fact serialises")
+}
+
+/// The push of an issued coupon row (the coupon id is the push id).
+fn coupon_push(row: &serde_json::Value) -> Option<(String, Vec<u8>)> {
+    let s = |k: &str| row.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let member = row.get("member_id")?.as_str()?.to_string();
+    let push = serde_json::json!({
+        "push_id": s("coupon_id"),
+        "type": "coupon_issued",
+        "member_id": member,
+        "event_id": s("event_id"),
+        "coupon": {
+            "coupon_id": s("coupon_id"), "template": s("template"), "trigger": s("trigger"),
+            "coupon_kind": s("coupon_kind"), "face_value_fen": s("face_value_fen"), "valid_until_ms": s("valid_until_ms"),
+        },
+        "occurred_at_ms": s("occurred_at_ms"),
+        "processed_at_ms": s("processed_at_ms"),
+    });
+    Some((member, serde_json::to_vec(&push).ok()?))
+}

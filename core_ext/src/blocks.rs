@@ -1,0 +1,607 @@
+//! Ledger-topic messages into ClickHouse blocks: the JSON rows every producer sends
+//! (accrual, HTTP operations, parking, the notifier) become one RowBinary block per
+//! table, so the sink inserts them without touching a row in Python. Pure: no I/O.
+//!
+//! RowBinary (ClickHouse's documented row format): a String (LowCardinality too) is a
+//! LEB128 length and its bytes, Int64 / UInt16 / UInt32 little-endian, DateTime64(3) the
+//! Int64 milliseconds. The columns of each table are listed here in insert order and
+//! checked against the live schema at start (`schema_mismatches`).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// A column's type as the block encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Str,
+    I64,
+    U16,
+    U32,
+    Ms,
+}
+
+impl Type {
+    /// Whether a ClickHouse type name (from DESCRIBE) is this encoding.
+    pub fn matches(self, ch: &str) -> bool {
+        match self {
+            Type::Str => ch == "String" || ch == "LowCardinality(String)",
+            Type::I64 => ch == "Int64",
+            Type::U16 => ch == "UInt16",
+            Type::U32 => ch == "UInt32",
+            Type::Ms => ch.starts_with("DateTime64(3"),
+        }
+    }
+}
+
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, Type)],
+}
+
+use Type::*;
+
+pub const LEDGER: Table = Table {
+    name: "ledger",
+    columns: &[
+        ("event_id", Str), ("member_id", Str), ("kind", Str), ("points", I64), ("amount_fen", I64), ("bu_id", Str),
+        ("format", Str), ("merchant_id", Str), ("category", Str), ("channel", Str), ("occurred_at", Ms),
+        ("refund_of", Str), ("tier", Str), ("rules_version", Str), ("processed_at", Ms), ("explain", Str),
+        ("lots", Str), ("batch_index", U32),
+    ],
+};
+pub const GUESTS: Table = Table {
+    name: "guest_payments",
+    columns: &[
+        ("event_id", Str), ("type", Str), ("payer_kind", Str), ("payer_id", Str), ("amount_fen", I64),
+        ("bu_id", Str), ("format", Str), ("merchant_id", Str), ("category", Str), ("channel", Str),
+        ("occurred_at", Ms), ("refund_of", Str), ("processed_at", Ms),
+    ],
+};
+pub const SETTLEMENT: Table = Table {
+    name: "settlement_lines",
+    columns: &[
+        ("event_id", Str), ("kind", Str), ("line_no", U16), ("member_id", Str), ("account", Str),
+        ("amount_fen", I64), ("points", I64), ("bu_id", Str), ("merchant_id", Str), ("occurred_at", Ms),
+        ("processed_at", Ms),
+    ],
+};
+pub const PARKING: Table = Table {
+    name: "parking_sessions",
+    columns: &[
+        ("event_id", Str), ("status", Str), ("plate", Str), ("car_park", Str), ("member_id", Str),
+        ("entry_at", Ms), ("exit_at", Ms), ("minutes", I64), ("gross_fee_fen", I64), ("fee_fen", I64),
+        ("points_used", I64), ("points_value_fen", I64), ("due_fen", I64), ("deductions", Str),
+    ],
+};
+pub const COUPONS: Table = Table {
+    name: "coupon_events",
+    columns: &[
+        ("event_id", Str), ("member_id", Str), ("kind", Str), ("coupon_id", Str), ("template", Str),
+        ("trigger", Str), ("coupon_kind", Str), ("face_value_fen", I64), ("discount_fen", I64),
+        ("merchant_share_fen", I64), ("issuer_share_fen", I64), ("valid_until", Ms), ("occurred_at", Ms),
+        ("processed_at", Ms), ("rules_version", Str), ("reason", Str),
+    ],
+};
+pub const DRAWS: Table = Table {
+    name: "game_draws",
+    columns: &[
+        ("event_id", Str), ("member_id", Str), ("game_id", Str), ("game_kind", Str), ("draw", I64),
+        ("odds_total", I64), ("odds", Str), ("prize_id", Str), ("outcome", Str), ("cost_points", I64),
+        ("rules_version", Str), ("occurred_at", Ms), ("processed_at", Ms),
+    ],
+};
+pub const STORED: Table = Table {
+    name: "stored_value",
+    columns: &[
+        ("event_id", Str), ("member_id", Str), ("kind", Str), ("amount_fen", I64), ("balance_after_fen", I64),
+        ("bu_id", Str), ("merchant_id", Str), ("category", Str), ("channel", Str), ("refund_of", Str),
+        ("occurred_at", Ms), ("processed_at", Ms),
+    ],
+};
+
+/// Every table, in the order the sink inserts them.
+pub const TABLES: [&Table; 7] = [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED];
+
+/// Columns whose ClickHouse type is not what the block writes: (table, column, found).
+pub fn schema_mismatches(describe: &[(String, String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        for (col, ty) in t.columns {
+            match describe.iter().find(|(tb, c, _)| tb == t.name && c == col) {
+                None => out.push(format!("{}.{col}: missing", t.name)),
+                Some((_, _, found)) if !ty.matches(found) => {
+                    out.push(format!("{}.{col}: is {found}, the sink writes {ty:?}", t.name))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+type S<'a> = Option<Cow<'a, str>>;
+
+#[derive(Deserialize)]
+struct LineIn<'a> {
+    #[serde(borrow)]
+    account: Cow<'a, str>,
+    amount_fen: i64,
+    points: i64,
+}
+
+/// Any row of a message's "ledger" or "coupons" list: points rows, coupon events, game
+/// draws and stored-value rows share it (unknown fields are ignored).
+#[derive(Deserialize)]
+struct Row<'a> {
+    #[serde(borrow)]
+    table: S<'a>,
+    #[serde(borrow)]
+    event_id: S<'a>,
+    #[serde(borrow)]
+    member_id: S<'a>,
+    #[serde(borrow)]
+    kind: S<'a>,
+    points: Option<i64>,
+    amount_fen: Option<i64>,
+    #[serde(borrow)]
+    bu_id: S<'a>,
+    #[serde(borrow)]
+    format: S<'a>,
+    #[serde(borrow)]
+    merchant_id: S<'a>,
+    #[serde(borrow)]
+    category: S<'a>,
+    #[serde(borrow)]
+    channel: S<'a>,
+    occurred_at_ms: Option<i64>,
+    #[serde(borrow)]
+    refund_of: S<'a>,
+    #[serde(borrow)]
+    tier: S<'a>,
+    #[serde(borrow)]
+    rules_version: S<'a>,
+    processed_at_ms: Option<i64>,
+    #[serde(borrow)]
+    explain: Option<&'a RawValue>,
+    #[serde(borrow)]
+    lots: Option<&'a RawValue>,
+    batch_index: Option<u32>,
+    #[serde(borrow)]
+    settlement: Option<Vec<LineIn<'a>>>,
+    #[serde(borrow)]
+    boards: Option<Vec<(Cow<'a, str>, i64, i64)>>,
+    #[serde(borrow)]
+    coupon_id: S<'a>,
+    #[serde(borrow)]
+    template: S<'a>,
+    #[serde(borrow)]
+    trigger: S<'a>,
+    #[serde(borrow)]
+    coupon_kind: S<'a>,
+    face_value_fen: Option<i64>,
+    discount_fen: Option<i64>,
+    merchant_share_fen: Option<i64>,
+    issuer_share_fen: Option<i64>,
+    valid_until_ms: Option<i64>,
+    #[serde(borrow)]
+    reason: S<'a>,
+    #[serde(borrow)]
+    game_id: S<'a>,
+    #[serde(borrow)]
+    game_kind: S<'a>,
+    draw: Option<i64>,
+    odds_total: Option<i64>,
+    #[serde(borrow)]
+    odds: S<'a>,
+    #[serde(borrow)]
+    prize_id: S<'a>,
+    #[serde(borrow)]
+    outcome: S<'a>,
+    cost_points: Option<i64>,
+    balance_after_fen: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Guest<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    type_: Cow<'a, str>,
+    #[serde(borrow)]
+    payer_kind: Cow<'a, str>,
+    #[serde(borrow)]
+    payer_id: Cow<'a, str>,
+    amount_fen: i64,
+    #[serde(borrow)]
+    bu_id: Cow<'a, str>,
+    #[serde(borrow)]
+    format: Cow<'a, str>,
+    #[serde(borrow)]
+    merchant_id: Cow<'a, str>,
+    #[serde(borrow)]
+    category: Cow<'a, str>,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    occurred_at_ms: i64,
+    #[serde(borrow)]
+    refund_of: Cow<'a, str>,
+    processed_at_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct Parking<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow)]
+    plate: Cow<'a, str>,
+    #[serde(borrow)]
+    car_park: Cow<'a, str>,
+    #[serde(borrow)]
+    member_id: Cow<'a, str>,
+    entry_ms: i64,
+    exit_ms: i64,
+    minutes: i64,
+    gross_fee_fen: i64,
+    fee_fen: i64,
+    points_used: i64,
+    points_value_fen: i64,
+    due_fen: i64,
+    #[serde(borrow)]
+    deductions: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    ledger: Vec<Row<'a>>,
+    #[serde(borrow, default)]
+    guests: Vec<Guest<'a>>,
+    #[serde(borrow, default)]
+    parking: Vec<Parking<'a>>,
+    #[serde(borrow, default)]
+    coupons: Vec<Row<'a>>,
+}
+
+/// One table's rows of a batch of messages, encoded.
+#[derive(Debug, Default, Clone)]
+pub struct Block {
+    pub rows: usize,
+    pub data: Vec<u8>,
+    /// A digest of the rows' identities (the insert's deduplication token).
+    pub identity: Vec<u8>,
+}
+
+/// The blocks of a batch of ledger-topic messages.
+#[derive(Debug, Default)]
+pub struct Blocks {
+    /// One per table of `TABLES`, in that order.
+    pub tables: Vec<Block>,
+    /// Leaderboard scores the rows carry: (board, member, score, version).
+    pub boards: Vec<(String, String, i64, i64)>,
+    /// Messages that cannot be stored: (index, reason). Nothing of them is in the blocks.
+    pub poison: Vec<(usize, String)>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn need<'b>(v: &'b S<'_>, field: &str) -> Result<&'b str, String> {
+    v.as_deref().ok_or_else(|| format!("field {field:?} is missing"))
+}
+
+fn need_i(v: Option<i64>, field: &str) -> Result<i64, String> {
+    v.ok_or_else(|| format!("field {field:?} is missing"))
+}
+
+fn ident(id: &mut Vec<u8>, parts: &[&str]) {
+    for p in parts {
+        id.extend_from_slice(p.as_bytes());
+        id.push(0x1f);
+    }
+    id.push(0x1e);
+}
+
+/// The encoded rows of one message (appended to `out` only if the whole message is good).
+fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, String, i64, i64)>) -> Result<(), String> {
+    let mut local: Vec<Block> = vec![Block::default(); TABLES.len()];
+    let mut local_boards = Vec::new();
+    let rows = msg.ledger.iter().chain(msg.coupons.iter());
+    for (k, r) in rows.enumerate() {
+        let from_coupons = k >= msg.ledger.len();
+        let table = if from_coupons { Some("coupon_events") } else { r.table.as_deref() };
+        match table {
+            None => {
+                let b = &mut local[0];
+                let d = &mut b.data;
+                let (eid, mid, kind) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.kind, "kind")?);
+                put_str(d, eid);
+                put_str(d, mid);
+                put_str(d, kind);
+                put_i64(d, need_i(r.points, "points")?);
+                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+                put_str(d, need(&r.bu_id, "bu_id")?);
+                put_str(d, need(&r.format, "format")?);
+                put_str(d, need(&r.merchant_id, "merchant_id")?);
+                put_str(d, need(&r.category, "category")?);
+                put_str(d, need(&r.channel, "channel")?);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_str(d, need(&r.refund_of, "refund_of")?);
+                put_str(d, need(&r.tier, "tier")?);
+                put_str(d, need(&r.rules_version, "rules_version")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                put_str(d, r.explain.map_or("[]", |e| e.get()));
+                let lots = r.lots.map(|l| l.get()).filter(|l| !l.trim().is_empty() && l.trim() != "[]").unwrap_or("");
+                put_str(d, lots);
+                d.extend_from_slice(&r.batch_index.unwrap_or(0).to_le_bytes());
+                b.rows += 1;
+                ident(&mut b.identity, &[mid, eid, kind]);
+                for (board, score, version) in r.boards.iter().flatten() {
+                    local_boards.push((board.to_string(), mid.to_string(), *score, *version));
+                }
+            }
+            Some("coupon_events") => {
+                let b = &mut local[4];
+                let d = &mut b.data;
+                let (eid, mid, kind, cid) = (
+                    need(&r.event_id, "event_id")?,
+                    need(&r.member_id, "member_id")?,
+                    need(&r.kind, "kind")?,
+                    need(&r.coupon_id, "coupon_id")?,
+                );
+                put_str(d, eid);
+                put_str(d, mid);
+                put_str(d, kind);
+                put_str(d, cid);
+                put_str(d, r.template.as_deref().unwrap_or(""));
+                put_str(d, r.trigger.as_deref().unwrap_or(""));
+                put_str(d, r.coupon_kind.as_deref().unwrap_or(""));
+                put_i64(d, r.face_value_fen.unwrap_or(0));
+                put_i64(d, r.discount_fen.unwrap_or(0));
+                put_i64(d, r.merchant_share_fen.unwrap_or(0));
+                put_i64(d, r.issuer_share_fen.unwrap_or(0));
+                put_i64(d, r.valid_until_ms.unwrap_or(0));
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                put_str(d, r.rules_version.as_deref().unwrap_or(""));
+                put_str(d, r.reason.as_deref().unwrap_or(""));
+                b.rows += 1;
+                ident(&mut b.identity, &[cid, kind, eid]);
+            }
+            Some("game_draws") => {
+                let b = &mut local[5];
+                let d = &mut b.data;
+                let (eid, mid, gid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.game_id, "game_id")?);
+                put_str(d, eid);
+                put_str(d, mid);
+                put_str(d, gid);
+                put_str(d, need(&r.game_kind, "game_kind")?);
+                put_i64(d, need_i(r.draw, "draw")?);
+                put_i64(d, need_i(r.odds_total, "odds_total")?);
+                put_str(d, need(&r.odds, "odds")?);
+                put_str(d, need(&r.prize_id, "prize_id")?);
+                put_str(d, need(&r.outcome, "outcome")?);
+                put_i64(d, need_i(r.cost_points, "cost_points")?);
+                put_str(d, need(&r.rules_version, "rules_version")?);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                b.rows += 1;
+                ident(&mut b.identity, &[gid, mid, eid]);
+            }
+            Some("stored_value") => {
+                let b = &mut local[6];
+                let d = &mut b.data;
+                let (eid, mid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?);
+                put_str(d, eid);
+                put_str(d, mid);
+                put_str(d, need(&r.kind, "kind")?);
+                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+                put_i64(d, need_i(r.balance_after_fen, "balance_after_fen")?);
+                put_str(d, need(&r.bu_id, "bu_id")?);
+                put_str(d, need(&r.merchant_id, "merchant_id")?);
+                put_str(d, need(&r.category, "category")?);
+                put_str(d, need(&r.channel, "channel")?);
+                put_str(d, need(&r.refund_of, "refund_of")?);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                b.rows += 1;
+                ident(&mut b.identity, &[mid, eid]);
+            }
+            Some(other) => return Err(format!("unknown table {other:?}")),
+        }
+        // The event's settlement lines (ledger, coupon and stored-value rows carry them).
+        if let Some(lines) = &r.settlement {
+            if table == Some("game_draws") {
+                continue;
+            }
+            let b = &mut local[2];
+            let (eid, kind) = (need(&r.event_id, "event_id")?, need(&r.kind, "kind")?);
+            for (n, line) in lines.iter().enumerate() {
+                let d = &mut b.data;
+                put_str(d, eid);
+                put_str(d, kind);
+                d.extend_from_slice(&u16::try_from(n).map_err(|_| "too many settlement lines")?.to_le_bytes());
+                put_str(d, need(&r.member_id, "member_id")?);
+                put_str(d, &line.account);
+                put_i64(d, line.amount_fen);
+                put_i64(d, line.points);
+                put_str(d, need(&r.bu_id, "bu_id")?);
+                put_str(d, need(&r.merchant_id, "merchant_id")?);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                b.rows += 1;
+                ident(&mut b.identity, &[eid, kind, &n.to_string()]);
+            }
+        }
+    }
+    for g in &msg.guests {
+        let b = &mut local[1];
+        let d = &mut b.data;
+        put_str(d, &g.event_id);
+        put_str(d, &g.type_);
+        put_str(d, &g.payer_kind);
+        put_str(d, &g.payer_id);
+        put_i64(d, g.amount_fen);
+        put_str(d, &g.bu_id);
+        put_str(d, &g.format);
+        put_str(d, &g.merchant_id);
+        put_str(d, &g.category);
+        put_str(d, &g.channel);
+        put_i64(d, g.occurred_at_ms);
+        put_str(d, &g.refund_of);
+        put_i64(d, g.processed_at_ms);
+        b.rows += 1;
+        ident(&mut b.identity, &[&g.payer_id, &g.event_id, &g.type_]);
+    }
+    for p in &msg.parking {
+        let b = &mut local[3];
+        let d = &mut b.data;
+        put_str(d, &p.event_id);
+        put_str(d, &p.status);
+        put_str(d, &p.plate);
+        put_str(d, &p.car_park);
+        put_str(d, &p.member_id);
+        put_i64(d, p.entry_ms);
+        put_i64(d, p.exit_ms);
+        for v in [p.minutes, p.gross_fee_fen, p.fee_fen, p.points_used, p.points_value_fen, p.due_fen] {
+            put_i64(d, v);
+        }
+        put_str(d, p.deductions.get());
+        b.rows += 1;
+        ident(&mut b.identity, &[&p.car_park, &p.event_id]);
+    }
+    for (all, one) in out.iter_mut().zip(local) {
+        all.rows += one.rows;
+        all.data.extend_from_slice(&one.data);
+        all.identity.extend_from_slice(&one.identity);
+    }
+    boards.extend(local_boards);
+    Ok(())
+}
+
+/// Encodes a batch of ledger-topic messages; a message that cannot be stored is left out
+/// whole and named in `poison`.
+pub fn encode(messages: &[&[u8]]) -> Blocks {
+    let mut out = Blocks { tables: vec![Block::default(); TABLES.len()], ..Blocks::default() };
+    for (i, raw) in messages.iter().enumerate() {
+        let parsed: Result<Message, String> = serde_json::from_slice(raw).map_err(|e| format!("not a ledger message: {e}"));
+        if let Err(reason) = parsed.and_then(|m| encode_message(&m, &mut out.tables, &mut out.boards)) {
+            out.poison.push((i, reason));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_str(d: &[u8], at: &mut usize) -> String {
+        let (mut n, mut shift) = (0usize, 0);
+        loop {
+            let b = d[*at];
+            *at += 1;
+            n |= ((b & 0x7f) as usize) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        let s = String::from_utf8(d[*at..*at + n].to_vec()).unwrap();
+        *at += n;
+        s
+    }
+
+    fn read_i64(d: &[u8], at: &mut usize) -> i64 {
+        let v = i64::from_le_bytes(d[*at..*at + 8].try_into().unwrap());
+        *at += 8;
+        v
+    }
+
+    #[test]
+    fn rows_become_rowbinary_blocks_and_poison_is_left_out_whole() {
+        let good = serde_json::json!({
+            "ledger": [
+                {"boards": [["w:2026-W48:all", 120, 5]], "batch_index": 3, "event_id": "e1", "member_id": "m1",
+                 "kind": "earn", "points": 120, "amount_fen": 12000, "bu_id": "mall", "format": "mall",
+                 "merchant_id": "s", "category": "c", "channel": "wechat", "occurred_at_ms": 1000,
+                 "refund_of": "", "tier": "normal", "rules_version": "v", "processed_at_ms": 2000,
+                 "explain": [{"rule": "base", "points": 120}],
+                 "settlement": [{"account": "gateway", "amount_fen": -12000, "points": 0},
+                                {"account": "merchant:s", "amount_fen": 12000, "points": 0}]},
+                {"table": "coupon_events", "event_id": "e1", "member_id": "m1", "kind": "issued",
+                 "coupon_id": "c1", "occurred_at_ms": 1000, "processed_at_ms": 2000}
+            ],
+            "guests": [{"event_id": "g", "type": "payment", "payer_kind": "wechat", "payer_id": "o", "amount_fen": 5,
+                        "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "w",
+                        "occurred_at_ms": 1, "refund_of": "", "processed_at_ms": 2}]
+        })
+        .to_string();
+        let poison = br#"{"ledger": [{"event_id": "x", "member_id": "m", "kind": "earn"}]}"#;
+        let b = encode(&[good.as_bytes(), b"not json", poison]);
+        assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
+        let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
+        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0]);
+        assert_eq!(b.boards, vec![("w:2026-W48:all".into(), "m1".into(), 120, 5)]);
+        let d = &b.tables[0].data;
+        let mut at = 0;
+        assert_eq!([read_str(d, &mut at), read_str(d, &mut at), read_str(d, &mut at)], ["e1", "m1", "earn"]);
+        assert_eq!((read_i64(d, &mut at), read_i64(d, &mut at)), (120, 12000));
+        for want in ["mall", "mall", "s", "c", "wechat"] {
+            assert_eq!(read_str(d, &mut at), want);
+        }
+        assert_eq!(read_i64(d, &mut at), 1000);
+        for want in ["", "normal", "v"] {
+            assert_eq!(read_str(d, &mut at), want);
+        }
+        assert_eq!(read_i64(d, &mut at), 2000);
+        assert_eq!(read_str(d, &mut at), r#"[{"points":120,"rule":"base"}]"#, "explain as it came");
+        assert_eq!(read_str(d, &mut at), "");
+        assert_eq!(u32::from_le_bytes(d[at..at + 4].try_into().unwrap()), 3);
+        assert_eq!(at + 4, d.len());
+        let long = "x".repeat(300);
+        let mut v = Vec::new();
+        put_str(&mut v, &long);
+        assert_eq!(&v[..2], &[0xac, 0x02], "LEB128 length");
+    }
+
+    #[test]
+    fn the_schema_check_names_what_differs() {
+        let mut describe: Vec<(String, String, String)> = Vec::new();
+        for t in TABLES {
+            for (c, ty) in t.columns {
+                let found = match ty {
+                    Str => "String",
+                    I64 => "Int64",
+                    U16 => "UInt16",
+                    U32 => "UInt32",
+                    Ms => "DateTime64(3, 'UTC')",
+                };
+                describe.push((t.name.into(), (*c).into(), found.into()));
+            }
+        }
+        assert!(schema_mismatches(&describe).is_empty());
+        describe[3].2 = "Int32".into();
+        describe.retain(|(t, c, _)| !(t == "game_draws" && c == "odds"));
+        assert_eq!(schema_mismatches(&describe), vec!["ledger.points: is Int32, the sink writes I64", "game_draws.odds: missing"]);
+    }
+}

@@ -1,0 +1,130 @@
+//! Leaderboards: a member's points per period (ISO week, calendar month in the group's
+//! local time), group-wide and per business unit, for the boards the rules define.
+//! The member state keeps the absolute score of each current board; the ledger row of
+//! the event carries it with a version, and the leaderboard consumer of the ledger topic
+//! takes the newest version (so a redelivered or reordered message changes nothing twice).
+
+use crate::rules::RuleSet;
+use crate::state::MemberState;
+use chrono::Datelike;
+
+/// The boards the rules define that an event at `bu_id`, `at_ms` counts on.
+pub fn boards_of(rules: &RuleSet, bu_id: &str, at_ms: i64) -> Vec<String> {
+    let defs = &rules.engagement.leaderboards;
+    if defs.is_empty() {
+        return Vec::new();
+    }
+    let Some(local) = chrono::DateTime::from_timestamp_millis(at_ms + rules.utc_offset_minutes * 60_000) else {
+        return Vec::new();
+    };
+    let local = local.naive_utc();
+    let w = local.iso_week();
+    defs.iter()
+        .map(|d| {
+            let period = if d.monthly {
+                format!("m:{}-{:02}", local.year(), local.month())
+            } else {
+                format!("w:{}-W{:02}", w.year(), w.week())
+            };
+            if d.per_bu {
+                format!("{period}:bu:{bu_id}")
+            } else {
+                format!("{period}:all")
+            }
+        })
+        .collect()
+}
+
+/// Adds `delta` to the member's score on each board an event counts on; returns the
+/// boards with their new absolute scores. Only the two newest periods of each kind stay.
+pub fn score(rules: &RuleSet, state: &mut MemberState, bu_id: &str, at_ms: i64, delta: i64) -> Vec<(String, i64)> {
+    if delta == 0 {
+        return Vec::new();
+    }
+    let names = boards_of(rules, bu_id, at_ms);
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let s = state.boards.entry(name.clone()).or_insert(0);
+        *s += delta;
+        out.push((name, *s));
+    }
+    for kind in ["w:", "m:"] {
+        let mut periods: Vec<&str> =
+            state.boards.keys().filter(|k| k.starts_with(kind)).filter_map(|k| k.split(':').nth(1)).collect();
+        periods.sort_unstable();
+        periods.dedup();
+        if periods.len() > 2 {
+            let keep_from = periods[periods.len() - 2].to_string();
+            state.boards.retain(|k, _| !k.starts_with(kind) || k.split(':').nth(1).is_some_and(|p| p >= keep_from.as_str()));
+        }
+    }
+    out
+}
+
+/// The version a board score carries: the member's sequence number after the write, then
+/// the event's place in the batch, so later writes of a member always carry more.
+pub fn version(seq_after: i64, index: usize) -> i64 {
+    (seq_after << 20) | (index as i64 & 0xF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(boards: &str) -> RuleSet {
+        let text = format!(
+            r#"version = "b"
+utc_offset_minutes = 480
+[formats.mall]
+points = 1
+per_fen = 100
+[[business_units]]
+id = "mall-a"
+format = "mall"
+[[tiers]]
+id = "normal"
+multiplier_pct = 100
+{boards}"#
+        );
+        RuleSet::from_toml(&text, "b.toml").unwrap()
+    }
+
+    #[test]
+    fn scores_per_period_and_scope_only_for_defined_boards() {
+        let none = rules("");
+        let mut st = MemberState::default();
+        assert!(score(&none, &mut st, "mall-a", 0, 10).is_empty());
+        assert!(st.boards.is_empty());
+
+        let r = rules(
+            "[[leaderboards]]\nperiod = \"week\"\nscope = \"group\"\n[[leaderboards]]\nperiod = \"month\"\nscope = \"bu\"\n",
+        );
+        // 2026-11-29 23:30 +08:00 is a Sunday of ISO week 48; two days later is week 49, December.
+        let sun = crate::time::parse_instant_ms("2026-11-29T23:30:00+08:00").unwrap();
+        let got = score(&r, &mut st, "mall-a", sun, 100);
+        assert_eq!(got, vec![("w:2026-W48:all".to_string(), 100), ("m:2026-11:bu:mall-a".to_string(), 100)]);
+        let got = score(&r, &mut st, "mall-a", sun, -30);
+        assert_eq!(got[0].1, 70);
+        let mon = sun + 49 * 3_600_000; // Tuesday 2026-12-02 00:30
+        let got = score(&r, &mut st, "mall-a", mon, 5);
+        assert_eq!(got, vec![("w:2026-W49:all".to_string(), 5), ("m:2026-12:bu:mall-a".to_string(), 5)]);
+        // A third period of each kind drops the oldest.
+        score(&r, &mut st, "mall-a", mon + 8 * 86_400_000 + 31 * 86_400_000, 1);
+        assert!(!st.boards.contains_key("w:2026-W48:all") && !st.boards.contains_key("m:2026-11:bu:mall-a"));
+        assert!(st.boards.contains_key("w:2026-W49:all") && st.boards.contains_key("m:2026-12:bu:mall-a"));
+        assert!(version(3, 7) > version(2, 1_000_000) && version(3, 8) > version(3, 7));
+    }
+
+    #[test]
+    fn a_board_defined_twice_is_refused() {
+        let text = "[[leaderboards]]\nperiod = \"week\"\nscope = \"group\"\n[[leaderboards]]\nperiod = \"week\"\nscope = \"group\"\n";
+        let err = RuleSet::from_toml(&format!("version = \"b\"\n[formats.mall]\npoints = 1\nper_fen = 100\n[[tiers]]\nid = \"n\"\nmultiplier_pct = 100\n{text}"), "b.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("leaderboards[1].period"), "{err}");
+        let bad = RuleSet::from_toml("version = \"b\"\n[formats.mall]\npoints = 1\nper_fen = 100\n[[tiers]]\nid = \"n\"\nmultiplier_pct = 100\n[[leaderboards]]\nperiod = \"day\"\nscope = \"group\"\n", "b.toml").unwrap_err();
+        assert!(bad.to_string().contains("\"day\" is not week or month"), "{bad}");
+    }
+}

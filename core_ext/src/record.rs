@@ -1,0 +1,247 @@
+//! The record Redis keeps of each applied event, for idempotency, refunds and the
+//! member API: small, one line of '|'-separated fields, never the ledger rows.
+//!
+//! ```text
+//! P|applied|digest|amount|points|used|r_amount|r_points|r_used|bu|merchant|category|format|commission|merchant_fen|offset|funded
+//! R|applied|digest|amount|points          a refund
+//! M|applied|digest|points                 a member event (registration, sign-in, review...)
+//! J|applied|{json}                        an operation of the HTTP API (redemption, coupon, engagement)
+//! ```
+//!
+//! `applied` is the apply time in ms (Redis' clock: the core writes `~` and the apply
+//! function stamps it). `digest` is a 64-bit FNV-1a of the sender's fields, in hex, so a
+//! second event with the same id and different content can be told from a retry.
+//! Strings of a payment's booking (business unit, merchant, category, format) escape
+//! `%` and `|` as `%25` and `%7C`.
+
+use crate::accrual::PaymentRecord;
+use crate::events::{Event, PaymentEvent};
+
+/// Where a payment was booked and the split it booked: what its refunds reverse.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Booking {
+    pub bu_id: String,
+    pub merchant_id: String,
+    pub category: String,
+    pub format: String,
+    pub commission_fen: i64,
+    pub merchant_fen: i64,
+    pub offset_fen: i64,
+    /// Fen the business unit funded the pool with for the points the payment earned.
+    pub funded_fen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Payment { applied_ms: Option<i64>, digest: u64, payment: PaymentRecord, booking: Booking },
+    Refund { applied_ms: Option<i64>, digest: u64, amount_fen: i64, points: i64 },
+    Member { applied_ms: Option<i64>, digest: u64, points: i64 },
+    Json { applied_ms: Option<i64>, json: String },
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64 bits: stable across versions and platforms (unlike std's hasher).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+fn payment_canon(p: &PaymentEvent) -> String {
+    let payer = p.payer.as_ref().map(|(k, i)| format!("{k}:{i}")).unwrap_or_default();
+    format!(
+        "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}",
+        p.kind.as_str(),
+        p.member_id.as_deref().unwrap_or(""),
+        payer,
+        p.amount_fen,
+        p.bu_id,
+        p.merchant_id,
+        p.category,
+        p.channel,
+        p.occurred_at_ms,
+        p.refund_of.as_deref().unwrap_or(""),
+        p.hold_id.as_deref().unwrap_or(""),
+        p.points_used,
+        p.cumulative,
+        p.coupon_ids.join(","),
+    )
+}
+
+/// The digest of an event's content (what its sender said, not its id).
+pub fn digest(ev: &Event) -> u64 {
+    match ev {
+        Event::Payment(p) => fnv1a(payment_canon(p).as_bytes()),
+        Event::Member(m) => fnv1a(format!("{:?}", m).as_bytes()),
+    }
+}
+
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['%', '|']) {
+        s.replace('%', "%25").replace('|', "%7C").into()
+    } else {
+        s.into()
+    }
+}
+
+fn unesc(s: &str) -> String {
+    if s.contains('%') {
+        s.replace("%7C", "|").replace("%25", "%")
+    } else {
+        s.to_string()
+    }
+}
+
+fn applied(a: Option<i64>) -> String {
+    a.map_or_else(|| "~".to_string(), |v| v.to_string())
+}
+
+impl Record {
+    pub fn encode(&self) -> String {
+        match self {
+            Record::Payment { applied_ms, digest, payment: r, booking: b } => format!(
+                "P|{}|{:016x}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+                applied(*applied_ms),
+                digest,
+                r.amount_fen,
+                r.points,
+                r.used,
+                r.refunded_amount_fen,
+                r.refunded_points,
+                r.returned_used,
+                esc(&b.bu_id),
+                esc(&b.merchant_id),
+                esc(&b.category),
+                esc(&b.format),
+                b.commission_fen,
+                b.merchant_fen,
+                b.offset_fen,
+                b.funded_fen
+            ),
+            Record::Refund { applied_ms, digest, amount_fen, points } => {
+                format!("R|{}|{:016x}|{}|{}", applied(*applied_ms), digest, amount_fen, points)
+            }
+            Record::Member { applied_ms, digest, points } => {
+                format!("M|{}|{:016x}|{}", applied(*applied_ms), digest, points)
+            }
+            Record::Json { applied_ms, json } => format!("J|{}|{}", applied(*applied_ms), json),
+        }
+    }
+
+    pub fn decode(s: &str) -> Result<Record, String> {
+        let bad = || format!("unreadable event record {:?}", s.chars().take(80).collect::<String>());
+        let (kind, rest) = s.split_once('|').ok_or_else(bad)?;
+        let (at, rest) = rest.split_once('|').ok_or_else(bad)?;
+        let applied_ms = if at == "~" { None } else { Some(at.parse::<i64>().map_err(|_| bad())?) };
+        if kind == "J" {
+            return Ok(Record::Json { applied_ms, json: rest.to_string() });
+        }
+        let f: Vec<&str> = rest.split('|').collect();
+        let num = |i: usize| -> Result<i64, String> { f.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad) };
+        let digest = u64::from_str_radix(f.first().ok_or_else(bad)?, 16).map_err(|_| bad())?;
+        match (kind, f.len()) {
+            ("P", 15) => Ok(Record::Payment {
+                applied_ms,
+                digest,
+                payment: PaymentRecord {
+                    amount_fen: num(1)?,
+                    points: num(2)?,
+                    used: num(3)?,
+                    refunded_amount_fen: num(4)?,
+                    refunded_points: num(5)?,
+                    returned_used: num(6)?,
+                },
+                booking: Booking {
+                    bu_id: unesc(f[7]),
+                    merchant_id: unesc(f[8]),
+                    category: unesc(f[9]),
+                    format: unesc(f[10]),
+                    commission_fen: num(11)?,
+                    merchant_fen: num(12)?,
+                    offset_fen: num(13)?,
+                    funded_fen: num(14)?,
+                },
+            }),
+            ("R", 3) => Ok(Record::Refund { applied_ms, digest, amount_fen: num(1)?, points: num(2)? }),
+            ("M", 2) => Ok(Record::Member { applied_ms, digest, points: num(1)? }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The payment a refund can be made against, if this is one.
+    pub fn as_payment(&self) -> Option<PaymentRecord> {
+        match self {
+            Record::Payment { payment, .. } if payment.amount_fen > 0 => Some(*payment),
+            _ => None,
+        }
+    }
+
+    pub fn digest(&self) -> Option<u64> {
+        match self {
+            Record::Payment { digest, .. } | Record::Refund { digest, .. } | Record::Member { digest, .. } => {
+                Some(*digest)
+            }
+            Record::Json { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let p = Record::Payment {
+            applied_ms: Some(1_764_400_000_123),
+            digest: 0xdead_beef_0000_0001,
+            payment: PaymentRecord {
+                amount_fen: 58_800,
+                points: 1_176,
+                refunded_amount_fen: 800,
+                refunded_points: 16,
+                used: 100,
+                returned_used: 1,
+            },
+            booking: Booking {
+                bu_id: "hotel-a".into(),
+                merchant_id: "hotel-a-shop16".into(),
+                category: "f|b 100%".into(),
+                format: "hotel".into(),
+                commission_fen: 3_234,
+                merchant_fen: 55_566,
+                offset_fen: 100,
+                funded_fen: 588,
+            },
+        };
+        let s = p.encode();
+        assert!(s.starts_with("P|1764400000123|deadbeef00000001|58800|1176|100|800|16|1|hotel-a|"));
+        assert!(s.contains("|f%7Cb 100%25|"));
+        assert_eq!(Record::decode(&s).unwrap(), p);
+        for r in [
+            Record::Refund { applied_ms: None, digest: 7, amount_fen: 500, points: -10 },
+            Record::Member { applied_ms: Some(5), digest: u64::MAX, points: 0 },
+            Record::Json { applied_ms: None, json: r#"{"kind":"redeem","result":"a|b"}"#.into() },
+        ] {
+            let s = r.encode();
+            assert_eq!(Record::decode(&s).unwrap(), r, "{s}");
+        }
+        assert!(Record::Refund { applied_ms: None, digest: 1, amount_fen: 1, points: 1 }.encode().starts_with("R|~|"));
+        for bad in ["", "P", "P|x|", "P|1|zz|1", "R|1|00|1", "Q|1|00|1|2", "M|1|00|1|2"] {
+            assert!(Record::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fnv_is_the_published_function() {
+        // Test vectors of FNV-1a 64 (the reference implementation's).
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+}

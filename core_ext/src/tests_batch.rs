@@ -1,0 +1,246 @@
+//! The accrual plan: rounds against replies given by hand (the real Redis runs in the
+//! Python integration tests), and the rule that every call names one hash slot.
+
+use crate::batch::{AccrualBatch, Config, Kind};
+use crate::envelope;
+use crate::record::Record;
+use crate::resp::{slot, Reply};
+use crate::rules::RuleSet;
+use serde_json::json;
+use std::sync::Arc;
+
+const RULES: &str = r#"
+version = "b-1"
+utc_offset_minutes = 480
+[formats.mall]
+points = 1
+per_fen = 100
+[[business_units]]
+id = "mall"
+format = "mall"
+[[tiers]]
+id = "normal"
+multiplier_pct = 100
+[[campaigns]]
+id = "double"
+multiplier_pct = 200
+budget_points = 150
+[[leaderboards]]
+period = "week"
+scope = "group"
+"#;
+
+const NOW: i64 = 1_764_400_000_000; // 2025-11-29
+
+fn pay(id: &str, member: Option<&str>, amount: i64) -> Vec<u8> {
+    let mut v = json!({"event_id": id, "type": "payment", "occurred_at": "2025-11-28T10:00:00+08:00",
+                       "bu_id": "mall", "merchant_id": "shop-1", "category": "fashion", "amount_fen": amount, "channel": "wechat"});
+    match member {
+        Some(m) => v["member_id"] = json!(m),
+        None => v["payer"] = json!({"kind": "wechat", "id": "o-1"}),
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn refund(id: &str, member: &str, of: &str, amount: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"event_id": id, "type": "refund", "occurred_at": "2025-11-28T11:00:00+08:00",
+        "member_id": member, "refund_of": of, "bu_id": "mall", "merchant_id": "shop-1", "category": "fashion",
+        "amount_fen": amount, "channel": "wechat"}))
+    .unwrap()
+}
+
+fn cfg() -> Config {
+    Config { ns: "t".into(), horizon_ms: 400 * 86_400_000, history_len: 5 }
+}
+
+/// The arguments of a RESP array command.
+fn args(cmd: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let text = cmd;
+    let mut at = text.iter().position(|&c| c == b'\n').unwrap() + 1;
+    while at < text.len() {
+        assert_eq!(text[at], b'$');
+        let nl = at + text[at..].iter().position(|&c| c == b'\n').unwrap();
+        let len: usize = std::str::from_utf8(&text[at + 1..nl - 1]).unwrap().parse().unwrap();
+        out.push(text[nl + 1..nl + 1 + len].to_vec());
+        at = nl + 1 + len + 2;
+    }
+    out
+}
+
+/// The keys a command names: FCALL/FCALL_RO name numkeys keys..., else its first argument.
+fn keys(cmd: &[u8]) -> Vec<Vec<u8>> {
+    let a = args(cmd);
+    match a[0].as_slice() {
+        b"FCALL" | b"FCALL_RO" => {
+            let n: usize = std::str::from_utf8(&a[2]).unwrap().parse().unwrap();
+            a[3..3 + n].to_vec()
+        }
+        _ => vec![a[1].clone()],
+    }
+}
+
+fn one_slot(plan: &[Vec<u8>]) {
+    for cmd in plan {
+        let ks = keys(cmd);
+        assert!(!ks.is_empty());
+        let s = slot(&ks[0]);
+        assert!(ks.iter().all(|k| slot(k) == s), "keys of one call in several slots: {:?}",
+                ks.iter().map(|k| String::from_utf8_lossy(k).to_string()).collect::<Vec<_>>());
+    }
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(s.as_bytes().to_vec())
+}
+
+/// A member's read reply: seq, state, held, then (record, outbox) per asked id.
+fn read_reply(seq: i64, state: Option<&str>, found: &[(Option<&str>, Option<&str>)]) -> Reply {
+    let mut a = vec![bulk(&seq.to_string()), state.map_or(Reply::Nil, bulk), bulk("0")];
+    for (r, o) in found {
+        a.push(r.map_or(Reply::Nil, bulk));
+        a.push(o.map_or(Reply::Nil, bulk));
+    }
+    Reply::Array(vec![Reply::Array(a)])
+}
+
+#[test]
+fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let env = envelope::pack(&[pay("p1", Some("m1"), 10_000), pay("g1", None, 5_000), pay("p2", Some("m2"), 3_000)]);
+    let single = pay("p3", Some("m1"), 2_000);
+    let mut b = AccrualBatch::decode(rules, cfg(), &[&env, &single], NOW);
+    assert_eq!(b.len(), 4);
+    let read = b.read_plan();
+    one_slot(&read);
+    assert_eq!(read.len(), 2 + 1, "two members and one budget");
+    b.read_done(&[
+        read_reply(0, None, &[(None, None), (None, None)]),
+        read_reply(7, None, &[(None, None)]),
+        Reply::Nil,
+    ])
+    .unwrap();
+    let reserve = b.reserve_plan();
+    one_slot(&reserve);
+    assert_eq!(reserve.len(), 1);
+    let r = args(&reserve[0]);
+    assert_eq!(r[3], b"t:budget:{double}");
+    // p1 takes 100 of the 150 budget, then p3 20 (m1), p2 takes the last 30: all fit.
+    assert_eq!(&r[6..], &[b"p1".to_vec(), b"100".to_vec(), b"m1".to_vec(), b"p3".to_vec(), b"20".to_vec(),
+                          b"m1".to_vec(), b"p2".to_vec(), b"30".to_vec(), b"m2".to_vec()]);
+    b.reserve_done(&[Reply::Array(vec![Reply::Int(1), Reply::Int(1), Reply::Int(1)])]).unwrap();
+    let write = b.write_plan();
+    one_slot(&write);
+    assert_eq!(write.len(), 2);
+    let w = args(&write[0]);
+    // FCALL ly_apply 4 keys(4) n day before ttl hlen seq state balance ...
+    assert_eq!(w[1], b"ly_apply");
+    assert_eq!(&w[3..7], &[b"t:m:{m1}".to_vec(), b"t:ev:{m1}".to_vec(), b"t:ob:{m1}".to_vec(), b"t:h:{m1}".to_vec()]);
+    assert_eq!(w[12], b"0", "expected seq");
+    assert_eq!(w[14], b"240", "balance: 200 + 40");
+    let rec = String::from_utf8(w[21].clone()).unwrap();
+    assert_eq!(w[20], b"p1");
+    assert!(rec.starts_with("P|~|"), "{rec}");
+    match Record::decode(&rec).unwrap() {
+        Record::Payment { payment, booking, .. } => {
+            assert_eq!((payment.amount_fen, payment.points), (10_000, 200));
+            assert_eq!((booking.bu_id.as_str(), booking.format.as_str()), ("mall", "mall"));
+            assert_eq!(booking.commission_fen + booking.merchant_fen, 10_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.write_done(&[Reply::Array(vec![bulk("ok")]), Reply::Array(vec![bulk("c:8")])]).unwrap(), 1);
+    let settle = b.settle_plan();
+    one_slot(&settle);
+    let s = args(&settle[0]);
+    assert_eq!(&s[4..], &[b"p1".to_vec(), b"1".to_vec(), b"p3".to_vec(), b"1".to_vec(), b"p2".to_vec(),
+                          b"0".to_vec()]);
+    assert_eq!(b.kind(2), Kind::Pending, "m2 conflicted: evaluated again");
+    assert_eq!((b.kind(0), b.kind(1), b.kind(3)), (Kind::Applied, Kind::Guest, Kind::Applied));
+
+    // Round two: only m2, against its fresh state.
+    let read = b.read_plan();
+    assert_eq!(read.len(), 2);
+    b.read_done(&[read_reply(8, None, &[(None, None)]), bulk("120")]).unwrap();
+    b.reserve_done(&[Reply::Array(vec![Reply::Int(1)])]).unwrap();
+    let write = b.write_plan();
+    let w = args(&write[0]);
+    assert_eq!(w[12], b"8");
+    assert_eq!(w[14], b"60", "30 base + 30 of the budget's last 30");
+    b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();
+    assert!(b.read_plan().is_empty());
+    let guests = b.guest_plan(86_400);
+    one_slot(&guests);
+    assert_eq!(keys(&guests[0]), vec![b"t:guest:{wechat:o-1}".to_vec()]);
+    b.guest_done(&[Reply::Int(1)]);
+    let r = b.report();
+    assert_eq!((r.applied, r.guests, r.duplicates, r.conflicts, r.rounds), (3, 1, 0, 1, 2));
+    let msgs = b.ledger_messages();
+    assert_eq!(msgs.len(), 1);
+    let m: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
+    assert_eq!(m["ledger"].as_array().unwrap().len(), 3);
+    assert_eq!(m["guests"].as_array().unwrap().len(), 1);
+    assert!(m["ledger"][0]["boards"][0][0].as_str().unwrap().starts_with("w:2025-W48"));
+    let trims = b.trim_plan();
+    one_slot(&trims);
+    assert_eq!(trims.len(), 2);
+}
+
+#[test]
+fn duplicates_resend_their_outbox_and_refunds_rewrite_their_payment() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let stored = Record::Payment {
+        applied_ms: Some(NOW - 1000),
+        digest: 1,
+        payment: crate::accrual::PaymentRecord { amount_fen: 10_000, points: 200, ..Default::default() },
+        booking: crate::record::Booking { bu_id: "mall".into(), format: "mall".into(), ..Default::default() },
+    }
+    .encode();
+    let dup = pay("p1", Some("m1"), 10_000);
+    let r1 = refund("r1", "m1", "p1", 2_500);
+    let ghost = refund("r2", "m1", "nope", 100);
+    let mut b = AccrualBatch::decode(rules, cfg(), &[&dup, &r1, &ghost], NOW);
+    let read = b.read_plan();
+    let a = args(&read[0]);
+    // ids asked: p1 (with outbox), r1, p1 (the refund's payment), r2, nope
+    assert_eq!(a.len(), 8 + 2 * 5);
+    b.read_done(&[
+        read_reply(3, None, &[(Some(&stored), Some("[{\"event_id\":\"p1\"}]")), (None, None), (Some(&stored), None),
+                               (None, None), (None, None)]),
+        Reply::Nil,
+    ])
+    .unwrap();
+    b.reserve_done(&[]).unwrap();
+    let write = b.write_plan();
+    let w = args(&write[0]);
+    assert_eq!(w[14], b"-50", "a quarter of 200 points back");
+    // Records: the refund's, then the payment's again with the refund counted.
+    assert_eq!(w[19], b"2");
+    assert_eq!(w[20], b"r1");
+    assert_eq!(w[22], b"p1");
+    let again = Record::decode(std::str::from_utf8(&w[23]).unwrap()).unwrap();
+    assert!(matches!(again, Record::Payment { applied_ms: Some(_), payment, .. }
+                     if payment.refunded_amount_fen == 2_500 && payment.refunded_points == 50));
+    b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();
+    assert_eq!((b.kind(0), b.kind(1), b.kind(2)), (Kind::Duplicate, Kind::Applied, Kind::Held));
+    let m: serde_json::Value = serde_json::from_slice(&b.ledger_messages()[0]).unwrap();
+    assert_eq!(m["ledger"][0]["event_id"], "p1", "the duplicate's outbox rows are sent again");
+    let trims = b.trim_plan();
+    assert_eq!(args(&trims[0])[2..], [b"r1".to_vec(), b"p1".to_vec()]);
+}
+
+#[test]
+fn old_events_and_corrupt_envelopes_are_refused_with_a_reason() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let old = serde_json::to_vec(&json!({"event_id": "old", "type": "payment", "occurred_at": "2024-01-01T00:00:00Z",
+        "member_id": "m1", "bu_id": "mall", "merchant_id": "s", "category": "c", "amount_fen": 100, "channel": "wechat"})).unwrap();
+    let mut env = envelope::pack(&[pay("p1", Some("m1"), 100)]);
+    env.push(0);
+    let b = AccrualBatch::decode(rules, cfg(), &[&old, &env], NOW);
+    assert_eq!(b.len(), 2);
+    assert_eq!((b.kind(0), b.kind(1)), (Kind::Rejected, Kind::Rejected));
+    assert_eq!(b.error(0).unwrap().field(), "occurred_at");
+    assert!(b.error(0).unwrap().reason().contains("refund horizon of 400 days"));
+    assert_eq!(b.error(1).unwrap().field(), "envelope");
+    assert_eq!(b.body(1), &env[..], "a corrupt envelope is dead-lettered whole");
+}

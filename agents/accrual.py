@@ -22,9 +22,10 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -43,9 +44,19 @@ from streams.metrics import counters, histograms, topic_messages
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
 MAX_CONFLICT_ROUNDS = 20
 DAY_MS = 86_400_000
+
+
+#: The core's heavy calls run here (they release the GIL): meanwhile the event loop goes
+#: on with Kafka I/O, the ledger sink and the HTTP service.
+_CORE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="core")
+
+
+async def _off(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_CORE, lambda: fn(*args))
 
 
 def _fault(name: str) -> bool:
@@ -80,8 +91,8 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     store = rt.balances
     settings = rt.settings
     t0 = time.perf_counter()
-    batch = core_ext.AccrualBatch(rules, list(records), store.ns, int(time.time() * 1000),
-                                  settings.refund_horizon_days, settings.history_length)
+    batch = await _off(core_ext.AccrualBatch, rules, list(records), store.ns, int(time.time() * 1000),
+                       settings.refund_horizon_days, settings.history_length)
     core_s = time.perf_counter() - t0
     redis_s = 0.0
     for _round in range(MAX_CONFLICT_ROUNDS):
@@ -91,11 +102,11 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
             break
         replies = await store.run(read, "read")
         t1 = time.perf_counter()
-        batch.read_done(replies)
+        await _off(batch.read_done, replies)
         t2 = time.perf_counter()
         reserve = batch.reserve_plan()
         batch.reserve_done(await store.run(reserve, "reserve"))
-        write = batch.write_plan()
+        write = await _off(batch.write_plan)
         if len(write) > 1 and _fault("accrual-die-mid-write"):
             await _die_half_written(store, write)
         conflicts = batch.write_done(await store.run(write, "write"))
@@ -115,8 +126,8 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     # Rows of events applied by an earlier delivery are sent again (from the outbox): if
     # that delivery died before its ledger message was acked, this is what puts them in
     # ClickHouse. Coupon pushes go out once Redis has the coupons.
-    messages = batch.ledger_messages()
-    pushes = batch.pushes()
+    messages = await _off(batch.ledger_messages)
+    pushes = await _off(batch.pushes)
     futures = [await ledger_topic.send(value=m, force=True) for m in messages]
     futures += [await notifications_topic.send(key=p.key, value=p.value, force=True) for p in pushes]
     futures += [await notifications_topic.send(key=n.key, value=n.value, force=True) for n in batch.notices()]

@@ -22,6 +22,8 @@ __all__ = [
     "RulesError",
     "TableBlock",
     "__version__",
+    "board_commands",
+    "board_shard",
     "coupon_wallet",
     "decode_event",
     "engage",
@@ -355,6 +357,13 @@ class LedgerBlocks:
     @property
     def poison(self) -> list[tuple[int, str]]:
         """Messages that cannot be stored: (index in the batch, reason); none of their rows is in the blocks."""
+
+def board_commands(namespace: str, updates: list[tuple[str, str, int, int]], shards: int, ttl_s: int) -> list[bytes]:
+    """`ly_board` calls (RESP) for leaderboard updates (board, member, score, version): one
+    per board shard, each naming the keys of one slot."""
+
+def board_shard(member: str, shards: int) -> int:
+    """The shard of a board a member's score lives in."""
 
 def ledger_blocks(messages: list[bytes]) -> LedgerBlocks:
     """Encodes ledger-topic messages into one RowBinary block per table (GIL released)."""

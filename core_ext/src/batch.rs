@@ -3,8 +3,8 @@
 //! step a list of Redis commands built here (RESP bytes) that the caller sends without
 //! looking inside, and the replies it hands back. Pure: no I/O, no clock.
 //!
-//! Per round: one `ly_read` call per member (its state, sequence number and the records
-//! of the event ids it names), one `HGET` per budget; the engine evaluates the pending
+//! Per round: three `HMGET`s per member (its state, sequence number and counters; the
+//! records and the outbox entries of the event ids it names), one `HGET` per budget; the engine evaluates the pending
 //! events; one `ly_reserve` call per budget takes what the events consume (idempotent
 //! by event id); one `ly_apply` call per member writes its state, records, outbox and
 //! history only if its sequence number is unchanged; one `ly_settle` call per budget
@@ -98,10 +98,14 @@ struct MemberRead {
     seq: i64,
     state: Option<String>,
     held: i64,
+    /// The member's counters as stored: balance, earned, clawed back, events, stored value.
+    counters: [i64; 5],
+    /// The last day its records were swept.
+    gc_day: i64,
     /// Event indexes of this member evaluated this round, in order.
     events: Vec<usize>,
-    /// Ids asked: (id, outbox wanted). Replies in the same order.
-    asked: Vec<(String, bool)>,
+    /// Ids asked: its events' ids, then the payments its refunds name.
+    asked: Vec<String>,
     records: HashMap<String, String>,
     outbox: HashMap<String, String>,
 }
@@ -119,6 +123,11 @@ struct MemberWrite {
     ok: bool,
 }
 
+/// What the read asks of a member's hash: sequence number, state, refunds held, the
+/// counters (balance, earned, clawed back, events, stored value), the last sweep day.
+const HEAD_FIELDS: [&str; 9] =
+    ["seq", "state", "held", "balance", "earned", "clawed_back", "events", "sv_balance", "gc"];
+
 /// A reservation of a budget: (event id, units, index of the member's write).
 type Reservation = (String, i64, usize);
 
@@ -128,6 +137,8 @@ struct Done {
     events: Vec<usize>,
     review_at_ms: Option<i64>,
     next_check_ms: Option<i64>,
+    /// The member API's entries of its newest events, oldest first.
+    history: Vec<String>,
 }
 
 /// (member, when) pairs of the schedules: tier reviews and wallet checks.
@@ -255,7 +266,7 @@ impl AccrualBatch {
 
     // ---- round: read ---------------------------------------------------------------
 
-    /// The read of a round: one `ly_read` per member with pending events, one `HGET` per
+    /// The read of a round: three `HMGET`s per member with pending events, one `HGET` per
     /// budget (members first, then budgets). Empty when nothing is pending.
     pub fn read_plan(&mut self) -> Vec<Vec<u8>> {
         let mut round = Round::default();
@@ -275,6 +286,8 @@ impl AccrualBatch {
                         seq: 0,
                         state: None,
                         held: 0,
+                        counters: [0; 5],
+                        gc_day: 0,
                         events: Vec::new(),
                         asked: Vec::new(),
                         records: HashMap::default(),
@@ -285,10 +298,10 @@ impl AccrualBatch {
             };
             let mr = &mut round.members[at];
             mr.events.push(i);
-            mr.asked.push((e.event_id().to_string(), true));
+            mr.asked.push(e.event_id().to_string());
             if let Event::Payment(p) = e {
                 if let Some(of) = &p.refund_of {
-                    mr.asked.push((of.clone(), false));
+                    mr.asked.push(of.clone());
                 }
             }
         }
@@ -299,14 +312,24 @@ impl AccrualBatch {
         round.budgets = budget_limits(&self.rules);
         let ns = &self.cfg.ns;
         let mut out = Vec::with_capacity(round.members.len() + round.budgets.len());
+        // Plain reads (no script: arguments into Lua cost ~2 µs per KB): the write's
+        // sequence check is what makes the state, records and outbox read here safe to use.
         for m in &round.members {
             let keys = member_keys(ns, &m.id);
-            let mut c = Command::new("FCALL_RO");
-            c.str("ly_read").int(3).key(&keys[0]).key(&keys[1]).key(&keys[2]).int(1).int(m.asked.len() as i64);
-            for (id, ob) in &m.asked {
-                c.str(id).int(*ob as i64);
+            let mut head = Command::new("HMGET");
+            head.key(&keys[0]);
+            for f in HEAD_FIELDS {
+                head.str(f);
             }
-            out.push(c.bytes());
+            out.push(head.bytes());
+            for key in [&keys[1], &keys[2]] {
+                let mut c = Command::new("HMGET");
+                c.key(key);
+                for id in &m.asked {
+                    c.str(id);
+                }
+                out.push(c.bytes());
+            }
         }
         for (id, _) in &round.budgets {
             let mut c = Command::new("HGET");
@@ -320,7 +343,7 @@ impl AccrualBatch {
     /// Takes the read's replies and evaluates the round's events in the engine.
     pub fn read_done(&mut self, replies: &[Reply]) -> Result<(), String> {
         let mut round = self.round.take().ok_or("read_done without a read plan")?;
-        if replies.len() != round.members.len() + round.budgets.len() {
+        if replies.len() != 3 * round.members.len() + round.budgets.len() {
             return Err(format!(
                 "read: {} replies for {} members and {} budgets",
                 replies.len(),
@@ -328,29 +351,31 @@ impl AccrualBatch {
                 round.budgets.len()
             ));
         }
-        for (m, reply) in round.members.iter_mut().zip(replies) {
-            // ly_read answers an array of members; each call here names one.
-            let a = reply
-                .as_array()
-                .and_then(|all| all.first())
-                .and_then(Reply::as_array)
-                .ok_or_else(|| format!("ly_read of {}: {}", m.id, reply.describe()))?;
-            if a.len() != 3 + 2 * m.asked.len() {
-                return Err(format!("ly_read of {}: {} values for {} ids", m.id, a.len(), m.asked.len()));
+        for (m, three) in round.members.iter_mut().zip(replies.chunks(3)) {
+            let arrays = (three[0].as_array(), three[1].as_array(), three[2].as_array());
+            let (Some(head), Some(recs), Some(obs)) = arrays else {
+                return Err(format!("read of {}: {}", m.id, three[0].describe()));
+            };
+            if head.len() != HEAD_FIELDS.len() || recs.len() != m.asked.len() || obs.len() != m.asked.len() {
+                return Err(format!("read of {}: {} records for {} ids", m.id, recs.len(), m.asked.len()));
             }
-            m.seq = a[0].as_int().ok_or_else(|| format!("ly_read of {}: seq {}", m.id, a[0].describe()))?;
-            m.state = a[1].as_str().map(str::to_string);
-            m.held = a[2].as_int().unwrap_or(0);
-            for (k, (id, _)) in m.asked.iter().enumerate() {
-                if let Some(r) = a[3 + 2 * k].as_str() {
+            m.seq = head[0].as_int().unwrap_or(0);
+            m.state = head[1].as_str().map(str::to_string);
+            m.held = head[2].as_int().unwrap_or(0);
+            for (c, v) in m.counters.iter_mut().zip(&head[3..8]) {
+                *c = v.as_int().unwrap_or(0);
+            }
+            m.gc_day = head[8].as_int().unwrap_or(0);
+            for (id, (r, o)) in m.asked.iter().zip(recs.iter().zip(obs)) {
+                if let Some(r) = r.as_str() {
                     m.records.insert(id.clone(), r.to_string());
                 }
-                if let Some(o) = a[4 + 2 * k].as_str() {
+                if let Some(o) = o.as_str() {
                     m.outbox.insert(id.clone(), o.to_string());
                 }
             }
         }
-        for ((id, _), reply) in round.budgets.iter().zip(&replies[round.members.len()..]) {
+        for ((id, _), reply) in round.budgets.iter().zip(&replies[3 * round.members.len()..]) {
             round.spent.insert(id.clone(), reply.as_int().unwrap_or(0));
         }
         self.evaluate(round)
@@ -592,18 +617,23 @@ impl AccrualBatch {
                 c.key(k);
             }
             c.int(1).int(day).int(sweep_before).int(ttl_s).int(self.cfg.history_len);
-            let (mut balance, mut earned, mut clawed) = (0i64, 0i64, 0i64);
+            let mut counters = m.counters;
             for &i in &w.events {
                 let p = self.evs[i].applied.as_ref().expect("applied").points;
-                balance += p;
+                counters[0] += p;
                 if p < 0 {
-                    clawed -= p;
+                    counters[2] -= p;
                 } else {
-                    earned += p;
+                    counters[1] += p;
                 }
+                counters[3] += 1;
             }
-            c.int(w.expected_seq).str(&w.state_json).int(balance).int(earned).int(clawed);
-            c.int(w.events.len() as i64).int(0);
+            // The counters' new values: the sequence check makes them safe to set.
+            c.int(w.expected_seq).str("a").str(&w.state_json);
+            for v in counters {
+                c.int(v);
+            }
+            c.int((m.gc_day < day) as i64);
             c.int(w.records.len() as i64);
             for (id, rec) in &w.records {
                 c.str(id).str(rec);
@@ -613,15 +643,7 @@ impl AccrualBatch {
                 let e = self.evs[i].parsed.as_ref().unwrap();
                 c.str(e.event_id()).str(&self.evs[i].applied.as_ref().unwrap().rows_json);
             }
-            let first = w.events.len().saturating_sub(self.cfg.history_len.max(0) as usize);
-            let hist: Vec<String> = w.events[first..]
-                .iter()
-                .filter_map(|&i| history_entry(&self.evs[i].applied.as_ref().unwrap().rows_json))
-                .collect();
-            c.int(hist.len() as i64);
-            for h in &hist {
-                c.str(h);
-            }
+            c.int(0); // history: after the write (trim_plan), not through the script
             out.push(c.bytes());
         }
         out
@@ -706,11 +728,17 @@ impl AccrualBatch {
                 }
             }
             self.paid_with_held.extend(paid);
+            let first = w.events.len().saturating_sub(self.cfg.history_len.max(0) as usize);
+            let history = w.events[first..]
+                .iter()
+                .filter_map(|&i| self.evs[i].applied.as_ref().and_then(|a| history_entry(&a.rows_json)))
+                .collect();
             self.done_members.push(Done {
                 member: m.id.clone(),
                 events: w.events.clone(),
                 review_at_ms: w.review_at_ms,
                 next_check_ms: w.next_check_ms,
+                history,
             });
         }
         Ok(conflicts)
@@ -820,7 +848,8 @@ impl AccrualBatch {
         ledger_messages(&rows, &guests)
     }
 
-    /// Outbox entries to delete once the ledger messages are acked: one `HDEL` per member.
+    /// Once the ledger messages are acked: the outbox entries they came from (one `HDEL`
+    /// per member), and the members' recent movements (`LPUSH`, `LTRIM`, `EXPIRE`).
     pub fn trim_plan(&self) -> Vec<Vec<u8>> {
         let mut by_member: Vec<(String, Vec<&str>)> = Vec::new();
         let mut at: HashMap<&str, usize> = HashMap::default();
@@ -836,7 +865,7 @@ impl AccrualBatch {
             });
             by_member[k].1.push(e);
         }
-        by_member
+        let mut out: Vec<Vec<u8>> = by_member
             .into_iter()
             .map(|(m, ids)| {
                 let mut c = Command::new("HDEL");
@@ -846,7 +875,26 @@ impl AccrualBatch {
                 }
                 c.bytes()
             })
-            .collect()
+            .collect();
+        // The member API's recent movements: a bounded list, written after the member's
+        // step (it is a view of the ledger, not a fact of its own).
+        let ttl_s = self.cfg.horizon_ms / 1000 + 86_400;
+        for d in self.done_members.iter().filter(|d| !d.history.is_empty()) {
+            let key = format!("{}:h:{{{}}}", self.cfg.ns, d.member);
+            let mut push = Command::new("LPUSH");
+            push.key(&key);
+            for h in &d.history {
+                push.str(h);
+            }
+            out.push(push.bytes());
+            let mut trim = Command::new("LTRIM");
+            trim.key(&key).int(0).int(self.cfg.history_len - 1);
+            out.push(trim.bytes());
+            let mut expire = Command::new("EXPIRE");
+            expire.key(&key).int(ttl_s);
+            out.push(expire.bytes());
+        }
+        out
     }
 
     /// (member, when) of tier reviews and wallet checks to schedule, for members written.
@@ -1032,8 +1080,14 @@ pub fn ledger_messages(rows: &[&str], guests: &[&str]) -> Vec<Vec<u8>> {
     out
 }
 
-/// The member API's entry for an event: its rows without the settlement lines and
-/// boards (what a person reads), as a JSON array.
+/// Fields of a ledger row the member API's history leaves out: the settlement lines and
+/// boards (for the books, not the member), and what the member, the batch or the row's
+/// place say already.
+pub const HISTORY_DROPS: [&str; 7] =
+    ["settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format"];
+
+/// The member API's entry for an event: its rows without HISTORY_DROPS (what a person
+/// reads), as a JSON array.
 fn history_entry(rows_json: &str) -> Option<String> {
     use serde_json::value::RawValue;
     use std::collections::BTreeMap;
@@ -1041,8 +1095,11 @@ fn history_entry(rows_json: &str) -> Option<String> {
     let kept: Vec<BTreeMap<&str, &RawValue>> = rows
         .into_iter()
         .map(|mut r| {
-            for k in ["settlement", "boards", "batch_index"] {
+            for k in HISTORY_DROPS {
                 r.remove(k);
+            }
+            if r.get("refund_of").is_some_and(|v| v.get() == "\"\"") {
+                r.remove("refund_of");
             }
             r
         })

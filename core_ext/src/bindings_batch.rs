@@ -550,3 +550,22 @@ pub fn ledger_schema_mismatches(describe: Vec<(String, String, String)>) -> Vec<
 pub fn ledger_tables() -> Vec<(&'static str, Vec<&'static str>)> {
     crate::blocks::TABLES.iter().map(|t| (t.name, t.columns.iter().map(|c| c.0).collect())).collect()
 }
+
+/// `ly_board` calls (RESP) for leaderboard updates (board, member, score, version): one
+/// per board shard, each naming the keys of one slot.
+#[pyfunction]
+pub fn board_commands<'py>(
+    py: Python<'py>,
+    namespace: &str,
+    updates: Vec<(String, String, i64, i64)>,
+    shards: u32,
+    ttl_s: i64,
+) -> Vec<Bound<'py, PyBytes>> {
+    plan(py, crate::boards::commands(namespace, &updates, shards, ttl_s))
+}
+
+/// The shard of a board a member's score lives in.
+#[pyfunction]
+pub fn board_shard(member: &str, shards: u32) -> u32 {
+    crate::boards::shard(member, shards)
+}

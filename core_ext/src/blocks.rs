@@ -507,6 +507,16 @@ pub fn encode(messages: &[&[u8]]) -> Blocks {
             out.poison.push((i, reason));
         }
     }
+    // Only each member's newest score on a board matters (the consumer keeps the newest).
+    let mut newest: rustc_hash::FxHashMap<(String, String), (i64, i64)> = rustc_hash::FxHashMap::default();
+    for (board, member, score, version) in out.boards.drain(..) {
+        let e = newest.entry((board, member)).or_insert((score, version));
+        if version > e.1 {
+            *e = (score, version);
+        }
+    }
+    out.boards = newest.into_iter().map(|((b, m), (s, v))| (b, m, s, v)).collect();
+    out.boards.sort_unstable();
     out
 }
 

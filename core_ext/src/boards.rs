@@ -46,10 +46,20 @@ pub fn score(rules: &RuleSet, state: &mut MemberState, bu_id: &str, at_ms: i64, 
         return Vec::new();
     }
     let mut out = Vec::with_capacity(names.len());
+    let mut new_period = false;
     for name in names {
-        let s = state.boards.entry(name.clone()).or_insert(0);
+        let s = match state.boards.get_mut(&name) {
+            Some(s) => s,
+            None => {
+                new_period = true;
+                state.boards.entry(name.clone()).or_insert(0)
+            }
+        };
         *s += delta;
         out.push((name, *s));
+    }
+    if !new_period {
+        return out;
     }
     for kind in ["w:", "m:"] {
         let mut periods: Vec<&str> =
@@ -62,6 +72,39 @@ pub fn score(rules: &RuleSet, state: &mut MemberState, bu_id: &str, at_ms: i64, 
         }
     }
     out
+}
+
+/// The shard of a board a member's score lives in (boards are sharded by member, so no
+/// single key takes every payment's score; reads sum the shards).
+pub fn shard(member: &str, shards: u32) -> u32 {
+    (crate::record::fnv1a(member.as_bytes()) % shards.max(1) as u64) as u32
+}
+
+/// The keys of a board shard: its sorted set and its versions hash (one slot).
+pub fn shard_keys(ns: &str, board: &str, shard: u32) -> [String; 2] {
+    [format!("{ns}:lb:{{{board}#{shard}}}"), format!("{ns}:lbv:{{{board}#{shard}}}")]
+}
+
+/// A leaderboard update: (board, member, absolute score, version).
+pub type Update = (String, String, i64, i64);
+
+/// `ly_board` calls for updates: one per board shard.
+pub fn commands(ns: &str, updates: &[Update], shards: u32, ttl_s: i64) -> Vec<Vec<u8>> {
+    let mut by: std::collections::BTreeMap<(&str, u32), Vec<&Update>> = Default::default();
+    for u in updates {
+        by.entry((u.0.as_str(), shard(&u.1, shards))).or_default().push(u);
+    }
+    by.into_iter()
+        .map(|((board, s), items)| {
+            let [z, v] = shard_keys(ns, board, s);
+            let mut c = crate::resp::Command::new("FCALL");
+            c.str("ly_board").int(2).key(&z).key(&v).int(ttl_s);
+            for (_, member, score, version) in items {
+                c.str(member).int(*score).int(*version);
+            }
+            c.bytes()
+        })
+        .collect()
 }
 
 /// The version a board score carries: the member's sequence number after the write, then

@@ -52,31 +52,45 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn payment_canon(p: &PaymentEvent) -> String {
-    let payer = p.payer.as_ref().map(|(k, i)| format!("{k}:{i}")).unwrap_or_default();
-    format!(
-        "{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}\x1f{}",
-        p.kind.as_str(),
-        p.member_id.as_deref().unwrap_or(""),
-        payer,
-        p.amount_fen,
-        p.bu_id,
-        p.merchant_id,
-        p.category,
-        p.channel,
-        p.occurred_at_ms,
-        p.refund_of.as_deref().unwrap_or(""),
-        p.hold_id.as_deref().unwrap_or(""),
-        p.points_used,
-        p.cumulative,
-        p.coupon_ids.join(","),
-    )
+/// FNV-1a over fields, each followed by a unit separator (no string is built).
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        for &x in b {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+        self.0 ^= 0x1f;
+        self.0 = self.0.wrapping_mul(FNV_PRIME);
+        self
+    }
+
+    fn int(&mut self, v: i64) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+}
+
+fn payment_digest(p: &PaymentEvent) -> u64 {
+    let mut h = Fnv(FNV_OFFSET);
+    h.bytes(p.kind.as_str().as_bytes()).bytes(p.member_id.as_deref().unwrap_or("").as_bytes());
+    match &p.payer {
+        Some((k, i)) => h.bytes(k.as_bytes()).bytes(i.as_bytes()),
+        None => h.bytes(b"").bytes(b""),
+    };
+    h.int(p.amount_fen).bytes(p.bu_id.as_bytes()).bytes(p.merchant_id.as_bytes()).bytes(p.category.as_bytes());
+    h.bytes(p.channel.as_bytes()).int(p.occurred_at_ms).bytes(p.refund_of.as_deref().unwrap_or("").as_bytes());
+    h.bytes(p.hold_id.as_deref().unwrap_or("").as_bytes()).int(p.points_used).int(p.cumulative as i64);
+    for c in &p.coupon_ids {
+        h.bytes(c.as_bytes());
+    }
+    h.0
 }
 
 /// The digest of an event's content (what its sender said, not its id).
 pub fn digest(ev: &Event) -> u64 {
     match ev {
-        Event::Payment(p) => fnv1a(payment_canon(p).as_bytes()),
+        Event::Payment(p) => payment_digest(p),
         Event::Member(m) => fnv1a(format!("{:?}", m).as_bytes()),
     }
 }
@@ -97,40 +111,87 @@ fn unesc(s: &str) -> String {
     }
 }
 
-fn applied(a: Option<i64>) -> String {
-    a.map_or_else(|| "~".to_string(), |v| v.to_string())
+fn push_applied(out: &mut String, a: Option<i64>) {
+    match a {
+        Some(v) => push_int(out, v),
+        None => out.push('~'),
+    }
+}
+
+/// An integer in decimal, without the formatting machinery.
+pub fn push_int(out: &mut String, v: i64) {
+    let mut buf = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&buf[at..]).expect("digits"));
+}
+
+fn push_hex(out: &mut String, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
 }
 
 impl Record {
     pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(128);
         match self {
-            Record::Payment { applied_ms, digest, payment: r, booking: b } => format!(
-                "P|{}|{:016x}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-                applied(*applied_ms),
-                digest,
-                r.amount_fen,
-                r.points,
-                r.used,
-                r.refunded_amount_fen,
-                r.refunded_points,
-                r.returned_used,
-                esc(&b.bu_id),
-                esc(&b.merchant_id),
-                esc(&b.category),
-                esc(&b.format),
-                b.commission_fen,
-                b.merchant_fen,
-                b.offset_fen,
-                b.funded_fen
-            ),
+            Record::Payment { applied_ms, digest, payment: r, booking: b } => {
+                out.push_str("P|");
+                push_applied(&mut out, *applied_ms);
+                out.push('|');
+                push_hex(&mut out, *digest);
+                for v in [r.amount_fen, r.points, r.used, r.refunded_amount_fen, r.refunded_points, r.returned_used] {
+                    out.push('|');
+                    push_int(&mut out, v);
+                }
+                for t in [&b.bu_id, &b.merchant_id, &b.category, &b.format] {
+                    out.push('|');
+                    out.push_str(&esc(t));
+                }
+                for v in [b.commission_fen, b.merchant_fen, b.offset_fen, b.funded_fen] {
+                    out.push('|');
+                    push_int(&mut out, v);
+                }
+            }
             Record::Refund { applied_ms, digest, amount_fen, points } => {
-                format!("R|{}|{:016x}|{}|{}", applied(*applied_ms), digest, amount_fen, points)
+                out.push_str("R|");
+                push_applied(&mut out, *applied_ms);
+                out.push('|');
+                push_hex(&mut out, *digest);
+                for v in [*amount_fen, *points] {
+                    out.push('|');
+                    push_int(&mut out, v);
+                }
             }
             Record::Member { applied_ms, digest, points } => {
-                format!("M|{}|{:016x}|{}", applied(*applied_ms), digest, points)
+                out.push_str("M|");
+                push_applied(&mut out, *applied_ms);
+                out.push('|');
+                push_hex(&mut out, *digest);
+                out.push('|');
+                push_int(&mut out, *points);
             }
-            Record::Json { applied_ms, json } => format!("J|{}|{}", applied(*applied_ms), json),
+            Record::Json { applied_ms, json } => {
+                out.push_str("J|");
+                push_applied(&mut out, *applied_ms);
+                out.push('|');
+                out.push_str(json);
+            }
         }
+        out
     }
 
     pub fn decode(s: &str) -> Result<Record, String> {
@@ -234,6 +295,15 @@ mod tests {
         assert!(Record::Refund { applied_ms: None, digest: 1, amount_fen: 1, points: 1 }.encode().starts_with("R|~|"));
         for bad in ["", "P", "P|x|", "P|1|zz|1", "R|1|00|1", "Q|1|00|1|2", "M|1|00|1|2"] {
             assert!(Record::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_print_like_rust() {
+        for v in [0, 7, -7, 1_234_567_890_123, i64::MIN, i64::MAX] {
+            let mut s = String::new();
+            push_int(&mut s, v);
+            assert_eq!(s, v.to_string());
         }
     }
 

@@ -107,7 +107,9 @@ impl Command {
 }
 
 fn itoa(i: i64) -> String {
-    i.to_string()
+    let mut s = String::with_capacity(20);
+    crate::record::push_int(&mut s, i);
+    s
 }
 
 /// CRC16/XMODEM, as Redis Cluster computes it.

@@ -68,7 +68,7 @@ fn args(cmd: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// The keys a command names: FCALL/FCALL_RO name numkeys keys..., else its first argument.
+/// The keys a command names: FCALL name numkeys keys..., else its first argument.
 fn keys(cmd: &[u8]) -> Vec<Vec<u8>> {
     let a = args(cmd);
     match a[0].as_slice() {
@@ -94,14 +94,13 @@ fn bulk(s: &str) -> Reply {
     Reply::Bulk(s.as_bytes().to_vec())
 }
 
-/// A member's read reply: seq, state, held, then (record, outbox) per asked id.
-fn read_reply(seq: i64, state: Option<&str>, found: &[(Option<&str>, Option<&str>)]) -> Reply {
-    let mut a = vec![bulk(&seq.to_string()), state.map_or(Reply::Nil, bulk), bulk("0")];
-    for (r, o) in found {
-        a.push(r.map_or(Reply::Nil, bulk));
-        a.push(o.map_or(Reply::Nil, bulk));
-    }
-    Reply::Array(vec![Reply::Array(a)])
+/// A member's three read replies: head, records, outbox rows (one of each per asked id).
+fn read_reply(seq: i64, state: Option<&str>, found: &[(Option<&str>, Option<&str>)]) -> Vec<Reply> {
+    let mut head = vec![bulk(&seq.to_string()), state.map_or(Reply::Nil, bulk)];
+    head.extend(std::iter::repeat_n(Reply::Nil, 7));
+    let recs = found.iter().map(|(r, _)| r.map_or(Reply::Nil, bulk)).collect();
+    let obs = found.iter().map(|(_, o)| o.map_or(Reply::Nil, bulk)).collect();
+    vec![Reply::Array(head), Reply::Array(recs), Reply::Array(obs)]
 }
 
 #[test]
@@ -113,13 +112,11 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(b.len(), 4);
     let read = b.read_plan();
     one_slot(&read);
-    assert_eq!(read.len(), 2 + 1, "two members and one budget");
-    b.read_done(&[
-        read_reply(0, None, &[(None, None), (None, None)]),
-        read_reply(7, None, &[(None, None)]),
-        Reply::Nil,
-    ])
-    .unwrap();
+    assert_eq!(read.len(), 2 * 3 + 1, "two members (head, records, outbox) and one budget");
+    let mut replies = read_reply(0, None, &[(None, None), (None, None)]);
+    replies.extend(read_reply(7, None, &[(None, None)]));
+    replies.push(Reply::Nil);
+    b.read_done(&replies).unwrap();
     let reserve = b.reserve_plan();
     one_slot(&reserve);
     assert_eq!(reserve.len(), 1);
@@ -137,9 +134,10 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(w[1], b"ly_apply");
     assert_eq!(&w[3..7], &[b"t:m:{m1}".to_vec(), b"t:ev:{m1}".to_vec(), b"t:ob:{m1}".to_vec(), b"t:h:{m1}".to_vec()]);
     assert_eq!(w[12], b"0", "expected seq");
-    assert_eq!(w[14], b"240", "balance: 200 + 40");
-    let rec = String::from_utf8(w[21].clone()).unwrap();
-    assert_eq!(w[20], b"p1");
+    assert_eq!(w[13], b"a", "the counters' new values");
+    assert_eq!(w[15], b"240", "balance: 200 + 40");
+    let rec = String::from_utf8(w[23].clone()).unwrap();
+    assert_eq!(w[22], b"p1");
     assert!(rec.starts_with("P|~|"), "{rec}");
     match Record::decode(&rec).unwrap() {
         Record::Payment { payment, booking, .. } => {
@@ -160,13 +158,15 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
 
     // Round two: only m2, against its fresh state.
     let read = b.read_plan();
-    assert_eq!(read.len(), 2);
-    b.read_done(&[read_reply(8, None, &[(None, None)]), bulk("120")]).unwrap();
+    assert_eq!(read.len(), 3 + 1);
+    let mut replies = read_reply(8, None, &[(None, None)]);
+    replies.push(bulk("120"));
+    b.read_done(&replies).unwrap();
     b.reserve_done(&[Reply::Array(vec![Reply::Int(1)])]).unwrap();
     let write = b.write_plan();
     let w = args(&write[0]);
     assert_eq!(w[12], b"8");
-    assert_eq!(w[14], b"60", "30 base + 30 of the budget's last 30");
+    assert_eq!(w[15], b"60", "30 base + 30 of the budget's last 30");
     b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();
     assert!(b.read_plan().is_empty());
     let guests = b.guest_plan(86_400);
@@ -183,7 +183,7 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert!(m["ledger"][0]["boards"][0][0].as_str().unwrap().starts_with("w:2025-W48"));
     let trims = b.trim_plan();
     one_slot(&trims);
-    assert_eq!(trims.len(), 2);
+    assert_eq!(trims.len(), 2 + 2 * 3, "an HDEL of each member's outbox, then its history");
 }
 
 #[test]
@@ -201,24 +201,21 @@ fn duplicates_resend_their_outbox_and_refunds_rewrite_their_payment() {
     let ghost = refund("r2", "m1", "nope", 100);
     let mut b = AccrualBatch::decode(rules, cfg(), &[&dup, &r1, &ghost], NOW);
     let read = b.read_plan();
-    let a = args(&read[0]);
-    // ids asked: p1 (with outbox), r1, p1 (the refund's payment), r2, nope
-    assert_eq!(a.len(), 8 + 2 * 5);
-    b.read_done(&[
-        read_reply(3, None, &[(Some(&stored), Some("[{\"event_id\":\"p1\"}]")), (None, None), (Some(&stored), None),
-                               (None, None), (None, None)]),
-        Reply::Nil,
-    ])
-    .unwrap();
+    // ids asked: p1, r1, p1 (the refund's payment), r2, nope
+    assert_eq!(args(&read[1]).len(), 2 + 5);
+    let mut replies = read_reply(3, None, &[(Some(&stored), Some("[{\"event_id\":\"p1\"}]")), (None, None),
+                                            (Some(&stored), None), (None, None), (None, None)]);
+    replies.push(Reply::Nil);
+    b.read_done(&replies).unwrap();
     b.reserve_done(&[]).unwrap();
     let write = b.write_plan();
     let w = args(&write[0]);
-    assert_eq!(w[14], b"-50", "a quarter of 200 points back");
+    assert_eq!(w[15], b"-50", "a quarter of 200 points back");
     // Records: the refund's, then the payment's again with the refund counted.
-    assert_eq!(w[19], b"2");
-    assert_eq!(w[20], b"r1");
-    assert_eq!(w[22], b"p1");
-    let again = Record::decode(std::str::from_utf8(&w[23]).unwrap()).unwrap();
+    assert_eq!(w[21], b"2");
+    assert_eq!(w[22], b"r1");
+    assert_eq!(w[24], b"p1");
+    let again = Record::decode(std::str::from_utf8(&w[25]).unwrap()).unwrap();
     assert!(matches!(again, Record::Payment { applied_ms: Some(_), payment, .. }
                      if payment.refunded_amount_fen == 2_500 && payment.refunded_points == 50));
     b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();

@@ -23,6 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+import core_ext
 from streams.sinks.resp import RawChannel, raise_for_errors
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,10 @@ class BalanceStore:
         earned = sum(e.points for e in g.events if e.points > 0)
         clawed = -sum(e.points for e in g.events if e.points < 0)
         now = int(time.time() * 1000)
+        # Deltas ("d"): this path has not read the counters; the sequence check keeps the state.
         args: list[Any] = [1, now // DAY_MS, now - self.horizon_days * DAY_MS, self.horizon_days * 86_400 + 86_400,
-                           self.history_len, g.expected_seq, g.state_json, balance, earned, clawed, len(g.events),
-                           sum(e.sv_fen for e in g.events), len(records) // 2, *records, len(outbox) // 2, *outbox,
+                           self.history_len, g.expected_seq, "d", g.state_json, balance, earned, clawed, len(g.events),
+                           sum(e.sv_fen for e in g.events), 0, len(records) // 2, *records, len(outbox) // 2, *outbox,
                            len(hist), *hist]
         keys = [self.member_key(g.member_id), self.records_key(g.member_id), self.outbox_key(g.member_id),
                 self.history_key(g.member_id)]
@@ -336,22 +338,15 @@ class BalanceStore:
 
     # ---- leaderboards ------------------------------------------------------------------
 
-    def board_plan(self, updates: Sequence[tuple[str, str, int, int]]) -> list[tuple[list[str], list[Any]]]:
-        """ly_board calls for (board, member, score, version) updates: one per shard."""
-        by_shard: dict[tuple[str, int], list[Any]] = {}
-        for board, member_id, score, version in updates:
-            shard = zlib.crc32(member_id.encode()) % BOARD_SHARDS
-            by_shard.setdefault((board, shard), []).extend((member_id, score, version))
-        return [(list(self.board_keys(b, s)), [BOARD_TTL_S, *args]) for (b, s), args in by_shard.items()]
+    def board_plan(self, updates: Sequence[tuple[str, str, int, int]]) -> list[bytes]:
+        """ly_board calls (built in the core) for (board, member, score, version) updates."""
+        return core_ext.board_commands(self.ns, list(updates), BOARD_SHARDS, BOARD_TTL_S)
 
     async def apply_boards(self, updates: Sequence[tuple[str, str, int, int]]) -> int:
         """Takes leaderboard scores (newest version wins); returns how many were taken."""
         if not updates:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in self.board_plan(updates):
-            pipe.fcall("ly_board", 2, *keys, *args)
-        return sum(int(x) for x in await pipe.execute())
+        return sum(int(x) for x in await self.run(self.board_plan(updates), "leaderboards"))
 
     async def board_top(self, board: str, n: int) -> list[tuple[str, int]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -363,7 +358,7 @@ class BalanceStore:
 
     async def board_rank(self, board: str, member_id: str) -> tuple[int | None, int, int]:
         """(rank from 1, or None if not on the board; points; members on the board)."""
-        own = self.board_keys(board, zlib.crc32(member_id.encode()) % BOARD_SHARDS)[0]
+        own = self.board_keys(board, core_ext.board_shard(member_id, BOARD_SHARDS))[0]
         score = await self.redis.zscore(own, member_id)
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(BOARD_SHARDS):
@@ -551,13 +546,17 @@ class BalanceStore:
         await pipe.execute()
 
 
+#: What the member API's history leaves out of a row (the core's HISTORY_DROPS, batch.rs).
+HISTORY_DROPS = ("settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format")
+
+
 def first_row(rows_json: str) -> str | None:
-    """The member API's entry for an operation: its rows without settlement lines or
-    boards, as a JSON array (the accrual builds the same in the core)."""
+    """The member API's entry for an operation: its rows without HISTORY_DROPS (and an
+    empty refund_of), as a JSON array; the accrual builds the same in the core."""
     try:
         rows = orjson.loads(rows_json)
     except orjson.JSONDecodeError:
         return None
-    kept = [{k: v for k, v in r.items() if k not in ("settlement", "boards", "batch_index")}
+    kept = [{k: v for k, v in r.items() if k not in HISTORY_DROPS and not (k == "refund_of" and v == "")}
             for r in rows if isinstance(r, dict)]
     return orjson.dumps(kept).decode() if kept else None

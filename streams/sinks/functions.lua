@@ -3,7 +3,9 @@
 -- REPLACE; they survive restarts and replicate. Each call names the keys of ONE hash
 -- slot: a member's keys (tagged {member id}), or one budget, guest or leaderboard key
 -- (tests/unit/test_redis_slots.py checks it). The Rust core builds the calls of the
--- accrual hot path (core_ext/src/plan.rs); streams/sinks/balances.py the others.
+-- accrual hot path (core_ext/src/batch.rs); streams/sinks/balances.py the others. Reads
+-- are plain commands: arguments and results cross into Lua at about 2 µs per KB, so
+-- what goes through a script is kept small (docs/hot-path.md).
 --
 -- Keys of a member m (namespace ns):
 --   ns:m:{m}    hash   seq, state (core JSON), balance, earned, clawed_back, events,
@@ -15,38 +17,19 @@
 -- Point arithmetic is HINCRBY on strings (int64 in Redis); comparisons made in Lua are
 -- on integers below 2^53, which Lua's doubles hold exactly.
 
--- ly_read: KEYS per member: m, ev, ob.
--- ARGV: n_members, then per member: n_ids, then n_ids x (id, want_outbox 0|1).
--- Returns per member: {seq, state, held, then per id: record or false, outbox rows or false}.
-local function ly_read(keys, args)
-  local out = {}
-  local p = 2
-  for i = 1, tonumber(args[1]) do
-    local k = (i - 1) * 3
-    local head = redis.call('HMGET', keys[k + 1], 'seq', 'state', 'held')
-    local one = {head[1] or '0', head[2] or false, head[3] or '0'}
-    local n = tonumber(args[p])
-    p = p + 1
-    for j = 1, n do
-      local rec = redis.call('HGET', keys[k + 2], args[p])
-      one[#one + 1] = rec or false
-      if rec and args[p + 1] == '1' then
-        one[#one + 1] = redis.call('HGET', keys[k + 3], args[p]) or false
-      else
-        one[#one + 1] = false
-      end
-      p = p + 2
-    end
-    out[i] = one
+-- Calls a command on `key` with args[from .. from + n - 1] appended (`n` values), in
+-- chunks: Lua's unpack is limited to a few thousand values.
+local function call_chunked(cmd, key, args, from, n)
+  local i = 0
+  while i < n do
+    local m = math.min(1000, n - i)
+    redis.call(cmd, key, unpack(args, from + i, from + i + m - 1))
+    i = i + m
   end
-  return out
 end
 
--- Sweeps a member's records applied before `before_ms`, at most once a day.
-local function sweep(mkey, evkey, day, before_ms)
-  local last = tonumber(redis.call('HGET', mkey, 'gc') or '0')
-  if last >= day then return end
-  redis.call('HSET', mkey, 'gc', day)
+-- Sweeps a member's records applied before `before_ms`.
+local function sweep(evkey, before_ms)
   local all = redis.call('HGETALL', evkey)
   for i = 1, #all, 2 do
     local at = tonumber(string.match(all[i + 1], '^%a|(%d+)|'))
@@ -57,58 +40,60 @@ end
 -- ly_apply: the atomic step of each member, checked against the member's sequence number.
 -- KEYS per member: m, ev, ob, h.
 -- ARGV: n_members, day, sweep_before_ms, ttl_s, history_len, then per member:
---   expected seq, state, d_balance, d_earned, d_clawed, d_events, d_sv,
---   n_records, (id, record) x n, n_outbox, (id, rows) x n, n_history, entry x n.
+--   expected seq, mode ('a': the counters below are the new values, 'd': deltas), state,
+--   balance, earned, clawed_back, events, sv_balance, sweep (1: sweep the records today),
+--   n_records, (id, record) x n, n_outbox, (id, rows) x n, n_history, entry x n (oldest first).
 -- A record written as "K|~|..." is stamped with Redis' clock (ms) in place of "~".
 -- Returns per member: "ok", or "c:<stored seq>" (a conflict: nothing written).
+local COUNTERS = {'balance', 'earned', 'clawed_back', 'events', 'sv_balance'}
 local function ly_apply(keys, args)
   local t = redis.call('TIME')
   local now = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
-  local day, before, ttl, hlen = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local day, before, ttl, hlen = args[2], tonumber(args[3]), args[4], tonumber(args[5])
   local out = {}
   local p = 6
   for i = 1, tonumber(args[1]) do
     local k = (i - 1) * 4
     local mkey, evkey, obkey, hkey = keys[k + 1], keys[k + 2], keys[k + 3], keys[k + 4]
+    local n_rec = tonumber(args[p + 9])
+    local n_ob = tonumber(args[p + 10 + 2 * n_rec])
+    local n_h = tonumber(args[p + 11 + 2 * n_rec + 2 * n_ob])
+    local next_p = p + 12 + 2 * n_rec + 2 * n_ob + n_h
     local seq = redis.call('HGET', mkey, 'seq') or '0'
-    local n_rec = tonumber(args[p + 7])
-    local n_ob = tonumber(args[p + 8 + 2 * n_rec])
-    local n_h = tonumber(args[p + 9 + 2 * n_rec + 2 * n_ob])
-    local next_p = p + 10 + 2 * n_rec + 2 * n_ob + n_h
     if seq ~= args[p] then
       out[i] = 'c:' .. seq
     else
-      redis.call('HSET', mkey, 'state', args[p + 1], 'seq', tostring(tonumber(seq) + 1))
-      if args[p + 2] ~= '0' then redis.call('HINCRBY', mkey, 'balance', args[p + 2]) end
-      if args[p + 3] ~= '0' then redis.call('HINCRBY', mkey, 'earned', args[p + 3]) end
-      if args[p + 4] ~= '0' then redis.call('HINCRBY', mkey, 'clawed_back', args[p + 4]) end
-      if args[p + 5] ~= '0' then redis.call('HINCRBY', mkey, 'events', args[p + 5]) end
-      if args[p + 6] ~= '0' then redis.call('HINCRBY', mkey, 'sv_balance', args[p + 6]) end
-      local q = p + 8
-      if n_rec > 0 then
-        sweep(mkey, evkey, day, before)
-        for j = 1, n_rec do
-          local rec = args[q + 1]
-          if string.sub(rec, 3, 3) == '~' then rec = string.sub(rec, 1, 2) .. now .. string.sub(rec, 4) end
-          redis.call('HSET', evkey, args[q], rec)
-          q = q + 2
+      if args[p + 1] == 'a' then
+        redis.call('HSET', mkey, 'seq', tostring(tonumber(seq) + 1), 'state', args[p + 2], 'balance', args[p + 3],
+                   'earned', args[p + 4], 'clawed_back', args[p + 5], 'events', args[p + 6],
+                   'sv_balance', args[p + 7])
+      else
+        redis.call('HSET', mkey, 'seq', tostring(tonumber(seq) + 1), 'state', args[p + 2])
+        for c = 1, 5 do
+          if args[p + 2 + c] ~= '0' then redis.call('HINCRBY', mkey, COUNTERS[c], args[p + 2 + c]) end
         end
+      end
+      local q = p + 10
+      if n_rec > 0 then
+        if args[p + 8] == '1' then
+          sweep(evkey, before)
+          redis.call('HSET', mkey, 'gc', day)
+        end
+        for j = 1, n_rec do
+          local rec = args[q + 2 * j - 1]
+          if string.sub(rec, 3, 3) == '~' then args[q + 2 * j - 1] = string.sub(rec, 1, 2) .. now .. string.sub(rec, 4) end
+        end
+        call_chunked('HSET', evkey, args, q, 2 * n_rec)
         redis.call('EXPIRE', evkey, ttl)
       end
-      q = q + 1
+      q = q + 2 * n_rec + 1
       if n_ob > 0 then
-        for j = 1, n_ob do
-          redis.call('HSET', obkey, args[q], args[q + 1])
-          q = q + 2
-        end
+        call_chunked('HSET', obkey, args, q, 2 * n_ob)
         redis.call('EXPIRE', obkey, ttl)
       end
-      q = q + 1
+      q = q + 2 * n_ob + 1
       if n_h > 0 then
-        for j = 1, n_h do
-          redis.call('LPUSH', hkey, args[q])
-          q = q + 1
-        end
+        call_chunked('LPUSH', hkey, args, q, n_h)
         redis.call('LTRIM', hkey, 0, hlen - 1)
         redis.call('EXPIRE', hkey, ttl)
       end
@@ -192,7 +177,6 @@ local function ly_guest(keys, args)
   return kept
 end
 
-redis.register_function{function_name = 'ly_read', callback = ly_read, flags = {'no-writes'}}
 redis.register_function('ly_apply', ly_apply)
 redis.register_function('ly_reserve', ly_reserve)
 redis.register_function('ly_settle', ly_settle)

@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 5.0
+#: A round's outbox outlives a dead worker as long as Kafka keeps the records that would
+#: find it again (the local broker's retention: 7 days).
+OUTBOX_TTL_S = 7 * 86_400
 MAX_CONFLICT_ROUNDS = 20
 DAY_MS = 86_400_000
 
@@ -84,46 +88,67 @@ async def _await_all(futures: Sequence[Awaitable[object]]) -> None:
         await asyncio.gather(*futures)
 
 
+class Phases:
+    """Where a batch's time goes: each phase's wall microseconds into a counter
+    (`accrual_phase_<name>_us_total`, on /metrics), for the benchmarks and the on-call."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+
+    def mark(self, name: str) -> float:
+        now = time.perf_counter()
+        spent = now - self.t
+        counters[f"accrual_phase_{name}_us_total"] += int(spent * 1e6)
+        self.t = now
+        return spent
+
+
+PHASES = ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests", "send", "trim", "after")
+
+
 async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     """Applies one batch of records (envelopes or single events). Idempotent: safe to repeat."""
     rt = await runtime.started()
     rules = rt.rules  # one rule set for the whole batch, even if reloaded meanwhile
     store = rt.balances
     settings = rt.settings
-    t0 = time.perf_counter()
+    ph = Phases()
     batch = await _off(core_ext.AccrualBatch, rules, list(records), store.ns, int(time.time() * 1000),
                        settings.refund_horizon_days, settings.history_length)
-    core_s = time.perf_counter() - t0
+    core_s = ph.mark("decode")
     redis_s = 0.0
     for _round in range(MAX_CONFLICT_ROUNDS):
-        t = time.perf_counter()
         read = batch.read_plan()
         if not read:
             break
         replies = await store.run(read, "read")
-        t1 = time.perf_counter()
+        redis_s += ph.mark("read")
         await _off(batch.read_done, replies)
-        t2 = time.perf_counter()
-        reserve = batch.reserve_plan()
-        batch.reserve_done(await store.run(reserve, "reserve"))
+        core_s += ph.mark("evaluate")
+        batch.reserve_done(await store.run(batch.reserve_plan(), "reserve"))
+        redis_s += ph.mark("reserve")
+        await store.run(await _off(batch.outbox_plan, secrets.token_hex(4), OUTBOX_TTL_S), "outbox")
+        redis_s += ph.mark("outbox")
         write = await _off(batch.write_plan)
         if len(write) > 1 and _fault("accrual-die-mid-write"):
             await _die_half_written(store, write)
         conflicts = batch.write_done(await store.run(write, "write"))
+        redis_s += ph.mark("write")
         await store.run(batch.settle_plan(), "settle")
-        redis_s += (t1 - t) + (time.perf_counter() - t2)
-        core_s += t2 - t1
+        redis_s += ph.mark("settle")
         if conflicts:
             log.info("%d members changed since the read or met a short budget; %d events evaluated again",
                      conflicts, batch.pending())
     else:
         raise ConflictsPersist(f"{batch.pending()} events still conflict after {MAX_CONFLICT_ROUNDS} rounds")
-    t = time.perf_counter()
+    resend = batch.resend_plan()
+    if resend:
+        batch.resend_done(await store.run(resend, "outbox read"))
     batch.guest_done(await store.run(batch.guest_plan(max(1, rules.guest_credit_days) * 86_400), "guests"))
-    redis_s += time.perf_counter() - t
+    redis_s += ph.mark("guests")
     histograms["core_ms"].observe(core_s * 1000)
 
-    # Rows of events applied by an earlier delivery are sent again (from the outbox): if
+    # Rows of events applied by an earlier delivery are sent again (from its outbox): if
     # that delivery died before its ledger message was acked, this is what puts them in
     # ClickHouse. Coupon pushes go out once Redis has the coupons.
     messages = await _off(batch.ledger_messages)
@@ -134,12 +159,11 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     await _await_all(futures)
     topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
     counters["coupon_pushes_queued_total"] += len(pushes)
-    t = time.perf_counter()
-    await store.run(batch.trim_plan(), "outbox trim")
-    reviews, checks = batch.schedules()
-    await store.schedule(store.tier_reviews_key, reviews)
-    await store.schedule(store.wallet_checks_key, checks)
-    histograms["redis_apply_ms"].observe((redis_s + time.perf_counter() - t) * 1000)
+    ph.mark("send")
+    await store.run([*batch.trim_plan(), *batch.schedule_plan(store.tier_reviews_key, store.wallet_checks_key)],
+                    "outbox trim, history and schedules")
+    redis_s += ph.mark("trim")
+    histograms["redis_apply_ms"].observe(redis_s * 1000)
 
     for held in batch.held():
         await store.park(held.member_id, held.payment_id, held.body)
@@ -153,7 +177,10 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     for d in batch.dead_letters():
         await send_dead_letter(source="accrual", reason=f"{d.field}: {d.reason}", field=d.field, body=d.body,
                                event_id=d.event_id)
-    return batch.report()
+    report = batch.report()
+    await _off(batch.release)
+    ph.mark("after")
+    return report
 
 
 async def release_parked(paid: Sequence[tuple[str, str]]) -> None:

@@ -191,6 +191,10 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
               f"ClickHouse insert {m['clickhouse_write_ms_sum'] / max(1, m['clickhouse_write_ms_count']):.0f} ms, "
               f"ledger sink {m['ledger_sink_cpu_us_total'] / max(1, m['ledger_sink_rows_total']):.2f} µs CPU "
               f"per row ({m['ledger_sink_rows_total']:,} rows)", flush=True)
+        phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / len(events):.1f}"
+                           for k in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests",
+                                     "send", "trim", "after"))
+        print(f"  accrual phases, wall µs per event: {phases}", flush=True)
         print(f"Redis: {used_after - used_before:,} bytes more for {len(events):,} events = {per_event:,.0f} "
               "bytes per event (members' hashes, records, history, guests, boards)", flush=True)
     finally:

@@ -394,6 +394,13 @@ class AccrualBatch:
         """Takes the read's replies and evaluates the round (the GIL is released meanwhile)."""
     def reserve_plan(self) -> list[bytes]: ...
     def reserve_done(self, replies_: list[Any]) -> None: ...
+    def outbox_plan(self, token: str, ttl_s: int) -> list[bytes]:
+        """The round's outbox: the ledger rows of the events about to be written, in one key
+        (a SET with a TTL) that their records name; to send before `write_plan`."""
+    def resend_plan(self) -> list[bytes]:
+        """After the rounds: reads of the outboxes that duplicates' records name."""
+    def resend_done(self, replies_: list[Any]) -> None:
+        """The rows of those duplicates an outbox still holds are sent again."""
     def write_plan(self) -> list[bytes]: ...
     def write_done(self, replies_: list[Any]) -> int:
         """Returns how many members conflicted (their events go to the next round)."""
@@ -403,13 +410,18 @@ class AccrualBatch:
     def ledger_messages(self) -> list[bytes]:
         """The ledger-topic messages: rows of applied events and re-sent outbox rows, guest facts."""
     def trim_plan(self) -> list[bytes]:
-        """Outbox entries to delete once the ledger messages are acked."""
+        """Once the ledger messages are acked: the round outboxes to delete and the members'
+        recent movements to push."""
     def report(self) -> BatchReport: ...
     def dead_letters(self) -> list[DeadLetter]: ...
     def held(self) -> list[HeldRefund]: ...
     def kinds(self) -> list[OutcomeKind]: ...
     def schedules(self) -> tuple[dict[str, int], dict[str, int]]:
         """Tier reviews and wallet checks to schedule: ({member: when_ms}, {member: when_ms})."""
+    def schedule_plan(self, reviews_key: str, checks_key: str) -> list[bytes]:
+        """ZADDs of the tier reviews and wallet checks of the members written."""
+    def release(self) -> None:
+        """Gives the batch's memory back (the GIL released while it is freed)."""
     def paid_with_held(self) -> list[tuple[str, str]]:
         """(member, payment id) of payments applied for members with refunds held."""
     def pushes(self) -> list[Message]:

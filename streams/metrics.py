@@ -37,6 +37,9 @@ HELP = {
     "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",
     "events_total": "Events the accrual decoded (an envelope record holds many).",
     "ledger_rows_sent_total": "Ledger rows sent to the ledger topic (re-sent outbox rows included).",
+    **{f"accrual_phase_{p}_us_total": f"Wall microseconds the accrual spent in its {p} phase (all batches)."
+       for p in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests", "send", "trim",
+                 "after")},
     "boards_scores_taken_total": "Leaderboard scores taken from the ledger topic (newest version wins).",
     "batch_retries_total": "Payment batches retried after a transient failure.",
     "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",

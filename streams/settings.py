@@ -112,6 +112,7 @@ class Settings:
     # The hot path (docs/hot-path.md): how long event records live (a refund or a duplicate
     # arriving later is refused), recent movements kept per member, and the ingress's
     # envelopes (group commit: callbacks arriving while a produce is in flight share a record).
+    kafka_compression: str = "zstd"  # what the worker's producer compresses with ("" for none)
     refund_horizon_days: int = 400
     history_length: int = 10
     envelope_linger_ms: float = 1.0
@@ -214,6 +215,7 @@ class Settings:
             rate_limit_member=_int("LOYALTY_RATE_LIMIT_MEMBER", d.rate_limit_member, 1),
             rate_limit_pos=_int("LOYALTY_RATE_LIMIT_POS", d.rate_limit_pos, 1),
             faults_dir=_str("LOYALTY_FAULTS_DIR", ""),
+            kafka_compression=os.environ.get("LOYALTY_KAFKA_COMPRESSION", d.kafka_compression),
             refund_horizon_days=_int("LOYALTY_REFUND_HORIZON_DAYS", d.refund_horizon_days, 1),
             history_length=_int("LOYALTY_HISTORY_LENGTH", d.history_length, 1),
             envelope_linger_ms=_float("LOYALTY_ENVELOPE_LINGER_MS", d.envelope_linger_ms),

@@ -3,8 +3,8 @@
 //! step a list of Redis commands built here (RESP bytes) that the caller sends without
 //! looking inside, and the replies it hands back. Pure: no I/O, no clock.
 //!
-//! Per round: three `HMGET`s per member (its state, sequence number and counters; the
-//! records and the outbox entries of the event ids it names), one `HGET` per budget; the engine evaluates the pending
+//! Per round: two `HMGET`s per member (its state, sequence number and counters; the
+//! records of the event ids it names), one `HGET` per budget; the engine evaluates the pending
 //! events; one `ly_reserve` call per budget takes what the events consume (idempotent
 //! by event id); one `ly_apply` call per member writes its state, records, outbox and
 //! history only if its sequence number is unchanged; one `ly_settle` call per budget
@@ -107,7 +107,6 @@ struct MemberRead {
     /// Ids asked: its events' ids, then the payments its refunds name.
     asked: Vec<String>,
     records: HashMap<String, String>,
-    outbox: HashMap<String, String>,
 }
 
 /// A member's write of this round.
@@ -118,7 +117,8 @@ struct MemberWrite {
     review_at_ms: Option<i64>,
     next_check_ms: Option<i64>,
     events: Vec<usize>,
-    records: Vec<(String, String)>,
+    /// (event id, record, written by this round: it names the round's outbox).
+    records: Vec<(String, String, bool)>,
     blocked: bool,
     ok: bool,
 }
@@ -134,7 +134,6 @@ type Reservation = (String, i64, usize);
 /// A member written: its id, events, tier review and wallet check times.
 struct Done {
     member: String,
-    events: Vec<usize>,
     review_at_ms: Option<i64>,
     next_check_ms: Option<i64>,
     /// The member API's entries of its newest events, oldest first.
@@ -155,6 +154,8 @@ struct Round {
     writes: Vec<MemberWrite>,
     /// Reservations per budget: (event id, units, write index), in reply order.
     reservations: Vec<(String, Vec<Reservation>)>,
+    /// The token of the round's outbox (`outbox_plan`), which its records name.
+    outbox: Option<String>,
 }
 
 pub struct AccrualBatch {
@@ -165,10 +166,12 @@ pub struct AccrualBatch {
     round: Option<Round>,
     conflicts: usize,
     rounds: usize,
-    /// Members written (with their events) over all rounds, for outbox trims and schedules.
+    /// Members written over all rounds: their schedules and recent movements.
     done_members: Vec<Done>,
-    /// Duplicates whose outbox rows were found: (member, event id).
-    resent: Vec<(String, String)>,
+    /// Duplicates whose record names a round outbox: (event index, outbox token).
+    resent: Vec<(usize, String)>,
+    /// The outboxes of this batch's rounds (deleted once the ledger has their rows).
+    outboxes: Vec<String>,
     /// Members that have refunds held, with the payments applied for them in this batch.
     paid_with_held: Vec<(String, String)>,
     guests_kept: Option<Vec<bool>>,
@@ -185,6 +188,11 @@ fn budget_key(ns: &str, id: &str) -> String {
 /// The Redis keys of a member, all in its hash slot: state, records, outbox, history.
 pub fn member_keys(ns: &str, m: &str) -> [String; 4] {
     [member_key(ns, m), format!("{ns}:ev:{{{m}}}"), format!("{ns}:ob:{{{m}}}"), format!("{ns}:h:{{{m}}}")]
+}
+
+/// A round's outbox: the ledger rows of its writes until the ledger topic has them.
+pub fn outbox_key(ns: &str, token: &str) -> String {
+    format!("{ns}:outbox:{{{token}}}")
 }
 
 pub fn guest_key(ns: &str, kind: &str, id: &str) -> String {
@@ -227,6 +235,7 @@ impl AccrualBatch {
             rounds: 0,
             done_members: Vec::new(),
             resent: Vec::new(),
+            outboxes: Vec::new(),
             paid_with_held: Vec::new(),
             guests_kept: None,
         }
@@ -291,7 +300,6 @@ impl AccrualBatch {
                         events: Vec::new(),
                         asked: Vec::new(),
                         records: HashMap::default(),
-                        outbox: HashMap::default(),
                     });
                     round.members.len() - 1
                 }
@@ -313,7 +321,7 @@ impl AccrualBatch {
         let ns = &self.cfg.ns;
         let mut out = Vec::with_capacity(round.members.len() + round.budgets.len());
         // Plain reads (no script: arguments into Lua cost ~2 µs per KB): the write's
-        // sequence check is what makes the state, records and outbox read here safe to use.
+        // sequence check is what makes the state and records read here safe to use.
         for m in &round.members {
             let keys = member_keys(ns, &m.id);
             let mut head = Command::new("HMGET");
@@ -322,14 +330,12 @@ impl AccrualBatch {
                 head.str(f);
             }
             out.push(head.bytes());
-            for key in [&keys[1], &keys[2]] {
-                let mut c = Command::new("HMGET");
-                c.key(key);
-                for id in &m.asked {
-                    c.str(id);
-                }
-                out.push(c.bytes());
+            let mut c = Command::new("HMGET");
+            c.key(&keys[1]);
+            for id in &m.asked {
+                c.str(id);
             }
+            out.push(c.bytes());
         }
         for (id, _) in &round.budgets {
             let mut c = Command::new("HGET");
@@ -343,7 +349,7 @@ impl AccrualBatch {
     /// Takes the read's replies and evaluates the round's events in the engine.
     pub fn read_done(&mut self, replies: &[Reply]) -> Result<(), String> {
         let mut round = self.round.take().ok_or("read_done without a read plan")?;
-        if replies.len() != 3 * round.members.len() + round.budgets.len() {
+        if replies.len() != 2 * round.members.len() + round.budgets.len() {
             return Err(format!(
                 "read: {} replies for {} members and {} budgets",
                 replies.len(),
@@ -351,12 +357,11 @@ impl AccrualBatch {
                 round.budgets.len()
             ));
         }
-        for (m, three) in round.members.iter_mut().zip(replies.chunks(3)) {
-            let arrays = (three[0].as_array(), three[1].as_array(), three[2].as_array());
-            let (Some(head), Some(recs), Some(obs)) = arrays else {
-                return Err(format!("read of {}: {}", m.id, three[0].describe()));
+        for (m, two) in round.members.iter_mut().zip(replies.chunks(2)) {
+            let (Some(head), Some(recs)) = (two[0].as_array(), two[1].as_array()) else {
+                return Err(format!("read of {}: {}", m.id, two[0].describe()));
             };
-            if head.len() != HEAD_FIELDS.len() || recs.len() != m.asked.len() || obs.len() != m.asked.len() {
+            if head.len() != HEAD_FIELDS.len() || recs.len() != m.asked.len() {
                 return Err(format!("read of {}: {} records for {} ids", m.id, recs.len(), m.asked.len()));
             }
             m.seq = head[0].as_int().unwrap_or(0);
@@ -366,16 +371,13 @@ impl AccrualBatch {
                 *c = v.as_int().unwrap_or(0);
             }
             m.gc_day = head[8].as_int().unwrap_or(0);
-            for (id, (r, o)) in m.asked.iter().zip(recs.iter().zip(obs)) {
+            for (id, r) in m.asked.iter().zip(recs) {
                 if let Some(r) = r.as_str() {
                     m.records.insert(id.clone(), r.to_string());
                 }
-                if let Some(o) = o.as_str() {
-                    m.outbox.insert(id.clone(), o.to_string());
-                }
             }
         }
-        for ((id, _), reply) in round.budgets.iter().zip(&replies[3 * round.members.len()..]) {
+        for ((id, _), reply) in round.budgets.iter().zip(&replies[2 * round.members.len()..]) {
             round.spent.insert(id.clone(), reply.as_int().unwrap_or(0));
         }
         self.evaluate(round)
@@ -423,14 +425,16 @@ impl AccrualBatch {
                     per_member.entry(m.to_string()).or_default().push(i);
                 }
                 Outcome::Duplicate => {
+                    // Applied by an earlier delivery: if its round's outbox is still there,
+                    // that delivery may have died before its ledger rows were acked.
                     let e = ev.parsed.as_ref().ok();
-                    let found = e.and_then(|e| {
+                    let token = e.and_then(|e| {
                         let at = *round.by_member.get(e.member_id()?)?;
-                        round.members[at].outbox.get(e.event_id()).map(|rows| (at, rows.clone()))
+                        let rec = round.members[at].records.get(e.event_id())?;
+                        record::split_token(rec).1.map(str::to_string)
                     });
-                    if let Some((at, rows)) = found {
-                        self.resent.push((round.members[at].id.clone(), ev.parsed.as_ref().unwrap().event_id().to_string()));
-                        ev.resend = Some(rows);
+                    if let Some(token) = token {
+                        self.resent.push((i, token));
                     }
                     ev.settle(Kind::Duplicate, None);
                 }
@@ -509,7 +513,7 @@ impl AccrualBatch {
         m: &MemberRead,
         events: &[usize],
         payments: &HashMap<(String, String), PaymentRecord>,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(String, String, bool)> {
         let mut out = Vec::with_capacity(events.len() + 1);
         let mut written: HashSet<String> = HashSet::default();
         for &i in events {
@@ -537,7 +541,7 @@ impl AccrualBatch {
                 Event::Member(_) => Record::Member { applied_ms: None, digest, points: a.points },
             };
             written.insert(e.event_id().to_string());
-            out.push((e.event_id().to_string(), rec.encode()));
+            out.push((e.event_id().to_string(), rec.encode(), true));
         }
         // Payments of earlier batches that this batch refunded.
         for &i in events {
@@ -552,7 +556,7 @@ impl AccrualBatch {
             if let Ok(Record::Payment { applied_ms, digest, booking, .. }) = Record::decode(stored) {
                 let rec = Record::Payment { applied_ms, digest, payment: *after, booking };
                 written.insert(of.clone());
-                out.push((of.clone(), rec.encode()));
+                out.push((of.clone(), rec.encode(), false));
             }
         }
         out
@@ -599,6 +603,78 @@ impl AccrualBatch {
         Ok(())
     }
 
+    // ---- round: outbox ---------------------------------------------------------------
+
+    /// The round's outbox: the ledger rows of every event about to be written, in one
+    /// key (`ns:outbox:{token}`, a `SET` with a TTL) written before the members' writes,
+    /// whose records name it. If the process dies before the ledger topic has the rows,
+    /// the next delivery finds the records, reads the outbox and sends the rows again;
+    /// once the rows are acked the outbox is deleted (`trim_plan`), so a duplicate that
+    /// finds no outbox has its rows in the ledger already. Empty when nothing is written.
+    pub fn outbox_plan(&mut self, token: &str, ttl_s: i64) -> Vec<Vec<u8>> {
+        let Some(round) = self.round.as_mut() else { return Vec::new() };
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for w in round.writes.iter().filter(|w| !w.blocked) {
+            for &i in &w.events {
+                let ev = &self.evs[i];
+                let e = ev.parsed.as_ref().expect("applied events are parsed");
+                parts.push(e.event_id().as_bytes());
+                parts.push(ev.applied.as_ref().expect("applied").rows_json.as_bytes());
+            }
+        }
+        if parts.is_empty() {
+            return Vec::new();
+        }
+        round.outbox = Some(token.to_string());
+        self.outboxes.push(token.to_string());
+        let mut c = Command::new("SET");
+        c.key(&outbox_key(&self.cfg.ns, token)).arg(&envelope::pack(&parts)).str("EX").int(ttl_s);
+        vec![c.bytes()]
+    }
+
+    /// Reads of the outboxes that duplicates' records name (one `GET` per outbox).
+    pub fn resend_plan(&self) -> Vec<Vec<u8>> {
+        let mut tokens: Vec<&str> = self.resent.iter().map(|(_, t)| t.as_str()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens
+            .into_iter()
+            .map(|t| {
+                let mut c = Command::new("GET");
+                c.key(&outbox_key(&self.cfg.ns, t));
+                c.bytes()
+            })
+            .collect()
+    }
+
+    /// Takes the outboxes read: the rows of the duplicates they hold are sent again.
+    pub fn resend_done(&mut self, replies: &[Reply]) -> Result<(), String> {
+        let mut tokens: Vec<String> = self.resent.iter().map(|(_, t)| t.clone()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        if replies.len() != tokens.len() {
+            return Err(format!("resend: {} replies for {} outboxes", replies.len(), tokens.len()));
+        }
+        let mut rows: HashMap<(String, String), String> = HashMap::default();
+        for (token, reply) in tokens.iter().zip(replies) {
+            let Some(blob) = reply.as_bytes() else { continue }; // acked and deleted: nothing to send
+            let parts = envelope::unpack(blob).map_err(|e| format!("outbox {token}: {}", e.reason()))?;
+            for pair in parts.chunks(2) {
+                if let [id, r] = pair {
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    rows.insert((token.clone(), id), String::from_utf8_lossy(r).into_owned());
+                }
+            }
+        }
+        for (i, token) in &self.resent {
+            let id = self.evs[*i].parsed.as_ref().map(|e| e.event_id().to_string()).unwrap_or_default();
+            if let Some(r) = rows.remove(&(token.clone(), id)) {
+                self.evs[*i].resend = Some(r);
+            }
+        }
+        Ok(())
+    }
+
     // ---- round: write --------------------------------------------------------------
 
     /// One `ly_apply` per member to write (not blocked by a short budget).
@@ -635,14 +711,15 @@ impl AccrualBatch {
             }
             c.int((m.gc_day < day) as i64);
             c.int(w.records.len() as i64);
-            for (id, rec) in &w.records {
-                c.str(id).str(rec);
+            let token = round.outbox.as_deref().unwrap_or("");
+            for (id, rec, own) in &w.records {
+                if *own && !token.is_empty() {
+                    c.str(id).str(&format!("{rec}|@{token}"));
+                } else {
+                    c.str(id).str(rec);
+                }
             }
-            c.int(w.events.len() as i64);
-            for &i in &w.events {
-                let e = self.evs[i].parsed.as_ref().unwrap();
-                c.str(e.event_id()).str(&self.evs[i].applied.as_ref().unwrap().rows_json);
-            }
+            c.int(0); // the rows wait in the round's outbox, not in the member's keys
             c.int(0); // history: after the write (trim_plan), not through the script
             out.push(c.bytes());
         }
@@ -735,7 +812,6 @@ impl AccrualBatch {
                 .collect();
             self.done_members.push(Done {
                 member: m.id.clone(),
-                events: w.events.clone(),
                 review_at_ms: w.review_at_ms,
                 next_check_ms: w.next_check_ms,
                 history,
@@ -848,36 +924,20 @@ impl AccrualBatch {
         ledger_messages(&rows, &guests)
     }
 
-    /// Once the ledger messages are acked: the outbox entries they came from (one `HDEL`
-    /// per member), and the members' recent movements (`LPUSH`, `LTRIM`, `EXPIRE`).
+    /// Once the ledger messages are acked: the round outboxes they came from (`DEL`) and the
+    /// members' recent movements (`LPUSH`, `LTRIM`, `EXPIRE`), a view of the ledger for the
+    /// member API written after the member's step.
     pub fn trim_plan(&self) -> Vec<Vec<u8>> {
-        let mut by_member: Vec<(String, Vec<&str>)> = Vec::new();
-        let mut at: HashMap<&str, usize> = HashMap::default();
-        let pairs = self
-            .done_members
-            .iter()
-            .flat_map(|d| d.events.iter().map(move |&i| (d.member.as_str(), self.evs[i].parsed.as_ref().unwrap().event_id())))
-            .chain(self.resent.iter().map(|(m, e)| (m.as_str(), e.as_str())));
-        for (m, e) in pairs {
-            let k = *at.entry(m).or_insert_with(|| {
-                by_member.push((m.to_string(), Vec::new()));
-                by_member.len() - 1
-            });
-            by_member[k].1.push(e);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut tokens: Vec<&str> = self.outboxes.iter().map(String::as_str).collect();
+        tokens.extend(self.resent.iter().filter(|(i, _)| self.evs[*i].resend.is_some()).map(|(_, t)| t.as_str()));
+        tokens.sort_unstable();
+        tokens.dedup();
+        for t in tokens {
+            let mut c = Command::new("DEL");
+            c.key(&outbox_key(&self.cfg.ns, t));
+            out.push(c.bytes());
         }
-        let mut out: Vec<Vec<u8>> = by_member
-            .into_iter()
-            .map(|(m, ids)| {
-                let mut c = Command::new("HDEL");
-                c.key(&format!("{}:ob:{{{m}}}", self.cfg.ns));
-                for id in ids {
-                    c.str(id);
-                }
-                c.bytes()
-            })
-            .collect();
-        // The member API's recent movements: a bounded list, written after the member's
-        // step (it is a view of the ledger, not a fact of its own).
         let ttl_s = self.cfg.horizon_ms / 1000 + 86_400;
         for d in self.done_members.iter().filter(|d| !d.history.is_empty()) {
             let key = format!("{}:h:{{{}}}", self.cfg.ns, d.member);
@@ -910,6 +970,30 @@ impl AccrualBatch {
             }
         }
         (reviews, checks)
+    }
+
+    /// `ZADD`s of the members written whose tier review or wallet check is due later
+    /// (idempotent: a batch retried schedules the same times again). These two keys take
+    /// every member's schedule: one command per key and 1,000 members.
+    pub fn schedule_plan(&self, reviews_key: &str, checks_key: &str) -> Vec<Vec<u8>> {
+        let (reviews, checks) = self.schedules();
+        let mut out = Vec::new();
+        for (key, items) in [(reviews_key, reviews), (checks_key, checks)] {
+            for chunk in items.chunks(1000) {
+                let mut c = Command::new("ZADD");
+                c.key(key);
+                for (m, at) in chunk {
+                    c.int(*at).str(m);
+                }
+                out.push(c.bytes());
+            }
+        }
+        out
+    }
+
+    /// An empty batch (what is left once a batch's memory is given back).
+    pub fn empty(rules: Arc<RuleSet>) -> AccrualBatch {
+        AccrualBatch::decode(rules, Config { ns: String::new(), horizon_ms: DAY_MS, history_len: 0 }, &[], 0)
     }
 
     /// Payments applied for members who have refunds held: (member, payment id).

@@ -290,6 +290,7 @@ fn plan_error(e: String) -> PyErr {
 #[pyclass(name = "AccrualBatch", module = "core_ext._core")]
 pub struct PyAccrualBatch {
     inner: AccrualBatch,
+    rules: std::sync::Arc<crate::rules::RuleSet>,
 }
 
 #[pymethods]
@@ -311,11 +312,12 @@ impl PyAccrualBatch {
         let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
         let cfg = Config { ns: namespace.to_string(), horizon_ms: horizon_days * batch::DAY_MS, history_len };
         let rules = std::sync::Arc::clone(&rules.inner);
+        let for_batch = std::sync::Arc::clone(&rules);
         let inner = py.detach(|| {
             let refs: Vec<&[u8]> = owned.iter().map(|r| r.as_slice()).collect();
-            AccrualBatch::decode(rules, cfg, &refs, now_ms)
+            AccrualBatch::decode(for_batch, cfg, &refs, now_ms)
         });
-        Ok(PyAccrualBatch { inner })
+        Ok(PyAccrualBatch { inner, rules })
     }
 
     fn __len__(&self) -> usize {
@@ -345,6 +347,21 @@ impl PyAccrualBatch {
 
     fn reserve_done(&mut self, replies_: &Bound<'_, PyList>) -> PyResult<()> {
         self.inner.reserve_done(&replies(replies_)?).map_err(plan_error)
+    }
+
+    /// The round's outbox (a `SET` with a TTL): to send before the writes.
+    fn outbox_plan<'py>(&mut self, py: Python<'py>, token: &str, ttl_s: i64) -> Vec<Bound<'py, PyBytes>> {
+        let cmds = self.inner.outbox_plan(token, ttl_s);
+        plan(py, cmds)
+    }
+
+    /// Reads of the outboxes duplicates' records name (after the rounds).
+    fn resend_plan<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        plan(py, self.inner.resend_plan())
+    }
+
+    fn resend_done(&mut self, replies_: &Bound<'_, PyList>) -> PyResult<()> {
+        self.inner.resend_done(&replies(replies_)?).map_err(plan_error)
     }
 
     fn write_plan<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
@@ -448,6 +465,19 @@ impl PyAccrualBatch {
             b.set_item(m, t)?;
         }
         Ok((a, b))
+    }
+
+    /// ZADDs of the tier reviews and wallet checks of the members written.
+    fn schedule_plan<'py>(&self, py: Python<'py>, reviews_key: &str, checks_key: &str) -> Vec<Bound<'py, PyBytes>> {
+        plan(py, self.inner.schedule_plan(reviews_key, checks_key))
+    }
+
+    /// Gives the batch's memory back (the GIL released while it is freed); only its
+    /// report stays meaningful.
+    fn release(&mut self, py: Python<'_>) {
+        let rules = std::sync::Arc::clone(&self.rules);
+        let old = std::mem::replace(&mut self.inner, AccrualBatch::empty(rules));
+        py.detach(move || drop(old));
     }
 
     /// (member, payment id) of payments applied for members with refunds held.

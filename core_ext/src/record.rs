@@ -144,6 +144,17 @@ fn push_hex(out: &mut String, v: u64) {
     }
 }
 
+/// A record and the round outbox it names (`|@<token>` at its end, written by the accrual).
+pub fn split_token(s: &str) -> (&str, Option<&str>) {
+    if s.starts_with("J|") {
+        return (s, None);
+    }
+    match s.rfind("|@") {
+        Some(at) => (&s[..at], Some(&s[at + 2..])),
+        None => (s, None),
+    }
+}
+
 impl Record {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(128);
@@ -195,6 +206,7 @@ impl Record {
     }
 
     pub fn decode(s: &str) -> Result<Record, String> {
+        let s = split_token(s).0;
         let bad = || format!("unreadable event record {:?}", s.chars().take(80).collect::<String>());
         let (kind, rest) = s.split_once('|').ok_or_else(bad)?;
         let (at, rest) = rest.split_once('|').ok_or_else(bad)?;
@@ -293,6 +305,9 @@ mod tests {
             assert_eq!(Record::decode(&s).unwrap(), r, "{s}");
         }
         assert!(Record::Refund { applied_ms: None, digest: 1, amount_fen: 1, points: 1 }.encode().starts_with("R|~|"));
+        let named = format!("{}|@ab12", p.encode());
+        assert_eq!(split_token(&named), (p.encode().as_str(), Some("ab12")));
+        assert_eq!(Record::decode(&named).unwrap(), p, "a record naming its outbox decodes the same");
         for bad in ["", "P", "P|x|", "P|1|zz|1", "R|1|00|1", "Q|1|00|1|2", "M|1|00|1|2"] {
             assert!(Record::decode(bad).is_err(), "{bad}");
         }

@@ -94,13 +94,12 @@ fn bulk(s: &str) -> Reply {
     Reply::Bulk(s.as_bytes().to_vec())
 }
 
-/// A member's three read replies: head, records, outbox rows (one of each per asked id).
-fn read_reply(seq: i64, state: Option<&str>, found: &[(Option<&str>, Option<&str>)]) -> Vec<Reply> {
+/// A member's two read replies: head, and the record of each asked id.
+fn read_reply(seq: i64, state: Option<&str>, found: &[Option<&str>]) -> Vec<Reply> {
     let mut head = vec![bulk(&seq.to_string()), state.map_or(Reply::Nil, bulk)];
     head.extend(std::iter::repeat_n(Reply::Nil, 7));
-    let recs = found.iter().map(|(r, _)| r.map_or(Reply::Nil, bulk)).collect();
-    let obs = found.iter().map(|(_, o)| o.map_or(Reply::Nil, bulk)).collect();
-    vec![Reply::Array(head), Reply::Array(recs), Reply::Array(obs)]
+    let recs = found.iter().map(|r| r.map_or(Reply::Nil, bulk)).collect();
+    vec![Reply::Array(head), Reply::Array(recs)]
 }
 
 #[test]
@@ -112,9 +111,9 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(b.len(), 4);
     let read = b.read_plan();
     one_slot(&read);
-    assert_eq!(read.len(), 2 * 3 + 1, "two members (head, records, outbox) and one budget");
-    let mut replies = read_reply(0, None, &[(None, None), (None, None)]);
-    replies.extend(read_reply(7, None, &[(None, None)]));
+    assert_eq!(read.len(), 2 * 2 + 1, "two members (head, records) and one budget");
+    let mut replies = read_reply(0, None, &[None, None]);
+    replies.extend(read_reply(7, None, &[None]));
     replies.push(Reply::Nil);
     b.read_done(&replies).unwrap();
     let reserve = b.reserve_plan();
@@ -126,6 +125,13 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(&r[6..], &[b"p1".to_vec(), b"100".to_vec(), b"m1".to_vec(), b"p3".to_vec(), b"20".to_vec(),
                           b"m1".to_vec(), b"p2".to_vec(), b"30".to_vec(), b"m2".to_vec()]);
     b.reserve_done(&[Reply::Array(vec![Reply::Int(1), Reply::Int(1), Reply::Int(1)])]).unwrap();
+    let outbox = b.outbox_plan("tok1", 604_800);
+    one_slot(&outbox);
+    let o = args(&outbox[0]);
+    assert_eq!((o[0].as_slice(), o[1].as_slice()), (&b"SET"[..], &b"t:outbox:{tok1}"[..]));
+    let held = envelope::unpack(&o[2]).unwrap();
+    assert_eq!(held.len(), 2 * 3, "(event id, rows) of the three events written");
+    assert_eq!(held[0], b"p1");
     let write = b.write_plan();
     one_slot(&write);
     assert_eq!(write.len(), 2);
@@ -138,7 +144,7 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(w[15], b"240", "balance: 200 + 40");
     let rec = String::from_utf8(w[23].clone()).unwrap();
     assert_eq!(w[22], b"p1");
-    assert!(rec.starts_with("P|~|"), "{rec}");
+    assert!(rec.starts_with("P|~|") && rec.ends_with("|@tok1"), "{rec}");
     match Record::decode(&rec).unwrap() {
         Record::Payment { payment, booking, .. } => {
             assert_eq!((payment.amount_fen, payment.points), (10_000, 200));
@@ -158,11 +164,12 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
 
     // Round two: only m2, against its fresh state.
     let read = b.read_plan();
-    assert_eq!(read.len(), 3 + 1);
-    let mut replies = read_reply(8, None, &[(None, None)]);
+    assert_eq!(read.len(), 2 + 1);
+    let mut replies = read_reply(8, None, &[None]);
     replies.push(bulk("120"));
     b.read_done(&replies).unwrap();
     b.reserve_done(&[Reply::Array(vec![Reply::Int(1)])]).unwrap();
+    b.outbox_plan("tok2", 604_800);
     let write = b.write_plan();
     let w = args(&write[0]);
     assert_eq!(w[12], b"8");
@@ -183,7 +190,8 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert!(m["ledger"][0]["boards"][0][0].as_str().unwrap().starts_with("w:2025-W48"));
     let trims = b.trim_plan();
     one_slot(&trims);
-    assert_eq!(trims.len(), 2 + 2 * 3, "an HDEL of each member's outbox, then its history");
+    assert_eq!(trims.len(), 2 + 2 * 3, "a DEL of each round's outbox, then each member's history");
+    assert_eq!(args(&trims[0]), vec![b"DEL".to_vec(), b"t:outbox:{tok1}".to_vec()]);
 }
 
 #[test]
@@ -203,11 +211,12 @@ fn duplicates_resend_their_outbox_and_refunds_rewrite_their_payment() {
     let read = b.read_plan();
     // ids asked: p1, r1, p1 (the refund's payment), r2, nope
     assert_eq!(args(&read[1]).len(), 2 + 5);
-    let mut replies = read_reply(3, None, &[(Some(&stored), Some("[{\"event_id\":\"p1\"}]")), (None, None),
-                                            (Some(&stored), None), (None, None), (None, None)]);
+    let named = format!("{stored}|@old7");
+    let mut replies = read_reply(3, None, &[Some(&named), None, Some(&named), None, None]);
     replies.push(Reply::Nil);
     b.read_done(&replies).unwrap();
     b.reserve_done(&[]).unwrap();
+    b.outbox_plan("new8", 604_800);
     let write = b.write_plan();
     let w = args(&write[0]);
     assert_eq!(w[15], b"-50", "a quarter of 200 points back");
@@ -215,15 +224,38 @@ fn duplicates_resend_their_outbox_and_refunds_rewrite_their_payment() {
     assert_eq!(w[21], b"2");
     assert_eq!(w[22], b"r1");
     assert_eq!(w[24], b"p1");
-    let again = Record::decode(std::str::from_utf8(&w[25]).unwrap()).unwrap();
+    let again = std::str::from_utf8(&w[25]).unwrap();
+    assert!(!again.contains("|@"), "the payment's record keeps no outbox of this round: {again}");
+    let again = Record::decode(again).unwrap();
     assert!(matches!(again, Record::Payment { applied_ms: Some(_), payment, .. }
                      if payment.refunded_amount_fen == 2_500 && payment.refunded_points == 50));
     b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();
     assert_eq!((b.kind(0), b.kind(1), b.kind(2)), (Kind::Duplicate, Kind::Applied, Kind::Held));
+    // The duplicate's record names an outbox an earlier delivery left: its rows are sent again.
+    let resend = b.resend_plan();
+    assert_eq!(args(&resend[0]), vec![b"GET".to_vec(), b"t:outbox:{old7}".to_vec()]);
+    let blob = envelope::pack(&[&b"p1"[..], br#"[{"event_id":"p1","kind":"earn"}]"#, b"zz", b"[]"]);
+    b.resend_done(&[Reply::Bulk(blob)]).unwrap();
     let m: serde_json::Value = serde_json::from_slice(&b.ledger_messages()[0]).unwrap();
-    assert_eq!(m["ledger"][0]["event_id"], "p1", "the duplicate's outbox rows are sent again");
+    assert_eq!(m["ledger"][0]["event_id"], "p1", "the duplicate's rows are sent again");
+    assert_eq!(m["ledger"][0]["kind"], "earn");
     let trims = b.trim_plan();
-    assert_eq!(args(&trims[0])[2..], [b"r1".to_vec(), b"p1".to_vec()]);
+    let dels: Vec<Vec<u8>> = trims.iter().map(|t| args(t)[1].clone()).take(2).collect();
+    assert_eq!(dels, vec![b"t:outbox:{new8}".to_vec(), b"t:outbox:{old7}".to_vec()]);
+    // An outbox already deleted (its rows acked) sends nothing again.
+    let mut b2 = AccrualBatch::decode(
+        Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap()),
+        cfg(),
+        &[&pay("p1", Some("m1"), 10_000)],
+        NOW,
+    );
+    b2.read_plan();
+    let mut replies = read_reply(3, None, &[Some(&named)]);
+    replies.push(Reply::Nil);
+    b2.read_done(&replies).unwrap();
+    b2.write_done(&[]).unwrap();
+    b2.resend_done(&[Reply::Nil]).unwrap();
+    assert!(b2.ledger_messages().is_empty());
 }
 
 #[test]

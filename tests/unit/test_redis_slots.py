@@ -75,17 +75,18 @@ def test_the_accrual_plan_names_one_slot_per_call() -> None:
                           "category": "c", "amount_fen": 100, "channel": "wechat"})
     batch = core_ext.AccrualBatch(RULES, [*records, guest], "ly", 1_764_400_000_000, 400, 10)
     read = batch.read_plan()
-    assert len(read) == 3 * 50 + 1
+    assert len(read) == 2 * 50 + 1
     for cmd in read:
         assert_one_slot(keys_of(cmd))
-    empty = [[None] * (len(args_of(c)) - 2) for c in read[:150]]  # every HMGET: nothing stored yet
+    empty = [[None] * (len(args_of(c)) - 2) for c in read[:100]]  # every HMGET: nothing stored yet
     batch.read_done([*empty, None])
     plans = [batch.reserve_plan()]
     batch.reserve_done([[1] * len(re.findall(rb"\r\n\$\d+\r\nmember-", c)) for c in plans[0]])
+    plans.append(batch.outbox_plan("t0", 60))
     plans.append(batch.write_plan())
     batch.write_done([[b"ok"]] * len(plans[-1]))
     plans += [batch.settle_plan(), batch.guest_plan(86_400), batch.trim_plan()]
-    assert [len(p) for p in plans] == [1, 50, 1, 1, 50 + 3 * 50]
+    assert [len(p) for p in plans] == [1, 1, 50, 1, 1, 1 + 3 * 50]
     for plan in plans:
         for cmd in plan:
             assert_one_slot(keys_of(cmd))

@@ -60,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     _ = streams.web, streams.web_gateways, streams.web_engage
     # Each role is an agent module; a worker subscribes only to its roles' topics.
-    for role in sorted(settings.roles):
+    for role in sorted(settings.roles - {"ingress"}):
         importlib.import_module(f"agents.{role}")
     # What is loaded now lives as long as the process: the cyclic collector need not walk
     # it again, and it runs less often (the hot path allocates many short-lived objects
@@ -69,8 +69,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
+    _dump_tasks_on_sigusr1()
     worker.execute_from_commandline()
     return 0
+
+
+def _dump_tasks_on_sigusr1() -> None:
+    """`kill -USR1 <worker>` logs where every asyncio task of the worker waits (for the
+    engineer on call: a stream that stopped moving shows its await here)."""
+    import asyncio
+    import io
+    import logging
+    import signal
+
+    def dump(*_: object) -> None:
+        log = logging.getLogger("streams.tasks")
+        try:
+            tasks = asyncio.all_tasks(asyncio.get_event_loop())
+        except RuntimeError:
+            return
+        for task in tasks:
+            out = io.StringIO()
+            task.print_stack(limit=12, file=out)
+            log.warning("task %s:\n%s", task.get_name(), out.getvalue())
+
+    signal.signal(signal.SIGUSR1, dump)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -406,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="run a worker: agents, HTTP callbacks, member and admin API")
     s.add_argument("--web-port", type=int, default=0, help="HTTP port (default LOYALTY_WEB_PORT or 6066)")
     s.add_argument("--roles", default="", help="comma-separated roles: accrual, ledger, notifier, parking "
+                   "(ingress alone: the HTTP API only) "
                    "(default LOYALTY_ROLES or all); workers with the same roles share partitions")
     s.add_argument(
         "--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]

@@ -41,8 +41,11 @@ def _str(name: str, default: str) -> str:
 
 
 # What a worker process runs. `ledger` holds the ClickHouse store (an embedded chdb store
-# belongs to exactly one process); the others need only Kafka and Redis.
+# belongs to exactly one process); the others need only Kafka and Redis. Every worker
+# serves the HTTP API; `ingress` alone names a process that does nothing else (several of
+# them in front of the agents' workers, docs/scaling.md).
 ROLES = frozenset({"accrual", "ledger", "notifier", "parking"})
+KNOWN_ROLES = ROLES | {"ingress"}
 
 
 def _roles(name: str) -> frozenset[str]:
@@ -50,11 +53,11 @@ def _roles(name: str) -> frozenset[str]:
     if not raw or raw == "all":
         return ROLES
     roles = frozenset(r.strip() for r in raw.split(",") if r.strip())
-    unknown = sorted(roles - ROLES)
+    unknown = sorted(roles - KNOWN_ROLES)
     if unknown or not roles:
-        raise SettingsError(f"{name} takes a comma-separated list of {', '.join(sorted(ROLES))} (or all), "
+        raise SettingsError(f"{name} takes a comma-separated list of {', '.join(sorted(KNOWN_ROLES))} (or all), "
                             f"got {raw!r}")
-    return roles
+    return roles if roles == {"ingress"} else roles - {"ingress"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class Settings:
     # envelopes (group commit: callbacks arriving while a produce is in flight share a record).
     kafka_compression: str = "zstd"  # what the worker's producer compresses with ("" for none)
     refund_horizon_days: int = 400
-    history_length: int = 10
+    history_length: int = 8
     envelope_linger_ms: float = 1.0
     envelope_max_events: int = 500
     envelope_max_bytes: int = 512 * 1024

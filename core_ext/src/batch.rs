@@ -1167,8 +1167,8 @@ pub fn ledger_messages(rows: &[&str], guests: &[&str]) -> Vec<Vec<u8>> {
 /// Fields of a ledger row the member API's history leaves out: the settlement lines and
 /// boards (for the books, not the member), and what the member, the batch or the row's
 /// place say already.
-pub const HISTORY_DROPS: [&str; 7] =
-    ["settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format"];
+pub const HISTORY_DROPS: [&str; 9] =
+    ["settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format", "tier", "category"];
 
 /// The member API's entry for an event: its rows without HISTORY_DROPS (what a person
 /// reads), as a JSON array.
@@ -1194,20 +1194,16 @@ fn history_entry(rows_json: &str) -> Option<String> {
     serde_json::to_string(&kept).ok()
 }
 
-/// A guest payment as kept for crediting: what a payment under the member's id needs.
+/// A guest payment as kept for crediting (the hash field is its event id): what a payment
+/// under the member's id needs, as a JSON array `[type, occurred_at_ms, amount_fen, bu_id,
+/// merchant_id, category, channel, refund_of?]` (`guest_payment` in balances.py turns it
+/// back into a payment body).
 fn guest_compact(p: &events::PaymentEvent) -> Vec<u8> {
-    let mut v = serde_json::json!({
-        "event_id": p.event_id,
-        "type": p.kind.as_str(),
-        "occurred_at": events::format_instant(p.occurred_at_ms),
-        "amount_fen": p.amount_fen,
-        "bu_id": p.bu_id,
-        "merchant_id": p.merchant_id,
-        "category": p.category,
-        "channel": p.channel,
-    });
-    if let Some(of) = &p.refund_of {
-        v["refund_of"] = serde_json::json!(of);
+    let mut v = serde_json::json!([
+        p.kind.as_str(), p.occurred_at_ms, p.amount_fen, p.bu_id, p.merchant_id, p.category, p.channel
+    ]);
+    if let (Some(of), Some(a)) = (&p.refund_of, v.as_array_mut()) {
+        a.push(serde_json::json!(of));
     }
     serde_json::to_vec(&v).expect("a guest fact serialises")
 }

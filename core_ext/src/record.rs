@@ -9,8 +9,9 @@
 //! ```
 //!
 //! `applied` is the apply time in ms (Redis' clock: the core writes `~` and the apply
-//! function stamps it). `digest` is a 64-bit FNV-1a of the sender's fields, in hex, so a
-//! second event with the same id and different content can be told from a retry.
+//! function stamps it). `digest` is the low 48 bits of a 64-bit FNV-1a of the sender's
+//! fields, in hex, so a second event with the same id and different content can be told
+//! from a retry. The accrual appends `|@<token>`: the round outbox holding the rows.
 //! Strings of a payment's booking (business unit, merchant, category, format) escape
 //! `%` and `|` as `%25` and `%7C`.
 
@@ -89,10 +90,11 @@ fn payment_digest(p: &PaymentEvent) -> u64 {
 
 /// The digest of an event's content (what its sender said, not its id).
 pub fn digest(ev: &Event) -> u64 {
-    match ev {
+    let h = match ev {
         Event::Payment(p) => payment_digest(p),
         Event::Member(m) => fnv1a(format!("{:?}", m).as_bytes()),
-    }
+    };
+    h & 0xffff_ffff_ffff
 }
 
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
@@ -137,9 +139,11 @@ pub fn push_int(out: &mut String, v: i64) {
     out.push_str(std::str::from_utf8(&buf[at..]).expect("digits"));
 }
 
+/// The digest as 12 hex digits (48 bits: a second event reusing an id is told apart all
+/// but once in 2^48).
 fn push_hex(out: &mut String, v: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..16).rev() {
+    for i in (0..12).rev() {
         out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
     }
 }
@@ -272,7 +276,7 @@ mod tests {
     fn records_round_trip() {
         let p = Record::Payment {
             applied_ms: Some(1_764_400_000_123),
-            digest: 0xdead_beef_0000_0001,
+            digest: 0xbeef_0000_0001,
             payment: PaymentRecord {
                 amount_fen: 58_800,
                 points: 1_176,
@@ -293,12 +297,12 @@ mod tests {
             },
         };
         let s = p.encode();
-        assert!(s.starts_with("P|1764400000123|deadbeef00000001|58800|1176|100|800|16|1|hotel-a|"));
+        assert!(s.starts_with("P|1764400000123|beef00000001|58800|1176|100|800|16|1|hotel-a|"));
         assert!(s.contains("|f%7Cb 100%25|"));
         assert_eq!(Record::decode(&s).unwrap(), p);
         for r in [
             Record::Refund { applied_ms: None, digest: 7, amount_fen: 500, points: -10 },
-            Record::Member { applied_ms: Some(5), digest: u64::MAX, points: 0 },
+            Record::Member { applied_ms: Some(5), digest: 0xffff_ffff_ffff, points: 0 },
             Record::Json { applied_ms: None, json: r#"{"kind":"redeem","result":"a|b"}"#.into() },
         ] {
             let s = r.encode();

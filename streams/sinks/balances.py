@@ -11,6 +11,7 @@ through `run` (streams/sinks/resp.py); the HTTP paths use `apply` here.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import zlib
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 import core_ext
-from streams.sinks.resp import RawChannel, raise_for_errors
+from streams.sinks.resp import RawChannel, pack, raise_for_errors
 
 log = logging.getLogger(__name__)
 
@@ -437,10 +438,11 @@ class BalanceStore:
         await self.redis.set(key, member_id, nx=True)
         return await self.redis.get(key)  # type: ignore[no-any-return]
 
-    async def guest_payments(self, kind: str, external_id: str) -> list[str]:
-        """The compact facts kept of a payer's guest payments (JSON), oldest first."""
-        facts = list((await self.redis.hgetall(self.guest_key(kind, external_id))).values())
-        return sorted(facts, key=lambda f: orjson.loads(f).get("occurred_at", ""))
+    async def guest_payments(self, kind: str, external_id: str) -> list[dict[str, Any]]:
+        """A payer's guest payments as payment bodies without a member, oldest first."""
+        facts = await self.redis.hgetall(self.guest_key(kind, external_id))
+        return sorted((guest_payment(event_id, fact) for event_id, fact in facts.items()),
+                      key=lambda e: e["occurred_at"])
 
     async def forget_guest(self, kind: str, external_id: str) -> None:
         await self.redis.delete(self.guest_key(kind, external_id))
@@ -465,11 +467,12 @@ class BalanceStore:
         return bool(await self.redis.set(f"{self.ns}:nonce:{scope}:{nonce}", 1, nx=True, ex=window_s))
 
     async def claim_nonces(self, claims: Sequence[tuple[str, str]], window_s: int) -> list[bool]:
-        """Several (scope, nonce) claims in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for scope, nonce in claims:
-            pipe.set(f"{self.ns}:nonce:{scope}:{nonce}", 1, nx=True, ex=window_s)
-        return [bool(x) for x in await pipe.execute()]
+        """Several (scope, nonce) claims in one round trip (the ingress's hot path: packed
+        here and parsed by hiredis, not re-encoded argument by argument)."""
+        window = str(window_s).encode()
+        replies = await self.run([pack(b"SET", f"{self.ns}:nonce:{scope}:{nonce}".encode(), b"1", b"NX", b"EX", window)
+                                  for scope, nonce in claims], "nonce claims")
+        return [r is not None for r in replies]
 
     async def rate_hit(self, client_key: str, limit_per_s: int, second: int | None = None) -> bool:
         """Counts one request of a client in the current (Unix) second; False past the limit."""
@@ -546,8 +549,21 @@ class BalanceStore:
         await pipe.execute()
 
 
+def guest_payment(event_id: str, fact: str) -> dict[str, Any]:
+    """The payment body of a kept guest fact (`[type, occurred_at_ms, amount_fen, bu_id,
+    merchant_id, category, channel, refund_of?]`, the core's guest_compact)."""
+    kind, at_ms, amount, bu, merchant, category, channel, *rest = orjson.loads(fact)
+    at = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    body = {"event_id": event_id, "type": kind, "occurred_at": at, "amount_fen": amount, "bu_id": bu,
+            "merchant_id": merchant, "category": category, "channel": channel}
+    if rest:
+        body["refund_of"] = rest[0]
+    return body
+
+
 #: What the member API's history leaves out of a row (the core's HISTORY_DROPS, batch.rs).
-HISTORY_DROPS = ("settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format")
+HISTORY_DROPS = ("settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format", "tier",
+                 "category")
 
 
 def first_row(rows_json: str) -> str | None:

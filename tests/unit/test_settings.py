@@ -32,3 +32,13 @@ def test_unknown_roles_are_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw:
     monkeypatch.setenv("LOYALTY_ROLES", raw)
     with pytest.raises(SettingsError, match="LOYALTY_ROLES takes"):
         Settings.from_env()
+
+
+def test_an_ingress_process_runs_no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOYALTY_APP_ID", "mall")
+    monkeypatch.setenv("LOYALTY_CLICKHOUSE_DSN", "chdb:///tmp/x")
+    monkeypatch.setenv("LOYALTY_ROLES", "ingress")
+    s = Settings.from_env()
+    assert s.roles == {"ingress"} and s.group_id == "mall-ingress" and not s.holds_ledger
+    monkeypatch.setenv("LOYALTY_ROLES", "ingress,accrual")  # every worker serves HTTP anyway
+    assert Settings.from_env().roles == {"accrual"}

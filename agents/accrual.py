@@ -42,6 +42,7 @@ from streams.app import (
     send_dead_letter,
 )
 from streams.metrics import counters, histograms, topic_messages
+from streams.records import ledger_messages
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,15 @@ DAY_MS = 86_400_000
 _CORE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="core")
 
 
-async def _off(fn: Callable[..., T], *args: Any) -> T:
+#: Below this many bytes of records a batch's core calls run inline: handing a small
+#: batch to the core thread costs more (GIL hand-offs under load, up to the interpreter's
+#: switch interval each) than the work itself.
+INLINE_BYTES = 128 * 1024
+
+
+async def _off(fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
+    if inline:
+        return fn(*args)
     return await asyncio.get_running_loop().run_in_executor(_CORE, lambda: fn(*args))
 
 
@@ -113,8 +122,9 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     store = rt.balances
     settings = rt.settings
     ph = Phases()
+    small = sum(len(r) for r in records) < INLINE_BYTES
     batch = await _off(core_ext.AccrualBatch, rules, list(records), store.ns, int(time.time() * 1000),
-                       settings.refund_horizon_days, settings.history_length)
+                       settings.refund_horizon_days, settings.history_length, inline=small)
     core_s = ph.mark("decode")
     redis_s = 0.0
     for _round in range(MAX_CONFLICT_ROUNDS):
@@ -123,16 +133,20 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
             break
         replies = await store.run(read, "read")
         redis_s += ph.mark("read")
-        await _off(batch.read_done, replies)
+        await _off(batch.read_done, replies, inline=small)
         core_s += ph.mark("evaluate")
         batch.reserve_done(await store.run(batch.reserve_plan(), "reserve"))
         redis_s += ph.mark("reserve")
-        await store.run(await _off(batch.outbox_plan, secrets.token_hex(4), OUTBOX_TTL_S), "outbox")
+        # The round's outbox and the members' writes in one round trip: the commands run in
+        # order, so the outbox is there before any record that names it.
+        outbox = await _off(batch.outbox_plan, secrets.token_hex(4), OUTBOX_TTL_S, inline=small)
+        write = await _off(batch.write_plan, inline=small)
         redis_s += ph.mark("outbox")
-        write = await _off(batch.write_plan)
         if len(write) > 1 and _fault("accrual-die-mid-write"):
+            await store.run(outbox, "outbox")
             await _die_half_written(store, write)
-        conflicts = batch.write_done(await store.run(write, "write"))
+        replies = await store.run([*outbox, *write], "write")
+        conflicts = batch.write_done(replies[len(outbox):])
         redis_s += ph.mark("write")
         await store.run(batch.settle_plan(), "settle")
         redis_s += ph.mark("settle")
@@ -148,21 +162,17 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     redis_s += ph.mark("guests")
     histograms["core_ms"].observe(core_s * 1000)
 
-    # Rows of events applied by an earlier delivery are sent again (from its outbox): if
-    # that delivery died before its ledger message was acked, this is what puts them in
-    # ClickHouse. Coupon pushes go out once Redis has the coupons.
-    messages = await _off(batch.ledger_messages)
-    pushes = await _off(batch.pushes)
-    futures = [await ledger_topic.send(value=m, force=True) for m in messages]
-    futures += [await notifications_topic.send(key=p.key, value=p.value, force=True) for p in pushes]
-    futures += [await notifications_topic.send(key=n.key, value=n.value, force=True) for n in batch.notices()]
-    await _await_all(futures)
-    topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
-    counters["coupon_pushes_queued_total"] += len(pushes)
-    ph.mark("send")
-    await store.run([*batch.trim_plan(), *batch.schedule_plan(store.tier_reviews_key, store.wallet_checks_key)],
-                    "outbox trim, history and schedules")
-    redis_s += ph.mark("trim")
+    # What follows the writes runs while the next batch is applied (BACKGROUND): the ledger
+    # rows (those of duplicates whose outbox an earlier delivery left included), coupon
+    # pushes (Redis has the coupons now) and notices go to Kafka, then the round's outbox is
+    # deleted and the members' recent movements and schedules are written. If the process
+    # dies first, the outbox is still there: the batch's redelivery or the sweeper sends it.
+    messages = await _off(batch.ledger_messages, inline=small)
+    pushes = [(p.key, p.value) for p in await _off(batch.pushes, inline=small)]
+    notices = [(n.key, n.value) for n in batch.notices()]
+    trim = [*batch.trim_plan(), *batch.schedule_plan(store.tier_reviews_key, store.wallet_checks_key)]
+    redis_s += ph.mark("send")
+    await _in_background(_finish(store, messages, pushes, notices, trim))
     histograms["redis_apply_ms"].observe(redis_s * 1000)
 
     for held in batch.held():
@@ -178,9 +188,77 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         await send_dead_letter(source="accrual", reason=f"{d.field}: {d.reason}", field=d.field, body=d.body,
                                event_id=d.event_id)
     report = batch.report()
-    await _off(batch.release)
+    await _off(batch.release, inline=small)
     ph.mark("after")
     return report
+
+
+#: Batches whose sends (ledger rows, pushes, trims) may still be in flight while the next
+#: batch is applied; beyond this, the next batch waits for the oldest.
+MAX_BACKGROUND = 2
+_background: list[asyncio.Task[None]] = []
+
+
+async def _in_background(work: Awaitable[None]) -> None:
+    while len(_background) >= MAX_BACKGROUND:
+        await _background.pop(0)
+    _background[:] = [t for t in _background if not t.done()]
+    _background.append(asyncio.ensure_future(work))
+
+
+async def _finish(store: Any, messages: list[bytes], pushes: list[tuple[bytes, bytes]],
+                  notices: list[tuple[bytes, bytes]], trim: list[bytes]) -> None:
+    """Sends a batch's ledger rows, pushes and notices and waits for Kafka's acks, then
+    trims; retried until done (every step is idempotent)."""
+    backoff = 0.1
+    while True:
+        try:
+            futures = [await ledger_topic.send(value=m, force=True) for m in messages]
+            futures += [await notifications_topic.send(key=k, value=v, force=True) for k, v in pushes]
+            futures += [await notifications_topic.send(key=k, value=v, force=True) for k, v in notices]
+            await _await_all(futures)
+            topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
+            counters["coupon_pushes_queued_total"] += len(pushes)
+            await store.run(trim, "outbox trim, history and schedules")
+            return
+        except TRANSIENT as exc:
+            counters["batch_retries_total"] += 1
+            log.warning("sending a batch's ledger rows failed (retrying in %.1fs): %r", backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        except Exception:
+            # Never lost: the outbox stays until the sweeper sends it.
+            log.exception("sending a batch's ledger rows failed; the outbox sweeper will send them")
+            return
+
+
+#: An outbox older than this had its batch die before the ledger topic took its rows.
+SWEEP_AFTER_MS = 60_000
+
+
+@app.timer(interval=15.0)
+async def sweep_outboxes() -> None:
+    """Round outboxes left by a process that died after its writes and before the ledger
+    topic took their rows: the rows of the events whose records name the outbox (those the
+    round applied) are sent, then the outbox is deleted. Re-sending rows the ledger has
+    already changes nothing (they collapse); nothing here is on the hot path."""
+    try:
+        rt = await runtime.started()
+        store = rt.balances
+        sent = 0
+        for token in await store.stale_outboxes(int(time.time() * 1000) - SWEEP_AFTER_MS):
+            rows = await store.outbox_rows(token)
+            if rows:
+                for payload in ledger_messages(rows, []):
+                    fut = await ledger_topic.send(value=payload, force=True)
+                    await fut
+                sent += len(rows)
+            await store.forget_outbox(token)
+        if sent:
+            counters["outbox_rows_swept_total"] += sent
+            log.warning("outbox sweeper: %d events' ledger rows sent from outboxes a dead batch left", sent)
+    except TRANSIENT as exc:
+        log.warning("outbox sweeper skipped this round: %r", exc)
 
 
 async def release_parked(paid: Sequence[tuple[str, str]]) -> None:
@@ -329,18 +407,22 @@ def account(report: core_ext.BatchReport) -> None:
 
 
 async def _consume(stream, topic: str) -> None:  # type: ignore[no-untyped-def]
-    """Takes batches of records; the records of each partition are applied concurrently
-    with the other partitions' (a member's events are all in one partition and stay in
-    order): while one partition waits on Redis or Kafka, another's evaluation runs in the
-    core. Faust acknowledges the batch when the next one is taken, after all of them."""
+    """Takes batches of records; in a large batch the records of each partition are applied
+    concurrently with the other partitions' (a member's events are all in one partition and
+    stay in order): while one partition waits on Redis or Kafka, another's evaluation runs
+    in the core. A small batch is one group (fewer round trips). Faust acknowledges the
+    batch when the next one is taken, after all of them."""
     settings = runtime.settings
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
         t0 = time.perf_counter()
         topic_messages[(topic, "in")] += len(events)
-        by_partition: dict[int, list[bytes]] = {}
-        for ev in events:
-            by_partition.setdefault(ev.message.partition, []).append(ev.value)
-        reports = await asyncio.gather(*(process_with_retries(records) for records in by_partition.values()))
+        groups: dict[int, list[bytes]] = {}
+        if sum(len(ev.value) for ev in events) < INLINE_BYTES:
+            groups[0] = [ev.value for ev in events]  # a small batch: one group, fewest round trips
+        else:
+            for ev in events:
+                groups.setdefault(ev.message.partition, []).append(ev.value)
+        reports = await asyncio.gather(*(process_with_retries(records) for records in groups.values()))
         for report in reports:
             if report is None:
                 continue

@@ -1,17 +1,17 @@
 """Latency at a steady load: a callback sent -> its balance change visible in Redis.
 
 Signed payment callbacks at LOYALTY_BENCH_RATE per second (default 2,000, the issue's
-figure) for LOYALTY_BENCH_SECONDS (30) against one worker. Every body is signed before the
-clock starts; request i leaves at t0 + i / rate (a fixed timetable, one aiohttp session
-with a pool of 256 connections), and the sender notes the wall-clock time right before
+figure) for LOYALTY_BENCH_SECONDS (30) against an ingress process with the agents in a
+worker of their own (docs/scaling.md). Every body is signed before the clock starts;
+request i leaves at t0 + i / rate (a fixed timetable over 256 keep-alive connections,
+benchmarks/sender.py), and the sender notes the wall-clock time right before
 each request is written. The Lua apply stamps each event's record with Redis' clock
 (`applied_at_ms` in `<run_id>:ev:{<member>}`), and the difference is the latency, so the
 envelope's linger and the 202's wait count. Prints rate, callbacks, p50 / p99 / max and
 how far the sender fell behind its timetable (max lag: a slow generator would otherwise
 pass as a fast engine), after checking that every callback was answered 202 and every
 accepted event was applied once. The figures go to benchmarks/results/latest.json only
-from a run at 2,000/s for at least 30 s. Bar: p99 <= 100 ms. Run: `scripts/bench -k
-apply_latency -s`.
+from a run at 2,000/s for at least 30 s. Bar: p99 <= 100 ms. Run: `scripts/bench latency`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import orjson
 import redis
-from yarl import URL
 
 from benchmarks.results import record
+from benchmarks.sender import send_on_timetable
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
@@ -38,64 +35,11 @@ from streams.sinks.balances import BalanceStore, decode_record
 
 RECORDED_RATE = 2_000
 RECORDED_SECONDS = 30
-POOL = 256
 
 
 def _pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * p))]
-
-
-@dataclass
-class Sent:
-    """What the sender saw: per request, its wall-clock send time (ms) and the status it got
-    (0: no answer, the error is counted under its exception name); and how late the sender
-    was against its timetable at worst (ms)."""
-
-    send_ms: list[float]
-    status: list[int]
-    errors: Counter[str]
-    max_lag_ms: float
-    elapsed_s: float
-
-
-async def _send_on_timetable(url: str, requests: list[tuple[bytes, dict[str, str]]], rate: int) -> Sent:
-    """Posts pre-signed requests on a fixed timetable: request i at t0 + i / rate (never
-    bunched to catch up beyond what the event loop's resolution makes unavoidable)."""
-    n = len(requests)
-    send_ms = [0.0] * n
-    status = [0] * n
-    errors: Counter[str] = Counter()
-    lag = 0.0
-    target = URL(url)
-
-    async def one(session: aiohttp.ClientSession, i: int, due: float) -> None:
-        nonlocal lag
-        body, headers = requests[i]
-        late = time.monotonic() - due
-        if late > lag:
-            lag = late
-        send_ms[i] = time.time() * 1000
-        try:
-            async with session.post(target, data=body, headers=headers) as resp:
-                await resp.read()
-                status[i] = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            errors[type(exc).__name__] += 1
-
-    connector = aiohttp.TCPConnector(limit=POOL)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        tasks = []
-        t0 = time.monotonic() + 0.05
-        for i in range(n):
-            due = t0 + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, i, due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.monotonic() - t0
-    return Sent(send_ms, status, errors, lag * 1000, elapsed)
 
 
 def _signed_payments(secret: str, count: int) -> tuple[list[tuple[str, str]], list[tuple[bytes, dict[str, str]]]]:
@@ -120,10 +64,16 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
     run_id = f"lat-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id,
                            extra_env={"LOYALTY_BATCH_WITHIN": os.environ.get("LOYALTY_BATCH_WITHIN", "0.01")})
+    # The production shape (docs/scaling.md): callbacks answered by an ingress process, the
+    # agents in a worker of their own, so neither's event loop waits on the other's work.
+    ingress = WorkerProcess(run_id=run_id, data_dir=tmp_path / f"{run_id}-ingress",
+                            callback_secret=worker.callback_secret, admin_token=worker.admin_token,
+                            extra_env={"LOYALTY_ROLES": "ingress"})
     worker.start()
+    ingress.start()
     try:
         keys, requests = _signed_payments(worker.callback_secret, rate * seconds)
-        sent = asyncio.run(_send_on_timetable(worker.base_url + "/v1/callbacks/payment", requests, rate))
+        sent = asyncio.run(send_on_timetable(ingress.base_url + "/v1/callbacks/payment", requests, rate))
         failed = Counter(s for s in sent.status if s != 202)
         assert not failed and not sent.errors, f"callbacks not answered 202: {dict(failed)} {dict(sent.errors)}"
         accepted = {k: sent.send_ms[i] for i, k in enumerate(keys)}
@@ -142,6 +92,14 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
         print(f"\nsent -> balance in Redis at {rate}/s for {seconds}s ({sent.elapsed_s:.1f} s): "
               f"{len(accepted):,} callbacks, all 202 and applied; "
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms; sender max lag {sent.max_lag_ms:.1f} ms")
+        m = worker.metrics()
+        n = max(1, len(accepted))
+        phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / n:.0f}"
+                           for k in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests",
+                                     "send", "trim", "after"))
+        batches = max(1, m["batch_size_count"])
+        print(f"  {batches:,} accrual batches (mean {m['batch_size_sum'] / batches:.0f} events); "
+              f"accrual wall µs per event: {phases}")
         if sent.max_lag_ms > 50:
             print(f"the sender fell behind its timetable by up to {sent.max_lag_ms:.0f} ms: "
                   "the load was not steady at the stated rate")
@@ -152,5 +110,6 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
         else:
             print(f"not recorded (only a run at {RECORDED_RATE}/s for >= {RECORDED_SECONDS} s is)")
     finally:
+        ingress.stop()
         worker.stop()
         worker.cleanup()

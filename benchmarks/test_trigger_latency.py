@@ -4,13 +4,14 @@ A worker over the real Kafka, Redis and ClickHouse, a real local webhook receive
 steady load of signed payment callbacks (LOYALTY_BENCH_RATE, default 1,000/s, for
 LOYALTY_BENCH_SECONDS, default 15) whose every payment fires a `spend` trigger, so every
 event issues a coupon and a push. Every body is signed before the clock starts; request i
-leaves at t0 + i / rate (a fixed timetable, one aiohttp session with a pool of 256
-connections), and the sender notes the wall-clock time right before each request is
+leaves at t0 + i / rate (a fixed timetable over keep-alive connections,
+benchmarks/sender.py) to an ingress process (the agents in a worker of their own), and the
+sender notes the wall-clock time right before each request is
 written. Latency = the receiver's arrival time - that send time. Prints p50 / p90 / p99 /
 max and how far the sender fell behind its timetable (max lag), after checking that every
 callback was answered 202 and every push arrived exactly once (a fast wrong answer does
 not count). The figures go to benchmarks/results/latest.json only from a run at 1,000/s
-for at least 15 s. Bar: p99 < 1 s. Run: `scripts/bench -k trigger -s`.
+for at least 15 s. Bar: p99 < 1 s. Run: `scripts/bench trigger`.
 """
 
 from __future__ import annotations
@@ -18,19 +19,16 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
-from yarl import URL
 
 from benchmarks.results import record
-from streams.devtools import WebhookReceiver
+from benchmarks.sender import send_on_timetable
+from streams.devtools import WebhookReceiver, WorkerProcess
 from streams.settings import ROOT
 from streams.signing import signed_headers
 from tests.integration.test_marketing import PUSH_SECRET
@@ -62,64 +60,11 @@ coupon = "thanks"
 
 RECORDED_RATE = 1_000
 RECORDED_SECONDS = 15
-POOL = 256
 
 
 def _pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * p))]
-
-
-@dataclass
-class Sent:
-    """What the sender saw: per request, its wall-clock send time (ms) and the status it got
-    (0: no answer, the error is counted under its exception name); and how late the sender
-    was against its timetable at worst (ms)."""
-
-    send_ms: list[float]
-    status: list[int]
-    errors: Counter[str]
-    max_lag_ms: float
-    elapsed_s: float
-
-
-async def _send_on_timetable(url: str, requests: list[tuple[bytes, dict[str, str]]], rate: int) -> Sent:
-    """Posts pre-signed requests on a fixed timetable: request i at t0 + i / rate (never
-    bunched to catch up beyond what the event loop's resolution makes unavoidable)."""
-    n = len(requests)
-    send_ms = [0.0] * n
-    status = [0] * n
-    errors: Counter[str] = Counter()
-    lag = 0.0
-    target = URL(url)
-
-    async def one(session: aiohttp.ClientSession, i: int, due: float) -> None:
-        nonlocal lag
-        body, headers = requests[i]
-        late = time.monotonic() - due
-        if late > lag:
-            lag = late
-        send_ms[i] = time.time() * 1000
-        try:
-            async with session.post(target, data=body, headers=headers) as resp:
-                await resp.read()
-                status[i] = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            errors[type(exc).__name__] += 1
-
-    connector = aiohttp.TCPConnector(limit=POOL)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        tasks = []
-        t0 = time.monotonic() + 0.05
-        for i in range(n):
-            due = t0 + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, i, due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.monotonic() - t0
-    return Sent(send_ms, status, errors, lag * 1000, elapsed)
 
 
 def _signed_payments(secret: str, count: int) -> tuple[list[str], list[tuple[bytes, dict[str, str]]]]:
@@ -148,11 +93,16 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
     rules.write_text(RULES)
     receiver = WebhookReceiver(PUSH_SECRET).start()
     worker = new_worker(tmp_path, "latency", LOYALTY_RULES=str(rules), LOYALTY_PUSH_WEBHOOK_URL=receiver.url,
-                        LOYALTY_PUSH_SECRET=PUSH_SECRET, LOYALTY_LEDGER_WITHIN="0.05")
+                        LOYALTY_PUSH_SECRET=PUSH_SECRET, LOYALTY_LEDGER_WITHIN="0.05", LOYALTY_BATCH_WITHIN="0.01")
+    # Callbacks answered by an ingress process, the agents in the worker (docs/scaling.md).
+    ingress = WorkerProcess(run_id=worker.run_id, data_dir=tmp_path / f"{worker.run_id}-ingress",
+                            callback_secret=worker.callback_secret, admin_token=worker.admin_token,
+                            extra_env={"LOYALTY_ROLES": "ingress", "LOYALTY_RULES": str(rules)})
     worker.start()
+    ingress.start()
     try:
         event_ids, requests = _signed_payments(worker.callback_secret, rate * seconds)
-        sent = asyncio.run(_send_on_timetable(worker.base_url + "/v1/callbacks/payment", requests, rate))
+        sent = asyncio.run(send_on_timetable(ingress.base_url + "/v1/callbacks/payment", requests, rate))
         failed = Counter(s for s in sent.status if s != 202)
         assert not failed and not sent.errors, f"callbacks not answered 202: {dict(failed)} {dict(sent.errors)}"
         accepted = dict(zip(event_ids, sent.send_ms, strict=True))
@@ -183,6 +133,7 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
         else:
             print(f"not recorded (only a run at {RECORDED_RATE}/s for >= {RECORDED_SECONDS} s is)")
     finally:
+        ingress.stop()
         worker.stop()
         worker.cleanup()
         receiver.stop()

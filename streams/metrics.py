@@ -37,6 +37,7 @@ HELP = {
     "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",
     "events_total": "Events the accrual decoded (an envelope record holds many).",
     "ledger_rows_sent_total": "Ledger rows sent to the ledger topic (re-sent outbox rows included).",
+    "outbox_rows_swept_total": "Events whose ledger rows the sweeper sent from outboxes a dead batch left.",
     **{f"accrual_phase_{p}_us_total": f"Wall microseconds the accrual spent in its {p} phase (all batches)."
        for p in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests", "send", "trim",
                  "after")},

@@ -195,6 +195,11 @@ pub fn outbox_key(ns: &str, token: &str) -> String {
     format!("{ns}:outbox:{{{token}}}")
 }
 
+/// The index of round outboxes (token -> created ms), read by the sweeper.
+pub fn outbox_index_key(ns: &str) -> String {
+    format!("{ns}:outboxes")
+}
+
 pub fn guest_key(ns: &str, kind: &str, id: &str) -> String {
     format!("{ns}:guest:{{{kind}:{id}}}")
 }
@@ -629,7 +634,10 @@ impl AccrualBatch {
         self.outboxes.push(token.to_string());
         let mut c = Command::new("SET");
         c.key(&outbox_key(&self.cfg.ns, token)).arg(&envelope::pack(&parts)).str("EX").int(ttl_s);
-        vec![c.bytes()]
+        // The index the sweeper reads: outboxes whose batch never got its rows acked.
+        let mut index = Command::new("ZADD");
+        index.key(&outbox_index_key(&self.cfg.ns)).int(self.now_ms).str(token);
+        vec![c.bytes(), index.bytes()]
     }
 
     /// Reads of the outboxes that duplicates' records name (one `GET` per outbox).
@@ -924,18 +932,28 @@ impl AccrualBatch {
         ledger_messages(&rows, &guests)
     }
 
-    /// Once the ledger messages are acked: the round outboxes they came from (`DEL`) and the
+    /// Once the ledger messages are acked: the batch's round outboxes (`DEL`) and the
     /// members' recent movements (`LPUSH`, `LTRIM`, `EXPIRE`), a view of the ledger for the
     /// member API written after the member's step.
     pub fn trim_plan(&self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = Vec::new();
+        // Only this batch's own outboxes: one an earlier delivery left may hold the rows of
+        // events this batch does not have (a redelivery split differently), so it stays
+        // for the sweeper, which sends every event of it that was applied.
         let mut tokens: Vec<&str> = self.outboxes.iter().map(String::as_str).collect();
-        tokens.extend(self.resent.iter().filter(|(i, _)| self.evs[*i].resend.is_some()).map(|(_, t)| t.as_str()));
         tokens.sort_unstable();
         tokens.dedup();
-        for t in tokens {
+        for t in &tokens {
             let mut c = Command::new("DEL");
             c.key(&outbox_key(&self.cfg.ns, t));
+            out.push(c.bytes());
+        }
+        if !tokens.is_empty() {
+            let mut c = Command::new("ZREM");
+            c.key(&outbox_index_key(&self.cfg.ns));
+            for t in &tokens {
+                c.str(t);
+            }
             out.push(c.bytes());
         }
         let ttl_s = self.cfg.horizon_ms / 1000 + 86_400;

@@ -310,6 +310,37 @@ class BalanceStore:
         if score is not None and int(score) <= older_than_ms:
             await self.redis.zrem(key, member_id)
 
+    # ---- round outboxes (the accrual's; docs/hot-path.md) ------------------------------
+
+    async def stale_outboxes(self, older_than_ms: int, limit: int = 50) -> list[str]:
+        """Tokens of round outboxes created before `older_than_ms`."""
+        return list(await self.redis.zrangebyscore(f"{self.ns}:outboxes", "-inf", older_than_ms, start=0, num=limit))
+
+    async def outbox_rows(self, token: str) -> list[str]:
+        """The ledger rows (JSON arrays) of the events a round outbox holds that the round
+        applied: their records name the outbox."""
+        (blob,) = await self.run([pack(b"GET", f"{self.ns}:outbox:{{{token}}}".encode())], "outbox read")
+        if blob is None:
+            return []
+        parts = core_ext.envelope_unpack(blob)
+        pairs = [(parts[i].decode(), parts[i + 1].decode()) for i in range(0, len(parts) - 1, 2)]
+        out = []
+        for event_id, rows in pairs:
+            decoded = orjson.loads(rows)
+            member_id = decoded[0].get("member_id") if decoded else None
+            if member_id is None:
+                continue
+            record = await self.redis.hget(self.records_key(member_id), event_id)
+            if record is not None and record.endswith(f"|@{token}"):
+                out.append(rows)
+        return out
+
+    async def forget_outbox(self, token: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(f"{self.ns}:outbox:{{{token}}}")
+        pipe.zrem(f"{self.ns}:outboxes", token)
+        await pipe.execute()
+
     # ---- reads -------------------------------------------------------------------------
 
     async def member(self, member_id: str) -> dict[str, str] | None:

@@ -86,7 +86,7 @@ def test_the_accrual_plan_names_one_slot_per_call() -> None:
     plans.append(batch.write_plan())
     batch.write_done([[b"ok"]] * len(plans[-1]))
     plans += [batch.settle_plan(), batch.guest_plan(86_400), batch.trim_plan()]
-    assert [len(p) for p in plans] == [1, 1, 50, 1, 1, 1 + 3 * 50]
+    assert [len(p) for p in plans] == [1, 2, 50, 1, 1, 2 + 3 * 50]
     for plan in plans:
         for cmd in plan:
             assert_one_slot(keys_of(cmd))

@@ -23,7 +23,7 @@ from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
 
 log = logging.getLogger(__name__)
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 256
 
 
 def _history_row(msg: dict[str, Any], d: Delivery, now_ms: int) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """Trigger latency: payment callback sent -> coupon push received by a webhook.
 
-A worker over the real Kafka, Redis and ClickHouse, a real local webhook receiver, and a
+A worker over the real Kafka, Redis and ClickHouse (the notifier in a process of its own), a
+real local webhook receiver (benchmarks/push_receiver.py, its own process), and a
 steady load of signed payment callbacks (LOYALTY_BENCH_RATE, default 1,000/s, for
 LOYALTY_BENCH_SECONDS, default 15) whose every payment fires a `spend` trigger, so every
 event issues a coupon and a push. Every body is signed before the clock starts; request i
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -28,7 +31,7 @@ import pytest
 
 from benchmarks.results import record
 from benchmarks.sender import send_on_timetable
-from streams.devtools import WebhookReceiver, WorkerProcess
+from streams.devtools import WorkerProcess, free_port
 from streams.settings import ROOT
 from streams.signing import signed_headers
 from tests.integration.test_marketing import PUSH_SECRET
@@ -83,6 +86,17 @@ def _signed_payments(secret: str, count: int) -> tuple[list[str], list[tuple[byt
     return ids, requests
 
 
+def _arrivals(path: Path) -> list[tuple[float, str, str, str]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4:
+            out.append((float(parts[0]), parts[1], parts[2], parts[3]))
+    return out
+
+
 def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
     from tests.integration.conftest import new_worker
 
@@ -91,26 +105,35 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
     seconds = int(os.environ.get("LOYALTY_BENCH_SECONDS", str(RECORDED_SECONDS)))
     rules = tmp_path / "bench.toml"
     rules.write_text(RULES)
-    receiver = WebhookReceiver(PUSH_SECRET).start()
-    worker = new_worker(tmp_path, "latency", LOYALTY_RULES=str(rules), LOYALTY_PUSH_WEBHOOK_URL=receiver.url,
-                        LOYALTY_PUSH_SECRET=PUSH_SECRET, LOYALTY_LEDGER_WITHIN="0.05", LOYALTY_BATCH_WITHIN="0.01")
-    # Callbacks answered by an ingress process, the agents in the worker (docs/scaling.md).
-    ingress = WorkerProcess(run_id=worker.run_id, data_dir=tmp_path / f"{worker.run_id}-ingress",
+    port, log = free_port(), tmp_path / "pushes.tsv"
+    receiver = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "push_receiver.py"), str(port),
+                                 PUSH_SECRET, str(log)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/push"
+    # The production shape (docs/scaling.md): an ingress process, the accrual and ledger in a
+    # worker, the notifier in a process of its own; the receiver too.
+    worker = new_worker(tmp_path, "latency", LOYALTY_RULES=str(rules), LOYALTY_LEDGER_WITHIN="0.05",
+                        LOYALTY_BATCH_WITHIN="0.01", LOYALTY_ROLES="accrual,ledger,parking")
+    others = [WorkerProcess(run_id=worker.run_id, data_dir=tmp_path / f"{worker.run_id}-{role}",
                             callback_secret=worker.callback_secret, admin_token=worker.admin_token,
-                            extra_env={"LOYALTY_ROLES": "ingress", "LOYALTY_RULES": str(rules)})
+                            extra_env={"LOYALTY_ROLES": role, "LOYALTY_RULES": str(rules),
+                                       "LOYALTY_PUSH_WEBHOOK_URL": url, "LOYALTY_PUSH_SECRET": PUSH_SECRET})
+              for role in ("ingress", "notifier")]
+    ingress, notifier = others
     worker.start()
-    ingress.start()
+    for w in others:
+        w.start()
     try:
         event_ids, requests = _signed_payments(worker.callback_secret, rate * seconds)
         sent = asyncio.run(send_on_timetable(ingress.base_url + "/v1/callbacks/payment", requests, rate))
         failed = Counter(s for s in sent.status if s != 202)
         assert not failed and not sent.errors, f"callbacks not answered 202: {dict(failed)} {dict(sent.errors)}"
         accepted = dict(zip(event_ids, sent.send_ms, strict=True))
-        worker.wait_until(lambda: len(receiver.ids()) >= len(accepted), timeout=300, what="every push")
-        with receiver.lock:
-            coupons = [(b["event_id"], t) for _, b, t in receiver.received if b.get("type") == "coupon_issued"]
-        arrived = {e: t * 1000 for e, t in coupons}
-        ids = receiver.ids()
+        worker.wait_until(lambda: len(_arrivals(log)) >= len(accepted), timeout=600, what="every push")
+        time.sleep(1.0)  # a push arriving twice would show now
+        arrivals = _arrivals(log)
+        coupons = [(e, t) for t, _pid, kind, e in arrivals if kind == "coupon_issued"]
+        arrived = {e: t for e, t in coupons}
+        ids = Counter(pid for _t, pid, _k, _e in arrivals)
         assert set(arrived) == set(accepted), "a push is missing or unexpected"
         assert all(n == 1 for n in ids.values()), "a push arrived twice"
         assert len(coupons) == len(accepted), "an event's coupon was pushed twice"
@@ -124,8 +147,16 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
             print(f"the sender fell behind its timetable by up to {sent.max_lag_ms:.0f} ms: "
                   "the load was not steady at the stated rate")
         m = worker.metrics()
-        print(f"pushes delivered {m['pushes_delivered_total']}, duplicates skipped {m['pushes_duplicate_total']}, "
-              f"mean processed->delivered {m['push_latency_ms_sum'] / max(1, m['push_latency_ms_count']):.0f} ms")
+        n = max(1, len(accepted))
+        phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / n:.0f}"
+                           for k in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests",
+                                     "send", "trim", "after"))
+        batches = max(1, m["batch_size_count"])
+        print(f"  {batches:,} accrual batches (mean {m['batch_size_sum'] / batches:.0f} events); "
+              f"accrual wall µs per event: {phases}")
+        nm = notifier.metrics()
+        print(f"pushes delivered {nm['pushes_delivered_total']}, duplicates skipped {nm['pushes_duplicate_total']}, "
+              f"mean processed->delivered {nm['push_latency_ms_sum'] / max(1, nm['push_latency_ms_count']):.0f} ms")
         if rate == RECORDED_RATE and seconds >= RECORDED_SECONDS:
             record(trigger_p50_ms_at_1000=round(p50), trigger_p99_ms_at_1000=round(p99),
                    trigger_max_ms_at_1000=round(worst))
@@ -133,10 +164,12 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
         else:
             print(f"not recorded (only a run at {RECORDED_RATE}/s for >= {RECORDED_SECONDS} s is)")
     finally:
-        ingress.stop()
+        for w in others:
+            w.stop()
         worker.stop()
         worker.cleanup()
-        receiver.stop()
+        receiver.terminate()
+        receiver.wait(10)
 
 
 if __name__ == "__main__":

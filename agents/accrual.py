@@ -41,6 +41,7 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
+from streams.ingress import PartitionCounts, pack_by_partition
 from streams.metrics import counters, histograms, topic_messages
 from streams.records import ledger_messages
 
@@ -53,6 +54,7 @@ MAX_BACKOFF_S = 5.0
 OUTBOX_TTL_S = 7 * 86_400
 MAX_CONFLICT_ROUNDS = 20
 DAY_MS = 86_400_000
+_partitions = PartitionCounts(app)
 
 
 #: The core's heavy calls run here (they release the GIL): meanwhile the event loop goes
@@ -214,8 +216,14 @@ async def _finish(store: Any, messages: list[bytes], pushes: list[tuple[bytes, b
     while True:
         try:
             futures = [await ledger_topic.send(value=m, force=True) for m in messages]
-            futures += [await notifications_topic.send(key=k, value=v, force=True) for k, v in pushes]
-            futures += [await notifications_topic.send(key=k, value=v, force=True) for k, v in notices]
+            if pushes or notices:
+                # Pushes and notices in envelopes per partition (the notifier unpacks them):
+                # one Kafka record, not one each, for the notifier to consume.
+                settings = runtime.settings
+                packed = pack_by_partition([*pushes, *notices], await _partitions(notifications_topic.get_topic_name()),
+                                           settings.envelope_max_events, settings.envelope_max_bytes)
+                futures += [await notifications_topic.send(key=k, value=v, partition=p, force=True)
+                            for p, k, v in packed]
             await _await_all(futures)
             topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
             counters["coupon_pushes_queued_total"] += len(pushes)

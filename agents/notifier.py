@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from streams.app import TRANSIENT, app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
+from streams.ingress import unpack_records
 from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
 
@@ -48,6 +49,7 @@ def _history_row(msg: dict[str, Any], d: Delivery, now_ms: int) -> dict[str, Any
 async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values: Sequence[bytes]) -> None:
     rt = await runtime.started()
     topic_messages[(notifications_topic.get_topic_name(), "in")] += len(values)
+    values = unpack_records(values)  # the accrual sends a batch's pushes in envelopes
     pending: dict[str, tuple[dict[str, Any], bytes]] = {}
     for value in values:
         try:

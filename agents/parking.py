@@ -28,6 +28,7 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
+from streams.ingress import unpack_records
 from streams.metrics import counters
 from streams.records import parking_event
 from streams.sinks.balances import EventMove, MemberMoves
@@ -127,24 +128,12 @@ def _session(event_id: str, status: str, plate: str, park: str, member_id: str, 
             "points_value_fen": fee["points_value_fen"], "due_fen": fee["due_fen"], "deductions": fee["deductions"]}
 
 
-def _bodies(records: list[bytes]) -> list[bytes]:
-    """The events of the records: an envelope's bodies, or the record itself (a corrupt
-    envelope is handed on whole, to be refused as a body that is not an event)."""
-    out: list[bytes] = []
-    for record in records:
-        try:
-            out.extend(core_ext.envelope_unpack(record))
-        except core_ext.InvalidEventError:
-            out.append(record)
-    return out
-
-
 @app.agent(parking_topic)
 async def track_parking(stream):  # type: ignore[no-untyped-def]
     """Entries and exits, one at a time (a car park's traffic is light); retried on failure."""
     async for records in stream.take(100, within=0.05):
         rt = await runtime.started()
-        for body in _bodies(records):
+        for body in unpack_records(records):
             event, field, reason = parking_event(body, set(rt.rules.car_parks))
             if event is None:
                 # A poison message (not from our ingress, or rules changed): kept, never retried.

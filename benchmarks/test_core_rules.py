@@ -124,18 +124,22 @@ def python_batch() -> Any:
 
 
 def _read_replies() -> list[Any]:
-    """What Redis answers the read of the batch: each member's stored state, no records."""
+    """What Redis answers the read of the batch: per member, its head fields (stored
+    sequence and state) and its records (none), then each budget's spent units."""
     batch = core_ext.AccrualBatch(RUST, ENVELOPES, "bench", NOW_MS, 400, 10)
     replies: list[Any] = []
     for cmd in batch.read_plan():
         parts = cmd.split(b"\r\n")
+        key = parts[4].decode()
+        tag = key.split("{")[1].split("}")[0]
+        fields = int(parts[0][1:]) - 2
         if parts[2] == b"HGET":
-            replies.append(str(SPENT.get(parts[4].decode().split("{")[1].rstrip("}"), 0)).encode())
-            continue
-        member = parts[10].decode().split("{")[1].rstrip("}")
-        seq, state = STORED[member]
-        asked = int(parts[16])
-        replies.append([[str(seq).encode(), None if state is None else state.encode(), b"0", *([None] * 2 * asked)]])
+            replies.append(str(SPENT.get(tag, 0)).encode())
+        elif key.startswith("bench:ev:"):
+            replies.append([None] * fields)
+        else:
+            seq, state = STORED[tag]
+            replies.append([str(seq).encode(), None if state is None else state.encode()] + [None] * (fields - 2))
     return replies
 
 

@@ -172,5 +172,66 @@ def test_trigger_latency_sent_to_push_received(tmp_path: Path) -> None:
         receiver.wait(10)
 
 
+def test_notifier_alone_capacity(tmp_path: Path) -> None:
+    """The notifier's own ceiling on this machine: RECORDED_RATE * RECORDED_SECONDS pushes
+    preloaded on its topic the way the accrual sends them (envelopes per partition), then
+    drained by one notifier process into the receiver with nothing else running. Checks
+    that every push arrived exactly once; prints pushes/s and the notifier's CPU."""
+    from benchmarks.test_pipeline_throughput import preload, wait
+    from streams.ingress import pack_by_partition
+    from streams.pushes import coupon_push
+    from streams.settings import Settings
+    from tests.integration.conftest import new_worker
+
+    subprocess.run([str(ROOT / "scripts" / "services"), "up"], check=True)
+    count = RECORDED_RATE * RECORDED_SECONDS
+    settings = Settings.from_env()
+    rules = tmp_path / "bench.toml"
+    rules.write_text(RULES)
+    port, log = free_port(), tmp_path / "pushes.tsv"
+    receiver = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "push_receiver.py"), str(port),
+                                 PUSH_SECRET, str(log)], cwd=ROOT)
+    notifier = new_worker(tmp_path, "notify", LOYALTY_RULES=str(rules), LOYALTY_ROLES="notifier",
+                          LOYALTY_PUSH_WEBHOOK_URL=f"http://127.0.0.1:{port}/push", LOYALTY_PUSH_SECRET=PUSH_SECRET)
+    now = int(time.time() * 1000)
+    pushes = [(f"b-{n % 2_000:04d}".encode(), coupon_push({
+        "coupon_id": f"c-{uuid.uuid4().hex[:16]}", "member_id": f"b-{n % 2_000:04d}", "event_id": f"e{n}",
+        "template": "thanks", "trigger": "every-payment", "coupon_kind": "amount_off", "face_value_fen": 500,
+        "valid_until_ms": now + 7 * 86_400_000, "occurred_at_ms": now, "processed_at_ms": now}))
+        for n in range(count)]
+    # As the accrual sends them at 1,000/s: a batch of ~25 events a round, packed per partition.
+    records = [(k, p, v) for i in range(0, count, 25)
+               for p, k, v in pack_by_partition(pushes[i:i + 25], 4, settings.envelope_max_events,
+                                                settings.envelope_max_bytes)]
+    try:
+        asyncio.run(preload(settings.kafka_bootstrap, f"{notifier.run_id}.coupon-pushes", records))
+        notifier.start()
+        pid = notifier.proc.pid if notifier.proc is not None else 0
+        cpu0, t0 = _cpu_s(pid), time.monotonic()
+        t1 = wait(lambda: len(_arrivals(log)) >= count, 600, "every push", every=0.1)
+        cpu = _cpu_s(pid) - cpu0
+        time.sleep(1.0)
+        ids = Counter(pid for _t, pid, _k, _e in _arrivals(log))
+        assert len(ids) == count and all(n == 1 for n in ids.values()), "a push is missing or arrived twice"
+        first = min(t for t, *_ in _arrivals(log)) / 1000
+        last = max(t for t, *_ in _arrivals(log)) / 1000
+        rate = count / max(1e-9, last - first)
+        print(f"\nnotifier alone: {count:,} preloaded pushes ({len(records):,} records) delivered once each at "
+              f"{rate:,.0f} pushes/s (first to last arrival); notifier CPU {cpu / max(1e-9, t1 - t0) * 100:.0f}% "
+              f"of a core, {cpu / count * 1e6:.0f} µs per push (start-up included)")
+        record(notifier_alone_pushes_per_s=round(rate))
+    finally:
+        notifier.stop()
+        notifier.cleanup()
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-s"])

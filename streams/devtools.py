@@ -324,7 +324,10 @@ async def send_callbacks_in_order(
 
 
 async def read_dead_letters(bootstrap: str, topic: str, wait_s: float = 10.0) -> list[dict[str, Any]]:
-    """Every record on the dead-letter topic, decoded."""
+    """Every record on the dead-letter topic (or another topic of JSON records), decoded;
+    an envelope's bodies one by one."""
+    from streams.ingress import unpack_records
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -346,7 +349,7 @@ async def read_dead_letters(bootstrap: str, topic: str, wait_s: float = 10.0) ->
                 break
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                out.extend(orjson.loads(r.value) for r in records)
+                out.extend(orjson.loads(v) for v in unpack_records([r.value for r in records]))
         return out
     finally:
         await consumer.stop()

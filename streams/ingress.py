@@ -43,6 +43,62 @@ def partition_for(key: bytes, partitions: int, partitioner: Any = None) -> int:
 _DEFAULT = DefaultPartitioner()
 
 
+def unpack_records(records: Sequence[bytes]) -> list[bytes]:
+    """The bodies of consumed records: an envelope's bodies in order, or the record
+    itself (a plain single-event record, or a corrupt envelope handed on whole so that
+    it is refused as a body that is not an event)."""
+    out: list[bytes] = []
+    for record in records:
+        try:
+            out.extend(core_ext.envelope_unpack(record))
+        except core_ext.InvalidEventError:
+            out.append(record)
+    return out
+
+
+def pack_by_partition(pairs: Sequence[tuple[bytes, bytes]], partitions: int, max_events: int,
+                      max_bytes: int) -> list[tuple[int, bytes, bytes]]:
+    """Keyed bodies packed, in their order, into envelopes per partition (the partition
+    each key lands on under the producer's partitioner): (partition, key, record) with the
+    key of the envelope's first body; a group of one stays a plain record."""
+    lanes: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, body in pairs:
+        lanes.setdefault(partition_for(key, partitions), []).append((key, body))
+    out: list[tuple[int, bytes, bytes]] = []
+    for partition, lane in lanes.items():
+        start, size = 0, 0
+        for i, (_key, body) in enumerate(lane):
+            if i > start and (i - start >= max_events or size + len(body) + 4 > max_bytes):
+                out.append(_packed(partition, lane[start:i]))
+                start, size = i, 0
+            size += len(body) + 4
+        out.append(_packed(partition, lane[start:]))
+    return out
+
+
+def _packed(partition: int, group: Sequence[tuple[bytes, bytes]]) -> tuple[int, bytes, bytes]:
+    if len(group) == 1:
+        return partition, group[0][0], group[0][1]
+    return partition, group[0][0], core_ext.envelope_pack([b for _k, b in group])
+
+
+class PartitionCounts:
+    """Topics' partition counts from the producer's metadata, cached briefly."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._known: dict[str, tuple[int, float]] = {}
+
+    async def __call__(self, topic: str) -> int:
+        known = self._known.get(topic)
+        if known is not None and time.monotonic() - known[1] < METADATA_TTL_S:
+            return known[0]
+        producer = self.app.producer._ensure_producer()  # Faust's aiokafka producer
+        n = len(await producer.partitions_for(topic))
+        self._known[topic] = (n, time.monotonic())
+        return n
+
+
 @dataclass
 class _Lane:
     """The callbacks waiting for one (topic, partition): bodies and their futures."""
@@ -64,17 +120,7 @@ class EnvelopeProducer:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self._lanes: dict[tuple[str, int], _Lane] = {}
-        self._partitions: dict[str, tuple[int, float]] = {}
-
-    async def partitions(self, topic: str) -> int:
-        """The topic's partition count from the producer's metadata (cached briefly)."""
-        known = self._partitions.get(topic)
-        if known is not None and time.monotonic() - known[1] < METADATA_TTL_S:
-            return known[0]
-        producer = self.app.producer._ensure_producer()  # Faust's aiokafka producer
-        n = len(await producer.partitions_for(topic))
-        self._partitions[topic] = (n, time.monotonic())
-        return n
+        self.partitions = PartitionCounts(app)
 
     async def publish(self, topic: Any, key: bytes, body: bytes) -> bool:
         """Sends one event in the next envelope of its partition; True once Kafka has it."""

@@ -10,7 +10,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 import core_ext
-from streams.ingress import Coalescer, partition_for
+from streams.ingress import Coalescer, pack_by_partition, partition_for, unpack_records
 
 # Kafka's own test vectors for Utils.murmur2 (clients/.../UtilsTest.java): the Java
 # producer puts a keyed record on toPositive(murmur2(key)) % partitions.
@@ -80,3 +80,21 @@ def test_a_failed_round_trip_fails_its_callers_only() -> None:
 
     got = asyncio.run(main())
     assert got[0] == 1 and isinstance(got[1], ConnectionError) and got[2] == 4
+
+
+def test_pushes_are_packed_per_partition_in_order_and_unpacked_whole() -> None:
+    rng = random.Random(11)
+    pairs = [(f"m-{rng.randrange(300)}".encode(), orjson.dumps({"push_id": f"p{i}", "n": i})) for i in range(2_000)]
+    packed = pack_by_partition(pairs, 4, max_events=100, max_bytes=2_000)
+    by_partition: dict[int, list[bytes]] = {}
+    for partition, key, record in packed:
+        bodies = unpack_records([record])
+        assert len(bodies) <= 100 and (len(bodies) == 1 or len(record) <= 2_000 + 9)  # + the 9-byte header
+        assert partition == partition_for(key, 4)
+        by_partition.setdefault(partition, []).extend(bodies)
+    for partition, bodies in by_partition.items():  # every body once, in its key's partition, in order
+        assert bodies == [b for k, b in pairs if partition_for(k, 4) == partition]
+    assert sum(len(b) for b in by_partition.values()) == len(pairs)
+    assert unpack_records([b"not an envelope", pairs[0][1]]) == [b"not an envelope", pairs[0][1]]
+    single = pack_by_partition(pairs[:1], 4, 100, 2_000)
+    assert single == [(partition_for(pairs[0][0], 4), pairs[0][0], pairs[0][1])]  # a group of one stays plain

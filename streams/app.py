@@ -207,6 +207,9 @@ async def _send_scheduled(key: str, kind: str) -> int:
         await rt.balances.unschedule(key, member_id, due_ms)
         sent += 1
     if sent:
+        from streams.metrics import counters
+
+        counters["scheduled_events_sent_total"] += sent
         log.info("%d %s events sent", sent, kind)
     return sent
 

@@ -36,6 +36,7 @@ HELP = {
     "envelopes_sent_total": "Records the ingress produced (an envelope holds the callbacks of one partition).",
     "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",
     "events_total": "Events the accrual decoded (an envelope record holds many).",
+    "scheduled_events_sent_total": "Member events the schedules sent (tier reviews, wallet checks: releases, expiry).",
     "ledger_rows_sent_total": "Ledger rows sent to the ledger topic (re-sent outbox rows included).",
     "outbox_rows_swept_total": "Events whose ledger rows the sweeper sent from outboxes a dead batch left.",
     **{f"accrual_phase_{p}_us_total": f"Wall microseconds the accrual spent in its {p} phase (all batches)."

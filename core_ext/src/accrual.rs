@@ -270,6 +270,7 @@ pub fn accrue_refund(
     ev: &PaymentEvent,
     member_id: &str,
     original: PaymentRecord,
+    booking: Option<&crate::record::Booking>,
     state: &mut MemberState,
     now_ms: i64,
 ) -> CoreResult<(Applied, PaymentRecord)> {
@@ -301,17 +302,33 @@ pub fn accrue_refund(
     if taken < clawback {
         parts.push(Part::new("owed", format!("{}", clawback - taken), 0));
     }
-    let original_split = rules.split_of(&ev.bu_id, &ev.merchant_id, original.amount_fen, original.used);
+    // The split and the funding the payment booked are reversed, never recomputed under
+    // today's rules or contracts (a record without its booking: the rules' split).
+    let (original_split, funded) = match booking {
+        Some(b) => {
+            let split = settlement::Split {
+                gross_fen: original.amount_fen,
+                commission_fen: b.commission_fen,
+                merchant_fen: b.merchant_fen,
+                points_offset_fen: b.offset_fen,
+            };
+            // The funding's cumulative share of the points taken back so far.
+            let share = |taken_back: i64| {
+                if original.points == 0 {
+                    0
+                } else {
+                    (b.funded_fen as i128 * taken_back as i128 / original.points as i128) as i64
+                }
+            };
+            (split, share(original.refunded_points + taken) - share(original.refunded_points))
+        }
+        None => (
+            rules.split_of(&ev.bu_id, &ev.merchant_id, original.amount_fen, original.used),
+            rules.funding_fen(&ev.bu_id, taken),
+        ),
+    };
     let reversed = settlement::split_refund(&original_split, original.refunded_amount_fen, ev.amount_fen);
-    let lines = settlement::payment_lines(
-        &ev.bu_id,
-        &ev.merchant_id,
-        &reversed,
-        taken,
-        rules.funding_fen(&ev.bu_id, taken),
-        returned,
-        -1,
-    );
+    let lines = settlement::payment_lines(&ev.bu_id, &ev.merchant_id, &reversed, taken, funded, returned, -1);
     let mut rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, &lines, now_ms);
     if returned > 0 {
         // Points the member used in the payment come back with the refund.

@@ -400,7 +400,7 @@ impl AccrualBatch {
                 applied = m.records.contains_key(e.event_id());
                 if let Event::Payment(p) = e {
                     if let Some(of) = &p.refund_of {
-                        original = m.records.get(of).and_then(|r| Record::decode(r).ok()).and_then(|r| r.as_payment());
+                        original = m.records.get(of).and_then(|r| Record::decode(r).ok()).and_then(|r| r.as_original());
                     }
                 }
             }
@@ -1100,7 +1100,7 @@ fn engine_on(
     rules: &RuleSet,
     events: &[&CoreResult<Event>],
     applied: &[bool],
-    originals: &[Option<PaymentRecord>],
+    originals: &[Option<engine::Original>],
     stored: &StoredMembers,
     now_ms: i64,
 ) -> engine::BatchResult {

@@ -282,7 +282,7 @@ pub fn evaluate_batch(
     for original in originals {
         records.push(match original {
             Some((amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)) if amount_fen > 0 => {
-                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used })
+                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used }.into())
             }
             Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
             None => None,

@@ -7,9 +7,47 @@ use crate::behaviour;
 use crate::coupons;
 use crate::errors::{CoreError, CoreResult};
 use crate::events::{Event, EventKind, PaymentEvent};
+use crate::record::Booking;
 use crate::rules::RuleSet;
 use crate::state::MemberState;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+/// A stored payment a refund names: its record and, when the store kept it, where
+/// and with what split it was booked (a refund books there, never where its own
+/// callback says, and reverses that split).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    pub payment: PaymentRecord,
+    pub booking: Option<Booking>,
+}
+
+impl From<PaymentRecord> for Original {
+    fn from(payment: PaymentRecord) -> Original {
+        Original { payment, booking: None }
+    }
+}
+
+/// Why a refund cannot be booked where its payment was: a field its callback names
+/// differs from the payment's booking (a field either leaves empty is not compared;
+/// the refund takes the payment's). The category counts only where
+/// the till's category was what the payment booked (a merchant's configured category
+/// replaces whatever a callback says, for payments and refunds alike).
+fn misbooked(rules: &RuleSet, p: &PaymentEvent, of: &str, b: &Booking) -> Option<CoreError> {
+    let category_matters = !rules.merchants.contains_key(&b.merchant_id);
+    let fields = [
+        ("bu_id", &p.bu_id, &b.bu_id, true),
+        ("merchant_id", &p.merchant_id, &b.merchant_id, true),
+        ("category", &p.category, &b.category, category_matters),
+    ];
+    fields.into_iter().find(|(_, named, booked, matters)| *matters && !named.is_empty() && !booked.is_empty() && named != booked).map(
+        |(field, named, booked, _)| {
+            CoreError::rejected(
+                field,
+                format!("the refund names {named:?} but its payment {of:?} was booked at {booked:?}"),
+            )
+        },
+    )
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // one per event of a batch, consumed at once
@@ -63,7 +101,7 @@ pub fn evaluate_batch(
     rules: &RuleSet,
     events: &[CoreResult<Event>],
     applied: &[bool],
-    originals: &[Option<PaymentRecord>],
+    originals: &[Option<Original>],
     stored: &StoredMembers,
     now_ms: i64,
 ) -> BatchResult {
@@ -76,13 +114,14 @@ pub fn evaluate_refs(
     rules: &RuleSet,
     events: &[&CoreResult<Event>],
     applied: &[bool],
-    originals: &[Option<PaymentRecord>],
+    originals: &[Option<Original>],
     stored: &StoredMembers,
     now_ms: i64,
 ) -> BatchResult {
     assert!(events.len() == applied.len() && events.len() == originals.len(), "one flag and record per event");
     let mut seen: HashSet<(&str, &str)> = HashSet::default();
     let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::default();
+    let mut bookings: HashMap<(String, String), Booking> = HashMap::default();
     let mut working: HashMap<String, Working> = HashMap::default();
     let mut order: Vec<String> = Vec::new();
     let mut budget_spent = stored.budget_spent.clone();
@@ -120,6 +159,42 @@ pub fn evaluate_refs(
                 }
             }
         }
+        // A refund books where its payment was: the payment's business unit, merchant
+        // and category, whatever its own callback says (a different one is refused).
+        let event_id = ev.event_id();
+        let mut refund_booking: Option<Booking> = None;
+        if let Event::Payment(p) = ev {
+            if let (EventKind::Refund, Some(of)) = (p.kind, &p.refund_of) {
+                let key = (member_id.to_string(), of.clone());
+                let booked = bookings
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| original.as_ref().and_then(|o| o.booking.clone()))
+                    .filter(|b| !b.bu_id.is_empty());
+                if let Some(b) = booked {
+                    if let Some(err) = misbooked(rules, p, of, &b) {
+                        outcomes.push(Outcome::Rejected(err));
+                        continue;
+                    }
+                    refund_booking = Some(b);
+                }
+            }
+        }
+        let rebooked = match (ev, &refund_booking) {
+            (Event::Payment(p), Some(b)) => {
+                // A field the booking left empty (a record from before bookings named it)
+                // keeps the refund's own.
+                let pick = |booked: &String, named: &String| if booked.is_empty() { named.clone() } else { booked.clone() };
+                Some(Event::Payment(PaymentEvent {
+                    bu_id: b.bu_id.clone(),
+                    merchant_id: pick(&b.merchant_id, &p.merchant_id),
+                    category: pick(&b.category, &p.category),
+                    ..p.clone()
+                }))
+            }
+            _ => None,
+        };
+        let ev: &Event = rebooked.as_ref().unwrap_or(ev);
         let w = working.get_mut(member_id).expect("inserted above");
         // Every refusal happens before an evaluation changes the state or the budgets
         // (checked by `refused_events_change_no_state`), so they are used in place.
@@ -130,6 +205,9 @@ pub fn evaluate_refs(
         let result = match ev {
             Event::Payment(p) if p.kind == EventKind::Payment => {
                 accrual::accrue_payment(rules, p, member_id, state, &mut budget_spent, now_ms).inspect(|a| {
+                    if let Some(b) = &a.booking {
+                        bookings.insert((member_id.to_string(), p.event_id.clone()), b.clone());
+                    }
                     payments.insert(
                         (member_id.to_string(), p.event_id.clone()),
                         PaymentRecord {
@@ -144,7 +222,7 @@ pub fn evaluate_refs(
             Event::Payment(p) => {
                 let of = p.refund_of.clone().unwrap_or_default();
                 let key = (member_id.to_string(), of.clone());
-                match payments.get(&key).copied().or(*original) {
+                match payments.get(&key).copied().or(original.as_ref().map(|o| o.payment)) {
                     None => {
                         outcomes.push(Outcome::Held(CoreError::rejected(
                             "refund_of",
@@ -162,12 +240,12 @@ pub fn evaluate_refs(
                     Some(orig) if p.cumulative => {
                         // The gateway reported the refunded total: this refund is the rest.
                         let this = PaymentEvent { amount_fen: p.amount_fen - orig.refunded_amount_fen, ..p.clone() };
-                        accrual::accrue_refund(rules, &this, member_id, orig, state, now_ms).map(|(applied, after)| {
+                        accrual::accrue_refund(rules, &this, member_id, orig, refund_booking.as_ref(), state, now_ms).map(|(applied, after)| {
                             payments.insert(key, after);
                             applied
                         })
                     }
-                    Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, state, now_ms).map(
+                    Some(orig) => accrual::accrue_refund(rules, p, member_id, orig, refund_booking.as_ref(), state, now_ms).map(
                         |(applied, after)| {
                             payments.insert(key, after);
                             applied
@@ -203,7 +281,7 @@ pub fn evaluate_refs(
                     applied.rows_json = stamp_boards(&applied.rows_json, &applied.boards, version);
                 }
                 w.touched = true;
-                seen.insert((member_id, ev.event_id()));
+                seen.insert((member_id, event_id));
                 outcomes.push(Outcome::Apply(applied));
             }
             Err(e) => outcomes.push(Outcome::Rejected(e)),

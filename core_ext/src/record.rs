@@ -258,6 +258,16 @@ impl Record {
         }
     }
 
+    /// The payment a refund can be made against, with where and how it was booked.
+    pub fn as_original(&self) -> Option<crate::engine::Original> {
+        match self {
+            Record::Payment { payment, booking, .. } if payment.amount_fen > 0 => {
+                Some(crate::engine::Original { payment: *payment, booking: Some(booking.clone()) })
+            }
+            _ => None,
+        }
+    }
+
     pub fn digest(&self) -> Option<u64> {
         match self {
             Record::Payment { digest, .. } | Record::Refund { digest, .. } | Record::Member { digest, .. } => {

@@ -54,7 +54,7 @@ pub fn simulate(rules: &RuleSet, events: &[CoreResult<Event>]) -> SimReport {
                     report.refused += 1;
                     continue;
                 }
-                Some(orig) => accrual::accrue_refund(rules, p, &member, orig, &mut trial, 0).map(|(a, after)| {
+                Some(orig) => accrual::accrue_refund(rules, p, &member, orig, None, &mut trial, 0).map(|(a, after)| {
                     payments.insert(key, after);
                     a
                 }),

@@ -126,7 +126,7 @@ fn pay(
 
 fn refund(id: &str, member: &str, of: &str, amount: i64) -> Value {
     json!({"event_id": id, "type": "refund", "occurred_at": MON, "member_id": member, "bu_id": "mall",
-           "merchant_id": "m", "category": "fashion", "amount_fen": amount, "channel": "wechat", "refund_of": of})
+           "merchant_id": "x", "category": "fashion", "amount_fen": amount, "channel": "wechat", "refund_of": of})
 }
 
 fn member_ev(id: &str, member: &str, kind: &str, at: &str) -> Value {
@@ -546,7 +546,7 @@ fn refunds_claw_back_pro_rata_and_refuse_what_they_cannot() {
         &r,
         &events,
         &[false],
-        &[Some(orig)],
+        &[Some(orig.into())],
         &StoredMembers::default(),
         0,
     );
@@ -807,5 +807,94 @@ fn manual_adjustments_add_take_from_the_oldest_lots_and_never_overdraw() {
     ] {
         let err = crate::events::parse_event(bad.to_string().as_bytes()).unwrap_err();
         assert_eq!(err.field(), field);
+    }
+}
+
+/// Money and points per settlement account over the rows of the applied events.
+fn books(runs: &[(&Run, usize)]) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for (run, i) in runs {
+        for row in run.rows(*i).as_array().unwrap() {
+            for l in row["settlement"].as_array().into_iter().flatten() {
+                let e = out.entry(l["account"].as_str().unwrap().to_string()).or_insert((0, 0));
+                e.0 += l["amount_fen"].as_i64().unwrap();
+                e.1 += l["points"].as_i64().unwrap();
+            }
+        }
+    }
+    out
+}
+
+fn settled_rules(commission_bp: i64) -> RuleSet {
+    let toml = format!(
+        "{}\n[settlement]\ndefault_commission_bp = {commission_bp}\ndefault_fund_fen_per_100 = 50\n",
+        RULES.replace("STACKING", "best_of")
+    );
+    RuleSet::from_toml(&toml, "t.toml").unwrap()
+}
+
+#[test]
+fn a_refund_books_where_its_payment_was_or_is_refused_naming_the_field() {
+    let r = settled_rules(500);
+    let named = |id: &str, bu: &str, merchant: &str, category: &str| {
+        let mut v = refund(id, "m1", "p", 58_800);
+        v["bu_id"] = json!(bu);
+        v["merchant_id"] = json!(merchant);
+        v["category"] = json!(category);
+        v
+    };
+    let mut cafe_refund = refund("rc", "m1", "c", 1_000);
+    cafe_refund["merchant_id"] = json!("cafe");
+    cafe_refund["category"] = json!("fashion"); // the cafe's configured category wins, as for payments
+    let evs = [
+        pay("p", "m1", "hotel", "hotel-shop16", "rooms", 58_800, MON),
+        named("r1", "mall", "hotel-shop16", "rooms"),
+        named("r2", "hotel", "mall-shop0", "rooms"),
+        named("r3", "hotel", "hotel-shop16", "fashion"),
+        named("r4", "hotel", "hotel-shop16", "rooms"),
+        pay("c", "m1", "mall", "cafe", "food", 1_000, MON),
+        cafe_refund,
+    ];
+    let out = run(&r, &evs);
+    for (i, field, named, booked) in
+        [(1, "bu_id", "mall", "hotel"), (2, "merchant_id", "mall-shop0", "hotel-shop16"), (3, "category", "fashion", "rooms")]
+    {
+        let Outcome::Rejected(e) = &out.result.outcomes[i] else { panic!("{:?}", out.result.outcomes[i]) };
+        assert_eq!(e.field(), field);
+        assert!(e.reason().contains(&format!("{named:?}")) && e.reason().contains(&format!("{booked:?}")), "{e:?}");
+    }
+    let row = &out.rows(4)[0];
+    assert_eq!((row["bu_id"].as_str(), row["format"].as_str(), row["merchant_id"].as_str()),
+               (Some("hotel"), Some("hotel"), Some("hotel-shop16")));
+    // The payment and its full refund cancel out on every account, in fen and in points.
+    for (account, net) in books(&[(&out, 0), (&out, 4)]) {
+        assert_eq!(net, (0, 0), "{account}");
+    }
+    assert_eq!(out.points()[0], Some(1_176));
+    assert_eq!(out.points()[4], Some(-1_176));
+    assert_eq!(out.rows(6)[0]["category"].as_str(), Some("food"));
+    assert_eq!(out.points()[6], out.points()[5].map(|p| -p));
+}
+
+#[test]
+fn a_refund_reverses_the_split_its_payment_booked_not_todays_contract() {
+    // The payment books 5% commission; the contract then changes to 8%.
+    let (before, after) = (settled_rules(500), settled_rules(800));
+    let paid = run(&before, &[pay("p", "m1", "mall", "x", "fashion", 1_455, MON)]);
+    let Outcome::Apply(a) = &paid.result.outcomes[0] else { panic!() };
+    let original = crate::engine::Original {
+        payment: PaymentRecord { amount_fen: 1_455, points: a.record_points, ..Default::default() },
+        booking: a.booking.clone(),
+    };
+    let refunds = [refund("r1", "m1", "p", 455), refund("r2", "m1", "p", 1_000)];
+    let events: Vec<_> = refunds.iter().map(|v| parse_event(v.to_string().as_bytes())).collect();
+    let mut stored = StoredMembers::default();
+    let state = paid.result.members[0].state_json.clone();
+    stored.members.insert("m1".into(), (1, Some(state)));
+    let refunded = Run {
+        result: evaluate_batch(&after, &events, &[false, false], &[Some(original.clone()), Some(original)], &stored, 9),
+    };
+    for (account, net) in books(&[(&paid, 0), (&refunded, 0), (&refunded, 1)]) {
+        assert_eq!(net, (0, 0), "{account}: two partial refunds reverse exactly what the payment booked");
     }
 }

@@ -4,6 +4,7 @@ business unit from the pool, and the day's statement balances and ties out."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess
+from streams.devtools import WorkerProcess, read_dead_letters
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +114,44 @@ def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
                          env=w.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "balanced: yes; points tie out to the ledger: yes" in out.stdout
+
+
+def test_a_refund_books_where_its_payment_was(worker_factory: Any, tmp_path: Path) -> None:
+    """A refund takes its payment's business unit, merchant and category; one whose
+    callback names others is dead-lettered naming the field and both values."""
+    rules = tmp_path / "settle.toml"
+    rules.write_text(RULES)
+    w: WorkerProcess = worker_factory("rebook", LOYALTY_RULES=str(rules))
+    w.start()
+    m = f"s-{uuid.uuid4().hex[:8]}"
+    day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    pay = {"event_id": f"p-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "cvs",
+           "merchant_id": f"cvs-{m}", "category": "snacks", "amount_fen": 58_800, "channel": "wechat"}
+    assert w.send_callback(pay)[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[0] == 200, timeout=30, what="the payment")
+    refund = pay | {"type": "refund", "refund_of": f"p-{m}"}
+    elsewhere = refund | {"event_id": f"r1-{m}", "bu_id": "mall", "merchant_id": "shop-c", "category": "fashion"}
+    assert w.send_callback(elsewhere)[0] == 202
+    assert w.send_callback(refund | {"event_id": f"r2-{m}"})[0] == 202
+
+    def member_rows() -> list[dict[str, Any]]:
+        return list(w.get(f"/v1/members/{m}/ledger")[1]["rows"])
+    w.wait_until(lambda: len(member_rows()) >= 2, timeout=30, what="the full refund's row")
+    letters = asyncio.run(read_dead_letters(Settings.from_env().kafka_bootstrap, f"{w.run_id}.dead-letter"))
+    mine = [d for d in letters if f"r1-{m}" in (d.get("body") or "")]
+    assert len(mine) == 1, letters
+    assert mine[0]["source"] == "accrual" and mine[0]["field"] == "bu_id", mine[0]
+    assert '"mall"' in mine[0]["reason"] and '"cvs"' in mine[0]["reason"], mine[0]
+    rows = {r["event_id"]: r for r in member_rows()}
+    assert set(rows) == {f"p-{m}", f"r2-{m}"}
+    back = rows[f"r2-{m}"]
+    assert (back["bu_id"], back["merchant_id"], back["format"]) == ("cvs", f"cvs-{m}", "convenience"), back
+    assert w.get(f"/v1/members/{m}")[1]["balance"] == 0
+    # The payment and its refund cancel out at the merchant and the business unit.
+    status, st = w.get(f"/v1/admin/settlement/statement?date={day}&merchant=cvs-{m}", admin=True)
+    assert status == 200, st
+    acc = {a["account"]: a for a in st["accounts"]}
+    assert acc[f"merchant:cvs-{m}"]["amount_fen"] == 0, acc
+    assert acc["gateway"]["amount_fen"] == 0, acc
+    assert st["balanced"], st

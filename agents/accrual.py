@@ -40,6 +40,7 @@ from streams.app import (
     payments_topic,
     runtime,
     send_dead_letter,
+    settings,
 )
 from streams.ingress import PartitionCounts, pack_by_partition
 from streams.metrics import counters, histograms, topic_messages
@@ -178,9 +179,10 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     histograms["redis_apply_ms"].observe(redis_s * 1000)
 
     for held in batch.held():
-        await store.park(held.member_id, held.payment_id, held.body)
-        log.info("refund of unknown payment %s of %s held until the payment arrives", held.payment_id,
-                 held.member_id)
+        wait_s = runtime.settings.held_wait_s
+        await store.park(held.member_id, held.payment_id, held.body, int(time.time() * 1000) + wait_s * 1000)
+        log.info("refund of unknown payment %s of %s held until the payment arrives (at most %s)",
+                 held.payment_id, held.member_id, _duration(wait_s))
     await release_parked(batch.paid_with_held())
     for body in batch.registrations():
         await bind_and_credit(body, rules.guest_credit_days)
@@ -267,6 +269,71 @@ async def sweep_outboxes() -> None:
             log.warning("outbox sweeper: %d events' ledger rows sent from outboxes a dead batch left", sent)
     except TRANSIENT as exc:
         log.warning("outbox sweeper skipped this round: %r", exc)
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+#: What the held-refund gauges show (refreshed by `expire_held_refunds`).
+held_now: dict[str, float] = {"payments": 0.0, "oldest_age_s": 0.0}
+
+
+@app.timer(interval=float(min(30, max(1, settings.held_wait_s // 4))))
+async def expire_held_refunds() -> None:
+    """Refunds held past `LOYALTY_HELD_WAIT_S` (their payment never came) go to the
+    dead-letter topic with the reason; the gauges show how many payments still have refunds
+    held and how long the oldest has waited."""
+    try:
+        await expire_held_now(int(time.time() * 1000))
+    except TRANSIENT as exc:
+        log.warning("held-refund expiry skipped this round: %r", exc)
+
+
+async def expire_held_now(now_ms: int) -> int:
+    """One round of the expiry; returns how many refunds were dead-lettered."""
+    rt = await runtime.started()
+    store, wait_s = rt.balances, rt.settings.held_wait_s
+    expired = 0
+    for member_id, payment_id, bodies in await store.held_due(now_ms):
+        for body in bodies:
+            event_id = _event_id_of(body)
+            reason = (f"refund_of: no payment {payment_id!r} of member {member_id!r} was applied within "
+                      f"{_duration(wait_s)} of the refund (held refunds wait LOYALTY_HELD_WAIT_S)")
+            await send_dead_letter(source="accrual", reason=reason, field="refund_of", body=body.encode(),
+                                   event_id=event_id)
+        await store.unpark(member_id, payment_id, len(bodies))
+        counters["refunds_expired_total"] += len(bodies)
+        expired += len(bodies)
+    total, _ = await store.held_list(limit=1)
+    oldest = await store.oldest_held_deadline_ms()
+    held_now["payments"] = float(total)
+    held_now["oldest_age_s"] = 0.0 if oldest is None else max(0.0, (now_ms - (oldest - wait_s * 1000)) / 1000)
+    return expired
+
+
+def _event_id_of(body: str) -> str | None:
+    try:
+        value = orjson.loads(body).get("event_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _register_held_gauges() -> None:
+    from streams import metrics
+
+    metrics.gauges["refunds_held_payments"] = (
+        "Payments with refunds held for them (refunds that arrived first), as of the last expiry round.",
+        lambda: {"": held_now["payments"]})
+    metrics.gauges["refunds_held_oldest_age_seconds"] = (
+        "How long the oldest held refund has waited for its payment, as of the last expiry round.",
+        lambda: {"": held_now["oldest_age_s"]})
+
+
+_register_held_gauges()
 
 
 async def release_parked(paid: Sequence[tuple[str, str]]) -> None:

@@ -24,7 +24,7 @@ from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
-from streams.records import dead_letter_record, ledger_messages
+from streams.records import dead_letter_record, ledger_messages, readable_event_id
 from streams.settings import Settings
 from streams.sinks.balances import BalanceStore
 from streams.sinks.ledger import LedgerStore
@@ -175,6 +175,8 @@ async def send_dead_letter(
     """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
     from streams.metrics import counters
 
+    if event_id is None:
+        event_id = readable_event_id(body)
     # No phone number leaves the ingress in clear, rejected bodies included.
     body = pseudonymise_body(body, settings.pii_key) if settings.pii_key else body
     body, reason = mask_phone_bytes(body), mask_phones(reason)

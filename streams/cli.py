@@ -357,6 +357,29 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if result["clean"] else 1
 
 
+def cmd_held(args: argparse.Namespace) -> int:
+    """Refunds held for a payment not applied yet (they are dead-lettered at their deadline)."""
+    settings = Settings.from_env()
+    try:
+        result = admin_get(settings, f"/v1/admin/held?limit={args.limit}")
+    except urllib.error.HTTPError as exc:
+        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 2
+    except urllib.error.URLError as exc:
+        print(
+            f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`", file=sys.stderr
+        )
+        return 2
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    print(f"{result['payments']} payments with refunds held (each waits at most {result['wait_s']} s)")
+    for e in result["held"]:
+        print(f"  {e['member_id']}  payment {e['payment_id']}  {e['refunds']} refunds  "
+              f"held {e['held_for_s']} s  dead-lettered at {e['deadline']}")
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     offset: int | None = 0
@@ -494,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_segments_refresh)
 
+    s = sub.add_parser("held", help="refunds held for a payment not applied yet, oldest first, with deadlines")
+    s.add_argument("--limit", type=int, default=100, help="list at most this many payments (default 100)")
+    s.add_argument("--json", action="store_true", help="print the answer as JSON")
+    s.set_defaults(func=cmd_held)
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
     s.set_defaults(func=cmd_reconcile)
 

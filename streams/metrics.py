@@ -29,6 +29,7 @@ HELP = {
     "parking_exits_total": "Car park exits priced and recorded.",
     "refunds_held_total": "Refunds that arrived before their payment, held until it is applied.",
     "refunds_released_total": "Held refunds sent again once their payment was applied.",
+    "refunds_expired_total": "Held refunds whose payment never came within LOYALTY_HELD_WAIT_S: dead-lettered.",
     "events_dead_lettered_total": "Events sent to the dead-letter topic with a reason.",
     "points_issued_total": "Points added to balances.",
     "points_clawed_back_total": "Points taken back by refunds.",

@@ -22,6 +22,19 @@ def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.fullmatch(value))
 
 
+def readable_event_id(body: bytes) -> str | None:
+    """The event id of a refused body, whenever one can be read: a JSON object whose
+    `event_id` is a valid id (the rest of the body may be what was wrong)."""
+    if not body.lstrip()[:1] == b"{":
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    event_id = value.get("event_id") if isinstance(value, dict) else None
+    return event_id if isinstance(event_id, str) and is_valid_id(event_id) else None
+
+
 def dead_letter_record(
     *,
     source: str,

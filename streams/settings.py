@@ -117,6 +117,9 @@ class Settings:
     # envelopes (group commit: callbacks arriving while a produce is in flight share a record).
     kafka_compression: str = "zstd"  # what the worker's producer compresses with ("" for none)
     refund_horizon_days: int = 400
+    # A refund that arrives before its payment is held this long (longer than the gateways'
+    # retry windows), then dead-lettered with the reason (docs/rules.md: Refunds).
+    held_wait_s: int = 48 * 3600
     history_length: int = 8
     envelope_linger_ms: float = 1.0
     envelope_max_events: int = 500
@@ -220,6 +223,7 @@ class Settings:
             faults_dir=_str("LOYALTY_FAULTS_DIR", ""),
             kafka_compression=os.environ.get("LOYALTY_KAFKA_COMPRESSION", d.kafka_compression),
             refund_horizon_days=_int("LOYALTY_REFUND_HORIZON_DAYS", d.refund_horizon_days, 1),
+            held_wait_s=_int("LOYALTY_HELD_WAIT_S", d.held_wait_s, 1),
             history_length=_int("LOYALTY_HISTORY_LENGTH", d.history_length, 1),
             envelope_linger_ms=_float("LOYALTY_ENVELOPE_LINGER_MS", d.envelope_linger_ms),
             envelope_max_events=_int("LOYALTY_ENVELOPE_MAX_EVENTS", d.envelope_max_events, 1),

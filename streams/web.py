@@ -7,6 +7,7 @@ POST /v1/coupons/redeem             redeem a coupon at the till (signed)
 GET  /v1/admin/ledger/totals        ledger totals from ClickHouse      (admin token)
 GET  /v1/admin/coupons/totals       coupon events by kind and template (admin token)
 GET  /v1/admin/reconcile            Redis balances vs ledger sums      (admin token)
+GET  /v1/admin/held                 refunds held for a payment not yet applied (admin token)
 POST /v1/admin/members/{id}/tier    operator sets a member's tier      (admin token)
 POST /v1/admin/rules/reload         reload the rules file              (admin token)
 GET  /healthz, GET /metrics
@@ -806,6 +807,29 @@ class Reconcile(View):
         if (denied := admin_denied(self, request)) is not None:
             return denied
         return json_response(self, await reconcile())
+
+
+async def held_refunds(limit: int = 1000) -> dict[str, Any]:
+    """Refunds held for a payment not applied yet, oldest first, with their deadlines."""
+    rt = await runtime.started()
+    total, entries = await rt.balances.held_list(limit)
+    now_ms, wait_ms = int(time.time() * 1000), rt.settings.held_wait_s * 1000
+    for e in entries:
+        e["held_for_s"] = max(0, (now_ms - (e["deadline_ms"] - wait_ms)) // 1000)
+        e["deadline"] = dt.datetime.fromtimestamp(e["deadline_ms"] / 1000, dt.UTC).isoformat(timespec="seconds")
+    return {"payments": total, "refunds": sum(e["refunds"] for e in entries), "wait_s": rt.settings.held_wait_s,
+            "held": entries}
+
+
+@app.page("/v1/admin/held")
+class HeldRefunds(View):
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        raw = request.query.get("limit", "1000")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            return json_response(self, {"error": "limit: an integer from 1 to 10000"}, 400)
+        return json_response(self, await held_refunds(int(raw)))
 
 
 @app.page("/v1/admin/settlement/statement")

@@ -50,6 +50,13 @@ async def _accept(source: str, mapped: Mapped) -> None:
             raise GatewayError("transaction_id", f"refund of {event['refund_of']}, a payment not seen here yet; "
                                "the gateway will send it again", status=503)
         event = {**event, **route}
+    elif mapped.kind == "refund":
+        # The payment's route is known here: a refund must name the same payer and place.
+        route = await rt.balances.route_of(event["refund_of"])
+        for field, booked in (route or {}).items():
+            if event.get(field) != booked:
+                raise GatewayError(field, f"the refund names {_shown(event.get(field))} but its payment "
+                                   f"{event['refund_of']} was booked with {_shown(booked)}")
     body = orjson.dumps(event)
     try:
         event_id, member_id, _kind, payer = core_ext.validate_payment(body)
@@ -64,6 +71,13 @@ async def _accept(source: str, mapped: Mapped) -> None:
         raise GatewayError("kafka", "temporarily unavailable", status=503)
     counters[f"gateway_{source}_{mapped.kind}_total"] += 1
     log.info("%s %s %s accepted (%s fen)", source, mapped.kind, event_id, event["amount_fen"])
+
+
+def _shown(value: Any) -> str:
+    """A route value in a reason: a payer as kind:id (its id masked like a phone would be)."""
+    if isinstance(value, dict):
+        return f"{value.get('kind')}:{value.get('id')}"
+    return repr(value)
 
 
 def _wechat_fail(view: View, status: int, message: str) -> Response:

@@ -132,13 +132,18 @@ fn get_amount(obj: &Map<String, Value>, field: &str) -> CoreResult<i64> {
             ))
         }
     };
-    let amount = n.as_i64().ok_or_else(|| {
-        if n.is_f64() {
-            CoreError::invalid_event(field, "must be an integer number of fen, not a decimal")
-        } else {
-            CoreError::invalid_event(field, "is out of range")
+    let out_of_range = || CoreError::invalid_event(field, format!("is out of range: at most {MAX_AMOUNT_FEN} fen"));
+    let amount = match (n.as_i64(), n.as_f64()) {
+        (Some(a), _) => a,
+        // An integer too large for 64 bits arrives as a float: it is out of range, not a decimal.
+        (None, Some(f)) if n.is_f64() && f.fract() == 0.0 && f.abs() > MAX_AMOUNT_FEN as f64 => {
+            return Err(out_of_range())
         }
-    })?;
+        (None, _) if n.is_f64() => {
+            return Err(CoreError::invalid_event(field, "must be an integer number of fen, not a decimal"))
+        }
+        (None, _) => return Err(out_of_range()),
+    };
     if amount <= 0 {
         return Err(CoreError::invalid_event(
             field,

@@ -10,6 +10,7 @@ The gateway side behaves like a real one: anything but a 2xx is sent again, sign
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -212,7 +213,10 @@ def test_poison_messages_on_every_topic_are_dead_lettered_and_the_stream_goes_on
                                       LOYALTY_PUSH_SECRET="push-secret")
     w.start()
     poison = [b"\xff\xfe not json", b"[1,2,3]", b'{"event_id": 5}', b"{" * 5_000, b'{"type":"payment"}',
-              b'{"ledger": [{"member_id": "m"}]}']
+              b'{"ledger": [{"member_id": "m"}]}',
+              b'{"event_id": "poison-ev-1", "type": "payment", "occurred_at": "2026-11-23T10:00:00+08:00", '
+              b'"member_id": "m-poison", "bu_id": "sh-mall", "merchant_id": "sh-mall-shop-01", '
+              b'"category": "fashion", "amount_fen": 1180591620717411303424, "channel": "wechat"}']
     topics = ("payments", "member-events", "parking", "ledger", "coupon-pushes")
     for topic in topics:
         asyncio.run(produce(f"{w.run_id}.{topic}", [(b"k", p) for p in poison]))
@@ -232,6 +236,17 @@ def test_poison_messages_on_every_topic_are_dead_lettered_and_the_stream_goes_on
     sources = {d["source"] for d in letters()}
     assert {"accrual", "parking", "ledger", "notifier"} <= sources, sources
     assert all(d["reason"] for d in letters())
+    # A dead letter carries the event id whenever the body has a readable one.
+    named = [d for d in letters() if "poison-ev-1" in (d.get("body") or "")]
+    assert len(named) == len(topics) and all(d["event_id"] == "poison-ev-1" for d in named), named
+    accrual = next(d for d in named if d["source"] == "accrual")
+    assert accrual["reason"] == "amount_fen: is out of range: at most 1000000000000 fen", accrual
+    # The same through the HTTP ingress: 400 with the reason, dead-lettered with the id.
+    huge = json.dumps({**good[0], "event_id": "poison-ev-2", "amount_fen": 2**70}).encode()
+    status, answer = w.send_callback(huge)
+    assert status == 400 and answer["field"] == "amount_fen" and "out of range" in answer["error"], answer
+    w.wait_until(lambda: any(d["event_id"] == "poison-ev-2" and d["source"] == "ingress" for d in letters()), 30,
+                 "the ingress's dead letter with its event id")
     receiver.stop()
     record("poison messages on 5 topics", len(good), len(good), 0, 0,
            f"{len(poison) * len(topics)} poison messages, {len(letters())} dead letters")

@@ -237,6 +237,31 @@ def test_alipay_refusals_answer_fail_and_change_nothing(gw: WorkerProcess, sims:
     assert member(gw, m)["balance"] == before["balance"] and member(gw, m)["events"] == before["events"]
 
 
+def test_alipay_refund_naming_another_payer_is_refused_at_the_ingress(gw: WorkerProcess, sims: Any) -> None:
+    """The ingress knows an Alipay payment's route: a refund of it naming another buyer is
+    answered 400 (fail) and dead-lettered naming the field, and moves nothing."""
+    ali: AlipaySimulator = sims[1]
+    buyer, stranger = (f"2088{uuid.uuid4().int % 10**12:012d}" for _ in range(2))
+    m = register(gw, "alipay", buyer)
+    register(gw, "alipay", stranger)
+    base, events = member(gw, m)["balance"], member(gw, m)["events"]
+    trade_no = f"2026112322{uuid.uuid4().int % 10**18:018d}"
+    trade = ali.trade(trade_no, buyer, "88.00")
+    assert post_alipay(gw, ali.sign(trade)) == (200, "success")
+    paid = wait_events(gw, m, events + 1)
+    assert paid["balance"] > base
+    wrong = ali.refund({**trade, "buyer_id": stranger}, "RF-X", "88.00")
+    assert post_alipay(gw, ali.sign(wrong)) == (400, "fail")
+    gw.wait_until(lambda: len(dead_letters(gw, trade_no)) == 1, timeout=30, what="the dead letter")
+    letter = dead_letters(gw, trade_no)[0]
+    assert letter["source"] == "alipay" and letter["field"] == "payer", letter
+    assert stranger in letter["reason"] and buyer in letter["reason"], letter
+    # The same refund from the right buyer is taken, and is the only refund applied.
+    assert post_alipay(gw, ali.sign(ali.refund(trade, "RF-X", "88.00"))) == (200, "success")
+    got = wait_events(gw, m, events + 2)
+    assert got["balance"] == base and got["events"] == events + 2
+
+
 def test_unconfigured_gateways_are_refused_so_they_retry(services: None, tmp_path: Path) -> None:
     w = new_worker(tmp_path, "nogw")
     w.start()

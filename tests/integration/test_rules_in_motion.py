@@ -72,8 +72,13 @@ def member(status_body: tuple[int, Any]) -> dict[str, Any]:
 
 
 def wait_events(worker: WorkerProcess, member_id: str, n: int) -> dict[str, Any]:
-    worker.wait_until(lambda: worker.get(f"/v1/members/{member_id}")[1].get("events", 0) >= n if isinstance(
-        worker.get(f"/v1/members/{member_id}")[1], dict) else False, timeout=60, what=f"{n} events of {member_id}")
+    """The member once n events are applied and their movements are in the history (which
+    the accrual writes after the member's write, while it applies the next batch)."""
+    def arrived() -> bool:
+        status, body = worker.get(f"/v1/members/{member_id}")
+        return (status == 200 and isinstance(body, dict) and body.get("events", 0) >= n
+                and len(body.get("recent_movements", [])) >= min(n, 8))
+    worker.wait_until(arrived, timeout=60, what=f"{n} events of {member_id} and their movements")
     return member(worker.get(f"/v1/members/{member_id}"))
 
 

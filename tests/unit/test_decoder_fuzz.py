@@ -102,3 +102,20 @@ def test_duplicate_keys_and_huge_numbers_are_named() -> None:
             assert exc.field == field, (body, exc.field)
         else:
             raise AssertionError(f"accepted {body!r}")
+
+
+def test_amount_reasons_say_out_of_range_or_decimal() -> None:
+    """2**70 is an integer too large, not a decimal: the reason says so and gives the maximum."""
+    cases = ((2**70, "is out of range: at most 1000000000000 fen"),
+             (2**64, "is out of range: at most 1000000000000 fen"),
+             (-(2**70), "is out of range: at most 1000000000000 fen"),
+             (10.5, "must be an integer number of fen, not a decimal"),
+             (10**13, "must be at most 1000000000000 fen, got 10000000000000"))
+    for amount, reason in cases:
+        body = json.dumps({**VALID, "amount_fen": amount}).encode()
+        try:
+            core_ext.validate_payment(body)
+        except core_ext.InvalidEventError as exc:
+            assert (exc.field, exc.reason) == ("amount_fen", reason), (amount, exc.reason)
+        else:
+            raise AssertionError(f"accepted {amount}")

@@ -355,7 +355,8 @@ async def bind_and_credit(body: bytes, credit_days: int) -> None:
     rt = await runtime.started()
     reg = core_ext.decode_event(body)
     member_id = reg.member_id
-    assert member_id is not None
+    if member_id is None:
+        raise RuntimeError("a registration without a member id reached bind_and_credit")
     for kind, external_id in reg.bindings:
         owner = await rt.balances.bind(kind, external_id, member_id)
         if owner != member_id:
@@ -479,6 +480,7 @@ def account(report: core_ext.BatchReport) -> None:
     counters["refunds_held_total"] += report.held
     counters["ledger_rows_sent_total"] += report.ledger_rows
     counters["events_total"] += report.events
+    counters["events_mismatched_total"] += report.mismatched
 
 
 async def _consume(stream, topic: str) -> None:  # type: ignore[no-untyped-def]

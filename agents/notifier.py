@@ -22,6 +22,7 @@ from streams.app import TRANSIENT, app, ledger_topic, notifications_topic, runti
 from streams.ingress import unpack_records
 from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
+from streams.records import BadInput, require
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 256
@@ -54,8 +55,8 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
     for value in values:
         try:
             msg = orjson.loads(value)
-            assert isinstance(msg, dict)
-        except (orjson.JSONDecodeError, AssertionError):
+            require(isinstance(msg, dict))
+        except (orjson.JSONDecodeError, BadInput):
             await send_dead_letter(source="notifier", reason="push is not a JSON object", body=value)
             continue
         if not is_push(msg):

@@ -81,7 +81,8 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
                                                           0, auto_pay)
         if rows is None:
             break
-        assert new_state is not None
+        if new_state is None:
+            raise RuntimeError("parking_exit answered rows without a state")
         fee = orjson.loads(fee_json)
         move = EventMove(event_id, "redeem", -fee["points_used"], rows, fee["points_value_fen"], None, 0, fee_json)
         if (await b.apply([MemberMoves(member_id, seq, new_state, None, None, events=[move], outbox=True)],

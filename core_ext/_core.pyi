@@ -294,6 +294,9 @@ class BatchReport:
     @property
     def resent(self) -> int:
         """Duplicates whose rows an earlier delivery left in the outbox: sent again."""
+    @property
+    def mismatched(self) -> int:
+        """Events whose id was applied already with other content: refused, the first stays."""
 
 @final
 class DeadLetter:

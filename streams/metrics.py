@@ -37,6 +37,7 @@ HELP = {
     "envelopes_sent_total": "Records the ingress produced (an envelope holds the callbacks of one partition).",
     "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",
     "events_total": "Events the accrual decoded (an envelope record holds many).",
+    "events_mismatched_total": "Events whose id was applied already with other content: dead-lettered.",
     "scheduled_events_sent_total": "Member events the schedules sent (tier reviews, wallet checks: releases, expiry).",
     "ledger_rows_sent_total": "Ledger rows sent to the ledger topic (re-sent outbox rows included).",
     "outbox_rows_swept_total": "Events whose ledger rows the sweeper sent from outboxes a dead batch left.",

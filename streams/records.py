@@ -18,6 +18,16 @@ import orjson
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
+class BadInput(ValueError):
+    """An input that fails an explicit check. Input is never validated with `assert`
+    (`python -O` strips it): `require` raises this instead."""
+
+
+def require(condition: object, what: str = "invalid input") -> None:
+    if not condition:
+        raise BadInput(what)
+
+
 def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.fullmatch(value))
 
@@ -95,8 +105,8 @@ def parking_event(body: bytes, car_parks: set[str]) -> tuple[dict[str, Any] | No
     """A validated parking event, or (None, field, reason)."""
     try:
         ev = orjson.loads(body)
-        assert isinstance(ev, dict)
-    except (orjson.JSONDecodeError, AssertionError):
+        require(isinstance(ev, dict))
+    except (orjson.JSONDecodeError, BadInput):
         return None, "body", "must be a JSON object"
     for f in ("event_id", "gate"):
         if not isinstance(ev.get(f), str) or not is_valid_id(ev[f]):
@@ -109,7 +119,7 @@ def parking_event(body: bytes, car_parks: set[str]) -> tuple[dict[str, Any] | No
         return None, "car_park", f"must be one of {sorted(car_parks)}"
     try:
         at = dt.datetime.fromisoformat(ev["occurred_at"])
-        assert at.tzinfo is not None
-    except (KeyError, TypeError, ValueError, AssertionError):
+        require(at.tzinfo is not None)
+    except (KeyError, TypeError, ValueError, BadInput):
         return None, "occurred_at", "must be an ISO-8601 time with offset"
     return ev, "", ""

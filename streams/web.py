@@ -45,7 +45,7 @@ from streams.auth import Principal, bearer_principal, pseudonymise_body
 from streams.gateways.mapping import GatewayConfigError
 from streams.ingress import Coalescer, EnvelopeProducer
 from streams.metrics import counters
-from streams.records import PLATE, is_valid_id, parking_event
+from streams.records import PLATE, BadInput, is_valid_id, parking_event, require
 from streams.signing import SignatureError, verify
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -231,7 +231,8 @@ async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str]
             counters["callbacks_guest_total"] += 1
             return f"guest:{payer[0]}:{payer[1]}", body
         body = orjson.dumps({**orjson.loads(body), "member_id": member_id})
-    assert member_id is not None
+    if member_id is None:  # resolved above, or a guest returned
+        raise RuntimeError("payment_key: no member after resolving the payer")
     return member_id, body
 
 
@@ -315,8 +316,8 @@ class MemberPlates(View):
         try:
             req = orjson.loads(body)
             plate, auto_pay = req["plate"], bool(req.get("auto_pay", False))
-            assert is_valid_id(member_id) and isinstance(plate, str) and PLATE.fullmatch(plate)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            require(is_valid_id(member_id) and isinstance(plate, str) and PLATE.fullmatch(plate))
+        except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
             return await reject(self, 400, 'body: {"plate": "沪A12345", "auto_pay": true|false}', body, "plate")
         rt = await runtime.started()
         owner = await rt.balances.bind_plate(plate, member_id, auto_pay)
@@ -473,7 +474,8 @@ class Redemptions(View):
             if status == "insufficient":
                 counters["redemptions_refused_total"] += 1
                 return json_response(self, orjson.loads(result), 409)
-            assert new_state is not None and rows is not None
+            if new_state is None or rows is None:
+                raise RuntimeError("redeem_points answered ok without a state or rows")
             answer = orjson.loads(result)
             move = EventMove(key, "redeem", -answer["points"], rows, answer["value_fen"], None, 0, result)
             if await _apply_now(member_id, seq, new_state, move) == "ok":
@@ -551,9 +553,9 @@ class Holds(View):
             req = orjson.loads(body)
             member_id, points = req["member_id"], req["points"]
             ttl_s = int(req.get("ttl_seconds", 900))
-            assert isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id)
-            assert isinstance(points, int) and not isinstance(points, bool)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AssertionError):
+            require(isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id))
+            require(isinstance(points, int) and not isinstance(points, bool))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BadInput):
             return await reject(self, 400, 'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key',
                                  body, "body")
         rt = await runtime.started()
@@ -570,7 +572,8 @@ class Holds(View):
                 return await reject(self, 400, str(exc), body, field=exc.field)
             if status == "insufficient":
                 return json_response(self, orjson.loads(answer), 409)
-            assert new_state is not None
+            if new_state is None:
+                raise RuntimeError("hold_points answered ok without a state")
             group = MemberMoves(member_id, seq, new_state, None, orjson.loads(answer)["expires_at_ms"])
             if (await rt.balances.apply([group], {}))[0] == "ok":
                 counters["holds_total"] += 1
@@ -643,8 +646,8 @@ class MemberLedger(View):
             end = dt.datetime.fromisoformat(q.get("to", "2100-01-01T00:00:00+00:00")).astimezone(dt.UTC)
             limit = int(q.get("limit", "50"))
             offset = int(q.get("offset", "0"))
-            assert 1 <= limit <= 1000 and 0 <= offset <= 1_000_000
-        except (ValueError, AssertionError):
+            require(1 <= limit <= 1000 and 0 <= offset <= 1_000_000)
+        except (ValueError, BadInput):
             return error_response(self, 400, "from/to: ISO-8601 instants; limit: 1-1000; offset: >= 0", "query")
         rt = await runtime.started()
         rows = await rt.ledger.query("member_ledger", {"member_id": member_id, "start": start, "end": end,
@@ -887,8 +890,8 @@ class Rebuild(View):
         try:
             body = orjson.loads(await request.read() or b"{}")
             offset, limit = int(body.get("offset", 0)), int(body.get("limit", 500))
-            assert offset >= 0 and 1 <= limit <= 10_000
-        except (orjson.JSONDecodeError, ValueError, AssertionError, AttributeError):
+            require(offset >= 0 and 1 <= limit <= 10_000)
+        except (orjson.JSONDecodeError, ValueError, BadInput, AttributeError):
             return error_response(self, 400, 'body: {"offset": >= 0, "limit": 1-10000}')
         return json_response(self, await rebuild_page(offset, limit))
 
@@ -946,8 +949,8 @@ class MemberAdjustment(View):
         try:
             req = orjson.loads(body)
             adjustment_id = req["adjustment_id"]
-            assert isinstance(adjustment_id, str) and is_valid_id(adjustment_id) and len(adjustment_id) <= 48
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            require(isinstance(adjustment_id, str) and is_valid_id(adjustment_id) and len(adjustment_id) <= 48)
+        except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
             return error_response(self, 400, 'body: {"adjustment_id": "<id, 1-48 chars>", "points": <±int>, '
                                   '"reason": "<3-200 chars>"}', "adjustment_id")
         event_id = f"adj:{adjustment_id}"

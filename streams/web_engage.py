@@ -34,7 +34,7 @@ from streams.app import app, ledger_topic, notifications_topic, payments_topic, 
 from streams.auth import Principal, bearer_principal
 from streams.metrics import counters
 from streams.pushes import coupon_push
-from streams.records import is_valid_id
+from streams.records import BadInput, is_valid_id, require
 from streams.sinks.balances import EventMove, MemberMoves
 from streams.web import (
     MAX_ATTEMPTS,
@@ -233,8 +233,8 @@ class Leaderboard(View):
         board = _board(period, scope, dt.datetime.now(dt.UTC), rt.rules.utc_offset_minutes)
         try:
             limit = int(request.query.get("limit", "10"))
-            assert 1 <= limit <= 100 and board is not None
-        except (ValueError, AssertionError):
+            require(1 <= limit <= 100 and board is not None)
+        except (ValueError, BadInput):
             return error_response(self, 400, "period: week|month; scope: group or a business unit id; "
                                   "limit: 1-100", "query")
         if not _defined(rt.rules, period, scope):
@@ -301,9 +301,9 @@ class PartnerConfirmations(View):
         try:
             req = orjson.loads(body)
             member_id, xid = req["member_id"], req["exchange_id"]
-            assert isinstance(member_id, str) and isinstance(xid, str) and is_valid_id(member_id)
-            assert is_valid_id(xid) and is_valid_id(partner)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            require(isinstance(member_id, str) and isinstance(xid, str) and is_valid_id(member_id))
+            require(is_valid_id(xid) and is_valid_id(partner))
+        except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
             return await reject(self, 400, 'body: {"member_id", "exchange_id", "status"}', body, "body")
         rt = await runtime.started()
         original = await rt.balances.event_record(member_id, xid)
@@ -427,8 +427,8 @@ class GameDraws(View):
         try:
             limit, offset = int(q.get("limit", "100")), int(q.get("offset", "0"))
             member = q.get("member", "")
-            assert 1 <= limit <= 10_000 and offset >= 0 and is_valid_id(game) and (not member or is_valid_id(member))
-        except (ValueError, AssertionError):
+            require(1 <= limit <= 10_000 and offset >= 0 and is_valid_id(game) and (not member or is_valid_id(member)))
+        except (ValueError, BadInput):
             return error_response(self, 400, "game and member: ids; limit: 1-10000; offset: >= 0", "query")
         rt = await runtime.started()
         draws = await rt.ledger.query("game_draws", {"game": game, "member": member, "limit": limit,

@@ -78,6 +78,8 @@ pub struct Report {
     pub conflicts: usize,
     pub rounds: usize,
     pub resent: usize,
+    /// Events whose id was applied already with other content: refused (the first stays).
+    pub mismatched: usize,
 }
 
 struct Ev {
@@ -165,6 +167,7 @@ pub struct AccrualBatch {
     evs: Vec<Ev>,
     round: Option<Round>,
     conflicts: usize,
+    mismatched: usize,
     rounds: usize,
     /// Members written over all rounds: their schedules and recent movements.
     done_members: Vec<Done>,
@@ -237,6 +240,7 @@ impl AccrualBatch {
             evs,
             round: None,
             conflicts: 0,
+            mismatched: 0,
             rounds: 0,
             done_members: Vec::new(),
             resent: Vec::new(),
@@ -418,6 +422,7 @@ impl AccrualBatch {
             let some: Vec<&CoreResult<Event>> = round.idx.iter().map(|&i| &self.evs[i].parsed).collect();
             engine_on(&self.rules, &some, &flags, &originals, &stored, self.now_ms)
         };
+        let mut mismatch = self.mismatches(&round);
         // Outcomes back onto the events; applied ones wait for their member's write.
         let mut per_member: HashMap<String, Vec<usize>> = HashMap::default();
         for (k, outcome) in result.outcomes.into_iter().enumerate() {
@@ -430,6 +435,12 @@ impl AccrualBatch {
                     per_member.entry(m.to_string()).or_default().push(i);
                 }
                 Outcome::Duplicate => {
+                    // The same id with other content: the first stays, this one is refused.
+                    if let Some(err) = mismatch[k].take() {
+                        ev.settle(Kind::Rejected, Some(err));
+                        self.mismatched += 1;
+                        continue;
+                    }
                     // Applied by an earlier delivery: if its round's outbox is still there,
                     // that delivery may have died before its ledger rows were acked.
                     let e = ev.parsed.as_ref().ok();
@@ -509,6 +520,47 @@ impl AccrualBatch {
         round.writes = writes;
         self.round = Some(round);
         Ok(())
+    }
+
+    /// For each pending event whose id was applied before (an earlier batch, or earlier in
+    /// this round) with other content: the refusal naming both digests and the fields that
+    /// differ, as far as what is kept tells them.
+    fn mismatches(&self, round: &Round) -> Vec<Option<CoreError>> {
+        let mut first: HashMap<&str, usize> = HashMap::default();
+        round
+            .idx
+            .iter()
+            .map(|&i| {
+                let e = self.evs[i].parsed.as_ref().ok()?;
+                let digest = record::digest(e);
+                // What was applied under this id: the stored record, else the first of this round.
+                let m = &round.members[*round.by_member.get(e.member_id()?)?];
+                let earlier = match m.records.get(e.event_id()).map(|r| Record::decode(r)) {
+                    Some(Ok(stored)) => stored.digest().map(|d| (d, stored.differing(e))),
+                    Some(Err(_)) => None,
+                    None => match first.get(e.event_id()) {
+                        Some(&j) => {
+                            self.evs[j].parsed.as_ref().ok().map(|f| (record::digest(f), record::differing(f, e)))
+                        }
+                        None => {
+                            first.insert(e.event_id(), i);
+                            None
+                        }
+                    },
+                }?;
+                (earlier.0 != digest).then(|| {
+                    let fields = if earlier.1.is_empty() { "fields it does not keep".to_string() } else { earlier.1.join(", ") };
+                    CoreError::rejected(
+                        "event_id",
+                        format!(
+                            "{:?} was applied with other content (digest {:012x}, this one {digest:012x}): it differs in {fields}; the first stays",
+                            e.event_id(),
+                            earlier.0
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The records a member's write stores: each applied event's, and a refunded
@@ -875,6 +927,7 @@ impl AccrualBatch {
             }
         }
         r.conflicts = self.conflicts;
+        r.mismatched = self.mismatched;
         r.rounds = self.rounds;
         if let Some(kept) = &self.guests_kept {
             let again = kept.iter().filter(|k| !**k).count();

@@ -224,6 +224,8 @@ pub struct PyBatchReport {
     pub rounds: usize,
     /// Duplicates whose rows an earlier delivery wrote to the outbox: sent again.
     pub resent: usize,
+    /// Events whose id was applied already with other content: refused, the first stays.
+    pub mismatched: usize,
 }
 
 /// An event refused: its body, why, and its id if it has one.
@@ -417,6 +419,7 @@ impl PyAccrualBatch {
             conflicts: r.conflicts,
             rounds: r.rounds,
             resent: r.resent,
+            mismatched: r.mismatched,
         }
     }
 

@@ -72,15 +72,20 @@ impl Fnv {
     }
 }
 
+/// What the sender asserts of a payment or refund. A gateway's event (it names a payer)
+/// leaves out what the ingress derives: the member the payer resolves to, and the time
+/// (Alipay's falls back to its per-retry `notify_time`); the gateway signs the rest.
 fn payment_digest(p: &PaymentEvent) -> u64 {
     let mut h = Fnv(FNV_OFFSET);
-    h.bytes(p.kind.as_str().as_bytes()).bytes(p.member_id.as_deref().unwrap_or("").as_bytes());
+    let gateway = p.payer.is_some();
+    h.bytes(p.kind.as_str().as_bytes()).bytes(if gateway { "" } else { p.member_id.as_deref().unwrap_or("") }.as_bytes());
     match &p.payer {
         Some((k, i)) => h.bytes(k.as_bytes()).bytes(i.as_bytes()),
         None => h.bytes(b"").bytes(b""),
     };
     h.int(p.amount_fen).bytes(p.bu_id.as_bytes()).bytes(p.merchant_id.as_bytes()).bytes(p.category.as_bytes());
-    h.bytes(p.channel.as_bytes()).int(p.occurred_at_ms).bytes(p.refund_of.as_deref().unwrap_or("").as_bytes());
+    let at = if gateway { 0 } else { p.occurred_at_ms };
+    h.bytes(p.channel.as_bytes()).int(at).bytes(p.refund_of.as_deref().unwrap_or("").as_bytes());
     h.bytes(p.hold_id.as_deref().unwrap_or("").as_bytes()).int(p.points_used).int(p.cumulative as i64);
     for c in &p.coupon_ids {
         h.bytes(c.as_bytes());
@@ -90,11 +95,47 @@ fn payment_digest(p: &PaymentEvent) -> u64 {
 
 /// The digest of an event's content (what its sender said, not its id).
 pub fn digest(ev: &Event) -> u64 {
+    use crate::events::MemberKind as K;
     let h = match ev {
         Event::Payment(p) => payment_digest(p),
+        // The engine's own events (schedules, the parking agent, the BI refresh) are stamped
+        // with the time they were sent: a re-send is the same event.
+        Event::Member(m) if matches!(m.kind, K::TierReview | K::WalletCheck | K::ParkingExit | K::Segments) => {
+            fnv1a(format!("{:?}", crate::events::MemberEvent { occurred_at_ms: 0, ..m.clone() }).as_bytes())
+        }
         Event::Member(m) => fnv1a(format!("{:?}", m).as_bytes()),
     };
     h & 0xffff_ffff_ffff
+}
+
+/// The fields in which two events under one id differ (payments: each asserted field;
+/// member events: their kind, time or the rest).
+pub fn differing(a: &Event, b: &Event) -> Vec<&'static str> {
+    match (a, b) {
+        (Event::Payment(x), Event::Payment(y)) => {
+            let gateway = x.payer.is_some() && y.payer.is_some();
+            let checks: [(&'static str, bool); 13] = [
+                ("type", x.kind != y.kind),
+                ("member_id", !gateway && x.member_id != y.member_id),
+                ("payer", x.payer != y.payer),
+                ("amount_fen", x.amount_fen != y.amount_fen),
+                ("bu_id", x.bu_id != y.bu_id),
+                ("merchant_id", x.merchant_id != y.merchant_id),
+                ("category", x.category != y.category),
+                ("channel", x.channel != y.channel),
+                ("occurred_at", !gateway && x.occurred_at_ms != y.occurred_at_ms),
+                ("refund_of", x.refund_of != y.refund_of),
+                ("hold_id", x.hold_id != y.hold_id),
+                ("points_used", x.points_used != y.points_used || x.cumulative != y.cumulative),
+                ("coupon_ids", x.coupon_ids != y.coupon_ids),
+            ];
+            checks.into_iter().filter(|c| c.1).map(|c| c.0).collect()
+        }
+        (Event::Member(x), Event::Member(y)) if x.kind != y.kind => vec!["type"],
+        (Event::Member(x), Event::Member(y)) if x.occurred_at_ms != y.occurred_at_ms => vec!["occurred_at"],
+        (Event::Member(_), Event::Member(_)) => Vec::new(),
+        _ => vec!["type"],
+    }
 }
 
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
@@ -265,6 +306,36 @@ impl Record {
                 Some(crate::engine::Original { payment: *payment, booking: Some(booking.clone()) })
             }
             _ => None,
+        }
+    }
+
+    /// The fields in which `e` differs from the event this record was kept for, as far
+    /// as the record tells (a payment's amount and booking; a refund's amount).
+    pub fn differing(&self, e: &Event) -> Vec<&'static str> {
+        match (self, e) {
+            (Record::Payment { payment, booking, .. }, Event::Payment(p)) => {
+                let mut out = Vec::new();
+                if p.kind != crate::events::EventKind::Payment {
+                    out.push("type");
+                }
+                if p.amount_fen != payment.amount_fen {
+                    out.push("amount_fen");
+                }
+                if !booking.bu_id.is_empty() && p.bu_id != booking.bu_id {
+                    out.push("bu_id");
+                }
+                if !booking.merchant_id.is_empty() && p.merchant_id != booking.merchant_id {
+                    out.push("merchant_id");
+                }
+                out
+            }
+            (Record::Refund { amount_fen, .. }, Event::Payment(p)) if !p.cumulative && p.amount_fen != *amount_fen => {
+                vec!["amount_fen"]
+            }
+            (Record::Member { .. }, Event::Payment(_)) | (Record::Payment { .. } | Record::Refund { .. }, Event::Member(_)) => {
+                vec!["type"]
+            }
+            _ => Vec::new(),
         }
     }
 

@@ -49,6 +49,10 @@ fn refund(id: &str, member: &str, of: &str, amount: i64) -> Vec<u8> {
     .unwrap()
 }
 
+fn digest_of(body: &[u8]) -> u64 {
+    crate::record::digest(&crate::events::parse_event(body).unwrap())
+}
+
 fn cfg() -> Config {
     Config { ns: "t".into(), horizon_ms: 400 * 86_400_000, history_len: 5 }
 }
@@ -200,7 +204,7 @@ fn duplicates_resend_their_outbox_and_refunds_rewrite_their_payment() {
     let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
     let stored = Record::Payment {
         applied_ms: Some(NOW - 1000),
-        digest: 1,
+        digest: digest_of(&pay("p1", Some("m1"), 10_000)),
         payment: crate::accrual::PaymentRecord { amount_fen: 10_000, points: 200, ..Default::default() },
         booking: crate::record::Booking { bu_id: "mall".into(), format: "mall".into(), ..Default::default() },
     }
@@ -275,4 +279,43 @@ fn old_events_and_corrupt_envelopes_are_refused_with_a_reason() {
     assert!(b.error(0).unwrap().reason().contains("refund horizon of 400 days"));
     assert_eq!(b.error(1).unwrap().field(), "envelope");
     assert_eq!(b.body(1), &env[..], "a corrupt envelope is dead-lettered whole");
+}
+
+#[test]
+fn the_same_id_with_other_content_is_refused_naming_what_differs() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let first = pay("p1", Some("m1"), 10_000);
+    let stored = Record::Payment {
+        applied_ms: Some(NOW - 1000),
+        digest: digest_of(&first),
+        payment: crate::accrual::PaymentRecord { amount_fen: 10_000, points: 100, ..Default::default() },
+        booking: crate::record::Booking { bu_id: "mall".into(), merchant_id: "shop-1".into(), ..Default::default() },
+    }
+    .encode();
+    // p1 again as sent (a duplicate), p1 with another amount (a conflict with the stored
+    // record), p2 twice in this batch with other amounts (the second conflicts with the first).
+    let same = first.clone();
+    let more = pay("p1", Some("m1"), 12_000);
+    let (p2, p2b) = (pay("p2", Some("m1"), 3_000), pay("p2", Some("m1"), 3_300));
+    let mut b = AccrualBatch::decode(rules, cfg(), &[&same, &more, &p2, &p2b], NOW);
+    b.read_plan();
+    let mut replies = read_reply(3, None, &[Some(&stored), Some(&stored), None, None]);
+    replies.push(Reply::Nil);
+    b.read_done(&replies).unwrap();
+    let granted: Vec<Reply> =
+        b.reserve_plan().iter().map(|c| Reply::Array(vec![Reply::Int(1); (args(c).len() - 6) / 3])).collect();
+    b.reserve_done(&granted).unwrap();
+    b.outbox_plan("t1", 604_800);
+    b.write_plan();
+    b.write_done(&[Reply::Array(vec![bulk("ok")])]).unwrap();
+    assert_eq!((b.kind(0), b.kind(1), b.kind(2), b.kind(3)),
+               (Kind::Duplicate, Kind::Rejected, Kind::Applied, Kind::Rejected));
+    let report = b.report();
+    assert_eq!((report.duplicates, report.rejected, report.mismatched), (1, 2, 2));
+    let e = b.error(1).unwrap();
+    assert_eq!(e.field(), "event_id");
+    let (d1, d2) = (format!("{:012x}", digest_of(&first)), format!("{:012x}", digest_of(&more)));
+    assert!(e.reason().contains("amount_fen") && e.reason().contains(&d1) && e.reason().contains(&d2), "{e:?}");
+    let e = b.error(3).unwrap();
+    assert!(e.reason().contains("differs in amount_fen;"), "{e:?}");
 }

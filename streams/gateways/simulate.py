@@ -60,7 +60,8 @@ class WeChatPaySimulator:
         key_file, meta = directory / "wechatpay-platform.key", directory / "wechatpay.json"
         if key_file.exists() and meta.exists():
             loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-            assert isinstance(loaded, rsa.RSAPrivateKey)
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise ValueError(f"{key_file}: not an RSA private key")
             sim.platform_key = loaded
             sim.serial, sim.apiv3_key = orjson.loads(meta.read_bytes())
         else:
@@ -169,7 +170,8 @@ class AlipaySimulator:
         key_file = directory / "alipay-signing.key"
         if key_file.exists():
             loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-            assert isinstance(loaded, rsa.RSAPrivateKey)
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise ValueError(f"{key_file}: not an RSA private key")
             sim.alipay_key = loaded
         else:
             directory.mkdir(parents=True, exist_ok=True)

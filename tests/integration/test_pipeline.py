@@ -100,6 +100,29 @@ def test_same_callback_twice_counts_once(worker: WorkerProcess) -> None:
     assert got["events"] == 2
 
 
+def test_same_id_with_another_body_is_a_conflict_dead_lettered_and_counted(worker: WorkerProcess) -> None:
+    """A payment resent under its id with another amount: the first stays, the second goes
+    to the dead-letter topic naming both digests and the field that differs."""
+    member = new_member()
+    ev = payment(member, 50_000, bu_id="sh-hotel", category="room")
+    before = worker.metrics().get("events_mismatched_total", 0)
+    assert worker.send_callback(ev)[0] == 202
+    wait_balance(worker, member, 1_000)
+    changed = {**ev, "amount_fen": 60_000}
+    assert worker.send_callback(changed)[0] == 202
+    assert worker.send_callback(ev)[0] == 202  # the same body again: a plain duplicate
+    marker = payment(member, 100)  # a later event of the same member: the resends are behind us
+    assert worker.send_callback(marker)[0] == 202
+    got = wait_balance(worker, member, 1_001)
+    assert got["events"] == 2
+    worker.wait_until(lambda: len(dead_letters_for(worker, ev["event_id"])) == 1, timeout=30,
+                      what="the conflict's dead letter")
+    letter = dead_letters_for(worker, ev["event_id"])[0]
+    assert (letter["source"], letter["field"], letter["event_id"]) == ("accrual", "event_id", ev["event_id"]), letter
+    assert "60000" in letter["body"] and "differs in amount_fen" in letter["reason"], letter
+    assert worker.metrics()["events_mismatched_total"] == before + 1
+
+
 def test_refund_claws_back_points(worker: WorkerProcess) -> None:
     member = new_member()
     pay = payment(member, 10_000)

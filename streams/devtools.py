@@ -217,6 +217,15 @@ class WorkerProcess:
                 out[name.removeprefix("loyalty_")] = int(float(value))
         return out
 
+    def wait_caught_up(self, timeout: float = 60.0) -> None:
+        """Until this worker has processed (and committed) everything on every partition it
+        consumes: then whatever was sent before has had its effect, or never will. A
+        negative check waits for this instead of sleeping a while."""
+        def caught_up() -> bool:
+            lag = {k: v for k, v in self.metrics().items() if k.startswith("consumer_lag{")}
+            return bool(lag) and all(v == 0 for v in lag.values())
+        self.wait_until(caught_up, timeout, "every consumed partition caught up (lag 0)")
+
     def wait_until(self, predicate: Any, timeout: float = 120.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -158,12 +158,17 @@ def credit(s: dict[str, Any], points: int, month: int, pending: tuple[str, int] 
         add_to_lot(s, month, rest)
 
 
-def take_back(s: dict[str, Any], payment_id: str, points: int) -> int:
+def take_back(s: dict[str, Any], payment_id: str, lot_month: int | None, points: int) -> int:
     left = points
     for p in s["pending"]:
         if p["event_id"] == payment_id:
             t = min(p["points"], left)
             p["points"] -= t
+            left -= t
+    for lot in s["lots"]:  # what is left of the payment's own lot
+        if lot[0] == lot_month:
+            t = min(lot[1], left)
+            lot[1] -= t
             left -= t
     for lot in reversed(s["lots"]):
         t = min(lot[1], left)
@@ -548,6 +553,9 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
     Returns the outcomes and the touched members' final states."""
     seen: set[tuple[str, str]] = set()
     payments: dict[tuple[str, str], list[int]] = {}
+    # Where and when a payment of this batch was booked (its refunds take from its lot,
+    # its day's spend and its month's task); originals passed in carry no booking.
+    booked: dict[tuple[str, str], tuple[str, Any]] = {}
     states: dict[str, dict[str, Any]] = {}
     touched: set[str] = set()
     spent = dict(budget_spent)
@@ -573,6 +581,7 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
             if o.status == "apply":
                 used = int(e.get("points_used", 0))
                 payments[(mid, e["event_id"])] = [e["amount_fen"], o.points + used, 0, 0, used, 0]
+                booked[(mid, e["event_id"])] = (e["bu_id"], local_of(e["_at"], r.offset))
         elif e["type"] == "refund":
             key = (mid, e["refund_of"])
             rec = payments.get(key) or (list(original) if original else None)
@@ -585,7 +594,14 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                 returned = rec[4] * (rec[2] + e["amount_fen"]) // rec[0] - rec[5]
                 payments[key] = [rec[0], rec[1], rec[2] + e["amount_fen"], rec[3] + claw, rec[4], rec[5] + returned]
                 local = local_of(e["_at"], r.offset)
-                short = take_back(trial, e["refund_of"], claw)
+                paid = booked.get(key)
+                short = take_back(trial, e["refund_of"], paid[1].month_index if paid else None, claw)
+                if paid:
+                    bu, at = paid
+                    if trial["spend_day"] == at.day and bu in trial["spend_by_bu"]:
+                        trial["spend_by_bu"][bu] = max(0, trial["spend_by_bu"][bu] - e["amount_fen"])
+                    if trial["task_month"] == at.month_index and not trial["task_done"]:
+                        trial["task_spend_fen"] = max(0, trial["task_spend_fen"] - e["amount_fen"])
                 if r.shortfall == "allow_negative":
                     trial["neg"] += short
                     taken = claw

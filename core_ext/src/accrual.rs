@@ -222,6 +222,7 @@ pub fn accrue_payment(
         merchant_fen: split.merchant_fen,
         offset_fen: split.points_offset_fen,
         funded_fen,
+        at_ms: ev.occurred_at_ms,
     };
     let mut rows =
         payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), &lines, now_ms);
@@ -275,7 +276,13 @@ pub fn accrue_refund(
     now_ms: i64,
 ) -> CoreResult<(Applied, PaymentRecord)> {
     let clawback = clawback_for_refund(&original, ev.amount_fen)?;
-    let short = wallet::take_back(state, ev.refund_of.as_deref().unwrap_or_default(), clawback);
+    // When the payment happened, if its record says: its lot, its day's spend, its month's task.
+    let paid = booking.filter(|b| b.at_ms != 0).map(|b| Local::of(b.at_ms, rules.utc_offset_minutes));
+    let lot_month = paid.map(|l| l.month_index as i64);
+    let short = wallet::take_back(state, ev.refund_of.as_deref().unwrap_or_default(), lot_month, clawback);
+    if let Some(paid) = paid {
+        unspend(state, &paid, &ev.bu_id, ev.amount_fen);
+    }
     let taken = match rules.wallet.shortfall {
         Shortfall::AllowNegative => {
             state.neg += short;
@@ -353,6 +360,21 @@ pub fn accrue_refund(
         },
         after,
     ))
+}
+
+/// A refund takes its amount out of what its payment counted towards: the business
+/// unit's spend of the day (what parking rewards) if that day is still the member's
+/// current one, and the monthly task's spend if its month is the task's (a task already
+/// done stays done: its bonus was part of the points the refund claws back pro rata).
+fn unspend(state: &mut MemberState, paid: &Local, bu_id: &str, amount_fen: i64) {
+    if state.spend_day == paid.day {
+        if let Some(spent) = state.spend_by_bu.get_mut(bu_id) {
+            *spent = (*spent - amount_fen).max(0);
+        }
+    }
+    if state.task_month == paid.month_index && !state.task_done {
+        state.task_spend_fen = (state.task_spend_fen - amount_fen).max(0);
+    }
 }
 
 /// The ledger row of a payment or refund event, before any kind-specific field.

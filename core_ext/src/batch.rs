@@ -536,7 +536,8 @@ impl AccrualBatch {
                 // What was applied under this id: the stored record, else the first of this round.
                 let m = &round.members[*round.by_member.get(e.member_id()?)?];
                 let earlier = match m.records.get(e.event_id()).map(|r| Record::decode(r)) {
-                    Some(Ok(stored)) => stored.digest().map(|d| (d, stored.differing(e))),
+                    // A record rebuilt from the ledger has no digest (0): a plain duplicate.
+                    Some(Ok(stored)) => stored.digest().filter(|&d| d != 0).map(|d| (d, stored.differing(e))),
                     Some(Err(_)) => None,
                     None => match first.get(e.event_id()) {
                         Some(&j) => {

@@ -644,7 +644,9 @@ pub fn redeem_at_till(rules: &RuleSet, state: &mut MemberState, body: &[u8], now
         return Ok((false, answer(c, d), Vec::new()));
     }
     let at = At { rules, member_id: &r.member_id, event_id: &r.payment_id, at_ms, now_ms };
-    let u = Use { bu_id: &r.bu_id, merchant_id: &r.merchant_id, category: &r.category, paid_fen: r.amount_fen, at_ms };
+    // A merchant's configured category replaces the one its till sends (as for payments).
+    let category = rules.category_of(&r.merchant_id, &r.category);
+    let u = Use { bu_id: &r.bu_id, merchant_id: &r.merchant_id, category, paid_fen: r.amount_fen, at_ms };
     let row = redeem(&at, state, &r.coupon_id, &u)?;
     let c = state.coupons.iter().find(|c| c.id == r.coupon_id).expect("redeemed above");
     Ok((true, answer(c, row.discount_fen), vec![row]))

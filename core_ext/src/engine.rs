@@ -336,7 +336,8 @@ impl Marketing<'_> {
                 let u = coupons::Use {
                     bu_id: &p.bu_id,
                     merchant_id: &p.merchant_id,
-                    category: &p.category,
+                    // A merchant's configured category replaces the one its till sends.
+                    category: rules.category_of(&p.merchant_id, &p.category),
                     paid_fen: p.amount_fen,
                     at_ms,
                 };

@@ -57,6 +57,8 @@ pub struct EventRecord {
     pub category: String,
     pub format: String,
     pub applied_ms: i64,
+    /// When the event happened (a payment's record keeps it for its refunds).
+    pub at_ms: i64,
 }
 
 impl EventRecord {
@@ -89,6 +91,7 @@ impl EventRecord {
                             merchant_fen: split.merchant_fen,
                             offset_fen: split.points_offset_fen,
                             funded_fen: rules.funding_fen(&self.bu_id, self.points),
+                            at_ms: self.at_ms,
                         },
                     }
                     .encode(),
@@ -127,6 +130,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
     let mut state = MemberState::default();
     let mut balance = 0;
     let mut records: BTreeMap<String, EventRecord> = BTreeMap::new();
+    // The month lot each payment's points went into: its refunds take from it first.
+    let mut earned_month: BTreeMap<String, i64> = BTreeMap::new();
     let window = rules.tier_policy.window_months;
     for row in rows {
         balance += row.points;
@@ -157,6 +162,7 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 category: row.category.clone(),
                 format: row.format.clone(),
                 applied_ms: row.processed_at_ms,
+                at_ms: row.occurred_at_ms,
             });
         }
         match row.kind.as_str() {
@@ -182,6 +188,7 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 let pending =
                     (days > 0).then(|| (row.event_id.as_str(), row.occurred_at_ms + days * DAY_MS));
                 wallet::credit(&mut state, row.points, month, pending);
+                earned_month.insert(row.event_id.clone(), month);
             }
             "clawback" => {
                 let _ = &row.refund_of;
@@ -189,7 +196,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                     .and_then(|p| p.id.parse::<i64>().ok())
                     .unwrap_or(0);
                 let taken = -row.points;
-                let short = wallet::take_back(&mut state, &row.refund_of, taken);
+                let short =
+                    wallet::take_back(&mut state, &row.refund_of, earned_month.get(&row.refund_of).copied(), taken);
                 state.neg += short;
                 state.owed += owed;
                 state.add_qualification(

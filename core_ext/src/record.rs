@@ -30,6 +30,9 @@ pub struct Booking {
     pub offset_fen: i64,
     /// Fen the business unit funded the pool with for the points the payment earned.
     pub funded_fen: i64,
+    /// When the payment happened (epoch ms; 0: not kept, a record from before): its day's
+    /// spend, its month's task and its lot are what a refund takes back from.
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +220,7 @@ impl Record {
                     out.push('|');
                     out.push_str(&esc(t));
                 }
-                for v in [b.commission_fen, b.merchant_fen, b.offset_fen, b.funded_fen] {
+                for v in [b.commission_fen, b.merchant_fen, b.offset_fen, b.funded_fen, b.at_ms] {
                     out.push('|');
                     push_int(&mut out, v);
                 }
@@ -263,7 +266,7 @@ impl Record {
         let num = |i: usize| -> Result<i64, String> { f.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad) };
         let digest = u64::from_str_radix(f.first().ok_or_else(bad)?, 16).map_err(|_| bad())?;
         match (kind, f.len()) {
-            ("P", 15) => Ok(Record::Payment {
+            ("P", 15 | 16) => Ok(Record::Payment {
                 applied_ms,
                 digest,
                 payment: PaymentRecord {
@@ -283,6 +286,7 @@ impl Record {
                     merchant_fen: num(12)?,
                     offset_fen: num(13)?,
                     funded_fen: num(14)?,
+                    at_ms: if f.len() == 16 { num(15)? } else { 0 },
                 },
             }),
             ("R", 3) => Ok(Record::Refund { applied_ms, digest, amount_fen: num(1)?, points: num(2)? }),
@@ -375,9 +379,14 @@ mod tests {
                 merchant_fen: 55_566,
                 offset_fen: 100,
                 funded_fen: 588,
+                at_ms: 1_764_399_000_000,
             },
         };
         let s = p.encode();
+        // A record from before the payment's time was kept (15 fields) still reads.
+        let older = s.rsplit_once('|').unwrap().0;
+        let Record::Payment { booking, .. } = Record::decode(older).unwrap() else { panic!() };
+        assert_eq!(booking.at_ms, 0);
         assert!(s.starts_with("P|1764400000123|beef00000001|58800|1176|100|800|16|1|hotel-a|"));
         assert!(s.contains("|f%7Cb 100%25|"));
         assert_eq!(Record::decode(&s).unwrap(), p);

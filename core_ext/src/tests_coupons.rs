@@ -424,3 +424,23 @@ fn computed_segment_tags_drive_tag_filters() {
     assert!(parse_event(json!({"event_id": "s", "type": "segments", "occurred_at": MON, "member_id": "m1"})
         .to_string().as_bytes()).is_err(), "a segments event names its segment");
 }
+
+#[test]
+fn coupon_scope_takes_the_merchants_configured_category_not_the_tills() {
+    // welcome-20 is for food and fashion at the mall; the noodle bar is configured as f&b.
+    let text = format!("{RULES}\n[[merchants]]\nid = \"noodles\"\nbu = \"mall\"\ncategory = \"fnb\"\n");
+    let r = RuleSet::from_toml(&text, "c.toml").unwrap();
+    let res = run_with(&r, &[member_ev("reg", "m1", "register", MON)], StoredMembers::default());
+    let s = state_of(&res, "m1");
+    let coupon = s.coupons[0].id.clone();
+    let mut at_noodles = pay("p1", "m1", "mall", "fashion", 20_000, MON); // the till says fashion
+    at_noodles["merchant_id"] = json!("noodles");
+    let res = run_with(&r, &[with_coupons(at_noodles, &[&coupon])], stored("m1", &s));
+    let rows = coupon_rows(&res, 0);
+    assert!(rows.iter().any(|(kind, id, reason)| kind == "refused" && *id == coupon && reason.contains("noodles / fnb")),
+            "{rows:?}");
+    assert_eq!(state_of(&res, "m1").coupons[0].status, "active", "the coupon is still the member's");
+    // At a shop the rules do not configure, the till's category counts.
+    let res = run_with(&r, &[with_coupons(pay("p2", "m1", "mall", "fashion", 20_000, MON), &[&coupon])], stored("m1", &s));
+    assert!(coupon_rows(&res, 0).iter().any(|(kind, _, _)| kind == "redeemed"), "{:?}", coupon_rows(&res, 0));
+}

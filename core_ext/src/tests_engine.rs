@@ -898,3 +898,42 @@ fn a_refund_reverses_the_split_its_payment_booked_not_todays_contract() {
         assert_eq!(net, (0, 0), "{account}: two partial refunds reverse exactly what the payment booked");
     }
 }
+
+#[test]
+fn a_refund_takes_back_from_its_payments_lot_and_its_days_spend() {
+    let r = rules("best_of");
+    let at = |d: &str| format!("{d}T09:00:00+08:00");
+    let evs = [
+        pay("sep", "m1", "mall", "x", "fashion", 40_000, &at("2026-09-07")),
+        pay("oct", "m1", "mall", "x", "fashion", 20_000, &at("2026-10-05")),
+        pay("nov", "m1", "mall", "x", "fashion", 30_000, &at("2026-11-23")),
+    ];
+    let paid = run(&r, &evs);
+    assert_eq!(paid.points(), [Some(400), Some(200), Some(300)]);
+    let month = |y: i64, m: i64| y * 12 + m - 1;
+    assert_eq!(paid.state("m1").lots, vec![[month(2026, 9), 400], [month(2026, 10), 200], [month(2026, 11), 300]]);
+    // December: the September payment is returned in full.
+    let Outcome::Apply(a) = &paid.result.outcomes[0] else { panic!() };
+    let original = crate::engine::Original {
+        payment: PaymentRecord { amount_fen: 40_000, points: 400, ..Default::default() },
+        booking: a.booking.clone(),
+    };
+    let mut back = refund("r-sep", "m1", "sep", 40_000);
+    back["occurred_at"] = json!(at("2026-12-07"));
+    let events = vec![parse_event(back.to_string().as_bytes())];
+    let mut stored = StoredMembers::default();
+    stored.members.insert("m1".into(), (3, Some(paid.result.members[0].state_json.clone())));
+    let out = Run { result: evaluate_batch(&r, &events, &[false], &[Some(original)], &stored, 9) };
+    assert_eq!(out.points(), [Some(-400)]);
+    assert_eq!(out.state("m1").lots, vec![[month(2026, 10), 200], [month(2026, 11), 300]],
+               "October's and November's points stay; September's lot is what the refund takes");
+
+    // Bought 250 yuan and returned 100 the same day: the day's spend at the mall is 150.
+    let day = [pay("p", "m2", "mall", "x", "fashion", 25_000, MON), {
+        let mut v = refund("r", "m2", "p", 10_000);
+        v["member_id"] = json!("m2");
+        v
+    }];
+    let out = run(&r, &day);
+    assert_eq!(out.state("m2").spend_by_bu.get("mall"), Some(&15_000));
+}

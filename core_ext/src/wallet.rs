@@ -85,11 +85,17 @@ pub fn release_due(state: &mut MemberState, now_ms: i64) -> i64 {
 /// points first (a refund inside the return window takes back points that were
 /// never spendable), then the newest lots, then other pending points. Returns what
 /// could not be taken.
-pub fn take_back(state: &mut MemberState, payment_id: &str, points: i64) -> i64 {
+pub fn take_back(state: &mut MemberState, payment_id: &str, lot_month: Option<i64>, points: i64) -> i64 {
     let mut left = points;
     for p in state.pending.iter_mut().filter(|p| p.event_id == payment_id) {
         let t = p.points.min(left);
         p.points -= t;
+        left -= t;
+    }
+    // Then what is left of the lot the payment's points went into (its month's).
+    for l in state.lots.iter_mut().filter(|l| Some(l[0]) == lot_month) {
+        let t = l[1].min(left);
+        l[1] -= t;
         left -= t;
     }
     for l in state.lots.iter_mut().rev() {

@@ -99,7 +99,7 @@ def check_exactly_once(w: WorkerProcess, events: list[dict[str, Any]], fault: st
     expected = reference.simple_points(REF, list(distinct.values()))
     w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= len(distinct), 180,
                  "every event in the ledger")
-    time.sleep(1.0)  # anything doubled would land now
+    w.wait_caught_up()  # everything delivered is processed: anything doubled has landed
     events_in_ledger = int(w.get("/v1/admin/ledger/totals")[1]["events"])
     applied = sum(int(w.get(f"/v1/members/{m}")[1]["events"]) for m in expected)
     rec = w.get("/v1/admin/reconcile")[1]

@@ -70,7 +70,7 @@ def member(w: WorkerProcess, m: str) -> dict[str, Any]:
 
 def wait_events(w: WorkerProcess, m: str, n: int) -> dict[str, Any]:
     w.wait_until(lambda: member(w, m)["events"] >= n, timeout=60, what=f"{n} events of {m}")
-    time.sleep(0.3)  # anything more that was coming (a duplicate must not land)
+    w.wait_caught_up()  # anything more that was coming has landed (a duplicate must not)
     return member(w, m)
 
 
@@ -164,7 +164,7 @@ def test_wechatpay_refusals_are_retried_dead_lettered_and_change_nothing(
     gw.wait_until(lambda: len(dead_letters(gw, marker)) == 1, timeout=30, what=f"the dead letter of {case}")
     letter = dead_letters(gw, marker)[0]
     assert letter["source"] == "wechatpay" and letter["reason"] == reply["message"]
-    time.sleep(0.5)
+    gw.wait_caught_up()  # the refused notification changed nothing, even later
     assert member(gw, m)["balance"] == before["balance"]
     assert member(gw, m)["events"] == before["events"]
 
@@ -233,7 +233,7 @@ def test_alipay_refusals_answer_fail_and_change_nothing(gw: WorkerProcess, sims:
     assert (code, reply) == (status, "fail")
     gw.wait_until(lambda: len(dead_letters(gw, trade_no)) == 1, timeout=30, what=f"the dead letter of {case}")
     assert dead_letters(gw, trade_no)[0]["source"] == "alipay"
-    time.sleep(0.5)
+    gw.wait_caught_up()  # the refused notification changed nothing, even later
     assert member(gw, m)["balance"] == before["balance"] and member(gw, m)["events"] == before["events"]
 
 

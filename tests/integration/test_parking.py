@@ -5,7 +5,6 @@ pays the schedule; replays change nothing; anomalies are recorded."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -105,7 +104,7 @@ def test_member_exit_reduced_by_tier_spend_and_points(worker_factory: Any, tmp_p
     assert park_event(w, "exit", plate, 0, exit_id)[0] == 202
     w.wait_until(lambda: len(sessions(w, plate)) == 1, timeout=30, what="the session row")
     assert park_event(w, "exit", plate, 0, exit_id)[0] == 202  # a replayed exit changes nothing
-    time.sleep(1.5)
+    w.wait_caught_up()  # the replay is processed
     (s,) = sessions(w, plate)
     assert (s["status"], s["fee_fen"], s["points_used"], s["points_value_fen"], s["due_fen"]) == (
         "closed", 2000, 250, 250, 1750)

@@ -522,7 +522,8 @@ pub fn redeem(at: &At, state: &mut MemberState, coupon_id: &str, u: &Use) -> Cor
     let tpl = at.rules.coupon_templates.get(&c.template);
     let merchant_pct = tpl.map_or(0, |t| t.merchant_share_pct);
     c.discount_fen = d;
-    c.issuer_share_fen = d - d * merchant_pct / 100;
+    // The merchant's share, rounded as the rules round splits; the issuer pays the rest.
+    c.issuer_share_fen = d - at.rules.settlement.split_rounding.share(d, merchant_pct, 100);
     let mut row = CouponRow::new("redeemed", c, tpl, at);
     row.discount_fen = d;
     row.merchant_share_fen = d - c.issuer_share_fen;

@@ -63,6 +63,8 @@ pub struct SettlementRules {
     /// "pool" or a business unit id.
     pub breakage_to: String,
     pub breakage_fen_per_100: i64,
+    /// How commissions and a merchant's share of a coupon's discount are rounded.
+    pub split_rounding: crate::settlement::Rounding,
 }
 
 impl Default for SettlementRules {
@@ -74,6 +76,7 @@ impl Default for SettlementRules {
             default_commission_bp: 0,
             breakage_to: "pool".into(),
             breakage_fen_per_100: 100,
+            split_rounding: crate::settlement::Rounding::HalfUp,
         }
     }
 }
@@ -316,7 +319,7 @@ impl RuleSet {
     /// `points_used` points were used at the till (valued at the unit's rate).
     pub fn split_of(&self, bu_id: &str, merchant_id: &str, gross_fen: i64, points_used: i64) -> crate::settlement::Split {
         let (bp, min_fen) = self.contract(merchant_id);
-        crate::settlement::split_payment(gross_fen, bp, min_fen, self.paid_fen(bu_id, points_used))
+        crate::settlement::split_payment(gross_fen, bp, min_fen, self.paid_fen(bu_id, points_used), self.settlement.split_rounding)
     }
 
     /// (commission basis points, minimum fen) of a merchant's contract.

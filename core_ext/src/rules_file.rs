@@ -214,6 +214,7 @@ struct RawSettlement {
     default_commission_bp: Option<S<i64>>,
     breakage_to: Option<S<String>>,
     breakage_fen_per_100: Option<S<i64>>,
+    split_rounding: Option<S<String>>,
     #[serde(default)]
     bus: Vec<RawSettlementBu>,
 }
@@ -927,6 +928,13 @@ fn load_settlement(
         breakage_fen_per_100: src.opt_int(&r.breakage_fen_per_100, "settlement.breakage_fen_per_100", fen.clone())?.unwrap_or(100),
         ..SettlementRules::default()
     };
+    if let Some(mode) = &r.split_rounding {
+        out.split_rounding = match mode.get_ref().as_str() {
+            "half_up" => crate::settlement::Rounding::HalfUp,
+            "floor" => crate::settlement::Rounding::Floor,
+            _ => return src.err(mode.span(), "settlement.split_rounding", "must be \"half_up\" or \"floor\""),
+        };
+    }
     if let Some(to) = &r.breakage_to {
         if to.get_ref() != "pool" && !bus.contains_key(to.get_ref()) {
             return src.err(to.span(), "settlement.breakage_to", "must be \"pool\" or a business unit id");

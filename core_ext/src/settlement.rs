@@ -76,10 +76,38 @@ impl Split {
     }
 }
 
+/// How a share of an amount (a commission, a merchant's part of a coupon) is rounded
+/// to the fen: `HalfUp` (the default, as the gateways round per-transaction fees) or
+/// `Floor` (in the payer of the share's favour, the engine's behaviour before the setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rounding {
+    #[default]
+    HalfUp,
+    Floor,
+}
+
+impl Rounding {
+    /// `amount * num / den` rounded to the fen (`amount`, `num` >= 0, `den` > 0).
+    pub fn share(self, amount: i64, num: i64, den: i64) -> i64 {
+        let exact = amount as i128 * num as i128;
+        let d = den as i128;
+        (match self {
+            Rounding::Floor => exact / d,
+            Rounding::HalfUp => (2 * exact + d) / (2 * d),
+        }) as i64
+    }
+}
+
 /// The split of a payment of `gross_fen` under a contract of `commission_bp` basis
 /// points with a minimum commission, and a points offset worth `points_offset_fen`.
-pub fn split_payment(gross_fen: i64, commission_bp: i64, commission_min_fen: i64, points_offset_fen: i64) -> Split {
-    let by_rate = (gross_fen as i128 * commission_bp as i128 / 10_000) as i64;
+pub fn split_payment(
+    gross_fen: i64,
+    commission_bp: i64,
+    commission_min_fen: i64,
+    points_offset_fen: i64,
+    rounding: Rounding,
+) -> Split {
+    let by_rate = rounding.share(gross_fen, commission_bp, 10_000);
     let commission_fen = by_rate.max(commission_min_fen).min(gross_fen).max(0);
     Split { gross_fen, commission_fen, merchant_fen: gross_fen - commission_fen, points_offset_fen }
 }
@@ -184,17 +212,17 @@ mod tests {
 
     #[test]
     fn split_with_rate_minimum_and_offset() {
-        let s = split_payment(10_000, 550, 0, 300);
+        let s = split_payment(10_000, 550, 0, 300, Rounding::Floor);
         assert_eq!((s.commission_fen, s.merchant_fen, s.payable_to_merchant()), (550, 9_450, 9_750));
-        let s = split_payment(1_000, 550, 100, 0);
+        let s = split_payment(1_000, 550, 100, 0, Rounding::Floor);
         assert_eq!(s.commission_fen, 100); // the minimum
-        let s = split_payment(50, 550, 100, 0);
+        let s = split_payment(50, 550, 100, 0, Rounding::Floor);
         assert_eq!(s.commission_fen, 50); // never more than the payment
     }
 
     #[test]
     fn partial_refunds_add_up_to_the_original_split() {
-        let s = split_payment(9_999, 333, 0, 777);
+        let s = split_payment(9_999, 333, 0, 777, Rounding::Floor);
         let mut before = 0;
         let mut total = Split::default();
         for part in [1_234, 4_321, 1, 4_443] {
@@ -213,12 +241,29 @@ mod tests {
 
     #[test]
     fn every_event_balances() {
-        let s = split_payment(12_345, 600, 200, 500);
+        let s = split_payment(12_345, 600, 200, 500, Rounding::Floor);
         assert!(balanced(&payment_lines("mall", "shop-1", &s, 123, 62, 500, 1)));
         let r = split_refund(&s, 0, 5_000);
         assert!(balanced(&payment_lines("mall", "shop-1", &r, 50, 25, 200, -1)));
         assert!(balanced(&spend_lines("cvs", 1_000, 5_000)));
         assert!(balanced(&expiry_lines(300, 150, "mall")));
         assert!(balanced(&expiry_lines(300, 150, "pool")));
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn commission_rounds_half_up_by_default_and_floor_when_set() {
+        // 14.55 yuan at 5%: 72.75 fen of commission.
+        assert_eq!(split_payment(1_455, 500, 0, 0, Rounding::HalfUp).commission_fen, 73);
+        assert_eq!(split_payment(1_455, 500, 0, 0, Rounding::Floor).commission_fen, 72);
+        // Exactly half a fen goes up; below half goes down.
+        assert_eq!(Rounding::HalfUp.share(10, 5, 100), 1);
+        assert_eq!(Rounding::HalfUp.share(9, 5, 100), 0);
+        assert_eq!(Rounding::HalfUp.share(1_234, 40, 100), 494);
+        assert_eq!(Rounding::Floor.share(1_234, 40, 100), 493);
     }
 }

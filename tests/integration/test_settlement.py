@@ -155,3 +155,23 @@ def test_a_refund_books_where_its_payment_was(worker_factory: Any, tmp_path: Pat
     assert acc[f"merchant:cvs-{m}"]["amount_fen"] == 0, acc
     assert acc["gateway"]["amount_fen"] == 0, acc
     assert st["balanced"], st
+
+
+def test_commission_rounds_half_up_by_default(worker_factory: Any, tmp_path: Path) -> None:
+    """14.55 yuan at 5% is 72.75 fen of commission: booked 73 (half up), not 72."""
+    rules = tmp_path / "settle.toml"
+    rules.write_text(RULES.replace("[settlement]\n", "[settlement]\ndefault_commission_bp = 500\n"))
+    w: WorkerProcess = worker_factory("rounding", LOYALTY_RULES=str(rules))
+    w.start()
+    m = f"s-{uuid.uuid4().hex[:8]}"
+    day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    pay = {"event_id": f"p-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "cvs",
+           "merchant_id": f"cvs-{m}", "category": "snacks", "amount_fen": 1_455, "channel": "wechat"}
+    assert w.send_callback(pay)[0] == 202
+    w.wait_until(lambda: len(w.get(f"/v1/members/{m}/ledger")[1]["rows"]) == 1, timeout=30, what="the payment row")
+    status, st = w.get(f"/v1/admin/settlement/statement?date={day}&merchant=cvs-{m}", admin=True)
+    assert status == 200, st
+    acc = {a["account"]: a for a in st["accounts"]}
+    assert acc[f"merchant:cvs-{m}"]["amount_fen"] == 1_455 - 73, acc
+    assert st["balanced"], st

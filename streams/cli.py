@@ -335,11 +335,10 @@ def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
         return orjson.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    print(f"comparing Redis with the ledger through {settings.base_url} ...", file=sys.stderr)
+def admin_answer(settings: Settings, path: str) -> dict | int:  # type: ignore[type-arg]
+    """The worker's answer to an admin GET, or the exit code after saying why there is none."""
     try:
-        result = admin_get(settings, "/v1/admin/reconcile")
+        return admin_get(settings, path)
     except urllib.error.HTTPError as exc:
         print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return 2
@@ -348,6 +347,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`", file=sys.stderr
         )
         return 2
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    print(f"comparing Redis with the ledger through {settings.base_url} ...", file=sys.stderr)
+    result = admin_answer(settings, "/v1/admin/reconcile")
+    if isinstance(result, int):
+        return result
     print(
         f"members {result['members']}  redis total {result['redis_total']}  "
         f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}"
@@ -359,17 +366,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_held(args: argparse.Namespace) -> int:
     """Refunds held for a payment not applied yet (they are dead-lettered at their deadline)."""
-    settings = Settings.from_env()
-    try:
-        result = admin_get(settings, f"/v1/admin/held?limit={args.limit}")
-    except urllib.error.HTTPError as exc:
-        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 2
-    except urllib.error.URLError as exc:
-        print(
-            f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`", file=sys.stderr
-        )
-        return 2
+    result = admin_answer(Settings.from_env(), f"/v1/admin/held?limit={args.limit}")
+    if isinstance(result, int):
+        return result
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         return 0

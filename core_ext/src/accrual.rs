@@ -14,18 +14,7 @@ use crate::settlement;
 use crate::wallet;
 use rustc_hash::FxHashMap as HashMap;
 
-/// What the store knows about an applied payment (the target of a refund).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PaymentRecord {
-    pub amount_fen: i64,
-    /// Points the payment earned (before points used at the till).
-    pub points: i64,
-    pub refunded_amount_fen: i64,
-    pub refunded_points: i64,
-    /// Points used at the till in this payment, and how many refunds gave back.
-    pub used: i64,
-    pub returned_used: i64,
-}
+pub use crate::record::PaymentRecord;
 
 /// A movement to apply to one member, with the ledger rows that record it.
 #[derive(Debug, Clone, PartialEq, Eq)]

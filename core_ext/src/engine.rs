@@ -12,20 +12,7 @@ use crate::rules::RuleSet;
 use crate::state::MemberState;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-/// A stored payment a refund names: its record and, when the store kept it, where
-/// and with what split it was booked (a refund books there, never where its own
-/// callback says, and reverses that split).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Original {
-    pub payment: PaymentRecord,
-    pub booking: Option<Booking>,
-}
-
-impl From<PaymentRecord> for Original {
-    fn from(payment: PaymentRecord) -> Original {
-        Original { payment, booking: None }
-    }
-}
+pub use crate::record::Original;
 
 /// Why a refund cannot be booked where its payment was: a field its callback names
 /// differs from the payment's booking (a field either leaves empty is not compared;

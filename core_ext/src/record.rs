@@ -15,7 +15,6 @@
 //! Strings of a payment's booking (business unit, merchant, category, format) escape
 //! `%` and `|` as `%25` and `%7C`.
 
-use crate::accrual::PaymentRecord;
 use crate::events::{Event, PaymentEvent};
 
 /// Where a payment was booked and the split it booked: what its refunds reverse.
@@ -33,6 +32,34 @@ pub struct Booking {
     /// When the payment happened (epoch ms; 0: not kept, a record from before): its day's
     /// spend, its month's task and its lot are what a refund takes back from.
     pub at_ms: i64,
+}
+
+/// What the store knows about an applied payment (the target of a refund).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PaymentRecord {
+    pub amount_fen: i64,
+    /// Points the payment earned (before points used at the till).
+    pub points: i64,
+    pub refunded_amount_fen: i64,
+    pub refunded_points: i64,
+    /// Points used at the till in this payment, and how many refunds gave back.
+    pub used: i64,
+    pub returned_used: i64,
+}
+
+/// A stored payment a refund names: its record and, when the store kept it, where
+/// and with what split it was booked (a refund books there, never where its own
+/// callback says, and reverses that split).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    pub payment: PaymentRecord,
+    pub booking: Option<Booking>,
+}
+
+impl From<PaymentRecord> for Original {
+    fn from(payment: PaymentRecord) -> Original {
+        Original { payment, booking: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,10 +331,10 @@ impl Record {
     }
 
     /// The payment a refund can be made against, with where and how it was booked.
-    pub fn as_original(&self) -> Option<crate::engine::Original> {
+    pub fn as_original(&self) -> Option<Original> {
         match self {
             Record::Payment { payment, booking, .. } if payment.amount_fen > 0 => {
-                Some(crate::engine::Original { payment: *payment, booking: Some(booking.clone()) })
+                Some(Original { payment: *payment, booking: Some(booking.clone()) })
             }
             _ => None,
         }

@@ -228,8 +228,10 @@ def test_expiry_really_expires_and_reminds(worker_factory: Any, tmp_path: Path) 
     asyncio.run(send_callbacks_in_order(w.base_url, w.callback_secret, [orjson.dumps(e) for e in events]))
     # The first lot is past its month-end expiry: the scheduled check expires it.
     def expired() -> bool:
+        # The history is written after the member's write (while the next batch is applied).
         status, got = w.get(f"/v1/members/{m}")
-        return status == 200 and got["events"] >= 3 and got["balance"] == 300
+        return (status == 200 and got["events"] >= 3 and got["balance"] == 300
+                and any(r["kind"] == "expire" for r in got.get("recent_movements", [])))
     w.wait_until(expired, timeout=60, what="the old lot to expire")
     got = view(w, m)
     assert [lot[1] for lot in got["lots"]] == [300]

@@ -349,7 +349,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"refunds held for their payment {_fmt(held):>12}   (refunds of payments not seen yet)",
         f"guest payments (no member yet) {_fmt(m['events_guest_total']):>12}   "
         f"credited after registering {_fmt(credited)}",
-        f"member events applied          {_fmt(totals['member_events']):>12}   (registrations, sign-ins)",
+        f"member events applied          {_fmt(totals['member_events']):>12}   "
+        f"registrations and sign-ins {_fmt(totals['registrations_sign_ins'])}, the evening's engagement "
+        f"{_fmt(totals['member_events'] - totals['registrations_sign_ins'])} (its prize rows vary with the draw)",
         f"tier upgrades                  {_fmt(totals['tier_changes']):>12}",
         f"points issued                  {_fmt(m['points_issued_total']):>12}",
         f"points clawed back by refunds  {_fmt(m['points_clawed_back_total']):>12}",
@@ -376,6 +378,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
         f"throughput: end to end         {len(accepted_ids) / (t_done - t0):>12,.0f} events/s "
         f"(first callback to last ledger row, {t_done - t0:.1f} s)",
+        "varies between runs of one seed: prizes (a CSPRNG draw, as in production) and what follows from "
+        "them; the order in which concurrent callbacks reach a campaign budget",
         "-" * 60,
         "result: "
         + (

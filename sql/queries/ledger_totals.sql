@@ -9,5 +9,6 @@ SELECT
     countIf(kind = 'earn')                 AS payments,
     countIf(kind = 'clawback')             AS refunds,
     countIf(kind = 'tier_change')          AS tier_changes,
-    countIf(kind NOT IN ('earn', 'clawback', 'tier_change')) AS member_events
+    countIf(kind NOT IN ('earn', 'clawback', 'tier_change')) AS member_events,
+    countIf(kind IN ('register', 'sign_in'))                 AS registrations_sign_ins
 FROM ledger FINAL

@@ -62,14 +62,19 @@ paid_fen_per_100 = 300
 """
 
 
-def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
+def settled_worker(worker_factory: Any, tmp_path: Path, name: str, rules_text: str = RULES
+                   ) -> tuple[WorkerProcess, str, dt.date, str]:
+    """A started worker on these rules, a fresh member id, today's local date and now."""
     rules = tmp_path / "settle.toml"
-    rules.write_text(RULES)
-    w: WorkerProcess = worker_factory("settle", LOYALTY_RULES=str(rules))
+    rules.write_text(rules_text)
+    w: WorkerProcess = worker_factory(name, LOYALTY_RULES=str(rules))
     w.start()
-    m = f"s-{uuid.uuid4().hex[:8]}"
     day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return w, f"s-{uuid.uuid4().hex[:8]}", day, dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
+    w, m, day, now = settled_worker(worker_factory, tmp_path, "settle")
     first = {"event_id": f"p1-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "mall",
              "merchant_id": "shop-c", "category": "fashion", "amount_fen": 100_000, "channel": "wechat"}
     assert w.send_callback(first)[0] == 202
@@ -119,13 +124,7 @@ def test_split_pool_and_statement(worker_factory: Any, tmp_path: Path) -> None:
 def test_a_refund_books_where_its_payment_was(worker_factory: Any, tmp_path: Path) -> None:
     """A refund takes its payment's business unit, merchant and category; one whose
     callback names others is dead-lettered naming the field and both values."""
-    rules = tmp_path / "settle.toml"
-    rules.write_text(RULES)
-    w: WorkerProcess = worker_factory("rebook", LOYALTY_RULES=str(rules))
-    w.start()
-    m = f"s-{uuid.uuid4().hex[:8]}"
-    day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    w, m, day, now = settled_worker(worker_factory, tmp_path, "rebook")
     pay = {"event_id": f"p-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "cvs",
            "merchant_id": f"cvs-{m}", "category": "snacks", "amount_fen": 58_800, "channel": "wechat"}
     assert w.send_callback(pay)[0] == 202
@@ -159,13 +158,8 @@ def test_a_refund_books_where_its_payment_was(worker_factory: Any, tmp_path: Pat
 
 def test_commission_rounds_half_up_by_default(worker_factory: Any, tmp_path: Path) -> None:
     """14.55 yuan at 5% is 72.75 fen of commission: booked 73 (half up), not 72."""
-    rules = tmp_path / "settle.toml"
-    rules.write_text(RULES.replace("[settlement]\n", "[settlement]\ndefault_commission_bp = 500\n"))
-    w: WorkerProcess = worker_factory("rounding", LOYALTY_RULES=str(rules))
-    w.start()
-    m = f"s-{uuid.uuid4().hex[:8]}"
-    day = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8))).date()
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    rules = RULES.replace("[settlement]\n", "[settlement]\ndefault_commission_bp = 500\n")
+    w, m, day, now = settled_worker(worker_factory, tmp_path, "rounding", rules)
     pay = {"event_id": f"p-{m}", "type": "payment", "occurred_at": now, "member_id": m, "bu_id": "cvs",
            "merchant_id": f"cvs-{m}", "category": "snacks", "amount_fen": 1_455, "channel": "wechat"}
     assert w.send_callback(pay)[0] == 202

@@ -63,6 +63,7 @@ class RefRules:
         self.window = tp.get("window_months", 12)
         self.review_days = tp.get("review_after_days", 365)
         self.downgrade = tp.get("downgrade", "to_qualified")
+        self.on_refund = tp.get("on_refund", "recheck")
         self.stacking = raw.get("campaign_policy", {}).get("stacking", "best_of")
         self.campaigns: list[dict[str, Any]] = raw.get("campaigns", [])
         self.behaviour: dict[str, Any] = raw.get("behaviour", {})
@@ -359,6 +360,9 @@ class Outcome:
     explain: list[list[Any]] = dataclasses.field(default_factory=list)
     tier_change: str | None = None
     campaigns: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    # A payment's: the lots its used points came from, the tier held before it.
+    used_lots: list[list[int]] = dataclasses.field(default_factory=list)
+    tier_before: str = ""
 
 
 def accrue_payment(r: RefRules, p: dict[str, Any], s: dict[str, Any], spent: dict[str, int]) -> Outcome:
@@ -445,14 +449,16 @@ def accrue_payment(r: RefRules, p: dict[str, Any], s: dict[str, Any], spent: dic
     window = r.return_window(bu, category)
     credit(s, total, local.month_index, (p["event_id"], at + window * DAY_MS) if window > 0 else None)
     used = int(p.get("points_used", 0))
-    if used > 0:
-        spend_used(r, s, used, at)
-    return Outcome("apply", total - used, explain=parts, tier_change=change, campaigns=consumed)
+    used_lots = spend_used(r, s, used, at) if used > 0 else []
+    return Outcome("apply", total - used, explain=parts, tier_change=change, campaigns=consumed,
+                   used_lots=used_lots, tier_before=r.tiers[current]["id"])
 
 
-def spend_used(r: RefRules, s: dict[str, Any], points: int, at: int) -> None:
-    """Points used at the till (no hold here): oldest spendable lots, then below zero."""
+def spend_used(r: RefRules, s: dict[str, Any], points: int, at: int) -> list[list[int]]:
+    """Points used at the till (no hold here): oldest spendable lots, then below zero.
+    Returns the lots they came from."""
     left = points
+    used: list[list[int]] = []
     for lot in s["lots"]:
         e = r.expiry_ms(lot[0])
         if left == 0:
@@ -460,10 +466,27 @@ def spend_used(r: RefRules, s: dict[str, Any], points: int, at: int) -> None:
         if e is not None and at >= e:
             continue
         t = min(lot[1], left)
+        if t > 0:
+            used.append([lot[0], t])
         lot[1] -= t
         left -= t
     s["lots"] = [lot for lot in s["lots"] if lot[1] > 0]
     s["neg"] += left
+    return used
+
+
+def give_back(s: dict[str, Any], used_lots: list[list[int]], before: int, points: int, month: int) -> None:
+    """A refund's share of the points used: into their lots (oldest first, past what earlier
+    refunds gave back), the rest (used below zero) credited this month."""
+    skip, left = before, points
+    for m, n in used_lots:
+        skipped = min(skip, n)
+        skip -= skipped
+        t = min(n - skipped, left)
+        if t > 0:
+            add_to_lot(s, m, t)
+            left -= t
+    credit(s, left, month, None)
 
 
 def apply_member_event(r: RefRules, e: dict[str, Any], s: dict[str, Any]) -> Outcome:
@@ -581,7 +604,8 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
             if o.status == "apply":
                 used = int(e.get("points_used", 0))
                 payments[(mid, e["event_id"])] = [e["amount_fen"], o.points + used, 0, 0, used, 0]
-                booked[(mid, e["event_id"])] = (e["bu_id"], local_of(e["_at"], r.offset))
+                booked[(mid, e["event_id"])] = (e["bu_id"], local_of(e["_at"], r.offset), o.used_lots,
+                                                o.tier_before)
         elif e["type"] == "refund":
             key = (mid, e["refund_of"])
             rec = payments.get(key) or (list(original) if original else None)
@@ -597,7 +621,7 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                 paid = booked.get(key)
                 short = take_back(trial, e["refund_of"], paid[1].month_index if paid else None, claw)
                 if paid:
-                    bu, at = paid
+                    bu, at, _, _ = paid
                     if trial["spend_day"] == at.day and bu in trial["spend_by_bu"]:
                         trial["spend_by_bu"][bu] = max(0, trial["spend_by_bu"][bu] - e["amount_fen"])
                     if trial["task_month"] == at.month_index and not trial["task_done"]:
@@ -609,12 +633,19 @@ def evaluate(r: RefRules, events: list[dict[str, Any] | None], applied: list[boo
                     trial["owed"] += short
                     taken = claw - short
                 add_qual(trial, local.month_index, r.window, -claw, -e["amount_fen"])
+                change = None
+                if paid and r.on_refund == "recheck":
+                    current = r.tier_index(trial["tier"])
+                    new = max(qualified_index(r, trial, local.month_index), r.tier_index(paid[3]))
+                    if new < current:
+                        set_tier(r, trial, new, e["_at"])
+                        change = f"refund {r.tiers[current]['id']}->{r.tiers[new]['id']}"
                 explain = [["refund", e["refund_of"], -taken]]
                 if taken < claw:
                     explain.append(["owed", str(claw - taken), 0])
                 if returned > 0:
-                    credit(trial, returned, local.month_index, None)
-                o = Outcome("apply", returned - taken, explain=explain)
+                    give_back(trial, paid[2] if paid else [], rec[5], returned, local.month_index)
+                o = Outcome("apply", returned - taken, explain=explain, tier_change=change)
         else:
             o = apply_member_event(r, e, trial)
         if o.status == "apply":

@@ -6,7 +6,7 @@ use crate::campaigns::{self, PaymentView};
 use crate::errors::{CoreError, CoreResult};
 use crate::events::{EventKind, PaymentEvent};
 use crate::ledger::{rows_json, LedgerRow, Part};
-use crate::rules::{RuleSet, Shortfall};
+use crate::rules::{OnRefund, RuleSet, Shortfall};
 use crate::state::MemberState;
 use crate::tiers::{self, TierChange};
 use crate::time::{Local, DAY_MS};
@@ -187,6 +187,7 @@ pub fn accrue_payment(
 
     let mut total: i64 = parts.iter().map(|p| p.points).sum();
     state.add_qualification(local.month_index, rules.tier_policy.window_months, total, ev.amount_fen);
+    let tier_before = rules.tier(state.tier.as_deref()).id.clone();
     let change = tiers::check_upgrade(rules, state, local.month_index, ev.occurred_at_ms);
     // A debt a refund left (policy record_debt) is taken from these points first.
     if state.owed > 0 && total > 0 {
@@ -202,7 +203,7 @@ pub fn accrue_payment(
     let split = rules.split_of(&ev.bu_id, &ev.merchant_id, ev.amount_fen, ev.points_used);
     let funded_fen = rules.funding_fen(&ev.bu_id, total);
     let lines = settlement::payment_lines(&ev.bu_id, &ev.merchant_id, &split, total, funded_fen, ev.points_used, 1);
-    let booking = crate::record::Booking {
+    let mut booking = crate::record::Booking {
         bu_id: ev.bu_id.clone(),
         merchant_id: ev.merchant_id.clone(),
         category: category.to_string(),
@@ -212,6 +213,8 @@ pub fn accrue_payment(
         offset_fen: split.points_offset_fen,
         funded_fen,
         at_ms: ev.occurred_at_ms,
+        tier_before,
+        used_lots: Vec::new(),
     };
     let mut rows =
         payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), &lines, now_ms);
@@ -222,6 +225,7 @@ pub fn accrue_payment(
             used_parts.push(Part::new("below_zero", format!("{short}"), 0));
         }
         rows = append_row(rows, &extra_row(rules, ev, member_id, "redeem", -ev.points_used, &used_parts, &lots, &tier.id, now_ms));
+        booking.used_lots = lots;
     }
     Ok(Applied {
         points: total - ev.points_used,
@@ -293,6 +297,15 @@ pub fn accrue_refund(
     };
     let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
     state.add_qualification(local.month_index, rules.tier_policy.window_months, -clawback, -ev.amount_fen);
+    // A tier reached with the refunded spend (policy `recheck`; a record from before the
+    // tier was kept: kept until review).
+    let change = match booking.filter(|b| !b.tier_before.is_empty()) {
+        Some(b) if rules.tier_policy.on_refund == OnRefund::Recheck => {
+            let floor = rules.tier_index(Some(&b.tier_before));
+            tiers::recheck_after_refund(rules, state, local.month_index, floor, ev.occurred_at_ms)
+        }
+        _ => None,
+    };
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
     let mut parts = vec![Part::new("refund", ev.refund_of.clone().unwrap_or_default(), -taken)];
     if taken < clawback {
@@ -325,12 +338,15 @@ pub fn accrue_refund(
     };
     let reversed = settlement::split_refund(&original_split, original.refunded_amount_fen, ev.amount_fen);
     let lines = settlement::payment_lines(&ev.bu_id, &ev.merchant_id, &reversed, taken, funded, returned, -1);
-    let mut rows = payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, None, &lines, now_ms);
+    let mut rows =
+        payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, change.as_ref(), &lines, now_ms);
     if returned > 0 {
-        // Points the member used in the payment come back with the refund.
-        wallet::credit(state, returned, local.month_index as i64, None);
+        // Points the member used in the payment come back with the refund, into the lots
+        // they came from (with those lots' expiry; a record without them: this month's).
+        let used_lots = booking.map_or(&[][..], |b| b.used_lots.as_slice());
+        let lots = wallet::give_back(state, used_lots, original.returned_used, returned, local.month_index as i64);
         let back = [Part::new("points_returned", ev.refund_of.clone().unwrap_or_default(), returned)];
-        rows = append_row(rows, &extra_row(rules, ev, member_id, "return", returned, &back, &[], &tier.id, now_ms));
+        rows = append_row(rows, &extra_row(rules, ev, member_id, "return", returned, &back, &lots, &tier.id, now_ms));
     }
     Ok((
         Applied {

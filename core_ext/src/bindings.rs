@@ -439,7 +439,7 @@ pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms
         .into_iter()
         .map(|e| {
             let rec = e.encode(&rules.inner);
-            (e.event_id, e.kind, e.amount_fen, e.points, rec)
+            (e.event_id, e.kind, e.payment.amount_fen, e.payment.points, rec)
         })
         .collect();
     let next = crate::wallet::next_check_ms(&rules.inner, &r.state);

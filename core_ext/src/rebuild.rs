@@ -3,6 +3,7 @@
 //! qualification, registration and campaign usage come back; day-to-day counters
 //! (streaks, daily caps, referral and review counts) and overrides start afresh.
 
+use crate::record::{Booking, PaymentRecord, Record};
 use crate::rules::RuleSet;
 use crate::state::MemberState;
 use crate::time::{Local, DAY_MS};
@@ -41,64 +42,40 @@ pub struct StoredRow {
     pub lots: Vec<[i64; 2]>,
 }
 
-/// One applied event's record, as the store keeps it for idempotency and refunds.
+/// One applied event's record, as the store keeps it for idempotency and refunds: the
+/// payment's counts (the amount and points of any kind) and, for a payment, where it was
+/// booked, the tier before it and the lots its used points came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub event_id: String,
     pub kind: String,
-    pub amount_fen: i64,
-    pub points: i64,
-    pub refunded_amount_fen: i64,
-    pub refunded_points: i64,
-    pub used: i64,
-    pub returned_used: i64,
-    pub bu_id: String,
-    pub merchant_id: String,
-    pub category: String,
-    pub format: String,
+    pub payment: PaymentRecord,
+    /// Its split and funding are left at 0 here: `encode` recomputes them.
+    pub booking: Booking,
     pub applied_ms: i64,
-    /// When the event happened (a payment's record keeps it for its refunds).
-    pub at_ms: i64,
 }
 
 impl EventRecord {
     /// The record Redis keeps (`record.rs`) for a payment or a refund; None for the
-    /// other kinds (the caller writes those). The booking of a payment is recomputed
-    /// under today's rules: the ledger keeps where it was booked, not its split.
+    /// other kinds (the caller writes those). The split of a payment is recomputed under
+    /// today's rules: the ledger keeps where it was booked, not its split.
     pub fn encode(&self, rules: &RuleSet) -> Option<String> {
-        use crate::record::{Booking, Record};
+        let p = &self.payment;
         match self.kind.as_str() {
             "payment" => {
-                let split = rules.split_of(&self.bu_id, &self.merchant_id, self.amount_fen, self.used);
-                Some(
-                    Record::Payment {
-                        applied_ms: Some(self.applied_ms),
-                        digest: 0,
-                        payment: crate::accrual::PaymentRecord {
-                            amount_fen: self.amount_fen,
-                            points: self.points,
-                            refunded_amount_fen: self.refunded_amount_fen,
-                            refunded_points: self.refunded_points,
-                            used: self.used,
-                            returned_used: self.returned_used,
-                        },
-                        booking: Booking {
-                            bu_id: self.bu_id.clone(),
-                            merchant_id: self.merchant_id.clone(),
-                            category: self.category.clone(),
-                            format: self.format.clone(),
-                            commission_fen: split.commission_fen,
-                            merchant_fen: split.merchant_fen,
-                            offset_fen: split.points_offset_fen,
-                            funded_fen: rules.funding_fen(&self.bu_id, self.points),
-                            at_ms: self.at_ms,
-                        },
-                    }
-                    .encode(),
-                )
+                let b = &self.booking;
+                let split = rules.split_of(&b.bu_id, &b.merchant_id, p.amount_fen, p.used);
+                let booking = Booking {
+                    commission_fen: split.commission_fen,
+                    merchant_fen: split.merchant_fen,
+                    offset_fen: split.points_offset_fen,
+                    funded_fen: rules.funding_fen(&b.bu_id, p.points),
+                    ..b.clone()
+                };
+                Some(Record::Payment { applied_ms: Some(self.applied_ms), digest: 0, payment: *p, booking }.encode())
             }
             "refund" => Some(
-                Record::Refund { applied_ms: Some(self.applied_ms), digest: 0, amount_fen: self.amount_fen, points: self.points }
+                Record::Refund { applied_ms: Some(self.applied_ms), digest: 0, amount_fen: p.amount_fen, points: p.points }
                     .encode(),
             ),
             _ => None,
@@ -148,21 +125,21 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
             other => other,
         };
         if !record_kind.is_empty() {
-            records.entry(row.event_id.clone()).or_insert(EventRecord {
+            records.entry(row.event_id.clone()).or_insert_with(|| EventRecord {
                 event_id: row.event_id.clone(),
                 kind: record_kind.to_string(),
-                amount_fen: row.amount_fen,
-                points: row.points,
-                refunded_amount_fen: 0,
-                refunded_points: 0,
-                used: 0,
-                returned_used: 0,
-                bu_id: row.bu_id.clone(),
-                merchant_id: row.merchant_id.clone(),
-                category: row.category.clone(),
-                format: row.format.clone(),
+                payment: PaymentRecord { amount_fen: row.amount_fen, points: row.points, ..PaymentRecord::default() },
+                booking: Booking {
+                    bu_id: row.bu_id.clone(),
+                    merchant_id: row.merchant_id.clone(),
+                    category: row.category.clone(),
+                    format: row.format.clone(),
+                    at_ms: row.occurred_at_ms,
+                    // The tier change an earn caused follows its row: this is the tier before.
+                    tier_before: rules.tier(state.tier.as_deref()).id.clone(),
+                    ..Booking::default()
+                },
                 applied_ms: row.processed_at_ms,
-                at_ms: row.occurred_at_ms,
             });
         }
         match row.kind.as_str() {
@@ -207,8 +184,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                     -row.amount_fen,
                 );
                 if let Some(orig) = records.get_mut(&row.refund_of) {
-                    orig.refunded_amount_fen += row.amount_fen;
-                    orig.refunded_points += taken + owed;
+                    orig.payment.refunded_amount_fen += row.amount_fen;
+                    orig.payment.refunded_points += taken + owed;
                 }
             }
             "redeem" | "expire" => {
@@ -217,7 +194,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                         .get_mut(&row.event_id)
                         .filter(|r| r.kind == "payment")
                     {
-                        rec.used += -row.points;
+                        rec.payment.used += -row.points;
+                        rec.booking.used_lots.extend_from_slice(&row.lots);
                     }
                 }
                 remove_lots(&mut state, &row.lots);
@@ -226,9 +204,12 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 state.neg += (-row.points - from_lots).max(0);
             }
             "return" => {
-                wallet::credit(&mut state, row.points, month, None);
+                // Into the lots the row names (their own expiry), the rest this month.
+                wallet::restore(&mut state, &row.lots);
+                let into_lots: i64 = row.lots.iter().map(|l| l[1]).sum();
+                wallet::credit(&mut state, row.points - into_lots, month, None);
                 if let Some(orig) = records.get_mut(&row.refund_of) {
-                    orig.returned_used += row.points;
+                    orig.payment.returned_used += row.points;
                 }
             }
             "reverse" => wallet::restore(&mut state, &row.lots),

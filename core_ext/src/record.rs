@@ -2,7 +2,7 @@
 //! member API: small, one line of '|'-separated fields, never the ledger rows.
 //!
 //! ```text
-//! P|applied|digest|amount|points|used|r_amount|r_points|r_used|bu|merchant|category|format|commission|merchant_fen|offset|funded
+//! P|applied|digest|amount|points|used|r_amount|r_points|r_used|bu|merchant|category|format|commission|merchant_fen|offset|funded|at|tier_before|used_lots
 //! R|applied|digest|amount|points          a refund
 //! M|applied|digest|points                 a member event (registration, sign-in, review...)
 //! J|applied|{json}                        an operation of the HTTP API (redemption, coupon, engagement)
@@ -13,7 +13,9 @@
 //! fields, in hex, so a second event with the same id and different content can be told
 //! from a retry. The accrual appends `|@<token>`: the round outbox holding the rows.
 //! Strings of a payment's booking (business unit, merchant, category, format) escape
-//! `%` and `|` as `%25` and `%7C`.
+//! `%` and `|` as `%25` and `%7C`. `used_lots` is `month:points` pairs joined by `;`
+//! (the lots the points used at the till came from). Records from before `at` (15
+//! fields) or before `tier_before`/`used_lots` (16) still read.
 
 use crate::events::{Event, PaymentEvent};
 
@@ -32,6 +34,12 @@ pub struct Booking {
     /// When the payment happened (epoch ms; 0: not kept, a record from before): its day's
     /// spend, its month's task and its lot are what a refund takes back from.
     pub at_ms: i64,
+    /// The tier the member held before the payment (empty: not kept, a record from
+    /// before): a refund's tier re-check never goes below it.
+    pub tier_before: String,
+    /// The lots the points used at the till came from, oldest first: a refund gives
+    /// them back there, with their own expiry.
+    pub used_lots: Vec<[i64; 2]>,
 }
 
 /// What the store knows about an applied payment (the target of a refund).
@@ -62,6 +70,8 @@ impl From<PaymentRecord> for Original {
     }
 }
 
+// A record lives for one event's decision (decoded, updated, encoded): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Payment { applied_ms: Option<i64>, digest: u64, payment: PaymentRecord, booking: Booking },
@@ -230,6 +240,19 @@ pub fn split_token(s: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// `month:points;month:points` (empty: none).
+fn decode_lots(s: &str) -> Option<Vec<[i64; 2]>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(';')
+        .map(|l| {
+            let (m, p) = l.split_once(':')?;
+            Some([m.parse().ok()?, p.parse().ok()?])
+        })
+        .collect()
+}
+
 impl Record {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(128);
@@ -250,6 +273,17 @@ impl Record {
                 for v in [b.commission_fen, b.merchant_fen, b.offset_fen, b.funded_fen, b.at_ms] {
                     out.push('|');
                     push_int(&mut out, v);
+                }
+                out.push('|');
+                out.push_str(&esc(&b.tier_before));
+                out.push('|');
+                for (i, l) in b.used_lots.iter().enumerate() {
+                    if i > 0 {
+                        out.push(';');
+                    }
+                    push_int(&mut out, l[0]);
+                    out.push(':');
+                    push_int(&mut out, l[1]);
                 }
             }
             Record::Refund { applied_ms, digest, amount_fen, points } => {
@@ -293,7 +327,7 @@ impl Record {
         let num = |i: usize| -> Result<i64, String> { f.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad) };
         let digest = u64::from_str_radix(f.first().ok_or_else(bad)?, 16).map_err(|_| bad())?;
         match (kind, f.len()) {
-            ("P", 15 | 16) => Ok(Record::Payment {
+            ("P", 15 | 16 | 18) => Ok(Record::Payment {
                 applied_ms,
                 digest,
                 payment: PaymentRecord {
@@ -313,7 +347,12 @@ impl Record {
                     merchant_fen: num(12)?,
                     offset_fen: num(13)?,
                     funded_fen: num(14)?,
-                    at_ms: if f.len() == 16 { num(15)? } else { 0 },
+                    at_ms: if f.len() >= 16 { num(15)? } else { 0 },
+                    tier_before: f.get(16).map(|t| unesc(t)).unwrap_or_default(),
+                    used_lots: match f.get(17) {
+                        Some(lots) => decode_lots(lots).ok_or_else(bad)?,
+                        None => Vec::new(),
+                    },
                 },
             }),
             ("R", 3) => Ok(Record::Refund { applied_ms, digest, amount_fen: num(1)?, points: num(2)? }),
@@ -407,13 +446,21 @@ mod tests {
                 offset_fen: 100,
                 funded_fen: 588,
                 at_ms: 1_764_399_000_000,
+                tier_before: "normal".into(),
+                used_lots: vec![[24_320, 60], [24_321, 40]],
             },
         };
         let s = p.encode();
-        // A record from before the payment's time was kept (15 fields) still reads.
-        let older = s.rsplit_once('|').unwrap().0;
+        assert!(s.ends_with("|1764399000000|normal|24320:60;24321:40"), "{s}");
+        // Records from before the tier and lots (16 fields) and the time (15) still read.
+        let older = s.rsplit_once('|').unwrap().0.rsplit_once('|').unwrap().0;
         let Record::Payment { booking, .. } = Record::decode(older).unwrap() else { panic!() };
+        assert_eq!((booking.at_ms, booking.tier_before.as_str(), booking.used_lots.len()), (1_764_399_000_000, "", 0));
+        let oldest = older.rsplit_once('|').unwrap().0;
+        let Record::Payment { booking, .. } = Record::decode(oldest).unwrap() else { panic!() };
         assert_eq!(booking.at_ms, 0);
+        let none_used = Record::Payment { applied_ms: None, digest: 1, payment: PaymentRecord::default(), booking: Booking::default() };
+        assert_eq!(Record::decode(&none_used.encode()).unwrap(), none_used);
         assert!(s.starts_with("P|1764400000123|beef00000001|58800|1176|100|800|16|1|hotel-a|"));
         assert!(s.contains("|f%7Cb 100%25|"));
         assert_eq!(Record::decode(&s).unwrap(), p);
@@ -429,7 +476,8 @@ mod tests {
         let named = format!("{}|@ab12", p.encode());
         assert_eq!(split_token(&named), (p.encode().as_str(), Some("ab12")));
         assert_eq!(Record::decode(&named).unwrap(), p, "a record naming its outbox decodes the same");
-        for bad in ["", "P", "P|x|", "P|1|zz|1", "R|1|00|1", "Q|1|00|1|2", "M|1|00|1|2"] {
+        let bad_lots = s.replace("24320:60", "24320-60");
+        for bad in ["", "P", "P|x|", "P|1|zz|1", "R|1|00|1", "Q|1|00|1|2", "M|1|00|1|2", bad_lots.as_str()] {
             assert!(Record::decode(bad).is_err(), "{bad}");
         }
     }

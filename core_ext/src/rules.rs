@@ -161,6 +161,19 @@ pub struct TierPolicy {
     /// Days from reaching (or renewing) a tier to its review.
     pub review_after_days: i64,
     pub downgrade: Downgrade,
+    /// What a refund does to a tier reached with the spend it refunds.
+    pub on_refund: OnRefund,
+}
+
+/// `[tier_policy] on_refund`: what a refund does to the member's tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRefund {
+    /// Re-check at once: fall back to the highest tier the window still qualifies for,
+    /// never below the tier held before the refunded payment.
+    Recheck,
+    /// Keep the tier until its review.
+    KeepUntilReview,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

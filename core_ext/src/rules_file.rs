@@ -246,6 +246,7 @@ struct RawTierPolicy {
     window_months: Option<S<i64>>,
     review_after_days: Option<S<i64>>,
     downgrade: Option<Downgrade>,
+    on_refund: Option<OnRefund>,
 }
 
 #[derive(Deserialize)]
@@ -570,13 +571,19 @@ impl RuleSet {
 
         let tiers = load_tiers(&src, &raw.tiers)?;
         let tier_policy = match &raw.tier_policy {
-            None => TierPolicy { window_months: 12, review_after_days: 365, downgrade: Downgrade::ToQualified },
+            None => TierPolicy {
+                window_months: 12,
+                review_after_days: 365,
+                downgrade: Downgrade::ToQualified,
+                on_refund: OnRefund::Recheck,
+            },
             Some(p) => TierPolicy {
                 window_months: src.opt_int(&p.window_months, "tier_policy.window_months", 1..=60)?.unwrap_or(12) as i32,
                 review_after_days: src
                     .opt_int(&p.review_after_days, "tier_policy.review_after_days", 1..=3660)?
                     .unwrap_or(365),
                 downgrade: p.downgrade.unwrap_or(Downgrade::ToQualified),
+                on_refund: p.on_refund.unwrap_or(OnRefund::Recheck),
             },
         };
 

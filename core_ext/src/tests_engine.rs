@@ -937,3 +937,88 @@ fn a_refund_takes_back_from_its_payments_lot_and_its_days_spend() {
     let out = run(&r, &day);
     assert_eq!(out.state("m2").spend_by_bu.get("mall"), Some(&15_000));
 }
+
+#[test]
+fn points_used_come_back_into_the_lots_they_came_from() {
+    let mut r = rules("best_of");
+    r.wallet.validity_months = Some(2);
+    let month = |y: i64, m: i64| y * 12 + m - 1;
+    // 2,000 September points (they expire at the end of November) and 500 of October.
+    let rich = MemberState { lots: vec![[month(2026, 9), 2_000], [month(2026, 10), 500]], ..Default::default() };
+    let mut p = pay("p", "m1", "mall", "x", "fashion", 30_000, MON);
+    p["points_used"] = json!(2_300);
+    let paid = run_with(&r, &[p], with_state("m1", rich));
+    assert_eq!(paid.rows(0)[1]["lots"], json!([[month(2026, 9), 2_000], [month(2026, 10), 300]]));
+    let Outcome::Apply(a) = &paid.result.outcomes[0] else { panic!() };
+    let booking = a.booking.clone().unwrap();
+    assert_eq!(booking.used_lots, vec![[month(2026, 9), 2_000], [month(2026, 10), 300]]);
+    // Two refunds of half each: the first gives back the oldest lot's points first.
+    let mut st = paid.state("m1");
+    let mut original = PaymentRecord { amount_fen: 30_000, points: 300, used: 2_300, ..Default::default() };
+    for (id, want_lots) in [
+        ("r1", vec![[month(2026, 9), 1_150]]),
+        ("r2", vec![[month(2026, 9), 850], [month(2026, 10), 300]]),
+    ] {
+        let events = vec![parse_event(refund(id, "m1", "p", 15_000).to_string().as_bytes())];
+        let mut stored = StoredMembers::default();
+        stored.members.insert("m1".into(), (3, Some(st.to_json())));
+        let orig = crate::engine::Original { payment: original, booking: Some(booking.clone()) };
+        let out = Run { result: evaluate_batch(&r, &events, &[false], &[Some(orig)], &stored, 9) };
+        let rows = out.rows(0);
+        assert_eq!(rows[1]["kind"], "return");
+        assert_eq!(rows[1]["lots"], json!(want_lots), "{id}");
+        st = out.state("m1");
+        original.refunded_amount_fen += 15_000;
+        original.refunded_points += 150;
+        original.returned_used += 1_150;
+    }
+    // Back where they were: September's 2,000 (still expiring in November), October's 500;
+    // the 300 earned and taken back leave nothing in November.
+    assert_eq!(st.lots, vec![[month(2026, 9), 2_000], [month(2026, 10), 500]]);
+}
+
+#[test]
+fn a_refund_rechecks_a_tier_reached_with_its_spend_never_below_the_tier_before() {
+    let mut r = rules("best_of");
+    let at = |d: &str| format!("{d}T09:00:00+08:00");
+    // 500 points, then 600 more: gold (1,000) is reached by the second payment (a month
+    // apart: no monthly task bonus).
+    let evs = [
+        pay("a", "m1", "mall", "x", "fashion", 50_000, &at("2026-10-02")),
+        pay("b", "m1", "mall", "x", "fashion", 60_000, &at("2026-11-03")),
+    ];
+    let paid = run(&r, &evs);
+    assert_eq!(paid.state("m1").tier.as_deref(), Some("gold"));
+    let booking_of = |i: usize| {
+        let Outcome::Apply(a) = &paid.result.outcomes[i] else { panic!() };
+        a.booking.clone().unwrap()
+    };
+    assert_eq!((booking_of(0).tier_before.as_str(), booking_of(1).tier_before.as_str()), ("normal", "normal"));
+    let refund_of = |r: &RuleSet, of: &str, amount: i64, points: i64, booking: crate::record::Booking| {
+        let events = vec![parse_event(refund("r", "m1", of, amount).to_string().as_bytes())];
+        let mut stored = StoredMembers::default();
+        stored.members.insert("m1".into(), (3, Some(paid.result.members[0].state_json.clone())));
+        let payment = PaymentRecord { amount_fen: amount, points, ..Default::default() };
+        let orig = crate::engine::Original { payment, booking: Some(booking) };
+        Run { result: evaluate_batch(r, &events, &[false], &[Some(orig)], &stored, 9) }
+    };
+    // Refunding the first payment leaves 600 points in the window: back to normal, in
+    // the ledger as a tier change.
+    let out = refund_of(&r, "a", 50_000, 500, booking_of(0));
+    assert_eq!(out.state("m1").tier, None);
+    let rows = out.rows(0);
+    assert_eq!(rows[1]["kind"], "tier_change");
+    assert_eq!(rows[1]["explain"][0], json!({"rule": "refund", "id": "gold->normal", "points": 0}));
+    // A payment made at gold never takes the member below gold.
+    let mut at_gold = booking_of(1);
+    at_gold.tier_before = "gold".into();
+    let out = refund_of(&r, "b", 60_000, 600, at_gold);
+    assert_eq!(out.state("m1").tier.as_deref(), Some("gold"));
+    assert_eq!(out.rows(0).as_array().map(Vec::len), Some(1));
+    // A record from before the tier was kept, or the policy keep_until_review: kept.
+    let mut unknown = booking_of(0);
+    unknown.tier_before.clear();
+    assert_eq!(refund_of(&r, "a", 50_000, 500, unknown).state("m1").tier.as_deref(), Some("gold"));
+    r.tier_policy.on_refund = crate::rules::OnRefund::KeepUntilReview;
+    assert_eq!(refund_of(&r, "a", 50_000, 500, booking_of(0)).state("m1").tier.as_deref(), Some("gold"));
+}

@@ -58,6 +58,29 @@ pub fn check_upgrade(rules: &RuleSet, state: &mut MemberState, month_index: i32,
     })
 }
 
+/// After a refund (policy `recheck`): the member falls back to the highest tier the
+/// window still qualifies for, never below `floor` (the tier held before the refunded
+/// payment) and never up. A fallen-back tier gets a review as any tier reached does.
+pub fn recheck_after_refund(
+    rules: &RuleSet,
+    state: &mut MemberState,
+    month_index: i32,
+    floor: usize,
+    at_ms: i64,
+) -> Option<TierChange> {
+    let current = rules.tier_index(state.tier.as_deref());
+    let new = qualified_index(rules, state, month_index).max(floor);
+    if new >= current {
+        return None;
+    }
+    set_tier(rules, state, new, at_ms);
+    Some(TierChange {
+        from: rules.tiers[current].id.clone(),
+        to: rules.tiers[new].id.clone(),
+        reason: "refund",
+    })
+}
+
 /// The scheduled review: downgrade (to the qualified tier, or one step) or renew.
 /// Returns None when the review is not due yet.
 pub fn review(rules: &RuleSet, state: &mut MemberState, month_index: i32, at_ms: i64) -> Option<TierChange> {

@@ -146,6 +146,33 @@ pub fn restore(state: &mut MemberState, lots: &[[i64; 2]]) {
     }
 }
 
+/// Gives back `points` of the points a payment used at the till (a refund's share):
+/// into the lots they came from (`used_lots`, oldest first, past the `returned_before`
+/// points earlier refunds gave back), keeping those lots' expiry; what the lots do not
+/// cover (used below zero) is credited in `month`. Returns the lots given back.
+pub fn give_back(
+    state: &mut MemberState,
+    used_lots: &[[i64; 2]],
+    returned_before: i64,
+    points: i64,
+    month: i64,
+) -> Vec<[i64; 2]> {
+    let (mut skip, mut left) = (returned_before.max(0), points.max(0));
+    let mut back = Vec::new();
+    for l in used_lots {
+        let skipped = skip.min(l[1]);
+        skip -= skipped;
+        let t = (l[1] - skipped).min(left);
+        if t > 0 {
+            add_to_lot(state, l[0], t);
+            back.push([l[0], t]);
+            left -= t;
+        }
+    }
+    credit(state, left, month, None);
+    back
+}
+
 /// Removes the lots whose expiry has come; returns them.
 pub fn expire_due(rules: &RuleSet, state: &mut MemberState, now_ms: i64) -> Vec<[i64; 2]> {
     let (expired, kept): (Vec<_>, Vec<_>) = state.lots.iter().partition(|l| !spendable(rules, l[0], now_ms));

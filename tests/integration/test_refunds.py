@@ -1,7 +1,9 @@
-"""Refunds that wait for a payment, over the real services: a refund whose payment never
+"""Refunds over the real services: refunds that wait for a payment — a refund whose payment never
 comes (or that names another member than its payment's) is held, listed by the admin
 endpoint and `loyalty held`, counted by the gauges, and dead-lettered with the reason
-when its wait runs out; one whose payment arrives in time is applied, not dead-lettered."""
+when its wait runs out; one whose payment arrives in time is applied, not dead-lettered —
+and what a refund undoes: points used come back into their lots, a tier reached with the
+refunded spend is re-checked, and a rebuild from the ledger gives the same."""
 
 from __future__ import annotations
 
@@ -104,3 +106,80 @@ def test_held_refunds_are_listed_then_dead_lettered_at_their_deadline(worker_fac
     # Nothing moved for the refunds that never applied: m has its two payments less the early refund.
     assert w.get(f"/v1/members/{m}")[1]["balance"] == 110
     assert w.get(f"/v1/members/{other}")[1]["balance"] == 100
+
+
+TIER_RULES = """
+version = "refund-tier-1"
+utc_offset_minutes = 480
+[formats.mall]
+points = 1
+per_fen = 100
+[[business_units]]
+id = "sh-mall"
+format = "mall"
+[tier_policy]
+on_refund = "recheck"
+[[tiers]]
+id = "normal"
+multiplier_pct = 100
+[[tiers]]
+id = "silver"
+multiplier_pct = 120
+qualify_spend_fen = 500000
+[wallet]
+validity_months = 3
+[wallet.default_rate]
+points = 100
+value_fen = 100
+"""
+
+
+def test_a_refund_gives_used_points_back_to_their_lots_and_rechecks_the_tier(
+        worker_factory: Any, tmp_path: Path) -> None:
+    import redis
+
+    rules = tmp_path / "tier.toml"
+    rules.write_text(TIER_RULES)
+    w: WorkerProcess = worker_factory("rtier", LOYALTY_RULES=str(rules))
+    w.start()
+    m = f"t-{uuid.uuid4().hex[:8]}"
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=70)
+    earlier = _payment(f"old-{m}", m, 200_000) | {"occurred_at": old.isoformat()}
+    # 4,000 yuan paid with the 2,000 old points: 6,000 yuan in the window makes silver.
+    big = _payment(f"big-{m}", m, 400_000) | {"points_used": 2_000}
+    for body in (earlier, big):
+        assert w.send_callback(body)[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[1].get("events") == 2, timeout=30, what="two payments")
+    got = w.get(f"/v1/members/{m}")[1]
+    assert (got["tier"], got["balance"], got["lots"][0][1]) == ("silver", 4_000, 4_000), got
+
+    # The goods go back: 4,000 points taken back, the 2,000 used come back into the old
+    # month's lot (its own expiry), and the tier reached with the refund's spend is gone.
+    assert w.send_callback(_refund(f"rf-{m}", m, f"big-{m}", 400_000))[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[1].get("events") == 3, timeout=30, what="the refund")
+    got = w.get(f"/v1/members/{m}")[1]
+    local = old + dt.timedelta(hours=8)
+    old_month = f"{local.year:04d}-{local.month:02d}"
+    assert got["balance"] == 2_000 and [lot[:2] for lot in got["lots"]] == [[old_month, 2_000]], got
+    assert got["tier"] == "normal" and got["review_at_ms"] is None, got
+
+    def change_row() -> dict[str, Any] | None:
+        rows = w.get(f"/v1/members/{m}")[1]["recent_movements"]
+        return next((r for r in rows if r["kind"] == "tier_change" and r["event_id"] == f"rf-{m}"), None)
+    w.wait_until(lambda: change_row() is not None, timeout=30, what="the tier change in the history")
+    assert change_row()["explain"][0] == {"rule": "refund", "id": "silver->normal", "points": 0}  # type: ignore[index]
+    back = next(r for r in w.get(f"/v1/members/{m}")[1]["recent_movements"] if r["kind"] == "return")
+    assert back["lots"] == [[local.year * 12 + local.month - 1, 2_000]], back
+
+    # The same wallet and tier come back from the ledger alone.
+    fields = ("balance", "lots", "tier", "window_spend_fen")
+    before = {k: got[k] for k in fields}
+    w.wait_until(lambda: w.get("/v1/admin/reconcile", admin=True)[1]["clean"], timeout=60, what="reconcile")
+    client = redis.Redis.from_url(Settings.from_env().redis_url)
+    for key in client.scan_iter(match=f"{w.run_id}:*", count=1000):
+        client.delete(key)
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "rebuild"], env=w.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    after = w.get(f"/v1/members/{m}")[1]
+    assert {k: after[k] for k in fields} == before, after

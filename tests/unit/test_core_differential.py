@@ -52,7 +52,8 @@ def rule_sets(draw: Any) -> str:
               f"return_window_days = {draw(st.integers(0, 2))}"]
     lines += ["[tier_policy]", f"window_months = {draw(st.integers(1, 3))}",
               f"review_after_days = {draw(st.integers(1, 40))}",
-              f'downgrade = "{draw(st.sampled_from(["to_qualified", "one_step"]))}"']
+              f'downgrade = "{draw(st.sampled_from(["to_qualified", "one_step"]))}"',
+              f'on_refund = "{draw(st.sampled_from(["recheck", "keep_until_review"]))}"']
     q1, q2 = sorted(draw(st.lists(st.integers(1, 3000), min_size=2, max_size=2)))
     lines += ["[[tiers]]", 'id = "normal"', "multiplier_pct = 100"]
     lines += ["[[tiers]]", 'id = "silver"', f"multiplier_pct = {draw(st.integers(100, 200))}",

@@ -127,11 +127,25 @@ class EventBatch:
     def decode(records: list[bytes]) -> EventBatch: ...
     def __len__(self) -> int: ...
 
-def validate_payment(body: bytes) -> tuple[str, str | None, Literal["payment", "refund"], tuple[str, str] | None]:
-    """Validates one raw payment/refund; returns (event_id, member_id or None, type, payer or None)."""
+def validate_payment(
+    body: bytes,
+    rules: RuleSet | None = None,
+    now_ms: int | None = None,
+    max_age_days: int = 400,
+    max_ahead_days: int = 1,
+) -> tuple[str, str | None, Literal["payment", "refund"], tuple[str, str] | None]:
+    """Validates one raw payment/refund; returns (event_id, member_id or None, type, payer or None).
+    With now_ms its time must be inside the window; with rules a payment above its merchant's
+    or business unit's maximum raises RejectedEventError (field amount_fen)."""
 
-def validate_member_event(body: bytes) -> tuple[str, str, str]:
+def validate_member_event(
+    body: bytes, now_ms: int | None = None, max_age_days: int = 400, max_ahead_days: int = 1
+) -> tuple[str, str, str]:
     """Validates one raw member event; returns (event_id, member_id, type)."""
+
+def check_json_object(body: bytes) -> None:
+    """Raises InvalidEventError (field body) unless the body is one JSON object with no
+    key repeated at any depth."""
 
 @final
 class OutcomeKind:

@@ -141,10 +141,34 @@ def _pseudonymise_ids(ids: Any, key: str) -> bool:
     return changed
 
 
+def may_name_phone(body: bytes) -> bool:
+    """False when the raw text cannot name a phone: no `"phone"` and no escape (`\\u0068`
+    for an `h` would hide one from a search of the raw text)."""
+    return b'"phone"' in body or b"\\u" in body
+
+
+def names_phone(body: bytes) -> bool:
+    """Whether the decoded body names a phone as its payer or one of its external ids."""
+    if not may_name_phone(body):
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(doc, dict):
+        return False
+    for field in ("payer", "external_ids"):
+        ids = doc.get(field)
+        for ext in ids if isinstance(ids, list) else [ids]:
+            if isinstance(ext, dict) and ext.get("kind") == "phone":
+                return True
+    return False
+
+
 def pseudonymise_body(body: bytes, key: str) -> bytes:
     """The body with every phone external id (payer, external_ids) replaced by its pseudonym;
     unchanged (the same bytes) when it names no phone."""
-    if b'"phone"' not in body:
+    if not may_name_phone(body):
         return body
     try:
         doc = orjson.loads(body)

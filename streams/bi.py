@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streams.records import BadInput, date_in
 from streams.sinks.ledger import load_query
 
 
@@ -108,9 +109,9 @@ def filters_from(query: dict[str, str], utc_offset_minutes: int, today: dt.date 
         if not raw:
             return default
         try:
-            return dt.date.fromisoformat(raw)
-        except ValueError:
-            raise ValueError(f"{name}: {raw!r} is not a date YYYY-MM-DD") from None
+            return date_in(raw, name)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
 
     def number(name: str, default: int) -> int:
         raw = query.get(name) or ""

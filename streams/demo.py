@@ -172,6 +172,11 @@ def generate_day(seed: int, n_payments: int, n_members: int, business_units: lis
     return day
 
 
+def _member_lane(event: dict[str, Any]) -> str:
+    """The member a demo callback is for: its member id, or the one its openid (`o-<member>`) names."""
+    return str(event.get("member_id") or (event.get("payer") or {}).get("id", "").removeprefix("o-"))
+
+
 def _settled(worker: WorkerProcess) -> bool:
     """Every callback Kafka took (and every credited guest payment) has been processed."""
     m = worker.metrics()
@@ -251,11 +256,13 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     registered = len(day.registrations) + len(day.sign_ins)
     worker.wait_until(lambda: worker.metrics()["events_applied_total"] >= registered, timeout=120,
                       what="the registrations to be applied")
-    # Each member's (or payer's) callbacks in order, members concurrently, as a
-    # gateway sends them: the same seed then gives the same report.
+    # Each member's callbacks in order (those naming the member and those naming their
+    # openid in one lane: the day's task bonus and campaign caps follow that order),
+    # members concurrently: the same seed then gives the same points.
     phase1 = day.payments + day.duplicates
     print(f"demo: sending {len(phase1)} payment callbacks ...", flush=True)
-    r1 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, phase1, concurrency=concurrency)
+    r1 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, phase1, concurrency=concurrency,
+                                       lane_of=_member_lane)
     n_gateway = max(2, len(day.payments) // 100)
     print(f"demo: {n_gateway} WeChat Pay and {n_gateway} Alipay notifications in their own formats, each "
           "sent twice ...", flush=True)
@@ -264,7 +271,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     forged = set(range(len(bad) - len(day.forged), len(bad)))
     rb = await send_callbacks(worker.base_url, worker.callback_secret, bad, concurrency, forged)
     print(f"demo: sending {len(day.refunds)} refund callbacks ...", flush=True)
-    r2 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, day.refunds, concurrency=concurrency)
+    r2 = await send_callbacks_in_order(worker.base_url, worker.callback_secret, day.refunds, concurrency=concurrency,
+                                       lane_of=_member_lane)
     worker.wait_until(lambda: _settled(worker), timeout=300, what="the payments to be processed")
     print(f"demo: {len(day.late_registrations)} guests register in the evening ...", flush=True)
     r3 = await send_callbacks(worker.base_url, worker.callback_secret, day.late_registrations, concurrency,
@@ -379,7 +387,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"throughput: end to end         {len(accepted_ids) / (t_done - t0):>12,.0f} events/s "
         f"(first callback to last ledger row, {t_done - t0:.1f} s)",
         "varies between runs of one seed: prizes (a CSPRNG draw, as in production) and what follows from "
-        "them; the order in which concurrent callbacks reach a campaign budget",
+        "them; which payments get a campaign's last budgeted points once its budget runs out (different "
+        "members' payments are applied in parallel partitions, in no fixed order between them) and what follows "
+        "from those points (a tier reached one payment earlier or later, the clawback of its refund)",
         "-" * 60,
         "result: "
         + (

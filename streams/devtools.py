@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,14 +306,15 @@ async def send_callbacks(
 
 async def send_callbacks_in_order(
     base_url: str, secret: str, bodies: list[bytes], key: str = "member_id", concurrency: int = 16,
-    path: str = "/v1/callbacks/payment",
+    path: str = "/v1/callbacks/payment", lane_of: Callable[[dict[str, Any]], str] | None = None,
 ) -> list[tuple[int, dict[str, Any]]]:
-    """Like a gateway: callbacks of one member (by `key`) one after the other, in
-    list order; different members concurrently. Returns (status, json) in order."""
+    """Like a gateway: callbacks of one member (by `key`, or the payer's id, or what
+    `lane_of` says of the event) one after the other, in list order; different members
+    concurrently. Returns (status, json) in order."""
     lanes: dict[str, list[int]] = {}
     for i, body in enumerate(bodies):
         event = orjson.loads(body)
-        lane = event.get(key) or (event.get("payer") or {}).get("id")
+        lane = lane_of(event) if lane_of is not None else event.get(key) or (event.get("payer") or {}).get("id")
         lanes.setdefault(str(lane), []).append(i)
     results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
     queue: asyncio.Queue[list[int]] = asyncio.Queue()

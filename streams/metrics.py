@@ -64,6 +64,8 @@ HELP = {
     "pushes_duplicate_total": "Pushes not sent again: delivered before (redelivery, replay).",
     "push_latency_ms_sum": "Sum of (delivered - event processed) milliseconds, for the mean push latency.",
     "push_latency_ms_count": "Pushes counted in push_latency_ms_sum.",
+    "payments_over_limit_total": "Payments refused at the ingress: above their merchant's or BU's max_payment_fen.",
+    "events_claimed_by_another_total": "Payments whose event id another member (or payer) had claimed: refused.",
 }
 
 
@@ -113,6 +115,17 @@ histograms: dict[str, Histogram] = {
 #: (topic, direction) -> messages: "in" consumed by an agent, "out" produced.
 topic_messages: Counter[tuple[str, str]] = Counter()
 
+#: (gateway, merchant number) -> signed notifications with no route (answered 503, retried).
+gateway_unrouted: Counter[tuple[str, str]] = Counter()
+#: At most this many merchant numbers are kept apart; the rest count under "other".
+UNROUTED_LABELS = 1000
+
+
+def count_unrouted(gateway: str, merchant: str) -> None:
+    known = (gateway, merchant) in gateway_unrouted or len(gateway_unrouted) < UNROUTED_LABELS
+    gateway_unrouted[(gateway, merchant if known else "other")] += 1
+
+
 #: Gauges computed when /metrics is read: name -> (help, () -> {labels: value}).
 gauges: dict[str, tuple[str, Callable[[], dict[str, float]]]] = {}
 
@@ -127,6 +140,12 @@ def render() -> str:
     lines.append("# TYPE loyalty_topic_messages_total counter")
     for (topic, direction), n in sorted(topic_messages.items()):
         lines.append(f'loyalty_topic_messages_total{{topic="{topic}",direction="{direction}"}} {n}')
+    lines.append("# HELP loyalty_gateway_unrouted_total Signed gateway notifications whose merchant has no route "
+                 "(answered 503 so that the gateway retries; add the route).")
+    lines.append("# TYPE loyalty_gateway_unrouted_total counter")
+    for (gateway, merchant), n in sorted(gateway_unrouted.items()):
+        label = merchant.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+        lines.append(f'loyalty_gateway_unrouted_total{{gateway="{gateway}",merchant="{label}"}} {n}')
     for name, h in histograms.items():
         lines += h.lines(name)
     for name, (help_text, read) in gauges.items():

@@ -120,6 +120,11 @@ class Settings:
     # A refund that arrives before its payment is held this long (longer than the gateways'
     # retry windows), then dead-lettered with the reason (docs/rules.md: Refunds).
     held_wait_s: int = 48 * 3600
+    # The ingress's sanity window on a callback's occurred_at (docs/security.md), and how
+    # long an event id stays claimed by the member (or payer) that first sent it.
+    occurred_max_age_days: int = 400
+    occurred_max_ahead_days: int = 1
+    event_claim_days: int = 35
     history_length: int = 8
     envelope_linger_ms: float = 1.0
     envelope_max_events: int = 500
@@ -224,6 +229,9 @@ class Settings:
             kafka_compression=os.environ.get("LOYALTY_KAFKA_COMPRESSION", d.kafka_compression),
             refund_horizon_days=_int("LOYALTY_REFUND_HORIZON_DAYS", d.refund_horizon_days, 1),
             held_wait_s=_int("LOYALTY_HELD_WAIT_S", d.held_wait_s, 1),
+            occurred_max_age_days=_int("LOYALTY_OCCURRED_MAX_AGE_DAYS", d.occurred_max_age_days, 1),
+            occurred_max_ahead_days=_int("LOYALTY_OCCURRED_MAX_AHEAD_DAYS", d.occurred_max_ahead_days, 0),
+            event_claim_days=_int("LOYALTY_EVENT_CLAIM_DAYS", d.event_claim_days, 1),
             history_length=_int("LOYALTY_HISTORY_LENGTH", d.history_length, 1),
             envelope_linger_ms=_float("LOYALTY_ENVELOPE_LINGER_MS", d.envelope_linger_ms),
             envelope_max_events=_int("LOYALTY_ENVELOPE_MAX_EVENTS", d.envelope_max_events, 1),

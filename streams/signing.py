@@ -15,6 +15,7 @@ import secrets
 import time
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureError(Exception):
@@ -52,10 +53,9 @@ def verify(
         raise SignatureError("X-Timestamp and X-Signature headers are required")
     if not nonce or not NONCE.fullmatch(nonce):
         raise SignatureError("X-Nonce header is required: 8-64 letters, digits, _ or -, new for every request")
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise SignatureError("X-Timestamp must be Unix seconds") from None
+    if not TIMESTAMP.fullmatch(timestamp):
+        raise SignatureError("X-Timestamp must be Unix seconds (1 to 12 digits)")
+    ts = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - ts) > max_age_s:
         raise SignatureError(f"X-Timestamp is more than {max_age_s} s away from the server's clock")

@@ -41,11 +41,21 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
-from streams.auth import Principal, bearer_principal, pseudonymise_body
+from streams.auth import Principal, bearer_principal, may_name_phone, names_phone, pseudonymise_body
 from streams.gateways.mapping import GatewayConfigError
 from streams.ingress import Coalescer, EnvelopeProducer
 from streams.metrics import counters
-from streams.records import PLATE, BadInput, is_valid_id, parking_event, require
+from streams.records import (
+    PLATE,
+    BadInput,
+    date_in,
+    instant_in,
+    int_in,
+    is_valid_id,
+    json_object,
+    parking_event,
+    require,
+)
 from streams.signing import SignatureError, verify
 from streams.sinks.balances import EventMove, MemberMoves
 
@@ -92,17 +102,37 @@ async def reject(view: View, status: int, reason: str, body: bytes, field: str |
     return error_response(view, status, reason, field)
 
 
-async def read_body(view: View, request: Request) -> tuple[bytes | None, Response | None]:
-    """The body of a callback within the size limit, or the 413 that refuses it."""
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded",)
+
+
+async def read_body(view: View, request: Request, types: tuple[str, ...] | None = JSON_TYPES
+                    ) -> tuple[bytes | None, Response | None]:
+    """The body of a request within the size limit, or the answer that refuses it: 415 for
+    a Content-Encoding (no gateway compresses its callbacks; the signature covers the bytes
+    sent) or, where `types` is given, a Content-Type not among them; our own 413 (JSON, and
+    a dead letter with the first bytes) past LOYALTY_MAX_BODY_BYTES, chunked or not: the
+    body is read here up to the limit, never whole first."""
     settings = runtime.settings
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return None, await reject(view, 415, f"Content-Encoding: {encoding[:40]!r} is not accepted; send the body "
+                                  "as is (identity)", b"", field="Content-Encoding")
+    if types is not None:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype not in types:
+            return None, await reject(view, 415, f"Content-Type: must be {' or '.join(types)}, got {ctype[:60]!r}",
+                                      b"", field="Content-Type")
     too_large = f"body larger than {settings.max_body_bytes} bytes"
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         # Not read at all: the dead letter keeps the reason, not the body.
         return None, await reject(view, 413, too_large, b"", field="body")
-    body = await request.read()
-    if len(body) > settings.max_body_bytes:
-        return None, await reject(view, 413, too_large, body[: settings.max_body_bytes], field="body")
-    return body, None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > settings.max_body_bytes:
+            return None, await reject(view, 413, too_large, bytes(body[: settings.max_body_bytes]), field="body")
+    return bytes(body), None
 
 
 async def _read_signed(view: View, request: Request, scope: str = "callback") -> tuple[bytes | None, Response | None]:
@@ -142,6 +172,12 @@ async def _read_signed(view: View, request: Request, scope: str = "callback") ->
     if not await _claim_nonce((key_id or "callback", nonce or "")):
         return None, await reject(view, 401, "X-Nonce: already used (a replayed request); sign every attempt anew",
                                   body, field="X-Nonce")
+    if body.strip():
+        # One JSON object, no key repeated at any depth, before anything reads it.
+        try:
+            core_ext.check_json_object(body)
+        except core_ext.InvalidEventError as exc:
+            return None, await reject(view, 400, str(exc), body, field=exc.field)
     return body, None
 
 
@@ -238,13 +274,67 @@ async def payment_key(body: bytes, member_id: str | None, payer: tuple[str, str]
 
 def _without_phones(view: View, body: bytes) -> tuple[bytes, Response | None]:
     """The body with phone numbers replaced by their keyed pseudonyms before it reaches
-    Kafka, Redis or ClickHouse; 503 if no LOYALTY_PII_KEY is configured to make them."""
-    if b'"phone"' not in body:
+    Kafka, Redis or ClickHouse; 503 if no LOYALTY_PII_KEY is configured to make them.
+    A body that may name a phone is first checked strictly (one JSON object, no key
+    repeated: the rewrite would otherwise settle a repeated key), then read decoded (a
+    kind written with escapes is a phone all the same). Raises InvalidEventError."""
+    if not may_name_phone(body):
+        return body, None
+    core_ext.check_json_object(body)
+    if not names_phone(body):
         return body, None
     key = runtime.settings.pii_key
     if not key:
         return body, error_response(view, 503, "phone numbers refused: LOYALTY_PII_KEY is not set")
     return pseudonymise_body(body, key), None
+
+
+def callback_window() -> dict[str, int]:
+    """The sanity window on a callback's occurred_at, as the validators take it."""
+    settings = runtime.settings
+    return {"now_ms": int(time.time() * 1000), "max_age_days": settings.occurred_max_age_days,
+            "max_ahead_days": settings.occurred_max_ahead_days}
+
+
+async def _claim_events_many(claims: list[tuple[str, str]]) -> list[str | None]:
+    rt = await runtime.started()
+    return await rt.balances.claim_events(claims, rt.settings.event_claim_days * 86_400)
+
+
+# Event-id claims of concurrent callbacks share one Redis round trip.
+_claim_event: Coalescer[tuple[str, str], str | None] = Coalescer(_claim_events_many)
+
+
+async def claim_event(event_id: str, member_id: str | None, payer: tuple[str, str] | None) -> str | None:
+    """Claims a payment's event id for the member (or payer) it names: None when it is this
+    sender's (first time, or a retry); else the claim of whoever sent it first (docs/security.md)."""
+    claimant = f"member {member_id}" if member_id is not None else f"payer {payer[0]}:{payer[1]}" if payer else "-"
+    first = await _claim_event((event_id, claimant))
+    return None if first is None or first == claimant else first
+
+
+async def admit_payment(view: View, body: bytes) -> Response:
+    """Validates a signed payment or refund body (strict JSON, phones pseudonymised, time
+    window, maximum payment, event id claimed) and sends it on; the answer to give."""
+    try:
+        body, unavailable = _without_phones(view, body)
+        if unavailable is not None:
+            return unavailable
+        rt = await runtime.started()
+        event_id, member_id, _kind, payer = core_ext.validate_payment(body, rt.rules, **callback_window())
+    except core_ext.RejectedEventError as exc:
+        counters["payments_over_limit_total"] += 1
+        return await reject(view, 400, str(exc), body, field=exc.field)
+    except core_ext.InvalidEventError as exc:
+        return await reject(view, 400, str(exc), body, field=exc.field)
+    first = await claim_event(event_id, member_id, payer)
+    if first is not None:
+        counters["events_claimed_by_another_total"] += 1
+        named = f"member {member_id}" if member_id is not None else f"payer {payer[0]}:{payer[1]}" if payer else "-"
+        return await reject(view, 409, f"event_id: {event_id} was sent first for {first}; this callback names "
+                            f"{named} (event ids are unique across members)", body, field="event_id")
+    key, body = await payment_key(body, member_id, payer)
+    return await _publish(view, payments_topic, key, body, event_id)
 
 
 @app.page("/v1/callbacks/payment")
@@ -260,15 +350,7 @@ class PaymentCallback(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
-        body, unavailable = _without_phones(self, body)  # (before validation: "+86 139..." is fine)
-        if unavailable is not None:
-            return unavailable
-        try:
-            event_id, member_id, _kind, payer = core_ext.validate_payment(body)
-        except core_ext.InvalidEventError as exc:
-            return await reject(self, 400, str(exc), body, field=exc.field)
-        key, body = await payment_key(body, member_id, payer)
-        return await _publish(self, payments_topic, key, body, event_id)
+        return await admit_payment(self, body)
 
 
 @app.page("/v1/callbacks/member")
@@ -277,11 +359,11 @@ class MemberCallback(View):
         body, refused = await _read_signed(self, request)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
-        body, unavailable = _without_phones(self, body)
-        if unavailable is not None:
-            return unavailable
         try:
-            event_id, member_id, kind = core_ext.validate_member_event(body)
+            body, unavailable = _without_phones(self, body)
+            if unavailable is not None:
+                return unavailable
+            event_id, member_id, kind = core_ext.validate_member_event(body, **callback_window())
         except core_ext.InvalidEventError as exc:
             return await reject(self, 400, str(exc), body, field=exc.field)
         if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments", "adjustment"):
@@ -550,14 +632,14 @@ class Holds(View):
             return refused  # type: ignore[return-value]
         hold_id = request.headers.get("Idempotency-Key", "")
         try:
-            req = orjson.loads(body)
-            member_id, points = req["member_id"], req["points"]
-            ttl_s = int(req.get("ttl_seconds", 900))
-            require(isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id))
-            require(isinstance(points, int) and not isinstance(points, bool))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BadInput):
-            return await reject(self, 400, 'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key',
-                                 body, "body")
+            req = json_object(body)
+            member_id = req.get("member_id")
+            require(isinstance(member_id, str) and is_valid_id(member_id) and is_valid_id(hold_id),
+                    'body: {"member_id", "points", "ttl_seconds"?} and an Idempotency-Key', "body")
+            points = int_in(req.get("points"), "points", 1, 1_000_000_000)
+            ttl_s = int_in(req.get("ttl_seconds", 900), "ttl_seconds", 1, 86_400)
+        except BadInput as exc:
+            return await reject(self, 400, str(exc), body, exc.field)
         rt = await runtime.started()
         for _ in range(MAX_ATTEMPTS):
             seq, state, _balance = await rt.balances.member_state(member_id)
@@ -642,13 +724,15 @@ class MemberLedger(View):
             return who
         q = request.query
         try:
-            start = dt.datetime.fromisoformat(q.get("from", "1970-01-01T00:00:00+00:00")).astimezone(dt.UTC)
-            end = dt.datetime.fromisoformat(q.get("to", "2100-01-01T00:00:00+00:00")).astimezone(dt.UTC)
+            start = instant_in(q.get("from", "1970-01-01T00:00:00+00:00"), "from")
+            end = instant_in(q.get("to", "2100-01-01T00:00:00+00:00"), "to")
             limit = int(q.get("limit", "50"))
             offset = int(q.get("offset", "0"))
-            require(1 <= limit <= 1000 and 0 <= offset <= 1_000_000)
-        except (ValueError, BadInput):
-            return error_response(self, 400, "from/to: ISO-8601 instants; limit: 1-1000; offset: >= 0", "query")
+            require(1 <= limit <= 1000 and 0 <= offset <= 1_000_000, "limit: 1-1000; offset: 0-1000000", "limit")
+        except BadInput as exc:
+            return error_response(self, 400, str(exc), exc.field)
+        except ValueError:
+            return error_response(self, 400, "limit: 1-1000; offset: 0-1000000 (integers)", "limit")
         rt = await runtime.started()
         rows = await rt.ledger.query("member_ledger", {"member_id": member_id, "start": start, "end": end,
                                                        "limit": limit, "offset": offset})
@@ -844,9 +928,9 @@ class SettlementStatement(View):
             return denied
         q = request.query
         try:
-            day = dt.date.fromisoformat(q.get("date", ""))
-        except ValueError:
-            return error_response(self, 400, "date: YYYY-MM-DD is required", "date")
+            day = date_in(q.get("date", ""), "date")
+        except BadInput as exc:
+            return error_response(self, 400, f"{exc} (required)", "date")
         bu, merchant = q.get("bu", ""), q.get("merchant", "")
         if (bu and not is_valid_id(bu)) or (merchant and not is_valid_id(merchant)):
             return error_response(self, 400, "bu / merchant: invalid id", "bu")
@@ -941,13 +1025,13 @@ class MemberAdjustment(View):
     async def post(self, request: Request, member_id: str) -> Response:
         if (denied := admin_denied(self, request)) is not None:
             return denied
-        body, refused = await read_body(self, request)
+        body, refused = await read_body(self, request, None)
         if body is None:
             return refused  # type: ignore[return-value]
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: invalid", "member_id")
         try:
-            req = orjson.loads(body)
+            req = json_object(body)
             adjustment_id = req["adjustment_id"]
             require(isinstance(adjustment_id, str) and is_valid_id(adjustment_id) and len(adjustment_id) <= 48)
         except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
@@ -998,14 +1082,15 @@ class RulesSimulate(View):
             return denied
         rt = await runtime.started()
         try:
-            body = orjson.loads(await request.read())
+            body = json_object(await request.read())
             text, start, end = body["rules"], body["from"], body["to"]
-            start_dt = dt.datetime.fromisoformat(start).astimezone(dt.UTC)
-            end_dt = dt.datetime.fromisoformat(end).astimezone(dt.UTC)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            path = body.get("path", "candidate.toml")
+            require(all(isinstance(v, str) for v in (text, start, end, path)), "rules, from, to, path: strings")
+            start_dt, end_dt = instant_in(start, "from"), instant_in(end, "to")
+        except (KeyError, TypeError, ValueError) as exc:
             return error_response(self, 400, f'body must be {{"rules": toml, "from": iso, "to": iso}}: {exc}')
         try:
-            candidate = core_ext.RuleSet.from_toml(text, body.get("path", "candidate.toml"))
+            candidate = core_ext.RuleSet.from_toml(text, path)
         except core_ext.RulesError as exc:
             return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
         rows = await rt.ledger.query("payment_history", {"start": start_dt, "end": end_dt})

@@ -22,8 +22,8 @@ from faust.web import Request, Response, View
 import core_ext
 from streams.app import app, payments_topic, runtime, send_dead_letter
 from streams.gateways import GatewayError, Mapped, alipay, wechatpay
-from streams.metrics import counters
-from streams.web import payment_key, publish, read_body
+from streams.metrics import count_unrouted, counters
+from streams.web import FORM_TYPES, callback_window, claim_event, payment_key, publish, read_body
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,16 @@ async def _accept(source: str, mapped: Mapped) -> None:
                                    f"{event['refund_of']} was booked with {_shown(booked)}")
     body = orjson.dumps(event)
     try:
-        event_id, member_id, _kind, payer = core_ext.validate_payment(body)
+        event_id, member_id, _kind, payer = core_ext.validate_payment(body, rt.rules, **callback_window())
+    except core_ext.RejectedEventError as exc:
+        counters["payments_over_limit_total"] += 1
+        raise GatewayError(exc.field, f"refused: {exc.reason}") from None
     except core_ext.InvalidEventError as exc:
         raise GatewayError(exc.field, f"mapped event refused: {exc.reason}") from None
+    first = await claim_event(event_id, member_id, payer)
+    if first is not None:
+        counters["events_claimed_by_another_total"] += 1
+        raise GatewayError("event_id", f"{event_id} was sent first for {first}", status=409)
     if mapped.kind == "payment":
         # Kept before the send, so a refund that follows at once finds it.
         route = {k: event[k] for k in ("payer", "bu_id", "merchant_id", "category")}
@@ -114,6 +121,8 @@ class WeChatPayNotification(View):
             await _accept("wechatpay", mapped)
         except GatewayError as exc:
             log.warning("wechatpay notification refused (%d): %s", exc.status, exc)
+            if exc.unrouted is not None:
+                count_unrouted("wechatpay", exc.unrouted)
             if exc.field != "kafka":
                 await _dead_letter("wechatpay", exc, body)
             return _wechat_fail(self, exc.status, str(exc))
@@ -125,7 +134,7 @@ class AlipayNotification(View):
     """Alipay: the body `success` when we have it; anything else (here `fail`) is retried."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await read_body(self, request)
+        body, refused = await read_body(self, request, FORM_TYPES)
         if body is None:
             return refused  # type: ignore[return-value]
         rt = await runtime.started()
@@ -142,6 +151,8 @@ class AlipayNotification(View):
             await _accept("alipay", mapped)
         except GatewayError as exc:
             log.warning("alipay notification refused (%d): %s", exc.status, exc)
+            if exc.unrouted is not None:
+                count_unrouted("alipay", exc.unrouted)
             if exc.field != "kafka":
                 await _dead_letter("alipay", exc, body)
             return self.text("fail", status=exc.status)

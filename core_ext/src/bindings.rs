@@ -199,29 +199,78 @@ impl PyRuleSet {
 }
 
 /// Validates one raw payment or refund body; returns
-/// `(event_id, member_id or None, type, payer (kind, id) or None)`.
+/// `(event_id, member_id or None, type, payer (kind, id) or None)`. With `now_ms`, its
+/// time must be within `max_age_days` before and `max_ahead_days` after it; with `rules`,
+/// a payment above its merchant's or business unit's maximum is refused
+/// (`RejectedEventError`, field `amount_fen`).
 #[pyfunction]
+#[pyo3(signature = (body, rules=None, now_ms=None, max_age_days=400, max_ahead_days=1))]
 #[allow(clippy::type_complexity)]
 pub fn validate_payment(
     py: Python<'_>,
     body: &[u8],
+    rules: Option<&PyRuleSet>,
+    now_ms: Option<i64>,
+    max_age_days: i64,
+    max_ahead_days: i64,
 ) -> PyResult<(String, Option<String>, &'static str, Option<(String, String)>)> {
-    events::parse_payment_event(body)
+    let checked = events::parse_payment_event(body).and_then(|ev| {
+        if let Some(now) = now_ms {
+            crate::time::check_window("occurred_at", ev.occurred_at_ms, now, max_age_days, max_ahead_days)?;
+        }
+        if let Some(limit) = rules
+            .filter(|_| ev.kind == events::EventKind::Payment)
+            .and_then(|r| r.inner.max_payment_fen(&ev.bu_id, &ev.merchant_id))
+        {
+            if ev.amount_fen > limit {
+                return Err(CoreError::rejected(
+                    "amount_fen",
+                    format!(
+                        "{} fen is above the maximum payment of {limit} fen at {} / {}",
+                        ev.amount_fen, ev.bu_id, ev.merchant_id
+                    ),
+                ));
+            }
+        }
+        Ok(ev)
+    });
+    checked
         .map(|ev| (ev.event_id, ev.member_id, ev.kind.as_str(), ev.payer))
         .map_err(|e| core_error_to_py(py, e))
 }
 
-/// Validates one raw member event body; returns `(event_id, member_id, type)`.
+/// Validates one raw member event body; returns `(event_id, member_id, type)`. With
+/// `now_ms`, its time must be within the window as for payments.
 #[pyfunction]
-pub fn validate_member_event(py: Python<'_>, body: &[u8]) -> PyResult<(String, String, &'static str)> {
+#[pyo3(signature = (body, now_ms=None, max_age_days=400, max_ahead_days=1))]
+pub fn validate_member_event(
+    py: Python<'_>,
+    body: &[u8],
+    now_ms: Option<i64>,
+    max_age_days: i64,
+    max_ahead_days: i64,
+) -> PyResult<(String, String, &'static str)> {
     match events::parse_event(body) {
-        Ok(Event::Member(m)) => Ok((m.event_id, m.member_id, m.kind.as_str())),
+        Ok(Event::Member(m)) => {
+            if let Some(now) = now_ms {
+                crate::time::check_window("occurred_at", m.occurred_at_ms, now, max_age_days, max_ahead_days)
+                    .map_err(|e| core_error_to_py(py, e))?;
+            }
+            Ok((m.event_id, m.member_id, m.kind.as_str()))
+        }
         Ok(Event::Payment(_)) => Err(core_error_to_py(
             py,
             CoreError::invalid_event("type", "payments go to /v1/callbacks/payment"),
         )),
         Err(e) => Err(core_error_to_py(py, e)),
     }
+}
+
+/// Refuses (`InvalidEventError`, field `body`) a body that is not one JSON object or
+/// repeats a key at any depth: every endpoint that takes JSON checks this first.
+#[pyfunction]
+pub fn check_json_object(py: Python<'_>, body: &[u8]) -> PyResult<()> {
+    events::check_unique_keys(body).map_err(|e| core_error_to_py(py, e))
 }
 
 /// A batch of raw records (single events or envelopes of them), decoded once.

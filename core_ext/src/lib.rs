@@ -77,6 +77,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings_batch::envelope_unpack, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::validate_payment, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::validate_member_event, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::check_json_object, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::evaluate_batch, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::member_view, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;

@@ -37,6 +37,8 @@ pub struct BusinessUnit {
     pub id: String,
     pub format: String,
     pub rate: Option<Rate>,
+    /// The largest payment the business unit takes (fen); a larger one is refused.
+    pub max_payment_fen: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub struct Merchant {
     /// The mall's commission on this merchant's payments, basis points, and its minimum.
     pub commission_bp: Option<i64>,
     pub commission_min_fen: i64,
+    /// The merchant's own maximum payment (fen), in place of its business unit's.
+    pub max_payment_fen: Option<i64>,
 }
 
 /// How business units settle points with the pool, and where breakage goes.
@@ -283,6 +287,16 @@ pub struct RuleSet {
 impl RuleSet {
     pub fn default_tier(&self) -> &Tier {
         &self.tiers[0]
+    }
+
+    /// The largest payment a merchant of a business unit takes: the merchant's own limit,
+    /// else its business unit's (None: no limit but the events' own 10^12 fen).
+    pub fn max_payment_fen(&self, bu_id: &str, merchant_id: &str) -> Option<i64> {
+        self.merchants
+            .get(merchant_id)
+            .filter(|m| m.bu == bu_id)
+            .and_then(|m| m.max_payment_fen)
+            .or_else(|| self.business_units.get(bu_id).and_then(|b| b.max_payment_fen))
     }
 
     pub fn tier_index(&self, id: Option<&str>) -> usize {

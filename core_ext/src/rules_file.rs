@@ -190,6 +190,7 @@ struct RawBusinessUnit {
     name: Option<String>,
     points: Option<S<i64>>,
     per_fen: Option<S<i64>>,
+    max_payment_fen: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +206,7 @@ struct RawMerchant {
     per_fen: Option<S<i64>>,
     commission_bp: Option<S<i64>>,
     commission_min_fen: Option<S<i64>>,
+    max_payment_fen: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -516,7 +518,9 @@ impl RuleSet {
                 );
             }
             let rate = src.opt_rate(&field, bu.id.span(), &bu.points, &bu.per_fen)?;
-            let unit = BusinessUnit { id: id.clone(), format: bu.format.get_ref().clone(), rate };
+            let max_payment_fen =
+                src.opt_int(&bu.max_payment_fen, &format!("{field}.max_payment_fen"), 1..=crate::events::MAX_AMOUNT_FEN)?;
+            let unit = BusinessUnit { id: id.clone(), format: bu.format.get_ref().clone(), rate, max_payment_fen };
             if business_units.insert(id.clone(), unit).is_some() {
                 return src.err(bu.id.span(), &format!("{field}.id"), format!("duplicate business unit {id:?}"));
             }
@@ -540,6 +544,11 @@ impl RuleSet {
                 commission_min_fen: src
                     .opt_int(&m.commission_min_fen, &format!("{field}.commission_min_fen"), 0..=100_000_000)?
                     .unwrap_or(0),
+                max_payment_fen: src.opt_int(
+                    &m.max_payment_fen,
+                    &format!("{field}.max_payment_fen"),
+                    1..=crate::events::MAX_AMOUNT_FEN,
+                )?,
             };
             if merchants.insert(id.clone(), merchant).is_some() {
                 return src.err(m.id.span(), &format!("{field}.id"), format!("duplicate merchant {id:?}"));

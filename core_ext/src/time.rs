@@ -8,14 +8,40 @@ pub const DAY_MS: i64 = 86_400_000;
 
 /// Parses an ISO-8601 / RFC 3339 instant with an offset; returns epoch ms.
 pub fn parse_instant_ms(s: &str) -> CoreResult<i64> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|dt| dt.timestamp_millis())
-        .map_err(|e| {
-            CoreError::invalid_event(
-                "",
-                format!("must be an ISO-8601 time with offset, e.g. 2026-11-23T10:15:00+08:00 ({e})"),
-            )
-        })
+    let dt = DateTime::parse_from_rfc3339(s).map_err(|e| {
+        CoreError::invalid_event(
+            "",
+            format!("must be an ISO-8601 time with offset, e.g. 2026-11-23T10:15:00+08:00 ({e})"),
+        )
+    })?;
+    // chrono reads a leap second (23:59:60) as the 1,000th millisecond of the second before.
+    if dt.nanosecond() >= 1_000_000_000 {
+        return Err(CoreError::invalid_event("", "is a leap second (:60): send 23:59:59.999 or the next second"));
+    }
+    let ms = dt.timestamp_millis();
+    if !(0..MAX_INSTANT_MS).contains(&ms) {
+        return Err(CoreError::invalid_event("", "must be between 1970 and 2199"));
+    }
+    Ok(ms)
+}
+
+/// 2200-01-01T00:00:00Z: no time the engine keeps is at or after it.
+pub const MAX_INSTANT_MS: i64 = 7_258_118_400_000;
+
+/// Refuses an instant outside `max_age_days` before and `max_ahead_days` after `now_ms`
+/// (the ingress's sanity window on a callback's time).
+pub fn check_window(field: &str, at_ms: i64, now_ms: i64, max_age_days: i64, max_ahead_days: i64) -> CoreResult<()> {
+    let (earliest, latest) = (now_ms - max_age_days * DAY_MS, now_ms + max_ahead_days * DAY_MS);
+    if at_ms < earliest || at_ms > latest {
+        return Err(CoreError::invalid_event(
+            field,
+            format!(
+                "must be within {max_age_days} days before and {max_ahead_days} day(s) after the server's time, got {}",
+                crate::events::format_instant(at_ms)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A calendar date (YYYY-MM-DD) as a day number since 1970-01-01.

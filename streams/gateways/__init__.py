@@ -20,11 +20,13 @@ class GatewayError(ValueError):
     `status` is the HTTP status of the answer: every refusal makes the gateway retry
     later (a key or a route may be fixed meanwhile), and is dead-lettered."""
 
-    def __init__(self, field: str, reason: str, *, status: int = 400) -> None:
+    def __init__(self, field: str, reason: str, *, status: int = 400, unrouted: str | None = None) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
         self.status = status
+        #: The merchant number (mchid / app_id) of a notification that has no route.
+        self.unrouted = unrouted
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class GatewayRoutes:
                 "route",
                 f"no route for merchant {account!r}" + (f" / {sub_account!r}" if sub_account else "")
                 + " in the gateways file, and no bu_id/merchant_id/category in the order",
-                status=500,
+                status=503,  # a retry the gateways accept, not an internal error (docs/gateways.md)
+                unrouted=account,
             )
         return found
 

@@ -505,6 +505,15 @@ class BalanceStore:
                                   for scope, nonce in claims], "nonce claims")
         return [r is not None for r in replies]
 
+    async def claim_events(self, claims: Sequence[tuple[str, str]], keep_s: int) -> list[str | None]:
+        """Several (event id, claimant) claims in one round trip: `SET NX GET` on the event
+        id's own key (one key each: no cross-slot step on a cluster). None where the claim
+        is new; else whoever claimed the id first (a retry of the same sender: itself)."""
+        keep = str(keep_s).encode()
+        replies = await self.run([pack(b"SET", f"{self.ns}:eid:{event_id}".encode(), claimant.encode(), b"NX", b"GET",
+                                       b"EX", keep) for event_id, claimant in claims], "event claims")
+        return [None if r is None else r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+
     async def rate_hit(self, client_key: str, limit_per_s: int, second: int | None = None) -> bool:
         """Counts one request of a client in the current (Unix) second; False past the limit."""
         second = int(time.time()) if second is None else second

@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "board_commands",
     "board_shard",
+    "check_json_object",
     "coupon_wallet",
     "decode_event",
     "engage",

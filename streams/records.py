@@ -88,6 +88,9 @@ def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.fullmatch(value))
 
 
+EVENT_ID_TEXT = re.compile(rb'"event_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
+
+
 def readable_event_id(body: bytes) -> str | None:
     """The event id of a refused body, whenever one can be read: a JSON object whose
     `event_id` is a valid id (the rest of the body may be what was wrong)."""
@@ -96,7 +99,10 @@ def readable_event_id(body: bytes) -> str | None:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        # A cut or broken body (the first bytes of one over the size limit): its event id
+        # as written near its start, if it is there plainly.
+        found = EVENT_ID_TEXT.search(body[:4096])
+        return found.group(1).decode() if found else None
     event_id = value.get("event_id") if isinstance(value, dict) else None
     return event_id if isinstance(event_id, str) and is_valid_id(event_id) else None
 

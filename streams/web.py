@@ -114,25 +114,27 @@ async def read_body(view: View, request: Request, types: tuple[str, ...] | None 
     a dead letter with the first bytes) past LOYALTY_MAX_BODY_BYTES, chunked or not: the
     body is read here up to the limit, never whole first."""
     settings = runtime.settings
+    refusal: tuple[int, str, str] | None = None
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if encoding not in ("", "identity"):
-        return None, await reject(view, 415, f"Content-Encoding: {encoding[:40]!r} is not accepted; send the body "
-                                  "as is (identity)", b"", field="Content-Encoding")
-    if types is not None:
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in types:
-            return None, await reject(view, 415, f"Content-Type: must be {' or '.join(types)}, got {ctype[:60]!r}",
-                                      b"", field="Content-Type")
-    too_large = f"body larger than {settings.max_body_bytes} bytes"
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        # Not read at all: the dead letter keeps the reason, not the body.
-        return None, await reject(view, 413, too_large, b"", field="body")
+        refusal = (415, f"Content-Encoding: {encoding[:40]!r} is not accepted; send the body as is (identity)",
+                   "Content-Encoding")
+    elif types is not None and ctype not in types:
+        refusal = (415, f"Content-Type: must be {' or '.join(types)}, got {ctype[:60]!r}", "Content-Type")
+    # Read here up to the limit and no further, whatever the transfer encoding: the dead
+    # letter of a refused body keeps its first bytes (and so its event id).
     body = bytearray()
     async for chunk in request.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > settings.max_body_bytes:
-            return None, await reject(view, 413, too_large, bytes(body[: settings.max_body_bytes]), field="body")
-    return bytes(body), None
+            break
+    first = bytes(body[: settings.max_body_bytes])
+    if refusal is not None:
+        return None, await reject(view, refusal[0], refusal[1], first, field=refusal[2])
+    if len(body) > settings.max_body_bytes:
+        return None, await reject(view, 413, f"body larger than {settings.max_body_bytes} bytes", first, field="body")
+    return first, None
 
 
 async def _read_signed(view: View, request: Request, scope: str = "callback") -> tuple[bytes | None, Response | None]:

@@ -130,7 +130,7 @@ def test_wechatpay_payment_refunds_and_retries_count_once(gw: WorkerProcess, sim
 @pytest.mark.parametrize(
     ("case", "status"),
     [("bad signature", 401), ("stale timestamp", 401), ("wrong serial", 401), ("tampered ciphertext", 401),
-     ("unknown merchant", 500), ("refund of an unseen payment", 503)],
+     ("unknown merchant", 503), ("refund of an unseen payment", 503)],
 )
 def test_wechatpay_refusals_are_retried_dead_lettered_and_change_nothing(
         gw: WorkerProcess, sims: Any, case: str, status: int) -> None:
@@ -207,7 +207,7 @@ def test_alipay_payment_cumulative_refunds_out_of_order_and_retries(gw: WorkerPr
 @pytest.mark.parametrize(
     ("case", "status"),
     [("bad signature", 401), ("amount changed after signing", 401), ("refund larger than the trade", 400),
-     ("unknown app", 500), ("not a form", 400)],
+     ("unknown app", 503), ("not a form", 400)],
 )
 def test_alipay_refusals_answer_fail_and_change_nothing(gw: WorkerProcess, sims: Any, case: str,
                                                         status: int) -> None:

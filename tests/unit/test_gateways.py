@@ -329,6 +329,6 @@ def test_a_worker_leaves_out_routes_to_unknown_business_units_and_check_refuses_
     assert list(config.wechatpay.routes) == [("2", "")]
     with pytest.raises(GatewayError) as err:
         config.wechatpay.route("1", "", None)
-    assert err.value.field == "route" and err.value.status == 500
+    assert (err.value.field, err.value.status, err.value.unrouted) == ("route", 503, "1")
     with pytest.raises(GatewayConfigError):
         parse_config(text, "gateways.toml", {"sh-mall"})

@@ -1,0 +1,3 @@
+"""The fuzz runs over the real services, as the integration tests do."""
+
+from tests.integration.conftest import services  # noqa: F401

@@ -8,6 +8,7 @@ bodies a gateway should never send, forged signatures and unknown business units
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import secrets
 import shutil
@@ -202,7 +203,11 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     push_secret = secrets.token_hex(16)
     receiver = WebhookReceiver(push_secret).start()
     push_env = {"LOYALTY_PUSH_WEBHOOK_URL": receiver.url, "LOYALTY_PUSH_SECRET": push_secret}
-    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id, extra_env={**gateway_env, **push_env})
+    # The demo replays a fixed day: the ingress's window on occurred_at reaches back to it.
+    days_back = (dt.date.today() - dt.date.fromisoformat(DAY)).days + 2
+    window_env = {"LOYALTY_OCCURRED_MAX_AGE_DAYS": str(max(400, days_back))}
+    worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id,
+                           extra_env={**gateway_env, **push_env, **window_env})
     day = generate_day(seed, events, members, rules.business_units)
     print(
         f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "

@@ -38,6 +38,7 @@ __all__ = [
     "ledger_tables",
     "liability_by_expiry",
     "member_view",
+    "next_wallet_check_ms",
     "parking_exit",
     "rebuild_member",
     "redeem",
@@ -502,6 +503,9 @@ def parking_exit(
 ) -> tuple[str, str | None, str | None]:
     """Prices an exit (schedule, tier, same-day spend, coupon, points): (fee JSON, new
     state JSON, ledger rows JSON); state and rows are None when no points were used."""
+
+def next_wallet_check_ms(rules: RuleSet, state_json: str | None) -> int | None:
+    """When the state next needs the scheduled wallet check (None: never)."""
 
 def wallet_total(state_json: str | None) -> int:
     """Lots + pending + held points - negative balance of a stored state (what the balance must equal)."""

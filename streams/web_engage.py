@@ -88,7 +88,9 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
             counters["engagement_refused_total"] += 1
             return error_response(view, 409, exc.reason, exc.field)
         move = EventMove(record_id, op, points, rows, amount, refund_of, 0, result, sv_fen=sv_fen)
-        group = MemberMoves(member_id, seq, new_state, None, None, events=[move], campaigns=dict(consumed),
+        # The wallet check comes when the new state needs it (a partner's answer overdue).
+        next_check = core_ext.next_wallet_check_ms(rt.rules, new_state)
+        group = MemberMoves(member_id, seq, new_state, None, next_check, events=[move], campaigns=dict(consumed),
                             outbox=True)
         (outcome,) = await rt.balances.apply([group], budgets)
         if outcome != "ok":

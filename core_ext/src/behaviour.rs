@@ -24,6 +24,8 @@ pub fn apply_member_event(
     let mut change: Option<TierChange> = None;
     let mut expired: Vec<[i64; 2]> = Vec::new();
     let mut notice: Option<String> = None;
+    // Exchanges out whose partner never answered (the wallet check fails them).
+    let mut timed_out: Vec<(String, crate::state::PendingExchange)> = Vec::new();
     // Refusals first: nothing below may fail once the state has changed.
     if ev.kind == MemberKind::TierOverride {
         let tier = ev.tier.as_deref().unwrap_or_default();
@@ -178,6 +180,14 @@ pub fn apply_member_event(
             for (id, points) in wallet::release_expired_holds(state, ev.occurred_at_ms) {
                 parts.push(Part::new("hold_released", format!("{id}:{points}"), 0));
             }
+            timed_out = wallet::exchanges_timed_out(rules, state, ev.occurred_at_ms);
+            for (_id, x) in &timed_out {
+                wallet::restore(state, &x.lots);
+                let day = Local::of(x.at_ms, rules.utc_offset_minutes).day;
+                if let Some(d) = state.exchange_days.get_mut(&x.partner).filter(|d| d[0] == day) {
+                    d[1] -= x.points;
+                }
+            }
             let released = wallet::release_due(state, ev.occurred_at_ms);
             if released > 0 {
                 parts.push(Part::new("released", format!("{released}"), 0));
@@ -198,7 +208,7 @@ pub fn apply_member_event(
                 );
                 parts.push(Part::new("reminder", wallet::month_label(month), 0));
             }
-            if parts.is_empty() {
+            if parts.is_empty() && timed_out.is_empty() {
                 parts.push(Part::new("nothing_due", "", 0));
             }
         }
@@ -250,7 +260,34 @@ pub fn apply_member_event(
         lots: if expired.is_empty() { &spent } else { &expired },
         settlement: &lines,
     };
+    // A failed exchange's own row, as the partner's "failed" answer makes it: the very lots
+    // back, and the partner owed nothing for them.
+    let returned: Vec<(Vec<Part>, Vec<crate::settlement::Line>)> = timed_out
+        .iter()
+        .map(|(id, x)| {
+            let value = x.units * rules.engagement.partners.get(&x.partner).map_or(0, |p| p.unit_value_fen);
+            (vec![Part::new("partner_timeout", id.clone(), x.points)], crate::engage::partner_lines(x.points, &x.partner, -value))
+        })
+        .collect();
+    let returned_rows: Vec<LedgerRow> = timed_out
+        .iter()
+        .zip(&returned)
+        .map(|((id, x), (explain, lines))| LedgerRow {
+            kind: "exchange_returned",
+            points: x.points,
+            category: &x.partner,
+            merchant_id: id,
+            channel: "engagement",
+            explain,
+            lots: &x.lots,
+            settlement: lines,
+            ..base.clone()
+        })
+        .collect();
+    let returned_points: i64 = timed_out.iter().map(|(_, x)| x.points).sum();
     let rows = match &change {
+        None if !returned_rows.is_empty() && parts.is_empty() => rows_json(&returned_rows),
+        None if !returned_rows.is_empty() => rows_json(&std::iter::once(base).chain(returned_rows).collect::<Vec<_>>()),
         None => rows_json(&[base]),
         Some(c) => {
             let explain = [Part::new(c.reason, format!("{}->{}", c.from, c.to), 0)];
@@ -264,14 +301,14 @@ pub fn apply_member_event(
         }
     };
     Ok(Applied {
-        points,
+        points: points + returned_points,
         amount_fen: 0,
         refund_of: None,
         clawback_points: 0,
         campaigns: Vec::new(),
         rows_json: rows,
         notice,
-        record_points: points,
+        record_points: points + returned_points,
         used_points: 0,
         returned_points: 0,
         booking: None,

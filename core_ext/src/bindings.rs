@@ -593,6 +593,14 @@ pub fn wallet_total(state_json: Option<&str>) -> PyResult<i64> {
     Ok(MemberState::from_json(state_json).map_err(PyValueError::new_err)?.wallet_total())
 }
 
+/// When a stored state next needs the scheduled wallet check (a release, an expiry, a
+/// reminder, a hold's or coupon's end, a partner's answer overdue); None: never.
+#[pyfunction]
+pub fn next_wallet_check_ms(rules: &PyRuleSet, state_json: Option<&str>) -> PyResult<Option<i64>> {
+    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    Ok(crate::wallet::next_check_ms(&rules.inner, &state))
+}
+
 /// Redeems a coupon at the till from a stored state: `(changed, state_json, rows_json, result_json)`.
 #[pyfunction]
 pub fn redeem_coupon(

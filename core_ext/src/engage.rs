@@ -164,7 +164,7 @@ fn pool_lines(points_to_members: i64) -> Vec<Line> {
 
 /// Points between the members and the pool, and money from the pool to a partner (an
 /// exchange out: the pool buys the partner's units; negative: in, or a failed one).
-fn partner_lines(points_to_members: i64, partner: &str, fen_to_partner: i64) -> Vec<Line> {
+pub(crate) fn partner_lines(points_to_members: i64, partner: &str, fen_to_partner: i64) -> Vec<Line> {
     let mut l = pool_lines(points_to_members);
     l.push(Line::money("pool", -fen_to_partner));
     l.push(Line::money(format!("partner:{partner}"), fen_to_partner));

@@ -127,6 +127,9 @@ pub struct Partner {
     pub unit_value_fen: i64,
     /// Points a member may send out / receive per local day (per direction).
     pub daily_limit_points: i64,
+    /// How long an exchange out waits for the partner's answer (ms) before the wallet
+    /// check fails it and gives the points back.
+    pub answer_wait_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +239,7 @@ pub struct RawPartner {
     points_per_unit_in: Option<S<i64>>,
     unit_value_fen: S<i64>,
     daily_limit_points: S<i64>,
+    answer_wait_s: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -460,6 +464,8 @@ pub(crate) fn load(
             points_per_unit_in: src.opt_int(&p.points_per_unit_in, &f("points_per_unit_in"), 1..=1_000_000)?,
             unit_value_fen: src.int(&p.unit_value_fen, &f("unit_value_fen"), 0..=1_000_000)?,
             daily_limit_points: src.int(&p.daily_limit_points, &f("daily_limit_points"), 1..=100_000_000)?,
+            answer_wait_ms: src.opt_int(&p.answer_wait_s, &f("answer_wait_s"), 1..=30 * 86_400)?.unwrap_or(48 * 3600)
+                * 1000,
         };
         if partner.points_per_unit_out.is_none() && partner.points_per_unit_in.is_none() {
             return src.err(p.id.span(), &f("points_per_unit_out"), "set points_per_unit_out, points_per_unit_in or both");

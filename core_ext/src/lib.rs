@@ -88,6 +88,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::release_hold, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::parking_exit, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::wallet_total, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::next_wallet_check_ms, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::redeem_coupon, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::coupon_wallet, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::liability_by_expiry, m)?)?;

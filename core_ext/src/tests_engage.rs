@@ -71,6 +71,7 @@ kind = "airline"
 points_per_unit_out = 10
 unit_value_fen = 8
 daily_limit_points = 1000
+answer_wait_s = 3600
 [stored_value]
 max_balance_fen = 100000
 max_topup_fen = 50000
@@ -225,6 +226,47 @@ fn a_failed_exchange_returns_the_very_lots_and_rebuild_agrees() {
     let rebuilt = rebuild_member(&r, &stored, day(0));
     assert_eq!(rebuilt.balance, 1000);
     assert_eq!(rebuilt.state.lots.iter().map(|l| l[1]).sum::<i64>(), 1000);
+}
+
+#[test]
+fn an_exchange_the_partner_never_answers_is_failed_by_the_wallet_check_after_its_wait() {
+    let r = rules();
+    let mut s = MemberState::default();
+    wallet::credit(&mut s, 300, 24_320, None);
+    wallet::credit(&mut s, 700, 24_321, None);
+    let lots_before = s.lots.clone();
+    run(&r, "exchange_out", &mut s, "x1", json!({"member_id": "m", "partner": "air", "points": 500}),
+        Context::default(), day(0))
+    .unwrap();
+    // The wallet check is due when the answer's wait runs out (3,600 s here).
+    assert_eq!(wallet::next_check_ms(&r, &s), Some(day(0) + 3_600_000));
+    let check = |at: i64| {
+        let body = json!({"event_id": format!("wc-{at}"), "type": "wallet_check", "member_id": "m",
+                          "occurred_at": crate::events::format_instant(at)});
+        match crate::events::parse_event(body.to_string().as_bytes()).unwrap() {
+            crate::events::Event::Member(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    let early = crate::behaviour::apply_member_event(&r, &check(day(0) + 3_599_000), &mut s, day(0)).unwrap();
+    assert_eq!((early.points, s.exchanges.len()), (0, 1), "not yet");
+    let due = crate::behaviour::apply_member_event(&r, &check(day(0) + 3_600_000), &mut s, day(0)).unwrap();
+    assert_eq!(due.points, 500);
+    assert!(s.exchanges.is_empty());
+    assert_eq!(s.lots, lots_before, "the very lots back");
+    let rows: Value = serde_json::from_str(&due.rows_json).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!((row["kind"].as_str(), row["points"].as_i64()), (Some("exchange_returned"), Some(500)));
+    assert_eq!(row["explain"][0], json!({"rule": "partner_timeout", "id": "x1", "points": 500}));
+    assert_eq!(row["lots"], json!([[24_320, 300], [24_321, 200]]));
+    // The partner is owed nothing for it: the settlement lines cancel the exchange's.
+    let owed: i64 = row["settlement"].as_array().unwrap().iter()
+        .filter(|l| l["account"] == "partner:air").map(|l| l["amount_fen"].as_i64().unwrap()).sum();
+    assert_eq!(owed, -400);
+    // And the day's limit counts it no more.
+    run(&r, "exchange_out", &mut s, "x2", json!({"member_id": "m", "partner": "air", "points": 1000}),
+        Context::default(), day(0) + 3_700_000)
+    .unwrap();
 }
 
 #[test]

@@ -208,7 +208,28 @@ pub fn next_check_ms(rules: &RuleSet, state: &MemberState) -> Option<i64> {
     });
     let hold = state.holds.values().map(|h| h.expires_at_ms).min();
     let coupon = state.coupons.iter().filter(|c| c.status == "active").map(|c| c.valid_until_ms).min();
-    [pending, expiry, reminder, hold, coupon].into_iter().flatten().min()
+    let exchange = state.exchanges.values().map(|x| x.at_ms + answer_wait_ms(rules, &x.partner)).min();
+    [pending, expiry, reminder, hold, coupon, exchange].into_iter().flatten().min()
+}
+
+/// How long an exchange out to `partner` waits for the answer (a partner no longer in
+/// the rules: the default 48 h).
+pub fn answer_wait_ms(rules: &RuleSet, partner: &str) -> i64 {
+    rules.engagement.partners.get(partner).map_or(48 * 3_600_000, |p| p.answer_wait_ms)
+}
+
+/// Exchanges out whose partner has not answered within its wait, taken out of the
+/// state (failed: the caller gives their lots back), oldest first.
+pub fn exchanges_timed_out(rules: &RuleSet, state: &mut MemberState, now_ms: i64) -> Vec<(String, crate::state::PendingExchange)> {
+    let due: Vec<String> = state
+        .exchanges
+        .iter()
+        .filter(|(_, x)| x.at_ms + answer_wait_ms(rules, &x.partner) <= now_ms)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut out: Vec<_> = due.into_iter().filter_map(|id| state.exchanges.remove(&id).map(|x| (id, x))).collect();
+    out.sort_by_key(|(id, x)| (x.at_ms, id.clone()));
+    out
 }
 
 /// Locks `points` (oldest lots first) for a checkout; None when not enough.

@@ -147,6 +147,14 @@ points_per_unit_in = 5
 unit_value_fen = 8
 daily_limit_points = 5000
 
+[[partners]]
+id = "slow-bank"
+kind = "bank"
+points_per_unit_out = 10
+unit_value_fen = 8
+daily_limit_points = 5000
+answer_wait_s = 3
+
 [stored_value]
 max_balance_fen = 500000
 max_topup_fen = 200000
@@ -178,7 +186,8 @@ def ew(services: None, receiver: WebhookReceiver, tmp_path_factory: pytest.TempP
     rules = tmp / "engage.toml"
     rules.write_text(RULES)
     w = new_worker(tmp, "engage", LOYALTY_RULES=str(rules), LOYALTY_PUSH_WEBHOOK_URL=receiver.url,
-                   LOYALTY_PUSH_SECRET=PUSH_SECRET, LOYALTY_PUSH_BACKOFF="0.05", LOYALTY_RATE_LIMIT_POS="100000")
+                   LOYALTY_PUSH_SECRET=PUSH_SECRET, LOYALTY_PUSH_BACKOFF="0.05", LOYALTY_RATE_LIMIT_POS="100000",
+                   LOYALTY_WALLET_CHECK_INTERVAL="1")
     w.start()
     yield w
     w.stop()
@@ -464,6 +473,23 @@ def test_burn_promotion_values_hotel_points_double_in_mall_fashion(ew: WorkerPro
 
 
 # ---- partner exchange ---------------------------------------------------------------
+
+def test_an_exchange_the_partner_never_answers_is_failed_after_its_wait(ew: WorkerProcess) -> None:
+    m = mid("slow")
+    fund(ew, [m], 300_000)  # 3,000 points
+    status, x = post(ew, "/v1/exchanges", {"member_id": m, "partner": "slow-bank", "points": 1000}, f"xs-{m}")
+    assert status == 201 and x["status"] == "pending", x
+    assert member(ew, m)["balance"] == 2000
+    # No answer within the partner's 3 s: the wallet check fails it and the points come back.
+    ew.wait_until(lambda: member(ew, m)["balance"] == 3000, timeout=60, what="the unanswered exchange returned")
+    row = next(r for r in member(ew, m)["recent_movements"] if r["kind"] == "exchange_returned")
+    assert row["explain"][0] == {"rule": "partner_timeout", "id": f"xs-{m}", "points": 1000}, row
+    assert not ew.get(f"/v1/members/{m}/engagement")[1]["engagement"].get("exchanges"), "nothing pending"
+    # The partner's late answer finds nothing pending.
+    late = {"member_id": m, "exchange_id": f"xs-{m}", "status": "confirmed"}
+    status, answer = partner_post(ew, "/v1/partners/slow-bank/confirmations", late)
+    assert status == 409 and "no pending exchange" in answer["error"], answer
+
 
 def test_partner_exchange_pending_confirmed_failed_and_limits(ew: WorkerProcess, receiver: WebhookReceiver) -> None:
     m = mid("p")

@@ -76,6 +76,35 @@ def remove_run_data(kafka_bootstrap: str, redis_url: str, prefix: str) -> None:
         r.close()
 
 
+def remove_test_leftovers(kafka_bootstrap: str, redis_url: str) -> int:
+    """Deletes what earlier test runs on this machine left behind (a run killed before its
+    cleanup): topics named `t-...` and Redis keys under `t-...:`. Returns the topics
+    deleted. A local Kafka with hundreds of stale partitions is slow to serve new ones."""
+    import redis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def drop_topics() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith("t-")]
+            for i in range(0, len(topics), 200):
+                await admin.delete_topics(topics[i:i + 200])
+            return len(topics)
+        finally:
+            await admin.close()
+
+    dropped = asyncio.run(drop_topics())
+    r = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(r.scan_iter(match="t-*", count=1000))
+        for i in range(0, len(keys), 1000):
+            r.unlink(*keys[i:i + 1000])
+    finally:
+        r.close()
+    return dropped
+
+
 @dataclass
 class WorkerProcess:
     """A `loyalty worker` child process with an isolated namespace."""

@@ -1,8 +1,6 @@
 //! The only module that touches Python objects. Converts once per batch at the
 //! boundary and releases the GIL while the pure core works.
 
-use crate::accrual::PaymentRecord;
-use crate::engine::{self, StoredMembers};
 use crate::errors::CoreError;
 use crate::events::{self, Event};
 use crate::rules::RuleSet;
@@ -13,7 +11,6 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 create_exception!(_core, LoyaltyCoreError, PyValueError, "Base class of every error raised by the loyalty core.");
@@ -276,7 +273,7 @@ pub fn check_json_object(py: Python<'_>, body: &[u8]) -> PyResult<()> {
 /// A batch of raw records (single events or envelopes of them), decoded once.
 #[pyclass(name = "EventBatch", frozen, module = "core_ext._core")]
 pub struct PyEventBatch {
-    events: Vec<Result<Event, CoreError>>,
+    pub(crate) events: Vec<Result<Event, CoreError>>,
 }
 
 #[pymethods]
@@ -303,46 +300,6 @@ impl PyEventBatch {
     }
 }
 
-/// A stored payment record: (amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used).
-type OriginalTuple = (i64, i64, i64, i64, i64, i64);
-
-/// Evaluates a batch; see `core_ext/_core.pyi`.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_batch(
-    py: Python<'_>,
-    rules: &PyRuleSet,
-    batch: &PyEventBatch,
-    applied: Vec<bool>,
-    originals: Vec<Option<OriginalTuple>>,
-    members: HashMap<String, (i64, Option<String>)>,
-    budget_spent: HashMap<String, i64>,
-    now_ms: i64,
-) -> PyResult<crate::bindings_batch::PyEvaluation> {
-    let n = batch.events.len();
-    if applied.len() != n || originals.len() != n {
-        return Err(PyValueError::new_err(format!(
-            "evaluate_batch: {n} events but {} applied flags and {} originals",
-            applied.len(),
-            originals.len()
-        )));
-    }
-    let mut records = Vec::with_capacity(n);
-    for original in originals {
-        records.push(match original {
-            Some((amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)) if amount_fen > 0 => {
-                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used }.into())
-            }
-            Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
-            None => None,
-        });
-    }
-    let stored = StoredMembers { members: members.into_iter().collect(), budget_spent: budget_spent.into_iter().collect() };
-    let rules = Arc::clone(&rules.inner);
-    let events = &batch.events;
-    let result = py.detach(|| engine::evaluate_batch(&rules, events, &applied, &records, &stored, now_ms));
-    crate::bindings_batch::evaluation(py, result)
-}
 
 /// What the member API shows of a stored state: tier, progress and review date.
 #[pyfunction]

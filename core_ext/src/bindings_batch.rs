@@ -2,13 +2,17 @@
 //! of `evaluate_batch`. Values cross the boundary as frozen classes with named fields.
 
 use crate::batch::{self, AccrualBatch, Config, Kind};
-use crate::bindings::{core_error_to_py, PyRuleSet};
+use crate::bindings::{core_error_to_py, PyEventBatch, PyRuleSet};
+use crate::engine::{self, StoredMembers};
+use crate::record::PaymentRecord;
 use crate::envelope;
 use crate::events::{self, Event};
 use crate::resp::Reply;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What became of an event.
 #[pyclass(name = "OutcomeKind", eq, eq_int, hash, frozen, module = "core_ext._core")]
@@ -601,4 +605,45 @@ pub fn board_commands<'py>(
 #[pyfunction]
 pub fn board_shard(member: &str, shards: u32) -> u32 {
     crate::boards::shard(member, shards)
+}
+
+/// A stored payment record: (amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used).
+type OriginalTuple = (i64, i64, i64, i64, i64, i64);
+
+/// Evaluates a batch; see `core_ext/_core.pyi`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_batch(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    batch: &PyEventBatch,
+    applied: Vec<bool>,
+    originals: Vec<Option<OriginalTuple>>,
+    members: HashMap<String, (i64, Option<String>)>,
+    budget_spent: HashMap<String, i64>,
+    now_ms: i64,
+) -> PyResult<PyEvaluation> {
+    let n = batch.events.len();
+    if applied.len() != n || originals.len() != n {
+        return Err(PyValueError::new_err(format!(
+            "evaluate_batch: {n} events but {} applied flags and {} originals",
+            applied.len(),
+            originals.len()
+        )));
+    }
+    let mut records = Vec::with_capacity(n);
+    for original in originals {
+        records.push(match original {
+            Some((amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)) if amount_fen > 0 => {
+                Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used }.into())
+            }
+            Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
+            None => None,
+        });
+    }
+    let stored = StoredMembers { members: members.into_iter().collect(), budget_spent: budget_spent.into_iter().collect() };
+    let rules = Arc::clone(&rules.inner);
+    let events = &batch.events;
+    let result = py.detach(|| engine::evaluate_batch(&rules, events, &applied, &records, &stored, now_ms));
+    evaluation(py, result)
 }

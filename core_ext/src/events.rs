@@ -240,12 +240,10 @@ pub fn check_unique_keys(raw: &[u8]) -> CoreResult<()> {
     parse_object(raw).map(|_| ())
 }
 
-/// An instant as RFC 3339 in UTC with milliseconds (what the events carry).
-pub fn format_instant(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::time::format_instant;
+
+/// The profile fields a registration or profile event may name as filled in (never their values).
+pub const PROFILE_FIELDS: [&str; 8] = ["name", "gender", "birthday", "email", "address", "city", "occupation", "interests"];
 
 /// The largest manual adjustment, either way.
 pub const MAX_ADJUSTMENT: i64 = 10_000_000;
@@ -497,10 +495,10 @@ fn parse_member_event(
         (MemberKind::Register | MemberKind::Profile, Some(Value::Array(items))) if items.len() <= 20 => items
             .iter()
             .map(|v| match v.as_str() {
-                Some(f) if crate::engage_rules::PROFILE_FIELDS.contains(&f) => Ok(f.to_string()),
+                Some(f) if PROFILE_FIELDS.contains(&f) => Ok(f.to_string()),
                 _ => Err(CoreError::invalid_event(
                     "profile_fields",
-                    format!("each must be one of {}", crate::engage_rules::PROFILE_FIELDS.join(", ")),
+                    format!("each must be one of {}", PROFILE_FIELDS.join(", ")),
                 )),
             })
             .collect::<CoreResult<Vec<_>>>()?,

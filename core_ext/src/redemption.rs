@@ -48,7 +48,7 @@ fn take_origin(rules: &RuleSet, state: &mut MemberState, p: &BurnPromotion, toda
     state.earned_recent.retain(|e| e.points > 0);
 }
 
-pub const KINDS: [&str; 5] = ["cash_offset", "parking_offset", "mall_exchange", "lottery", "benefit"];
+pub use crate::engage_rules::REDEMPTION_KINDS as KINDS;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

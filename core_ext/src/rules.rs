@@ -275,10 +275,10 @@ pub struct RuleSet {
     pub wallet: WalletRules,
     pub settlement: SettlementRules,
     /// Car parks by business unit id.
-    pub car_parks: HashMap<String, crate::parking::CarPark>,
+    pub car_parks: HashMap<String, crate::parking_rules::CarPark>,
     /// Real-time marketing: coupon templates by id, and the triggers that issue them.
-    pub coupon_templates: HashMap<String, crate::coupons::CouponTemplate>,
-    pub triggers: Vec<crate::coupons::Trigger>,
+    pub coupon_templates: HashMap<String, crate::coupon_rules::CouponTemplate>,
+    pub triggers: Vec<crate::coupon_rules::Trigger>,
     /// Games, sign-in plans, burn-side promotions, partners, stored value, channel
     /// rates and profile rewards (`engage_rules`).
     pub engagement: crate::engage_rules::Engagement,

@@ -9,6 +9,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::ops::Range;
 use toml::Spanned;
 
+pub(crate) mod engagement;
+
 type S<T> = Spanned<T>;
 
 #[derive(Deserialize)]
@@ -50,21 +52,21 @@ struct RawRuleSet {
     #[serde(default)]
     triggers: Vec<RawTrigger>,
     #[serde(default)]
-    games: Vec<crate::engage_rules::RawGame>,
+    games: Vec<engagement::RawGame>,
     #[serde(default)]
-    sign_in_plans: Vec<crate::engage_rules::RawSignInPlan>,
+    sign_in_plans: Vec<engagement::RawSignInPlan>,
     #[serde(default)]
-    burn_promotions: Vec<crate::engage_rules::RawBurnPromotion>,
+    burn_promotions: Vec<engagement::RawBurnPromotion>,
     #[serde(default)]
-    partners: Vec<crate::engage_rules::RawPartner>,
+    partners: Vec<engagement::RawPartner>,
     #[serde(default)]
-    stored_value: Option<crate::engage_rules::RawStoredValue>,
+    stored_value: Option<engagement::RawStoredValue>,
     #[serde(default)]
-    channels: Vec<crate::engage_rules::RawChannel>,
+    channels: Vec<engagement::RawChannel>,
     #[serde(default)]
-    profile_rewards: Vec<crate::engage_rules::RawProfileReward>,
+    profile_rewards: Vec<engagement::RawProfileReward>,
     #[serde(default)]
-    leaderboards: Vec<crate::engage_rules::RawLeaderboard>,
+    leaderboards: Vec<engagement::RawLeaderboard>,
 }
 
 #[derive(Deserialize)]
@@ -645,7 +647,7 @@ impl RuleSet {
                 }
                 steps.push(step);
             }
-            let park = crate::parking::CarPark {
+            let park = crate::parking_rules::CarPark {
                 bu: c.bu.get_ref().clone(),
                 free_minutes: src.int(&c.free_minutes, &f("free_minutes"), 0..=1_440)?,
                 price_per_hour_fen: src.int(&c.price_per_hour_fen, &f("price_per_hour_fen"), 0..=100_000)?,
@@ -664,7 +666,7 @@ impl RuleSet {
             }
             coupon_templates.insert(tpl.id.clone(), tpl);
         }
-        let mut triggers: Vec<crate::coupons::Trigger> = Vec::new();
+        let mut triggers: Vec<crate::coupon_rules::Trigger> = Vec::new();
         for (i, t) in raw.triggers.iter().enumerate() {
             let trig = load_trigger(&src, i, t, &coupon_templates, &formats, &tiers)?;
             if triggers.iter().any(|x| x.id == trig.id) {
@@ -673,9 +675,9 @@ impl RuleSet {
             triggers.push(trig);
         }
 
-        let engagement = crate::engage_rules::load(
+        let engagement = engagement::load(
             &src,
-            crate::engage_rules::RawEngagement {
+            engagement::RawEngagement {
                 games: &raw.games,
                 sign_in_plans: &raw.sign_in_plans,
                 burn_promotions: &raw.burn_promotions,
@@ -977,8 +979,8 @@ fn load_coupon_template(
     i: usize,
     t: &RawCouponTemplate,
     bus: &HashMap<String, BusinessUnit>,
-) -> CoreResult<crate::coupons::CouponTemplate> {
-    use crate::coupons::{CouponKind, CouponTemplate, Scope, Validity};
+) -> CoreResult<crate::coupon_rules::CouponTemplate> {
+    use crate::coupon_rules::{CouponKind, CouponTemplate, Scope, Validity};
     let f = |name: &str| format!("coupon_templates[{i}].{name}");
     let id = src.id(&t.id, &f("id"))?;
     let money = 1..=100_000_000;
@@ -1045,11 +1047,11 @@ fn load_trigger(
     src: &Source,
     i: usize,
     t: &RawTrigger,
-    templates: &HashMap<String, crate::coupons::CouponTemplate>,
+    templates: &HashMap<String, crate::coupon_rules::CouponTemplate>,
     formats: &HashMap<String, Rate>,
     tiers: &[Tier],
-) -> CoreResult<crate::coupons::Trigger> {
-    use crate::coupons::{Trigger, TriggerKind};
+) -> CoreResult<crate::coupon_rules::Trigger> {
+    use crate::coupon_rules::{Trigger, TriggerKind};
     let f = |name: &str| format!("triggers[{i}].{name}");
     let id = src.id(&t.id, &f("id"))?;
     let need = |v: &Option<S<i64>>, name: &str, range: std::ops::RangeInclusive<i64>| -> CoreResult<i64> {

@@ -25,6 +25,13 @@ pub fn parse_instant_ms(s: &str) -> CoreResult<i64> {
     Ok(ms)
 }
 
+/// An instant as RFC 3339 in UTC with milliseconds (what the events carry).
+pub fn format_instant(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// 2200-01-01T00:00:00Z: no time the engine keeps is at or after it.
 pub const MAX_INSTANT_MS: i64 = 7_258_118_400_000;
 
@@ -37,7 +44,7 @@ pub fn check_window(field: &str, at_ms: i64, now_ms: i64, max_age_days: i64, max
             field,
             format!(
                 "must be within {max_age_days} days before and {max_ahead_days} day(s) after the server's time, got {}",
-                crate::events::format_instant(at_ms)
+                format_instant(at_ms)
             ),
         ));
     }

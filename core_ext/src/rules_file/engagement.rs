@@ -1,0 +1,366 @@
+//! The engagement sections of the rules file as written (games, sign-in plans, burn-side
+//! promotions, partners, stored value, channels, profile rewards, leaderboards) and their
+//! loader into `crate::engage_rules`.
+
+use super::Source;
+use crate::coupon_rules::CouponTemplate;
+use crate::engage_rules::*;
+use crate::errors::CoreResult;
+use crate::rules::{BusinessUnit, Rate};
+use crate::time::parse_instant_ms;
+use rustc_hash::FxHashMap as HashMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+type S<T> = Spanned<T>;
+
+// ---- as written ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrize {
+    id: S<String>,
+    odds_ppm: S<i64>,
+    stock: Option<S<i64>>,
+    points: Option<S<i64>>,
+    coupon: Option<S<String>>,
+    card: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGame {
+    id: S<String>,
+    kind: S<String>,
+    cost_points: S<i64>,
+    daily_limit: Option<S<i64>>,
+    valid_from: Option<S<String>>,
+    valid_to: Option<S<String>>,
+    #[serde(default)]
+    prizes: Vec<RawPrize>,
+    set_reward_points: Option<S<i64>>,
+    set_reward_coupon: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignInPlan {
+    id: S<String>,
+    cycle_days: S<i64>,
+    rewards: S<Vec<i64>>,
+    makeup_cost_points: Option<S<i64>>,
+    makeup_max_per_cycle: Option<S<i64>>,
+    contract_min_stake: Option<S<i64>>,
+    contract_max_stake: Option<S<i64>>,
+    contract_bonus_pct: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBurnPromotion {
+    id: S<String>,
+    kinds: Option<S<Vec<String>>>,
+    bus: Option<S<Vec<String>>>,
+    formats: Option<S<Vec<String>>>,
+    categories: Option<S<Vec<String>>>,
+    starts_at: Option<S<String>>,
+    ends_at: Option<S<String>>,
+    value_pct: Option<S<i64>>,
+    price_pct: Option<S<i64>>,
+    earned_bus: Option<S<Vec<String>>>,
+    earned_formats: Option<S<Vec<String>>>,
+    earned_within_days: Option<S<i64>>,
+    funded_by: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPartner {
+    id: S<String>,
+    kind: S<String>,
+    points_per_unit_out: Option<S<i64>>,
+    points_per_unit_in: Option<S<i64>>,
+    unit_value_fen: S<i64>,
+    daily_limit_points: S<i64>,
+    answer_wait_s: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoredValue {
+    max_balance_fen: S<i64>,
+    max_topup_fen: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    id: S<String>,
+    multiplier_pct: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfileReward {
+    id: S<String>,
+    fields: S<Vec<String>>,
+    points: S<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeaderboard {
+    period: S<String>,
+    scope: S<String>,
+}
+
+pub struct RawEngagement<'a> {
+    pub games: &'a [RawGame],
+    pub sign_in_plans: &'a [RawSignInPlan],
+    pub burn_promotions: &'a [RawBurnPromotion],
+    pub partners: &'a [RawPartner],
+    pub stored_value: Option<&'a RawStoredValue>,
+    pub channels: &'a [RawChannel],
+    pub profile_rewards: &'a [RawProfileReward],
+    pub leaderboards: &'a [RawLeaderboard],
+}
+
+const POINTS: std::ops::RangeInclusive<i64> = 0..=100_000_000;
+
+fn instant(src: &Source, v: &Option<S<String>>, field: &str) -> CoreResult<Option<i64>> {
+    match v {
+        None => Ok(None),
+        Some(v) => parse_instant_ms(v.get_ref())
+            .map(Some)
+            .or_else(|e| src.err(v.span(), field, e.reason().to_string())),
+    }
+}
+
+pub(crate) fn load(
+    src: &Source,
+    raw: RawEngagement,
+    bus: &HashMap<String, BusinessUnit>,
+    formats: &HashMap<String, Rate>,
+    templates: &HashMap<String, CouponTemplate>,
+) -> CoreResult<Engagement> {
+    let mut out = Engagement::default();
+    let known_template = |v: &S<String>, field: &str| -> CoreResult<String> {
+        let id = src.id(v, field)?;
+        if !templates.contains_key(&id) {
+            return src.err(v.span(), field, format!("unknown coupon template {id:?}"));
+        }
+        Ok(id)
+    };
+    for (i, g) in raw.games.iter().enumerate() {
+        let f = |n: &str| format!("games[{i}].{n}");
+        let id = src.id(&g.id, &f("id"))?;
+        if out.games.contains_key(&id) {
+            return src.err(g.id.span(), &f("id"), "is a duplicate");
+        }
+        let kind = g.kind.get_ref().clone();
+        if !GAME_KINDS.contains(&kind.as_str()) {
+            return src.err(g.kind.span(), &f("kind"), format!("{kind:?} is not one of {}", GAME_KINDS.join(", ")));
+        }
+        let (from_ms, to_ms) = (instant(src, &g.valid_from, &f("valid_from"))?, instant(src, &g.valid_to, &f("valid_to"))?);
+        if let (Some(a), Some(b), Some(raw_to)) = (from_ms, to_ms, &g.valid_to) {
+            if b <= a {
+                return src.err(raw_to.span(), &f("valid_to"), "must be after valid_from");
+            }
+        }
+        if g.prizes.is_empty() {
+            return src.err(g.id.span(), &f("prizes"), "a game needs at least one prize");
+        }
+        let mut prizes: Vec<Prize> = Vec::new();
+        let mut total = 0;
+        for (k, p) in g.prizes.iter().enumerate() {
+            let pf = |n: &str| format!("games[{i}].prizes[{k}].{n}");
+            let pid = src.id(&p.id, &pf("id"))?;
+            if prizes.iter().any(|x| x.id == pid) {
+                return src.err(p.id.span(), &pf("id"), "is a duplicate");
+            }
+            let odds_ppm = src.int(&p.odds_ppm, &pf("odds_ppm"), 1..=ODDS_TOTAL)?;
+            total += odds_ppm;
+            if total > ODDS_TOTAL {
+                return src.err(p.odds_ppm.span(), &pf("odds_ppm"), "the prizes' odds add up to more than 1000000 ppm");
+            }
+            let reward = match (&p.points, &p.coupon, &p.card) {
+                (Some(n), None, None) => Reward::Points(src.int(n, &pf("points"), 1..=100_000_000)?),
+                (None, Some(c), None) => Reward::Coupon(known_template(c, &pf("coupon"))?),
+                (None, None, Some(c)) => Reward::Card(src.id(c, &pf("card"))?),
+                _ => return src.err(p.id.span(), &pf("points"), "set exactly one of points, coupon, card"),
+            };
+            if matches!(reward, Reward::Card(_)) != (kind == "cards") {
+                return src.err(p.id.span(), &pf("card"), "cards are the prizes of (and only of) kind \"cards\"");
+            }
+            prizes.push(Prize { id: pid, odds_ppm, stock: src.opt_int(&p.stock, &pf("stock"), 0..=1_000_000_000)?, reward });
+        }
+        let game = Game {
+            id: id.clone(),
+            kind: kind.clone(),
+            cost_points: src.int(&g.cost_points, &f("cost_points"), POINTS)?,
+            daily_limit: src.opt_int(&g.daily_limit, &f("daily_limit"), 1..=1_000)?,
+            from_ms,
+            to_ms,
+            prizes,
+            set_reward_points: src.opt_int(&g.set_reward_points, &f("set_reward_points"), POINTS)?.unwrap_or(0),
+            set_reward_coupon: g.set_reward_coupon.as_ref().map(|c| known_template(c, &f("set_reward_coupon"))).transpose()?,
+        };
+        if kind == "cards" && game.set_reward_points == 0 && game.set_reward_coupon.is_none() {
+            return src.err(g.kind.span(), &f("set_reward_points"), "a card game needs set_reward_points or set_reward_coupon");
+        }
+        out.games.insert(id, game);
+    }
+    for (i, p) in raw.sign_in_plans.iter().enumerate() {
+        let f = |n: &str| format!("sign_in_plans[{i}].{n}");
+        let id = src.id(&p.id, &f("id"))?;
+        if out.sign_in_plans.contains_key(&id) {
+            return src.err(p.id.span(), &f("id"), "is a duplicate");
+        }
+        let cycle_days = src.int(&p.cycle_days, &f("cycle_days"), 2..=31)?;
+        let rewards = p.rewards.get_ref().clone();
+        if rewards.len() as i64 != cycle_days || rewards.iter().any(|r| !POINTS.contains(r)) {
+            return src.err(p.rewards.span(), &f("rewards"), format!("list {cycle_days} rewards (points per consecutive day, 0-100000000)"));
+        }
+        let contract = match (&p.contract_min_stake, &p.contract_max_stake, &p.contract_bonus_pct) {
+            (None, None, None) => None,
+            (Some(a), Some(b), Some(c)) => {
+                let c = Contract {
+                    min_stake: src.int(a, &f("contract_min_stake"), 1..=100_000_000)?,
+                    max_stake: src.int(b, &f("contract_max_stake"), 1..=100_000_000)?,
+                    bonus_pct: src.int(c, &f("contract_bonus_pct"), 0..=1_000)?,
+                };
+                if c.max_stake < c.min_stake {
+                    return src.err(b.span(), &f("contract_max_stake"), "must be at least contract_min_stake");
+                }
+                Some(c)
+            }
+            _ => return src.err(p.id.span(), &f("contract_min_stake"), "set contract_min_stake, contract_max_stake and contract_bonus_pct together"),
+        };
+        out.sign_in_plans.insert(id.clone(), SignInPlan {
+            id,
+            cycle_days,
+            rewards,
+            makeup_cost_points: src.opt_int(&p.makeup_cost_points, &f("makeup_cost_points"), 1..=100_000_000)?,
+            makeup_max_per_cycle: src.opt_int(&p.makeup_max_per_cycle, &f("makeup_max_per_cycle"), 0..=31)?.unwrap_or(1),
+            contract,
+        });
+    }
+    let is_bu = |x: &str| bus.contains_key(x);
+    let is_format = |x: &str| formats.contains_key(x);
+    let is_kind = |x: &str| REDEMPTION_KINDS.contains(&x);
+    for (i, p) in raw.burn_promotions.iter().enumerate() {
+        let f = |n: &str| format!("burn_promotions[{i}].{n}");
+        let id = src.id(&p.id, &f("id"))?;
+        if out.burn_promotions.iter().any(|x| x.id == id) {
+            return src.err(p.id.span(), &f("id"), "is a duplicate");
+        }
+        let funded_by = match &p.funded_by {
+            None => "pool".to_string(),
+            Some(v) => {
+                let b = src.id(v, &f("funded_by"))?;
+                if b != "pool" && !bus.contains_key(&b) {
+                    return src.err(v.span(), &f("funded_by"), format!("unknown business unit {b:?} (or \"pool\")"));
+                }
+                b
+            }
+        };
+        let promo = BurnPromotion {
+            kinds: src.id_set(&p.kinds, &f("kinds"), Some(&is_kind), "redemption kind")?,
+            bus: src.id_set(&p.bus, &f("bus"), Some(&is_bu), "business unit")?,
+            formats: src.id_set(&p.formats, &f("formats"), Some(&is_format), "format")?,
+            categories: src.id_set(&p.categories, &f("categories"), None, "category")?,
+            from_ms: instant(src, &p.starts_at, &f("starts_at"))?,
+            to_ms: instant(src, &p.ends_at, &f("ends_at"))?,
+            value_pct: src.opt_int(&p.value_pct, &f("value_pct"), 1..=1_000)?.unwrap_or(100),
+            price_pct: src.opt_int(&p.price_pct, &f("price_pct"), 1..=100)?.unwrap_or(100),
+            earned_bus: src.id_set(&p.earned_bus, &f("earned_bus"), Some(&is_bu), "business unit")?,
+            earned_formats: src.id_set(&p.earned_formats, &f("earned_formats"), Some(&is_format), "format")?,
+            earned_within_days: src.opt_int(&p.earned_within_days, &f("earned_within_days"), 1..=366)?.unwrap_or(0),
+            funded_by,
+            id,
+        };
+        if promo.value_pct == 100 && promo.price_pct == 100 {
+            return src.err(p.id.span(), &f("value_pct"), "set value_pct or price_pct (100 changes nothing)");
+        }
+        if promo.needs_origin() != (promo.earned_within_days > 0) {
+            return src.err(p.id.span(), &f("earned_within_days"), "set earned_within_days with earned_bus or earned_formats");
+        }
+        if promo.needs_origin() && promo.value_pct == 100 {
+            return src.err(p.id.span(), &f("value_pct"), "a promotion on where points were earned sets value_pct");
+        }
+        out.origin_window_days = out.origin_window_days.max(promo.earned_within_days);
+        out.burn_promotions.push(promo);
+    }
+    for (i, p) in raw.partners.iter().enumerate() {
+        let f = |n: &str| format!("partners[{i}].{n}");
+        let id = src.id(&p.id, &f("id"))?;
+        if out.partners.contains_key(&id) {
+            return src.err(p.id.span(), &f("id"), "is a duplicate");
+        }
+        if !["bank", "airline", "other"].contains(&p.kind.get_ref().as_str()) {
+            return src.err(p.kind.span(), &f("kind"), "must be one of bank, airline, other");
+        }
+        let partner = Partner {
+            id: id.clone(),
+            kind: p.kind.get_ref().clone(),
+            points_per_unit_out: src.opt_int(&p.points_per_unit_out, &f("points_per_unit_out"), 1..=1_000_000)?,
+            points_per_unit_in: src.opt_int(&p.points_per_unit_in, &f("points_per_unit_in"), 1..=1_000_000)?,
+            unit_value_fen: src.int(&p.unit_value_fen, &f("unit_value_fen"), 0..=1_000_000)?,
+            daily_limit_points: src.int(&p.daily_limit_points, &f("daily_limit_points"), 1..=100_000_000)?,
+            answer_wait_ms: src.opt_int(&p.answer_wait_s, &f("answer_wait_s"), 1..=30 * 86_400)?.unwrap_or(48 * 3600)
+                * 1000,
+        };
+        if partner.points_per_unit_out.is_none() && partner.points_per_unit_in.is_none() {
+            return src.err(p.id.span(), &f("points_per_unit_out"), "set points_per_unit_out, points_per_unit_in or both");
+        }
+        out.partners.insert(id, partner);
+    }
+    if let Some(sv) = raw.stored_value {
+        out.stored_value = Some(StoredValue {
+            max_balance_fen: src.int(&sv.max_balance_fen, "stored_value.max_balance_fen", 1..=100_000_000_000)?,
+            max_topup_fen: src.int(&sv.max_topup_fen, "stored_value.max_topup_fen", 1..=100_000_000_000)?,
+        });
+    }
+    for (i, c) in raw.channels.iter().enumerate() {
+        let f = |n: &str| format!("channels[{i}].{n}");
+        let id = src.id(&c.id, &f("id"))?;
+        let pct = src.int(&c.multiplier_pct, &f("multiplier_pct"), 0..=1_000)?;
+        if out.channel_multiplier_pct.insert(id, pct).is_some() {
+            return src.err(c.id.span(), &f("id"), "is a duplicate");
+        }
+    }
+    for (i, r) in raw.profile_rewards.iter().enumerate() {
+        let f = |n: &str| format!("profile_rewards[{i}].{n}");
+        let id = src.id(&r.id, &f("id"))?;
+        if out.profile_rewards.iter().any(|x| x.id == id) {
+            return src.err(r.id.span(), &f("id"), "is a duplicate");
+        }
+        let fields = r.fields.get_ref().clone();
+        if fields.is_empty() {
+            return src.err(r.fields.span(), &f("fields"), "must not be empty");
+        }
+        if let Some(bad) = fields.iter().find(|x| !PROFILE_FIELDS.contains(&x.as_str())) {
+            return src.err(r.fields.span(), &f("fields"), format!("{bad:?} is not one of {}", PROFILE_FIELDS.join(", ")));
+        }
+        out.profile_rewards.push(ProfileReward { id, fields, points: src.int(&r.points, &f("points"), 1..=100_000_000)? });
+    }
+    for (i, b) in raw.leaderboards.iter().enumerate() {
+        let f = |n: &str| format!("leaderboards[{i}].{n}");
+        let monthly = match b.period.get_ref().as_str() {
+            "week" => false,
+            "month" => true,
+            other => return src.err(b.period.span(), &f("period"), format!("{other:?} is not week or month")),
+        };
+        let per_bu = match b.scope.get_ref().as_str() {
+            "group" => false,
+            "bu" => true,
+            other => return src.err(b.scope.span(), &f("scope"), format!("{other:?} is not group or bu")),
+        };
+        let board = Leaderboard { monthly, per_bu };
+        if out.leaderboards.contains(&board) {
+            return src.err(b.period.span(), &f("period"), "this period and scope are defined twice");
+        }
+        out.leaderboards.push(board);
+    }
+    Ok(out)
+}

@@ -903,4 +903,92 @@ mod fast_tests {
         // Anything unusual goes the general way (and gets its field-named error there).
         assert!(parse_fast(br#"{"event_id":"e1","type":"payment","amount_fen":1.5}"#).is_none());
     }
+
+    /// xorshift64*: a small seeded generator, so the property runs the same cases everywhere.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[(self.next() % xs.len() as u64) as usize]
+        }
+        fn chance(&mut self, pct: u64) -> bool {
+            self.next() % 100 < pct
+        }
+    }
+
+    /// A payment-like body: the usual fields in any order, each sometimes missing, odd,
+    /// escaped, repeated or spaced, and sometimes a field the fast path leaves to the other.
+    fn body(g: &mut Gen) -> String {
+        let fields: [(&str, &[&str]); 10] = [
+            ("event_id", &[r#""e1""#, r#""tx-9""#, r#""""#, r#""a b""#, "7", r#""\u0065\u0031""#]),
+            ("type", &[r#""payment""#, r#""refund""#, r#""sign_in""#, r#""Payment""#, "null"]),
+            ("occurred_at", &[r#""2026-11-23T10:00:00+08:00""#, r#""2026-11-23T10:00:00Z""#,
+                              r#""2026-06-30T23:59:60Z""#, r#""2026-11-23 10:00""#, r#""9999-12-31T23:59:59Z""#]),
+            ("member_id", &[r#""m-1""#, r#""m 1""#, "null", r#""m-\u0031""#]),
+            ("bu_id", &[r#""sh-mall""#, r#""""#, "1"]),
+            ("merchant_id", &[r#""s1""#, r#""s/1""#]),
+            ("category", &[r#""food""#, r#""f|b""#]),
+            ("amount_fen", &["12345", "0", "-1", "1.5", "1e3", r#""100""#, "1000000000000", "1000000000001",
+                             "9223372036854775808"]),
+            ("channel", &[r#""wechat""#, r#""""#]),
+            ("refund_of", &["null", r#""e0""#, r#""e1""#]),
+        ];
+        let extras: [(&str, &[&str]); 5] = [
+            ("payer", &[r#"{"kind":"wechat","id":"o-1"}"#]),
+            ("points_used", &["100"]),
+            ("hold_id", &[r#""h1""#]),
+            ("coupon_ids", &[r#"["c1"]"#]),
+            ("note", &[r#""x""#]),
+        ];
+        let mut parts: Vec<String> = Vec::new();
+        for (name, values) in fields {
+            let value = if g.chance(93) { values[0] } else { g.pick(values) };
+            if g.chance(4) {
+                continue;
+            }
+            parts.push(format!("\"{name}\":{value}"));
+            if g.chance(2) {
+                parts.push(format!("\"{name}\":{}", g.pick(values)));
+            }
+        }
+        for (name, values) in extras {
+            if g.chance(5) {
+                parts.push(format!("\"{name}\":{}", g.pick(values)));
+            }
+        }
+        for i in (1..parts.len()).rev() {
+            if g.chance(20) {
+                let j = (g.next() % (i as u64 + 1)) as usize;
+                parts.swap(i, j);
+            }
+        }
+        let sep = if g.chance(20) { " , " } else { "," };
+        format!("{{{}}}", parts.join(sep))
+    }
+
+    #[test]
+    fn whatever_the_fast_path_takes_the_general_parser_reads_the_same() {
+        let mut g = Gen(0x5eed_2026_1129);
+        let (mut fast_hits, mut general_only) = (0, 0);
+        for _ in 0..20_000 {
+            let raw = body(&mut g);
+            let general = parse_object(raw.as_bytes())
+                .and_then(|obj| get_id(&obj, "event_id").and_then(|id| parse_payment_object(&obj, id)));
+            match parse_fast(raw.as_bytes()) {
+                Some(fast) => {
+                    assert_eq!(general.as_ref().ok(), Some(&fast), "{raw}");
+                    fast_hits += 1;
+                }
+                None => general_only += usize::from(general.is_ok()),
+            }
+        }
+        // Both ways are exercised: the fast path takes most good bodies, not all.
+        assert!(fast_hits > 2_000 && general_only > 50, "{fast_hits} fast, {general_only} general only");
+    }
 }

@@ -43,7 +43,7 @@ def test_dashboard_tiles_and_charts_in_a_real_browser(worker_factory: Any, tmp_p
         assert w.send_callback(ev)[0] == 202
     w.wait_until(lambda: w.get("/v1/admin/ledger/totals", admin=True)[1].get("payments", 0) >= len(amounts)
                  and w.get("/v1/admin/ledger/totals", admin=True)[1].get("member_events", 0) >= len(members),
-                 timeout=60, what="the payments in ClickHouse")
+                 timeout=180, what="the payments in ClickHouse")
 
     day = now.date().isoformat()
     with sync_playwright() as p:

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 counters: Counter[str] = Counter()
 
@@ -62,8 +73,9 @@ HELP = {
     "pushes_delivered_total": "Pushes the webhook answered 2xx.",
     "pushes_failed_total": "Pushes dead-lettered after every attempt failed.",
     "pushes_duplicate_total": "Pushes not sent again: delivered before (redelivery, replay).",
-    "push_latency_ms_sum": "Sum of (delivered - event processed) milliseconds, for the mean push latency.",
-    "push_latency_ms_count": "Pushes counted in push_latency_ms_sum.",
+    "engagement_refused_total": "Engagement operations the rules or the member's state refused (409).",
+    "referrals_sent_total": "Referral rewards sent to inviters (a registration naming its inviter, with a new phone).",
+    "referrals_refused_total": "Registrations naming an inviter that earn no referral (no phone, or a used one).",
     "payments_over_limit_total": "Payments refused at the ingress: above their merchant's or BU's max_payment_fen.",
     "events_claimed_by_another_total": "Payments whose event id another member (or payer) had claimed: refused.",
 }
@@ -86,17 +98,6 @@ class Histogram:
             if value <= b:
                 self.counts[i] += 1
                 break
-
-    def lines(self, name: str) -> list[str]:
-        out = [f"# HELP loyalty_{name} {self.help}", f"# TYPE loyalty_{name} histogram"]
-        running = 0
-        for b, c in zip(self.buckets, self.counts, strict=True):
-            running += c
-            out.append(f'loyalty_{name}_bucket{{le="{b:g}"}} {running}')
-        out.append(f'loyalty_{name}_bucket{{le="+Inf"}} {self.n}')
-        out.append(f"loyalty_{name}_sum {self.total:.6f}")
-        out.append(f"loyalty_{name}_count {self.n}")
-        return out
 
 
 MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -130,31 +131,68 @@ def count_unrouted(gateway: str, merchant: str) -> None:
 gauges: dict[str, tuple[str, Callable[[], dict[str, float]]]] = {}
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _labels(text: str) -> tuple[list[str], list[str]]:
+    """`topic="a",partition="0"` as label names and values."""
+    pairs = _LABEL.findall(text)
+    return [k for k, _v in pairs], [v.replace('\\"', '"').replace("\\\\", "\\") for _k, v in pairs]
+
+
+def _help_of(name: str) -> str:
+    """A counter's help: HELP's, or what its name says (one counted under a name made at run
+    time, such as `engagement_<op>_total`, is exported all the same)."""
+    return HELP.get(name) or name.removesuffix("_total").replace("_", " ").capitalize() + "."
+
+
+class _Collector(Collector):
+    """Every counter, histogram, labelled count and gauge of this process, read when
+    /metrics is scraped (the hot path increments plain integers; no lock per event)."""
+
+    def collect(self) -> Iterator[Metric]:
+        for name in sorted(set(HELP) | set(counters)):
+            value = counters[name]
+            if name.endswith("_total"):
+                yield CounterMetricFamily(f"loyalty_{name}", _help_of(name), value=value)
+            else:  # a sum or count kept by hand (push latency): its own name, untyped
+                yield UnknownMetricFamily(f"loyalty_{name}", _help_of(name), value=value)
+        topics = CounterMetricFamily("loyalty_topic_messages_total",
+                                     "Messages consumed (in) and produced (out) per topic.",
+                                     labels=["topic", "direction"])
+        for (topic, direction), n in sorted(topic_messages.items()):
+            topics.add_metric([topic, direction], n)
+        yield topics
+        unrouted = CounterMetricFamily("loyalty_gateway_unrouted_total",
+                                       "Signed gateway notifications whose merchant has no route (answered 503 "
+                                       "so that the gateway retries; add the route).", labels=["gateway", "merchant"])
+        for (gateway, merchant), n in sorted(gateway_unrouted.items()):
+            unrouted.add_metric([gateway, merchant], n)
+        yield unrouted
+        for name, h in histograms.items():
+            running, buckets = 0, []
+            for b, c in zip(h.buckets, h.counts, strict=True):
+                running += c
+                buckets.append((f"{b:g}", running))
+            buckets.append(("+Inf", h.n))
+            yield HistogramMetricFamily(f"loyalty_{name}", h.help, buckets=buckets, sum_value=h.total)
+        for name, (help_text, read) in gauges.items():
+            try:
+                values = read()
+            except Exception:  # a gauge that cannot be read now is left out, not an error page
+                values = {}
+            names = _labels(next(iter(values), ""))[0]
+            family = GaugeMetricFamily(f"loyalty_{name}", help_text, labels=names)
+            for labels, v in sorted(values.items()):
+                family.add_metric(_labels(labels)[1], v)
+            yield family
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(_Collector())
+
+
 def render() -> str:
-    lines = []
-    for name, help_text in HELP.items():
-        lines.append(f"# HELP loyalty_{name} {help_text}")
-        lines.append(f"# TYPE loyalty_{name} counter")
-        lines.append(f"loyalty_{name} {counters[name]}")
-    lines.append("# HELP loyalty_topic_messages_total Messages consumed (in) and produced (out) per topic.")
-    lines.append("# TYPE loyalty_topic_messages_total counter")
-    for (topic, direction), n in sorted(topic_messages.items()):
-        lines.append(f'loyalty_topic_messages_total{{topic="{topic}",direction="{direction}"}} {n}')
-    lines.append("# HELP loyalty_gateway_unrouted_total Signed gateway notifications whose merchant has no route "
-                 "(answered 503 so that the gateway retries; add the route).")
-    lines.append("# TYPE loyalty_gateway_unrouted_total counter")
-    for (gateway, merchant), n in sorted(gateway_unrouted.items()):
-        label = merchant.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-        lines.append(f'loyalty_gateway_unrouted_total{{gateway="{gateway}",merchant="{label}"}} {n}')
-    for name, h in histograms.items():
-        lines += h.lines(name)
-    for name, (help_text, read) in gauges.items():
-        lines.append(f"# HELP loyalty_{name} {help_text}")
-        lines.append(f"# TYPE loyalty_{name} gauge")
-        try:
-            values = read()
-        except Exception:  # a gauge that cannot be read now is left out, not an error page
-            values = {}
-        for labels, v in sorted(values.items()):
-            lines.append(f"loyalty_{name}{{{labels}}} {v:g}" if labels else f"loyalty_{name} {v:g}")
-    return "\n".join(lines) + "\n"
+    """This process's metrics in the Prometheus text format (prometheus-client writes it).
+    Each worker process serves its own: Prometheus scrapes every process it runs."""
+    return generate_latest(REGISTRY).decode()

@@ -89,6 +89,6 @@ def test_metrics_in_prometheus_format(worker_factory: Any) -> None:
     assert got[f'topic_messages_total{{direction="in",topic="{w.run_id}.payments"}}'] >= 5
     assert got[f'topic_messages_total{{direction="out",topic="{w.run_id}.payments"}}'] == 5
     lag = {k for k in got if k.startswith("consumer_lag{") and ".payments" in k}
-    assert lag == {f'consumer_lag{{topic="{w.run_id}.payments",partition="{p}"}}' for p in range(4)}, lag
+    assert lag == {f'consumer_lag{{partition="{p}",topic="{w.run_id}.payments"}}' for p in range(4)}, lag
     w.wait_until(lambda: all(v == 0 for k, v in w.metrics().items() if k.startswith("consumer_lag{")
                              and ".payments" in k), timeout=30, what="no lag once everything is processed")

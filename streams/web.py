@@ -137,10 +137,13 @@ async def read_body(view: View, request: Request, types: tuple[str, ...] | None 
     return first, None
 
 
-async def _read_signed(view: View, request: Request, scope: str = "callback") -> tuple[bytes | None, Response | None]:
+async def _read_signed(view: View, request: Request, scope: str = "callback", *, nonce_later: bool = False
+                       ) -> tuple[bytes | None, Response | None]:
     """The body of a signed request, or the response that refuses it. `scope` is whose
     secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
-    "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once."""
+    "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once:
+    here, or (`nonce_later`, the payment callback) by the caller in the round trip that
+    claims the event id."""
     settings = runtime.settings
     body, refused = await read_body(view, request)
     if body is None:
@@ -171,9 +174,8 @@ async def _read_signed(view: View, request: Request, scope: str = "callback") ->
         counters["requests_rate_limited_total"] += 1
         return None, json_response(view, {"error": f"rate limit of {settings.rate_limit_pos}/s for key {key_id}"},
                                    429, headers={"Retry-After": "1"})
-    if not await _claim_nonce((key_id or "callback", nonce or "")):
-        return None, await reject(view, 401, "X-Nonce: already used (a replayed request); sign every attempt anew",
-                                  body, field="X-Nonce")
+    if not nonce_later and not await _claim_nonce((key_id or "callback", nonce or "")):
+        return None, await reject(view, 401, NONCE_USED, body, field="X-Nonce")
     if body.strip():
         # One JSON object, no key repeated at any depth, before anything reads it.
         try:
@@ -181,6 +183,9 @@ async def _read_signed(view: View, request: Request, scope: str = "callback") ->
         except core_ext.InvalidEventError as exc:
             return None, await reject(view, 400, str(exc), body, field=exc.field)
     return body, None
+
+
+NONCE_USED = "X-Nonce: already used (a replayed request); sign every attempt anew"
 
 
 async def _reader(view: View, request: Request, member_id: str | None = None) -> Principal | Response:
@@ -298,26 +303,34 @@ def callback_window() -> dict[str, int]:
             "max_ahead_days": settings.occurred_max_ahead_days}
 
 
-async def _claim_events_many(claims: list[tuple[str, str]]) -> list[str | None]:
+async def _claim_events_many(claims: list[tuple[str, str, str | None]]) -> list[tuple[bool, str | None]]:
     rt = await runtime.started()
-    return await rt.balances.claim_events(claims, rt.settings.event_claim_days * 86_400)
+    return await rt.balances.claim_events(claims, rt.settings.event_claim_days * 86_400, rt.settings.nonce_window_s)
 
 
-# Event-id claims of concurrent callbacks share one Redis round trip.
-_claim_event: Coalescer[tuple[str, str], str | None] = Coalescer(_claim_events_many)
+# Event-id claims (with the callback's nonce, if it is still to take) of concurrent callbacks
+# share one Redis round trip.
+_claim_event: Coalescer[tuple[str, str, str | None], tuple[bool, str | None]] = Coalescer(_claim_events_many)
 
 
-async def claim_event(event_id: str, member_id: str | None, payer: tuple[str, str] | None) -> str | None:
-    """Claims a payment's event id for the member (or payer) it names: None when it is this
-    sender's (first time, or a retry); else the claim of whoever sent it first (docs/security.md)."""
-    claimant = f"member {member_id}" if member_id is not None else f"payer {payer[0]}:{payer[1]}" if payer else "-"
-    first = await _claim_event((event_id, claimant))
-    return None if first is None or first == claimant else first
+def _claimant(member_id: str | None, payer: tuple[str, str] | None) -> str:
+    return f"member {member_id}" if member_id is not None else f"payer {payer[0]}:{payer[1]}" if payer else "-"
 
 
-async def admit_payment(view: View, body: bytes) -> Response:
+async def claim_event(event_id: str, member_id: str | None, payer: tuple[str, str] | None,
+                      nonce: str | None = None) -> tuple[bool, str | None]:
+    """Claims a payment's event id for the member (or payer) it names, and takes `nonce`
+    (`scope:nonce`) in the same round trip: (nonce new, None when the id is this sender's
+    — first time or a retry — else the claim of whoever sent it first) (docs/security.md)."""
+    claimant = _claimant(member_id, payer)
+    fresh, first = await _claim_event((event_id, claimant, nonce))
+    return fresh, None if first is None or first == claimant else first
+
+
+async def admit_payment(view: View, body: bytes, nonce: str) -> Response:
     """Validates a signed payment or refund body (strict JSON, phones pseudonymised, time
-    window, maximum payment, event id claimed) and sends it on; the answer to give."""
+    window, maximum payment), takes its nonce and claims its event id (one round trip),
+    and sends it on; the answer to give."""
     try:
         body, unavailable = _without_phones(view, body)
         if unavailable is not None:
@@ -329,12 +342,14 @@ async def admit_payment(view: View, body: bytes) -> Response:
         return await reject(view, 400, str(exc), body, field=exc.field)
     except core_ext.InvalidEventError as exc:
         return await reject(view, 400, str(exc), body, field=exc.field)
-    first = await claim_event(event_id, member_id, payer)
+    fresh, first = await claim_event(event_id, member_id, payer, nonce)
+    if not fresh:
+        return await reject(view, 401, NONCE_USED, body, field="X-Nonce")
     if first is not None:
         counters["events_claimed_by_another_total"] += 1
-        named = f"member {member_id}" if member_id is not None else f"payer {payer[0]}:{payer[1]}" if payer else "-"
         return await reject(view, 409, f"event_id: {event_id} was sent first for {first}; this callback names "
-                            f"{named} (event ids are unique across members)", body, field="event_id")
+                            f"{_claimant(member_id, payer)} (event ids are unique across members)", body,
+                            field="event_id")
     key, body = await payment_key(body, member_id, payer)
     return await _publish(view, payments_topic, key, body, event_id)
 
@@ -349,10 +364,10 @@ class PaymentCallback(View):
             metrics.histograms["callback_ms"].observe((time.perf_counter() - t0) * 1000)
 
     async def _post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request)
+        body, refused = await _read_signed(self, request, nonce_later=True)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
-        return await admit_payment(self, body)
+        return await admit_payment(self, body, f"callback:{request.headers.get('X-Nonce', '')}")
 
 
 @app.page("/v1/callbacks/member")

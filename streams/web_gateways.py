@@ -65,7 +65,7 @@ async def _accept(source: str, mapped: Mapped) -> None:
         raise GatewayError(exc.field, f"refused: {exc.reason}") from None
     except core_ext.InvalidEventError as exc:
         raise GatewayError(exc.field, f"mapped event refused: {exc.reason}") from None
-    first = await claim_event(event_id, member_id, payer)
+    _fresh, first = await claim_event(event_id, member_id, payer)
     if first is not None:
         counters["events_claimed_by_another_total"] += 1
         raise GatewayError("event_id", f"{event_id} was sent first for {first}", status=409)

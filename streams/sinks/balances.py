@@ -505,14 +505,27 @@ class BalanceStore:
                                   for scope, nonce in claims], "nonce claims")
         return [r is not None for r in replies]
 
-    async def claim_events(self, claims: Sequence[tuple[str, str]], keep_s: int) -> list[str | None]:
-        """Several (event id, claimant) claims in one round trip: `SET NX GET` on the event
-        id's own key (one key each: no cross-slot step on a cluster). None where the claim
-        is new; else whoever claimed the id first (a retry of the same sender: itself)."""
-        keep = str(keep_s).encode()
-        replies = await self.run([pack(b"SET", f"{self.ns}:eid:{event_id}".encode(), claimant.encode(), b"NX", b"GET",
-                                       b"EX", keep) for event_id, claimant in claims], "event claims")
-        return [None if r is None else r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+    async def claim_events(self, claims: Sequence[tuple[str, str, str | None]], keep_s: int,
+                           nonce_window_s: int) -> list[tuple[bool, str | None]]:
+        """Several (event id, claimant, nonce or None) claims in one round trip: `SET NX GET`
+        on the event id's own key (one key each: no cross-slot step on a cluster), and the
+        callback's nonce (`scope:nonce`) taken as `claim_nonces` takes it. Per claim: whether
+        the nonce was new (True without one), and None where the id's claim is new, else
+        whoever claimed it first (a retry of the same sender: itself)."""
+        keep, window = str(keep_s).encode(), str(nonce_window_s).encode()
+        commands: list[bytes] = []
+        for event_id, claimant, nonce in claims:
+            if nonce is not None:
+                commands.append(pack(b"SET", f"{self.ns}:nonce:{nonce}".encode(), b"1", b"NX", b"EX", window))
+            commands.append(pack(b"SET", f"{self.ns}:eid:{event_id}".encode(), claimant.encode(), b"NX", b"GET",
+                                 b"EX", keep))
+        replies = iter(await self.run(commands, "event claims"))
+        out: list[tuple[bool, str | None]] = []
+        for _event_id, _claimant, nonce in claims:
+            fresh = next(replies) is not None if nonce is not None else True
+            first = next(replies)
+            out.append((fresh, None if first is None else first.decode() if isinstance(first, bytes) else str(first)))
+        return out
 
     async def rate_hit(self, client_key: str, limit_per_s: int, second: int | None = None) -> bool:
         """Counts one request of a client in the current (Unix) second; False past the limit."""

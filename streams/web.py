@@ -137,13 +137,15 @@ async def read_body(view: View, request: Request, types: tuple[str, ...] | None 
     return first, None
 
 
-async def _read_signed(view: View, request: Request, scope: str = "callback", *, nonce_later: bool = False
-                       ) -> tuple[bytes | None, Response | None]:
+async def _read_signed(view: View, request: Request, scope: str = "callback", *, nonce_later: bool = False,
+                       strict: bool = True) -> tuple[bytes | None, Response | None]:
     """The body of a signed request, or the response that refuses it. `scope` is whose
     secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
     "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once:
     here, or (`nonce_later`, the payment callback) by the caller in the round trip that
-    claims the event id."""
+    claims the event id. The body is checked as strict JSON here unless the caller's own
+    validator is strict (`strict=False`: the payment and member callbacks, whose core
+    validators refuse repeated keys, and which check before any phone rewrite)."""
     settings = runtime.settings
     body, refused = await read_body(view, request)
     if body is None:
@@ -176,7 +178,7 @@ async def _read_signed(view: View, request: Request, scope: str = "callback", *,
                                    429, headers={"Retry-After": "1"})
     if not nonce_later and not await _claim_nonce((key_id or "callback", nonce or "")):
         return None, await reject(view, 401, NONCE_USED, body, field="X-Nonce")
-    if body.strip():
+    if strict and body.strip():
         # One JSON object, no key repeated at any depth, before anything reads it.
         try:
             core_ext.check_json_object(body)
@@ -364,7 +366,7 @@ class PaymentCallback(View):
             metrics.histograms["callback_ms"].observe((time.perf_counter() - t0) * 1000)
 
     async def _post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request, nonce_later=True)
+        body, refused = await _read_signed(self, request, nonce_later=True, strict=False)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         return await admit_payment(self, body, f"callback:{request.headers.get('X-Nonce', '')}")
@@ -373,7 +375,7 @@ class PaymentCallback(View):
 @app.page("/v1/callbacks/member")
 class MemberCallback(View):
     async def post(self, request: Request) -> Response:
-        body, refused = await _read_signed(self, request)
+        body, refused = await _read_signed(self, request, strict=False)
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         try:

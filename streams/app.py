@@ -285,8 +285,11 @@ _register_gauges()
 
 @app.task
 async def prepare_runtime() -> None:
-    """At worker start: connect to Redis and ClickHouse, migrate, declare the
-    topics nobody consumes here (dead letters), so the first request finds them."""
+    """At worker start: connect to Redis and ClickHouse, migrate, and declare every topic
+    this process sends to, so the first request finds them and no send declares one later
+    (a topic declared in the middle of a broker restart crashed the worker's conductor:
+    "All brokers are currently fenced")."""
     await runtime.started()
-    await dead_letter_topic.maybe_declare()
-    await notifications_topic.maybe_declare()
+    for topic in (dead_letter_topic, notifications_topic, payments_topic, member_events_topic, parking_topic,
+                  ledger_topic):
+        await topic.maybe_declare()

@@ -292,4 +292,10 @@ async def prepare_runtime() -> None:
     await runtime.started()
     for topic in (dead_letter_topic, notifications_topic, payments_topic, member_events_topic, parking_topic,
                   ledger_topic):
-        await topic.maybe_declare()
+        for attempt in range(60):  # a broker restarting meanwhile: ask again, do not crash the worker
+            try:
+                await topic.maybe_declare()
+                break
+            except KafkaError as exc:
+                log.warning("declaring %s: %r; trying again", topic.get_topic_name(), exc)
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))

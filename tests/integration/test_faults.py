@@ -120,6 +120,7 @@ def test_backing_service_restarted_mid_stream(worker_factory: Any, service: str,
                                               env: dict[str, str]) -> None:
     w: WorkerProcess = worker_factory(f"{service}-restart", LOYALTY_BATCH_SIZE="50", **env)
     w.start()
+    w.wait_caught_up()  # started: its partitions assigned (a restart mid-stream, not mid-start)
     events = make_events(1_500, f"{service[0]}r-{uuid.uuid4().hex[:6]}")
     gw = Gateway(w)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
+from streams.sinks.balances import BOARD_SHARDS, BOARD_TTL_S
 from streams.sinks.ledger import LedgerUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     while True:
         try:
             t0 = time.perf_counter()
-            result = await rt.ledger.write_messages(good)
+            result = await rt.ledger.write_messages(good, rt.balances.ns, BOARD_SHARDS, BOARD_TTL_S)
             if result.poison:
                 bad = {i for i, _ in result.poison}
                 for i, reason in result.poison:
@@ -49,7 +50,7 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
             counters["ledger_sink_rows_total"] += sum(result.rows.values())
             counters["ledger_sink_cpu_us_total"] += int(result.cpu_s * 1e6)
             # Leaderboards follow the ledger: absolute scores, the newest version wins.
-            counters["boards_scores_taken_total"] += await rt.balances.apply_boards(result.boards)
+            counters["boards_scores_taken_total"] += await rt.balances.apply_board_plan(result.board_plan)
             return ledger_rows
         except Exception as exc:
             # Whatever the failure, the rows are not acked until written: Faust would

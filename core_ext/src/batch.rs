@@ -1243,27 +1243,59 @@ pub const HISTORY_DROPS: [&str; 9] =
     ["settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format", "tier", "category"];
 
 /// The member API's entry for an event: its rows without HISTORY_DROPS (what a person
-/// reads), as a JSON array.
+/// reads), as a JSON array; each row keeps its fields in their order. One pass over the
+/// rows' text, values copied as they are (no tree of the rows is built).
 fn history_entry(rows_json: &str) -> Option<String> {
-    use serde_json::value::RawValue;
-    use std::collections::BTreeMap;
-    let rows: Vec<BTreeMap<&str, &RawValue>> = serde_json::from_str(rows_json).ok()?;
-    let kept: Vec<BTreeMap<&str, &RawValue>> = rows
-        .into_iter()
-        .map(|mut r| {
-            for k in HISTORY_DROPS {
-                r.remove(k);
-            }
-            if r.get("refund_of").is_some_and(|v| v.get() == "\"\"") {
-                r.remove("refund_of");
-            }
-            r
-        })
-        .collect();
-    if kept.is_empty() {
+    let rows: Vec<KeptFields> = serde_json::from_str(rows_json).ok()?;
+    if rows.is_empty() {
         return None;
     }
-    serde_json::to_string(&kept).ok()
+    let mut out = String::with_capacity(rows_json.len());
+    out.push('[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('{');
+        for (j, (k, v)) in row.0.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(k);
+            out.push_str("\":");
+            out.push_str(v.get());
+        }
+        out.push('}');
+    }
+    out.push(']');
+    Some(out)
+}
+
+/// A ledger row's fields that the history keeps, borrowed from the rows' text in order.
+struct KeptFields<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for KeptFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = KeptFields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a ledger row")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::with_capacity(16);
+                while let Some((k, v)) = map.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                    if HISTORY_DROPS.contains(&k) || (k == "refund_of" && v.get() == "\"\"") {
+                        continue;
+                    }
+                    kept.push((k, v));
+                }
+                Ok(KeptFields(kept))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 /// A guest payment as kept for crediting (the hash field is its event id): what a payment
@@ -1297,4 +1329,32 @@ fn coupon_push(row: &serde_json::Value) -> Option<(String, Vec<u8>)> {
         "processed_at_ms": s("processed_at_ms"),
     });
     Some((member, serde_json::to_vec(&push).ok()?))
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::{history_entry, HISTORY_DROPS};
+    use serde_json::{json, Value};
+
+    #[test]
+    fn history_keeps_every_field_but_the_drops_and_an_empty_refund_of() {
+        let text = r#"[{"event_id":"e1","member_id":"m-1","kind":"earn","points":12,"refund_of":"","settlement":[{"account":"pool","fen":-5}],"boards":[["w",3,1]],"batch_index":0,"processed_at_ms":9,"channel":"wechat","format":"mall","tier":"gold","category":"food","explain":[{"rule":"base","text":"1 point per 1 yuan \"x\""}],"lots":[[24311,12]]},{"event_id":"e1","kind":"bonus","points":5,"refund_of":"p-0","coupon_id":"c-1"}]"#;
+        let rows: Value = serde_json::from_str(text).expect("valid");
+        let entry = history_entry(text).expect("rows");
+        let got: Value = serde_json::from_str(&entry).expect("valid JSON");
+        let mut want = rows.clone();
+        for r in want.as_array_mut().unwrap() {
+            let o = r.as_object_mut().unwrap();
+            for k in HISTORY_DROPS {
+                o.remove(k);
+            }
+            if o.get("refund_of") == Some(&json!("")) {
+                o.remove("refund_of");
+            }
+        }
+        assert_eq!(got, want);
+        assert!(entry.starts_with(r#"[{"event_id":"e1","kind":"earn","points":12,"#), "{entry}");
+        assert_eq!(history_entry("[]"), None);
+        assert_eq!(history_entry("not json"), None);
+    }
 }

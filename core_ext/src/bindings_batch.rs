@@ -546,16 +546,33 @@ pub struct PyLedgerBlocks {
     pub boards: Vec<(String, String, i64, i64)>,
     /// Messages that cannot be stored: (index in the batch, reason); none of their rows is in the blocks.
     pub poison: Vec<(usize, String)>,
+    /// The `ly_board` calls (RESP) for `boards`, when a board namespace was given: what the
+    /// ledger role sends to Redis without looking inside.
+    pub board_plan: Vec<Py<PyBytes>>,
 }
 
-/// Encodes ledger-topic messages into one RowBinary block per table (GIL released).
+/// Encodes ledger-topic messages into one RowBinary block per table and, given a board
+/// namespace, the leaderboard calls their scores need (GIL released for both).
 #[pyfunction]
-pub fn ledger_blocks(py: Python<'_>, messages: Vec<Bound<'_, PyBytes>>) -> PyResult<PyLedgerBlocks> {
+#[pyo3(signature = (messages, board_namespace=None, board_shards=8, board_ttl_s=8_640_000))]
+pub fn ledger_blocks(
+    py: Python<'_>,
+    messages: Vec<Bound<'_, PyBytes>>,
+    board_namespace: Option<&str>,
+    board_shards: u32,
+    board_ttl_s: i64,
+) -> PyResult<PyLedgerBlocks> {
     let owned: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
-    let b = py.detach(|| {
+    let (b, board_cmds) = py.detach(|| {
         let refs: Vec<&[u8]> = owned.iter().map(|m| m.as_slice()).collect();
-        crate::blocks::encode(&refs)
+        let b = crate::blocks::encode(&refs);
+        let cmds = match board_namespace {
+            Some(ns) if !b.boards.is_empty() => crate::boards::commands(ns, &b.boards, board_shards.max(1), board_ttl_s),
+            _ => Vec::new(),
+        };
+        (b, cmds)
     });
+    let board_plan = board_cmds.iter().map(|c| PyBytes::new(py, c).unbind()).collect();
     let mut tables = Vec::new();
     for (t, block) in crate::blocks::TABLES.iter().zip(b.tables) {
         if block.rows == 0 {
@@ -572,7 +589,7 @@ pub fn ledger_blocks(py: Python<'_>, messages: Vec<Bound<'_, PyBytes>>) -> PyRes
             },
         )?);
     }
-    Ok(PyLedgerBlocks { tables, boards: b.boards, poison: b.poison })
+    Ok(PyLedgerBlocks { tables, boards: b.boards, poison: b.poison, board_plan })
 }
 
 /// Columns whose ClickHouse type is not what the ledger blocks write, from DESCRIBE rows

@@ -33,6 +33,11 @@ pub mod wallet;
 
 #[cfg(feature = "python")]
 mod bindings;
+
+/// The extension allocates through mimalloc (see Cargo.toml); `cargo test` keeps the system's.
+#[cfg(feature = "python")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(feature = "python")]
 mod bindings_batch;
 

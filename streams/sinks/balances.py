@@ -378,7 +378,13 @@ class BalanceStore:
         """Takes leaderboard scores (newest version wins); returns how many were taken."""
         if not updates:
             return 0
-        return sum(int(x) for x in await self.run(self.board_plan(updates), "leaderboards"))
+        return await self.apply_board_plan(self.board_plan(updates))
+
+    async def apply_board_plan(self, plan: Sequence[bytes]) -> int:
+        """Sends ly_board calls the core built; returns how many scores were taken."""
+        if not plan:
+            return 0
+        return sum(int(x) for x in await self.run(plan, "leaderboards"))
 
     async def board_top(self, board: str, n: int) -> list[tuple[str, int]]:
         pipe = self.redis.pipeline(transaction=False)

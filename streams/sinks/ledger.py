@@ -53,12 +53,12 @@ def load_query(name: str) -> str:
 
 @dataclass(frozen=True)
 class LedgerWrite:
-    """What a write of ledger messages did: rows inserted per table, the leaderboard scores
-    the rows carry (board, member, score, version), poison messages (index, reason), and
-    the CPU seconds the store's thread spent encoding and inserting."""
+    """What a write of ledger messages did: rows inserted per table, the leaderboard calls
+    (RESP, built by the core) for the scores the rows carry, poison messages (index,
+    reason), and the CPU seconds the store's thread spent encoding and inserting."""
 
     rows: dict[str, int]
-    boards: list[tuple[str, str, int, int]]
+    board_plan: list[bytes]
     poison: list[tuple[int, str]]
     cpu_s: float
 
@@ -133,18 +133,20 @@ class LedgerStore:
             self._client = None
         self._executor.shutdown(wait=True)
 
-    async def write_messages(self, messages: Sequence[bytes]) -> LedgerWrite:
+    async def write_messages(self, messages: Sequence[bytes], board_namespace: str | None = None,
+                             board_shards: int = 8, board_ttl_s: int = 100 * 86_400) -> LedgerWrite:
         """Ledger-topic messages into ClickHouse: the core encodes one RowBinary block per
         table (no Python per row) and each table gets one insert, all on the store's own
         thread. The deduplication token is a digest of the rows' identities, so an insert
         retried after an unclear failure is taken once. Messages that cannot be stored are
-        named in `poison` and nothing is inserted: the caller takes them out and writes the rest."""
+        named in `poison` and nothing is inserted: the caller takes them out and writes the rest.
+        Given a board namespace, the result carries the leaderboard calls the rows need."""
         if self._fault is not None and self._fault.exists():
             raise LedgerUnavailable(f"injected fault: {self._fault} exists (ClickHouse down)", 0.5)
 
         def work() -> LedgerWrite:
             t0 = time.thread_time()
-            blocks = core_ext.ledger_blocks(list(messages))
+            blocks = core_ext.ledger_blocks(list(messages), board_namespace, board_shards, board_ttl_s)
             if blocks.poison:
                 return LedgerWrite({}, [], blocks.poison, time.thread_time() - t0)
             rows: dict[str, int] = {}
@@ -158,7 +160,7 @@ class LedgerStore:
                         raise
                     raise LedgerUnavailable(f"{tb.table} insert of {tb.rows} rows failed: {exc}", 1.0) from exc
                 rows[tb.table] = tb.rows
-            return LedgerWrite(rows, blocks.boards, [], time.thread_time() - t0)
+            return LedgerWrite(rows, blocks.board_plan, [], time.thread_time() - t0)
 
         return await self._run(work)  # type: ignore[no-any-return]
 

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import core_ext
+from benchmarks.cpu import CpuAccount
 from benchmarks.results import LATEST, record
 from streams.app import load_rules
 from streams.demo import generate_day
@@ -145,75 +147,92 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
     settings = Settings.from_env()
     n = int(os.environ.get("LOYALTY_BENCH_EVENTS", "200000"))
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    t = time.monotonic()
-    events = make_events(n)
-    size, source = envelope_size()
-    packed = envelopes(events, size)
-    mean = len(events) / len(packed)
-    print(f"\n{len(events):,} events generated in {time.monotonic() - t:.1f}s; {len(packed):,} envelopes, "
-          f"mean {mean:.1f} events (size {size}: {source})", flush=True)
-    r = redis.Redis.from_url(settings.redis_url)
-    took = asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", list(packed)))
-    naive_topic = f"{run_id}.naive"
-    asyncio.run(preload(settings.kafka_bootstrap, naive_topic, [(k, None, v) for k, v in events]))
-    print(f"preloaded into Kafka in {took:.1f}s (and as single records for the naive agent)", flush=True)
-
-    used_before = int(r.info("memory")["used_memory"])
-    worker = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id,
-                           extra_env={"LOYALTY_PARTITIONS": str(PARTITIONS), "LOYALTY_BATCH_SIZE": "200",
-                                      "LOYALTY_LEDGER_BATCH_SIZE": "50"})
-    worker.start()
     try:
-        def done() -> int:
-            m = worker.metrics()
-            return accounted(m)
-        t_first = wait(lambda: done() > 0, 120, "the first event")
-        first = done()
-        # /metrics is rendered by the worker under test: polled once a second, not more, so
-        # that the harness does not take the worker's CPU (each render is ~15 ms).
-        wait(lambda: done() >= len(events), 3600, "every event", every=1.0)
-        applied = worker.metrics()["events_applied_total"]
-        t_end = wait(lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied,
-                     3600, "the ledger in ClickHouse", every=0.25)
-        rate = (len(events) - first) / (t_end - t_first)
-        rec = worker.get("/v1/admin/reconcile", admin=True)[1]
-        assert rec["clean"] and rec["redis_total"] == rec["ledger_total"], rec
-        m = worker.metrics()
-        assert m["events_total"] - resent(m) == len(events), "every event decoded once"
-        used_after = int(r.info("memory")["used_memory"])
-        per_event = (used_after - used_before) / len(events)
-        batches = max(1, m["batch_size_count"])
-        print(f"pipeline: {len(events):,} events in {t_end - t_first:.1f}s = {rate:,.0f} events/s "
-              f"(applied {m['events_applied_total']:,}, duplicates {m['events_duplicate_total']:,}, "
-              f"refused {m['events_rejected_total']:,}, guests {m['events_guest_total']:,}; Redis = ledger "
-              f"{rec['redis_total']:,} points over {rec['members']:,} members)", flush=True)
-        print(f"  mean batch {m['batch_size_sum'] / batches:,.0f} events, core {m['core_ms_sum'] / batches:.1f} ms, "
-              f"Redis {m['redis_apply_ms_sum'] / batches:.1f} ms, batch {m['batch_ms_sum'] / batches:.1f} ms, "
-              f"ClickHouse insert {m['clickhouse_write_ms_sum'] / max(1, m['clickhouse_write_ms_count']):.0f} ms, "
-              f"ledger sink {m['ledger_sink_cpu_us_total'] / max(1, m['ledger_sink_rows_total']):.2f} µs CPU "
-              f"per row ({m['ledger_sink_rows_total']:,} rows)", flush=True)
-        phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / len(events):.1f}"
-                           for k in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests",
-                                     "send", "trim", "after"))
-        print(f"  accrual phases, wall µs per event: {phases}", flush=True)
-        print(f"Redis: {used_after - used_before:,} bytes more for {len(events):,} events = {per_event:,.0f} "
-              "bytes per event (members' hashes, records, history, guests, boards)", flush=True)
-    finally:
-        worker.stop()
+        t = time.monotonic()
+        events = make_events(n)
+        size, source = envelope_size()
+        packed = envelopes(events, size)
+        mean = len(events) / len(packed)
+        print(f"\n{len(events):,} events generated in {time.monotonic() - t:.1f}s; {len(packed):,} envelopes, "
+              f"mean {mean:.1f} events (size {size}: {source})", flush=True)
+        r = redis.Redis.from_url(settings.redis_url)
+        took = asyncio.run(preload(settings.kafka_bootstrap, f"{run_id}.payments", list(packed)))
+        naive_topic = f"{run_id}.naive"
+        asyncio.run(preload(settings.kafka_bootstrap, naive_topic, [(k, None, v) for k, v in events]))
+        print(f"preloaded into Kafka in {took:.1f}s (and as single records for the naive agent)", flush=True)
 
-    noop = _side_worker("noop_worker.py", "NOOP", f"{run_id}.payments", run_id, tmp_path / "noop.log")
-    noop_rate = _side_rate(noop, f"noop-{run_id}:events", len(events))
-    print(f"no-op Faust agent on the same envelopes: {noop_rate:,.0f} events/s "
-          f"({noop_rate / mean:,.0f} records/s)", flush=True)
-    naive = _side_worker("naive_worker.py", "NAIVE", naive_topic, run_id, tmp_path / "naive.log")
-    naive_rate = _side_rate(naive, f"naive-{run_id}:done", len(events))
-    for prefix in (run_id, f"noop-{run_id}", f"naive-{run_id}"):
-        remove_run_data(settings.kafka_bootstrap, settings.redis_url, prefix)
-    print(f"naive baseline: {naive_rate:,.0f} events/s (one event per record, one Redis round trip each)")
-    print(f"ratio: pipeline / naive = {rate / naive_rate:.1f}x; pipeline / no-op Faust = {rate / noop_rate:.2f}")
-    record(pipeline_eps=round(rate), naive_eps=round(naive_rate), pipeline_ratio=round(rate / naive_rate, 1),
-           noop_faust_eps=round(noop_rate), redis_bytes_per_event=round(per_event), events=len(events),
-           pipeline_envelope_mean=round(mean, 1))
+        used_before = int(r.info("memory")["used_memory"])
+        worker = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id,
+                               extra_env={"LOYALTY_PARTITIONS": str(PARTITIONS), "LOYALTY_BATCH_SIZE": "200",
+                                          "LOYALTY_LEDGER_BATCH_SIZE": "50"})
+        worker.start()
+        try:
+            def done() -> int:
+                m = worker.metrics()
+                return accounted(m)
+            t_first = wait(lambda: done() > 0, 120, "the first event")
+            first = done()
+            assert worker.proc is not None
+            cpu = CpuAccount(worker.proc.pid)
+            cpu.start()
+            # /metrics is rendered by the worker under test: polled once a second, not more, so
+            # that the harness does not take the worker's CPU (each render is ~15 ms).
+            wait(lambda: done() >= len(events), 3600, "every event", every=1.0)
+            applied = worker.metrics()["events_applied_total"]
+            t_end = wait(lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied,
+                         3600, "the ledger in ClickHouse", every=0.25)
+            cpu.stop()
+            rate = (len(events) - first) / (t_end - t_first)
+            rec = worker.get("/v1/admin/reconcile", admin=True)[1]
+            assert rec["clean"] and rec["redis_total"] == rec["ledger_total"], rec
+            m = worker.metrics()
+            assert m["events_total"] - resent(m) == len(events), "every event decoded once"
+            used_after = int(r.info("memory")["used_memory"])
+            per_event = (used_after - used_before) / len(events)
+            batches = max(1, m["batch_size_count"])
+            print(f"pipeline: {len(events):,} events in {t_end - t_first:.1f}s = {rate:,.0f} events/s "
+                  f"(applied {m['events_applied_total']:,}, duplicates {m['events_duplicate_total']:,}, "
+                  f"refused {m['events_rejected_total']:,}, guests {m['events_guest_total']:,}; Redis = ledger "
+                  f"{rec['redis_total']:,} points over {rec['members']:,} members)", flush=True)
+            print(f"  mean batch {m['batch_size_sum'] / batches:,.0f} events, "
+                  f"core {m['core_ms_sum'] / batches:.1f} ms, "
+                  f"Redis {m['redis_apply_ms_sum'] / batches:.1f} ms, batch {m['batch_ms_sum'] / batches:.1f} ms, "
+                  f"ClickHouse insert {m['clickhouse_write_ms_sum'] / max(1, m['clickhouse_write_ms_count']):.0f} ms, "
+                  f"ledger sink {m['ledger_sink_cpu_us_total'] / max(1, m['ledger_sink_rows_total']):.2f} µs CPU "
+                  f"per row ({m['ledger_sink_rows_total']:,} rows)", flush=True)
+            phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / len(events):.1f}"
+                               for k in ("decode", "read", "evaluate", "reserve", "outbox", "write", "settle", "guests",
+                                         "send", "trim", "after"))
+            print(f"  accrual phases, wall µs per event: {phases}", flush=True)
+            us = cpu.per_event(len(events) - first)
+            print(f"  CPU µs per event: worker {us['worker']:.1f}, Redis {us['redis']:.1f}, Kafka {us['kafka']:.1f}, "
+                  f"rest of the machine {us['other']:.1f}; the machine {us['machine']:.1f} "
+                  f"({cpu.machine_busy:.0%} of its {psutil.cpu_count()} cores busy): at most "
+                  f"{psutil.cpu_count() * 1e6 / us['machine']:,.0f} events/s on this machine at this CPU per event",
+                  flush=True)
+            print(f"Redis: {used_after - used_before:,} bytes more for {len(events):,} events = {per_event:,.0f} "
+                  "bytes per event (members' hashes, records, history, guests, boards)", flush=True)
+        finally:
+            worker.stop()
+
+        noop = _side_worker("noop_worker.py", "NOOP", f"{run_id}.payments", run_id, tmp_path / "noop.log")
+        noop_rate = _side_rate(noop, f"noop-{run_id}:events", len(events))
+        print(f"no-op Faust agent on the same envelopes: {noop_rate:,.0f} events/s "
+              f"({noop_rate / mean:,.0f} records/s)", flush=True)
+        naive = _side_worker("naive_worker.py", "NAIVE", naive_topic, run_id, tmp_path / "naive.log")
+        naive_rate = _side_rate(naive, f"naive-{run_id}:done", len(events))
+        print(f"naive baseline: {naive_rate:,.0f} events/s (one event per record, one Redis round trip each)")
+        print(f"ratio: pipeline / naive = {rate / naive_rate:.1f}x; pipeline / no-op Faust = {rate / noop_rate:.2f}")
+        record(pipeline_eps=round(rate), naive_eps=round(naive_rate), pipeline_ratio=round(rate / naive_rate, 1),
+               noop_faust_eps=round(noop_rate), redis_bytes_per_event=round(per_event), events=len(events),
+               pipeline_envelope_mean=round(mean, 1),
+               pipeline_cpu_us_per_event={k: round(v, 1) for k, v in us.items()},
+               pipeline_machine_busy=round(cpu.machine_busy, 2))
+    finally:
+        # Also after a failure: a run's keys left in Redis would be rewritten by every later
+        # AOF rewrite and so tax the next runs.
+        for prefix in (run_id, f"noop-{run_id}", f"naive-{run_id}"):
+            remove_run_data(settings.kafka_bootstrap, settings.redis_url, prefix)
 
 
 def resent(m: dict[str, int]) -> int:

@@ -34,20 +34,13 @@ from benchmarks.sender import send_on_timetable
 from streams.devtools import WorkerProcess, free_port
 from streams.settings import ROOT
 from streams.signing import signed_headers
+from tests.fixtures import rules_toml
 from tests.integration.test_marketing import PUSH_SECRET
 
-RULES = """
+RULES = rules_toml("""
 version = "bench-triggers"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
+""", "mall", "normal_tier", tail="""
 [[coupon_templates]]
 id = "thanks"
 kind = "amount_off"
@@ -58,7 +51,7 @@ id = "every-payment"
 on = "spend"
 min_amount_fen = 1
 coupon = "thanks"
-"""
+""")
 
 
 RECORDED_RATE = 1_000

@@ -9,26 +9,22 @@ use crate::rules::RuleSet;
 use serde_json::json;
 use std::sync::Arc;
 
-const RULES: &str = r#"
+const RULES: &str = concat!(
+    r#"
 version = "b-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
-[[campaigns]]
+"#,
+    include_str!("../../tests/fixtures/rules/mall.toml"),
+    include_str!("../../tests/fixtures/rules/normal_tier.toml"),
+    r#"[[campaigns]]
 id = "double"
 multiplier_pct = 200
 budget_points = 150
 [[leaderboards]]
 period = "week"
 scope = "group"
-"#;
+"#
+);
 
 const NOW: i64 = 1_764_400_000_000; // 2025-11-29
 

@@ -6,22 +6,15 @@ use crate::rules::RuleSet;
 use crate::state::MemberState;
 use serde_json::{json, Value};
 
-const RULES: &str = r#"
+const RULES: &str = concat!(
+    r#"
 version = "c-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.hotel]
-points = 2
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "hotel"
-format = "hotel"
-[formats.parking]
+"#,
+    include_str!("../../tests/fixtures/rules/mall.toml"),
+    include_str!("../../tests/fixtures/rules/hotel.toml"),
+    include_str!("../../tests/fixtures/rules/normal_tier.toml"),
+    r#"[formats.parking]
 points = 0
 per_fen = 100
 [[business_units]]
@@ -32,9 +25,6 @@ bu = "park"
 free_minutes = 15
 price_per_hour_fen = 1000
 daily_cap_fen = 6000
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [[tiers]]
 id = "gold"
 multiplier_pct = 100
@@ -124,7 +114,8 @@ tags = ["vip"]
 id = "after-parking"
 on = "parking_exit"
 coupon = "park-2h"
-"#;
+"#
+);
 
 const MON: &str = "2026-11-23T09:00:00+08:00";
 

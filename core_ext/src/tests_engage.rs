@@ -11,25 +11,15 @@ use crate::time::DAY_MS;
 use crate::wallet;
 use serde_json::{json, Value};
 
-const RULES: &str = r#"
+const RULES: &str = concat!(
+    r#"
 version = "eng-1"
 utc_offset_minutes = 0
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.hotel]
-points = 2
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "hotel"
-format = "hotel"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
-[[coupon_templates]]
+"#,
+    include_str!("../../tests/fixtures/rules/mall.toml"),
+    include_str!("../../tests/fixtures/rules/hotel.toml"),
+    include_str!("../../tests/fixtures/rules/normal_tier.toml"),
+    r#"[[coupon_templates]]
 id = "tpl"
 kind = "amount_off"
 amount_off_fen = 500
@@ -75,7 +65,8 @@ answer_wait_s = 3600
 [stored_value]
 max_balance_fen = 100000
 max_topup_fen = 50000
-"#;
+"#
+);
 
 /// 2026-11-02 00:00 UTC (a Monday) plus `d` days and 10 hours.
 fn day(d: i64) -> i64 {

@@ -8,24 +8,17 @@ use crate::rules::RuleSet;
 use crate::state::MemberState;
 use serde_json::{json, Value};
 
-const RULES: &str = r#"
+const RULES: &str = concat!(
+    r#"
 version = "t-2"
 utc_offset_minutes = 480
-[caps]
+"#,
+    include_str!("../../tests/fixtures/rules/mall.toml"),
+    include_str!("../../tests/fixtures/rules/hotel.toml"),
+    include_str!("../../tests/fixtures/rules/normal_tier.toml"),
+    r#"[caps]
 per_transaction_points = 5000
 per_member_daily_points = 8000
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.hotel]
-points = 2
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "hotel"
-format = "hotel"
 [[merchants]]
 id = "gadgets"
 bu = "mall"
@@ -47,9 +40,6 @@ per_fen = 200
 [tier_policy]
 window_months = 12
 review_after_days = 30
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [[tiers]]
 id = "gold"
 multiplier_pct = 150
@@ -100,7 +90,8 @@ max_per_month = 2
 [behaviour.review]
 points = 20
 max_per_day = 1
-"#;
+"#
+);
 
 fn rules(stacking: &str) -> RuleSet {
     RuleSet::from_toml(&RULES.replace("STACKING", stacking), "t.toml").unwrap()
@@ -640,10 +631,12 @@ fn rules_errors_name_file_line_and_field() {
         other => panic!("{other:?}"),
     };
     let base = RULES.replace("STACKING", "add");
-    let (file, line, field, _) = err(base.replace("format = \"hotel\"", "format = \"spa\""));
+    let spa = base.replace("format = \"hotel\"", "format = \"spa\"");
+    let spa_line = spa.lines().position(|l| l == "format = \"spa\"").expect("the line") + 1;
+    let (file, line, field, _) = err(spa);
     assert_eq!(
         (file.as_str(), line, field.as_str()),
-        ("r.toml", 18, "business_units[1].format")
+        ("r.toml", spa_line, "business_units[1].format")
     );
     let (_, _, field, reason) =
         err(base.replace("weekdays = [\"sat\", \"sun\"]", "weekdays = [\"caturday\"]"));

@@ -35,10 +35,12 @@ from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simul
 from streams.records import readable_event_id
 from streams.signing import sign, signed_headers
 from tests import reference
+from tests.fixtures import rules_toml
 
-RULES = """
+RULES = rules_toml("""
 version = "fuzz-1"
 utc_offset_minutes = 480
+""", "normal_tier", tail="""
 [formats.mall]
 points = 1
 per_fen = 100
@@ -57,10 +59,7 @@ id = "sh-hotel-rooms"
 bu = "sh-hotel"
 category = "rooms"
 max_payment_fen = 2000000
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
-"""
+""")
 
 #: Where an amount is refused above (the rules' max_payment_fen of each place).
 LIMITS = {("sh-mall", "sh-mall-shop-01"): 5_000_000, ("sh-hotel", "sh-hotel-rooms"): 2_000_000}

@@ -21,29 +21,16 @@ import pytest
 
 from streams.devtools import WebhookReceiver, WorkerProcess, post_signed_many, send_callbacks_in_order
 from streams.signing import signed_headers
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
 PUSH_SECRET = "push-secret-engagement"
 
-RULES = """
+RULES = rules_toml("""
 version = "engage-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.hotel]
-points = 2
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "hotel"
-format = "hotel"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
+""", "mall", "hotel", "normal_tier", tail="""
 [[leaderboards]]
 period = "week"
 scope = "group"
@@ -166,7 +153,7 @@ multiplier_pct = 200
 id = "basic"
 fields = ["name", "gender", "birthday"]
 points = 50
-"""
+""")
 
 WHEEL_ODDS = {"p-points": 0.20, "p-coupon": 0.10, "p-umbrella": 0.05, "": 0.65}
 

@@ -21,17 +21,16 @@ import pytest
 from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks
 from streams.settings import Settings
 from streams.signing import signed_headers
+from tests.fixtures import rules_toml
 from tests.integration.reliability import record
 
 pytestmark = pytest.mark.integration
 PUSH_SECRET = "push-secret-for-tests"
 
-RULES = """
+RULES = rules_toml("""
 version = "mkt-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
+""", "mall", "normal_tier", tail="""
 [formats.hotel]
 points = 1
 per_fen = 100
@@ -39,17 +38,11 @@ per_fen = 100
 points = 0
 per_fen = 100
 [[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
 id = "hotel"
 format = "hotel"
 [[business_units]]
 id = "park"
 format = "parking"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [[tiers]]
 id = "gold"
 multiplier_pct = 100
@@ -170,7 +163,7 @@ min_amount_fen = 100
 coupon = "flash"
 tags = ["flash"]
 max_per_member = 1
-"""
+""")
 
 
 @pytest.fixture(scope="module")

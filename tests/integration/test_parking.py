@@ -15,27 +15,20 @@ import pytest
 
 from streams.devtools import WorkerProcess
 from streams.signing import signed_headers
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
-RULES = """
+RULES = rules_toml("""
 version = "park-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
+""", "mall", "normal_tier", tail="""
 [formats.parking]
 points = 0
 per_fen = 100
 [[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
 id = "park"
 format = "parking"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [[tiers]]
 id = "gold"
 multiplier_pct = 100
@@ -51,7 +44,7 @@ price_per_hour_fen = 1000
 daily_cap_fen = 6000
 spend_bu = "mall"
 spend_steps = [{ min_spend_fen = 20000, free_minutes = 120 }]
-"""
+""")
 
 
 def iso(minutes_ago: float) -> str:

@@ -20,23 +20,22 @@ import pytest
 
 from streams.devtools import WorkerProcess, read_dead_letters
 from streams.settings import Settings
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 6
-RULES = """
+RULES = rules_toml("""
 version = "held-1"
 utc_offset_minutes = 480
+""", "normal_tier", tail="""
 [formats.mall]
 points = 1
 per_fen = 100
 [[business_units]]
 id = "sh-mall"
 format = "mall"
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
-"""
+""")
 
 
 def _payment(event_id: str, member: str, amount: int = 10_000) -> dict[str, Any]:
@@ -108,9 +107,10 @@ def test_held_refunds_are_listed_then_dead_lettered_at_their_deadline(worker_fac
     assert w.get(f"/v1/members/{other}")[1]["balance"] == 100
 
 
-TIER_RULES = """
+TIER_RULES = rules_toml("""
 version = "refund-tier-1"
 utc_offset_minutes = 480
+""", "normal_tier", tail="""
 [formats.mall]
 points = 1
 per_fen = 100
@@ -120,9 +120,6 @@ format = "mall"
 [tier_policy]
 on_refund = "recheck"
 [[tiers]]
-id = "normal"
-multiplier_pct = 100
-[[tiers]]
 id = "silver"
 multiplier_pct = 120
 qualify_spend_fen = 500000
@@ -131,7 +128,7 @@ validity_months = 3
 [wallet.default_rate]
 points = 100
 value_fen = 100
-"""
+""")
 
 
 def test_a_refund_gives_used_points_back_to_their_lots_and_rechecks_the_tier(

@@ -14,13 +14,15 @@ from aiokafka import AIOKafkaProducer
 
 from streams.devtools import WorkerProcess, send_callbacks_in_order
 from streams.settings import Settings
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
-RULES = """
+RULES = rules_toml("""
 version = "VERSION"
 utc_offset_minutes = 480
 guest_credit_days = 7
+""", "normal_tier", tail="""
 [formats.mall]
 points = RATE
 per_fen = 100
@@ -30,9 +32,6 @@ format = "mall"
 [tier_policy]
 window_months = 12
 review_after_days = 1
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [[tiers]]
 id = "gold"
 multiplier_pct = 200
@@ -52,7 +51,7 @@ ends_at = "2026-11-23T19:00:00+08:00"
 registration_gift = 100
 [behaviour.sign_in]
 points = 5
-"""
+""")
 
 
 def write_rules(path: Path, version: str = "motion-1", rate: int = 1) -> Path:

@@ -17,33 +17,20 @@ import pytest
 
 from streams.devtools import WorkerProcess, read_dead_letters
 from streams.settings import Settings
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
-RULES = """
+RULES = rules_toml("""
 version = "settle-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.convenience]
-points = 1
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "cvs"
-format = "convenience"
+""", "mall", "convenience", "normal_tier", tail="""
 [[merchants]]
 id = "shop-c"
 bu = "mall"
 category = "fashion"
 commission_bp = 550
 commission_min_fen = 100
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [wallet]
 [wallet.default_rate]
 points = 100
@@ -59,7 +46,7 @@ breakage_to = "mall"
 bu = "cvs"
 fund_fen_per_100 = 80
 paid_fen_per_100 = 300
-"""
+""")
 
 
 def settled_worker(worker_factory: Any, tmp_path: Path, name: str, rules_text: str = RULES

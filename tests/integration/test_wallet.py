@@ -16,32 +16,19 @@ import pytest
 
 from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks_in_order
 from streams.settings import Settings
+from tests.fixtures import rules_toml
 
 pytestmark = pytest.mark.integration
 
-RULES = """
+RULES = rules_toml("""
 version = "wallet-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[formats.convenience]
-points = 1
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
-[[business_units]]
-id = "cvs"
-format = "convenience"
+""", "mall", "convenience", "normal_tier", tail="""
 [[categories]]
 id = "electronics"
 points = 1
 per_fen = 100
 return_window_days = 7
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [wallet]
 validity_months = VALIDITY
 reminder_days = 365
@@ -54,7 +41,7 @@ value_fen = 100
 bu = "cvs"
 points = 100
 value_fen = 500
-"""
+""")
 
 
 def start(worker_factory: Any, tmp_path: Path, name: str, shortfall: str = "allow_negative",

@@ -12,28 +12,21 @@ from hypothesis import strategies as st
 
 import core_ext
 from tests import reference
+from tests.fixtures import rules_toml
 
-RULES_TEXT = """
+RULES_TEXT = rules_toml("""
 version = "prop-1"
 utc_offset_minutes = 480
-[formats.mall]
-points = 1
-per_fen = 100
-[[business_units]]
-id = "mall"
-format = "mall"
+""", "mall", "normal_tier", tail="""
 [[categories]]
 id = "electronics"
 points = 2
 per_fen = 100
 return_window_days = 7
-[[tiers]]
-id = "normal"
-multiplier_pct = 100
 [wallet]
 validity_months = 2
 refund_shortfall = "SHORTFALL"
-""".replace("SHORTFALL", "allow_negative")
+""").replace("SHORTFALL", "allow_negative")
 RULES = core_ext.RuleSet.from_toml(RULES_TEXT, "prop.toml")
 REF = reference.RefRules(RULES_TEXT)
 

@@ -274,12 +274,13 @@ class EventInfo:
 def decode_event(body: bytes) -> EventInfo:
     """Decodes and validates one event body; raises InvalidEventError naming the field."""
 
-def envelope_pack(bodies: list[bytes]) -> bytes:
-    """Packs event bodies into one envelope record (docs/envelopes.md)."""
+def envelope_pack(bodies: list[bytes], compressed: bool = False) -> bytes:
+    """Packs event bodies into one envelope record (docs/envelopes.md): version 1, or
+    version 2 (compressed) if asked."""
 
 def envelope_unpack(record: bytes) -> list[bytes]:
-    """The bodies a record holds (an envelope's, or the record itself); raises
-    InvalidEventError (field "envelope") for a corrupt envelope."""
+    """The bodies a record holds (an envelope's, compressed or not, or the record itself);
+    raises InvalidEventError (field "envelope") for a corrupt envelope."""
 
 @final
 class BatchReport:

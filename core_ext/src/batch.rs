@@ -686,7 +686,9 @@ impl AccrualBatch {
         round.outbox = Some(token.to_string());
         self.outboxes.push(token.to_string());
         let mut c = Command::new("SET");
-        c.key(&outbox_key(&self.cfg.ns, token)).arg(&envelope::pack(&parts)).str("EX").int(ttl_s);
+        // Compressed: the outbox's bytes go to Redis's AOF, and every byte there is copied
+        // again by each AOF rewrite, although the outbox lives only until Kafka acks.
+        c.key(&outbox_key(&self.cfg.ns, token)).arg(&envelope::pack_compressed(&parts)).str("EX").int(ttl_s);
         // The index the sweeper reads: outboxes whose batch never got its rows acked.
         let mut index = Command::new("ZADD");
         index.key(&outbox_index_key(&self.cfg.ns)).int(self.now_ms).str(token);
@@ -719,7 +721,8 @@ impl AccrualBatch {
         let mut rows: HashMap<(String, String), String> = HashMap::default();
         for (token, reply) in tokens.iter().zip(replies) {
             let Some(blob) = reply.as_bytes() else { continue }; // acked and deleted: nothing to send
-            let parts = envelope::unpack(blob).map_err(|e| format!("outbox {token}: {}", e.reason()))?;
+            let plain = envelope::inflate(blob).map_err(|e| format!("outbox {token}: {}", e.reason()))?;
+            let parts = envelope::unpack(&plain).map_err(|e| format!("outbox {token}: {}", e.reason()))?;
             for pair in parts.chunks(2) {
                 if let [id, r] = pair {
                     let id = String::from_utf8_lossy(id).into_owned();

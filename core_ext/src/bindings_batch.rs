@@ -197,18 +197,25 @@ pub fn decode_event(py: Python<'_>, body: &[u8]) -> PyResult<PyEventInfo> {
     })
 }
 
-/// Packs event bodies into one envelope record (docs/envelopes.md).
+/// Packs event bodies into one envelope record (docs/envelopes.md): version 1, or version 2
+/// (compressed) if asked.
 #[pyfunction]
-pub fn envelope_pack<'py>(py: Python<'py>, bodies: Vec<Bound<'py, PyBytes>>) -> Bound<'py, PyBytes> {
+#[pyo3(signature = (bodies, compressed=false))]
+pub fn envelope_pack<'py>(py: Python<'py>, bodies: Vec<Bound<'py, PyBytes>>, compressed: bool) -> Bound<'py, PyBytes> {
     let slices: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
-    PyBytes::new(py, &envelope::pack(&slices))
+    if compressed {
+        PyBytes::new(py, &envelope::pack_compressed(&slices))
+    } else {
+        PyBytes::new(py, &envelope::pack(&slices))
+    }
 }
 
-/// The bodies a record holds: an envelope's, or the record itself; raises
+/// The bodies a record holds: an envelope's (compressed or not), or the record itself; raises
 /// InvalidEventError (field "envelope") for a corrupt envelope.
 #[pyfunction]
 pub fn envelope_unpack<'py>(py: Python<'py>, record: &[u8]) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let bodies = envelope::unpack(record).map_err(|e| core_error_to_py(py, e))?;
+    let plain = envelope::inflate(record).map_err(|e| core_error_to_py(py, e))?;
+    let bodies = envelope::unpack(&plain).map_err(|e| core_error_to_py(py, e))?;
     Ok(bodies.into_iter().map(|b| PyBytes::new(py, b)).collect())
 }
 

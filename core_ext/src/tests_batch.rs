@@ -130,7 +130,9 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     assert_eq!(args(&outbox[1])[..2], [b"ZADD".to_vec(), b"t:outboxes".to_vec()], "the sweeper's index");
     let o = args(&outbox[0]);
     assert_eq!((o[0].as_slice(), o[1].as_slice()), (&b"SET"[..], &b"t:outbox:{tok1}"[..]));
-    let held = envelope::unpack(&o[2]).unwrap();
+    assert_eq!(o[2][4], envelope::COMPRESSED, "the outbox is kept compressed");
+    let plain = envelope::inflate(&o[2]).unwrap();
+    let held = envelope::unpack(&plain).unwrap();
     assert_eq!(held.len(), 2 * 3, "(event id, rows) of the three events written");
     assert_eq!(held[0], b"p1");
     let write = b.write_plan();

@@ -49,6 +49,18 @@ def test_envelopes_round_trip_and_a_corrupt_one_is_named() -> None:
     assert len(batch) == 51
 
 
+def test_a_compressed_envelope_unpacks_to_the_same_bodies() -> None:
+    """Version 2 (the round outboxes in Redis; the outbox sweeper reads them here)."""
+    rows = [orjson.dumps([{"event_id": f"e{i}", "member_id": "m-1", "kind": "earn", "points": i}]) for i in range(200)]
+    env = core_ext.envelope_pack(rows, compressed=True)
+    assert env[:5] == b"\x00LYE\x02"
+    assert len(env) < len(core_ext.envelope_pack(rows)) // 3
+    assert core_ext.envelope_unpack(env) == rows
+    with pytest.raises(core_ext.InvalidEventError) as err:
+        core_ext.envelope_unpack(env[:-5])
+    assert err.value.field == "envelope" and "compressed envelope" in err.value.reason
+
+
 def test_the_coalescer_shares_round_trips_and_keeps_order() -> None:
     calls: list[list[int]] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import gc
 import os
 import shlex
@@ -270,8 +271,20 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.rules}: {exc.strerror}", file=sys.stderr)
         return 2
-    payload = orjson.dumps({"rules": text, "path": args.rules, "from": _instant(args.start),
-                            "to": _instant(args.end)})
+    import core_ext
+
+    try:
+        # Days are the group's local days: midnight at the rules' own offset.
+        offset = core_ext.RuleSet.from_toml(text, args.rules).utc_offset_minutes
+    except core_ext.RulesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        start, end = _instant(args.start, offset), _instant(args.end, offset)
+    except ValueError as exc:
+        print(f"error: --from/--to: {exc}", file=sys.stderr)
+        return 2
+    payload = orjson.dumps({"rules": text, "path": args.rules, "from": start, "to": end})
     print(f"replaying stored payments {args.start} .. {args.end} through {args.rules} ...", file=sys.stderr)
     try:
         result = admin_post(settings, "/v1/admin/rules/simulate", payload)
@@ -286,9 +299,18 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instant(value: str) -> str:
-    """A date (local midnight, +08:00) or a full ISO-8601 instant."""
-    return f"{value}T00:00:00+08:00" if len(value) == 10 else value
+def _instant(value: str, offset_minutes: int) -> str:
+    """A local date (its midnight at the rules' UTC offset) or a full ISO-8601 instant with
+    its offset; raises ValueError saying what is wrong."""
+    if len(value) == 10:
+        day = dt.date.fromisoformat(value)
+        sign = "+" if offset_minutes >= 0 else "-"
+        hours, minutes = divmod(abs(offset_minutes), 60)
+        return f"{day.isoformat()}T00:00:00{sign}{hours:02d}:{minutes:02d}"
+    instant = dt.datetime.fromisoformat(value)
+    if instant.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset (a day is YYYY-MM-DD; an instant names its offset)")
+    return value
 
 
 def format_simulation(r: dict) -> str:  # type: ignore[type-arg]

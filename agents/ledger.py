@@ -35,7 +35,7 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     while True:
         try:
             t0 = time.perf_counter()
-            result = await rt.ledger.write_messages(good, rt.balances.ns, BOARD_SHARDS, BOARD_TTL_S)
+            result = await rt.ledger.write_messages(good, (rt.balances.ns, BOARD_SHARDS, BOARD_TTL_S))
             if result.poison:
                 bad = {i for i, _ in result.poison}
                 for i, reason in result.poison:

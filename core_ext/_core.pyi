@@ -376,7 +376,7 @@ class LedgerBlocks:
         """Leaderboard scores the rows carry: (board, member, score, version)."""
     @property
     def board_plan(self) -> list[bytes]:
-        """The `ly_board` calls (RESP) for `boards`, when a board namespace was given."""
+        """The `ly_board` calls (RESP) for `boards`, when the boards' keys were given."""
     @property
     def poison(self) -> list[tuple[int, str]]:
         """Messages that cannot be stored: (index in the batch, reason); none of their rows is in the blocks."""
@@ -388,10 +388,10 @@ def board_commands(namespace: str, updates: list[tuple[str, str, int, int]], sha
 def board_shard(member: str, shards: int) -> int:
     """The shard of a board a member's score lives in."""
 
-def ledger_blocks(messages: list[bytes], board_namespace: str | None = None, board_shards: int = 8,
-                  board_ttl_s: int = 8_640_000) -> LedgerBlocks:
-    """Encodes ledger-topic messages into one RowBinary block per table and, given a board
-    namespace, the leaderboard calls their scores need (GIL released for both)."""
+def ledger_blocks(messages: list[bytes], boards: tuple[str, int, int] | None = None) -> LedgerBlocks:
+    """Encodes ledger-topic messages into one RowBinary block per table and, given the
+    boards' (namespace, shards, ttl_s), the leaderboard calls their scores need (GIL
+    released for both)."""
 
 def ledger_schema_mismatches(describe: list[tuple[str, str, str]]) -> list[str]:
     """Columns whose ClickHouse type is not what the ledger blocks write, from

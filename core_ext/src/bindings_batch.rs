@@ -553,28 +553,26 @@ pub struct PyLedgerBlocks {
     pub boards: Vec<(String, String, i64, i64)>,
     /// Messages that cannot be stored: (index in the batch, reason); none of their rows is in the blocks.
     pub poison: Vec<(usize, String)>,
-    /// The `ly_board` calls (RESP) for `boards`, when a board namespace was given: what the
+    /// The `ly_board` calls (RESP) for `boards`, when the boards' keys were given: what the
     /// ledger role sends to Redis without looking inside.
     pub board_plan: Vec<Py<PyBytes>>,
 }
 
-/// Encodes ledger-topic messages into one RowBinary block per table and, given a board
-/// namespace, the leaderboard calls their scores need (GIL released for both).
+/// Encodes ledger-topic messages into one RowBinary block per table and, given the boards'
+/// (namespace, shards, ttl_s), the leaderboard calls their scores need (GIL released for both).
 #[pyfunction]
-#[pyo3(signature = (messages, board_namespace=None, board_shards=8, board_ttl_s=8_640_000))]
+#[pyo3(signature = (messages, boards=None))]
 pub fn ledger_blocks(
     py: Python<'_>,
     messages: Vec<Bound<'_, PyBytes>>,
-    board_namespace: Option<&str>,
-    board_shards: u32,
-    board_ttl_s: i64,
+    boards: Option<(String, u32, i64)>,
 ) -> PyResult<PyLedgerBlocks> {
     let owned: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
     let (b, board_cmds) = py.detach(|| {
         let refs: Vec<&[u8]> = owned.iter().map(|m| m.as_slice()).collect();
         let b = crate::blocks::encode(&refs);
-        let cmds = match board_namespace {
-            Some(ns) if !b.boards.is_empty() => crate::boards::commands(ns, &b.boards, board_shards.max(1), board_ttl_s),
+        let cmds = match &boards {
+            Some((ns, shards, ttl_s)) if !b.boards.is_empty() => crate::boards::commands(ns, &b.boards, (*shards).max(1), *ttl_s),
             _ => Vec::new(),
         };
         (b, cmds)

@@ -133,20 +133,21 @@ class LedgerStore:
             self._client = None
         self._executor.shutdown(wait=True)
 
-    async def write_messages(self, messages: Sequence[bytes], board_namespace: str | None = None,
-                             board_shards: int = 8, board_ttl_s: int = 100 * 86_400) -> LedgerWrite:
+    async def write_messages(self, messages: Sequence[bytes],
+                             boards: tuple[str, int, int] | None = None) -> LedgerWrite:
         """Ledger-topic messages into ClickHouse: the core encodes one RowBinary block per
         table (no Python per row) and each table gets one insert, all on the store's own
         thread. The deduplication token is a digest of the rows' identities, so an insert
         retried after an unclear failure is taken once. Messages that cannot be stored are
         named in `poison` and nothing is inserted: the caller takes them out and writes the rest.
-        Given a board namespace, the result carries the leaderboard calls the rows need."""
+        Given the boards' (namespace, shards, ttl_s), the result carries the leaderboard
+        calls the rows need."""
         if self._fault is not None and self._fault.exists():
             raise LedgerUnavailable(f"injected fault: {self._fault} exists (ClickHouse down)", 0.5)
 
         def work() -> LedgerWrite:
             t0 = time.thread_time()
-            blocks = core_ext.ledger_blocks(list(messages), board_namespace, board_shards, board_ttl_s)
+            blocks = core_ext.ledger_blocks(list(messages), boards)
             if blocks.poison:
                 return LedgerWrite({}, [], blocks.poison, time.thread_time() - t0)
             rows: dict[str, int] = {}

@@ -127,7 +127,7 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     ph = Phases()
     small = sum(len(r) for r in records) < INLINE_BYTES
     batch = await _off(core_ext.AccrualBatch, rules, list(records), store.ns, int(time.time() * 1000),
-                       settings.refund_horizon_days, settings.history_length, inline=small)
+                       settings.refund_horizon_days, settings.history_length, store.members_per_call, inline=small)
     core_s = ph.mark("decode")
     redis_s = 0.0
     for _round in range(MAX_CONFLICT_ROUNDS):

@@ -408,8 +408,10 @@ class AccrualBatch:
 
     def __new__(
         cls, rules: RuleSet, records: list[bytes], namespace: str, now_ms: int, horizon_days: int,
-        history_len: int,
-    ) -> AccrualBatch: ...
+        history_len: int, members_per_call: int = 1,
+    ) -> AccrualBatch:
+        """`members_per_call`: members written by one ly_apply call (1 on a Redis Cluster,
+        where each call must name one hash slot)."""
     def __len__(self) -> int: ...
     def pending(self) -> int:
         """Events not settled yet (their members conflicted; another round takes them)."""
@@ -426,7 +428,8 @@ class AccrualBatch:
         """After the rounds: reads of the outboxes that duplicates' records name."""
     def resend_done(self, replies_: list[Any]) -> None:
         """The rows of those duplicates an outbox still holds are sent again."""
-    def write_plan(self) -> list[bytes]: ...
+    def write_plan(self) -> list[bytes]:
+        """ly_apply calls for the members to write, up to `members_per_call` members each."""
     def write_done(self, replies_: list[Any]) -> int:
         """Returns how many members conflicted (their events go to the next round)."""
     def settle_plan(self) -> list[bytes]: ...

@@ -129,7 +129,7 @@ class Runtime:
                            if settings.alipay_public_key else None)
         self.pos_keys = parse_pos_keys(settings.pos_keys)
         self.balances = BalanceStore(settings.redis_url, settings.redis_namespace, settings.refund_horizon_days,
-                                     settings.history_length)
+                                     settings.history_length, settings.redis_members_per_call)
         self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
         self._started = False
         self._lock = asyncio.Lock()

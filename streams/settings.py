@@ -13,7 +13,7 @@ class SettingsError(ValueError):
     """A LOYALTY_* environment variable has a value that cannot be used."""
 
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
+def _int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -23,6 +23,8 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -126,6 +128,9 @@ class Settings:
     occurred_max_ahead_days: int = 1
     event_claim_days: int = 35
     history_length: int = 8
+    # Members written by one ly_apply call on a single Redis (1 on a Redis Cluster, where a
+    # call names one hash slot): each call costs Redis ~9 µs of its own (docs/hot-path.md).
+    redis_members_per_call: int = 64
     envelope_linger_ms: float = 1.0
     envelope_max_events: int = 500
     envelope_max_bytes: int = 512 * 1024
@@ -233,6 +238,7 @@ class Settings:
             occurred_max_ahead_days=_int("LOYALTY_OCCURRED_MAX_AHEAD_DAYS", d.occurred_max_ahead_days, 0),
             event_claim_days=_int("LOYALTY_EVENT_CLAIM_DAYS", d.event_claim_days, 1),
             history_length=_int("LOYALTY_HISTORY_LENGTH", d.history_length, 1),
+            redis_members_per_call=_int("LOYALTY_REDIS_MEMBERS_PER_CALL", d.redis_members_per_call, 1, 1000),
             envelope_linger_ms=_float("LOYALTY_ENVELOPE_LINGER_MS", d.envelope_linger_ms),
             envelope_max_events=_int("LOYALTY_ENVELOPE_MAX_EVENTS", d.envelope_max_events, 1),
             envelope_max_bytes=_int("LOYALTY_ENVELOPE_MAX_BYTES", d.envelope_max_bytes, 1024),

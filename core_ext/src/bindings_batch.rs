@@ -309,7 +309,8 @@ pub struct PyAccrualBatch {
 #[pymethods]
 impl PyAccrualBatch {
     #[new]
-    #[pyo3(signature = (rules, records, namespace, now_ms, horizon_days, history_len))]
+    #[pyo3(signature = (rules, records, namespace, now_ms, horizon_days, history_len, members_per_call=1))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         rules: &PyRuleSet,
@@ -318,12 +319,16 @@ impl PyAccrualBatch {
         now_ms: i64,
         horizon_days: i64,
         history_len: i64,
+        members_per_call: usize,
     ) -> PyResult<Self> {
         if !(1..=10_000).contains(&horizon_days) {
             return Err(PyValueError::new_err("horizon_days must be from 1 to 10000"));
         }
+        if !(1..=1_000).contains(&members_per_call) {
+            return Err(PyValueError::new_err("members_per_call must be from 1 to 1000"));
+        }
         let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
-        let cfg = Config { ns: namespace.to_string(), horizon_ms: horizon_days * batch::DAY_MS, history_len };
+        let cfg = Config { ns: namespace.to_string(), horizon_ms: horizon_days * batch::DAY_MS, history_len, members_per_call };
         let rules = std::sync::Arc::clone(&rules.inner);
         let for_batch = std::sync::Arc::clone(&rules);
         let inner = py.detach(|| {

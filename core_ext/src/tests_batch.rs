@@ -50,7 +50,7 @@ fn digest_of(body: &[u8]) -> u64 {
 }
 
 fn cfg() -> Config {
-    Config { ns: "t".into(), horizon_ms: 400 * 86_400_000, history_len: 5 }
+    Config { ns: "t".into(), horizon_ms: 400 * 86_400_000, history_len: 5, members_per_call: 1 }
 }
 
 /// The arguments of a RESP array command.
@@ -195,6 +195,35 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     one_slot(&trims);
     assert_eq!(trims.len(), 2 + 1 + 2 * 3, "a DEL of each round's outbox, its index entries, then histories");
     assert_eq!(args(&trims[0]), vec![b"DEL".to_vec(), b"t:outbox:{tok1}".to_vec()]);
+}
+
+#[test]
+fn on_a_single_redis_several_members_share_one_apply_call_and_each_gets_its_answer() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let env = envelope::pack(&[pay("p1", Some("m1"), 10_000), pay("p2", Some("m2"), 3_000), pay("p3", Some("m3"), 100)]);
+    let mut b = AccrualBatch::decode(rules, Config { members_per_call: 2, ..cfg() }, &[&env], NOW);
+    assert_eq!(b.read_plan().len(), 3 * 2 + 1);
+    let mut replies = read_reply(0, None, &[None]);
+    replies.extend(read_reply(4, None, &[None]));
+    replies.extend(read_reply(0, None, &[None]));
+    replies.push(Reply::Nil);
+    b.read_done(&replies).unwrap();
+    let reserve = b.reserve_plan();
+    let units = (args(&reserve[0]).len() - 6) / 3;
+    b.reserve_done(&[Reply::Array(vec![Reply::Int(1); units])]).unwrap();
+    b.outbox_plan("tok1", 604_800);
+    let write = b.write_plan();
+    assert_eq!(write.len(), 2, "three members in calls of two");
+    let w = args(&write[0]);
+    assert_eq!(w[2], b"8", "the keys of two members");
+    assert_eq!(&w[3..11], &[b"t:m:{m1}".to_vec(), b"t:ev:{m1}".to_vec(), b"t:ob:{m1}".to_vec(), b"t:h:{m1}".to_vec(),
+                            b"t:m:{m2}".to_vec(), b"t:ev:{m2}".to_vec(), b"t:ob:{m2}".to_vec(), b"t:h:{m2}".to_vec()]);
+    assert_eq!(w[11], b"2", "members in this call");
+    assert_eq!(keys(&write[1]).len(), 4);
+    // A reply that does not answer every member of its call is an error, not a guess.
+    assert!(b.write_done(&[Reply::Array(vec![bulk("ok")]), Reply::Array(vec![bulk("ok")])]).is_err());
+    assert_eq!(b.write_done(&[Reply::Array(vec![bulk("ok"), bulk("c:5")]), Reply::Array(vec![bulk("ok")])]).unwrap(), 1);
+    assert_eq!((b.kind(0), b.kind(1), b.kind(2)), (Kind::Applied, Kind::Pending, Kind::Applied), "m2 conflicted");
 }
 
 #[test]

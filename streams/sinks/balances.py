@@ -124,11 +124,14 @@ def _refunded(original: str, move: EventMove) -> str | None:
 class BalanceStore:
     """Balances, states and applied-event records of members, in Redis."""
 
-    def __init__(self, url: str, namespace: str, horizon_days: int = 400, history_len: int = 10) -> None:
+    def __init__(self, url: str, namespace: str, horizon_days: int = 400, history_len: int = 10,
+                 members_per_call: int = 1) -> None:
         self.url = url
         self.ns = namespace
         self.horizon_days = horizon_days
         self.history_len = history_len
+        #: Members the accrual writes per ly_apply call; 1 once `setup` finds a cluster.
+        self.members_per_call = members_per_call
         # A blocking pool: under a burst, requests wait for a free connection (up to 10 s)
         # instead of failing with "too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
@@ -140,6 +143,9 @@ class BalanceStore:
         fails at start rather than on the first batch."""
         await self.redis.ping()
         await self.load_functions()
+        if self.members_per_call > 1 and int((await self.redis.info("cluster")).get("cluster_enabled", 0)):
+            log.info("Redis is a cluster node: one member per ly_apply call (each call names one hash slot)")
+            self.members_per_call = 1
         config = await self.redis.config_get("hash-max-listpack-*")
         low = {k: v for k, v in LISTPACK_SETTINGS.items() if int(config.get(k, v)) < v}
         if low:

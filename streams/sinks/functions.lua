@@ -37,7 +37,8 @@ local function sweep(evkey, before_ms)
   end
 end
 
--- ly_apply: the atomic step of each member, checked against the member's sequence number.
+-- ly_apply: the atomic step of each member, checked against the member's sequence number
+-- (one member per call on a Redis Cluster; several on a single Redis, each checked alone).
 -- KEYS per member: m, ev, ob, h.
 -- ARGV: n_members, day, sweep_before_ms, ttl_s, history_len, then per member:
 --   expected seq, mode ('a': the counters below are the new values, 'd': deltas), state,

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import orjson
+import pytest
 from redis.crc import key_slot
 
 import core_ext
@@ -104,3 +105,46 @@ def test_the_python_side_names_one_slot_per_call() -> None:
     for cmd in plan:
         assert_one_slot(keys_of(cmd))
     assert len({key_slot(keys_of(cmd)[0]) for cmd in plan}) > BOARD_SHARDS, "shards spread over slots"
+
+
+class _Node:
+    """A Redis that answers the set-up's questions as a cluster node (or not) would."""
+
+    def __init__(self, cluster: bool) -> None:
+        self.cluster = cluster
+
+    async def ping(self) -> bool:
+        return True
+
+    async def function_load(self, code: str, replace: bool) -> str:
+        return "loyalty"
+
+    async def info(self, section: str) -> dict[str, Any]:
+        assert section == "cluster"
+        return {"cluster_enabled": int(self.cluster)}
+
+    async def config_get(self, pattern: str) -> dict[str, str]:
+        return {}
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [(True, 1), (False, 64)])
+async def test_several_members_per_apply_call_only_off_a_cluster(cluster: bool, expected: int) -> None:
+    store = BalanceStore("redis://127.0.0.1:1/0", "ly", members_per_call=64)
+    store.redis = _Node(cluster)  # type: ignore[assignment]
+    await store.setup()
+    assert store.members_per_call == expected
+    members = [f"member-{i}" for i in range(100)]
+    batch = core_ext.AccrualBatch(RULES, [core_ext.envelope_pack([pay(i, members[i]) for i in range(100)])],
+                                  "ly", 1_764_400_000_000, 400, 10, store.members_per_call)
+    read = batch.read_plan()
+    batch.read_done([*([None] * (len(args_of(c)) - 2) for c in read[:200]), None])
+    reserve = batch.reserve_plan()
+    batch.reserve_done([[1] * len(re.findall(rb"\r\n\$\d+\r\nmember-", c)) for c in reserve])
+    batch.outbox_plan("t1", 60)
+    write = batch.write_plan()
+    assert len(write) == -(-100 // expected)
+    if cluster:
+        for cmd in write:
+            assert_one_slot(keys_of(cmd))
+    batch.write_done([[b"ok"] * (len(keys_of(c)) // 4) for c in write])
+    assert batch.report().applied == 100

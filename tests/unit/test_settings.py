@@ -42,3 +42,13 @@ def test_an_ingress_process_runs_no_agent(monkeypatch: pytest.MonkeyPatch) -> No
     assert s.roles == {"ingress"} and s.group_id == "mall-ingress" and not s.holds_ledger
     monkeypatch.setenv("LOYALTY_ROLES", "ingress,accrual")  # every worker serves HTTP anyway
     assert Settings.from_env().roles == {"accrual"}
+
+
+@pytest.mark.parametrize(("raw", "message"),
+                         [("0", "must be >= 1"), ("1001", "must be <= 1000"), ("x", "must be an integer")])
+def test_members_per_call_is_bounded(monkeypatch: pytest.MonkeyPatch, raw: str, message: str) -> None:
+    monkeypatch.setenv("LOYALTY_REDIS_MEMBERS_PER_CALL", raw)
+    with pytest.raises(SettingsError, match=f"LOYALTY_REDIS_MEMBERS_PER_CALL {message}"):
+        Settings.from_env()
+    monkeypatch.setenv("LOYALTY_REDIS_MEMBERS_PER_CALL", "1")
+    assert Settings.from_env().redis_members_per_call == 1

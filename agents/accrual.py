@@ -42,9 +42,11 @@ from streams.app import (
     send_dead_letter,
     settings,
 )
+from streams.errors import TransientError
 from streams.ingress import PartitionCounts, pack_by_partition
 from streams.metrics import counters, histograms, topic_messages
 from streams.records import ledger_messages
+from streams.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ async def _die_half_written(store: Any, write: Sequence[bytes]) -> None:
     os._exit(137)
 
 
-class ConflictsPersist(Exception):
+class ConflictsPersist(TransientError):
     """Members kept conflicting; treated as transient (the batch is retried)."""
 
 
@@ -214,32 +216,27 @@ async def _finish(store: Any, messages: list[bytes], pushes: list[tuple[bytes, b
                   notices: list[tuple[bytes, bytes]], trim: list[bytes]) -> None:
     """Sends a batch's ledger rows, pushes and notices and waits for Kafka's acks, then
     trims; retried until done (every step is idempotent)."""
-    backoff = 0.1
-    while True:
-        try:
-            futures = [await ledger_topic.send(value=m, force=True) for m in messages]
-            if pushes or notices:
-                # Pushes and notices in envelopes per partition (the notifier unpacks them):
-                # one Kafka record, not one each, for the notifier to consume.
-                settings = runtime.settings
-                packed = pack_by_partition([*pushes, *notices], await _partitions(notifications_topic.get_topic_name()),
-                                           settings.envelope_max_events, settings.envelope_max_bytes)
-                futures += [await notifications_topic.send(key=k, value=v, partition=p, force=True)
-                            for p, k, v in packed]
-            await _await_all(futures)
-            topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
-            counters["coupon_pushes_queued_total"] += len(pushes)
-            await store.run(trim, "outbox trim, history and schedules")
-            return
-        except TRANSIENT as exc:
-            counters["batch_retries_total"] += 1
-            log.warning("sending a batch's ledger rows failed (retrying in %.1fs): %r", backoff, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-        except Exception:
-            # Never lost: the outbox stays until the sweeper sends it.
-            log.exception("sending a batch's ledger rows failed; the outbox sweeper will send them")
-            return
+    try:
+        async for attempt in retrying("sending a batch's ledger rows", TRANSIENT, initial_s=0.1,
+                                      max_s=MAX_BACKOFF_S, counter="batch_retries_total"):
+            with attempt:
+                futures = [await ledger_topic.send(value=m, force=True) for m in messages]
+                if pushes or notices:
+                    # Pushes and notices in envelopes per partition (the notifier unpacks them):
+                    # one Kafka record, not one each, for the notifier to consume.
+                    settings = runtime.settings
+                    packed = pack_by_partition([*pushes, *notices],
+                                               await _partitions(notifications_topic.get_topic_name()),
+                                               settings.envelope_max_events, settings.envelope_max_bytes)
+                    futures += [await notifications_topic.send(key=k, value=v, partition=p, force=True)
+                                for p, k, v in packed]
+                await _await_all(futures)
+                topic_messages[(ledger_topic.get_topic_name(), "out")] += len(messages)
+                counters["coupon_pushes_queued_total"] += len(pushes)
+                await store.run(trim, "outbox trim, history and schedules")
+    except Exception:
+        # Never lost: the outbox stays until the sweeper sends it.
+        log.exception("sending a batch's ledger rows failed; the outbox sweeper will send them")
 
 
 #: An outbox older than this had its batch die before the ledger topic took its rows.
@@ -407,22 +404,15 @@ async def reward_referral(body: bytes) -> None:
 
 async def process_with_retries(records: Sequence[bytes]) -> core_ext.BatchReport | None:
     """Never raises: retries transient failures; isolates records on anything else."""
-    backoff = 0.1
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await process_event_batch(records)
-        except (*TRANSIENT, ConflictsPersist) as exc:
-            counters["batch_retries_total"] += 1
-            log.warning("batch of %d records failed (attempt %d, retrying in %.1fs): %r", len(records), attempt,
-                        backoff, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-        except Exception:
-            log.exception("batch of %d records failed unexpectedly; processing them one by one", len(records))
-            await _process_one_by_one(records)
-            return None
+    try:
+        async for attempt in retrying(f"batch of {len(records)} records", TRANSIENT,
+                                      initial_s=0.1, max_s=MAX_BACKOFF_S, counter="batch_retries_total"):
+            with attempt:
+                return await process_event_batch(records)
+    except Exception:
+        log.exception("batch of %d records failed unexpectedly; processing them one by one", len(records))
+        await _process_one_by_one(records)
+    return None
 
 
 async def _process_one_by_one(records: Sequence[bytes]) -> None:
@@ -445,27 +435,22 @@ async def _process_one_by_one(records: Sequence[bytes]) -> None:
 
 async def _alone(record: bytes) -> bool:
     """Applies one record, retrying transient failures; False if it fails otherwise."""
-    while True:
-        try:
-            account(await process_event_batch([record]))
-            return True
-        except (*TRANSIENT, ConflictsPersist) as exc:
-            log.warning("record retry after transient failure: %r", exc)
-            await asyncio.sleep(1.0)
-        except Exception:
-            log.exception("a record of %d bytes failed on its own", len(record))
-            return False
+    try:
+        async for attempt in retrying("a record on its own", TRANSIENT, initial_s=0.5,
+                                      max_s=MAX_BACKOFF_S):
+            with attempt:
+                account(await process_event_batch([record]))
+    except Exception:
+        log.exception("a record of %d bytes failed on its own", len(record))
+        return False
+    return True
 
 
 async def _dead_letter_forever(body: bytes, reason: str) -> None:
-    while True:
-        try:
+    async for attempt in retrying("a dead-letter send", TRANSIENT, initial_s=0.5, max_s=MAX_BACKOFF_S):
+        with attempt:
             await send_dead_letter(source="accrual", reason=reason, body=body)
-            counters["events_rejected_total"] += 1
-            return
-        except TRANSIENT as exc:
-            log.warning("dead-letter send failed, retrying: %r", exc)
-            await asyncio.sleep(1.0)
+    counters["events_rejected_total"] += 1
 
 
 def account(report: core_ext.BatchReport) -> None:

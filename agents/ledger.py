@@ -1,7 +1,7 @@
 """Ledger sink: rows from the ledger topic go to ClickHouse in large inserts.
 
 This is the one process that owns the ClickHouse store (chdb allows one per data
-directory). A failed insert is retried with backoff while the stream waits, which
+directory). A failed insert is retried with backoff (streams/retry.py) while the stream waits, which
 holds back the offsets (nothing acked before it is written) and so applies
 backpressure instead of dropping rows. Re-emitted rows collapse in the
 ReplacingMergeTree, so at-least-once delivery here gives exactly-once counts.
@@ -9,13 +9,13 @@ ReplacingMergeTree, so at-least-once delivery here gives exactly-once counts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
 
 from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
+from streams.retry import retrying
 from streams.sinks.balances import BOARD_SHARDS, BOARD_TTL_S
 from streams.sinks.ledger import LedgerUnavailable
 
@@ -31,38 +31,31 @@ async def write_ledger_messages(messages: Sequence[bytes]) -> int:
     topic_messages[(ledger_topic.get_topic_name(), "in")] += len(messages)
     rt = await runtime.started()
     good = list(messages)
-    backoff = 0.5
     while True:
-        try:
-            t0 = time.perf_counter()
-            result = await rt.ledger.write_messages(good, (rt.balances.ns, BOARD_SHARDS, BOARD_TTL_S))
-            if result.poison:
-                bad = {i for i, _ in result.poison}
-                for i, reason in result.poison:
-                    await send_dead_letter(source="ledger", reason=f"ledger rows cannot be stored: {reason}",
-                                           body=good[i])
-                good = [m for i, m in enumerate(good) if i not in bad]
-                continue
-            histograms["clickhouse_write_ms"].observe((time.perf_counter() - t0) * 1000)
-            ledger_rows = result.rows.get("ledger", 0)
-            counters["ledger_rows_written_total"] += ledger_rows
-            counters["coupon_events_written_total"] += result.rows.get("coupon_events", 0)
-            counters["ledger_sink_rows_total"] += sum(result.rows.values())
-            counters["ledger_sink_cpu_us_total"] += int(result.cpu_s * 1e6)
-            # Leaderboards follow the ledger: absolute scores, the newest version wins.
-            counters["boards_scores_taken_total"] += await rt.balances.apply_board_plan(result.board_plan)
-            return ledger_rows
-        except Exception as exc:
-            # Whatever the failure, the rows are not acked until written: Faust would
-            # ack the batch if this raised (faust-streaming #606), losing them.
-            counters["ledger_write_retries_total"] += 1
-            delay = max(exc.retry_after if isinstance(exc, LedgerUnavailable) else 1.0, backoff)
-            if isinstance(exc, LedgerUnavailable):
-                log.warning("%s; retrying in %.1fs", exc, delay)
-            else:
-                log.exception("ledger write failed unexpectedly; retrying in %.1fs", delay)
-            await asyncio.sleep(delay)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        # Whatever the failure, the rows are not acked until written: Faust would ack the
+        # batch if this raised (faust-streaming #606), losing them.
+        async for attempt in retrying("ledger write", (Exception,), initial_s=0.5, max_s=MAX_BACKOFF_S,
+                                      counter="ledger_write_retries_total", expected=(LedgerUnavailable,)):
+            with attempt:
+                t0 = time.perf_counter()
+                result = await rt.ledger.write_messages(good, (rt.balances.ns, BOARD_SHARDS, BOARD_TTL_S))
+                if not result.poison:
+                    histograms["clickhouse_write_ms"].observe((time.perf_counter() - t0) * 1000)
+                    # Leaderboards follow the ledger: absolute scores, the newest version wins.
+                    counters["boards_scores_taken_total"] += await rt.balances.apply_board_plan(result.board_plan)
+        if result.poison:
+            bad = {i for i, _ in result.poison}
+            for i, reason in result.poison:
+                await send_dead_letter(source="ledger", reason=f"ledger rows cannot be stored: {reason}",
+                                       body=good[i])
+            good = [m for i, m in enumerate(good) if i not in bad]
+            continue
+        ledger_rows = result.rows.get("ledger", 0)
+        counters["ledger_rows_written_total"] += ledger_rows
+        counters["coupon_events_written_total"] += result.rows.get("coupon_events", 0)
+        counters["ledger_sink_rows_total"] += sum(result.rows.values())
+        counters["ledger_sink_cpu_us_total"] += int(result.cpu_s * 1e6)
+        return ledger_rows
 
 
 @app.agent(ledger_topic)

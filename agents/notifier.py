@@ -23,6 +23,7 @@ from streams.ingress import unpack_records
 from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
 from streams.records import BadInput, require
+from streams.retry import retrying
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 256
@@ -112,14 +113,10 @@ if settings.push_webhook_url:
         """Consumes pushes in batches; a batch is acked once each push is delivered or dead-lettered."""
         async with aiohttp.ClientSession() as session:
             async for values in stream.take(settings.push_batch_size, within=0.02):
-                delay = 0.2
-                while True:
-                    try:
+                # Redis or Kafka away: the batch is not acked until done.
+                async for attempt in retrying("push batch (a backing service away)", TRANSIENT, initial_s=0.2,
+                                              max_s=5.0):
+                    with attempt:
                         await deliver_batch(WEBHOOK, session, values)
-                        break
-                    except TRANSIENT as exc:  # Redis or Kafka away: the batch is not acked until done
-                        log.warning("push batch waits for a backing service (%r); retrying in %.1fs", exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
 else:
     log.warning("LOYALTY_PUSH_WEBHOOK_URL is not set: pushes wait on the coupon-pushes topic undelivered")

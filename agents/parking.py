@@ -9,7 +9,6 @@ event id: a replayed entry or exit changes nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -31,7 +30,9 @@ from streams.app import (
 from streams.ingress import unpack_records
 from streams.metrics import counters
 from streams.records import parking_event
-from streams.sinks.balances import EventMove, MemberMoves
+from streams.retry import retrying
+from streams.sinks.balances import EventMove
+from streams.transactions import Commit, transact
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
@@ -67,37 +68,33 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
     binding = await b.plate_binding(plate)
     member_id = binding.get("member_id")
     auto_pay = binding.get("auto_pay") == "1"
-    rows: str | None = None
-    for _ in range(20):
-        if member_id is None:
-            fee_json, _, _ = core_ext.parking_exit(rt.rules, park, event_id, None, None, entry_ms, at, 0, False)
-            break
-        record = await b.event_record(member_id, event_id)
-        if record:
-            fee_json = record["result"]
-            break
-        seq, state, _ = await b.member_state(member_id)
-        fee_json, new_state, rows = core_ext.parking_exit(rt.rules, park, event_id, member_id, state, entry_ms, at,
-                                                          0, auto_pay)
-        if rows is None:
-            break
-        if new_state is None:
-            raise RuntimeError("parking_exit answered rows without a state")
-        fee = orjson.loads(fee_json)
-        move = EventMove(event_id, "redeem", -fee["points_used"], rows, fee["points_value_fen"], None, 0, fee_json)
-        if (await b.apply([MemberMoves(member_id, seq, new_state, None, None, events=[move], outbox=True)],
-                          {}))[0] == "ok":
-            break
-        rows = None
+    if member_id is None:
+        fee_json, _, _ = core_ext.parking_exit(rt.rules, park, event_id, None, None, entry_ms, at, 0, False)
     else:
-        raise RuntimeError(f"member {member_id} kept changing; exit {event_id} will be retried")
+        payer = member_id
+
+        async def decide(seq: int, state: str | None) -> str | Commit[str]:
+            record = await b.event_record(payer, event_id)
+            if record:
+                return record["result"]  # replayed exit: the fee it was charged
+            fee_json, new_state, rows = core_ext.parking_exit(rt.rules, park, event_id, payer, state, entry_ms, at,
+                                                              0, auto_pay)
+            if rows is None:
+                return fee_json  # nothing to deduct
+            if new_state is None:
+                raise RuntimeError("parking_exit answered rows without a state")
+            fee = orjson.loads(fee_json)
+
+            async def done() -> str:
+                return fee_json
+            return Commit(new_state, done, EventMove(event_id, "redeem", -fee["points_used"], rows,
+                                                     fee["points_value_fen"], None, 0, fee_json))
+        # A member busy for every try raises MemberBusy (transient): the exit is retried.
+        fee_json = await transact(member_id, decide)
     fee = orjson.loads(fee_json)
     session = _session(event_id, status, plate, park, member_id or "", entry_ms, at, fee)
-    payload = {"ledger": orjson.loads(rows) if rows else [], "guests": [], "parking": [session]}
-    fut = await ledger_topic.send(value=orjson.dumps(payload), force=True)
+    fut = await ledger_topic.send(value=orjson.dumps({"ledger": [], "guests": [], "parking": [session]}), force=True)
     await fut
-    if rows and member_id is not None:
-        await b.outbox_done(member_id, [event_id])
     notice = {"kind": "parking_exit", "event_id": event_id, "member_id": member_id, "plate": plate,
               "car_park": park, "minutes": fee["minutes"], "due_fen": fee["due_fen"]}
     fut = await notifications_topic.send(key=plate.encode(), value=orjson.dumps(notice), force=True)
@@ -140,22 +137,18 @@ async def track_parking(stream):  # type: ignore[no-untyped-def]
                 # A poison message (not from our ingress, or rules changed): kept, never retried.
                 await send_dead_letter(source="parking", reason=f"{field}: {reason}", field=field, body=body)
                 continue
-            attempts = 0
-            while True:
-                attempts += 1
-                try:
-                    anomaly = await handle_parking_event(event)
-                    if anomaly is not None and event["type"] == "entry":
-                        fut = await ledger_topic.send(value=orjson.dumps(
-                            {"ledger": [], "guests": [], "parking": [anomaly]}), force=True)
-                        await fut
-                    break
-                except TRANSIENT:
-                    # Never let Faust ack an unapplied event (faust-streaming #606).
-                    log.exception("parking event %s failed; retrying", event.get("event_id"))
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempts, 5)))
-                except Exception as exc:
-                    log.exception("parking event %s failed on its own; dead-lettering it", event.get("event_id"))
-                    await send_dead_letter(source="parking", reason=f"internal error: {exc!r}",
-                                           event_id=event.get("event_id"), body=body)
-                    break
+            try:
+                # Never let Faust ack an unapplied event (faust-streaming #606): transient
+                # failures are retried until they pass.
+                async for attempt in retrying(f"parking event {event.get('event_id')}", TRANSIENT, initial_s=0.2,
+                                              max_s=5.0):
+                    with attempt:
+                        anomaly = await handle_parking_event(event)
+                        if anomaly is not None and event["type"] == "entry":
+                            fut = await ledger_topic.send(value=orjson.dumps(
+                                {"ledger": [], "guests": [], "parking": [anomaly]}), force=True)
+                            await fut
+            except Exception as exc:
+                log.exception("parking event %s failed on its own; dead-lettering it", event.get("event_id"))
+                await send_dead_letter(source="parking", reason=f"internal error: {exc!r}",
+                                       event_id=event.get("event_id"), body=body)

@@ -5,15 +5,18 @@ from typing import Any, Literal, final
 __all__ = [
     "AccrualBatch",
     "BatchReport",
+    "CorruptStateError",
     "DeadLetter",
     "Evaluation",
     "EventBatch",
     "EventInfo",
     "EventOutcome",
     "HeldRefund",
+    "InvalidArgumentError",
     "InvalidEventError",
     "LedgerBlocks",
     "LoyaltyCoreError",
+    "LoyaltyError",
     "MemberUpdate",
     "Message",
     "OutcomeKind",
@@ -53,7 +56,10 @@ __all__ = [
 
 __version__: str
 
-class LoyaltyCoreError(ValueError):
+class LoyaltyError(Exception):
+    """Root of every error the engine raises: the core's (LoyaltyCoreError) and the service's (streams.errors)."""
+
+class LoyaltyCoreError(LoyaltyError):
     """Base class of every error raised by the loyalty core."""
 
     field: str
@@ -70,6 +76,12 @@ class RulesError(LoyaltyCoreError):
 
 class RejectedEventError(LoyaltyCoreError):
     """A well-formed event that the rules or the member's state cannot apply."""
+
+class CorruptStateError(LoyaltyCoreError):
+    """A stored value (a member's state, a Redis reply) that the core cannot read: not what it wrote."""
+
+class InvalidArgumentError(LoyaltyCoreError):
+    """An argument of a core call out of its range (a programming or configuration error)."""
 
 @final
 class RuleSet:

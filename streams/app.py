@@ -20,20 +20,24 @@ from aiokafka.errors import KafkaError
 
 import core_ext
 from streams.auth import mask_phone_bytes, mask_phones, parse_pos_keys, pseudonymise_body, redact_url
+from streams.errors import TransientError
 from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
 from streams.records import dead_letter_record, ledger_messages, readable_event_id
+from streams.retry import retrying
 from streams.settings import Settings
 from streams.sinks.balances import BalanceStore
 from streams.sinks.ledger import LedgerStore
 
 log = logging.getLogger(__name__)
 
-# Failures that pass: an event that met one is retried, never dead-lettered.
+# Failures that pass: an event that met one is retried, never dead-lettered. OSError stays
+# whole: aiokafka and redis-py raise plain OSErrors (ECONNRESET, EPIPE...) for a service
+# going away, which must not dead-letter the events in flight.
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
-             asyncio.TimeoutError)
+             asyncio.TimeoutError, TransientError)
 
 settings = Settings.from_env()
 settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -292,10 +296,11 @@ async def prepare_runtime() -> None:
     await runtime.started()
     for topic in (dead_letter_topic, notifications_topic, payments_topic, member_events_topic, parking_topic,
                   ledger_topic):
-        for attempt in range(60):  # a broker restarting meanwhile: ask again, do not crash the worker
-            try:
-                await topic.maybe_declare()
-                break
-            except KafkaError as exc:
-                log.warning("declaring %s: %r; trying again", topic.get_topic_name(), exc)
-                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
+        try:  # a broker restarting meanwhile: ask again, do not crash the worker
+            async for attempt in retrying(f"declaring {topic.get_topic_name()}", (KafkaError,), initial_s=0.2,
+                                          max_s=2.0, attempts=60):
+                with attempt:
+                    await topic.maybe_declare()
+        except KafkaError as exc:
+            log.error("could not declare %s after 60 attempts (%r); Faust declares it on first use",
+                      topic.get_topic_name(), exc)

@@ -23,13 +23,15 @@ from typing import Any
 
 import orjson
 
+from streams.errors import ConfigError
+
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Mainland mobile numbers: 11 digits starting 1[3-9]; also with +86 / 86 in front.
 MOBILE = re.compile(r"(?<!\d)(?:\+?86[- ]?)?(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
 PSEUDONYM_PREFIX = "ph_"
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(ConfigError):
     """A credential setting in the environment cannot be used."""
 
 

@@ -171,19 +171,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     filters: dict[str, Any] = {}
     for i, kpi in enumerate(bi.KPIS, 1):
         print(f"[{i}/{len(bi.KPIS)}] {kpi.title} ...", file=sys.stderr, flush=True)
-        try:
-            answer = admin_get(settings, "/v1/admin/kpis?" + urlencode({**base, "kpi": kpi.name}))
-        except urllib.error.HTTPError as exc:
-            print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-            return 1 if exc.code == 400 else 2
-        except urllib.error.URLError as exc:
-            print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
-                  file=sys.stderr)
-            return 2
+        answer = admin_call(settings, "/v1/admin/kpis?" + urlencode({**base, "kpi": kpi.name}))
+        if isinstance(answer, int):
+            return answer
         results[kpi.name] = answer["kpis"][kpi.name]
         filters = answer["filters"]
     print("[+] points liability by expiry month (live, from the wallets) ...", file=sys.stderr, flush=True)
-    liability = admin_get(settings, "/v1/admin/liability")
+    liability = admin_call(settings, "/v1/admin/liability")
+    if isinstance(liability, int):
+        return liability
     results["liability"] = liability["by_expiry_month"]
     if args.json:
         print(orjson.dumps({"filters": filters, "kpis": results}, option=orjson.OPT_INDENT_2).decode())
@@ -246,14 +242,9 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 def cmd_segments_refresh(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     print(f"computing RFM segments and tags through {settings.base_url} ...", file=sys.stderr)
-    try:
-        report = admin_post(settings, "/v1/admin/segments/refresh", b"")
-    except urllib.error.HTTPError as exc:
-        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        print(f"error: no worker at {settings.base_url} ({exc.reason})", file=sys.stderr)
-        return 2
+    report = admin_call(settings, "/v1/admin/segments/refresh", b"")
+    if isinstance(report, int):
+        return report
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -286,15 +277,9 @@ def cmd_rules_simulate(args: argparse.Namespace) -> int:
         return 2
     payload = orjson.dumps({"rules": text, "path": args.rules, "from": start, "to": end})
     print(f"replaying stored payments {args.start} .. {args.end} through {args.rules} ...", file=sys.stderr)
-    try:
-        result = admin_post(settings, "/v1/admin/rules/simulate", payload)
-    except urllib.error.HTTPError as exc:
-        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1 if exc.code == 400 else 2
-    except urllib.error.URLError as exc:
-        print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
-              file=sys.stderr)
-        return 2
+    result = admin_call(settings, "/v1/admin/rules/simulate", payload)
+    if isinstance(result, int):
+        return result
     print(format_simulation(result))
     return 0
 
@@ -343,38 +328,40 @@ def format_simulation(r: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def admin_post(settings: Settings, path: str, body: bytes) -> dict:  # type: ignore[type-arg]
-    req = urllib.request.Request(settings.base_url + path, data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {settings.admin_token}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+#: Exit codes of the commands that ask the worker (the parser's epilog says them too).
+EXIT_REFUSED = 1  # the worker refused the request as wrong (4xx), or a check found a difference
+EXIT_NO_ANSWER = 2  # no answer: no worker, a worker error (5xx), a wrong admin token
+#: Answers that mean the request named something wrong (not the worker or the token).
+REFUSED = {400, 404, 409, 422}
 
 
-def admin_get(settings: Settings, path: str) -> dict:  # type: ignore[type-arg]
-    req = urllib.request.Request(settings.base_url + path, headers={"Authorization": f"Bearer {settings.admin_token}"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return orjson.loads(resp.read())  # type: ignore[no-any-return]
-
-
-def admin_answer(settings: Settings, path: str) -> dict | int:  # type: ignore[type-arg]
-    """The worker's answer to an admin GET, or the exit code after saying why there is none."""
+def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict | int:  # type: ignore[type-arg]
+    """The worker's JSON answer to an admin GET (or POST of `body`), or the exit code after
+    saying on stderr why there is none (EXIT_REFUSED, EXIT_NO_ANSWER)."""
+    headers = {"Authorization": f"Bearer {settings.admin_token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(settings.base_url + path, data=body, headers=headers,
+                                 method="GET" if body is None else "POST")
     try:
-        return admin_get(settings, path)
+        with urllib.request.urlopen(req, timeout=120 if body is None else 600) as resp:
+            return orjson.loads(resp.read())  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED if exc.code in REFUSED else EXIT_NO_ANSWER
     except urllib.error.URLError as exc:
-        print(
-            f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`", file=sys.stderr
-        )
-        return 2
+        print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
+              file=sys.stderr)
+        return EXIT_NO_ANSWER
+    except (TimeoutError, orjson.JSONDecodeError) as exc:
+        print(f"error: no usable answer from {settings.base_url}{path}: {exc}", file=sys.stderr)
+        return EXIT_NO_ANSWER
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     print(f"comparing Redis with the ledger through {settings.base_url} ...", file=sys.stderr)
-    result = admin_answer(settings, "/v1/admin/reconcile")
+    result = admin_call(settings, "/v1/admin/reconcile")
     if isinstance(result, int):
         return result
     print(
@@ -388,7 +375,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_held(args: argparse.Namespace) -> int:
     """Refunds held for a payment not applied yet (they are dead-lettered at their deadline)."""
-    result = admin_answer(Settings.from_env(), f"/v1/admin/held?limit={args.limit}")
+    result = admin_call(Settings.from_env(), f"/v1/admin/held?limit={args.limit}")
     if isinstance(result, int):
         return result
     if args.json:
@@ -407,15 +394,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     done = 0
     print(f"rebuilding Redis state from the ledger through {settings.base_url} ...", file=sys.stderr)
     while offset is not None:
-        try:
-            page = admin_post(settings, "/v1/admin/rebuild", orjson.dumps({"offset": offset, "limit": args.page}))
-        except urllib.error.HTTPError as exc:
-            print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-            return 2
-        except urllib.error.URLError as exc:
-            print(f"error: no worker at {settings.base_url} ({exc.reason}); start one with `loyalty worker`",
-                  file=sys.stderr)
-            return 2
+        page = admin_call(settings, "/v1/admin/rebuild", orjson.dumps({"offset": offset, "limit": args.page}))
+        if isinstance(page, int):
+            return page
         done += page["rebuilt"]
         total = max(page["total"], 1)
         print(f"\r  {done:,}/{page['total']:,} members ({100 * done // total}%)", end="", file=sys.stderr, flush=True)
@@ -427,19 +408,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_settlement_statement(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    query = f"/v1/admin/settlement/statement?date={args.date}"
-    if args.bu:
-        query += f"&bu={args.bu}"
-    if args.merchant:
-        query += f"&merchant={args.merchant}"
-    try:
-        st = admin_get(settings, query)
-    except urllib.error.HTTPError as exc:
-        print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1 if exc.code == 400 else 2
-    except urllib.error.URLError as exc:
-        print(f"error: no worker at {settings.base_url} ({exc.reason})", file=sys.stderr)
-        return 2
+    from urllib.parse import urlencode
+
+    query = "/v1/admin/settlement/statement?" + urlencode(
+        {k: v for k, v in {"date": args.date, "bu": args.bu, "merchant": args.merchant}.items() if v})
+    st = admin_call(settings, query)
+    if isinstance(st, int):
+        return st
     if args.json:
         print(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -463,7 +438,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="loyalty", description="Real-time loyalty and points engine.")
+    p = argparse.ArgumentParser(
+        prog="loyalty", description="Real-time loyalty and points engine.",
+        epilog="Exit codes of the commands that ask a worker: 0 done; 1 the request was refused as wrong "
+               "(the worker answered 400, 404, 409 or 422) or a check found a difference; 2 no answer "
+               "(no worker, a worker error, a wrong LOYALTY_ADMIN_TOKEN).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("services", help="start/stop the local Kafka and Redis (scripts/services)")

@@ -15,12 +15,13 @@ from typing import Any
 import orjson
 
 import core_ext
+from streams.errors import InputError
 
 # The same alphabet as the core's check_id: ids end up inside Redis keys.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
-class BadInput(ValueError):
+class BadInput(InputError):
     """An input that fails an explicit check. Input is never validated with `assert`
     (`python -O` strips it): `require` raises this instead. `.field` names the input."""
 

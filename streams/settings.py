@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A LOYALTY_* environment variable has a value that cannot be used."""
 
 

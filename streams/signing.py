@@ -14,11 +14,13 @@ import re
 import secrets
 import time
 
+from streams import errors
+
 NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
-class SignatureError(Exception):
+class SignatureError(errors.SignatureError):
     """The request's signature, timestamp or nonce is missing, malformed, stale or wrong."""
 
 

@@ -21,6 +21,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from streams import bi, metrics, segments
 from streams.app import (
     TRANSIENT,
     app,
-    ledger_topic,
     member_events_topic,
     parking_topic,
     payments_topic,
@@ -57,7 +57,8 @@ from streams.records import (
     require,
 )
 from streams.signing import SignatureError, verify
-from streams.sinks.balances import EventMove, MemberMoves
+from streams.sinks.balances import EventMove
+from streams.transactions import Commit, MemberBusy, transact
 
 log = logging.getLogger(__name__)
 
@@ -491,26 +492,18 @@ class MemberView(View):
         })
 
 
-async def _apply_now(member_id: str, seq: int, state_json: str, move: EventMove) -> str:
-    """Applies one synchronous movement (a redemption or reversal) with the member's
-    sequence check; on success its ledger row goes to Kafka at once (the outbox
-    keeps it until then). Returns "ok" or "conflict"."""
-    rt = await runtime.started()
-    group = MemberMoves(member_id, seq, state_json, None, None, events=[move], outbox=True)
-    (result,) = await rt.balances.apply([group], {})
-    if result == "ok":
-        fut = await ledger_topic.send(value=('{"ledger":' + move.rows + ',"guests":[]}').encode(), force=True)
-        await fut
-        await rt.balances.outbox_done(member_id, [move.event_id])
-    return result
-
-
-MAX_ATTEMPTS = 20
-
-
 def member_busy(view: View) -> Response:
     """The answer when a member's state kept moving for MAX_ATTEMPTS sequence-checked tries."""
     return json_response(view, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
+async def member_operation(view: View, member_id: str,
+                           decide: Callable[[int, str | None], Awaitable[Response | Commit[Response]]]) -> Response:
+    """One member operation through `transact` (streams/transactions.py); 503 if busy."""
+    try:
+        return await transact(member_id, decide)
+    except MemberBusy:
+        return member_busy(view)
 
 
 async def _member_or_reject(view: View, body: bytes, *path_ids: str) -> tuple[str | None, Response | None]:
@@ -559,8 +552,8 @@ class Redemptions(View):
         if refused is not None or member_id is None:
             return refused  # type: ignore[return-value]
         rt = await runtime.started()
-        for _ in range(MAX_ATTEMPTS):
-            seq, state, _balance = await rt.balances.member_state(member_id)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             record = await rt.balances.event_record(member_id, key)
             if record:
                 if record.get("kind") != "redeem":
@@ -578,12 +571,14 @@ class Redemptions(View):
             if new_state is None or rows is None:
                 raise RuntimeError("redeem_points answered ok without a state or rows")
             answer = orjson.loads(result)
-            move = EventMove(key, "redeem", -answer["points"], rows, answer["value_fen"], None, 0, result)
-            if await _apply_now(member_id, seq, new_state, move) == "ok":
+
+            async def done() -> Response:
                 counters["redemptions_total"] += 1
                 log.info("redemption %s of %s: %d points (%s)", key, member_id, answer["points"], answer["kind"])
                 return json_response(self, answer, 201)
-        return member_busy(self)
+            return Commit(new_state, done,
+                          EventMove(key, "redeem", -answer["points"], rows, answer["value_fen"], None, 0, result))
+        return await member_operation(self, member_id, decide)
 
 
 @app.page("/v1/members/{member_id}/coupons")
@@ -615,8 +610,8 @@ class CouponRedemption(View):
             return got
         body, member_id = got
         rt = await runtime.started()
-        for _ in range(MAX_ATTEMPTS):
-            seq, state, _balance = await rt.balances.member_state(member_id)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             try:
                 changed, new_state, rows, result = core_ext.redeem_coupon(rt.rules, state, body,
                                                                           int(time.time() * 1000))
@@ -628,14 +623,16 @@ class CouponRedemption(View):
             if not changed:
                 return self.bytes(result.encode(), content_type="application/json", status=200)
             answer = orjson.loads(result)
-            move = EventMove(f"coupon:{answer['coupon_id']}:{answer['payment_id']}", "coupon", 0, rows, 0, None, 0,
-                             result)
-            if await _apply_now(member_id, seq, new_state, move) == "ok":
+
+            async def done() -> Response:
                 counters["coupons_redeemed_total"] += 1
                 log.info("coupon %s of %s redeemed for payment %s (%d fen off)", answer["coupon_id"], member_id,
                          answer["payment_id"], answer["discount_fen"])
                 return self.bytes(result.encode(), content_type="application/json", status=201)
-        return member_busy(self)
+            move = EventMove(f"coupon:{answer['coupon_id']}:{answer['payment_id']}", "coupon", 0, rows, 0, None, 0,
+                             result)
+            return Commit(new_state, done, move)
+        return await member_operation(self, member_id, decide)
 
 
 @app.page("/v1/holds")
@@ -660,8 +657,8 @@ class Holds(View):
         except BadInput as exc:
             return await reject(self, 400, str(exc), body, exc.field)
         rt = await runtime.started()
-        for _ in range(MAX_ATTEMPTS):
-            seq, state, _balance = await rt.balances.member_state(member_id)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             held = orjson.loads(state or "{}").get("holds", {}).get(hold_id)
             if held is not None:
                 return json_response(self, {"hold_id": hold_id, "status": "held", "points": held["points"],
@@ -675,11 +672,13 @@ class Holds(View):
                 return json_response(self, orjson.loads(answer), 409)
             if new_state is None:
                 raise RuntimeError("hold_points answered ok without a state")
-            group = MemberMoves(member_id, seq, new_state, None, orjson.loads(answer)["expires_at_ms"])
-            if (await rt.balances.apply([group], {}))[0] == "ok":
+
+            async def done() -> Response:
                 counters["holds_total"] += 1
                 return json_response(self, orjson.loads(answer), 201)
-        return member_busy(self)
+            # The wallet check releases the hold when its time is up.
+            return Commit(new_state, done, next_check_ms=orjson.loads(answer)["expires_at_ms"])
+        return await member_operation(self, member_id, decide)
 
 
 @app.page("/v1/holds/{hold_id}/release")
@@ -689,16 +688,17 @@ class HoldRelease(View):
         if not isinstance(got, tuple):
             return got
         _body, member_id = got
-        rt = await runtime.started()
-        for _ in range(MAX_ATTEMPTS):
-            seq, state, _balance = await rt.balances.member_state(member_id)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             new_state, points = core_ext.release_hold(state, hold_id)
             if new_state is None:
                 return error_response(self, 404, f"no hold {hold_id} of member {member_id} (used or released)",
                                       "hold_id")
-            if (await rt.balances.apply([MemberMoves(member_id, seq, new_state, None)], {}))[0] == "ok":
+
+            async def done() -> Response:
                 return json_response(self, {"hold_id": hold_id, "status": "released", "points": points}, 200)
-        return member_busy(self)
+            return Commit(new_state, done)
+        return await member_operation(self, member_id, decide)
 
 
 @app.page("/v1/redemptions/{redemption_id}/reverse")
@@ -712,24 +712,26 @@ class RedemptionReversal(View):
         _body, member_id = got
         rt = await runtime.started()
         reversal_id = f"{redemption_id}:reverse"
-        for _ in range(MAX_ATTEMPTS):
-            done = await rt.balances.event_record(member_id, reversal_id)
-            if done:
-                return json_response(self, orjson.loads(done["result"]), 200)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
+            reversed_ = await rt.balances.event_record(member_id, reversal_id)
+            if reversed_:
+                return json_response(self, orjson.loads(reversed_["result"]), 200)
             original = await rt.balances.event_record(member_id, redemption_id)
             if original.get("kind") != "redeem":
                 return error_response(self, 404, f"no redemption {redemption_id} of member {member_id}",
                                       "redemption_id")
-            seq, state, _balance = await rt.balances.member_state(member_id)
             new_state, rows, result = core_ext.reverse_redemption(rt.rules, state, original["rows"],
                                                                   int(time.time() * 1000))
             answer = orjson.loads(result)
-            move = EventMove(reversal_id, "reverse", answer["points"], rows, 0, None, 0, result)
-            if await _apply_now(member_id, seq, new_state, move) == "ok":
+
+            async def done() -> Response:
                 counters["reversals_total"] += 1
                 log.info("redemption %s of %s reversed: %d points back", redemption_id, member_id, answer["points"])
                 return json_response(self, answer, 201)
-        return member_busy(self)
+            return Commit(new_state, done, EventMove(reversal_id, "reverse", answer["points"], rows, 0, None, 0,
+                                                     result))
+        return await member_operation(self, member_id, decide)
 
 
 @app.page("/v1/members/{member_id}/ledger")

@@ -30,21 +30,21 @@ import orjson
 from faust.web import Request, Response, View
 
 import core_ext
-from streams.app import app, ledger_topic, notifications_topic, payments_topic, runtime
+from streams.app import app, notifications_topic, payments_topic, runtime
 from streams.auth import Principal, bearer_principal
 from streams.metrics import counters
 from streams.pushes import coupon_push
 from streams.records import BadInput, is_valid_id, require
-from streams.sinks.balances import EventMove, MemberMoves
+from streams.sinks.balances import EventMove
+from streams.transactions import Commit
 from streams.web import (
-    MAX_ATTEMPTS,
     _read_signed,
     _reader,
     _signed_member_request,
     admin_denied,
     error_response,
     json_response,
-    member_busy,
+    member_operation,
     reject,
 )
 
@@ -67,14 +67,14 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
     rt = await runtime.started()
     record_id = record_id or op_id
     budgets = budgets or {}
-    for _ in range(MAX_ATTEMPTS):
+
+    async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
         record = await rt.balances.event_record(member_id, record_id)
         if record:
             if record.get("kind") != op:
                 return error_response(view, 409, "Idempotency-Key already used for another operation",
                                       "Idempotency-Key")
             return view.bytes(record["result"].encode(), content_type="application/json", status=200)
-        seq, state, _balance = await rt.balances.member_state(member_id)
         ctx = await context()
         if budgets:
             ctx["spent"] = await rt.balances.budget_spent(list(budgets))
@@ -87,22 +87,18 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
         except core_ext.RejectedEventError as exc:
             counters["engagement_refused_total"] += 1
             return error_response(view, 409, exc.reason, exc.field)
+
+        async def done() -> Response:
+            await _after(member_id, rows, publish)
+            counters[f"engagement_{op}_total"] += 1
+            log.info("%s %s of %s: %+d points, %+d fen stored value", op, op_id, member_id, points, sv_fen)
+            return view.bytes(result.encode(), content_type="application/json", status=201)
         move = EventMove(record_id, op, points, rows, amount, refund_of, 0, result, sv_fen=sv_fen)
-        # The wallet check comes when the new state needs it (a partner's answer overdue).
-        next_check = core_ext.next_wallet_check_ms(rt.rules, new_state)
-        group = MemberMoves(member_id, seq, new_state, None, next_check, events=[move], campaigns=dict(consumed),
-                            outbox=True)
-        (outcome,) = await rt.balances.apply([group], budgets)
-        if outcome != "ok":
-            continue  # the state moved on, or a stock ran out meanwhile: evaluate again
-        fut = await ledger_topic.send(value=('{"ledger":' + rows + ',"guests":[]}').encode(), force=True)
-        await fut
-        await rt.balances.outbox_done(member_id, [record_id])
-        await _after(member_id, rows, publish)
-        counters[f"engagement_{op}_total"] += 1
-        log.info("%s %s of %s: %+d points, %+d fen stored value", op, op_id, member_id, points, sv_fen)
-        return view.bytes(result.encode(), content_type="application/json", status=201)
-    return member_busy(view)
+        # The wallet check comes when the new state needs it (a partner's answer overdue);
+        # a stock that ran out meanwhile refuses the write, and the operation is decided again.
+        return Commit(new_state, done, move, next_check_ms=core_ext.next_wallet_check_ms(rt.rules, new_state),
+                      campaigns=dict(consumed), budgets=budgets)
+    return await member_operation(view, member_id, decide)
 
 
 async def _after(member_id: str, rows: str, publish: str | None) -> None:

@@ -8,12 +8,18 @@ use crate::state::MemberState;
 use crate::tiers;
 use crate::time::Local;
 use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::sync::Arc;
 
-create_exception!(_core, LoyaltyCoreError, PyValueError, "Base class of every error raised by the loyalty core.");
+create_exception!(
+    _core,
+    LoyaltyError,
+    PyException,
+    "Root of every error the engine raises: the core's (LoyaltyCoreError) and the service's (streams.errors)."
+);
+create_exception!(_core, LoyaltyCoreError, LoyaltyError, "Base class of every error raised by the loyalty core.");
 create_exception!(
     _core,
     InvalidEventError,
@@ -32,6 +38,23 @@ create_exception!(
     LoyaltyCoreError,
     "A well-formed event that the rules or the member's state cannot apply."
 );
+create_exception!(
+    _core,
+    CorruptStateError,
+    LoyaltyCoreError,
+    "A stored value (a member's state, a Redis reply) that the core cannot read: not what it wrote."
+);
+create_exception!(
+    _core,
+    InvalidArgumentError,
+    LoyaltyCoreError,
+    "An argument of a core call out of its range (a programming or configuration error)."
+);
+
+/// A member's stored state, or CorruptStateError saying what is wrong with it.
+pub fn stored_state(state_json: Option<&str>) -> PyResult<MemberState> {
+    MemberState::from_json(state_json).map_err(CorruptStateError::new_err)
+}
 
 /// Turns a core error into the matching Python exception, with its parts as attributes.
 pub fn core_error_to_py(py: Python<'_>, err: CoreError) -> PyErr {
@@ -310,7 +333,7 @@ pub fn member_view<'py>(
     state_json: Option<&str>,
     now_ms: i64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let state = stored_state(state_json)?;
     let local = Local::of(now_ms, rules.inner.utc_offset_minutes);
     let v = tiers::view(&rules.inner, &state, local.month_index, now_ms);
     let tier = rules.inner.tier(Some(&v.tier));
@@ -365,7 +388,7 @@ pub fn redeem(
 ) -> PyResult<RedeemAnswer> {
     use crate::redemption::{self, RedeemError};
     let req = redemption::parse_request(body).map_err(|e| core_error_to_py(py, e))?;
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let mut state = stored_state(state_json)?;
     match redemption::redeem(&rules.inner, &mut state, redemption_id, &req, now_ms) {
         Ok(r) => Ok(("redeemed", Some(state.to_json()), Some(r.rows_json), r.result_json)),
         Err(RedeemError::Insufficient { available, needed }) => Ok((
@@ -388,7 +411,7 @@ pub fn reverse_redemption(
     stored_rows_json: &str,
     now_ms: i64,
 ) -> PyResult<(String, String, String)> {
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let mut state = stored_state(state_json)?;
     let r = crate::redemption::reverse(&rules.inner, &mut state, stored_rows_json, now_ms)
         .map_err(|e| core_error_to_py(py, e))?;
     Ok((state.to_json(), r.rows_json, r.result_json))
@@ -472,7 +495,7 @@ pub fn hold_points(
     if !(1_000..=86_400_000).contains(&ttl_ms) {
         return Err(core_error_to_py(py, CoreError::invalid_event("ttl_seconds", "must be from 1 to 86400")));
     }
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let mut state = stored_state(state_json)?;
     crate::wallet::release_due(&mut state, now_ms);
     let available = crate::wallet::available(&rules.inner, &state, now_ms);
     match crate::wallet::hold(&rules.inner, &mut state, hold_id, points, now_ms + ttl_ms, now_ms) {
@@ -496,7 +519,7 @@ pub fn hold_points(
 /// Releases a hold: `(state_json or None if there is no such hold, points)`.
 #[pyfunction]
 pub fn release_hold(state_json: Option<&str>, hold_id: &str) -> PyResult<(Option<String>, i64)> {
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let mut state = stored_state(state_json)?;
     Ok(match crate::wallet::release_hold(&mut state, hold_id) {
         Some(h) => (Some(state.to_json()), h.points),
         None => (None, 0),
@@ -524,7 +547,7 @@ pub fn parking_exit(
         core_error_to_py(py, CoreError::invalid_event("car_park", format!("unknown car park {car_park:?}")))
     })?;
     let mut state = match member_id {
-        Some(_) => Some(MemberState::from_json(state_json).map_err(PyValueError::new_err)?),
+        Some(_) => Some(stored_state(state_json)?),
         None => None,
     };
     let (fee, rows) = crate::parking::settle_exit(
@@ -547,14 +570,14 @@ pub fn parking_exit(
 /// up to: the balance must equal it (`MemberState::wallet_total`).
 #[pyfunction]
 pub fn wallet_total(state_json: Option<&str>) -> PyResult<i64> {
-    Ok(MemberState::from_json(state_json).map_err(PyValueError::new_err)?.wallet_total())
+    Ok(stored_state(state_json)?.wallet_total())
 }
 
 /// When a stored state next needs the scheduled wallet check (a release, an expiry, a
 /// reminder, a hold's or coupon's end, a partner's answer overdue); None: never.
 #[pyfunction]
 pub fn next_wallet_check_ms(rules: &PyRuleSet, state_json: Option<&str>) -> PyResult<Option<i64>> {
-    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let state = stored_state(state_json)?;
     Ok(crate::wallet::next_check_ms(&rules.inner, &state))
 }
 
@@ -567,7 +590,7 @@ pub fn redeem_coupon(
     body: &[u8],
     now_ms: i64,
 ) -> PyResult<(bool, String, String, String)> {
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let mut state = stored_state(state_json)?;
     let (changed, result, rows) = crate::coupons::redeem_at_till(&rules.inner, &mut state, body, now_ms)
         .map_err(|e| core_error_to_py(py, e))?;
     let rows_json = format!("[{}]", crate::coupons::rows_json(&rows).join(","));
@@ -577,7 +600,7 @@ pub fn redeem_coupon(
 /// The member's coupon wallet as JSON (newest first).
 #[pyfunction]
 pub fn coupon_wallet(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -> PyResult<String> {
-    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let state = stored_state(state_json)?;
     Ok(crate::coupons::wallet_json(&rules.inner, &state, now_ms))
 }
 
@@ -586,9 +609,8 @@ pub fn coupon_wallet(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -
 pub fn liability_by_expiry(rules: &PyRuleSet, states_json: Vec<Option<String>>) -> PyResult<Vec<(String, i64)>> {
     let states = states_json
         .iter()
-        .map(|s| MemberState::from_json(s.as_deref()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(PyValueError::new_err)?;
+        .map(|s| stored_state(s.as_deref()))
+        .collect::<PyResult<Vec<_>>>()?;
     Ok(crate::wallet::liability_by_expiry(&rules.inner, &states))
 }
 
@@ -609,8 +631,8 @@ pub fn engage(
     now_ms: i64,
 ) -> PyResult<EngageAnswer> {
     let ctx: crate::engage::Context = serde_json::from_str(context_json)
-        .map_err(|e| PyValueError::new_err(format!("engage: context is not valid: {e}")))?;
-    let mut state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+        .map_err(|e| InvalidArgumentError::new_err(format!("engage: context is not valid: {e}")))?;
+    let mut state = stored_state(state_json)?;
     let d = crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms)
         .map_err(|e| core_error_to_py(py, e))?;
     Ok((state.to_json(), d.rows_json, d.result_json, d.points, d.sv_fen, d.amount_fen, d.refund_of, d.consumed, d.publish))
@@ -620,7 +642,7 @@ pub fn engage(
 /// pending exchanges, stored value; JSON.
 #[pyfunction]
 pub fn engagement_view(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64) -> PyResult<String> {
-    let state = MemberState::from_json(state_json).map_err(PyValueError::new_err)?;
+    let state = stored_state(state_json)?;
     let day = Local::of(now_ms, rules.inner.utc_offset_minutes).day;
     let games: serde_json::Map<String, serde_json::Value> = state
         .game_plays

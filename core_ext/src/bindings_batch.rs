@@ -2,13 +2,12 @@
 //! of `evaluate_batch`. Values cross the boundary as frozen classes with named fields.
 
 use crate::batch::{self, AccrualBatch, Config, Kind};
-use crate::bindings::{core_error_to_py, PyEventBatch, PyRuleSet};
+use crate::bindings::{core_error_to_py, CorruptStateError, InvalidArgumentError, PyEventBatch, PyRuleSet};
 use crate::engine::{self, StoredMembers};
 use crate::record::PaymentRecord;
 use crate::envelope;
 use crate::events::{self, Event};
 use crate::resp::Reply;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::collections::HashMap;
@@ -282,7 +281,7 @@ fn to_reply(v: &Bound<'_, PyAny>) -> PyResult<Reply> {
     if v.is_instance_of::<pyo3::exceptions::PyException>() {
         return Ok(Reply::Error(v.str()?.to_string()));
     }
-    Err(PyValueError::new_err(format!("unexpected Redis reply of type {}", v.get_type().name()?)))
+    Err(CorruptStateError::new_err(format!("unexpected Redis reply of type {}", v.get_type().name()?)))
 }
 
 fn replies(v: &Bound<'_, PyList>) -> PyResult<Vec<Reply>> {
@@ -294,7 +293,7 @@ fn plan<'py>(py: Python<'py>, cmds: Vec<Vec<u8>>) -> Vec<Bound<'py, PyBytes>> {
 }
 
 fn plan_error(e: String) -> PyErr {
-    PyRuntimeError::new_err(format!("accrual plan: {e}"))
+    CorruptStateError::new_err(format!("accrual plan: {e}"))
 }
 
 /// A batch of Kafka records on its way through the accrual rounds (`batch.rs`): each
@@ -322,10 +321,10 @@ impl PyAccrualBatch {
         members_per_call: usize,
     ) -> PyResult<Self> {
         if !(1..=10_000).contains(&horizon_days) {
-            return Err(PyValueError::new_err("horizon_days must be from 1 to 10000"));
+            return Err(InvalidArgumentError::new_err("horizon_days must be from 1 to 10000"));
         }
         if !(1..=1_000).contains(&members_per_call) {
-            return Err(PyValueError::new_err("members_per_call must be from 1 to 1000"));
+            return Err(InvalidArgumentError::new_err("members_per_call must be from 1 to 1000"));
         }
         let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
         let cfg = Config { ns: namespace.to_string(), horizon_ms: horizon_days * batch::DAY_MS, history_len, members_per_call };
@@ -652,7 +651,7 @@ pub fn evaluate_batch(
 ) -> PyResult<PyEvaluation> {
     let n = batch.events.len();
     if applied.len() != n || originals.len() != n {
-        return Err(PyValueError::new_err(format!(
+        return Err(InvalidArgumentError::new_err(format!(
             "evaluate_batch: {n} events but {} applied flags and {} originals",
             applied.len(),
             originals.len()
@@ -664,7 +663,7 @@ pub fn evaluate_batch(
             Some((amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used)) if amount_fen > 0 => {
                 Some(PaymentRecord { amount_fen, points, refunded_amount_fen, refunded_points, used, returned_used }.into())
             }
-            Some(_) => return Err(PyValueError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
+            Some(_) => return Err(InvalidArgumentError::new_err("evaluate_batch: an original payment has amount_fen <= 0")),
             None => None,
         });
     }

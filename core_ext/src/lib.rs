@@ -50,10 +50,13 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let exceptions = [
+        ("LoyaltyError", py.get_type::<bindings::LoyaltyError>()),
         ("LoyaltyCoreError", py.get_type::<bindings::LoyaltyCoreError>()),
         ("InvalidEventError", py.get_type::<bindings::InvalidEventError>()),
         ("RulesError", py.get_type::<bindings::RulesError>()),
         ("RejectedEventError", py.get_type::<bindings::RejectedEventError>()),
+        ("CorruptStateError", py.get_type::<bindings::CorruptStateError>()),
+        ("InvalidArgumentError", py.get_type::<bindings::InvalidArgumentError>()),
     ];
     for (name, exc) in exceptions {
         // Tracebacks then say core_ext.InvalidEventError, where users import it from.

@@ -13,8 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from streams.errors import InputError
 
-class GatewayError(ValueError):
+
+class GatewayError(InputError):
     """A notification that cannot be accepted: `.field` names what, the message says why.
 
     `status` is the HTTP status of the answer: every refusal makes the gateway retry

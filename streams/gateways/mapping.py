@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from streams.errors import ConfigError
 from streams.gateways import GatewayError
 from streams.records import is_valid_id
 
 log = logging.getLogger(__name__)
 
 
-class GatewayConfigError(ValueError):
+class GatewayConfigError(ConfigError):
     """rules/gateways.toml cannot be used; the message names the file and the entry."""
 
 

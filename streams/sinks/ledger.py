@@ -21,6 +21,7 @@ import clickhouse_connect
 from faust.web.exceptions import ServiceUnavailable
 
 import core_ext
+from streams.errors import TransientError
 from streams.settings import ROOT
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 SQL_DIR = ROOT / "sql"
 UTC = dt.UTC
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(TransientError):
     """The ledger store did not take a write; `retry_after` says when to try again."""
 
     def __init__(self, message: str, retry_after: float) -> None:
@@ -63,7 +64,7 @@ class LedgerWrite:
     cpu_s: float
 
 
-class LedgerNotHeld(ServiceUnavailable):
+class LedgerNotHeld(ServiceUnavailable, TransientError):
     """This worker runs without the ledger role and the store is embedded: another
     process holds it. A view that needs the store answers 503 with the reason."""
 

@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 import core_ext
+from tests.fixtures import rules_toml
 
 GOOD = {
     "event_id": "tx-1",
@@ -82,7 +83,17 @@ def test_not_an_object_is_a_body_error(raw: bytes) -> None:
     assert info.value.field == "body"
 
 
-def test_exceptions_form_one_tree_under_value_error() -> None:
-    for exc in (core_ext.InvalidEventError, core_ext.RulesError, core_ext.RejectedEventError):
+def test_the_core_errors_form_one_tree_under_the_engine_root() -> None:
+    for exc in (core_ext.InvalidEventError, core_ext.RulesError, core_ext.RejectedEventError,
+                core_ext.CorruptStateError, core_ext.InvalidArgumentError):
         assert issubclass(exc, core_ext.LoyaltyCoreError)
-    assert issubclass(core_ext.LoyaltyCoreError, ValueError)
+        assert exc.__module__ == "core_ext"
+    assert issubclass(core_ext.LoyaltyCoreError, core_ext.LoyaltyError)
+
+
+def test_a_corrupt_stored_state_is_a_typed_error_saying_so() -> None:
+    rules = core_ext.RuleSet.from_toml(rules_toml('version = "t"', "mall", "normal_tier"), "t.toml")
+    with pytest.raises(core_ext.CorruptStateError, match="stored member state is not valid"):
+        core_ext.member_view(rules, "{not json", 0)
+    with pytest.raises(core_ext.InvalidArgumentError, match="horizon_days"):
+        core_ext.AccrualBatch(rules, [], "ly", 0, 0, 8)

@@ -105,7 +105,7 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
 
 
 if settings.push_webhook_url:
-    WEBHOOK = Webhook(settings.push_webhook_url, settings.push_secret, settings.push_timeout_s,
+    WEBHOOK = Webhook(settings.push_webhook_url, settings.push_secret.get_secret_value(), settings.push_timeout_s,
                       settings.push_attempts, settings.push_backoff_s)
 
     @app.agent(notifications_topic)

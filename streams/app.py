@@ -127,11 +127,11 @@ class Runtime:
         self.settings = settings
         self.rules: core_ext.RuleSet = load_rules(settings.rules_path)
         self.gateways = load_gateways(settings, self.rules)
-        self.wechatpay_keys = WeChatPayKeys.from_settings(settings.wechatpay_apiv3_key,
+        self.wechatpay_keys = WeChatPayKeys.from_settings(settings.wechatpay_apiv3_key.get_secret_value(),
                                                           settings.wechatpay_platform_keys)
         self.alipay_key = (load_rsa_public_key(Path(settings.alipay_public_key).read_bytes(), "Alipay public key")
                            if settings.alipay_public_key else None)
-        self.pos_keys = parse_pos_keys(settings.pos_keys)
+        self.pos_keys = parse_pos_keys(settings.pos_keys.get_secret_value())
         self.balances = BalanceStore(settings.redis_url, settings.redis_namespace, settings.refund_horizon_days,
                                      settings.history_length, settings.redis_members_per_call)
         self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
@@ -182,7 +182,8 @@ async def send_dead_letter(
     if event_id is None:
         event_id = readable_event_id(body)
     # No phone number leaves the ingress in clear, rejected bodies included.
-    body = pseudonymise_body(body, settings.pii_key) if settings.pii_key else body
+    pii_key = settings.pii_key.get_secret_value()
+    body = pseudonymise_body(body, pii_key) if pii_key else body
     body, reason = mask_phone_bytes(body), mask_phones(reason)
     record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
     fut = await dead_letter_topic.send(

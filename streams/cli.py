@@ -338,7 +338,7 @@ REFUSED = {400, 404, 409, 422}
 def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict | int:  # type: ignore[type-arg]
     """The worker's JSON answer to an admin GET (or POST of `body`), or the exit code after
     saying on stderr why there is none (EXIT_REFUSED, EXIT_NO_ANSWER)."""
-    headers = {"Authorization": f"Bearer {settings.admin_token}"}
+    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(settings.base_url + path, data=body, headers=headers,

@@ -161,12 +161,12 @@ async def _read_signed(view: View, request: Request, scope: str = "callback", *,
             return None, await reject(view, 401, "X-Key-Id: required, a POS key this service knows", body,
                                       field="X-Key-Id")
     else:
-        if not settings.callback_secret:
+        if not settings.callback_secret.get_secret_value():
             return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
         if key_id is not None:
             return None, await reject(view, 403, "X-Key-Id: POS keys may not send gateway callbacks", body,
                                       field="X-Key-Id")
-        secret = settings.callback_secret
+        secret = settings.callback_secret.get_secret_value()
     nonce = request.headers.get("X-Nonce")
     try:
         verify(secret, request.headers.get("X-Timestamp"), nonce, request.headers.get("X-Signature"), body,
@@ -196,8 +196,8 @@ async def _reader(view: View, request: Request, member_id: str | None = None) ->
     token; 401 without one, 403 for another member's data, 429 past the key's rate."""
     rt = await runtime.started()
     settings = rt.settings
-    who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token, rt.pos_keys,
-                           settings.member_token_secret)
+    who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token.get_secret_value(),
+                           rt.pos_keys, settings.member_token_secret.get_secret_value())
     if who is None:
         return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
                               " required")
@@ -293,7 +293,7 @@ def _without_phones(view: View, body: bytes) -> tuple[bytes, Response | None]:
     core_ext.check_json_object(body)
     if not names_phone(body):
         return body, None
-    key = runtime.settings.pii_key
+    key = runtime.settings.pii_key.get_secret_value()
     if not key:
         return body, error_response(view, 503, "phone numbers refused: LOYALTY_PII_KEY is not set")
     return pseudonymise_body(body, key), None
@@ -765,7 +765,7 @@ class MemberLedger(View):
 
 
 def admin_denied(view: View, request: Request) -> Response | None:
-    token = runtime.settings.admin_token
+    token = runtime.settings.admin_token.get_secret_value()
     if not token:
         return error_response(view, 503, "admin API disabled: LOYALTY_ADMIN_TOKEN is not set")
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

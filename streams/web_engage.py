@@ -209,8 +209,8 @@ async def _member_reader(view: View, request: Request, member_id: str) -> Princi
 
 async def _any_reader(view: View, request: Request) -> Principal | Response:
     rt = await runtime.started()
-    who = bearer_principal(request.headers.get("Authorization", ""), rt.settings.admin_token, rt.pos_keys,
-                           rt.settings.member_token_secret)
+    who = bearer_principal(request.headers.get("Authorization", ""), rt.settings.admin_token.get_secret_value(),
+                           rt.pos_keys, rt.settings.member_token_secret.get_secret_value())
     if who is None:
         return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
                               " required")

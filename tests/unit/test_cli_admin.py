@@ -3,13 +3,13 @@ an exit code (1: the request was refused as wrong; 2: no answer) with the reason
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from streams import cli
 from streams.settings import Settings
@@ -49,7 +49,8 @@ def worker() -> Iterator[Settings]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield dataclasses.replace(Settings.from_env(), web_port=server.server_address[1], admin_token="t0ken")
+    yield Settings.from_env().model_copy(update={"web_port": server.server_address[1],
+                                                 "admin_token": SecretStr("t0ken")})
     server.shutdown()
 
 
@@ -72,7 +73,7 @@ def test_no_worker_and_an_answer_that_is_not_json_exit_2(worker: Settings,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.admin_call(worker, "/garbled") == 2
     assert "no usable answer" in capsys.readouterr().err
-    assert cli.admin_call(dataclasses.replace(worker, web_port=1), "/v1/admin/reconcile") == 2
+    assert cli.admin_call(worker.model_copy(update={"web_port": 1}), "/v1/admin/reconcile") == 2
     assert "error: no worker at http://127.0.0.1:1" in capsys.readouterr().err
 
 

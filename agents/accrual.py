@@ -84,8 +84,9 @@ def _fault(name: str) -> bool:
 
 
 async def _die_half_written(store: Any, write: Sequence[bytes]) -> None:
-    """Fault injection: writes half of the batch's members, then dies like a SIGKILL (once:
-    the fault file goes first), leaving an envelope half applied."""
+    """Fault injection: sends half of the batch's ly_apply calls (each atomic in Redis),
+    then dies like a SIGKILL (once: the fault file goes first), leaving an envelope half
+    applied."""
     (Path(runtime.settings.faults_dir) / "accrual-die-mid-write").unlink()
     await store.run(write[: len(write) // 2], "write (half, fault injected)")
     log.warning("fault injected: dying with %d of %d member writes done", len(write) // 2, len(write))

@@ -54,12 +54,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.auth import install_log_masking
 
     install_log_masking()  # no full phone number in any log line
-    import streams.web  # (registers the HTTP views)
-    import streams.web_engage  # (games, sign-in plans, leaderboards, exchange, stored value)
-    import streams.web_gateways  # (WeChat Pay and Alipay notifications; imports streams.web)
+    import streams.http  # (registers the HTTP views: callbacks, members, engagement, gateways, admin)
     from streams.app import app, settings
 
-    _ = streams.web, streams.web_gateways, streams.web_engage
+    _ = streams.http
     # Each role is an agent module; a worker subscribes only to its roles' topics.
     for role in sorted(settings.roles - {"ingress"}):
         importlib.import_module(f"agents.{role}")

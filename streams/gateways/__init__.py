@@ -1,6 +1,6 @@
 """Payment gateways' own notification formats (WeChat Pay API v3, Alipay), verified and
 mapped to our payment and refund events. Pure functions here; the HTTP views are in
-streams.web_gateways. Documented in docs/gateways.md."""
+streams.http.gateways. Documented in docs/gateways.md."""
 
 from __future__ import annotations
 

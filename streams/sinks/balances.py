@@ -371,20 +371,11 @@ class BalanceStore:
             pipe.hget(self.budget_key(b), "spent")
         return {b: int(v or 0) for b, v in zip(budget_ids, await pipe.execute(), strict=True)}
 
-    async def campaign_spent(self, campaign_ids: Sequence[str]) -> dict[str, int]:
-        return await self.budget_spent(campaign_ids)
-
     # ---- leaderboards ------------------------------------------------------------------
 
     def board_plan(self, updates: Sequence[tuple[str, str, int, int]]) -> list[bytes]:
         """ly_board calls (built in the core) for (board, member, score, version) updates."""
         return core_ext.board_commands(self.ns, list(updates), BOARD_SHARDS, BOARD_TTL_S)
-
-    async def apply_boards(self, updates: Sequence[tuple[str, str, int, int]]) -> int:
-        """Takes leaderboard scores (newest version wins); returns how many were taken."""
-        if not updates:
-            return 0
-        return await self.apply_board_plan(self.board_plan(updates))
 
     async def apply_board_plan(self, plan: Sequence[bytes]) -> int:
         """Sends ly_board calls the core built; returns how many scores were taken."""

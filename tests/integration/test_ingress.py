@@ -84,7 +84,10 @@ def test_worker_dying_with_an_envelope_half_applied_loses_and_doubles_nothing(wo
                                                                               tmp_path: Path) -> None:
     faults = tmp_path / "faults"
     faults.mkdir()
-    w: WorkerProcess = worker_factory("half", LOYALTY_BATCH_SIZE="1", LOYALTY_FAULTS_DIR=str(faults))
+    # Members written two to a call: the batch's writes are several calls, so one can die
+    # between them (a call is atomic in Redis, whatever its members).
+    w: WorkerProcess = worker_factory("half", LOYALTY_BATCH_SIZE="1", LOYALTY_FAULTS_DIR=str(faults),
+                                      LOYALTY_REDIS_MEMBERS_PER_CALL="2")
     w.start()
     tag = f"hv-{uuid.uuid4().hex[:6]}"
     events = make_events(1_200, tag)

@@ -32,21 +32,22 @@ from faust.web import Request, Response, View
 import core_ext
 from streams.app import app, notifications_topic, payments_topic, runtime
 from streams.auth import Principal, bearer_principal
-from streams.metrics import counters
-from streams.pushes import coupon_push
-from streams.records import BadInput, is_valid_id, require
-from streams.sinks.balances import EventMove
-from streams.transactions import Commit
-from streams.web import (
-    _read_signed,
-    _reader,
-    _signed_member_request,
+from streams.http.common import (
     admin_denied,
     error_response,
     json_response,
     member_operation,
+    read_signed,
+    reader,
     reject,
+    signed_member_request,
 )
+from streams.metrics import counters
+from streams.pushes import coupon_push
+from streams.records import BadInput, is_valid_id, require
+from streams.reports import stored_value_reconcile
+from streams.sinks.balances import EventMove
+from streams.transactions import Commit
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _with_path(body: bytes, field: str, value: str) -> bytes | None:
 
 
 async def _signed(view: View, request: Request, field: str, value: str) -> tuple[bytes, str] | Response:
-    got = await _signed_member_request(view, request, value)
+    got = await signed_member_request(view, request, value)
     if not isinstance(got, tuple):
         return got
     body = _with_path(got[0], field, value)
@@ -204,7 +205,7 @@ async def _member_reader(view: View, request: Request, member_id: str) -> Princi
     """Who reads one member's data (the member's token, a POS key, admin), or the refusal."""
     if not is_valid_id(member_id):
         return error_response(view, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
-    return await _reader(view, request, member_id)
+    return await reader(view, request, member_id)
 
 
 async def _any_reader(view: View, request: Request) -> Principal | Response:
@@ -233,6 +234,8 @@ class Leaderboard(View):
             limit = int(request.query.get("limit", "10"))
             require(1 <= limit <= 100 and board is not None)
         except (ValueError, BadInput):
+            board = None
+        if board is None:
             return error_response(self, 400, "period: week|month; scope: group or a business unit id; "
                                   "limit: 1-100", "query")
         if not _defined(rt.rules, period, scope):
@@ -271,7 +274,7 @@ class Exchanges(View):
     re-sent); the partner's confirmation settles it, a failure gives the points back."""
 
     async def post(self, request: Request) -> Response:
-        got = await _signed_member_request(self, request)
+        got = await signed_member_request(self, request)
         if not isinstance(got, tuple):
             return got
         body, member_id = got
@@ -293,7 +296,7 @@ class PartnerConfirmations(View):
     "confirmed" | "failed"} (signed like a gateway callback). Idempotent per exchange."""
 
     async def post(self, request: Request, partner: str) -> Response:
-        body, refused = await _read_signed(self, request, "callback")
+        body, refused = await read_signed(self, request, "callback")
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         try:
@@ -316,7 +319,7 @@ class PartnerCredits(View):
     limit, signed like a gateway callback; the Idempotency-Key is the partner's transfer id."""
 
     async def post(self, request: Request, partner: str) -> Response:
-        body, refused = await _read_signed(self, request, "callback")
+        body, refused = await read_signed(self, request, "callback")
         if refused is not None or body is None:
             return refused  # type: ignore[return-value]
         merged, member_id = _partner_body(body, partner)
@@ -338,7 +341,7 @@ class StoredValue(View):
         op = {"topups": "sv_topup", "payments": "sv_pay", "refunds": "sv_refund"}.get(operation)
         if op is None:
             return error_response(self, 404, "stored-value operations: topups, payments, refunds")
-        got = await _signed_member_request(self, request)
+        got = await signed_member_request(self, request)
         if not isinstance(got, tuple):
             return got
         body, member_id = got
@@ -386,23 +389,6 @@ class MemberEngagement(View):
         return self.bytes(b'{"member_id":' + orjson.dumps(member_id) + b',"stored_value_balance_fen":'
                           + str(int(data.get("sv_balance", 0))).encode() + b',"engagement":' + view.encode() + b"}",
                           content_type="application/json")
-
-
-async def stored_value_reconcile() -> dict[str, Any]:
-    """Every member's stored value: Redis balance = state = sum of its ledger rows."""
-    rt = await runtime.started()
-    redis = await rt.balances.sv_balances()
-    ledger = {r["member_id"]: int(r["amount_fen"]) for r in await rt.ledger.query("stored_value_balances")}
-    mismatches = []
-    members = {m for m, (sv, st) in redis.items() if sv or (st and '"sv_fen"' in st)} | set(ledger)
-    for m in sorted(members):
-        sv, state = redis.get(m, (0, None))
-        in_state = int(orjson.loads(state).get("sv_fen", 0)) if state else 0
-        if not sv == in_state == ledger.get(m, 0):
-            mismatches.append({"member_id": m, "redis": sv, "state": in_state, "ledger": ledger.get(m, 0)})
-    return {"members": len(members), "redis_total_fen": sum(v for v, _ in redis.values()),
-            "ledger_total_fen": sum(ledger.values()), "mismatches": mismatches[:100],
-            "mismatch_count": len(mismatches), "clean": not mismatches}
 
 
 @app.page("/v1/admin/stored-value/reconcile")

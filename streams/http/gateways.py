@@ -22,8 +22,9 @@ from faust.web import Request, Response, View
 import core_ext
 from streams.app import app, payments_topic, runtime, send_dead_letter
 from streams.gateways import GatewayError, Mapped, alipay, wechatpay
+from streams.http.callbacks import callback_window, claim_event, payment_key, publish
+from streams.http.common import FORM_TYPES, read_body
 from streams.metrics import count_unrouted, counters
-from streams.web import FORM_TYPES, callback_window, claim_event, payment_key, publish, read_body
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,384 @@
+"""The operators' API (admin token) and the service's own pages.
+
+GET  /v1/admin/ledger/totals, /v1/admin/coupons/totals   totals from ClickHouse
+GET  /v1/admin/kpis, /dashboard, /v1/admin/liability     BI (docs/bi.md)
+POST /v1/admin/segments/refresh                          RFM segments and tags now
+GET  /v1/admin/reconcile, /v1/admin/held                 Redis vs the ledger; refunds held
+GET  /v1/admin/settlement/statement                      a day's net positions
+POST /v1/admin/rebuild                                   Redis state from the ledger, by page
+POST /v1/admin/members/{id}/tier, .../adjustments        tier override; points adjustment
+POST /v1/admin/rules/simulate, /v1/admin/rules/reload    candidate rules; reload
+GET  /healthz, /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from faust.web import Request, Response, View
+
+import core_ext
+from streams import bi, metrics, segments
+from streams.app import (
+    app,
+    member_events_topic,
+    runtime,
+)
+from streams.gateways.mapping import GatewayConfigError
+from streams.http.common import admin_denied, error_response, json_response, read_body
+from streams.records import (
+    BadInput,
+    date_in,
+    instant_in,
+    is_valid_id,
+    json_object,
+    require,
+)
+from streams.reports import held_refunds, reconcile, settlement_statement
+
+log = logging.getLogger(__name__)
+
+
+@app.page("/v1/admin/coupons/totals")
+class CouponTotals(View):
+    """Coupon events in ClickHouse by kind and template (issued, redeemed, pushed...)."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        return json_response(self, {"rows": await rt.ledger.query("coupon_totals")})
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "static" / "dashboard.html"
+
+
+@app.page("/dashboard")
+class Dashboard(View):
+    """The operators' dashboard: a static page that asks for the admin token and draws
+    tiles and charts from /v1/admin/kpis (the same queries as `loyalty report`)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(DASHBOARD.read_bytes(), content_type="text/html",
+                          headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+
+@app.page("/v1/admin/kpis")
+class Kpis(View):
+    """KPIs from ClickHouse: ?from=YYYY-MM-DD&to=YYYY-MM-DD (local days, both included)
+    [&bu=][&format=][&active_days=][&dormant_days=][&kpi=name,...] -> {"filters", "kpis": {name: rows}}."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        return await kpi_response(self, request)
+
+
+async def kpi_response(view: View, request: Request) -> Response:
+    rt = await runtime.started()
+    q = dict(request.query)
+    try:
+        filters = bi.filters_from(q, int(rt.rules.utc_offset_minutes))
+    except ValueError as exc:
+        return error_response(view, 400, str(exc), str(exc).split(":")[0])
+    names = [n for n in (q.get("kpi") or "").split(",") if n]
+    unknown = set(names) - {k.name for k in bi.KPIS}
+    if unknown:
+        return error_response(view, 400, f"kpi: unknown {sorted(unknown)}; one of {[k.name for k in bi.KPIS]}",
+                              "kpi")
+    kpis = await bi.run_kpis(rt.ledger.query, filters, names or None)
+    return json_response(view, {
+        "filters": {"from": q.get("from") or filters.start.isoformat(), "to": q.get("to") or filters.end.isoformat(),
+                    "start": filters.start.isoformat(), "end": filters.end.isoformat(), "bu": filters.bu,
+                    "format": filters.format, "active_days": filters.active_days,
+                    "dormant_days": filters.dormant_days},
+        "kpis": kpis,
+    })
+
+
+@app.page("/v1/admin/liability")
+class Liability(View):
+    """The live points liability by expiry month, from every member's wallet in Redis."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        states = await rt.balances.states()
+        months = core_ext.liability_by_expiry(rt.rules, [s for _, s in states.values()])
+        return json_response(self, {"members": len(states), "total": sum(p for _, p in months),
+                                    "by_expiry_month": [{"month": m, "points": p} for m, p in months]})
+
+
+@app.page("/v1/admin/segments/refresh")
+class SegmentsRefresh(View):
+    """Computes RFM segments and tags now and sends the changes to the members' states."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        report = await refresh_segments()
+        return json_response(self, vars(report))
+
+
+async def refresh_segments() -> segments.RefreshReport:
+    rt = await runtime.started()
+
+    async def send(member_id: str, body: bytes) -> None:
+        fut = await member_events_topic.send(key=member_id.encode(), value=body, force=True)
+        await fut
+    return await segments.refresh(rt.ledger.query, rt.ledger.insert_segments, send, segments.SegmentRules(),
+                                  dt.datetime.now(dt.UTC))
+
+
+if runtime.settings.segments_interval_s > 0:
+
+    @app.timer(interval=runtime.settings.segments_interval_s, on_leader=True)
+    async def scheduled_segments_refresh() -> None:
+        """The scheduled refresh (LOYALTY_SEGMENTS_INTERVAL), on one worker of the group."""
+        try:
+            await refresh_segments()
+        except Exception:  # a failed round must not stop the worker (Faust crashes on a timer's error)
+            log.exception("scheduled segments refresh failed; the next round tries again")
+
+
+@app.page("/v1/admin/ledger/totals")
+class LedgerTotals(View):
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        rows = await rt.ledger.query("ledger_totals")
+        return json_response(self, rows[0] if rows else {})
+
+
+@app.page("/v1/admin/reconcile")
+class Reconcile(View):
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        return json_response(self, await reconcile())
+
+
+@app.page("/v1/admin/held")
+class HeldRefunds(View):
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        raw = request.query.get("limit", "1000")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            return json_response(self, {"error": "limit: an integer from 1 to 10000"}, 400)
+        return json_response(self, await held_refunds(int(raw)))
+
+
+@app.page("/v1/admin/settlement/statement")
+class SettlementStatement(View):
+    """Per account net positions of one local day, for the group, a BU or a merchant."""
+
+    async def get(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        q = request.query
+        try:
+            day = date_in(q.get("date", ""), "date")
+        except BadInput as exc:
+            return error_response(self, 400, f"{exc} (required)", "date")
+        bu, merchant = q.get("bu", ""), q.get("merchant", "")
+        if (bu and not is_valid_id(bu)) or (merchant and not is_valid_id(merchant)):
+            return error_response(self, 400, "bu / merchant: invalid id", "bu")
+        return json_response(self, await settlement_statement(day, bu, merchant))
+
+
+@app.page("/v1/admin/rebuild")
+class Rebuild(View):
+    """Recreates Redis state from the ledger, one page of members per call."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        from streams.recovery import rebuild_page
+
+        try:
+            body = orjson.loads(await request.read() or b"{}")
+            offset, limit = int(body.get("offset", 0)), int(body.get("limit", 500))
+            require(offset >= 0 and 1 <= limit <= 10_000)
+        except (orjson.JSONDecodeError, ValueError, BadInput, AttributeError):
+            return error_response(self, 400, 'body: {"offset": >= 0, "limit": 1-10000}')
+        return json_response(self, await rebuild_page(offset, limit))
+
+
+@app.page("/v1/admin/members/{member_id}/tier")
+class MemberTier(View):
+    """An operator's tier override with an end date; applied in order with the
+    member's events (through the member-events topic), answered once applied."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: invalid", "member_id")
+        rt = await runtime.started()
+        try:
+            body = orjson.loads(await request.read())
+            tier = body["tier"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return error_response(self, 400, 'body must be {"tier": "<tier id>", "until": "<ISO-8601>"}', "tier")
+        if tier not in rt.rules.tier_ids:
+            return error_response(self, 400, f"unknown tier {tier!r}; tiers: {rt.rules.tier_ids}", "tier")
+        now = dt.datetime.now(dt.UTC)
+        until = body.get("until") or (now + dt.timedelta(days=365)).isoformat(timespec="seconds")
+        event_id = f"override-{member_id}-{uuid.uuid4().hex[:12]}"
+        event = orjson.dumps({"event_id": event_id, "type": "tier_override", "member_id": member_id,
+                              "occurred_at": now.isoformat(timespec="milliseconds"), "tier": tier, "until": until})
+        try:
+            core_ext.validate_member_event(event)
+        except core_ext.InvalidEventError as exc:
+            return error_response(self, 400, str(exc), exc.field)
+        fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
+        await fut
+        applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
+        log.info("operator override of %s to %s until %s (%s)", member_id, tier, until,
+                 "applied" if applied else "queued")
+        return json_response(self, {"member_id": member_id, "tier": tier, "until": until, "applied": applied},
+                             200 if applied else 202)
+
+
+@app.page("/v1/admin/members/{member_id}/adjustments")
+class MemberAdjustment(View):
+    """An operator's manual adjustment with a reason (admin token): points added to the
+    month's lot, or taken from the oldest lots (never below zero). Idempotent by
+    `adjustment_id`; applied in order with the member's events, answered once applied."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        body, refused = await read_body(self, request, None)
+        if body is None:
+            return refused  # type: ignore[return-value]
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: invalid", "member_id")
+        try:
+            req = json_object(body)
+            adjustment_id = req["adjustment_id"]
+            require(isinstance(adjustment_id, str) and is_valid_id(adjustment_id) and len(adjustment_id) <= 48)
+        except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
+            return error_response(self, 400, 'body: {"adjustment_id": "<id, 1-48 chars>", "points": <±int>, '
+                                  '"reason": "<3-200 chars>"}', "adjustment_id")
+        event_id = f"adj:{adjustment_id}"
+        now = dt.datetime.now(dt.UTC)
+        event = orjson.dumps({"event_id": event_id, "type": "adjustment", "member_id": member_id,
+                              "occurred_at": now.isoformat(timespec="milliseconds"),
+                              "points": req.get("points"), "reason": req.get("reason")})
+        try:
+            core_ext.validate_member_event(event)
+        except core_ext.InvalidEventError as exc:
+            return error_response(self, 400, str(exc), exc.field)
+        rt = await runtime.started()
+        points = int(req["points"])
+        if points < 0 and not await rt.balances.event_record(member_id, event_id):
+            _seq, state, _balance = await rt.balances.member_state(member_id)
+            available = int(core_ext.member_view(rt.rules, state, int(now.timestamp() * 1000))["available"])
+            if available < -points:
+                return error_response(self, 409, f"the member has {available} points available, the adjustment "
+                                      f"takes {-points}", "points", available=available)
+        fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
+        await fut
+        applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
+        log.info("operator adjustment %s of %s: %+d points, reason %r (%s)", adjustment_id, member_id, points,
+                 req["reason"], "applied" if applied else "queued")
+        return json_response(self, {"member_id": member_id, "adjustment_id": adjustment_id, "points": points,
+                                    "applied": applied}, 201 if applied else 202)
+
+
+async def _wait_applied(member_id: str, event_id: str, timeout_s: float) -> bool:
+    rt = await runtime.started()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await rt.balances.event_record(member_id, event_id):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@app.page("/v1/admin/rules/simulate")
+class RulesSimulate(View):
+    """Replays stored payments through candidate rules and the live ones, side by side."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        rt = await runtime.started()
+        try:
+            body = json_object(await request.read())
+            text, start, end = body["rules"], body["from"], body["to"]
+            path = body.get("path", "candidate.toml")
+            require(all(isinstance(v, str) for v in (text, start, end, path)), "rules, from, to, path: strings")
+            start_dt, end_dt = instant_in(start, "from"), instant_in(end, "to")
+        except (KeyError, TypeError, ValueError) as exc:
+            return error_response(self, 400, f'body must be {{"rules": toml, "from": iso, "to": iso}}: {exc}')
+        try:
+            candidate = core_ext.RuleSet.from_toml(text, path)
+        except core_ext.RulesError as exc:
+            return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
+        rows = await rt.ledger.query("payment_history", {"start": start_dt, "end": end_dt})
+        bodies = [history_body(r) for r in rows]
+        live = core_ext.simulate(rt.rules, bodies)
+        cand = core_ext.simulate(candidate, bodies)
+        return json_response(self, {
+            "from": start, "to": end, "payments": len(bodies),
+            "live": {"version": rt.rules.version, **live},
+            "candidate": {"version": candidate.version, **cand},
+        })
+
+
+def history_body(row: dict[str, Any]) -> bytes:
+    """A stored ledger row of a payment or refund, as the event body it came from."""
+    event: dict[str, Any] = {
+        "event_id": row["event_id"], "type": "payment" if row["kind"] == "earn" else "refund",
+        "occurred_at": dt.datetime.fromtimestamp(row["occurred_at_ms"] / 1000, dt.UTC).isoformat(
+            timespec="milliseconds"),
+        "member_id": row["member_id"], "bu_id": row["bu_id"], "merchant_id": row["merchant_id"],
+        "category": row["category"], "amount_fen": row["amount_fen"], "channel": row["channel"] or "other",
+    }
+    if row["refund_of"]:
+        event["refund_of"] = row["refund_of"]
+    return orjson.dumps(event)
+
+
+@app.page("/v1/admin/rules/reload")
+class RulesReload(View):
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        try:
+            rules = runtime.reload_rules()
+        except core_ext.RulesError as exc:
+            return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
+        except GatewayConfigError as exc:
+            return error_response(self, 400, str(exc), "gateways")
+        return json_response(self, {"version": rules.version, "gateways": runtime.gateways.path})
+
+
+@app.page("/healthz")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        rt = await runtime.started()
+        await rt.balances.redis.ping()
+        try:
+            assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+        except Exception:  # not yet subscribed
+            assigned = []
+        return json_response(self, {"status": "ok", "rules_version": rt.rules.version, "assigned": assigned})
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        return self.bytes(metrics.render().encode(), content_type="text/plain")

@@ -1,0 +1,246 @@
+"""What every HTTP view shares: JSON answers and refusals (a refused callback is
+dead-lettered), reading a body within its limits, signed requests (HMAC, nonce, POS keys
+and their rate), who reads (admin, POS, member tokens), and a member operation's answer.
+Backing services out of reach while a request is served answer 503 (the middleware)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web as aiohttp_web
+from aiokafka.errors import KafkaError
+from faust.web import Request, Response, View
+
+import core_ext
+from streams.app import (
+    TRANSIENT,
+    app,
+    runtime,
+    send_dead_letter,
+)
+from streams.auth import Principal, bearer_principal
+from streams.ingress import Coalescer
+from streams.metrics import counters
+from streams.records import (
+    is_valid_id,
+)
+from streams.signing import SignatureError, verify
+from streams.transactions import Commit, MemberBusy, transact
+
+log = logging.getLogger(__name__)
+
+
+def json_response(view: View, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return view.bytes(orjson.dumps(body), content_type="application/json", status=status, headers=headers)
+
+
+@aiohttp_web.middleware
+async def transient_failures(request: aiohttp_web.Request, handler: Any) -> aiohttp_web.StreamResponse:
+    """Redis or Kafka out of reach while a request is served: 503 with Retry-After (the
+    caller tries again), not a 500; anything else unexpected is logged and answered 500."""
+    try:
+        return await handler(request)
+    except aiohttp_web.HTTPException:
+        raise
+    except TRANSIENT as exc:
+        counters["requests_unavailable_total"] += 1
+        log.warning("%s %s: a backing service is unavailable: %r", request.method, request.path, exc)
+        return aiohttp_web.json_response({"error": "temporarily unavailable, retry"}, status=503,
+                                         headers={"Retry-After": "1"})
+
+
+app.web.web_app.middlewares.append(transient_failures)  # type: ignore[attr-defined]  # faust types Web loosely
+
+
+def error_response(view: View, status: int, error: str, field: str | None = None, **extra: Any) -> Response:
+    body: dict[str, Any] = {"error": error}
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return json_response(view, body, status)
+
+
+async def reject(view: View, status: int, reason: str, body: bytes, field: str | None = None) -> Response:
+    counters["callbacks_rejected_total"] += 1
+    try:
+        await send_dead_letter(source="ingress", reason=reason, field=field, body=body)
+    except KafkaError:
+        # The caller still gets its 4xx; the body is in our log instead.
+        log.exception("could not dead-letter a rejected callback (%s): %r", reason, body[:2000])
+    return error_response(view, status, reason, field)
+
+
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded",)
+
+
+async def read_body(view: View, request: Request, types: tuple[str, ...] | None = JSON_TYPES
+                    ) -> tuple[bytes | None, Response | None]:
+    """The body of a request within the size limit, or the answer that refuses it: 415 for
+    a Content-Encoding (no gateway compresses its callbacks; the signature covers the bytes
+    sent) or, where `types` is given, a Content-Type not among them; our own 413 (JSON, and
+    a dead letter with the first bytes) past LOYALTY_MAX_BODY_BYTES, chunked or not: the
+    body is read here up to the limit, never whole first."""
+    settings = runtime.settings
+    refusal: tuple[int, str, str] | None = None
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if encoding not in ("", "identity"):
+        refusal = (415, f"Content-Encoding: {encoding[:40]!r} is not accepted; send the body as is (identity)",
+                   "Content-Encoding")
+    elif types is not None and ctype not in types:
+        refusal = (415, f"Content-Type: must be {' or '.join(types)}, got {ctype[:60]!r}", "Content-Type")
+    # Read here up to the limit and no further, whatever the transfer encoding: the dead
+    # letter of a refused body keeps its first bytes (and so its event id).
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):  # type: ignore[attr-defined]
+        body += chunk
+        if len(body) > settings.max_body_bytes:
+            break
+    first = bytes(body[: settings.max_body_bytes])
+    if refusal is not None:
+        return None, await reject(view, refusal[0], refusal[1], first, field=refusal[2])
+    if len(body) > settings.max_body_bytes:
+        return None, await reject(view, 413, f"body larger than {settings.max_body_bytes} bytes", first, field="body")
+    return first, None
+
+
+async def read_signed(view: View, request: Request, scope: str = "callback", *, nonce_later: bool = False,
+                       strict: bool = True) -> tuple[bytes | None, Response | None]:
+    """The body of a signed request, or the response that refuses it. `scope` is whose
+    secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
+    "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once:
+    here, or (`nonce_later`, the payment callback) by the caller in the round trip that
+    claims the event id. The body is checked as strict JSON here unless the caller's own
+    validator is strict (`strict=False`: the payment and member callbacks, whose core
+    validators refuse repeated keys, and which check before any phone rewrite)."""
+    settings = runtime.settings
+    body, refused = await read_body(view, request)
+    if body is None:
+        return None, refused
+    key_id = request.headers.get("X-Key-Id")
+    rt = await runtime.started()
+    if scope == "pos":
+        if not rt.pos_keys:
+            return None, error_response(view, 503, "till API disabled: LOYALTY_POS_KEYS is not set")
+        secret = rt.pos_keys.get(key_id or "")
+        if secret is None:
+            return None, await reject(view, 401, "X-Key-Id: required, a POS key this service knows", body,
+                                      field="X-Key-Id")
+    else:
+        if not settings.callback_secret.get_secret_value():
+            return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
+        if key_id is not None:
+            return None, await reject(view, 403, "X-Key-Id: POS keys may not send gateway callbacks", body,
+                                      field="X-Key-Id")
+        secret = settings.callback_secret.get_secret_value()
+    nonce = request.headers.get("X-Nonce")
+    try:
+        verify(secret, request.headers.get("X-Timestamp"), nonce, request.headers.get("X-Signature"), body,
+               settings.signature_max_age_s)
+    except SignatureError as exc:
+        return None, await reject(view, 401, str(exc), body, field="X-Signature")
+    if scope == "pos" and not await rt.balances.rate_hit(f"pos:{key_id}", settings.rate_limit_pos):
+        counters["requests_rate_limited_total"] += 1
+        return None, json_response(view, {"error": f"rate limit of {settings.rate_limit_pos}/s for key {key_id}"},
+                                   429, headers={"Retry-After": "1"})
+    if not nonce_later and not await claim_nonce((key_id or "callback", nonce or "")):
+        return None, await reject(view, 401, NONCE_USED, body, field="X-Nonce")
+    if strict and body.strip():
+        # One JSON object, no key repeated at any depth, before anything reads it.
+        try:
+            core_ext.check_json_object(body)
+        except core_ext.InvalidEventError as exc:
+            return None, await reject(view, 400, str(exc), body, field=exc.field)
+    return body, None
+
+
+NONCE_USED = "X-Nonce: already used (a replayed request); sign every attempt anew"
+
+
+async def reader(view: View, request: Request, member_id: str | None = None) -> Principal | Response:
+    """Who reads: the admin token, a POS key (`Bearer pos:<id>:<secret>`) or the member's own
+    token; 401 without one, 403 for another member's data, 429 past the key's rate."""
+    rt = await runtime.started()
+    settings = rt.settings
+    who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token.get_secret_value(),
+                           rt.pos_keys, settings.member_token_secret.get_secret_value())
+    if who is None:
+        return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
+                              " required")
+    if member_id is not None and not who.may_read(member_id):
+        return error_response(view, 403, "this member token is for another member")
+    if member_id is None and who.kind == "member":
+        return error_response(view, 403, "a POS key or the admin token is required here, not a member token")
+    limit = {"member": settings.rate_limit_member, "pos": settings.rate_limit_pos}.get(who.kind)
+    if limit is not None and not await rt.balances.rate_hit(who.client_key, limit):
+        counters["requests_rate_limited_total"] += 1
+        return json_response(view, {"error": f"rate limit of {limit}/s for this key"}, 429,
+                             headers={"Retry-After": "1"})
+    return who
+
+
+async def _claim_many(claims: list[tuple[str, str]]) -> list[bool]:
+    rt = await runtime.started()
+    return await rt.balances.claim_nonces(claims, rt.settings.nonce_window_s)
+
+
+# Nonce claims of concurrent requests share one Redis round trip.
+claim_nonce: Coalescer[tuple[str, str], bool] = Coalescer(_claim_many)
+
+
+def member_busy(view: View) -> Response:
+    """The answer when a member's state kept moving for MAX_ATTEMPTS sequence-checked tries."""
+    return json_response(view, {"error": "member busy, retry"}, 503, headers={"Retry-After": "1"})
+
+
+async def member_operation(view: View, member_id: str,
+                           decide: Callable[[int, str | None], Awaitable[Response | Commit[Response]]]) -> Response:
+    """One member operation through `transact` (streams/transactions.py); 503 if busy."""
+    try:
+        return await transact(member_id, decide)
+    except MemberBusy:
+        return member_busy(view)
+
+
+async def member_or_reject(view: View, body: bytes, *path_ids: str) -> tuple[str | None, Response | None]:
+    """The body's valid `member_id` (and valid ids in the path), or the 400 that refuses it."""
+    member_id = member_of(body)
+    if member_id is None or not all(is_valid_id(i) for i in path_ids):
+        return None, await reject(view, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+    return member_id, None
+
+
+async def signed_member_request(view: View, request: Request, *path_ids: str
+                                 ) -> tuple[bytes, str] | Response:
+    """A signed request about one member: (body, member id), or the response refusing it."""
+    body, refused = await read_signed(view, request, "pos")
+    if refused is not None or body is None:
+        return refused  # type: ignore[return-value]
+    member_id, refused = await member_or_reject(view, body, *path_ids)
+    if refused is not None or member_id is None:
+        return refused  # type: ignore[return-value]
+    return body, member_id
+
+
+def member_of(body: bytes) -> str | None:
+    """The valid `member_id` of a JSON request body, or None."""
+    try:
+        member_id = orjson.loads(body).get("member_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return member_id if isinstance(member_id, str) and is_valid_id(member_id) else None
+
+
+def admin_denied(view: View, request: Request) -> Response | None:
+    token = runtime.settings.admin_token.get_secret_value()
+    if not token:
+        return error_response(view, 503, "admin API disabled: LOYALTY_ADMIN_TOKEN is not set")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return error_response(view, 401, "admin token missing or wrong")
+    return None

@@ -44,6 +44,7 @@ __all__ = [
     "next_wallet_check_ms",
     "parking_exit",
     "rebuild_member",
+    "record_fields",
     "redeem",
     "redeem_coupon",
     "release_hold",
@@ -566,3 +567,8 @@ def engage(
 def engagement_view(rules: RuleSet, state_json: str | None, now_ms: int) -> str:
     """Plays today per game, cards held, sign-in plans, pending exchanges, stored value,
     profile fields and rewards, referrals (JSON)."""
+
+def record_fields(value: str | None) -> dict[str, str]:
+    """A stored event record's fields by name (the layout is spelled in record.rs only); {}
+    for none; an operation's JSON record gives kind "json" and its text under "json".
+    Raises CorruptStateError for a record the core cannot read."""

@@ -657,3 +657,17 @@ pub fn engagement_view(rules: &PyRuleSet, state_json: Option<&str>, now_ms: i64)
     })
     .to_string())
 }
+
+/// A stored event record's fields by name (the layout is spelled in record.rs only); {}
+/// for none; an operation's JSON record gives kind "json" and its text under "json".
+#[pyfunction]
+#[pyo3(signature = (value))]
+pub fn record_fields(value: Option<&str>) -> PyResult<std::collections::HashMap<&'static str, String>> {
+    match value {
+        None | Some("") => Ok(std::collections::HashMap::new()),
+        Some(v) => {
+            let record = crate::record::Record::decode(v).map_err(CorruptStateError::new_err)?;
+            Ok(record.fields().into_iter().collect())
+        }
+    }
+}

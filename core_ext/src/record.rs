@@ -314,6 +314,46 @@ impl Record {
         out
     }
 
+    /// The record's fields by name, as the HTTP paths read them (strings, like a Redis
+    /// hash): the one reading of the layout besides `decode`. An operation's JSON record
+    /// gives `kind` "json" and its text under `json` (Python reads its own JSON).
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let applied = |a: &Option<i64>| a.map(|v| v.to_string()).unwrap_or_default();
+        match self {
+            Record::Payment { applied_ms, digest, payment: r, booking: b } => vec![
+                ("applied_at_ms", applied(applied_ms)),
+                ("kind", "payment".into()),
+                ("digest", format!("{digest:016x}")),
+                ("amount", r.amount_fen.to_string()),
+                ("points", r.points.to_string()),
+                ("used", r.used.to_string()),
+                ("refunded_amount", r.refunded_amount_fen.to_string()),
+                ("refunded_points", r.refunded_points.to_string()),
+                ("returned_used", r.returned_used.to_string()),
+                ("bu_id", b.bu_id.clone()),
+                ("merchant_id", b.merchant_id.clone()),
+                ("category", b.category.clone()),
+                ("format", b.format.clone()),
+            ],
+            Record::Refund { applied_ms, digest, amount_fen, points } => vec![
+                ("applied_at_ms", applied(applied_ms)),
+                ("kind", "refund".into()),
+                ("digest", format!("{digest:016x}")),
+                ("amount", amount_fen.to_string()),
+                ("points", points.to_string()),
+            ],
+            Record::Member { applied_ms, digest, points } => vec![
+                ("applied_at_ms", applied(applied_ms)),
+                ("kind", "member".into()),
+                ("digest", format!("{digest:016x}")),
+                ("points", points.to_string()),
+            ],
+            Record::Json { applied_ms, json } => {
+                vec![("applied_at_ms", applied(applied_ms)), ("kind", "json".into()), ("json", json.clone())]
+            }
+        }
+    }
+
     pub fn decode(s: &str) -> Result<Record, String> {
         let s = split_token(s).0;
         let bad = || format!("unreadable event record {:?}", s.chars().take(80).collect::<String>());
@@ -421,6 +461,28 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fields_read_every_kind_with_escapes_and_the_outbox_token_undone() {
+        let p = Record::Payment {
+            applied_ms: Some(1_700_000_000_000),
+            digest: 0xab,
+            payment: PaymentRecord { amount_fen: 10_000, points: 100, used: 5, ..Default::default() },
+            booking: Booking { bu_id: "mall|1".into(), merchant_id: "m%2".into(), category: "c".into(),
+                               format: "mall".into(), ..Default::default() },
+        };
+        let text = format!("{}|@tok1", p.encode());
+        let f: std::collections::HashMap<_, _> = Record::decode(&text).unwrap().fields().into_iter().collect();
+        assert_eq!(f["kind"], "payment");
+        assert_eq!(f["applied_at_ms"], "1700000000000");
+        assert_eq!((f["amount"].as_str(), f["points"].as_str(), f["used"].as_str()), ("10000", "100", "5"));
+        assert_eq!((f["bu_id"].as_str(), f["merchant_id"].as_str()), ("mall|1", "m%2"));
+        let r = Record::Refund { applied_ms: None, digest: 1, amount_fen: 500, points: -5 }.encode();
+        let f: std::collections::HashMap<_, _> = Record::decode(&r).unwrap().fields().into_iter().collect();
+        assert_eq!((f["kind"].as_str(), f["applied_at_ms"].as_str(), f["points"].as_str()), ("refund", "", "-5"));
+        let j = Record::decode("J|12|{\"kind\":\"redeem\"}").unwrap().fields();
+        assert_eq!(j[2], ("json", "{\"kind\":\"redeem\"}".to_string()));
+    }
+
     use super::*;
 
     #[test]

@@ -78,23 +78,15 @@ class MemberMoves:
 
 def decode_record(value: str | None) -> dict[str, str]:
     """An event record as the HTTP paths read it (strings, like a Redis hash): {} if none.
-    Accrual records (payments, refunds, member events) and HTTP ones (JSON)."""
-    if not value:
-        return {}
-    kind, applied, rest = [*value.split("|", 2), "", ""][:3]
-    base = {"applied_at_ms": applied}
-    if kind == "J":
-        data = orjson.loads(rest)
-        return {**base, **{k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list))
-                           else str(v) for k, v in data.items()}}
-    f = rest.split("|")
-    if kind == "P":
-        return {**base, "kind": "payment", "digest": f[0], "amount": f[1], "points": f[2], "used": f[3],
-                "refunded_amount": f[4], "refunded_points": f[5], "returned_used": f[6], "bu_id": f[7],
-                "merchant_id": f[8], "category": f[9], "format": f[10]}
-    if kind == "R":
-        return {**base, "kind": "refund", "digest": f[0], "amount": f[1], "points": f[2]}
-    return {**base, "kind": "member", "digest": f[0], "points": f[1] if len(f) > 1 else "0"}
+    The core reads accrual records (payments, refunds, member events: record.rs spells
+    their layout); an HTTP operation's record is JSON, read here."""
+    fields = core_ext.record_fields(value)
+    if fields.get("kind") != "json":
+        return fields
+    data = orjson.loads(fields["json"])
+    return {"applied_at_ms": fields["applied_at_ms"], **{
+        k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list)) else str(v)
+        for k, v in data.items()}}
 
 
 def encode_json_record(move: EventMove) -> str:

@@ -60,7 +60,7 @@ __version__: str
 class LoyaltyError(Exception):
     """Root of every error the engine raises: the core's (LoyaltyCoreError) and the service's (streams.errors)."""
 
-class LoyaltyCoreError(LoyaltyError):
+class LoyaltyCoreError(LoyaltyError, ValueError):
     """Base class of every error raised by the loyalty core."""
 
     field: str

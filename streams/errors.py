@@ -1,7 +1,7 @@
 """The engine's exceptions: one tree under `core_ext.LoyaltyError`.
 
     LoyaltyError                       (core_ext; root of everything the engine raises)
-    ├── LoyaltyCoreError               the Rust core: InvalidEventError, RulesError,
+    ├── LoyaltyCoreError (ValueError)  the Rust core: InvalidEventError, RulesError,
     │                                  RejectedEventError, CorruptStateError, InvalidArgumentError
     ├── ConfigError (ValueError)       settings, keys, gateway routes: SettingsError,
     │                                  AuthConfigError, GatewayConfigError

@@ -63,6 +63,11 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
         exc.setattr("__module__", "core_ext")?;
         m.add(name, exc)?;
     }
+    // The core's refusals are LoyaltyErrors and ValueErrors both (pyo3 gives an exception
+    // one base; the type is a heap type, so its bases can be set once here).
+    let value_error = py.get_type::<pyo3::exceptions::PyValueError>();
+    py.get_type::<bindings::LoyaltyCoreError>()
+        .setattr("__bases__", (py.get_type::<bindings::LoyaltyError>(), value_error))?;
     m.add_class::<bindings::PyRuleSet>()?;
     m.add_class::<bindings::PyEventBatch>()?;
     m.add_class::<bindings_batch::PyAccrualBatch>()?;

@@ -48,4 +48,6 @@ def test_each_branch_says_what_to_do() -> None:
     assert issubclass(SignatureError, errors.SignatureError)
     for transient in (LedgerUnavailable, LedgerNotHeld, ConflictsPersist):
         assert issubclass(transient, errors.TransientError)
-    assert not issubclass(errors.TransientError, ValueError)
+    assert not issubclass(errors.TransientError, ValueError), "a transient failure is never a ValueError"
+    assert issubclass(core_ext.LoyaltyCoreError, errors.LoyaltyError) and issubclass(core_ext.LoyaltyCoreError,
+                                                                                        ValueError)

@@ -89,6 +89,8 @@ def test_the_core_errors_form_one_tree_under_the_engine_root() -> None:
         assert issubclass(exc, core_ext.LoyaltyCoreError)
         assert exc.__module__ == "core_ext"
     assert issubclass(core_ext.LoyaltyCoreError, core_ext.LoyaltyError)
+    assert issubclass(core_ext.LoyaltyCoreError, ValueError), "the core's refusals are ValueErrors too"
+    assert not issubclass(core_ext.LoyaltyError, ValueError)
 
 
 def test_a_corrupt_stored_state_is_a_typed_error_saying_so() -> None:

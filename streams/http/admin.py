@@ -259,9 +259,7 @@ class MemberAdjustment(View):
     async def post(self, request: Request, member_id: str) -> Response:
         if (denied := admin_denied(self, request)) is not None:
             return denied
-        body, refused = await read_body(self, request, None)
-        if body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_body(request, None)
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: invalid", "member_id")
         try:

@@ -183,18 +183,14 @@ class PaymentCallback(View):
             metrics.histograms["callback_ms"].observe((time.perf_counter() - t0) * 1000)
 
     async def _post(self, request: Request) -> Response:
-        body, refused = await read_signed(self, request, nonce_later=True, strict=False)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_signed(request, nonce_later=True, strict=False)
         return await admit_payment(self, body, f"callback:{request.headers.get('X-Nonce', '')}")
 
 
 @app.page("/v1/callbacks/member")
 class MemberCallback(View):
     async def post(self, request: Request) -> Response:
-        body, refused = await read_signed(self, request, strict=False)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_signed(request, strict=False)
         try:
             body, unavailable = _without_phones(self, body)
             if unavailable is not None:
@@ -213,9 +209,7 @@ class ParkingCallback(View):
     """Entries and exits from the car park system, signed like payments; keyed by plate."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await read_signed(self, request)
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_signed(request)
         rt = await runtime.started()
         ev, field, reason = parking_event(body, set(rt.rules.car_parks))
         if ev is None:

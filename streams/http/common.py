@@ -23,6 +23,7 @@ from streams.app import (
     send_dead_letter,
 )
 from streams.auth import Principal, bearer_principal
+from streams.errors import InputError
 from streams.ingress import Coalescer
 from streams.metrics import counters
 from streams.records import (
@@ -38,14 +39,42 @@ def json_response(view: View, body: Any, status: int = 200, headers: dict[str, s
     return view.bytes(orjson.dumps(body), content_type="application/json", status=status, headers=headers)
 
 
+class Refused(InputError):
+    """A request refused: the middleware answers it with `status` and the JSON error
+    {"error", "field"?, ...extra} (and `headers`). Raised by the helpers that read and check
+    a request, so a view's own code starts from a body that passed."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.field, self.headers = status, field, headers
+        self.body: dict[str, Any] = {"error": error, **({"field": field} if field is not None else {}), **extra}
+
+
+async def rejected(status: int, reason: str, body: bytes, field: str | None = None) -> Refused:
+    """A refused callback: dead-lettered with the reason (its body kept), then the Refused
+    to raise."""
+    counters["callbacks_rejected_total"] += 1
+    try:
+        await send_dead_letter(source="ingress", reason=reason, field=field, body=body)
+    except KafkaError:
+        # The caller still gets its 4xx; the body is in our log instead.
+        log.exception("could not dead-letter a rejected callback (%s): %r", reason, body[:2000])
+    return Refused(status, reason, field)
+
+
 @aiohttp_web.middleware
 async def transient_failures(request: aiohttp_web.Request, handler: Any) -> aiohttp_web.StreamResponse:
-    """Redis or Kafka out of reach while a request is served: 503 with Retry-After (the
-    caller tries again), not a 500; anything else unexpected is logged and answered 500."""
+    """A refused request gets its JSON error (Refused); Redis or Kafka out of reach while a
+    request is served: 503 with Retry-After (the caller tries again), not a 500; anything
+    else unexpected is logged and answered 500."""
     try:
         return await handler(request)
     except aiohttp_web.HTTPException:
         raise
+    except Refused as exc:
+        return aiohttp_web.Response(body=orjson.dumps(exc.body), status=exc.status, headers=exc.headers,
+                                    content_type="application/json")
     except TRANSIENT as exc:
         counters["requests_unavailable_total"] += 1
         log.warning("%s %s: a backing service is unavailable: %r", request.method, request.path, exc)
@@ -65,12 +94,8 @@ def error_response(view: View, status: int, error: str, field: str | None = None
 
 
 async def reject(view: View, status: int, reason: str, body: bytes, field: str | None = None) -> Response:
-    counters["callbacks_rejected_total"] += 1
-    try:
-        await send_dead_letter(source="ingress", reason=reason, field=field, body=body)
-    except KafkaError:
-        # The caller still gets its 4xx; the body is in our log instead.
-        log.exception("could not dead-letter a rejected callback (%s): %r", reason, body[:2000])
+    """A refused callback's answer, once dead-lettered (`rejected`), for a view that returns it."""
+    await rejected(status, reason, body, field)
     return error_response(view, status, reason, field)
 
 
@@ -78,9 +103,8 @@ JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded",)
 
 
-async def read_body(view: View, request: Request, types: tuple[str, ...] | None = JSON_TYPES
-                    ) -> tuple[bytes | None, Response | None]:
-    """The body of a request within the size limit, or the answer that refuses it: 415 for
+async def read_body(request: Request, types: tuple[str, ...] | None = JSON_TYPES) -> bytes:
+    """The body of a request within the size limit, or Refused: 415 for
     a Content-Encoding (no gateway compresses its callbacks; the signature covers the bytes
     sent) or, where `types` is given, a Content-Type not among them; our own 413 (JSON, and
     a dead letter with the first bytes) past LOYALTY_MAX_BODY_BYTES, chunked or not: the
@@ -103,15 +127,15 @@ async def read_body(view: View, request: Request, types: tuple[str, ...] | None 
             break
     first = bytes(body[: settings.max_body_bytes])
     if refusal is not None:
-        return None, await reject(view, refusal[0], refusal[1], first, field=refusal[2])
+        raise await rejected(refusal[0], refusal[1], first, field=refusal[2])
     if len(body) > settings.max_body_bytes:
-        return None, await reject(view, 413, f"body larger than {settings.max_body_bytes} bytes", first, field="body")
-    return first, None
+        raise await rejected(413, f"body larger than {settings.max_body_bytes} bytes", first, field="body")
+    return first
 
 
-async def read_signed(view: View, request: Request, scope: str = "callback", *, nonce_later: bool = False,
-                       strict: bool = True) -> tuple[bytes | None, Response | None]:
-    """The body of a signed request, or the response that refuses it. `scope` is whose
+async def read_signed(request: Request, scope: str = "callback", *, nonce_later: bool = False,
+                      strict: bool = True) -> bytes:
+    """The body of a signed request, or Refused. `scope` is whose
     secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
     "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once:
     here, or (`nonce_later`, the payment callback) by the caller in the round trip that
@@ -119,23 +143,21 @@ async def read_signed(view: View, request: Request, scope: str = "callback", *, 
     validator is strict (`strict=False`: the payment and member callbacks, whose core
     validators refuse repeated keys, and which check before any phone rewrite)."""
     settings = runtime.settings
-    body, refused = await read_body(view, request)
-    if body is None:
-        return None, refused
+    body = await read_body(request)
     key_id = request.headers.get("X-Key-Id")
     rt = await runtime.started()
     if scope == "pos":
         if not rt.pos_keys:
-            return None, error_response(view, 503, "till API disabled: LOYALTY_POS_KEYS is not set")
+            raise Refused(503, "till API disabled: LOYALTY_POS_KEYS is not set")
         secret = rt.pos_keys.get(key_id or "")
         if secret is None:
-            return None, await reject(view, 401, "X-Key-Id: required, a POS key this service knows", body,
+            raise await rejected(401, "X-Key-Id: required, a POS key this service knows", body,
                                       field="X-Key-Id")
     else:
         if not settings.callback_secret.get_secret_value():
-            return None, error_response(view, 503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
+            raise Refused(503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
         if key_id is not None:
-            return None, await reject(view, 403, "X-Key-Id: POS keys may not send gateway callbacks", body,
+            raise await rejected(403, "X-Key-Id: POS keys may not send gateway callbacks", body,
                                       field="X-Key-Id")
         secret = settings.callback_secret.get_secret_value()
     nonce = request.headers.get("X-Nonce")
@@ -143,44 +165,42 @@ async def read_signed(view: View, request: Request, scope: str = "callback", *, 
         verify(secret, request.headers.get("X-Timestamp"), nonce, request.headers.get("X-Signature"), body,
                settings.signature_max_age_s)
     except SignatureError as exc:
-        return None, await reject(view, 401, str(exc), body, field="X-Signature")
+        raise await rejected(401, str(exc), body, field="X-Signature") from None
     if scope == "pos" and not await rt.balances.rate_hit(f"pos:{key_id}", settings.rate_limit_pos):
         counters["requests_rate_limited_total"] += 1
-        return None, json_response(view, {"error": f"rate limit of {settings.rate_limit_pos}/s for key {key_id}"},
-                                   429, headers={"Retry-After": "1"})
+        raise Refused(429, f"rate limit of {settings.rate_limit_pos}/s for key {key_id}", headers={"Retry-After": "1"})
     if not nonce_later and not await claim_nonce((key_id or "callback", nonce or "")):
-        return None, await reject(view, 401, NONCE_USED, body, field="X-Nonce")
+        raise await rejected(401, NONCE_USED, body, field="X-Nonce")
     if strict and body.strip():
         # One JSON object, no key repeated at any depth, before anything reads it.
         try:
             core_ext.check_json_object(body)
         except core_ext.InvalidEventError as exc:
-            return None, await reject(view, 400, str(exc), body, field=exc.field)
-    return body, None
+            raise await rejected(400, str(exc), body, field=exc.field) from None
+    return body
 
 
 NONCE_USED = "X-Nonce: already used (a replayed request); sign every attempt anew"
 
 
-async def reader(view: View, request: Request, member_id: str | None = None) -> Principal | Response:
+async def reader(request: Request, member_id: str | None = None) -> Principal:
     """Who reads: the admin token, a POS key (`Bearer pos:<id>:<secret>`) or the member's own
-    token; 401 without one, 403 for another member's data, 429 past the key's rate."""
+    token; Refused 401 without one, 403 for another member's data, 429 past the key's rate."""
     rt = await runtime.started()
     settings = rt.settings
     who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token.get_secret_value(),
                            rt.pos_keys, settings.member_token_secret.get_secret_value())
     if who is None:
-        return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
+        raise Refused(401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
                               " required")
     if member_id is not None and not who.may_read(member_id):
-        return error_response(view, 403, "this member token is for another member")
+        raise Refused(403, "this member token is for another member")
     if member_id is None and who.kind == "member":
-        return error_response(view, 403, "a POS key or the admin token is required here, not a member token")
+        raise Refused(403, "a POS key or the admin token is required here, not a member token")
     limit = {"member": settings.rate_limit_member, "pos": settings.rate_limit_pos}.get(who.kind)
     if limit is not None and not await rt.balances.rate_hit(who.client_key, limit):
         counters["requests_rate_limited_total"] += 1
-        return json_response(view, {"error": f"rate limit of {limit}/s for this key"}, 429,
-                             headers={"Retry-After": "1"})
+        raise Refused(429, f"rate limit of {limit}/s for this key", headers={"Retry-After": "1"})
     return who
 
 
@@ -207,24 +227,18 @@ async def member_operation(view: View, member_id: str,
         return member_busy(view)
 
 
-async def member_or_reject(view: View, body: bytes, *path_ids: str) -> tuple[str | None, Response | None]:
-    """The body's valid `member_id` (and valid ids in the path), or the 400 that refuses it."""
+async def member_or_reject(body: bytes, *path_ids: str) -> str:
+    """The body's valid `member_id` (and valid ids in the path), or Refused (400)."""
     member_id = member_of(body)
     if member_id is None or not all(is_valid_id(i) for i in path_ids):
-        return None, await reject(view, 400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
-    return member_id, None
+        raise await rejected(400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+    return member_id
 
 
-async def signed_member_request(view: View, request: Request, *path_ids: str
-                                 ) -> tuple[bytes, str] | Response:
-    """A signed request about one member: (body, member id), or the response refusing it."""
-    body, refused = await read_signed(view, request, "pos")
-    if refused is not None or body is None:
-        return refused  # type: ignore[return-value]
-    member_id, refused = await member_or_reject(view, body, *path_ids)
-    if refused is not None or member_id is None:
-        return refused  # type: ignore[return-value]
-    return body, member_id
+async def signed_member_request(request: Request, *path_ids: str) -> tuple[bytes, str]:
+    """A signed request about one member: (body, member id), or Refused."""
+    body = await read_signed(request, "pos")
+    return body, await member_or_reject(body, *path_ids)
 
 
 def member_of(body: bytes) -> str | None:

@@ -33,6 +33,7 @@ import core_ext
 from streams.app import app, notifications_topic, payments_topic, runtime
 from streams.auth import Principal, bearer_principal
 from streams.http.common import (
+    Refused,
     admin_denied,
     error_response,
     json_response,
@@ -131,9 +132,7 @@ def _with_path(body: bytes, field: str, value: str) -> bytes | None:
 
 
 async def _signed(view: View, request: Request, field: str, value: str) -> tuple[bytes, str] | Response:
-    got = await signed_member_request(view, request, value)
-    if not isinstance(got, tuple):
-        return got
+    got = await signed_member_request(request, value)
     body = _with_path(got[0], field, value)
     if body is None:
         return await reject(view, 400, f"{field}: the body names another {field} than the path", got[0], field)
@@ -201,20 +200,19 @@ def _mask(member_id: str) -> str:
     return member_id[:3] + "***" if len(member_id) > 3 else "***"
 
 
-async def _member_reader(view: View, request: Request, member_id: str) -> Principal | Response:
-    """Who reads one member's data (the member's token, a POS key, admin), or the refusal."""
+async def _member_reader(request: Request, member_id: str) -> Principal:
+    """Who reads one member's data (the member's token, a POS key, admin), or Refused."""
     if not is_valid_id(member_id):
-        return error_response(view, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
-    return await reader(view, request, member_id)
+        raise Refused(400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
+    return await reader(request, member_id)
 
 
-async def _any_reader(view: View, request: Request) -> Principal | Response:
+async def _any_reader(request: Request) -> Principal:
     rt = await runtime.started()
     who = bearer_principal(request.headers.get("Authorization", ""), rt.settings.admin_token.get_secret_value(),
                            rt.pos_keys, rt.settings.member_token_secret.get_secret_value())
     if who is None:
-        return error_response(view, 401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token>"
-                              " required")
+        raise Refused(401, "Authorization: Bearer <member token | pos:<key id>:<secret> | admin token> required")
     return who
 
 
@@ -226,8 +224,7 @@ class Leaderboard(View):
     unless the admin token reads."""
 
     async def get(self, request: Request, period: str, scope: str) -> Response:
-        if not isinstance(who := await _any_reader(self, request), Principal):
-            return who
+        who = await _any_reader(request)
         rt = await runtime.started()
         board = _board(period, scope, dt.datetime.now(dt.UTC), rt.rules.utc_offset_minutes)
         try:
@@ -250,8 +247,7 @@ class Leaderboard(View):
 @app.page("/v1/members/{member_id}/rank")
 class MemberRank(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
-            return who
+        await _member_reader(request, member_id)
         rt = await runtime.started()
         period, scope = request.query.get("period", "week"), request.query.get("scope", "group")
         board = _board(period, scope, dt.datetime.now(dt.UTC), rt.rules.utc_offset_minutes)
@@ -274,9 +270,7 @@ class Exchanges(View):
     re-sent); the partner's confirmation settles it, a failure gives the points back."""
 
     async def post(self, request: Request) -> Response:
-        got = await signed_member_request(self, request)
-        if not isinstance(got, tuple):
-            return got
+        got = await signed_member_request(request)
         body, member_id = got
         return await engage(self, "exchange_out", member_id, request.headers.get("Idempotency-Key", ""), body)
 
@@ -296,9 +290,7 @@ class PartnerConfirmations(View):
     "confirmed" | "failed"} (signed like a gateway callback). Idempotent per exchange."""
 
     async def post(self, request: Request, partner: str) -> Response:
-        body, refused = await read_signed(self, request, "callback")
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_signed(request, "callback")
         try:
             req = orjson.loads(body)
             member_id, xid = req["member_id"], req["exchange_id"]
@@ -319,9 +311,7 @@ class PartnerCredits(View):
     limit, signed like a gateway callback; the Idempotency-Key is the partner's transfer id."""
 
     async def post(self, request: Request, partner: str) -> Response:
-        body, refused = await read_signed(self, request, "callback")
-        if refused is not None or body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_signed(request, "callback")
         merged, member_id = _partner_body(body, partner)
         if merged is None or member_id is None:
             return await reject(self, 400, 'body: {"member_id", "units"} (and the partner of the path)', body, "body")
@@ -341,9 +331,7 @@ class StoredValue(View):
         op = {"topups": "sv_topup", "payments": "sv_pay", "refunds": "sv_refund"}.get(operation)
         if op is None:
             return error_response(self, 404, "stored-value operations: topups, payments, refunds")
-        got = await signed_member_request(self, request)
-        if not isinstance(got, tuple):
-            return got
+        got = await signed_member_request(request)
         body, member_id = got
         key = request.headers.get("Idempotency-Key", "")
         rt = await runtime.started()
@@ -381,8 +369,7 @@ async def _resend_payment(member_id: str, key: str) -> None:
 @app.page("/v1/members/{member_id}/engagement")
 class MemberEngagement(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
-            return who
+        await _member_reader(request, member_id)
         rt = await runtime.started()
         data = await rt.balances.member(member_id) or {}
         view = core_ext.engagement_view(rt.rules, data.get("state"), int(time.time() * 1000))
@@ -442,8 +429,7 @@ class MemberStoredValue(View):
     """The member's stored-value balance (Redis) and ledger (ClickHouse)."""
 
     async def get(self, request: Request, member_id: str) -> Response:
-        if not isinstance(who := await _member_reader(self, request, member_id), Principal):
-            return who
+        await _member_reader(request, member_id)
         rt = await runtime.started()
         data = await rt.balances.member(member_id) or {}
         rows = await rt.ledger.query("stored_value_of_member", {"member_id": member_id})

@@ -98,9 +98,7 @@ class WeChatPayNotification(View):
     """WeChat Pay v3: 204 when we have it (the gateway stops); 4xx/5xx {"code": "FAIL"} to be retried."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await read_body(self, request)
-        if body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_body(request)
         rt = await runtime.started()
         keys = rt.wechatpay_keys
         if keys is None:
@@ -135,9 +133,7 @@ class AlipayNotification(View):
     """Alipay: the body `success` when we have it; anything else (here `fail`) is retried."""
 
     async def post(self, request: Request) -> Response:
-        body, refused = await read_body(self, request, FORM_TYPES)
-        if body is None:
-            return refused  # type: ignore[return-value]
+        body = await read_body(request, FORM_TYPES)
         rt = await runtime.started()
         if rt.alipay_key is None:
             log.error("an Alipay notification arrived but LOYALTY_ALIPAY_PUBLIC_KEY is not configured")

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from streams.app import app, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
 from streams.retry import retrying
-from streams.sinks.balances import BOARD_SHARDS, BOARD_TTL_S
 from streams.sinks.ledger import LedgerUnavailable
+from streams.state import BOARD_SHARDS, BOARD_TTL_S
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0

@@ -31,7 +31,7 @@ from streams.ingress import unpack_records
 from streams.metrics import counters
 from streams.records import parking_event
 from streams.retry import retrying
-from streams.sinks.balances import EventMove
+from streams.state import EventMove
 from streams.transactions import Commit, transact
 
 log = logging.getLogger(__name__)

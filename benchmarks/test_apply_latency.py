@@ -31,7 +31,7 @@ from benchmarks.sender import send_on_timetable
 from streams.devtools import WorkerProcess
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
-from streams.sinks.balances import BalanceStore, decode_record
+from streams.state import BalanceStore, decode_record
 
 RECORDED_RATE = 2_000
 RECORDED_SECONDS = 30

@@ -31,7 +31,7 @@ from benchmarks.results import record
 from benchmarks.test_pipeline_throughput import envelopes, make_events, preload
 from streams.devtools import remove_run_data
 from streams.settings import ROOT, Settings
-from streams.sinks.resp import RawChannel
+from streams.state.resp import RawChannel
 
 SLIM_WRITE = """#!lua name=ceiling
 redis.register_function('ceiling_write', function(keys, args)

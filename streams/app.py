@@ -28,8 +28,8 @@ from streams.gateways.wechatpay import WeChatPayKeys
 from streams.records import dead_letter_record, ledger_messages, readable_event_id
 from streams.retry import retrying
 from streams.settings import Settings
-from streams.sinks.balances import BalanceStore
 from streams.sinks.ledger import LedgerStore
+from streams.state import BalanceStore
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import orjson
 
 import core_ext
 from streams.app import runtime
-from streams.sinks.balances import first_row
+from streams.state import first_row
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from streams.app import ledger_topic, runtime
 from streams.errors import TransientError
-from streams.sinks.balances import EventMove, MemberMoves
+from streams.state import EventMove, MemberMoves
 
 T = TypeVar("T")
 

@@ -47,7 +47,7 @@ from streams.metrics import counters
 from streams.pushes import coupon_push
 from streams.records import BadInput, is_valid_id, require
 from streams.reports import stored_value_reconcile
-from streams.sinks.balances import EventMove
+from streams.state import EventMove
 from streams.transactions import Commit
 
 log = logging.getLogger(__name__)

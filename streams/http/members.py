@@ -45,7 +45,7 @@ from streams.records import (
     json_object,
     require,
 )
-from streams.sinks.balances import EventMove
+from streams.state import EventMove
 from streams.transactions import Commit
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import core_ext
 from streams.devtools import WorkerProcess, remove_run_data
 from streams.ingress import partition_for
 from streams.settings import Settings
-from streams.sinks.balances import BalanceStore
+from streams.state import BalanceStore
 from tests.integration.test_faults import Gateway, check_exactly_once, during, make_events
 
 pytestmark = pytest.mark.integration

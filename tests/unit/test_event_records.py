@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import core_ext
-from streams.sinks.balances import EventMove, decode_record, encode_json_record
+from streams.state import EventMove, decode_record, encode_json_record
 
 
 def test_a_payment_record_is_read_by_the_core_with_its_escapes_and_outbox_token_undone() -> None:

@@ -12,7 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 import core_ext
-from streams.sinks.balances import BOARD_SHARDS, BalanceStore
+from streams.state import BOARD_SHARDS, BalanceStore
 
 RULES = core_ext.RuleSet.from_toml("""
 version = "slots"

@@ -1,22 +1,22 @@
-"""Member balances and states in Redis: the member's atomic step (Redis Functions in
-streams/sinks/functions.lua), event records, outboxes, budgets, guests and boards.
+"""The engine's state in Redis: the member's atomic step (Redis Functions in
+streams/state/functions.lua), event records, outboxes, budgets, guests, boards, identities,
+schedules, nonces and rate limits. Keys come from streams/state/keys.py, records'
+shapes from streams/state/records.py.
 
 Keys of one member are hash-tagged by member (`ly:m:{m-1}`, `ly:ev:{m-1}`, `ly:ob:{m-1}`,
 `ly:h:{m-1}`): the member's step names only them, so it runs on a Redis Cluster too.
 Budgets (`ly:budget:{id}`), guest facts (`ly:guest:{kind:id}`) and leaderboard shards
 (`ly:lb:{board#n}`) are keys of their own with their own idempotent steps. The accrual
 hot path builds its commands in the Rust core (core_ext.AccrualBatch) and sends them
-through `run` (streams/sinks/resp.py); the HTTP paths use `apply` here.
+through `run` (streams/state/resp.py); the HTTP paths use `apply` here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 import core_ext
-from streams.sinks.resp import RawChannel, pack, raise_for_errors
+from streams.state.keys import KeySpace
+from streams.state.records import (
+    MemberMoves,
+    decode_record,
+    encode_json_record,
+    first_row,
+    guest_payment,
+    refunded_record,
+)
+from streams.state.resp import RawChannel, pack, raise_for_errors
 
 log = logging.getLogger(__name__)
 
@@ -42,84 +51,13 @@ DAY_MS = 86_400_000
 LISTPACK_SETTINGS = {"hash-max-listpack-value": 512, "hash-max-listpack-entries": 512}
 
 
-@dataclass
-class EventMove:
-    """One applied operation of the HTTP API (redemption, reversal, coupon, engagement, parking exit)."""
-
-    event_id: str
-    kind: str
-    points: int
-    rows: str
-    amount_fen: int
-    refund_of: str | None
-    clawback_points: int
-    result: str = ""
-    #: What the record keeps as points (default: the movement itself), points used.
-    record_points: int | None = None
-    used: int = 0
-    returned: int = 0
-    #: Stored value moved (fen), kept apart from points.
-    sv_fen: int = 0
-
-
-@dataclass
-class MemberMoves:
-    member_id: str
-    expected_seq: int
-    state_json: str
-    review_at_ms: int | None
-    next_check_ms: int | None = None
-    events: list[EventMove] = field(default_factory=list)
-    #: Budgets consumed (campaigns, stocks): reserved before the write, settled after.
-    campaigns: dict[str, int] = field(default_factory=dict)
-    #: Keep the rows in the member's outbox until the caller has them in Kafka.
-    outbox: bool = False
-
-
-def decode_record(value: str | None) -> dict[str, str]:
-    """An event record as the HTTP paths read it (strings, like a Redis hash): {} if none.
-    The core reads accrual records (payments, refunds, member events: record.rs spells
-    their layout); an HTTP operation's record is JSON, read here."""
-    fields = core_ext.record_fields(value)
-    if fields.get("kind") != "json":
-        return fields
-    data = orjson.loads(fields["json"])
-    return {"applied_at_ms": fields["applied_at_ms"], **{
-        k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list)) else str(v)
-        for k, v in data.items()}}
-
-
-def encode_json_record(move: EventMove) -> str:
-    """The record of an HTTP operation: what a retry answers and a reversal needs."""
-    data: dict[str, Any] = {
-        "kind": move.kind, "amount": move.amount_fen,
-        "points": move.points if move.record_points is None else move.record_points,
-        "result": move.result, "used": move.used, "refunded_amount": 0, "refunded_points": 0, "returned_used": 0,
-    }
-    if move.kind == "redeem":
-        data["rows"] = move.rows  # a reversal gives back the very lots these rows took
-    return "J|~|" + orjson.dumps(data).decode()
-
-
-def _refunded(original: str, move: EventMove) -> str | None:
-    """An HTTP record refunded by `move` (a stored-value refund), counted again."""
-    if not original.startswith("J|"):
-        return None
-    _, applied, rest = original.split("|", 2)
-    data = orjson.loads(rest)
-    data["refunded_amount"] = int(data.get("refunded_amount", 0)) + move.amount_fen
-    data["refunded_points"] = int(data.get("refunded_points", 0)) + move.clawback_points
-    data["returned_used"] = int(data.get("returned_used", 0)) + move.returned
-    return f"J|{applied}|" + orjson.dumps(data).decode()
-
-
-class BalanceStore:
+class BalanceStore(KeySpace):
     """Balances, states and applied-event records of members, in Redis."""
 
     def __init__(self, url: str, namespace: str, horizon_days: int = 400, history_len: int = 10,
                  members_per_call: int = 1) -> None:
+        super().__init__(namespace)
         self.url = url
-        self.ns = namespace
         self.horizon_days = horizon_days
         self.history_len = history_len
         #: Members the accrual writes per ly_apply call; 1 once `setup` finds a cluster.
@@ -167,63 +105,6 @@ class BalanceStore:
 
     # ---- keys ----------------------------------------------------------------------
 
-    def member_key(self, member_id: str) -> str:
-        return f"{self.ns}:m:{{{member_id}}}"
-
-    def records_key(self, member_id: str) -> str:
-        return f"{self.ns}:ev:{{{member_id}}}"
-
-    def outbox_key(self, member_id: str) -> str:
-        return f"{self.ns}:ob:{{{member_id}}}"
-
-    def history_key(self, member_id: str) -> str:
-        return f"{self.ns}:h:{{{member_id}}}"
-
-    def budget_key(self, budget_id: str) -> str:
-        return f"{self.ns}:budget:{{{budget_id}}}"
-
-    def board_keys(self, board: str, shard: int) -> tuple[str, str]:
-        """A leaderboard shard (`w:2026-W48:all#3`): its sorted set and versions hash."""
-        return f"{self.ns}:lb:{{{board}#{shard}}}", f"{self.ns}:lbv:{{{board}#{shard}}}"
-
-    def outbox_index_key(self, shard: int) -> str:
-        return f"{self.ns}:obx:{shard}"
-
-    @property
-    def tier_reviews_key(self) -> str:
-        return f"{self.ns}:tier_reviews"
-
-    @property
-    def wallet_checks_key(self) -> str:
-        return f"{self.ns}:wallet_checks"
-
-    def identity_key(self, kind: str, external_id: str) -> str:
-        return f"{self.ns}:id:{kind}:{external_id}"
-
-    def guest_key(self, kind: str, external_id: str) -> str:
-        return f"{self.ns}:guest:{{{kind}:{external_id}}}"
-
-    def pushed_key(self, push_id: str) -> str:
-        return f"{self.ns}:pushed:{push_id}"
-
-    def referral_phone_key(self, phone: str) -> str:
-        return f"{self.ns}:ref-phone:{phone}"
-
-    def gateway_route_key(self, payment_event_id: str) -> str:
-        return f"{self.ns}:gwpay:{payment_event_id}"
-
-    def parking_key(self, car_park: str, plate: str) -> str:
-        return f"{self.ns}:park:{car_park}:{plate}"
-
-    def parking_closed_key(self, exit_event_id: str) -> str:
-        return f"{self.ns}:park-closed:{exit_event_id}"
-
-    def plate_key(self, plate: str) -> str:
-        return f"{self.ns}:plate:{plate}"
-
-    def parked_key(self, member_id: str, payment_id: str) -> str:
-        return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
-
     # ---- the member's atomic step for the HTTP paths ---------------------------------
 
     async def apply(self, groups: Sequence[MemberMoves], budgets: dict[str, int | None]) -> list[str]:
@@ -255,7 +136,7 @@ class BalanceStore:
             records += [e.event_id, encode_json_record(e)]
             if e.refund_of is not None:
                 original = await self.redis.hget(self.records_key(g.member_id), e.refund_of)
-                again = _refunded(original, e) if original else None
+                again = refunded_record(original, e) if original else None
                 if again is not None:
                     records += [e.refund_of, again]
         if g.outbox and g.events:
@@ -312,12 +193,12 @@ class BalanceStore:
 
     async def stale_outboxes(self, older_than_ms: int, limit: int = 50) -> list[str]:
         """Tokens of round outboxes created before `older_than_ms`."""
-        return list(await self.redis.zrangebyscore(f"{self.ns}:outboxes", "-inf", older_than_ms, start=0, num=limit))
+        return list(await self.redis.zrangebyscore(self.round_outboxes_key, "-inf", older_than_ms, start=0, num=limit))
 
     async def outbox_rows(self, token: str) -> list[str]:
         """The ledger rows (JSON arrays) of the events a round outbox holds that the round
         applied: their records name the outbox."""
-        (blob,) = await self.run([pack(b"GET", f"{self.ns}:outbox:{{{token}}}".encode())], "outbox read")
+        (blob,) = await self.run([pack(b"GET", self.round_outbox_key(token).encode())], "outbox read")
         if blob is None:
             return []
         parts = core_ext.envelope_unpack(blob)
@@ -335,8 +216,8 @@ class BalanceStore:
 
     async def forget_outbox(self, token: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(f"{self.ns}:outbox:{{{token}}}")
-        pipe.zrem(f"{self.ns}:outboxes", token)
+        pipe.delete(self.round_outbox_key(token))
+        pipe.zrem(self.round_outboxes_key, token)
         await pipe.execute()
 
     # ---- reads -------------------------------------------------------------------------
@@ -430,7 +311,7 @@ class BalanceStore:
         prefix = f"{self.ns}:m:{{"
         cursor = 0
         while True:
-            cursor, keys = await self.redis.scan(cursor=cursor, match=f"{self.ns}:m:*", count=1000)
+            cursor, keys = await self.redis.scan(cursor=cursor, match=self.member_pattern, count=1000)
             if keys:
                 pipe = self.redis.pipeline(transaction=False)
                 for key in keys:
@@ -490,13 +371,13 @@ class BalanceStore:
 
     async def claim_nonce(self, scope: str, nonce: str, window_s: int) -> bool:
         """True the first time a signed request's nonce is seen within the window (SET NX)."""
-        return bool(await self.redis.set(f"{self.ns}:nonce:{scope}:{nonce}", 1, nx=True, ex=window_s))
+        return bool(await self.redis.set(self.nonce_key(f"{scope}:{nonce}"), 1, nx=True, ex=window_s))
 
     async def claim_nonces(self, claims: Sequence[tuple[str, str]], window_s: int) -> list[bool]:
         """Several (scope, nonce) claims in one round trip (the ingress's hot path: packed
         here and parsed by hiredis, not re-encoded argument by argument)."""
         window = str(window_s).encode()
-        replies = await self.run([pack(b"SET", f"{self.ns}:nonce:{scope}:{nonce}".encode(), b"1", b"NX", b"EX", window)
+        replies = await self.run([pack(b"SET", self.nonce_key(f"{scope}:{nonce}").encode(), b"1", b"NX", b"EX", window)
                                   for scope, nonce in claims], "nonce claims")
         return [r is not None for r in replies]
 
@@ -511,8 +392,8 @@ class BalanceStore:
         commands: list[bytes] = []
         for event_id, claimant, nonce in claims:
             if nonce is not None:
-                commands.append(pack(b"SET", f"{self.ns}:nonce:{nonce}".encode(), b"1", b"NX", b"EX", window))
-            commands.append(pack(b"SET", f"{self.ns}:eid:{event_id}".encode(), claimant.encode(), b"NX", b"GET",
+                commands.append(pack(b"SET", self.nonce_key(nonce).encode(), b"1", b"NX", b"EX", window))
+            commands.append(pack(b"SET", self.event_claim_key(event_id).encode(), claimant.encode(), b"NX", b"GET",
                                  b"EX", keep))
         replies = iter(await self.run(commands, "event claims"))
         out: list[tuple[bool, str | None]] = []
@@ -525,7 +406,7 @@ class BalanceStore:
     async def rate_hit(self, client_key: str, limit_per_s: int, second: int | None = None) -> bool:
         """Counts one request of a client in the current (Unix) second; False past the limit."""
         second = int(time.time()) if second is None else second
-        key = f"{self.ns}:rl:{client_key}:{second}"
+        key = self.rate_key(client_key, second)
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 2)
@@ -637,30 +518,3 @@ class BalanceStore:
         await self.redis.zrem(self.held_key, f"{member_id}\t{payment_id}")
 
 
-def guest_payment(event_id: str, fact: str) -> dict[str, Any]:
-    """The payment body of a kept guest fact (`[type, occurred_at_ms, amount_fen, bu_id,
-    merchant_id, category, channel, refund_of?]`, the core's guest_compact)."""
-    kind, at_ms, amount, bu, merchant, category, channel, *rest = orjson.loads(fact)
-    at = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
-    body = {"event_id": event_id, "type": kind, "occurred_at": at, "amount_fen": amount, "bu_id": bu,
-            "merchant_id": merchant, "category": category, "channel": channel}
-    if rest:
-        body["refund_of"] = rest[0]
-    return body
-
-
-#: What the member API's history leaves out of a row (the core's HISTORY_DROPS, batch.rs).
-HISTORY_DROPS = ("settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format", "tier",
-                 "category")
-
-
-def first_row(rows_json: str) -> str | None:
-    """The member API's entry for an operation: its rows without HISTORY_DROPS (and an
-    empty refund_of), as a JSON array; the accrual builds the same in the core."""
-    try:
-        rows = orjson.loads(rows_json)
-    except orjson.JSONDecodeError:
-        return None
-    kept = [{k: v for k, v in r.items() if k not in HISTORY_DROPS and not (k == "refund_of" and v == "")}
-            for r in rows if isinstance(r, dict)]
-    return orjson.dumps(kept).decode() if kept else None

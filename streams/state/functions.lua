@@ -3,7 +3,7 @@
 -- REPLACE; they survive restarts and replicate. Each call names the keys of ONE hash
 -- slot: a member's keys (tagged {member id}), or one budget, guest or leaderboard key
 -- (tests/unit/test_redis_slots.py checks it). The Rust core builds the calls of the
--- accrual hot path (core_ext/src/batch.rs); streams/sinks/balances.py the others. Reads
+-- accrual hot path (core_ext/src/batch.rs); streams/state/store.py the others. Reads
 -- are plain commands: arguments and results cross into Lua at about 2 µs per KB, so
 -- what goes through a script is kept small (docs/hot-path.md).
 --

@@ -1,0 +1,11 @@
+"""The Redis state layer: keys (keys.py, every key built once), record shapes
+(records.py), the store (store.py: BalanceStore and the Redis Functions of functions.lua)
+and the raw RESP channel of the hot path (resp.py). Redis is a cache of durable facts
+(docs/reliability.md)."""
+
+from streams.state.keys import KeySpace
+from streams.state.records import EventMove, MemberMoves, decode_record, encode_json_record, first_row
+from streams.state.store import BOARD_SHARDS, BOARD_TTL_S, BalanceStore
+
+__all__ = ["BOARD_SHARDS", "BOARD_TTL_S", "BalanceStore", "EventMove", "KeySpace", "MemberMoves", "decode_record",
+           "encode_json_record", "first_row"]

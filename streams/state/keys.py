@@ -1,0 +1,97 @@
+"""Every Redis key the engine names, built in one place (docs/hot-path.md lists them).
+
+A member's keys are hash-tagged by member (`ly:m:{m-1}`, `ly:ev:{m-1}`, `ly:ob:{m-1}`,
+`ly:h:{m-1}`, refunds held `ly:parked:{m-1}:<payment>`): the member's atomic step names
+only them, so it runs on a Redis Cluster. Budgets (`ly:budget:{id}`), guests
+(`ly:guest:{kind:id}`), leaderboard shards (`ly:lb:{board#n}`) and round outboxes
+(`ly:outbox:{token}`) are a slot each; the rest are plain keys read or written one at a
+time. tests/unit/test_redis_slots.py checks the slots of every call.
+"""
+
+from __future__ import annotations
+
+
+class KeySpace:
+    """The keys of one namespace (`LOYALTY_REDIS_NAMESPACE`)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.ns = namespace
+
+    def member_key(self, member_id: str) -> str:
+        return f"{self.ns}:m:{{{member_id}}}"
+
+    def records_key(self, member_id: str) -> str:
+        return f"{self.ns}:ev:{{{member_id}}}"
+
+    def outbox_key(self, member_id: str) -> str:
+        return f"{self.ns}:ob:{{{member_id}}}"
+
+    def history_key(self, member_id: str) -> str:
+        return f"{self.ns}:h:{{{member_id}}}"
+
+    def budget_key(self, budget_id: str) -> str:
+        return f"{self.ns}:budget:{{{budget_id}}}"
+
+    def board_keys(self, board: str, shard: int) -> tuple[str, str]:
+        """A leaderboard shard (`w:2026-W48:all#3`): its sorted set and versions hash."""
+        return f"{self.ns}:lb:{{{board}#{shard}}}", f"{self.ns}:lbv:{{{board}#{shard}}}"
+
+    def outbox_index_key(self, shard: int) -> str:
+        return f"{self.ns}:obx:{shard}"
+
+    @property
+    def tier_reviews_key(self) -> str:
+        return f"{self.ns}:tier_reviews"
+
+    @property
+    def wallet_checks_key(self) -> str:
+        return f"{self.ns}:wallet_checks"
+
+    def identity_key(self, kind: str, external_id: str) -> str:
+        return f"{self.ns}:id:{kind}:{external_id}"
+
+    def guest_key(self, kind: str, external_id: str) -> str:
+        return f"{self.ns}:guest:{{{kind}:{external_id}}}"
+
+    def pushed_key(self, push_id: str) -> str:
+        return f"{self.ns}:pushed:{push_id}"
+
+    def referral_phone_key(self, phone: str) -> str:
+        return f"{self.ns}:ref-phone:{phone}"
+
+    def gateway_route_key(self, payment_event_id: str) -> str:
+        return f"{self.ns}:gwpay:{payment_event_id}"
+
+    def parking_key(self, car_park: str, plate: str) -> str:
+        return f"{self.ns}:park:{car_park}:{plate}"
+
+    def parking_closed_key(self, exit_event_id: str) -> str:
+        return f"{self.ns}:park-closed:{exit_event_id}"
+
+    def plate_key(self, plate: str) -> str:
+        return f"{self.ns}:plate:{plate}"
+
+    def parked_key(self, member_id: str, payment_id: str) -> str:
+        return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
+
+    @property
+    def round_outboxes_key(self) -> str:
+        """The index of round outboxes by creation time (the sweeper's)."""
+        return f"{self.ns}:outboxes"
+
+    def round_outbox_key(self, token: str) -> str:
+        return f"{self.ns}:outbox:{{{token}}}"
+
+    @property
+    def member_pattern(self) -> str:
+        """SCAN pattern of every member's state hash."""
+        return f"{self.ns}:m:*"
+
+    def nonce_key(self, scoped_nonce: str) -> str:
+        return f"{self.ns}:nonce:{scoped_nonce}"
+
+    def event_claim_key(self, event_id: str) -> str:
+        return f"{self.ns}:eid:{event_id}"
+
+    def rate_key(self, client_key: str, second: int) -> str:
+        return f"{self.ns}:rl:{client_key}:{second}"

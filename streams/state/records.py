@@ -1,0 +1,114 @@
+"""The records the engine keeps per member and their shapes: a movement of an HTTP
+operation (EventMove), a member's write (MemberMoves), event records as the HTTP paths
+read them (the accrual layouts are read by the core, record.rs; HTTP operations' records
+are JSON, here), guest facts and the member API's history entries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+import core_ext
+
+
+@dataclass
+class EventMove:
+    """One applied operation of the HTTP API (redemption, reversal, coupon, engagement, parking exit)."""
+
+    event_id: str
+    kind: str
+    points: int
+    rows: str
+    amount_fen: int
+    refund_of: str | None
+    clawback_points: int
+    result: str = ""
+    #: What the record keeps as points (default: the movement itself), points used.
+    record_points: int | None = None
+    used: int = 0
+    returned: int = 0
+    #: Stored value moved (fen), kept apart from points.
+    sv_fen: int = 0
+
+
+@dataclass
+class MemberMoves:
+    member_id: str
+    expected_seq: int
+    state_json: str
+    review_at_ms: int | None
+    next_check_ms: int | None = None
+    events: list[EventMove] = field(default_factory=list)
+    #: Budgets consumed (campaigns, stocks): reserved before the write, settled after.
+    campaigns: dict[str, int] = field(default_factory=dict)
+    #: Keep the rows in the member's outbox until the caller has them in Kafka.
+    outbox: bool = False
+
+
+def decode_record(value: str | None) -> dict[str, str]:
+    """An event record as the HTTP paths read it (strings, like a Redis hash): {} if none.
+    The core reads accrual records (payments, refunds, member events: record.rs spells
+    their layout); an HTTP operation's record is JSON, read here."""
+    fields = core_ext.record_fields(value)
+    if fields.get("kind") != "json":
+        return fields
+    data = orjson.loads(fields["json"])
+    return {"applied_at_ms": fields["applied_at_ms"], **{
+        k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list)) else str(v)
+        for k, v in data.items()}}
+
+
+def encode_json_record(move: EventMove) -> str:
+    """The record of an HTTP operation: what a retry answers and a reversal needs."""
+    data: dict[str, Any] = {
+        "kind": move.kind, "amount": move.amount_fen,
+        "points": move.points if move.record_points is None else move.record_points,
+        "result": move.result, "used": move.used, "refunded_amount": 0, "refunded_points": 0, "returned_used": 0,
+    }
+    if move.kind == "redeem":
+        data["rows"] = move.rows  # a reversal gives back the very lots these rows took
+    return "J|~|" + orjson.dumps(data).decode()
+
+
+def refunded_record(original: str, move: EventMove) -> str | None:
+    """An HTTP record refunded by `move` (a stored-value refund), counted again."""
+    if not original.startswith("J|"):
+        return None
+    _, applied, rest = original.split("|", 2)
+    data = orjson.loads(rest)
+    data["refunded_amount"] = int(data.get("refunded_amount", 0)) + move.amount_fen
+    data["refunded_points"] = int(data.get("refunded_points", 0)) + move.clawback_points
+    data["returned_used"] = int(data.get("returned_used", 0)) + move.returned
+    return f"J|{applied}|" + orjson.dumps(data).decode()
+
+
+def guest_payment(event_id: str, fact: str) -> dict[str, Any]:
+    """The payment body of a kept guest fact (`[type, occurred_at_ms, amount_fen, bu_id,
+    merchant_id, category, channel, refund_of?]`, the core's guest_compact)."""
+    kind, at_ms, amount, bu, merchant, category, channel, *rest = orjson.loads(fact)
+    at = dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    body = {"event_id": event_id, "type": kind, "occurred_at": at, "amount_fen": amount, "bu_id": bu,
+            "merchant_id": merchant, "category": category, "channel": channel}
+    if rest:
+        body["refund_of"] = rest[0]
+    return body
+
+
+#: What the member API's history leaves out of a row (the core's HISTORY_DROPS, batch.rs).
+HISTORY_DROPS = ("settlement", "boards", "batch_index", "member_id", "processed_at_ms", "channel", "format", "tier",
+                 "category")
+
+
+def first_row(rows_json: str) -> str | None:
+    """The member API's entry for an operation: its rows without HISTORY_DROPS (and an
+    empty refund_of), as a JSON array; the accrual builds the same in the core."""
+    try:
+        rows = orjson.loads(rows_json)
+    except orjson.JSONDecodeError:
+        return None
+    kept = [{k: v for k, v in r.items() if k not in HISTORY_DROPS and not (k == "refund_of" and v == "")}
+            for r in rows if isinstance(r, dict)]
+    return orjson.dumps(kept).decode() if kept else None

@@ -1,4 +1,6 @@
 """Accrual: payments, refunds and member events become points, a batch of records at a time.
+(Over 400 lines: the batch loop, its retries and isolation of a failing record, and the
+follow-ups of an applied batch — held refunds, registrations, referrals — are one agent.)
 
 A batch is the records Faust hands over (envelopes of many events, or single events);
 the Rust core decodes them all at once and plans the Redis work (core_ext.AccrualBatch,

@@ -1,4 +1,8 @@
-"""`loyalty`: the one command-line entry point. Run `loyalty --help`."""
+"""`loyalty`: the one command-line entry point. Run `loyalty --help`.
+
+One module over 400 lines on purpose: each subcommand is a short function that asks the
+worker through `admin_call` and prints its answer, and the parser that names them all is
+read in one place; splitting them would spread one table of commands over several files."""
 
 from __future__ import annotations
 

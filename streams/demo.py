@@ -3,6 +3,9 @@
 Seeded, so the same seed sends the same day: payments across the group's formats,
 members of every tier, gateway retries (duplicates), refunds (full and partial),
 bodies a gateway should never send, forged signatures and unknown business units.
+
+Over 400 lines on purpose: the day's generator and the report's checks are one story
+(every line of the report is checked against what the generator sent), read top to bottom.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The engine's state in Redis: the member's atomic step (Redis Functions in
+"""The engine's state in Redis (over 400 lines: one client over the key space of keys.py;
+its concerns are grouped by section below): the member's atomic step (Redis Functions in
 streams/state/functions.lua), event records, outboxes, budgets, guests, boards, identities,
 schedules, nonces and rate limits. Keys come from streams/state/keys.py, records'
 shapes from streams/state/records.py.

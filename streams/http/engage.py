@@ -1,9 +1,10 @@
 """Engagement over HTTP (over 400 lines: seven endpoints that share one `engage` step):
-games, sign-in plans, leaderboards, partner exchange and stored value. Every write is computed by the core (`core_ext.engage`) from the
-member's stored state and applied in one atomic, sequence-checked Lua step (points,
-stored value, prize stock, the event record that makes it idempotent, and the ledger
-outbox), then its rows go to the ledger topic. The Idempotency-Key names the
-operation: a retry gets the stored answer, never a second effect.
+games, sign-in plans, leaderboards, partner exchange and stored value. Every write is
+computed by the core (`core_ext.engage`) from the member's stored state and applied in
+one atomic, sequence-checked Lua step (points, stored value, prize stock, the event
+record that makes it idempotent, and the ledger outbox), then its rows go to the ledger
+topic. The Idempotency-Key names the operation: a retry gets the stored answer, never a
+second effect.
 
 POST /v1/games/{game}/plays                    play (signed, POS/app key)
 POST /v1/sign-in-plans/{plan}/sign-ins          sign in, make up a day, or stake a contract

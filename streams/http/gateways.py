@@ -37,6 +37,16 @@ async def _dead_letter(source: str, exc: GatewayError, body: bytes) -> None:
         log.exception("could not dead-letter a %s notification (%s): %r", source, exc, body[:2000])
 
 
+async def _refused(source: str, exc: GatewayError, body: bytes) -> None:
+    """A notification refused: logged, its merchant counted if unrouted, and dead-lettered
+    unless Kafka was what failed (the gateway sends it again then)."""
+    log.warning("%s notification refused (%d): %s", source, exc.status, exc)
+    if exc.unrouted is not None:
+        count_unrouted(source, exc.unrouted)
+    if exc.field != "kafka":
+        await _dead_letter(source, exc, body)
+
+
 async def _accept(source: str, mapped: Mapped) -> None:
     """Validates the mapped event in the core and sends it to Kafka (acks=all).
 
@@ -119,11 +129,7 @@ class WeChatPayNotification(View):
                 return self.bytes(b"", status=204)
             await _accept("wechatpay", mapped)
         except GatewayError as exc:
-            log.warning("wechatpay notification refused (%d): %s", exc.status, exc)
-            if exc.unrouted is not None:
-                count_unrouted("wechatpay", exc.unrouted)
-            if exc.field != "kafka":
-                await _dead_letter("wechatpay", exc, body)
+            await _refused("wechatpay", exc, body)
             return _wechat_fail(self, exc.status, str(exc))
         return self.bytes(b"", status=204)
 
@@ -147,10 +153,6 @@ class AlipayNotification(View):
                 return self.text("success")
             await _accept("alipay", mapped)
         except GatewayError as exc:
-            log.warning("alipay notification refused (%d): %s", exc.status, exc)
-            if exc.unrouted is not None:
-                count_unrouted("alipay", exc.unrouted)
-            if exc.field != "kafka":
-                await _dead_letter("alipay", exc, body)
+            await _refused("alipay", exc, body)
             return self.text("fail", status=exc.status)
         return self.text("success")

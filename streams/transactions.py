@@ -72,7 +72,7 @@ async def transact(member_id: str, decide: Callable[[int, str | None], Awaitable
         (outcome,) = await store.apply([group], decided.budgets)
         if outcome != "ok":
             continue  # the state moved on (or a stock ran out meanwhile): decide again
-        if move is not None and move.rows:
+        if move is not None:
             fut = await ledger_topic.send(value=('{"ledger":' + move.rows + ',"guests":[]}').encode(), force=True)
             await fut
             await store.outbox_done(member_id, [move.event_id])

@@ -63,6 +63,17 @@ async def rejected(status: int, reason: str, body: bytes, field: str | None = No
     return Refused(status, reason, field)
 
 
+async def refused_by_core(exc: core_ext.InvalidEventError | core_ext.RejectedEventError, body: bytes,
+                          counter: str) -> Refused:
+    """The core refused an operation: bad input is dead-lettered and answered 400; a
+    well-formed request the rules or the member's state refuse is counted under `counter`
+    and answered 409."""
+    if isinstance(exc, core_ext.RejectedEventError):
+        counters[counter] += 1
+        return Refused(409, exc.reason, exc.field)
+    return await rejected(400, str(exc), body, exc.field)
+
+
 @aiohttp_web.middleware
 async def transient_failures(request: aiohttp_web.Request, handler: Any) -> aiohttp_web.StreamResponse:
     """A refused request gets its JSON error (Refused); Redis or Kafka out of reach while a

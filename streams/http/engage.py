@@ -41,6 +41,7 @@ from streams.http.common import (
     member_operation,
     read_signed,
     reader,
+    refused_by_core,
     reject,
     signed_member_request,
 )
@@ -85,11 +86,8 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
             (new_state, rows, result, points, sv_fen, amount, refund_of, consumed,
              publish) = core_ext.engage(rt.rules, op, state, op_id, body, orjson.dumps(ctx).decode(),
                                         int(time.time() * 1000))
-        except core_ext.InvalidEventError as exc:
-            return await reject(view, 400, str(exc), body, field=exc.field)
-        except core_ext.RejectedEventError as exc:
-            counters["engagement_refused_total"] += 1
-            return error_response(view, 409, exc.reason, exc.field)
+        except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
+            raise await refused_by_core(exc, body, "engagement_refused_total") from None
 
         async def done() -> Response:
             await _after(member_id, rows, publish)

@@ -32,6 +32,7 @@ from streams.http.common import (
     member_or_reject,
     read_signed,
     reader,
+    refused_by_core,
     reject,
     signed_member_request,
 )
@@ -204,11 +205,8 @@ class CouponRedemption(View):
             try:
                 changed, new_state, rows, result = core_ext.redeem_coupon(rt.rules, state, body,
                                                                           int(time.time() * 1000))
-            except core_ext.InvalidEventError as exc:
-                return await reject(self, 400, str(exc), body, field=exc.field)
-            except core_ext.RejectedEventError as exc:
-                counters["coupons_refused_total"] += 1
-                return error_response(self, 409, exc.reason, exc.field)
+            except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
+                raise await refused_by_core(exc, body, "coupons_refused_total") from None
             if not changed:
                 return self.bytes(result.encode(), content_type="application/json", status=200)
             answer = orjson.loads(result)

@@ -285,18 +285,17 @@ class BalanceStore(KeySpace):
 
     async def sv_balances(self) -> dict[str, tuple[int, str | None]]:
         """Every member's stored value in Redis and state JSON: for its reconciliation."""
-        out: dict[str, tuple[int, str | None]] = {}
-        async for keys, values in self._members(["sv_balance", "state"]):
-            for key, (sv, state) in zip(keys, values, strict=True):
-                out[key] = (int(sv or 0), state)
-        return out
+        return await self._counter_and_state("sv_balance")
 
     async def states(self) -> dict[str, tuple[int, str | None]]:
         """Every member's (balance, state JSON): for reconciliation."""
+        return await self._counter_and_state("balance")
+
+    async def _counter_and_state(self, counter: str) -> dict[str, tuple[int, str | None]]:
         out: dict[str, tuple[int, str | None]] = {}
-        async for keys, values in self._members(["balance", "state"]):
-            for key, (balance, state) in zip(keys, values, strict=True):
-                out[key] = (int(balance or 0), state)
+        async for keys, values in self._members([counter, "state"]):
+            for key, (value, state) in zip(keys, values, strict=True):
+                out[key] = (int(value or 0), state)
         return out
 
     async def balances(self) -> dict[str, int]:

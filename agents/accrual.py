@@ -185,7 +185,7 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
 
     for held in batch.held():
         wait_s = runtime.settings.held_wait_s
-        await store.park(held.member_id, held.payment_id, held.body, int(time.time() * 1000) + wait_s * 1000)
+        await store.hold_refund(held.member_id, held.payment_id, held.body, int(time.time() * 1000) + wait_s * 1000)
         log.info("refund of unknown payment %s of %s held until the payment arrives (at most %s)",
                  held.payment_id, held.member_id, _duration(wait_s))
     await release_parked(batch.paid_with_held())
@@ -304,7 +304,7 @@ async def expire_held_now(now_ms: int) -> int:
                       f"{_duration(wait_s)} of the refund (held refunds wait LOYALTY_HELD_WAIT_S)")
             await send_dead_letter(source="accrual", reason=reason, field="refund_of", body=body.encode(),
                                    event_id=event_id)
-        await store.unpark(member_id, payment_id, len(bodies))
+        await store.release_held(member_id, payment_id, len(bodies))
         counters["refunds_expired_total"] += len(bodies)
         expired += len(bodies)
     total, _ = await store.held_list(limit=1)
@@ -341,10 +341,10 @@ async def release_parked(paid: Sequence[tuple[str, str]]) -> None:
     if not paid:
         return
     rt = await runtime.started()
-    for member_id, payment_id, held in await rt.balances.parked(paid):
+    for member_id, payment_id, held in await rt.balances.held_refunds(paid):
         await _await_all([await payments_topic.send(key=member_id.encode(), value=body.encode(), force=True)
                           for body in held])
-        await rt.balances.unpark(member_id, payment_id, len(held))
+        await rt.balances.release_held(member_id, payment_id, len(held))
         counters["refunds_released_total"] += len(held)
         log.info("%d held refunds of payment %s of %s released", len(held), payment_id, member_id)
 

@@ -10,6 +10,8 @@ time. tests/unit/test_redis_slots.py checks the slots of every call.
 
 from __future__ import annotations
 
+#: Indexes of members whose outbox an HTTP write used (flushed by a timer after a crash).
+OUTBOX_INDEX_SHARDS = 16
 
 class KeySpace:
     """The keys of one namespace (`LOYALTY_REDIS_NAMESPACE`)."""
@@ -71,7 +73,9 @@ class KeySpace:
     def plate_key(self, plate: str) -> str:
         return f"{self.ns}:plate:{plate}"
 
-    def parked_key(self, member_id: str, payment_id: str) -> str:
+    def held_refunds_key(self, member_id: str, payment_id: str) -> str:
+        """Refunds held until their payment is applied (the key's text, `parked`, predates the
+        name and is kept so refunds held across an upgrade are still found)."""
         return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
 
     @property

@@ -98,7 +98,7 @@ def test_the_python_side_names_one_slot_per_call() -> None:
     store = BalanceStore("redis://127.0.0.1:1/0", "ly")
     for m in ("m-1", "member:with:colons", "x" * 64):
         assert_one_slot([store.member_key(m), store.records_key(m), store.outbox_key(m), store.history_key(m),
-                         store.parked_key(m, "pay-1")])
+                         store.held_refunds_key(m, "pay-1")])
     updates = [(board, f"m-{i}", i, i) for i in range(200) for board in ("w:2026-W48:all", "m:2026-11:bu:mall")]
     plan = store.board_plan(updates)
     assert len(plan) == 2 * BOARD_SHARDS

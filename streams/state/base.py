@@ -1,0 +1,76 @@
+"""The connection every store of streams/state shares: one redis-py pool for the
+commands of the HTTP paths and timers, one raw RESP channel (resp.py) for the plans the
+core builds, the Redis Functions of functions.lua, and the start-up checks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from streams.state.keys import KeySpace
+from streams.state.resp import RawChannel, raise_for_errors
+
+log = logging.getLogger(__name__)
+
+FUNCTIONS_PATH = Path(__file__).with_name("functions.lua")
+DAY_MS = 86_400_000
+#: Redis settings the records rely on: small hashes stay in the compact listpack encoding.
+LISTPACK_SETTINGS = {"hash-max-listpack-value": 512, "hash-max-listpack-entries": 512}
+
+
+class StoreBase(KeySpace):
+    """A connection to Redis over the engine's key space; each concern's store adds its steps."""
+
+    def __init__(self, url: str, namespace: str, horizon_days: int = 400, history_len: int = 10,
+                 members_per_call: int = 1) -> None:
+        super().__init__(namespace)
+        self.url = url
+        self.horizon_days = horizon_days
+        self.history_len = history_len
+        #: Members the accrual writes per ly_apply call; 1 once `setup` finds a cluster.
+        self.members_per_call = members_per_call
+        # A blocking pool: under a burst, requests wait for a free connection (up to 10 s)
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.channel = RawChannel(url)
+
+    async def setup(self) -> None:
+        """Connects, loads the functions and checks the encoding settings, so a bad URL
+        fails at start rather than on the first batch."""
+        await self.redis.ping()
+        await self.load_functions()
+        if self.members_per_call > 1 and int((await self.redis.info("cluster")).get("cluster_enabled", 0)):
+            log.info("Redis is a cluster node: one member per ly_apply call (each call names one hash slot)")
+            self.members_per_call = 1
+        config = await self.redis.config_get("hash-max-listpack-*")
+        low = {k: v for k, v in LISTPACK_SETTINGS.items() if int(config.get(k, v)) < v}
+        if low:
+            log.warning("Redis %s below %s: event records take several times the memory (docs/scaling.md)",
+                        config, LISTPACK_SETTINGS)
+
+    async def load_functions(self) -> None:
+        await self.redis.function_load(FUNCTIONS_PATH.read_text(), replace=True)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.redis.aclose()
+
+    async def run(self, commands: Sequence[bytes], what: str) -> list[Any]:
+        """Sends a plan's commands; reloads the functions if Redis lost them (a flush, a new
+        server) and raises a transient error so the batch is retried."""
+        replies = await self.channel.run(commands)
+        try:
+            raise_for_errors(replies, what)
+        except redis.exceptions.ResponseError as exc:
+            if "Function not found" in str(exc) or "NOSCRIPT" in str(exc):
+                log.warning("%s; loading the functions again", exc)
+                await self.load_functions()
+                raise redis.exceptions.ConnectionError(f"{what}: functions were missing, loaded again") from exc
+            raise
+        return replies

@@ -1,6 +1,9 @@
 """The Faust app, its topics, and the runtime (rules, Redis, ClickHouse) its agents share.
 
-Importing this module builds the app from the environment (streams.settings);
+`create_app(settings)` builds them (the app, its topics, the runtime, the timers and the
+start-up task) from one Settings object without reading the environment; importing this
+module builds the worker's own from the environment (`loyalty`, with the names `app`,
+`runtime`, `settings` and the topics that the agents and views decorate and use), and
 `loyalty worker` imports the agents and the web views and runs it.
 """
 
@@ -12,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faust
@@ -39,73 +43,65 @@ log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
              asyncio.TimeoutError, TransientError)
 
-settings = Settings.from_env()
-settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
+def build_faust_app(settings: Settings) -> faust.App:
+    settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.group_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        # Faust's own table directory, out of the working tree (default: ./<app id>-data).
+        datadir=str(settings.faust_dir),
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        # Ledger messages are JSON rows (~1 KB an event): zstd shrinks what the producer
+        # checksums and the broker stores several times over, for little CPU.
+        producer_compression_type=settings.kafka_compression or None,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # A worker that died (SIGKILL, OOM) leaves the group after this long, so its
+        # replacement gets the partitions within seconds, not a minute.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
 
-app = faust.App(
-    settings.group_id,
-    broker=f"kafka://{settings.kafka_bootstrap}",
-    store="memory://",
-    # Faust's own table directory, out of the working tree (default: ./<app id>-data).
-    datadir=str(settings.faust_dir),
-    autodiscover=False,
-    key_serializer="raw",
-    value_serializer="raw",
-    producer_acks=-1,
-    # Ledger messages are JSON rows (~1 KB an event): zstd shrinks what the producer
-    # checksums and the broker stores several times over, for little CPU.
-    producer_compression_type=settings.kafka_compression or None,
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    topic_allow_declare=True,
-    consumer_auto_offset_reset="earliest",
-    broker_commit_interval=1.0,
-    # A worker that died (SIGKILL, OOM) leaves the group after this long, so its
-    # replacement gets the partitions within seconds, not a minute.
-    broker_session_timeout=settings.session_timeout_s,
-    broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
-    web_enabled=True,
-    web_host=settings.web_host,
-    web_bind=settings.web_host,
-    web_port=settings.web_port,
-    web_in_thread=False,
-)
 
-# internal=True: Faust creates the topics (with these partitions) before the
-# consumers subscribe, so nothing waits for a metadata refresh.
-payments_topic = app.topic(
-    settings.payments_topic,
-    internal=True,
-    partitions=settings.partitions,
-    key_serializer="raw",
-    value_serializer="raw",
-)
-ledger_topic = app.topic(
-    settings.ledger_topic,
-    internal=True,
-    partitions=settings.partitions,
-    key_serializer="raw",
-    value_serializer="raw",
-)
-member_events_topic = app.topic(
-    settings.member_events_topic, internal=True, partitions=settings.partitions,
-    key_serializer="raw", value_serializer="raw",
-)
-parking_topic = app.topic(
-    settings.parking_topic, internal=True, partitions=settings.partitions,
-    key_serializer="raw", value_serializer="raw",
-)
-notifications_topic = app.topic(
-    settings.notifications_topic, internal=True, partitions=settings.partitions,
-    key_serializer="raw", value_serializer="raw",
-)
-dead_letter_topic = app.topic(
-    settings.dead_letter_topic,
-    internal=True,
-    partitions=1,
-    key_serializer="raw",
-    value_serializer="raw",
-)
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one app. internal=True: Faust creates them (with these partitions)
+    before the consumers subscribe, so nothing waits for a metadata refresh."""
+
+    payments: faust.TopicT
+    ledger: faust.TopicT
+    member_events: faust.TopicT
+    parking: faust.TopicT
+    notifications: faust.TopicT
+    dead_letter: faust.TopicT
+
+    @classmethod
+    def declare(cls, app: faust.App, settings: Settings) -> Topics:
+        def topic(name: str, partitions: int) -> faust.TopicT:
+            return app.topic(name, internal=True, partitions=partitions, key_serializer="raw",
+                             value_serializer="raw")
+
+        n = settings.partitions
+        return cls(payments=topic(settings.payments_topic, n), ledger=topic(settings.ledger_topic, n),
+                   member_events=topic(settings.member_events_topic, n), parking=topic(settings.parking_topic, n),
+                   notifications=topic(settings.notifications_topic, n),
+                   dead_letter=topic(settings.dead_letter_topic, 1))
+
+    def all(self) -> tuple[faust.TopicT, ...]:
+        return (self.dead_letter, self.notifications, self.payments, self.member_events, self.parking, self.ledger)
+
 
 
 def load_rules(path: Path) -> core_ext.RuleSet:
@@ -165,62 +161,6 @@ class Runtime:
         return rules
 
 
-runtime = Runtime(settings)
-
-
-async def send_dead_letter(
-    *,
-    source: str,
-    reason: str,
-    body: bytes,
-    field: str | None = None,
-    event_id: str | None = None,
-) -> None:
-    """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
-    from streams.metrics import counters
-
-    if event_id is None:
-        event_id = readable_event_id(body)
-    # No phone number leaves the ingress in clear, rejected bodies included.
-    pii_key = settings.pii_key.get_secret_value()
-    body = pseudonymise_body(body, pii_key) if pii_key else body
-    body, reason = mask_phone_bytes(body), mask_phones(reason)
-    record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
-    fut = await dead_letter_topic.send(
-        key=event_id.encode() if event_id else None,
-        value=record,
-        force=True,
-    )
-    await fut
-    counters["events_dead_lettered_total"] += 1
-    log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
-
-
-async def _send_scheduled(key: str, kind: str) -> int:
-    """Due entries of a schedule become member events (applied in order with the
-    member's other events, Kafka key = member id); returns how many were sent."""
-    import orjson
-
-    rt = await runtime.started()
-    now_ms = int(time.time() * 1000)
-    sent = 0
-    for member_id, due_ms in await rt.balances.due(key, now_ms):
-        event = {
-            "event_id": f"{kind}-{member_id}-{due_ms}", "type": kind, "member_id": member_id,
-            "occurred_at": dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
-        }
-        fut = await member_events_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
-        await fut
-        await rt.balances.unschedule(key, member_id, due_ms)
-        sent += 1
-    if sent:
-        from streams.metrics import counters
-
-        counters["scheduled_events_sent_total"] += sent
-        log.info("%d %s events sent", sent, kind)
-    return sent
-
-
 def outage_tolerant(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """For timers: an exception in a Faust timer crashes the whole worker, so a round that
     meets a Redis or Kafka outage is skipped (logged) and the next round tries again."""
@@ -234,47 +174,140 @@ def outage_tolerant(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable
     return guarded
 
 
-@app.timer(interval=settings.tier_review_interval_s)
-@outage_tolerant
-async def schedule_tier_reviews() -> None:
-    """Due tier reviews become tier_review member events."""
-    await _send_scheduled(runtime.balances.tier_reviews_key, "tier_review")
+@dataclass(frozen=True)
+class LoyaltyApp:
+    """One app: the Faust app, its topics and its runtime, built from one Settings object."""
 
+    settings: Settings
+    app: faust.App
+    topics: Topics
+    runtime: Runtime
 
-@app.timer(interval=settings.wallet_check_interval_s)
-@outage_tolerant
-async def schedule_wallet_checks() -> None:
-    """Due pending releases, lot expiries and expiry reminders become wallet_check events."""
-    await _send_scheduled(runtime.balances.wallet_checks_key, "wallet_check")
+    async def send_dead_letter(self, *, source: str, reason: str, body: bytes, field: str | None = None,
+                               event_id: str | None = None) -> None:
+        """Copies a rejected body to the dead-letter topic and waits for Kafka's ack."""
+        from streams.metrics import counters
 
+        if event_id is None:
+            event_id = readable_event_id(body)
+        # No phone number leaves the ingress in clear, rejected bodies included.
+        pii_key = self.settings.pii_key.get_secret_value()
+        body = pseudonymise_body(body, pii_key) if pii_key else body
+        body, reason = mask_phone_bytes(body), mask_phones(reason)
+        record = dead_letter_record(source=source, reason=reason, body=body, field=field, event_id=event_id)
+        fut = await self.topics.dead_letter.send(key=event_id.encode() if event_id else None, value=record,
+                                                 force=True)
+        await fut
+        counters["events_dead_lettered_total"] += 1
+        log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
 
-@app.timer(interval=10.0)
-@outage_tolerant
-async def flush_ledger_outbox() -> None:
-    """Ledger rows written by the HTTP path (redemptions, engagement, parking exits) whose
-    send to Kafka did not complete (a crash, a Kafka outage) are sent again from the
-    member's outbox; the ledger dedups them. The accrual's own outbox entries come back
-    with the redelivery of their batch."""
-    rt = await runtime.started()
-    older_than = int(time.time() * 1000) - 30_000
-    for member_id, rows in await rt.balances.orphaned_outboxes(older_than):
-        for payload in ledger_messages(list(rows.values()), []):
-            fut = await ledger_topic.send(value=payload, force=True)
+    async def send_scheduled(self, key: str, kind: str) -> int:
+        """Due entries of a schedule become member events (applied in order with the
+        member's other events, Kafka key = member id); returns how many were sent."""
+        import orjson
+
+        rt = await self.runtime.started()
+        now_ms = int(time.time() * 1000)
+        sent = 0
+        for member_id, due_ms in await rt.balances.due(key, now_ms):
+            event = {
+                "event_id": f"{kind}-{member_id}-{due_ms}", "type": kind, "member_id": member_id,
+                "occurred_at": dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).isoformat(timespec="milliseconds"),
+            }
+            fut = await self.topics.member_events.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
             await fut
-        await rt.balances.outbox_done(member_id, list(rows))
-        await rt.balances.forget_outbox_index(member_id, older_than)
-        log.info("ledger outbox of %s: %d operations sent again", member_id, len(rows))
+            await rt.balances.unschedule(key, member_id, due_ms)
+            sent += 1
+        if sent:
+            from streams.metrics import counters
+
+            counters["scheduled_events_sent_total"] += sent
+            log.info("%d %s events sent", sent, kind)
+        return sent
+
+    async def flush_ledger_outbox(self) -> int:
+        """Ledger rows written by the HTTP path (redemptions, engagement, parking exits) whose
+        send to Kafka did not complete (a crash, a Kafka outage) are sent again from the
+        member's outbox; the ledger dedups them. The accrual's own outbox entries come back
+        with the redelivery of their batch. Returns how many members' outboxes were sent."""
+        rt = await self.runtime.started()
+        older_than = int(time.time() * 1000) - 30_000
+        flushed = 0
+        for member_id, rows in await rt.balances.orphaned_outboxes(older_than):
+            for payload in ledger_messages(list(rows.values()), []):
+                fut = await self.topics.ledger.send(value=payload, force=True)
+                await fut
+            await rt.balances.outbox_done(member_id, list(rows))
+            await rt.balances.forget_outbox_index(member_id, older_than)
+            log.info("ledger outbox of %s: %d operations sent again", member_id, len(rows))
+            flushed += 1
+        return flushed
+
+    def consumer_lag(self) -> dict[str, float]:
+        """Per assigned partition: the highwater mark less the committed offset."""
+        out: dict[str, float] = {}
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)  # Faust keeps it; no public accessor
+            out[f'topic="{tp.topic}",partition="{tp.partition}"'] = max(
+                0, consumer.highwater(tp) - (committed + 1 if committed is not None else 0))
+        return out
+
+    async def prepare(self) -> None:
+        """At worker start: connect to Redis and ClickHouse, migrate, and declare every topic
+        this process sends to, so the first request finds them and no send declares one later
+        (a topic declared in the middle of a broker restart crashed the worker's conductor:
+        "All brokers are currently fenced")."""
+        await self.runtime.started()
+        for topic in self.topics.all():
+            try:  # a broker restarting meanwhile: ask again, do not crash the worker
+                async for attempt in retrying(f"declaring {topic.get_topic_name()}", (KafkaError,), initial_s=0.2,
+                                              max_s=2.0, attempts=60):
+                    with attempt:
+                        await topic.maybe_declare()
+            except KafkaError as exc:
+                log.error("could not declare %s after 60 attempts (%r); Faust declares it on first use",
+                          topic.get_topic_name(), exc)
 
 
-def consumer_lag() -> dict[str, float]:
-    """Per assigned partition: the highwater mark less the committed offset."""
-    out: dict[str, float] = {}
-    consumer = app.consumer
-    for tp in consumer.assignment():
-        committed = consumer._committed_offset.get(tp)  # Faust keeps it; no public accessor
-        out[f'topic="{tp.topic}",partition="{tp.partition}"'] = max(
-            0, consumer.highwater(tp) - (committed + 1 if committed is not None else 0))
-    return out
+def create_app(settings: Settings) -> LoyaltyApp:
+    """Builds an app from `settings` alone: the Faust app, its topics, the runtime, the
+    schedule and outbox timers and the start-up task. The agents and views are registered
+    on the worker's app (`app` below) by importing their modules."""
+    app = build_faust_app(settings)
+    built = LoyaltyApp(settings=settings, app=app, topics=Topics.declare(app, settings), runtime=Runtime(settings))
+
+    @app.timer(interval=settings.tier_review_interval_s)
+    @outage_tolerant
+    async def schedule_tier_reviews() -> None:
+        """Due tier reviews become tier_review member events."""
+        await built.send_scheduled(built.runtime.balances.tier_reviews_key, "tier_review")
+
+    @app.timer(interval=settings.wallet_check_interval_s)
+    @outage_tolerant
+    async def schedule_wallet_checks() -> None:
+        """Due pending releases, lot expiries and expiry reminders become wallet_check events."""
+        await built.send_scheduled(built.runtime.balances.wallet_checks_key, "wallet_check")
+
+    @app.timer(interval=10.0)
+    @outage_tolerant
+    async def flush_ledger_outbox() -> None:
+        await built.flush_ledger_outbox()
+
+    @app.task
+    async def prepare_runtime() -> None:
+        await built.prepare()
+
+    return built
+
+
+loyalty = create_app(Settings.from_env())
+settings, app, runtime = loyalty.settings, loyalty.app, loyalty.runtime
+payments_topic, ledger_topic = loyalty.topics.payments, loyalty.topics.ledger
+member_events_topic, parking_topic = loyalty.topics.member_events, loyalty.topics.parking
+notifications_topic, dead_letter_topic = loyalty.topics.notifications, loyalty.topics.dead_letter
+send_dead_letter = loyalty.send_dead_letter
+consumer_lag = loyalty.consumer_lag
 
 
 def _register_gauges() -> None:
@@ -286,22 +319,3 @@ def _register_gauges() -> None:
 
 
 _register_gauges()
-
-
-@app.task
-async def prepare_runtime() -> None:
-    """At worker start: connect to Redis and ClickHouse, migrate, and declare every topic
-    this process sends to, so the first request finds them and no send declares one later
-    (a topic declared in the middle of a broker restart crashed the worker's conductor:
-    "All brokers are currently fenced")."""
-    await runtime.started()
-    for topic in (dead_letter_topic, notifications_topic, payments_topic, member_events_topic, parking_topic,
-                  ledger_topic):
-        try:  # a broker restarting meanwhile: ask again, do not crash the worker
-            async for attempt in retrying(f"declaring {topic.get_topic_name()}", (KafkaError,), initial_s=0.2,
-                                          max_s=2.0, attempts=60):
-                with attempt:
-                    await topic.maybe_declare()
-        except KafkaError as exc:
-            log.error("could not declare %s after 60 attempts (%r); Faust declares it on first use",
-                      topic.get_topic_name(), exc)

@@ -24,6 +24,7 @@ from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
 from streams.records import BadInput, require
 from streams.retry import retrying
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 256
@@ -104,19 +105,28 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
              len(values) - len(todo))
 
 
+def webhook_of(s: Settings) -> Webhook:
+    return Webhook(s.push_webhook_url, s.push_secret.get_secret_value(), s.push_timeout_s, s.push_attempts,
+                   s.push_backoff_s)
+
+
+async def consume_pushes(stream: Any, webhook: Webhook, batch_size: int) -> None:
+    """Consumes pushes in batches; a batch is acked once each push is delivered or dead-lettered."""
+    async with aiohttp.ClientSession() as session:
+        async for values in stream.take(batch_size, within=0.02):
+            # Redis or Kafka away: the batch is not acked until done.
+            async for attempt in retrying("push batch (a backing service away)", TRANSIENT, initial_s=0.2,
+                                          max_s=5.0):
+                with attempt:
+                    await deliver_batch(webhook, session, values)
+
+
 if settings.push_webhook_url:
-    WEBHOOK = Webhook(settings.push_webhook_url, settings.push_secret.get_secret_value(), settings.push_timeout_s,
-                      settings.push_attempts, settings.push_backoff_s)
+    WEBHOOK = webhook_of(settings)
 
     @app.agent(notifications_topic)
     async def deliver_pushes(stream):  # type: ignore[no-untyped-def]
-        """Consumes pushes in batches; a batch is acked once each push is delivered or dead-lettered."""
-        async with aiohttp.ClientSession() as session:
-            async for values in stream.take(settings.push_batch_size, within=0.02):
-                # Redis or Kafka away: the batch is not acked until done.
-                async for attempt in retrying("push batch (a backing service away)", TRANSIENT, initial_s=0.2,
-                                              max_s=5.0):
-                    with attempt:
-                        await deliver_batch(WEBHOOK, session, values)
+        """The notifier: pushes to the members' messaging webhook."""
+        await consume_pushes(stream, WEBHOOK, settings.push_batch_size)
 else:
     log.warning("LOYALTY_PUSH_WEBHOOK_URL is not set: pushes wait on the coupon-pushes topic undelivered")

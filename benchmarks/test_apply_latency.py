@@ -28,7 +28,7 @@ import redis
 
 from benchmarks.results import record
 from benchmarks.sender import send_on_timetable
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from streams.state import BalanceStore, decode_record

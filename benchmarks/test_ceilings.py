@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 import core_ext
 from benchmarks.results import record
 from benchmarks.test_pipeline_throughput import envelopes, make_events, preload
-from streams.devtools import remove_run_data
+from devtools.workers import remove_run_data
 from streams.settings import ROOT, Settings
 from streams.state.resp import RawChannel
 

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer
 
 import core_ext
 from benchmarks.results import record
-from streams.devtools import WorkerProcess, free_port, remove_run_data
+from devtools.workers import WorkerProcess, free_port, remove_run_data
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 

@@ -40,9 +40,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 import core_ext
 from benchmarks.cpu import CpuAccount
 from benchmarks.results import LATEST, record
+from devtools.demo import generate_day
+from devtools.workers import WorkerProcess, remove_run_data
 from streams.app import load_rules
-from streams.demo import generate_day
-from streams.devtools import WorkerProcess, remove_run_data
 from streams.ingress import partition_for
 from streams.settings import ROOT, Settings
 

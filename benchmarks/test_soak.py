@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import psutil
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.settings import ROOT
 from streams.signing import signed_headers
 

@@ -31,7 +31,7 @@ import pytest
 
 from benchmarks.results import record
 from benchmarks.sender import send_on_timetable
-from streams.devtools import WorkerProcess, free_port
+from devtools.workers import WorkerProcess, free_port
 from streams.settings import ROOT
 from streams.signing import signed_headers
 from tests.fixtures import rules_toml

@@ -41,8 +41,8 @@ from pathlib import Path
 import orjson
 from locust import HttpUser, LoadTestShape, between, task
 
+from devtools.gateways import AlipaySimulator, WeChatPaySimulator, simulators
 from streams.auth import member_token, parse_pos_keys
-from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simulators
 from streams.signing import signed_headers
 
 SECRET = os.environ.get("LOYALTY_CALLBACK_SECRET", "")

@@ -10,6 +10,7 @@ import argparse
 import csv
 import datetime as dt
 import gc
+import importlib
 import os
 import shlex
 import subprocess
@@ -139,10 +140,19 @@ def cmd_gateways_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gateways_simulator_keys(args: argparse.Namespace) -> int:
-    from streams.gateways.simulate import simulators
+def devtool(name: str) -> Any:
+    """A module of devtools/: in a checkout of the project, not in the installed package."""
+    try:
+        return importlib.import_module(f"devtools.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("devtools", f"devtools.{name}"):
+            raise
+        raise SystemExit(f"loyalty: this command is a development tool (devtools/{name}.py): run it from a "
+                         "checkout of the project, e.g. scripts/demo; the installed package does not ship it") from exc
 
-    _, _, env = simulators(Path(args.dir))
+
+def cmd_gateways_simulator_keys(args: argparse.Namespace) -> int:
+    _, _, env = devtool("gateways").simulators(Path(args.dir))
     print(f"# test keys of simulated gateways in {args.dir} (never for production); a worker that trusts them:")
     for k, v in env.items():
         print(f"export {k}={shlex.quote(v)}")
@@ -434,9 +444,8 @@ def cmd_settlement_statement(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
-
-    return run_demo(events=args.events, members=args.members, seed=args.seed, concurrency=args.concurrency)
+    return devtool("demo").run_demo(events=args.events, members=args.members, seed=args.seed,  # type: ignore[no-any-return]
+                                    concurrency=args.concurrency)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from streams.devtools import WorkerProcess
-from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, simulators
+from devtools.gateways import AlipaySimulator, WeChatPaySimulator, simulators
+from devtools.workers import WorkerProcess
 from streams.records import readable_event_id
 from streams.signing import sign, signed_headers
 from tests import reference

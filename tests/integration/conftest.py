@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.settings import ROOT
 
 

@@ -1,6 +1,6 @@
-"""The agents tested in-process with Faust's test_context (parking, accrual, ledger, notifier): records in, the Redis state and
-the topic sends out. Redis is the real one (127.0.0.1, a namespace of this test's own);
-the Kafka sends are captured, since the test's app has no producer."""
+"""The agents tested in-process with Faust's test_context (parking, accrual, ledger,
+notifier): records in, the Redis state and the topic sends out. Redis is the real one
+(127.0.0.1, a namespace of this test's own); the Kafka sends are captured, since the test's app has no producer."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ async def _no_migrations() -> list[str]:
 async def test_the_notifier_delivers_each_push_once_and_dead_letters_what_the_webhook_refuses(
         services: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from agents.notifier import consume_pushes
-    from streams.devtools import WebhookReceiver
+    from devtools.workers import WebhookReceiver
     from streams.pushes import Webhook
 
     store, sent = on_store(monkeypatch, {"notifier"})

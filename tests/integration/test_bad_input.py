@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess, read_dead_letters
+from devtools.workers import WorkerProcess, read_dead_letters
 from streams.settings import Settings
 from streams.signing import signed_headers
 from tests.fuzz.fuzzer import start_fuzzed_worker, topics_of

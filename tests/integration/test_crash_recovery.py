@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.settings import ROOT, Settings
 from tests import reference
 from tests.integration.reliability import record

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WebhookReceiver, WorkerProcess, post_signed_many, send_callbacks_in_order
+from devtools.workers import WebhookReceiver, WorkerProcess, post_signed_many, send_callbacks_in_order
 from streams.signing import signed_headers
 from tests.fixtures import rules_toml
 

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters
+from devtools.workers import WebhookReceiver, WorkerProcess, read_dead_letters
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from tests import reference

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.devtools import WorkerProcess
-from streams.gateways.simulate import simulators
+from devtools.gateways import simulators
+from devtools.workers import WorkerProcess
 from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess, read_dead_letters
-from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, _new_key, simulators
+from devtools.gateways import AlipaySimulator, WeChatPaySimulator, _new_key, simulators
+from devtools.workers import WorkerProcess, read_dead_letters
 from streams.settings import ROOT, Settings
 from streams.signing import signed_headers
 from tests.integration.conftest import new_worker

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import core_ext
-from streams.devtools import WorkerProcess, remove_run_data
+from devtools.workers import WorkerProcess, remove_run_data
 from streams.ingress import partition_for
 from streams.settings import Settings
 from streams.state import BalanceStore

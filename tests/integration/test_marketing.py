@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks
+from devtools.workers import WebhookReceiver, WorkerProcess, read_dead_letters, send_callbacks
 from streams.settings import Settings
 from streams.signing import signed_headers
 from tests.fixtures import rules_toml

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.signing import signed_headers
 
 pytestmark = pytest.mark.integration

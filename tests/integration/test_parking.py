@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 from streams.signing import signed_headers
 from tests.fixtures import rules_toml
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks_in_order
+from devtools.workers import WorkerProcess, read_dead_letters, send_callbacks_in_order
 from streams.settings import ROOT, Settings
 from tests import reference
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.devtools import WorkerProcess, send_callbacks_in_order
+from devtools.workers import WorkerProcess, send_callbacks_in_order
 from streams.settings import Settings
 from tests.fixtures import rules_toml
 

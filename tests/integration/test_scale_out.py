@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.devtools import WorkerProcess
+from devtools.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

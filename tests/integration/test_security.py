@@ -15,8 +15,8 @@ import orjson
 import pytest
 import redis
 
+from devtools.workers import WorkerProcess, read_dead_letters
 from streams.auth import member_token
-from streams.devtools import WorkerProcess, read_dead_letters
 from streams.settings import Settings
 from streams.signing import signed_headers
 

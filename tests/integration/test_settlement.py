@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess, read_dead_letters
+from devtools.workers import WorkerProcess, read_dead_letters
 from streams.settings import Settings
 from tests.fixtures import rules_toml
 

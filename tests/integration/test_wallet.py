@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from streams.devtools import WorkerProcess, read_dead_letters, send_callbacks_in_order
+from devtools.workers import WorkerProcess, read_dead_letters, send_callbacks_in_order
 from streams.settings import Settings
 from tests.fixtures import rules_toml
 

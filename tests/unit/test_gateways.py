@@ -14,9 +14,9 @@ import pytest
 from alipay import AliPay
 from wechatpayv3 import WeChatPay, WeChatPayType
 
+from devtools.gateways import AlipaySimulator, WeChatPaySimulator, _new_key, private_pem, public_pem
 from streams.gateways import GatewayError, alipay, load_rsa_public_key, wechatpay
 from streams.gateways.mapping import GatewayConfigError, load_config, parse_config
-from streams.gateways.simulate import AlipaySimulator, WeChatPaySimulator, _new_key, private_pem, public_pem
 from streams.settings import ROOT
 
 CONFIG = load_config(ROOT / "rules" / "gateways.toml")

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from streams.app import load_rules
-from streams.devtools import (
+from devtools.gateways import simulators
+from devtools.workers import (
     WebhookReceiver,
     WorkerProcess,
     post_signed_many,
@@ -33,7 +33,7 @@ from streams.devtools import (
     send_callbacks,
     send_callbacks_in_order,
 )
-from streams.gateways.simulate import simulators
+from streams.app import load_rules
 from streams.settings import ROOT, Settings
 
 DAY = "2026-11-21"

@@ -46,8 +46,8 @@ from streams.app import (
 )
 from streams.errors import TransientError
 from streams.ingress import PartitionCounts, pack_by_partition
+from streams.messages import ledger_messages
 from streams.metrics import counters, histograms, topic_messages
-from streams.records import ledger_messages
 from streams.retry import retrying
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         await store.hold_refund(held.member_id, held.payment_id, held.body, int(time.time() * 1000) + wait_s * 1000)
         log.info("refund of unknown payment %s of %s held until the payment arrives (at most %s)",
                  held.payment_id, held.member_id, _duration(wait_s))
-    await release_parked(batch.paid_with_held())
+    await release_held_refunds(batch.paid_with_held())
     for body in batch.registrations():
         await bind_and_credit(body, rules.guest_credit_days)
     for body in batch.invitations():
@@ -336,7 +336,7 @@ def _register_held_gauges() -> None:
 _register_held_gauges()
 
 
-async def release_parked(paid: Sequence[tuple[str, str]]) -> None:
+async def release_held_refunds(paid: Sequence[tuple[str, str]]) -> None:
     """Refunds held for payments that are now applied are sent again, after them."""
     if not paid:
         return
@@ -463,7 +463,7 @@ def account(report: core_ext.BatchReport) -> None:
     counters["events_rejected_total"] += report.rejected
     counters["events_guest_total"] += report.guests
     counters["points_issued_total"] += report.points_issued
-    counters["points_clawed_back_total"] += report.points_clawed_back
+    counters["points_debited_total"] += report.points_debited
     counters["member_conflicts_total"] += report.conflicts
     counters["refunds_held_total"] += report.held
     counters["ledger_rows_sent_total"] += report.ledger_rows

@@ -20,9 +20,9 @@ import orjson
 
 from streams.app import TRANSIENT, app, ledger_topic, notifications_topic, runtime, send_dead_letter, settings
 from streams.ingress import unpack_records
+from streams.inputs import BadInput, require
 from streams.metrics import counters, histograms, topic_messages
 from streams.pushes import Delivery, Webhook, is_push, push_id_of
-from streams.records import BadInput, require
 from streams.retry import retrying
 from streams.settings import Settings
 

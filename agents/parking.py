@@ -28,8 +28,8 @@ from streams.app import (
     send_dead_letter,
 )
 from streams.ingress import unpack_records
+from streams.inputs import parking_event
 from streams.metrics import counters
-from streams.records import parking_event
 from streams.retry import retrying
 from streams.state import EventMove
 from streams.transactions import Commit, transact

@@ -179,7 +179,7 @@ def test_the_plan_gives_the_references_points() -> None:
     ref, _ = python_batch()
     report = batch.report()
     assert report.applied == sum(1 for r in ref if r.status == "apply")
-    assert report.points_issued - report.points_clawed_back == sum(r.points for r in ref if r.status == "apply")
+    assert report.points_issued - report.points_debited == sum(r.points for r in ref if r.status == "apply")
     ledger = next(t for t in blocks.tables if t.table == "ledger")
     assert ledger.rows >= report.applied and not blocks.poison
 

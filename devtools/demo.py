@@ -370,7 +370,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"{_fmt(totals['member_events'] - totals['registrations_sign_ins'])} (its prize rows vary with the draw)",
         f"tier upgrades                  {_fmt(totals['tier_changes']):>12}",
         f"points issued                  {_fmt(m['points_issued_total']):>12}",
-        f"points clawed back by refunds  {_fmt(m['points_clawed_back_total']):>12}",
+        f"points debited (refunds, expiry) {_fmt(m['points_debited_total']):>11}",
         f"members with points            {_fmt(rec['members']):>12}",
         f"sum of Redis balances          {_fmt(rec['redis_total']):>12}",
         f"sum of ClickHouse ledger       {_fmt(rec['ledger_total']):>12}   "

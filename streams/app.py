@@ -29,7 +29,7 @@ from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
-from streams.records import dead_letter_record, ledger_messages, readable_event_id
+from streams.messages import dead_letter_record, ledger_messages, readable_event_id
 from streams.retry import retrying
 from streams.settings import Settings
 from streams.sinks.ledger import LedgerStore

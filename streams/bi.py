@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streams.records import BadInput, date_in
+from streams.inputs import BadInput, date_in
 from streams.sinks.ledger import load_query
 
 

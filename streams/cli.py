@@ -33,7 +33,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_members_token(args: argparse.Namespace) -> int:
     """A member token for the member app (reads that member's balance, coupons, ledger)."""
     from streams.auth import member_token
-    from streams.records import is_valid_id
+    from streams.inputs import is_valid_id
 
     secret = os.environ.get("LOYALTY_MEMBER_TOKEN_SECRET", "")
     if not secret:

@@ -43,7 +43,7 @@ HELP = {
     "refunds_expired_total": "Held refunds whose payment never came within LOYALTY_HELD_WAIT_S: dead-lettered.",
     "events_dead_lettered_total": "Events sent to the dead-letter topic with a reason.",
     "points_issued_total": "Points added to balances.",
-    "points_clawed_back_total": "Points taken back by refunds.",
+    "points_debited_total": "Points the accrual took out of balances: refunds' clawbacks, expiries.",
     "batches_total": "Batches of records processed by the accrual.",
     "envelopes_sent_total": "Records the ingress produced (an envelope holds the callbacks of one partition).",
     "envelopes_failed_total": "Envelopes Kafka did not take (in time): each of their callbacks was answered 503.",

@@ -39,13 +39,16 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
         state, balance, records, review_at, next_check = core_ext.rebuild_member(
             rt.rules, orjson.dumps(items).decode(), now_ms)
         by_event: dict[str, list[dict[str, Any]]] = {}
+        nets: dict[str, int] = {}
         for r in items:
             by_event.setdefault(r["event_id"], []).append(r)
+            nets[r["event_id"]] = nets.get(r["event_id"], 0) + r["points"]
         key = b.member_key(member_id)
         pipe.hset(key, mapping={
             "balance": balance, "state": state,
-            "earned": sum(r["points"] for r in items if r["points"] > 0),
-            "clawed_back": -sum(r["points"] for r in items if r["kind"] == "clawback"),
+            # As the live paths count them: each event's net movement, in or out.
+            "earned": sum(n for n in nets.values() if n > 0),
+            "debited": -sum(n for n in nets.values() if n < 0),
             "events": len(records),
         })
         pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry

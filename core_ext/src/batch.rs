@@ -77,7 +77,7 @@ pub struct Report {
     pub guests: usize,
     pub held: usize,
     pub points_issued: i64,
-    pub points_clawed_back: i64,
+    pub points_debited: i64,
     pub ledger_rows: usize,
     pub conflicts: usize,
     pub rounds: usize,
@@ -132,7 +132,7 @@ struct MemberWrite {
 /// What the read asks of a member's hash: sequence number, state, refunds held, the
 /// counters (balance, earned, clawed back, events, stored value), the last sweep day.
 const HEAD_FIELDS: [&str; 9] =
-    ["seq", "state", "held", "balance", "earned", "clawed_back", "events", "sv_balance", "gc"];
+    ["seq", "state", "held", "balance", "earned", "debited", "events", "sv_balance", "gc"];
 
 /// A reservation of a budget: (event id, units, index of the member's write).
 type Reservation = (String, i64, usize);
@@ -930,7 +930,7 @@ impl AccrualBatch {
                     if a.points >= 0 {
                         r.points_issued += a.points;
                     } else {
-                        r.points_clawed_back -= a.points;
+                        r.points_debited -= a.points;
                     }
                     r.ledger_rows += count_rows(&a.rows_json);
                 }

@@ -1,10 +1,10 @@
--- Totals of the ledger: rows, events, members, points issued, clawed back and net.
+-- Totals of the ledger: rows, events, members, points issued, debited (every movement out) and net.
 SELECT
     count()                                AS movements,
     uniqExact(event_id)                    AS events,
     uniqExact(member_id)                   AS members,
     sumIf(points, points > 0)              AS points_issued,
-    -sumIf(points, points < 0)             AS points_clawed_back,
+    -sumIf(points, points < 0)             AS points_debited,
     sum(points)                            AS points_net,
     countIf(kind = 'earn')                 AS payments,
     countIf(kind = 'clawback')             AS refunds,

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from streams.errors import ConfigError
 from streams.gateways import GatewayError
-from streams.records import is_valid_id
+from streams.inputs import is_valid_id
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,7 @@ from streams.app import (
 )
 from streams.gateways.mapping import GatewayConfigError
 from streams.http.common import admin_denied, error_response, json_response, read_body
-from streams.records import (
-    BadInput,
-    date_in,
-    instant_in,
-    is_valid_id,
-    json_object,
-    require,
-)
+from streams.inputs import BadInput, date_in, instant_in, is_valid_id, json_object, require
 from streams.reports import held_refunds, reconcile, settlement_statement
 
 log = logging.getLogger(__name__)

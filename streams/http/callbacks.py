@@ -27,10 +27,8 @@ from streams.app import (
 from streams.auth import may_name_phone, names_phone, pseudonymise_body
 from streams.http.common import NONCE_USED, error_response, json_response, read_signed, reject
 from streams.ingress import Coalescer, EnvelopeProducer
+from streams.inputs import parking_event
 from streams.metrics import counters
-from streams.records import (
-    parking_event,
-)
 
 log = logging.getLogger(__name__)
 

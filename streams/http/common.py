@@ -25,10 +25,8 @@ from streams.app import (
 from streams.auth import Principal, bearer_principal
 from streams.errors import InputError
 from streams.ingress import Coalescer
+from streams.inputs import is_valid_id
 from streams.metrics import counters
-from streams.records import (
-    is_valid_id,
-)
 from streams.signing import SignatureError, verify
 from streams.transactions import Commit, MemberBusy, transact
 

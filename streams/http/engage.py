@@ -45,9 +45,9 @@ from streams.http.common import (
     reject,
     signed_member_request,
 )
+from streams.inputs import BadInput, is_valid_id, require
 from streams.metrics import counters
 from streams.pushes import coupon_push
-from streams.records import BadInput, is_valid_id, require
 from streams.reports import stored_value_reconcile
 from streams.state import EventMove
 from streams.transactions import Commit

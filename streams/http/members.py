@@ -36,16 +36,8 @@ from streams.http.common import (
     reject,
     signed_member_request,
 )
+from streams.inputs import PLATE, BadInput, instant_in, int_in, is_valid_id, json_object, require
 from streams.metrics import counters
-from streams.records import (
-    PLATE,
-    BadInput,
-    instant_in,
-    int_in,
-    is_valid_id,
-    json_object,
-    require,
-)
 from streams.state import EventMove
 from streams.transactions import Commit
 
@@ -125,7 +117,9 @@ class MemberView(View):
             "member_id": member_id,
             "balance": int(data.get("balance", 0)),
             "earned": int(data.get("earned", 0)),
-            "clawed_back": int(data.get("clawed_back", 0)),
+            "debited": int(data.get("debited", 0)),
+            # The name before 2026-11-30, kept for one release (docs/migrations.md).
+            "clawed_back": int(data.get("debited", 0)),
             "events": int(data.get("events", 0)),
             **view,
             "recent_movements": movements[:20],

@@ -8,7 +8,7 @@
 -- what goes through a script is kept small (docs/hot-path.md).
 --
 -- Keys of a member m (namespace ns):
---   ns:m:{m}    hash   seq, state (core JSON), balance, earned, clawed_back, events,
+--   ns:m:{m}    hash   seq, state (core JSON), balance, earned, debited, events,
 --                      sv_balance, gc (last day its records were swept), held
 --   ns:ev:{m}   hash   applied-event records: event id -> "K|applied_ms|..." (small;
 --                      kept for the refund horizon, then swept)
@@ -42,11 +42,11 @@ end
 -- KEYS per member: m, ev, ob, h.
 -- ARGV: n_members, day, sweep_before_ms, ttl_s, history_len, then per member:
 --   expected seq, mode ('a': the counters below are the new values, 'd': deltas), state,
---   balance, earned, clawed_back, events, sv_balance, sweep (1: sweep the records today),
+--   balance, earned, debited, events, sv_balance, sweep (1: sweep the records today),
 --   n_records, (id, record) x n, n_outbox, (id, rows) x n, n_history, entry x n (oldest first).
 -- A record written as "K|~|..." is stamped with Redis' clock (ms) in place of "~".
 -- Returns per member: "ok", or "c:<stored seq>" (a conflict: nothing written).
-local COUNTERS = {'balance', 'earned', 'clawed_back', 'events', 'sv_balance'}
+local COUNTERS = {'balance', 'earned', 'debited', 'events', 'sv_balance'}
 local function ly_apply(keys, args)
   local t = redis.call('TIME')
   local now = tostring(t[1] * 1000 + math.floor(t[2] / 1000))
@@ -66,7 +66,7 @@ local function ly_apply(keys, args)
     else
       if args[p + 1] == 'a' then
         redis.call('HSET', mkey, 'seq', tostring(tonumber(seq) + 1), 'state', args[p + 2], 'balance', args[p + 3],
-                   'earned', args[p + 4], 'clawed_back', args[p + 5], 'events', args[p + 6],
+                   'earned', args[p + 4], 'debited', args[p + 5], 'events', args[p + 6],
                    'sv_balance', args[p + 7])
       else
         redis.call('HSET', mkey, 'seq', tostring(tonumber(seq) + 1), 'state', args[p + 2])

@@ -60,11 +60,11 @@ class MemberStore(BudgetStore, ScheduleStore):
         hist = [h for h in (first_row(r) for r in hist) if h]
         balance = sum(e.points for e in g.events)
         earned = sum(e.points for e in g.events if e.points > 0)
-        clawed = -sum(e.points for e in g.events if e.points < 0)
+        debited = -sum(e.points for e in g.events if e.points < 0)
         now = int(time.time() * 1000)
         # Deltas ("d"): this path has not read the counters; the sequence check keeps the state.
         args: list[Any] = [1, now // DAY_MS, now - self.horizon_days * DAY_MS, self.horizon_days * 86_400 + 86_400,
-                           self.history_len, g.expected_seq, "d", g.state_json, balance, earned, clawed, len(g.events),
+                           self.history_len, g.expected_seq, "d", g.state_json, balance, earned, debited, len(g.events),
                            sum(e.sv_fen for e in g.events), 0, len(records) // 2, *records, len(outbox) // 2, *outbox,
                            len(hist), *hist]
         keys = [self.member_key(g.member_id), self.records_key(g.member_id), self.outbox_key(g.member_id),

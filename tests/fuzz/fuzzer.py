@@ -32,7 +32,7 @@ import orjson
 
 from devtools.gateways import AlipaySimulator, WeChatPaySimulator, simulators
 from devtools.workers import WorkerProcess
-from streams.records import readable_event_id
+from streams.messages import readable_event_id
 from streams.signing import sign, signed_headers
 from tests import reference
 from tests.fixtures import rules_toml

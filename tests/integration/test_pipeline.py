@@ -132,7 +132,7 @@ def test_refund_claws_back_points(worker: WorkerProcess) -> None:
     wait_balance(worker, member, 75)
     assert worker.send_callback(refund(pay, 7_500))[0] == 202
     got = wait_balance(worker, member, 0)
-    assert got["clawed_back"] == 100
+    assert got["debited"] == got["clawed_back"] == 100
 
 
 def test_gold_member_earns_one_and_a_half(worker: WorkerProcess) -> None:

@@ -184,7 +184,7 @@ def test_buy_then_refund_inside_the_return_window_earns_nothing(worker_factory: 
         assert w.send_callback(refund(p, 100_000) | {"event_id": p["event_id"] + "-rf"})[0] == 202
     got = wait_events(w, m, 2)
     assert (got["balance"], got["pending"], got["available"]) == (0, 0, 0)
-    assert got["clawed_back"] == 1000
+    assert got["debited"] == got["clawed_back"] == 1000
 
 
 def test_refund_shortfall_allow_negative_and_record_debt(worker_factory: Any, tmp_path: Path) -> None:
@@ -274,7 +274,8 @@ def test_disaster_recovery_flush_redis_rebuild_reconcile(worker_factory: Any, tm
     assert redeem(w, "gone-" + members[2], members[2], points=300)[0] == 201
     assert reverse(w, "gone-" + members[2], members[2])[0] == 201
     w.wait_until(lambda: w.get("/v1/admin/reconcile", admin=True)[1]["clean"], timeout=30, what="reconcile")
-    fields = ("balance", "available", "pending", "lots", "tier", "negative", "owed", "window_points")
+    fields = ("balance", "available", "pending", "lots", "tier", "negative", "owed", "window_points", "earned",
+              "debited", "events")
     before = {m: {k: view(w, m)[k] for k in fields} for m in members}
 
     client = redis.Redis.from_url(Settings.from_env().redis_url)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import core_ext
 from streams.app import load_rules
 from streams.auth import mask_phone_bytes, pseudonymise_body
-from streams.records import parking_event
+from streams.inputs import parking_event
 from streams.settings import ROOT
 
 RULES = load_rules(ROOT / "rules" / "demo.toml")

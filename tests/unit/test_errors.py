@@ -36,7 +36,7 @@ def test_each_branch_says_what_to_do() -> None:
     from streams.auth import AuthConfigError
     from streams.gateways import GatewayError
     from streams.gateways.mapping import GatewayConfigError
-    from streams.records import BadInput
+    from streams.inputs import BadInput
     from streams.settings import SettingsError
     from streams.signing import SignatureError
     from streams.sinks.ledger import LedgerNotHeld, LedgerUnavailable

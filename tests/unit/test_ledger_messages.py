@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from streams.records import LEDGER_MESSAGE_BYTES, ledger_messages
+from streams.messages import LEDGER_MESSAGE_BYTES, ledger_messages
 
 
 def test_a_large_batch_is_split_and_nothing_is_lost() -> None:

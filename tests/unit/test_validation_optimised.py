@@ -8,7 +8,7 @@ import sys
 from streams.settings import ROOT
 
 PROBE = """
-from streams.records import BadInput, parking_event, require
+from streams.inputs import BadInput, parking_event, require
 assert False, "python -O keeps asserts?"  # stripped under -O: this line must not matter
 print(parking_event(b"[1, 2]", {"p1"})[1:])
 print(parking_event(b'{"event_id": "e", "gate": "g", "type": "entry", "plate": "AB123", "car_park": "p1",'

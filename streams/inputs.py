@@ -1,15 +1,13 @@
-"""Event helpers on the Python side: identifiers and dead-letter envelopes.
-
-Validation of payment bodies lives in the Rust core (`core_ext.validate_payment`),
-so the ingress and the agents apply one and the same rule.
+"""Checks of input on the Python side: the error every refused field raises (BadInput, a
+400 naming the field), integers, instants and dates within their bounds, ids, JSON objects
+and parking events. Payment bodies are checked in the Rust core
+(`core_ext.validate_payment`), so the ingress and the agents apply one and the same rule.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -87,78 +85,6 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 def is_valid_id(value: str) -> bool:
     return bool(ID_PATTERN.fullmatch(value))
-
-
-EVENT_ID_TEXT = re.compile(rb'"event_id"\s*:\s*"([A-Za-z0-9_.:@-]{1,64})"')
-
-
-def readable_event_id(body: bytes) -> str | None:
-    """The event id of a refused body, whenever one can be read: a JSON object whose
-    `event_id` is a valid id (the rest of the body may be what was wrong)."""
-    if not body.lstrip()[:1] == b"{":
-        return None
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # A cut or broken body (the first bytes of one over the size limit): its event id
-        # as written near its start, if it is there plainly.
-        found = EVENT_ID_TEXT.search(body[:4096])
-        return found.group(1).decode() if found else None
-    event_id = value.get("event_id") if isinstance(value, dict) else None
-    return event_id if isinstance(event_id, str) and is_valid_id(event_id) else None
-
-
-def dead_letter_record(
-    *,
-    source: str,
-    reason: str,
-    body: bytes,
-    field: str | None = None,
-    event_id: str | None = None,
-) -> bytes:
-    """The dead-letter envelope: why, where, when, and the body exactly as received."""
-    record: dict[str, object] = {
-        "source": source,
-        "reason": reason,
-        "field": field,
-        "event_id": event_id,
-        "dead_lettered_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-    }
-    try:
-        record["body"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        record["body_base64"] = base64.b64encode(body).decode("ascii")
-    return orjson.dumps(record)
-
-
-#: A ledger message stays well under Kafka's default 1 MB request limit.
-LEDGER_MESSAGE_BYTES = 700_000
-
-
-def ledger_messages(ledger_rows: Sequence[str], guest_facts: Sequence[str]) -> list[bytes]:
-    """The batch's ledger rows (each event's JSON array) and guest facts as one or more
-    ledger-topic messages of at most about LEDGER_MESSAGE_BYTES each; an event's rows
-    stay together."""
-    messages: list[bytes] = []
-    rows: list[str] = []
-    guests: list[str] = []
-    size = 0
-
-    def flush() -> None:
-        nonlocal rows, guests, size
-        if rows or guests:
-            messages.append(('{"ledger":[' + ",".join(r[1:-1] for r in rows if len(r) > 2) + '],"guests":['
-                             + ",".join(guests) + "]}").encode())
-        rows, guests, size = [], [], 0
-
-    for kind, items in (("rows", ledger_rows), ("guests", guest_facts)):
-        for item in items:
-            if size + len(item) > LEDGER_MESSAGE_BYTES and size:
-                flush()
-            (rows if kind == "rows" else guests).append(item)
-            size += len(item) + 1
-    flush()
-    return messages
 
 
 PLATE = re.compile(r"^[0-9A-Za-z\u4e00-\u9fff]{2,16}$")

@@ -123,6 +123,8 @@ class WorkerProcess:
     member_token_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     pii_key: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: More arguments of `loyalty worker` (e.g. `--processes 2`).
+    args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -155,7 +157,7 @@ class WorkerProcess:
         self.log_path = self.log_path or self.data_dir / "worker.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info", *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,

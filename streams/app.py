@@ -20,7 +20,10 @@ from pathlib import Path
 
 import faust
 import redis.exceptions
+from aiohttp.web import BaseSite, TCPSite
 from aiokafka.errors import KafkaError
+from faust.web import drivers as web_drivers
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 import core_ext
 from streams.auth import mask_phone_bytes, mask_phones, parse_pos_keys, pseudonymise_body, redact_url
@@ -43,10 +46,23 @@ log = logging.getLogger(__name__)
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError,
              asyncio.TimeoutError, TransientError)
 
+class ReusePortWeb(AiohttpWeb):
+    """Faust's aiohttp web server with SO_REUSEPORT: several processes on one port, the
+    kernel spreading connections over them."""
+
+    def _new_transport_tcp(self) -> BaseSite:
+        return TCPSite(self._runner, self.app.conf.web_bind, self.app.conf.web_port,
+                       ssl_context=self.app.conf.web_ssl_context, reuse_port=True)
+
+
+web_drivers.DRIVERS.aliases["reuseport"] = "streams.app:ReusePortWeb"
+
+
 def build_faust_app(settings: Settings) -> faust.App:
     settings.faust_dir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.group_id,
+        web="reuseport://" if settings.web_reuse_port else "aiohttp://",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         # Faust's own table directory, out of the working tree (default: ./<app id>-data).
@@ -297,6 +313,16 @@ def create_app(settings: Settings) -> LoyaltyApp:
     @app.task
     async def prepare_runtime() -> None:
         await built.prepare()
+
+    if settings.metrics_dir:
+        from streams import metrics
+
+        metrics.configure_shared(settings.metrics_dir)
+
+        @app.timer(interval=1.0)
+        async def share_metrics() -> None:
+            """This process's counters where the others on its port read them."""
+            metrics.write_snapshot()
 
     return built
 

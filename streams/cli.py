@@ -51,6 +51,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["LOYALTY_WEB_PORT"] = str(args.web_port)
     if args.roles:
         os.environ["LOYALTY_ROLES"] = args.roles
+    if args.processes > 1:
+        return run_ingress_processes(args)
+    _exit_with_parent()
     # The app reads the environment when imported: import it only now.
     import importlib
 
@@ -76,6 +79,74 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _dump_tasks_on_sigusr1()
     worker.execute_from_commandline()
     return 0
+
+
+def run_ingress_processes(args: argparse.Namespace) -> int:
+    """Several ingress processes on one port (SO_REUSEPORT: the kernel spreads connections
+    over them), each a `loyalty worker --roles ingress` child; /metrics in any of them sums
+    them all (streams/metrics.py). SIGTERM / SIGINT stop them all; one that dies stops the
+    rest (a supervisor restarts the set)."""
+    import signal
+    import time
+
+    from streams.settings import ROOT, Settings
+
+    settings = Settings.from_env()
+    if settings.roles != frozenset({"ingress"}):
+        print("error: --processes N runs ingress processes only: add --roles ingress "
+              "(agents scale by more workers in their consumer group)", file=sys.stderr)
+        return 2
+    metrics_dir = Path(settings.metrics_dir or ROOT / ".local" / "metrics" / f"{settings.app_id}-{settings.web_port}")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for old in metrics_dir.glob("*.json"):  # counters of an earlier set: not this one's
+        old.unlink()
+    env = {**os.environ, "LOYALTY_ROLES": "ingress", "LOYALTY_WEB_REUSE_PORT": "1",
+           "LOYALTY_METRICS_DIR": str(metrics_dir), "LOYALTY_PARENT_PID": str(os.getpid())}
+    children = [subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", args.loglevel],
+                                 env=env) for _ in range(args.processes)]
+    print(f"ingress: {len(children)} processes on port {settings.web_port} (pids "
+          f"{', '.join(str(c.pid) for c in children)}); /metrics sums them ({metrics_dir})", file=sys.stderr)
+    stop_deadline: list[float] = []  # set once a stop began: past it, what still runs is killed
+
+    def stop(_signum: int = 0, _frame: object = None) -> None:
+        if not stop_deadline:
+            stop_deadline.append(time.monotonic() + 30)
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    while any(c.poll() is None for c in children):
+        dead = [c for c in children if c.poll() is not None]
+        if dead and not stop_deadline:
+            code = dead[0].returncode or 1
+            print(f"ingress: process {dead[0].pid} exited with {dead[0].returncode}; stopping the others",
+                  file=sys.stderr)
+            stop()
+        if stop_deadline and time.monotonic() > stop_deadline[0]:
+            for c in children:
+                if c.poll() is None:
+                    c.kill()
+        time.sleep(0.2)
+    return code
+
+
+def _exit_with_parent() -> None:
+    """A child of `--processes N` ends when its parent does (SIGKILL of the parent included)."""
+    parent = os.environ.get("LOYALTY_PARENT_PID")
+    if not parent or not parent.isdigit():
+        return
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _dump_tasks_on_sigusr1() -> None:
@@ -468,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--loglevel", default=os.environ.get("LOYALTY_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
     )
+    s.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="with --roles ingress: N processes on one port (SO_REUSEPORT), /metrics summed over them")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("demo", help="a simulated mall day through the whole pipeline, then a report")

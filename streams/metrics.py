@@ -1,11 +1,22 @@
-"""Process-wide counters, rendered at /metrics in Prometheus text format."""
+"""Process-wide counters, rendered at /metrics in Prometheus text format.
+
+Several processes on one port (`loyalty worker --roles ingress --processes N`): each writes a
+snapshot of its counters and histograms to a shared directory (`configure_shared`) every
+second, and /metrics in any of them sums every process's snapshot, as prometheus-client's
+multiprocess mode does for its own metric types (the hot path here increments plain
+integers instead). A snapshot outlives its process, so counters never go backwards.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -146,13 +157,90 @@ def _help_of(name: str) -> str:
     return HELP.get(name) or name.removesuffix("_total").replace("_", " ").capitalize() + "."
 
 
+def snapshot() -> dict[str, Any]:
+    """This process's counters, labelled counts and histograms, as plain data."""
+    return {
+        "counters": dict(counters),
+        "topics": [[topic, direction, n] for (topic, direction), n in topic_messages.items()],
+        "unrouted": [[gateway, merchant, n] for (gateway, merchant), n in gateway_unrouted.items()],
+        "histograms": {name: [list(h.counts), h.total, h.n] for name, h in histograms.items()},
+    }
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of several processes' snapshots (histograms bucket by bucket)."""
+    total_counters: Counter[str] = Counter()
+    topics: Counter[tuple[str, str]] = Counter()
+    unrouted: Counter[tuple[str, str]] = Counter()
+    hists: dict[str, list[Any]] = {}
+    for s in snapshots:
+        total_counters.update(s.get("counters", {}))
+        for topic, direction, n in s.get("topics", []):
+            topics[(topic, direction)] += n
+        for gateway, merchant, n in s.get("unrouted", []):
+            unrouted[(gateway, merchant)] += n
+        for name, (counts, total, n) in s.get("histograms", {}).items():
+            if name not in histograms or len(counts) != len(histograms[name].buckets):
+                continue  # a process of another version: its buckets do not line up
+            mine = hists.setdefault(name, [[0] * len(counts), 0.0, 0])
+            mine[0] = [a + b for a, b in zip(mine[0], counts, strict=True)]
+            mine[1] += total
+            mine[2] += n
+    return {"counters": dict(total_counters), "topics": [[t, d, n] for (t, d), n in topics.items()],
+            "unrouted": [[g, m, n] for (g, m), n in unrouted.items()], "histograms": hists}
+
+
+#: Where the processes sharing a port write their snapshots (None: this process alone).
+_shared_dir: Path | None = None
+
+
+def configure_shared(directory: str) -> None:
+    """Sums /metrics over every process writing to `directory` (several on one port)."""
+    global _shared_dir
+    _shared_dir = Path(directory) if directory else None
+    if _shared_dir is not None:
+        _shared_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_snapshot() -> None:
+    """Writes this process's snapshot where the others read it (atomically: a reader never
+    sees half a file)."""
+    if _shared_dir is None:
+        return
+    path = _shared_dir / f"{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(snapshot()))
+    tmp.replace(path)
+
+
+def shared_snapshots() -> list[dict[str, Any]]:
+    """Every process's latest snapshot in the shared directory, this one's fresh."""
+    if _shared_dir is None:
+        return [snapshot()]
+    write_snapshot()
+    out = []
+    for path in sorted(_shared_dir.glob("*.json")):
+        try:
+            out.append(orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError):  # replaced while read: the next scrape has it
+            continue
+    return out
+
+
 class _Collector(Collector):
-    """Every counter, histogram, labelled count and gauge of this process, read when
-    /metrics is scraped (the hot path increments plain integers; no lock per event)."""
+    """Every counter, histogram, labelled count and gauge of this process (or, sharing a
+    port, of every process: `configure_shared`), read when /metrics is scraped (the hot path
+    increments plain integers; no lock per event)."""
 
     def collect(self) -> Iterator[Metric]:
-        for name in sorted(set(HELP) | set(counters)):
-            value = counters[name]
+        parts = shared_snapshots()
+        data = merge(parts)
+        if _shared_dir is not None:
+            yield GaugeMetricFamily("loyalty_metrics_processes", "Processes whose metrics this page sums "
+                                    "(several on one port).", value=len(parts))
+        summed: Counter[str] = Counter(data["counters"])
+        for name in sorted(set(HELP) | set(summed)):
+            value = summed[name]
             if name.endswith("_total"):
                 yield CounterMetricFamily(f"loyalty_{name}", _help_of(name), value=value)
             else:  # a sum or count kept by hand (push latency): its own name, untyped
@@ -160,22 +248,23 @@ class _Collector(Collector):
         topics = CounterMetricFamily("loyalty_topic_messages_total",
                                      "Messages consumed (in) and produced (out) per topic.",
                                      labels=["topic", "direction"])
-        for (topic, direction), n in sorted(topic_messages.items()):
+        for topic, direction, n in sorted(data["topics"]):
             topics.add_metric([topic, direction], n)
         yield topics
         unrouted = CounterMetricFamily("loyalty_gateway_unrouted_total",
                                        "Signed gateway notifications whose merchant has no route (answered 503 "
                                        "so that the gateway retries; add the route).", labels=["gateway", "merchant"])
-        for (gateway, merchant), n in sorted(gateway_unrouted.items()):
+        for gateway, merchant, n in sorted(data["unrouted"]):
             unrouted.add_metric([gateway, merchant], n)
         yield unrouted
         for name, h in histograms.items():
+            counts, total, n = data["histograms"].get(name, [[0] * len(h.buckets), 0.0, 0])
             running, buckets = 0, []
-            for b, c in zip(h.buckets, h.counts, strict=True):
+            for b, c in zip(h.buckets, counts, strict=True):
                 running += c
                 buckets.append((f"{b:g}", running))
-            buckets.append(("+Inf", h.n))
-            yield HistogramMetricFamily(f"loyalty_{name}", h.help, buckets=buckets, sum_value=h.total)
+            buckets.append(("+Inf", n))
+            yield HistogramMetricFamily(f"loyalty_{name}", h.help, buckets=buckets, sum_value=total)
         for name, (help_text, read) in gauges.items():
             try:
                 values = read()
@@ -193,6 +282,7 @@ REGISTRY.register(_Collector())
 
 
 def render() -> str:
-    """This process's metrics in the Prometheus text format (prometheus-client writes it).
-    Each worker process serves its own: Prometheus scrapes every process it runs."""
+    """The metrics in the Prometheus text format (prometheus-client writes it): this
+    process's, or the sum over the processes sharing its port. Gauges (consumer lag) are
+    this process's own."""
     return generate_latest(REGISTRY).decode()

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # Members written by one ly_apply call on a single Redis (1 on a Redis Cluster, where a
     # call names one hash slot): each call costs Redis ~9 µs of its own (docs/hot-path.md).
     redis_members_per_call: int = Field(64, ge=1, le=1000)
+    # Several ingress processes on one port (`loyalty worker --roles ingress --processes N` sets
+    # both for its children): SO_REUSEPORT on the HTTP socket, and a directory where each
+    # writes its metrics so that /metrics sums them (streams/metrics.py).
+    web_reuse_port: bool = False
+    metrics_dir: str = ""
     envelope_linger_ms: float = Field(1.0, ge=0)
     envelope_max_events: int = Field(500, ge=1)
     envelope_max_bytes: int = Field(512 * 1024, ge=1024)

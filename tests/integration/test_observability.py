@@ -92,3 +92,23 @@ def test_metrics_in_prometheus_format(worker_factory: Any) -> None:
     assert lag == {f'consumer_lag{{partition="{p}",topic="{w.run_id}.payments"}}' for p in range(4)}, lag
     w.wait_until(lambda: all(v == 0 for k, v in w.metrics().items() if k.startswith("consumer_lag{")
                              and ".payments" in k), timeout=30, what="no lag once everything is processed")
+
+
+def test_several_ingress_processes_share_one_port_and_metrics_sum_them(worker_factory: Any, tmp_path: Any) -> None:
+    shared = tmp_path / "metrics"
+    w = worker_factory("multi", LOYALTY_ROLES="ingress", LOYALTY_METRICS_DIR=str(shared))
+    w.args = ["--processes", "2"]
+    w.start()
+    w.wait_until(lambda: w.metrics().get("metrics_processes") == 2, 60, "both processes' metrics")
+    n = 40
+    for i in range(n):  # each on a new connection: the kernel spreads them over the two
+        assert w.send_callback(payment(f"mp-{i}"))[0] == 202
+    w.wait_until(lambda: w.metrics()["callbacks_accepted_total"] == n, 30, "the sum over both processes")
+    per_process = [orjson.loads(p.read_bytes())["counters"].get("callbacks_accepted_total", 0)
+                   for p in sorted(shared.glob("*.json"))]
+    assert len(per_process) == 2 and sum(per_process) == n, per_process
+    assert all(k > 0 for k in per_process), f"one process took every connection: {per_process}"
+    histogram = w.metrics()
+    assert histogram['callback_ms_count'] == n, "histograms are summed too"
+    w.stop()
+    assert w.proc is not None and w.proc.returncode == 0

@@ -4,9 +4,13 @@ start, and a name made at run time (engagement_<op>_total) appears once it is co
 
 from __future__ import annotations
 
+import os
 import re
+from collections import Counter
 from pathlib import Path
 
+import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import metrics
@@ -65,3 +69,30 @@ def test_labelled_counts_histograms_and_gauges_parse() -> None:
         del metrics.gauges["test_gauge"]
         del metrics.topic_messages[("t-x.payments", "in")]
         metrics.gateway_unrouted.clear()
+
+
+def test_snapshots_of_several_processes_are_summed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import metrics
+
+    monkeypatch.setattr(metrics, "counters", Counter({"callbacks_accepted_total": 3}))
+    monkeypatch.setattr(metrics, "topic_messages", Counter({("t.payments", "out"): 2}))
+    h = metrics.Histogram("x", (1, 10))
+    monkeypatch.setattr(metrics, "histograms", {"callback_ms": h})
+    h.observe(0.5)
+    h.observe(5)
+    other = {"counters": {"callbacks_accepted_total": 4, "envelopes_sent_total": 1},
+             "topics": [["t.payments", "out", 5]], "unrouted": [["wechatpay", "m-1", 1]],
+             "histograms": {"callback_ms": [[0, 2], 30.0, 3], "gone": [[1], 1.0, 1]}}
+    (tmp_path / "1.json").write_bytes(orjson.dumps(other))
+    metrics.configure_shared(str(tmp_path))
+    try:
+        text = metrics.render()
+    finally:
+        metrics.configure_shared("")
+    assert "loyalty_metrics_processes 2.0" in text
+    assert "loyalty_callbacks_accepted_total 7.0" in text and "loyalty_envelopes_sent_total 1.0" in text
+    assert 'loyalty_topic_messages_total{direction="out",topic="t.payments"} 7.0' in text
+    assert 'loyalty_gateway_unrouted_total{gateway="wechatpay",merchant="m-1"} 1.0' in text
+    assert 'loyalty_callback_ms_bucket{le="1"} 1.0' in text and 'loyalty_callback_ms_bucket{le="10"} 4.0' in text
+    assert "loyalty_callback_ms_count 5.0" in text and "loyalty_callback_ms_sum 35.5" in text
+    assert (tmp_path / f"{os.getpid()}.json").exists(), "this process's own snapshot was written"

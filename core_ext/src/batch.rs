@@ -67,8 +67,10 @@ impl Kind {
     }
 }
 
-/// Counts of a batch, for metrics and logs.
+/// Counts of a batch, for metrics and logs (in Python, `core_ext.BatchReport`: the
+/// bindings hand it over as it is).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "python", pyo3::pyclass(name = "BatchReport", frozen, get_all, module = "core_ext._core"))]
 pub struct Report {
     pub events: usize,
     pub applied: usize,
@@ -81,6 +83,7 @@ pub struct Report {
     pub ledger_rows: usize,
     pub conflicts: usize,
     pub rounds: usize,
+    /// Duplicates whose rows an earlier delivery wrote to the outbox: sent again.
     pub resent: usize,
     /// Events whose id was applied already with other content: refused (the first stays).
     pub mismatched: usize,

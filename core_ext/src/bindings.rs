@@ -124,16 +124,7 @@ impl PyRuleSet {
     /// (`trigger:<id>`, coupons) and coupon stocks (`stock:<template>`), with their limits.
     #[getter]
     fn budgets(&self) -> Vec<(String, i64)> {
-        let r = &self.inner;
-        let campaigns = r.campaigns.iter().filter_map(|c| c.budget_points.map(|b| (c.id.clone(), b)));
-        let triggers = r.triggers.iter().filter_map(|t| t.budget.map(|b| (crate::coupons::trigger_budget_id(&t.id), b)));
-        let mut stocks: Vec<(String, i64)> = r
-            .coupon_templates
-            .values()
-            .filter_map(|t| t.stock.map(|s| (crate::coupons::stock_budget_id(&t.id), s)))
-            .collect();
-        stocks.sort();
-        campaigns.chain(triggers).chain(stocks).collect()
+        crate::batch::budget_limits(&self.inner)
     }
 
     /// The kinds of the marketing triggers in the rules (e.g. "parking_exit"), sorted.

@@ -218,26 +218,6 @@ pub fn envelope_unpack<'py>(py: Python<'py>, record: &[u8]) -> PyResult<Vec<Boun
     Ok(bodies.into_iter().map(|b| PyBytes::new(py, b)).collect())
 }
 
-/// Counts of an accrual batch.
-#[pyclass(name = "BatchReport", frozen, get_all, module = "core_ext._core")]
-pub struct PyBatchReport {
-    pub events: usize,
-    pub applied: usize,
-    pub duplicates: usize,
-    pub rejected: usize,
-    pub guests: usize,
-    pub held: usize,
-    pub points_issued: i64,
-    pub points_debited: i64,
-    pub ledger_rows: usize,
-    pub conflicts: usize,
-    pub rounds: usize,
-    /// Duplicates whose rows an earlier delivery wrote to the outbox: sent again.
-    pub resent: usize,
-    /// Events whose id was applied already with other content: refused, the first stays.
-    pub mismatched: usize,
-}
-
 /// An event refused: its body, why, and its id if it has one.
 #[pyclass(name = "DeadLetter", frozen, get_all, module = "core_ext._core")]
 pub struct PyDeadLetter {
@@ -419,23 +399,8 @@ impl PyAccrualBatch {
         plan(py, self.inner.trim_plan())
     }
 
-    fn report(&self) -> PyBatchReport {
-        let r = self.inner.report();
-        PyBatchReport {
-            events: r.events,
-            applied: r.applied,
-            duplicates: r.duplicates,
-            rejected: r.rejected,
-            guests: r.guests,
-            held: r.held,
-            points_issued: r.points_issued,
-            points_debited: r.points_debited,
-            ledger_rows: r.ledger_rows,
-            conflicts: r.conflicts,
-            rounds: r.rounds,
-            resent: r.resent,
-            mismatched: r.mismatched,
-        }
+    fn report(&self) -> crate::batch::Report {
+        self.inner.report()
     }
 
     fn dead_letters(&self, py: Python<'_>) -> Vec<PyDeadLetter> {

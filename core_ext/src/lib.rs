@@ -76,7 +76,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_class::<bindings_batch::PyMemberUpdate>()?;
     m.add_class::<bindings_batch::PyEvaluation>()?;
     m.add_class::<bindings_batch::PyEventInfo>()?;
-    m.add_class::<bindings_batch::PyBatchReport>()?;
+    m.add_class::<batch::Report>()?;
     m.add_class::<bindings_batch::PyDeadLetter>()?;
     m.add_class::<bindings_batch::PyHeldRefund>()?;
     m.add_class::<bindings_batch::PyMessage>()?;

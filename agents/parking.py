@@ -76,7 +76,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         async def decide(seq: int, state: str | None) -> str | Commit[str]:
             record = await b.event_record(payer, event_id)
             if record:
-                return record["result"]  # replayed exit: the fee it was charged
+                return record.result  # replayed exit: the fee it was charged
             fee_json, new_state, rows = core_ext.parking_exit(rt.rules, park, event_id, payer, state, entry_ms, at,
                                                               0, auto_pay)
             if rows is None:

@@ -84,7 +84,7 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
         pipe = r.pipeline(transaction=False)
         for member, event_id in keys:
             pipe.hget(store.records_key(member), event_id)
-        applied = [decode_record(v).get("applied_at_ms") for v in pipe.execute()]
+        applied = [rec.applied_at_ms if (rec := decode_record(v)) is not None else None for v in pipe.execute()]
         assert all(applied), "an accepted event is missing"
         assert worker.metrics()["events_applied_total"] == len(accepted)
         lat = [int(a) - accepted[k] for k, a in zip(keys, applied, strict=True)]

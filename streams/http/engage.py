@@ -75,10 +75,10 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
     async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
         record = await rt.balances.event_record(member_id, record_id)
         if record:
-            if record.get("kind") != op:
+            if record.kind != op:
                 return error_response(view, 409, "Idempotency-Key already used for another operation",
                                       "Idempotency-Key")
-            return view.bytes(record["result"].encode(), content_type="application/json", status=200)
+            return view.bytes(record.result.encode(), content_type="application/json", status=200)
         ctx = await context()
         if budgets:
             ctx["spent"] = await rt.balances.budget_spent(list(budgets))
@@ -299,7 +299,7 @@ class PartnerConfirmations(View):
             return await reject(self, 400, 'body: {"member_id", "exchange_id", "status"}', body, "body")
         rt = await runtime.started()
         original = await rt.balances.event_record(member_id, xid)
-        if original.get("kind") != "exchange_out" or orjson.loads(original["result"]).get("partner") != partner:
+        if original is None or original.kind != "exchange_out" or original.json().get("partner") != partner:
             return error_response(self, 404, f"no exchange {xid} of member {member_id} with {partner}", "exchange_id")
         return await engage(self, "exchange_settle", member_id, f"{xid}:settle", body)
 
@@ -340,10 +340,10 @@ class StoredValue(View):
             if op != "sv_refund" or not isinstance(payment_id, str) or not is_valid_id(payment_id):
                 return {}
             record = await rt.balances.event_record(member_id, f"sv:{payment_id}")
-            if record.get("kind") != "sv_pay":
+            if record is None or record.kind != "sv_pay":
                 return {}
-            paid = orjson.loads(record["result"])
-            return {"original": {"amount_fen": int(record["amount"]), "refunded_fen": int(record["refunded_amount"]),
+            paid = record.json()
+            return {"original": {"amount_fen": record.amount, "refunded_fen": record.refunded_amount,
                                  "bu_id": paid["bu_id"], "merchant_id": paid["merchant_id"],
                                  "category": paid["category"]}}
 
@@ -359,7 +359,7 @@ async def _resend_payment(member_id: str, key: str) -> None:
     """Sends the stored-value operation's payment or refund event again (as answered)."""
     rt = await runtime.started()
     record = await rt.balances.event_record(member_id, f"sv:{key}")
-    event = orjson.loads(record.get("result", "{}")).get("event")
+    event = record.json().get("event") if record is not None else None
     if event:
         fut = await payments_topic.send(key=member_id.encode(), value=orjson.dumps(event), force=True)
         await fut

@@ -143,10 +143,10 @@ class Redemptions(View):
         async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             record = await rt.balances.event_record(member_id, key)
             if record:
-                if record.get("kind") != "redeem":
+                if record.kind != "redeem":
                     return error_response(self, 409, "Idempotency-Key already used for another operation",
                                           "Idempotency-Key")
-                return json_response(self, orjson.loads(record["result"]), 200)
+                return json_response(self, record.json(), 200)
             try:
                 status, new_state, rows, result = core_ext.redeem(rt.rules, state, key, body,
                                                                   int(time.time() * 1000))
@@ -292,12 +292,12 @@ class RedemptionReversal(View):
         async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
             reversed_ = await rt.balances.event_record(member_id, reversal_id)
             if reversed_:
-                return json_response(self, orjson.loads(reversed_["result"]), 200)
+                return json_response(self, reversed_.json(), 200)
             original = await rt.balances.event_record(member_id, redemption_id)
-            if original.get("kind") != "redeem":
+            if original is None or original.kind != "redeem":
                 return error_response(self, 404, f"no redemption {redemption_id} of member {member_id}",
                                       "redemption_id")
-            new_state, rows, result = core_ext.reverse_redemption(rt.rules, state, original["rows"],
+            new_state, rows, result = core_ext.reverse_redemption(rt.rules, state, original.rows,
                                                                   int(time.time() * 1000))
             answer = orjson.loads(result)
 

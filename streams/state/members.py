@@ -13,7 +13,14 @@ from typing import Any
 from streams.state.base import DAY_MS
 from streams.state.budgets import BudgetStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
-from streams.state.records import MemberMoves, decode_record, encode_json_record, first_row, refunded_record
+from streams.state.records import (
+    EventRecord,
+    MemberMoves,
+    decode_record,
+    encode_json_record,
+    first_row,
+    refunded_record,
+)
 from streams.state.schedules import ScheduleStore
 
 
@@ -86,7 +93,7 @@ class MemberStore(BudgetStore, ScheduleStore):
         seq, state, balance = await self.redis.hmget(self.member_key(member_id), ["seq", "state", "balance"])
         return int(seq or 0), state, int(balance or 0)
 
-    async def event_record(self, member_id: str, event_id: str) -> dict[str, str]:
+    async def event_record(self, member_id: str, event_id: str) -> EventRecord | None:
         return decode_record(await self.redis.hget(self.records_key(member_id), event_id))
 
     async def sv_balances(self) -> dict[str, tuple[int, str | None]]:

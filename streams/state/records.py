@@ -48,17 +48,52 @@ class MemberMoves:
     outbox: bool = False
 
 
-def decode_record(value: str | None) -> dict[str, str]:
-    """An event record as the HTTP paths read it (strings, like a Redis hash): {} if none.
-    The core reads accrual records (payments, refunds, member events: record.rs spells
-    their layout); an HTTP operation's record is JSON, read here."""
+@dataclass(frozen=True)
+class EventRecord:
+    """An applied event's record, as the HTTP paths read it: what makes a retry answer the
+    same and a refund or reversal undo exactly what was booked. The core reads the
+    accrual's layouts (record.rs spells them: payment, refund, member); an HTTP operation's
+    record is JSON, its `kind` the operation (redeem, sv_pay, exchange_out...)."""
+
+    kind: str
+    #: When it was applied (None: before records kept the time).
+    applied_at_ms: int | None
+    amount: int = 0
+    points: int = 0
+    used: int = 0
+    refunded_amount: int = 0
+    refunded_points: int = 0
+    returned_used: int = 0
+    #: An HTTP operation's answer (JSON), repeated to a retry.
+    result: str = "{}"
+    #: A redemption's ledger rows (JSON): its reversal gives back the very lots they took.
+    rows: str = ""
+    #: Every field as stored, as text (a payment's booking: bu_id, merchant_id, category, format).
+    fields: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def json(self) -> Any:
+        """The operation's answer, decoded."""
+        return orjson.loads(self.result)
+
+
+_INTS = ("amount", "points", "used", "refunded_amount", "refunded_points", "returned_used")
+
+
+def decode_record(value: str | None) -> EventRecord | None:
+    """An event record read back (None if there is none); a record the core cannot read
+    raises core_ext.CorruptStateError."""
     fields = core_ext.record_fields(value)
-    if fields.get("kind") != "json":
-        return fields
-    data = orjson.loads(fields["json"])
-    return {"applied_at_ms": fields["applied_at_ms"], **{
-        k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list)) else str(v)
-        for k, v in data.items()}}
+    if not fields:
+        return None
+    if fields.get("kind") == "json":
+        data = orjson.loads(fields["json"])
+        fields = {"applied_at_ms": fields["applied_at_ms"], **{
+            k: v if isinstance(v, str) else orjson.dumps(v).decode() if isinstance(v, (dict, list)) else str(v)
+            for k, v in data.items()}}
+    applied = fields.get("applied_at_ms", "")
+    return EventRecord(kind=fields.get("kind", ""), applied_at_ms=int(applied) if applied.isdigit() else None,
+                       **{k: int(fields[k]) for k in _INTS if k in fields},
+                       result=fields.get("result", "{}"), rows=fields.get("rows", ""), fields=fields)
 
 
 def encode_json_record(move: EventMove) -> str:

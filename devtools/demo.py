@@ -1,4 +1,5 @@
-"""A simulated mall day through the whole pipeline, and the report it prints.
+"""A simulated mall day through the whole pipeline, and the report it prints (over 400
+lines: the day's traffic, the evening's engagement and the report's checks are one script).
 
 Seeded, so the same seed sends the same day: payments across the group's formats,
 members of every tier, gateway retries (duplicates), refunds (full and partial),

@@ -1,5 +1,6 @@
 """Running a worker as a child process and talking to it: for the demo, the tests and
-the benchmarks. Each run gets its own topics, consumer group, Redis namespace and
+the benchmarks (over 400 lines: the worker process, the signed senders and the webhook
+receiver that the tests drive it with). Each run gets its own topics, consumer group, Redis namespace and
 ClickHouse directory, so runs never see each other's data.
 
 Over 400 lines: the worker process, its signed HTTP client, the webhook receiver and the

@@ -30,17 +30,26 @@ class CpuAccount:
     """Start it, stop it; `per_event` gives CPU µs per event by part."""
 
     worker_pid: int
+    #: More processes to account apart, by name (the ingress, the notifier, a receiver...).
+    extra: dict[str, int] = field(default_factory=dict)
+    #: Of those, the ones counted without their children (the benchmark's own process,
+    #: whose children are the processes it measures).
+    alone: frozenset[str] = frozenset()
     start_s: dict[str, float] = field(default_factory=dict)
     spent_s: dict[str, float] = field(default_factory=dict)
     machine_busy: float = 0.0
 
     def _sample(self) -> dict[str, float]:
-        out = {"worker": 0.0}
-        try:
-            worker = psutil.Process(self.worker_pid)
-            out["worker"] = _cpu_of(worker) + sum(_cpu_of(c) for c in worker.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
+        out = {}
+        for name, pid in {"worker": self.worker_pid, **self.extra}.items():
+            out[name] = 0.0
+            try:
+                proc = psutil.Process(pid)
+                t = proc.cpu_times()
+                out[name] = (t.user + t.system if name in self.alone else
+                             _cpu_of(proc) + sum(_cpu_of(c) for c in proc.children(recursive=True)))
+            except psutil.NoSuchProcess:
+                pass
         for part, names in SERVICES.items():
             total = 0.0
             for p in _by_name(names):
@@ -64,9 +73,10 @@ class CpuAccount:
         self.machine_busy = self.spent_s["machine"] / max(1e-9, self.spent_s["machine_all"])
 
     def per_event(self, events: int) -> dict[str, float]:
-        """CPU µs per event: worker, redis, kafka, other (the rest of the machine), machine."""
+        """CPU µs per event: worker, the extra processes, redis, kafka, other (the rest of the
+        machine), machine."""
         s = self.spent_s
-        other = s["machine"] - s["worker"] - s["redis"] - s["kafka"]
+        parts = ["worker", *self.extra, "redis", "kafka"]
+        other = s["machine"] - sum(s[k] for k in parts)
         return {k: v * 1e6 / max(1, events) for k, v in
-                {"worker": s["worker"], "redis": s["redis"], "kafka": s["kafka"], "other": max(0.0, other),
-                 "machine": s["machine"]}.items()}
+                {**{k: s[k] for k in parts}, "other": max(0.0, other), "machine": s["machine"]}.items()}

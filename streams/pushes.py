@@ -11,6 +11,7 @@ has been answered 2xx, Redis remembers it and the notifier never sends it again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class Webhook:
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
 
+    @functools.cached_property
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.timeout_s)
+
     async def deliver(self, session: aiohttp.ClientSession, push_id: str, body: bytes) -> Delivery:
         """POSTs one push until a 2xx, or `attempts` tries (backoff doubling between them)."""
         t0 = time.monotonic()
@@ -81,8 +86,7 @@ class Webhook:
         for attempt in range(1, self.attempts + 1):
             headers = {**signed_headers(self.secret, body), "X-Push-Id": push_id}
             try:
-                async with session.post(self.url, data=body, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+                async with session.post(self.url, data=body, headers=headers, timeout=self._timeout) as resp:
                     status = resp.status
                     await resp.read()
                     if 200 <= resp.status < 300:

@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 import redis
 
+from benchmarks.cpu import CpuAccount
 from benchmarks.results import record
 from benchmarks.sender import send_on_timetable
 from devtools.workers import WorkerProcess
@@ -73,12 +74,18 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
     ingress.start()
     try:
         keys, requests = _signed_payments(worker.callback_secret, rate * seconds)
+        cpu = CpuAccount(worker.proc.pid if worker.proc else 0,
+                         extra={"ingress": ingress.proc.pid if ingress.proc else 0, "sender": os.getpid()},
+                         alone=frozenset({"sender"}))
+        cpu.start()
         sent = asyncio.run(send_on_timetable(ingress.base_url + "/v1/callbacks/payment", requests, rate))
         failed = Counter(s for s in sent.status if s != 202)
         assert not failed and not sent.errors, f"callbacks not answered 202: {dict(failed)} {dict(sent.errors)}"
         accepted = {k: sent.send_ms[i] for i, k in enumerate(keys)}
         worker.wait_until(lambda: worker.metrics()["events_applied_total"] >= len(accepted), timeout=600,
                           what="every accepted event applied")
+        cpu.stop()
+        us = cpu.per_event(len(accepted))
         store = BalanceStore(Settings.from_env().redis_url, run_id)  # the worker's namespace is its run id
         r = redis.Redis.from_url(Settings.from_env().redis_url, decode_responses=True)
         pipe = r.pipeline(transaction=False)
@@ -92,6 +99,11 @@ def test_apply_latency_at_a_steady_load(tmp_path: Path) -> None:
         print(f"\nsent -> balance in Redis at {rate}/s for {seconds}s ({sent.elapsed_s:.1f} s): "
               f"{len(accepted):,} callbacks, all 202 and applied; "
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms; sender max lag {sent.max_lag_ms:.1f} ms")
+        im = ingress.metrics()
+        print(f"ingress: {im['envelopes_sent_total']:,} envelopes, mean "
+              f"{im['envelope_events_sum'] / max(1, im['envelope_events_count']):.1f} callbacks each")
+        print("CPU µs per callback, first sent to last applied: " + ", ".join(f"{k} {v:.0f}" for k, v in us.items())
+              + f"; the machine {cpu.machine_busy:.0%} busy")
         m = worker.metrics()
         n = max(1, len(accepted))
         phases = ", ".join(f"{k} {m.get(f'accrual_phase_{k}_us_total', 0) / n:.0f}"

@@ -69,6 +69,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Each role is an agent module; a worker subscribes only to its roles' topics.
     for role in sorted(settings.roles - {"ingress"}):
         importlib.import_module(f"agents.{role}")
+    if settings.roles == frozenset({"ingress"}):
+        # An ingress consumes nothing: Faust's producer-only boot starts the web server and
+        # the producer, without a consumer thread polling Kafka or the sensors.
+        app.producer_only = True
     # What is loaded now lives as long as the process: the cyclic collector need not walk
     # it again, and it runs less often (the hot path allocates many short-lived objects
     # that form no cycles).

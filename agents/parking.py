@@ -35,6 +35,8 @@ from streams.state import EventMove
 from streams.transactions import Commit, transact
 
 log = logging.getLogger(__name__)
+#: How long an entry waits for its exit.
+SESSION_TTL_S = 30 * 86_400
 DAY_MS = 86_400_000
 
 
@@ -57,7 +59,12 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         if current:
             anomaly = _session(current["entry_event"] + ":no-exit", "double_entry", plate, park, "",
                                int(current["entry_ms"]), at, None)
-        await b.redis.hset(session_key, mapping={"entry_ms": at, "entry_event": event_id, "gate": event["gate"]})
+        pipe = b.redis.pipeline(transaction=True)
+        pipe.hset(session_key, mapping={"entry_ms": at, "entry_event": event_id, "gate": event["gate"]})
+        # A car that never exits (a lost ticket, a missed exit event) leaves no key forever:
+        # an exit after this is priced as one without an entry (the lost-ticket rule).
+        pipe.expire(session_key, SESSION_TTL_S)
+        await pipe.execute()
         return anomaly
     if await b.redis.exists(b.parking_closed_key(event_id)):
         return None  # replayed exit

@@ -349,6 +349,10 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
                   == len(accepted_ids) + credited + eng["sv_payments"])
     engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"]
+    unbounded = worker.keys_out_of_bounds()
+    bounded_ok = not unbounded
+    for line in unbounded[:10]:
+        print(f"unbounded Redis key: {line}", flush=True)
     lines = [
         "",
         f"Loyalty demo report — mall day {DAY}",
@@ -390,6 +394,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"{sv_rec['ledger_total_fen'] / 100:,.2f}: {'EQUAL' if sv_rec['clean'] else 'NOT EQUAL'}",
         f"points to airline miles        {_fmt(eng['exchanges']):>12}   requests sent once each, confirmed "
         f"{_fmt(eng['confirmed'])}",
+        f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
+        "streams/state/keys.py; those that grow per event or request expire)",
         f"dead-letter records            {_fmt(len(dead)):>12}   "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
@@ -403,12 +409,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         "result: "
         + (
             "OK — balances equal the ledger, every accepted event accounted for, every coupon pushed once"
-            if equal and counts_tie and pushes_ok and engaged_ok
+            if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok
             else "FAILED — see the lines above"
         ),
     ]
     print("\n".join(lines), flush=True)
-    return 0 if equal and counts_tie and pushes_ok and engaged_ok else 1
+    return 0 if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok else 1
 
 
 async def _engagement(worker: WorkerProcess, seed: int, members: int, concurrency: int,

@@ -200,6 +200,29 @@ class WorkerProcess:
                         or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0",
                         self.run_id)
 
+    def keys_out_of_bounds(self) -> list[str]:
+        """Keys of this run's namespace that no family of streams/state/keys.py describes,
+        or of a family whose keys expire but that carry no expiry (what would grow without
+        a bound): empty when Redis holds only what it should."""
+        import redis
+
+        from streams.state.keys import family_of
+
+        client = redis.Redis.from_url(self.env.get("LOYALTY_REDIS_URL")
+                                      or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0",
+                                      decode_responses=True)
+        wrong = []
+        try:
+            for key in client.scan_iter(match=f"{self.run_id}:*", count=1000):
+                family = family_of(self.run_id, key)
+                if family is None:
+                    wrong.append(f"{key}: no family")
+                elif family.expires and client.ttl(key) == -1:
+                    wrong.append(f"{key}: {family.name} without an expiry")
+        finally:
+            client.close()
+        return wrong
+
     def kill(self) -> None:
         """SIGKILL: no goodbye, no commit, no flush."""
         if self.proc is not None and self.proc.poll() is None:

@@ -10,8 +10,65 @@ time. tests/unit/test_redis_slots.py checks the slots of every call.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 #: Indexes of members whose outbox an HTTP write used (flushed by a timer after a crash).
 OUTBOX_INDEX_SHARDS = 16
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of keys: its name, its pattern after `<namespace>:`, whether every key of
+    it carries an expiry, and what bounds it (docs/reliability.md has the table)."""
+
+    name: str
+    pattern: str
+    expires: bool
+    bound: str
+
+
+#: Every key the engine writes, by family. Keys that grow per event or per request expire;
+#: the ones without an expiry are one per member, per bound id, per budget or an index
+#: whose entries are removed when done. tests/integration/test_pipeline.py checks a
+#: worker's namespace against it after traffic, the demo after its day.
+FAMILIES = (
+    Family("member", r"m:\{[^}]+\}", False, "one per member (state, balance, counters)"),
+    Family("event records", r"ev:\{[^}]+\}", True, "the refund horizon (400 days), swept daily"),
+    Family("member outbox", r"ob:\{[^}]+\}", True, "until the ledger topic has the rows; the horizon at most"),
+    Family("history", r"h:\{[^}]+\}", True, "8 movements; the horizon"),
+    Family("round outbox", r"outbox:\{[^}]+\}", True, "until its batch's rows are sent; 7 days at most"),
+    Family("round outbox index", r"outboxes", False, "one key; an entry per round outbox not yet sent"),
+    Family("member outbox index", r"obx:\d+", False, "16 keys; an entry per member with rows not yet sent"),
+    Family("budget", r"budget:\{[^}]+\}", False, "one per budget the rules define; reservations end when settled"),
+    Family("guest", r"guest:\{[^}]+\}", True, "the guest credit window"),
+    Family("leaderboard", r"lbv?:\{[^}]+\}", True, "100 days after a board's last score"),
+    Family("schedules", r"(tier_reviews|wallet_checks)", False, "an entry per member"),
+    Family("identity", r"id:[^:]+:.+", False, "one per bound external id (a member's fact)"),
+    Family("referral phone", r"ref-phone:.+", False, "one per phone that earned a referral (a member's fact)"),
+    Family("plate", r"plate:.+", False, "one per bound plate (a member's fact)"),
+    Family("parking session", r"park:[^:]+:.+", True, "until the exit; 30 days at most"),
+    Family("parking exit", r"park-closed:.+", True, "30 days (an exit replayed within them is recognised)"),
+    Family("held refunds", r"parked:\{[^}]+\}:.+", True, "a day past the held wait"),
+    Family("held index", r"held", False, "an entry per payment with refunds held, until released or expired"),
+    Family("gateway route", r"gwpay:.+", True, "LOYALTY_GATEWAY_ROUTE_DAYS (400)"),
+    Family("pushed", r"pushed:.+", True, "90 days"),
+    Family("nonce", r"nonce:.+", True, "LOYALTY_NONCE_WINDOW (600 s)"),
+    Family("event claim", r"eid:.+", True, "LOYALTY_EVENT_CLAIM_DAYS (35)"),
+    Family("rate limit", r"rl:.+", True, "2 s"),
+)
+
+
+def family_of(namespace: str, key: str) -> Family | None:
+    """The family of a key of `namespace`, or None if no family has it."""
+    prefix = namespace + ":"
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix):]
+    for f in FAMILIES:
+        if re.fullmatch(f.pattern, rest):
+            return f
+    return None
 
 class KeySpace:
     """The keys of one namespace (`LOYALTY_REDIS_NAMESPACE`)."""

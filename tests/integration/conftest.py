@@ -47,3 +47,4 @@ def worker_factory(services: None, tmp_path: Path) -> Iterator[object]:
         w.kill()
     for w in started:
         w.cleanup()
+

@@ -625,3 +625,9 @@ def test_engagement_rules_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(core_ext.RulesError) as e:
         core_ext.RuleSet.from_toml(broken, "engage.toml")
     assert "odds_ppm" in e.value.field and "1000000" in e.value.reason
+
+
+def test_redis_holds_only_keys_of_known_families_each_bounded(ew: WorkerProcess) -> None:
+    """After this module's traffic: every key described in streams/state/keys.py, and each
+    one of a family that grows per event or request carrying its expiry."""
+    assert ew.keys_out_of_bounds() == []

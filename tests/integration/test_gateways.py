@@ -296,3 +296,9 @@ def test_locust_gateway_users_run_without_failures(gw: WorkerProcess, sim_dir: P
     accepted = sum(after[f"gateway_{g}_{k}_total"] - before[f"gateway_{g}_{k}_total"]
                    for g in ("wechatpay", "alipay") for k in ("payment", "refund"))
     assert accepted == requests  # retries are accepted again (same event id), refusals would have failed
+
+
+def test_redis_holds_only_keys_of_known_families_each_bounded(gw: WorkerProcess) -> None:
+    """After this module's traffic: every key described in streams/state/keys.py, and each
+    one of a family that grows per event or request carrying its expiry."""
+    assert gw.keys_out_of_bounds() == []

@@ -512,3 +512,9 @@ def test_no_double_issue_or_push_across_sigkill(services: None, rules_path: Path
     finally:
         w.stop()
         r.stop()
+
+
+def test_redis_holds_only_keys_of_known_families_each_bounded(mw: WorkerProcess) -> None:
+    """After this module's traffic: every key described in streams/state/keys.py, and each
+    one of a family that grows per event or request carrying its expiry."""
+    assert mw.keys_out_of_bounds() == []

@@ -116,3 +116,8 @@ def test_member_exit_reduced_by_tier_spend_and_points(worker_factory: Any, tmp_p
     assert by_status["closed"]["fee_fen"] == 2000 and by_status["closed"]["due_fen"] == 2000
     assert "double_entry" in by_status
     assert park_event(w, "exit", "x", 0)[0] == 400
+    # An open session (a car inside) and everything else the day left, each bounded.
+    inside = "沪C" + uuid.uuid4().hex[:5].upper()
+    assert park_event(w, "entry", inside, 10)[0] == 202
+    w.wait_caught_up()
+    assert w.keys_out_of_bounds() == []

@@ -227,3 +227,8 @@ def test_oversized_body_is_refused_with_413(worker: WorkerProcess) -> None:
     body = orjson.dumps(payment(new_member(), 100, channel="x" * 70_000))
     status, reply = worker.send_callback(body)
     assert status == 413 and "larger than" in reply["error"]
+
+
+def test_redis_holds_only_keys_of_known_families_each_bounded(worker: WorkerProcess) -> None:
+    """After this module's traffic (payments, refunds, duplicates, guests, holds...)."""
+    assert worker.keys_out_of_bounds() == []

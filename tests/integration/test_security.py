@@ -201,3 +201,9 @@ for (t,) in c.query("SELECT name FROM system.tables WHERE database = currentData
     print("##", t)
     print(c.raw_query(f"SELECT * FROM `{t}` FORMAT TSV").decode(errors="replace"))
 """
+
+
+def test_redis_holds_only_keys_of_known_families_each_bounded(sw: WorkerProcess) -> None:
+    """After this module's traffic: every key described in streams/state/keys.py, and each
+    one of a family that grows per event or request carrying its expiry."""
+    assert sw.keys_out_of_bounds() == []

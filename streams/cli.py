@@ -448,9 +448,20 @@ def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     print(f"comparing Redis with the ledger through {settings.base_url} ...", file=sys.stderr)
-    result = admin_call(settings, "/v1/admin/reconcile")
-    if isinstance(result, int):
-        return result
+    if args.repair:
+        repaired = admin_call(settings, "/v1/admin/reconcile/repair", b"{}")
+        if isinstance(repaired, int):
+            return repaired
+        print(f"repair: {repaired['mismatches_before']} mismatches; {repaired['rebuilt']} members behind the "
+              f"ledger rebuilt from it; {len(repaired['ahead_of_the_ledger'])} ahead of it (rows on their way: "
+              "run again once the ledger has caught up)")
+        for budget_id, units in sorted(repaired["budgets_changed"].items()):
+            print(f"  budget {budget_id}: spent {units:+,} units, to what the ledger shows given")
+        result = repaired["after"]
+    else:
+        result = admin_call(settings, "/v1/admin/reconcile")
+        if isinstance(result, int):
+            return result
     print(
         f"members {result['members']}  redis total {result['redis_total']}  "
         f"ledger total {result['ledger_total']}  mismatches {result['mismatch_count']}"
@@ -610,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the answer as JSON")
     s.set_defaults(func=cmd_held)
     s = sub.add_parser("reconcile", help="compare Redis balances and wallets with the ledger (exit 1 if not equal)")
+    s.add_argument("--repair", action="store_true",
+                   help="first rebuild from the ledger the members whose Redis state is behind it (Redis lost "
+                        "its last writes) and set budgets to what it shows given; run it while no worker is "
+                        "applying events (members with rows still on their way to the ledger are left alone)")
     s.set_defaults(func=cmd_reconcile)
 
     settlement = sub.add_parser("settlement", help="settlement between business units and merchants")

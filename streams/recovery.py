@@ -25,6 +25,15 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
                                                              {"offset": offset, "limit": limit})]
     if not members:
         return {"total": total, "rebuilt": 0, "next_offset": None}
+    await rebuild_members(members)
+    log.info("rebuilt %d members from the ledger (%d..%d of %d)", len(members), offset, offset + len(members), total)
+    done = offset + len(members)
+    return {"total": total, "rebuilt": len(members), "next_offset": done if done < total else None}
+
+
+async def rebuild_members(members: list[str]) -> None:
+    """Rebuilds these members' Redis state from their ledger rows."""
+    rt = await runtime.started()
     rows = await rt.ledger.query("ledger_rows_of_members", {"members": members})
     now_ms = int(time.time() * 1000)
     b = rt.balances
@@ -81,6 +90,71 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     await pipe.execute()
     await b.schedule(b.tier_reviews_key, reviews)
     await b.schedule(b.wallet_checks_key, checks)
-    log.info("rebuilt %d members from the ledger (%d..%d of %d)", len(members), offset, offset + len(members), total)
-    done = offset + len(members)
-    return {"total": total, "rebuilt": len(members), "next_offset": done if done < total else None}
+
+
+async def repair() -> dict[str, Any]:
+    """After Redis lost its last writes (a machine that crashed within `appendfsync
+    everysec`'s second, an AOF cut short): the members whose Redis state is behind the
+    ledger are rebuilt from it. A member is behind when the ledger has events Redis has no
+    record of, and Redis none the ledger lacks; one with events the ledger does not have
+    yet (rows on their way through the ledger topic) is left alone, to be repaired by a
+    later run once the ledger has caught up (rebuilding it now would drop those events).
+    Budgets are set to what the ledger shows given (restore_budgets). Run it while no worker
+    is applying events (the agents stopped, or every topic consumed and the callbacks held):
+    then the ledger is the whole truth."""
+    from streams.reports import reconcile
+
+    rt = await runtime.started()
+    before = await reconcile(every_mismatch=True)
+    mismatched = [m["member_id"] for m in before["mismatches"]]
+    behind, ahead = [], []
+    for start in range(0, len(mismatched), 500):
+        page = mismatched[start:start + 500]
+        in_ledger: dict[str, set[str]] = {m: set() for m in page}
+        for r in await rt.ledger.query("ledger_events_of_members", {"members": page}):
+            in_ledger[r["member_id"]].add(r["event_id"])
+        for m in page:
+            in_redis = set(await rt.balances.redis.hkeys(rt.balances.records_key(m)))
+            (ahead if in_redis - in_ledger[m] else behind).append(m)
+    for start in range(0, len(behind), 500):
+        await rebuild_members(behind[start:start + 500])
+    budgets = await restore_budgets()
+    after = await reconcile()
+    log.warning("repair: %d members behind the ledger rebuilt, %d ahead of it left for a later run; "
+                "mismatches %d -> %d", len(behind), len(ahead), before["mismatch_count"], after["mismatch_count"])
+    return {"mismatches_before": before["mismatch_count"], "rebuilt": len(behind), "rebuilt_members": behind[:100],
+            "budgets_changed": budgets,
+            "ahead_of_the_ledger": ahead[:100], "after": after}
+
+
+async def restore_budgets() -> dict[str, int]:
+    """Sets each budget's `spent` in Redis to what the ledger shows it gave, plus the units
+    of reservations whose events the ledger does not have (still in flight, or never
+    applied), and drops the reservations whose events it has (their settle was lost with
+    Redis's last writes). Exact when no worker is applying (how `loyalty reconcile --repair`
+    is run); returns the change per budget (+ raised, - lowered)."""
+    rt = await runtime.started()
+    b = rt.balances
+    given = {r["budget_id"]: int(r["units"]) for r in await rt.ledger.query("budgets_spent")}
+    changed: dict[str, int] = {}
+    for budget_id, _limit in rt.rules.budgets:
+        key = b.budget_key(budget_id)
+        fields = await b.redis.hgetall(key)
+        reserved = {f[2:]: int(v.split("|", 1)[0]) for f, v in fields.items() if f.startswith("r:")}
+        done: set[str] = set()
+        ids = list(reserved)
+        for start in range(0, len(ids), 1000):
+            done |= {r["event_id"] for r in await rt.ledger.query("ledger_events_present",
+                                                                   {"ids": ids[start:start + 1000]})}
+        target = given.get(budget_id, 0) + sum(u for e, u in reserved.items() if e not in done)
+        current = int(fields.get("spent", 0))
+        pipe = b.redis.pipeline(transaction=True)
+        if target != current:
+            pipe.hset(key, "spent", target)
+            changed[budget_id] = target - current
+        if done:
+            pipe.hdel(key, *[f"r:{e}" for e in done])
+        await pipe.execute()
+    if changed:
+        log.warning("budgets set to what the ledger shows given: %s", changed)
+    return changed

@@ -13,8 +13,9 @@ import core_ext
 from streams.app import runtime
 
 
-async def reconcile() -> dict[str, Any]:
-    """Compares every member's Redis balance with the sum of their ledger rows."""
+async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
+    """Compares every member's Redis balance with the sum of their ledger rows (the first
+    100 mismatches listed, or all of them)."""
     rt = await runtime.started()
     states = await rt.balances.states()
     redis_balances = {m: b for m, (b, _) in states.items()}
@@ -29,7 +30,7 @@ async def reconcile() -> dict[str, Any]:
         "members": len(set(redis_balances) | set(ledger)),
         "redis_total": sum(redis_balances.values()),
         "ledger_total": sum(ledger.values()),
-        "mismatches": mismatches[:100],
+        "mismatches": mismatches if every_mismatch else mismatches[:100],
         "mismatch_count": len(mismatches),
         "clean": not mismatches,
     }

@@ -1,7 +1,8 @@
 //! Recovery: a member's wallet state rebuilt from their ledger rows alone (after a
 //! Redis loss). Balance, lots, pending points, negative balance and debt, tier,
-//! qualification, registration and campaign usage come back; day-to-day counters
-//! (streaks, daily caps, referral and review counts) and overrides start afresh.
+//! qualification, registration, campaign usage and the counters a payment moves (the
+//! daily cap's points, today's spend per business unit, the spend streak, the month's
+//! task) come back; referral and review counts and overrides start afresh.
 
 use crate::record::{Booking, PaymentRecord, Record};
 use crate::rules::RuleSet;
@@ -103,6 +104,52 @@ fn part<'a>(row: &'a StoredRow, rule: &str) -> Option<&'a StoredPart> {
 }
 
 /// Rebuilds from rows in the order they were applied (oldest first).
+/// The parts of a payment's points that no cap applies to (accrual.rs adds them after the
+/// per-transaction and daily caps), and a debt repaid from them.
+const UNCAPPED: [&str; 4] = ["spend_streak", "monthly_task", "birthday_bonus", "debt"];
+
+/// The counters a payment moves as accrual.rs moves them: the points today counted against
+/// the daily cap, today's spend per business unit (free parking), the spend streak and the
+/// month's task. A streak or task bonus in the row's parts is where the counter started over.
+fn day_counters(rules: &RuleSet, state: &mut MemberState, local: &Local, row: &StoredRow) {
+    let capped: i64 = row.explain.iter().filter(|p| !UNCAPPED.contains(&p.rule.as_str())).map(|p| p.points).sum();
+    if state.day != local.day {
+        state.day = local.day;
+        state.earned_day = 0;
+    }
+    state.earned_day += capped;
+    if state.spend_day != local.day {
+        state.spend_day = local.day;
+        state.spend_by_bu.clear();
+    }
+    *state.spend_by_bu.entry(row.bu_id.clone()).or_insert(0) += row.amount_fen;
+    let b = &rules.behaviour;
+    if let Some((streak, min_amount)) = b.spend_streak {
+        if row.amount_fen >= min_amount {
+            match state.spend_last_day {
+                Some(d) if d == local.day => {}
+                Some(d) if d == local.day - 1 => state.spend_streak += 1,
+                _ => state.spend_streak = 1,
+            }
+            state.spend_last_day = Some(local.day);
+            if state.spend_streak >= streak.days {
+                state.spend_streak = 0;
+            }
+        }
+    }
+    if let Some((target, _)) = b.monthly_task {
+        if state.task_month != local.month_index {
+            state.task_month = local.month_index;
+            state.task_spend_fen = 0;
+            state.task_done = false;
+        }
+        state.task_spend_fen += row.amount_fen;
+        if state.task_spend_fen >= target {
+            state.task_done = true;
+        }
+    }
+}
+
 pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebuilt {
     let mut state = MemberState::default();
     let mut balance = 0;
@@ -155,6 +202,7 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 for p in row.explain.iter().filter(|p| p.rule == "campaign") {
                     *state.campaigns.entry(p.id.clone()).or_insert(0) += p.points;
                 }
+                day_counters(rules, &mut state, &local, row);
                 if part(row, "birthday_bonus").is_some() {
                     state.birthday_bonus_year = local.year;
                 }

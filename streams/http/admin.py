@@ -4,6 +4,7 @@ GET  /v1/admin/ledger/totals, /v1/admin/coupons/totals   totals from ClickHouse
 GET  /v1/admin/kpis, /dashboard, /v1/admin/liability     BI (docs/bi.md)
 POST /v1/admin/segments/refresh                          RFM segments and tags now
 GET  /v1/admin/reconcile, /v1/admin/held                 Redis vs the ledger; refunds held
+POST /v1/admin/reconcile/repair                          members behind the ledger rebuilt from it
 GET  /v1/admin/settlement/statement                      a day's net positions
 POST /v1/admin/rebuild                                   Redis state from the ledger, by page
 POST /v1/admin/members/{id}/tier, .../adjustments        tier override; points adjustment
@@ -158,6 +159,19 @@ class Reconcile(View):
         if (denied := admin_denied(self, request)) is not None:
             return denied
         return json_response(self, await reconcile())
+
+
+@app.page("/v1/admin/reconcile/repair")
+class ReconcileRepair(View):
+    """Members whose Redis state is behind the ledger (Redis lost its last writes) rebuilt
+    from it (streams/recovery.py: repair)."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        from streams.recovery import repair
+
+        return json_response(self, await repair())
 
 
 @app.page("/v1/admin/held")

@@ -1,0 +1,13 @@
+-- Units each budget has given, as the ledger has them (what `ly_reserve` took and
+-- `ly_settle` kept): campaign points on payments, and a unit per coupon issued for its
+-- trigger's budget and its template's stock.
+SELECT JSONExtractString(p, 'id') AS budget_id, sum(JSONExtractInt(p, 'points')) AS units
+FROM ledger FINAL ARRAY JOIN JSONExtractArrayRaw(explain) AS p
+WHERE kind = 'earn' AND JSONExtractString(p, 'rule') = 'campaign'
+GROUP BY budget_id
+UNION ALL
+SELECT concat('trigger:', trigger) AS budget_id, toInt64(count()) AS units
+FROM coupon_events FINAL WHERE kind = 'issued' AND trigger != '' GROUP BY trigger
+UNION ALL
+SELECT concat('stock:', template) AS budget_id, toInt64(count()) AS units
+FROM coupon_events FINAL WHERE kind = 'issued' GROUP BY template

@@ -1015,3 +1015,32 @@ fn a_refund_rechecks_a_tier_reached_with_its_spend_never_below_the_tier_before()
     r.tier_policy.on_refund = crate::rules::OnRefund::KeepUntilReview;
     assert_eq!(refund_of(&r, "a", 50_000, 500, booking_of(0)).state("m1").tier.as_deref(), Some("gold"));
 }
+
+#[test]
+fn a_rebuilt_member_has_the_counters_its_payments_moved() {
+    // Payments over three days: the daily cap reached on the last, a 3-day spend streak
+    // and the month's task completed; the rebuild from the ledger rows must give the same
+    // counters, or a member rebuilt mid-day would earn past the cap (or the task) again.
+    let r = rules("best_of");
+    let days = ["2026-11-21T10:00:00+08:00", "2026-11-22T10:00:00+08:00", "2026-11-23T10:00:00+08:00"];
+    let mut evs = Vec::new();
+    for (d, at) in days.iter().enumerate() {
+        for i in 0..3 {
+            evs.push(pay(&format!("p{d}{i}"), "m1", if i == 2 { "hotel" } else { "mall" }, "x", "fashion",
+                         200_000 + 10_000 * i as i64, at));
+        }
+    }
+    let out = run(&r, &evs);
+    let live = out.state("m1");
+    assert!(live.task_done && live.earned_day > 0 && !live.spend_by_bu.is_empty());
+    let mut stored: Vec<crate::rebuild::StoredRow> = Vec::new();
+    for i in 0..evs.len() {
+        stored.extend(serde_json::from_value::<Vec<crate::rebuild::StoredRow>>(out.rows(i)).unwrap());
+    }
+    let rebuilt = crate::rebuild::rebuild_member(&r, &stored, crate::time::parse_instant_ms(days[2]).unwrap() + 3_600_000);
+    let s = rebuilt.state;
+    assert_eq!((s.day, s.earned_day), (live.day, live.earned_day), "the daily cap's points");
+    assert_eq!((s.spend_day, &s.spend_by_bu), (live.spend_day, &live.spend_by_bu), "today's spend per BU");
+    assert_eq!((s.spend_last_day, s.spend_streak), (live.spend_last_day, live.spend_streak), "the spend streak");
+    assert_eq!((s.task_month, s.task_spend_fen, s.task_done), (live.task_month, live.task_spend_fen, live.task_done));
+}

@@ -326,6 +326,50 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A backup of the ClickHouse store, written by the worker that holds it."""
+    import datetime as _dt
+
+    settings = Settings.from_env()
+    name = args.name or _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    print(f"backing up the ClickHouse store through {settings.base_url} ...", file=sys.stderr)
+    result = admin_call(settings, "/v1/admin/backup", orjson.dumps({"name": name}))
+    if isinstance(result, int):
+        return result
+    for table, meta in sorted(result["tables"].items()):
+        print(f"  {table:24} {meta['rows']:>12,} rows")
+    print(f"backup written to {result['path']}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """A backup into an empty ClickHouse store (no worker may hold an embedded one)."""
+    import asyncio
+
+    from streams.sinks.backup import restore_sync
+    from streams.sinks.ledger import LedgerStore
+
+    dsn = args.dsn or Settings.from_env().clickhouse_dsn
+    print(f"restoring {args.source} into {dsn.split('@')[-1]} ...", file=sys.stderr)
+
+    async def run() -> dict[str, Any]:
+        store = LedgerStore(dsn)
+        try:
+            await store.setup()
+            return await store.in_thread(restore_sync, store, Path(args.source))  # type: ignore[no-any-return]
+        finally:
+            await store.close()
+    try:
+        result = asyncio.run(run())
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for table, rows in sorted(result["tables"].items()):
+        print(f"  {table:24} {rows:>12,} rows")
+    print(f"restored the backup of {result['created_at']}; run `loyalty rebuild` against a worker on this store")
+    return 0
+
+
 def cmd_segments_refresh(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     print(f"computing RFM segments and tags through {settings.base_url} ...", file=sys.stderr)
@@ -609,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = dbsub.add_parser("migrate", help="apply the migrations not yet applied (safe to re-run)")
     s.add_argument("--dsn", help="default: LOYALTY_CLICKHOUSE_DSN (chdb:///path or http://host:8123)")
     s.set_defaults(func=cmd_db_migrate)
+
+    s = sub.add_parser("backup", help="back up the ClickHouse store (through the worker that holds it)")
+    s.add_argument("--name", default="", help="the backup's directory under LOYALTY_BACKUP_DIR (default: the time)")
+    s.set_defaults(func=cmd_backup)
+    s = sub.add_parser("restore", help="restore a backup into an empty ClickHouse store (no worker on it)")
+    s.add_argument("source", help="the backup's directory (with its manifest.json)")
+    s.add_argument("--dsn", help="default: LOYALTY_CLICKHOUSE_DSN (chdb:///path or http://host:8123)")
+    s.set_defaults(func=cmd_restore)
 
     segments = sub.add_parser("segments", help="RFM segments and computed tags (docs/bi.md)")
     segsub = segments.add_subparsers(dest="segments_command", required=True)

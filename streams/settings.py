@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     # Several ingress processes on one port (`loyalty worker --roles ingress --processes N` sets
     # both for its children): SO_REUSEPORT on the HTTP socket, and a directory where each
     # writes its metrics so that /metrics sums them (streams/metrics.py).
+    # `loyalty backup` writes ClickHouse backups under this directory (streams/sinks/backup.py).
+    backup_dir: Path = ROOT / ".local" / "backups"
     web_reuse_port: bool = False
     metrics_dir: str = ""
     envelope_linger_ms: float = Field(1.0, ge=0)

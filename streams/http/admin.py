@@ -5,6 +5,7 @@ GET  /v1/admin/kpis, /dashboard, /v1/admin/liability     BI (docs/bi.md)
 POST /v1/admin/segments/refresh                          RFM segments and tags now
 GET  /v1/admin/reconcile, /v1/admin/held                 Redis vs the ledger; refunds held
 POST /v1/admin/reconcile/repair                          members behind the ledger rebuilt from it
+POST /v1/admin/backup                                    a backup of the ClickHouse store
 GET  /v1/admin/settlement/statement                      a day's net positions
 POST /v1/admin/rebuild                                   Redis state from the ledger, by page
 POST /v1/admin/members/{id}/tier, .../adjustments        tier override; points adjustment
@@ -172,6 +173,30 @@ class ReconcileRepair(View):
         from streams.recovery import repair
 
         return json_response(self, await repair())
+
+
+@app.page("/v1/admin/backup")
+class Backup(View):
+    """A backup of the ClickHouse store (streams/sinks/backup.py) under LOYALTY_BACKUP_DIR,
+    written by the worker that holds the store."""
+
+    async def post(self, request: Request) -> Response:
+        if (denied := admin_denied(self, request)) is not None:
+            return denied
+        from streams.sinks.backup import NAME, backup_sync
+
+        try:
+            name = orjson.loads(await request.read() or b"{}").get("name", "")
+            require(isinstance(name, str) and bool(NAME.fullmatch(name)))
+        except (orjson.JSONDecodeError, AttributeError, BadInput):
+            return error_response(self, 400, 'body: {"name": 1-64 letters, digits, _ . -}', "name")
+        rt = await runtime.started()
+        into = rt.settings.backup_dir / name
+        try:
+            manifest = await rt.ledger.in_thread(backup_sync, rt.ledger, into)
+        except FileExistsError as exc:
+            return error_response(self, 409, str(exc), "name")
+        return json_response(self, {"path": str(into), **manifest})
 
 
 @app.page("/v1/admin/held")

@@ -93,6 +93,10 @@ class LedgerStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
+    async def in_thread(self, fn: Any, *args: Any) -> Any:
+        """Runs `fn(*args)` on the store's own thread (where its client is used)."""
+        return await self._run(fn, *args)
+
     async def setup(self) -> list[str]:
         """Connects, pings and applies pending migrations; returns the ones applied. Fails
         if a table's columns are not what the ledger blocks write."""

@@ -91,6 +91,15 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
+#: How long each topic keeps its records (set when the engine creates it; docs/reliability.md):
+#: the input topics long enough for an agent down over a long weekend to catch up; the ledger
+#: topic twice that, so that what ClickHouse has not confirmed can be replayed into it (and
+#: longer than the accrual's round outboxes live, 7 days); the dead letters for operators to
+#: look at and replay.
+RETENTION_DAYS = {"payments": 7, "member-events": 7, "parking": 7, "coupon-pushes": 7, "ledger": 14,
+                  "dead-letter": 30}
+
+
 @dataclass(frozen=True)
 class Topics:
     """The topics of one app. internal=True: Faust creates them (with these partitions)
@@ -105,15 +114,17 @@ class Topics:
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> Topics:
-        def topic(name: str, partitions: int) -> faust.TopicT:
+        def topic(name: str, partitions: int, days: int) -> faust.TopicT:
             return app.topic(name, internal=True, partitions=partitions, key_serializer="raw",
-                             value_serializer="raw")
+                             value_serializer="raw", retention=days * 86_400.0)
 
         n = settings.partitions
-        return cls(payments=topic(settings.payments_topic, n), ledger=topic(settings.ledger_topic, n),
-                   member_events=topic(settings.member_events_topic, n), parking=topic(settings.parking_topic, n),
-                   notifications=topic(settings.notifications_topic, n),
-                   dead_letter=topic(settings.dead_letter_topic, 1))
+        return cls(payments=topic(settings.payments_topic, n, RETENTION_DAYS["payments"]),
+                   ledger=topic(settings.ledger_topic, n, RETENTION_DAYS["ledger"]),
+                   member_events=topic(settings.member_events_topic, n, RETENTION_DAYS["member-events"]),
+                   parking=topic(settings.parking_topic, n, RETENTION_DAYS["parking"]),
+                   notifications=topic(settings.notifications_topic, n, RETENTION_DAYS["coupon-pushes"]),
+                   dead_letter=topic(settings.dead_letter_topic, 1, RETENTION_DAYS["dead-letter"]))
 
     def all(self) -> tuple[faust.TopicT, ...]:
         return (self.dead_letter, self.notifications, self.payments, self.member_events, self.parking, self.ledger)

@@ -232,3 +232,27 @@ def test_oversized_body_is_refused_with_413(worker: WorkerProcess) -> None:
 def test_redis_holds_only_keys_of_known_families_each_bounded(worker: WorkerProcess) -> None:
     """After this module's traffic (payments, refunds, duplicates, guests, holds...)."""
     assert worker.keys_out_of_bounds() == []
+
+
+def test_every_topic_keeps_its_records_as_long_as_set_on_purpose(worker: WorkerProcess) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.app import RETENTION_DAYS
+
+    async def retention() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=Settings.from_env().kafka_bootstrap)
+        await admin.start()
+        try:
+            names = [f"{worker.run_id}.{t}" for t in RETENTION_DAYS]
+            answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            out = {}
+            for answer in answers:
+                for resource in answer.resources:
+                    entries = {e[0]: e[1] for e in resource[4]}
+                    out[resource[3].split(".", 1)[1]] = int(entries["retention.ms"])
+            return out
+        finally:
+            await admin.close()
+
+    assert asyncio.run(retention()) == {t: days * 86_400_000 for t, days in RETENTION_DAYS.items()}

@@ -140,44 +140,14 @@ pub fn accrue_payment(
         *state.campaigns.entry(p.id.clone()).or_insert(0) += p.points;
         consumed.push((p.id.clone(), p.points));
     }
-    if state.day != local.day {
-        state.day = local.day;
-        state.earned_day = 0;
-    }
-    state.earned_day += capped;
-    if state.spend_day != local.day {
-        state.spend_day = local.day;
-        state.spend_by_bu.clear();
-    }
-    *state.spend_by_bu.entry(ev.bu_id.clone()).or_insert(0) += ev.amount_fen;
-
     // Behaviour rules a payment drives; not subject to the caps above.
     let b = &rules.behaviour;
-    if let Some((streak, min_amount)) = b.spend_streak {
-        if ev.amount_fen >= min_amount {
-            match state.spend_last_day {
-                Some(d) if d == local.day => {}
-                Some(d) if d == local.day - 1 => state.spend_streak += 1,
-                _ => state.spend_streak = 1,
-            }
-            state.spend_last_day = Some(local.day);
-            if state.spend_streak >= streak.days {
-                parts.push(Part::new("spend_streak", format!("{}d", streak.days), streak.points));
-                state.spend_streak = 0;
-            }
-        }
+    let (streak_bonus, task_bonus) = move_counters(rules, state, &local, &ev.bu_id, ev.amount_fen, capped);
+    if let (true, Some((streak, _))) = (streak_bonus, b.spend_streak) {
+        parts.push(Part::new("spend_streak", format!("{}d", streak.days), streak.points));
     }
-    if let Some((target, points)) = b.monthly_task {
-        if state.task_month != local.month_index {
-            state.task_month = local.month_index;
-            state.task_spend_fen = 0;
-            state.task_done = false;
-        }
-        state.task_spend_fen += ev.amount_fen;
-        if !state.task_done && state.task_spend_fen >= target {
-            state.task_done = true;
-            parts.push(Part::new("monthly_task", "", points));
-        }
+    if let (true, Some((_, points))) = (task_bonus, b.monthly_task) {
+        parts.push(Part::new("monthly_task", "", points));
     }
     if b.birthday_month_bonus > 0 && state.birthday_month() == Some(local.month) && state.birthday_bonus_year != local.year
     {
@@ -367,11 +337,59 @@ pub fn accrue_refund(
     ))
 }
 
+/// The counters a payment moves: the points counted against the daily cap today (`capped`:
+/// what the caps applied to), today's spend per business unit, the spend streak and the
+/// month's task. Returns whether the streak and the task earn their bonus with this payment
+/// (the payment's rows carry those parts; a rebuild from the rows moves the same counters).
+pub(crate) fn move_counters(rules: &RuleSet, state: &mut MemberState, local: &Local, bu_id: &str, amount_fen: i64,
+                            capped: i64) -> (bool, bool) {
+    if state.day != local.day {
+        state.day = local.day;
+        state.earned_day = 0;
+    }
+    state.earned_day += capped;
+    if state.spend_day != local.day {
+        state.spend_day = local.day;
+        state.spend_by_bu.clear();
+    }
+    *state.spend_by_bu.entry(bu_id.to_string()).or_insert(0) += amount_fen;
+    let b = &rules.behaviour;
+    let mut streak_bonus = false;
+    if let Some((streak, min_amount)) = b.spend_streak {
+        if amount_fen >= min_amount {
+            match state.spend_last_day {
+                Some(d) if d == local.day => {}
+                Some(d) if d == local.day - 1 => state.spend_streak += 1,
+                _ => state.spend_streak = 1,
+            }
+            state.spend_last_day = Some(local.day);
+            if state.spend_streak >= streak.days {
+                state.spend_streak = 0;
+                streak_bonus = true;
+            }
+        }
+    }
+    let mut task_bonus = false;
+    if let Some((target, _)) = b.monthly_task {
+        if state.task_month != local.month_index {
+            state.task_month = local.month_index;
+            state.task_spend_fen = 0;
+            state.task_done = false;
+        }
+        state.task_spend_fen += amount_fen;
+        if !state.task_done && state.task_spend_fen >= target {
+            state.task_done = true;
+            task_bonus = true;
+        }
+    }
+    (streak_bonus, task_bonus)
+}
+
 /// A refund takes its amount out of what its payment counted towards: the business
 /// unit's spend of the day (what parking rewards) if that day is still the member's
 /// current one, and the monthly task's spend if its month is the task's (a task already
 /// done stays done: its bonus was part of the points the refund claws back pro rata).
-fn unspend(state: &mut MemberState, paid: &Local, bu_id: &str, amount_fen: i64) {
+pub(crate) fn unspend(state: &mut MemberState, paid: &Local, bu_id: &str, amount_fen: i64) {
     if state.spend_day == paid.day {
         if let Some(spent) = state.spend_by_bu.get_mut(bu_id) {
             *spent = (*spent - amount_fen).max(0);

@@ -108,46 +108,12 @@ fn part<'a>(row: &'a StoredRow, rule: &str) -> Option<&'a StoredPart> {
 /// per-transaction and daily caps), and a debt repaid from them.
 const UNCAPPED: [&str; 4] = ["spend_streak", "monthly_task", "birthday_bonus", "debt"];
 
-/// The counters a payment moves as accrual.rs moves them: the points today counted against
-/// the daily cap, today's spend per business unit (free parking), the spend streak and the
-/// month's task. A streak or task bonus in the row's parts is where the counter started over.
+/// The counters a payment's row moves, as accrual moved them when it was applied
+/// (`accrual::move_counters`): the points the caps applied to are the row's parts but the
+/// uncapped ones.
 fn day_counters(rules: &RuleSet, state: &mut MemberState, local: &Local, row: &StoredRow) {
     let capped: i64 = row.explain.iter().filter(|p| !UNCAPPED.contains(&p.rule.as_str())).map(|p| p.points).sum();
-    if state.day != local.day {
-        state.day = local.day;
-        state.earned_day = 0;
-    }
-    state.earned_day += capped;
-    if state.spend_day != local.day {
-        state.spend_day = local.day;
-        state.spend_by_bu.clear();
-    }
-    *state.spend_by_bu.entry(row.bu_id.clone()).or_insert(0) += row.amount_fen;
-    let b = &rules.behaviour;
-    if let Some((streak, min_amount)) = b.spend_streak {
-        if row.amount_fen >= min_amount {
-            match state.spend_last_day {
-                Some(d) if d == local.day => {}
-                Some(d) if d == local.day - 1 => state.spend_streak += 1,
-                _ => state.spend_streak = 1,
-            }
-            state.spend_last_day = Some(local.day);
-            if state.spend_streak >= streak.days {
-                state.spend_streak = 0;
-            }
-        }
-    }
-    if let Some((target, _)) = b.monthly_task {
-        if state.task_month != local.month_index {
-            state.task_month = local.month_index;
-            state.task_spend_fen = 0;
-            state.task_done = false;
-        }
-        state.task_spend_fen += row.amount_fen;
-        if state.task_spend_fen >= target {
-            state.task_done = true;
-        }
-    }
+    crate::accrual::move_counters(rules, state, local, &row.bu_id, row.amount_fen, capped);
 }
 
 pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebuilt {
@@ -156,6 +122,8 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
     let mut records: BTreeMap<String, EventRecord> = BTreeMap::new();
     // The month lot each payment's points went into: its refunds take from it first.
     let mut earned_month: BTreeMap<String, i64> = BTreeMap::new();
+    // When each payment happened: its refunds take their amount out of that day's counters.
+    let mut paid_at: BTreeMap<String, i64> = BTreeMap::new();
     let window = rules.tier_policy.window_months;
     for row in rows {
         balance += row.points;
@@ -214,6 +182,7 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                     (days > 0).then(|| (row.event_id.as_str(), row.occurred_at_ms + days * DAY_MS));
                 wallet::credit(&mut state, row.points, month, pending);
                 earned_month.insert(row.event_id.clone(), month);
+                paid_at.insert(row.event_id.clone(), row.occurred_at_ms);
             }
             "clawback" => {
                 let _ = &row.refund_of;
@@ -223,6 +192,10 @@ pub fn rebuild_member(rules: &RuleSet, rows: &[StoredRow], now_ms: i64) -> Rebui
                 let taken = -row.points;
                 let short =
                     wallet::take_back(&mut state, &row.refund_of, earned_month.get(&row.refund_of).copied(), taken);
+                if let Some(&at) = paid_at.get(&row.refund_of) {
+                    crate::accrual::unspend(&mut state, &Local::of(at, rules.utc_offset_minutes), &row.bu_id,
+                                            row.amount_fen);
+                }
                 state.neg += short;
                 state.owed += owed;
                 state.add_qualification(

@@ -1030,6 +1030,10 @@ fn a_rebuilt_member_has_the_counters_its_payments_moved() {
                          200_000 + 10_000 * i as i64, at));
         }
     }
+    // A refund the same day as its payment takes its amount out of the day's spend.
+    let mut refund_today = refund("r20", "m1", "p20", 50_000);
+    refund_today["occurred_at"] = json!(days[2]);
+    evs.push(refund_today);
     let out = run(&r, &evs);
     let live = out.state("m1");
     assert!(live.task_done && live.earned_day > 0 && !live.spend_by_bu.is_empty());

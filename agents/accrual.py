@@ -40,6 +40,7 @@ from streams.app import (
     member_events_topic,
     notifications_topic,
     payments_topic,
+    record_binding,
     runtime,
     send_dead_letter,
     settings,
@@ -363,6 +364,8 @@ async def bind_and_credit(body: bytes, credit_days: int) -> None:
             log.warning("%s id %s is bound to member %s already; not rebinding it to %s",
                         kind, external_id, owner, member_id)
             continue
+        # Durable before the guest payments are credited (a redelivery records it again).
+        await record_binding("identity", f"id:{kind}:{external_id}", member_id)
         futures = []
         for event in await rt.balances.guest_payments(kind, external_id):
             event["member_id"] = member_id
@@ -392,7 +395,10 @@ async def reward_referral(body: bytes) -> None:
         return
     phones = [ext for kind, ext in reg.bindings if kind == "phone"]
     rt = await runtime.started()
-    if not phones or not await rt.balances.claim_referral_phone(phones[0], member_id):
+    claimed = bool(phones) and await rt.balances.claim_referral_phone(phones[0], member_id)
+    if claimed:
+        await record_binding("referral_phone", f"ref-phone:{phones[0]}", member_id)
+    if not claimed:
         counters["referrals_refused_total"] += 1
         log.info("registration of %s invited by %s: %s; no referral reward", member_id, inviter,
                  "no phone number" if not phones else "the phone number was rewarded before")

@@ -497,12 +497,13 @@ def reverse_redemption(
     (new state JSON, ledger rows JSON, answer JSON)."""
 
 def rebuild_member(
-    rules: RuleSet, rows_json: str, now_ms: int
+    rules: RuleSet, rows_json: str, now_ms: int, snapshot: str | None = None
 ) -> tuple[str, int, list[tuple[str, str, int, int, str | None]], int | None, int | None]:
     """A member's state rebuilt from their ledger rows (JSON array, in applied order):
     (state JSON, balance, event records, tier review_at_ms, next wallet check ms); a record
     is (event_id, kind, amount_fen, points, the string Redis keeps for a payment or refund,
-    or None for the other kinds)."""
+    or None for the other kinds). `snapshot`: the state the member's last write left (the
+    member_states table), restored as it is (InvalidEvent if it is not a member state)."""
 
 def hold_points(
     rules: RuleSet, state_json: str | None, hold_id: str, points: int, ttl_ms: int, now_ms: int

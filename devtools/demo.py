@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from devtools import recovery_check
 from devtools.gateways import simulators
 from devtools.workers import (
     WebhookReceiver,
@@ -314,6 +315,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     worker.wait_until(lambda: sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]
                                   ["outcomes"]) >= eng["plays"], timeout=120, what="every draw in ClickHouse")
     audited = sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]["outcomes"])
+    office = await _back_office(worker, gateways[2], gateways[3], concurrency)
+    worker.wait_until(lambda: _settled(worker), timeout=300, what="the back office's events to be processed")
     worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
                       what="stored value: Redis = ledger")
     _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")
@@ -347,12 +350,14 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     # go through accrual as payment events.
     counts_tie = (m["events_applied_total"] + eng["points_ops"] == totals["events"]
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
-                  == len(accepted_ids) + credited + eng["sv_payments"])
+                  == len(accepted_ids) + credited + eng["sv_payments"] + office["member_events"])
     engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"]
     unbounded = worker.keys_out_of_bounds()
     bounded_ok = not unbounded
     for line in unbounded[:10]:
         print(f"unbounded Redis key: {line}", flush=True)
+    lost = await asyncio.to_thread(_lose_redis_and_rebuild, worker)
+    rebuilt_ok = all(k.ok for k in lost.kinds) and lost.clean
     lines = [
         "",
         f"Loyalty demo report — mall day {DAY}",
@@ -394,8 +399,15 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"{sv_rec['ledger_total_fen'] / 100:,.2f}: {'EQUAL' if sv_rec['clean'] else 'NOT EQUAL'}",
         f"points to airline miles        {_fmt(eng['exchanges']):>12}   requests sent once each, confirmed "
         f"{_fmt(eng['confirmed'])}",
+        f"till and back office           {_fmt(office['redeemed']):>12}   welcome coupons redeemed at the till; "
+        f"holds placed {_fmt(office['holds'])}, tier overrides {_fmt(office['overrides'])}, plates bound "
+        f"{_fmt(office['plates'])}, segments refreshed for {_fmt(office['segmented'])} members",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
         "streams/state/keys.py; those that grow per event or request expire)",
+        f"Redis lost, then rebuilt       {_fmt(lost.wiped):>12}   keys wiped; `loyalty rebuild` {lost.seconds:.1f} s, "
+        f"reconcile {'clean' if lost.clean else 'NOT CLEAN'}; equal after, by kind:",
+        *(f"  {k.kind:<52} {k.equal:>6,}/{k.total:,}" + ("" if k.ok else "   DIFFERENT: " + "; ".join(k.examples[:2]))
+          for k in lost.kinds),
         f"dead-letter records            {_fmt(len(dead)):>12}   "
         + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())),
         f"throughput: callbacks          {sent / (t_sent - t0):>12,.0f} /s   ({t_sent - t0:.1f} s)",
@@ -409,12 +421,81 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         "result: "
         + (
             "OK — balances equal the ledger, every accepted event accounted for, every coupon pushed once"
-            if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok
+            if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok and rebuilt_ok and office["ok"]
             else "FAILED — see the lines above"
         ),
     ]
     print("\n".join(lines), flush=True)
-    return 0 if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok else 1
+    return 0 if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok and rebuilt_ok and office["ok"] else 1
+
+
+async def _back_office(worker: WorkerProcess, seed: int, members: int, concurrency: int) -> dict[str, Any]:
+    """The till and the back office: welcome coupons redeemed with a payment, points held
+    for a checkout that has not paid yet, tier overrides, plates bound for the car park,
+    and the segments refreshed (the states these leave are what a rebuild must restore)."""
+    rng = random.Random(seed + 3)
+    ids = [f"m-{i:05d}" for i in range(1, members + 1)]
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    redeem: list[tuple[str, dict[str, Any], str]] = []
+    for m in rng.sample(ids, k=max(1, members // 10)):
+        status, body = worker.get(f"/v1/members/{m}/coupons")
+        active = [c for c in (body or {}).get("coupons", []) if status == 200 and c.get("template") == "welcome-20"
+                  and c.get("status") == "active"]
+        if active:
+            redeem.append(("/v1/coupons/redeem", {
+                "member_id": m, "coupon_id": active[0]["coupon_id"], "payment_id": f"{DAY}-till-{m}",
+                "bu_id": "sh-mall", "merchant_id": "sh-mall-shop-01", "category": "food", "amount_fen": 12_000,
+                "occurred_at": now}, f"{DAY}-coupon-{m}"))
+    holds = [("/v1/holds", {"member_id": m, "points": 100, "ttl_seconds": 3600}, f"{DAY}-hold-{m}")
+             for m in rng.sample(ids, k=max(1, members // 20))]
+    plates = [(f"/v1/members/{m}/plates", {"plate": f"沪A{i:05d}", "auto_pay": i % 2 == 0}, f"{DAY}-plate-{m}")
+              for i, m in enumerate(rng.sample(ids, k=max(1, members // 20)))]
+    r_redeem = await post_signed_many(worker, redeem, concurrency)
+    r_hold = await post_signed_many(worker, holds, concurrency)
+    r_plate = await post_signed_many(worker, plates, concurrency)
+    overrides = rng.sample(ids, k=3)
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).isoformat(timespec="seconds")
+    r_over = [worker.post(f"/v1/admin/members/{m}/tier", orjson.dumps({"tier": "diamond", "until": until}),
+                          {"Authorization": f"Bearer {worker.admin_token}"}) for m in overrides]
+    worker.wait_until(lambda: all(worker.get(f"/v1/members/{m}")[1].get("tier") == "diamond" for m in overrides),
+                      timeout=60, what="the tier overrides")
+    _, seg = worker.post("/v1/admin/segments/refresh", b"{}", {"Authorization": f"Bearer {worker.admin_token}"})
+    held_ok = sum(1 for st, _ in r_hold if st == 201)
+    return {
+        "redeemed": sum(1 for st, _ in r_redeem if st == 201), "holds": held_ok,
+        "plates": sum(1 for st, _ in r_plate if st == 200), "overrides": sum(1 for st, _ in r_over if st == 200),
+        "segmented": int((seg or {}).get("members", 0)) if isinstance(seg, dict) else 0,
+        # Events these send through accrual: each override, each member whose segment changed.
+        "member_events": sum(1 for st, _ in r_over if st == 200)
+        + (int(seg.get("changed", 0)) if isinstance(seg, dict) else 0),
+        "ok": all(st == 201 for st, _ in r_redeem) and all(st == 200 for st, _ in r_plate)
+        and all(st == 200 for st, _ in r_over),
+    }
+
+
+@dataclass
+class LostRedis:
+    wiped: int
+    seconds: float
+    clean: bool
+    kinds: list[recovery_check.KindResult]
+
+
+def _lose_redis_and_rebuild(worker: WorkerProcess) -> LostRedis:
+    """The day's end: every member's state and binding captured, the namespace wiped (Redis
+    lost it), `loyalty rebuild`, then compared kind by kind and reconciled."""
+    worker.wait_caught_up(120)
+    url = worker.redis_url
+    before = recovery_check.capture(url, worker.run_id)
+    wiped = recovery_check.wipe(url, worker.run_id)
+    t0 = time.monotonic()
+    out = recovery_check.rebuild(worker.env)
+    seconds = time.monotonic() - t0
+    if out.returncode != 0:
+        print(f"loyalty rebuild failed ({out.returncode}): {out.stdout}{out.stderr}", flush=True)
+    after = recovery_check.capture(url, worker.run_id)
+    clean = bool(worker.get("/v1/admin/reconcile", admin=True)[1].get("clean"))
+    return LostRedis(wiped, seconds, clean and out.returncode == 0, recovery_check.compare(before, after))
 
 
 async def _engagement(worker: WorkerProcess, seed: int, members: int, concurrency: int,

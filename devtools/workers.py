@@ -200,6 +200,12 @@ class WorkerProcess:
                         or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0",
                         self.run_id)
 
+    @property
+    def redis_url(self) -> str:
+        """The Redis this worker uses."""
+        return (self.env.get("LOYALTY_REDIS_URL")
+                or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0")
+
     def keys_out_of_bounds(self) -> list[str]:
         """Keys of this run's namespace that no family of streams/state/keys.py describes,
         or of a family whose keys expire but that carry no expiry (what would grow without

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+import orjson
 import redis.exceptions
 from aiohttp.web import BaseSite, TCPSite
 from aiokafka.errors import KafkaError
@@ -228,6 +229,16 @@ class LoyaltyApp:
         counters["events_dead_lettered_total"] += 1
         log.warning("dead-lettered (%s) event %s: %s", source, event_id or "-", reason)
 
+    async def record_binding(self, kind: str, key: str, member_id: str, value: str = "") -> None:
+        """Makes a binding Redis has durable: a `bindings` row (sql/013_member_states.sql)
+        through the ledger topic, which `loyalty rebuild` restores. `key` is the Redis key
+        after the namespace (`id:wechat:o-1`, `plate:沪A12345`, `ref-phone:<pseudonym>`).
+        Idempotent: a retry sends the same binding again and the newest row per key wins."""
+        row = {"table": "bindings", "key": key, "kind": kind, "member_id": member_id, "value": value,
+               "processed_at_ms": int(time.time() * 1000)}
+        fut = await self.topics.ledger.send(value=orjson.dumps({"ledger": [row], "guests": []}), force=True)
+        await fut
+
     async def send_scheduled(self, key: str, kind: str) -> int:
         """Due entries of a schedule become member events (applied in order with the
         member's other events, Kafka key = member id); returns how many were sent."""
@@ -344,6 +355,7 @@ payments_topic, ledger_topic = loyalty.topics.payments, loyalty.topics.ledger
 member_events_topic, parking_topic = loyalty.topics.member_events, loyalty.topics.parking
 notifications_topic, dead_letter_topic = loyalty.topics.notifications, loyalty.topics.dead_letter
 send_dead_letter = loyalty.send_dead_letter
+record_binding = loyalty.record_binding
 consumer_lag = loyalty.consumer_lag
 
 

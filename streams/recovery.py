@@ -18,35 +18,82 @@ log = logging.getLogger(__name__)
 
 
 async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
-    """Rebuilds the members at [offset, offset + limit) of the ledger's member list."""
+    """Rebuilds the members at [offset, offset + limit) of those the ledger or the stored
+    states know, and the bindings at the same places of the bindings table. Each page is
+    idempotent: a rebuild interrupted anywhere and run again (or resumed at a page) ends
+    the same."""
     rt = await runtime.started()
-    total = int((await rt.ledger.query("ledger_member_count"))[0]["members"])
-    members = [r["member_id"] for r in await rt.ledger.query("ledger_members_page",
+    total = int((await rt.ledger.query("rebuild_member_count"))[0]["members"])
+    bindings_total = int((await rt.ledger.query("bindings_count"))[0]["bindings"])
+    members = [r["member_id"] for r in await rt.ledger.query("rebuild_members_page",
                                                              {"offset": offset, "limit": limit})]
-    if not members:
-        return {"total": total, "rebuilt": 0, "next_offset": None}
-    await rebuild_members(members)
-    log.info("rebuilt %d members from the ledger (%d..%d of %d)", len(members), offset, offset + len(members), total)
-    done = offset + len(members)
-    return {"total": total, "rebuilt": len(members), "next_offset": done if done < total else None}
+    bound = await restore_bindings(offset, limit) if offset < bindings_total else 0
+    if members:
+        await rebuild_members(members)
+        log.info("rebuilt %d members (%d..%d of %d), %d bindings", len(members), offset, offset + len(members),
+                 total, bound)
+    done = offset + limit
+    more = done < total or done < bindings_total
+    return {"total": total, "rebuilt": len(members), "bindings": bound, "bindings_total": bindings_total,
+            "next_offset": done if more else None}
+
+
+async def restore_bindings(offset: int, limit: int) -> int:
+    """Writes a page of the bindings table back into Redis (the newest row per key; an
+    unbinding deletes the key); returns how many keys were bound."""
+    rt = await runtime.started()
+    b = rt.balances
+    pipe = b.redis.pipeline(transaction=False)
+    bound = 0
+    for r in await rt.ledger.query("bindings_page", {"offset": offset, "limit": limit}):
+        key, kind, member_id, value = f"{b.ns}:{r['key']}", r["kind"], r["member_id"], r["value"]
+        if not member_id:
+            pipe.delete(key)
+            continue
+        if kind == "plate":
+            pipe.hset(key, mapping={"member_id": member_id, "auto_pay": value or "0"})
+        elif kind in ("identity", "referral_phone"):
+            pipe.set(key, member_id)
+        else:
+            log.warning("bindings: unknown kind %r of %s; left alone", kind, r["key"])
+            continue
+        bound += 1
+    await pipe.execute()
+    return bound
 
 
 async def rebuild_members(members: list[str]) -> None:
-    """Rebuilds these members' Redis state from their ledger rows."""
+    """Rebuilds these members' Redis state: the state their last write left (the
+    member_states table; coupons, profile, engagement... that no ledger row carries) or,
+    for a member without one, the state their ledger rows give; balances, counters, event
+    records and history from the ledger rows."""
     rt = await runtime.started()
     rows = await rt.ledger.query("ledger_rows_of_members", {"members": members})
+    stored = {r["member_id"]: (r["last_state"], int(r["last_seq"]))
+              for r in await rt.ledger.query("member_states_of_members", {"members": members})}
+    ops: dict[str, dict[str, str]] = {}
+    for r in await rt.ledger.query("op_records_of_members", {"members": members}):
+        ops.setdefault(r["member_id"], {})[r["event_id"]] = r["last_record"]
+    # A member with a stored state and no ledger row yet (a hold, a profile, a plan...).
+    rows += [{"member_id": m} for m in members if m in stored and m not in {r["member_id"] for r in rows}]
+    rows.sort(key=lambda r: r["member_id"])
     now_ms = int(time.time() * 1000)
     b = rt.balances
+    read = b.redis.pipeline(transaction=False)
+    for m in members:
+        read.hget(b.member_key(m), "seq")
+    current = {m: int(v or 0) for m, v in zip(members, await read.execute(), strict=True)}
     pipe = b.redis.pipeline(transaction=False)
     reviews: dict[str, int] = {}
     checks: dict[str, int] = {}
     for member_id, member_rows in groupby(rows, key=lambda r: r["member_id"]):
-        items = list(member_rows)
+        items = [r for r in member_rows if "event_id" in r]
         for r in items:
             r["explain"] = orjson.loads(r["explain"] or "[]")
             r["lots"] = orjson.loads(r["lots"] or "[]")
+        snapshot, seq = stored.get(member_id, (None, 0))
         state, balance, records, review_at, next_check = core_ext.rebuild_member(
-            rt.rules, orjson.dumps(items).decode(), now_ms)
+            rt.rules, orjson.dumps(items).decode(), now_ms, snapshot)
         by_event: dict[str, list[dict[str, Any]]] = {}
         nets: dict[str, int] = {}
         for r in items:
@@ -58,9 +105,14 @@ async def rebuild_members(members: list[str]) -> None:
             # As the live paths count them: each event's net movement, in or out.
             "earned": sum(n for n in nets.values() if n > 0),
             "debited": -sum(n for n in nets.values() if n < 0),
-            "events": len(records),
+            "events": len({r[0] for r in records} | set(ops.get(member_id, {}))),
+            "sv_balance": int(orjson.loads(state).get("sv_fen", 0)),
         })
-        pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry
+        if snapshot is not None:
+            # Past the stored state's: the next write's state row supersedes it.
+            pipe.hset(key, "seq", max(seq, current.get(member_id, 0)) + 1)
+        else:
+            pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry
         entries: dict[str, str] = {}
         for event_id, kind, amount, points, record in records:
             event_rows = by_event[event_id]
@@ -75,6 +127,8 @@ async def rebuild_members(members: list[str]) -> None:
             elif record is None:
                 record = f"M|{applied}|{0:016x}|{points}"
             entries[event_id] = record
+        # The HTTP operations' own records (their answers, refunds counted) as they were.
+        entries.update(ops.get(member_id, {}))
         if entries:
             pipe.hset(b.records_key(member_id), mapping=entries)
             pipe.expire(b.records_key(member_id), b.horizon_days * 86_400 + 86_400)

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from streams.app import ledger_topic, runtime
 from streams.errors import TransientError
+from streams.messages import ledger_messages
 from streams.state import EventMove, MemberMoves
 
 T = TypeVar("T")
@@ -68,13 +69,15 @@ async def transact(member_id: str, decide: Callable[[int, str | None], Awaitable
         move = decided.move
         group = MemberMoves(member_id, seq, decided.state, None, decided.next_check_ms,
                             events=[move] if move is not None else [], campaigns=decided.campaigns,
-                            outbox=move is not None)
+                            outbox=True)
         (outcome,) = await store.apply([group], decided.budgets)
         if outcome != "ok":
             continue  # the state moved on (or a stock ran out meanwhile): decide again
-        if move is not None:
-            fut = await ledger_topic.send(value=('{"ledger":' + move.rows + ',"guests":[]}').encode(), force=True)
+        # The movement's rows and the member's new state, durable before the answer.
+        sent = [move.event_id] if move is not None else []
+        for payload in ledger_messages([*([move.rows] if move is not None else []), group.durable_rows], []):
+            fut = await ledger_topic.send(value=payload, force=True)
             await fut
-            await store.outbox_done(member_id, [move.event_id])
+        await store.outbox_done(member_id, [*sent, group.state_entry])
         return await decided.done()
     raise MemberBusy(member_id, attempts)

@@ -99,6 +99,9 @@ struct Ev {
     resend: Option<String>,
     /// A guest payment's fact (for BI).
     fact: Option<String>,
+    /// On the last event of a member's write: the member's state after it, as a
+    /// `member_states` row (a JSON array of one), sent with the event's rows.
+    state_row: Option<String>,
 }
 
 /// What one member's read returned.
@@ -478,9 +481,16 @@ impl AccrualBatch {
         }
         let payments: HashMap<(String, String), PaymentRecord> = result.payments.into_iter().collect();
         let mut writes = Vec::with_capacity(result.members.len());
+        for &i in &round.idx {
+            self.evs[i].state_row = None;
+        }
         for u in result.members {
             let at = round.by_member[&u.member_id];
             let events = per_member.remove(u.member_id.as_str()).unwrap_or_default();
+            if let Some(&last) = events.last() {
+                self.evs[last].state_row =
+                    Some(state_row(&u.member_id, u.expected_seq + 1, &u.state_json, self.now_ms));
+            }
             let records = self.records_of(&round.members[at], &events, &payments);
             writes.push(MemberWrite {
                 member: at,
@@ -679,12 +689,28 @@ impl AccrualBatch {
     pub fn outbox_plan(&mut self, token: &str, ttl_s: i64) -> Vec<Vec<u8>> {
         let Some(round) = self.round.as_mut() else { return Vec::new() };
         let mut parts: Vec<&[u8]> = Vec::new();
+        // The last event of each write carries its member's state row: joined once here.
+        let joined: Vec<(usize, String)> = round
+            .writes
+            .iter()
+            .filter(|w| !w.blocked)
+            .filter_map(|w| w.events.last())
+            .filter_map(|&i| {
+                let ev = &self.evs[i];
+                let rows = &ev.applied.as_ref()?.rows_json;
+                ev.state_row.as_deref().map(|s| (i, join_rows(rows, s)))
+            })
+            .collect();
+        let joined_at: HashMap<usize, &str> = joined.iter().map(|(i, s)| (*i, s.as_str())).collect();
         for w in round.writes.iter().filter(|w| !w.blocked) {
             for &i in &w.events {
                 let ev = &self.evs[i];
                 let e = ev.parsed.as_ref().expect("applied events are parsed");
                 parts.push(e.event_id().as_bytes());
-                parts.push(ev.applied.as_ref().expect("applied").rows_json.as_bytes());
+                match joined_at.get(&i) {
+                    Some(rows) => parts.push(rows.as_bytes()),
+                    None => parts.push(ev.applied.as_ref().expect("applied").rows_json.as_bytes()),
+                }
             }
         }
         if parts.is_empty() {
@@ -996,7 +1022,10 @@ impl AccrualBatch {
         let mut guests: Vec<&str> = Vec::new();
         for ev in &self.evs {
             match ev.kind {
-                Kind::Applied => rows.push(&ev.applied.as_ref().unwrap().rows_json),
+                Kind::Applied => {
+                    rows.push(&ev.applied.as_ref().unwrap().rows_json);
+                    rows.extend(ev.state_row.as_deref());
+                }
                 Kind::Duplicate => {
                     if let Some(r) = &ev.resend {
                         rows.push(r);
@@ -1164,7 +1193,7 @@ impl Ev {
             Ok(_) => (Kind::Pending, None),
             Err(e) => (Kind::Rejected, Some(e.clone())),
         };
-        Ev { body, parsed, kind, error, applied: None, resend: None, fact: None }
+        Ev { body, parsed, kind, error, applied: None, resend: None, fact: None, state_row: None }
     }
 
     fn settle(&mut self, kind: Kind, error: Option<CoreError>) {
@@ -1196,6 +1225,25 @@ pub fn budget_limits(rules: &RuleSet) -> Vec<(String, i64)> {
         .collect();
     stocks.sort();
     campaigns.chain(triggers).chain(stocks).collect()
+}
+
+/// A `member_states` row (as a JSON array of one): the member's whole state after a
+/// write, with the sequence number the write gave it.
+fn state_row(member_id: &str, seq: i64, state_json: &str, now_ms: i64) -> String {
+    let id = serde_json::to_string(member_id).unwrap_or_else(|_| "\"\"".to_string());
+    format!(r#"[{{"table":"member_states","member_id":{id},"seq":{seq},"processed_at_ms":{now_ms},"state":{state_json}}}]"#)
+}
+
+/// Two JSON arrays of rows as one.
+fn join_rows(a: &str, b: &str) -> String {
+    let (a, b) = (a.trim(), b.trim());
+    let inner = |s: &'_ str| -> String { s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or("").trim().to_string() };
+    let (x, y) = (inner(a), inner(b));
+    match (x.is_empty(), y.is_empty()) {
+        (true, _) => format!("[{y}]"),
+        (_, true) => format!("[{x}]"),
+        _ => format!("[{x},{y}]"),
+    }
 }
 
 fn count_rows(rows_json: &str) -> usize {

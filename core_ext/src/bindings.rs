@@ -449,11 +449,25 @@ type RebuiltMember = (String, i64, Vec<RebuiltRecord>, Option<i64>, Option<i64>)
 /// `(state_json, balance, records, review_at_ms, next_check_ms)`, each record being
 /// `(event_id, kind, amount_fen, points, record)`, `record` the string Redis keeps for a
 /// payment or refund (None for the other kinds, whose record the caller writes).
+/// `snapshot`: the member's state as its last write left it (the `member_states` table);
+/// when given, it is the state restored (coupons, profile, engagement... that no ledger
+/// row carries), the ledger still giving the balance and the records.
 #[pyfunction]
-pub fn rebuild_member(py: Python<'_>, rules: &PyRuleSet, rows_json: &str, now_ms: i64) -> PyResult<RebuiltMember> {
+#[pyo3(signature = (rules, rows_json, now_ms, snapshot=None))]
+pub fn rebuild_member(
+    py: Python<'_>,
+    rules: &PyRuleSet,
+    rows_json: &str,
+    now_ms: i64,
+    snapshot: Option<&str>,
+) -> PyResult<RebuiltMember> {
     let rows: Vec<crate::rebuild::StoredRow> = serde_json::from_str(rows_json)
         .map_err(|e| core_error_to_py(py, CoreError::invalid_event("rows", format!("unreadable ledger rows: {e}"))))?;
-    let r = crate::rebuild::rebuild_member(&rules.inner, &rows, now_ms);
+    let mut r = crate::rebuild::rebuild_member(&rules.inner, &rows, now_ms);
+    if let Some(text) = snapshot {
+        r.state = MemberState::from_json(Some(text))
+            .map_err(|e| core_error_to_py(py, CoreError::invalid_event("snapshot", e)))?;
+    }
     let records = r
         .records
         .into_iter()

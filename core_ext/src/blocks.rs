@@ -100,8 +100,27 @@ pub const STORED: Table = Table {
     ],
 };
 
+/// Each member's state after a write (the durable copy `loyalty rebuild` restores):
+/// a ReplacingMergeTree on the member, the highest sequence number kept.
+pub const STATES: Table = Table {
+    name: "member_states",
+    columns: &[("member_id", Str), ("seq", I64), ("state", Str), ("processed_at", Ms)],
+};
+/// Who each external id, plate and referral phone is bound to (the last record per key).
+pub const BINDINGS: Table = Table {
+    name: "bindings",
+    columns: &[("key", Str), ("kind", Str), ("member_id", Str), ("value", Str), ("processed_at", Ms)],
+};
+
+/// The records of the HTTP operations (what a retry answers), the newest per event.
+pub const OP_RECORDS: Table = Table {
+    name: "op_records",
+    columns: &[("member_id", Str), ("event_id", Str), ("record", Str), ("processed_at", Ms)],
+};
+
 /// Every table, in the order the sink inserts them.
-pub const TABLES: [&Table; 7] = [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED];
+pub const TABLES: [&Table; 10] =
+    [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS];
 
 /// Columns whose ClickHouse type is not what the block writes: (table, column, found).
 pub fn schema_mismatches(describe: &[(String, String, String)]) -> Vec<String> {
@@ -200,6 +219,15 @@ struct Row<'a> {
     outcome: S<'a>,
     cost_points: Option<i64>,
     balance_after_fen: Option<i64>,
+    seq: Option<i64>,
+    #[serde(borrow)]
+    state: Option<&'a RawValue>,
+    #[serde(borrow)]
+    key: S<'a>,
+    #[serde(borrow)]
+    value: S<'a>,
+    #[serde(borrow)]
+    record: S<'a>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +453,44 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
                 b.rows += 1;
                 ident(&mut b.identity, &[mid, eid]);
             }
+            Some("member_states") => {
+                let b = &mut local[7];
+                let d = &mut b.data;
+                let mid = need(&r.member_id, "member_id")?;
+                let seq = need_i(r.seq, "seq")?;
+                let state = r.state.ok_or("field \"state\" is missing")?.get();
+                put_str(d, mid);
+                put_i64(d, seq);
+                put_str(d, state);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                b.rows += 1;
+                ident(&mut b.identity, &[mid, &seq.to_string()]);
+            }
+            Some("bindings") => {
+                let b = &mut local[8];
+                let d = &mut b.data;
+                let key = need(&r.key, "key")?;
+                let at = need_i(r.processed_at_ms, "processed_at_ms")?;
+                put_str(d, key);
+                put_str(d, need(&r.kind, "kind")?);
+                put_str(d, r.member_id.as_deref().unwrap_or(""));
+                put_str(d, r.value.as_deref().unwrap_or(""));
+                put_i64(d, at);
+                b.rows += 1;
+                ident(&mut b.identity, &[key, &at.to_string()]);
+            }
+            Some("op_records") => {
+                let b = &mut local[9];
+                let d = &mut b.data;
+                let (mid, eid) = (need(&r.member_id, "member_id")?, need(&r.event_id, "event_id")?);
+                let at = need_i(r.processed_at_ms, "processed_at_ms")?;
+                put_str(d, mid);
+                put_str(d, eid);
+                put_str(d, need(&r.record, "record")?);
+                put_i64(d, at);
+                b.rows += 1;
+                ident(&mut b.identity, &[mid, eid, &at.to_string()]);
+            }
             Some(other) => return Err(format!("unknown table {other:?}")),
         }
         // The event's settlement lines (ledger, coupon and stored-value rows carry them).
@@ -558,7 +624,13 @@ mod tests {
                  "settlement": [{"account": "gateway", "amount_fen": -12000, "points": 0},
                                 {"account": "merchant:s", "amount_fen": 12000, "points": 0}]},
                 {"table": "coupon_events", "event_id": "e1", "member_id": "m1", "kind": "issued",
-                 "coupon_id": "c1", "occurred_at_ms": 1000, "processed_at_ms": 2000}
+                 "coupon_id": "c1", "occurred_at_ms": 1000, "processed_at_ms": 2000},
+                {"table": "member_states", "member_id": "m1", "seq": 7, "processed_at_ms": 2000,
+                 "state": {"lots": [[300, 120]], "coupons": [{"id": "c1"}]}},
+                {"table": "bindings", "key": "plate:A1", "kind": "plate", "member_id": "m1", "value": "1",
+                 "processed_at_ms": 2000},
+                {"table": "op_records", "member_id": "m1", "event_id": "sv:k1", "record": "J|2000|{}",
+                 "processed_at_ms": 2000}
             ],
             "guests": [{"event_id": "g", "type": "payment", "payer_kind": "wechat", "payer_id": "o", "amount_fen": 5,
                         "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "w",
@@ -570,7 +642,17 @@ mod tests {
         assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
         let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
-        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0]);
+        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1]);
+        let st = &b.tables[7].data;
+        let mut at = 0;
+        assert_eq!(read_str(st, &mut at), "m1");
+        assert_eq!(read_i64(st, &mut at), 7);
+        let state: serde_json::Value = serde_json::from_str(&read_str(st, &mut at)).unwrap();
+        assert_eq!(state["coupons"][0]["id"], "c1", "the state is stored whole, as JSON");
+        let bd = &b.tables[8].data;
+        let mut at = 0;
+        let got: Vec<String> = (0..4).map(|_| read_str(bd, &mut at)).collect();
+        assert_eq!(got, ["plate:A1", "plate", "m1", "1"]);
         assert_eq!(b.boards, vec![("w:2026-W48:all".into(), "m1".into(), 120, 5)]);
         let d = &b.tables[0].data;
         let mut at = 0;

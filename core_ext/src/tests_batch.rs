@@ -188,7 +188,18 @@ fn a_round_applies_members_and_keeps_guests_with_one_slot_per_call() {
     let msgs = b.ledger_messages();
     assert_eq!(msgs.len(), 1);
     let m: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
-    assert_eq!(m["ledger"].as_array().unwrap().len(), 3);
+    let ledger = m["ledger"].as_array().unwrap();
+    let (states, rows): (Vec<_>, Vec<_>) = ledger.iter().partition(|r| r["table"] == "member_states");
+    assert_eq!(rows.len(), 3);
+    // Each member written carries its state after the write, with the seq it got.
+    let mut written: Vec<(String, i64)> =
+        states.iter().map(|s| (s["member_id"].as_str().unwrap().to_string(), s["seq"].as_i64().unwrap())).collect();
+    written.sort();
+    let mut members: Vec<String> = rows.iter().map(|r| r["member_id"].as_str().unwrap().to_string()).collect();
+    members.sort();
+    members.dedup();
+    assert_eq!(written.iter().map(|w| w.0.clone()).collect::<Vec<_>>(), members);
+    assert!(states.iter().all(|s| s["state"].is_object() && s["seq"].as_i64().unwrap() >= 1), "{states:?}");
     assert_eq!(m["guests"].as_array().unwrap().len(), 1);
     assert!(m["ledger"][0]["boards"][0][0].as_str().unwrap().starts_with("w:2025-W48"));
     let trims = b.trim_plan();

@@ -23,6 +23,7 @@ from faust.web import Request, Response, View
 import core_ext
 from streams.app import (
     app,
+    record_binding,
     runtime,
 )
 from streams.http.common import (
@@ -60,6 +61,7 @@ class MemberPlates(View):
         owner = await rt.balances.bind_plate(plate, member_id, auto_pay)
         if owner != member_id:
             return error_response(self, 409, f"plate {plate} is bound to another member", "plate")
+        await record_binding("plate", f"plate:{plate}", member_id, "1" if auto_pay else "0")
         return json_response(self, {"member_id": member_id, "plate": plate, "auto_pay": auto_pay}, 200)
 
 

@@ -19,6 +19,8 @@ from streams.state.records import (
     decode_record,
     encode_json_record,
     first_row,
+    join_rows,
+    op_record_rows,
     refunded_record,
 )
 from streams.state.schedules import ScheduleStore
@@ -52,23 +54,29 @@ class MemberStore(BudgetStore, ScheduleStore):
                 return "budget"
             reserved.append(budget_id)
         records: list[str] = []
+        now = int(time.time() * 1000)
         for e in g.events:
-            records += [e.event_id, encode_json_record(e)]
+            records += [e.event_id, encode_json_record(e, now)]
             if e.refund_of is not None:
                 original = await self.redis.hget(self.records_key(g.member_id), e.refund_of)
                 again = refunded_record(original, e) if original else None
                 if again is not None:
                     records += [e.refund_of, again]
-        if g.outbox and g.events:
+        if g.outbox:
             await self.redis.zadd(self.outbox_index_key(zlib.crc32(g.member_id.encode()) % OUTBOX_INDEX_SHARDS),
                                   {g.member_id: int(time.time() * 1000)})
         outbox = [x for e in g.events for x in (e.event_id, e.rows)] if g.outbox else []
+        if g.outbox:
+            # The member's state after this write and the records it writes, for the durable
+            # copy (member_states, op_records): sent with the rows, or by the outbox sweeper
+            # after a crash.
+            g.durable_rows = join_rows(g.state_row, op_record_rows(g.member_id, records, now))
+            outbox += [g.state_entry, g.durable_rows]
         hist = [e.rows for e in g.events if e.rows][-self.history_len:]
         hist = [h for h in (first_row(r) for r in hist) if h]
         balance = sum(e.points for e in g.events)
         earned = sum(e.points for e in g.events if e.points > 0)
         debited = -sum(e.points for e in g.events if e.points < 0)
-        now = int(time.time() * 1000)
         # Deltas ("d"): this path has not read the counters; the sequence check keeps the state.
         args: list[Any] = [1, now // DAY_MS, now - self.horizon_days * DAY_MS, self.horizon_days * 86_400 + 86_400,
                            self.history_len, g.expected_seq, "d", g.state_json, balance, earned, debited, len(g.events),

@@ -6,7 +6,10 @@ are JSON, here), guest facts and the member API's history entries."""
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -44,8 +47,23 @@ class MemberMoves:
     events: list[EventMove] = field(default_factory=list)
     #: Budgets consumed (campaigns, stocks): reserved before the write, settled after.
     campaigns: dict[str, int] = field(default_factory=dict)
-    #: Keep the rows in the member's outbox until the caller has them in Kafka.
+    #: Keep the rows, and the member's state row, in the member's outbox until the caller
+    #: has them in Kafka.
     outbox: bool = False
+    #: Set by the write (with `outbox`): the state row and the records' rows it kept in the
+    #: outbox under `state_entry`, which the caller sends.
+    durable_rows: str = ""
+
+    @property
+    def state_entry(self) -> str:
+        """The member-outbox field of this write's state row (one per sequence number, so a
+        later write never drops an earlier one not yet sent)."""
+        return f"~state:{self.expected_seq + 1}"
+
+    @cached_property
+    def state_row(self) -> str:
+        """This write's `member_states` row (made once: the outbox and the send agree)."""
+        return state_row(self.member_id, self.expected_seq + 1, self.state_json)
 
 
 @dataclass(frozen=True)
@@ -96,8 +114,9 @@ def decode_record(value: str | None) -> EventRecord | None:
                        result=fields.get("result", "{}"), rows=fields.get("rows", ""), fields=fields)
 
 
-def encode_json_record(move: EventMove) -> str:
-    """The record of an HTTP operation: what a retry answers and a reversal needs."""
+def encode_json_record(move: EventMove, applied_ms: int | None = None) -> str:
+    """The record of an HTTP operation: what a retry answers and a reversal needs (applied
+    at `applied_ms`, or stamped with Redis' clock when None)."""
     data: dict[str, Any] = {
         "kind": move.kind, "amount": move.amount_fen,
         "points": move.points if move.record_points is None else move.record_points,
@@ -105,7 +124,25 @@ def encode_json_record(move: EventMove) -> str:
     }
     if move.kind == "redeem":
         data["rows"] = move.rows  # a reversal gives back the very lots these rows took
-    return "J|~|" + orjson.dumps(data).decode()
+    return f"J|{'~' if applied_ms is None else applied_ms}|" + orjson.dumps(data).decode()
+
+
+def join_rows(a: str, b: str) -> str:
+    """Two JSON arrays of rows as one ("" counts as empty)."""
+    inner = [x.strip()[1:-1].strip() for x in (a, b) if x.strip() not in ("", "[]")]
+    return "[" + ",".join(inner) + "]"
+
+
+def op_record_rows(member_id: str, records: Sequence[str], now_ms: int) -> str:
+    """`op_records` rows (a JSON array, "" for none) of the (event id, record) pairs a
+    write stores: their durable copy, restored by `loyalty rebuild`."""
+    if not records:
+        return ""
+    mid = orjson.dumps(member_id).decode()
+    rows = [f'{{"table":"op_records","member_id":{mid},"event_id":{orjson.dumps(records[i]).decode()},'
+            f'"record":{orjson.dumps(records[i + 1]).decode()},"processed_at_ms":{now_ms}}}'
+            for i in range(0, len(records), 2)]
+    return "[" + ",".join(rows) + "]"
 
 
 def refunded_record(original: str, move: EventMove) -> str | None:
@@ -147,3 +184,11 @@ def first_row(rows_json: str) -> str | None:
     kept = [{k: v for k, v in r.items() if k not in HISTORY_DROPS and not (k == "refund_of" and v == "")}
             for r in rows if isinstance(r, dict)]
     return orjson.dumps(kept).decode() if kept else None
+
+
+def state_row(member_id: str, seq: int, state_json: str, now_ms: int | None = None) -> str:
+    """A `member_states` row (a JSON array of one): the member's whole state after the write
+    that gave it `seq`, the durable copy `loyalty rebuild` restores (sql/013_member_states.sql)."""
+    at = int(time.time() * 1000) if now_ms is None else now_ms
+    return ('[{"table":"member_states","member_id":' + orjson.dumps(member_id).decode() + ',"seq":' + str(seq)
+            + ',"processed_at_ms":' + str(at) + ',"state":' + (state_json or "{}") + "}]")

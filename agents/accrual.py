@@ -41,6 +41,7 @@ from streams.app import (
     notifications_topic,
     payments_topic,
     record_binding,
+    record_facts,
     runtime,
     send_dead_letter,
     settings,
@@ -184,11 +185,15 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     await _in_background(_finish(store, messages, pushes, notices, trim))
     histograms["redis_apply_ms"].observe(redis_s * 1000)
 
+    facts: list[dict[str, object]] = []
     for held in batch.held():
         wait_s = runtime.settings.held_wait_s
-        await store.hold_refund(held.member_id, held.payment_id, held.body, int(time.time() * 1000) + wait_s * 1000)
+        deadline = int(time.time() * 1000) + wait_s * 1000
+        await store.hold_refund(held.member_id, held.payment_id, held.body, deadline)
+        facts.append(held_fact(held.member_id, held.payment_id, held.body, "held", deadline))
         log.info("refund of unknown payment %s of %s held until the payment arrives (at most %s)",
                  held.payment_id, held.member_id, _duration(wait_s))
+    await record_facts(facts)  # durable before the batch's offsets are committed
     await release_held_refunds(batch.paid_with_held())
     for body in batch.registrations():
         await bind_and_credit(body, rules.guest_credit_days)
@@ -293,6 +298,15 @@ async def expire_held_refunds() -> None:
         log.warning("held-refund expiry skipped this round: %r", exc)
 
 
+def held_fact(member_id: str, payment_id: str, body: bytes | str, status: str,
+              deadline_ms: int = 0) -> dict[str, object]:
+    """A `held_refunds` row: a refund held (with its body and deadline), released or expired."""
+    text = body.decode() if isinstance(body, bytes) else body
+    return {"table": "held_refunds", "member_id": member_id, "payment_id": payment_id,
+            "event_id": _event_id_of(text) or "", "status": status, "body": text if status == "held" else "",
+            "deadline_ms": deadline_ms}
+
+
 async def expire_held_now(now_ms: int) -> int:
     """One round of the expiry; returns how many refunds were dead-lettered."""
     rt = await runtime.started()
@@ -306,6 +320,7 @@ async def expire_held_now(now_ms: int) -> int:
             await send_dead_letter(source="accrual", reason=reason, field="refund_of", body=body.encode(),
                                    event_id=event_id)
         await store.release_held(member_id, payment_id, len(bodies))
+        await record_facts([held_fact(member_id, payment_id, body, "expired") for body in bodies])
         counters["refunds_expired_total"] += len(bodies)
         expired += len(bodies)
     total, _ = await store.held_list(limit=1)
@@ -346,6 +361,7 @@ async def release_held_refunds(paid: Sequence[tuple[str, str]]) -> None:
         await _await_all([await payments_topic.send(key=member_id.encode(), value=body.encode(), force=True)
                           for body in held])
         await rt.balances.release_held(member_id, payment_id, len(held))
+        await record_facts([held_fact(member_id, payment_id, body, "released") for body in held])
         counters["refunds_released_total"] += len(held)
         log.info("%d held refunds of payment %s of %s released", len(held), payment_id, member_id)
 

@@ -317,6 +317,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     audited = sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]["outcomes"])
     office = await _back_office(worker, gateways[2], gateways[3], concurrency)
     worker.wait_until(lambda: _settled(worker), timeout=300, what="the back office's events to be processed")
+    applied = worker.metrics()["events_applied_total"]
+    worker.wait_until(
+        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied + eng["points_ops"],
+        timeout=300,
+        what="the back office's ledger rows in ClickHouse",
+    )
     worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
                       what="stored value: Redis = ledger")
     _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")
@@ -422,7 +428,11 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         + (
             "OK — balances equal the ledger, every accepted event accounted for, every coupon pushed once"
             if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok and rebuilt_ok and office["ok"]
-            else "FAILED — see the lines above"
+            else "FAILED — " + ", ".join(name for name, good in (
+                ("balances differ from the ledger", equal), ("events not accounted for", counts_tie),
+                ("coupons not pushed once", pushes_ok), ("engagement errors", engaged_ok),
+                ("Redis keys out of bounds", bounded_ok), ("the rebuild differs", rebuilt_ok),
+                ("back-office errors", office["ok"])) if not good)
         ),
     ]
     print("\n".join(lines), flush=True)

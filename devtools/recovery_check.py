@@ -43,6 +43,8 @@ class Snapshot:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     bindings: dict[str, Any] = field(default_factory=dict)
+    #: Refunds held: each (member, payment) list, the index's deadlines, members' counts.
+    held: dict[str, Any] = field(default_factory=dict)
 
 
 def _client(redis_url: str) -> Any:
@@ -64,6 +66,12 @@ def capture(redis_url: str, namespace: str) -> Snapshot:
                 m = key[len(members):-1]
                 snap.states[m] = orjson.loads(h.get("state") or "{}")
                 snap.counters[m] = {c: int(h.get(c) or 0) for c in COUNTERS}
+                if int(h.get("held") or 0):
+                    snap.held[f"count:{m}"] = int(h["held"])
+            elif rest.startswith("parked:"):
+                snap.held[rest] = client.lrange(key, 0, -1)
+            elif rest == "held":
+                snap.held[rest] = dict(client.zrange(key, 0, -1, withscores=True))
             elif rest.startswith(BINDINGS):
                 snap.bindings[rest] = client.hgetall(key) if rest.startswith("plate:") else client.get(key)
     finally:
@@ -138,6 +146,14 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
             r.equal += 1
         elif len(r.examples) < 5:
             r.examples.append(f"{m}: {before.counters.get(m)} -> {after.counters.get(m)}")
+    out.append(r)
+    r = KindResult("refunds held for their payment", 0, 0)
+    for k in sorted(set(before.held) | set(after.held)):
+        r.total += 1
+        if before.held.get(k) == after.held.get(k):
+            r.equal += 1
+        elif len(r.examples) < 5:
+            r.examples.append(f"{k}: {before.held.get(k)} -> {after.held.get(k)}")
     out.append(r)
     r = KindResult("bindings (ids, plates, referral phones)", 0, 0)
     for k in sorted(set(before.bindings) | set(after.bindings)):

@@ -44,3 +44,20 @@ CREATE TABLE IF NOT EXISTS op_records
 )
 ENGINE = ReplacingMergeTree(processed_at)
 ORDER BY (member_id, event_id);
+
+-- Refunds held until their payment is applied (a refund that reached the engine first):
+-- a row when held, another when released (its payment came) or expired (dead-lettered).
+-- `loyalty rebuild` holds again those whose newest row says held.
+CREATE TABLE IF NOT EXISTS held_refunds
+(
+    member_id     String,
+    payment_id    String,
+    event_id      String,
+    status        LowCardinality(String),
+    body          String CODEC(ZSTD(3)),
+    deadline_ms   Int64,
+    processed_at  DateTime64(3, 'UTC'),
+    inserted_at   DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(processed_at)
+ORDER BY (member_id, payment_id, event_id, status);

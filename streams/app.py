@@ -234,9 +234,17 @@ class LoyaltyApp:
         through the ledger topic, which `loyalty rebuild` restores. `key` is the Redis key
         after the namespace (`id:wechat:o-1`, `plate:沪A12345`, `ref-phone:<pseudonym>`).
         Idempotent: a retry sends the same binding again and the newest row per key wins."""
-        row = {"table": "bindings", "key": key, "kind": kind, "member_id": member_id, "value": value,
-               "processed_at_ms": int(time.time() * 1000)}
-        fut = await self.topics.ledger.send(value=orjson.dumps({"ledger": [row], "guests": []}), force=True)
+        await self.record_facts([{"table": "bindings", "key": key, "kind": kind, "member_id": member_id,
+                                  "value": value}])
+
+    async def record_facts(self, rows: list[dict[str, object]]) -> None:
+        """Durable facts (rows of the tables the ledger sink writes, `table` naming each)
+        through the ledger topic, stamped now; returns once Kafka has them."""
+        if not rows:
+            return
+        now = int(time.time() * 1000)
+        payload = orjson.dumps({"ledger": [{**r, "processed_at_ms": now} for r in rows], "guests": []})
+        fut = await self.topics.ledger.send(value=payload, force=True)
         await fut
 
     async def send_scheduled(self, key: str, kind: str) -> int:
@@ -356,6 +364,7 @@ member_events_topic, parking_topic = loyalty.topics.member_events, loyalty.topic
 notifications_topic, dead_letter_topic = loyalty.topics.notifications, loyalty.topics.dead_letter
 send_dead_letter = loyalty.send_dead_letter
 record_binding = loyalty.record_binding
+record_facts = loyalty.record_facts
 consumer_lag = loyalty.consumer_lag
 
 

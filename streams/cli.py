@@ -532,19 +532,23 @@ def cmd_held(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    offset: int | None = 0
-    done = 0
+    offset: int | None = args.from_offset
+    done = bound = held = 0
     print(f"rebuilding Redis state from the ledger through {settings.base_url} ...", file=sys.stderr)
     while offset is not None:
         page = admin_call(settings, "/v1/admin/rebuild", orjson.dumps({"offset": offset, "limit": args.page}))
         if isinstance(page, int):
+            print(f"\nstopped at member {offset:,}; each page is idempotent: run it again, or resume with "
+                  f"`loyalty rebuild --from-offset {offset}`", file=sys.stderr)
             return page
-        done += page["rebuilt"]
+        done = max(done, offset) + page["rebuilt"]
+        bound += page.get("bindings", 0)
+        held += page.get("held_refunds", 0)
         total = max(page["total"], 1)
         print(f"\r  {done:,}/{page['total']:,} members ({100 * done // total}%)", end="", file=sys.stderr, flush=True)
         offset = page["next_offset"]
     print(file=sys.stderr)
-    print(f"rebuilt {done:,} members; run `loyalty reconcile` to check")
+    print(f"rebuilt {done:,} members, {bound:,} bindings, {held:,} held refunds; run `loyalty reconcile` to check")
     return 0
 
 
@@ -689,8 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_settlement_statement)
 
-    s = sub.add_parser("rebuild", help="recreate Redis state (balances, lots, tiers, event records) from the ledger")
+    s = sub.add_parser("rebuild", help="recreate Redis state from the durable facts in ClickHouse: members' "
+                       "balances, lots, states, records, bindings and held refunds (docs/reliability.md)")
     s.add_argument("--page", type=int, default=500, help="members per request (default 500)")
+    s.add_argument("--from-offset", type=int, default=0,
+                   help="resume an interrupted rebuild at this member (the offset it printed)")
     s.set_defaults(func=cmd_rebuild)
     return p
 

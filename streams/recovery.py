@@ -28,6 +28,7 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     members = [r["member_id"] for r in await rt.ledger.query("rebuild_members_page",
                                                              {"offset": offset, "limit": limit})]
     bound = await restore_bindings(offset, limit) if offset < bindings_total else 0
+    held = await restore_held() if offset == 0 else 0
     if members:
         await rebuild_members(members)
         log.info("rebuilt %d members (%d..%d of %d), %d bindings", len(members), offset, offset + len(members),
@@ -35,7 +36,34 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     done = offset + limit
     more = done < total or done < bindings_total
     return {"total": total, "rebuilt": len(members), "bindings": bound, "bindings_total": bindings_total,
-            "next_offset": done if more else None}
+            "held_refunds": held, "next_offset": done if more else None}
+
+
+async def restore_held() -> int:
+    """Holds again every refund the held_refunds table says is still held (the lists, their
+    index by deadline and each member's `held` count, written whole: running it twice
+    holds nothing twice); returns how many refunds."""
+    rt = await runtime.started()
+    b = rt.balances
+    groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for r in await rt.ledger.query("held_refunds_open"):
+        groups.setdefault((r["member_id"], r["payment_id"]), []).append((r["held_body"], int(r["deadline"])))
+    per_member: dict[str, int] = {}
+    pipe = b.redis.pipeline(transaction=False)
+    for (member_id, payment_id), held in groups.items():
+        key = b.held_refunds_key(member_id, payment_id)
+        deadline = min(d for _, d in held)
+        pipe.delete(key)
+        pipe.rpush(key, *[body for body, _ in held])
+        pipe.pexpireat(key, deadline + 86_400_000)
+        pipe.zadd(b.held_key, {f"{member_id}\t{payment_id}": deadline})
+        per_member[member_id] = per_member.get(member_id, 0) + len(held)
+    for member_id, n in per_member.items():
+        pipe.hset(b.member_key(member_id), "held", n)
+    await pipe.execute()
+    if groups:
+        log.info("held again %d refunds of %d payments", sum(per_member.values()), len(groups))
+    return sum(per_member.values())
 
 
 async def restore_bindings(offset: int, limit: int) -> int:

@@ -118,9 +118,18 @@ pub const OP_RECORDS: Table = Table {
     columns: &[("member_id", Str), ("event_id", Str), ("record", Str), ("processed_at", Ms)],
 };
 
+/// Refunds held for a payment not applied yet: held, then released or expired.
+pub const HELD: Table = Table {
+    name: "held_refunds",
+    columns: &[
+        ("member_id", Str), ("payment_id", Str), ("event_id", Str), ("status", Str), ("body", Str),
+        ("deadline_ms", I64), ("processed_at", Ms),
+    ],
+};
+
 /// Every table, in the order the sink inserts them.
-pub const TABLES: [&Table; 10] =
-    [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS];
+pub const TABLES: [&Table; 11] =
+    [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS, &HELD];
 
 /// Columns whose ClickHouse type is not what the block writes: (table, column, found).
 pub fn schema_mismatches(describe: &[(String, String, String)]) -> Vec<String> {
@@ -228,6 +237,13 @@ struct Row<'a> {
     value: S<'a>,
     #[serde(borrow)]
     record: S<'a>,
+    #[serde(borrow)]
+    payment_id: S<'a>,
+    #[serde(borrow)]
+    status: S<'a>,
+    #[serde(borrow)]
+    body: S<'a>,
+    deadline_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -491,6 +507,25 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
                 b.rows += 1;
                 ident(&mut b.identity, &[mid, eid, &at.to_string()]);
             }
+            Some("held_refunds") => {
+                let b = &mut local[10];
+                let d = &mut b.data;
+                let (mid, pid, eid, status) = (
+                    need(&r.member_id, "member_id")?,
+                    need(&r.payment_id, "payment_id")?,
+                    need(&r.event_id, "event_id")?,
+                    need(&r.status, "status")?,
+                );
+                put_str(d, mid);
+                put_str(d, pid);
+                put_str(d, eid);
+                put_str(d, status);
+                put_str(d, r.body.as_deref().unwrap_or(""));
+                put_i64(d, need_i(r.deadline_ms, "deadline_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                b.rows += 1;
+                ident(&mut b.identity, &[mid, pid, eid, status]);
+            }
             Some(other) => return Err(format!("unknown table {other:?}")),
         }
         // The event's settlement lines (ledger, coupon and stored-value rows carry them).
@@ -630,7 +665,9 @@ mod tests {
                 {"table": "bindings", "key": "plate:A1", "kind": "plate", "member_id": "m1", "value": "1",
                  "processed_at_ms": 2000},
                 {"table": "op_records", "member_id": "m1", "event_id": "sv:k1", "record": "J|2000|{}",
-                 "processed_at_ms": 2000}
+                 "processed_at_ms": 2000},
+                {"table": "held_refunds", "member_id": "m1", "payment_id": "p9", "event_id": "p9-rf",
+                 "status": "held", "body": "{}", "deadline_ms": 9000, "processed_at_ms": 2000}
             ],
             "guests": [{"event_id": "g", "type": "payment", "payer_kind": "wechat", "payer_id": "o", "amount_fen": 5,
                         "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "w",
@@ -642,7 +679,7 @@ mod tests {
         assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
         let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
-        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1]);
+        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1]);
         let st = &b.tables[7].data;
         let mut at = 0;
         assert_eq!(read_str(st, &mut at), "m1");

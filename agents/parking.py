@@ -24,6 +24,7 @@ from streams.app import (
     member_events_topic,
     notifications_topic,
     parking_topic,
+    record_binding,
     runtime,
     send_dead_letter,
 )
@@ -32,11 +33,12 @@ from streams.inputs import parking_event
 from streams.metrics import counters
 from streams.retry import retrying
 from streams.state import EventMove
+from streams.state.keys import PARKING_SESSION_S
 from streams.transactions import Commit, transact
 
 log = logging.getLogger(__name__)
 #: How long an entry waits for its exit.
-SESSION_TTL_S = 30 * 86_400
+SESSION_TTL_S = PARKING_SESSION_S
 DAY_MS = 86_400_000
 
 
@@ -65,6 +67,9 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         # an exit after this is priced as one without an entry (the lost-ticket rule).
         pipe.expire(session_key, SESSION_TTL_S)
         await pipe.execute()
+        # Durable (a rebuild after Redis lost it finds the car still in): the session as Redis has it.
+        await record_binding("parking", session_key[len(b.ns) + 1:], "",
+                             orjson.dumps({"entry_ms": at, "entry_event": event_id, "gate": event["gate"]}).decode())
         return anomaly
     if await b.redis.exists(b.parking_closed_key(event_id)):
         return None  # replayed exit
@@ -117,6 +122,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         await fut
     await b.redis.set(b.parking_closed_key(event_id), 1, ex=30 * 86_400)
     await b.redis.delete(session_key)
+    await record_binding("parking", session_key[len(b.ns) + 1:], "", "")  # closed
     counters["parking_exits_total"] += 1
     log.info("exit %s of %s at %s: fee %d, points %d, due %d", event_id, plate, park, fee["fee_fen"],
              fee["points_used"], fee["due_fen"])

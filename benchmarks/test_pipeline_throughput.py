@@ -40,6 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 import core_ext
 from benchmarks.cpu import CpuAccount
 from benchmarks.results import LATEST, record
+from devtools import recovery_check
 from devtools.demo import generate_day
 from devtools.workers import WorkerProcess, remove_run_data
 from streams.app import load_rules
@@ -214,6 +215,7 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
                   flush=True)
             print(f"Redis: {used_after - used_before:,} bytes more for {len(events):,} events = {per_event:,.0f} "
                   "bytes per event (members' hashes, records, history, guests, boards)", flush=True)
+            rebuilt = lose_redis_and_rebuild(worker)
         finally:
             worker.stop()
 
@@ -229,12 +231,28 @@ def test_pipeline_throughput_vs_naive_baseline(tmp_path: Path) -> None:
                noop_faust_eps=round(noop_rate), redis_bytes_per_event=round(per_event), events=len(events),
                pipeline_envelope_mean=round(mean, 1),
                pipeline_cpu_us_per_event={k: round(v, 1) for k, v in us.items()},
-               pipeline_machine_busy=round(cpu.machine_busy, 2))
+               pipeline_machine_busy=round(cpu.machine_busy, 2), **rebuilt)
     finally:
         # Also after a failure: a run's keys left in Redis would be rewritten by every later
         # AOF rewrite and so tax the next runs.
         for prefix in (run_id, f"noop-{run_id}", f"naive-{run_id}"):
             remove_run_data(settings.kafka_bootstrap, settings.redis_url, prefix)
+
+
+def lose_redis_and_rebuild(worker: WorkerProcess) -> dict[str, Any]:
+    """After the drain: the run's Redis namespace captured and wiped (the worker stopped
+    meanwhile), `loyalty rebuild` timed, and every member compared kind by kind (a fast
+    wrong rebuild fails here)."""
+    lost = recovery_check.lose_and_rebuild(worker)
+    assert lost.rebuild.returncode == 0, lost.rebuild.stdout + lost.rebuild.stderr
+    differ = [k for k in recovery_check.compare(lost.before, lost.after) if not k.ok]
+    assert not differ, "\n".join(f"{k.kind}: {k.equal}/{k.total} equal; " + "\n  ".join(k.examples) for k in differ)
+    rows = worker.get("/v1/admin/ledger/totals", admin=True)[1]
+    took = lost.seconds
+    print(f"rebuild after Redis lost everything: {len(lost.before.states):,} members, {rows['movements']:,} ledger "
+          f"rows ({rows['events']:,} events) in {took:.1f} s = {rows['events'] / took:,.0f} events/s; every member "
+          "equal kind by kind", flush=True)
+    return {"rebuild_s": round(took, 1), "rebuild_members": len(lost.before.states), "rebuild_events": rows["events"]}
 
 
 def settled_metrics(worker: WorkerProcess, quiet_s: float = 2.0, timeout_s: float = 60.0) -> dict[str, int]:

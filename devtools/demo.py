@@ -407,7 +407,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"{_fmt(eng['confirmed'])}",
         f"till and back office           {_fmt(office['redeemed']):>12}   welcome coupons redeemed at the till; "
         f"holds placed {_fmt(office['holds'])}, tier overrides {_fmt(office['overrides'])}, plates bound "
-        f"{_fmt(office['plates'])}, segments refreshed for {_fmt(office['segmented'])} members",
+        f"{_fmt(office['plates'])} (their cars parked: {_fmt(office['parked'])} entries and exits), segments "
+        f"refreshed for {_fmt(office['segmented'])} members",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
         "streams/state/keys.py; those that grow per event or request expire)",
         f"Redis lost, then rebuilt       {_fmt(lost.wiped):>12}   keys wiped; `loyalty rebuild` {lost.seconds:.1f} s, "
@@ -463,6 +464,17 @@ async def _back_office(worker: WorkerProcess, seed: int, members: int, concurren
     r_redeem = await post_signed_many(worker, redeem, concurrency)
     r_hold = await post_signed_many(worker, holds, concurrency)
     r_plate = await post_signed_many(worker, plates, concurrency)
+    # Their cars drive in (and stay: open sessions), and one more car in and out.
+    entries = [orjson.dumps({"event_id": f"{DAY}-in-{i}", "type": "entry", "occurred_at": now,
+                             "plate": req["plate"], "car_park": "sh-park", "gate": "north"})
+               for i, (_, req, _) in enumerate(plates)]
+    visitor = orjson.dumps({"event_id": f"{DAY}-in-visitor", "type": "entry", "occurred_at": now,
+                            "plate": "沪B00001", "car_park": "sh-park", "gate": "north"})
+    leaves = orjson.dumps({"event_id": f"{DAY}-out-visitor", "type": "exit", "occurred_at": now,
+                           "plate": "沪B00001", "car_park": "sh-park", "gate": "south"})
+    r_park = await send_callbacks(worker.base_url, worker.callback_secret, [*entries, visitor], concurrency,
+                                  path="/v1/callbacks/parking")
+    r_park += await send_callbacks(worker.base_url, worker.callback_secret, [leaves], 1, path="/v1/callbacks/parking")
     overrides = rng.sample(ids, k=3)
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60)).isoformat(timespec="seconds")
     r_over = [worker.post(f"/v1/admin/members/{m}/tier", orjson.dumps({"tier": "diamond", "until": until}),
@@ -478,8 +490,9 @@ async def _back_office(worker: WorkerProcess, seed: int, members: int, concurren
         # Events these send through accrual: each override, each member whose segment changed.
         "member_events": sum(1 for st, _ in r_over if st == 200)
         + (int(seg.get("changed", 0)) if isinstance(seg, dict) else 0),
+        "parked": sum(1 for st, _ in r_park if st == 202),
         "ok": all(st == 201 for st, _ in r_redeem) and all(st == 200 for st, _ in r_plate)
-        and all(st == 200 for st, _ in r_over),
+        and all(st == 200 for st, _ in r_over) and all(st == 202 for st, _ in r_park),
     }
 
 
@@ -494,18 +507,13 @@ class LostRedis:
 def _lose_redis_and_rebuild(worker: WorkerProcess) -> LostRedis:
     """The day's end: every member's state and binding captured, the namespace wiped (Redis
     lost it), `loyalty rebuild`, then compared kind by kind and reconciled."""
-    worker.wait_caught_up(120)
-    url = worker.redis_url
-    before = recovery_check.capture(url, worker.run_id)
-    wiped = recovery_check.wipe(url, worker.run_id)
-    t0 = time.monotonic()
-    out = recovery_check.rebuild(worker.env)
-    seconds = time.monotonic() - t0
-    if out.returncode != 0:
-        print(f"loyalty rebuild failed ({out.returncode}): {out.stdout}{out.stderr}", flush=True)
-    after = recovery_check.capture(url, worker.run_id)
+    lost = recovery_check.lose_and_rebuild(worker)
+    if lost.rebuild.returncode != 0:
+        print(f"loyalty rebuild failed ({lost.rebuild.returncode}): {lost.rebuild.stdout}{lost.rebuild.stderr}",
+              flush=True)
     clean = bool(worker.get("/v1/admin/reconcile", admin=True)[1].get("clean"))
-    return LostRedis(wiped, seconds, clean and out.returncode == 0, recovery_check.compare(before, after))
+    return LostRedis(lost.wiped, lost.seconds, clean and lost.rebuild.returncode == 0,
+                     recovery_check.compare(lost.before, lost.after))
 
 
 async def _engagement(worker: WorkerProcess, seed: int, members: int, concurrency: int,

@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-#: The member state's fields (core_ext/src/state.rs), by the kind of fact they are.
-KINDS: dict[str, tuple[str, ...]] = {
-    "points and lots": ("lots", "pending", "neg", "owed", "earned_recent", "campaigns", "day", "earned_day"),
-    "tier and override": ("tier", "tier_since_ms", "review_at_ms", "override_tier", "override_until_ms", "qual",
-                          "review_day", "reviews_today"),
-    "coupons": ("coupons", "birthday_coupon_year", "reminded_month"),
-    "profile, tags and segments": ("registered_at_ms", "birthday", "tags", "segment_tags", "segment",
-                                   "profile_fields", "profile_rewarded", "referral_month", "referrals_month",
-                                   "referrals_total", "birthday_bonus_year"),
-    "holds": ("holds",),
-    "engagement (plans, games, streaks, tasks, boards)": (
-        "plans", "game_plays", "cards", "sign_in_last_day", "sign_in_streak", "task_month", "task_spend_fen",
-        "task_done", "spend_last_day", "spend_streak", "boards"),
-    "stored value": ("sv_fen",),
-    "partner exchanges": ("exchanges", "exchange_days"),
-    "trigger history (last visit, formats, spend by day)": ("last_paid_ms", "formats_seen", "spend_days",
-                                                            "spend_day", "spend_by_bu"),
-}
+from streams.durable import STATE_KINDS, kind_parts, state_kinds
+
+#: The member state's fields by kind (one list, shipped: `loyalty reconcile` uses it too).
+KINDS = STATE_KINDS
 #: The member hash's counters besides the state.
 COUNTERS = ("balance", "earned", "debited", "events", "sv_balance")
 #: Keys of bindings (after the namespace), by their prefix.
@@ -45,6 +32,10 @@ class Snapshot:
     bindings: dict[str, Any] = field(default_factory=dict)
     #: Refunds held: each (member, payment) list, the index's deadlines, members' counts.
     held: dict[str, Any] = field(default_factory=dict)
+    #: Open parking sessions and gateway payment routes.
+    kept: dict[str, Any] = field(default_factory=dict)
+    #: Leaderboards: board -> member -> score (the shards merged).
+    boards: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _client(redis_url: str) -> Any:
@@ -68,10 +59,15 @@ def capture(redis_url: str, namespace: str) -> Snapshot:
                 snap.counters[m] = {c: int(h.get(c) or 0) for c in COUNTERS}
                 if int(h.get("held") or 0):
                     snap.held[f"count:{m}"] = int(h["held"])
+            elif rest.startswith("lb:{"):
+                board = rest[4:-1].rsplit("#", 1)[0]
+                snap.boards.setdefault(board, {}).update(dict(client.zrange(key, 0, -1, withscores=True)))
             elif rest.startswith("parked:"):
                 snap.held[rest] = client.lrange(key, 0, -1)
             elif rest == "held":
                 snap.held[rest] = dict(client.zrange(key, 0, -1, withscores=True))
+            elif rest.startswith(("park:", "gwpay:")):
+                snap.kept[rest] = client.hgetall(key) if rest.startswith("park:") else client.get(key)
             elif rest.startswith(BINDINGS):
                 snap.bindings[rest] = client.hgetall(key) if rest.startswith("plate:") else client.get(key)
     finally:
@@ -103,6 +99,39 @@ def rebuild(env: dict[str, str], page: int = 500) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=1800)
 
 
+#: A worker restarted for the comparison runs no timer meanwhile (a due wallet check or tier
+#: review would change a member between the two captures, which is not the rebuild's doing).
+QUIET_TIMERS = {"LOYALTY_WALLET_CHECK_INTERVAL": "86400", "LOYALTY_TIER_REVIEW_INTERVAL": "86400"}
+
+
+@dataclass
+class Lost:
+    """What `lose_and_rebuild` saw: the namespace before and after, keys wiped, the
+    rebuild's run and how long it took."""
+
+    before: Snapshot
+    after: Snapshot
+    wiped: int
+    seconds: float
+    rebuild: subprocess.CompletedProcess[str]
+
+
+def lose_and_rebuild(worker: Any, page: int = 500) -> Lost:
+    """Stops the worker (nothing moves while Redis is read), captures its namespace, wipes
+    it, starts the worker again with its timers quiet, runs `loyalty rebuild` and captures
+    again. The worker is left running."""
+    worker.wait_caught_up(300)
+    worker.stop()
+    before = capture(worker.redis_url, worker.run_id)
+    wiped = wipe(worker.redis_url, worker.run_id)
+    worker.env.update(QUIET_TIMERS)
+    worker.start()
+    t = time.monotonic()
+    out = rebuild(worker.env, page)
+    took = time.monotonic() - t
+    return Lost(before, capture(worker.redis_url, worker.run_id), wiped, took, out)
+
+
 @dataclass
 class KindResult:
     """Members (or bindings) of one kind equal after the rebuild, of how many had any."""
@@ -120,17 +149,14 @@ class KindResult:
 def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
     """Kind by kind: a member counts for a kind when it has any of the kind's fields
     before or after; equal when every such field is."""
-    known = {f for fields in KINDS.values() for f in fields}
-    extra = sorted({f for s in [*before.states.values(), *after.states.values()] for f in s} - known)
-    kinds = {**KINDS, **({"other state fields": tuple(extra)} if extra else {})}
+    kinds = state_kinds({f for s in [*before.states.values(), *after.states.values()] for f in s})
     out: list[KindResult] = []
     members = sorted(set(before.states) | set(after.states))
     for kind, fields in kinds.items():
         r = KindResult(kind, 0, 0)
         for m in members:
             a, b = before.states.get(m), after.states.get(m)
-            pa = {f: a.get(f) for f in fields if a is not None and f in a}
-            pb = {f: b.get(f) for f in fields if b is not None and f in b}
+            pa, pb = kind_parts(a, fields), kind_parts(b, fields)
             if not pa and not pb:
                 continue
             r.total += 1
@@ -147,6 +173,14 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
         elif len(r.examples) < 5:
             r.examples.append(f"{m}: {before.counters.get(m)} -> {after.counters.get(m)}")
     out.append(r)
+    r = KindResult("leaderboards", 0, 0)
+    for k in sorted(set(before.boards) | set(after.boards)):
+        r.total += 1
+        if before.boards.get(k) == after.boards.get(k):
+            r.equal += 1
+        elif len(r.examples) < 5:
+            r.examples.append(f"{k}: {len(before.boards.get(k) or {})} members -> {len(after.boards.get(k) or {})}")
+    out.append(r)
     r = KindResult("refunds held for their payment", 0, 0)
     for k in sorted(set(before.held) | set(after.held)):
         r.total += 1
@@ -154,6 +188,14 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
             r.equal += 1
         elif len(r.examples) < 5:
             r.examples.append(f"{k}: {before.held.get(k)} -> {after.held.get(k)}")
+    out.append(r)
+    r = KindResult("open parking sessions and gateway routes", 0, 0)
+    for k in sorted(set(before.kept) | set(after.kept)):
+        r.total += 1
+        if before.kept.get(k) == after.kept.get(k):
+            r.equal += 1
+        elif len(r.examples) < 5:
+            r.examples.append(f"{k}: {before.kept.get(k)} -> {after.kept.get(k)}")
     out.append(r)
     r = KindResult("bindings (ids, plates, referral phones)", 0, 0)
     for k in sorted(set(before.bindings) | set(after.bindings)):

@@ -16,7 +16,10 @@ ORDER BY member_id;
 
 -- Who each external id (`id:<kind>:<id>`), plate (`plate:<plate>`) and phone that earned a
 -- referral (`ref-phone:<phone>`) is bound to: a row per binding or unbinding (member_id
--- empty), the newest per key kept.
+-- empty), the newest per key kept. Also what Redis keeps for a while outside the members:
+-- open parking sessions (`park:<car park>:<plate>`, kind parking, value the session JSON,
+-- "" once the car left) and gateway payment routes (`gwpay:<event>`, kind route), deleted
+-- here after as long as Redis keeps them.
 CREATE TABLE IF NOT EXISTS bindings
 (
     key           String,
@@ -27,7 +30,8 @@ CREATE TABLE IF NOT EXISTS bindings
     inserted_at   DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(processed_at)
-ORDER BY key;
+ORDER BY key
+TTL toDateTime(processed_at) + INTERVAL 400 DAY DELETE WHERE kind IN ('route', 'parking');
 
 -- The records of the HTTP operations (redemptions, stored value, games, sign-ins,
 -- exchanges...): what a retry of the same Idempotency-Key answers and what a reversal or

@@ -512,7 +512,18 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     )
     for m in result["mismatches"]:
         print(f"  {m['member_id']}: redis {m['redis']} ledger {m['ledger']} wallet {m.get('wallet')}")
-    return 0 if result["clean"] else 1
+    kinds = admin_call(settings, "/v1/admin/reconcile?kinds=1")
+    if isinstance(kinds, int):
+        return kinds
+    by_kind = kinds["by_kind"]
+    print("by kind, Redis against the durable facts:")
+    for k in by_kind["kinds"]:
+        print(f"  {k['kind']:<54} {k['checked']:>9,} checked  {k['differ']:>6,} differ"
+              + (f"  e.g. {', '.join(k['examples'])}" if k["examples"] else ""))
+    if by_kind["without_stored_state"]:
+        print(f"  ({by_kind['without_stored_state']:,} members have no stored state yet: written before this "
+              "version; their balance, lots and tier are checked against the ledger above)")
+    return 0 if result["clean"] and by_kind["clean"] else 1
 
 
 def cmd_held(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ import orjson
 
 import core_ext
 from streams.app import runtime
-from streams.state import first_row
+from streams.state import BOARD_SHARDS, BOARD_TTL_S, first_row
+from streams.state.keys import PARKING_SESSION_S
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,22 @@ async def restore_bindings(offset: int, limit: int) -> int:
     b = rt.balances
     pipe = b.redis.pipeline(transaction=False)
     bound = 0
+    now_ms = int(time.time() * 1000)
+    keep_s = {"route": rt.settings.gateway_route_days * 86_400, "parking": PARKING_SESSION_S}
     for r in await rt.ledger.query("bindings_page", {"offset": offset, "limit": limit}):
         key, kind, member_id, value = f"{b.ns}:{r['key']}", r["kind"], r["member_id"], r["value"]
+        if kind in keep_s:
+            # Kept for a while, not bound to a member: an empty value is one that ended.
+            left_s = keep_s[kind] - (now_ms - int(r["at_ms"])) // 1000
+            if not value or left_s <= 0:
+                pipe.delete(key)
+            elif kind == "route":
+                pipe.set(key, value, ex=left_s)
+            else:
+                pipe.hset(key, mapping=orjson.loads(value))
+                pipe.expire(key, left_s)
+            bound += 1 if value and left_s > 0 else 0
+            continue
         if not member_id:
             pipe.delete(key)
             continue
@@ -114,6 +129,7 @@ async def rebuild_members(members: list[str]) -> None:
     pipe = b.redis.pipeline(transaction=False)
     reviews: dict[str, int] = {}
     checks: dict[str, int] = {}
+    boards: list[tuple[str, str, int, int]] = []
     for member_id, member_rows in groupby(rows, key=lambda r: r["member_id"]):
         items = [r for r in member_rows if "event_id" in r]
         for r in items:
@@ -165,11 +181,18 @@ async def rebuild_members(members: list[str]) -> None:
         pipe.delete(b.history_key(member_id))
         if history:
             pipe.lpush(b.history_key(member_id), *history)
+        if snapshot is not None:
+            # The member's leaderboard scores as its last write left them, at that write's
+            # version (later writes carry more: boards.rs version()).
+            scores = orjson.loads(snapshot).get("boards") or {}
+            boards += [(board, member_id, int(score), (seq << 20) | 0xFFFFF) for board, score in scores.items()]
         if review_at is not None:
             reviews[member_id] = review_at
         if next_check is not None:
             checks[member_id] = next_check
     await pipe.execute()
+    if boards:
+        await b.apply_board_plan(core_ext.board_commands(b.ns, boards, BOARD_SHARDS, BOARD_TTL_S))
     await b.schedule(b.tier_reviews_key, reviews)
     await b.schedule(b.wallet_checks_key, checks)
 
@@ -209,6 +232,26 @@ async def repair() -> dict[str, Any]:
             "ahead_of_the_ledger": ahead[:100], "after": after}
 
 
+async def budget_targets() -> list[tuple[str, int, int, set[str]]]:
+    """Per budget (campaign or stock): (id, `spent` in Redis, what the ledger shows given
+    plus the open reservations of events it does not have, the reserved events it has)."""
+    rt = await runtime.started()
+    b = rt.balances
+    given = {r["budget_id"]: int(r["units"]) for r in await rt.ledger.query("budgets_spent")}
+    out = []
+    for budget_id, _limit in rt.rules.budgets:
+        fields = await b.redis.hgetall(b.budget_key(budget_id))
+        reserved = {f[2:]: int(v.split("|", 1)[0]) for f, v in fields.items() if f.startswith("r:")}
+        done: set[str] = set()
+        ids = list(reserved)
+        for start in range(0, len(ids), 1000):
+            done |= {r["event_id"] for r in await rt.ledger.query("ledger_events_present",
+                                                                   {"ids": ids[start:start + 1000]})}
+        target = given.get(budget_id, 0) + sum(u for e, u in reserved.items() if e not in done)
+        out.append((budget_id, int(fields.get("spent", 0)), target, done))
+    return out
+
+
 async def restore_budgets() -> dict[str, int]:
     """Sets each budget's `spent` in Redis to what the ledger shows it gave, plus the units
     of reservations whose events the ledger does not have (still in flight, or never
@@ -217,19 +260,9 @@ async def restore_budgets() -> dict[str, int]:
     is run); returns the change per budget (+ raised, - lowered)."""
     rt = await runtime.started()
     b = rt.balances
-    given = {r["budget_id"]: int(r["units"]) for r in await rt.ledger.query("budgets_spent")}
     changed: dict[str, int] = {}
-    for budget_id, _limit in rt.rules.budgets:
+    for budget_id, current, target, done in await budget_targets():
         key = b.budget_key(budget_id)
-        fields = await b.redis.hgetall(key)
-        reserved = {f[2:]: int(v.split("|", 1)[0]) for f, v in fields.items() if f.startswith("r:")}
-        done: set[str] = set()
-        ids = list(reserved)
-        for start in range(0, len(ids), 1000):
-            done |= {r["event_id"] for r in await rt.ledger.query("ledger_events_present",
-                                                                   {"ids": ids[start:start + 1000]})}
-        target = given.get(budget_id, 0) + sum(u for e, u in reserved.items() if e not in done)
-        current = int(fields.get("spent", 0))
         pipe = b.redis.pipeline(transaction=True)
         if target != current:
             pipe.hset(key, "spent", target)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 import core_ext
 from streams.app import runtime
+from streams.state.keys import PARKING_SESSION_S
 
 
 async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
@@ -34,6 +36,100 @@ async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
         "mismatch_count": len(mismatches),
         "clean": not mismatches,
     }
+
+
+#: Kinds of the bindings table that Redis keeps for a while, not per member: seconds kept.
+KEPT_KINDS: dict[str, Callable[[Any], int]] = {
+    "route": lambda s: int(s.gateway_route_days) * 86_400,
+    "parking": lambda s: PARKING_SESSION_S,
+}
+
+
+async def reconcile_kinds() -> dict[str, Any]:
+    """Redis against the durable facts, kind by kind (docs/reliability.md): each member's
+    state against the state its last write stored (member_states), per kind of fact; stored
+    value against its ledger; budgets and stocks against what the ledger shows given; refunds
+    held against held_refunds; bindings against the bindings table. Exact when no worker is
+    applying (a member's state row reaches ClickHouse just after its Redis write)."""
+    from streams.durable import kind_parts, state_kinds
+    from streams.recovery import budget_targets
+
+    rt = await runtime.started()
+    b = rt.balances
+    states = await b.states()
+    members = sorted(states)
+    kinds: dict[str, dict[str, Any]] = {}
+    without = 0
+    for start in range(0, len(members), 1000):
+        page = members[start:start + 1000]
+        stored = {r["member_id"]: r["last_state"]
+                  for r in await rt.ledger.query("member_states_of_members", {"members": page})}
+        for m in page:
+            if m not in stored:
+                without += 1  # written before states were stored: the ledger rebuilds it
+                continue
+            live, durable = orjson.loads(states[m][1] or "{}"), orjson.loads(stored[m])
+            for kind, fields in state_kinds(set(live) | set(durable)).items():
+                a, d = kind_parts(live, fields), kind_parts(durable, fields)
+                if not a and not d:
+                    continue
+                k = kinds.setdefault(kind, {"kind": kind, "checked": 0, "differ": 0, "examples": []})
+                k["checked"] += 1
+                if a != d:
+                    k["differ"] += 1
+                    if len(k["examples"]) < 5:
+                        k["examples"].append(m)
+    out = list(kinds.values())
+    sv = await stored_value_reconcile()
+    out.append({"kind": "stored value against its ledger", "checked": sv["members"],
+                "differ": sv["mismatch_count"], "examples": [x["member_id"] for x in sv["mismatches"][:5]]})
+    budgets = await budget_targets()
+    out.append({"kind": "budgets and stocks against the ledger", "checked": len(budgets),
+                "differ": sum(1 for _, cur, target, _ in budgets if cur != target),
+                "examples": [f"{i}: spent {cur}, the ledger gives {t}" for i, cur, t, _ in budgets if cur != t][:5]})
+    open_held: dict[str, int] = {}
+    for r in await rt.ledger.query("held_refunds_open"):
+        key = f"{r['member_id']}\t{r['payment_id']}"
+        open_held[key] = open_held.get(key, 0) + 1
+    _, entries = await b.held_list(limit=100_000)
+    live_held = {f"{e['member_id']}\t{e['payment_id']}": e["refunds"] for e in entries if e["refunds"]}
+    wrong = [k.replace("\t", " payment ") for k in sorted(set(open_held) | set(live_held))
+             if open_held.get(k) != live_held.get(k)]
+    out.append({"kind": "refunds held", "checked": len(set(open_held) | set(live_held)), "differ": len(wrong),
+                "examples": wrong[:5]})
+    checked = differ = 0
+    examples: list[str] = []
+    total = int((await rt.ledger.query("bindings_count"))[0]["bindings"])
+    for offset in range(0, total, 5000):
+        page = await rt.ledger.query("bindings_page", {"offset": offset, "limit": 5000})
+        pipe = b.redis.pipeline(transaction=False)
+        for r in page:
+            key = f"{b.ns}:{r['key']}"
+            if r["kind"] in KEPT_KINDS:
+                pipe.exists(key)
+            elif r["kind"] == "plate":
+                pipe.hget(key, "member_id")
+            else:
+                pipe.get(key)
+        now_ms = int(time.time() * 1000)
+        for r, owner in zip(page, await pipe.execute(), strict=True):
+            checked += 1
+            if r["kind"] in KEPT_KINDS:
+                # A parking session or gateway route: in Redis while it lasts (the TTL gone
+                # by a little is Redis's expiry, not a loss).
+                kept_s = KEPT_KINDS[r["kind"]](rt.settings)
+                live = bool(r["value"]) and now_ms - int(r["at_ms"]) < kept_s * 1000 - 60_000
+                if live and not owner:
+                    differ += 1
+                    if len(examples) < 5:
+                        examples.append(f"{r['key']}: missing in Redis")
+                continue
+            if (owner or "") != r["member_id"]:
+                differ += 1
+                if len(examples) < 5:
+                    examples.append(f"{r['key']}: Redis {owner!r}, facts {r['member_id']!r}")
+    out.append({"kind": "bindings", "checked": checked, "differ": differ, "examples": examples})
+    return {"kinds": out, "without_stored_state": without, "clean": all(k["differ"] == 0 for k in out)}
 
 
 async def held_refunds(limit: int = 1000) -> dict[str, Any]:

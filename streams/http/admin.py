@@ -156,10 +156,18 @@ class LedgerTotals(View):
 
 @app.page("/v1/admin/reconcile")
 class Reconcile(View):
+    """Redis balances against the ledger; with `?kinds=1` also every kind of fact against its
+    durable copy (streams/reports.py: reconcile_kinds)."""
+
     async def get(self, request: Request) -> Response:
         if (denied := admin_denied(self, request)) is not None:
             return denied
-        return json_response(self, await reconcile())
+        result = await reconcile()
+        if request.query.get("kinds") in ("1", "true"):
+            from streams.reports import reconcile_kinds
+
+            result["by_kind"] = await reconcile_kinds()
+        return json_response(self, result)
 
 
 @app.page("/v1/admin/reconcile/repair")

@@ -20,7 +20,7 @@ import orjson
 from faust.web import Request, Response, View
 
 import core_ext
-from streams.app import app, payments_topic, runtime, send_dead_letter
+from streams.app import app, payments_topic, record_binding, runtime, send_dead_letter
 from streams.gateways import GatewayError, Mapped, alipay, wechatpay
 from streams.http.callbacks import callback_window, claim_event, payment_key, publish
 from streams.http.common import FORM_TYPES, read_body
@@ -84,6 +84,8 @@ async def _accept(source: str, mapped: Mapped) -> None:
         # Kept before the send, so a refund that follows at once finds it.
         route = {k: event[k] for k in ("payer", "bu_id", "merchant_id", "category")}
         await rt.balances.remember_route(event_id, route, rt.settings.gateway_route_days)
+        # Durable too: a refund notification after Redis lost the route still finds it.
+        await record_binding("route", f"gwpay:{event_id}", "", orjson.dumps(route).decode())
     key, body = await payment_key(body, member_id, payer)
     if not await publish(payments_topic, key, body, event_id):
         raise GatewayError("kafka", "temporarily unavailable", status=503)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 #: Indexes of members whose outbox an HTTP write used (flushed by a timer after a crash).
 OUTBOX_INDEX_SHARDS = 16
+#: How long an open parking session is kept (a car that never exits leaves no key forever).
+PARKING_SESSION_S = 30 * 86_400
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from streams.settings import ROOT, Settings
 
@@ -466,6 +467,18 @@ EXIT_NO_ANSWER = 2  # no answer: no worker, a worker error (5xx), a wrong admin 
 REFUSED = {400, 404, 409, 422}
 
 
+#: The first wait before asking again after a 503 (doubling, with jitter, up to 5 s).
+RETRY_503_S = 0.5
+
+
+class WorkerUnavailable(Exception):
+    """The worker answered 503 (it says: try again)."""
+
+    def __init__(self, error: urllib.error.HTTPError) -> None:
+        super().__init__(f"503 from {error.url}")
+        self.error = error
+
+
 def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict | int:  # type: ignore[type-arg]
     """The worker's JSON answer to an admin GET (or POST of `body`), or the exit code after
     saying on stderr why there is none (EXIT_REFUSED, EXIT_NO_ANSWER)."""
@@ -475,8 +488,23 @@ def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict
     req = urllib.request.Request(settings.base_url + path, data=body, headers=headers,
                                  method="GET" if body is None else "POST")
     try:
-        with urllib.request.urlopen(req, timeout=120 if body is None else 600) as resp:
-            return orjson.loads(resp.read())  # type: ignore[no-any-return]
+        # A 503 (the worker's Redis or Kafka just came back, a pooled connection found dead)
+        # is asked again a few times, as a client should; every admin call is idempotent.
+        for attempt in Retrying(retry=retry_if_exception_type(WorkerUnavailable), reraise=True,
+                                wait=wait_exponential_jitter(initial=RETRY_503_S, max=5.0), stop=stop_after_attempt(6)):
+            with attempt:
+                try:
+                    with urllib.request.urlopen(req, timeout=120 if body is None else 600) as resp:
+                        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 503:
+                        raise WorkerUnavailable(exc) from exc
+                    raise
+        raise AssertionError("unreachable: Retrying returns or raises")
+    except WorkerUnavailable as busy:
+        exc = busy.error
+        print(f"error: worker answered 503: {exc.read().decode(errors='replace')} (asked 6 times)", file=sys.stderr)
+        return EXIT_NO_ANSWER
     except urllib.error.HTTPError as exc:
         print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return EXIT_REFUSED if exc.code in REFUSED else EXIT_NO_ANSWER
@@ -497,7 +525,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         if isinstance(repaired, int):
             return repaired
         print(f"repair: {repaired['mismatches_before']} mismatches; {repaired['rebuilt']} members behind the "
-              f"ledger rebuilt from it; {len(repaired['ahead_of_the_ledger'])} ahead of it (rows on their way: "
+              f"ledger rebuilt from it ({repaired['behind_their_stored_state']} found by their stored state's "
+              f"sequence number); {len(repaired['ahead_of_the_ledger'])} ahead of it (rows on their way: "
               "run again once the ledger has caught up)")
         for budget_id, units in sorted(repaired["budgets_changed"].items()):
             print(f"  budget {budget_id}: spent {units:+,} units, to what the ledger shows given")

@@ -218,18 +218,45 @@ async def repair() -> dict[str, Any]:
         in_ledger: dict[str, set[str]] = {m: set() for m in page}
         for r in await rt.ledger.query("ledger_events_of_members", {"members": page}):
             in_ledger[r["member_id"]].add(r["event_id"])
+        for r in await rt.ledger.query("op_records_of_members", {"members": page}):
+            in_ledger[r["member_id"]].add(r["event_id"])  # an HTTP operation's record (stored value...)
         for m in page:
             in_redis = set(await rt.balances.redis.hkeys(rt.balances.records_key(m)))
             (ahead if in_redis - in_ledger[m] else behind).append(m)
+    # Members whose last stored state is newer than Redis's (its sequence number is behind):
+    # Redis lost writes that changed no balance (a hold, a coupon, a plan...).
+    stale = [m for m in await members_behind_their_stored_state() if m not in behind and m not in ahead]
+    behind += stale
     for start in range(0, len(behind), 500):
         await rebuild_members(behind[start:start + 500])
     budgets = await restore_budgets()
     after = await reconcile()
-    log.warning("repair: %d members behind the ledger rebuilt, %d ahead of it left for a later run; "
-                "mismatches %d -> %d", len(behind), len(ahead), before["mismatch_count"], after["mismatch_count"])
+    log.warning("repair: %d members behind the ledger or their stored state rebuilt (%d by their state alone), "
+                "%d ahead of the ledger left for a later run; mismatches %d -> %d", len(behind), len(stale),
+                len(ahead), before["mismatch_count"], after["mismatch_count"])
     return {"mismatches_before": before["mismatch_count"], "rebuilt": len(behind), "rebuilt_members": behind[:100],
+            "behind_their_stored_state": len(stale),
             "budgets_changed": budgets,
             "ahead_of_the_ledger": ahead[:100], "after": after}
+
+
+async def members_behind_their_stored_state() -> list[str]:
+    """Members whose Redis sequence number is below the newest one their writes stored in
+    member_states: Redis lost (some of) their last writes. Each write stores the seq it
+    gave, and a rebuild sets Redis past it, so a member in step is never below."""
+    rt = await runtime.started()
+    b = rt.balances
+    stored = [(r["member_id"], int(r["last_seq"])) for r in await rt.ledger.query("member_last_seqs")]
+    behind: list[str] = []
+    for start in range(0, len(stored), 2000):
+        page = stored[start:start + 2000]
+        pipe = b.redis.pipeline(transaction=False)
+        for m, _ in page:
+            pipe.hget(b.member_key(m), "seq")
+        for (m, seq), live in zip(page, await pipe.execute(), strict=True):
+            if int(live or 0) < seq:
+                behind.append(m)
+    return behind
 
 
 async def budget_targets() -> list[tuple[str, int, int, set[str]]]:

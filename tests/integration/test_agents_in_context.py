@@ -127,7 +127,15 @@ def payment(member: str, event_id: str, amount: int) -> dict[str, Any]:
 
 
 def ledger_rows(sent: Sent, member: str) -> list[dict[str, Any]]:
-    return [r for m in sent.values("ledger_topic") for r in m.get("ledger", []) if r.get("member_id") == member]
+    """The member's points rows the agent sent (not the state rows that travel with them)."""
+    return [r for m in sent.values("ledger_topic") for r in m.get("ledger", [])
+            if r.get("member_id") == member and "table" not in r]
+
+
+def state_rows(sent: Sent, member: str) -> list[dict[str, Any]]:
+    """The member's state rows (member_states), one per write."""
+    return [r for m in sent.values("ledger_topic") for r in m.get("ledger", [])
+            if r.get("member_id") == member and r.get("table") == "member_states"]
 
 
 async def test_the_accrual_agent_applies_a_payment_once_and_its_refund_takes_the_points_back(
@@ -184,6 +192,11 @@ async def test_the_accrual_agent_applies_a_payment_once_and_its_refund_takes_the
         assert dead["source"] == "accrual" and dead["event_id"] == "bad-1"
         record = await store.event_record(member, f"tx-{tag}")
         assert record, "the payment's record is kept for its refunds and redeliveries"
+        # Each write sent the member's state with its rows: the last one is Redis's state.
+        states = state_rows(sent, member)
+        seq, state, _ = await store.member_state(member)
+        assert [s["seq"] for s in states] == [1, 2] and states[-1]["seq"] == seq, states
+        assert states[-1]["state"] == orjson.loads(state or "{}")
     finally:
         await forget(store)
 

@@ -149,6 +149,51 @@ def test_backing_service_restarted_mid_stream(worker_factory: Any, service: str,
     check_exactly_once(w, events, fault, f"{gw.retries} gateway retries")
 
 
+def kill_redis() -> None:
+    """SIGKILL, no goodbye: Redis stops where it is (its AOF as the page cache had it)."""
+    pid = int((ROOT / ".local" / "run" / "redis.pid").read_text())
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    for _ in range(100):
+        if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.1)
+
+
+def test_redis_sigkilled_three_times_mid_stream(worker_factory: Any) -> None:
+    """Redis killed with SIGKILL at three points of a stream of payments and started again
+    each time (from its AOF): the ingress refuses while it is down (the gateway sends again),
+    the accrual retries, `loyalty reconcile --repair` finds nothing to repair or repairs it,
+    and every event counts once."""
+    w: WorkerProcess = worker_factory("redis-kill", LOYALTY_BATCH_SIZE="50")
+    w.start()
+    w.wait_caught_up()
+    events = make_events(1_500, f"rk-{uuid.uuid4().hex[:6]}")
+    gw = Gateway(w)
+
+    def kills() -> None:
+        for at in (300, 700, 1_100):
+            while gw.accepted < at:
+                time.sleep(0.05)
+            kill_redis()
+            time.sleep(1)
+            services("up", "redis")
+
+    t = threading.Thread(target=kills, daemon=True)
+    t.start()
+    asyncio.run(gw.send_all(events, give_up_s=400))
+    t.join(400)
+    assert gw.retries > 0, "the kills should have refused some callbacks"
+    w.wait_until(lambda: w.get("/healthz")[0] == 200, 60, "the worker back on Redis")
+    w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= len({e["event_id"] for e in events}),
+                 180, "every event in the ledger")
+    w.wait_caught_up()
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--repair"], env=w.env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    check_exactly_once(w, events, "Redis SIGKILLed 3 times mid-stream (AOF everysec), restarted; reconcile --repair",
+                       f"{gw.retries} gateway retries; " + out.stdout.splitlines()[0][:120])
+
+
 def test_redis_losing_its_last_writes_is_repaired_from_the_ledger(worker_factory: Any) -> None:
     """A machine that crashes loses what Redis had not yet fsynced (`appendfsync everysec`:
     up to a second): Redis is killed (SIGKILL) and its AOF cut short by the tail of the
@@ -164,12 +209,7 @@ def test_redis_losing_its_last_writes_is_repaired_from_the_ledger(worker_factory
     w.wait_until(lambda: w.get("/v1/admin/ledger/totals")[1].get("events", 0) >= 900, 180, "the ledger has all")
     w.wait_caught_up()
     aof = sorted((ROOT / ".local" / "data" / "redis" / "appendonlydir").glob("*.incr.aof"))[-1]
-    pid = int((ROOT / ".local" / "run" / "redis.pid").read_text())
-    subprocess.run(["kill", "-9", str(pid)], check=True)
-    for _ in range(100):
-        if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0:
-            break
-        time.sleep(0.1)
+    kill_redis()
     size = aof.stat().st_size
     with aof.open("r+b") as f:  # what the disk had not got when the machine went down
         f.truncate(size - min(size // 2, 300_000))

@@ -208,3 +208,45 @@ def test_a_rebuild_interrupted_and_run_again_ends_equal_and_the_day_goes_on_as_o
     assert a.bindings == b.bindings
     assert not [k for k in a.held if k.startswith("parked:")], "the held refund was applied after its payment"
     assert a.counters[members[1]]["sv_balance"] == 50_000 - 8_000
+
+
+def test_a_write_redis_lost_that_moved_no_points_is_found_by_its_sequence_number(worker_factory: Any) -> None:
+    """A hold changes a member's state and no balance: Redis losing that write (as an AOF
+    cut short would: the member's seq and state as before it) leaves the balances equal to
+    the ledger, but the member's seq is below the one its stored state carries; `loyalty
+    reconcile` reports the holds differing, and `--repair` restores the member from it."""
+    import redis as redis_client
+
+    w: WorkerProcess = worker_factory("seq-behind")
+    w.start()
+    m = f"sb-{uuid.uuid4().hex[:8]}"
+    assert w.send_callback(pay(m, 1, 50_000))[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[1].get("balance", 0) > 0, 60, "the payment")
+    w.wait_caught_up(60)
+    client = redis_client.Redis.from_url(w.redis_url, decode_responses=True)
+    key = f"{w.run_id}:m:{{{m}}}"
+    seq, state = client.hget(key, "seq"), client.hget(key, "state")
+    hold = [("/v1/holds", {"member_id": m, "points": 100, "ttl_seconds": 3600}, f"hold-{m}")]
+    assert asyncio.run(post_signed_many(w, hold, 1))[0][0] == 201
+    w.wait_caught_up(60)
+    assert "holds" in orjson.loads(client.hget(key, "state"))
+    client.hset(key, mapping={"seq": seq, "state": state})  # the write Redis lost
+    client.close()
+
+    rec = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile"], env=w.env, capture_output=True,
+                         text=True, timeout=120)
+    assert rec.returncode == 1 and "mismatches 0" in rec.stdout, rec.stdout
+    (holds,) = [ln for ln in rec.stdout.splitlines() if ln.strip().startswith("holds ")]
+    assert " 1 differ" in holds, rec.stdout
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--repair"], env=w.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(1 found by their stored state's sequence number)" in out.stdout, out.stdout
+    view = w.get(f"/v1/members/{m}")[1]
+    assert view["available"] == view["balance"] - 100, view
+    # The hold is the one that was given: confirming it with its payment spends it.
+    p = pay(m, 2, 10_000) | {"hold_id": f"hold-{m}", "points_used": 100}
+    assert w.send_callback(p)[0] == 202
+    w.wait_until(lambda: w.get(f"/v1/members/{m}")[1]["events"] == 2, 60, "the payment that confirms the hold")
+    after = w.get(f"/v1/members/{m}")[1]
+    assert after["available"] == after["balance"] and after["balance"] < view["balance"] + 100, (view, after)

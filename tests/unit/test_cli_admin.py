@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -16,7 +17,10 @@ from streams.settings import Settings
 
 
 class _Worker(http.server.BaseHTTPRequestHandler):
-    """Answers /status/<code> with that code, echoes the request otherwise."""
+    """Answers /status/<code> with that code, /busy-once/<key> 503 the first time, echoes
+    the request otherwise."""
+
+    seen: ClassVar[set[str]] = set()
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -27,6 +31,15 @@ class _Worker(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": "refused for a test"}')
             return
+        if self.path.startswith("/busy-once/"):
+            # 503 on the first request of a key, the echo after.
+            key = self.path.split("/")[2]
+            if key not in _Worker.seen:
+                _Worker.seen.add(key)
+                self.send_response(503)
+                self.end_headers()
+                self.wfile.write(b'{"error": "temporarily unavailable, retry"}')
+                return
         if self.path == "/garbled":
             self.send_response(200)
             self.end_headers()
@@ -64,9 +77,16 @@ def test_an_answer_is_the_parsed_json_and_a_post_carries_its_body(worker: Settin
 @pytest.mark.parametrize(("code", "exit_code"), [(400, 1), (404, 1), (409, 1), (422, 1), (401, 2), (403, 2),
                                                  (500, 2), (503, 2)])
 def test_refusals_exit_1_and_worker_errors_exit_2(worker: Settings, code: int, exit_code: int,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "RETRY_503_S", 0.01)  # a 503 is asked 6 times before it is an error
     assert cli.admin_call(worker, f"/status/{code}") == exit_code
     assert f"error: worker answered {code}: " in capsys.readouterr().err
+
+
+def test_a_503_is_asked_again_and_its_answer_taken(worker: Settings) -> None:
+    got = cli.admin_call(worker, "/busy-once/repair", b"{}")
+    assert isinstance(got, dict) and got["path"] == "/busy-once/repair"
 
 
 def test_no_worker_and_an_answer_that_is_not_json_exit_2(worker: Settings,

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from streams.errors import TransientError
 from streams.settings import ROOT, Settings
 
 
@@ -471,7 +472,7 @@ REFUSED = {400, 404, 409, 422}
 RETRY_503_S = 0.5
 
 
-class WorkerUnavailable(Exception):
+class WorkerUnavailable(TransientError):
     """The worker answered 503 (it says: try again)."""
 
     def __init__(self, error: urllib.error.HTTPError) -> None:

@@ -362,6 +362,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     bounded_ok = not unbounded
     for line in unbounded[:10]:
         print(f"unbounded Redis key: {line}", flush=True)
+    used, n_keys, n_members = recovery_check.redis_bytes(worker.redis_url, worker.run_id)
     lost = await asyncio.to_thread(_lose_redis_and_rebuild, worker)
     rebuilt_ok = all(k.ok for k in lost.kinds) and lost.clean
     lines = [
@@ -411,6 +412,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"refreshed for {_fmt(office['segmented'])} members",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
         "streams/state/keys.py; those that grow per event or request expire)",
+        f"Redis per member               {_fmt(used // max(1, n_members)):>12}   bytes ({used / 1e6:,.1f} MB in "
+        f"{_fmt(n_keys)} keys for {_fmt(n_members)} members: states, records, history, bindings, boards...)",
         f"Redis lost, then rebuilt       {_fmt(lost.wiped):>12}   keys wiped; `loyalty rebuild` {lost.seconds:.1f} s, "
         f"reconcile {'clean' if lost.clean else 'NOT CLEAN'}; equal after, by kind:",
         *(f"  {k.kind:<52} {k.equal:>6,}/{k.total:,}" + ("" if k.ok else "   DIFFERENT: " + "; ".join(k.examples[:2]))

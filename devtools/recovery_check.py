@@ -75,6 +75,20 @@ def capture(redis_url: str, namespace: str) -> Snapshot:
     return snap
 
 
+def redis_bytes(redis_url: str, namespace: str) -> tuple[int, int, int]:
+    """(bytes of every key of the namespace as MEMORY USAGE counts them, keys, members)."""
+    client = _client(redis_url)
+    total = keys = members = 0
+    try:
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            total += int(client.memory_usage(key, samples=0) or 0)
+            keys += 1
+            members += key.startswith(f"{namespace}:m:{{")
+    finally:
+        client.close()
+    return total, keys, members
+
+
 def wipe(redis_url: str, namespace: str) -> int:
     """Deletes every key of the namespace (Redis lost it); returns how many."""
     client = _client(redis_url)

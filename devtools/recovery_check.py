@@ -32,6 +32,8 @@ class Snapshot:
     bindings: dict[str, Any] = field(default_factory=dict)
     #: Refunds held: each (member, payment) list, the index's deadlines, members' counts.
     held: dict[str, Any] = field(default_factory=dict)
+    #: Guest payments waiting for their payer to register: payer key -> {event id: fact}.
+    guests: dict[str, Any] = field(default_factory=dict)
     #: Open parking sessions and gateway payment routes.
     kept: dict[str, Any] = field(default_factory=dict)
     #: Leaderboards: board -> member -> score (the shards merged).
@@ -66,6 +68,8 @@ def capture(redis_url: str, namespace: str) -> Snapshot:
                 snap.held[rest] = client.lrange(key, 0, -1)
             elif rest == "held":
                 snap.held[rest] = dict(client.zrange(key, 0, -1, withscores=True))
+            elif rest.startswith("guest:{"):
+                snap.guests[rest] = client.hgetall(key)
             elif rest.startswith(("park:", "gwpay:")):
                 snap.kept[rest] = client.hgetall(key) if rest.startswith("park:") else client.get(key)
             elif rest.startswith(BINDINGS):
@@ -131,15 +135,17 @@ class Lost:
 
 
 def lose_and_rebuild(worker: Any, page: int = 500) -> Lost:
-    """Stops the worker (nothing moves while Redis is read), captures its namespace, wipes
-    it, starts the worker again with its timers quiet, runs `loyalty rebuild` and captures
-    again. The worker is left running."""
-    worker.wait_caught_up(300)
+    """Restarts the worker with its timers quiet and lets it apply whatever they had sent
+    (so nothing moves while Redis is read), captures its namespace, wipes it, runs `loyalty
+    rebuild` and captures again. The worker is left running."""
     worker.stop()
+    worker.extra_env.update(QUIET_TIMERS)  # (`env` is built from it at each start)
+    worker.start()
+    worker.wait_caught_up(300)
+    time.sleep(1)
+    worker.wait_caught_up(300)  # and what the last of it sent on (the ledger rows)
     before = capture(worker.redis_url, worker.run_id)
     wiped = wipe(worker.redis_url, worker.run_id)
-    worker.env.update(QUIET_TIMERS)
-    worker.start()
     t = time.monotonic()
     out = rebuild(worker.env, page)
     took = time.monotonic() - t
@@ -202,6 +208,14 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
             r.equal += 1
         elif len(r.examples) < 5:
             r.examples.append(f"{k}: {before.held.get(k)} -> {after.held.get(k)}")
+    out.append(r)
+    r = KindResult("guest payments waiting for their payer", 0, 0)
+    for k in sorted(set(before.guests) | set(after.guests)):
+        r.total += 1
+        if before.guests.get(k) == after.guests.get(k):
+            r.equal += 1
+        elif len(r.examples) < 5:
+            r.examples.append(f"{k}: {before.guests.get(k)} -> {after.guests.get(k)}")
     out.append(r)
     r = KindResult("open parking sessions and gateway routes", 0, 0)
     for k in sorted(set(before.kept) | set(after.kept)):

@@ -30,6 +30,7 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
                                                              {"offset": offset, "limit": limit})]
     bound = await restore_bindings(offset, limit) if offset < bindings_total else 0
     held = await restore_held() if offset == 0 else 0
+    guests = await restore_guests() if offset == 0 else 0
     if members:
         await rebuild_members(members)
         log.info("rebuilt %d members (%d..%d of %d), %d bindings", len(members), offset, offset + len(members),
@@ -37,7 +38,44 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     done = offset + limit
     more = done < total or done < bindings_total
     return {"total": total, "rebuilt": len(members), "bindings": bound, "bindings_total": bindings_total,
-            "held_refunds": held, "next_offset": done if more else None}
+            "held_refunds": held, "guest_payments": guests, "next_offset": done if more else None}
+
+
+async def restore_guests() -> int:
+    """Puts back the guest payments still waiting for their payer to register (within the
+    rules' credit window, not credited, the payer bound to no one), as the accrual keeps
+    them (the core's compact fact per event, the key expiring with the window); returns
+    how many. Written whole per payer: running it twice changes nothing."""
+    rt = await runtime.started()
+    b = rt.balances
+    days = int(rt.rules.guest_credit_days)
+    if days <= 0:
+        return 0
+    now_ms = int(time.time() * 1000)
+    payers: dict[tuple[str, str], dict[str, str]] = {}
+    newest: dict[tuple[str, str], int] = {}
+    for r in await rt.ledger.query("guest_facts_open", {"days": days}):
+        fact: list[Any] = [r["type"], int(r["occurred_ms"]), int(r["amount_fen"]), r["bu_id"], r["merchant_id"],
+                           r["category"], r["channel"]]
+        if r["refund_of"]:
+            fact.append(r["refund_of"])
+        payer = (r["payer_kind"], r["payer_id"])
+        payers.setdefault(payer, {})[r["event_id"]] = orjson.dumps(fact).decode()
+        newest[payer] = max(newest.get(payer, 0), int(r["processed_ms"]))
+    pipe = b.redis.pipeline(transaction=False)
+    for (kind, payer_id), facts in payers.items():
+        key = b.guest_key(kind, payer_id)
+        left_s = days * 86_400 - (now_ms - newest[(kind, payer_id)]) // 1000
+        if left_s <= 0:
+            continue
+        pipe.delete(key)
+        pipe.hset(key, mapping=facts)
+        pipe.expire(key, left_s)
+    await pipe.execute()
+    n = sum(len(f) for f in payers.values())
+    if n:
+        log.info("guest payments of %d payers put back (%d payments)", len(payers), n)
+    return n
 
 
 async def restore_held() -> int:

@@ -33,7 +33,7 @@ def test_the_demo_day_is_whole_again_after_redis_lost_everything(services: None,
     assert rc == 0, out
     lines = out[out.index("Redis lost, then rebuilt"):].splitlines()
     kinds = [ln for ln in lines[1:] if ln.startswith("  ")]
-    assert len(kinds) == len(recovery_check.KINDS) + 5, lines
+    assert len(kinds) == len(recovery_check.KINDS) + 6, lines
     for ln in kinds:
         equal, total = ln.split()[-1].split("/")
         assert equal == total, ln

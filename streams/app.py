@@ -76,7 +76,7 @@ def build_faust_app(settings: Settings) -> faust.App:
         # checksums and the broker stores several times over, for little CPU.
         producer_compression_type=settings.kafka_compression or None,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
@@ -117,7 +117,9 @@ class Topics:
     def declare(cls, app: faust.App, settings: Settings) -> Topics:
         def topic(name: str, partitions: int, days: int) -> faust.TopicT:
             return app.topic(name, internal=True, partitions=partitions, key_serializer="raw",
-                             value_serializer="raw", retention=days * 86_400.0)
+                             value_serializer="raw", retention=days * 86_400.0,
+                             replicas=settings.topic_replication_factor,
+                             config={"min.insync.replicas": str(settings.topic_min_insync_replicas)})
 
         n = settings.partitions
         return cls(payments=topic(settings.payments_topic, n, RETENTION_DAYS["payments"]),

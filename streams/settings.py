@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     topic_prefix: str = "loyalty"
     redis_namespace: str = "ly"
     partitions: int = Field(4, ge=1)
+    #: Copies of each topic the engine creates, and how many must have a write before the
+    #: broker acknowledges it (the producer asks for acks=all): 1 and 1 on one broker; 3 and
+    #: 2 on a three-broker cluster (a broker can die without losing or refusing a write).
+    topic_replication_factor: int = Field(1, ge=1)
+    topic_min_insync_replicas: int = Field(1, ge=1)
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     callback_secret: SecretStr = SecretStr("")
@@ -134,6 +139,13 @@ class Settings(BaseSettings):
                         raise ValueError(f"{env} must be a port (1-65535), got {port!r}")
                     data[key] = url.format(int(port))
         return data
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(f"LOYALTY_TOPIC_MIN_INSYNC_REPLICAS ({self.topic_min_insync_replicas}) cannot exceed "
+                             f"LOYALTY_TOPIC_REPLICATION_FACTOR ({self.topic_replication_factor})")
+        return self
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -191,6 +191,18 @@ def _settled(worker: WorkerProcess) -> bool:
     return done >= m["callbacks_accepted_total"] + m["guest_payments_credited_total"] + m["refunds_released_total"]
 
 
+def _settled_in_ledger(worker: WorkerProcess, http_ops: int, what: str) -> None:
+    """Until every event sent is processed and the ledger in ClickHouse has them all, with
+    the `http_ops` operations that write ledger rows of their own."""
+    worker.wait_until(lambda: _settled(worker), timeout=300, what=f"{what}'s events to be processed")
+    applied = worker.metrics()["events_applied_total"]
+    worker.wait_until(
+        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied + http_ops,
+        timeout=300,
+        what=f"{what}'s ledger rows in ClickHouse",
+    )
+
+
 def _fmt(n: int) -> str:
     return f"{n:,}"
 
@@ -305,24 +317,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     print("demo: an evening of engagement: the prize wheel, sign-in plans, stored value, airline miles ...",
           flush=True)
     eng = await _engagement(worker, gateways[2], gateways[3], concurrency, receiver)
-    worker.wait_until(lambda: _settled(worker), timeout=300, what="the stored-value payments to be processed")
-    applied = worker.metrics()["events_applied_total"]
-    worker.wait_until(
-        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied + eng["points_ops"],
-        timeout=300,
-        what="every engagement ledger row in ClickHouse",
-    )
+    _settled_in_ledger(worker, eng["points_ops"], "the engagement")
     worker.wait_until(lambda: sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]
                                   ["outcomes"]) >= eng["plays"], timeout=120, what="every draw in ClickHouse")
     audited = sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]["outcomes"])
     office = await _back_office(worker, gateways[2], gateways[3], concurrency)
-    worker.wait_until(lambda: _settled(worker), timeout=300, what="the back office's events to be processed")
-    applied = worker.metrics()["events_applied_total"]
-    worker.wait_until(
-        lambda: worker.get("/v1/admin/ledger/totals", admin=True)[1].get("events", 0) >= applied + eng["points_ops"],
-        timeout=300,
-        what="the back office's ledger rows in ClickHouse",
-    )
+    _settled_in_ledger(worker, eng["points_ops"], "the back office")
     worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
                       what="stored value: Redis = ledger")
     _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")

@@ -166,6 +166,18 @@ class KindResult:
         return self.equal == self.total
 
 
+def _by_key(kind: str, before: dict[str, Any], after: dict[str, Any]) -> KindResult:
+    """One kind kept as key -> value: equal where the values are."""
+    r = KindResult(kind, 0, 0)
+    for k in sorted(set(before) | set(after)):
+        r.total += 1
+        if before.get(k) == after.get(k):
+            r.equal += 1
+        elif len(r.examples) < 5:
+            r.examples.append(f"{k}: {before.get(k)} -> {after.get(k)}")
+    return r
+
+
 def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
     """Kind by kind: a member counts for a kind when it has any of the kind's fields
     before or after; equal when every such field is."""
@@ -185,52 +197,10 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
             elif len(r.examples) < 5:
                 r.examples.append(f"{m}: {pa} -> {pb}")
         out.append(r)
-    r = KindResult("balances and counters", 0, 0)
-    for m in sorted(set(before.counters) | set(after.counters)):
-        r.total += 1
-        if before.counters.get(m) == after.counters.get(m):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{m}: {before.counters.get(m)} -> {after.counters.get(m)}")
-    out.append(r)
-    r = KindResult("leaderboards", 0, 0)
-    for k in sorted(set(before.boards) | set(after.boards)):
-        r.total += 1
-        if before.boards.get(k) == after.boards.get(k):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{k}: {len(before.boards.get(k) or {})} members -> {len(after.boards.get(k) or {})}")
-    out.append(r)
-    r = KindResult("refunds held for their payment", 0, 0)
-    for k in sorted(set(before.held) | set(after.held)):
-        r.total += 1
-        if before.held.get(k) == after.held.get(k):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{k}: {before.held.get(k)} -> {after.held.get(k)}")
-    out.append(r)
-    r = KindResult("guest payments waiting for their payer", 0, 0)
-    for k in sorted(set(before.guests) | set(after.guests)):
-        r.total += 1
-        if before.guests.get(k) == after.guests.get(k):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{k}: {before.guests.get(k)} -> {after.guests.get(k)}")
-    out.append(r)
-    r = KindResult("open parking sessions and gateway routes", 0, 0)
-    for k in sorted(set(before.kept) | set(after.kept)):
-        r.total += 1
-        if before.kept.get(k) == after.kept.get(k):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{k}: {before.kept.get(k)} -> {after.kept.get(k)}")
-    out.append(r)
-    r = KindResult("bindings (ids, plates, referral phones)", 0, 0)
-    for k in sorted(set(before.bindings) | set(after.bindings)):
-        r.total += 1
-        if before.bindings.get(k) == after.bindings.get(k):
-            r.equal += 1
-        elif len(r.examples) < 5:
-            r.examples.append(f"{k}: {before.bindings.get(k)} -> {after.bindings.get(k)}")
-    out.append(r)
+    out.append(_by_key("balances and counters", before.counters, after.counters))
+    out.append(_by_key("leaderboards", before.boards, after.boards))
+    out.append(_by_key("refunds held for their payment", before.held, after.held))
+    out.append(_by_key("guest payments waiting for their payer", before.guests, after.guests))
+    out.append(_by_key("open parking sessions and gateway routes", before.kept, after.kept))
+    out.append(_by_key("bindings (ids, plates, referral phones)", before.bindings, after.bindings))
     return out

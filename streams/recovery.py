@@ -156,7 +156,8 @@ async def rebuild_members(members: list[str]) -> None:
     for r in await rt.ledger.query("op_records_of_members", {"members": members}):
         ops.setdefault(r["member_id"], {})[r["event_id"]] = r["last_record"]
     # A member with a stored state and no ledger row yet (a hold, a profile, a plan...).
-    rows += [{"member_id": m} for m in members if m in stored and m not in {r["member_id"] for r in rows}]
+    in_ledger = {r["member_id"] for r in rows}
+    rows += [{"member_id": m} for m in members if m in stored and m not in in_ledger]
     rows.sort(key=lambda r: r["member_id"])
     now_ms = int(time.time() * 1000)
     b = rt.balances

@@ -145,7 +145,7 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         redis_s += ph.mark("read")
         await _off(batch.read_done, replies, inline=small)
         core_s += ph.mark("evaluate")
-        batch.reserve_done(await store.run(batch.reserve_plan(), "reserve"))
+        batch.reserve_done(await store.run(batch.reserve_plan(), "reserve", replicate=True))
         redis_s += ph.mark("reserve")
         # The round's outbox and the members' writes in one round trip: the commands run in
         # order, so the outbox is there before any record that names it.
@@ -155,10 +155,16 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         if len(write) > 1 and _fault("accrual-die-mid-write"):
             await store.run(outbox, "outbox")
             await _die_half_written(store, write)
-        replies = await store.run([*outbox, *write], "write")
+        if store.cluster:
+            # On a cluster the outbox and the members are on different primaries: the
+            # outbox is written first, in a round trip of its own.
+            await store.run(outbox, "outbox", replicate=True)
+            replies = [*outbox, *await store.run(write, "write", replicate=True)]
+        else:
+            replies = await store.run([*outbox, *write], "write", replicate=True)
         conflicts = batch.write_done(replies[len(outbox):])
         redis_s += ph.mark("write")
-        await store.run(batch.settle_plan(), "settle")
+        await store.run(batch.settle_plan(), "settle", replicate=True)
         redis_s += ph.mark("settle")
         if conflicts:
             log.info("%d members changed since the read or met a short budget; %d events evaluated again",
@@ -168,7 +174,8 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     resend = batch.resend_plan()
     if resend:
         batch.resend_done(await store.run(resend, "outbox read"))
-    batch.guest_done(await store.run(batch.guest_plan(max(1, rules.guest_credit_days) * 86_400), "guests"))
+    guests = batch.guest_plan(max(1, rules.guest_credit_days) * 86_400)
+    batch.guest_done(await store.run(guests, "guests", replicate=True))
     redis_s += ph.mark("guests")
     histograms["core_ms"].observe(core_s * 1000)
 

@@ -62,11 +62,12 @@ def make_events(n: int, seed: int = 20261123) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def envelopes(events: list[tuple[bytes, bytes]], size: int) -> list[tuple[bytes, int, bytes]]:
+def envelopes(events: list[tuple[bytes, bytes]], size: int,
+              partitions: int = PARTITIONS) -> list[tuple[bytes, int, bytes]]:
     """The events packed per partition of their key, in order, `size` to an envelope."""
     lanes: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, body in events:
-        lanes.setdefault(partition_for(key, PARTITIONS), []).append((key, body))
+        lanes.setdefault(partition_for(key, partitions), []).append((key, body))
     out = []
     for p, items in sorted(lanes.items()):
         for i in range(0, len(items), size):
@@ -80,7 +81,8 @@ async def create(bootstrap: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
+        if topic not in await admin.list_topics():
+            await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
     finally:
         await admin.close()
 

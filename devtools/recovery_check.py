@@ -41,9 +41,9 @@ class Snapshot:
 
 
 def _client(redis_url: str) -> Any:
-    import redis
+    from devtools.workers import redis_client
 
-    return redis.Redis.from_url(redis_url, decode_responses=True)
+    return redis_client(redis_url, decode_responses=True)
 
 
 def capture(redis_url: str, namespace: str) -> Snapshot:

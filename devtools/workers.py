@@ -37,6 +37,21 @@ from streams.signing import SignatureError, signed_headers, verify
 
 log = logging.getLogger(__name__)
 
+
+def redis_client(url: str, **kwargs: Any) -> Any:
+    """A synchronous redis-py client for `url`: a RedisCluster when the node it names is
+    part of a cluster (its SCAN walks every primary, its UNLINK splits keys by slot)."""
+    import redis
+
+    single = redis.Redis.from_url(url, **kwargs)
+    try:
+        if not int(single.info("cluster").get("cluster_enabled", 0)):
+            return single
+    except redis.exceptions.RedisError:
+        return single
+    single.close()
+    return redis.RedisCluster.from_url(url, **kwargs)
+
 def _decode(payload: bytes) -> Any:
     try:
         return orjson.loads(payload or b"null")
@@ -53,7 +68,6 @@ def free_port() -> int:
 def remove_run_data(kafka_bootstrap: str, redis_url: str, prefix: str) -> None:
     """Deletes the topics whose names start with `prefix` and the Redis keys under
     `prefix:` (a test run's namespace)."""
-    import redis
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def drop_topics() -> None:
@@ -67,7 +81,7 @@ def remove_run_data(kafka_bootstrap: str, redis_url: str, prefix: str) -> None:
             await admin.close()
 
     asyncio.run(drop_topics())
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         batch: list[bytes] = []
         for key in r.scan_iter(match=f"{prefix}:*", count=1000):
@@ -85,7 +99,6 @@ def remove_test_leftovers(kafka_bootstrap: str, redis_url: str) -> int:
     """Deletes what earlier test runs on this machine left behind (a run killed before its
     cleanup): topics named `t-...` and Redis keys under `t-...:`. Returns the topics
     deleted. A local Kafka with hundreds of stale partitions is slow to serve new ones."""
-    import redis
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def drop_topics() -> int:
@@ -100,7 +113,7 @@ def remove_test_leftovers(kafka_bootstrap: str, redis_url: str) -> int:
             await admin.close()
 
     dropped = asyncio.run(drop_topics())
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         keys = list(r.scan_iter(match="t-*", count=1000))
         for i in range(0, len(keys), 1000):
@@ -210,11 +223,10 @@ class WorkerProcess:
         """Keys of this run's namespace that no family of streams/state/keys.py describes,
         or of a family whose keys expire but that carry no expiry (what would grow without
         a bound): empty when Redis holds only what it should."""
-        import redis
 
         from streams.state.keys import family_of
 
-        client = redis.Redis.from_url(self.env.get("LOYALTY_REDIS_URL")
+        client = redis_client(self.env.get("LOYALTY_REDIS_URL")
                                       or f"redis://127.0.0.1:{self.env.get('LOYALTY_REDIS_PORT', '6380')}/0",
                                       decode_responses=True)
         wrong = []

@@ -33,6 +33,7 @@ from streams.gateways import load_rsa_public_key
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
+from streams.kafka_topics import RETENTION_DAYS
 from streams.messages import dead_letter_record, ledger_messages, readable_event_id
 from streams.retry import retrying
 from streams.settings import Settings
@@ -92,19 +93,11 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
-#: How long each topic keeps its records (set when the engine creates it; docs/reliability.md):
-#: the input topics long enough for an agent down over a long weekend to catch up; the ledger
-#: topic twice that, so that what ClickHouse has not confirmed can be replayed into it (and
-#: longer than the accrual's round outboxes live, 7 days); the dead letters for operators to
-#: look at and replay.
-RETENTION_DAYS = {"payments": 7, "member-events": 7, "parking": 7, "coupon-pushes": 7, "ledger": 14,
-                  "dead-letter": 30}
-
-
 @dataclass(frozen=True)
 class Topics:
-    """The topics of one app. internal=True: Faust creates them (with these partitions)
-    before the consumers subscribe, so nothing waits for a metadata refresh."""
+    """The topics of one app, as `loyalty worker` creates them before Faust starts
+    (streams/kafka_topics.py: created and known to every broker before the consumers
+    subscribe); internal=True lets Faust create any that is still missing."""
 
     payments: faust.TopicT
     ledger: faust.TopicT
@@ -159,7 +152,8 @@ class Runtime:
                            if settings.alipay_public_key else None)
         self.pos_keys = parse_pos_keys(settings.pos_keys.get_secret_value())
         self.balances = BalanceStore(settings.redis_url, settings.redis_namespace, settings.refund_horizon_days,
-                                     settings.history_length, settings.redis_members_per_call)
+                                     settings.history_length, settings.redis_members_per_call,
+                                     settings.redis_wait_replicas, settings.redis_wait_ms)
         self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
         self._started = False
         self._lock = asyncio.Lock()

@@ -68,6 +68,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import app, settings
 
     _ = streams.http
+    if settings.roles - {"ingress"}:
+        # Every topic made and known to each broker before a consumer subscribes (a topic a
+        # broker does not know yet would be left out of the group's assignment).
+        import asyncio
+
+        from streams.kafka_topics import ensure_topics
+
+        loop = asyncio.new_event_loop()  # its own loop: Faust's is not made yet, and stays unset
+        try:
+            loop.run_until_complete(ensure_topics(settings))
+        finally:
+            loop.close()
     # Each role is an agent module; a worker subscribes only to its roles' topics.
     for role in sorted(settings.roles - {"ingress"}):
         importlib.import_module(f"agents.{role}")

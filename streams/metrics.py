@@ -68,6 +68,7 @@ HELP = {
                  "after")},
     "boards_scores_taken_total": "Leaderboard scores taken from the ledger topic (newest version wins).",
     "batch_retries_total": "Payment batches retried after a transient failure.",
+    "redis_wait_short_total": "Redis Cluster primaries whose replica did not confirm a batch's writes in time (WAIT).",
     "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",
     "ledger_write_retries_total": "Ledger inserts retried after a failure.",
     "ledger_sink_rows_total": "Rows the ledger sink inserted, every table (ledger, settlement, coupons, ...).",

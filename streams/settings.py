@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # Members written by one ly_apply call on a single Redis (1 on a Redis Cluster, where a
     # call names one hash slot): each call costs Redis ~9 µs of its own (docs/hot-path.md).
     redis_members_per_call: int = Field(64, ge=1, le=1000)
+    # On a Redis Cluster: the member writes, budget reservations and outboxes wait (WAIT) for
+    # this many replicas to have them before the batch goes on, up to redis_wait_ms; a
+    # primary killed after that loses none of them when its replica is promoted. 0: no wait.
+    redis_wait_replicas: int = Field(1, ge=0, le=5)
+    redis_wait_ms: int = Field(100, ge=1, le=10_000)
     # Several ingress processes on one port (`loyalty worker --roles ingress --processes N` sets
     # both for its children): SO_REUSEPORT on the HTTP socket, and a directory where each
     # writes its metrics so that /metrics sums them (streams/metrics.py).

@@ -997,7 +997,7 @@ impl AccrualBatch {
                 let (kind, id) = p.payer.as_ref().expect("guests with a payer");
                 let mut c = Command::new("FCALL");
                 c.str("ly_guest").int(1).key(&guest_key(&self.cfg.ns, kind, id)).int(ttl_s).str(&p.event_id);
-                c.arg(&guest_compact(p));
+                c.arg(&guest_compact(&self.rules, p));
                 c.bytes()
             })
             .collect()
@@ -1011,7 +1011,18 @@ impl AccrualBatch {
     }
 
     /// A guest payment kept before (a redelivery or a gateway's retry) counts as a duplicate.
+    /// `ly_guest` answers 1 (kept), 0 (the same payment was kept before: its fact is sent
+    /// again, in case the earlier delivery's send was lost) or 2 (another payment was kept
+    /// under this event id: refused like any id reused with other content, and its fact is
+    /// not sent, so the durable copy keeps the first one as Redis does).
     pub fn guest_done(&mut self, replies: &[Reply]) {
+        let guests: Vec<usize> = self.guest_events().map(|(i, _)| i).collect();
+        for (&i, r) in guests.iter().zip(replies) {
+            if r.as_int() == Some(2) {
+                self.evs[i].fact = None;
+                self.mismatched += 1;
+            }
+        }
         self.guests_kept = Some(replies.iter().map(|r| r.as_int() == Some(1)).collect());
     }
 
@@ -1372,10 +1383,13 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for KeptFields<'a> {
 /// A guest payment as kept for crediting (the hash field is its event id): what a payment
 /// under the member's id needs, as a JSON array `[type, occurred_at_ms, amount_fen, bu_id,
 /// merchant_id, category, channel, refund_of?]` (`guest_payment` in balances.py turns it
-/// back into a payment body).
-fn guest_compact(p: &events::PaymentEvent) -> Vec<u8> {
+/// back into a payment body). The category is the one the rules give the payment (the
+/// merchant's, when the rules know the merchant), as in its durable fact (`guest_fact`), so
+/// a rebuild puts back what was kept; crediting applies the same mapping to either.
+fn guest_compact(rules: &RuleSet, p: &events::PaymentEvent) -> Vec<u8> {
+    let category = rules.category_of(&p.merchant_id, &p.category);
     let mut v = serde_json::json!([
-        p.kind.as_str(), p.occurred_at_ms, p.amount_fen, p.bu_id, p.merchant_id, p.category, p.channel
+        p.kind.as_str(), p.occurred_at_ms, p.amount_fen, p.bu_id, p.merchant_id, category, p.channel
     ]);
     if let (Some(of), Some(a)) = (&p.refund_of, v.as_array_mut()) {
         a.push(serde_json::json!(of));

@@ -357,3 +357,28 @@ fn the_same_id_with_other_content_is_refused_naming_what_differs() {
     let e = b.error(3).unwrap();
     assert!(e.reason().contains("differs in amount_fen;"), "{e:?}");
 }
+
+#[test]
+fn a_guest_payment_reusing_an_event_id_with_another_body_is_refused_and_its_fact_not_sent() {
+    let rules = Arc::new(RuleSet::from_toml(RULES, "t").unwrap());
+    let guest = pay("g1", None, 5_000);
+    let mut b = AccrualBatch::decode(rules.clone(), cfg(), &[&guest], NOW);
+    let read = b.read_plan();
+    assert_eq!(read.len(), 1, "the payer's binding only");
+    b.read_done(&[Reply::Nil]).unwrap();
+    assert!(b.read_plan().is_empty());
+    assert_eq!(b.guest_plan(86_400).len(), 1);
+    b.guest_done(&[Reply::Int(2)]);
+    let r = b.report();
+    assert_eq!((r.guests, r.duplicates, r.mismatched), (0, 1, 1));
+    assert!(b.ledger_messages().is_empty(), "the first fact stays the durable one");
+    // The same payment again (0): its fact is sent again, in case the first send was lost.
+    let mut again = AccrualBatch::decode(rules, cfg(), &[&guest], NOW);
+    assert_eq!(again.read_plan().len(), 1);
+    again.read_done(&[Reply::Nil]).unwrap();
+    again.guest_done(&[Reply::Int(0)]);
+    let r = again.report();
+    assert_eq!((r.guests, r.duplicates, r.mismatched), (0, 1, 0));
+    let m: serde_json::Value = serde_json::from_slice(&again.ledger_messages()[0]).unwrap();
+    assert_eq!(m["guests"].as_array().unwrap().len(), 1);
+}

@@ -11,7 +11,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 
+from streams.state.cluster import ClusterChannel
 from streams.state.keys import KeySpace
 from streams.state.resp import RawChannel, raise_for_errors
 
@@ -27,32 +30,56 @@ class StoreBase(KeySpace):
     """A connection to Redis over the engine's key space; each concern's store adds its steps."""
 
     def __init__(self, url: str, namespace: str, horizon_days: int = 400, history_len: int = 10,
-                 members_per_call: int = 1) -> None:
+                 members_per_call: int = 1, wait_replicas: int = 1, wait_ms: int = 100) -> None:
         super().__init__(namespace)
         self.url = url
         self.horizon_days = horizon_days
         self.history_len = history_len
         #: Members the accrual writes per ly_apply call; 1 once `setup` finds a cluster.
         self.members_per_call = members_per_call
+        #: On a cluster: replicas a replicated write waits for (WAIT), and for how long.
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
         # A blocking pool: under a burst, requests wait for a free connection (up to 10 s)
         # instead of failing with "too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        self.channel = RawChannel(url)
+        self.channel: RawChannel | ClusterChannel = RawChannel(url)
+        #: True once `setup` finds the URL names a node of a Redis Cluster.
+        self.cluster = False
 
     async def setup(self) -> None:
         """Connects, loads the functions and checks the encoding settings, so a bad URL
-        fails at start rather than on the first batch."""
+        fails at start rather than on the first batch. A URL naming any node of a Redis
+        Cluster switches the store to a cluster-aware client (redis-py's RedisCluster, which
+        finds the other nodes) and the accrual channel to one routed by slot."""
         await self.redis.ping()
-        await self.load_functions()
-        if self.members_per_call > 1 and int((await self.redis.info("cluster")).get("cluster_enabled", 0)):
-            log.info("Redis is a cluster node: one member per ly_apply call (each call names one hash slot)")
-            self.members_per_call = 1
         config = await self.redis.config_get("hash-max-listpack-*")
+        if int((await self.redis.info("cluster")).get("cluster_enabled", 0)):
+            await self._use_cluster()
+            # Every ly_apply call names one hash slot: one member per call.
+            self.members_per_call = 1
+        await self.load_functions()
         low = {k: v for k, v in LISTPACK_SETTINGS.items() if int(config.get(k, v)) < v}
         if low:
             log.warning("Redis %s below %s: event records take several times the memory (docs/scaling.md)",
                         config, LISTPACK_SETTINGS)
+
+    async def _use_cluster(self) -> None:
+        params = parse_url(self.url)
+        if "path" in params or str(params.get("db") or 0) != "0":
+            raise ValueError(f"{self.url}: a Redis Cluster is reached over TCP and has database 0 only")
+        single = self.redis
+        self.redis = RedisCluster.from_url(self.url, decode_responses=True, max_connections=128)  # type: ignore[assignment]
+        await self.redis.initialize()  # type: ignore[attr-defined]
+        await single.aclose()
+        await self.channel.close()
+        self.channel = ClusterChannel(self.redis, params, wait_replicas=self.wait_replicas,  # type: ignore[arg-type]
+                                      wait_ms=self.wait_ms)
+        self.cluster = True
+        primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
+        log.info("Redis is a cluster of %d primaries: a cluster-aware client, the accrual routed by slot, "
+                 "one member per ly_apply call (each call names one hash slot)", len(primaries))
 
     async def load_functions(self) -> None:
         await self.redis.function_load(FUNCTIONS_PATH.read_text(), replace=True)
@@ -61,10 +88,11 @@ class StoreBase(KeySpace):
         await self.channel.close()
         await self.redis.aclose()
 
-    async def run(self, commands: Sequence[bytes], what: str) -> list[Any]:
+    async def run(self, commands: Sequence[bytes], what: str, replicate: bool = False) -> list[Any]:
         """Sends a plan's commands; reloads the functions if Redis lost them (a flush, a new
-        server) and raises a transient error so the batch is retried."""
-        replies = await self.channel.run(commands)
+        server) and raises a transient error so the batch is retried. `replicate`: on a
+        cluster, each primary written waits for its replica to have the writes (WAIT)."""
+        replies = await self.channel.run(commands, replicate)
         try:
             raise_for_errors(replies, what)
         except redis.exceptions.ResponseError as exc:

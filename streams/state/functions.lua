@@ -171,11 +171,18 @@ local function ly_board(keys, args)
 end
 
 -- ly_guest: keeps a guest payment's compact fact for crediting at registration, once per
--- event id. KEYS[1]: ns:guest:{kind:id}. ARGV: ttl_s, event id, fact. Returns 1 (kept) or 0.
+-- event id. KEYS[1]: ns:guest:{kind:id}. ARGV: ttl_s, event id, fact. Returns 1 (kept),
+-- 0 (this same fact was kept before) or 2 (another fact was kept under this event id).
 local function ly_guest(keys, args)
   local kept = redis.call('HSETNX', keys[1], args[2], args[3])
   redis.call('EXPIRE', keys[1], args[1])
-  return kept
+  if kept == 1 then
+    return 1
+  end
+  if redis.call('HGET', keys[1], args[2]) == args[3] then
+    return 0
+  end
+  return 2
 end
 
 redis.register_function('ly_apply', ly_apply)

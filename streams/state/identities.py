@@ -31,7 +31,11 @@ class IdentityStore(StoreBase):
         """Members of several payers in one round trip."""
         if not payers:
             return []
-        return list(await self.redis.mget([self.identity_key(k, i) for k, i in payers]))
+        # A pipeline of GETs, not MGET: on a cluster the payers' keys are in many slots.
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, external_id in payers:
+            pipe.get(self.identity_key(kind, external_id))
+        return list(await pipe.execute())
 
     async def bind(self, kind: str, external_id: str, member_id: str) -> str:
         """Binds an external id to a member unless bound already; returns the owner."""

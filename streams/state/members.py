@@ -23,6 +23,7 @@ from streams.state.records import (
     op_record_rows,
     refunded_record,
 )
+from streams.state.resp import pack
 from streams.state.schedules import ScheduleStore
 
 
@@ -84,8 +85,10 @@ class MemberStore(BudgetStore, ScheduleStore):
                            len(hist), *hist]
         keys = [self.member_key(g.member_id), self.records_key(g.member_id), self.outbox_key(g.member_id),
                 self.history_key(g.member_id)]
-        (reply,) = await self.redis.fcall("ly_apply", 4, *keys, *args)
-        ok = reply == "ok"
+        # On the raw channel: on a cluster it waits for the member's replica (WAIT on the
+        # connection that wrote).
+        (answers,) = await self.run([pack("FCALL", "ly_apply", 4, *keys, *args)], "member write", replicate=True)
+        ok = answers[0] == b"ok"
         await self.settle_reservations(reserved, reservation, commit=ok)
         return "ok" if ok else "conflict"
 
@@ -130,13 +133,19 @@ class MemberStore(BudgetStore, ScheduleStore):
     async def _members(self, fields: list[str]):  # type: ignore[no-untyped-def]
         """Pages of (member ids, [values of `fields`] per member), by SCAN."""
         prefix = f"{self.ns}:m:{{"
-        cursor = 0
-        while True:
-            cursor, keys = await self.redis.scan(cursor=cursor, match=self.member_pattern, count=1000)
-            if keys:
-                pipe = self.redis.pipeline(transaction=False)
-                for key in keys:
-                    pipe.hmget(key, fields)
-                yield [k[len(prefix):-1] for k in keys], await pipe.execute()
-            if cursor == 0:
-                break
+
+        async def page(keys: list[str]) -> tuple[list[str], list[Any]]:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, fields)
+            return [k[len(prefix):-1] for k in keys], await pipe.execute()
+
+        keys: list[str] = []
+        # scan_iter walks every primary of a cluster, one node after the other.
+        async for key in self.redis.scan_iter(match=self.member_pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= 1000:
+                yield await page(keys)
+                keys = []
+        if keys:
+            yield await page(keys)

@@ -73,6 +73,14 @@ class RawChannel:
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(size)
 
+    @classmethod
+    def to_node(cls, params: dict[str, Any], host: str, port: int, size: int = 4,
+                timeout_s: float = 30.0) -> RawChannel:
+        """A channel to one node of a cluster, with the credentials of `params` (a parsed URL)."""
+        channel = cls("redis://127.0.0.1", size, timeout_s)
+        channel.params = {k: v for k, v in params.items() if k not in ("path", "db")} | {"host": host, "port": port}
+        return channel
+
     async def _connect(self) -> _Conn:
         p = self.params
         if "path" in p:
@@ -93,9 +101,10 @@ class RawChannel:
                     raise redis.exceptions.AuthenticationError(f"Redis refused the accrual channel: {reply}")
         return conn
 
-    async def run(self, commands: Sequence[bytes]) -> list[Any]:
+    async def run(self, commands: Sequence[bytes], replicate: bool = False) -> list[Any]:
         """Sends the commands in one write and returns their replies in order (an error
-        reply is a hiredis.ReplyError in its place, not raised)."""
+        reply is a hiredis.ReplyError in its place, not raised). `replicate` is the cluster
+        channel's (a single Redis has no replica to wait for)."""
         if not commands:
             return []
         async with self._slots:

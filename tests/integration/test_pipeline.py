@@ -238,7 +238,7 @@ def test_every_topic_keeps_its_records_as_long_as_set_on_purpose(worker: WorkerP
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from streams.app import RETENTION_DAYS
+    from streams.kafka_topics import RETENTION_DAYS
 
     async def retention() -> dict[str, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=Settings.from_env().kafka_bootstrap)

@@ -89,5 +89,6 @@ def test_ly_board_takes_the_newest_version_of_each_score_once(r: redis.Redis) ->
 def test_ly_guest_keeps_a_guest_payment_once(r: redis.Redis) -> None:
     key = f"{r.ns}:guest:{{phone:p-1}}"  # type: ignore[attr-defined]
     assert r.fcall("ly_guest", 1, key, 600, "g1", '["payment",1]') == 1
-    assert r.fcall("ly_guest", 1, key, 600, "g1", '["payment",2]') == 0
+    assert r.fcall("ly_guest", 1, key, 600, "g1", '["payment",1]') == 0  # the same payment again
+    assert r.fcall("ly_guest", 1, key, 600, "g1", '["payment",2]') == 2  # another one under its id
     assert r.hgetall(key) == {"g1": '["payment",1]'} and 0 < r.ttl(key) <= 600

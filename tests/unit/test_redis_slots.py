@@ -131,7 +131,13 @@ class _Node:
 async def test_several_members_per_apply_call_only_off_a_cluster(cluster: bool, expected: int) -> None:
     store = BalanceStore("redis://127.0.0.1:1/0", "ly", members_per_call=64)
     store.redis = _Node(cluster)  # type: ignore[assignment]
+
+    async def use_cluster() -> None:  # the connection to the other nodes is not this test's
+        store.cluster = True
+
+    store._use_cluster = use_cluster  # type: ignore[method-assign]
     await store.setup()
+    assert store.cluster is cluster
     assert store.members_per_call == expected
     members = [f"member-{i}" for i in range(100)]
     batch = core_ext.AccrualBatch(RULES, [core_ext.envelope_pack([pay(i, members[i]) for i in range(100)])],
@@ -148,3 +154,20 @@ async def test_several_members_per_apply_call_only_off_a_cluster(cluster: bool, 
             assert_one_slot(keys_of(cmd))
     batch.write_done([[b"ok"] * (len(keys_of(c)) // 4) for c in write])
     assert batch.report().applied == 100
+
+
+def test_first_key_of_each_command_shape() -> None:
+    from streams.state.cluster import first_key
+    from streams.state.resp import pack
+
+    assert first_key(pack("HMGET", "ly:m:{a}", "f1", "f2")) == b"ly:m:{a}"
+    assert first_key(pack("FCALL", "ly_apply", 4, "ly:m:{a}", "ly:ev:{a}", "x", "y", "1")) == b"ly:m:{a}"
+    assert first_key(pack("fcall_ro", "ly_read", 1, "k")) == b"k"
+    with pytest.raises(ValueError, match="names no key"):
+        first_key(pack("FCALL", "ly_tick", 0))
+    with pytest.raises(ValueError, match="names no key"):
+        first_key(pack("PING"))
+    # the core's plan: the slot of the first key is the slot of every key of the command
+    batch = core_ext.AccrualBatch(RULES, [pay(1, "m-1")], "ly", 1_764_400_000_000, 400, 10)
+    for cmd in batch.read_plan():
+        assert first_key(cmd) == keys_of(cmd)[0]

@@ -10,10 +10,11 @@ ReplacingMergeTree, so at-least-once delivery here gives exactly-once counts.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 
-from streams.app import app, ledger_topic, runtime, send_dead_letter
+from streams.app import TRANSIENT, app, consumer_lag, ledger_topic, runtime, send_dead_letter
 from streams.metrics import counters, histograms, topic_messages
 from streams.retry import retrying
 from streams.sinks.ledger import LedgerUnavailable
@@ -65,3 +66,44 @@ async def record_ledger(stream):  # type: ignore[no-untyped-def]
     async for messages in stream.take(settings.ledger_batch_size, within=settings.ledger_within_s):
         n = await write_ledger_messages(messages)
         log.debug("ledger: %d rows from %d messages", n, len(messages))
+
+
+@app.timer(interval=2.0)
+async def repair_after_redis_restart() -> None:
+    """A single Redis that restarted (its run_id changed) may have come back from an AOF
+    without its last acknowledged writes (docs/reliability.md). The accrual applies nothing
+    on it until a repair has checked it: here, in the process that holds the ledger, once
+    every ledger partition it consumes is caught up (the rows of writes Redis may have lost
+    are in ClickHouse), `repair` rebuilds the members behind the durable facts and marks the
+    new Redis as checked; the accrual then goes on."""
+    rt = await runtime.started()
+    try:
+        run_id = await rt.balances.restart_unrepaired()
+    except TRANSIENT:
+        return  # Redis still away: asked again at the next tick
+    if run_id is None:
+        return
+    accrual = sys.modules.get("agents.accrual")
+    if accrual is not None and accrual.sends_in_flight():
+        log.info("Redis restarted (run %s): the repair waits for the ledger rows still being sent", run_id)
+        return
+    lag = {k: v for k, v in consumer_lag().items() if f'"{ledger_topic.get_topic_name()}"' in k}
+    if not lag or any(v > 0 for v in lag.values()):
+        log.info("Redis restarted (run %s): the repair waits for the ledger to catch up (lag %s)", run_id,
+                 sum(lag.values()) if lag else "unknown")
+        return
+    from streams.recovery import repair
+
+    try:
+        result = await repair()
+    except TRANSIENT as exc:  # a connection the restart left dead, Redis still loading: next tick
+        log.warning("Redis restarted (run %s): the repair met %r; trying again", run_id, exc)
+        return
+    except Exception:
+        # A timer that raises stops the worker: log it, try again at the next tick.
+        log.exception("Redis restarted (run %s): the repair failed; trying again", run_id)
+        return
+    counters["redis_restart_repairs_total"] += 1
+    counters["redis_restart_members_rebuilt_total"] += int(result["rebuilt"])
+    log.warning("Redis restarted (run %s): repaired before the accrual goes on: %d members rebuilt, mismatches %d "
+                "-> %d", run_id, result["rebuilt"], result["mismatches_before"], result["after"]["mismatch_count"])

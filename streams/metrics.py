@@ -68,6 +68,8 @@ HELP = {
                  "after")},
     "boards_scores_taken_total": "Leaderboard scores taken from the ledger topic (newest version wins).",
     "batch_retries_total": "Payment batches retried after a transient failure.",
+    "redis_restart_repairs_total": "Repairs the ledger worker ran after a Redis restart, before the accrual went on.",
+    "redis_restart_members_rebuilt_total": "Members rebuilt from the durable facts by those repairs.",
     "redis_wait_short_total": "Redis Cluster primaries whose replica did not confirm a batch's writes in time (WAIT).",
     "ledger_rows_written_total": "Ledger rows inserted into ClickHouse (re-emitted rows included).",
     "ledger_write_retries_total": "Ledger inserts retried after a failure.",

@@ -270,6 +270,8 @@ async def repair() -> dict[str, Any]:
         await rebuild_members(behind[start:start + 500])
     budgets = await restore_budgets()
     after = await reconcile()
+    # The Redis now running is checked: a channel waiting on its restart applies again.
+    await rt.balances.mark_repaired()
     log.warning("repair: %d members behind the ledger or their stored state rebuilt (%d by their state alone), "
                 "%d ahead of the ledger left for a later run; mismatches %d -> %d", len(behind), len(stale),
                 len(ahead), before["mismatch_count"], after["mismatch_count"])

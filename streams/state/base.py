@@ -45,6 +45,10 @@ class StoreBase(KeySpace):
         pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.channel: RawChannel | ClusterChannel = RawChannel(url)
+        #: For writes that are safe on a Redis that restarted before its repair (leaderboard
+        #: scores: absolute, the newest version wins; the ledger sink's, which the repair
+        #: waits for): never held back by the restart check.
+        self.side_channel: RawChannel | ClusterChannel = RawChannel(url)
         #: True once `setup` finds the URL names a node of a Redis Cluster.
         self.cluster = False
 
@@ -59,6 +63,11 @@ class StoreBase(KeySpace):
             await self._use_cluster()
             # Every ly_apply call names one hash slot: one member per call.
             self.members_per_call = 1
+        elif isinstance(self.channel, RawChannel):
+            # A single Redis: the raw channel applies to this process of it only; after a
+            # restart it waits for a repair (docs/reliability.md).
+            self.channel.expected_run_id = str((await self.redis.info("server"))["run_id"])
+            self.channel.marker_key = self.repaired_key.encode()
         await self.load_functions()
         low = {k: v for k, v in LISTPACK_SETTINGS.items() if int(config.get(k, v)) < v}
         if low:
@@ -74,25 +83,51 @@ class StoreBase(KeySpace):
         await self.redis.initialize()  # type: ignore[attr-defined]
         await single.aclose()
         await self.channel.close()
+        await self.side_channel.close()
         self.channel = ClusterChannel(self.redis, params, wait_replicas=self.wait_replicas,  # type: ignore[arg-type]
                                       wait_ms=self.wait_ms)
+        self.side_channel = self.channel
         self.cluster = True
         primaries = self.redis.get_primaries()  # type: ignore[attr-defined]
         log.info("Redis is a cluster of %d primaries: a cluster-aware client, the accrual routed by slot, "
                  "one member per ly_apply call (each call names one hash slot)", len(primaries))
+
+    async def restart_unrepaired(self) -> str | None:
+        """The run_id of the Redis now running if it is not the process this store started
+        on (or last saw repaired) and no repair has marked it: the accrual waits on it."""
+        if not isinstance(self.channel, RawChannel) or self.channel.expected_run_id is None:
+            return None
+        run_id = str((await self.redis.info("server"))["run_id"])
+        if run_id == self.channel.expected_run_id or await self.redis.get(self.repaired_key) == run_id:
+            return None
+        return run_id
+
+    async def mark_repaired(self) -> str:
+        """Records that the Redis now running has been checked against the durable facts
+        (after `repair`): channels waiting on its restart apply again. Its run_id."""
+        run_id = str((await self.redis.info("server"))["run_id"])
+        await self.redis.set(self.repaired_key, run_id)
+        if isinstance(self.channel, RawChannel) and self.channel.expected_run_id is not None:
+            self.channel.expected_run_id = run_id
+            self.channel.restart_seen = None
+        return run_id
 
     async def load_functions(self) -> None:
         await self.redis.function_load(FUNCTIONS_PATH.read_text(), replace=True)
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.side_channel is not self.channel:
+            await self.side_channel.close()
         await self.redis.aclose()
 
-    async def run(self, commands: Sequence[bytes], what: str, replicate: bool = False) -> list[Any]:
+    async def run(self, commands: Sequence[bytes], what: str, replicate: bool = False,
+                  side: bool = False) -> list[Any]:
         """Sends a plan's commands; reloads the functions if Redis lost them (a flush, a new
         server) and raises a transient error so the batch is retried. `replicate`: on a
-        cluster, each primary written waits for its replica to have the writes (WAIT)."""
-        replies = await self.channel.run(commands, replicate)
+        cluster, each primary written waits for its replica to have the writes (WAIT).
+        `side`: on the side channel, not held back after a Redis restart."""
+        replies = await (self.side_channel if side else self.channel).run(commands, replicate)
         try:
             raise_for_errors(replies, what)
         except redis.exceptions.ResponseError as exc:

@@ -27,7 +27,9 @@ class BoardStore(StoreBase):
         """Sends ly_board calls the core built; returns how many scores were taken."""
         if not plan:
             return 0
-        return sum(int(x) for x in await self.run(plan, "leaderboards"))
+        # On the side channel: absolute scores, safe on a Redis restarted before its repair
+        # (which waits for the ledger sink that sends them).
+        return sum(int(x) for x in await self.run(plan, "leaderboards", side=True))
 
     async def board_top(self, board: str, n: int) -> list[tuple[str, int]]:
         pipe = self.redis.pipeline(transaction=False)

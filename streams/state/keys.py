@@ -58,6 +58,7 @@ FAMILIES = (
     Family("nonce", r"nonce:.+", True, "LOYALTY_NONCE_WINDOW (600 s)"),
     Family("event claim", r"eid:.+", True, "LOYALTY_EVENT_CLAIM_DAYS (35)"),
     Family("rate limit", r"rl:.+", True, "2 s"),
+    Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
 
@@ -136,6 +137,11 @@ class KeySpace:
         """Refunds held until their payment is applied (the key's text, `parked`, predates the
         name and is kept so refunds held across an upgrade are still found)."""
         return f"{self.ns}:parked:{{{member_id}}}:{payment_id}"
+
+    @property
+    def repaired_key(self) -> str:
+        """The run_id of the Redis process a repair last checked against the durable facts."""
+        return f"{self.ns}:repaired"
 
     @property
     def round_outboxes_key(self) -> str:

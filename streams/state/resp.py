@@ -36,6 +36,20 @@ def pack(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
+class RedisRestarted(redis.exceptions.ConnectionError):
+    """Redis is not the process the store started with (it restarted, perhaps from an AOF
+    that lacks its last writes) and no repair has marked the new one as checked: nothing is
+    applied on it until then (a transient error: callers retry)."""
+
+
+def run_id_of(info: bytes) -> str:
+    """The `run_id` of an `INFO server` reply."""
+    for line in info.splitlines():
+        if line.startswith(b"run_id:"):
+            return line[7:].strip().decode()
+    raise redis.exceptions.ResponseError("INFO server has no run_id")
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -72,6 +86,13 @@ class RawChannel:
         self.timeout_s = timeout_s
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(size)
+        #: The Redis process (`run_id`) this channel applies to; None: not checked (a
+        #: cluster node, whose replica takes over by design). A new connection to another
+        #: process is refused (RedisRestarted) until `marker_key` names that process.
+        self.expected_run_id: str | None = None
+        self.marker_key: bytes = b""
+        #: The run_id of a restarted Redis seen and not yet repaired (for the repair timer).
+        self.restart_seen: str | None = None
 
     @classmethod
     def to_node(cls, params: dict[str, Any], host: str, port: int, size: int = 4,
@@ -99,6 +120,27 @@ class RawChannel:
                 if isinstance(reply, hiredis.ReplyError):
                     conn.close()
                     raise redis.exceptions.AuthenticationError(f"Redis refused the accrual channel: {reply}")
+        if self.expected_run_id is not None:
+            info, marker = await conn.roundtrip(pack("INFO", "server") + pack("GET", self.marker_key), 2)
+            if isinstance(info, hiredis.ReplyError) or isinstance(marker, hiredis.ReplyError):
+                conn.close()  # LOADING: Redis is reading its AOF
+                why = info if isinstance(info, hiredis.ReplyError) else marker
+                raise redis.exceptions.ConnectionError(f"Redis is not ready: {why}")
+            run_id = run_id_of(info)
+            if run_id != self.expected_run_id:
+                if marker is not None and marker.decode() == run_id:
+                    log.warning("Redis restarted (run %s, was %s) and was repaired: applying again", run_id,
+                                self.expected_run_id)
+                    self.expected_run_id = run_id
+                    self.restart_seen = None
+                else:
+                    conn.close()
+                    if self.restart_seen != run_id:
+                        log.error("Redis restarted (run %s, was %s): nothing is applied until `loyalty reconcile "
+                                  "--repair` (or the worker holding the ledger, by itself) has checked it against "
+                                  "the durable facts", run_id, self.expected_run_id)
+                    self.restart_seen = run_id
+                    raise RedisRestarted(f"Redis restarted (run {run_id}): waiting for the repair")
         return conn
 
     async def run(self, commands: Sequence[bytes], replicate: bool = False) -> list[Any]:
@@ -110,8 +152,21 @@ class RawChannel:
         async with self._slots:
             conn = self._idle.pop() if self._idle else None
             try:
-                if conn is None:
-                    conn = await asyncio.wait_for(self._connect(), self.timeout_s)
+                if conn is not None:
+                    try:
+                        replies = await asyncio.wait_for(conn.roundtrip(b"".join(commands), len(commands)),
+                                                         self.timeout_s)
+                        self._idle.append(conn)
+                        return replies
+                    except (OSError, redis.exceptions.ConnectionError):
+                        # A pooled connection to a Redis that went away (restarted): the
+                        # others are dead too. Sent once more on a new connection (which
+                        # checks the process it reaches); every plan is idempotent.
+                        conn.close()
+                        conn = None
+                        while self._idle:
+                            self._idle.pop().close()
+                conn = await asyncio.wait_for(self._connect(), self.timeout_s)
                 replies = await asyncio.wait_for(conn.roundtrip(b"".join(commands), len(commands)), self.timeout_s)
             except TimeoutError as exc:
                 if conn is not None:

@@ -21,6 +21,8 @@ import hiredis
 import redis.exceptions
 from redis.asyncio.connection import parse_url
 
+from streams.errors import TransientError
+
 log = logging.getLogger(__name__)
 
 #: Error replies that mean "try again later" (the batch is retried).
@@ -36,7 +38,7 @@ def pack(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
-class RedisRestarted(redis.exceptions.ConnectionError):
+class RedisRestarted(TransientError, redis.exceptions.ConnectionError):
     """Redis is not the process the store started with (it restarted, perhaps from an AOF
     that lacks its last writes) and no repair has marked the new one as checked: nothing is
     applied on it until then (a transient error: callers retry)."""

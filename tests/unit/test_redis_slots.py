@@ -120,8 +120,8 @@ class _Node:
         return "loyalty"
 
     async def info(self, section: str) -> dict[str, Any]:
-        assert section == "cluster"
-        return {"cluster_enabled": int(self.cluster)}
+        assert section in ("cluster", "server")
+        return {"cluster_enabled": int(self.cluster)} if section == "cluster" else {"run_id": "r-1"}
 
     async def config_get(self, pattern: str) -> dict[str, str]:
         return {}

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from devtools.workers import WorkerProcess
 from streams.settings import ROOT
+
+# The same worker fixtures as tests/integration's: their `services` is this file's (the cluster).
+from tests.integration.conftest import new_worker, worker, worker_factory
 
 REDIS_URL = "redis://127.0.0.1:7101/0"
 BROKERS = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
@@ -37,40 +36,9 @@ def run_services(*args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def services_up() -> None:
+def services() -> None:
+    """The cluster is up (the name tests/integration's fixtures and tests ask for)."""
     run_services("up", "--cluster")
 
 
-@pytest.fixture(scope="session")
-def services(services_up: None) -> None:
-    """The cluster is up (tests/integration's tests name this fixture `services`)."""
-
-
-def new_worker(tmp: Path, name: str, **env: str) -> WorkerProcess:
-    run_id = f"t-{name}-{uuid.uuid4().hex[:8]}"
-    return WorkerProcess(run_id=run_id, data_dir=tmp / run_id, extra_env=env)
-
-
-@pytest.fixture(scope="module")
-def worker(services_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    w = new_worker(tmp_path_factory.mktemp("worker"), "cpipe")
-    w.start()
-    yield w
-    w.stop()
-    w.cleanup()
-
-
-@pytest.fixture
-def worker_factory(services_up: None, tmp_path: Path) -> Iterator[object]:
-    started: list[WorkerProcess] = []
-
-    def make(name: str, **env: str) -> WorkerProcess:
-        w = new_worker(tmp_path, name, **env)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.kill()
-    for w in started:
-        w.cleanup()
+__all__ = ["new_worker", "worker", "worker_factory"]

@@ -7,7 +7,6 @@ JVMs and six Redis nodes)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 
 import pytest
@@ -15,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.settings import ROOT
+from .conftest import run_services
 
 pytestmark = pytest.mark.cluster
 
@@ -23,10 +22,7 @@ REDIS_PORTS = range(7101, 7107)
 BROKERS = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 
 
-def services(*args: str) -> str:
-    out = subprocess.run([str(ROOT / "scripts" / "services"), *args], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout + out.stderr
+services = run_services
 
 
 @pytest.fixture(scope="module")

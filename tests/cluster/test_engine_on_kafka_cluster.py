@@ -1,7 +1,6 @@
-"""The engine on the three-broker Kafka (issue 22; Redis stays single here: the engine on a
-Redis Cluster is not written yet): every topic it creates is replicated three times with
-min.insync.replicas 2 (settings, not hard-coded), and a broker killed mid-stream and
-started again loses and doubles nothing."""
+"""The engine on the three-broker Kafka (issue 22): every topic it creates is replicated
+three times with min.insync.replicas 2 (settings, not hard-coded), and a broker killed
+mid-stream and started again loses and doubles nothing."""
 
 from __future__ import annotations
 
@@ -20,18 +19,17 @@ from devtools.workers import WorkerProcess
 from streams.settings import ROOT
 from tests.integration.test_faults import Gateway, check_exactly_once, make_events
 
+from .conftest import run_services
+
 pytestmark = pytest.mark.cluster
 
 BROKERS = "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 
 
-def services(*args: str) -> None:
-    out = subprocess.run([str(ROOT / "scripts" / "services"), *args], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
+services = run_services
 
 
 def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    services("up")
     services("up", "--cluster")
     run_id = f"t-kc-{uuid.uuid4().hex[:8]}"
     w = WorkerProcess(run_id=run_id, data_dir=tmp_path / run_id, extra_env={

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +24,7 @@ import redis
 
 from devtools.workers import WorkerProcess
 from streams.settings import ROOT
-from tests.integration.test_faults import Gateway, check_exactly_once, make_events
+from tests.integration.test_faults import Gateway, check_exactly_once, during, make_events
 from tests.integration.test_pipeline import (  # noqa: F401 - collected here, on the cluster
     test_random_callbacks_redis_equals_ledger_equals_reference,
     test_redis_holds_only_keys_of_known_families_each_bounded,
@@ -109,14 +108,11 @@ def test_a_primary_killed_mid_stream_its_replica_promoted(worker_factory: Any) -
     promoted: list[int] = []
 
     def kill_primary() -> None:
-        while gw.accepted < 500:
-            time.sleep(0.05)
         pid = int((ROOT / ".local" / "run" / f"cluster-redis-{port}.pid").read_text())
         subprocess.run(["kill", "-9", str(pid)], check=True)
         promoted.append(wait_promoted(port, f"{w.run_id}:m:{{{events[0]['member_id']}}}"))
 
-    t = threading.Thread(target=kill_primary, daemon=True)
-    t.start()
+    t = during(gw, 500, kill_primary)
     try:
         asyncio.run(gw.send_all(events, give_up_s=400))
         t.join(120)
@@ -151,13 +147,10 @@ def test_a_worker_added_while_traffic_flows(worker_factory: Any, tmp_path: Path)
     joined: list[float] = []
 
     def add_worker() -> None:
-        while gw.accepted < 300:
-            time.sleep(0.05)
         second.start()
         joined.append(gw.accepted)
 
-    t = threading.Thread(target=add_worker, daemon=True)
-    t.start()
+    t = during(gw, 300, add_worker)
     try:
         asyncio.run(gw.send_all(events, give_up_s=400))
         t.join(120)

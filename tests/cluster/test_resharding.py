@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import redis
 
 from devtools.workers import WorkerProcess
-from tests.integration.test_faults import Gateway, check_exactly_once, make_events
+from tests.integration.test_faults import Gateway, check_exactly_once, during, make_events
 
 pytestmark = pytest.mark.cluster
 
@@ -84,13 +83,10 @@ def test_a_primary_added_and_slots_moved_to_it_while_traffic_flows(worker_factor
         moved: list[str] = []
 
         def reshard() -> None:
-            while gw.accepted < 400:
-                time.sleep(0.05)
             moved.append(cli("--cluster", "reshard", f"127.0.0.1:{seed}", "--cluster-from", "all", "--cluster-to",
                              new_id, "--cluster-slots", "1500", "--cluster-yes"))
 
-        t = threading.Thread(target=reshard, daemon=True)
-        t.start()
+        t = during(gw, 400, reshard)
         asyncio.run(gw.send_all(events, give_up_s=400))
         t.join(300)
         assert moved, "the resharding did not finish"

@@ -203,6 +203,22 @@ def _settled_in_ledger(worker: WorkerProcess, http_ops: int, what: str) -> None:
     )
 
 
+def _counts_at_rest(worker: WorkerProcess, http_ops: int, timeout_s: float = 60.0) -> tuple[dict[str, int], Any]:
+    """The worker's counters and the ledger's totals read at one moment of rest: the
+    worker's own timers (wallet checks, tier reviews) may apply an event between two reads,
+    so both are read again until the applied count did not move across the ledger's read
+    and the ledger has every applied event (or the time is up: the last reads, as they are)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        m = worker.metrics()
+        _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
+        still = worker.metrics()["events_applied_total"] == m["events_applied_total"]
+        if (still and int(totals.get("events", 0)) == m["events_applied_total"] + http_ops) \
+                or time.monotonic() > deadline:
+            return m, totals
+        time.sleep(0.5)
+
+
 def _fmt(n: int) -> str:
     return f"{n:,}"
 
@@ -339,8 +355,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     kinds = coupon_kinds()
     with receiver.lock:
         pushed_ids = Counter(pid for pid, b, _ in receiver.received if b.get("type") == "coupon_issued")
-    m = worker.metrics()
-    _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
+    m, totals = _counts_at_rest(worker, eng["points_ops"])
     _, rec = worker.get("/v1/admin/reconcile", admin=True)
     dead = await read_dead_letters(settings.kafka_bootstrap, f"{worker.run_id}.dead-letter")
     by_source: dict[str, int] = {}

@@ -590,7 +590,13 @@ def check_after(w: WorkerProcess, result: Result, bootstrap: str, redis_url: str
     Returns the problems found (empty: all held)."""
     problems: list[str] = []
     w.wait_caught_up(timeout=300)
+    # Caught up means every input consumed; the last batches' ledger rows may still be on
+    # their way to ClickHouse (sent after the batch): asked again until equal, 60 s at most.
+    deadline = time.monotonic() + 60
     rec = w.get("/v1/admin/reconcile")[1]
+    while not rec.get("clean") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rec = w.get("/v1/admin/reconcile")[1]
     if not rec.get("clean"):
         problems.append(f"Redis != ledger: {str(rec.get('mismatches'))[:500]}")
     expected = Counter(expected_balances(result.accepted))

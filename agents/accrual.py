@@ -362,6 +362,9 @@ def _register_held_gauges() -> None:
     metrics.gauges["refunds_held_oldest_age_seconds"] = (
         "How long the oldest held refund has waited for its payment, as of the last expiry round.",
         lambda: {"": held_now["oldest_age_s"]})
+    metrics.gauges["accrual_sends_in_flight"] = (
+        "Applied batches whose ledger rows and pushes may not be in Kafka yet (their offsets may be committed).",
+        lambda: {"": float(sends_in_flight())})
 
 
 _register_held_gauges()

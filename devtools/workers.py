@@ -300,9 +300,11 @@ class WorkerProcess:
         consumes: then whatever was sent before has had its effect, or never will. A
         negative check waits for this instead of sleeping a while."""
         def caught_up() -> bool:
-            lag = {k: v for k, v in self.metrics().items() if k.startswith("consumer_lag{")}
-            return bool(lag) and all(v == 0 for v in lag.values())
-        self.wait_until(caught_up, timeout, "every consumed partition caught up (lag 0)")
+            m = self.metrics()
+            lag = {k: v for k, v in m.items() if k.startswith("consumer_lag{")}
+            # A batch's ledger rows are sent after its offsets are committed: wait for them too.
+            return bool(lag) and all(v == 0 for v in lag.values()) and not m.get("accrual_sends_in_flight", 0)
+        self.wait_until(caught_up, timeout, "every consumed partition caught up (lag 0, no ledger sends in flight)")
 
     def wait_until(self, predicate: Any, timeout: float = 120.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout

@@ -67,7 +67,10 @@ def wait_quiet(worker: WorkerProcess) -> None:
         m = worker.metrics()
         done = (m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
                 + m["events_guest_total"])
-        if done < m["callbacks_accepted_total"]:
+        if done < m["callbacks_accepted_total"] or m.get("accrual_sends_in_flight", 0):
+            return False
+        lag = [v for k, v in m.items() if k.startswith("consumer_lag{")]
+        if any(lag):  # the ledger's consumer too: its rows are in ClickHouse when it commits
             return False
         _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
         return int(totals.get("events", 0)) >= m["events_applied_total"]

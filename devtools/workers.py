@@ -10,6 +10,7 @@ as a set); the demo, a packaged command, uses them too, which is why they ship."
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import secrets
@@ -136,6 +137,8 @@ class WorkerProcess:
     pos_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     member_token_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     pii_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: The console's session key (a Fernet key: 32 random bytes, url-safe base64).
+    console_session_key: str = field(default_factory=lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     extra_env: dict[str, str] = field(default_factory=dict)
     #: More arguments of `loyalty worker` (e.g. `--processes 2`).
     args: list[str] = field(default_factory=list)
@@ -157,6 +160,7 @@ class WorkerProcess:
                 "LOYALTY_POS_KEYS": f"{self.pos_key_id}:{self.pos_secret}",
                 "LOYALTY_MEMBER_TOKEN_SECRET": self.member_token_secret,
                 "LOYALTY_PII_KEY": self.pii_key,
+                "LOYALTY_CONSOLE_SESSION_KEY": self.console_session_key,
             }
         )
         env.update(self.extra_env)

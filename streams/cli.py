@@ -504,7 +504,8 @@ def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict
         # A 503 (the worker's Redis or Kafka just came back, a pooled connection found dead)
         # is asked again a few times, as a client should; every admin call is idempotent.
         for attempt in Retrying(retry=retry_if_exception_type(WorkerUnavailable), reraise=True,
-                                wait=wait_exponential_jitter(initial=RETRY_503_S, max=5.0), stop=stop_after_attempt(6)):
+                                wait=wait_exponential_jitter(multiplier=RETRY_503_S, max=5.0),
+                                stop=stop_after_attempt(6)):
             with attempt:
                 try:
                     with urllib.request.urlopen(req, timeout=120 if body is None else 600) as resp:
@@ -632,6 +633,77 @@ def cmd_settlement_statement(args: argparse.Namespace) -> int:
     return 0 if st["balanced"] and st["ties_out"] else 1
 
 
+def _password(args: argparse.Namespace) -> str:
+    """The new password: one line of standard input with --password-stdin, else asked twice."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass("new password (12+ characters): ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("error: the two passwords differ")
+    return first
+
+
+def _print_operator(op: dict) -> None:  # type: ignore[type-arg]
+    scope = f"bu {op['bu']}" if op["bu"] else f"merchant {op['merchant']}" if op["merchant"] else "group"
+    print(f"{op['login']:24} {op['role']:18} {scope:28} {'DISABLED' if op['disabled'] else 'active'}")
+
+
+def cmd_operators(args: argparse.Namespace) -> int:
+    """Operator accounts of the console (through the worker, with the admin token; audited)."""
+    settings = Settings.from_env()
+    if args.operators_command == "session-key":
+        from streams.operators import new_session_key
+
+        print(new_session_key())
+        return 0
+    if args.operators_command == "list":
+        result = admin_call(settings, "/v1/admin/operators")
+        if isinstance(result, int):
+            return result
+        for op in result["operators"]:
+            _print_operator(op)
+        return 0
+    if args.operators_command == "add":
+        body = {"login": args.login, "role": args.role, "bu": args.bu, "merchant": args.merchant,
+                "password": _password(args)}
+        result = admin_call(settings, "/v1/admin/operators", orjson.dumps(body))
+    elif args.operators_command == "disable":
+        result = admin_call(settings, f"/v1/admin/operators/{args.login}/disable", b"{}")
+    else:
+        result = admin_call(settings, f"/v1/admin/operators/{args.login}/reset-password",
+                            orjson.dumps({"password": _password(args)}))
+    if isinstance(result, int):
+        return result
+    _print_operator(result)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail, newest first."""
+    from urllib.parse import urlencode
+
+    query = {"operator": args.operator, "member": args.member, "action": args.action, "from": args.date_from,
+             "to": args.date_to, "limit": str(args.limit)}
+    result = admin_call(Settings.from_env(), "/v1/admin/audit?" + urlencode({k: v for k, v in query.items() if v}))
+    if isinstance(result, int):
+        return result
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    import datetime as dt
+
+    for r in result["rows"]:
+        at = dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone(dt.timedelta(hours=8)))
+        change = "" if r["before"] is None and r["after"] is None else \
+            f"  {orjson.dumps(r['before']).decode()} -> {orjson.dumps(r['after']).decode()}"
+        print(f"{at:%Y-%m-%d %H:%M:%S} {r['operator']:16} {r['role']:16} {r['action']:28} "
+              f"{r['member_id'] or r['target']:24} {r['status']}{change}  [{r['request_id']}]")
+    print(f"{len(result['rows'])} rows", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return devtool("demo").run_demo(events=args.events, members=args.members, seed=args.seed,  # type: ignore[no-any-return]
                                     concurrency=args.concurrency)
@@ -754,6 +826,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from-offset", type=int, default=0,
                    help="resume an interrupted rebuild at this member (the offset it printed)")
     s.set_defaults(func=cmd_rebuild)
+
+    operators = sub.add_parser("operators", help="the console's operator accounts (docs/back-office.md)")
+    osub = operators.add_subparsers(dest="operators_command", required=True, metavar="ACTION")
+    s = osub.add_parser("add", help="add an operator (the password is asked for, or read with --password-stdin)")
+    s.add_argument("login")
+    s.add_argument("--role", required=True, choices=["group_admin", "bu_operator", "merchant_staff",
+                                                     "customer_service", "auditor"])
+    s.add_argument("--bu", default="", help="the business unit of a bu_operator")
+    s.add_argument("--merchant", default="", help="the merchant of merchant_staff")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.set_defaults(func=cmd_operators)
+    s = osub.add_parser("disable", help="disable an operator (their sessions end at once)")
+    s.add_argument("login")
+    s.set_defaults(func=cmd_operators)
+    s = osub.add_parser("reset-password", help="set a new password (sessions end, the lock-out is lifted)")
+    s.add_argument("login")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.set_defaults(func=cmd_operators)
+    s = osub.add_parser("list", help="every operator, their role and scope")
+    s.set_defaults(func=cmd_operators)
+    s = osub.add_parser("session-key", help="print a new key for LOYALTY_CONSOLE_SESSION_KEY")
+    s.set_defaults(func=cmd_operators)
+
+    s = sub.add_parser("audit", help="the audit trail of the console and the admin API, newest first")
+    s.add_argument("--operator", default="", help="only this operator")
+    s.add_argument("--member", default="", help="only changes to this member")
+    s.add_argument("--action", default="", help="only actions starting with this (e.g. member.adjust)")
+    s.add_argument("--from", dest="date_from", default="", help="first local day, YYYY-MM-DD (default 30 days ago)")
+    s.add_argument("--to", dest="date_to", default="", help="last local day, YYYY-MM-DD (default today)")
+    s.add_argument("--limit", type=int, default=500)
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_audit)
     return p
 
 

@@ -14,6 +14,7 @@ import core_ext
 from streams.app import runtime
 from streams.state import BOARD_SHARDS, BOARD_TTL_S, first_row
 from streams.state.keys import PARKING_SESSION_S
+from streams.state.operators import APPROVAL_KEEP_S
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ async def restore_bindings(offset: int, limit: int) -> int:
     pipe = b.redis.pipeline(transaction=False)
     bound = 0
     now_ms = int(time.time() * 1000)
-    keep_s = {"route": rt.settings.gateway_route_days * 86_400, "parking": PARKING_SESSION_S}
+    keep_s = {"route": rt.settings.gateway_route_days * 86_400, "parking": PARKING_SESSION_S,
+              "approval": APPROVAL_KEEP_S}
     for r in await rt.ledger.query("bindings_page", {"offset": offset, "limit": limit}):
         key, kind, member_id, value = f"{b.ns}:{r['key']}", r["kind"], r["member_id"], r["value"]
         if kind in keep_s:
@@ -121,12 +123,16 @@ async def restore_bindings(offset: int, limit: int) -> int:
             left_s = keep_s[kind] - (now_ms - int(r["at_ms"])) // 1000
             if not value or left_s <= 0:
                 pipe.delete(key)
-            elif kind == "route":
+            elif kind in ("route", "approval"):
                 pipe.set(key, value, ex=left_s)
             else:
                 pipe.hset(key, mapping=orjson.loads(value))
                 pipe.expire(key, left_s)
             bound += 1 if value and left_s > 0 else 0
+            continue
+        if kind == "operator":  # an operator account (streams/operators.py), not a member's
+            pipe.set(key, value)
+            bound += 1
             continue
         if not member_id:
             pipe.delete(key)

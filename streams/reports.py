@@ -13,6 +13,7 @@ import orjson
 import core_ext
 from streams.app import runtime
 from streams.state.keys import PARKING_SESSION_S
+from streams.state.operators import APPROVAL_KEEP_S
 
 
 async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
@@ -42,7 +43,10 @@ async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
 KEPT_KINDS: dict[str, Callable[[Any], int]] = {
     "route": lambda s: int(s.gateway_route_days) * 86_400,
     "parking": lambda s: PARKING_SESSION_S,
+    "approval": lambda s: APPROVAL_KEEP_S,
 }
+#: Kinds of the bindings table whose Redis value is the row's value itself (not a member).
+VALUE_KINDS = frozenset({"operator"})
 
 
 async def reconcile_kinds() -> dict[str, Any]:
@@ -123,6 +127,12 @@ async def reconcile_kinds() -> dict[str, Any]:
                     differ += 1
                     if len(examples) < 5:
                         examples.append(f"{r['key']}: missing in Redis")
+                continue
+            if r["kind"] in VALUE_KINDS:
+                if (owner.decode() if isinstance(owner, bytes) else owner or "") != r["value"]:
+                    differ += 1
+                    if len(examples) < 5:
+                        examples.append(f"{r['key']}: Redis differs from the facts")
                 continue
             if (owner or "") != r["member_id"]:
                 differ += 1

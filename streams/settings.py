@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     nonce_window_s: int = _env("LOYALTY_NONCE_WINDOW", 600, ge=1)  # a used nonce is remembered (> 2x the window)
     rate_limit_member: int = Field(20, ge=1)  # requests per second per member token
     rate_limit_pos: int = Field(500, ge=1)  # requests per second per POS key
+    # The operators' console (docs/back-office.md): a Fernet key (`loyalty operators
+    # session-key` makes one) encrypts and signs the session cookie; without it the console's
+    # login answers 503 and only the admin token reaches /v1/admin.
+    console_session_key: SecretStr = SecretStr("")
+    console_session_s: int = _env("LOYALTY_CONSOLE_SESSION", 8 * 3600, ge=60)  # a session's life from login
+    console_cookie_secure: bool = False  # True behind HTTPS (the cookie then travels only over TLS)
+    login_max_failures: int = Field(5, ge=1)  # failed logins within the lock window that lock a login
+    login_lock_s: int = _env("LOYALTY_LOGIN_LOCK", 900, ge=1)
+    #: An adjustment of more points than this (either sign), made by an operator, waits for
+    #: a second operator's approval (maker / checker); the admin token is not held back.
+    approval_points: int = Field(10_000, ge=0)
     # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
     # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
     faults_dir: str = ""

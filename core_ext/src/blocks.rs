@@ -127,9 +127,20 @@ pub const HELD: Table = Table {
     ],
 };
 
+/// The operators' audit trail: one row per change made through the console or the admin
+/// API (who, role, what, before and after), keyed by the request id.
+pub const AUDIT: Table = Table {
+    name: "audit_log",
+    columns: &[
+        ("request_id", Str), ("at", Ms), ("operator", Str), ("role", Str), ("scope", Str), ("action", Str),
+        ("member_id", Str), ("target", Str), ("status", I64), ("before", Str), ("after", Str),
+    ],
+};
+
 /// Every table, in the order the sink inserts them.
-pub const TABLES: [&Table; 11] =
-    [&LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS, &HELD];
+pub const TABLES: [&Table; 12] = [
+    &LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS, &HELD, &AUDIT,
+];
 
 /// Columns whose ClickHouse type is not what the block writes: (table, column, found).
 pub fn schema_mismatches(describe: &[(String, String, String)]) -> Vec<String> {
@@ -244,6 +255,21 @@ struct Row<'a> {
     #[serde(borrow)]
     body: S<'a>,
     deadline_ms: Option<i64>,
+    #[serde(borrow)]
+    operator: S<'a>,
+    #[serde(borrow)]
+    role: S<'a>,
+    #[serde(borrow)]
+    scope: S<'a>,
+    #[serde(borrow)]
+    action: S<'a>,
+    #[serde(borrow)]
+    target: S<'a>,
+    http_status: Option<i64>,
+    #[serde(borrow)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow)]
+    after: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -526,6 +552,24 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
                 b.rows += 1;
                 ident(&mut b.identity, &[mid, pid, eid, status]);
             }
+            Some("audit_log") => {
+                let b = &mut local[11];
+                let d = &mut b.data;
+                let rid = need(&r.event_id, "event_id")?;
+                put_str(d, rid);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_str(d, need(&r.operator, "operator")?);
+                put_str(d, need(&r.role, "role")?);
+                put_str(d, r.scope.as_deref().unwrap_or(""));
+                put_str(d, need(&r.action, "action")?);
+                put_str(d, r.member_id.as_deref().unwrap_or(""));
+                put_str(d, r.target.as_deref().unwrap_or(""));
+                put_i64(d, need_i(r.http_status, "http_status")?);
+                put_str(d, r.before.map_or("null", |v| v.get()));
+                put_str(d, r.after.map_or("null", |v| v.get()));
+                b.rows += 1;
+                ident(&mut b.identity, &[rid]);
+            }
             Some(other) => return Err(format!("unknown table {other:?}")),
         }
         // The event's settlement lines (ledger, coupon and stored-value rows carry them).
@@ -667,7 +711,10 @@ mod tests {
                 {"table": "op_records", "member_id": "m1", "event_id": "sv:k1", "record": "J|2000|{}",
                  "processed_at_ms": 2000},
                 {"table": "held_refunds", "member_id": "m1", "payment_id": "p9", "event_id": "p9-rf",
-                 "status": "held", "body": "{}", "deadline_ms": 9000, "processed_at_ms": 2000}
+                 "status": "held", "body": "{}", "deadline_ms": 9000, "processed_at_ms": 2000},
+                {"table": "audit_log", "event_id": "req-1", "occurred_at_ms": 3000, "operator": "cs-li",
+                 "role": "customer_service", "action": "member.adjust", "member_id": "m1", "http_status": 201,
+                 "before": {"balance": 10}, "after": {"balance": 60}, "processed_at_ms": 3001}
             ],
             "guests": [{"event_id": "g", "type": "payment", "payer_kind": "wechat", "payer_id": "o", "amount_fen": 5,
                         "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "w",
@@ -679,7 +726,16 @@ mod tests {
         assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
         let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
-        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1]);
+        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1, 1]);
+        let au = &b.tables[11].data;
+        let mut at = 0;
+        assert_eq!(read_str(au, &mut at), "req-1");
+        assert_eq!(read_i64(au, &mut at), 3000, "the audit row's own time, not the send's");
+        let who: Vec<String> = (0..6).map(|_| read_str(au, &mut at)).collect();
+        assert_eq!(who, ["cs-li", "customer_service", "", "member.adjust", "m1", ""]);
+        assert_eq!(read_i64(au, &mut at), 201);
+        assert_eq!([read_str(au, &mut at), read_str(au, &mut at)], [r#"{"balance":10}"#, r#"{"balance":60}"#]);
+        assert_eq!(at, au.len());
         let st = &b.tables[7].data;
         let mut at = 0;
         assert_eq!(read_str(st, &mut at), "m1");

@@ -31,10 +31,12 @@ from streams import bi, metrics, segments
 from streams.app import (
     app,
     member_events_topic,
+    record_binding,
     runtime,
 )
 from streams.gateways.mapping import GatewayConfigError
 from streams.http.common import admin_denied, error_response, json_response, read_body
+from streams.http.console import member_in_scope, operator_of, statement_in_scope
 from streams.inputs import BadInput, date_in, instant_in, is_valid_id, json_object, require
 from streams.reports import held_refunds, reconcile, settlement_statement
 
@@ -233,6 +235,7 @@ class SettlementStatement(View):
         bu, merchant = q.get("bu", ""), q.get("merchant", "")
         if (bu and not is_valid_id(bu)) or (merchant and not is_valid_id(merchant)):
             return error_response(self, 400, "bu / merchant: invalid id", "bu")
+        await statement_in_scope(request, bu, merchant)
         return json_response(self, await settlement_statement(day, bu, merchant))
 
 
@@ -281,11 +284,16 @@ class MemberTier(View):
             core_ext.validate_member_event(event)
         except core_ext.InvalidEventError as exc:
             return error_response(self, 400, str(exc), exc.field)
+        await member_in_scope(request, member_id)
+        _seq, state, _balance = await rt.balances.member_state(member_id)
+        tier_before = core_ext.member_view(rt.rules, state, int(now.timestamp() * 1000)).get("tier")
         fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
         await fut
         applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
         log.info("operator override of %s to %s until %s (%s)", member_id, tier, until,
                  "applied" if applied else "queued")
+        request["audit"] = {"action": "member.tier-override", "member_id": member_id, "target": event_id,
+                            "before": {"tier": tier_before}, "after": {"tier": tier, "until": until}}
         return json_response(self, {"member_id": member_id, "tier": tier, "until": until, "applied": applied},
                              200 if applied else 202)
 
@@ -309,30 +317,62 @@ class MemberAdjustment(View):
         except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
             return error_response(self, 400, 'body: {"adjustment_id": "<id, 1-48 chars>", "points": <±int>, '
                                   '"reason": "<3-200 chars>"}', "adjustment_id")
-        event_id = f"adj:{adjustment_id}"
-        now = dt.datetime.now(dt.UTC)
-        event = orjson.dumps({"event_id": event_id, "type": "adjustment", "member_id": member_id,
-                              "occurred_at": now.isoformat(timespec="milliseconds"),
-                              "points": req.get("points"), "reason": req.get("reason")})
+        points, reason = req.get("points"), req.get("reason")
         try:
-            core_ext.validate_member_event(event)
+            core_ext.validate_member_event(adjustment_event(member_id, adjustment_id, points, reason))
         except core_ext.InvalidEventError as exc:
             return error_response(self, 400, str(exc), exc.field)
+        await member_in_scope(request, member_id)
+        op = operator_of(request)
         rt = await runtime.started()
-        points = int(req["points"])
-        if points < 0 and not await rt.balances.event_record(member_id, event_id):
-            _seq, state, _balance = await rt.balances.member_state(member_id)
-            available = int(core_ext.member_view(rt.rules, state, int(now.timestamp() * 1000))["available"])
+        points = int(points)  # type: ignore[arg-type]  # validated by the core
+        if op.role != "automation" and abs(points) > rt.settings.approval_points:
+            # Maker / checker: above the threshold a second operator approves (console.py).
+            pending = await rt.balances.add_approval({
+                "approval_id": adjustment_id, "member_id": member_id, "points": points, "reason": reason,
+                "status": "pending", "requested_by": op.login, "bu": op.bu,
+                "requested_at_ms": int(time.time() * 1000)})
+            await record_binding("approval", f"approval:{adjustment_id}", member_id, orjson.dumps(pending).decode())
+            request["audit"] = {"action": "member.adjust.requested", "member_id": member_id,
+                                "target": adjustment_id, "before": None, "after": pending}
+            return json_response(self, {**pending, "applied": False}, 202 if pending["status"] == "pending" else 200)
+        if points < 0 and not await rt.balances.event_record(member_id, f"adj:{adjustment_id}"):
+            available = await _available(member_id)
             if available < -points:
                 return error_response(self, 409, f"the member has {available} points available, the adjustment "
                                       f"takes {-points}", "points", available=available)
-        fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
-        await fut
-        applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
-        log.info("operator adjustment %s of %s: %+d points, reason %r (%s)", adjustment_id, member_id, points,
-                 req["reason"], "applied" if applied else "queued")
+        applied, before, after = await send_adjustment(member_id, adjustment_id, points, str(reason))
+        request["audit"] = {"action": "member.adjust", "member_id": member_id, "target": adjustment_id,
+                            "before": {"available": before}, "after": {"available": after, "points": points,
+                                                                        "reason": reason}}
         return json_response(self, {"member_id": member_id, "adjustment_id": adjustment_id, "points": points,
                                     "applied": applied}, 201 if applied else 202)
+
+
+def adjustment_event(member_id: str, adjustment_id: str, points: object, reason: object) -> bytes:
+    return orjson.dumps({"event_id": f"adj:{adjustment_id}", "type": "adjustment", "member_id": member_id,
+                         "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                         "points": points, "reason": reason})
+
+
+async def _available(member_id: str) -> int:
+    rt = await runtime.started()
+    _seq, state, _balance = await rt.balances.member_state(member_id)
+    return int(core_ext.member_view(rt.rules, state, int(time.time() * 1000))["available"])
+
+
+async def send_adjustment(member_id: str, adjustment_id: str, points: int, reason: str) -> tuple[bool, int, int]:
+    """The adjustment as a member event, applied in order with the member's events
+    (idempotent by its id): (applied within 10 s, points available before, after)."""
+    before = await _available(member_id)
+    event = adjustment_event(member_id, adjustment_id, points, reason)
+    fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
+    await fut
+    applied = await _wait_applied(member_id, f"adj:{adjustment_id}", timeout_s=10.0)
+    after = await _available(member_id)
+    log.info("operator adjustment %s of %s: %+d points, reason %r (%s)", adjustment_id, member_id, points,
+             reason, "applied" if applied else "queued")
+    return applied, before, after
 
 
 async def _wait_applied(member_id: str, event_id: str, timeout_s: float) -> bool:

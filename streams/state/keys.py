@@ -58,6 +58,10 @@ FAMILIES = (
     Family("nonce", r"nonce:.+", True, "LOYALTY_NONCE_WINDOW (600 s)"),
     Family("event claim", r"eid:.+", True, "LOYALTY_EVENT_CLAIM_DAYS (35)"),
     Family("rate limit", r"rl:.+", True, "2 s"),
+    Family("operator", r"op:[a-z0-9_.-]+", False, "one per operator account (the bindings table has it)"),
+    Family("login failures", r"op-fail:.+", True, "LOYALTY_LOGIN_LOCK (900 s)"),
+    Family("revoked session", r"op-revoked:.+", True, "a session's life (LOYALTY_CONSOLE_SESSION)"),
+    Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
@@ -164,3 +168,15 @@ class KeySpace:
 
     def rate_key(self, client_key: str, second: int) -> str:
         return f"{self.ns}:rl:{client_key}:{second}"
+
+    def operator_key(self, login: str) -> str:
+        return f"{self.ns}:op:{login}"
+
+    def login_failures_key(self, login: str) -> str:
+        return f"{self.ns}:op-fail:{login}"
+
+    def revoked_session_key(self, sid: str) -> str:
+        return f"{self.ns}:op-revoked:{sid}"
+
+    def approval_key(self, approval_id: str) -> str:
+        return f"{self.ns}:approval:{approval_id}"

@@ -7,7 +7,8 @@ per concern, each in its own module of streams/state:
 - outbox.py: rows waiting for the ledger topic; boards.py: sharded leaderboards;
 - identities.py: payers, guests, referral phones, plates, gateway routes;
 - security.py: nonces, event-id claims, rate limits, delivered pushes;
-- held.py: refunds held until their payment.
+- held.py: refunds held until their payment;
+- operators.py: the back office's accounts, failed logins, approvals.
 
 Keys of one member are hash-tagged by member (`ly:m:{m-1}`, `ly:ev:{m-1}`, `ly:ob:{m-1}`,
 `ly:h:{m-1}`): the member's step names only them, so it runs on a Redis Cluster too.
@@ -23,9 +24,11 @@ from streams.state.boards import BoardStore
 from streams.state.held import HeldRefundStore
 from streams.state.identities import IdentityStore
 from streams.state.members import MemberStore
+from streams.state.operators import OperatorStore
 from streams.state.outbox import OutboxStore
 from streams.state.security import SecurityStore
 
 
-class BalanceStore(MemberStore, OutboxStore, BoardStore, IdentityStore, SecurityStore, HeldRefundStore):
+class BalanceStore(MemberStore, OutboxStore, BoardStore, IdentityStore, SecurityStore, HeldRefundStore,
+                   OperatorStore):
     """Every concern's store over one connection: what the runtime holds as `balances`."""

@@ -1,0 +1,99 @@
+"""The back office in Redis: operator accounts (`op:<login>`, JSON; their durable copy is a
+`bindings` row of kind `operator`), failed logins counted per login for the lock-out, logged
+out sessions, and adjustments waiting for a second operator (`approval:<id>`, kind
+`approval` in `bindings`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.operators import Operator
+from streams.state.base import StoreBase
+
+APPROVAL_KEEP_S = 30 * 86_400
+
+# Moves an approval out of "pending" once: a second decision (a double click, two checkers
+# at once) gets the first decision back and changes nothing.
+_DECIDE = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return false end
+if cjson.decode(cur)['status'] ~= 'pending' then return {0, cur} end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return {1, ARGV[1]}
+"""
+
+
+class OperatorStore(StoreBase):
+    async def operator(self, login: str) -> Operator | None:
+        raw = await self.redis.get(self.operator_key(login))
+        return None if raw is None else Operator.from_json(raw)
+
+    async def put_operator(self, op: Operator) -> None:
+        await self.redis.set(self.operator_key(op.login), op.to_json())
+
+    async def add_operator(self, op: Operator) -> bool:
+        """False if the login exists already."""
+        return bool(await self.redis.set(self.operator_key(op.login), op.to_json(), nx=True))
+
+    async def operators(self) -> list[Operator]:
+        out = []
+        async for key in self.redis.scan_iter(match=self.operator_key("*"), count=500):
+            raw = await self.redis.get(key)
+            if raw is not None:
+                out.append(Operator.from_json(raw))
+        return sorted(out, key=lambda o: o.login)
+
+    async def login_failures(self, login: str) -> tuple[int, int]:
+        """Failed logins within the lock window and the seconds left of it."""
+        key = self.login_failures_key(login)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.ttl(key)
+        count, ttl = await pipe.execute()
+        return int(count or 0), max(0, int(ttl))
+
+    async def login_failed(self, login: str, window_s: int) -> int:
+        """Counts a failure; the window starts at the first one."""
+        key = self.login_failures_key(login)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, window_s, nx=True)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    async def clear_login_failures(self, login: str) -> None:
+        await self.redis.delete(self.login_failures_key(login))
+
+    async def revoke_session(self, sid: str, keep_s: int) -> None:
+        await self.redis.set(self.revoked_session_key(sid), 1, ex=keep_s)
+
+    async def session_revoked(self, sid: str) -> bool:
+        return bool(await self.redis.exists(self.revoked_session_key(sid)))
+
+    async def add_approval(self, approval: dict[str, Any]) -> dict[str, Any]:
+        """Stores a pending approval once (by id); answers the one stored."""
+        key = self.approval_key(approval["approval_id"])
+        await self.redis.set(key, orjson.dumps(approval), nx=True, ex=APPROVAL_KEEP_S)
+        return orjson.loads(await self.redis.get(key))  # type: ignore[no-any-return]
+
+    async def approval(self, approval_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.approval_key(approval_id))
+        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def decide_approval(self, approval_id: str, decided: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """(True, it) if this call moved the approval out of pending; (False, as stored)
+        if it had been decided already; (False, None) if there is none."""
+        reply = await self.redis.eval(_DECIDE, 1, self.approval_key(approval_id), orjson.dumps(decided))
+        if not reply:
+            return False, None
+        return bool(int(reply[0])), orjson.loads(reply[1])
+
+    async def approvals(self) -> list[dict[str, Any]]:
+        out = []
+        async for key in self.redis.scan_iter(match=self.approval_key("*"), count=500):
+            raw = await self.redis.get(key)
+            if raw is not None:
+                out.append(orjson.loads(raw))
+        return sorted(out, key=lambda a: a.get("requested_at_ms", 0), reverse=True)

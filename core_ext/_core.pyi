@@ -478,7 +478,10 @@ def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""
 
 def simulate(rules: RuleSet, bodies: list[bytes]) -> dict[str, Any]:
-    """Replays payment/refund bodies (oldest first) through `rules` from empty member states."""
+    """Replays payment/refund bodies (oldest first) through `rules` from empty member states:
+    events, refused, points issued and clawed back, points by BU and format, campaigns,
+    upgrades, final tiers, cost_fen_by_bu (what the issuing BUs pay the pool) and
+    points_by_member."""
 
 def redeem(
     rules: RuleSet, state_json: str | None, redemption_id: str, body: bytes, now_ms: int

@@ -36,6 +36,7 @@ from streams.gateways.wechatpay import WeChatPayKeys
 from streams.kafka_topics import RETENTION_DAYS
 from streams.messages import dead_letter_record, ledger_messages, readable_event_id
 from streams.retry import retrying
+from streams.rules_store import Published, end_offset, follow, publish, read_history
 from streams.settings import Settings
 from streams.sinks.ledger import LedgerStore
 from streams.state import BalanceStore
@@ -155,6 +156,9 @@ class Runtime:
                                      settings.history_length, settings.redis_members_per_call,
                                      settings.redis_wait_replicas, settings.redis_wait_ms)
         self.ledger = LedgerStore(settings.clickhouse_dsn, settings.faults_dir)
+        #: The published version in force (streams/rules_store.py), once read at start.
+        self.rules_published: Published | None = None
+        self.rules_offset = 0
         self._started = False
         self._lock = asyncio.Lock()
 
@@ -165,6 +169,10 @@ class Runtime:
             if not self._started:
                 await self.balances.setup()
                 applied = await self.ledger.setup() if self.settings.holds_ledger else ["(held by the ledger worker)"]
+                async for attempt in retrying("reading the published rules", (KafkaError, OSError), initial_s=0.5,
+                                              max_s=5.0, attempts=30):
+                    with attempt:
+                        await self.sync_rules()
                 log.info(
                     "runtime ready: roles %s, rules %s, redis %s, clickhouse %s, migrations applied %s",
                     ",".join(sorted(self.settings.roles)),
@@ -176,13 +184,60 @@ class Runtime:
                 self._started = True
         return self
 
-    def reload_rules(self) -> core_ext.RuleSet:
-        """Loads the rules file again; the old set stays if the new one is invalid."""
-        rules = load_rules(self.settings.rules_path)
-        gateways = load_gateways(self.settings, rules)
-        self.rules, self.gateways = rules, gateways
-        log.info("rules reloaded: version %s", rules.version)
-        return rules
+    async def sync_rules(self) -> None:
+        """At start, before anything is applied: the version in force from the rules topic;
+        an empty topic gets LOYALTY_RULES as version 1 (its only use once published)."""
+        history = await read_history(self.settings)
+        current = history.current
+        if current is None:
+            path = self.settings.rules_path
+            current = Published(1, path.read_text(encoding="utf-8"), self.rules.version, "loyalty worker",
+                                int(time.time() * 1000), f"seeded from {path}", "file")
+            await publish(self.settings, current)
+        self.apply_published(current)
+        self.rules_offset = await end_offset(self.settings)
+
+    def apply_published(self, entry: Published) -> bool:
+        """Makes a published version the one this worker applies (a newer one only); the
+        old set stays if the text does not compile here (logged)."""
+        if self.rules_published is not None and entry.number <= self.rules_published.number:
+            return False
+        try:
+            rules = core_ext.RuleSet.from_toml(entry.text, f"rules #{entry.number}")
+            gateways = load_gateways(self.settings, rules)
+        except (core_ext.RulesError, ValueError) as exc:
+            log.error("rules #%d (%s) cannot be applied here, keeping #%s: %s", entry.number, entry.rules_version,
+                      self.rules_published.number if self.rules_published else "file", exc)
+            return False
+        self.rules, self.gateways, self.rules_published = rules, gateways, entry
+        log.info("rules #%d in force: version %s (%s by %s: %s)", entry.number, rules.version, entry.source,
+                 entry.by, entry.why)
+        return True
+
+    async def publish_rules(self, text: str, by: str, why: str, source: str, path: str = "console.toml") -> Published:
+        """Checks `text` (RulesError with file, line and field; GatewayConfigError), publishes
+        it as the next version for every worker and applies it here at once. One publish at a
+        time in the group (a Redis lock)."""
+        candidate = core_ext.RuleSet.from_toml(text, path)
+        load_gateways(self.settings, candidate)
+        async with self.balances.rules_lock():
+            history = await read_history(self.settings)
+            number = max([0, *history.versions, history.current.number if history.current else 0]) + 1
+            entry = Published(number, text, candidate.version, by, int(time.time() * 1000), why, source)
+            await publish(self.settings, entry)
+        self.apply_published(entry)
+        return entry
+
+    async def reload_rules(self, by: str) -> core_ext.RuleSet:
+        """The rules file published as a new version when it differs from the one in force
+        (every worker follows); the old set stays if the file is invalid."""
+        text = self.settings.rules_path.read_text(encoding="utf-8")
+        if self.rules_published is None or text != self.rules_published.text:
+            await self.publish_rules(text, by, f"reloaded from {self.settings.rules_path}", "file",
+                                     str(self.settings.rules_path))
+        else:  # the same rules: the gateways file may have changed
+            self.gateways = load_gateways(self.settings, self.rules)
+        return self.rules
 
 
 def outage_tolerant(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -339,6 +394,17 @@ def create_app(settings: Settings) -> LoyaltyApp:
     @app.task
     async def prepare_runtime() -> None:
         await built.prepare()
+
+    @app.task
+    async def follow_rules() -> None:
+        """Every rule version published after this worker started, applied when it is
+        (each worker follows the rules topic on its own)."""
+        rt = await built.runtime.started()
+
+        async def apply(entry: Published) -> None:
+            rt.apply_published(entry)
+
+        await follow(settings, rt.rules_offset, apply)
 
     if settings.metrics_dir:
         from streams import metrics

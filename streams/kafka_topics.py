@@ -49,6 +49,9 @@ def engine_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.parking_topic: (n, configs(RETENTION_DAYS["parking"])),
         settings.notifications_topic: (n, configs(RETENTION_DAYS["coupon-pushes"])),
         settings.dead_letter_topic: (1, configs(RETENTION_DAYS["dead-letter"])),
+        # Every published rule version (key v:<n>) and the one in force (key current): kept
+        # for good by compaction, read whole by every worker at start (streams/rules_store.py).
+        settings.rules_topic: (1, {**configs(None), "cleanup.policy": "compact"}),
         # Faust's own: the partition whose holder is the app's leader (timers run there).
         f"{settings.group_id}-__assignor-__leader": (1, configs(None)),
     }

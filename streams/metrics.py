@@ -36,6 +36,7 @@ HELP = {
     "callbacks_shed_total": "Callbacks answered 503 at once: too many were waiting for Kafka (overload).",
     "admin_forbidden_total": "Admin API requests refused because the operator's role lacks the permission.",
     "admin_csrf_refused_total": "Console changes refused: CSRF token missing or wrong, or another origin.",
+    "audience_grants_sent_total": "Coupon grants of audience sends put on the member-events topic.",
     "audit_rows_total": "Rows written to the audit trail (changes through the console or the admin API).",
     "console_logins_total": "Console sign-ins that succeeded.",
     "console_logins_failed_total": "Console sign-ins refused: unknown login, wrong password or disabled account.",

@@ -43,22 +43,27 @@ PERMISSIONS = {
     "members.read": "member look-up and the member page (a BU operator: members who visited their BU)",
     "members.write": "member actions: adjustments, tier overrides (audited)",
     "members.approve": "approve or reject another operator's adjustment above the threshold",
+    "members.privacy": "personal data requests: export a member's data",
     "rules.read": "rules in force and their simulation",
     "rules.write": "reload or publish rules",
     "operations": "rebuild, repair, backup, segments refresh",
     "audit.read": "the audit trail",
     "operators.manage": "add, disable and reset operators",
+    "audiences.send": "define audiences and send them a coupon",
+    "audiences.read": "see audience sends and what they issued",
 }
 
 _ALL = frozenset(PERMISSIONS)
-_READ = frozenset({"session", "figures.read", "settlement.read", "members.read", "rules.read", "audit.read"})
+_READ = frozenset({"session", "figures.read", "settlement.read", "members.read", "rules.read", "audit.read",
+                   "audiences.read"})
 GRANTS: dict[str, frozenset[str]] = {
     "automation": _ALL,
     "group_admin": _ALL,
     "bu_operator": frozenset({"session", "settlement.read", "members.read", "members.write", "members.approve",
                               "rules.read"}),
     "merchant_staff": frozenset({"session", "settlement.read"}),
-    "customer_service": frozenset({"session", "members.read", "members.write", "members.approve"}),
+    "customer_service": frozenset({"session", "members.read", "members.write", "members.approve",
+                                   "members.privacy"}),
     "auditor": _READ,
 }
 
@@ -83,12 +88,23 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/v1/admin/members/{member_id}/overview"): "members.read",
     ("POST", "/v1/admin/members/{member_id}/tier"): "members.write",
     ("POST", "/v1/admin/members/{member_id}/adjustments"): "members.write",
+    ("POST", "/v1/admin/members/{member_id}/unbind"): "members.write",
+    ("POST", "/v1/admin/members/{member_id}/export"): "members.privacy",
+    ("POST", "/v1/admin/members/{member_id}/holds/{hold_id}/cancel"): "members.write",
+    ("POST", "/v1/admin/members/{member_id}/coupons/{coupon_id}/resend"): "members.write",
     ("GET", "/v1/admin/approvals"): "members.read",
     ("POST", "/v1/admin/approvals/{approval_id}/approve"): "members.approve",
     ("POST", "/v1/admin/approvals/{approval_id}/reject"): "members.approve",
     ("POST", "/v1/admin/rules/simulate"): "rules.read",
     ("POST", "/v1/admin/rules/reload"): "rules.write",
+    ("GET", "/v1/admin/rules"): "rules.read",
+    ("POST", "/v1/admin/rules/check"): "rules.read",
+    ("POST", "/v1/admin/rules/publish"): "rules.write",
+    ("POST", "/v1/admin/rules/rollback"): "rules.write",
     ("GET", "/v1/admin/audit"): "audit.read",
+    ("POST", "/v1/admin/audiences/preview"): "audiences.send",
+    ("POST", "/v1/admin/audiences/send"): "audiences.send",
+    ("GET", "/v1/admin/audiences/sends/{send_id}"): "audiences.read",
     ("GET", "/v1/admin/operators"): "audit.read",
     ("POST", "/v1/admin/operators"): "operators.manage",
     ("POST", "/v1/admin/operators/{login}/disable"): "operators.manage",
@@ -96,7 +112,7 @@ POLICY: dict[tuple[str, str], str] = {
 }
 
 #: Requests that change nothing although they are POSTs (not written to the audit trail).
-READ_ONLY_POSTS = frozenset({"/v1/admin/rules/simulate"})
+READ_ONLY_POSTS = frozenset({"/v1/admin/rules/simulate", "/v1/admin/rules/check", "/v1/admin/audiences/preview"})
 
 
 class OperatorInputError(InputError):

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     #: An adjustment of more points than this (either sign), made by an operator, waits for
     #: a second operator's approval (maker / checker); the admin token is not held back.
     approval_points: int = Field(10_000, ge=0)
+    #: Members an audience send reaches a second (its grants queue behind the live events).
+    audience_send_rate: int = Field(5_000, ge=1)
     # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
     # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
     faults_dir: str = ""
@@ -224,6 +226,11 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letter"
+
+    @property
+    def rules_topic(self) -> str:
+        """The published rule versions (compacted; streams/rules_store.py)."""
+        return f"{self.topic_prefix}.rules"
 
     @property
     def faust_dir(self) -> Path:

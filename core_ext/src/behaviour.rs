@@ -100,6 +100,10 @@ pub fn apply_member_event(
             ));
         }
         MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
+        MemberKind::CouponGrant => {
+            let send = ev.grant.as_ref().map_or(String::new(), |(_, s)| s.clone());
+            parts.push(Part::new("coupon_grant", send, 0));
+        }
         MemberKind::Segments => {
             state.segment_tags = ev.tags.clone().unwrap_or_default();
             state.segment = ev.segment.clone();

@@ -439,6 +439,8 @@ pub fn simulate<'py>(
     )?;
     d.set_item("upgrades", r.upgrades)?;
     d.set_item("final_tiers", r.final_tiers)?;
+    d.set_item("cost_fen_by_bu", r.cost_fen_by_bu)?;
+    d.set_item("points_by_member", r.points_by_member)?;
     Ok(d)
 }
 

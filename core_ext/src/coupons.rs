@@ -136,6 +136,8 @@ pub struct Happened<'a> {
     pub reminder: bool,
     pub parking_exit: bool,
     pub tier_after: (&'a str, usize),
+    /// An operator's grant to an audience: (template, send id).
+    pub grant: Option<(&'a str, &'a str)>,
 }
 
 fn tier_rank(rules: &RuleSet, id: &str) -> usize {
@@ -169,6 +171,13 @@ pub fn after_event(
 ) -> (Vec<CouponRow>, Vec<(String, i64)>) {
     let mut rows = Vec::new();
     let mut consumed = Vec::new();
+    if let Some((template, send_id)) = h.grant {
+        if let Some(c) = grant(rules, template, send_id, h, state, budget_spent) {
+            let at = At { rules, member_id: h.member_id, event_id: h.event_id, at_ms: h.at_ms, now_ms };
+            rows.push(at.row("issued", &c));
+            consumed.push((stock_budget_id(&c.template), 1));
+        }
+    }
     if rules.triggers.is_empty() {
         note_payment(rules, h, state);
         return (rows, consumed);
@@ -271,6 +280,52 @@ fn note_payment(rules: &RuleSet, h: &Happened, state: &mut MemberState) {
         }
         state.spend_days.retain(|d| d[0] > day - window);
     }
+}
+
+/// An audience send's coupon (trigger `audience:<send id>`), once per member and send,
+/// unless the template is unknown, the member limit is reached or its stock is gone.
+fn grant(
+    rules: &RuleSet,
+    template: &str,
+    send_id: &str,
+    h: &Happened,
+    state: &mut MemberState,
+    budget_spent: &mut HashMap<String, i64>,
+) -> Option<Coupon> {
+    let tpl = rules.coupon_templates.get(template)?;
+    let trigger = format!("audience:{send_id}");
+    if state.coupons.iter().any(|c| c.trigger == trigger) {
+        return None;
+    }
+    if let Some(limit) = tpl.per_member_limit {
+        if state.coupons.iter().filter(|c| c.template == tpl.id).count() as i64 >= limit {
+            return None;
+        }
+    }
+    let stock = stock_budget_id(&tpl.id);
+    if let Some(limit) = tpl.stock {
+        if budget_spent.get(&stock).copied().unwrap_or(0) >= limit {
+            return None;
+        }
+        *budget_spent.entry(stock).or_insert(0) += 1;
+    }
+    let (valid_from_ms, valid_until_ms) = match tpl.validity {
+        Validity::Days(d) => (h.at_ms, h.at_ms + d * DAY_MS),
+        Validity::Fixed { from_ms, to_ms } => (from_ms, to_ms),
+    };
+    let c = Coupon {
+        id: coupon_id(h.event_id, &trigger),
+        template: tpl.id.clone(),
+        trigger,
+        issued_at_ms: h.at_ms,
+        valid_from_ms,
+        valid_until_ms,
+        status: "active".into(),
+        ..Coupon::default()
+    };
+    state.coupons.push(c.clone());
+    prune(state);
+    Some(c)
 }
 
 /// Issues the trigger's coupon unless a cap, the member limit, the trigger's budget

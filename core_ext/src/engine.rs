@@ -350,6 +350,10 @@ impl Marketing<'_> {
             registered: !self.was_registered && state.registered_at_ms.is_some(),
             reminder: applied.notice.is_some(),
             parking_exit: matches!(ev, Event::Member(m) if m.kind == crate::events::MemberKind::ParkingExit),
+            grant: match ev {
+                Event::Member(m) => m.grant.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
+                Event::Payment(_) => None,
+            },
             tier_after: (&tier.id, rank),
         };
         let (issued, consumed) = coupons::after_event(rules, &h, self.before, state, budget_spent, now_ms);

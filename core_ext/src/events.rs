@@ -323,6 +323,8 @@ pub enum MemberKind {
     Segments,
     /// An operator's manual adjustment (`points`, positive or negative, and a `reason`).
     Adjustment,
+    /// An operator's coupon to an audience (`template`, `send_id`): once per member per send.
+    CouponGrant,
 }
 
 impl MemberKind {
@@ -339,6 +341,7 @@ impl MemberKind {
             MemberKind::ParkingExit => "parking_exit",
             MemberKind::Segments => "segments",
             MemberKind::Adjustment => "adjustment",
+            MemberKind::CouponGrant => "coupon_grant",
         }
     }
 
@@ -355,6 +358,7 @@ impl MemberKind {
             "parking_exit" => MemberKind::ParkingExit,
             "segments" => MemberKind::Segments,
             "adjustment" => MemberKind::Adjustment,
+            "coupon_grant" => MemberKind::CouponGrant,
             _ => return None,
         })
     }
@@ -382,6 +386,8 @@ pub struct MemberEvent {
     pub profile_fields: Vec<String>,
     /// Registration: the member who invited this one.
     pub referred_by: Option<String>,
+    /// A coupon grant: (template, send id).
+    pub grant: Option<(String, String)>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
@@ -514,9 +520,14 @@ fn parse_member_event(
         (MemberKind::Register, Some(_)) => Some(get_id(obj, "referred_by")?),
         _ => return Err(CoreError::invalid_event("referred_by", "only a registration names its inviter")),
     };
+    let grant = match kind {
+        MemberKind::CouponGrant => Some((get_id(obj, "template")?, get_id(obj, "send_id")?)),
+        _ => None,
+    };
     Ok(MemberEvent {
         profile_fields,
         referred_by,
+        grant,
         points,
         reason,
         segment,

@@ -23,6 +23,10 @@ pub struct SimReport {
     pub upgrades: BTreeMap<String, i64>,
     /// tier id -> members at the end
     pub final_tiers: BTreeMap<String, i64>,
+    /// What the issuing business units pay the points pool for the net points (fen).
+    pub cost_fen_by_bu: BTreeMap<String, i64>,
+    /// Net points per member (to count the members a change of rules affects).
+    pub points_by_member: BTreeMap<String, i64>,
 }
 
 pub fn simulate(rules: &RuleSet, events: &[CoreResult<Event>]) -> SimReport {
@@ -72,6 +76,8 @@ pub fn simulate(rules: &RuleSet, events: &[CoreResult<Event>]) -> SimReport {
             report.points_clawed_back -= applied.points;
         }
         *report.points_by_bu.entry(p.bu_id.clone()).or_default() += applied.points;
+        *report.cost_fen_by_bu.entry(p.bu_id.clone()).or_default() += rules.funding_fen(&p.bu_id, applied.points);
+        *report.points_by_member.entry(member.clone()).or_default() += applied.points;
         *report.points_by_format.entry(format).or_default() += applied.points;
         for (id, pts) in &applied.campaigns {
             *report.campaign_points.entry(id.clone()).or_default() += pts;

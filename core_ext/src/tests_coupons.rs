@@ -435,3 +435,28 @@ fn coupon_scope_takes_the_merchants_configured_category_not_the_tills() {
     let res = run_with(&r, &[with_coupons(pay("p2", "m1", "mall", "fashion", 20_000, MON), &[&coupon])], stored("m1", &s));
     assert!(coupon_rows(&res, 0).iter().any(|(kind, _, _)| kind == "redeemed"), "{:?}", coupon_rows(&res, 0));
 }
+
+#[test]
+fn an_audience_grant_issues_once_per_member_and_send_within_stock() {
+    let r = rules();
+    let grant = |id: &str, member: &str, template: &str, send: &str| {
+        json!({"event_id": id, "type": "coupon_grant", "occurred_at": MON, "member_id": member,
+               "template": template, "send_id": send})
+    };
+    let res = run_with(&r, &[grant("g1", "m1", "pct-10", "s1"), grant("g1b", "m1", "pct-10", "s1"),
+                             grant("g2", "m1", "pct-10", "s2")], StoredMembers::default());
+    assert_eq!(issued(&res, 0), ["audience:s1"]);
+    assert!(issued(&res, 1).is_empty(), "the same send reaches a member once, whatever the event id");
+    assert_eq!(issued(&res, 2), ["audience:s2"], "another send is another coupon");
+    let s = state_of(&res, "m1");
+    assert_eq!(s.coupons.iter().filter(|c| c.trigger.starts_with("audience:")).count(), 2);
+    // Stock 2 of "coffee": the third member gets none; an unknown template gives nothing.
+    let res = run_with(&r, &[grant("c1", "a", "coffee", "s3"), grant("c2", "b", "coffee", "s3"),
+                             grant("c3", "c", "coffee", "s3"), grant("x", "d", "no-such", "s3")],
+                       StoredMembers::default());
+    let got: Vec<usize> = (0..4).map(|i| issued(&res, i).len()).collect();
+    assert_eq!(got, [1, 1, 0, 0]);
+    // A send id is required.
+    assert!(parse_event(json!({"event_id": "y", "type": "coupon_grant", "occurred_at": MON,
+                               "member_id": "m", "template": "coffee"}).to_string().as_bytes()).is_err());
+}

@@ -392,7 +392,6 @@ class RulesSimulate(View):
     async def post(self, request: Request) -> Response:
         if (denied := admin_denied(self, request)) is not None:
             return denied
-        rt = await runtime.started()
         try:
             body = json_object(await request.read())
             text, start, end = body["rules"], body["from"], body["to"]
@@ -405,15 +404,27 @@ class RulesSimulate(View):
             candidate = core_ext.RuleSet.from_toml(text, path)
         except core_ext.RulesError as exc:
             return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
-        rows = await rt.ledger.query("payment_history", {"start": start_dt, "end": end_dt})
-        bodies = [history_body(r) for r in rows]
-        live = core_ext.simulate(rt.rules, bodies)
-        cand = core_ext.simulate(candidate, bodies)
-        return json_response(self, {
-            "from": start, "to": end, "payments": len(bodies),
-            "live": {"version": rt.rules.version, **live},
-            "candidate": {"version": candidate.version, **cand},
-        })
+        return json_response(self, {"from": start, "to": end, **await backtest(candidate, start_dt, end_dt)})
+
+
+async def backtest(candidate: core_ext.RuleSet, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """The stored payments and refunds of [start, end) replayed through the live rules and
+    `candidate`, side by side: points, cost (what the issuing BUs pay the pool) and members
+    per business unit, and how many members would earn differently."""
+    rt = await runtime.started()
+    rows = await rt.ledger.query("payment_history", {"start": start, "end": end})
+    bodies = [history_body(r) for r in rows]
+    live = core_ext.simulate(rt.rules, bodies)
+    cand = core_ext.simulate(candidate, bodies)
+    live_m, cand_m = live.pop("points_by_member"), cand.pop("points_by_member")
+    affected = sum(1 for m in set(live_m) | set(cand_m) if live_m.get(m, 0) != cand_m.get(m, 0))
+    by_bu = [{"bu": bu, "live_points": live["points_by_bu"].get(bu, 0),
+              "candidate_points": cand["points_by_bu"].get(bu, 0), "live_cost_fen": live["cost_fen_by_bu"].get(bu, 0),
+              "candidate_cost_fen": cand["cost_fen_by_bu"].get(bu, 0)}
+             for bu in sorted(set(live["points_by_bu"]) | set(cand["points_by_bu"]))]
+    return {"payments": len(bodies), "members": len(set(live_m) | set(cand_m)), "members_affected": affected,
+            "by_bu": by_bu, "live": {"version": rt.rules.version, **live},
+            "candidate": {"version": candidate.version, **cand}}
 
 
 def history_body(row: dict[str, Any]) -> bytes:
@@ -435,13 +446,18 @@ class RulesReload(View):
     async def post(self, request: Request) -> Response:
         if (denied := admin_denied(self, request)) is not None:
             return denied
+        before = runtime.rules_published
         try:
-            rules = runtime.reload_rules()
+            rules = await runtime.reload_rules(operator_of(request).login)
         except core_ext.RulesError as exc:
             return error_response(self, 400, str(exc), exc.field, line=exc.line, file=exc.file)
         except GatewayConfigError as exc:
             return error_response(self, 400, str(exc), "gateways")
-        return json_response(self, {"version": rules.version, "gateways": runtime.gateways.path})
+        after = runtime.rules_published
+        request["audit"] = {"action": "rules.reload", "target": str(runtime.settings.rules_path),
+                            "before": before.summary() if before else None, "after": after.summary() if after else None}
+        return json_response(self, {"version": rules.version, "number": after.number if after else None,
+                                    "gateways": runtime.gateways.path})
 
 
 @app.page("/healthz")

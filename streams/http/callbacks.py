@@ -196,7 +196,8 @@ class MemberCallback(View):
             event_id, member_id, kind = core_ext.validate_member_event(body, **callback_window())
         except core_ext.InvalidEventError as exc:
             return await reject(self, 400, str(exc), body, field=exc.field)
-        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments", "adjustment"):
+        if kind in ("tier_override", "tier_review", "wallet_check", "parking_exit", "segments", "adjustment",
+                    "coupon_grant"):
             return await reject(self, 400, f"type: {kind} is for operators and the system, not callbacks", body,
                                 field="type")
         return await _publish(self, member_events_topic, member_id, body, event_id)

@@ -35,11 +35,12 @@ from faust.web import Request, Response, View
 
 import core_ext
 from streams import operators as ops
-from streams.app import app, record_binding, record_facts, runtime
+from streams.app import app, notifications_topic, record_binding, record_facts, runtime
 from streams.auth import pseudonym
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, member_operation
 from streams.inputs import PLATE, BadInput, date_in, is_valid_id
 from streams.metrics import counters
+from streams.transactions import Commit
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _cookie_headers(token: str, max_age: int) -> dict[str, str]:
     return {"Set-Cookie": f"{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"}
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     raw = await request.read()
     if len(raw) > 16 * 1024:
         raise Refused(413, "body too large")
@@ -190,7 +191,7 @@ class Login(View):
         codec = _codec()
         if not _same_origin(request):
             return error_response(self, 403, "login from another origin refused")
-        body = await _json_body(request)
+        body = await json_body(request)
         login, password = body.get("login"), body.get("password")
         if not isinstance(login, str) or not ops.LOGIN.fullmatch(login) or not isinstance(password, str) \
                 or not 1 <= len(password) <= 256:
@@ -262,7 +263,7 @@ class Operators(View):
         return json_response(self, {"operators": [o.public() for o in await rt.balances.operators()]})
 
     async def post(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         now_ms = int(time.time() * 1000)
         try:
             op = ops.new_operator(body.get("login"), body.get("role"), body.get("bu"), body.get("merchant"),
@@ -295,7 +296,7 @@ class DisableOperator(View):
 @app.page("/v1/admin/operators/{login}/reset-password")
 class ResetPassword(View):
     async def post(self, request: Request, login: str) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         rt = await runtime.started()
         op = await rt.balances.operator(login)
         if op is None:
@@ -422,6 +423,7 @@ class MemberOverview(View):
                                               for k, h in (raw_state.get("holds") or {}).items()],
                                     "stored_value_fen": int(raw_state.get("sv_fen", 0)),
                                     "coupons": wallet, "bindings": bindings, "recent_movements": movements[:20],
+                                    "tiers": rt.rules.tier_ids,
                                     "approvals": pending})
 
 
@@ -488,3 +490,130 @@ class Approve(View):
 class Reject(View):
     async def post(self, request: Request, approval_id: str) -> Response:
         return await _decide(self, request, approval_id, False)
+
+
+# --- member actions ----------------------------------------------------------------------
+
+#: Binding keys an operator may remove, by prefix -> the kind of the bindings row.
+UNBINDABLE = {"plate:": "plate", "id:": "identity", "ref-phone:": "referral_phone"}
+
+
+@app.page("/v1/admin/members/{member_id}/unbind")
+class Unbind(View):
+    """{"key": "plate:沪A12345" | "id:wechat:<openid>" | ...}: the binding removed (if it is
+    this member's), in Redis and durably (an unbinding row)."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        body = await json_body(request)
+        key = body.get("key")
+        kind = next((k for p, k in UNBINDABLE.items() if isinstance(key, str) and key.startswith(p)), None)
+        if not is_valid_id(member_id) or kind is None or not isinstance(key, str) or len(key) > 200:
+            return error_response(self, 400, f"key: a binding of the member ({', '.join(UNBINDABLE)}...), "
+                                  f"not {str(key)[:80]!r}", "key")
+        await member_in_scope(request, member_id)
+        rt = await runtime.started()
+        if not await rt.balances.unbind(key, member_id):
+            return error_response(self, 404, f"{key} is not bound to {member_id}", "key")
+        await record_binding(kind, key, "")
+        request["audit"] = {"action": "member.unbind", "member_id": member_id, "target": key,
+                            "before": {"key": key, "member_id": member_id}, "after": None}
+        return json_response(self, {"member_id": member_id, "unbound": key})
+
+
+@app.page("/v1/admin/members/{member_id}/holds/{hold_id}/cancel")
+class CancelHold(View):
+    """A hold's points back to the member (as a till's release does)."""
+
+    async def post(self, request: Request, member_id: str, hold_id: str) -> Response:
+        if not is_valid_id(member_id) or not is_valid_id(hold_id):
+            return error_response(self, 400, "member_id / hold_id: invalid", "hold_id")
+        await member_in_scope(request, member_id)
+
+        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
+            new_state, points = core_ext.release_hold(state, hold_id)
+            if new_state is None:
+                return error_response(self, 404, f"no hold {hold_id} of member {member_id} (used or released)",
+                                      "hold_id")
+
+            async def done() -> Response:
+                request["audit"] = {"action": "member.hold-cancel", "member_id": member_id, "target": hold_id,
+                                    "before": {"hold": hold_id, "points": points}, "after": {"released": points}}
+                return json_response(self, {"hold_id": hold_id, "status": "released", "points": points})
+            return Commit(new_state, done)
+        return await member_operation(self, member_id, decide)
+
+
+@app.page("/v1/admin/members/{member_id}/coupons/{coupon_id}/resend")
+class ResendCoupon(View):
+    """{"resend_id": "<id>"}: the coupon's push sent again (a push id of its own, so the
+    receiver takes it; the same resend id is delivered once)."""
+
+    async def post(self, request: Request, member_id: str, coupon_id: str) -> Response:
+        body = await json_body(request)
+        resend_id = body.get("resend_id")
+        if not is_valid_id(member_id) or not is_valid_id(coupon_id) or not isinstance(resend_id, str) \
+                or not is_valid_id(resend_id) or len(resend_id) > 32:
+            return error_response(self, 400, 'body: {"resend_id": "<id, 1-32 chars>"}', "resend_id")
+        await member_in_scope(request, member_id)
+        rt = await runtime.started()
+        _seq, state, _balance = await rt.balances.member_state(member_id)
+        now_ms = int(time.time() * 1000)
+        coupon = next((c for c in orjson.loads(core_ext.coupon_wallet(rt.rules, state, now_ms))
+                       if c["coupon_id"] == coupon_id), None)
+        if coupon is None:
+            return error_response(self, 404, f"member {member_id} has no coupon {coupon_id}", "coupon_id")
+        if coupon["status"] != "active":
+            return error_response(self, 409, f"coupon {coupon_id} is {coupon['status']}: nothing to push", "coupon_id")
+        push_id = f"{coupon_id}.r.{resend_id}"
+        push = orjson.dumps({"push_id": push_id, "type": "coupon_issued", "member_id": member_id,
+                             "event_id": f"resend-{resend_id}", "resent": True,
+                             "coupon": {k: coupon.get(k) for k in ("coupon_id", "template", "trigger", "kind",
+                                                                   "face_value_fen", "valid_until_ms")},
+                             "occurred_at_ms": now_ms, "processed_at_ms": now_ms})
+        fut = await notifications_topic.send(key=member_id.encode(), value=push, force=True)
+        await fut
+        request["audit"] = {"action": "member.coupon-resend", "member_id": member_id, "target": coupon_id,
+                            "before": None, "after": {"push_id": push_id}}
+        return json_response(self, {"member_id": member_id, "coupon_id": coupon_id, "push_id": push_id}, 202)
+
+
+@app.page("/v1/admin/members/{member_id}/export")
+class ExportMember(View):
+    """A personal data request (PIPL): everything the engine holds about one member, as one
+    JSON file: the state, points by lot, coupons, bindings, ledger, coupon events, stored
+    value and the audit rows about them. A POST, so the trail records who exported whom."""
+
+    async def post(self, request: Request, member_id: str) -> Response:
+        if not is_valid_id(member_id):
+            return error_response(self, 400, "member_id: invalid", "member_id")
+        await member_in_scope(request, member_id)
+        rt = await runtime.started()
+        data = await rt.balances.member(member_id)
+        if data is None:
+            return error_response(self, 404, f"no member {member_id}", "member_id")
+        now_ms = int(time.time() * 1000)
+        state = data.get("state")
+        q = {"member_id": member_id}
+        far = {"operator": "", "member_id": member_id, "action": "", "limit": 100_000,
+               "start": dt.datetime(1970, 1, 2, tzinfo=dt.UTC), "end": dt.datetime(2200, 1, 1, tzinfo=dt.UTC)}
+        audit_rows = await rt.ledger.query("audit_log", far)
+        for r in audit_rows:
+            for k in ("before", "after"):
+                r[k] = orjson.loads(r[k]) if r[k] else None
+        doc = {
+            "member_id": member_id, "exported_at_ms": now_ms, "exported_by": operator_of(request).login,
+            "state": orjson.loads(state) if state else None,
+            "view": core_ext.member_view(rt.rules, state, now_ms),
+            "balance": int(data.get("balance", 0)),
+            "coupons": orjson.loads(core_ext.coupon_wallet(rt.rules, state, now_ms)),
+            "bindings": await rt.ledger.query("member_bindings", q),
+            "ledger": await rt.ledger.query("member_export_ledger", q),
+            "coupon_events": await rt.ledger.query("member_export_coupons", q),
+            "stored_value": await rt.ledger.query("stored_value_of_member", q),
+            "audit": audit_rows,
+        }
+        body = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
+        request["audit"] = {"action": "member.export", "member_id": member_id, "target": member_id,
+                            "before": None, "after": {"bytes": len(body), "ledger_rows": len(doc["ledger"])}}
+        return self.bytes(body, content_type="application/json", headers={
+            "Content-Disposition": f'attachment; filename="member-{member_id}.json"', "Cache-Control": "no-store"})

@@ -62,6 +62,8 @@ FAMILIES = (
     Family("login failures", r"op-fail:.+", True, "LOYALTY_LOGIN_LOCK (900 s)"),
     Family("revoked session", r"op-revoked:.+", True, "a session's life (LOYALTY_CONSOLE_SESSION)"),
     Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
+    Family("rules lock", r"rules-lock", True, "30 s (held while a rules version is published)"),
+    Family("audience send", r"audience-send:.+", True, "30 days (its coupons are the members' durable facts)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
@@ -180,3 +182,10 @@ class KeySpace:
 
     def approval_key(self, approval_id: str) -> str:
         return f"{self.ns}:approval:{approval_id}"
+
+    @property
+    def rules_lock_key(self) -> str:
+        return f"{self.ns}:rules-lock"
+
+    def audience_send_key(self, send_id: str) -> str:
+        return f"{self.ns}:audience-send:{send_id}"

@@ -5,6 +5,10 @@ out sessions, and adjustments waiting for a second operator (`approval:<id>`, ki
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -25,7 +29,45 @@ return {1, ARGV[1]}
 """
 
 
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# Deletes a binding only while it still names this member (a plate's hash or an id's string).
+_UNBIND = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+local owner = false
+if t == 'hash' then owner = redis.call('HGET', KEYS[1], 'member_id') elseif t == 'string' then
+  owner = redis.call('GET', KEYS[1]) end
+if owner ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
 class OperatorStore(StoreBase):
+    async def unbind(self, key: str, member_id: str) -> bool:
+        """Removes `<ns>:<key>` (a plate, an external id, a referral phone) if it is bound
+        to `member_id`; False if it is not (another member's, or none)."""
+        return bool(await self.redis.eval(_UNBIND, 1, f"{self.ns}:{key}", member_id))
+
+    @asynccontextmanager
+    async def rules_lock(self, hold_s: int = 30, wait_s: float = 15.0) -> AsyncIterator[None]:
+        """One rules publish at a time in the group (its number is the last one's + 1)."""
+        token, key = secrets.token_hex(8), self.rules_lock_key
+        for _ in range(int(wait_s / 0.05)):
+            if await self.redis.set(key, token, nx=True, ex=hold_s):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError(f"another rules publish holds {key}; try again")
+        try:
+            yield
+        finally:
+            await self.redis.eval(_UNLOCK, 1, key, token)
+
     async def operator(self, login: str) -> Operator | None:
         raw = await self.redis.get(self.operator_key(login))
         return None if raw is None else Operator.from_json(raw)

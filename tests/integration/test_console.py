@@ -107,7 +107,8 @@ ROLE_LOGINS = {"group_admin": "admin-wang", "bu_operator": "bu-zhao", "merchant_
 
 def concrete(route: str) -> str:
     return (route.replace("{member_id}", "m-nobody").replace("{game}", "g").replace("{event_id}", "e-1")
-            .replace("{approval_id}", "a-none").replace("{login}", "nobody"))
+            .replace("{approval_id}", "a-none").replace("{login}", "nobody").replace("{send_id}", "s-none")
+            .replace("{hold_id}", "h-none").replace("{coupon_id}", "c-none"))
 
 
 def test_every_admin_route_refuses_what_each_role_may_not_do(cw: WorkerProcess) -> None:
@@ -241,6 +242,9 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
                       "external_ids": [{"kind": "phone", "id": phone}]})
     pay(cw, m, "sh-mall", "sh-mall-shop-01", 25_000)
     cw.wait_until(lambda: available(cw, m) > 100, timeout=60, what="the member's points")
+    hold = orjson.dumps({"member_id": m, "points": 30, "ttl_seconds": 3600})
+    hold_id = f"h-{uuid.uuid4().hex[:8]}"
+    assert cw.post("/v1/holds", hold, cw.pos_headers(hold, **{"Idempotency-Key": hold_id}))[0] == 201
     cw.wait_caught_up()  # both applied, and the phone's binding in ClickHouse (the member page lists it)
     start = available(cw, m)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -249,6 +253,7 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         cs = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        cs.on("dialog", lambda d: d.accept())  # the page asks before each member action
         cs.goto(f"{cw.base_url}/console")
         cs.wait_for_selector("body[data-ready='1']")
         cs.fill("#login", "cs-li")
@@ -299,6 +304,31 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
         checker.wait_for_selector("#approvals td.approved")  # the list asked again after the decision
         checker.screenshot(path=str(SHOTS / "console-approvals.png"), full_page=True)
         cw.wait_until(lambda: available(cw, m) == start + 20_050, timeout=30, what="the approved adjustment")
+        # The other member actions: cancel a hold, override the tier, re-send a coupon, unbind.
+        cs.click("#nav button[data-tab='members']")
+        cs.click("#search-go")
+        cs.wait_for_selector(f"#member[data-member='{m}'] button.cancel-hold[data-id='{hold_id}']")
+        cs.click(f"button.cancel-hold[data-id='{hold_id}']")
+        cs.wait_for_selector(f"#m-available[data-value='{start + 20_080}']")
+        cs.select_option("#tier-select", "gold")
+        cs.fill("#tier-until", "2027-06-30")
+        cs.click("#tier-go")
+        cs.wait_for_selector("#action-status.ok:text('Tier gold')")
+        assert cw.get(f"/v1/members/{m}")[1]["tier"] == "gold", cs.inner_text("#action-status")
+        cs.click("#m-coupons button.resend")
+        cs.wait_for_selector("#action-status.ok:text('sent again')")
+        cw.wait_caught_up()  # the ledger rows of the adjustments in ClickHouse
+        with cs.expect_download() as got:
+            cs.click("#export-go")
+        exported = orjson.loads(Path(got.value.path()).read_bytes())
+        assert exported["member_id"] == m and exported["exported_by"] == "cs-li"
+        assert sorted(r["points"] for r in exported["ledger"] if r["kind"] == "adjustment") == [50, 20_000]
+        assert any(b["key"].startswith("id:phone:") for b in exported["bindings"]) and exported["coupons"]
+        assert phone.encode() not in Path(got.value.path()).read_bytes(), "phones only as pseudonyms"
+        cs.click("#m-bindings button.unbind")
+        cs.wait_for_selector("#action-status:text('unbound'), #action-status.error")
+        assert "error" not in (cs.get_attribute("#action-status", "class") or ""), cs.inner_text("#action-status")
+        assert cw.get(f"/v1/admin/members/search?kind=phone&q={phone}")[1]["members"] == []
         # The auditor reads the trail: who, before and after.
         cw.wait_caught_up()
         aud = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
@@ -321,6 +351,11 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
     adjust = next(r for r in rows if r["action"] == "member.adjust")
     assert adjust["operator"] == "cs-li" and adjust["role"] == "customer_service"
     assert adjust["before"] == {"available": start} and adjust["after"]["available"] == start + 50
+    assert {"member.hold-cancel", "member.tier-override", "member.coupon-resend", "member.unbind",
+            "member.export"} <= {
+        r["action"] for r in rows}
+    tier = next(r for r in rows if r["action"] == "member.tier-override")
+    assert tier["before"]["tier"] != "gold" and tier["after"]["tier"] == "gold"
     approved = next(r for r in rows if r["action"] == "member.adjust.approved")
     assert approved["operator"] == "cs-zhou" and approved["after"]["available"] == start + 20_050
     status, ledger = cw.get(f"/v1/members/{m}/ledger")
@@ -356,3 +391,166 @@ def test_cli_operators_and_audit(cw: WorkerProcess) -> None:
     assert "another password here" not in trail.stdout
     assert loyalty("audit", "--from", "2026-13-01").returncode != 0
     assert len(loyalty("operators", "session-key").stdout.strip()) == 44
+
+
+def test_rules_checked_previewed_published_to_every_worker_and_rolled_back(
+        worker_factory: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_rules_in_motion import RULES, pay, write_rules
+
+    rules_file = write_rules(tmp_path / "rules.toml", "motion-1", rate=1)
+    w1: WorkerProcess = worker_factory("rules", LOYALTY_RULES=str(rules_file))
+    w1.start()
+    # The others apply payments but leave the ledger to w1 (one embedded ClickHouse holds the trail).
+    accrual_only = {**w1.extra_env, "LOYALTY_ROLES": "accrual,notifier,parking"}
+    second = WorkerProcess(run_id=w1.run_id, data_dir=tmp_path / "second", callback_secret=w1.callback_secret,
+                           admin_token=w1.admin_token, extra_env=accrual_only)
+    second.start()
+    workers = [w1, second]
+    try:
+        add_operator(w1, "admin-rules", "group_admin")
+        add_operator(w1, "bu-rules", "bu_operator", bu="mall")
+        m = f"r-{uuid.uuid4().hex[:8]}"
+        assert w1.send_callback(pay(m, 10_000))[0] == 202
+        w1.wait_until(lambda: available(w1, m) == 150, timeout=60, what="the first payment (rate 1 + flash 50)")
+        for w in workers:
+            w.wait_caught_up()
+        bu = Console(w1)
+        assert bu.login("bu-rules")[0] == 200
+        status, body, _ = bu.call("POST", "/v1/admin/rules/publish", {"rules": RULES, "why": "mine"})
+        assert status == 403 and "may not" in body["error"]
+        good = RULES.replace("VERSION", "motion-2").replace("RATE", "2")
+        bad_lines = good.splitlines()
+        bad_at = next(i for i, line in enumerate(bad_lines, 1) if line.startswith("per_fen"))
+        bad_lines[bad_at - 1] = 'per_fen = "one hundred"'
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{w1.base_url}/console")
+            page.fill("#login", "admin-rules")
+            page.fill("#password", PASSWORD)
+            page.click("#sign-in")
+            page.wait_for_selector("body[data-role='group_admin']")
+            page.click("#nav button[data-tab='rules']")
+            page.wait_for_selector("#rules-current[data-number='1']")
+            assert "motion-1" in page.input_value("#rules-text")
+            # An error is shown at its line and field.
+            page.fill("#rules-text", "\n".join(bad_lines))
+            page.click("#rules-check")
+            page.wait_for_selector("#rules-status.error")
+            assert page.get_attribute("#rules-status", "data-line") == str(bad_at)
+            assert "per_fen" in (page.get_attribute("#rules-status", "data-field") or "")
+            # A valid edit's preview over the known history: 150 points now, 250 with rate 2.
+            page.fill("#rules-text", good)
+            page.fill("#rp-from", "2026-11-23")
+            page.fill("#rp-to", "2026-11-23")
+            page.click("#rules-check")
+            page.wait_for_selector("#rules-preview tbody tr[data-bu='mall']")
+            row = "#rules-preview tbody tr[data-bu='mall']"
+            assert (page.get_attribute(row, "data-live"), page.get_attribute(row, "data-candidate")) == ("150", "250")
+            assert page.get_attribute("#rules-affected", "data-affected") == "1"
+            page.fill("#rules-why", "double points in the mall for December")
+            page.click("#rules-publish")
+            page.wait_for_selector("#rules-current[data-number='2']")
+            page.screenshot(path=str(SHOTS / "console-rules.png"), full_page=True)
+            for w in workers:  # every running worker applies the new version
+                w.wait_until(lambda w=w: w.get("/healthz")[1]["rules_version"] == "motion-2", timeout=30,
+                             what="motion-2 in force")
+            assert w1.send_callback(pay(m, 10_000))[0] == 202
+            w1.wait_until(lambda: available(w1, m) == 150 + 250, timeout=60, what="the payment under rate 2")
+            # Roll back to version 1: a new version (#3) with its text.
+            page.click("button.rollback[data-number='1']")
+            page.wait_for_selector("#rules-current[data-number='3']")
+            browser.close()
+        for w in workers:
+            w.wait_until(lambda w=w: w.get("/healthz")[1]["rules_version"] == "motion-1", timeout=30,
+                         what="motion-1 in force again")
+        assert w1.send_callback(pay(m, 10_000))[0] == 202
+        w1.wait_until(lambda: available(w1, m) == 150 + 250 + 150, timeout=60, what="the payment under rate 1")
+        # A worker started later applies the version in force, whatever its file says.
+        second.stop()
+        write_rules(rules_file, "motion-file", rate=7)
+        later = WorkerProcess(run_id=w1.run_id, data_dir=tmp_path / "later", callback_secret=w1.callback_secret,
+                              admin_token=w1.admin_token, extra_env=accrual_only)
+        workers.append(later)
+        later.start()
+        assert later.get("/healthz")[1]["rules_version"] == "motion-1"
+        status, rules = w1.get("/v1/admin/rules")
+        assert [v["number"] for v in rules["versions"]] == [3, 2, 1]
+        assert rules["versions"][0]["source"] == "rollback to #1" and rules["current"]["number"] == 3
+        w1.wait_caught_up()
+        actions = [r["action"] for r in audit_rows(w1, operator="admin-rules")]
+        assert "rules.publish" in actions and "rules.rollback" in actions
+    finally:
+        for w in workers[1:]:
+            w.stop()
+            w.cleanup()
+
+
+def test_audience_send_issues_exactly_once_with_a_worker_killed_during_it(worker_factory: Any) -> None:
+    w: WorkerProcess = worker_factory("audience", LOYALTY_AUDIENCE_SEND_RATE="250")
+    w.start()
+    members = [f"au-{i:04d}" for i in range(1_000)]
+    token = {"Authorization": f"Bearer {w.admin_token}"}
+
+    async def register_all() -> None:
+        bodies = [orjson.dumps({"event_id": f"reg-{m}", "type": "register", "occurred_at": now_iso(), "member_id": m,
+                                "tags": ["vip"] if i % 2 else []}) for i, m in enumerate(members)]
+        from devtools.workers import post_signed_many
+
+        got = await post_signed_many(w, [("/v1/callbacks/member", orjson.loads(b), f"k{i}")
+                                         for i, b in enumerate(bodies)], partner=True)
+        assert {s for s, _ in got} == {202}
+
+    import asyncio
+
+    asyncio.run(register_all())
+    w.wait_until(lambda: w.metrics()["events_applied_total"] >= len(members), timeout=120, what="registrations")
+    w.wait_caught_up()  # their states in ClickHouse (an audience is evaluated there)
+    status, preview = w.post("/v1/admin/audiences/preview", orjson.dumps({"audience": {"tags": ["vip"]}}), token)
+    assert status == 200 and preview["count"] == 500 and all(m in members[1::2] for m in preview["sample"])
+    status, bad = w.post("/v1/admin/audiences/preview", orjson.dumps({"audience": {"tiers": "gold"}}), token)
+    assert status == 400 and bad["field"] == "audience.tiers"
+    send = {"send_id": "xmas-1", "template": "pct-10", "audience": {}}
+    status, started = w.post("/v1/admin/audiences/send", orjson.dumps(send), token)
+    assert status == 202 and started["total"] == len(members), started
+    # SIGKILL while the send is half way (250 members a second: about 4 s in all).
+    w.wait_until(lambda: 200 <= w.get("/v1/admin/audiences/sends/xmas-1")[1]["done"] < len(members), timeout=30,
+                 what="the send half way")
+    w.kill()
+    w.start()
+    status, again = w.post("/v1/admin/audiences/send", orjson.dumps(send), token)
+    assert status == 200 and again["send_id"] == "xmas-1", "a retry of the send answers it as it stands"
+    w.wait_until(lambda: w.get("/v1/admin/audiences/sends/xmas-1")[1]["status"] == "sent", timeout=120,
+                 what="the send taken up again by the leader and finished")
+    w.wait_caught_up()
+    progress = w.get("/v1/admin/audiences/sends/xmas-1")[1]
+    assert (progress["issued"], progress["issued_members"]) == (len(members), len(members)), progress
+    for m in members[::97]:
+        wallet = w.get(f"/v1/members/{m}/coupons")[1]["coupons"]
+        assert [c["trigger"] for c in wallet].count("audience:xmas-1") == 1, (m, wallet)
+    assert w.metrics()["audience_grants_sent_total"] >= 1
+    # The console's audience tab counts the same audience.
+    from playwright.sync_api import sync_playwright
+
+    add_operator(w, "admin-aud", "group_admin")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 700})
+        page.goto(f"{w.base_url}/console")
+        page.fill("#login", "admin-aud")
+        page.fill("#password", PASSWORD)
+        page.click("#sign-in")
+        page.wait_for_selector("body[data-role='group_admin']")
+        page.click("#nav button[data-tab='audiences']")
+        page.fill("#aud-tags", "vip")
+        page.click("#aud-preview")
+        page.wait_for_selector("#aud-status[data-count='500']")
+        page.select_option("#send-template", "hotel-coffee")
+        page.click("#send-go")
+        page.wait_for_selector("#send-status.ok", timeout=60_000)
+        page.screenshot(path=str(SHOTS / "console-audiences.png"), full_page=True)
+        browser.close()

@@ -54,13 +54,20 @@ BODIES = st.one_of(
 POSTS = ["/v1/callbacks/payment", "/v1/callbacks/member", "/v1/callbacks/parking", "/v1/redemptions",
          "/v1/holds", "/v1/coupons/redeem", f"/v1/members/{MEMBER}/plates", "/v1/holds/h-1/release",
          "/v1/redemptions/r-1/reverse", "/v1/callbacks/wechatpay", "/v1/callbacks/alipay",
-         f"/v1/admin/members/{MEMBER}/tier", "/v1/admin/rules/simulate", "/v1/admin/segments/refresh"]
+         f"/v1/admin/members/{MEMBER}/tier", "/v1/admin/rules/simulate", "/v1/admin/segments/refresh",
+         "/v1/console/login", f"/v1/admin/members/{MEMBER}/unbind", f"/v1/admin/members/{MEMBER}/holds/h-1/cancel",
+         f"/v1/admin/members/{MEMBER}/coupons/c-1/resend", f"/v1/admin/members/{MEMBER}/export",
+         f"/v1/admin/members/{MEMBER}/adjustments", "/v1/admin/approvals/a-1/approve", "/v1/admin/rules/check",
+         "/v1/admin/audiences/preview", "/v1/admin/operators", "/v1/admin/operators/nobody/reset-password"]
 GETS = ["/v1/members/{id}", "/v1/members/{id}/coupons", "/v1/members/{id}/ledger", "/v1/parking/quote",
-        "/v1/parking/sessions", "/v1/admin/kpis", "/v1/admin/settlement/statement", "/v1/admin/liability"]
+        "/v1/parking/sessions", "/v1/admin/kpis", "/v1/admin/settlement/statement", "/v1/admin/liability",
+        "/v1/admin/audit", "/v1/admin/members/search", "/v1/admin/rules", "/v1/admin/approvals",
+        "/v1/admin/members/{id}/overview", "/v1/admin/audiences/sends/{id}"]
 SEGMENT = st.one_of(st.text(max_size=70), st.just("x" * 65), st.just("a{b}"), st.just("../../etc"),
                     st.just(MEMBER))
 QUERY = st.dictionaries(st.sampled_from(["from", "to", "limit", "offset", "plate", "car_park", "date", "bu",
-                                         "format", "active_days"]), st.text(max_size=30), max_size=3)
+                                         "format", "active_days", "q", "kind", "operator", "member", "action"]),
+                        st.text(max_size=30), max_size=3)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,211 @@
+"""Coupons to an audience (docs/back-office.md): a definition over what the engine knows
+(tier, tags and computed tags, RFM segment, business unit visited, last payment), its count
+and a sample, and a send of one coupon template to every member of it.
+
+A send is a record in Redis (`audience-send:<id>`: template, audience, members, progress)
+and a `coupon_grant` member event per member (event id `grant-<send>-<member>`), applied in
+order with the member's events: a member gets the coupon once per send, whatever is sent
+twice. The sending runs in the background, LOYALTY_AUDIENCE_SEND_RATE members a second,
+saving its progress after each page; a send whose worker died (no progress for 30 s) is
+taken up again by the leader's timer from its last page.
+
+POST /v1/admin/audiences/preview     {"audience": {...}}: count and a sample
+POST /v1/admin/audiences/send        {"send_id", "template", "audience"}: 202, in the background
+GET  /v1/admin/audiences/sends/{id}  progress, and the coupons issued so far
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import orjson
+from faust.web import Request, Response, View
+
+from streams.app import app, member_events_topic, runtime
+from streams.http.common import Refused, error_response, json_response
+from streams.http.console import json_body, operator_of
+from streams.inputs import is_valid_id
+from streams.metrics import counters
+
+log = logging.getLogger(__name__)
+
+SEND_KEEP_S = 30 * 86_400
+STALE_MS = 30_000
+PAGE = 200
+FIELDS = {"tiers", "tags", "segments", "bu", "paid_within_days"}
+#: Sends this process is running now (the resume timer leaves them alone), and their tasks.
+_running: set[str] = set()
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def start_send(send_id: str) -> None:
+    task = asyncio.ensure_future(_guarded(send_id))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _guarded(send_id: str) -> None:
+    try:
+        await run_send(send_id)
+    except Exception:  # Kafka or Redis gone meanwhile: the leader's timer takes it up again
+        log.exception("audience send %s stopped; it is taken up again once it has made no progress for 30 s",
+                      send_id)
+
+
+def audience_of(raw: object) -> dict[str, Any]:
+    """A checked audience definition (Refused 400 naming the field otherwise)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict) or set(raw) - FIELDS:
+        raise Refused(400, f"audience: an object with {', '.join(sorted(FIELDS))}", "audience")
+    out: dict[str, Any] = {}
+    for name in ("tiers", "tags", "segments"):
+        v = raw.get(name) or []
+        if not isinstance(v, list) or len(v) > 50 or not all(isinstance(x, str) and is_valid_id(x) for x in v):
+            raise Refused(400, f"audience.{name}: a list of ids", f"audience.{name}")
+        out[name] = v
+    bu = raw.get("bu") or ""
+    if not isinstance(bu, str) or (bu and not is_valid_id(bu)):
+        raise Refused(400, "audience.bu: a business unit id", "audience.bu")
+    days = raw.get("paid_within_days") or 0
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 3650:
+        raise Refused(400, "audience.paid_within_days: 0-3650", "audience.paid_within_days")
+    out["bu"], out["paid_within_days"] = bu, days
+    return out
+
+
+async def members_of(audience: dict[str, Any]) -> list[str]:
+    rt = await runtime.started()
+    if audience["bu"] and audience["bu"] not in {b for b, _ in rt.rules.business_units}:
+        raise Refused(400, f"audience.bu: unknown business unit {audience['bu']!r}", "audience.bu")
+    since = int((time.time() - audience["paid_within_days"] * 86_400) * 1000) if audience["paid_within_days"] else 0
+    rows = await rt.ledger.query("audience_members", {
+        "tiers": audience["tiers"], "tags": audience["tags"], "segments": audience["segments"], "bu": audience["bu"],
+        "paid_since_ms": since, "default_tier": rt.rules.default_tier})
+    return [r["member_id"] for r in rows]
+
+
+MAX_MEMBERS = 500_000
+
+
+def _key(send_id: str) -> str:
+    return runtime.balances.audience_send_key(send_id)
+
+
+async def _load(send_id: str) -> dict[str, Any] | None:
+    raw = await runtime.balances.redis.get(_key(send_id))
+    return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+
+async def _save(send: dict[str, Any]) -> None:
+    await runtime.balances.redis.set(_key(send["send_id"]), orjson.dumps(send), ex=SEND_KEEP_S)
+
+
+async def run_send(send_id: str) -> None:
+    """Sends the grants of a send from its saved progress to the end (page by page)."""
+    if send_id in _running:
+        return
+    _running.add(send_id)
+    try:
+        send = await _load(send_id)
+        if send is None or send["status"] != "sending":
+            return
+        rate = max(1, runtime.settings.audience_send_rate)
+        members: list[str] = send["members"]
+        while send["done"] < len(members):
+            page = members[send["done"]:send["done"] + PAGE]
+            t0 = time.monotonic()
+            now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            futs = [await member_events_topic.send(key=m.encode(), force=True, value=orjson.dumps({
+                "event_id": f"grant-{send_id}-{m}", "type": "coupon_grant", "member_id": m, "occurred_at": now,
+                "template": send["template"], "send_id": send_id})) for m in page]
+            await asyncio.gather(*futs)
+            send["done"] += len(page)
+            send["beat_ms"] = int(time.time() * 1000)
+            await _save(send)
+            counters["audience_grants_sent_total"] += len(page)
+            await asyncio.sleep(max(0.0, len(page) / rate - (time.monotonic() - t0)))
+        send["status"], send["finished_at_ms"] = "sent", int(time.time() * 1000)
+        await _save(send)
+        log.info("audience send %s: %d grants of %s sent", send_id, len(members), send["template"])
+    finally:
+        _running.discard(send_id)
+
+
+@app.timer(interval=5.0, on_leader=True)
+async def resume_audience_sends() -> None:
+    """Sends left unfinished by a worker that died (no progress for 30 s), taken up again."""
+    try:
+        rt = await runtime.started()
+        now_ms = int(time.time() * 1000)
+        async for key in rt.balances.redis.scan_iter(match=_key("*"), count=500):
+            send = await _load((key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
+            if send and send["status"] == "sending" and send["send_id"] not in _running \
+                    and now_ms - send["beat_ms"] > STALE_MS:
+                log.warning("audience send %s stalled at %d of %d: taken up again", send["send_id"], send["done"],
+                            len(send["members"]))
+                send["beat_ms"] = now_ms
+                await _save(send)
+                start_send(send["send_id"])
+    except Exception:  # a timer that raises stops the worker: log, try again next round
+        log.exception("resuming audience sends failed; the next round tries again")
+
+
+@app.page("/v1/admin/audiences/preview")
+class AudiencePreview(View):
+    async def post(self, request: Request) -> Response:
+        body = await json_body(request)
+        audience = audience_of(body.get("audience"))
+        members = await members_of(audience)
+        return json_response(self, {"audience": audience, "count": len(members), "sample": members[:20],
+                                    "templates": runtime.rules.coupon_templates})
+
+
+@app.page("/v1/admin/audiences/send")
+class AudienceSend(View):
+    async def post(self, request: Request) -> Response:
+        body = await json_body(request)
+        send_id, template = body.get("send_id"), body.get("template")
+        if not isinstance(send_id, str) or not is_valid_id(send_id) or len(send_id) > 32:
+            return error_response(self, 400, "send_id: an id of 1-32 characters (a retry reuses it)", "send_id")
+        rt = await runtime.started()
+        if template not in rt.rules.coupon_templates:
+            return error_response(self, 400, f"template: one of {rt.rules.coupon_templates}", "template")
+        audience = audience_of(body.get("audience"))
+        existing = await _load(send_id)
+        if existing is not None:  # a retry: answered as it stands
+            return json_response(self, _public(existing), 200)
+        members = await members_of(audience)
+        if len(members) > MAX_MEMBERS:
+            return error_response(self, 400, f"audience: {len(members):,} members; at most {MAX_MEMBERS:,} a send "
+                                  "(narrow it, or send in parts)", "audience")
+        op = operator_of(request)
+        send = {"send_id": send_id, "template": template, "audience": audience, "members": members, "done": 0,
+                "status": "sending", "by": op.login, "started_at_ms": int(time.time() * 1000),
+                "beat_ms": int(time.time() * 1000)}
+        if not await rt.balances.redis.set(_key(send_id), orjson.dumps(send), nx=True, ex=SEND_KEEP_S):
+            return json_response(self, _public(await _load(send_id) or send), 200)
+        start_send(send_id)
+        request["audit"] = {"action": "audience.send", "target": send_id, "before": None,
+                            "after": {"template": template, "audience": audience, "members": len(members)}}
+        return json_response(self, _public(send), 202)
+
+
+def _public(send: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in send.items() if k != "members"} | {"total": len(send["members"])}
+
+
+@app.page("/v1/admin/audiences/sends/{send_id}")
+class AudienceSendStatus(View):
+    async def get(self, request: Request, send_id: str) -> Response:
+        send = await _load(send_id) if is_valid_id(send_id) else None
+        if send is None:
+            return error_response(self, 404, f"no audience send {send_id}", "send_id")
+        rt = await runtime.started()
+        issued = await rt.ledger.query("audience_issued", {"trigger": f"audience:{send_id}"})
+        return json_response(self, {**_public(send), "issued": int(issued[0]["issued"]),
+                                    "issued_members": int(issued[0]["members"])})

@@ -303,11 +303,20 @@ class WorkerProcess:
         """Until this worker has processed (and committed) everything on every partition it
         consumes: then whatever was sent before has had its effect, or never will. A
         negative check waits for this instead of sleeping a while."""
+        since: list[float] = []
+
         def caught_up() -> bool:
             m = self.metrics()
             lag = {k: v for k, v in m.items() if k.startswith("consumer_lag{")}
             # A batch's ledger rows are sent after its offsets are committed: wait for them too.
-            return bool(lag) and all(v == 0 for v in lag.values()) and not m.get("accrual_sends_in_flight", 0)
+            now_ok = bool(lag) and all(v == 0 for v in lag.values()) and not m.get("accrual_sends_in_flight", 0)
+            if not now_ok:
+                since.clear()
+                return False
+            since[:] = since or [time.monotonic()]
+            # A consumer learns a partition's high-water mark from its fetches (every 0.5 s at
+            # most when idle): lag 0 must hold across one to count.
+            return time.monotonic() - since[0] >= 0.6
         self.wait_until(caught_up, timeout, "every consumed partition caught up (lag 0, no ledger sends in flight)")
 
     def wait_until(self, predicate: Any, timeout: float = 120.0, what: str = "condition") -> None:

@@ -6,10 +6,13 @@ GET  /v1/admin/rules             the version in force (with its text) and the hi
 POST /v1/admin/rules/check       {"rules": toml, "from"?: iso, "to"?: iso}: errors, or the preview
 POST /v1/admin/rules/publish     {"rules": toml, "why": text}: the next version, for every worker
 POST /v1/admin/rules/rollback    {"number": n, "why": text}: version n's text as the next version
+GET  /v1/admin/merchants         the merchants and their contracts in force
+POST /v1/admin/merchants         {"merchant": {...}, "why": text}: added or edited, as the next version
 """
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
 import orjson
@@ -22,6 +25,7 @@ from streams.http.admin import backtest
 from streams.http.common import error_response, json_response
 from streams.http.console import operator_of
 from streams.inputs import BadInput, instant_in
+from streams.rules_scope import changes_outside, merchants_of, with_merchant
 from streams.rules_store import Published, read_history
 
 MAX_RULES_BYTES = 512 * 1024
@@ -90,6 +94,15 @@ class RulesCheck(View):
 async def _publish(view: View, request: Request, text: str, why: str, source: str, action: str) -> Response:
     op = operator_of(request)
     before = runtime.rules_published
+    if op.role == "bu_operator":  # their BU's own entries only (streams/rules_scope.py)
+        try:
+            outside = changes_outside(before.text if before else "", text, op.bu)
+        except tomllib.TOMLDecodeError:
+            outside = []  # the checker below names the line
+        if outside:
+            return error_response(view, 403, f"a BU operator of {op.bu} changes only {op.bu}'s own entries; "
+                                  f"these need a group admin: {', '.join(outside[:10])}", "rules",
+                                  outside=outside)
     try:
         entry: Published = await runtime.publish_rules(text, op.login, why, source)
     except core_ext.RulesError as exc:
@@ -128,3 +141,35 @@ class RulesRollback(View):
         if old is None:
             return error_response(self, 404, f"no rules version #{number}", "number")
         return await _publish(self, request, old.text, why, f"rollback to #{number}", "rules.rollback")
+
+
+@app.page("/v1/admin/merchants")
+class Merchants(View):
+    """Merchants and their contracts (rate, commission, minimum, payment limit) as data:
+    an edit is the rules text with that merchant's entry added or replaced, published as the
+    next version like any rules change (checked, scoped, audited, rolled back the same way)."""
+
+    async def get(self, request: Request) -> Response:
+        current = runtime.rules_published
+        op = operator_of(request)
+        rows = merchants_of(current.text) if current else []
+        if op.role == "bu_operator":
+            rows = [m for m in rows if m["bu"] == op.bu]
+        return json_response(self, {"number": current.number if current else None, "merchants": rows})
+
+    async def post(self, request: Request) -> Response:
+        try:
+            body = await _body(request)
+            why, merchant = _why(body), body.get("merchant")
+            if not isinstance(merchant, dict):
+                raise BadInput("merchant: an object with id, bu, category and the contract's fields")
+        except BadInput as exc:
+            return error_response(self, 400, str(exc), "why" if "why" in str(exc) else "merchant")
+        current = runtime.rules_published
+        if current is None:
+            return error_response(self, 503, "no rules version in force yet")
+        try:
+            text = with_merchant(current.text, merchant)
+        except ValueError as exc:
+            return error_response(self, 400, str(exc), "merchant")
+        return await _publish(self, request, text, why, f"merchant {merchant.get('id')}", "merchants.edit")

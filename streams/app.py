@@ -36,7 +36,7 @@ from streams.gateways.wechatpay import WeChatPayKeys
 from streams.kafka_topics import RETENTION_DAYS
 from streams.messages import dead_letter_record, ledger_messages, readable_event_id
 from streams.retry import retrying
-from streams.rules_store import Published, end_offset, follow, publish, read_history
+from streams.rules_store import Published, follow, publish, read_history
 from streams.settings import Settings
 from streams.sinks.ledger import LedgerStore
 from streams.state import BalanceStore
@@ -189,13 +189,14 @@ class Runtime:
         an empty topic gets LOYALTY_RULES as version 1 (its only use once published)."""
         history = await read_history(self.settings)
         current = history.current
+        # Following goes on from where this read ended (a seed of ours is read back there).
+        self.rules_offset = history.end
         if current is None:
             path = self.settings.rules_path
             current = Published(1, path.read_text(encoding="utf-8"), self.rules.version, "loyalty worker",
                                 int(time.time() * 1000), f"seeded from {path}", "file")
             await publish(self.settings, current)
         self.apply_published(current)
-        self.rules_offset = await end_offset(self.settings)
 
     def apply_published(self, entry: Published) -> bool:
         """Makes a published version the one this worker applies (a newer one only); the

@@ -60,6 +60,8 @@ class Published:
 class History:
     current: Published | None
     versions: dict[int, Published]
+    #: The offset the topic was read to (following it goes on from there).
+    end: int = 0
 
 
 async def _ensure_topic(settings: Settings) -> None:
@@ -91,7 +93,7 @@ async def read_history(settings: Settings, timeout_s: float = 30.0) -> History:
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = history.end = (await consumer.end_offsets([tp]))[tp]
         deadline = time.monotonic() + timeout_s
         while await consumer.position(tp) < end:
             if time.monotonic() > deadline:
@@ -156,13 +158,3 @@ async def follow(settings: Settings, start_offset: int, apply: Callable[[Publish
             await asyncio.sleep(1.0)
         finally:
             await consumer.stop()
-
-
-async def end_offset(settings: Settings) -> int:
-    tp = TopicPartition(settings.rules_topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        return int((await consumer.end_offsets([tp]))[tp])
-    finally:
-        await consumer.stop()

@@ -297,10 +297,8 @@ fn grant(
     if state.coupons.iter().any(|c| c.trigger == trigger) {
         return None;
     }
-    if let Some(limit) = tpl.per_member_limit {
-        if state.coupons.iter().filter(|c| c.template == tpl.id).count() as i64 >= limit {
-            return None;
-        }
+    if at_member_limit(tpl, state) {
+        return None;
     }
     let stock = stock_budget_id(&tpl.id);
     if let Some(limit) = tpl.stock {
@@ -309,15 +307,20 @@ fn grant(
         }
         *budget_spent.entry(stock).or_insert(0) += 1;
     }
+    Some(put_coupon(state, tpl, coupon_id(h.event_id, &trigger), trigger, h.at_ms))
+}
+
+/// A new active coupon of `tpl` in the member's wallet, valid as the template says.
+fn put_coupon(state: &mut MemberState, tpl: &CouponTemplate, id: String, trigger: String, at_ms: i64) -> Coupon {
     let (valid_from_ms, valid_until_ms) = match tpl.validity {
-        Validity::Days(d) => (h.at_ms, h.at_ms + d * DAY_MS),
+        Validity::Days(d) => (at_ms, at_ms + d * DAY_MS),
         Validity::Fixed { from_ms, to_ms } => (from_ms, to_ms),
     };
     let c = Coupon {
-        id: coupon_id(h.event_id, &trigger),
+        id,
         template: tpl.id.clone(),
         trigger,
-        issued_at_ms: h.at_ms,
+        issued_at_ms: at_ms,
         valid_from_ms,
         valid_until_ms,
         status: "active".into(),
@@ -325,7 +328,13 @@ fn grant(
     };
     state.coupons.push(c.clone());
     prune(state);
-    Some(c)
+    c
+}
+
+/// Whether the member holds as many coupons of `tpl` as it allows one member.
+fn at_member_limit(tpl: &CouponTemplate, state: &MemberState) -> bool {
+    tpl.per_member_limit
+        .is_some_and(|limit| state.coupons.iter().filter(|c| c.template == tpl.id).count() as i64 >= limit)
 }
 
 /// Issues the trigger's coupon unless a cap, the member limit, the trigger's budget
@@ -345,10 +354,8 @@ fn issue(
             return None;
         }
     }
-    if let Some(limit) = tpl.per_member_limit {
-        if state.coupons.iter().filter(|c| c.template == tpl.id).count() as i64 >= limit {
-            return None;
-        }
+    if at_member_limit(tpl, state) {
+        return None;
     }
     let id = coupon_id(h.event_id, &t.id);
     if state.coupons.iter().any(|c| c.id == id) {
@@ -366,23 +373,7 @@ fn issue(
             *budget_spent.entry(bid).or_insert(0) += 1;
         }
     }
-    let (valid_from_ms, valid_until_ms) = match tpl.validity {
-        Validity::Days(d) => (h.at_ms, h.at_ms + d * DAY_MS),
-        Validity::Fixed { from_ms, to_ms } => (from_ms, to_ms),
-    };
-    let c = Coupon {
-        id,
-        template: tpl.id.clone(),
-        trigger: t.id.clone(),
-        issued_at_ms: h.at_ms,
-        valid_from_ms,
-        valid_until_ms,
-        status: "active".into(),
-        ..Coupon::default()
-    };
-    state.coupons.push(c.clone());
-    prune(state);
-    Some(c)
+    Some(put_coupon(state, tpl, id, t.id.clone(), h.at_ms))
 }
 
 /// The wallet keeps every active coupon and the 50 newest others.

@@ -337,7 +337,7 @@ class MemberAdjustment(View):
                                 "target": adjustment_id, "before": None, "after": pending}
             return json_response(self, {**pending, "applied": False}, 202 if pending["status"] == "pending" else 200)
         if points < 0 and not await rt.balances.event_record(member_id, f"adj:{adjustment_id}"):
-            available = await _available(member_id)
+            available = await available_points(member_id)
             if available < -points:
                 return error_response(self, 409, f"the member has {available} points available, the adjustment "
                                       f"takes {-points}", "points", available=available)
@@ -355,7 +355,7 @@ def adjustment_event(member_id: str, adjustment_id: str, points: object, reason:
                          "points": points, "reason": reason})
 
 
-async def _available(member_id: str) -> int:
+async def available_points(member_id: str) -> int:
     rt = await runtime.started()
     _seq, state, _balance = await rt.balances.member_state(member_id)
     return int(core_ext.member_view(rt.rules, state, int(time.time() * 1000))["available"])
@@ -364,12 +364,12 @@ async def _available(member_id: str) -> int:
 async def send_adjustment(member_id: str, adjustment_id: str, points: int, reason: str) -> tuple[bool, int, int]:
     """The adjustment as a member event, applied in order with the member's events
     (idempotent by its id): (applied within 10 s, points available before, after)."""
-    before = await _available(member_id)
+    before = await available_points(member_id)
     event = adjustment_event(member_id, adjustment_id, points, reason)
     fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
     await fut
     applied = await _wait_applied(member_id, f"adj:{adjustment_id}", timeout_s=10.0)
-    after = await _available(member_id)
+    after = await available_points(member_id)
     log.info("operator adjustment %s of %s: %+d points, reason %r (%s)", adjustment_id, member_id, points,
              reason, "applied" if applied else "queued")
     return applied, before, after

@@ -37,10 +37,10 @@ import core_ext
 from streams import operators as ops
 from streams.app import app, notifications_topic, record_binding, record_facts, runtime
 from streams.auth import pseudonym
-from streams.http.common import Refused, error_response, json_response, member_operation
+from streams.http.common import Refused, error_response, json_response
+from streams.http.members import release_hold
 from streams.inputs import PLATE, BadInput, date_in, is_valid_id
 from streams.metrics import counters
-from streams.transactions import Commit
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +361,18 @@ async def statement_in_scope(request: Request, bu: str, merchant: str) -> None:
         raise Refused(403, f"statements of {op.merchant} only (ask with merchant={op.merchant})", "merchant")
 
 
+async def member_data(request: Request, member_id: str) -> dict[str, Any]:
+    """The member's Redis data for a member page (400 bad id, 403 out of scope, 404 none)."""
+    if not is_valid_id(member_id):
+        raise Refused(400, "member_id: invalid", "member_id")
+    await member_in_scope(request, member_id)
+    rt = await runtime.started()
+    data = await rt.balances.member(member_id)
+    if data is None:
+        raise Refused(404, f"no member {member_id}", "member_id")
+    return data  # type: ignore[no-any-return]
+
+
 @app.page("/v1/admin/members/search")
 class MemberSearch(View):
     """?q=<text>&kind=member|phone|plate|wechat|alipay|unionpay|card: the member it names."""
@@ -402,13 +414,8 @@ class MemberOverview(View):
     bindings, the last movements with their explanations, approvals waiting."""
 
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: invalid", "member_id")
-        await member_in_scope(request, member_id)
         rt = await runtime.started()
-        data = await rt.balances.member(member_id)
-        if data is None:
-            return error_response(self, 404, f"no member {member_id}", "member_id")
+        data = await member_data(request, member_id)
         now_ms = int(time.time() * 1000)
         state = data.get("state")
         view = core_ext.member_view(rt.rules, state, now_ms)
@@ -460,6 +467,13 @@ async def _decide(view: View, request: Request, approval_id: str, approve: bool)
     await member_in_scope(request, pending["member_id"])
     if pending["requested_by"] == op.login:
         return error_response(view, 403, "a second operator must decide: you asked for this adjustment")
+    if approve and pending["status"] == "pending" and pending["points"] < 0:
+        from streams.http.admin import available_points
+
+        available = await available_points(pending["member_id"])
+        if available < -pending["points"]:  # left pending: the member may earn it back
+            return error_response(view, 409, f"the member has {available} points available, the adjustment "
+                                  f"takes {-pending['points']}", "points", available=available)
     decided = {**pending, "status": "approved" if approve else "rejected", "decided_by": op.login,
                "decided_at_ms": int(time.time() * 1000)}
     moved, stored = await rt.balances.decide_approval(approval_id, decided)
@@ -529,18 +543,10 @@ class CancelHold(View):
             return error_response(self, 400, "member_id / hold_id: invalid", "hold_id")
         await member_in_scope(request, member_id)
 
-        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
-            new_state, points = core_ext.release_hold(state, hold_id)
-            if new_state is None:
-                return error_response(self, 404, f"no hold {hold_id} of member {member_id} (used or released)",
-                                      "hold_id")
-
-            async def done() -> Response:
-                request["audit"] = {"action": "member.hold-cancel", "member_id": member_id, "target": hold_id,
-                                    "before": {"hold": hold_id, "points": points}, "after": {"released": points}}
-                return json_response(self, {"hold_id": hold_id, "status": "released", "points": points})
-            return Commit(new_state, done)
-        return await member_operation(self, member_id, decide)
+        def audited(points: int) -> None:
+            request["audit"] = {"action": "member.hold-cancel", "member_id": member_id, "target": hold_id,
+                                "before": {"hold": hold_id, "points": points}, "after": {"released": points}}
+        return await release_hold(self, member_id, hold_id, audited)
 
 
 @app.page("/v1/admin/members/{member_id}/coupons/{coupon_id}/resend")
@@ -584,13 +590,8 @@ class ExportMember(View):
     value and the audit rows about them. A POST, so the trail records who exported whom."""
 
     async def post(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: invalid", "member_id")
-        await member_in_scope(request, member_id)
         rt = await runtime.started()
-        data = await rt.balances.member(member_id)
-        if data is None:
-            return error_response(self, 404, f"no member {member_id}", "member_id")
+        data = await member_data(request, member_id)
         now_ms = int(time.time() * 1000)
         state = data.get("state")
         q = {"member_id": member_id}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from faust.web import Request, Response, View
@@ -268,17 +269,25 @@ class HoldRelease(View):
     async def post(self, request: Request, hold_id: str) -> Response:
         got = await signed_member_request(request, hold_id)
         _body, member_id = got
+        return await release_hold(self, member_id, hold_id)
 
-        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
-            new_state, points = core_ext.release_hold(state, hold_id)
-            if new_state is None:
-                return error_response(self, 404, f"no hold {hold_id} of member {member_id} (used or released)",
-                                      "hold_id")
 
-            async def done() -> Response:
-                return json_response(self, {"hold_id": hold_id, "status": "released", "points": points}, 200)
-            return Commit(new_state, done)
-        return await member_operation(self, member_id, decide)
+async def release_hold(view: View, member_id: str, hold_id: str,
+                       released: Callable[[int], None] | None = None) -> Response:
+    """A hold's points back to their lots (a till's release, an operator's cancel): 200 with
+    the points, or 404 if the member has no such hold (used or released already)."""
+    async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
+        new_state, points = core_ext.release_hold(state, hold_id)
+        if new_state is None:
+            return error_response(view, 404, f"no hold {hold_id} of member {member_id} (used or released)",
+                                  "hold_id")
+
+        async def done() -> Response:
+            if released is not None:
+                released(points)
+            return json_response(view, {"hold_id": hold_id, "status": "released", "points": points}, 200)
+        return Commit(new_state, done)
+    return await member_operation(view, member_id, decide)
 
 
 @app.page("/v1/redemptions/{redemption_id}/reverse")

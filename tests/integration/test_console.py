@@ -85,6 +85,23 @@ def audit_rows(w: WorkerProcess, **query: str) -> list[dict[str, Any]]:
     return w.get("/v1/admin/audit?" + urlencode(query))[1]["rows"]  # type: ignore[no-any-return]
 
 
+def signed_in(browser: Any, w: WorkerProcess, login: str, role: str, height: int = 900) -> Any:
+    """A new browser page of the console, signed in as `login` (whose role is `role`)."""
+    page = browser.new_context(viewport={"width": 1400, "height": height}).new_page()
+    page.goto(f"{w.base_url}/console")
+    page.fill("#login", login)
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_selector(f"body[data-role='{role}']")
+    return page
+
+
+def launch(p: Any) -> Any:
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
 @pytest.fixture(scope="module")
 def cw(services: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.integration.conftest import new_worker
@@ -249,9 +266,7 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
     start = available(cw, m)
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(p)
         cs = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         cs.on("dialog", lambda d: d.accept())  # the page asks before each member action
         cs.goto(f"{cw.base_url}/console")
@@ -292,12 +307,7 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
         cs.click("#nav button[data-tab='approvals']")
         cs.wait_for_selector(f"#approvals td:text('{approval_id}')")
         assert cs.locator(f"button.approve[data-id='{approval_id}']").count() == 0, "not by the one who asked"
-        checker = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        checker.goto(f"{cw.base_url}/console")
-        checker.fill("#login", "cs-zhou")
-        checker.fill("#password", PASSWORD)
-        checker.click("#sign-in")
-        checker.wait_for_selector("body[data-role='customer_service']")
+        checker = signed_in(browser, cw, "cs-zhou", "customer_service")
         checker.click("#nav button[data-tab='approvals']")
         checker.click(f"button.approve[data-id='{approval_id}']")
         checker.wait_for_selector("#approvals-status.ok")
@@ -331,12 +341,7 @@ def test_member_service_flow_in_a_real_browser(cw: WorkerProcess) -> None:
         assert cw.get(f"/v1/admin/members/search?kind=phone&q={phone}")[1]["members"] == []
         # The auditor reads the trail: who, before and after.
         cw.wait_caught_up()
-        aud = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        aud.goto(f"{cw.base_url}/console")
-        aud.fill("#login", "audit-sun")
-        aud.fill("#password", PASSWORD)
-        aud.click("#sign-in")
-        aud.wait_for_selector("body[data-role='auditor']")
+        aud = signed_in(browser, cw, "audit-sun", "auditor")
         aud.click("#nav button[data-tab='audit']")
         aud.fill("#au-member", m)
         aud.click("#au-go")
@@ -426,15 +431,8 @@ def test_rules_checked_previewed_published_to_every_worker_and_rolled_back(
         bad_at = next(i for i, line in enumerate(bad_lines, 1) if line.startswith("per_fen"))
         bad_lines[bad_at - 1] = 'per_fen = "one hundred"'
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{w1.base_url}/console")
-            page.fill("#login", "admin-rules")
-            page.fill("#password", PASSWORD)
-            page.click("#sign-in")
-            page.wait_for_selector("body[data-role='group_admin']")
+            browser = launch(p)
+            page = signed_in(browser, w1, "admin-rules", "group_admin", 1100)
             page.click("#nav button[data-tab='rules']")
             page.wait_for_selector("#rules-current[data-number='1']")
             assert "motion-1" in page.input_value("#rules-text")
@@ -507,13 +505,8 @@ def test_rules_checked_previewed_published_to_every_worker_and_rolled_back(
         listed = admin.call("GET", "/v1/admin/merchants")[1]["merchants"]
         assert next(x for x in listed if x["id"] == "s9")["commission_bp"] == 250
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 600})
-            page.goto(f"{w1.base_url}/console")
-            page.fill("#login", "admin-rules")
-            page.fill("#password", PASSWORD)
-            page.click("#sign-in")
-            page.wait_for_selector("body[data-role='group_admin']")
+            browser = launch(p)
+            page = signed_in(browser, w1, "admin-rules", "group_admin", 600)
             page.click("#nav button[data-tab='merchants']")
             page.click("#merchants tr[data-merchant='s9'] button.edit-merchant")
             assert page.input_value("#mf-commission") == "250"
@@ -588,13 +581,8 @@ def test_audience_send_issues_exactly_once_with_a_worker_killed_during_it(worker
 
     add_operator(w, "admin-aud", "group_admin")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 700})
-        page.goto(f"{w.base_url}/console")
-        page.fill("#login", "admin-aud")
-        page.fill("#password", PASSWORD)
-        page.click("#sign-in")
-        page.wait_for_selector("body[data-role='group_admin']")
+        browser = launch(p)
+        page = signed_in(browser, w, "admin-aud", "group_admin", 700)
         page.click("#nav button[data-tab='audiences']")
         page.fill("#aud-tags", "vip")
         page.click("#aud-preview")
@@ -604,3 +592,22 @@ def test_audience_send_issues_exactly_once_with_a_worker_killed_during_it(worker
         page.wait_for_selector("#send-status.ok", timeout=60_000)
         page.screenshot(path=str(SHOTS / "console-audiences.png"), full_page=True)
         browser.close()
+
+
+def test_an_approval_taking_more_than_available_is_refused_and_stays_pending(cw: WorkerProcess) -> None:
+    m = f"n-{uuid.uuid4().hex[:8]}"
+    member_event(cw, {"event_id": f"reg-{m}", "type": "register", "occurred_at": now_iso(), "member_id": m})
+    cw.wait_until(lambda: available(cw, m) >= 0, timeout=60, what="registered")
+    maker, checker = Console(cw), Console(cw)
+    assert maker.login("cs-li")[0] == 200 and checker.login("cs-zhou")[0] == 200
+    adj = {"adjustment_id": f"neg-{uuid.uuid4().hex[:8]}", "points": -20_000, "reason": "duplicate account clean-up"}
+    status, pending, _ = maker.call("POST", f"/v1/admin/members/{m}/adjustments", adj)
+    assert status == 202 and pending["status"] == "pending", pending
+    path = f"/v1/admin/approvals/{adj['adjustment_id']}"
+    status, body, _ = checker.call("POST", f"{path}/approve")
+    assert status == 409 and body["available"] == available(cw, m), body
+    listed = {a["approval_id"]: a for a in checker.call("GET", "/v1/admin/approvals")[1]["approvals"]}
+    assert listed[adj["adjustment_id"]]["status"] == "pending"
+    status, body, _ = checker.call("POST", f"{path}/reject")
+    assert status == 200 and body["status"] == "rejected" and body["decided_by"] == "cs-zhou"
+    assert checker.call("POST", f"{path}/approve")[1]["status"] == "rejected", "decided once"

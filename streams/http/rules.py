@@ -47,7 +47,7 @@ async def _body(request: Request) -> dict[str, Any]:
 def _why(body: dict[str, Any]) -> str:
     why = body.get("why")
     if not isinstance(why, str) or not 3 <= len(why.strip()) <= 200:
-        raise BadInput("why: 3-200 characters saying why (kept with the version)")
+        raise BadInput("why: 3-200 characters saying why (kept with the version)", "why")
     return why.strip()
 
 
@@ -121,9 +121,9 @@ class RulesPublish(View):
             body = await _body(request)
             text, why = body.get("rules"), _why(body)
             if not isinstance(text, str) or not text.strip():
-                raise BadInput("rules: the TOML text")
+                raise BadInput("rules: the TOML text", "rules")
         except BadInput as exc:
-            return error_response(self, 400, str(exc), "why" if "why" in str(exc) else "rules")
+            return error_response(self, 400, str(exc), exc.field)
         return await _publish(self, request, text, why, "console", "rules.publish")
 
 
@@ -134,9 +134,9 @@ class RulesRollback(View):
             body = await _body(request)
             number, why = body.get("number"), _why(body)
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-                raise BadInput("number: the version to go back to (1, 2, ...)")
+                raise BadInput("number: the version to go back to (1, 2, ...)", "number")
         except BadInput as exc:
-            return error_response(self, 400, str(exc), "why" if "why" in str(exc) else "number")
+            return error_response(self, 400, str(exc), exc.field)
         old = (await read_history(runtime.settings)).versions.get(number)
         if old is None:
             return error_response(self, 404, f"no rules version #{number}", "number")
@@ -162,9 +162,9 @@ class Merchants(View):
             body = await _body(request)
             why, merchant = _why(body), body.get("merchant")
             if not isinstance(merchant, dict):
-                raise BadInput("merchant: an object with id, bu, category and the contract's fields")
+                raise BadInput("merchant: an object with id, bu, category and the contract's fields", "merchant")
         except BadInput as exc:
-            return error_response(self, 400, str(exc), "why" if "why" in str(exc) else "merchant")
+            return error_response(self, 400, str(exc), exc.field)
         current = runtime.rules_published
         if current is None:
             return error_response(self, 503, "no rules version in force yet")

@@ -206,9 +206,15 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         await bind_and_credit(body, rules.guest_credit_days)
     for body in batch.invitations():
         await reward_referral(body)
+    redirected = []
     for d in batch.dead_letters():
+        if d.field == "merged_into":  # the member was merged: the event is the account kept's
+            if (sent := await redirect_merged(d.body, d.reason)) is not None:
+                redirected.append(sent)
+            continue
         await send_dead_letter(source="accrual", reason=f"{d.field}: {d.reason}", field=d.field, body=d.body,
                                event_id=d.event_id)
+    await _await_all(redirected)
     report = batch.report()
     await _off(batch.release, inline=small)
     ph.mark("after")
@@ -414,6 +420,24 @@ async def bind_and_credit(body: bytes, credit_days: int) -> None:
             counters["guest_payments_credited_total"] += len(futures)
             log.info("credited %d guest payments of %s %s to member %s", len(futures), kind, external_id,
                      member_id)
+
+
+async def redirect_merged(body: bytes, into: str) -> Awaitable[object] | None:
+    """An event for an account merged into `into` (core_ext/src/merge.rs), sent again as
+    `into`'s (same event id: applied once); None if `into` has its record already (applied
+    on the merged account before the merge, whose records came along). Returns the send's
+    future."""
+    event = orjson.loads(body)
+    was = event.get("member_id")
+    rt = await runtime.started()
+    if await rt.balances.event_record(into, str(event.get("event_id"))):
+        counters["events_duplicate_after_merge_total"] += 1
+        return None
+    event["member_id"] = into
+    topic = payments_topic if event.get("type") in ("payment", "refund") else member_events_topic
+    counters["events_redirected_total"] += 1
+    log.info("event %s of merged member %s sent to %s", event.get("event_id"), was, into)
+    return await topic.send(key=into.encode(), value=orjson.dumps(event), force=True)  # type: ignore[no-any-return]
 
 
 async def reward_referral(body: bytes) -> None:

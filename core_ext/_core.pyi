@@ -28,6 +28,7 @@ __all__ = [
     "board_commands",
     "board_shard",
     "check_json_object",
+    "check_merge",
     "coupon_wallet",
     "decode_event",
     "engage",
@@ -473,6 +474,10 @@ class AccrualBatch:
         """Bodies of registrations applied (ids to bind, guest payments to credit)."""
     def invitations(self) -> list[bytes]:
         """Bodies of registrations applied or seen again (their referral may be owed)."""
+
+def check_merge(rules: RuleSet, state_json: str | None, body: bytes, now_ms: int) -> None:
+    """Whether a merge event (merge_out, unmerge_out...) would apply to this state now:
+    None if it would; RejectedEventError / InvalidEventError (with `field`) if not."""
 
 def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""

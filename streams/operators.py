@@ -44,6 +44,8 @@ PERMISSIONS = {
     "members.write": "member actions: adjustments, tier overrides (audited)",
     "members.approve": "approve or reject another operator's adjustment above the threshold",
     "members.privacy": "personal data requests: export a member's data",
+    "members.merge": "merge two accounts of one person",
+    "members.unmerge": "undo a merge within LOYALTY_MERGE_UNDO_DAYS",
     "rules.read": "rules in force and their simulation",
     "rules.write": "publish or roll back rules (a BU operator: their BU's own entries only)",
     "operations": "rebuild, repair, backup, segments refresh",
@@ -63,7 +65,7 @@ GRANTS: dict[str, frozenset[str]] = {
                               "rules.read", "rules.write"}),
     "merchant_staff": frozenset({"session", "settlement.read"}),
     "customer_service": frozenset({"session", "members.read", "members.write", "members.approve",
-                                   "members.privacy"}),
+                                   "members.privacy", "members.merge"}),
     "auditor": _READ,
 }
 
@@ -92,6 +94,9 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/members/{member_id}/export"): "members.privacy",
     ("POST", "/v1/admin/members/{member_id}/holds/{hold_id}/cancel"): "members.write",
     ("POST", "/v1/admin/members/{member_id}/coupons/{coupon_id}/resend"): "members.write",
+    ("POST", "/v1/admin/members/{member_id}/merge"): "members.merge",
+    ("GET", "/v1/admin/merges/{merge_id}"): "members.read",
+    ("POST", "/v1/admin/merges/{merge_id}/undo"): "members.unmerge",
     ("GET", "/v1/admin/approvals"): "members.read",
     ("POST", "/v1/admin/approvals/{approval_id}/approve"): "members.approve",
     ("POST", "/v1/admin/approvals/{approval_id}/reject"): "members.approve",

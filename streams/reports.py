@@ -13,7 +13,7 @@ import orjson
 import core_ext
 from streams.app import runtime
 from streams.state.keys import PARKING_SESSION_S
-from streams.state.operators import APPROVAL_KEEP_S
+from streams.state.operators import APPROVAL_KEEP_S, MERGE_KEEP_S
 
 
 async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
@@ -44,6 +44,7 @@ KEPT_KINDS: dict[str, Callable[[Any], int]] = {
     "route": lambda s: int(s.gateway_route_days) * 86_400,
     "parking": lambda s: PARKING_SESSION_S,
     "approval": lambda s: APPROVAL_KEEP_S,
+    "merge": lambda s: MERGE_KEEP_S,
 }
 #: Kinds of the bindings table whose Redis value is the row's value itself (not a member).
 VALUE_KINDS = frozenset({"operator"})

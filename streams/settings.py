@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     approval_points: int = Field(10_000, ge=0)
     #: Members an audience send reaches a second (its grants queue behind the live events).
     audience_send_rate: int = Field(5_000, ge=1)
+    #: Days within which a group admin may undo a merge of two accounts.
+    merge_undo_days: int = Field(30, ge=0, le=60)
     # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
     # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
     faults_dir: str = ""

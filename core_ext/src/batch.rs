@@ -618,6 +618,17 @@ impl AccrualBatch {
             written.insert(e.event_id().to_string());
             out.push((e.event_id().to_string(), rec.encode(), true));
         }
+        // A merge brings the merged account's records (its payments' refunds find them).
+        for &i in events {
+            let Some(Event::Member(ev)) = self.evs[i].parsed.as_ref().ok() else { continue };
+            let Some(spec) = ev.merge.as_ref().filter(|_| ev.kind == MemberKind::MergeIn) else { continue };
+            for (id, rec) in &spec.records {
+                let bare = record::split_token(rec).0;
+                if !m.records.contains_key(id) && written.insert(id.clone()) {
+                    out.push((id.clone(), bare.to_string(), false));
+                }
+            }
+        }
         // Payments of earlier batches that this batch refunded.
         for &i in events {
             let Some(Event::Payment(p)) = self.evs[i].parsed.as_ref().ok() else { continue };

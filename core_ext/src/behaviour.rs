@@ -18,6 +18,9 @@ pub fn apply_member_event(
     state: &mut MemberState,
     now_ms: i64,
 ) -> CoreResult<Applied> {
+    if matches!(ev.kind, MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn) {
+        return crate::merge::apply(rules, ev, state, now_ms);
+    }
     let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
     let b = &rules.behaviour;
     let mut parts: Vec<Part> = Vec::new();
@@ -100,6 +103,9 @@ pub fn apply_member_event(
             ));
         }
         MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
+        MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn => {
+            unreachable!("merge events are applied by merge::apply")
+        }
         MemberKind::CouponGrant => {
             let send = ev.grant.as_ref().map_or(String::new(), |(_, s)| s.clone());
             parts.push(Part::new("coupon_grant", send, 0));

@@ -316,6 +316,19 @@ impl PyEventBatch {
 
 
 /// What the member API shows of a stored state: tier, progress and review date.
+/// Whether a merge event (`merge_out`, `unmerge_out`...) would apply to this member's
+/// state now: nothing if it would, RejectedEventError / InvalidEventError (with `field`)
+/// saying why not. Nothing is changed: the event itself is applied by the accrual worker.
+#[pyfunction]
+pub fn check_merge(py: Python<'_>, rules: &PyRuleSet, state_json: Option<&str>, body: &[u8], now_ms: i64) -> PyResult<()> {
+    let mut state = stored_state(state_json)?;
+    let ev = match crate::events::parse_event(body).map_err(|e| core_error_to_py(py, e))? {
+        crate::events::Event::Member(m) if m.merge.is_some() => m,
+        _ => return Err(InvalidArgumentError::new_err("check_merge takes a merge event")),
+    };
+    crate::merge::apply(&rules.inner, &ev, &mut state, now_ms).map(|_| ()).map_err(|e| core_error_to_py(py, e))
+}
+
 #[pyfunction]
 #[pyo3(signature = (rules, state_json, now_ms))]
 pub fn member_view<'py>(

@@ -146,6 +146,16 @@ pub fn evaluate_refs(
                 }
             }
         }
+        // An account merged into another: its events belong to the account kept (the
+        // worker sends them there, member id replaced).
+        let kind = match ev {
+            Event::Member(m) => Some(m.kind),
+            Event::Payment(_) => None,
+        };
+        if let Some(into) = crate::merge::redirect(&working[member_id].state, kind) {
+            outcomes.push(Outcome::Rejected(CoreError::rejected("merged_into", into)));
+            continue;
+        }
         // A refund books where its payment was: the payment's business unit, merchant
         // and category, whatever its own callback says (a different one is refused).
         let event_id = ev.event_id();

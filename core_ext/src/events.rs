@@ -325,6 +325,12 @@ pub enum MemberKind {
     Adjustment,
     /// An operator's coupon to an audience (`template`, `send_id`): once per member per send.
     CouponGrant,
+    /// Merging accounts (`merge.rs`): out of the account merged away, into the one kept,
+    /// and the undo's two halves.
+    MergeOut,
+    MergeIn,
+    UnmergeOut,
+    UnmergeIn,
 }
 
 impl MemberKind {
@@ -342,6 +348,10 @@ impl MemberKind {
             MemberKind::Segments => "segments",
             MemberKind::Adjustment => "adjustment",
             MemberKind::CouponGrant => "coupon_grant",
+            MemberKind::MergeOut => "merge_out",
+            MemberKind::MergeIn => "merge_in",
+            MemberKind::UnmergeOut => "unmerge_out",
+            MemberKind::UnmergeIn => "unmerge_in",
         }
     }
 
@@ -359,6 +369,10 @@ impl MemberKind {
             "segments" => MemberKind::Segments,
             "adjustment" => MemberKind::Adjustment,
             "coupon_grant" => MemberKind::CouponGrant,
+            "merge_out" => MemberKind::MergeOut,
+            "merge_in" => MemberKind::MergeIn,
+            "unmerge_out" => MemberKind::UnmergeOut,
+            "unmerge_in" => MemberKind::UnmergeIn,
             _ => return None,
         })
     }
@@ -388,6 +402,8 @@ pub struct MemberEvent {
     pub referred_by: Option<String>,
     /// A coupon grant: (template, send id).
     pub grant: Option<(String, String)>,
+    /// A merge event's merge id, other account, bundle and records.
+    pub merge: Option<crate::merge::MergeSpec>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
@@ -434,6 +450,45 @@ fn get_tags(obj: &Map<String, Value>) -> CoreResult<Option<Vec<String>>> {
             "must be a list of at most 50 strings",
         )),
     }
+}
+
+/// At most this many event records travel with a `merge_in` (the refund horizon's).
+const MAX_MERGE_RECORDS: usize = 20_000;
+
+fn get_merge(obj: &Map<String, Value>, kind: MemberKind) -> CoreResult<crate::merge::MergeSpec> {
+    let merge_id = get_id(obj, "merge_id")?;
+    let other = get_id(obj, "other_member_id")?;
+    let bundle = match (kind, obj.get("bundle")) {
+        (MemberKind::MergeOut, None | Some(Value::Null)) => None,
+        (MemberKind::MergeOut, Some(_)) => {
+            return Err(CoreError::invalid_event("bundle", "merge_out takes the account's whole wallet; it names none"))
+        }
+        (_, Some(v @ Value::Object(_))) => Some(
+            serde_json::from_value::<crate::merge::Bundle>(v.clone())
+                .map_err(|e| CoreError::invalid_event("bundle", format!("not a merge bundle: {e}")))?,
+        ),
+        _ => return Err(CoreError::invalid_event("bundle", "must be the object the other half of the merge made")),
+    };
+    let records = match (kind, obj.get("records")) {
+        (_, None | Some(Value::Null)) => Vec::new(),
+        (MemberKind::MergeIn, Some(Value::Object(m))) if m.len() <= MAX_MERGE_RECORDS => m
+            .iter()
+            .map(|(id, v)| match v.as_str() {
+                Some(r) if check_id("records", id).is_ok() && r.len() <= 4096 => Ok((id.clone(), r.to_string())),
+                _ => Err(CoreError::invalid_event("records", "event id -> record text")),
+            })
+            .collect::<CoreResult<Vec<_>>>()?,
+        _ => {
+            return Err(CoreError::invalid_event(
+                "records",
+                format!("only merge_in carries records: an object of at most {MAX_MERGE_RECORDS}"),
+            ))
+        }
+    };
+    if other == get_id(obj, "member_id")? {
+        return Err(CoreError::invalid_event("other_member_id", "an account cannot merge with itself"));
+    }
+    Ok(crate::merge::MergeSpec { merge_id, other, bundle, records })
 }
 
 fn parse_member_event(
@@ -524,7 +579,14 @@ fn parse_member_event(
         MemberKind::CouponGrant => Some((get_id(obj, "template")?, get_id(obj, "send_id")?)),
         _ => None,
     };
+    let merge = match kind {
+        MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn => {
+            Some(get_merge(obj, kind)?)
+        }
+        _ => None,
+    };
     Ok(MemberEvent {
+        merge,
         profile_fields,
         referred_by,
         grant,

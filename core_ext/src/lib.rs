@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod errors;
 pub mod events;
 pub mod ledger;
+pub mod merge;
 pub mod parking;
 pub mod parking_rules;
 pub mod rules;
@@ -95,6 +96,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::check_json_object, m)?)?;
     m.add_function(wrap_pyfunction!(bindings_batch::evaluate_batch, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::member_view, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::check_merge, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::record_fields, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;
@@ -114,7 +116,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
 }
 
 #[cfg(test)]
-mod tests_engine;
+pub(crate) mod tests_engine;
 #[cfg(test)]
 mod tests_coupons;
 #[cfg(test)]

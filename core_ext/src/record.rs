@@ -140,7 +140,7 @@ pub fn digest(ev: &Event) -> u64 {
         Event::Payment(p) => payment_digest(p),
         // The engine's own events (schedules, the parking agent, the BI refresh) are stamped
         // with the time they were sent: a re-send is the same event.
-        Event::Member(m) if matches!(m.kind, K::TierReview | K::WalletCheck | K::ParkingExit | K::Segments | K::CouponGrant) => {
+        Event::Member(m) if matches!(m.kind, K::TierReview | K::WalletCheck | K::ParkingExit | K::Segments | K::CouponGrant | K::MergeIn | K::UnmergeIn) => {
             fnv1a(format!("{:?}", crate::events::MemberEvent { occurred_at_ms: 0, ..m.clone() }).as_bytes())
         }
         Event::Member(m) => fnv1a(format!("{:?}", m).as_bytes()),

@@ -143,6 +143,12 @@ pub struct MemberState {
     /// Leaderboard scores of the current periods (`boards.rs`): board -> points.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub boards: BTreeMap<String, i64>,
+    /// This account was merged into another (`merge.rs`): events for it go there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged: Option<crate::merge::MergedInto>,
+    /// Accounts merged into this one, by merge id (kept for the undo window).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub merges_in: BTreeMap<String, crate::merge::MergeMark>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

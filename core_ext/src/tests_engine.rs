@@ -93,7 +93,7 @@ max_per_day = 1
 "#
 );
 
-fn rules(stacking: &str) -> RuleSet {
+pub(crate) fn rules(stacking: &str) -> RuleSet {
     RuleSet::from_toml(&RULES.replace("STACKING", stacking), "t.toml").unwrap()
 }
 

@@ -236,11 +236,22 @@ async def member_operation(view: View, member_id: str,
 
 
 async def member_or_reject(body: bytes, *path_ids: str) -> str:
-    """The body's valid `member_id` (and valid ids in the path), or Refused (400)."""
+    """The body's valid `member_id` (and valid ids in the path), or Refused (400; 409 for
+    an account merged into another: the operation is the other account's)."""
     member_id = member_of(body)
     if member_id is None or not all(is_valid_id(i) for i in path_ids):
         raise await rejected(400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+    if (into := await account_of(member_id)) != member_id:
+        raise Refused(409, f"member {member_id} was merged into {into}: ask again with {into}", "member_id",
+                      merged_into=into)
     return member_id
+
+
+async def account_of(member_id: str) -> str:
+    """The account a member id names now: the account kept if it was merged
+    (streams/http/merges.py), else itself."""
+    rt = await runtime.started()
+    return await rt.balances.alias_of(member_id) or member_id
 
 
 async def signed_member_request(request: Request, *path_ids: str) -> tuple[bytes, str]:

@@ -431,6 +431,11 @@ class MemberOverview(View):
                                     "stored_value_fen": int(raw_state.get("sv_fen", 0)),
                                     "coupons": wallet, "bindings": bindings, "recent_movements": movements[:20],
                                     "tiers": rt.rules.tier_ids,
+                                    "merged_into": {k: raw_state["merged"][k] for k in ("merge_id", "into", "at_ms")}
+                                    if raw_state.get("merged") else None,
+                                    "merges_in": [{"merge_id": k, "from": v.get("from"), "at_ms": v.get("at_ms"),
+                                                   "undone": v.get("undone") is not None}
+                                                  for k, v in (raw_state.get("merges_in") or {}).items()],
                                     "approvals": pending})
 
 

@@ -28,6 +28,7 @@ from streams.app import (
     runtime,
 )
 from streams.http.common import (
+    account_of,
     error_response,
     json_response,
     member_operation,
@@ -110,6 +111,7 @@ class MemberView(View):
             return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars",
                                   "member_id")
         await reader(request, member_id)
+        asked, member_id = member_id, await account_of(member_id)
         rt = await runtime.started()
         data = await rt.balances.member(member_id)
         if data is None:
@@ -118,6 +120,7 @@ class MemberView(View):
         movements = [row for raw in await rt.balances.history(member_id) for row in orjson.loads(raw)]
         return json_response(self, {
             "member_id": member_id,
+            **({"merged_from": asked} if asked != member_id else {}),
             "balance": int(data.get("balance", 0)),
             "earned": int(data.get("earned", 0)),
             "debited": int(data.get("debited", 0)),
@@ -179,6 +182,7 @@ class MemberCoupons(View):
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: letters, digits, _ - . : @ only, 1-64 chars", "member_id")
         await reader(request, member_id)
+        member_id = await account_of(member_id)
         rt = await runtime.started()
         _seq, state, _balance = await rt.balances.member_state(member_id)
         wallet = core_ext.coupon_wallet(rt.rules, state, int(time.time() * 1000))
@@ -329,6 +333,7 @@ class MemberLedger(View):
         if not is_valid_id(member_id):
             return error_response(self, 400, "member_id: invalid", "member_id")
         await reader(request, member_id)
+        member_id = await account_of(member_id)
         q = request.query
         try:
             start = instant_in(q.get("from", "1970-01-01T00:00:00+00:00"), "from")

@@ -64,6 +64,8 @@ FAMILIES = (
     Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
     Family("rules lock", r"rules-lock", True, "30 s (held while a rules version is published)"),
     Family("audience send", r"audience-send:.+", True, "30 days (its coupons are the members' durable facts)"),
+    Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
+    Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
@@ -189,3 +191,9 @@ class KeySpace:
 
     def audience_send_key(self, send_id: str) -> str:
         return f"{self.ns}:audience-send:{send_id}"
+
+    def alias_key(self, member_id: str) -> str:
+        return f"{self.ns}:alias:{member_id}"
+
+    def merge_key(self, merge_id: str) -> str:
+        return f"{self.ns}:merge:{merge_id}"

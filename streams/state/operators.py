@@ -17,6 +17,8 @@ from streams.operators import Operator
 from streams.state.base import StoreBase
 
 APPROVAL_KEEP_S = 30 * 86_400
+#: A merge's record is kept past the longest undo window (LOYALTY_MERGE_UNDO_DAYS, 60 at most).
+MERGE_KEEP_S = 67 * 86_400
 
 # Moves an approval out of "pending" once: a second decision (a double click, two checkers
 # at once) gets the first decision back and changes nothing.
@@ -44,6 +46,22 @@ if t == 'hash' then owner = redis.call('HGET', KEYS[1], 'member_id') elseif t ==
 if owner ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+
+# Moves a binding from one member to another only while it names the first.
+_REBIND = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'hash' then
+  if redis.call('HGET', KEYS[1], 'member_id') ~= ARGV[1] then return 0 end
+  redis.call('HSET', KEYS[1], 'member_id', ARGV[2])
+  return 1
+elseif t == 'string' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 """
 
 
@@ -139,3 +157,37 @@ class OperatorStore(StoreBase):
             if raw is not None:
                 out.append(orjson.loads(raw))
         return sorted(out, key=lambda a: a.get("requested_at_ms", 0), reverse=True)
+
+    async def rebind(self, key: str, from_member: str, to_member: str) -> bool:
+        """Moves `<ns>:<key>` (a plate, an external id) from one member to another while it
+        names the first; False if it does not."""
+        return bool(await self.redis.eval(_REBIND, 1, f"{self.ns}:{key}", from_member, to_member))
+
+    async def alias_of(self, member_id: str) -> str | None:
+        """The account a merged account's id now answers for, or None."""
+        return await self.redis.get(self.alias_key(member_id))  # type: ignore[no-any-return]
+
+    async def set_alias(self, member_id: str, into: str | None) -> None:
+        if into is None:
+            await self.redis.delete(self.alias_key(member_id))
+        else:
+            await self.redis.set(self.alias_key(member_id), into)
+
+    async def merge(self, merge_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.merge_key(merge_id))
+        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def save_merge(self, merge: dict[str, Any]) -> None:
+        await self.redis.set(self.merge_key(merge["merge_id"]), orjson.dumps(merge), ex=MERGE_KEEP_S)
+
+    async def merges(self) -> list[dict[str, Any]]:
+        out = []
+        async for key in self.redis.scan_iter(match=self.merge_key("*"), count=500):
+            raw = await self.redis.get(key)
+            if raw is not None:
+                out.append(orjson.loads(raw))
+        return out
+
+    async def event_records(self, member_id: str) -> dict[str, str]:
+        """A member's applied-event records (id -> record), as the accrual wrote them."""
+        return await self.redis.hgetall(self.records_key(member_id))  # type: ignore[no-any-return]

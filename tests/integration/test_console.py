@@ -79,6 +79,11 @@ def available(w: WorkerProcess, member: str) -> int:
     return int(body["available"]) if status == 200 else -1
 
 
+def balance(w: WorkerProcess, member: str) -> int:
+    status, body = w.get(f"/v1/members/{member}")
+    return int(body["balance"]) if status == 200 else -1
+
+
 def audit_rows(w: WorkerProcess, **query: str) -> list[dict[str, Any]]:
     from urllib.parse import urlencode
 
@@ -125,7 +130,7 @@ ROLE_LOGINS = {"group_admin": "admin-wang", "bu_operator": "bu-zhao", "merchant_
 def concrete(route: str) -> str:
     return (route.replace("{member_id}", "m-nobody").replace("{game}", "g").replace("{event_id}", "e-1")
             .replace("{approval_id}", "a-none").replace("{login}", "nobody").replace("{send_id}", "s-none")
-            .replace("{hold_id}", "h-none").replace("{coupon_id}", "c-none"))
+            .replace("{hold_id}", "h-none").replace("{coupon_id}", "c-none").replace("{merge_id}", "mg-none"))
 
 
 def test_every_admin_route_refuses_what_each_role_may_not_do(cw: WorkerProcess) -> None:
@@ -611,3 +616,106 @@ def test_an_approval_taking_more_than_available_is_refused_and_stays_pending(cw:
     status, body, _ = checker.call("POST", f"{path}/reject")
     assert status == 200 and body["status"] == "rejected" and body["decided_by"] == "cs-zhou"
     assert checker.call("POST", f"{path}/approve")[1]["status"] == "rejected", "decided once"
+
+
+def test_accounts_merged_in_the_browser_then_undone(cw: WorkerProcess) -> None:
+    """Customer service merges a person's second account into the first from the member
+    page: points (lots with their months), tier, coupons, the openid and the plate move;
+    the merged id answers as an alias (its later payment earns on the account kept, a
+    refund of its earlier payment claws back there); asking again changes nothing; a
+    customer service operator may not undo, a group admin may; the books stay equal."""
+    from playwright.sync_api import sync_playwright
+
+    keep, gone = f"mk-{uuid.uuid4().hex[:8]}", f"mg-{uuid.uuid4().hex[:8]}"
+    openid, plate = f"o-{uuid.uuid4().hex[:10]}", "沪M" + uuid.uuid4().hex[:5].upper()
+    member_event(cw, {"event_id": f"reg-{gone}", "type": "register", "occurred_at": now_iso(), "member_id": gone,
+                      "external_ids": [{"kind": "wechat", "id": openid}]})
+    member_event(cw, {"event_id": f"reg-{keep}", "type": "register", "occurred_at": now_iso(), "member_id": keep})
+    first = {"event_id": f"p-{uuid.uuid4().hex[:12]}", "type": "payment", "occurred_at": now_iso(), "member_id": gone,
+             "bu_id": "sh-mall", "merchant_id": "sh-mall-shop-01", "category": "fashion", "amount_fen": 88_800,
+             "channel": "wechat"}
+    assert cw.send_callback(first)[0] == 202
+    second = {**first, "event_id": f"p-{uuid.uuid4().hex[:12]}", "merchant_id": "sh-mall-shop-02", "amount_fen": 12_300}
+    assert cw.send_callback(second)[0] == 202
+    pay(cw, keep, "sh-mall", "sh-mall-shop-01", 5_000)
+    body = orjson.dumps({"plate": plate, "auto_pay": True})
+    assert cw.post(f"/v1/members/{gone}/plates", body, cw.pos_headers(body))[0] == 200
+    cw.wait_caught_up()
+    a_gone, a_keep = balance(cw, gone), balance(cw, keep)
+    assert a_gone > 0 and a_keep > 0
+    second_points = next(r["points"] for r in cw.get(f"/v1/members/{gone}/ledger")[1]["rows"]
+                         if r["event_id"] == second["event_id"])
+    cs = Console(cw)
+    assert cs.login("cs-li")[0] == 200
+    # A merge into itself, or into an account that does not exist, is refused.
+    assert cs.call("POST", f"/v1/admin/members/{gone}/merge", {"into": gone, "reason": "same"})[0] == 400
+    assert cs.call("POST", f"/v1/admin/members/{gone}/merge", {"into": "nobody-x", "reason": "same person"})[0] == 404
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = signed_in(browser, cw, "cs-li", "customer_service", height=1200)
+        page.on("dialog", lambda d: d.accept())
+        page.fill("#search-q", gone)
+        page.click("#search-form button[type=submit]")
+        page.wait_for_selector(f"#member[data-member='{gone}']")
+        page.fill("#merge-into", keep)
+        page.fill("#merge-reason", "one person, two phone numbers")
+        page.click("#merge-go")
+        page.wait_for_selector("#merge-status:text('Merged into')", timeout=60_000)
+        page.wait_for_selector(f"#merge-info p.merge-line:text('Merged into {keep}')")
+        assert page.is_hidden("#merge-box"), "a merged account is not merged again"
+        assert page.query_selector("button.undo-merge") is None, "customer service may not undo"
+        page.screenshot(path=str(SHOTS / "console-merge.png"), full_page=True)
+        browser.close()
+
+    status, merged, _ = cs.call("POST", f"/v1/admin/members/{gone}/merge", {"into": keep, "reason": "asked twice"})
+    assert status == 200 and merged["status"] == "merged", merged
+    merge_id = merged["merge_id"]
+    assert merged["points"] == a_gone and merged["by"] == "cs-li"
+    assert set(merged["moved"]) == {f"id:wechat:{openid}", f"plate:{plate}"}
+    assert balance(cw, gone) == a_gone + a_keep, "the merged id answers for the account kept"
+    assert cw.get(f"/v1/members/{gone}")[1]["merged_from"] == gone
+    assert balance(cw, keep) == a_gone + a_keep
+    assert cw.get(f"/v1/admin/members/search?kind=wechat&q={openid}")[1]["members"] == [keep]
+    view = cs.call("GET", f"/v1/admin/members/{keep}/overview")[1]
+    assert [x["from"] for x in view["merges_in"]] == [gone]
+    # A refund of the merged id's payment from before the merge claws back on the account
+    # kept (its record came along); that payment sent again is a duplicate.
+    refund = {**second, "event_id": f"r-{uuid.uuid4().hex[:10]}", "type": "refund", "refund_of": second["event_id"],
+              "occurred_at": now_iso()}
+    assert cw.send_callback(refund)[0] == 202
+    assert cw.send_callback(first)[0] == 202
+    cw.wait_caught_up()
+    assert balance(cw, keep) == a_gone + a_keep - second_points
+    rec = cw.get("/v1/admin/reconcile")[1]
+    assert rec["clean"], rec
+    # Undo: not customer service's; a group admin's, within the window, once the account
+    # kept has the points the merge brought.
+    assert cs.call("POST", f"/v1/admin/merges/{merge_id}/undo", {"reason": "wrong person"})[0] == 403
+    admin = Console(cw)
+    assert admin.login("admin-wang")[0] == 200
+    status, refused, _ = admin.call("POST", f"/v1/admin/merges/{merge_id}/undo", {"reason": "two people after all"})
+    assert status == 409 and refused["undo_refused"]["field"] == "points", refused
+    assert balance(cw, keep) == a_gone + a_keep - second_points, "a refused undo changes nothing"
+    # The merged id's later payment earns on the account kept.
+    later = {**first, "event_id": f"p-{uuid.uuid4().hex[:12]}", "amount_fen": 300_000, "occurred_at": now_iso()}
+    assert cw.send_callback(later)[0] == 202
+    cw.wait_caught_up()
+    earned = next(r["points"] for r in cw.get(f"/v1/members/{keep}/ledger")[1]["rows"]
+                  if r["event_id"] == later["event_id"])
+    after_pay = balance(cw, keep)
+    assert after_pay == a_gone + a_keep - second_points + earned
+    status, undone, _ = admin.call("POST", f"/v1/admin/merges/{merge_id}/undo", {"reason": "two people after all"})
+    assert status == 200 and undone["status"] == "undone", undone
+    assert undone["points_back"] == a_gone
+    assert admin.call("POST", f"/v1/admin/merges/{merge_id}/undo", {"reason": "again"})[1]["status"] == "undone"
+    assert balance(cw, gone) == a_gone and balance(cw, keep) == after_pay - a_gone
+    assert cw.get(f"/v1/admin/members/search?kind=wechat&q={openid}")[1]["members"] == [gone]
+    assert "merged_from" not in cw.get(f"/v1/members/{gone}")[1]
+    cw.wait_caught_up()
+    rec = cw.get("/v1/admin/reconcile")[1]
+    assert rec["clean"], rec
+    actions = {r["action"]: r for r in audit_rows(cw, member=gone)}
+    assert actions["member.merge"]["operator"] == "cs-li" and actions["member.merge"]["target"] == keep
+    assert actions["member.merge"]["before"]["from_balance"] == a_gone
+    assert actions["member.merge-undo"]["operator"] == "admin-wang"

@@ -149,6 +149,60 @@ async def restore_bindings(offset: int, limit: int) -> int:
     return bound
 
 
+def _record_entries(member_id: str, records: list[Any], by_event: dict[str, list[dict[str, Any]]],
+                    now_ms: int) -> dict[str, str]:
+    """A member's event records as the live paths write them, from rebuild_member's."""
+    entries: dict[str, str] = {}
+    for event_id, kind, amount, points, record in records:
+        event_rows = by_event[event_id]
+        applied = int(event_rows[0].get("processed_at_ms", now_ms))
+        if record is None and kind == "redeem":
+            result = orjson.dumps({"redemption_id": event_id, "status": "redeemed", "member_id": member_id,
+                                   "points": -points, "value_fen": amount}).decode()
+            record = f"J|{applied}|" + orjson.dumps({
+                "kind": kind, "amount": amount, "points": points, "result": result, "used": 0,
+                "refunded_amount": 0, "refunded_points": 0, "returned_used": 0,
+                "rows": orjson.dumps(event_rows).decode()}).decode()
+        elif record is None:
+            record = f"M|{applied}|{0:016x}|{points}"
+        entries[event_id] = record
+    return entries
+
+
+async def merged_records(members: list[str], now_ms: int) -> dict[str, str]:
+    """The event records of accounts merged into another, from their ledger rows (what
+    `merge_in` copied to the account kept)."""
+    rt = await runtime.started()
+    rows = await rt.ledger.query("ledger_rows_of_members", {"members": members})
+    out: dict[str, str] = {}
+    for member_id, member_rows in groupby(rows, key=lambda r: r["member_id"]):
+        items = list(member_rows)
+        for r in items:
+            r["explain"] = orjson.loads(r["explain"] or "[]")
+            r["lots"] = orjson.loads(r["lots"] or "[]")
+        _state, _balance, records, _review, _check = core_ext.rebuild_member(
+            rt.rules, orjson.dumps(items).decode(), now_ms, None)
+        by_event: dict[str, list[dict[str, Any]]] = {}
+        for r in items:
+            by_event.setdefault(r["event_id"], []).append(r)
+        out.update(_record_entries(member_id, records, by_event, now_ms))
+    for r in await rt.ledger.query("op_records_of_members", {"members": members}):
+        out[r["event_id"]] = r["last_record"]
+    return out
+
+
+async def merged_event_ids(member_id: str) -> set[str]:
+    """Event ids of the accounts merged into this one (their records came with the merge)."""
+    rt = await runtime.started()
+    _seq, state, _balance = await rt.balances.member_state(member_id)
+    froms = [m["from"] for m in (orjson.loads(state or "{}").get("merges_in") or {}).values()
+             if m.get("undone") is None]
+    if not froms:
+        return set()
+    ids = {r["event_id"] for r in await rt.ledger.query("ledger_events_of_members", {"members": froms})}
+    return ids | {r["event_id"] for r in await rt.ledger.query("op_records_of_members", {"members": froms})}
+
+
 async def rebuild_members(members: list[str]) -> None:
     """Rebuilds these members' Redis state: the state their last write left (the
     member_states table; coupons, profile, engagement... that no ledger row carries) or,
@@ -202,22 +256,15 @@ async def rebuild_members(members: list[str]) -> None:
             pipe.hset(key, "seq", max(seq, current.get(member_id, 0)) + 1)
         else:
             pipe.hincrby(key, "seq", 1)  # a computation in flight against the lost state must retry
-        entries: dict[str, str] = {}
-        for event_id, kind, amount, points, record in records:
-            event_rows = by_event[event_id]
-            applied = int(event_rows[0].get("processed_at_ms", now_ms))
-            if record is None and kind == "redeem":
-                result = orjson.dumps({"redemption_id": event_id, "status": "redeemed", "member_id": member_id,
-                                       "points": -points, "value_fen": amount}).decode()
-                record = f"J|{applied}|" + orjson.dumps({
-                    "kind": kind, "amount": amount, "points": points, "result": result, "used": 0,
-                    "refunded_amount": 0, "refunded_points": 0, "returned_used": 0,
-                    "rows": orjson.dumps(event_rows).decode()}).decode()
-            elif record is None:
-                record = f"M|{applied}|{0:016x}|{points}"
-            entries[event_id] = record
+        entries = _record_entries(member_id, records, by_event, now_ms)
         # The HTTP operations' own records (their answers, refunds counted) as they were.
         entries.update(ops.get(member_id, {}))
+        # Accounts merged into this one brought their records (their payments' refunds
+        # are applied here): rebuilt from their own ledger rows.
+        merged_from = [m["from"] for m in (orjson.loads(state).get("merges_in") or {}).values()
+                       if m.get("undone") is None]
+        if merged_from:
+            entries = {**await merged_records(merged_from, now_ms), **entries}
         if entries:
             pipe.hset(b.records_key(member_id), mapping=entries)
             pipe.expire(b.records_key(member_id), b.horizon_days * 86_400 + 86_400)
@@ -267,7 +314,10 @@ async def repair() -> dict[str, Any]:
             in_ledger[r["member_id"]].add(r["event_id"])  # an HTTP operation's record (stored value...)
         for m in page:
             in_redis = set(await rt.balances.redis.hkeys(rt.balances.records_key(m)))
-            (ahead if in_redis - in_ledger[m] else behind).append(m)
+            extra = in_redis - in_ledger[m]
+            if extra:
+                extra -= await merged_event_ids(m)  # records that came with a merge
+            (ahead if extra else behind).append(m)
     # Members whose last stored state is newer than Redis's (its sequence number is behind):
     # Redis lost writes that changed no balance (a hold, a coupon, a plan...).
     stale = [m for m in await members_behind_their_stored_state() if m not in behind and m not in ahead]

@@ -679,6 +679,14 @@ def test_accounts_merged_in_the_browser_then_undone(cw: WorkerProcess) -> None:
     assert cw.get(f"/v1/admin/members/search?kind=wechat&q={openid}")[1]["members"] == [keep]
     view = cs.call("GET", f"/v1/admin/members/{keep}/overview")[1]
     assert [x["from"] for x in view["merges_in"]] == [gone]
+    # The account kept lost from Redis and rebuilt: the merge's state and the records that
+    # came with it are restored from the durable facts.
+    cw.wait_caught_up()
+    redis_client(cw.redis_url).delete(f"{cw.run_id}:m:{{{keep}}}", f"{cw.run_id}:ev:{{{keep}}}")
+    status, rebuilt = cw.post("/v1/admin/rebuild", orjson.dumps({"offset": 0, "limit": 10_000}),
+                              {"Authorization": f"Bearer {cw.admin_token}"})
+    assert status == 200, rebuilt
+    assert balance(cw, keep) == a_gone + a_keep
     # A refund of the merged id's payment from before the merge claws back on the account
     # kept (its record came along); that payment sent again is a duplicate.
     refund = {**second, "event_id": f"r-{uuid.uuid4().hex[:10]}", "type": "refund", "refund_of": second["event_id"],

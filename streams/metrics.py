@@ -37,6 +37,11 @@ HELP = {
     "admin_forbidden_total": "Admin API requests refused because the operator's role lacks the permission.",
     "admin_csrf_refused_total": "Console changes refused: CSRF token missing or wrong, or another origin.",
     "audience_grants_sent_total": "Coupon grants of audience sends put on the member-events topic.",
+    "merges_total": "Accounts merged into another from the console (both halves applied, bindings moved).",
+    "merges_undone_total": "Merges undone (what the merge brought given back, bindings moved back).",
+    "events_redirected_total": "Events for a merged account sent again as the account kept's.",
+    "events_duplicate_after_merge_total": "Events for a merged account that the account kept had already (its "
+                                          "records came with the merge).",
     "audit_rows_total": "Rows written to the audit trail (changes through the console or the admin API).",
     "console_logins_total": "Console sign-ins that succeeded.",
     "console_logins_failed_total": "Console sign-ins refused: unknown login, wrong password or disabled account.",

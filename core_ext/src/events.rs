@@ -403,7 +403,7 @@ pub struct MemberEvent {
     /// A coupon grant: (template, send id).
     pub grant: Option<(String, String)>,
     /// A merge event's merge id, other account, bundle and records.
-    pub merge: Option<crate::merge::MergeSpec>,
+    pub merge: Option<Box<crate::state::MergeSpec>>,
 }
 
 fn get_birthday(obj: &Map<String, Value>) -> CoreResult<Option<String>> {
@@ -455,7 +455,7 @@ fn get_tags(obj: &Map<String, Value>) -> CoreResult<Option<Vec<String>>> {
 /// At most this many event records travel with a `merge_in` (the refund horizon's).
 const MAX_MERGE_RECORDS: usize = 20_000;
 
-fn get_merge(obj: &Map<String, Value>, kind: MemberKind) -> CoreResult<crate::merge::MergeSpec> {
+fn get_merge(obj: &Map<String, Value>, kind: MemberKind) -> CoreResult<Box<crate::state::MergeSpec>> {
     let merge_id = get_id(obj, "merge_id")?;
     let other = get_id(obj, "other_member_id")?;
     let bundle = match (kind, obj.get("bundle")) {
@@ -464,7 +464,7 @@ fn get_merge(obj: &Map<String, Value>, kind: MemberKind) -> CoreResult<crate::me
             return Err(CoreError::invalid_event("bundle", "merge_out takes the account's whole wallet; it names none"))
         }
         (_, Some(v @ Value::Object(_))) => Some(
-            serde_json::from_value::<crate::merge::Bundle>(v.clone())
+            serde_json::from_value::<crate::state::Bundle>(v.clone())
                 .map_err(|e| CoreError::invalid_event("bundle", format!("not a merge bundle: {e}")))?,
         ),
         _ => return Err(CoreError::invalid_event("bundle", "must be the object the other half of the merge made")),
@@ -488,7 +488,7 @@ fn get_merge(obj: &Map<String, Value>, kind: MemberKind) -> CoreResult<crate::me
     if other == get_id(obj, "member_id")? {
         return Err(CoreError::invalid_event("other_member_id", "an account cannot merge with itself"));
     }
-    Ok(crate::merge::MergeSpec { merge_id, other, bundle, records })
+    Ok(Box::new(crate::state::MergeSpec { merge_id, other, bundle, records }))
 }
 
 fn parse_member_event(

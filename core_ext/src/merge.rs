@@ -12,7 +12,6 @@
 //! Between the two halves the points are in transit: the settlement account
 //! `merge_transit` holds them, and is back to zero when both halves are applied.
 
-use serde::{Deserialize, Serialize};
 
 use crate::accrual::Applied;
 use crate::errors::{CoreError, CoreResult};
@@ -20,81 +19,16 @@ use crate::events::{MemberEvent, MemberKind};
 use crate::ledger::{rows_json, LedgerRow, Part};
 use crate::rules::RuleSet;
 use crate::settlement::Line;
-use crate::state::{Coupon, MemberState, Pending};
+use crate::state::{Bundle, Coupon, MemberState, MergeMark, MergeSpec, MergedInto, Pending};
 use crate::tiers;
 use crate::wallet;
-
-/// What a merge moves from one account to the other.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Bundle {
-    pub lots: Vec<[i64; 2]>,
-    pub pending: Vec<Pending>,
-    pub qual: Vec<[i64; 3]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier_since_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub review_at_ms: Option<i64>,
-    pub coupons: Vec<Coupon>,
-    pub neg: i64,
-    pub owed: i64,
-    pub tags: Vec<String>,
-}
-
-impl Bundle {
-    /// The balance the bundle carries: lots and pending points, less a negative balance.
-    pub fn points(&self) -> i64 {
-        self.lots.iter().map(|l| l[1]).sum::<i64>() + self.pending.iter().map(|p| p.points).sum::<i64>() - self.neg
-    }
-}
-
-/// On the account merged away: where it went, and what went (until an undo brings it back).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MergedInto {
-    pub merge_id: String,
-    pub into: String,
-    pub at_ms: i64,
-    pub bundle: Bundle,
-}
-
-/// On the account kept, per merge: where it came from, its own tier before, and once
-/// undone, what the undo took back.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MergeMark {
-    pub from: String,
-    pub at_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier_before: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier_since_before: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub review_at_before: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub undone: Option<Bundle>,
-}
-
-/// A merge event's own fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergeSpec {
-    pub merge_id: String,
-    /// The other account: `merge_out`'s target, `merge_in`'s source, and so on.
-    pub other: String,
-    /// What moves (`merge_in`, `unmerge_in`: what the other half took; `unmerge_out`:
-    /// what the merge brought).
-    pub bundle: Option<Bundle>,
-    /// `merge_in`: the merged account's event records (id, record).
-    pub records: Vec<(String, String)>,
-}
 
 /// Marks of merges older than this are dropped (an undo is no longer possible by then).
 pub const MARK_KEEP_MS: i64 = 400 * 86_400_000;
 
 /// Where an event for a merged account must go instead (the account kept), or None.
 /// The merge's own second half (`unmerge_in`) is for the merged account itself.
-pub fn redirect<'a>(state: &'a MemberState, kind: Option<MemberKind>) -> Option<&'a str> {
+pub fn redirect(state: &MemberState, kind: Option<MemberKind>) -> Option<&str> {
     let m = state.merged.as_ref()?;
     match kind {
         Some(MemberKind::UnmergeIn | MemberKind::MergeOut) => None,

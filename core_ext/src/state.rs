@@ -145,10 +145,10 @@ pub struct MemberState {
     pub boards: BTreeMap<String, i64>,
     /// This account was merged into another (`merge.rs`): events for it go there.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub merged: Option<crate::merge::MergedInto>,
+    pub merged: Option<MergedInto>,
     /// Accounts merged into this one, by merge id (kept for the undo window).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub merges_in: BTreeMap<String, crate::merge::MergeMark>,
+    pub merges_in: BTreeMap<String, MergeMark>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,4 +283,71 @@ impl MemberState {
         let oldest = m - window as i64 + 1;
         self.qual.retain(|b| b[0] >= oldest);
     }
+}
+
+// ---- merging accounts (the operations are in merge.rs) ----
+
+/// What a merge moves from one account to the other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Bundle {
+    pub lots: Vec<[i64; 2]>,
+    pub pending: Vec<Pending>,
+    pub qual: Vec<[i64; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_since_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_at_ms: Option<i64>,
+    pub coupons: Vec<Coupon>,
+    pub neg: i64,
+    pub owed: i64,
+    pub tags: Vec<String>,
+}
+
+impl Bundle {
+    /// The balance the bundle carries: lots and pending points, less a negative balance.
+    pub fn points(&self) -> i64 {
+        self.lots.iter().map(|l| l[1]).sum::<i64>() + self.pending.iter().map(|p| p.points).sum::<i64>() - self.neg
+    }
+}
+
+/// On the account merged away: where it went, and what went (until an undo brings it back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedInto {
+    pub merge_id: String,
+    pub into: String,
+    pub at_ms: i64,
+    pub bundle: Bundle,
+}
+
+/// On the account kept, per merge: where it came from, its own tier before, and once
+/// undone, what the undo took back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MergeMark {
+    pub from: String,
+    pub at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_since_before: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_at_before: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undone: Option<Bundle>,
+}
+
+/// A merge event's own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeSpec {
+    pub merge_id: String,
+    /// The other account: `merge_out`'s target, `merge_in`'s source, and so on.
+    pub other: String,
+    /// What moves (`merge_in`, `unmerge_in`: what the other half took; `unmerge_out`:
+    /// what the merge brought).
+    pub bundle: Option<Bundle>,
+    /// `merge_in`: the merged account's event records (id, record).
+    pub records: Vec<(String, String)>,
 }

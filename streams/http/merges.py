@@ -39,6 +39,7 @@ from faust.web import Request, Response, View
 
 import core_ext
 from streams.app import app, member_events_topic, record_binding, runtime
+from streams.errors import InputError
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, member_in_scope, operator_of
 from streams.inputs import is_valid_id
@@ -56,7 +57,9 @@ MOVABLE = ("identity", "plate")
 _running: set[str] = set()
 
 
-class MergeRefused(Exception):
+class MergeRefused(InputError):
+    """A merge or undo its member's state refuses now (the field and the core's reason)."""
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(reason)
         self.field, self.reason = field, reason

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"rules"},
     {"rules_file", "resp"},
     {"campaigns", "tiers", "wallet", "rebuild", "boards", "coupons", "engage", "parking", "redemption", "accrual",
-     "behaviour", "simulate"},
+     "behaviour", "simulate", "merge"},
     {"engine", "batch"},
     {"bindings", "bindings_batch", "lib"},
 ]

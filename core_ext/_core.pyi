@@ -28,7 +28,7 @@ __all__ = [
     "board_commands",
     "board_shard",
     "check_json_object",
-    "check_merge",
+    "check_member_event",
     "coupon_wallet",
     "decode_event",
     "engage",
@@ -475,9 +475,9 @@ class AccrualBatch:
     def invitations(self) -> list[bytes]:
         """Bodies of registrations applied or seen again (their referral may be owed)."""
 
-def check_merge(rules: RuleSet, state_json: str | None, body: bytes, now_ms: int) -> None:
-    """Whether a merge event (merge_out, unmerge_out...) would apply to this state now:
-    None if it would; RejectedEventError / InvalidEventError (with `field`) if not."""
+def check_member_event(rules: RuleSet, state_json: str | None, body: bytes, now_ms: int) -> None:
+    """Whether a member event (a merge's half, an erasure...) would apply to this state
+    now: None if it would; RejectedEventError / InvalidEventError (with `field`) if not."""
 
 def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""

@@ -14,7 +14,7 @@ import core_ext
 from streams.app import runtime
 from streams.state import BOARD_SHARDS, BOARD_TTL_S, first_row
 from streams.state.keys import PARKING_SESSION_S
-from streams.state.operators import APPROVAL_KEEP_S, MERGE_KEEP_S
+from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ async def restore_bindings(offset: int, limit: int) -> int:
     bound = 0
     now_ms = int(time.time() * 1000)
     keep_s = {"route": rt.settings.gateway_route_days * 86_400, "parking": PARKING_SESSION_S,
-              "approval": APPROVAL_KEEP_S, "merge": MERGE_KEEP_S}
+              "approval": APPROVAL_KEEP_S, "merge": MERGE_KEEP_S,
+              "erasure": ERASURE_KEEP_S}
     for r in await rt.ledger.query("bindings_page", {"offset": offset, "limit": limit}):
         key, kind, member_id, value = f"{b.ns}:{r['key']}", r["kind"], r["member_id"], r["value"]
         if kind in keep_s:
@@ -123,7 +124,7 @@ async def restore_bindings(offset: int, limit: int) -> int:
             left_s = keep_s[kind] - (now_ms - int(r["at_ms"])) // 1000
             if not value or left_s <= 0:
                 pipe.delete(key)
-            elif kind in ("route", "approval", "merge"):
+            elif kind in ("route", "approval", "merge", "erasure"):
                 pipe.set(key, value, ex=left_s)
             else:
                 pipe.hset(key, mapping=orjson.loads(value))

@@ -13,7 +13,7 @@ import orjson
 import core_ext
 from streams.app import runtime
 from streams.state.keys import PARKING_SESSION_S
-from streams.state.operators import APPROVAL_KEEP_S, MERGE_KEEP_S
+from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
 
 
 async def reconcile(every_mismatch: bool = False) -> dict[str, Any]:
@@ -45,6 +45,7 @@ KEPT_KINDS: dict[str, Callable[[Any], int]] = {
     "parking": lambda s: PARKING_SESSION_S,
     "approval": lambda s: APPROVAL_KEEP_S,
     "merge": lambda s: MERGE_KEEP_S,
+    "erasure": lambda s: ERASURE_KEEP_S,
 }
 #: Kinds of the bindings table whose Redis value is the row's value itself (not a member).
 VALUE_KINDS = frozenset({"operator"})

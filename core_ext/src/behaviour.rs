@@ -21,6 +21,9 @@ pub fn apply_member_event(
     if matches!(ev.kind, MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn) {
         return crate::merge::apply(rules, ev, state, now_ms);
     }
+    if ev.kind == MemberKind::Erase {
+        return erase(rules, ev, state, now_ms);
+    }
     let local = Local::of(ev.occurred_at_ms, rules.utc_offset_minutes);
     let b = &rules.behaviour;
     let mut parts: Vec<Part> = Vec::new();
@@ -103,8 +106,8 @@ pub fn apply_member_event(
             ));
         }
         MemberKind::ParkingExit => parts.push(Part::new("parking_exit", "", 0)),
-        MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn => {
-            unreachable!("merge events are applied by merge::apply")
+        MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn | MemberKind::Erase => {
+            unreachable!("merge and erase events are applied before this")
         }
         MemberKind::CouponGrant => {
             let send = ev.grant.as_ref().map_or(String::new(), |(_, s)| s.clone());
@@ -319,6 +322,71 @@ pub fn apply_member_event(
         rows_json: rows,
         notice,
         record_points: points + returned_points,
+        used_points: 0,
+        returned_points: 0,
+        booking: None,
+        boards: Vec::new(),
+    })
+}
+
+/// A personal data erasure (PIPL): refused while points are held at a till, a partner
+/// exchange waits or stored value (money owed to the member) is left; otherwise the balance
+/// is forfeited like an expiry (its breakage booked as the rules say) and the state emptied
+/// (profile, tags, tier, coupons, counters): the ledger keeps the amounts, nothing of the person.
+fn erase(rules: &RuleSet, ev: &MemberEvent, state: &mut MemberState, now_ms: i64) -> CoreResult<Applied> {
+    if !state.holds.is_empty() {
+        return Err(CoreError::rejected("holds", "points are held at a till: release or use the holds first"));
+    }
+    if !state.exchanges.is_empty() {
+        return Err(CoreError::rejected("exchanges", "a partner exchange is waiting for its answer"));
+    }
+    if state.sv_fen != 0 {
+        return Err(CoreError::rejected(
+            "stored_value",
+            format!("{} fen of stored value are the member's money: refund them first", state.sv_fen),
+        ));
+    }
+    let forfeited = state.wallet_total();
+    let lots = std::mem::take(&mut state.lots);
+    *state = MemberState::default();
+    let parts = [Part::new("erase", "", -forfeited)];
+    let s = &rules.settlement;
+    let mut lines = crate::settlement::expiry_lines(
+        forfeited,
+        crate::settlement::value_of(forfeited, s.breakage_fen_per_100, 100),
+        &s.breakage_to,
+    );
+    lines.retain(|l| l.points != 0 || l.amount_fen != 0);
+    let tier = rules.tier(None);
+    let row = LedgerRow {
+        event_id: &ev.event_id,
+        member_id: &ev.member_id,
+        kind: "erase",
+        points: -forfeited,
+        amount_fen: 0,
+        bu_id: "",
+        format: "",
+        merchant_id: "",
+        category: "",
+        channel: "console",
+        occurred_at_ms: ev.occurred_at_ms,
+        refund_of: "",
+        tier: &tier.id,
+        rules_version: &rules.version,
+        processed_at_ms: now_ms,
+        explain: &parts,
+        lots: &lots.iter().map(|l| [l[0], -l[1]]).collect::<Vec<_>>(),
+        settlement: &lines,
+    };
+    Ok(Applied {
+        points: -forfeited,
+        amount_fen: 0,
+        refund_of: None,
+        clawback_points: 0,
+        campaigns: Vec::new(),
+        rows_json: rows_json(&[row]),
+        notice: None,
+        record_points: -forfeited,
         used_points: 0,
         returned_points: 0,
         booking: None,

@@ -316,17 +316,20 @@ impl PyEventBatch {
 
 
 /// What the member API shows of a stored state: tier, progress and review date.
-/// Whether a merge event (`merge_out`, `unmerge_out`...) would apply to this member's
-/// state now: nothing if it would, RejectedEventError / InvalidEventError (with `field`)
-/// saying why not. Nothing is changed: the event itself is applied by the accrual worker.
+/// Whether a member event (a merge's half, an erasure, an adjustment...) would apply to
+/// this member's state now: nothing if it would, RejectedEventError / InvalidEventError
+/// (with `field`) saying why not. Nothing is changed: the event itself is applied by the
+/// accrual worker, in order with the member's other events.
 #[pyfunction]
-pub fn check_merge(py: Python<'_>, rules: &PyRuleSet, state_json: Option<&str>, body: &[u8], now_ms: i64) -> PyResult<()> {
+pub fn check_member_event(py: Python<'_>, rules: &PyRuleSet, state_json: Option<&str>, body: &[u8], now_ms: i64) -> PyResult<()> {
     let mut state = stored_state(state_json)?;
     let ev = match crate::events::parse_event(body).map_err(|e| core_error_to_py(py, e))? {
-        crate::events::Event::Member(m) if m.merge.is_some() => m,
-        _ => return Err(InvalidArgumentError::new_err("check_merge takes a merge event")),
+        crate::events::Event::Member(m) => m,
+        _ => return Err(InvalidArgumentError::new_err("check_member_event takes a member event")),
     };
-    crate::merge::apply(&rules.inner, &ev, &mut state, now_ms).map(|_| ()).map_err(|e| core_error_to_py(py, e))
+    crate::behaviour::apply_member_event(&rules.inner, &ev, &mut state, now_ms)
+        .map(|_| ())
+        .map_err(|e| core_error_to_py(py, e))
 }
 
 #[pyfunction]

@@ -331,6 +331,8 @@ pub enum MemberKind {
     MergeIn,
     UnmergeOut,
     UnmergeIn,
+    /// A personal data erasure (PIPL): the account's points forfeited, its profile cleared.
+    Erase,
 }
 
 impl MemberKind {
@@ -352,6 +354,7 @@ impl MemberKind {
             MemberKind::MergeIn => "merge_in",
             MemberKind::UnmergeOut => "unmerge_out",
             MemberKind::UnmergeIn => "unmerge_in",
+            MemberKind::Erase => "erase",
         }
     }
 
@@ -373,6 +376,7 @@ impl MemberKind {
             "merge_in" => MemberKind::MergeIn,
             "unmerge_out" => MemberKind::UnmergeOut,
             "unmerge_in" => MemberKind::UnmergeIn,
+            "erase" => MemberKind::Erase,
             _ => return None,
         })
     }

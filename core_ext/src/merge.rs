@@ -31,7 +31,7 @@ pub const MARK_KEEP_MS: i64 = 400 * 86_400_000;
 pub fn redirect(state: &MemberState, kind: Option<MemberKind>) -> Option<&str> {
     let m = state.merged.as_ref()?;
     match kind {
-        Some(MemberKind::UnmergeIn | MemberKind::MergeOut) => None,
+        Some(MemberKind::UnmergeIn | MemberKind::MergeOut | MemberKind::Erase) => None,
         _ => Some(&m.into),
     }
 }

@@ -1048,3 +1048,27 @@ fn a_rebuilt_member_has_the_counters_its_payments_moved() {
     assert_eq!((s.spend_last_day, s.spend_streak), (live.spend_last_day, live.spend_streak), "the spend streak");
     assert_eq!((s.task_month, s.task_spend_fen, s.task_done), (live.task_month, live.task_spend_fen, live.task_done));
 }
+
+#[test]
+fn an_erasure_forfeits_the_balance_as_breakage_and_empties_the_state() {
+    let r = rules("best_of");
+    let mut erase = member_ev("e1", "m1", "erase", MON);
+    erase["reason"] = json!("PIPL request");
+    let mut reg = member_ev("r1", "m1", "register", MON);
+    reg["birthday"] = json!("05-06");
+    reg["tags"] = json!(["vip"]);
+    let evs = [reg, pay("p", "m1", "mall", "x", "fashion", 10_000, MON), erase.clone()];
+    let out = run(&r, &evs);
+    let before: i64 = out.points()[..2].iter().map(|p| p.unwrap()).sum();
+    assert!(before > 0);
+    assert_eq!(out.points()[2], Some(-before));
+    assert_eq!(out.state("m1"), MemberState::default(), "nothing of the person is left");
+    let rows = out.rows(2);
+    assert_eq!(rows[0]["kind"], "erase");
+    let points: i64 = rows[0]["settlement"].as_array().unwrap().iter().map(|l| l["points"].as_i64().unwrap()).sum();
+    assert_eq!(points, 0, "the books balance: members -x, pool +x");
+    // Stored value is the member's money: refused until refunded.
+    let held = MemberState { sv_fen: 100, ..Default::default() };
+    let refused = run_with(&r, &[erase], with_state("m1", held));
+    assert_eq!(refused.rejected_field(0), "stored_value");
+}

@@ -3,9 +3,22 @@ every view: the ingress (callbacks.py), the member and till API (members.py),
 engagement (engage.py), the gateways' notifications (gateways.py) and the operators' API
 (admin.py) and the console's accounts, audit trail and member service (console.py, whose
 middleware checks every /v1/admin request), rules published from the console (rules.py),
-coupons to an audience (audiences.py); merging accounts (merges.py); common.py is what they share."""
+coupons to an audience (audiences.py); merging accounts (merges.py); erasing a member
+(privacy.py); common.py is what they share."""
 
-from streams.http import admin, audiences, callbacks, common, console, engage, gateways, members, merges, rules
+from streams.http import (
+    admin,
+    audiences,
+    callbacks,
+    common,
+    console,
+    engage,
+    gateways,
+    members,
+    merges,
+    privacy,
+    rules,
+)
 
 __all__ = ["admin", "audiences", "callbacks", "common", "console", "engage", "gateways", "members", "merges",
-           "rules"]
+           "privacy", "rules"]

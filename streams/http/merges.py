@@ -86,17 +86,17 @@ async def _state(member_id: str) -> dict[str, Any]:
     return orjson.loads(state) if state else {}
 
 
-async def _check(member_id: str, event: bytes) -> None:
+async def check_event(member_id: str, event: bytes) -> None:
     """MergeRefused if the event would not apply to the member's state now."""
     rt = await runtime.started()
     _seq, state, _balance = await rt.balances.member_state(member_id)
     try:
-        core_ext.check_merge(rt.rules, state, event, int(time.time() * 1000))
+        core_ext.check_member_event(rt.rules, state, event, int(time.time() * 1000))
     except (core_ext.RejectedEventError, core_ext.InvalidEventError) as exc:
         raise MergeRefused(str(getattr(exc, "field", "")), str(getattr(exc, "reason", exc))) from None
 
 
-async def _apply(member_id: str, event: bytes) -> bool:
+async def send_and_wait(member_id: str, event: bytes) -> bool:
     """Sends a merge event (Kafka key: its member) and waits until its member's record of it
     is there: True once applied; False if not within APPLY_WAIT_S, or MergeRefused if its
     member's state refuses it now (checked first, and again while waiting)."""
@@ -104,7 +104,7 @@ async def _apply(member_id: str, event: bytes) -> bool:
     event_id = orjson.loads(event)["event_id"]
     if await rt.balances.event_record(member_id, event_id):
         return True
-    await _check(member_id, event)
+    await check_event(member_id, event)
     fut = await member_events_topic.send(key=member_id.encode(), value=event, force=True)
     await fut
     deadline = time.monotonic() + APPLY_WAIT_S
@@ -115,7 +115,7 @@ async def _apply(member_id: str, event: bytes) -> bool:
         if time.monotonic() - checked_at > 2.0:
             checked_at = time.monotonic()
             try:
-                await _check(member_id, event)  # a state that changed since (a hold taken) refuses it
+                await check_event(member_id, event)  # a state that changed since (a hold taken) refuses it
             except MergeRefused:
                 if await rt.balances.event_record(member_id, event_id):
                     return True  # applied between the two looks
@@ -155,7 +155,7 @@ async def run_merge(merge: dict[str, Any]) -> dict[str, Any]:
         if merge["status"] == "merging":
             try:
                 out = _event("merge_out", f"merge-out:{mid}", src, dst, merge)
-                if not await _apply(src, out):
+                if not await send_and_wait(src, out):
                     await _save(merge)
                     return merge
             except MergeRefused as exc:
@@ -169,13 +169,13 @@ async def run_merge(merge: dict[str, Any]) -> dict[str, Any]:
             records = {k: v for k, v in (await rt.balances.event_records(src)).items()}
             inn = _event("merge_in", f"merge-in:{mid}", dst, src, merge, merged["bundle"], records)
             try:
-                if not await _apply(dst, inn):
+                if not await send_and_wait(dst, inn):
                     await _save(merge)
                     return merge
             except MergeRefused as exc:
                 # The kept account refuses (merged itself meanwhile): the points go back.
                 back = _event("unmerge_in", f"merge-back:{mid}", src, dst, merge, merged["bundle"])
-                await _apply(src, back)
+                await send_and_wait(src, back)
                 merge.update(status="refused", refused={"field": exc.field, "reason": exc.reason})
                 await _save(merge)
                 return merge
@@ -210,7 +210,7 @@ async def run_undo(merge: dict[str, Any]) -> dict[str, Any]:
         if bundle is not None:
             try:
                 out = _event("unmerge_out", f"unmerge-out:{mid}", dst, src, merge, bundle)
-                if not await _apply(dst, out):
+                if not await send_and_wait(dst, out):
                     await _save(merge)
                     return merge
             except MergeRefused as exc:
@@ -220,7 +220,7 @@ async def run_undo(merge: dict[str, Any]) -> dict[str, Any]:
             back = (((await _state(dst)).get("merges_in") or {}).get(mid) or {}).get("undone")
             if back is None:
                 raise RuntimeError(f"undo of merge {mid}: {dst} has no record of what it gave back")
-            if not await _apply(src, _event("unmerge_in", f"unmerge-in:{mid}", src, dst, merge, back)):
+            if not await send_and_wait(src, _event("unmerge_in", f"unmerge-in:{mid}", src, dst, merge, back)):
                 await _save(merge)
                 return merge
             merge["points_back"] = _points(back)
@@ -301,7 +301,7 @@ class MergeMember(View):
                  "role": op.role, "at_ms": int(now.timestamp() * 1000), "status": "merging",
                  "occurred_at": now.isoformat(timespec="milliseconds"), "moved": []}
         try:
-            await _check(member_id, _event("merge_out", f"merge-out:{merge_id}", member_id, into, merge))
+            await check_event(member_id, _event("merge_out", f"merge-out:{merge_id}", member_id, into, merge))
         except MergeRefused as exc:
             return error_response(self, 409, f"{member_id} cannot be merged now: {exc.reason}", exc.field)
         before = {"from": await _state(member_id), "into": await _state(into)}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import orjson
 from faust.web.exceptions import ServiceUnavailable
 
 import core_ext
@@ -69,6 +70,27 @@ class LedgerNotHeld(ServiceUnavailable, TransientError):
     process holds it. A view that needs the store answers 503 with the reason."""
 
 
+#: Tables whose rows of an erased member stay, under a pseudonym (copied, then deleted:
+#: the member or an event id naming it is in their sorting key).
+ERASE_REKEYED = ("ledger", "stored_value", "game_draws", "settlement_lines", "coupon_events")
+
+
+def _pseudonymised(col: str, kind: str, n: int) -> str:
+    """A column of a row being pseudonymised, as a SELECT expression: `member_id` becomes
+    the pseudonym (`erased-...`) when it is one of the members, and every text column has
+    the members' ids replaced by it."""
+    if col == "member_id":
+        return "if(member_id IN {ids:Array(String)}, {p:String}, member_id)"
+    if "String" not in kind or "Array" in kind or "Map" in kind:
+        return f"`{col}`"
+    expr = f"`{col}`"
+    for i in range(n):
+        expr = f"replaceAll({expr}, {{i{i}:String}}, {{p:String}})"
+    return f"CAST({expr} AS {kind})" if kind.startswith("LowCardinality") else expr
+#: Tables whose rows of an erased member go: the person's state, not the books.
+ERASE_DELETED = ("member_states", "op_records", "held_refunds", "member_segments")
+
+
 class LedgerStore:
     def __init__(self, dsn: str, faults_dir: str = "") -> None:
         self.dsn = dsn
@@ -80,6 +102,11 @@ class LedgerStore:
         if self.dsn.startswith("chdb://"):
             Path(self.dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=self.dsn)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the store (the ledger worker, or a server DSN's client)."""
+        return self._client is not None
 
     @property
     def client(self) -> Any:
@@ -178,6 +205,98 @@ class LedgerStore:
                 "refreshed_at")
         await self._run(self.client.insert, "member_segments", [[r[c] for c in cols] for r in rows],
                         column_names=cols)
+
+    def erase_members_sync(self, ids: list[str], pseudonym: str, payers: list[tuple[str, str]],
+                           plates: list[str], keys: list[str]) -> dict[str, int]:
+        """A personal data erasure in ClickHouse (streams/http/privacy.py): the members' rows
+        re-keyed to `pseudonym` where amounts must stay (tables with `member_id` in their
+        sorting key are copied under it, then deleted; the others updated in place), their
+        states, segments, records and bindings deleted, their payers' guest payments and
+        gateway routes deleted, plates blanked, the audit trail's details about them emptied.
+        Deletes and updates are mutations waited for: the parts holding the rows are rewritten
+        without them (not only marked).
+        Runs on the store's one thread, so no insert of this process comes between the copy
+        and the materialized views' re-attachment. Returns rows touched per table."""
+        c = self.client
+        p = {"ids": ids, "p": pseudonym, "plates": plates, "keys": keys,
+             "kinds": [k for k, _ in payers], "exts": [e for _, e in payers]}
+
+        def count(table: str, where: str) -> int:
+            return int(c.query(f"SELECT count() FROM `{table}` FINAL WHERE {where}", parameters=p).result_rows[0][0])
+
+        touched: dict[str, int] = {}
+        views = [r[0] for r in c.query("SELECT name FROM system.tables WHERE database = currentDatabase()"
+                                       " AND engine = 'MaterializedView'").result_rows]
+        # Their rows, and the rows they caused on others (an inviter's `referral:<member>`):
+        # copied with the member id replaced by the pseudonym in every text column (the
+        # engine's own event ids embed it: schedules, grants, overrides, referrals), then
+        # the originals deleted. The copies are not new activity: the materialized views
+        # that aggregate inserts are detached meanwhile.
+        p["refs"] = [f"referral:{m}" for m in ids]
+        for i, m in enumerate(ids):
+            p[f"i{i}"] = m
+        mine = "member_id IN {ids:Array(String)} OR event_id IN {refs:Array(String)}"
+        for table in ERASE_REKEYED:
+            touched[table] = count(table, mine)
+            if not touched[table]:
+                continue
+            cols = c.query(
+                "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}"
+                " AND default_kind NOT IN ('MATERIALIZED', 'ALIAS') ORDER BY position",
+                parameters={"t": table}).result_rows
+            names = ", ".join(f"`{col}`" for col, _ in cols)
+            values = ", ".join(_pseudonymised(col, kind, len(ids)) for col, kind in cols)
+            for v in views:
+                c.command(f"DETACH TABLE `{v}`")
+            try:
+                c.command(f"INSERT INTO `{table}` ({names}) SELECT {values} FROM `{table}` FINAL WHERE {mine}",
+                          parameters=p)
+            finally:
+                for v in views:
+                    c.command(f"ATTACH TABLE `{v}`")
+            c.command(f"ALTER TABLE `{table}` DELETE WHERE {mine} SETTINGS mutations_sync = 1", parameters=p)
+        for m in ids:  # an inviter's state remembers the referral's event id
+            q = {"q": orjson.dumps(f"referral:{m}").decode(), "r": orjson.dumps(f"referral:{pseudonym}").decode()}
+            c.command("ALTER TABLE member_states UPDATE state = replaceAll(state, {q:String}, {r:String})"
+                      " WHERE position(state, {q:String}) > 0 SETTINGS mutations_sync = 1", parameters=q)
+        where = "member_id IN {ids:Array(String)} OR plate IN {plates:Array(String)}"
+        touched["parking_sessions"] = count("parking_sessions", where)
+        if touched["parking_sessions"]:
+            c.command("ALTER TABLE parking_sessions UPDATE member_id = if(member_id IN {ids:Array(String)}, {p:String},"
+                      f" member_id), plate = '' WHERE {where} SETTINGS mutations_sync = 1", parameters=p)
+        for table in ERASE_DELETED:
+            touched[table] = count(table, "member_id IN {ids:Array(String)}")
+            c.command(f"ALTER TABLE `{table}` DELETE WHERE member_id IN {{ids:Array(String)}}"
+                      " SETTINGS mutations_sync = 1", parameters=p)
+        # Bindings: the members' own, every row of a key once theirs, aliases of them, and the
+        # gateway routes that name one of their payers.
+        routes = "kind = 'route' AND arrayExists(e -> position(value, e) > 0, {exts:Array(String)})"
+        where = (f"member_id IN {{ids:Array(String)}} OR key IN {{keys:Array(String)}} OR ({routes})"
+                 " OR key IN arrayMap(m -> concat('alias:', m), {ids:Array(String)})")
+        touched["bindings"] = count("bindings", where)
+        c.command(f"ALTER TABLE bindings DELETE WHERE {where} SETTINGS mutations_sync = 1", parameters=p)
+        where = "(payer_kind, payer_id) IN arrayZip({kinds:Array(String)}, {exts:Array(String)})"
+        touched["guest_payments"] = count("guest_payments", where) if payers else 0
+        if payers:
+            c.command(f"ALTER TABLE guest_payments DELETE WHERE {where} SETTINGS mutations_sync = 1", parameters=p)
+        where = "member_id IN {ids:Array(String)} OR target IN {ids:Array(String)}"
+        touched["audit_log"] = count("audit_log", where)
+        if touched["audit_log"]:
+            target = _pseudonymised("target", "String", len(ids))  # an event id may embed the member
+            c.command("ALTER TABLE audit_log UPDATE member_id = if(member_id IN {ids:Array(String)}, {p:String},"
+                      f" member_id), target = {target}, before = '', after = '' WHERE {where}"
+                      " SETTINGS mutations_sync = 1", parameters=p)
+        # Other members' rows that name one of them (an inviter's referral reward).
+        for m in ids:
+            quoted = orjson.dumps(m).decode()
+            n = int(c.query("SELECT count() FROM ledger WHERE position(explain, {q:String}) > 0",
+                            parameters={"q": quoted}).result_rows[0][0])
+            if n:
+                touched["ledger_mentions"] = touched.get("ledger_mentions", 0) + n
+                c.command("ALTER TABLE ledger UPDATE explain = replaceAll(explain, {q:String}, {r:String})"
+                          " WHERE position(explain, {q:String}) > 0 SETTINGS mutations_sync = 1",
+                          parameters={"q": quoted, "r": orjson.dumps(pseudonym).decode()})
+        return touched
 
     async def query_sql(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Runs one SQL statement (tests, tools); named queries go through `query`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,10 +16,13 @@ import orjson
 
 from streams.operators import Operator
 from streams.state.base import StoreBase
+from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
 #: A merge's record is kept past the longest undo window (LOYALTY_MERGE_UNDO_DAYS, 60 at most).
 MERGE_KEEP_S = 67 * 86_400
+#: An erasure's record (no member id in it once done) answers a repeated request this long.
+ERASURE_KEEP_S = 400 * 86_400
 
 # Moves an approval out of "pending" once: a second decision (a double click, two checkers
 # at once) gets the first decision back and changes nothing.
@@ -62,6 +66,32 @@ elseif t == 'string' then
   return 1
 end
 return 0
+"""
+
+
+# Replaces texts in a member's state (plain, not patterns), bumping its sequence number so
+# a write computed from the state before retries. ARGV: old, new, old, new...
+_REWRITE_STATE = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s then return 0 end
+local changed = false
+for i = 1, #ARGV, 2 do
+  local out, pos = {}, 1
+  while true do
+    local a, b = string.find(s, ARGV[i], pos, true)
+    if not a then break end
+    out[#out + 1] = string.sub(s, pos, a - 1)
+    out[#out + 1] = ARGV[i + 1]
+    pos = b + 1
+    changed = true
+  end
+  out[#out + 1] = string.sub(s, pos)
+  s = table.concat(out)
+end
+if not changed then return 0 end
+redis.call('HSET', KEYS[1], 'state', s)
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
+return 1
 """
 
 
@@ -191,3 +221,105 @@ class OperatorStore(StoreBase):
     async def event_records(self, member_id: str) -> dict[str, str]:
         """A member's applied-event records (id -> record), as the accrual wrote them."""
         return await self.redis.hgetall(self.records_key(member_id))  # type: ignore[no-any-return]
+
+    async def erasure(self, erasure_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.erasure_key(erasure_id))
+        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def save_erasure(self, erasure: dict[str, Any]) -> None:
+        await self.redis.set(self.erasure_key(erasure["erasure_id"]), orjson.dumps(erasure), ex=ERASURE_KEEP_S)
+
+    async def erasures(self) -> list[dict[str, Any]]:
+        out = []
+        async for key in self.redis.scan_iter(match=self.erasure_key("*"), count=500):
+            raw = await self.redis.get(key)
+            if raw is not None:
+                out.append(orjson.loads(raw))
+        return out
+
+    async def outboxes_pending(self, member_ids: list[str]) -> bool:
+        """Whether any of these members has ledger rows not yet sent (its outbox)."""
+        return bool(await self.redis.exists(*[self.outbox_key(m) for m in member_ids])) if member_ids else False
+
+    async def erase_members(self, ids: list[str], pseudonym: str, keys: list[str], payers: list[tuple[str, str]],
+                            plates: list[str], routes: list[str], event_ids: list[str]) -> int:
+        """A personal data erasure in Redis (streams/http/privacy.py): the members' keys,
+        their bindings (while still theirs), aliases, guest payments, parking sessions,
+        gateway routes, schedules, leaderboard entries, held refunds, merge records and
+        approvals; audience sends and the claims of their events (`event_ids`) name the
+        pseudonym instead. Returns keys and entries removed or rewritten."""
+        r, ns, n = self.redis, self.ns, 0
+        members = set(ids)
+        names = [*ids, *[e for _, e in payers]]
+        for start in range(0, len(event_ids), 500):
+            page = [self.event_claim_key(e) for e in event_ids[start:start + 500]]
+            for key, claimant in zip(page, await r.mget(page), strict=True):
+                text = claimant.decode() if isinstance(claimant, bytes) else claimant
+                if text and any(x in text for x in names):
+                    n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
+        for m in ids:
+            n += await r.delete(self.member_key(m), self.records_key(m), self.outbox_key(m), self.history_key(m),
+                                self.alias_key(m))
+            async for k in r.scan_iter(match=f"{ns}:parked:{{{m}}}:*", count=500):
+                n += await r.delete(k)
+            n += await r.zrem(self.tier_reviews_key, m) + await r.zrem(self.wallet_checks_key, m)
+            n += await r.zrem(self.outbox_index_key(zlib.crc32(m.encode()) % OUTBOX_INDEX_SHARDS), m)
+            held = self.held_key  # type: ignore[attr-defined]  # HeldRefundStore's, in the same store
+            async for entry, _score in r.zscan_iter(held, match=f"{m}\t*"):  # entries are "member<TAB>payment"
+                n += await r.zrem(held, entry)
+        for key in keys:
+            for m in ids:
+                n += int(await self.unbind(key, m))
+        for kind, ext in payers:
+            n += await r.delete(self.guest_key(kind, ext))
+        for key in routes:
+            n += await r.delete(f"{ns}:{key}")
+        for plate in plates:
+            async for k in r.scan_iter(match=f"{ns}:park:*:{plate}", count=500):
+                n += await r.delete(k)
+        async for k in r.scan_iter(match=f"{ns}:lb:*", count=500):
+            n += await r.zrem(k, *ids)
+        async for k in r.scan_iter(match=f"{ns}:lbv:*", count=500):
+            n += await r.hdel(k, *ids)
+        for merge in await self.merges():
+            if merge.get("from") in members or merge.get("into") in members:
+                n += await r.delete(self.merge_key(merge["merge_id"]))
+        for approval in await self.approvals():
+            if approval.get("member_id") in members:
+                n += await r.delete(self.approval_key(approval["approval_id"]))
+        async for k in r.scan_iter(match=self.audience_send_key("*"), count=500):
+            raw = await r.get(k)
+            send = orjson.loads(raw) if raw else {}
+            if members & set(send.get("members") or []):
+                send["members"] = [pseudonym if m in members else m for m in send["members"]]
+                await r.set(k, orjson.dumps(send), keepttl=True)
+                n += 1
+        return n
+
+    async def rewrite_mentions(self, member_id: str, pairs: list[tuple[str, str]]) -> int:
+        """Texts naming an erased member replaced in another member's event records (the
+        field names), recent movements and state (an inviter's referral). Returns 1 if any."""
+        r, n = self.redis, 0
+        records = self.records_key(member_id)
+        for old, new in pairs:
+            rec = await r.hget(records, old)
+            if rec is not None:
+                await r.hset(records, new, rec)
+                await r.hdel(records, old)
+                n = 1
+        history = self.history_key(member_id)
+        entries = [e.decode() if isinstance(e, bytes) else e for e in await r.lrange(history, 0, -1)]
+        if any(old in e for e in entries for old, _ in pairs):
+            for old, new in pairs:
+                entries = [e.replace(old, new) for e in entries]
+            ttl = await r.ttl(history)
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(history)
+            pipe.rpush(history, *entries)
+            if ttl > 0:
+                pipe.expire(history, ttl)
+            await pipe.execute()
+            n = 1
+        flat = [x for pair in pairs for x in pair]
+        n |= int(await r.eval(_REWRITE_STATE, 1, self.member_key(member_id), *flat))
+        return n

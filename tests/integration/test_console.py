@@ -727,3 +727,80 @@ def test_accounts_merged_in_the_browser_then_undone(cw: WorkerProcess) -> None:
     assert actions["member.merge"]["operator"] == "cs-li" and actions["member.merge"]["target"] == keep
     assert actions["member.merge"]["before"]["from_balance"] == a_gone
     assert actions["member.merge-undo"]["operator"] == "admin-wang"
+
+
+def test_a_member_erased_everywhere_while_the_books_keep_the_amounts(cw: WorkerProcess) -> None:
+    """PIPL erasure: a group admin (not customer service) erases a member with a phone, an
+    openid, a plate, a profile, payments, an inviter and audit rows; asked again it answers
+    the same. Then no Redis key or value and no ClickHouse row names the member, the phone's
+    pseudonym, the openid or the plate; the ledger keeps the amounts under a pseudonym (the
+    forfeited balance its last row) and reconcile is clean."""
+    import random
+    import subprocess
+    import sys
+
+    from streams.auth import pseudonym
+    from tests.integration.test_security import DUMP_STORE
+
+    m, inviter = f"er-{uuid.uuid4().hex[:8]}", f"inv-{uuid.uuid4().hex[:8]}"
+    phone = "139" + "".join(random.choice("0123456789") for _ in range(8))
+    openid, plate = f"o-er-{uuid.uuid4().hex[:10]}", "沪E" + uuid.uuid4().hex[:5].upper()
+    member_event(cw, {"event_id": f"reg-{inviter}", "type": "register", "occurred_at": now_iso(),
+                      "member_id": inviter})
+    member_event(cw, {"event_id": f"reg-{m}", "type": "register", "occurred_at": now_iso(), "member_id": m,
+                      "birthday": "1990-05-06", "tags": ["vip"], "referred_by": inviter,
+                      "external_ids": [{"kind": "phone", "id": phone}, {"kind": "wechat", "id": openid}]})
+    pay(cw, m, "sh-mall", "sh-mall-shop-01", 45_600)
+    body = orjson.dumps({"plate": plate, "auto_pay": False})
+    assert cw.post(f"/v1/members/{m}/plates", body, cw.pos_headers(body))[0] == 200
+    cs = Console(cw)
+    assert cs.login("cs-li")[0] == 200
+    assert cs.call("POST", f"/v1/admin/members/{m}/tier", {"tier": "gold"})[0] < 300  # an audit row about m
+    cw.wait_caught_up()
+    forfeited = balance(cw, m)
+    assert forfeited > 0
+    referral = [r for r in cw.get(f"/v1/members/{inviter}/ledger")[1]["rows"] if r["kind"] == "referral"]
+    assert referral and m in orjson.dumps(referral).decode(), "the inviter's reward names the member"
+
+    asked = {"reason": "PIPL request by the member", "confirm": m}
+    assert cs.call("POST", f"/v1/admin/members/{m}/erase", asked)[0] == 403, "not customer service's"
+    admin = Console(cw)
+    assert admin.login("admin-wang")[0] == 200
+    assert admin.call("POST", f"/v1/admin/members/{m}/erase", {**asked, "confirm": "someone"})[0] == 400
+    status, erased, _ = admin.call("POST", f"/v1/admin/members/{m}/erase", asked)
+    assert status == 200 and erased["status"] == "erased", erased
+    alias = erased["pseudonym"]
+    assert alias.startswith("erased-") and m not in orjson.dumps(erased).decode()
+    again = admin.call("POST", f"/v1/admin/members/{m}/erase", asked)
+    assert again[0] == 200 and again[1]["pseudonym"] == alias, "asked again: the same erasure"
+    assert cw.get(f"/v1/members/{m}")[0] == 404
+    assert cw.get(f"/v1/admin/members/search?kind=phone&q={phone}")[1]["members"] == []
+    assert cw.get(f"/v1/admin/members/search?kind=wechat&q={openid}")[1]["members"] == []
+    cw.wait_caught_up()
+    rec = cw.get("/v1/admin/reconcile")[1]
+    assert rec["clean"], rec
+    rows = cw.get(f"/v1/members/{alias}/ledger")[1]["rows"]
+    assert sum(r["points"] for r in rows) == 0 and rows[0]["kind"] == "erase" and rows[0]["points"] == -forfeited
+    trail = audit_rows(cw, member=alias)
+    assert [r["operator"] for r in trail if r["action"] == "member.erase"][:1] == ["admin-wang"]
+    assert audit_rows(cw, member=m) == []
+
+    secrets_of_m = [m, pseudonym(cw.pii_key, phone), phone, openid, plate]
+    r = redis_client(cw.redis_url)
+    for key in r.scan_iter(match=f"{cw.run_id}:*", count=1000):
+        k = key.decode() if isinstance(key, bytes) else key
+        kind = r.type(k)
+        value = (r.get(k) if kind in ("string", b"string") else
+                 orjson.dumps({str(a): str(b) for a, b in r.hgetall(k).items()}) if kind in ("hash", b"hash") else
+                 orjson.dumps([str(x) for x in r.zrange(k, 0, -1)]) if kind in ("zset", b"zset") else b"")
+        text = k + (value.decode(errors="replace") if isinstance(value, bytes) else str(value or ""))
+        assert not [s for s in secrets_of_m if s in text], (k, [s for s in secrets_of_m if s in text])
+    cw.stop()  # the embedded store belongs to the worker: read it after it stopped
+    try:
+        dump = subprocess.run([sys.executable, "-c", DUMP_STORE, f"chdb://{cw.data_dir / 'chdb'}"],
+                              capture_output=True, text=True, check=True, timeout=120).stdout
+    finally:
+        cw.start()
+    left = {s: [line[:160] for line in dump.splitlines() if s in line][:3] for s in secrets_of_m}
+    assert not any(left.values()), left
+    assert alias in dump, "the amounts stay, under the pseudonym"

@@ -5,7 +5,7 @@ Redis (streams/state/operators.py) with their durable copy in ClickHouse's `bind
 Roles:
 - `group_admin`: everything, for the whole group; manages operators.
 - `bu_operator`: members who visited their business unit, their BU's statements.
-- `merchant_staff`: their merchant's statements.
+- `merchant_staff`: their merchant's statements and coupon redemptions.
 - `customer_service`: member look-up and member actions, no rules, no figures.
 - `auditor`: reads everything, the audit trail included; changes nothing.
 - `automation`: the admin token (LOYALTY_ADMIN_TOKEN), for scripts and the CLI.
@@ -54,6 +54,7 @@ PERMISSIONS = {
     "operators.manage": "add, disable and reset operators",
     "audiences.send": "define audiences and send them a coupon",
     "audiences.read": "see audience sends and what they issued",
+    "coupons.redeem": "redeem a member's coupon at a merchant (merchant staff: their own)",
 }
 
 _ALL = frozenset(PERMISSIONS)
@@ -64,7 +65,7 @@ GRANTS: dict[str, frozenset[str]] = {
     "group_admin": _ALL,
     "bu_operator": frozenset({"session", "settlement.read", "members.read", "members.write", "members.approve",
                               "rules.read", "rules.write"}),
-    "merchant_staff": frozenset({"session", "settlement.read"}),
+    "merchant_staff": frozenset({"session", "settlement.read", "coupons.redeem"}),
     "customer_service": frozenset({"session", "members.read", "members.write", "members.approve",
                                    "members.privacy", "members.merge"}),
     "auditor": _READ,
@@ -100,6 +101,8 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/v1/admin/merges/{merge_id}"): "members.read",
     ("POST", "/v1/admin/merges/{merge_id}/undo"): "members.unmerge",
     ("GET", "/v1/admin/approvals"): "members.read",
+    ("POST", "/v1/admin/coupons/redeem"): "coupons.redeem",
+    ("GET", "/v1/admin/coupons/redemptions"): "settlement.read",
     ("POST", "/v1/admin/approvals/{approval_id}/approve"): "members.approve",
     ("POST", "/v1/admin/approvals/{approval_id}/reject"): "members.approve",
     ("POST", "/v1/admin/rules/simulate"): "rules.read",

@@ -80,7 +80,7 @@ pub const COUPONS: Table = Table {
         ("event_id", Str), ("member_id", Str), ("kind", Str), ("coupon_id", Str), ("template", Str),
         ("trigger", Str), ("coupon_kind", Str), ("face_value_fen", I64), ("discount_fen", I64),
         ("merchant_share_fen", I64), ("issuer_share_fen", I64), ("valid_until", Ms), ("occurred_at", Ms),
-        ("processed_at", Ms), ("rules_version", Str), ("reason", Str),
+        ("processed_at", Ms), ("rules_version", Str), ("reason", Str), ("bu_id", Str), ("merchant_id", Str),
     ],
 };
 pub const DRAWS: Table = Table {
@@ -453,6 +453,8 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
                 put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
                 put_str(d, r.rules_version.as_deref().unwrap_or(""));
                 put_str(d, r.reason.as_deref().unwrap_or(""));
+                put_str(d, r.bu_id.as_deref().unwrap_or(""));
+                put_str(d, r.merchant_id.as_deref().unwrap_or(""));
                 b.rows += 1;
                 ident(&mut b.identity, &[cid, kind, eid]);
             }

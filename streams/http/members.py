@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from faust.web import Request, Response, View
@@ -198,29 +199,38 @@ class CouponRedemption(View):
     (same coupon, same payment_id) gets the same answer."""
 
     async def post(self, request: Request) -> Response:
-        got = await signed_member_request(request)
-        body, member_id = got
-        rt = await runtime.started()
+        body, member_id = await signed_member_request(request)
+        return await redeem_coupon_now(self, body, member_id)
 
-        async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
-            try:
-                changed, new_state, rows, result = core_ext.redeem_coupon(rt.rules, state, body,
-                                                                          int(time.time() * 1000))
-            except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
-                raise await refused_by_core(exc, body, "coupons_refused_total") from None
-            if not changed:
-                return self.bytes(result.encode(), content_type="application/json", status=200)
-            answer = orjson.loads(result)
 
-            async def done() -> Response:
-                counters["coupons_redeemed_total"] += 1
-                log.info("coupon %s of %s redeemed for payment %s (%d fen off)", answer["coupon_id"], member_id,
-                         answer["payment_id"], answer["discount_fen"])
-                return self.bytes(result.encode(), content_type="application/json", status=201)
-            move = EventMove(f"coupon:{answer['coupon_id']}:{answer['payment_id']}", "coupon", 0, rows, 0, None, 0,
-                             result)
-            return Commit(new_state, done, move)
-        return await member_operation(self, member_id, decide)
+async def redeem_coupon_now(view: View, body: bytes, member_id: str,
+                            redeemed: Callable[[dict[str, Any]], None] | None = None) -> Response:
+    """A coupon redemption (the till's body: member, coupon, payment, where, amount) applied
+    atomically with the member's state: 201 redeemed, 200 the same answer again, 409 refused.
+    `redeemed` is told the answer of a redemption made now (the console audits it)."""
+    rt = await runtime.started()
+
+    async def decide(seq: int, state: str | None) -> Response | Commit[Response]:
+        try:
+            changed, new_state, rows, result = core_ext.redeem_coupon(rt.rules, state, body,
+                                                                      int(time.time() * 1000))
+        except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
+            raise await refused_by_core(exc, body, "coupons_refused_total") from None
+        if not changed:
+            return view.bytes(result.encode(), content_type="application/json", status=200)
+        answer = orjson.loads(result)
+
+        async def done() -> Response:
+            if redeemed is not None:
+                redeemed(answer)
+            counters["coupons_redeemed_total"] += 1
+            log.info("coupon %s of %s redeemed for payment %s (%d fen off)", answer["coupon_id"], member_id,
+                     answer["payment_id"], answer["discount_fen"])
+            return view.bytes(result.encode(), content_type="application/json", status=201)
+        move = EventMove(f"coupon:{answer['coupon_id']}:{answer['payment_id']}", "coupon", 0, rows, 0, None, 0,
+                         result)
+        return Commit(new_state, done, move)
+    return await member_operation(view, member_id, decide)
 
 
 @app.page("/v1/holds")

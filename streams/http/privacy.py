@@ -138,10 +138,10 @@ async def run_erasure(erasure: dict[str, Any]) -> dict[str, Any]:
         _running.discard(eid)
 
 
-@app.timer(interval=10.0, on_leader=True)
+@app.timer(interval=10.0)
 async def resume_erasures() -> None:
-    """Erasures left half-way by a worker that died, taken up again (on the worker that
-    holds the ClickHouse store: the others leave it)."""
+    """Erasures left half-way by a worker that died, taken up again by a worker that holds
+    the ClickHouse store (the others leave them; every step is idempotent)."""
     try:
         rt = await runtime.started()
         if not rt.ledger.held:  # this worker does not hold the store

@@ -729,6 +729,58 @@ def test_accounts_merged_in_the_browser_then_undone(cw: WorkerProcess) -> None:
     assert actions["member.merge-undo"]["operator"] == "admin-wang"
 
 
+def test_merchant_staff_redeem_coupons_at_their_own_merchant_in_the_browser(cw: WorkerProcess) -> None:
+    """Merchant staff redeem a member's coupon from the console at their own merchant (the
+    merchant, BU and category from their scope and the rules, not the request), see it in
+    their list; the coupon is used once; another merchant's list or a redemption elsewhere is
+    refused; a BU operator may not redeem; the audit trail has who."""
+    from playwright.sync_api import sync_playwright
+
+    m = f"rd-{uuid.uuid4().hex[:8]}"
+    member_event(cw, {"event_id": f"reg-{uuid.uuid4().hex[:10]}", "type": "register", "occurred_at": now_iso(),
+                      "member_id": m})
+    cw.wait_caught_up()
+    coupon = next(c for c in cw.get(f"/v1/members/{m}/coupons")[1]["coupons"]
+                  if c["template"] == "welcome-20" and c["status"] == "active")["coupon_id"]
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = signed_in(browser, cw, "shop-qian", "merchant_staff")
+        page.click("#nav button[data-tab='coupons']")
+        assert page.is_hidden("#rd-merchant"), "merchant staff redeem at their own merchant only"
+        page.fill("#rd-member", m)
+        page.fill("#rd-coupon", coupon)
+        page.fill("#rd-amount", "150")
+        page.click("#rd-go")
+        page.wait_for_selector("#redeem-status:text('Redeemed'), #redeem-status.error")
+        assert "20.00 yuan off" in page.inner_text("#redeem-status"), page.inner_text("#redeem-status")
+        cw.wait_caught_up()  # the redemption's row in ClickHouse
+        page.click("#nav button[data-tab='coupons']")
+        page.wait_for_selector(f"#redemptions tbody tr:has-text('{coupon}'), #redemptions-total.error")
+        assert coupon in page.inner_text("#redemptions"), page.inner_text("#redemptions-total")
+        page.screenshot(path=str(SHOTS / "console-coupons.png"), full_page=True)
+        browser.close()
+    assert next(c for c in cw.get(f"/v1/members/{m}/coupons")[1]["coupons"] if c["coupon_id"] == coupon)["status"] \
+        == "used"
+    shop = Console(cw)
+    assert shop.login("shop-qian")[0] == 200
+    again = shop.call("POST", "/v1/admin/coupons/redeem", {"member_id": m, "coupon_id": coupon, "payment_id": "p-x2",
+                                                          "amount_fen": 15_000})
+    assert again[0] == 409 and "used" in again[1]["error"], again
+    elsewhere = shop.call("POST", "/v1/admin/coupons/redeem", {"member_id": m, "coupon_id": coupon, "amount_fen": 1,
+                                                              "payment_id": "p-x3", "merchant_id": "sh-mall-shop-02"})
+    assert elsewhere[0] == 403
+    assert shop.call("GET", "/v1/admin/coupons/redemptions?merchant=sh-mall-shop-02")[0] == 403
+    mine = shop.call("GET", "/v1/admin/coupons/redemptions")[1]
+    assert [r["coupon_id"] for r in mine["redemptions"] if r["member_id"] == m] == [coupon]
+    assert mine["discount_fen"] >= 2000
+    bu = Console(cw)
+    assert bu.login("bu-zhao")[0] == 200
+    assert bu.call("POST", "/v1/admin/coupons/redeem", {"member_id": m, "coupon_id": coupon, "payment_id": "p-x4",
+                                                       "amount_fen": 1, "merchant_id": "sh-mall-shop-01"})[0] == 403
+    row = next(r for r in audit_rows(cw, member=m) if r["action"] == "coupon.redeem")
+    assert row["operator"] == "shop-qian" and row["target"] == coupon
+
+
 def test_a_member_erased_everywhere_while_the_books_keep_the_amounts(cw: WorkerProcess) -> None:
     """PIPL erasure: a group admin (not customer service) erases a member with a phone, an
     openid, a plate, a profile, payments, an inviter and audit rows; asked again it answers

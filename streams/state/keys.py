@@ -66,7 +66,7 @@ FAMILIES = (
     Family("audience send", r"audience-send:.+", True, "30 days (its coupons are the members' durable facts)"),
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
-    Family("erasure", r"erasure:[0-9a-f]+", True, "400 days; no member id in it once done (the bindings table has it)"),
+    Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 

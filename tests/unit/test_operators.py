@@ -39,7 +39,8 @@ def test_roles_grant_only_known_permissions_and_the_auditor_changes_nothing() ->
     assert changing and not (changing & ops.GRANTS["auditor"])
     assert "audit.read" in ops.GRANTS["auditor"]
     assert not ({"rules.write", "rules.read", "operations"} & ops.GRANTS["customer_service"])
-    assert ops.GRANTS["merchant_staff"] == {"session", "settlement.read"}
+    assert ops.GRANTS["merchant_staff"] == {"session", "settlement.read", "coupons.redeem"}
+    assert "members.erase" not in ops.GRANTS["customer_service"] and "members.unmerge" not in ops.GRANTS["customer_service"]
     assert ops.Operator("x", "group_admin", disabled=True).allows("session") is False
 
 

@@ -40,7 +40,7 @@ def test_roles_grant_only_known_permissions_and_the_auditor_changes_nothing() ->
     assert "audit.read" in ops.GRANTS["auditor"]
     assert not ({"rules.write", "rules.read", "operations"} & ops.GRANTS["customer_service"])
     assert ops.GRANTS["merchant_staff"] == {"session", "settlement.read", "coupons.redeem"}
-    assert "members.erase" not in ops.GRANTS["customer_service"] and "members.unmerge" not in ops.GRANTS["customer_service"]
+    assert not ({"members.erase", "members.unmerge"} & ops.GRANTS["customer_service"])
     assert ops.Operator("x", "group_admin", disabled=True).allows("session") is False
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "ledger_schema_mismatches",
     "ledger_tables",
     "liability_by_expiry",
+    "mall_catalogue",
     "member_view",
     "next_wallet_check_ms",
     "parking_exit",
@@ -119,6 +120,9 @@ class RuleSet:
     @property
     def car_parks(self) -> list[str]:
         """Car park business unit ids, sorted."""
+    def mall_budgets(self, item: str) -> list[tuple[str, int]]:
+        """The stocks an exchange of a points-mall item takes: (budget id, limit), the
+        item's (`mall:<item>`) and its coupon template's (`stock:<template>`)."""
     def game_budgets(self, game: str) -> list[tuple[str, int]]:
         """The stocks a play of `game` may take: (budget id, units) of its prizes
         (`prize:<game>:<prize>`) and of their coupon templates (`stock:<template>`)."""
@@ -478,6 +482,12 @@ class AccrualBatch:
 def check_member_event(rules: RuleSet, state_json: str | None, body: bytes, now_ms: int) -> None:
     """Whether a member event (a merge's half, an erasure...) would apply to this state
     now: None if it would; RejectedEventError / InvalidEventError (with `field`) if not."""
+
+def mall_catalogue(
+    rules: RuleSet, state_json: str | None, spent: dict[str, int], now_ms: int
+) -> list[dict[str, Any]]:
+    """The points mall's catalogue as a member sees it: every item with its price, kind,
+    stock left, window, and `can_buy` (else `why_not` and its `field`), sorted by id."""
 
 def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""

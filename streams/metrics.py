@@ -37,6 +37,7 @@ HELP = {
     "admin_forbidden_total": "Admin API requests refused because the operator's role lacks the permission.",
     "admin_csrf_refused_total": "Console changes refused: CSRF token missing or wrong, or another origin.",
     "audience_grants_sent_total": "Coupon grants of audience sends put on the member-events topic.",
+    "mall_orders_expired_total": "Points-mall orders expired uncollected (points and stock given back).",
     "members_erased_total": "Accounts erased on a personal data request (PIPL).",
     "merges_total": "Accounts merged into another from the console (both halves applied, bindings moved).",
     "merges_undone_total": "Merges undone (what the merge brought given back, bindings moved back).",

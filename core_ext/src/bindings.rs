@@ -121,10 +121,21 @@ impl PyRuleSet {
     }
 
     /// Every budget the atomic apply step checks: campaigns (points), triggers
-    /// (`trigger:<id>`, coupons) and coupon stocks (`stock:<template>`), with their limits.
+    /// (`trigger:<id>`, coupons), coupon stocks (`stock:<template>`) and points-mall stocks
+    /// (`mall:<item>`), with their limits.
     #[getter]
     fn budgets(&self) -> Vec<(String, i64)> {
-        crate::batch::budget_limits(&self.inner)
+        let mut all = crate::batch::budget_limits(&self.inner);
+        let mut mall: Vec<(String, i64)> = self
+            .inner
+            .engagement
+            .mall_items
+            .values()
+            .filter_map(|it| it.stock.map(|s| (crate::engage_rules::mall_budget_id(&it.id), s)))
+            .collect();
+        mall.sort();
+        all.extend(mall);
+        all
     }
 
     /// The kinds of the marketing triggers in the rules (e.g. "parking_exit"), sorted.
@@ -150,6 +161,13 @@ impl PyRuleSet {
         let mut v: Vec<String> = self.inner.car_parks.keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// The stocks an exchange of a points-mall item takes: (budget id, limit), the item's and
+    /// its coupon template's (empty for an unknown item).
+    fn mall_budgets(&self, item: &str) -> Vec<(String, i64)> {
+        let Some(it) = self.inner.engagement.mall_items.get(item) else { return Vec::new() };
+        crate::mall::budgets(&self.inner, it).into_iter().filter_map(|(id, s)| s.map(|s| (id, s))).collect()
     }
 
     /// The stocks a game's play may take: (budget id, units), prizes and coupon templates.
@@ -316,6 +334,65 @@ impl PyEventBatch {
 
 
 /// What the member API shows of a stored state: tier, progress and review date.
+/// The points mall's catalogue as a member sees it now: every item with its price, kind,
+/// stock left (`spent`: budget id -> units taken), window, and whether this member may buy
+/// it (`can_buy`, else `why_not` and the `field` it is about), sorted by id.
+#[pyfunction]
+pub fn mall_catalogue<'py>(
+    py: Python<'py>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    spent: std::collections::HashMap<String, i64>,
+    now_ms: i64,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let state = stored_state(state_json)?;
+    let r = &rules.inner;
+    let mut items: Vec<&crate::engage_rules::MallItem> = r.engagement.mall_items.values().collect();
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    let available = crate::wallet::available(r, &state, now_ms);
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let d = PyDict::new(py);
+        let (kind, coupon) = match &it.kind {
+            crate::engage_rules::MallKind::Goods => ("goods", None),
+            crate::engage_rules::MallKind::Benefit => ("benefit", None),
+            crate::engage_rules::MallKind::Coupon(t) => ("coupon", Some(t.clone())),
+            crate::engage_rules::MallKind::Parking(t) => ("parking", Some(t.clone())),
+        };
+        let left = it.stock.map(|s| (s - spent.get(&crate::engage_rules::mall_budget_id(&it.id)).copied().unwrap_or(0)).max(0));
+        let mut why = crate::mall::refusal(r, &state, it, now_ms);
+        if why.is_none() && left == Some(0) {
+            why = Some(("stock", format!("{} is out of stock", it.id)));
+        }
+        if why.is_none() && available < it.points {
+            why = Some(("points", format!("needs {} points, the member has {available} available", it.points)));
+        }
+        d.set_item("item", &it.id)?;
+        d.set_item("name", &it.name)?;
+        d.set_item("kind", kind)?;
+        d.set_item("coupon_template", coupon)?;
+        d.set_item("points", it.points)?;
+        d.set_item("stock", it.stock)?;
+        d.set_item("stock_left", left)?;
+        d.set_item("per_member_limit", it.per_member_limit)?;
+        d.set_item("per_day_limit", it.per_day_limit)?;
+        d.set_item("flash", it.flash)?;
+        d.set_item("valid_from_ms", it.from_ms)?;
+        d.set_item("valid_to_ms", it.to_ms)?;
+        d.set_item("bu", &it.bu)?;
+        let mut tiers: Option<Vec<&String>> = it.tiers.as_ref().map(|t| t.iter().collect());
+        if let Some(t) = tiers.as_mut() {
+            t.sort();
+        }
+        d.set_item("tiers", tiers)?;
+        d.set_item("can_buy", why.is_none())?;
+        d.set_item("why_not", why.as_ref().map(|w| w.1.clone()))?;
+        d.set_item("field", why.as_ref().map(|w| w.0))?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
 /// Whether a member event (a merge's half, an erasure, an adjustment...) would apply to
 /// this member's state now: nothing if it would, RejectedEventError / InvalidEventError
 /// (with `field`) saying why not. Nothing is changed: the event itself is applied by the

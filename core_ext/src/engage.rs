@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const OPS: [&str; 10] = [
+pub const OPS: [&str; 12] = [
     "game_play",
     "sign_in",
     "sign_in_makeup",
@@ -30,6 +30,8 @@ pub const OPS: [&str; 10] = [
     "sv_topup",
     "sv_pay",
     "sv_refund",
+    "mall_exchange",
+    "mall_order",
 ];
 
 /// What the caller read from Redis for the operation.
@@ -75,7 +77,7 @@ pub struct Done {
 
 impl Done {
     /// An operation that moves points only (games, sign-in plans, partner exchange).
-    fn points(points: i64, rows: &Rows, result: Value, publish: Option<String>) -> Done {
+    pub(crate) fn points(points: i64, rows: &Rows, result: Value, publish: Option<String>) -> Done {
         Done {
             points,
             sv_fen: 0,
@@ -93,17 +95,17 @@ fn invalid(field: &str, reason: impl Into<String>) -> CoreError {
     CoreError::invalid_event(field, reason)
 }
 
-fn refused(field: &str, reason: impl Into<String>) -> CoreError {
+pub(crate) fn refused(field: &str, reason: impl Into<String>) -> CoreError {
     CoreError::rejected(field, reason)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], fields: &str) -> CoreResult<T> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], fields: &str) -> CoreResult<T> {
     crate::events::check_unique_keys(body)?;
     serde_json::from_slice(body).map_err(|e| invalid("body", format!("{e} (expected {fields})")))
 }
 
 /// Rows of one operation, sharing its id, member, time and rules.
-struct Rows<'a> {
+pub(crate) struct Rows<'a> {
     rules: &'a RuleSet,
     op_id: &'a str,
     member_id: &'a str,
@@ -113,14 +115,14 @@ struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn new(rules: &'a RuleSet, state: &MemberState, op_id: &'a str, member_id: &'a str, now_ms: i64) -> Self {
+    pub(crate) fn new(rules: &'a RuleSet, state: &MemberState, op_id: &'a str, member_id: &'a str, now_ms: i64) -> Self {
         let tier = tiers::effective_tier(rules, state, now_ms).id.clone();
         Rows { rules, op_id, member_id, tier, now_ms, out: Vec::new() }
     }
 
     /// A points row; `lots` are the lots a spend took (or a return gives back).
     #[allow(clippy::too_many_arguments)]
-    fn points(&mut self, kind: &str, points: i64, category: &str, merchant: &str, explain: &[Part], lots: &[[i64; 2]],
+    pub(crate) fn points(&mut self, kind: &str, points: i64, category: &str, merchant: &str, explain: &[Part], lots: &[[i64; 2]],
               settlement: &[Line]) {
         let row = LedgerRow {
             event_id: self.op_id,
@@ -146,7 +148,7 @@ impl<'a> Rows<'a> {
         self.out.push(json[1..json.len() - 1].to_string());
     }
 
-    fn raw(&mut self, v: Value) {
+    pub(crate) fn raw(&mut self, v: Value) {
         self.out.push(v.to_string());
     }
 
@@ -156,7 +158,7 @@ impl<'a> Rows<'a> {
 }
 
 /// Points moved between the members and the pool (marketing points, spends, stakes).
-fn pool_lines(points_to_members: i64) -> Vec<Line> {
+pub(crate) fn pool_lines(points_to_members: i64) -> Vec<Line> {
     let mut l = vec![Line::points("members", points_to_members), Line::points("pool", -points_to_members)];
     l.retain(|x| x.points != 0);
     l
@@ -172,7 +174,7 @@ pub(crate) fn partner_lines(points_to_members: i64, partner: &str, fen_to_partne
     l
 }
 
-fn spend(rules: &RuleSet, state: &mut MemberState, points: i64, now_ms: i64, what: &str) -> CoreResult<Vec<[i64; 2]>> {
+pub(crate) fn spend(rules: &RuleSet, state: &mut MemberState, points: i64, now_ms: i64, what: &str) -> CoreResult<Vec<[i64; 2]>> {
     wallet::release_due(state, now_ms);
     let available = wallet::available(rules, state, now_ms);
     wallet::spend_fifo(rules, state, points, now_ms).ok_or_else(|| {
@@ -184,7 +186,7 @@ fn month_of(rules: &RuleSet, now_ms: i64) -> i64 {
     Local::of(now_ms, rules.utc_offset_minutes).month_index as i64
 }
 
-fn today(rules: &RuleSet, now_ms: i64) -> i64 {
+pub(crate) fn today(rules: &RuleSet, now_ms: i64) -> i64 {
     Local::of(now_ms, rules.utc_offset_minutes).day
 }
 
@@ -203,6 +205,8 @@ pub fn apply(
         "sign_in" | "sign_in_makeup" | "sign_in_contract" => sign_in(rules, op, state, op_id, body, now_ms),
         "exchange_out" | "exchange_in" | "exchange_settle" => exchange(rules, op, state, op_id, body, now_ms),
         "sv_topup" | "sv_pay" | "sv_refund" => stored_value(rules, op, state, op_id, body, ctx, now_ms),
+        "mall_exchange" => crate::mall::exchange(rules, state, op_id, body, ctx, now_ms),
+        "mall_order" => crate::mall::order(rules, state, op_id, body, now_ms),
         _ => Err(invalid("op", format!("must be one of {}", OPS.join(", ")))),
     }
 }
@@ -216,12 +220,12 @@ struct PlayRequest {
     game: String,
 }
 
-fn stock_left(spent: &HashMap<String, i64>, id: &str, stock: Option<i64>) -> bool {
+pub(crate) fn stock_left(spent: &HashMap<String, i64>, id: &str, stock: Option<i64>) -> bool {
     stock.is_none_or(|s| spent.get(id).copied().unwrap_or(0) < s)
 }
 
 /// Issues a coupon of `template` as a prize: the coupon row (issued, pushed downstream).
-fn grant_coupon(
+pub(crate) fn grant_coupon(
     rules: &RuleSet,
     state: &mut MemberState,
     at: &At,

@@ -155,6 +155,52 @@ pub struct Engagement {
     pub profile_rewards: Vec<ProfileReward>,
     /// Leaderboards the rules define (none: no scores are kept).
     pub leaderboards: Vec<Leaderboard>,
+    /// The points mall's catalogue (积分商城), by item id.
+    pub mall_items: HashMap<String, MallItem>,
+}
+
+/// What a points-mall item gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MallKind {
+    /// Goods picked up at (or shipped by) the supplying business unit: an order with states.
+    Goods,
+    /// A scarce benefit (a lounge pass, a private shopping hour): an order like goods.
+    Benefit,
+    /// A coupon of a template, issued into the wallet at once.
+    Coupon(String),
+    /// Free parking: a coupon of a parking template, which the car park's fee uses.
+    Parking(String),
+}
+
+/// A points-mall item (`[[mall_items]]`): its price, stock, limits, audience and window.
+#[derive(Debug, Clone)]
+pub struct MallItem {
+    pub id: String,
+    pub name: String,
+    pub kind: MallKind,
+    pub points: i64,
+    /// Units the whole group may sell (None: unlimited); taken atomically in Redis.
+    pub stock: Option<i64>,
+    /// Per member in total, and per member per local day (a flash sale: 1 in total).
+    pub per_member_limit: Option<i64>,
+    pub per_day_limit: Option<i64>,
+    /// Only these tiers may buy it (None: every tier).
+    pub tiers: Option<rustc_hash::FxHashSet<String>>,
+    /// The business unit that supplies it: paid `value_fen` from the points pool per unit.
+    pub bu: String,
+    pub value_fen: i64,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// A flash sale (积分秒杀): a start time, a limited stock, one per member.
+    pub flash: bool,
+    /// Goods and benefits: days to collect an order once placed; then it expires and the
+    /// points and the unit come back.
+    pub collect_days: i64,
+}
+
+/// The budget id of a mall item's stock.
+pub fn mall_budget_id(item: &str) -> String {
+    format!("mall:{item}")
 }
 
 /// A leaderboard of points earned on payments: per ISO week or calendar month, group-wide

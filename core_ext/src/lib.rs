@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod errors;
 pub mod events;
 pub mod ledger;
+pub mod mall;
 pub mod merge;
 pub mod parking;
 pub mod parking_rules;
@@ -97,6 +98,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings_batch::evaluate_batch, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::member_view, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::check_member_event, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::mall_catalogue, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::record_fields, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;

@@ -67,6 +67,8 @@ struct RawRuleSet {
     profile_rewards: Vec<engagement::RawProfileReward>,
     #[serde(default)]
     leaderboards: Vec<engagement::RawLeaderboard>,
+    #[serde(default)]
+    mall_items: Vec<engagement::RawMallItem>,
 }
 
 #[derive(Deserialize)]
@@ -686,10 +688,12 @@ impl RuleSet {
                 channels: &raw.channels,
                 profile_rewards: &raw.profile_rewards,
                 leaderboards: &raw.leaderboards,
+                mall_items: &raw.mall_items,
             },
             &business_units,
             &formats,
             &coupon_templates,
+            &tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
         )?;
         Ok(RuleSet {
             engagement,

@@ -143,6 +143,12 @@ pub struct MemberState {
     /// Leaderboard scores of the current periods (`boards.rs`): board -> points.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub boards: BTreeMap<String, i64>,
+    /// Points-mall purchases: item -> [local day, bought that day, bought in total].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub mall_bought: BTreeMap<String, [i64; 3]>,
+    /// Points-mall orders (`mall.rs`): the open ones and the last closed ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub orders: BTreeMap<String, Order>,
     /// This account was merged into another (`merge.rs`): events for it go there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergedInto>,
@@ -350,4 +356,22 @@ pub struct MergeSpec {
     pub bundle: Option<Bundle>,
     /// `merge_in`: the merged account's event records (id, record).
     pub records: Vec<(String, String)>,
+}
+
+/// A points-mall order: what it cost (and from which lots, to give them back), where it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Order {
+    pub item: String,
+    pub points: i64,
+    pub lots: Vec<[i64; 2]>,
+    /// placed | ready | shipped | collected | cancelled | expired
+    pub status: String,
+    pub placed_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Goods and benefits: when an order not collected expires.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub collect_by_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<String>,
 }

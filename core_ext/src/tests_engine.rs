@@ -97,6 +97,11 @@ pub(crate) fn rules(stacking: &str) -> RuleSet {
     RuleSet::from_toml(&RULES.replace("STACKING", stacking), "t.toml").unwrap()
 }
 
+/// The test rules with more sections appended (a points mall...).
+pub(crate) fn rules_with(extra: &str) -> Result<RuleSet, crate::errors::CoreError> {
+    RuleSet::from_toml(&format!("{}\n{extra}", RULES.replace("STACKING", "best_of")), "t.toml")
+}
+
 /// A Monday, 09:00 local.
 const MON: &str = "2026-11-23T09:00:00+08:00";
 /// A Saturday, 12:30 local.

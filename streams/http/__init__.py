@@ -4,7 +4,8 @@ engagement (engage.py), the gateways' notifications (gateways.py) and the operat
 (admin.py) and the console's accounts, audit trail and member service (console.py, whose
 middleware checks every /v1/admin request), rules published from the console (rules.py),
 coupons to an audience (audiences.py); merging accounts (merges.py); erasing a member
-(privacy.py); merchant staff's coupon redemptions (redemptions.py); common.py is what they share."""
+(privacy.py); merchant staff's coupon redemptions (redemptions.py); the points mall
+(mall.py); common.py is what they share."""
 
 from streams.http import (
     admin,
@@ -14,6 +15,7 @@ from streams.http import (
     console,
     engage,
     gateways,
+    mall,
     members,
     merges,
     privacy,
@@ -21,5 +23,5 @@ from streams.http import (
     rules,
 )
 
-__all__ = ["admin", "audiences", "callbacks", "common", "console", "engage", "gateways", "members", "merges",
+__all__ = ["admin", "audiences", "callbacks", "common", "console", "engage", "gateways", "mall", "members", "merges",
            "privacy", "redemptions", "rules"]

@@ -62,9 +62,11 @@ async def _nothing() -> dict[str, Any]:
 
 
 async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *, record_id: str | None = None,
-                 context: Context = _nothing, budgets: dict[str, int | None] | None = None) -> Response:
+                 context: Context = _nothing, budgets: dict[str, int | None] | None = None,
+                 then: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Response:
     """Runs one engagement operation to its end: 201 with the answer, 200 with the stored
-    answer of a retry, 400 for a bad request, 409 when the rules or the state refuse it."""
+    answer of a retry, 400 for a bad request, 409 when the rules or the state refuse it.
+    `then` is given the answer of an operation applied now, once it is written."""
     if not is_valid_id(op_id):
         return await reject(view, 400, "Idempotency-Key header: letters, digits, _ - . : @, 1-64 chars", body,
                             field="Idempotency-Key")
@@ -91,6 +93,8 @@ async def engage(view: View, op: str, member_id: str, op_id: str, body: bytes, *
 
         async def done() -> Response:
             await _after(member_id, rows, publish)
+            if then is not None:
+                await then(orjson.loads(result))
             counters[f"engagement_{op}_total"] += 1
             log.info("%s %s of %s: %+d points, %+d fen stored value", op, op_id, member_id, points, sv_fen)
             return view.bytes(result.encode(), content_type="application/json", status=201)
@@ -116,7 +120,7 @@ async def _after(member_id: str, rows: str, publish: str | None) -> None:
         await fut
 
 
-def _with_path(body: bytes, field: str, value: str) -> bytes | None:
+def with_path(body: bytes, field: str, value: str) -> bytes | None:
     """The body with the path's id in it (the core reads one request object), or None
     when the body names another one."""
     try:
@@ -132,7 +136,7 @@ def _with_path(body: bytes, field: str, value: str) -> bytes | None:
 
 async def _signed(view: View, request: Request, field: str, value: str) -> tuple[bytes, str] | Response:
     got = await signed_member_request(request, value)
-    body = _with_path(got[0], field, value)
+    body = with_path(got[0], field, value)
     if body is None:
         return await reject(view, 400, f"{field}: the body names another {field} than the path", got[0], field)
     return body, got[1]
@@ -275,7 +279,7 @@ class Exchanges(View):
 
 
 def _partner_body(body: bytes, partner: str) -> tuple[bytes | None, str | None]:
-    body2 = _with_path(body, "partner", partner)
+    body2 = with_path(body, "partner", partner)
     try:
         member_id = orjson.loads(body).get("member_id")
     except (orjson.JSONDecodeError, AttributeError):

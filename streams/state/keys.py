@@ -67,6 +67,8 @@ FAMILIES = (
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
+    Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
+           "cancelled or expired"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
@@ -201,3 +203,7 @@ class KeySpace:
 
     def erasure_key(self, erasure_id: str) -> str:
         return f"{self.ns}:erasure:{erasure_id}"
+
+    @property
+    def mall_orders_key(self) -> str:
+        return f"{self.ns}:mall-orders"

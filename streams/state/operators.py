@@ -264,6 +264,8 @@ class OperatorStore(StoreBase):
                 n += await r.delete(k)
             n += await r.zrem(self.tier_reviews_key, m) + await r.zrem(self.wallet_checks_key, m)
             n += await r.zrem(self.outbox_index_key(zlib.crc32(m.encode()) % OUTBOX_INDEX_SHARDS), m)
+            async for entry, _score in r.zscan_iter(self.mall_orders_key, match=f"{m}\t*"):
+                n += await r.zrem(self.mall_orders_key, entry)
             held = self.held_key  # type: ignore[attr-defined]  # HeldRefundStore's, in the same store
             async for entry, _score in r.zscan_iter(held, match=f"{m}\t*"):  # entries are "member<TAB>payment"
                 n += await r.zrem(held, entry)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from streams.state.boards import BoardStore
 from streams.state.held import HeldRefundStore
 from streams.state.identities import IdentityStore
+from streams.state.mall import MallStore
 from streams.state.members import MemberStore
 from streams.state.operators import OperatorStore
 from streams.state.outbox import OutboxStore
@@ -30,5 +31,5 @@ from streams.state.security import SecurityStore
 
 
 class BalanceStore(MemberStore, OutboxStore, BoardStore, IdentityStore, SecurityStore, HeldRefundStore,
-                   OperatorStore):
+                   OperatorStore, MallStore):
     """Every concern's store over one connection: what the runtime holds as `balances`."""

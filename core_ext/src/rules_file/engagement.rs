@@ -114,6 +114,26 @@ pub struct RawLeaderboard {
     scope: S<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMallItem {
+    id: S<String>,
+    name: Option<S<String>>,
+    kind: S<String>,
+    points: S<i64>,
+    stock: Option<S<i64>>,
+    per_member_limit: Option<S<i64>>,
+    per_day_limit: Option<S<i64>>,
+    tiers: Option<S<Vec<String>>>,
+    bu: S<String>,
+    value_fen: Option<S<i64>>,
+    valid_from: Option<S<String>>,
+    valid_to: Option<S<String>>,
+    flash: Option<S<bool>>,
+    coupon: Option<S<String>>,
+    collect_days: Option<S<i64>>,
+}
+
 pub struct RawEngagement<'a> {
     pub games: &'a [RawGame],
     pub sign_in_plans: &'a [RawSignInPlan],
@@ -123,6 +143,7 @@ pub struct RawEngagement<'a> {
     pub channels: &'a [RawChannel],
     pub profile_rewards: &'a [RawProfileReward],
     pub leaderboards: &'a [RawLeaderboard],
+    pub mall_items: &'a [RawMallItem],
 }
 
 const POINTS: std::ops::RangeInclusive<i64> = 0..=100_000_000;
@@ -142,6 +163,7 @@ pub(crate) fn load(
     bus: &HashMap<String, BusinessUnit>,
     formats: &HashMap<String, Rate>,
     templates: &HashMap<String, CouponTemplate>,
+    tier_ids: &[String],
 ) -> CoreResult<Engagement> {
     let mut out = Engagement::default();
     let known_template = |v: &S<String>, field: &str| -> CoreResult<String> {
@@ -361,6 +383,80 @@ pub(crate) fn load(
             return src.err(b.period.span(), &f("period"), "this period and scope are defined twice");
         }
         out.leaderboards.push(board);
+    }
+    for (i, m) in raw.mall_items.iter().enumerate() {
+        let f = |n: &str| format!("mall_items[{i}].{n}");
+        let id = src.id(&m.id, &f("id"))?;
+        if out.mall_items.contains_key(&id) {
+            return src.err(m.id.span(), &f("id"), "is a duplicate");
+        }
+        let bu = src.id(&m.bu, &f("bu"))?;
+        if !bus.contains_key(&bu) {
+            return src.err(m.bu.span(), &f("bu"), format!("unknown business unit {bu:?}"));
+        }
+        let coupon = |want_parking: bool| -> CoreResult<String> {
+            let Some(c) = &m.coupon else {
+                return src.err(m.kind.span(), &f("coupon"), "this kind names the coupon template it issues");
+            };
+            let t = known_template(c, &f("coupon"))?;
+            let parking = matches!(templates[&t].kind, crate::coupon_rules::CouponKind::Parking { .. });
+            if parking != want_parking {
+                return src.err(c.span(), &f("coupon"), if want_parking {
+                    "a parking item issues a parking coupon template"
+                } else {
+                    "a parking coupon template is a parking item (kind = \"parking\")"
+                });
+            }
+            Ok(t)
+        };
+        let kind = match m.kind.get_ref().as_str() {
+            "goods" => MallKind::Goods,
+            "benefit" => MallKind::Benefit,
+            "coupon" => MallKind::Coupon(coupon(false)?),
+            "parking" => MallKind::Parking(coupon(true)?),
+            other => return src.err(m.kind.span(), &f("kind"), format!("{other:?} is not goods, benefit, coupon or parking")),
+        };
+        if matches!(kind, MallKind::Goods | MallKind::Benefit) {
+            if let Some(c) = &m.coupon {
+                return src.err(c.span(), &f("coupon"), "only coupon and parking items issue a coupon");
+            }
+        }
+        let (from_ms, to_ms) = (instant(src, &m.valid_from, &f("valid_from"))?, instant(src, &m.valid_to, &f("valid_to"))?);
+        if let (Some(a), Some(b), Some(raw_to)) = (from_ms, to_ms, &m.valid_to) {
+            if b <= a {
+                return src.err(raw_to.span(), &f("valid_to"), "must be after valid_from");
+            }
+        }
+        let flash = m.flash.as_ref().is_some_and(|x| *x.get_ref());
+        let stock = src.opt_int(&m.stock, &f("stock"), 0..=100_000_000)?;
+        let mut per_member_limit = src.opt_int(&m.per_member_limit, &f("per_member_limit"), 1..=1_000_000)?;
+        if flash {
+            if stock.is_none() || from_ms.is_none() {
+                return src.err(m.id.span(), &f("flash"), "a flash sale has a stock and a valid_from (its start)");
+            }
+            if per_member_limit.is_some_and(|l| l != 1) {
+                let span = m.per_member_limit.as_ref().map_or(m.id.span(), |x| x.span());
+                return src.err(span, &f("per_member_limit"), "a flash sale sells one per member");
+            }
+            per_member_limit = Some(1);
+        }
+        let is_tier = |t: &str| tier_ids.iter().any(|x| x == t);
+        out.mall_items.insert(id.clone(), MallItem {
+            name: m.name.as_ref().map_or_else(|| id.clone(), |n| n.get_ref().clone()),
+            id,
+            kind,
+            points: src.int(&m.points, &f("points"), 1..=100_000_000)?,
+            stock,
+            per_member_limit,
+            per_day_limit: src.opt_int(&m.per_day_limit, &f("per_day_limit"), 1..=1_000_000)?,
+            tiers: src.id_set(&m.tiers, &f("tiers"), Some(&is_tier), "tier")?,
+            bu,
+            value_fen: src.opt_int(&m.value_fen, &f("value_fen"), 0..=100_000_000)?.unwrap_or(0),
+            from_ms,
+            to_ms,
+            flash,
+            collect_days: src.opt_int(&m.collect_days, &f("collect_days"), 1..=365)?.unwrap_or(30),
+        });
     }
     Ok(out)
 }

@@ -1,0 +1,24 @@
+"""The points mall's orders to collect, indexed by their deadline (`mall-orders`, a sorted
+set of "member<TAB>order" by the time the order expires if not collected)."""
+
+from __future__ import annotations
+
+from streams.state.base import StoreBase
+
+
+class MallStore(StoreBase):
+    async def index_mall_order(self, member_id: str, order_id: str, collect_by_ms: int) -> None:
+        await self.redis.zadd(self.mall_orders_key, {f"{member_id}\t{order_id}": collect_by_ms})
+
+    async def unindex_mall_order(self, member_id: str, order_id: str) -> None:
+        await self.redis.zrem(self.mall_orders_key, f"{member_id}\t{order_id}")
+
+    async def mall_orders_due(self, now_ms: int, limit: int) -> list[tuple[str, str]]:
+        """(member, order) of orders whose collection deadline has passed, oldest first."""
+        due = await self.redis.zrangebyscore(self.mall_orders_key, "-inf", now_ms, start=0, num=limit)
+        out = []
+        for entry in due:
+            text = entry.decode() if isinstance(entry, bytes) else entry
+            member_id, _, order_id = text.partition("\t")
+            out.append((member_id, order_id))
+        return out

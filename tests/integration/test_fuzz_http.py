@@ -58,15 +58,19 @@ POSTS = ["/v1/callbacks/payment", "/v1/callbacks/member", "/v1/callbacks/parking
          "/v1/console/login", f"/v1/admin/members/{MEMBER}/unbind", f"/v1/admin/members/{MEMBER}/holds/h-1/cancel",
          f"/v1/admin/members/{MEMBER}/coupons/c-1/resend", f"/v1/admin/members/{MEMBER}/export",
          f"/v1/admin/members/{MEMBER}/adjustments", "/v1/admin/approvals/a-1/approve", "/v1/admin/rules/check",
-         "/v1/admin/audiences/preview", "/v1/admin/operators", "/v1/admin/operators/nobody/reset-password"]
+         "/v1/admin/audiences/preview", "/v1/admin/operators", "/v1/admin/operators/nobody/reset-password",
+         f"/v1/admin/members/{MEMBER}/merge", "/v1/admin/merges/mg-1/undo", f"/v1/admin/members/{MEMBER}/erase",
+         "/v1/admin/coupons/redeem", "/v1/mall/items/umbrella/exchange", "/v1/mall/orders/o-1/cancel"]
 GETS = ["/v1/members/{id}", "/v1/members/{id}/coupons", "/v1/members/{id}/ledger", "/v1/parking/quote",
         "/v1/parking/sessions", "/v1/admin/kpis", "/v1/admin/settlement/statement", "/v1/admin/liability",
         "/v1/admin/audit", "/v1/admin/members/search", "/v1/admin/rules", "/v1/admin/approvals",
-        "/v1/admin/members/{id}/overview", "/v1/admin/audiences/sends/{id}"]
+        "/v1/admin/members/{id}/overview", "/v1/admin/audiences/sends/{id}", "/v1/mall/items",
+        "/v1/members/{id}/orders", "/v1/admin/merges/{id}", "/v1/admin/coupons/redemptions"]
 SEGMENT = st.one_of(st.text(max_size=70), st.just("x" * 65), st.just("a{b}"), st.just("../../etc"),
                     st.just(MEMBER))
 QUERY = st.dictionaries(st.sampled_from(["from", "to", "limit", "offset", "plate", "car_park", "date", "bu",
-                                         "format", "active_days", "q", "kind", "operator", "member", "action"]),
+                                         "format", "active_days", "q", "kind", "operator", "member", "action",
+                                         "member_id", "merchant"]),
                         st.text(max_size=30), max_size=3)
 
 

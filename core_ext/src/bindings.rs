@@ -733,7 +733,11 @@ pub fn engage(
     let ctx: crate::engage::Context = serde_json::from_str(context_json)
         .map_err(|e| InvalidArgumentError::new_err(format!("engage: context is not valid: {e}")))?;
     let mut state = stored_state(state_json)?;
-    let d = crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms)
+    let d = match op {
+        "mall_exchange" => crate::mall::exchange(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
+        "mall_order" => crate::mall::order(&rules.inner, &mut state, op_id, body, now_ms),
+        _ => crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms),
+    }
         .map_err(|e| core_error_to_py(py, e))?;
     Ok((state.to_json(), d.rows_json, d.result_json, d.points, d.sv_fen, d.amount_fen, d.refund_of, d.consumed, d.publish))
 }

@@ -19,7 +19,8 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const OPS: [&str; 12] = [
+/// The operations of this module; the points mall's (`mall.rs`) are dispatched beside them.
+pub const OPS: [&str; 10] = [
     "game_play",
     "sign_in",
     "sign_in_makeup",
@@ -30,8 +31,6 @@ pub const OPS: [&str; 12] = [
     "sv_topup",
     "sv_pay",
     "sv_refund",
-    "mall_exchange",
-    "mall_order",
 ];
 
 /// What the caller read from Redis for the operation.
@@ -205,9 +204,7 @@ pub fn apply(
         "sign_in" | "sign_in_makeup" | "sign_in_contract" => sign_in(rules, op, state, op_id, body, now_ms),
         "exchange_out" | "exchange_in" | "exchange_settle" => exchange(rules, op, state, op_id, body, now_ms),
         "sv_topup" | "sv_pay" | "sv_refund" => stored_value(rules, op, state, op_id, body, ctx, now_ms),
-        "mall_exchange" => crate::mall::exchange(rules, state, op_id, body, ctx, now_ms),
-        "mall_order" => crate::mall::order(rules, state, op_id, body, now_ms),
-        _ => Err(invalid("op", format!("must be one of {}", OPS.join(", ")))),
+        _ => Err(invalid("op", format!("must be one of {}, mall_exchange, mall_order", OPS.join(", ")))),
     }
 }
 

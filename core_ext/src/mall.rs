@@ -103,6 +103,7 @@ fn prune(state: &mut MemberState) {
 }
 
 pub fn exchange(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8], ctx: &Context, now_ms: i64) -> CoreResult<Done> {
+    check_id("Idempotency-Key", op_id)?;
     let req: ExchangeRequest = parse(body, "member_id, item")?;
     check_id("member_id", &req.member_id)?;
     check_id("item", &req.item)?;
@@ -155,6 +156,7 @@ pub fn exchange(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u
 }
 
 pub fn order(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8], now_ms: i64) -> CoreResult<Done> {
+    check_id("Idempotency-Key", op_id)?;
     let req: OrderRequest = parse(body, "member_id, order_id, action")?;
     check_id("member_id", &req.member_id)?;
     check_id("order_id", &req.order_id)?;

@@ -239,7 +239,10 @@ class OperatorStore(StoreBase):
 
     async def outboxes_pending(self, member_ids: list[str]) -> bool:
         """Whether any of these members has ledger rows not yet sent (its outbox)."""
-        return bool(await self.redis.exists(*[self.outbox_key(m) for m in member_ids])) if member_ids else False
+        for m in member_ids:  # one slot per member on a cluster
+            if await self.redis.exists(self.outbox_key(m)):
+                return True
+        return False
 
     async def erase_members(self, ids: list[str], pseudonym: str, keys: list[str], payers: list[tuple[str, str]],
                             plates: list[str], routes: list[str], event_ids: list[str]) -> int:
@@ -253,13 +256,16 @@ class OperatorStore(StoreBase):
         names = [*ids, *[e for _, e in payers]]
         for start in range(0, len(event_ids), 500):
             page = [self.event_claim_key(e) for e in event_ids[start:start + 500]]
-            for key, claimant in zip(page, await r.mget(page), strict=True):
+            pipe = r.pipeline(transaction=False)  # GETs, not MGET: on a cluster the keys are in many slots
+            for key in page:
+                pipe.get(key)
+            for key, claimant in zip(page, await pipe.execute(), strict=True):
                 text = claimant.decode() if isinstance(claimant, bytes) else claimant
                 if text and any(x in text for x in names):
                     n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
         for m in ids:
-            n += await r.delete(self.member_key(m), self.records_key(m), self.outbox_key(m), self.history_key(m),
-                                self.alias_key(m))
+            n += await r.delete(self.member_key(m), self.records_key(m), self.outbox_key(m), self.history_key(m))
+            n += await r.delete(self.alias_key(m))  # a slot of its own
             async for k in r.scan_iter(match=f"{ns}:parked:{{{m}}}:*", count=500):
                 n += await r.delete(k)
             n += await r.zrem(self.tier_reviews_key, m) + await r.zrem(self.wallet_checks_key, m)

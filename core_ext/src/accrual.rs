@@ -39,6 +39,26 @@ pub struct Applied {
     pub boards: Vec<(String, i64)>,
 }
 
+impl Applied {
+    /// A member operation that moves points only (its record keeps them), with its rows.
+    pub fn points_only(points: i64, rows_json: String) -> Applied {
+        Applied {
+            points,
+            amount_fen: 0,
+            refund_of: None,
+            clawback_points: 0,
+            campaigns: Vec::new(),
+            rows_json,
+            notice: None,
+            record_points: points,
+            used_points: 0,
+            returned_points: 0,
+            booking: None,
+            boards: Vec::new(),
+        }
+    }
+}
+
 /// Removes `excess` points from the parts: campaigns first (last listed first),
 /// then the rest (last first). The cut is recorded as a zero-point part naming it,
 /// so the parts always sum to what the member gets.

@@ -358,38 +358,8 @@ fn erase(rules: &RuleSet, ev: &MemberEvent, state: &mut MemberState, now_ms: i64
     );
     lines.retain(|l| l.points != 0 || l.amount_fen != 0);
     let tier = rules.tier(None);
-    let row = LedgerRow {
-        event_id: &ev.event_id,
-        member_id: &ev.member_id,
-        kind: "erase",
-        points: -forfeited,
-        amount_fen: 0,
-        bu_id: "",
-        format: "",
-        merchant_id: "",
-        category: "",
-        channel: "console",
-        occurred_at_ms: ev.occurred_at_ms,
-        refund_of: "",
-        tier: &tier.id,
-        rules_version: &rules.version,
-        processed_at_ms: now_ms,
-        explain: &parts,
-        lots: &lots.iter().map(|l| [l[0], -l[1]]).collect::<Vec<_>>(),
-        settlement: &lines,
-    };
-    Ok(Applied {
-        points: -forfeited,
-        amount_fen: 0,
-        refund_of: None,
-        clawback_points: 0,
-        campaigns: Vec::new(),
-        rows_json: rows_json(&[row]),
-        notice: None,
-        record_points: -forfeited,
-        used_points: 0,
-        returned_points: 0,
-        booking: None,
-        boards: Vec::new(),
-    })
+    let taken: Vec<[i64; 2]> = lots.iter().map(|l| [l[0], -l[1]]).collect();
+    let row = LedgerRow::console(&ev.event_id, &ev.member_id, "erase", -forfeited, ev.occurred_at_ms, &tier.id,
+                                 &rules.version, now_ms, &parts, &taken, &lines);
+    Ok(Applied::points_only(-forfeited, rows_json(&[row])))
 }

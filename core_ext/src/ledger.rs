@@ -45,6 +45,46 @@ pub struct LedgerRow<'a> {
     pub settlement: &'a [crate::settlement::Line],
 }
 
+impl<'a> LedgerRow<'a> {
+    /// The row of an operator's action on a member from the console (a merge's half, an
+    /// erasure): points only, no business unit, merchant or amount.
+    #[allow(clippy::too_many_arguments)]
+    pub fn console(
+        event_id: &'a str,
+        member_id: &'a str,
+        kind: &'a str,
+        points: i64,
+        occurred_at_ms: i64,
+        tier: &'a str,
+        rules_version: &'a str,
+        processed_at_ms: i64,
+        explain: &'a [Part],
+        lots: &'a [[i64; 2]],
+        settlement: &'a [crate::settlement::Line],
+    ) -> Self {
+        LedgerRow {
+            event_id,
+            member_id,
+            kind,
+            points,
+            amount_fen: 0,
+            bu_id: "",
+            format: "",
+            merchant_id: "",
+            category: "",
+            channel: "console",
+            occurred_at_ms,
+            refund_of: "",
+            tier,
+            rules_version,
+            processed_at_ms,
+            explain,
+            lots,
+            settlement,
+        }
+    }
+}
+
 /// The rows of one event, as a JSON array.
 pub fn rows_json(rows: &[LedgerRow]) -> String {
     serde_json::to_string(rows).expect("ledger rows always serialise")

@@ -292,40 +292,9 @@ pub fn apply(rules: &RuleSet, ev: &MemberEvent, state: &mut MemberState, now_ms:
     let mut lines = vec![Line::points("members", points), Line::points("merge_transit", -points)];
     lines.retain(|l| l.points != 0);
     let tier = tiers::effective_tier(rules, state, ev.occurred_at_ms);
-    let row = LedgerRow {
-        event_id: &ev.event_id,
-        member_id: &ev.member_id,
-        kind: rule,
-        points,
-        amount_fen: 0,
-        bu_id: "",
-        format: "",
-        merchant_id: "",
-        category: "",
-        channel: "console",
-        occurred_at_ms: ev.occurred_at_ms,
-        refund_of: "",
-        tier: &tier.id,
-        rules_version: &rules.version,
-        processed_at_ms: now_ms,
-        explain: &parts,
-        lots: &lots,
-        settlement: &lines,
-    };
-    Ok(Applied {
-        points,
-        amount_fen: 0,
-        refund_of: None,
-        clawback_points: 0,
-        campaigns: Vec::new(),
-        rows_json: rows_json(&[row]),
-        notice: None,
-        record_points: points,
-        used_points: 0,
-        returned_points: 0,
-        booking: None,
-        boards: Vec::new(),
-    })
+    let row = LedgerRow::console(&ev.event_id, &ev.member_id, rule, points, ev.occurred_at_ms, &tier.id,
+                                 &rules.version, now_ms, &parts, &lots, &lines);
+    Ok(Applied::points_only(points, rows_json(&[row])))
 }
 
 #[cfg(test)]

@@ -186,6 +186,21 @@ pub fn accrue_payment(
         total -= repay;
         parts.push(Part::new("debt", "", -repay));
     }
+    if let Some(order_id) = &ev.mall_order {
+        // The cash part of a points-mall order (积分换购): the payment earns and settles like
+        // any; a zero-point part records whether it paid the order, and why not.
+        let paid = match state.orders.get_mut(order_id) {
+            None => Err("no such order".to_string()),
+            Some(o) => {
+                let days = rules.engagement.mall_items.get(&o.item).map_or(30, |it| it.collect_days);
+                o.pay_cash(&ev.event_id, ev.amount_fen, ev.occurred_at_ms, days * DAY_MS)
+            }
+        };
+        parts.push(match paid {
+            Ok(()) => Part::new("mall_cash", order_id.clone(), 0),
+            Err(why) => Part::new("mall_cash_unmatched", format!("{order_id}: {why}"), 0),
+        });
+    }
     let window = rules.return_window_days(bu, category);
     let pending = (window > 0).then(|| (ev.event_id.as_str(), ev.occurred_at_ms + window * DAY_MS));
     wallet::credit(state, total, local.month_index as i64, pending);

@@ -372,6 +372,8 @@ pub fn mall_catalogue<'py>(
         d.set_item("kind", kind)?;
         d.set_item("coupon_template", coupon)?;
         d.set_item("points", it.points)?;
+        d.set_item("cash_fen", (it.cash_fen > 0).then_some(it.cash_fen))?;
+        d.set_item("pay_minutes", (it.cash_fen > 0).then_some(it.pay_minutes))?;
         d.set_item("stock", it.stock)?;
         d.set_item("stock_left", left)?;
         d.set_item("per_member_limit", it.per_member_limit)?;

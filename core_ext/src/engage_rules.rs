@@ -196,6 +196,11 @@ pub struct MallItem {
     /// Goods and benefits: days to collect an order once placed; then it expires and the
     /// points and the unit come back.
     pub collect_days: i64,
+    /// Points + cash (积分换购): the cash part in fen (0: points only), paid through the
+    /// payment callback naming the order (`mall_order`) within `pay_minutes`, else the
+    /// order expires with its points and its unit given back.
+    pub cash_fen: i64,
+    pub pay_minutes: i64,
 }
 
 /// The budget id of a mall item's stock.

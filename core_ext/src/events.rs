@@ -54,6 +54,8 @@ pub struct PaymentEvent {
     pub cumulative: bool,
     /// Coupons the member used at the till for this payment (redeemed with it).
     pub coupon_ids: Vec<String>,
+    /// A points-mall order whose cash part this payment pays (积分换购).
+    pub mall_order: Option<String>,
 }
 
 /// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
@@ -645,6 +647,8 @@ struct FastPayment<'a> {
     cumulative: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     coupon_ids: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    mall_order: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
@@ -660,6 +664,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         || f.points_used.is_some()
         || f.cumulative.is_some()
         || f.coupon_ids.is_some()
+        || f.mall_order.is_some()
         || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
     {
         return None;
@@ -697,6 +702,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         points_used: 0,
         cumulative: false,
         coupon_ids: Vec::new(),
+        mall_order: None,
     })
 }
 
@@ -826,8 +832,16 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
             ))
         }
     };
+    let mall_order = match obj.get("mall_order") {
+        None | Some(Value::Null) => None,
+        Some(_) if kind == EventKind::Refund => {
+            return Err(CoreError::invalid_event("mall_order", "is only allowed on payments"))
+        }
+        Some(_) => Some(get_id(obj, "mall_order")?),
+    };
     Ok(PaymentEvent {
         coupon_ids,
+        mall_order,
         cumulative,
         hold_id,
         points_used,

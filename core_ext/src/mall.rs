@@ -135,7 +135,14 @@ pub fn exchange(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u
         updated_at_ms: now_ms,
         collect_by_ms: now_ms + it.collect_days * crate::time::DAY_MS,
         coupon_id: None,
+        cash_fen: it.cash_fen,
+        paid_by: None,
     };
+    if it.cash_fen > 0 {
+        // Points + cash: the order waits for its cash part until `pay_minutes` have passed.
+        order.status = "awaiting_payment".into();
+        order.collect_by_ms = now_ms + it.pay_minutes * 60_000;
+    }
     if let MallKind::Coupon(t) | MallKind::Parking(t) = &it.kind {
         let at = At { rules, member_id: &req.member_id, event_id: op_id, at_ms: now_ms, now_ms };
         let row = grant_coupon(rules, state, &at, t, &format!("mall:{}", it.id));
@@ -146,7 +153,10 @@ pub fn exchange(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u
     }
     let result = json!({
         "order_id": op_id, "member_id": req.member_id, "item": it.id, "name": it.name, "status": order.status,
-        "points": it.points, "coupon_id": order.coupon_id, "collect_by_ms": (order.collect_by_ms > 0).then_some(order.collect_by_ms),
+        "points": it.points, "coupon_id": order.coupon_id,
+        "collect_by_ms": (order.collect_by_ms > 0 && it.cash_fen == 0).then_some(order.collect_by_ms),
+        "cash_fen": (it.cash_fen > 0).then_some(it.cash_fen),
+        "pay_by_ms": (it.cash_fen > 0).then_some(order.collect_by_ms),
         "available_after": wallet::available(rules, state, now_ms),
     });
     state.orders.insert(op_id.to_string(), order);
@@ -166,7 +176,7 @@ pub fn order(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8],
     let Some(o) = state.orders.get(&req.order_id).cloned() else {
         return Err(refused("order_id", format!("member {} has no order {}", req.member_id, req.order_id)));
     };
-    let open = matches!(o.status.as_str(), "placed" | "ready" | "shipped");
+    let open = matches!(o.status.as_str(), "awaiting_payment" | "placed" | "ready" | "shipped");
     let to = match (req.action.as_str(), o.status.as_str()) {
         ("ready", "placed") => "ready",
         ("ship", "placed") => "shipped",
@@ -175,6 +185,9 @@ pub fn order(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8],
         ("expire", _) if open && now_ms >= o.collect_by_ms => "expired",
         ("expire", _) if open => {
             return Err(refused("action", format!("order {} may be collected until {}", req.order_id, o.collect_by_ms)))
+        }
+        (a, "awaiting_payment") => {
+            return Err(refused("action", format!("order {} awaits its cash part of {} fen: it cannot {a}", req.order_id, o.cash_fen)))
         }
         (a, s) => return Err(refused("action", format!("order {} is {s}: it cannot {a}", req.order_id))),
     };
@@ -214,6 +227,8 @@ pub fn order(rules: &RuleSet, state: &mut MemberState, op_id: &str, body: &[u8],
     prune(state);
     let result = json!({
         "order_id": req.order_id, "member_id": req.member_id, "item": o.item, "status": to, "points_returned": points,
+        // A paid cash part goes back through the gateway's refund of its payment.
+        "cash_to_refund": o.paid_by.as_ref().filter(|_| points > 0).map(|p| json!({"payment": p, "amount_fen": o.cash_fen})),
         "available_after": wallet::available(rules, state, now_ms),
     });
     Ok(Done { consumed, ..Done::points(points, &rows, result, None) })
@@ -260,6 +275,17 @@ kind = "benefit"
 points = 50
 bu = "mall"
 tiers = ["gold"]
+
+[[mall_items]]
+id = "kettle"
+kind = "goods"
+points = 200
+cash_fen = 9900
+pay_minutes = 15
+bu = "mall"
+value_fen = 1000
+stock = 3
+collect_days = 7
 
 [[mall_items]]
 id = "flash-bag"
@@ -347,6 +373,57 @@ valid_to = "2026-11-23T10:00:00+08:00"
         assert_eq!(ex(&r, &mut s, "o9", "latte", &[("stock:coffee", 5)], NOW).unwrap_err().field(), "stock");
     }
 
+    fn pay_order(r: &RuleSet, s: &mut MemberState, id: &str, order_id: &str, fen: i64) -> crate::accrual::Applied {
+        let ev = crate::events::parse_payment_event(
+            serde_json::json!({"event_id": id, "type": "payment", "occurred_at": "2026-11-23T09:05:00+08:00",
+                "member_id": "m1", "bu_id": "mall", "merchant_id": "x", "category": "fashion", "amount_fen": fen,
+                "channel": "wechat", "mall_order": order_id}).to_string().as_bytes()).unwrap();
+        crate::accrual::accrue_payment(r, &ev, "m1", s, &mut HashMap::default(), NOW).unwrap()
+    }
+
+    fn parts(a: &crate::accrual::Applied) -> Vec<String> {
+        let rows: Value = serde_json::from_str(&a.rows_json).unwrap();
+        rows[0]["explain"].as_array().unwrap().iter().map(|p| format!("{}:{}", p["rule"].as_str().unwrap(), p["id"].as_str().unwrap_or(""))).collect()
+    }
+
+    #[test]
+    fn points_and_cash_wait_for_the_payment_naming_the_order_and_expire_unpaid() {
+        let r = crate::tests_engine::rules_with(MALL).unwrap();
+        let mut s = rich();
+        let d = ex(&r, &mut s, "o1", "kettle", &[], NOW).unwrap();
+        assert_eq!(d.points, -200);
+        let res: Value = serde_json::from_str(&d.result_json).unwrap();
+        assert_eq!((res["status"].as_str(), res["cash_fen"].as_i64(), res["pay_by_ms"].as_i64()),
+                   (Some("awaiting_payment"), Some(9900), Some(NOW + 15 * 60_000)));
+        assert_eq!(act(&r, &mut s, "a0", "o1", "collect", NOW).unwrap_err().field(), "action", "not before it is paid");
+        // Too little, or another order: the payment earns as any, the order still waits.
+        let short = pay_order(&r, &mut s, "p1", "o1", 5000);
+        assert!(short.points > 0);
+        assert!(parts(&short).contains(&"mall_cash_unmatched:o1: 5000 fen paid of 9900 fen".to_string()), "{:?}", parts(&short));
+        assert!(parts(&pay_order(&r, &mut s, "p2", "nope", 9900)).iter().any(|p| p.starts_with("mall_cash_unmatched:nope")));
+        assert_eq!(s.orders["o1"].status, "awaiting_payment");
+        // Paid in full: placed, collectable for collect_days from the payment.
+        let paid = pay_order(&r, &mut s, "p3", "o1", 9900);
+        assert!(parts(&paid).contains(&"mall_cash:o1".to_string()));
+        assert_eq!((s.orders["o1"].status.as_str(), s.orders["o1"].paid_by.as_deref()), ("placed", Some("p3")));
+        assert!(s.orders["o1"].collect_by_ms > NOW + 6 * crate::time::DAY_MS);
+        assert!(parts(&pay_order(&r, &mut s, "p4", "o1", 9900)).contains(&"mall_cash_unmatched:o1: the order is placed".to_string()));
+        // Cancelled: the points back, and the cash named for the gateway's refund.
+        let c = act(&r, &mut s, "a1", "o1", "cancel", NOW + 1).unwrap();
+        let res: Value = serde_json::from_str(&c.result_json).unwrap();
+        assert_eq!((c.points, res["cash_to_refund"]["payment"].as_str(), res["cash_to_refund"]["amount_fen"].as_i64()),
+                   (200, Some("p3"), Some(9900)));
+        // Not paid in time: expired, the points and the unit back, no cash to refund.
+        ex(&r, &mut s, "o2", "kettle", &[], NOW + 2).unwrap();
+        assert_eq!(act(&r, &mut s, "a2", "o2", "expire", NOW + 2 + 14 * 60_000).unwrap_err().field(), "action");
+        let e = act(&r, &mut s, "a3", "o2", "expire", NOW + 2 + 15 * 60_000).unwrap();
+        assert_eq!((e.points, e.consumed.clone()), (200, vec![("mall:kettle".to_string(), -1)]));
+        let res: Value = serde_json::from_str(&e.result_json).unwrap();
+        assert!(res["cash_to_refund"].is_null());
+        assert_eq!(pay_order(&r, &mut s, "p5", "o2", 9900).points, paid.points, "a late payment earns, the order stays expired");
+        assert_eq!(s.orders["o2"].status, "expired");
+    }
+
     #[test]
     fn the_rules_checker_names_the_field_of_a_bad_item() {
         for (bad, field) in [
@@ -354,6 +431,7 @@ valid_to = "2026-11-23T10:00:00+08:00"
             ("[[mall_items]]\nid = \"x\"\nkind = \"coupon\"\npoints = 1\nbu = \"mall\"\n", "mall_items[0].coupon"),
             ("[[mall_items]]\nid = \"x\"\nkind = \"goods\"\npoints = 1\nbu = \"mall\"\nflash = true\n", "mall_items[0].flash"),
             ("[[mall_items]]\nid = \"x\"\nkind = \"goods\"\npoints = 1\nbu = \"mall\"\ntiers = [\"tin\"]\n", "mall_items[0].tiers"),
+            ("[[mall_items]]\nid = \"x\"\nkind = \"benefit\"\npoints = 1\nbu = \"mall\"\npay_minutes = 5\n", "mall_items[0].pay_minutes"),
             ("[[mall_items]]\nid = \"x\"\nkind = \"toy\"\npoints = 1\nbu = \"mall\"\n", "mall_items[0].kind"),
         ] {
             let err = crate::tests_engine::rules_with(bad).unwrap_err();

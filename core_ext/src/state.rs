@@ -358,6 +358,24 @@ pub struct MergeSpec {
     pub records: Vec<(String, String)>,
 }
 
+impl Order {
+    /// A payment of `amount_fen` pays the cash part (积分换购) of this order: an order awaiting
+    /// it, paid in full, is placed, to be collected within `collect_ms`. Err: why not.
+    pub fn pay_cash(&mut self, payment_id: &str, amount_fen: i64, at_ms: i64, collect_ms: i64) -> Result<(), String> {
+        if self.status != "awaiting_payment" {
+            return Err(format!("the order is {}", self.status));
+        }
+        if amount_fen < self.cash_fen {
+            return Err(format!("{amount_fen} fen paid of {} fen", self.cash_fen));
+        }
+        self.status = "placed".into();
+        self.paid_by = Some(payment_id.to_string());
+        self.updated_at_ms = at_ms;
+        self.collect_by_ms = at_ms + collect_ms;
+        Ok(())
+    }
+}
+
 /// A points-mall order: what it cost (and from which lots, to give them back), where it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -374,4 +392,9 @@ pub struct Order {
     pub collect_by_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coupon_id: Option<String>,
+    /// Points + cash: the cash part, and the payment that paid it once paid.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cash_fen: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_by: Option<String>,
 }

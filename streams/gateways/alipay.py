@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from streams.gateways import GatewayError, Mapped
-from streams.gateways.mapping import GatewayRoutes
+from streams.gateways.mapping import GatewayRoutes, mall_order
 
 CHANNEL = "alipay"
 YUAN = re.compile(r"^(0|[1-9][0-9]{0,9})(?:\.([0-9]{1,2}))?$")
@@ -165,4 +165,5 @@ def to_event(params: Mapping[str, str], routes: GatewayRoutes) -> Mapped:
         "occurred_at": _local_time("gmt_payment", params.get("gmt_payment") or params.get("notify_time")),
         "amount_fen": total,
         **common,
+        **mall_order(params.get("passback_params")),
     })

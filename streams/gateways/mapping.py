@@ -5,6 +5,8 @@ rules/gateways.toml (LOYALTY_GATEWAYS) lists routes: a WeChat Pay merchant numbe
 a merchant and a category. The payment's own `attach` (WeChat) or `passback_params`
 (Alipay), set by the merchant's till when it created the order, may name them
 instead, as a query string: `bu_id=sh-mall&merchant_id=sh-mall-shop-02&category=food`.
+The same query string may name the points-mall order whose cash part the payment pays
+(积分换购): `mall_order=<order id>` (docs/points-mall.md).
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ class GatewayRoutes:
                 unrouted=account,
             )
         return found
+
+
+def mall_order(override: str | None) -> dict[str, str]:
+    """`{"mall_order": id}` when the order's attach / passback_params names a points-mall
+    order (the cash part of a points + cash exchange), else {}."""
+    if not override:
+        return {}
+    order = dict(parse_qsl(override, keep_blank_values=False)).get("mall_order")
+    if order is None:
+        return {}
+    if not is_valid_id(order):
+        raise GatewayError("attach", f"mall_order {order!r} is not a valid id")
+    return {"mall_order": order}
 
 
 @dataclass(frozen=True)

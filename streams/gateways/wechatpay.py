@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from streams.gateways import GatewayError, Mapped, load_rsa_public_key
-from streams.gateways.mapping import GatewayRoutes
+from streams.gateways.mapping import GatewayRoutes, mall_order
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 CHANNEL = "wechatpay"
@@ -179,7 +179,8 @@ def to_event(notification: Mapping[str, Any], res: Mapping[str, Any], routes: Ga
         sub = res.get("sub_mchid")
         if not isinstance(sub, str):
             sub = ""
-        route = routes.route(account, sub, res.get("attach") if isinstance(res.get("attach"), str) else None)
+        attach = res.get("attach") if isinstance(res.get("attach"), str) else None
+        route = routes.route(account, sub, attach)
         return Mapped("payment", {
             "event_id": payment_event_id(_str(res, "transaction_id")),
             "type": "payment",
@@ -190,6 +191,7 @@ def to_event(notification: Mapping[str, Any], res: Mapping[str, Any], routes: Ga
             "category": route.category,
             "amount_fen": total,
             "channel": CHANNEL,
+            **mall_order(attach),
         })
     if event_type == "REFUND.SUCCESS":
         if res.get("refund_status") != "SUCCESS":

@@ -9,6 +9,10 @@ POST /v1/mall/items/{item}/exchange            {"member_id"} + Idempotency-Key (
 GET  /v1/members/{member_id}/orders            the member's orders, newest first
 POST /v1/mall/orders/{order_id}/{action}       {"member_id"} + Idempotency-Key (signed POS):
                                                ready | ship | collect | cancel
+
+An item with a cash part (积分换购) makes an order `awaiting_payment` until a payment naming
+it (`mall_order` on the payment callback, or in a gateway order's attach) pays the cash;
+unpaid after the item's `pay_minutes` it expires like an uncollected one.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ ACTIONS = ("ready", "ship", "collect", "cancel")
 
 
 async def _index_order(member_id: str, answer: dict[str, Any]) -> None:
-    """An order to collect is indexed by its deadline (the expiry timer's)."""
-    if answer.get("collect_by_ms"):
+    """An order to collect, or whose cash part is awaited, is indexed by its deadline (the
+    expiry timer's)."""
+    deadline = answer.get("collect_by_ms") or answer.get("pay_by_ms")
+    if deadline:
         rt = await runtime.started()
-        await rt.balances.index_mall_order(member_id, answer["order_id"], int(answer["collect_by_ms"]))
+        await rt.balances.index_mall_order(member_id, answer["order_id"], int(deadline))
 
 
 async def _unindex_order(member_id: str, answer: dict[str, Any]) -> None:
@@ -113,9 +119,19 @@ class MallOrderAction(View):
                             then=then)
 
 
+def _deadline(state: str | None, order_id: str) -> int | None:
+    """The order's deadline now when it is still open (a paid cash part moved it)."""
+    order = ((orjson.loads(state).get("orders") or {}) if state else {}).get(order_id)
+    if order and order.get("status") in ("awaiting_payment", "placed", "ready", "shipped"):
+        return int(order.get("collect_by_ms") or 0) or None
+    return None
+
+
 async def expire_order(member_id: str, order_id: str) -> str:
-    """An order not collected by its deadline expires: the points back into their lots and
-    the unit back in stock, through the member's atomic step. Returns the outcome."""
+    """An order not collected (or its cash part not paid) by its deadline expires: the
+    points back into their lots and the unit back in stock, through the member's atomic
+    step. An order whose deadline moved (its cash part paid since) is indexed again at the
+    new one. Returns the outcome."""
     rt = await runtime.started()
     op_id = f"expire-{order_id}"[:64]
     body = orjson.dumps({"member_id": member_id, "order_id": order_id, "action": "expire"})
@@ -127,6 +143,10 @@ async def expire_order(member_id: str, order_id: str) -> str:
             (new_state, rows, result, points, sv_fen, amount, refund_of, consumed,
              _publish) = core_ext.engage(rt.rules, "mall_order", state, op_id, body, "{}", int(time.time() * 1000))
         except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
+            later = _deadline(state, order_id)
+            if later and later > int(time.time() * 1000):
+                await rt.balances.index_mall_order(member_id, order_id, later)
+                return f"not due yet: due at {later}"
             return f"not expired: {exc}"
 
         async def done() -> str:
@@ -148,6 +168,7 @@ async def expire_mall_orders() -> None:
             except MemberBusy:
                 continue  # the next round tries again
             log.info("points-mall order %s of %s: %s", order_id, member_id, outcome)
-            await rt.balances.unindex_mall_order(member_id, order_id)
+            if not outcome.startswith("not due yet"):
+                await rt.balances.unindex_mall_order(member_id, order_id)
     except Exception:  # a timer that raises stops the worker: log, try again next round
         log.exception("expiring points-mall orders failed; the next round tries again")

@@ -56,6 +56,17 @@ bu = "sh-hotel"
 value_fen = 1800
 
 [[mall_items]]
+id = "kettle"
+name = "Kettle (points + cash)"
+kind = "goods"
+points = 200
+cash_fen = 9900
+pay_minutes = 10
+bu = "sh-mall"
+value_fen = 1000
+stock = 3
+
+[[mall_items]]
 id = "lounge"
 kind = "benefit"
 points = 10
@@ -151,6 +162,48 @@ def test_an_order_placed_readied_collected_and_another_cancelled_with_points_and
     mw.wait_caught_up()
     rows = [r for r in mw.get(f"/v1/members/{m}/ledger")[1]["rows"] if r["kind"].startswith("mall")]
     assert sorted(r["points"] for r in rows if r["kind"] in ("mall_exchange", "mall_return")) == [-150, -150, -50, 150]
+    rec = mw.get("/v1/admin/reconcile?kinds=1")[1]
+    assert rec["clean"], rec
+
+
+def test_points_and_cash_the_order_waits_for_the_payment_naming_it_which_earns_and_settles(mw: WorkerProcess) -> None:
+    m = f"mc-{uuid.uuid4().hex[:8]}"
+    register(mw, [m])
+
+    def pay(amount: int, **extra: Any) -> str:
+        ev = {"event_id": f"p-{uuid.uuid4().hex[:12]}", "type": "payment", "occurred_at": now_iso(), "member_id": m,
+              "bu_id": "sh-mall", "merchant_id": "sh-mall-shop-01", "category": "fashion", "amount_fen": amount,
+              "channel": "wechat", **extra}
+        assert mw.send_callback(ev)[0] == 202
+        mw.wait_caught_up()
+        return str(ev["event_id"])
+
+    pay(40_000)
+    start = balance(mw, m)
+    items = catalogue(mw, m)
+    assert (items["kettle"]["cash_fen"], items["kettle"]["pay_minutes"]) == (9900, 10)
+    status, order = exchange(mw, m, "kettle")
+    assert status == 201 and order["status"] == "awaiting_payment" and order["cash_fen"] == 9900, order
+    assert order["pay_by_ms"] > 0 and order["collect_by_ms"] is None
+    assert balance(mw, m) == start - 200
+    assert order_action(mw, m, order["order_id"], "collect")[1]["field"] == "action", "not before it is paid"
+    # A payment of too little names the order: it earns, the order still waits.
+    pay(5_000, mall_order=order["order_id"])
+    orders = {o["order_id"]: o for o in mw.get(f"/v1/members/{m}/orders")[1]["orders"]}
+    assert orders[order["order_id"]]["status"] == "awaiting_payment"
+    before_cash = balance(mw, m)
+    cash = pay(9_900, mall_order=order["order_id"])
+    orders = {o["order_id"]: o for o in mw.get(f"/v1/members/{m}/orders")[1]["orders"]}
+    assert orders[order["order_id"]]["status"] == "placed" and orders[order["order_id"]]["paid_by"] == cash
+    assert balance(mw, m) > before_cash, "the cash part earns points like any payment"
+    rows = {r["event_id"]: r for r in mw.get(f"/v1/members/{m}/ledger")[1]["rows"]}
+    assert any(p["rule"] == "mall_cash" and p.get("id") == order["order_id"] for p in rows[cash]["explain"]), rows[cash]
+    # Cancelled at the counter: the points and the unit back, the cash named for the refund.
+    status, cancelled = order_action(mw, m, order["order_id"], "cancel")
+    assert status == 201 and cancelled["points_returned"] == 200, cancelled
+    assert cancelled["cash_to_refund"] == {"payment": cash, "amount_fen": 9900}
+    assert catalogue(mw, m)["kettle"]["stock_left"] == 3
+    mw.wait_caught_up()
     rec = mw.get("/v1/admin/reconcile?kinds=1")[1]
     assert rec["clean"], rec
 

@@ -90,6 +90,18 @@ def test_wechatpay_partner_mode_attach_and_refund(wx: WeChatPaySimulator, wx_key
     note = orjson.loads(wx.notification("TRANSACTION.SUCCESS", attached))
     ev = wechatpay.to_event(note, wechatpay.decrypt(note, wx_keys), CONFIG.wechatpay).event
     assert (ev["bu_id"], ev["merchant_id"], ev["category"]) == ("sh-cvs", "sh-cvs-01", "grocery")
+    assert "mall_order" not in ev
+
+    # The cash part of a points + cash order: the attach names the order (docs/points-mall.md).
+    for attach, want in (("mall_order=ord-1a2b", {"mall_order": "ord-1a2b"}), ("mall_order=a%7Bb", None)):
+        paid = wx.transaction("4200000001202611230000000005", "o1", 9_900, attach=attach)
+        note = orjson.loads(wx.notification("TRANSACTION.SUCCESS", paid))
+        if want is None:
+            with pytest.raises(GatewayError, match="mall_order"):
+                wechatpay.to_event(note, wechatpay.decrypt(note, wx_keys), CONFIG.wechatpay)
+        else:
+            ev = wechatpay.to_event(note, wechatpay.decrypt(note, wx_keys), CONFIG.wechatpay).event
+            assert ev["mall_order"] == want["mall_order"] and ev["bu_id"] == "sh-mall"
 
     refund = wx.refund("50000000382019052709732678859", "4200000001202611230000000003", 20_000, 50_000)
     note = orjson.loads(wx.notification("REFUND.SUCCESS", refund))

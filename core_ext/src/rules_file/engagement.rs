@@ -132,6 +132,8 @@ pub struct RawMallItem {
     flash: Option<S<bool>>,
     coupon: Option<S<String>>,
     collect_days: Option<S<i64>>,
+    cash_fen: Option<S<i64>>,
+    pay_minutes: Option<S<i64>>,
 }
 
 pub struct RawEngagement<'a> {
@@ -440,6 +442,13 @@ pub(crate) fn load(
             }
             per_member_limit = Some(1);
         }
+        let cash_fen = src.opt_int(&m.cash_fen, &f("cash_fen"), 1..=100_000_000)?.unwrap_or(0);
+        if let (Some(c), false) = (&m.cash_fen, matches!(kind, MallKind::Goods | MallKind::Benefit)) {
+            return src.err(c.span(), &f("cash_fen"), "only goods and benefits take a cash part (points + cash)");
+        }
+        if let (Some(p), None) = (&m.pay_minutes, &m.cash_fen) {
+            return src.err(p.span(), &f("pay_minutes"), "is the time to pay the cash part: set cash_fen too");
+        }
         let is_tier = |t: &str| tier_ids.iter().any(|x| x == t);
         out.mall_items.insert(id.clone(), MallItem {
             name: m.name.as_ref().map_or_else(|| id.clone(), |n| n.get_ref().clone()),
@@ -456,6 +465,8 @@ pub(crate) fn load(
             to_ms,
             flash,
             collect_days: src.opt_int(&m.collect_days, &f("collect_days"), 1..=365)?.unwrap_or(30),
+            cash_fen,
+            pay_minutes: src.opt_int(&m.pay_minutes, &f("pay_minutes"), 1..=10_080)?.unwrap_or(30),
         });
     }
     Ok(out)

@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "board_commands",
     "board_shard",
+    "check_image_name",
     "check_json_object",
     "check_member_event",
     "coupon_wallet",
@@ -46,6 +47,7 @@ __all__ = [
     "next_wallet_check_ms",
     "parking_exit",
     "rebuild_member",
+    "receipt_id",
     "record_fields",
     "redeem",
     "redeem_coupon",
@@ -117,6 +119,10 @@ class RuleSet:
     @property
     def coupon_templates(self) -> list[str]:
         """Coupon template ids, sorted."""
+    @property
+    def receipts_max_age_days(self) -> int | None:
+        """Receipt points (`[receipts]`): the oldest receipt taken, in days; None when the
+        rules do not offer them."""
     @property
     def car_parks(self) -> list[str]:
         """Car park business unit ids, sorted."""
@@ -489,6 +495,14 @@ def mall_catalogue(
     """The points mall's catalogue as a member sees it: every item with its price, kind,
     stock left, window, and `can_buy` (else `why_not` and its `field`), sorted by id."""
 
+def check_image_name(name: str) -> None:
+    """Raises InvalidEventError (field "image") unless `name` is an uploaded image's name:
+    64 hex digits (its SHA-256) and jpg, png, webp or gif; never a path."""
+
+def receipt_id(merchant_id: str, receipt_no: str) -> str:
+    """A receipt's id (`rc-` and 32 hex digits) from its merchant and receipt number: the
+    same whoever submits it; the receipt's operation and its payment's event id."""
+
 def member_view(rules: RuleSet, state_json: str | None, now_ms: int) -> dict[str, Any]:
     """Tier, qualified tier, window totals, progress to the next tier, review date, benefits."""
 
@@ -574,7 +588,8 @@ def engage(
 ) -> _Engaged:
     """An engagement operation on a stored state: op is one of game_play, sign_in,
     sign_in_makeup, sign_in_contract, exchange_out, exchange_settle, exchange_in,
-    sv_topup, sv_pay, sv_refund; `op_id` is its idempotency key.
+    sv_topup, sv_pay, sv_refund, mall_exchange, mall_order, receipt_submit (op_id: the
+    receipt's id) or receipt_review; `op_id` is its idempotency key.
 
     context_json: {"draw": int in [0, 1000000) (games), "spent": {budget id: units taken},
     "original": {"amount_fen", "refunded_fen", "bu_id", "merchant_id", "category"} (a

@@ -55,6 +55,7 @@ PERMISSIONS = {
     "audiences.send": "define audiences and send them a coupon",
     "audiences.read": "see audience sends and what they issued",
     "coupons.redeem": "redeem a member's coupon at a merchant (merchant staff: their own)",
+    "receipts.review": "the receipts waiting for review: approve or reject (the member is told why)",
 }
 
 _ALL = frozenset(PERMISSIONS)
@@ -67,7 +68,7 @@ GRANTS: dict[str, frozenset[str]] = {
                               "rules.read", "rules.write"}),
     "merchant_staff": frozenset({"session", "settlement.read", "coupons.redeem"}),
     "customer_service": frozenset({"session", "members.read", "members.write", "members.approve",
-                                   "members.privacy", "members.merge"}),
+                                   "members.privacy", "members.merge", "receipts.review"}),
     "auditor": _READ,
 }
 
@@ -102,6 +103,9 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/merges/{merge_id}/undo"): "members.unmerge",
     ("GET", "/v1/admin/approvals"): "members.read",
     ("POST", "/v1/admin/coupons/redeem"): "coupons.redeem",
+    ("GET", "/v1/admin/receipts"): "receipts.review",
+    ("GET", "/v1/admin/receipts/images/{image}"): "receipts.review",
+    ("POST", "/v1/admin/receipts/{receipt_id}/{decision}"): "receipts.review",
     ("GET", "/v1/admin/coupons/redemptions"): "settlement.read",
     ("POST", "/v1/admin/approvals/{approval_id}/approve"): "members.approve",
     ("POST", "/v1/admin/approvals/{approval_id}/reject"): "members.approve",

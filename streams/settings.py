@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     audience_send_rate: int = Field(5_000, ge=1)
     #: Days within which a group admin may undo a merge of two accounts.
     merge_undo_days: int = Field(30, ge=0, le=60)
+    #: Receipt points (docs/points-mall.md): where uploaded receipt images are kept (a
+    #: directory every worker of the service shares: a local disk or a mounted object
+    #: store), and the largest image taken.
+    receipt_image_dir: Path = ROOT / ".local" / "receipts"
+    receipt_image_max_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
     # Fault injection for the fault tests (docs/reliability.md): a file `clickhouse-down` in
     # this directory makes every ClickHouse insert fail until it is removed. Unset in production.
     faults_dir: str = ""

@@ -4,10 +4,10 @@
 
 use crate::campaigns::{self, PaymentView};
 use crate::errors::{CoreError, CoreResult};
-use crate::events::{EventKind, PaymentEvent};
+use crate::events::{EventKind, PaymentEvent, RECEIPT_CHANNEL};
 use crate::ledger::{rows_json, LedgerRow, Part};
 use crate::rules::{OnRefund, RuleSet, Shortfall};
-use crate::state::MemberState;
+use crate::state::{same_purchase, MemberState, Purchase};
 use crate::tiers::{self, TierChange};
 use crate::time::{Local, DAY_MS};
 use crate::settlement;
@@ -104,7 +104,27 @@ pub fn accrue_payment(
     let category = rules.category_of(&ev.merchant_id, &ev.category);
     let amount = ev.amount_fen as i128;
     let mut parts: Vec<Part> = Vec::with_capacity(4);
-    if let Some(rate) = rules.base_rate(bu, &ev.merchant_id, category) {
+    // With receipt points offered: a receipt and a payment of one purchase earn once (the
+    // first applied); the later is applied, its money settled, and earns nothing.
+    let receipt_no = ev.receipt_no.as_deref().unwrap_or("");
+    let from_receipt = ev.channel == RECEIPT_CHANNEL;
+    let earned_already = match &rules.engagement.receipts {
+        None => None,
+        Some(_) if from_receipt => state.payment_like(local.day, &ev.merchant_id, ev.amount_fen, receipt_no).map(|p| p.4.clone()),
+        Some(_) => state
+            .receipts
+            .iter()
+            .find(|(_, r)| {
+                r.status == "approved" && {
+                    let day = Local::of(r.purchased_at_ms, rules.utc_offset_minutes).day;
+                    same_purchase((day, &r.merchant_id, r.amount_fen, &r.receipt_no), (local.day, &ev.merchant_id, ev.amount_fen, receipt_no))
+                }
+            })
+            .map(|(id, _)| id.clone()),
+    };
+    if let Some(other) = &earned_already {
+        parts.push(Part::new("earned_already", other.clone(), 0));
+    } else if let Some(rate) = rules.base_rate(bu, &ev.merchant_id, category) {
         // i128: amount (<= 1e12) * points (<= 1e4) * pct (<= 1e4) stays far below 2^127.
         let base = rules.rounding.divide(amount * rate.points as i128, rate.per_fen as i128) as i64;
         let with_tier = rules.rounding.divide(
@@ -160,23 +180,32 @@ pub fn accrue_payment(
         *state.campaigns.entry(p.id.clone()).or_insert(0) += p.points;
         consumed.push((p.id.clone(), p.points));
     }
-    // Behaviour rules a payment drives; not subject to the caps above.
+    // Behaviour rules a payment drives; not subject to the caps above (nor moved twice by
+    // one purchase).
     let b = &rules.behaviour;
-    let (streak_bonus, task_bonus) = move_counters(rules, state, &local, &ev.bu_id, ev.amount_fen, capped);
-    if let (true, Some((streak, _))) = (streak_bonus, b.spend_streak) {
-        parts.push(Part::new("spend_streak", format!("{}d", streak.days), streak.points));
-    }
-    if let (true, Some((_, points))) = (task_bonus, b.monthly_task) {
-        parts.push(Part::new("monthly_task", "", points));
-    }
-    if b.birthday_month_bonus > 0 && state.birthday_month() == Some(local.month) && state.birthday_bonus_year != local.year
-    {
-        state.birthday_bonus_year = local.year;
-        parts.push(Part::new("birthday_bonus", "", b.birthday_month_bonus));
+    let spend_fen = if earned_already.is_some() { 0 } else { ev.amount_fen };
+    if earned_already.is_none() {
+        let (streak_bonus, task_bonus) = move_counters(rules, state, &local, &ev.bu_id, ev.amount_fen, capped);
+        if let (true, Some((streak, _))) = (streak_bonus, b.spend_streak) {
+            parts.push(Part::new("spend_streak", format!("{}d", streak.days), streak.points));
+        }
+        if let (true, Some((_, points))) = (task_bonus, b.monthly_task) {
+            parts.push(Part::new("monthly_task", "", points));
+        }
+        if b.birthday_month_bonus > 0 && state.birthday_month() == Some(local.month)
+            && state.birthday_bonus_year != local.year
+        {
+            state.birthday_bonus_year = local.year;
+            parts.push(Part::new("birthday_bonus", "", b.birthday_month_bonus));
+        }
     }
 
     let mut total: i64 = parts.iter().map(|p| p.points).sum();
-    state.add_qualification(local.month_index, rules.tier_policy.window_months, total, ev.amount_fen);
+    state.add_qualification(local.month_index, rules.tier_policy.window_months, total, spend_fen);
+    if let (Some(r), None, false, false) = (&rules.engagement.receipts, &earned_already, from_receipt, state.receipts.is_empty()) {
+        let p = Purchase(local.day, ev.merchant_id.clone(), ev.amount_fen, receipt_no.to_string(), ev.event_id.clone());
+        state.note_purchase(p, r.max_age_days + 1);
+    }
     let tier_before = rules.tier(state.tier.as_deref()).id.clone();
     let change = tiers::check_upgrade(rules, state, local.month_index, ev.occurred_at_ms);
     // A debt a refund left (policy record_debt) is taken from these points first.

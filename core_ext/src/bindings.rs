@@ -155,6 +155,12 @@ impl PyRuleSet {
         ids
     }
 
+    /// Receipt points (`[receipts]`): the oldest receipt taken, in days; None when not offered.
+    #[getter]
+    fn receipts_max_age_days(&self) -> Option<i64> {
+        self.inner.engagement.receipts.as_ref().map(|r| r.max_age_days)
+    }
+
     /// Car park business unit ids.
     #[getter]
     fn car_parks(&self) -> Vec<String> {
@@ -738,10 +744,25 @@ pub fn engage(
     let d = match op {
         "mall_exchange" => crate::mall::exchange(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
         "mall_order" => crate::mall::order(&rules.inner, &mut state, op_id, body, now_ms),
+        "receipt_submit" => crate::receipts::submit(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
+        "receipt_review" => crate::receipts::review(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
         _ => crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms),
     }
         .map_err(|e| core_error_to_py(py, e))?;
     Ok((state.to_json(), d.rows_json, d.result_json, d.points, d.sv_fen, d.amount_fen, d.refund_of, d.consumed, d.publish))
+}
+
+/// Refuses (InvalidEventError, field "image") a name that is not an uploaded image's.
+#[pyfunction]
+pub fn check_image_name(py: Python<'_>, name: &str) -> PyResult<()> {
+    crate::receipts::check_image("image", name).map_err(|e| core_error_to_py(py, e))
+}
+
+/// A receipt's id from its merchant and receipt number (`receipts.rs`): the same for every
+/// member, so the receipt's operation and its payment are named by it.
+#[pyfunction]
+pub fn receipt_id(merchant_id: &str, receipt_no: &str) -> String {
+    crate::receipts::receipt_id(merchant_id, receipt_no)
 }
 
 /// What a stored state holds of engagement: games played today, cards, sign-in plans,

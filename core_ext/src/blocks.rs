@@ -137,9 +137,22 @@ pub const AUDIT: Table = Table {
     ],
 };
 
+/// Receipts submitted for points (小票积分): one row per step (submitted, approved,
+/// rejected), keyed by the receipt and its status.
+pub const RECEIPTS: Table = Table {
+    name: "receipts",
+    columns: &[
+        ("receipt_id", Str), ("status", Str), ("event_id", Str), ("member_id", Str), ("merchant_id", Str),
+        ("bu_id", Str), ("amount_fen", I64), ("receipt_no", Str), ("purchased_at", Ms), ("image", Str),
+        ("reason", Str), ("reviewer", Str), ("submitted_at", Ms), ("occurred_at", Ms), ("processed_at", Ms),
+        ("rules_version", Str),
+    ],
+};
+
 /// Every table, in the order the sink inserts them.
-pub const TABLES: [&Table; 12] = [
+pub const TABLES: [&Table; 13] = [
     &LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS, &HELD, &AUDIT,
+    &RECEIPTS,
 ];
 
 /// Columns whose ClickHouse type is not what the block writes: (table, column, found).
@@ -270,6 +283,14 @@ struct Row<'a> {
     before: Option<&'a RawValue>,
     #[serde(borrow)]
     after: Option<&'a RawValue>,
+    #[serde(borrow)]
+    receipt_id: S<'a>,
+    #[serde(borrow)]
+    receipt_no: S<'a>,
+    purchased_at_ms: Option<i64>,
+    #[serde(borrow)]
+    image: S<'a>,
+    submitted_at_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -572,6 +593,29 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
                 b.rows += 1;
                 ident(&mut b.identity, &[rid]);
             }
+            Some("receipts") => {
+                let b = &mut local[12];
+                let d = &mut b.data;
+                let (rid, status, eid) = (need(&r.receipt_id, "receipt_id")?, need(&r.status, "status")?, need(&r.event_id, "event_id")?);
+                put_str(d, rid);
+                put_str(d, status);
+                put_str(d, eid);
+                put_str(d, need(&r.member_id, "member_id")?);
+                put_str(d, need(&r.merchant_id, "merchant_id")?);
+                put_str(d, r.bu_id.as_deref().unwrap_or(""));
+                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+                put_str(d, need(&r.receipt_no, "receipt_no")?);
+                put_i64(d, need_i(r.purchased_at_ms, "purchased_at_ms")?);
+                put_str(d, r.image.as_deref().unwrap_or(""));
+                put_str(d, r.reason.as_deref().unwrap_or(""));
+                put_str(d, r.operator.as_deref().unwrap_or(""));
+                put_i64(d, need_i(r.submitted_at_ms, "submitted_at_ms")?);
+                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+                put_str(d, r.rules_version.as_deref().unwrap_or(""));
+                b.rows += 1;
+                ident(&mut b.identity, &[rid, status]);
+            }
             Some(other) => return Err(format!("unknown table {other:?}")),
         }
         // The event's settlement lines (ledger, coupon and stored-value rows carry them).
@@ -716,7 +760,11 @@ mod tests {
                  "status": "held", "body": "{}", "deadline_ms": 9000, "processed_at_ms": 2000},
                 {"table": "audit_log", "event_id": "req-1", "occurred_at_ms": 3000, "operator": "cs-li",
                  "role": "customer_service", "action": "member.adjust", "member_id": "m1", "http_status": 201,
-                 "before": {"balance": 10}, "after": {"balance": 60}, "processed_at_ms": 3001}
+                 "before": {"balance": 10}, "after": {"balance": 60}, "processed_at_ms": 3001},
+                {"table": "receipts", "receipt_id": "rc-1", "status": "rejected", "event_id": "rc-1:d", "member_id": "m1",
+                 "merchant_id": "s", "bu_id": "mall", "amount_fen": 880, "receipt_no": "R1", "purchased_at_ms": 500,
+                 "image": "ab.jpg", "reason": "blurred", "operator": "cs-li", "submitted_at_ms": 900,
+                 "occurred_at_ms": 1000, "processed_at_ms": 1000, "rules_version": "v"}
             ],
             "guests": [{"event_id": "g", "type": "payment", "payer_kind": "wechat", "payer_id": "o", "amount_fen": 5,
                         "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "w",
@@ -728,7 +776,12 @@ mod tests {
         assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
         let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
-        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1, 1]);
+        assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1]);
+        let rc = &b.tables[12].data;
+        let mut at = 0;
+        let head: Vec<String> = (0..5).map(|_| read_str(rc, &mut at)).collect();
+        assert_eq!(head, ["rc-1", "rejected", "rc-1:d", "m1", "s"]);
+        assert_eq!((read_str(rc, &mut at), read_i64(rc, &mut at)), ("mall".to_string(), 880));
         let au = &b.tables[11].data;
         let mut at = 0;
         assert_eq!(read_str(au, &mut at), "req-1");

@@ -43,6 +43,9 @@ pub struct Context {
     pub spent: HashMap<String, i64>,
     /// A stored-value refund: the payment's record (amount, refunded, result).
     pub original: Option<Original>,
+    /// A receipt: the member's recent payments from their event records, (paid at ms,
+    /// merchant, amount fen, event id), so a purchase that earned is not earned again.
+    pub purchases: Vec<(i64, String, i64, String)>,
 }
 
 #[derive(Debug, Default, Deserialize)]

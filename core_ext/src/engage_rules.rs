@@ -157,6 +157,7 @@ pub struct Engagement {
     pub leaderboards: Vec<Leaderboard>,
     /// The points mall's catalogue (积分商城), by item id.
     pub mall_items: HashMap<String, MallItem>,
+    pub receipts: Option<ReceiptRules>,
 }
 
 /// What a points-mall item gives.
@@ -201,6 +202,20 @@ pub struct MallItem {
     /// order expires with its points and its unit given back.
     pub cash_fen: i64,
     pub pay_minutes: i64,
+}
+
+/// Receipt points (小票积分, `[receipts]`): how old a receipt may be, and which are
+/// approved without a reviewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRules {
+    pub max_age_days: i64,
+    /// Receipts of these merchants, up to `auto_max_fen`, submitted within
+    /// `auto_within_days` of the purchase, at most `auto_daily_cap` a member a day, are
+    /// approved at once; the others wait for a reviewer.
+    pub auto_merchants: rustc_hash::FxHashSet<String>,
+    pub auto_max_fen: i64,
+    pub auto_within_days: i64,
+    pub auto_daily_cap: i64,
 }
 
 /// The budget id of a mall item's stock.

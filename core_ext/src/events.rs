@@ -56,7 +56,12 @@ pub struct PaymentEvent {
     pub coupon_ids: Vec<String>,
     /// A points-mall order whose cash part this payment pays (积分换购).
     pub mall_order: Option<String>,
+    /// The till's receipt number (a receipt submitted for the same purchase earns nothing).
+    pub receipt_no: Option<String>,
 }
+
+/// The channel of a payment made from an approved receipt (小票积分).
+pub const RECEIPT_CHANNEL: &str = "receipt";
 
 /// Identifiers end up inside Redis keys and ClickHouse rows: a closed alphabet
 /// keeps hash tags (`{`, `}`), separators and control characters out.
@@ -649,6 +654,8 @@ struct FastPayment<'a> {
     coupon_ids: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     mall_order: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    receipt_no: Option<serde::de::IgnoredAny>,
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
@@ -665,6 +672,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         || f.cumulative.is_some()
         || f.coupon_ids.is_some()
         || f.mall_order.is_some()
+        || f.receipt_no.is_some()
         || !(1..=MAX_AMOUNT_FEN).contains(&f.amount_fen)
     {
         return None;
@@ -703,6 +711,7 @@ fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
         cumulative: false,
         coupon_ids: Vec::new(),
         mall_order: None,
+        receipt_no: None,
     })
 }
 
@@ -839,9 +848,17 @@ fn parse_payment_object(obj: &Map<String, Value>, event_id: String) -> CoreResul
         }
         Some(_) => Some(get_id(obj, "mall_order")?),
     };
+    let receipt_no = match obj.get("receipt_no") {
+        None | Some(Value::Null) => None,
+        Some(_) if kind == EventKind::Refund => {
+            return Err(CoreError::invalid_event("receipt_no", "is only allowed on payments"))
+        }
+        Some(_) => Some(get_id(obj, "receipt_no")?),
+    };
     Ok(PaymentEvent {
         coupon_ids,
         mall_order,
+        receipt_no,
         cumulative,
         hold_id,
         points_used,

@@ -334,6 +334,7 @@ impl Record {
                 ("merchant_id", b.merchant_id.clone()),
                 ("category", b.category.clone()),
                 ("format", b.format.clone()),
+                ("at_ms", b.at_ms.to_string()),
             ],
             Record::Refund { applied_ms, digest, amount_fen, points } => vec![
                 ("applied_at_ms", applied(applied_ms)),

@@ -69,6 +69,8 @@ struct RawRuleSet {
     leaderboards: Vec<engagement::RawLeaderboard>,
     #[serde(default)]
     mall_items: Vec<engagement::RawMallItem>,
+    #[serde(default)]
+    receipts: Option<engagement::RawReceipts>,
 }
 
 #[derive(Deserialize)]
@@ -677,7 +679,7 @@ impl RuleSet {
             triggers.push(trig);
         }
 
-        let engagement = engagement::load(
+        let mut engagement = engagement::load(
             &src,
             engagement::RawEngagement {
                 games: &raw.games,
@@ -695,6 +697,10 @@ impl RuleSet {
             &coupon_templates,
             &tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
         )?;
+        engagement.receipts = match &raw.receipts {
+            Some(r) => Some(engagement::receipts(&src, r, &|m: &str| merchants.contains_key(m))?),
+            None => None,
+        };
         Ok(RuleSet {
             engagement,
             coupon_templates,

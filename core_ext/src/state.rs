@@ -149,6 +149,16 @@ pub struct MemberState {
     /// Points-mall orders (`mall.rs`): the open ones and the last closed ones.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub orders: BTreeMap<String, Order>,
+    /// Receipts the member submitted (`receipts.rs`): the pending ones and the last decided.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub receipts: BTreeMap<String, Receipt>,
+    /// Recent payments that earned, noted while the member has receipts (a receipt and a
+    /// payment of one purchase earn once). Kept for the receipts' maximum age, at most 100.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purchases: Vec<Purchase>,
+    /// Receipts approved automatically: [local day, how many that day].
+    #[serde(skip_serializing_if = "is_zero_pair")]
+    pub receipts_auto: [i64; 2],
     /// This account was merged into another (`merge.rs`): events for it go there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergedInto>,
@@ -356,6 +366,63 @@ pub struct MergeSpec {
     pub bundle: Option<Bundle>,
     /// `merge_in`: the merged account's event records (id, record).
     pub records: Vec<(String, String)>,
+}
+
+fn is_zero_pair(p: &[i64; 2]) -> bool {
+    p[1] == 0
+}
+
+/// A receipt submitted for points (小票积分).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Receipt {
+    pub merchant_id: String,
+    pub receipt_no: String,
+    pub amount_fen: i64,
+    pub purchased_at_ms: i64,
+    pub image: String,
+    /// pending | approved | rejected
+    pub status: String,
+    pub submitted_at_ms: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub decided_at_ms: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A payment that earned, for a member who has receipts: (local day, merchant, amount,
+/// receipt number or "", event id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase(pub i64, pub String, pub i64, pub String, pub String);
+
+/// Whether a receipt and a payment are one purchase: the same merchant and receipt number
+/// when both carry one, else the same merchant, amount and local day.
+pub fn same_purchase(a: (i64, &str, i64, &str), b: (i64, &str, i64, &str)) -> bool {
+    if a.1 != b.1 {
+        return false;
+    }
+    if !a.3.is_empty() && !b.3.is_empty() {
+        return a.3 == b.3;
+    }
+    a.0 == b.0 && a.2 == b.2
+}
+
+impl MemberState {
+    /// The payment (of those noted) that was this receipt's purchase, if any.
+    pub fn payment_like(&self, day: i64, merchant: &str, amount_fen: i64, receipt_no: &str) -> Option<&Purchase> {
+        self.purchases.iter().find(|p| same_purchase((p.0, &p.1, p.2, &p.3), (day, merchant, amount_fen, receipt_no)))
+    }
+
+    /// Notes a payment that earned; forgets those older than `keep_days` (and beyond 100).
+    pub fn note_purchase(&mut self, p: Purchase, keep_days: i64) {
+        let oldest = p.0 - keep_days;
+        self.purchases.retain(|x| x.0 >= oldest);
+        self.purchases.push(p);
+        if self.purchases.len() > 100 {
+            let extra = self.purchases.len() - 100;
+            self.purchases.drain(..extra);
+        }
+    }
 }
 
 impl Order {

@@ -148,7 +148,7 @@ fn a_kept_contract_pays_stake_and_bonus_a_missed_day_loses_it() {
 }
 
 fn play(r: &RuleSet, s: &mut MemberState, id: &str, draw: i64, spent: &[(&str, i64)], now: i64) -> Result<Value, String> {
-    let ctx = Context { draw: Some(draw), spent: spent.iter().map(|(k, v)| (k.to_string(), *v)).collect(), original: None };
+    let ctx = Context { draw: Some(draw), spent: spent.iter().map(|(k, v)| (k.to_string(), *v)).collect(), original: None, ..Default::default() };
     run(r, "game_play", s, id, json!({"member_id": "m", "game": "wheel"}), ctx, now)
 }
 

@@ -142,16 +142,20 @@ async def read_body(request: Request, types: tuple[str, ...] | None = JSON_TYPES
 
 
 async def read_signed(request: Request, scope: str = "callback", *, nonce_later: bool = False,
-                      strict: bool = True) -> bytes:
+                      strict: bool = True, body: bytes | None = None, shown: bytes | None = None) -> bytes:
     """The body of a signed request, or Refused. `scope` is whose
     secret signs it: "callback" (the gateways' LOYALTY_CALLBACK_SECRET, no X-Key-Id) or
     "pos" (the POS key named by X-Key-Id; rate-limited per key). A nonce is taken once:
     here, or (`nonce_later`, the payment callback) by the caller in the round trip that
     claims the event id. The body is checked as strict JSON here unless the caller's own
     validator is strict (`strict=False`: the payment and member callbacks, whose core
-    validators refuse repeated keys, and which check before any phone rewrite)."""
+    validators refuse repeated keys, and which check before any phone rewrite). A caller
+    that read the body itself (an image upload) passes it, and what a dead letter of a
+    refusal shows of it (`shown`) in place of the bytes."""
     settings = runtime.settings
-    body = await read_body(request)
+    if body is None:
+        body = await read_body(request)
+    kept = body if shown is None else shown
     key_id = request.headers.get("X-Key-Id")
     rt = await runtime.started()
     if scope == "pos":
@@ -159,13 +163,13 @@ async def read_signed(request: Request, scope: str = "callback", *, nonce_later:
             raise Refused(503, "till API disabled: LOYALTY_POS_KEYS is not set")
         secret = rt.pos_keys.get(key_id or "")
         if secret is None:
-            raise await rejected(401, "X-Key-Id: required, a POS key this service knows", body,
+            raise await rejected(401, "X-Key-Id: required, a POS key this service knows", kept,
                                       field="X-Key-Id")
     else:
         if not settings.callback_secret.get_secret_value():
             raise Refused(503, "callbacks disabled: LOYALTY_CALLBACK_SECRET is not set")
         if key_id is not None:
-            raise await rejected(403, "X-Key-Id: POS keys may not send gateway callbacks", body,
+            raise await rejected(403, "X-Key-Id: POS keys may not send gateway callbacks", kept,
                                       field="X-Key-Id")
         secret = settings.callback_secret.get_secret_value()
     nonce = request.headers.get("X-Nonce")
@@ -173,12 +177,12 @@ async def read_signed(request: Request, scope: str = "callback", *, nonce_later:
         verify(secret, request.headers.get("X-Timestamp"), nonce, request.headers.get("X-Signature"), body,
                settings.signature_max_age_s)
     except SignatureError as exc:
-        raise await rejected(401, str(exc), body, field="X-Signature") from None
+        raise await rejected(401, str(exc), kept, field="X-Signature") from None
     if scope == "pos" and not await rt.balances.rate_hit(f"pos:{key_id}", settings.rate_limit_pos):
         counters["requests_rate_limited_total"] += 1
         raise Refused(429, f"rate limit of {settings.rate_limit_pos}/s for key {key_id}", headers={"Retry-After": "1"})
     if not nonce_later and not await claim_nonce((key_id or "callback", nonce or "")):
-        raise await rejected(401, NONCE_USED, body, field="X-Nonce")
+        raise await rejected(401, NONCE_USED, kept, field="X-Nonce")
     if strict and body.strip():
         # One JSON object, no key repeated at any depth, before anything reads it.
         try:

@@ -65,6 +65,20 @@ def _event(erasure: dict[str, Any], member_id: str, n: int) -> bytes:
                          "occurred_at": erasure["occurred_at"], "member_id": member_id})
 
 
+def _delete_images(names: list[str]) -> int:
+    """The erased members' receipt photos, deleted from the image store; how many were there."""
+    from streams.http.receipts import image_path
+
+    n = 0
+    for name in names:
+        try:
+            image_path(name).unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
 async def _save(erasure: dict[str, Any]) -> None:
     rt = await runtime.started()
     erasure["beat_ms"] = int(time.time() * 1000)
@@ -117,8 +131,11 @@ async def run_erasure(erasure: dict[str, Any]) -> dict[str, Any]:
             "SELECT DISTINCT member_id, event_id FROM ledger WHERE event_id IN {r:Array(String)}", {"r": refs})
         event_ids = [r["event_id"] for r in await rt.ledger.query_sql(
             "SELECT DISTINCT event_id FROM ledger WHERE member_id IN {m:Array(String)}", {"m": ids})]
+        images = [r["image"] for r in await rt.ledger.query_sql(
+            "SELECT DISTINCT image FROM receipts WHERE member_id IN {m:Array(String)} AND image != ''", {"m": ids})]
         touched = await rt.ledger.in_thread(rt.ledger.erase_members_sync, ids, erasure["pseudonym"],
                                             payers, plates, keys)
+        touched["receipt_images"] = await asyncio.to_thread(_delete_images, images)
         alias = erasure["pseudonym"]
         removed = await rt.balances.erase_members(ids, alias, keys, payers, plates, routes, event_ids)
         for row in inviters:

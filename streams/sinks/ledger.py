@@ -72,7 +72,7 @@ class LedgerNotHeld(ServiceUnavailable, TransientError):
 
 #: Tables whose rows of an erased member stay, under a pseudonym (copied, then deleted:
 #: the member or an event id naming it is in their sorting key).
-ERASE_REKEYED = ("ledger", "stored_value", "game_draws", "settlement_lines", "coupon_events")
+ERASE_REKEYED = ("ledger", "stored_value", "game_draws", "settlement_lines", "coupon_events", "receipts")
 
 
 def _pseudonymised(col: str, kind: str, n: int) -> str:
@@ -255,6 +255,9 @@ class LedgerStore:
                 for v in views:
                     c.command(f"ATTACH TABLE `{v}`")
             c.command(f"ALTER TABLE `{table}` DELETE WHERE {mine} SETTINGS mutations_sync = 1", parameters=p)
+        if touched.get("receipts"):  # their receipts' photos are deleted from the image store
+            c.command("ALTER TABLE receipts UPDATE image = '' WHERE member_id = {p:String} SETTINGS mutations_sync = 1",
+                      parameters=p)
         for m in ids:  # an inviter's state remembers the referral's event id
             q = {"q": orjson.dumps(f"referral:{m}").decode(), "r": orjson.dumps(f"referral:{pseudonym}").decode()}
             c.command("ALTER TABLE member_states UPDATE state = replaceAll(state, {q:String}, {r:String})"

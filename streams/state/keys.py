@@ -69,6 +69,8 @@ FAMILIES = (
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
            "cancelled or expired"),
+    Family("receipt claim", r"receipt:.+", True, "the receipts' maximum age + 30 days (the receipts "
+           "table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
 )
 
@@ -207,3 +209,6 @@ class KeySpace:
     @property
     def mall_orders_key(self) -> str:
         return f"{self.ns}:mall-orders"
+
+    def receipt_claim_key(self, receipt_id: str) -> str:
+        return f"{self.ns}:receipt:{receipt_id}"

@@ -1,5 +1,7 @@
 """The points mall's orders to collect, indexed by their deadline (`mall-orders`, a sorted
-set of "member<TAB>order" by the time the order expires if not collected)."""
+set of "member<TAB>order" by the time the order expires if not collected), and the claims
+of receipt numbers (`receipt:<receipt id>` -> the member who submitted it first: a receipt
+earns for one member only)."""
 
 from __future__ import annotations
 
@@ -22,3 +24,19 @@ class MallStore(StoreBase):
             member_id, _, order_id = text.partition("\t")
             out.append((member_id, order_id))
         return out
+
+    async def claim_receipt(self, receipt_id: str, member_id: str, ttl_s: int) -> tuple[bool, str]:
+        """Claims a receipt for a member: (claimed now, the member holding it)."""
+        key = self.receipt_claim_key(receipt_id)
+        if await self.redis.set(key, member_id, nx=True, ex=ttl_s):
+            return True, member_id
+        holder = await self.redis.get(key)
+        text = holder.decode() if isinstance(holder, bytes) else (holder or "")
+        return False, text
+
+    async def release_receipt(self, receipt_id: str, member_id: str) -> None:
+        """Gives back a claim made for a submission the engine refused (still this member's)."""
+        key = self.receipt_claim_key(receipt_id)
+        holder = await self.redis.get(key)
+        if (holder.decode() if isinstance(holder, bytes) else holder) == member_id:
+            await self.redis.delete(key)

@@ -107,6 +107,20 @@ class MemberStore(BudgetStore, ScheduleStore):
     async def event_record(self, member_id: str, event_id: str) -> EventRecord | None:
         return decode_record(await self.redis.hget(self.records_key(member_id), event_id))
 
+    async def payments_since(self, member_id: str, since_ms: int) -> list[tuple[int, str, int, str]]:
+        """The member's payments paid at or after `since_ms`, from their event records:
+        (paid at ms, merchant, amount fen, event id). A receipt is checked against them."""
+        out: list[tuple[int, str, int, str]] = []
+        async for event_id, value in self.redis.hscan_iter(self.records_key(member_id), count=500):
+            rec = decode_record(value.decode() if isinstance(value, bytes) else value)
+            if rec is None or rec.kind != "payment":
+                continue
+            at = rec.fields.get("at_ms", "")
+            if at.lstrip("-").isdigit() and int(at) >= since_ms:
+                eid = event_id.decode() if isinstance(event_id, bytes) else event_id
+                out.append((int(at), rec.fields.get("merchant_id", ""), int(rec.fields.get("amount", "0")), eid))
+        return out
+
     async def sv_balances(self) -> dict[str, tuple[int, str | None]]:
         """Every member's stored value in Redis and state JSON: for its reconciliation."""
         return await self._counter_and_state("sv_balance")

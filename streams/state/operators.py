@@ -249,8 +249,8 @@ class OperatorStore(StoreBase):
         """A personal data erasure in Redis (streams/http/privacy.py): the members' keys,
         their bindings (while still theirs), aliases, guest payments, parking sessions,
         gateway routes, schedules, leaderboard entries, held refunds, merge records and
-        approvals; audience sends and the claims of their events (`event_ids`) name the
-        pseudonym instead. Returns keys and entries removed or rewritten."""
+        approvals; audience sends, receipt claims and the claims of their events
+        (`event_ids`) name the pseudonym instead. Returns keys and entries removed or rewritten."""
         r, ns, n = self.redis, self.ns, 0
         members = set(ids)
         names = [*ids, *[e for _, e in payers]]
@@ -295,6 +295,10 @@ class OperatorStore(StoreBase):
         for approval in await self.approvals():
             if approval.get("member_id") in members:
                 n += await r.delete(self.approval_key(approval["approval_id"]))
+        async for k in r.scan_iter(match=self.receipt_claim_key("rc-*"), count=500):
+            holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
+            if (holder.decode() if isinstance(holder, bytes) else holder) in members:
+                n += bool(await r.set(k, pseudonym, xx=True, keepttl=True))
         async for k in r.scan_iter(match=self.audience_send_key("*"), count=500):
             raw = await r.get(k)
             send = orjson.loads(raw) if raw else {}

@@ -123,7 +123,13 @@ def test_manual_adjustments_need_the_admin_token_and_a_reason(sw: WorkerProcess)
     body = orjson.dumps({"event_id": "adj-cb", "type": "adjustment", "member_id": m, "points": 10 ** 6,
                          "reason": "free points", "occurred_at": "2026-11-23T12:00:00+08:00"})
     assert sw.post("/v1/callbacks/member", body, signed_headers(sw.callback_secret, body))[0] == 400
+    # Nor an erasure: the member events a callback may send are an allow list.
+    body = orjson.dumps({"event_id": "erase-cb", "type": "erase", "member_id": m,
+                         "occurred_at": "2026-11-23T12:00:00+08:00"})
+    status, answer = sw.post("/v1/callbacks/member", body, signed_headers(sw.callback_secret, body))
+    assert status == 400 and answer["field"] == "type" and "operators" in answer["error"], answer
     sw.wait_until(lambda: sw.get("/v1/admin/reconcile")[1]["clean"], 60, "Redis = ledger")
+    assert sw.get(f"/v1/members/{m}")[1]["balance"] == start + 100 - 50, "not erased"
 
 
 def test_a_replayed_request_is_refused_and_dead_lettered(sw: WorkerProcess) -> None:

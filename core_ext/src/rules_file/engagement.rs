@@ -94,6 +94,33 @@ pub struct RawStoredValue {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawReceipts {
+    max_age_days: Option<S<i64>>,
+    auto_merchants: Option<S<Vec<String>>>,
+    auto_max_fen: Option<S<i64>>,
+    auto_within_days: Option<S<i64>>,
+    auto_daily_cap: Option<S<i64>>,
+}
+
+/// `[receipts]`: receipt points offered; `merchant` tells a known merchant id.
+pub(crate) fn receipts(src: &Source, r: &RawReceipts, merchant: &dyn Fn(&str) -> bool) -> CoreResult<ReceiptRules> {
+    let max_age_days = src.opt_int(&r.max_age_days, "receipts.max_age_days", 1..=365)?.unwrap_or(30);
+    let auto_within_days = src.opt_int(&r.auto_within_days, "receipts.auto_within_days", 0..=365)?.unwrap_or(3);
+    if auto_within_days > max_age_days {
+        let span = r.auto_within_days.as_ref().map_or(0..0, |x| x.span());
+        return src.err(span, "receipts.auto_within_days", format!("must not exceed max_age_days ({max_age_days})"));
+    }
+    Ok(ReceiptRules {
+        max_age_days,
+        auto_merchants: src.id_set(&r.auto_merchants, "receipts.auto_merchants", Some(merchant), "merchant")?.unwrap_or_default(),
+        auto_max_fen: src.opt_int(&r.auto_max_fen, "receipts.auto_max_fen", 0..=100_000_000)?.unwrap_or(0),
+        auto_within_days,
+        auto_daily_cap: src.opt_int(&r.auto_daily_cap, "receipts.auto_daily_cap", 0..=1_000)?.unwrap_or(0),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawChannel {
     id: S<String>,
     multiplier_pct: S<i64>,

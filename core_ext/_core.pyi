@@ -37,6 +37,7 @@ __all__ = [
     "envelope_pack",
     "envelope_unpack",
     "evaluate_batch",
+    "events_catalogue",
     "hold_points",
     "ledger_blocks",
     "ledger_schema_mismatches",
@@ -495,6 +496,13 @@ def mall_catalogue(
     """The points mall's catalogue as a member sees it: every item with its price, kind,
     stock left, window, and `can_buy` (else `why_not` and its `field`), sorted by id."""
 
+def events_catalogue(
+    rules: RuleSet, state_json: str | None, spent: dict[str, int], now_ms: int
+) -> list[dict[str, Any]]:
+    """The members' events (`[[member_events]]`) sorted by start: seats left (from `spent`,
+    the seats budgets), window, cost, who may come; with a member's state, `can_sign_up`
+    (else `why_not` and its `field`)."""
+
 def check_image_name(name: str) -> None:
     """Raises InvalidEventError (field "image") unless `name` is an uploaded image's name:
     64 hex digits (its SHA-256) and jpg, png, webp or gif; never a path."""
@@ -589,7 +597,8 @@ def engage(
     """An engagement operation on a stored state: op is one of game_play, sign_in,
     sign_in_makeup, sign_in_contract, exchange_out, exchange_settle, exchange_in,
     sv_topup, sv_pay, sv_refund, mall_exchange, mall_order, receipt_submit (op_id: the
-    receipt's id) or receipt_review; `op_id` is its idempotency key.
+    receipt's id) or receipt_review, event_signup, event_cancel, event_promote,
+    event_checkin or event_close; `op_id` is its idempotency key.
 
     context_json: {"draw": int in [0, 1000000) (games), "spent": {budget id: units taken},
     "original": {"amount_fen", "refunded_fen", "bu_id", "merchant_id", "category"} (a

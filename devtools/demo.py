@@ -39,6 +39,7 @@ from streams.app import load_rules
 from streams.settings import ROOT, Settings
 
 DAY = "2026-11-21"
+SALON = "wine-salon"
 CATEGORIES = {
     "mall": ["fashion", "fashion", "food", "food", "beauty", "sports", "kids", "cinema", "jewelry"],
     "hotel": ["room", "dining", "spa"],
@@ -239,8 +240,26 @@ def run_demo(events: int, members: int, seed: int, concurrency: int) -> int:
     # The demo replays a fixed day: the ingress's window on occurred_at reaches back to it.
     days_back = (dt.date.today() - dt.date.fromisoformat(DAY)).days + 2
     window_env = {"LOYALTY_OCCURRED_MAX_AGE_DAYS": str(max(400, days_back))}
+    # The evening's members' event (a salon an hour from now): the rules in force plus it.
+    rules_env: dict[str, str] = {}
+    if settings.rules_path.exists():
+        (data_root / run_id).mkdir(parents=True, exist_ok=True)
+        with_event = data_root / run_id / "rules.toml"
+        soon = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        with_event.write_text(settings.rules_path.read_text() + f"""
+# The demo's members' event: 12 seats for 300 points, an hour from now (doors open).
+[[member_events]]
+id = "{SALON}"
+name = "Members' wine salon"
+capacity = 12
+points = 300
+starts_at = "{(soon + dt.timedelta(hours=1)).isoformat()}"
+ends_at = "{(soon + dt.timedelta(hours=3)).isoformat()}"
+no_show_ban_days = 30
+""")
+        rules_env = {"LOYALTY_RULES": str(with_event)}
     worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id,
-                           extra_env={**gateway_env, **push_env, **window_env})
+                           extra_env={**gateway_env, **push_env, **window_env, **rules_env})
     day = generate_day(seed, events, members, rules.business_units)
     print(
         f"demo: {DAY}, seed {seed}: {len(day.payments)} payments, {len(day.refunds)} refunds, "
@@ -339,6 +358,11 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     audited = sum(o["plays"] for o in worker.get("/v1/admin/games/wheel-nov/draws?limit=1")[1]["outcomes"])
     office = await _back_office(worker, gateways[2], gateways[3], concurrency)
     _settled_in_ledger(worker, eng["points_ops"], "the back office")
+    print("demo: the mini-program's evening: a flash sale, umbrellas at the desk, receipts of cash purchases ...",
+          flush=True)
+    mall = await _mall_and_receipts(worker, gateways[2], gateways[3], concurrency)
+    http_ops = eng["points_ops"] + mall["points_ops"]
+    _settled_in_ledger(worker, http_ops, "the points mall and the receipts")
     worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
                       what="stored value: Redis = ledger")
     _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")
@@ -355,7 +379,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     kinds = coupon_kinds()
     with receiver.lock:
         pushed_ids = Counter(pid for pid, b, _ in receiver.received if b.get("type") == "coupon_issued")
-    m, totals = _counts_at_rest(worker, eng["points_ops"])
+    m, totals = _counts_at_rest(worker, http_ops)
     _, rec = worker.get("/v1/admin/reconcile", admin=True)
     dead = await read_dead_letters(settings.kafka_bootstrap, f"{worker.run_id}.dead-letter")
     by_source: dict[str, int] = {}
@@ -369,10 +393,12 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     held = m["refunds_held_total"] - m["refunds_released_total"]
     # Engagement operations write their own ledger rows; stored-value payments also
     # go through accrual as payment events.
-    counts_tie = (m["events_applied_total"] + eng["points_ops"] == totals["events"]
+    counts_tie = (m["events_applied_total"] + http_ops == totals["events"]
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
-                  == len(accepted_ids) + credited + eng["sv_payments"] + office["member_events"])
-    engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"]
+                  == len(accepted_ids) + credited + eng["sv_payments"] + office["member_events"]
+                  + mall["receipt_payments"])
+    engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"] and mall["errors"] == 0 \
+        and mall["ok"]
     unbounded = worker.keys_out_of_bounds()
     bounded_ok = not unbounded
     for line in unbounded[:10]:
@@ -425,6 +451,19 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"holds placed {_fmt(office['holds'])}, tier overrides {_fmt(office['overrides'])}, plates bound "
         f"{_fmt(office['plates'])} (their cars parked: {_fmt(office['parked'])} entries and exits), segments "
         f"refreshed for {_fmt(office['segmented'])} members",
+        f"points mall flash sale         {_fmt(mall['flash_sold']):>12}   of {mall['flash_stock']} tote bags, "
+        f"{_fmt(mall['flash_tried'])} members trying at once; refused: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(mall["flash_refused"].items()))
+        + f"; a winner's second try sold {mall['flash_twice']}",
+        f"points mall desk orders        {_fmt(mall['umbrellas']):>12}   umbrellas exchanged; collected "
+        f"{_fmt(mall['collected'])}, cancelled {_fmt(mall['cancelled'])} (points and unit back)",
+        f"receipts submitted             {_fmt(mall['receipts']):>12}   (小票积分) approved at once "
+        f"{mall['receipts_auto']}, "
+        f"by customer service {mall['receipts_reviewed']}, rejected {mall['receipts_rejected']} (member told why); "
+        f"earning through accrual as payments {mall['receipt_payments']}",
+        f"members' event (12 seats)      {_fmt(mall['salon_seated']):>12}   seated of {mall['salon_tried']} signing "
+        f"up at once, {mall['salon_waiting']} waitlisted; {mall['salon_cancelled']} cancelled, "
+        f"{mall['salon_promoted']} promoted in order; checked in at the door {mall['salon_checked_in']}",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
         "streams/state/keys.py; those that grow per event or request expire)",
         f"Redis per member               {_fmt(used // max(1, n_members)):>12}   bytes ({used / 1e6:,.1f} MB in "
@@ -449,7 +488,7 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
             if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok and rebuilt_ok and office["ok"]
             else "FAILED — " + ", ".join(name for name, good in (
                 ("balances differ from the ledger", equal), ("events not accounted for", counts_tie),
-                ("coupons not pushed once", pushes_ok), ("engagement errors", engaged_ok),
+                ("coupons not pushed once", pushes_ok), ("engagement or points-mall errors", engaged_ok),
                 ("Redis keys out of bounds", bounded_ok), ("the rebuild differs", rebuilt_ok),
                 ("back-office errors", office["ok"])) if not good)
         ),
@@ -532,6 +571,110 @@ def _lose_redis_and_rebuild(worker: WorkerProcess) -> LostRedis:
     clean = bool(worker.get("/v1/admin/reconcile", admin=True)[1].get("clean"))
     return LostRedis(lost.wiped, lost.seconds, clean and lost.rebuild.returncode == 0,
                      recovery_check.compare(lost.before, lost.after))
+
+
+def _receipt_photo(merchant: str, no: str, amount_fen: int) -> bytes:
+    """A photo of a till's slip (a PNG the upload decodes and verifies)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (220, 160), "white")
+    draw = ImageDraw.Draw(im)
+    for i, text in enumerate((merchant, f"Receipt {no}", "-" * 26, f"TOTAL {amount_fen / 100:>12.2f}", "Paid: cash")):
+        draw.text((12, 14 + 22 * i), text, fill="black")
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
+
+
+async def _mall_and_receipts(worker: WorkerProcess, seed: int, members: int, concurrency: int) -> dict[str, Any]:
+    """The mini-program's evening: a flash sale of 30 tote bags that twice as many members
+    try for at once (each winner at most one), umbrellas exchanged and collected at the
+    desk (one cancelled), receipts of cash purchases (the food court's approved by the rules
+    at once, the others reviewed by customer service: two approved, one rejected), and the
+    members' salon (12 seats, 20 signing up at once; the waitlist promoted as seats are given
+    back; check-in at the door)."""
+    rng = random.Random(seed + 4)
+    ids = [f"m-{i:05d}" for i in range(1, members + 1)]
+    crowd = rng.sample(ids, k=min(len(ids), 60))
+    r_flash = await post_signed_many(worker, [("/v1/mall/items/tote-flash/exchange", {"member_id": m},
+                                               f"{DAY}-flash-{m}") for m in crowd], concurrency)
+    winners = [m for m, (st, _) in zip(crowd, r_flash, strict=True) if st == 201]
+    refused = Counter(b.get("field") for st, b in r_flash if st == 409)
+    r_again = await post_signed_many(worker, [("/v1/mall/items/tote-flash/exchange", {"member_id": m},
+                                               f"{DAY}-flash-again-{m}") for m in winners[:5]], concurrency)
+    shoppers = rng.sample(ids, k=max(1, members // 40))
+    r_umb = await post_signed_many(worker, [("/v1/mall/items/desk-umbrella/exchange", {"member_id": m},
+                                             f"{DAY}-umbrella-{m}") for m in shoppers], concurrency)
+    orders = [(m, b["order_id"]) for m, (st, b) in zip(shoppers, r_umb, strict=True) if st == 201]
+    steps = [(f"/v1/mall/orders/{o}/{'cancel' if i == 0 else 'collect'}", {"member_id": m}, f"{o}-desk")
+             for i, (m, o) in enumerate(orders)]
+    r_steps = await post_signed_many(worker, steps, concurrency)
+    # Receipts: purchases paid in cash this evening (the ones the payment system never saw).
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    slips = [(m, "sh-mall-shop-02", rng.randint(2_000, 20_000)) for m in rng.sample(ids, k=4)]
+    slips += [(m, "sh-mall-shop-01", rng.randint(20_000, 90_000)) for m in rng.sample(ids, k=3)]
+    submitted: list[tuple[int, Any]] = []
+    for k, (m, merchant, fen) in enumerate(slips):
+        no = f"{DAY.replace('-', '')}-{seed % 1000:03d}-{k:02d}"
+        photo = _receipt_photo(merchant, no, fen)
+        _, up = worker.post("/v1/receipts/images", photo, worker.pos_headers(photo, **{"Content-Type": "image/png"}))
+        body = orjson.dumps({"member_id": m, "merchant_id": merchant, "receipt_no": no, "amount_fen": fen,
+                             "purchased_at": (now + dt.timedelta(minutes=7 * k)).isoformat(timespec="seconds"),
+                             "image": up.get("image") if isinstance(up, dict) else ""})
+        submitted.append(worker.post("/v1/receipts", body,
+                                     worker.pos_headers(body, **{"Content-Type": "application/json"})))
+    pending = [(b["member_id"], b["receipt_id"]) for st, b in submitted if st == 201 and b["status"] == "pending"]
+    decisions = []
+    for i, (m, rid) in enumerate(pending):
+        verb, reason = ("reject", "the photo's total does not match") if i == len(pending) - 1 else ("approve", "")
+        decisions.append(worker.post(f"/v1/admin/receipts/{rid}/{verb}",
+                                     orjson.dumps({"member_id": m, "reason": reason}),
+                                     {"Authorization": f"Bearer {worker.admin_token}",
+                                      "Content-Type": "application/json"}))
+    # The members' event: 20 members sign up at once for 12 seats; two seated ones cancel
+    # (the first two waiting take their seats); four check in at the door with their code.
+    fans = rng.sample(ids, k=min(len(ids), 20))
+    r_sign = await post_signed_many(worker, [(f"/v1/events/{SALON}/sign-ups", {"member_id": m}, f"{DAY}-salon-{m}")
+                                             for m in fans], concurrency)
+    seated = [m for m, (st, b) in zip(fans, r_sign, strict=True) if st == 201 and b["status"] == "registered"]
+    waited = [m for m, (st, b) in zip(fans, r_sign, strict=True) if st == 201 and b["status"] == "waitlisted"]
+    r_cancel = await post_signed_many(worker, [(f"/v1/events/{SALON}/cancellations", {"member_id": m},
+                                                f"{DAY}-salon-off-{m}") for m in seated[:2]], concurrency)
+    promoted = [m for m in waited
+                if any(x["event"] == SALON and x["status"] == "registered"
+                       for x in worker.get(f"/v1/members/{m}/events")[1]["signups"])]
+    codes = [next(x["check_in_code"] for x in worker.get(f"/v1/members/{m}/events")[1]["signups"]
+                  if x["event"] == SALON) for m in seated[2:6]]
+    r_in = []
+    for code in codes:
+        body = orjson.dumps({"code": code})
+        r_in.append(worker.post(f"/v1/events/{SALON}/check-ins", body, worker.pos_headers(body)))
+    auto = sum(1 for st, b in submitted if st == 201 and b["status"] == "approved")
+    reviewed = sum(1 for st, b in decisions if st == 201 and b["status"] == "approved")
+
+    def ok(results: list[tuple[int, Any]], status: int = 201) -> int:
+        return sum(1 for st, _ in results if st == status)
+    everything = r_flash + r_again + r_umb + r_steps + submitted + decisions + r_sign + r_cancel + r_in
+    return {
+        "salon_tried": len(fans), "salon_seated": len(seated), "salon_waiting": len(waited),
+        "salon_cancelled": ok(r_cancel), "salon_promoted": len(promoted), "salon_checked_in": ok(r_in),
+        "flash_tried": len(crowd), "flash_sold": len(winners), "flash_stock": 30,
+        "flash_refused": dict(refused), "flash_twice": ok(r_again),
+        "umbrellas": len(orders), "collected": ok(r_steps) - (1 if orders else 0), "cancelled": 1 if orders else 0,
+        "receipts": ok(submitted), "receipts_auto": auto, "receipts_reviewed": reviewed,
+        "receipts_rejected": sum(1 for st, b in decisions if st == 201 and b["status"] == "rejected"),
+        "receipt_payments": auto + reviewed,
+        # Operations that write ledger rows under their own id: exchanges, the orders' steps,
+        # the receipts' submissions and the reviewers' decisions.
+        "points_ops": len(winners) + len(orders) + ok(r_steps) + ok(submitted) + ok(decisions) + ok(r_sign)
+        + ok(r_cancel) + len(promoted) + ok(r_in),
+        "errors": sum(1 for st, _ in everything if st not in (201, 409)),
+        "ok": len(winners) == min(30, len(crowd) - refused.get("points", 0)) and ok(r_again) == 0
+        and ok(submitted) == len(slips) and len(decisions) == len(pending)
+        and len(seated) == min(12, ok(r_sign)) and ok(r_in) == len(codes),
+    }
 
 
 async def _engagement(worker: WorkerProcess, seed: int, members: int, concurrency: int,

@@ -72,6 +72,10 @@ def capture(redis_url: str, namespace: str) -> Snapshot:
                 snap.guests[rest] = client.hgetall(key)
             elif rest.startswith(("park:", "gwpay:")):
                 snap.kept[rest] = client.hgetall(key) if rest.startswith("park:") else client.get(key)
+            elif rest == "mall-orders":
+                snap.kept[rest] = dict(client.zrange(key, 0, -1, withscores=True))
+            elif rest.startswith("receipt:"):
+                snap.kept[rest] = client.get(key)
             elif rest.startswith(BINDINGS):
                 snap.bindings[rest] = client.hgetall(key) if rest.startswith("plate:") else client.get(key)
     finally:
@@ -201,6 +205,6 @@ def compare(before: Snapshot, after: Snapshot) -> list[KindResult]:
     out.append(_by_key("leaderboards", before.boards, after.boards))
     out.append(_by_key("refunds held for their payment", before.held, after.held))
     out.append(_by_key("guest payments waiting for their payer", before.guests, after.guests))
-    out.append(_by_key("open parking sessions and gateway routes", before.kept, after.kept))
+    out.append(_by_key("parking sessions, gateway routes, mall orders, receipt claims", before.kept, after.kept))
     out.append(_by_key("bindings (ids, plates, referral phones)", before.bindings, after.bindings))
     return out

@@ -587,7 +587,7 @@ def cmd_held(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     offset: int | None = args.from_offset
-    done = bound = held = guests = 0
+    done = bound = held = guests = claims = 0
     print(f"rebuilding Redis state from the ledger through {settings.base_url} ...", file=sys.stderr)
     while offset is not None:
         page = admin_call(settings, "/v1/admin/rebuild", orjson.dumps({"offset": offset, "limit": args.page}))
@@ -599,12 +599,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         bound += page.get("bindings", 0)
         held += page.get("held_refunds", 0)
         guests += page.get("guest_payments", 0)
+        claims += page.get("receipt_claims", 0)
         total = max(page["total"], 1)
         print(f"\r  {done:,}/{page['total']:,} members ({100 * done // total}%)", end="", file=sys.stderr, flush=True)
         offset = page["next_offset"]
     print(file=sys.stderr)
     print(f"rebuilt {done:,} members, {bound:,} bindings, {held:,} held refunds, {guests:,} guest payments waiting "
-          "for their payer; run `loyalty reconcile` to check")
+          f"for their payer, {claims:,} receipt numbers claimed; run `loyalty reconcile` to check")
     return 0
 
 

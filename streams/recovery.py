@@ -19,6 +19,12 @@ from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_
 log = logging.getLogger(__name__)
 
 
+#: How long a members' event's seat and waitlist lists live after it ends.
+EVENT_KEEP_MS = 30 * 86_400_000
+#: Points-mall order states the expiry timer watches.
+OPEN_ORDERS = ("awaiting_payment", "placed", "ready", "shipped")
+
+
 async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     """Rebuilds the members at [offset, offset + limit) of those the ledger or the stored
     states know, and the bindings at the same places of the bindings table. Each page is
@@ -32,6 +38,7 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     bound = await restore_bindings(offset, limit) if offset < bindings_total else 0
     held = await restore_held() if offset == 0 else 0
     guests = await restore_guests() if offset == 0 else 0
+    claims = await restore_receipt_claims() if offset == 0 else 0
     if members:
         await rebuild_members(members)
         log.info("rebuilt %d members (%d..%d of %d), %d bindings", len(members), offset, offset + len(members),
@@ -39,7 +46,29 @@ async def rebuild_page(offset: int, limit: int) -> dict[str, Any]:
     done = offset + limit
     more = done < total or done < bindings_total
     return {"total": total, "rebuilt": len(members), "bindings": bound, "bindings_total": bindings_total,
-            "held_refunds": held, "guest_payments": guests, "next_offset": done if more else None}
+            "held_refunds": held, "guest_payments": guests, "receipt_claims": claims,
+            "next_offset": done if more else None}
+
+
+async def restore_receipt_claims() -> int:
+    """Claims again the receipt numbers the receipts table has within their claim's life
+    (each for the member who submitted it first, expiring when it would have): a receipt
+    earns for one member even after Redis was lost. Returns how many."""
+    rt = await runtime.started()
+    days = rt.rules.receipts_max_age_days
+    if days is None:
+        return 0
+    b = rt.balances
+    life_ms = (days + 30) * 86_400_000
+    rows = await rt.ledger.query("receipt_claims", {"days": days + 30})
+    pipe = b.redis.pipeline(transaction=False)
+    for r in rows:
+        pipe.set(b.receipt_claim_key(r["receipt_id"]), r["member_id"], nx=True)
+        pipe.pexpireat(b.receipt_claim_key(r["receipt_id"]), int(r["submitted_at_ms"]) + life_ms)
+    await pipe.execute()
+    if rows:
+        log.info("claimed again %d receipt numbers", len(rows))
+    return len(rows)
 
 
 async def restore_guests() -> int:
@@ -227,6 +256,7 @@ async def rebuild_members(members: list[str]) -> None:
         read.hget(b.member_key(m), "seq")
     current = {m: int(v or 0) for m, v in zip(members, await read.execute(), strict=True)}
     pipe = b.redis.pipeline(transaction=False)
+    event_ends = {e["event"]: int(e["ends_at_ms"]) for e in core_ext.events_catalogue(rt.rules, None, {}, 0)}
     reviews: dict[str, int] = {}
     checks: dict[str, int] = {}
     boards: list[tuple[str, str, int, int]] = []
@@ -283,6 +313,17 @@ async def rebuild_members(members: list[str]) -> None:
             reviews[member_id] = review_at
         if next_check is not None:
             checks[member_id] = next_check
+        # Points-mall orders still open, indexed by their deadline (the expiry timer's), and
+        # the members' events' seats and waitlists (in the order the members joined).
+        parsed = orjson.loads(state)
+        for order_id, o in (parsed.get("orders") or {}).items():
+            if o.get("status") in OPEN_ORDERS and o.get("collect_by_ms"):
+                pipe.zadd(b.mall_orders_key, {f"{member_id}\t{order_id}": int(o["collect_by_ms"])})
+        for event, su in (parsed.get("signups") or {}).items():
+            key = {"registered": b.event_in_key(event), "waitlisted": b.event_wait_key(event)}.get(su.get("status"))
+            if key is not None and event in event_ends:
+                pipe.zadd(key, {member_id: int(su.get("signed_at_ms") or 0)})
+                pipe.pexpireat(key, event_ends[event] + EVENT_KEEP_MS)
     await pipe.execute()
     if boards:
         await b.apply_board_plan(core_ext.board_commands(b.ns, boards, BOARD_SHARDS, BOARD_TTL_S))

@@ -133,6 +133,7 @@ impl PyRuleSet {
             .values()
             .filter_map(|it| it.stock.map(|s| (crate::engage_rules::mall_budget_id(&it.id), s)))
             .collect();
+        mall.extend(self.inner.engagement.gatherings.values().map(|g| (crate::engage_rules::seats_budget_id(&g.id), g.capacity)));
         mall.sort();
         all.extend(mall);
         all
@@ -746,10 +747,57 @@ pub fn engage(
         "mall_order" => crate::mall::order(&rules.inner, &mut state, op_id, body, now_ms),
         "receipt_submit" => crate::receipts::submit(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
         "receipt_review" => crate::receipts::review(&rules.inner, &mut state, op_id, body, &ctx, now_ms),
+        op if crate::signups::OPS.contains(&op) => crate::signups::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms),
         _ => crate::engage::apply(&rules.inner, op, &mut state, op_id, body, &ctx, now_ms),
     }
         .map_err(|e| core_error_to_py(py, e))?;
     Ok((state.to_json(), d.rows_json, d.result_json, d.points, d.sv_fen, d.amount_fen, d.refund_of, d.consumed, d.publish))
+}
+
+/// The members' events as a member sees them (None: as anyone): seats left, window, and
+/// `can_sign_up` (else `why_not` and its `field`), sorted by start.
+#[pyfunction]
+pub fn events_catalogue<'py>(
+    py: Python<'py>,
+    rules: &PyRuleSet,
+    state_json: Option<&str>,
+    spent: std::collections::HashMap<String, i64>,
+    now_ms: i64,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let state = stored_state(state_json)?;
+    let r = &rules.inner;
+    let mut all: Vec<&crate::engage_rules::Gathering> = r.engagement.gatherings.values().collect();
+    all.sort_by(|a, b| (a.starts_ms, &a.id).cmp(&(b.starts_ms, &b.id)));
+    let mut out = Vec::with_capacity(all.len());
+    for g in all {
+        let d = PyDict::new(py);
+        let taken = spent.get(&crate::engage_rules::seats_budget_id(&g.id)).copied().unwrap_or(0);
+        let why = state_json.map(|_| crate::signups::refusal(r, &state, g, now_ms)).unwrap_or(None);
+        let sorted = |s: &Option<rustc_hash::FxHashSet<String>>| -> Option<Vec<String>> {
+            s.as_ref().map(|t| {
+                let mut v: Vec<String> = t.iter().cloned().collect();
+                v.sort();
+                v
+            })
+        };
+        d.set_item("event", &g.id)?;
+        d.set_item("name", &g.name)?;
+        d.set_item("capacity", g.capacity)?;
+        d.set_item("seats_left", (g.capacity - taken).max(0))?;
+        d.set_item("points", g.points)?;
+        d.set_item("tiers", sorted(&g.tiers))?;
+        d.set_item("tags", sorted(&g.tags))?;
+        d.set_item("signup_from_ms", g.signup_from_ms)?;
+        d.set_item("signup_to_ms", g.signup_to_ms)?;
+        d.set_item("starts_at_ms", g.starts_ms)?;
+        d.set_item("ends_at_ms", g.ends_ms)?;
+        d.set_item("no_show_ban_days", g.no_show_ban_days)?;
+        d.set_item("can_sign_up", state_json.is_some() && why.is_none())?;
+        d.set_item("why_not", why.as_ref().map(|w| w.1.clone()))?;
+        d.set_item("field", why.as_ref().map(|w| w.0))?;
+        out.push(d);
+    }
+    Ok(out)
 }
 
 /// Refuses (InvalidEventError, field "image") a name that is not an uploaded image's.

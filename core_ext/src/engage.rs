@@ -46,6 +46,8 @@ pub struct Context {
     /// A receipt: the member's recent payments from their event records, (paid at ms,
     /// merchant, amount fen, event id), so a purchase that earned is not earned again.
     pub purchases: Vec<(i64, String, i64, String)>,
+    /// A members' event: how many members wait for a seat (a sign-up joins them).
+    pub waiting: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]

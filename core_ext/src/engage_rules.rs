@@ -158,6 +158,32 @@ pub struct Engagement {
     /// The points mall's catalogue (积分商城), by item id.
     pub mall_items: HashMap<String, MallItem>,
     pub receipts: Option<ReceiptRules>,
+    /// Members' events with sign-up (e.g. a high-value members' salon), by id.
+    pub gatherings: HashMap<String, Gathering>,
+}
+
+/// A members' event (`[[member_events]]`): seats, who may come, its cost, when to sign up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gathering {
+    pub id: String,
+    pub name: String,
+    /// Seats; a sign-up when they are taken joins the waitlist.
+    pub capacity: i64,
+    /// Points a seat costs (0: free), given back on a cancellation, kept on a no-show.
+    pub points: i64,
+    pub tiers: Option<rustc_hash::FxHashSet<String>>,
+    pub tags: Option<rustc_hash::FxHashSet<String>>,
+    pub signup_from_ms: Option<i64>,
+    pub signup_to_ms: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    /// A member who did not come may not sign up for an event for this many days.
+    pub no_show_ban_days: i64,
+}
+
+/// The budget id of a members' event's seats.
+pub fn seats_budget_id(event: &str) -> String {
+    format!("event:{event}")
 }
 
 /// What a points-mall item gives.

@@ -18,6 +18,7 @@ pub mod events;
 pub mod ledger;
 pub mod mall;
 pub mod receipts;
+pub mod signups;
 pub mod merge;
 pub mod parking;
 pub mod parking_rules;
@@ -102,6 +103,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings::mall_catalogue, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::receipt_id, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::check_image_name, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings::events_catalogue, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::record_fields, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::redeem, m)?)?;

@@ -71,6 +71,8 @@ struct RawRuleSet {
     mall_items: Vec<engagement::RawMallItem>,
     #[serde(default)]
     receipts: Option<engagement::RawReceipts>,
+    #[serde(default)]
+    member_events: Vec<engagement::RawGathering>,
 }
 
 #[derive(Deserialize)]
@@ -697,6 +699,8 @@ impl RuleSet {
             &coupon_templates,
             &tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
         )?;
+        engagement.gatherings =
+            engagement::gatherings(&src, &raw.member_events, &tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>())?;
         engagement.receipts = match &raw.receipts {
             Some(r) => Some(engagement::receipts(&src, r, &|m: &str| merchants.contains_key(m))?),
             None => None,

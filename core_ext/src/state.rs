@@ -156,6 +156,12 @@ pub struct MemberState {
     /// payment of one purchase earn once). Kept for the receipts' maximum age, at most 100.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purchases: Vec<Purchase>,
+    /// Members' events signed up for (`signups.rs`), by event: the open ones and the last few.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub signups: BTreeMap<String, Signup>,
+    /// A no-show's ban from signing up for events, until this time.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub no_show_until_ms: i64,
     /// Receipts approved automatically: [local day, how many that day].
     #[serde(skip_serializing_if = "is_zero_pair")]
     pub receipts_auto: [i64; 2],
@@ -370,6 +376,20 @@ pub struct MergeSpec {
 
 fn is_zero_pair(p: &[i64; 2]) -> bool {
     p[1] == 0
+}
+
+/// A sign-up for a members' event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Signup {
+    /// registered | waitlisted | cancelled | attended | no_show
+    pub status: String,
+    /// Points the seat cost, and the lots they came from (a cancellation gives them back).
+    pub points: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lots: Vec<[i64; 2]>,
+    pub signed_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 /// A receipt submitted for points (小票积分).

@@ -5,8 +5,8 @@ engagement (engage.py), the gateways' notifications (gateways.py) and the operat
 middleware checks every /v1/admin request), rules published from the console (rules.py),
 coupons to an audience (audiences.py); merging accounts (merges.py); erasing a member
 (privacy.py); merchant staff's coupon redemptions (redemptions.py); the points mall
-(mall.py); receipt points (receipts.py); the API's OpenAPI document (openapi.py); common.py
-is what they share."""
+(mall.py); receipt points (receipts.py); members' events with sign-up (signups.py); the API's
+OpenAPI document (openapi.py); common.py is what they share."""
 
 from streams.http import (
     admin,
@@ -24,7 +24,8 @@ from streams.http import (
     receipts,
     redemptions,
     rules,
+    signups,
 )
 
 __all__ = ["admin", "audiences", "callbacks", "common", "console", "engage", "gateways", "mall", "members", "merges",
-           "openapi", "privacy", "receipts", "redemptions", "rules"]
+           "openapi", "privacy", "receipts", "redemptions", "rules", "signups"]

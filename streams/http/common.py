@@ -258,6 +258,32 @@ async def account_of(member_id: str) -> str:
     return await rt.balances.alias_of(member_id) or member_id
 
 
+async def catalogue_reader(request: Request) -> tuple[str, str | None]:
+    """A catalogue read (the points mall's, the members' events'): the `member_id` asked (""
+    for none) once the reader may see it, and that member's stored state (None without)."""
+    member_id = request.query.get("member_id", "")
+    if member_id and not is_valid_id(member_id):
+        raise Refused(400, "member_id: an id", "member_id")
+    await reader(request, member_id or None)
+    if not member_id:
+        return "", None
+    rt = await runtime.started()
+    _seq, state, _balance = await rt.balances.member_state(await account_of(member_id))
+    return member_id, state
+
+
+async def member_state_part(request: Request, member_id: str, part: str) -> tuple[str, dict[str, Any]]:
+    """One part of a member's stored state (its orders, receipts, sign-ups) for a reader who
+    may see the member: (the account's id, the part; {} for none)."""
+    if not is_valid_id(member_id):
+        raise Refused(400, "member_id: an id", "member_id")
+    await reader(request, member_id)
+    rt = await runtime.started()
+    account = await account_of(member_id)
+    _seq, state, _balance = await rt.balances.member_state(account)
+    return account, (orjson.loads(state).get(part) or {}) if state else {}
+
+
 async def signed_member_request(request: Request, *path_ids: str) -> tuple[bytes, str]:
     """A signed request about one member: (body, member id), or Refused."""
     body = await read_signed(request, "pos")

@@ -50,7 +50,7 @@ from streams.metrics import counters
 from streams.pushes import coupon_push
 from streams.reports import stored_value_reconcile
 from streams.state import EventMove
-from streams.transactions import Commit
+from streams.transactions import Commit, transact
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,32 @@ async def _after(member_id: str, rows: str, publish: str | None) -> None:
         topic = notifications_topic if msg.get("kind") == "partner_exchange" else payments_topic
         fut = await topic.send(key=member_id.encode(), value=publish.encode(), force=True)
         await fut
+
+
+async def apply_as_system(op: str, member_id: str, op_id: str, body: bytes,
+                          budgets: dict[str, int | None] | None = None) -> str:
+    """An operation the engine applies itself (a timer's: an order expired, a seat given to
+    the waitlist, an event closed), like the member's own: one atomic step with its rows,
+    idempotent by `op_id`. Returns "done", "done before", or "<field>: <why not>"."""
+    rt = await runtime.started()
+    budgets = budgets or {}
+
+    async def decide(seq: int, state: str | None) -> str | Commit[str]:
+        if await rt.balances.event_record(member_id, op_id):
+            return "done before"
+        ctx = {"spent": await rt.balances.budget_spent(list(budgets))} if budgets else {}
+        try:
+            (new_state, rows, result, points, sv_fen, amount, refund_of, consumed,
+             _publish) = core_ext.engage(rt.rules, op, state, op_id, body, orjson.dumps(ctx).decode(),
+                                         int(time.time() * 1000))
+        except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
+            return f"{exc.field}: {exc}"
+
+        async def done() -> str:
+            return "done"
+        move = EventMove(op_id, op, points, rows, amount, refund_of, 0, result, sv_fen=sv_fen)
+        return Commit(new_state, done, move, campaigns=dict(consumed), budgets=budgets)
+    return await transact(member_id, decide)
 
 
 def with_path(body: bytes, field: str, value: str) -> bytes | None:

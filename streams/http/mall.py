@@ -26,12 +26,17 @@ from faust.web import Request, Response, View
 
 import core_ext
 from streams.app import app, runtime
-from streams.http.common import account_of, error_response, json_response, reader, signed_member_request
-from streams.http.engage import engage, with_path
-from streams.inputs import is_valid_id
+from streams.http.common import (
+    catalogue_reader,
+    error_response,
+    json_response,
+    member_state_part,
+    signed_member_request,
+)
+from streams.http.engage import apply_as_system, engage, with_path
 from streams.metrics import counters
-from streams.state import EventMove
-from streams.transactions import Commit, MemberBusy, transact
+from streams.recovery import OPEN_ORDERS
+from streams.transactions import MemberBusy
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +61,8 @@ async def _unindex_order(member_id: str, answer: dict[str, Any]) -> None:
 @app.page("/v1/mall/items")
 class MallItems(View):
     async def get(self, request: Request) -> Response:
-        member_id = request.query.get("member_id", "")
-        if member_id and not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: an id", "member_id")
-        await reader(request, member_id or None)
+        member_id, state = await catalogue_reader(request)
         rt = await runtime.started()
-        state = None
-        if member_id:
-            _seq, state, _balance = await rt.balances.member_state(await account_of(member_id))
         spent = await rt.balances.budget_spent([b for b, _ in rt.rules.budgets if b.startswith("mall:")])
         items = core_ext.mall_catalogue(rt.rules, state, spent, int(time.time() * 1000))
         return json_response(self, {"member_id": member_id or None, "items": items})
@@ -88,12 +87,7 @@ class MallExchange(View):
 @app.page("/v1/members/{member_id}/orders")
 class MemberOrders(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: an id", "member_id")
-        await reader(request, member_id)
-        rt = await runtime.started()
-        _seq, state, _balance = await rt.balances.member_state(await account_of(member_id))
-        orders = (orjson.loads(state).get("orders") or {}) if state else {}
+        _account, orders = await member_state_part(request, member_id, "orders")
         rows = [{"order_id": k, **{f: v for f, v in o.items() if f != "lots"}} for k, o in orders.items()]
         rows.sort(key=lambda o: o.get("placed_at_ms", 0), reverse=True)
         return json_response(self, {"member_id": member_id, "orders": rows})
@@ -122,7 +116,7 @@ class MallOrderAction(View):
 def _deadline(state: str | None, order_id: str) -> int | None:
     """The order's deadline now when it is still open (a paid cash part moved it)."""
     order = ((orjson.loads(state).get("orders") or {}) if state else {}).get(order_id)
-    if order and order.get("status") in ("awaiting_payment", "placed", "ready", "shipped"):
+    if order and order.get("status") in OPEN_ORDERS:
         return int(order.get("collect_by_ms") or 0) or None
     return None
 
@@ -133,28 +127,18 @@ async def expire_order(member_id: str, order_id: str) -> str:
     step. An order whose deadline moved (its cash part paid since) is indexed again at the
     new one. Returns the outcome."""
     rt = await runtime.started()
-    op_id = f"expire-{order_id}"[:64]
     body = orjson.dumps({"member_id": member_id, "order_id": order_id, "action": "expire"})
-
-    async def decide(seq: int, state: str | None) -> str | Commit[str]:
-        if await rt.balances.event_record(member_id, op_id):
-            return "done before"
-        try:
-            (new_state, rows, result, points, sv_fen, amount, refund_of, consumed,
-             _publish) = core_ext.engage(rt.rules, "mall_order", state, op_id, body, "{}", int(time.time() * 1000))
-        except (core_ext.InvalidEventError, core_ext.RejectedEventError) as exc:
-            later = _deadline(state, order_id)
-            if later and later > int(time.time() * 1000):
-                await rt.balances.index_mall_order(member_id, order_id, later)
-                return f"not due yet: due at {later}"
-            return f"not expired: {exc}"
-
-        async def done() -> str:
-            counters["mall_orders_expired_total"] += 1
-            return "expired"
-        move = EventMove(op_id, "mall_order", points, rows, amount, refund_of, 0, result, sv_fen=sv_fen)
-        return Commit(new_state, done, move, campaigns=dict(consumed))
-    return await transact(member_id, decide)
+    outcome = await apply_as_system("mall_order", member_id, f"expire-{order_id}"[:64], body)
+    if outcome == "done":
+        counters["mall_orders_expired_total"] += 1
+        return "expired"
+    if outcome.startswith("action:"):
+        _seq, state, _balance = await rt.balances.member_state(member_id)
+        later = _deadline(state, order_id)
+        if later and later > int(time.time() * 1000):
+            await rt.balances.index_mall_order(member_id, order_id, later)
+            return f"not due yet: due at {later}"
+    return f"not expired: {outcome}"
 
 
 @app.timer(interval=30.0, on_leader=True)

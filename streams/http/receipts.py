@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 import core_ext
 from streams.app import app, notifications_topic, runtime
-from streams.http.common import Refused, account_of, error_response, json_response, read_signed, reader
+from streams.http.common import Refused, account_of, error_response, json_response, member_state_part, read_signed
 from streams.http.console import json_body, operator_of
 from streams.http.engage import engage
 from streams.inputs import is_valid_id
@@ -196,12 +196,7 @@ class Receipts(View):
 @app.page("/v1/members/{member_id}/receipts")
 class MemberReceipts(View):
     async def get(self, request: Request, member_id: str) -> Response:
-        if not is_valid_id(member_id):
-            return error_response(self, 400, "member_id: an id", "member_id")
-        await reader(request, member_id)
-        rt = await runtime.started()
-        _seq, state, _balance = await rt.balances.member_state(await account_of(member_id))
-        held = (orjson.loads(state).get("receipts") or {}) if state else {}
+        _account, held = await member_state_part(request, member_id, "receipts")
         rows = [{"receipt_id": k, **v} for k, v in held.items()]
         rows.sort(key=lambda r: r.get("submitted_at_ms", 0), reverse=True)
         return json_response(self, {"member_id": member_id, "receipts": rows})

@@ -69,6 +69,10 @@ FAMILIES = (
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
            "cancelled or expired"),
+    Family("event waitlist", r"event-wait:.+", True, "one per members' event: its waiting members, until 30 days "
+           "after it ends"),
+    Family("event seats", r"event-in:.+", True, "one per members' event: its members with a seat, until 30 days "
+           "after it ends"),
     Family("receipt claim", r"receipt:.+", True, "the receipts' maximum age + 30 days (the receipts "
            "table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
@@ -209,6 +213,12 @@ class KeySpace:
     @property
     def mall_orders_key(self) -> str:
         return f"{self.ns}:mall-orders"
+
+    def event_wait_key(self, event: str) -> str:
+        return f"{self.ns}:event-wait:{event}"
+
+    def event_in_key(self, event: str) -> str:
+        return f"{self.ns}:event-in:{event}"
 
     def receipt_claim_key(self, receipt_id: str) -> str:
         return f"{self.ns}:receipt:{receipt_id}"

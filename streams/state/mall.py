@@ -1,7 +1,9 @@
 """The points mall's orders to collect, indexed by their deadline (`mall-orders`, a sorted
 set of "member<TAB>order" by the time the order expires if not collected), and the claims
 of receipt numbers (`receipt:<receipt id>` -> the member who submitted it first: a receipt
-earns for one member only)."""
+earns for one member only), and the members' events' waitlists (`event-wait:<event>`, by the
+time each joined) and seated members (`event-in:<event>`), both expiring 30 days after the
+event."""
 
 from __future__ import annotations
 
@@ -40,3 +42,42 @@ class MallStore(StoreBase):
         holder = await self.redis.get(key)
         if (holder.decode() if isinstance(holder, bytes) else holder) == member_id:
             await self.redis.delete(key)
+
+    async def join_waitlist(self, event: str, member_id: str, at_ms: int, expire_at_ms: int) -> None:
+        key = self.event_wait_key(event)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {member_id: at_ms}, nx=True)
+        pipe.pexpireat(key, expire_at_ms)
+        await pipe.execute()
+
+    async def leave_waitlist(self, event: str, member_id: str) -> None:
+        await self.redis.zrem(self.event_wait_key(event), member_id)
+
+    async def waiting(self, event: str) -> int:
+        return int(await self.redis.zcard(self.event_wait_key(event)))
+
+    async def next_waiting(self, event: str) -> tuple[str, int] | None:
+        """Takes the first member of the waitlist off it (put back with `join_waitlist`
+        and the same time when the promotion does not happen)."""
+        got = await self.redis.zpopmin(self.event_wait_key(event), 1)
+        if not got:
+            return None
+        member, score = got[0]
+        return (member.decode() if isinstance(member, bytes) else member), int(score)
+
+    async def seat(self, event: str, member_id: str, at_ms: int, expire_at_ms: int) -> None:
+        key = self.event_in_key(event)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {member_id: at_ms})
+        pipe.pexpireat(key, expire_at_ms)
+        await pipe.execute()
+
+    async def unseat(self, event: str, member_id: str) -> None:
+        await self.redis.zrem(self.event_in_key(event), member_id)
+
+    async def seated_and_waiting(self, event: str) -> list[str]:
+        """Every member with a seat or waiting (the event's close goes through them)."""
+        out: list[str] = []
+        for key in (self.event_in_key(event), self.event_wait_key(event)):
+            out += [m.decode() if isinstance(m, bytes) else m for m in await self.redis.zrange(key, 0, -1)]
+        return out

@@ -61,13 +61,15 @@ POSTS = ["/v1/callbacks/payment", "/v1/callbacks/member", "/v1/callbacks/parking
          "/v1/admin/audiences/preview", "/v1/admin/operators", "/v1/admin/operators/nobody/reset-password",
          f"/v1/admin/members/{MEMBER}/merge", "/v1/admin/merges/mg-1/undo", f"/v1/admin/members/{MEMBER}/erase",
          "/v1/admin/coupons/redeem", "/v1/mall/items/umbrella/exchange", "/v1/mall/orders/o-1/cancel",
-         "/v1/receipts", "/v1/receipts/images", "/v1/admin/receipts/rc-1/approve", "/v1/admin/receipts/rc-1/reject"]
+         "/v1/receipts", "/v1/receipts/images", "/v1/admin/receipts/rc-1/approve", "/v1/admin/receipts/rc-1/reject",
+         "/v1/events/e-1/sign-ups", "/v1/events/e-1/cancellations", "/v1/events/e-1/check-ins"]
 GETS = ["/v1/members/{id}", "/v1/members/{id}/coupons", "/v1/members/{id}/ledger", "/v1/parking/quote",
         "/v1/parking/sessions", "/v1/admin/kpis", "/v1/admin/settlement/statement", "/v1/admin/liability",
         "/v1/admin/audit", "/v1/admin/members/search", "/v1/admin/rules", "/v1/admin/approvals",
         "/v1/admin/members/{id}/overview", "/v1/admin/audiences/sends/{id}", "/v1/mall/items",
         "/v1/members/{id}/orders", "/v1/admin/merges/{id}", "/v1/admin/coupons/redemptions",
-        "/v1/members/{id}/receipts", "/v1/admin/receipts", "/v1/admin/receipts/images/{id}"]
+        "/v1/members/{id}/receipts", "/v1/admin/receipts", "/v1/admin/receipts/images/{id}", "/v1/events",
+        "/v1/members/{id}/events"]
 SEGMENT = st.one_of(st.text(max_size=70), st.just("x" * 65), st.just("a{b}"), st.just("../../etc"),
                     st.just(MEMBER))
 QUERY = st.dictionaries(st.sampled_from(["from", "to", "limit", "offset", "plate", "car_park", "date", "bu",

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from PIL import Image, ImageDraw
 
-from devtools.workers import WebhookReceiver, WorkerProcess
+from devtools.workers import WebhookReceiver, WorkerProcess, redis_client
 from tests.integration.test_engagement import now_iso
 from tests.integration.test_mall import register
 
@@ -133,6 +133,16 @@ def test_auto_approval_earns_through_the_accrual_path_and_a_receipt_earns_for_on
     assert submit(rw, a, AUTO, no, 12_000, image) == (200, got), "the same member again: the stored answer"
     status, body = submit(rw, b, AUTO, no, 12_000, image)
     assert status == 409 and body["field"] == "receipt_no" and "another member" in body["error"], body
+    # Redis lost the claim: `loyalty rebuild` claims the number again from the receipts table.
+    r = redis_client(rw.redis_url)
+    key = f"{rw.run_id}:receipt:{got['receipt_id']}"
+    assert r.get(key) == a.encode()
+    r.delete(key)
+    rw.wait_caught_up()
+    status, page = admin_post(rw, "/v1/admin/rebuild", {"offset": 0, "limit": 1000})
+    assert status == 200 and page["receipt_claims"] >= 1, page
+    assert r.get(key) == a.encode() and r.ttl(key) > 59 * 86_400
+    assert submit(rw, b, AUTO, no, 12_000, image)[0] == 409
     receipts = rw.get(f"/v1/members/{a}/receipts", token=rw.member_token(a))[1]["receipts"]
     assert [(r["receipt_id"], r["status"]) for r in receipts] == [(got["receipt_id"], "approved")]
     assert rw.get(f"/v1/members/{a}/receipts", token=rw.member_token(b))[0] == 403

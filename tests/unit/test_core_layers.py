@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"rules_file", "resp"},
     {"campaigns", "tiers", "wallet", "rebuild", "boards", "coupons", "engage", "parking", "redemption", "accrual",
      "behaviour", "simulate", "merge"},
-    {"mall", "receipts"},
+    {"mall", "receipts", "signups"},
     {"engine", "batch"},
     {"bindings", "bindings_batch", "lib"},
 ]

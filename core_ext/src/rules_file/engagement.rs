@@ -94,6 +94,67 @@ pub struct RawStoredValue {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawGathering {
+    id: S<String>,
+    name: Option<S<String>>,
+    capacity: S<i64>,
+    points: Option<S<i64>>,
+    tiers: Option<S<Vec<String>>>,
+    tags: Option<S<Vec<String>>>,
+    signup_from: Option<S<String>>,
+    signup_to: Option<S<String>>,
+    starts_at: S<String>,
+    ends_at: S<String>,
+    no_show_ban_days: Option<S<i64>>,
+}
+
+/// `[[member_events]]`: members' events with sign-up.
+pub(crate) fn gatherings(src: &Source, raw: &[RawGathering], tier_ids: &[String]) -> CoreResult<HashMap<String, Gathering>> {
+    let mut out = HashMap::default();
+    for (i, g) in raw.iter().enumerate() {
+        let f = |n: &str| format!("member_events[{i}].{n}");
+        let id = src.id(&g.id, &f("id"))?;
+        if out.contains_key(&id) {
+            return src.err(g.id.span(), &f("id"), "is a duplicate");
+        }
+        let at = |v: &S<String>, field: &str| -> CoreResult<i64> {
+            parse_instant_ms(v.get_ref()).or_else(|e| src.err(v.span(), field, e.reason().to_string()))
+        };
+        let starts_ms = at(&g.starts_at, &f("starts_at"))?;
+        let ends_ms = at(&g.ends_at, &f("ends_at"))?;
+        if ends_ms <= starts_ms {
+            return src.err(g.ends_at.span(), &f("ends_at"), "must be after starts_at");
+        }
+        let signup_from_ms = instant(src, &g.signup_from, &f("signup_from"))?;
+        let signup_to_ms = instant(src, &g.signup_to, &f("signup_to"))?.unwrap_or(starts_ms);
+        if signup_to_ms > starts_ms {
+            let span = g.signup_to.as_ref().map_or(g.starts_at.span(), |x| x.span());
+            return src.err(span, &f("signup_to"), "sign-up closes at the latest when the event starts");
+        }
+        if signup_from_ms.is_some_and(|a| a >= signup_to_ms) {
+            let span = g.signup_from.as_ref().map_or(g.starts_at.span(), |x| x.span());
+            return src.err(span, &f("signup_from"), "must be before signup_to");
+        }
+        let is_tier = |t: &str| tier_ids.iter().any(|x| x == t);
+        out.insert(id.clone(), Gathering {
+            name: g.name.as_ref().map_or_else(|| id.clone(), |n| n.get_ref().clone()),
+            id,
+            capacity: src.int(&g.capacity, &f("capacity"), 1..=100_000)?,
+            points: src.opt_int(&g.points, &f("points"), 0..=100_000_000)?.unwrap_or(0),
+            tiers: src.id_set(&g.tiers, &f("tiers"), Some(&is_tier), "tier")?,
+            tags: src.id_set(&g.tags, &f("tags"), None, "tag")?,
+            signup_from_ms,
+            signup_to_ms,
+            starts_ms,
+            ends_ms,
+            no_show_ban_days: src.opt_int(&g.no_show_ban_days, &f("no_show_ban_days"), 0..=365)?.unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawReceipts {
     max_age_days: Option<S<i64>>,
     auto_merchants: Option<S<Vec<String>>>,

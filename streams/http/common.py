@@ -195,9 +195,10 @@ async def read_signed(request: Request, scope: str = "callback", *, nonce_later:
 NONCE_USED = "X-Nonce: already used (a replayed request); sign every attempt anew"
 
 
-async def reader(request: Request, member_id: str | None = None) -> Principal:
+async def reader(request: Request, member_id: str | None = None, *, members_too: bool = False) -> Principal:
     """Who reads: the admin token, a POS key (`Bearer pos:<id>:<secret>`) or the member's own
-    token; Refused 401 without one, 403 for another member's data, 429 past the key's rate."""
+    token; Refused 401 without one, 403 for another member's data, 429 past the key's rate.
+    `members_too`: data of no one member that a member token may read too (leaderboards)."""
     rt = await runtime.started()
     settings = rt.settings
     who = bearer_principal(request.headers.get("Authorization", ""), settings.admin_token.get_secret_value(),
@@ -207,7 +208,7 @@ async def reader(request: Request, member_id: str | None = None) -> Principal:
                               " required")
     if member_id is not None and not who.may_read(member_id):
         raise Refused(403, "this member token is for another member")
-    if member_id is None and who.kind == "member":
+    if member_id is None and who.kind == "member" and not members_too:
         raise Refused(403, "a POS key or the admin token is required here, not a member token")
     limit = {"member": settings.rate_limit_member, "pos": settings.rate_limit_pos}.get(who.kind)
     if limit is not None and not await rt.balances.rate_hit(who.client_key, limit):
@@ -245,10 +246,16 @@ async def member_or_reject(body: bytes, *path_ids: str) -> str:
     member_id = member_of(body)
     if member_id is None or not all(is_valid_id(i) for i in path_ids):
         raise await rejected(400, "member_id: required, letters, digits, _ - . : @", body, "member_id")
+    await not_merged(member_id)
+    return member_id
+
+
+async def not_merged(member_id: str) -> None:
+    """Refused 409 (`merged_into`) for an account merged into another: a write is the other
+    account's to take."""
     if (into := await account_of(member_id)) != member_id:
         raise Refused(409, f"member {member_id} was merged into {into}: ask again with {into}", "member_id",
                       merged_into=into)
-    return member_id
 
 
 async def account_of(member_id: str) -> str:

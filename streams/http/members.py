@@ -34,6 +34,7 @@ from streams.http.common import (
     json_response,
     member_operation,
     member_or_reject,
+    not_merged,
     read_signed,
     reader,
     refused_by_core,
@@ -60,6 +61,7 @@ class MemberPlates(View):
             require(is_valid_id(member_id) and isinstance(plate, str) and PLATE.fullmatch(plate))
         except (orjson.JSONDecodeError, KeyError, TypeError, BadInput):
             return await reject(self, 400, 'body: {"plate": "沪A12345", "auto_pay": true|false}', body, "plate")
+        await not_merged(member_id)
         rt = await runtime.started()
         owner = await rt.balances.bind_plate(plate, member_id, auto_pay)
         if owner != member_id:
@@ -253,6 +255,7 @@ class Holds(View):
             ttl_s = int_in(req.get("ttl_seconds", 900), "ttl_seconds", 1, 86_400)
         except BadInput as exc:
             return await reject(self, 400, str(exc), body, exc.field)
+        await not_merged(member_id)
         rt = await runtime.started()
 
         async def decide(seq: int, state: str | None) -> Response | Commit[Response]:

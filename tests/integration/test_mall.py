@@ -21,11 +21,14 @@ from tests.integration.test_engagement import now_iso
 pytestmark = pytest.mark.integration
 
 FLASH_UNITS, CROWD = 100, 2_000
+#: An order left unpaid by one test, for the last test to see expired.
+UNPAID: dict[str, Any] = {}
 
 
 def mall_rules(path: Path) -> Path:
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat(timespec="seconds")
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat(timespec="seconds")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat(timespec="seconds")
     text = (ROOT / "rules" / "demo.toml").read_text() + f'''
 [[mall_items]]
 id = "flash-bag"
@@ -67,6 +70,25 @@ value_fen = 1000
 stock = 3
 
 [[mall_items]]
+id = "kettle-1m"
+name = "Kettle (points + cash, one minute to pay)"
+kind = "goods"
+points = 120
+cash_fen = 5000
+pay_minutes = 1
+bu = "sh-mall"
+value_fen = 1000
+stock = 2
+
+[[mall_items]]
+id = "next-week"
+name = "Not on sale yet"
+kind = "goods"
+points = 10
+bu = "sh-mall"
+valid_from = "{later}"
+
+[[mall_items]]
 id = "lounge"
 kind = "benefit"
 points = 10
@@ -105,10 +127,10 @@ def exchange(w: WorkerProcess, member: str, item: str, key: str | None = None) -
                   {**w.pos_headers(body), "Idempotency-Key": key or uuid.uuid4().hex[:16]})
 
 
-def order_action(w: WorkerProcess, member: str, order: str, action: str) -> tuple[int, Any]:
+def order_action(w: WorkerProcess, member: str, order: str, action: str, key: str | None = None) -> tuple[int, Any]:
     body = orjson.dumps({"member_id": member})
     return w.post(f"/v1/mall/orders/{order}/{action}", body,
-                  {**w.pos_headers(body), "Idempotency-Key": uuid.uuid4().hex[:16]})
+                  {**w.pos_headers(body), "Idempotency-Key": key or uuid.uuid4().hex[:16]})
 
 
 def balance(w: WorkerProcess, member: str) -> int:
@@ -134,7 +156,9 @@ def test_an_order_placed_readied_collected_and_another_cancelled_with_points_and
     items = catalogue(mw, m)
     assert items["umbrella"]["can_buy"] and items["umbrella"]["stock_left"] == 5
     assert not items["lounge"]["can_buy"] and items["lounge"]["field"] == "tier", "gold members only"
+    assert not items["next-week"]["can_buy"] and items["next-week"]["field"] == "item", "not on sale yet"
     assert exchange(mw, m, "lounge")[0] == 409
+    assert exchange(mw, m, "next-week")[1]["field"] == "item"
     key = uuid.uuid4().hex[:16]
     status, placed = exchange(mw, m, "umbrella", key)
     assert status == 201 and placed["status"] == "placed" and placed["points"] == 150, placed
@@ -147,7 +171,8 @@ def test_an_order_placed_readied_collected_and_another_cancelled_with_points_and
     assert order_action(mw, m, placed["order_id"], "cancel")[0] == 409, "a collected order stays collected"
     status, second = exchange(mw, m, "umbrella")
     assert status == 201
-    status, cancelled = order_action(mw, m, second["order_id"], "cancel")
+    cancel_key = uuid.uuid4().hex[:16]
+    status, cancelled = order_action(mw, m, second["order_id"], "cancel", cancel_key)
     assert status == 201 and cancelled["points_returned"] == 150
     assert balance(mw, m) == start - 150
     assert catalogue(mw, m)["umbrella"]["stock_left"] == 4, "the cancelled unit is back in stock"
@@ -162,6 +187,13 @@ def test_an_order_placed_readied_collected_and_another_cancelled_with_points_and
     mw.wait_caught_up()
     rows = [r for r in mw.get(f"/v1/members/{m}/ledger")[1]["rows"] if r["kind"].startswith("mall")]
     assert sorted(r["points"] for r in rows if r["kind"] in ("mall_exchange", "mall_return")) == [-150, -150, -50, 150]
+    # The books: the pool pays the supplying BU the item's value; a cancel reverses it exactly.
+    from tests.integration.test_engagement import settlement
+
+    def money(event_id: str) -> dict[str, int]:
+        return {k: v for k, v in settlement(mw, event_id).items() if v}
+    assert money(placed["order_id"]) == {"pool": -2500, "bu:sh-mall": 2500}
+    assert money(cancel_key) == {"pool": 2500, "bu:sh-mall": -2500}
     rec = mw.get("/v1/admin/reconcile?kinds=1")[1]
     assert rec["clean"], rec
 
@@ -203,6 +235,11 @@ def test_points_and_cash_the_order_waits_for_the_payment_naming_it_which_earns_a
     assert status == 201 and cancelled["points_returned"] == 200, cancelled
     assert cancelled["cash_to_refund"] == {"payment": cash, "amount_fen": 9900}
     assert catalogue(mw, m)["kettle"]["stock_left"] == 3
+    # Not paid within the item's minute: the leader's timer expires the order (checked at
+    # the module's end, after the flash sale), the points and the unit come back.
+    status, unpaid = exchange(mw, m, "kettle-1m")
+    assert status == 201 and unpaid["status"] == "awaiting_payment", unpaid
+    UNPAID.update(member=m, order=unpaid["order_id"], balance=balance(mw, m) + 120)
     mw.wait_caught_up()
     rec = mw.get("/v1/admin/reconcile?kinds=1")[1]
     assert rec["clean"], rec
@@ -243,3 +280,18 @@ def test_a_flash_sale_of_100_units_to_2000_members_at_once_sells_exactly_100_one
     assert rec["clean"], rec
     budgets = next(k for k in rec["by_kind"]["kinds"] if k["kind"].startswith("budgets"))
     assert budgets["differ"] == 0, budgets
+
+
+def test_an_order_not_paid_in_time_expires_with_its_points_and_unit_back(mw: WorkerProcess) -> None:
+    m, order = UNPAID["member"], UNPAID["order"]
+
+    def status() -> str:
+        return str({o["order_id"]: o for o in mw.get(f"/v1/members/{m}/orders")[1]["orders"]}[order]["status"])
+    mw.wait_until(lambda: status() == "expired", 150, "the unpaid order expired by the leader's timer")
+    assert balance(mw, m) == UNPAID["balance"], "the points back"
+    assert catalogue(mw, m)["kettle-1m"]["stock_left"] == 2, "the unit back"
+    r = redis_client(mw.redis_url)
+    assert r.zscore(f"{mw.run_id}:mall-orders", f"{m}\t{order}") is None, "no longer indexed"
+    mw.wait_caught_up()
+    rows = [x for x in mw.get(f"/v1/members/{m}/ledger")[1]["rows"] if x["event_id"] == f"expire-{order}"[:64]]
+    assert [(x["kind"], x["points"]) for x in rows] == [("mall_return", 120)], rows

@@ -125,6 +125,24 @@ class RuleSet:
         """Receipt points (`[receipts]`): the oldest receipt taken, in days; None when the
         rules do not offer them."""
     @property
+    def points_validity_months(self) -> int | None:
+        """Points lots expire at the end of the month this many months after earning
+        (None: never)."""
+    @property
+    def scheduled_campaigns_json(self) -> str:
+        """The scheduled campaigns (`[[scheduled_campaigns]]`) as JSON: a list of objects
+        with id, name, schedule ({every, minute, weekday, day, at_ms}), from_ms, to_ms,
+        audience_id, audience, action ({kind: coupon, template} or {kind: notice, message}),
+        once_per_dormancy, capped."""
+    @property
+    def audiences_json(self) -> str:
+        """The saved audiences (`[audiences.<id>]`) as JSON: an object of id -> conditions
+        (tiers, tags, segments, bu, formats, dormant_days, paid_within_days, birthday_month,
+        points_expiring_within_days, min_points, registered_within_days, holds_coupon)."""
+    @property
+    def frequency_cap(self) -> tuple[int, int] | None:
+        """`[frequency_cap]`: (pushes, days), or None."""
+    @property
     def car_parks(self) -> list[str]:
         """Car park business unit ids, sorted."""
     def mall_budgets(self, item: str) -> list[tuple[str, int]]:

@@ -37,6 +37,7 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("tier_movements", "Tier movements", "table"),
     Kpi("campaigns", "Campaign participation and ROI", "table"),
     Kpi("coupons", "Coupons: issued, redeemed, cost", "table"),
+    Kpi("scheduled_campaigns", "Scheduled campaigns: reached, pushed, held, redeemed, ROI", "table"),
     Kpi("receipts", "Receipt points: submitted, approved, rejected, review time", "one"),
     Kpi("parking", "Parking usage and free-hour cost", "one"),
     Kpi("cross_format", "Members active in two formats", "table"),

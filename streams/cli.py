@@ -705,6 +705,37 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """Scheduled campaigns: each with its schedule and latest runs, an audience counted now,
+    or one run's progress (docs/marketing.md)."""
+    settings = Settings.from_env()
+    if args.what == "preview":
+        if not args.campaign:
+            print("loyalty campaigns preview CAMPAIGN", file=sys.stderr)
+            return 2
+        result = admin_call(settings, f"/v1/admin/campaigns/{args.campaign}/preview")
+    elif args.what == "run":
+        if not args.campaign or not args.run:
+            print("loyalty campaigns run CAMPAIGN RUN (the run id: its local time YYYYMMDDHHMM)", file=sys.stderr)
+            return 2
+        result = admin_call(settings, f"/v1/admin/campaigns/{args.campaign}/runs/{args.run}")
+    else:
+        result = admin_call(settings, "/v1/admin/campaigns")
+    if isinstance(result, int):
+        return result
+    if args.json or args.what != "list":
+        sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    cap = result["frequency_cap"]
+    print("frequency cap: " + (f"{cap[0]} pushes per member within {cap[1]} days" if cap else "none"))
+    for c in result["campaigns"]:
+        gives = c["action"].get("template") or f"notice {c['action'].get('message', '')[:30]!r}"
+        print(f"{c['id']:24} {c['when']:36} {gives:32} due now: {c['due_now'] or '-'}")
+        for r in c["runs"][:3]:
+            print(f"    run {r['run']}: {r['status']:8} {r['done']:,} of {r['total']:,} members")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return devtool("demo").run_demo(events=args.events, members=args.members, seed=args.seed,  # type: ignore[no-any-return]
                                     concurrency=args.concurrency)
@@ -850,6 +881,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = osub.add_parser("session-key", help="print a new key for LOYALTY_CONSOLE_SESSION_KEY")
     s.set_defaults(func=cmd_operators)
 
+    s = sub.add_parser("campaigns", help="scheduled campaigns: schedules and runs, an audience now, a run")
+    s.add_argument("what", nargs="?", choices=["list", "preview", "run"], default="list",
+                   help="list (default): every campaign and its latest runs; preview CAMPAIGN: its audience "
+                        "counted now; run CAMPAIGN RUN: a run's progress")
+    s.add_argument("campaign", nargs="?", default="")
+    s.add_argument("run", nargs="?", default="")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_campaigns)
     s = sub.add_parser("audit", help="the audit trail of the console and the admin API, newest first")
     s.add_argument("--operator", default="", help="only this operator")
     s.add_argument("--member", default="", help="only changes to this member")

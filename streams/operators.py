@@ -53,7 +53,7 @@ PERMISSIONS = {
     "audit.read": "the audit trail",
     "operators.manage": "add, disable and reset operators",
     "audiences.send": "define audiences and send them a coupon",
-    "audiences.read": "see audience sends and what they issued",
+    "audiences.read": "see audience sends, scheduled campaigns and their runs, and what they issued",
     "coupons.redeem": "redeem a member's coupon at a merchant (merchant staff: their own)",
     "receipts.review": "the receipts waiting for review: approve or reject (the member is told why)",
 }
@@ -121,6 +121,9 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", "/v1/admin/audiences/preview"): "audiences.send",
     ("POST", "/v1/admin/audiences/send"): "audiences.send",
     ("GET", "/v1/admin/audiences/sends/{send_id}"): "audiences.read",
+    ("GET", "/v1/admin/campaigns"): "audiences.read",
+    ("GET", "/v1/admin/campaigns/{campaign}/preview"): "audiences.read",
+    ("GET", "/v1/admin/campaigns/{campaign}/runs/{run}"): "audiences.read",
     ("GET", "/v1/admin/operators"): "audit.read",
     ("POST", "/v1/admin/operators"): "operators.manage",
     ("POST", "/v1/admin/operators/{login}/disable"): "operators.manage",

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     approval_points: int = Field(10_000, ge=0)
     #: Members an audience send reaches a second (its grants queue behind the live events).
     audience_send_rate: int = Field(5_000, ge=1)
+    #: Scheduled campaigns (docs/marketing.md): how often the leader looks for a due run,
+    #: how late a run may still start (a run missed by more is skipped and logged), and how
+    #: long a run may make no progress before the leader takes it up again.
+    schedule_interval_s: float = _env("LOYALTY_SCHEDULE_INTERVAL", 30.0, gt=0)
+    schedule_grace_s: int = _env("LOYALTY_SCHEDULE_GRACE", 6 * 3600, ge=60)
+    schedule_stale_s: float = _env("LOYALTY_SCHEDULE_STALE", 30.0, gt=0)
+    #: Rehearsals and tests only: the scheduler's clock read from this file (an ISO-8601
+    #: time with offset, or epoch milliseconds) instead of the system's. Never in production.
+    clock_file: str = ""
     #: Days within which a group admin may undo a merge of two accounts.
     merge_undo_days: int = Field(30, ge=0, le=60)
     #: Receipt points (docs/points-mall.md): where uploaded receipt images are kept (a

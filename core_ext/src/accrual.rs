@@ -37,6 +37,8 @@ pub struct Applied {
     pub booking: Option<crate::record::Booking>,
     /// Leaderboards the event moved, with the member's new absolute score on each.
     pub boards: Vec<(String, i64)>,
+    /// A scheduled campaign's coupon to issue: (template, trigger).
+    pub grant: Option<(String, String)>,
 }
 
 impl Applied {
@@ -55,6 +57,7 @@ impl Applied {
             returned_points: 0,
             booking: None,
             boards: Vec::new(),
+            grant: None,
         }
     }
 }
@@ -274,6 +277,7 @@ pub fn accrue_payment(
         returned_points: 0,
         booking: Some(booking),
         boards: Vec::new(),
+        grant: None,
     })
 }
 
@@ -396,6 +400,7 @@ pub fn accrue_refund(
             returned_points: returned,
             booking: None,
             boards: Vec::new(),
+            grant: None,
         },
         after,
     ))

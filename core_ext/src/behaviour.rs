@@ -30,6 +30,7 @@ pub fn apply_member_event(
     let mut change: Option<TierChange> = None;
     let mut expired: Vec<[i64; 2]> = Vec::new();
     let mut notice: Option<String> = None;
+    let mut grant: Option<(String, String)> = None;
     // Exchanges out whose partner never answered (the wallet check fails them).
     let mut timed_out: Vec<(String, crate::state::PendingExchange)> = Vec::new();
     // Refusals first: nothing below may fail once the state has changed.
@@ -112,6 +113,22 @@ pub fn apply_member_event(
         MemberKind::CouponGrant => {
             let send = ev.grant.as_ref().map_or(String::new(), |(_, s)| s.clone());
             parts.push(Part::new("coupon_grant", send, 0));
+        }
+        MemberKind::CampaignPush => {
+            let (cid, run) = ev.campaign.as_ref().map(|(c, r)| (c.as_str(), r.as_str())).unwrap_or_default();
+            match crate::coupons::campaign_push(rules, &ev.member_id, &ev.event_id, (cid, run), state, ev.occurred_at_ms) {
+                crate::coupons::CampaignOutcome::Skipped(why) => {
+                    parts.push(Part::new("campaign_skipped", format!("{cid}:{run}:{why}"), 0));
+                }
+                crate::coupons::CampaignOutcome::Notice(n) => {
+                    notice = Some(n);
+                    parts.push(Part::new("campaign_notice", format!("{cid}:{run}"), 0));
+                }
+                crate::coupons::CampaignOutcome::Coupon { template, trigger } => {
+                    grant = Some((template, trigger));
+                    parts.push(Part::new("campaign_coupon", format!("{cid}:{run}"), 0));
+                }
+            }
         }
         MemberKind::Segments => {
             state.segment_tags = ev.tags.clone().unwrap_or_default();
@@ -326,6 +343,7 @@ pub fn apply_member_event(
         returned_points: 0,
         booking: None,
         boards: Vec::new(),
+        grant,
     })
 }
 

@@ -102,6 +102,12 @@ impl PyRuleSet {
         self.inner.tiers.iter().map(|t| t.id.clone()).collect()
     }
 
+    /// Points lots expire at the end of the month this many months after earning (None: never).
+    #[getter]
+    fn points_validity_months(&self) -> Option<i64> {
+        self.inner.wallet.validity_months
+    }
+
     #[getter]
     fn default_tier(&self) -> String {
         self.inner.default_tier().id.clone()
@@ -160,6 +166,25 @@ impl PyRuleSet {
     #[getter]
     fn receipts_max_age_days(&self) -> Option<i64> {
         self.inner.engagement.receipts.as_ref().map(|r| r.max_age_days)
+    }
+
+    /// The scheduled campaigns (`[[scheduled_campaigns]]`) as JSON: a list of objects with
+    /// id, name, schedule, from_ms, to_ms, audience, action, once_per_dormancy, capped.
+    #[getter]
+    fn scheduled_campaigns_json(&self) -> String {
+        serde_json::to_string(&self.inner.engagement.scheduled).expect("campaigns serialise")
+    }
+
+    /// The saved audiences (`[audiences.<id>]`) as JSON: an object of id -> conditions.
+    #[getter]
+    fn audiences_json(&self) -> String {
+        serde_json::to_string(&self.inner.engagement.audiences).expect("audiences serialise")
+    }
+
+    /// `[frequency_cap]`: (pushes, days), or None.
+    #[getter]
+    fn frequency_cap(&self) -> Option<(i64, i64)> {
+        self.inner.engagement.frequency_cap.map(|c| (c.pushes, c.days))
     }
 
     /// Car park business unit ids.

@@ -136,7 +136,8 @@ pub struct Happened<'a> {
     pub reminder: bool,
     pub parking_exit: bool,
     pub tier_after: (&'a str, usize),
-    /// An operator's grant to an audience: (template, send id).
+    /// An operator's grant to an audience or a scheduled campaign's coupon: (template,
+    /// trigger: `audience:<send>` or `campaign:<id>:<run>`).
     pub grant: Option<(&'a str, &'a str)>,
 }
 
@@ -171,8 +172,8 @@ pub fn after_event(
 ) -> (Vec<CouponRow>, Vec<(String, i64)>) {
     let mut rows = Vec::new();
     let mut consumed = Vec::new();
-    if let Some((template, send_id)) = h.grant {
-        if let Some(c) = grant(rules, template, send_id, h, state, budget_spent) {
+    if let Some((template, trigger)) = h.grant {
+        if let Some(c) = grant(rules, template, trigger, h, state, budget_spent) {
             let at = At { rules, member_id: h.member_id, event_id: h.event_id, at_ms: h.at_ms, now_ms };
             rows.push(at.row("issued", &c));
             consumed.push((stock_budget_id(&c.template), 1));
@@ -287,13 +288,13 @@ fn note_payment(rules: &RuleSet, h: &Happened, state: &mut MemberState) {
 fn grant(
     rules: &RuleSet,
     template: &str,
-    send_id: &str,
+    trigger: &str,
     h: &Happened,
     state: &mut MemberState,
     budget_spent: &mut HashMap<String, i64>,
 ) -> Option<Coupon> {
     let tpl = rules.coupon_templates.get(template)?;
-    let trigger = format!("audience:{send_id}");
+    let trigger = trigger.to_string();
     if state.coupons.iter().any(|c| c.trigger == trigger) {
         return None;
     }
@@ -368,12 +369,107 @@ fn issue(
             }
         }
     }
+    if !cap_allows(rules, state, h.at_ms) {
+        return None;
+    }
     for (bid, limit) in [(trigger_budget_id(&t.id), t.budget), (stock_budget_id(&tpl.id), tpl.stock)] {
         if limit.is_some() {
             *budget_spent.entry(bid).or_insert(0) += 1;
         }
     }
+    note_push(rules, state, h.at_ms);
     Some(put_coupon(state, tpl, id, t.id.clone(), h.at_ms))
+}
+
+/// Whether `[frequency_cap]` lets the member be pushed one more thing at `at_ms` (the
+/// pushes older than its window are forgotten on the way).
+pub fn cap_allows(rules: &RuleSet, state: &mut MemberState, at_ms: i64) -> bool {
+    let Some(cap) = rules.engagement.frequency_cap else { return true };
+    let from = at_ms - cap.days * DAY_MS;
+    state.pushes_at.retain(|t| *t > from);
+    (state.pushes_at.iter().filter(|t| **t <= at_ms).count() as i64) < cap.pushes
+}
+
+/// Counts a push toward `[frequency_cap]` (kept only when the rules have one).
+pub fn note_push(rules: &RuleSet, state: &mut MemberState, at_ms: i64) {
+    if let Some(cap) = rules.engagement.frequency_cap {
+        let at = state.pushes_at.partition_point(|t| *t <= at_ms);
+        state.pushes_at.insert(at, at_ms);
+        // Bounded: never more than the cap's count (plus later pushes) is needed.
+        let keep = cap.pushes as usize + 8;
+        if state.pushes_at.len() > keep {
+            state.pushes_at.drain(..state.pushes_at.len() - keep);
+        }
+    }
+}
+
+/// What a scheduled campaign's push does for one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CampaignOutcome {
+    /// Issue a coupon of `template` with trigger `trigger` (after_event does, within its stock).
+    Coupon { template: String, trigger: String },
+    /// Push this notice (JSON).
+    Notice(String),
+    /// Nothing pushed, and why: `not_in_rules`, `ended`, `reached_this_dormancy`,
+    /// `paid_since`, `frequency_cap`, `member_limit`.
+    Skipped(&'static str),
+}
+
+/// A scheduled campaign's push to a member (event `campaign_push`): the checks that
+/// hold it (the campaign still in the rules, a win-back once per dormancy and not to a
+/// member who paid meanwhile, the template's per-member limit, the frequency cap), then
+/// the member marked reached and the push counted.
+pub fn campaign_push(
+    rules: &RuleSet,
+    member_id: &str,
+    event_id: &str,
+    campaign_run: (&str, &str),
+    state: &mut MemberState,
+    at_ms: i64,
+) -> CampaignOutcome {
+    use crate::engage_rules::CampaignAction;
+    let (cid, run) = campaign_run;
+    let Some(c) = rules.engagement.scheduled.iter().find(|c| c.id == cid) else {
+        return CampaignOutcome::Skipped("not_in_rules");
+    };
+    if c.to_ms.is_some_and(|to| at_ms >= to + DAY_MS) {
+        return CampaignOutcome::Skipped("ended");
+    }
+    if c.once_per_dormancy {
+        let last_paid = state.last_paid_ms.unwrap_or(i64::MIN);
+        if state.campaigns_reached.get(cid).is_some_and(|r| *r >= last_paid) {
+            return CampaignOutcome::Skipped("reached_this_dormancy");
+        }
+        if state.last_paid_ms.is_some_and(|p| at_ms - p < c.audience.dormant_days * DAY_MS) {
+            return CampaignOutcome::Skipped("paid_since");
+        }
+    }
+    if let CampaignAction::Coupon { template } = &c.action {
+        if rules.coupon_templates.get(template).is_none_or(|tpl| at_member_limit(tpl, state)) {
+            return CampaignOutcome::Skipped("member_limit");
+        }
+    }
+    if c.capped {
+        if !cap_allows(rules, state, at_ms) {
+            return CampaignOutcome::Skipped("frequency_cap");
+        }
+        note_push(rules, state, at_ms);
+    }
+    state.campaigns_reached.insert(cid.to_string(), at_ms);
+    state.campaigns_reached.retain(|id, _| rules.engagement.scheduled.iter().any(|c| &c.id == id));
+    match &c.action {
+        CampaignAction::Coupon { template } => {
+            CampaignOutcome::Coupon { template: template.clone(), trigger: format!("campaign:{cid}:{run}") }
+        }
+        CampaignAction::Notice { message } => CampaignOutcome::Notice(
+            serde_json::json!({
+                "push_id": format!("campaign:{cid}:{run}:{member_id}"), "kind": "campaign_notice",
+                "member_id": member_id, "event_id": event_id, "campaign": cid, "run": run,
+                "name": c.name, "message": message, "occurred_at_ms": at_ms,
+            })
+            .to_string(),
+        ),
+    }
 }
 
 /// The wallet keeps every active coupon and the 50 newest others.

@@ -160,6 +160,11 @@ pub struct Engagement {
     pub receipts: Option<ReceiptRules>,
     /// Members' events with sign-up (e.g. a high-value members' salon), by id.
     pub gatherings: HashMap<String, Gathering>,
+    /// Scheduled and recurring campaigns, in the file's order.
+    pub scheduled: Vec<ScheduledCampaign>,
+    /// Saved audiences (`[audiences.<id>]`), by id.
+    pub audiences: std::collections::BTreeMap<String, CampaignAudience>,
+    pub frequency_cap: Option<FrequencyCap>,
 }
 
 /// A members' event (`[[member_events]]`): seats, who may come, its cost, when to sign up.
@@ -255,4 +260,85 @@ pub fn mall_budget_id(item: &str) -> String {
 pub struct Leaderboard {
     pub monthly: bool,
     pub per_bu: bool,
+}
+
+/// When a scheduled campaign runs (local time of the rules' UTC offset).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "every", rename_all = "snake_case")]
+pub enum Schedule {
+    /// Every day at `minute` (minutes after local midnight).
+    Day { minute: i64 },
+    /// Every week on `weekday` (0 = Monday) at `minute`.
+    Week { weekday: i64, minute: i64 },
+    /// Every month on `day` (1-28) at `minute`.
+    Month { day: i64, minute: i64 },
+    /// Once, at this instant.
+    Once { at_ms: i64 },
+}
+
+/// Who a scheduled campaign reaches: evaluated by the scheduler over the members' stored
+/// states and the ledger (sql/queries/campaign_audience.sql), at the run's time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CampaignAudience {
+    pub tiers: Vec<String>,
+    pub tags: Vec<String>,
+    pub segments: Vec<String>,
+    /// A business unit the member paid at (any time).
+    pub bu: String,
+    /// A format the member paid at (any time).
+    pub formats: Vec<String>,
+    /// Last payment at least this many days before the run (0: not a condition).
+    pub dormant_days: i64,
+    /// Last payment within this many days of the run (0: not a condition).
+    pub paid_within_days: i64,
+    /// Birthday in the run's month.
+    pub birthday_month: bool,
+    /// Points in lots that expire within this many days of the run (0: not a condition).
+    pub points_expiring_within_days: i64,
+    /// At least this many points available (0: not a condition).
+    pub min_points: i64,
+    /// Registered within this many days of the run (0: not a condition).
+    pub registered_within_days: i64,
+    /// Holds an active coupon of this template ("": not a condition).
+    pub holds_coupon: String,
+}
+
+/// What a scheduled campaign gives each member it reaches.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CampaignAction {
+    /// A coupon of this template (trigger `campaign:<id>:<run>`).
+    Coupon { template: String },
+    /// A message pushed to the member (no coupon).
+    Notice { message: String },
+}
+
+/// A scheduled or recurring campaign (`[[scheduled_campaigns]]`): on its schedule the
+/// leader's scheduler evaluates the audience and sends each member one `campaign_push`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduledCampaign {
+    pub id: String,
+    pub name: String,
+    pub schedule: Schedule,
+    /// Runs due before this instant are not run (None: from the rules' start).
+    pub from_ms: Option<i64>,
+    /// Runs due at or after this instant are not run (None: no end).
+    pub to_ms: Option<i64>,
+    /// The saved audience it names ("": its own).
+    pub audience_id: String,
+    pub audience: CampaignAudience,
+    pub action: CampaignAction,
+    /// A member reached is not reached again by this campaign before paying again
+    /// (set for audiences that name `dormant_days`: a win-back once per dormancy).
+    pub once_per_dormancy: bool,
+    /// Whether the member's pushes count toward and are held by `[frequency_cap]`.
+    pub capped: bool,
+}
+
+/// `[frequency_cap]`: at most `pushes` pushes (coupons issued by triggers and scheduled
+/// campaigns, campaign notices) per member within any `days` days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub pushes: i64,
+    pub days: i64,
 }

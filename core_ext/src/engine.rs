@@ -349,6 +349,12 @@ impl Marketing<'_> {
         }
         let tier = crate::tiers::effective_tier(rules, state, at_ms);
         let rank = rules.tiers.iter().position(|t| t.id == tier.id).unwrap_or(0);
+        // An audience send's grant, or the coupon of a scheduled campaign's push.
+        let grant: Option<(String, String)> = match ev {
+            Event::Member(m) => m.grant.as_ref().map(|(t, s)| (t.clone(), format!("audience:{s}"))),
+            Event::Payment(_) => None,
+        }
+        .or_else(|| applied.grant.clone());
         let h = coupons::Happened {
             event_id,
             member_id: self.member_id,
@@ -358,12 +364,11 @@ impl Marketing<'_> {
                 Event::Member(_) => None,
             },
             registered: !self.was_registered && state.registered_at_ms.is_some(),
-            reminder: applied.notice.is_some(),
+            // An expiry reminder (a campaign's notice is not one).
+            reminder: applied.notice.is_some()
+                && matches!(ev, Event::Member(m) if m.kind == crate::events::MemberKind::WalletCheck),
             parking_exit: matches!(ev, Event::Member(m) if m.kind == crate::events::MemberKind::ParkingExit),
-            grant: match ev {
-                Event::Member(m) => m.grant.as_ref().map(|(t, s)| (t.as_str(), s.as_str())),
-                Event::Payment(_) => None,
-            },
+            grant: grant.as_ref().map(|(t, g)| (t.as_str(), g.as_str())),
             tier_after: (&tier.id, rank),
         };
         let (issued, consumed) = coupons::after_event(rules, &h, self.before, state, budget_spent, now_ms);

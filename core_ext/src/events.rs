@@ -332,6 +332,9 @@ pub enum MemberKind {
     Adjustment,
     /// An operator's coupon to an audience (`template`, `send_id`): once per member per send.
     CouponGrant,
+    /// A scheduled campaign's push to a member of its audience (`campaign`, `run`): once
+    /// per member per run, held by the frequency cap, once per dormancy for a win-back.
+    CampaignPush,
     /// Merging accounts (`merge.rs`): out of the account merged away, into the one kept,
     /// and the undo's two halves.
     MergeOut,
@@ -357,6 +360,7 @@ impl MemberKind {
             MemberKind::Segments => "segments",
             MemberKind::Adjustment => "adjustment",
             MemberKind::CouponGrant => "coupon_grant",
+            MemberKind::CampaignPush => "campaign_push",
             MemberKind::MergeOut => "merge_out",
             MemberKind::MergeIn => "merge_in",
             MemberKind::UnmergeOut => "unmerge_out",
@@ -379,6 +383,7 @@ impl MemberKind {
             "segments" => MemberKind::Segments,
             "adjustment" => MemberKind::Adjustment,
             "coupon_grant" => MemberKind::CouponGrant,
+            "campaign_push" => MemberKind::CampaignPush,
             "merge_out" => MemberKind::MergeOut,
             "merge_in" => MemberKind::MergeIn,
             "unmerge_out" => MemberKind::UnmergeOut,
@@ -413,6 +418,8 @@ pub struct MemberEvent {
     pub referred_by: Option<String>,
     /// A coupon grant: (template, send id).
     pub grant: Option<(String, String)>,
+    /// A scheduled campaign's push: (campaign id, run id).
+    pub campaign: Option<(String, String)>,
     /// A merge event's merge id, other account, bundle and records.
     pub merge: Option<Box<crate::state::MergeSpec>>,
 }
@@ -590,6 +597,10 @@ fn parse_member_event(
         MemberKind::CouponGrant => Some((get_id(obj, "template")?, get_id(obj, "send_id")?)),
         _ => None,
     };
+    let campaign = match kind {
+        MemberKind::CampaignPush => Some((get_id(obj, "campaign")?, get_id(obj, "run")?)),
+        _ => None,
+    };
     let merge = match kind {
         MemberKind::MergeOut | MemberKind::MergeIn | MemberKind::UnmergeOut | MemberKind::UnmergeIn => {
             Some(get_merge(obj, kind)?)
@@ -598,6 +609,7 @@ fn parse_member_event(
     };
     Ok(MemberEvent {
         merge,
+        campaign,
         profile_fields,
         referred_by,
         grant,

@@ -73,6 +73,12 @@ struct RawRuleSet {
     receipts: Option<engagement::RawReceipts>,
     #[serde(default)]
     member_events: Vec<engagement::RawGathering>,
+    #[serde(default)]
+    scheduled_campaigns: Vec<engagement::RawScheduled>,
+    #[serde(default)]
+    frequency_cap: Option<engagement::RawFrequencyCap>,
+    #[serde(default)]
+    audiences: std::collections::BTreeMap<String, engagement::RawCampaignAudience>,
 }
 
 #[derive(Deserialize)]
@@ -477,7 +483,7 @@ impl Source<'_> {
     }
 }
 
-const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub(crate) const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 // ---- loading -------------------------------------------------------------------
 
@@ -701,6 +707,16 @@ impl RuleSet {
         )?;
         engagement.gatherings =
             engagement::gatherings(&src, &raw.member_events, &tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>())?;
+        let tier_ids = tiers.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        let names = engagement::ScheduledNames {
+            tiers: &tier_ids,
+            bus: &business_units,
+            formats: &|f: &str| formats.contains_key(f),
+            templates: &|t: &str| coupon_templates.contains_key(t),
+        };
+        engagement.audiences = engagement::audiences(&src, &raw.audiences, &names)?;
+        engagement.scheduled = engagement::scheduled(&src, &raw.scheduled_campaigns, &engagement.audiences, &names)?;
+        engagement.frequency_cap = raw.frequency_cap.as_ref().map(|c| engagement::frequency_cap(&src, c)).transpose()?;
         engagement.receipts = match &raw.receipts {
             Some(r) => Some(engagement::receipts(&src, r, &|m: &str| merchants.contains_key(m))?),
             None => None,

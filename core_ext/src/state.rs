@@ -68,6 +68,13 @@ pub struct MemberState {
     pub referrals_month: i64,
     #[serde(skip_serializing_if = "is_zero32")]
     pub birthday_bonus_year: i32,
+    /// When the member was last pushed something counted by `[frequency_cap]` (coupons of
+    /// triggers and scheduled campaigns, campaign notices), oldest first, within the cap's window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pushes_at: Vec<i64>,
+    /// Scheduled campaigns that reached this member, and when (last time each).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub campaigns_reached: BTreeMap<String, i64>,
     /// Points each campaign has given this member (for per-member caps).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub campaigns: BTreeMap<String, i64>,

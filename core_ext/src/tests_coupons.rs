@@ -460,3 +460,135 @@ fn an_audience_grant_issues_once_per_member_and_send_within_stock() {
     assert!(parse_event(json!({"event_id": "y", "type": "coupon_grant", "occurred_at": MON,
                                "member_id": "m", "template": "coffee"}).to_string().as_bytes()).is_err());
 }
+
+const CAMPAIGNS: &str = r#"
+[frequency_cap]
+pushes = 2
+days = 7
+
+[audiences.dormant]
+dormant_days = 90
+
+[[scheduled_campaigns]]
+id = "win-back"
+every = "day"
+at = "10:00"
+coupon = "pct-10"
+audience_id = "dormant"
+
+[[scheduled_campaigns]]
+id = "birthday"
+every = "month"
+day = 1
+at = "09:00"
+coupon = "park-2h"
+audience = { birthday_month = true }
+
+[[scheduled_campaigns]]
+id = "expiring"
+every = "week"
+weekday = "mon"
+at = "09:30"
+notice = "Your points expire soon"
+audience = { points_expiring_within_days = 7 }
+"#;
+
+fn campaign_rules() -> RuleSet {
+    RuleSet::from_toml(&format!("{RULES}{CAMPAIGNS}"), "c.toml").unwrap()
+}
+
+fn push(id: &str, member: &str, campaign: &str, run: &str, at: &str) -> Value {
+    json!({"event_id": id, "type": "campaign_push", "occurred_at": at, "member_id": member,
+           "campaign": campaign, "run": run})
+}
+
+/// The explanation of event `i`'s first ledger row: (rule, id).
+fn explained(res: &BatchResult, i: usize) -> Vec<(String, String)> {
+    let Outcome::Apply(a) = &res.outcomes[i] else { panic!("event {i} not applied: {:?}", res.outcomes[i]) };
+    let rows: Vec<Value> = serde_json::from_str(&a.rows_json).unwrap();
+    rows[0]["explain"].as_array().unwrap().iter()
+        .map(|p| (p["rule"].as_str().unwrap().into(), p["id"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+#[test]
+fn a_win_back_reaches_a_dormant_member_once_per_dormancy() {
+    let r = campaign_rules();
+    // Paid on 2026-08-20, then nothing: dormant 95 days on 2026-11-23.
+    let res = run_with(&r, &[pay("p0", "m1", "mall", "food", 5_000, "2026-08-20T12:00:00+08:00")],
+                       StoredMembers::default());
+    let s = state_of(&res, "m1");
+    let res = run_with(&r, &[push("wb-1", "m1", "win-back", "202611231000", MON),
+                             push("wb-2", "m1", "win-back", "202611241000", "2026-11-24T10:00:00+08:00")],
+                       stored("m1", &s));
+    assert_eq!(issued(&res, 0), ["campaign:win-back:202611231000"]);
+    assert_eq!(explained(&res, 0), [("campaign_coupon".to_string(), "win-back:202611231000".to_string())]);
+    assert!(issued(&res, 1).is_empty(), "the next day's run does not reach the member again");
+    assert_eq!(explained(&res, 1)[0].1, "win-back:202611241000:reached_this_dormancy");
+    let s = state_of(&res, "m1");
+    assert_eq!(s.campaigns_reached.get("win-back").copied(), Some(1_795_395_600_000));
+    // The member pays, then goes dormant again: the campaign may win them back again.
+    let res = run_with(&r, &[pay("p1", "m1", "mall", "food", 5_000, "2026-11-25T12:00:00+08:00"),
+                             push("wb-3", "m1", "win-back", "202612011000", "2026-12-01T10:00:00+08:00"),
+                             push("wb-4", "m1", "win-back", "202703011000", "2027-03-01T10:00:00+08:00")],
+                       stored("m1", &s));
+    assert_eq!(explained(&res, 1)[0].1, "win-back:202612011000:paid_since", "a member who paid meanwhile");
+    assert_eq!(issued(&res, 2), ["campaign:win-back:202703011000"], "dormant 96 days again");
+}
+
+#[test]
+fn the_frequency_cap_holds_campaigns_and_triggers_alike() {
+    let r = campaign_rules();
+    let mut s = MemberState { birthday: Some("11-30".into()), ..MemberState::default() };
+    s.lots.push([2026 * 12 + 10, 100]);
+    let res = run_with(&r, &[
+        push("b-1", "m1", "birthday", "202611010900", MON),
+        push("x-1", "m1", "expiring", "202611230930", "2026-11-23T09:30:00+08:00"),
+        // Third within 7 days: held, whether a campaign or a trigger.
+        push("b-2", "m1", "birthday", "202611240900", "2026-11-24T09:00:00+08:00"),
+        pay("p1", "m1", "mall", "food", 150_000, "2026-11-24T12:00:00+08:00"),
+        // A week after the first push, one fits again.
+        pay("p2", "m1", "mall", "food", 150_000, "2026-11-30T12:00:00+08:00"),
+    ], stored("m1", &s));
+    assert_eq!(issued(&res, 0), ["campaign:birthday:202611010900"]);
+    let Outcome::Apply(a) = &res.outcomes[1] else { panic!() };
+    let n: Value = serde_json::from_str(a.notice.as_ref().expect("the campaign's notice")).unwrap();
+    assert_eq!((n["kind"].as_str(), n["message"].as_str()), (Some("campaign_notice"), Some("Your points expire soon")));
+    assert_eq!(n["push_id"], "campaign:expiring:202611230930:m1");
+    assert!(issued(&res, 1).is_empty(), "a notice is not an expiry reminder: no points_expiring trigger");
+    assert_eq!(explained(&res, 2)[0].1, "birthday:202611240900:frequency_cap");
+    assert!(issued(&res, 3).is_empty(), "the big-spender trigger is held by the cap too");
+    assert_eq!(issued(&res, 4), ["big-spender"], "a week on, the cap lets one through");
+    assert_eq!(state_of(&res, "m1").pushes_at, [1_796_011_200_000], "only the window's pushes are kept");
+}
+
+#[test]
+fn campaign_pushes_of_campaigns_not_in_the_rules_give_nothing() {
+    let r = campaign_rules();
+    let res = run_with(&r, &[push("z", "m1", "gone", "1", MON)], StoredMembers::default());
+    assert_eq!(explained(&res, 0)[0].1, "gone:1:not_in_rules");
+    assert!(parse_event(json!({"event_id": "y", "type": "campaign_push", "occurred_at": MON,
+                               "member_id": "m", "campaign": "win-back"}).to_string().as_bytes()).is_err(),
+            "a run is required");
+}
+
+#[test]
+fn scheduled_campaign_rules_errors_name_their_field() {
+    for (bad, good, field) in [
+        (r#"at = "25:00""#, r#"at = "10:00""#, "scheduled_campaigns[0].at"),
+        (r#"every = "fortnight""#, r#"every = "day""#, "scheduled_campaigns[0].every"),
+        (r#"coupon = "nope""#, r#"coupon = "pct-10""#, "scheduled_campaigns[0].coupon"),
+        (r#"audience = { birthday_month = true, shoe_size = 3 }"#, r#"audience = { birthday_month = true }"#, "scheduled_campaigns"),
+        (r#"audience_id = "sleepy""#, r#"audience_id = "dormant""#, "scheduled_campaigns[0].audience_id"),
+        ("dormant_days = 0", "dormant_days = 90", "audiences.dormant.dormant_days"),
+        (r#"day = 31"#, r#"day = 1"#, "scheduled_campaigns[1].day"),
+        (r#"weekday = "someday""#, r#"weekday = "mon""#, "scheduled_campaigns[2].weekday"),
+        (r#"pushes = 0"#, r#"pushes = 2"#, "frequency_cap.pushes"),
+    ] {
+        let text = format!("{RULES}{}", CAMPAIGNS.replacen(good, bad, 1));
+        let e = RuleSet::from_toml(&text, "c.toml").unwrap_err();
+        assert!(e.field().contains(field), "{bad}: {} ({e:?})", e.field());
+    }
+    let both = CAMPAIGNS.replacen(r#"coupon = "pct-10""#, "coupon = \"pct-10\"\nnotice = \"hi\"", 1);
+    assert!(RuleSet::from_toml(&format!("{RULES}{both}"), "c.toml").is_err(), "coupon and notice both");
+}

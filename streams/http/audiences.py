@@ -1,6 +1,10 @@
 """Coupons to an audience (docs/back-office.md): a definition over what the engine knows
-(tier, tags and computed tags, RFM segment, business unit visited, last payment), its count
-and a sample, and a send of one coupon template to every member of it.
+(docs/marketing.md: tier, tags and computed tags, RFM segment, business unit and format
+visited, last payment or dormancy, birthday month, points held and expiring, registration,
+coupons held), or a saved one of the rules (`audience_id`), evaluated in ClickHouse over
+the members' stored states and the ledger (sql/queries/campaign_audience.sql, the same as
+the scheduled campaigns'); its count and a sample, and a send of one coupon template to
+every member of it.
 
 A send is a record in Redis (`audience-send:<id>`: template, audience, members, progress)
 and a `coupon_grant` member event per member (event id `grant-<send>-<member>`), applied in
@@ -9,8 +13,8 @@ twice. The sending runs in the background, LOYALTY_AUDIENCE_SEND_RATE members a 
 saving its progress after each page; a send whose worker died (no progress for 30 s) is
 taken up again by the leader's timer from its last page.
 
-POST /v1/admin/audiences/preview     {"audience": {...}}: count and a sample
-POST /v1/admin/audiences/send        {"send_id", "template", "audience"}: 202, in the background
+POST /v1/admin/audiences/preview     {"audience": {...}} or {"audience_id"}: count and a sample
+POST /v1/admin/audiences/send        {"send_id", "template", "audience" or "audience_id"}: 202
 GET  /v1/admin/audiences/sends/{id}  progress, and the coupons issued so far
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
+from streams import clock, schedules
 from streams.app import app, member_events_topic, runtime
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, operator_of
@@ -36,7 +41,10 @@ log = logging.getLogger(__name__)
 SEND_KEEP_S = 30 * 86_400
 STALE_MS = 30_000
 PAGE = 200
-FIELDS = {"tiers", "tags", "segments", "bu", "paid_within_days"}
+#: What an audience may say (docs/marketing.md has each); every one optional, all must hold.
+FIELDS = {"tiers", "tags", "segments", "bu", "formats", "dormant_days", "paid_within_days", "birthday_month",
+          "points_expiring_within_days", "min_points", "registered_within_days", "holds_coupon"}
+DAY_FIELDS = ("dormant_days", "paid_within_days", "points_expiring_within_days", "registered_within_days")
 #: Sends this process is running now (the resume timer leaves them alone), and their tasks.
 _running: set[str] = set()
 _tasks: set[asyncio.Task[None]] = set()
@@ -56,37 +64,55 @@ async def _guarded(send_id: str) -> None:
                       send_id)
 
 
-def audience_of(raw: object) -> dict[str, Any]:
-    """A checked audience definition (Refused 400 naming the field otherwise)."""
+def audience_of(raw: object, audience_id: object = None) -> dict[str, Any]:
+    """A checked audience: a saved one of the rules (`audience_id`, `[audiences.<id>]`) or a
+    definition (Refused 400 naming the field otherwise)."""
+    if audience_id is not None:
+        saved = orjson.loads(runtime.rules.audiences_json)
+        if not isinstance(audience_id, str) or audience_id not in saved:
+            raise Refused(400, f"audience_id: one of the rules' saved audiences {sorted(saved)}", "audience_id")
+        if raw is not None:
+            raise Refused(400, "audience_id or audience, not both", "audience")
+        return {"audience_id": audience_id, **saved[audience_id]}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict) or set(raw) - FIELDS:
         raise Refused(400, f"audience: an object with {', '.join(sorted(FIELDS))}", "audience")
     out: dict[str, Any] = {}
-    for name in ("tiers", "tags", "segments"):
+    for name in ("tiers", "tags", "segments", "formats"):
         v = raw.get(name) or []
         if not isinstance(v, list) or len(v) > 50 or not all(isinstance(x, str) and is_valid_id(x) for x in v):
             raise Refused(400, f"audience.{name}: a list of ids", f"audience.{name}")
         out[name] = v
-    bu = raw.get("bu") or ""
-    if not isinstance(bu, str) or (bu and not is_valid_id(bu)):
-        raise Refused(400, "audience.bu: a business unit id", "audience.bu")
-    days = raw.get("paid_within_days") or 0
-    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 3650:
-        raise Refused(400, "audience.paid_within_days: 0-3650", "audience.paid_within_days")
-    out["bu"], out["paid_within_days"] = bu, days
+    for name in ("bu", "holds_coupon"):
+        v = raw.get(name) or ""
+        if not isinstance(v, str) or (v and not is_valid_id(v)):
+            raise Refused(400, f"audience.{name}: an id", f"audience.{name}")
+        out[name] = v
+    for name in (*DAY_FIELDS, "min_points"):
+        v = raw.get(name) or 0
+        top = 1_000_000_000 if name == "min_points" else 3650
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
+            raise Refused(400, f"audience.{name}: 0-{top:,}", f"audience.{name}")
+        out[name] = v
+    birthday = raw.get("birthday_month", False)
+    if not isinstance(birthday, bool):
+        raise Refused(400, "audience.birthday_month: true or false", "audience.birthday_month")
+    out["birthday_month"] = birthday
     return out
 
 
 async def members_of(audience: dict[str, Any]) -> list[str]:
+    """The audience's members now (the engine's clock), in member order."""
     rt = await runtime.started()
     if audience["bu"] and audience["bu"] not in {b for b, _ in rt.rules.business_units}:
         raise Refused(400, f"audience.bu: unknown business unit {audience['bu']!r}", "audience.bu")
-    since = int((time.time() - audience["paid_within_days"] * 86_400) * 1000) if audience["paid_within_days"] else 0
-    rows = await rt.ledger.query("audience_members", {
-        "tiers": audience["tiers"], "tags": audience["tags"], "segments": audience["segments"], "bu": audience["bu"],
-        "paid_since_ms": since, "default_tier": rt.rules.default_tier})
-    return [r["member_id"] for r in rows]
+    if audience["holds_coupon"] and audience["holds_coupon"] not in rt.rules.coupon_templates:
+        raise Refused(400, f"audience.holds_coupon: unknown coupon template {audience['holds_coupon']!r}",
+                      "audience.holds_coupon")
+    params = schedules.audience_params(audience, clock.now_ms(rt.settings.clock_file), rt.rules.utc_offset_minutes,
+                                       rt.rules.points_validity_months, rt.rules.default_tier)
+    return [r["member_id"] for r in await rt.ledger.query("campaign_audience", params)]
 
 
 MAX_MEMBERS = 500_000
@@ -159,10 +185,11 @@ async def resume_audience_sends() -> None:
 class AudiencePreview(View):
     async def post(self, request: Request) -> Response:
         body = await json_body(request)
-        audience = audience_of(body.get("audience"))
+        audience = audience_of(body.get("audience"), body.get("audience_id"))
         members = await members_of(audience)
         return json_response(self, {"audience": audience, "count": len(members), "sample": members[:20],
-                                    "templates": runtime.rules.coupon_templates})
+                                    "templates": runtime.rules.coupon_templates,
+                                    "saved": sorted(orjson.loads(runtime.rules.audiences_json))})
 
 
 @app.page("/v1/admin/audiences/send")
@@ -175,7 +202,7 @@ class AudienceSend(View):
         rt = await runtime.started()
         if template not in rt.rules.coupon_templates:
             return error_response(self, 400, f"template: one of {rt.rules.coupon_templates}", "template")
-        audience = audience_of(body.get("audience"))
+        audience = audience_of(body.get("audience"), body.get("audience_id"))
         existing = await _load(send_id)
         if existing is not None:  # a retry: answered as it stands
             return json_response(self, _public(existing), 200)

@@ -64,6 +64,8 @@ FAMILIES = (
     Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
     Family("rules lock", r"rules-lock", True, "30 s (held while a rules version is published)"),
     Family("audience send", r"audience-send:.+", True, "30 days (its coupons are the members' durable facts)"),
+    Family("campaign run", r"campaign-run:[^:]+:.+", True,
+           "40 days (the audit trail has each run finished; its pushes are the members' facts)"),
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
@@ -200,6 +202,9 @@ class KeySpace:
 
     def audience_send_key(self, send_id: str) -> str:
         return f"{self.ns}:audience-send:{send_id}"
+
+    def campaign_run_key(self, campaign: str, run: str) -> str:
+        return f"{self.ns}:campaign-run:{campaign}:{run}"
 
     def alias_key(self, member_id: str) -> str:
         return f"{self.ns}:alias:{member_id}"

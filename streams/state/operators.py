@@ -299,13 +299,14 @@ class OperatorStore(StoreBase):
             holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
             if (holder.decode() if isinstance(holder, bytes) else holder) in members:
                 n += bool(await r.set(k, pseudonym, xx=True, keepttl=True))
-        async for k in r.scan_iter(match=self.audience_send_key("*"), count=500):
-            raw = await r.get(k)
-            send = orjson.loads(raw) if raw else {}
-            if members & set(send.get("members") or []):
-                send["members"] = [pseudonym if m in members else m for m in send["members"]]
-                await r.set(k, orjson.dumps(send), keepttl=True)
-                n += 1
+        for pattern in (self.audience_send_key("*"), self.campaign_run_key("*", "*")):
+            async for k in r.scan_iter(match=pattern, count=500):
+                raw = await r.get(k)
+                send = orjson.loads(raw) if raw else {}
+                if members & set(send.get("members") or []):
+                    send["members"] = [pseudonym if m in members else m for m in send["members"]]
+                    await r.set(k, orjson.dumps(send), keepttl=True)
+                    n += 1
         return n
 
     async def rewrite_mentions(self, member_id: str, pairs: list[tuple[str, str]]) -> int:

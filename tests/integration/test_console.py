@@ -131,7 +131,8 @@ def concrete(route: str) -> str:
     return (route.replace("{member_id}", "m-nobody").replace("{game}", "g").replace("{event_id}", "e-1")
             .replace("{approval_id}", "a-none").replace("{login}", "nobody").replace("{send_id}", "s-none")
             .replace("{hold_id}", "h-none").replace("{coupon_id}", "c-none").replace("{merge_id}", "mg-none")
-            .replace("{image}", "x.png").replace("{receipt_id}", "rc-none").replace("{decision}", "approve"))
+            .replace("{image}", "x.png").replace("{receipt_id}", "rc-none").replace("{decision}", "approve")
+            .replace("{campaign}", "no-such").replace("{run}", "202601010000"))
 
 
 def test_every_admin_route_refuses_what_each_role_may_not_do(cw: WorkerProcess) -> None:

@@ -69,7 +69,8 @@ GETS = ["/v1/members/{id}", "/v1/members/{id}/coupons", "/v1/members/{id}/ledger
         "/v1/admin/members/{id}/overview", "/v1/admin/audiences/sends/{id}", "/v1/mall/items",
         "/v1/members/{id}/orders", "/v1/admin/merges/{id}", "/v1/admin/coupons/redemptions",
         "/v1/members/{id}/receipts", "/v1/admin/receipts", "/v1/admin/receipts/images/{id}", "/v1/events",
-        "/v1/members/{id}/events"]
+        "/v1/members/{id}/events", "/v1/admin/campaigns", "/v1/admin/campaigns/{id}/preview",
+        "/v1/admin/campaigns/{id}/runs/{id}"]
 SEGMENT = st.one_of(st.text(max_size=70), st.just("x" * 65), st.just("a{b}"), st.just("../../etc"),
                     st.just(MEMBER))
 QUERY = st.dictionaries(st.sampled_from(["from", "to", "limit", "offset", "plate", "car_park", "date", "bu",

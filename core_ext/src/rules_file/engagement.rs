@@ -559,3 +559,225 @@ pub(crate) fn load(
     }
     Ok(out)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrequencyCap {
+    pushes: S<i64>,
+    days: Option<S<i64>>,
+}
+
+/// `[frequency_cap]`.
+pub(crate) fn frequency_cap(src: &Source, r: &RawFrequencyCap) -> CoreResult<FrequencyCap> {
+    Ok(FrequencyCap {
+        pushes: src.int(&r.pushes, "frequency_cap.pushes", 1..=1_000)?,
+        days: src.opt_int(&r.days, "frequency_cap.days", 1..=366)?.unwrap_or(7),
+    })
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCampaignAudience {
+    tiers: Option<S<Vec<String>>>,
+    tags: Option<S<Vec<String>>>,
+    segments: Option<S<Vec<String>>>,
+    bu: Option<S<String>>,
+    formats: Option<S<Vec<String>>>,
+    dormant_days: Option<S<i64>>,
+    paid_within_days: Option<S<i64>>,
+    birthday_month: Option<S<bool>>,
+    points_expiring_within_days: Option<S<i64>>,
+    min_points: Option<S<i64>>,
+    registered_within_days: Option<S<i64>>,
+    holds_coupon: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduled {
+    id: S<String>,
+    name: Option<S<String>>,
+    every: S<String>,
+    at: S<String>,
+    weekday: Option<S<String>>,
+    day: Option<S<i64>>,
+    from: Option<S<String>>,
+    to: Option<S<String>>,
+    coupon: Option<S<String>>,
+    notice: Option<S<String>>,
+    capped: Option<S<bool>>,
+    audience_id: Option<S<String>>,
+    audience: Option<RawCampaignAudience>,
+}
+
+/// "HH:MM" as minutes after midnight.
+fn minute_of_day(src: &Source, v: &S<String>, field: &str) -> CoreResult<i64> {
+    let parsed = v.get_ref().split_once(':').and_then(|(h, m)| {
+        let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+        ((0..24).contains(&h) && (0..60).contains(&m) && v.get_ref().len() == 5).then_some(h * 60 + m)
+    });
+    parsed.map_or_else(|| src.err(v.span(), field, "must be a local time \"HH:MM\""), Ok)
+}
+
+/// Names in a list, each one of `known` (empty when left out).
+fn names(src: &Source, v: &Option<S<Vec<String>>>, field: &str, known: Option<&dyn Fn(&str) -> bool>, what: &str)
+    -> CoreResult<Vec<String>> {
+    let set = src.id_set(v, field, known, what)?;
+    Ok(v.as_ref().filter(|_| set.is_some()).map(|l| l.get_ref().clone()).unwrap_or_default())
+}
+
+/// What each `[[scheduled_campaigns]]` may name.
+pub(crate) struct ScheduledNames<'a> {
+    pub tiers: &'a [String],
+    pub bus: &'a HashMap<String, BusinessUnit>,
+    pub formats: &'a dyn Fn(&str) -> bool,
+    pub templates: &'a dyn Fn(&str) -> bool,
+}
+
+/// One audience's conditions (`[audiences.<id>]`, or a campaign's own `audience`), each
+/// checked at its line and field (`at` names where it is).
+fn audience_of(src: &Source, a: &RawCampaignAudience, at: &str, known: &ScheduledNames) -> CoreResult<CampaignAudience> {
+    let g = |n: &str| format!("{at}.{n}");
+    let is_tier = |t: &str| known.tiers.iter().any(|x| x == t);
+    let bu = match &a.bu {
+        None => String::new(),
+        Some(b) if known.bus.contains_key(b.get_ref()) => b.get_ref().clone(),
+        Some(b) => return src.err(b.span(), &g("bu"), format!("unknown business unit {:?}", b.get_ref())),
+    };
+    let holds_coupon = match &a.holds_coupon {
+        None => String::new(),
+        Some(t) if (known.templates)(t.get_ref()) => t.get_ref().clone(),
+        Some(t) => return src.err(t.span(), &g("holds_coupon"), format!("unknown coupon template {:?}", t.get_ref())),
+    };
+    let days = |v: &Option<S<i64>>, n: &str| -> CoreResult<i64> { Ok(src.opt_int(v, &g(n), 1..=3650)?.unwrap_or(0)) };
+    let audience = CampaignAudience {
+        tiers: names(src, &a.tiers, &g("tiers"), Some(&is_tier), "tier")?,
+        tags: names(src, &a.tags, &g("tags"), None, "tag")?,
+        segments: names(src, &a.segments, &g("segments"), None, "segment")?,
+        bu,
+        formats: names(src, &a.formats, &g("formats"), Some(known.formats), "format")?,
+        dormant_days: days(&a.dormant_days, "dormant_days")?,
+        paid_within_days: days(&a.paid_within_days, "paid_within_days")?,
+        birthday_month: a.birthday_month.as_ref().is_some_and(|b| *b.get_ref()),
+        points_expiring_within_days: days(&a.points_expiring_within_days, "points_expiring_within_days")?,
+        min_points: src.opt_int(&a.min_points, &g("min_points"), 1..=1_000_000_000)?.unwrap_or(0),
+        registered_within_days: days(&a.registered_within_days, "registered_within_days")?,
+        holds_coupon,
+    };
+    if audience.dormant_days > 0 && audience.paid_within_days > 0 && audience.paid_within_days <= audience.dormant_days {
+        let span = a.paid_within_days.as_ref().map_or(0..0, |x| x.span());
+        return src.err(span, &g("paid_within_days"), "a dormant audience's paid_within_days must exceed dormant_days");
+    }
+    Ok(audience)
+}
+
+/// `[audiences.<id>]`: saved audiences, by id (campaigns name one with `audience_id`; the
+/// console previews and sends to them).
+pub(crate) fn audiences(
+    src: &Source,
+    raw: &std::collections::BTreeMap<String, RawCampaignAudience>,
+    known: &ScheduledNames,
+) -> CoreResult<std::collections::BTreeMap<String, CampaignAudience>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (id, a) in raw {
+        crate::events::check_id("audiences", id).or_else(|e| src.err(0..0, &format!("audiences.{id}"), e.reason().to_string()))?;
+        out.insert(id.clone(), audience_of(src, a, &format!("audiences.{id}"), known)?);
+    }
+    Ok(out)
+}
+
+/// `[[scheduled_campaigns]]`: checked at the line and field of each mistake.
+pub(crate) fn scheduled(
+    src: &Source,
+    raw: &[RawScheduled],
+    saved: &std::collections::BTreeMap<String, CampaignAudience>,
+    known: &ScheduledNames,
+) -> CoreResult<Vec<ScheduledCampaign>> {
+    let mut out: Vec<ScheduledCampaign> = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let f = |n: &str| format!("scheduled_campaigns[{i}].{n}");
+        let id = src.id(&c.id, &f("id"))?;
+        if out.iter().any(|x| x.id == id) {
+            return src.err(c.id.span(), &f("id"), "is a duplicate");
+        }
+        if id.len() > 24 {
+            return src.err(c.id.span(), &f("id"), "at most 24 characters (it names each run's pushes)");
+        }
+        let schedule = match c.every.get_ref().as_str() {
+            "day" => Schedule::Day { minute: minute_of_day(src, &c.at, &f("at"))? },
+            "week" => {
+                let Some(w) = &c.weekday else {
+                    return src.err(c.every.span(), &f("weekday"), "a weekly campaign names its weekday (mon-sun)");
+                };
+                let weekday = super::WEEKDAYS.iter().position(|x| x.eq_ignore_ascii_case(w.get_ref()));
+                let Some(weekday) = weekday else {
+                    return src.err(w.span(), &f("weekday"), "must be one of mon, tue, wed, thu, fri, sat, sun");
+                };
+                Schedule::Week { weekday: weekday as i64, minute: minute_of_day(src, &c.at, &f("at"))? }
+            }
+            "month" => {
+                let Some(d) = &c.day else {
+                    return src.err(c.every.span(), &f("day"), "a monthly campaign names its day (1-28)");
+                };
+                Schedule::Month { day: src.int(d, &f("day"), 1..=28)?, minute: minute_of_day(src, &c.at, &f("at"))? }
+            }
+            "once" => Schedule::Once {
+                at_ms: parse_instant_ms(c.at.get_ref()).or_else(|e| src.err(c.at.span(), &f("at"), e.reason().to_string()))?,
+            },
+            _ => return src.err(c.every.span(), &f("every"), "must be \"day\", \"week\", \"month\" or \"once\""),
+        };
+        if let (Some(w), false) = (&c.weekday, matches!(schedule, Schedule::Week { .. })) {
+            return src.err(w.span(), &f("weekday"), "only a weekly campaign (every = \"week\") has a weekday");
+        }
+        if let (Some(d), false) = (&c.day, matches!(schedule, Schedule::Month { .. })) {
+            return src.err(d.span(), &f("day"), "only a monthly campaign (every = \"month\") has a day");
+        }
+        let from_ms = instant(src, &c.from, &f("from"))?;
+        let to_ms = instant(src, &c.to, &f("to"))?;
+        if let (Some(a), Some(b), Some(t)) = (from_ms, to_ms, &c.to) {
+            if b <= a {
+                return src.err(t.span(), &f("to"), "must be after from");
+            }
+        }
+        let action = match (&c.coupon, &c.notice) {
+            (Some(t), None) => {
+                if !(known.templates)(t.get_ref()) {
+                    return src.err(t.span(), &f("coupon"), format!("unknown coupon template {:?}", t.get_ref()));
+                }
+                CampaignAction::Coupon { template: t.get_ref().clone() }
+            }
+            (None, Some(n)) => {
+                let m = n.get_ref().trim();
+                if m.is_empty() || m.chars().count() > 500 {
+                    return src.err(n.span(), &f("notice"), "a message of 1-500 characters");
+                }
+                CampaignAction::Notice { message: m.to_string() }
+            }
+            (Some(t), Some(_)) => return src.err(t.span(), &f("coupon"), "set coupon or notice, not both"),
+            (None, None) => return src.err(c.id.span(), &f("coupon"), "set what the campaign gives: coupon or notice"),
+        };
+        let audience = match (&c.audience_id, &c.audience) {
+            (Some(name), None) => match saved.get(name.get_ref()) {
+                Some(a) => a.clone(),
+                None => return src.err(name.span(), &f("audience_id"), format!("no [audiences.{}]", name.get_ref())),
+            },
+            (None, a) => audience_of(src, &a.as_ref().cloned().unwrap_or_default(), &f("audience"), known)?,
+            (Some(name), Some(_)) => {
+                return src.err(name.span(), &f("audience_id"), "name a saved audience or define one, not both")
+            }
+        };
+        out.push(ScheduledCampaign {
+            name: c.name.as_ref().map_or_else(|| id.clone(), |n| n.get_ref().clone()),
+            once_per_dormancy: audience.dormant_days > 0,
+            id,
+            schedule,
+            from_ms,
+            to_ms,
+            audience_id: c.audience_id.as_ref().map_or_else(String::new, |a| a.get_ref().clone()),
+            audience,
+            action,
+            capped: c.capped.as_ref().is_none_or(|b| *b.get_ref()),
+        });
+    }
+    Ok(out)
+}

@@ -36,6 +36,7 @@ pub fn matches(c: &Campaign, p: &PaymentView, state: &MemberState) -> bool {
         && f.categories.as_ref().is_none_or(|s| s.contains(p.category))
         && f.tiers.as_ref().is_none_or(|s| s.contains(p.tier_id))
         && f.tags.as_ref().is_none_or(|s| state.has_any_tag(s))
+        && f.enrolled_by.as_ref().is_none_or(|c| state.campaigns_reached.get(c).is_some_and(|at| *at <= p.at_ms))
 }
 
 /// The points a campaign wants to give on `on` points (before budget and caps).

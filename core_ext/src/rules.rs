@@ -207,6 +207,9 @@ pub struct CampaignFilter {
     pub categories: Option<HashSet<String>>,
     pub tiers: Option<HashSet<String>>,
     pub tags: Option<HashSet<String>>,
+    /// Only members this scheduled campaign reached before the payment (a campaign window
+    /// for an audience: "gold members who visited F&B get double points on Saturday").
+    pub enrolled_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -309,6 +309,7 @@ struct RawCampaign {
     tags: Option<S<Vec<String>>>,
     budget_points: Option<S<i64>>,
     per_member_cap_points: Option<S<i64>>,
+    enrolled_by: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -716,6 +717,15 @@ impl RuleSet {
         };
         engagement.audiences = engagement::audiences(&src, &raw.audiences, &names)?;
         engagement.scheduled = engagement::scheduled(&src, &raw.scheduled_campaigns, &engagement.audiences, &names)?;
+        // An earning campaign for the members a scheduled campaign reached names one in force.
+        for (i, c) in raw.campaigns.iter().enumerate() {
+            if let Some(e) = &c.enrolled_by {
+                if !engagement.scheduled.iter().any(|s| &s.id == e.get_ref()) {
+                    return src.err(e.span(), &format!("campaigns[{i}].enrolled_by"),
+                                   format!("no [[scheduled_campaigns]] {:?}", e.get_ref()));
+                }
+            }
+        }
         engagement.frequency_cap = raw.frequency_cap.as_ref().map(|c| engagement::frequency_cap(&src, c)).transpose()?;
         engagement.receipts = match &raw.receipts {
             Some(r) => Some(engagement::receipts(&src, r, &|m: &str| merchants.contains_key(m))?),
@@ -872,6 +882,7 @@ fn load_campaign(
             categories: src.id_set(&c.categories, &f("categories"), None, "category")?,
             tiers: src.id_set(&c.tiers, &f("tiers"), Some(&is_tier), "tier")?,
             tags: src.id_set(&c.tags, &f("tags"), None, "tag")?,
+            enrolled_by: c.enrolled_by.as_ref().map(|e| src.id(e, &f("enrolled_by"))).transpose()?,
         },
         budget_points: src.opt_int(&c.budget_points, &f("budget_points"), 1..=i64::MAX / 4)?,
         per_member_cap_points: src.opt_int(&c.per_member_cap_points, &f("per_member_cap_points"), 1..=i64::MAX / 4)?,

@@ -485,6 +485,19 @@ coupon = "park-2h"
 audience = { birthday_month = true }
 
 [[scheduled_campaigns]]
+id = "double-day"
+every = "once"
+at = "2026-11-28T09:00:00+08:00"
+notice = "Double points today"
+capped = false
+
+[[campaigns]]
+id = "double-for-reached"
+multiplier_pct = 200
+dates = ["2026-11-28"]
+enrolled_by = "double-day"
+
+[[scheduled_campaigns]]
 id = "expiring"
 every = "week"
 weekday = "mon"
@@ -582,8 +595,9 @@ fn scheduled_campaign_rules_errors_name_their_field() {
         (r#"audience_id = "sleepy""#, r#"audience_id = "dormant""#, "scheduled_campaigns[0].audience_id"),
         ("dormant_days = 0", "dormant_days = 90", "audiences.dormant.dormant_days"),
         (r#"day = 31"#, r#"day = 1"#, "scheduled_campaigns[1].day"),
-        (r#"weekday = "someday""#, r#"weekday = "mon""#, "scheduled_campaigns[2].weekday"),
+        (r#"weekday = "someday""#, r#"weekday = "mon""#, "scheduled_campaigns[3].weekday"),
         (r#"pushes = 0"#, r#"pushes = 2"#, "frequency_cap.pushes"),
+        (r#"enrolled_by = "nobody""#, r#"enrolled_by = "double-day""#, "campaigns[0].enrolled_by"),
     ] {
         let text = format!("{RULES}{}", CAMPAIGNS.replacen(good, bad, 1));
         let e = RuleSet::from_toml(&text, "c.toml").unwrap_err();
@@ -591,4 +605,19 @@ fn scheduled_campaign_rules_errors_name_their_field() {
     }
     let both = CAMPAIGNS.replacen(r#"coupon = "pct-10""#, "coupon = \"pct-10\"\nnotice = \"hi\"", 1);
     assert!(RuleSet::from_toml(&format!("{RULES}{both}"), "c.toml").is_err(), "coupon and notice both");
+}
+
+#[test]
+fn a_campaign_window_for_an_audience_gives_only_the_members_reached() {
+    let r = campaign_rules();
+    let sat = "2026-11-28T12:00:00+08:00";
+    let res = run_with(&r, &[push("d-1", "m1", "double-day", "202611280900", "2026-11-28T09:00:00+08:00"),
+                             pay("p1", "m1", "mall", "food", 10_000, sat),
+                             pay("p2", "m2", "mall", "food", 10_000, sat),
+                             pay("p3", "m1", "mall", "food", 10_000, "2026-11-29T12:00:00+08:00")],
+                       StoredMembers::default());
+    let points = |i: usize| match &res.outcomes[i] { Outcome::Apply(a) => a.points, o => panic!("{o:?}") };
+    assert_eq!(points(1), 2 * points(2), "the member reached earns double that day");
+    assert!(explained(&res, 1).iter().any(|(rule, id)| rule == "campaign" && id == "double-for-reached"));
+    assert_eq!(points(3), points(2), "and not the next day");
 }

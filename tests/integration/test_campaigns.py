@@ -111,6 +111,20 @@ notice = "Double points this weekend"
 audience = {{ tags = ["cap"] }}
 
 [[scheduled_campaigns]]
+id = "double-day"
+every = "once"
+at = "{(BASE + dt.timedelta(minutes=10)).isoformat()}"
+notice = "Double points for you today"
+capped = false
+audience = {{ tags = ["dbl"] }}
+
+[[campaigns]]
+id = "double-for-reached"
+multiplier_pct = 200
+dates = ["{BASE.date().isoformat()}"]
+enrolled_by = "double-day"
+
+[[scheduled_campaigns]]
 id = "bulk"
 every = "once"
 at = "{BULK_AT.isoformat()}"
@@ -234,6 +248,20 @@ def test_runs_wait_for_their_time_then_reach_their_audience_once(cw: WorkerProce
     cw.wait_caught_up()
     assert triggers(cw, other)["big-spender"] == 1
     assert triggers(cw, capped)["big-spender"] == 0, "the cap holds the trigger's coupon"
+
+    # A campaign window for an audience: the members the "double-day" run reached earn double
+    # points that day; another member paying the same does not.
+    reached, unreached = f"dbl-{tag}", f"plain-{tag}"
+    member_events(cw, [register(cw, reached, ["dbl"]), register(cw, unreached, [])])
+    cw.wait_caught_up()
+    set_clock(clock_file, BASE + dt.timedelta(minutes=10, seconds=30))
+    wait_sent(cw, "double-day", 1)
+    before = {m: cw.get(f"/v1/members/{m}")[1]["balance"] for m in (reached, unreached)}
+    for m in (reached, unreached):
+        pay(cw, m, 10_000, BASE + dt.timedelta(minutes=15))
+    cw.wait_caught_up()
+    earned = {m: cw.get(f"/v1/members/{m}")[1]["balance"] - before[m] for m in (reached, unreached)}
+    assert earned[reached] == 2 * earned[unreached] > 0, earned
 
     # The next day's run: the dormant member was won back once this dormancy, not again.
     set_clock(clock_file, BASE + dt.timedelta(days=1, seconds=30))

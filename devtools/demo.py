@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -39,7 +40,10 @@ from streams.app import load_rules
 from streams.settings import ROOT, Settings
 
 DAY = "2026-11-21"
+DAY_AFTER = "2026-11-22"
 SALON = "wine-salon"
+NUDGE = "morning-nudge"
+THANKS = "thank-you"
 CATEGORIES = {
     "mall": ["fashion", "fashion", "food", "food", "beauty", "sports", "kids", "cinema", "jewelry"],
     "hotel": ["room", "dining", "spa"],
@@ -256,8 +260,31 @@ points = 300
 starts_at = "{(soon + dt.timedelta(hours=1)).isoformat()}"
 ends_at = "{(soon + dt.timedelta(hours=3)).isoformat()}"
 no_show_ban_days = 30
+
+# The next morning's scheduled campaigns (docs/marketing.md), on the demo's clock.
+[[scheduled_campaigns]]
+id = "{NUDGE}"
+name = "Points mall nudge"
+every = "day"
+at = "09:00"
+notice = "You have 2,000 points or more: the points mall has something for you"
+audience = {{ min_points = 2000 }}
+
+[[scheduled_campaigns]]
+id = "{THANKS}"
+name = "A coffee for our silver and gold members"
+every = "once"
+at = "{DAY_AFTER}T09:30:00+08:00"
+coupon = "hotel-coffee"
+audience = {{ tiers = ["silver", "gold", "diamond"] }}
 """)
         rules_env = {"LOYALTY_RULES": str(with_event)}
+    # The scheduler's clock: the day itself until the demo moves it to the next morning.
+    clock_file = data_root / run_id / "clock"
+    clock_file.parent.mkdir(parents=True, exist_ok=True)
+    clock_file.write_text(f"{DAY}T08:00:00+08:00")
+    rules_env["LOYALTY_CLOCK_FILE"] = str(clock_file)
+    rules_env["LOYALTY_SCHEDULE_INTERVAL"] = "1"
     worker = WorkerProcess(run_id=run_id, data_dir=data_root / run_id,
                            extra_env={**gateway_env, **push_env, **window_env, **rules_env})
     day = generate_day(seed, events, members, rules.business_units)
@@ -363,6 +390,9 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     mall = await _mall_and_receipts(worker, gateways[2], gateways[3], concurrency)
     http_ops = eng["points_ops"] + mall["points_ops"]
     _settled_in_ledger(worker, http_ops, "the points mall and the receipts")
+    print("demo: the next morning: the scheduled campaigns run (09:00 a points-mall nudge, 09:30 a coffee) ...",
+          flush=True)
+    sched = _next_morning(worker, receiver)
     worker.wait_until(lambda: worker.get("/v1/admin/stored-value/reconcile")[1]["clean"], timeout=120,
                       what="stored value: Redis = ledger")
     _, sv_rec = worker.get("/v1/admin/stored-value/reconcile")
@@ -396,9 +426,16 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     counts_tie = (m["events_applied_total"] + http_ops == totals["events"]
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
                   == len(accepted_ids) + credited + eng["sv_payments"] + office["member_events"]
-                  + mall["receipt_payments"])
+                  + mall["receipt_payments"] + sched["pushes"])
+    if not counts_tie:
+        print(f"demo: events not accounted for: applied {m['events_applied_total']:,} + HTTP operations {http_ops:,} "
+              f"vs ledger events {int(totals['events']):,}; applied + rejected + guest + held "
+              f"{m['events_applied_total'] + m['events_rejected_total'] + m['events_guest_total'] + held:,} vs "
+              f"accepted {len(accepted_ids):,} + credited {credited:,} + stored value {eng['sv_payments']:,} "
+              f"+ back office {office['member_events']:,} + receipts {mall['receipt_payments']:,} "
+              f"+ campaign pushes {sched['pushes']:,}", flush=True)
     engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"] and mall["errors"] == 0 \
-        and mall["ok"]
+        and mall["ok"] and sched["ok"]
     unbounded = worker.keys_out_of_bounds()
     bounded_ok = not unbounded
     for line in unbounded[:10]:
@@ -464,6 +501,10 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"members' event (12 seats)      {_fmt(mall['salon_seated']):>12}   seated of {mall['salon_tried']} signing "
         f"up at once, {mall['salon_waiting']} waitlisted; {mall['salon_cancelled']} cancelled, "
         f"{mall['salon_promoted']} promoted in order; checked in at the door {mall['salon_checked_in']}",
+        f"scheduled campaigns (next day) {_fmt(sched['reached']):>12}   members reached: "
+        + "; ".join(f"{r['campaign']} {r['reached']:,} (pushed {r['pushed']:,}, held {r['held']:,})"
+                    for r in sched["kpi"])
+        + f"; notices received by the webhook {_fmt(sched['notices'])}, coffees issued {_fmt(sched['coffees'])}",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
         "streams/state/keys.py; those that grow per event or request expire)",
         f"Redis per member               {_fmt(used // max(1, n_members)):>12}   bytes ({used / 1e6:,.1f} MB in "
@@ -495,6 +536,47 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     ]
     print("\n".join(lines), flush=True)
     return 0 if equal and counts_tie and pushes_ok and engaged_ok and bounded_ok and rebuilt_ok and office["ok"] else 1
+
+
+def _next_morning(worker: WorkerProcess, receiver: WebhookReceiver) -> dict[str, Any]:
+    """The scheduler's clock moved to the next morning: the 09:00 nudge (a notice to members
+    with 2,000 points or more) and the 09:30 coffee (a coupon to silver members and up) run;
+    each member reached once, the notices received by the webhook, their figures in the KPI."""
+    clock_file = Path(worker.env["LOYALTY_CLOCK_FILE"])
+    body = orjson.dumps({"audience": {"min_points": 2000}})
+    status, preview = worker.post("/v1/admin/audiences/preview", body, {
+        "Authorization": f"Bearer {worker.admin_token}", "Content-Type": "application/json"})
+    expected = preview["count"] if status == 200 else -1
+
+    def sent(campaign: str) -> bool:
+        c = next(c for c in worker.get("/v1/admin/campaigns")[1]["campaigns"] if c["id"] == campaign)
+        return bool(c["runs"]) and c["runs"][0]["status"] == "sent"
+    for at, campaign in (("09:00:30", NUDGE), ("09:30:30", THANKS)):
+        tmp = clock_file.with_suffix(".tmp")
+        tmp.write_text(f"{DAY_AFTER}T{at}+08:00")
+        tmp.replace(clock_file)
+        worker.wait_until(lambda c=campaign: sent(c), timeout=120, what=f"the {at[:5]} run sent")
+    runs = {c["id"]: c["runs"][0] for c in worker.get("/v1/admin/campaigns")[1]["campaigns"]}
+    pushes = sum(r["total"] for r in runs.values())
+    worker.wait_caught_up()
+
+    def notices() -> int:
+        with receiver.lock:
+            return len({b["push_id"] for _, b, _ in receiver.received if b.get("kind") == "campaign_notice"})
+    kpi: list[dict[str, Any]] = []
+
+    def figures() -> bool:
+        kpi[:] = worker.get(f"/v1/admin/kpis?kpi=scheduled_campaigns&from={DAY}&to={DAY_AFTER}")[1]["kpis"][
+            "scheduled_campaigns"]
+        return sum(r["reached"] for r in kpi) == pushes
+    worker.wait_until(figures, timeout=60, what="the campaigns' figures in ClickHouse")
+    by = {r["campaign"]: r for r in kpi}
+    worker.wait_until(lambda: notices() >= by[NUDGE]["pushed"], timeout=60, what="every notice received")
+    ok = (runs[NUDGE]["total"] == expected == by[NUDGE]["reached"] and notices() == by[NUDGE]["pushed"]
+          and by[THANKS]["issued"] == by[THANKS]["pushed"] and by[NUDGE]["pushed"] + by[NUDGE]["held"]
+          == by[NUDGE]["reached"])
+    return {"pushes": pushes, "reached": sum(r["reached"] for r in kpi), "kpi": kpi, "notices": notices(),
+            "coffees": by[THANKS]["issued"], "ok": ok}
 
 
 async def _back_office(worker: WorkerProcess, seed: int, members: int, concurrency: int) -> dict[str, Any]:

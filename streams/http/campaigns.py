@@ -14,7 +14,8 @@ so a run record lost from Redis is never run again; a run whose worker died (no 
 LOYALTY_SCHEDULE_STALE seconds) is taken up again from its last page, the members of that
 page sent again and applied once (their event ids).
 
-GET /v1/admin/campaigns                             each campaign, its schedule and latest runs
+GET /v1/admin/campaigns                             each campaign, its schedule and latest runs, and
+                                                    the rules' saved audiences
 GET /v1/admin/campaigns/{campaign}/preview          the audience now: count and a sample
 GET /v1/admin/campaigns/{campaign}/runs/{run}       a run's progress
 """
@@ -216,7 +217,8 @@ class Campaigns(View):
             due = schedules.due_run(c, now, offset, rt.settings.schedule_grace_s * 1000)
             out.append({**c, "when": schedules.describe(c["schedule"], offset), "due_now": due and due[0],
                         "runs": sorted(runs, key=lambda r: r["run"], reverse=True)[:10]})
-        return json_response(self, {"now_ms": now, "frequency_cap": rt.rules.frequency_cap, "campaigns": out})
+        return json_response(self, {"now_ms": now, "frequency_cap": rt.rules.frequency_cap, "campaigns": out,
+                                    "audiences": orjson.loads(rt.rules.audiences_json)})
 
 
 @app.page("/v1/admin/campaigns/{campaign}/preview")

@@ -353,6 +353,38 @@ def test_campaign_routes_answer_what_is_asked(cw: WorkerProcess) -> None:
         "a campaign's push is the engine's own, never a callback's"
 
 
+def test_the_console_shows_the_campaigns_and_counts_their_audiences(cw: WorkerProcess) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_console import SHOTS, add_operator, launch, signed_in
+
+    add_operator(cw, "admin-camp", "group_admin")
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = signed_in(browser, cw, "admin-camp", "group_admin", 900)
+        page.click("#nav button[data-tab='audiences']")
+        page.wait_for_selector("#camp-table[data-rows='6']")
+        assert "at most 2 pushes per member within 7 days" in page.inner_text("#camp-cap")
+        row = page.inner_text("#camp-table tbody tr:first-child")
+        assert "Dormant 90 days" in row and f"every day at {HM}" in row and "dormant-wb: tag wb, dormant 90 days" in row
+        assert "sent, 1 of 1" in row, row
+        page.click("#camp-table button[data-campaign='bulk']")
+        page.wait_for_selector(f"#camp-table td[data-count='{BULK}']")
+        # A saved audience counted from the audience card, and a definition with the new conditions.
+        page.select_option("#aud-saved", "dormant-wb")
+        page.click("#aud-preview")
+        page.wait_for_selector("#aud-status[data-count]")
+        saved = int(page.get_attribute("#aud-status", "data-count") or "-1")
+        assert saved == cw.get("/v1/admin/campaigns/win-back/preview")[1]["count"]
+        page.select_option("#aud-saved", "")
+        page.fill("#aud-tags", "bd")
+        page.check("#aud-birthday")
+        page.click("#aud-preview")
+        page.wait_for_selector("#aud-status[data-count='1']")
+        page.screenshot(path=str(SHOTS / "console-campaigns.png"), full_page=True)
+        browser.close()
+
+
 def test_the_cli_lists_campaigns_and_their_runs(cw: WorkerProcess) -> None:
     def loyalty(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "streams.cli", "campaigns", *args], env=cw.env, cwd=ROOT,

@@ -1,6 +1,7 @@
 """The HTTP service, on the Faust worker's web server. Importing this package registers
 every view: the ingress (callbacks.py), the member and till API (members.py),
-engagement (engage.py), the gateways' notifications (gateways.py) and the operators' API
+engagement (engage.py), the gateways' notifications (gateways.py; WeChat Pay's business
+circle: circle.py) and the operators' API
 (admin.py) and the console's accounts, audit trail and member service (console.py, whose
 middleware checks every /v1/admin request), rules published from the console (rules.py),
 coupons to an audience (audiences.py); merging accounts (merges.py); erasing a member
@@ -12,6 +13,7 @@ from streams.http import (
     admin,
     audiences,
     callbacks,
+    circle,
     common,
     console,
     engage,
@@ -27,5 +29,5 @@ from streams.http import (
     signups,
 )
 
-__all__ = ["admin", "audiences", "callbacks", "common", "console", "engage", "gateways", "mall", "members", "merges",
-           "openapi", "privacy", "receipts", "redemptions", "rules", "signups"]
+__all__ = ["admin", "audiences", "callbacks", "circle", "common", "console", "engage", "gateways", "mall", "members",
+           "merges", "openapi", "privacy", "receipts", "redemptions", "rules", "signups"]

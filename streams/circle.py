@@ -32,7 +32,7 @@ import aiohttp
 import orjson
 
 from streams.app import record_binding, runtime
-from streams.errors import TransientError
+from streams.errors import LoyaltyError, TransientError
 from streams.gateways.circle import (
     BEIJING,
     PARKINGS_PATH,
@@ -62,7 +62,7 @@ class WeChatUnavailable(TransientError):
     """WeChat Pay did not take a call (timeout, connection, 5xx, 429): it is tried again."""
 
 
-class WeChatRefused(Exception):
+class WeChatRefused(LoyaltyError):
     """WeChat Pay answered a call 4xx: the request itself is wrong; retrying cannot help."""
 
 

@@ -54,6 +54,7 @@ BODIES = st.one_of(
 POSTS = ["/v1/callbacks/payment", "/v1/callbacks/member", "/v1/callbacks/parking", "/v1/redemptions",
          "/v1/holds", "/v1/coupons/redeem", f"/v1/members/{MEMBER}/plates", "/v1/holds/h-1/release",
          "/v1/redemptions/r-1/reverse", "/v1/callbacks/wechatpay", "/v1/callbacks/alipay",
+         "/v1/callbacks/wechatpay/circle/authorizations", "/v1/callbacks/wechatpay/circle/payments",
          f"/v1/admin/members/{MEMBER}/tier", "/v1/admin/rules/simulate", "/v1/admin/segments/refresh",
          "/v1/console/login", f"/v1/admin/members/{MEMBER}/unbind", f"/v1/admin/members/{MEMBER}/holds/h-1/cancel",
          f"/v1/admin/members/{MEMBER}/coupons/c-1/resend", f"/v1/admin/members/{MEMBER}/export",

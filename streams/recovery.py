@@ -318,6 +318,8 @@ async def rebuild_members(members: list[str]) -> None:
         pipe.delete(b.history_key(member_id))
         if history:
             pipe.lpush(b.history_key(member_id), *history)
+            # Bounded like the live writes' (keys.py: history expires with the horizon).
+            pipe.expire(b.history_key(member_id), b.horizon_days * 86_400 + 86_400)
         if snapshot is not None:
             # The member's leaderboard scores as its last write left them, at that write's
             # version (later writes carry more: boards.rs version()).

@@ -40,7 +40,8 @@ class CircleStore(StoreBase):
 
     async def circle_due(self, now_ms: int, limit: int = 200) -> list[str]:
         """Transactions whose sync is due now, the longest waiting first."""
-        return list(await self.redis.zrangebyscore(self.circle_due_key, "-inf", now_ms, start=0, num=limit))
+        due = await self.redis.zrangebyscore(self.circle_due_key, "-inf", now_ms, start=0, num=limit)
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in due]
 
     async def circle_later(self, transaction_id: str, due_ms: int) -> None:
         await self.redis.zadd(self.circle_due_key, {transaction_id: due_ms})

@@ -86,15 +86,15 @@ async def _paid(mapped: Any) -> None:
     await _accept(SOURCE, mapped)
     transaction_id = event["event_id"].removeprefix("wx:")
     known = await b.circle_payment(transaction_id)
-    if known is not None and known.get("status") != "pending":
-        return  # synced already: a retried notification
-    record = known or {"transaction_id": transaction_id, "event_id": event["event_id"], "member_id": member_id,
-                       "appid": mapped.note, "openid": openid, "amount_fen": event["amount_fen"],
-                       "noted_ms": int(time.time() * 1000), "status": "pending", "attempts": 0}
-    # Durable first (a loss of Redis before the sync leaves the row that rebuild restores).
+    if known is not None:
+        return  # noted (and its row written) by an earlier copy: its sync is on its way
+    record = {"transaction_id": transaction_id, "event_id": event["event_id"], "member_id": member_id,
+              "appid": mapped.note, "openid": openid, "amount_fen": event["amount_fen"],
+              "noted_ms": int(time.time() * 1000), "status": "pending", "attempts": 0}
+    # Durable first (a loss of Redis before the sync leaves the row that rebuild restores);
+    # only by the copy that notes it, so a late copy never writes `pending` over `synced`.
     await record_binding("circle", f"circle:{transaction_id}", member_id, orjson.dumps(record).decode())
-    if known is None:
-        await b.note_circle_payment(record, int(time.time() * 1000))
+    await b.note_circle_payment(record, int(time.time() * 1000))
 
 
 async def _refunded(mapped: Any) -> None:

@@ -284,6 +284,30 @@ def test_circle_refusals_are_retried_dead_lettered_and_change_nothing(
     assert member(cw, m)["balance"] == before["balance"] and member(cw, m)["events"] == before["events"]
 
 
+def test_a_refund_naming_another_openid_is_refused_and_the_right_one_taken(cw: WorkerProcess, wx: Any,
+                                                                           api: WeChatPayApi) -> None:
+    sim: WeChatPaySimulator = wx[0]
+    openid, tx = new_ids()
+    m = authorised_member(cw, sim, openid)
+    base = member(cw, m)["balance"]
+    assert post(cw, sim, PAY_PATH, PAID, sim.circle_transaction(tx, openid, 9_000, "SH-F1-01")) == (204, None)
+    paid = wait_events(cw, m, 2)
+    synced(api, tx, cw)
+    stranger = f"o{uuid.uuid4().hex[:27]}"
+    wrong = sim.notification(REFUNDED, sim.circle_refund("5031", tx, stranger, 9_000, 9_000, "SH-F1-01"))
+    code, reply = cw.post(PAY_PATH, wrong, sim.headers(wrong))
+    assert code == 400 and stranger in reply["message"], reply
+    marker = orjson.loads(wrong)["id"]
+    cw.wait_until(lambda: len(dead_letters(cw, marker)) == 1, timeout=30, what="the dead letter")
+    assert dead_letters(cw, marker)[0]["field"] == "openid"
+    cw.wait_caught_up()
+    assert member(cw, m)["balance"] == paid["balance"] > base
+    assert post(cw, sim, PAY_PATH, REFUNDED, sim.circle_refund("5031", tx, openid, 9_000, 9_000,
+                                                               "SH-F1-01")) == (204, None)
+    got = wait_events(cw, m, 3)
+    assert got["balance"] == base and got["events"] == 3
+
+
 def test_circle_notifications_without_the_merchant_configured_answer_503(services: None, tmp_path: Path,
                                                                           wx: Any) -> None:
     w = new_worker(tmp_path, "nocircle", **wx[1])  # WeChat Pay keys, but no merchant key or number

@@ -2,7 +2,12 @@
 notifications built and signed the way WeChat Pay v3 and Alipay publish them.
 
 The tests check these fixtures with the gateways' published SDKs (wechatpayv3,
-python-alipay-sdk), so they are the real formats, not our idea of them.
+python-alipay-sdk), so they are the real formats, not our idea of them. WeChatPayApi is
+WeChat Pay's side of the business circle's calls (points and parking sync), served on
+127.0.0.1 and checking each call as WeChat Pay would.
+
+Over 400 lines: both gateways' notification builders and WeChat Pay's API side are one
+simulated counterpart that the tests, the load test and the demo use as a set.
 """
 
 from __future__ import annotations

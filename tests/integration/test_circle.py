@@ -208,10 +208,12 @@ def test_the_sync_failing_then_recovering_syncs_once_and_survives_a_loss_of_redi
         status, page = cw.post("/v1/admin/rebuild", b'{"offset": 0, "limit": 10000}',
                                {"Authorization": f"Bearer {cw.admin_token}"})
         assert status == 200 and page["bindings"] > 0, page
-        assert orjson.loads(r.get(f"{cw.run_id}:circle:{tx}") or b"{}").get("status") == "pending"
+        restored_pending = orjson.loads(r.get(f"{cw.run_id}:circle:{tx}") or b"{}")
+        assert restored_pending.get("status") == "pending", restored_pending
     finally:
         api.fail_status = None
-    sync = synced(api, tx, cw)
+    # A try put back while the rebuild ran waits out its back-off (2^attempts s, up to 10 min).
+    sync = synced(api, tx, cw, timeout=150)
     assert sync["increased_points"] == got["balance"] - base > 0
     after = cw.metrics()
     for counter in ("wechatpay_circle_call_retries_total", "wechatpay_circle_sync_deferred_total",
@@ -220,6 +222,8 @@ def test_the_sync_failing_then_recovering_syncs_once_and_survives_a_loss_of_redi
     time.sleep(1.5)
     assert len(api.calls_to("/points/notify", transaction_id=tx)) == 1
     # The outcome is durable: Redis loses it, the rebuild restores it as synced (not to send again).
+    cw.wait_until(lambda: orjson.loads(r.get(f"{cw.run_id}:circle:{tx}") or b"{}").get("status") == "synced",
+                  timeout=30, what="the sync recorded")  # its row was sent before Redis had it
     cw.wait_caught_up()
     r.delete(f"{cw.run_id}:circle:{tx}")
     assert cw.post("/v1/admin/rebuild", b'{"offset": 0, "limit": 10000}',

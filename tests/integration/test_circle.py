@@ -157,6 +157,26 @@ def test_a_payment_before_the_authorisation_is_refused_until_it_and_then_earns(
     assert synced(api, tx, cw)["increased_points"] == got["balance"] - base["balance"]
 
 
+def test_the_authorisation_credits_the_openids_earlier_guest_payments(cw: WorkerProcess, wx: Any) -> None:
+    """An ordinary WeChat Pay payment of an openid bound to no one is a guest payment; the
+    circle authorisation binds the openid and credits it (within the credit window), once."""
+    sim: WeChatPaySimulator = wx[0]
+    openid, tx = new_ids()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    assert post(cw, sim, "/v1/callbacks/wechatpay", "TRANSACTION.SUCCESS",
+                sim.transaction(tx, openid, 15_000, success_time=now)) == (204, None)
+    cw.wait_caught_up()
+    m, twin = register(cw), register(cw)
+    base = member(cw, m)["balance"]
+    assert post(cw, sim, AUTH_PATH, AUTHORIZED, sim.circle_authorization(openid, m)) == (204, None)
+    assert post(cw, sim, AUTH_PATH, AUTHORIZED, sim.circle_authorization(openid, m)) == (204, None)
+    ref = twin_payment(twin, f"twin-{tx}", 15_000, "sh-mall", "sh-mall-shop-01", "fashion")
+    assert cw.send_callback({**ref, "occurred_at": now})[0] == 202
+    got, want = wait_events(cw, m, 2), wait_events(cw, twin, 2)
+    assert got["balance"] - base == want["balance"] - base > 0 and got["events"] == 2
+    assert got["recent_movements"][0]["event_id"] == f"wx:{tx}"
+
+
 def test_the_same_transaction_through_both_notification_kinds_earns_once(
         cw: WorkerProcess, wx: Any, api: WeChatPayApi) -> None:
     sim: WeChatPaySimulator = wx[0]

@@ -47,6 +47,7 @@ from streams.app import (
     settings,
 )
 from streams.errors import TransientError
+from streams.guests import credit_guest_payments
 from streams.ingress import PartitionCounts, pack_by_partition
 from streams.messages import ledger_messages
 from streams.metrics import counters, histograms, topic_messages
@@ -406,20 +407,8 @@ async def bind_and_credit(body: bytes, credit_days: int) -> None:
             continue
         # Durable before the guest payments are credited (a redelivery records it again).
         await record_binding("identity", f"id:{kind}:{external_id}", member_id)
-        futures = []
-        for event in await rt.balances.guest_payments(kind, external_id):
-            event["member_id"] = member_id
-            payment = orjson.dumps(event)
-            occurred = core_ext.decode_event(payment).occurred_at_ms
-            if credit_days <= 0 or occurred < reg.occurred_at_ms - credit_days * DAY_MS:
-                continue
-            futures.append(await payments_topic.send(key=member_id.encode(), value=payment, force=True))
-        await _await_all(futures)
-        await rt.balances.forget_guest(kind, external_id)
-        if futures:
-            counters["guest_payments_credited_total"] += len(futures)
-            log.info("credited %d guest payments of %s %s to member %s", len(futures), kind, external_id,
-                     member_id)
+        since = reg.occurred_at_ms - credit_days * DAY_MS if credit_days > 0 else None
+        await credit_guest_payments(kind, external_id, member_id, since)
 
 
 async def redirect_merged(body: bytes, into: str) -> Awaitable[object] | None:

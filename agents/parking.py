@@ -1,7 +1,9 @@
 """Parking: entries and exits by plate become sessions; an exit is priced by the core
 (schedule, tier, same-day spend, coupon) and, for a member who opted in, paid with
 points through the wallet (ticketless exit). Session state lives in Redis, so a
-worker restart loses nothing; every exit (and anomaly) is a row in ClickHouse.
+worker restart loses nothing; every exit (and anomaly) is a row in ClickHouse. A member
+who authorised WeChat Pay's business circle has the entry and exit told to WeChat Pay
+(streams/circle.py, parking status sync).
 
 Events of one plate are in order (Kafka key = plate). Each step is idempotent by
 event id: a replayed entry or exit changes nothing twice.
@@ -28,6 +30,7 @@ from streams.app import (
     runtime,
     send_dead_letter,
 )
+from streams.circle import sync_parking
 from streams.ingress import unpack_records
 from streams.inputs import parking_event
 from streams.metrics import counters
@@ -70,6 +73,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         # Durable (a rebuild after Redis lost it finds the car still in): the session as Redis has it.
         await record_binding("parking", session_key[len(b.ns) + 1:], "",
                              orjson.dumps({"entry_ms": at, "entry_event": event_id, "gate": event["gate"]}).decode())
+        await sync_parking((await b.plate_binding(plate)).get("member_id"), plate, "IN", event["occurred_at"])
         return anomaly
     if await b.redis.exists(b.parking_closed_key(event_id)):
         return None  # replayed exit
@@ -123,6 +127,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
     await b.redis.set(b.parking_closed_key(event_id), 1, ex=30 * 86_400)
     await b.redis.delete(session_key)
     await record_binding("parking", session_key[len(b.ns) + 1:], "", "")  # closed
+    await sync_parking(member_id, plate, "OUT", event["occurred_at"])
     counters["parking_exits_total"] += 1
     log.info("exit %s of %s at %s: fee %d, points %d, due %d", event_id, plate, park, fee["fee_fen"],
              fee["points_used"], fee["due_fen"])

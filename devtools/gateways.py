@@ -2,20 +2,32 @@
 notifications built and signed the way WeChat Pay v3 and Alipay publish them.
 
 The tests check these fixtures with the gateways' published SDKs (wechatpayv3,
-python-alipay-sdk), so they are the real formats, not our idea of them.
+python-alipay-sdk), so they are the real formats, not our idea of them. WeChatPayApi is
+WeChat Pay's side of the business circle's calls (points and parking sync), served on
+127.0.0.1 and checking each call as WeChat Pay would.
+
+Over 400 lines: both gateways' notification builders and WeChat Pay's API side are one
+simulated counterpart that the tests, the load test and the demo use as a set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import re
 import secrets
+import socket
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -122,10 +134,39 @@ class WeChatPaySimulator:
             "amount": {"total": total, "refund": refund, "payer_total": total, "payer_refund": refund},
         }
 
+    @staticmethod
+    def circle_authorization(openid: str, code: str, *, mchid: str = "1900000109", appid: str = "wxd678efh567hg6787",
+                             authorize_time: str | None = None) -> dict[str, Any]:
+        """The decrypted resource of a business-circle authorisation (MALL_AUTH.ACTIVATE_CARD)."""
+        return {"mchid": mchid, "appid": appid, "openid": openid, "code": code,
+                "authorize_time": authorize_time or dt.datetime.now(BEIJING).isoformat(timespec="seconds")}
+
+    @staticmethod
+    def circle_transaction(transaction_id: str, openid: str, amount: int, shop_number: str, *,
+                           mchid: str = "1900000109", appid: str = "wxd678efh567hg6787",
+                           time_end: str | None = None) -> dict[str, Any]:
+        """The decrypted resource of a business-circle payment (MALL_TRANSACTION.SUCCESS, 场内支付结果通知)."""
+        return {"mchid": mchid, "merchant_name": "微信支付商圈", "shop_name": f"商铺 {shop_number}",
+                "shop_number": shop_number, "appid": appid, "openid": openid,
+                "time_end": time_end or dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
+                "amount": amount, "transaction_id": transaction_id, "commit_tag": secrets.token_hex(8)}
+
+    @staticmethod
+    def circle_refund(refund_id: str, transaction_id: str, openid: str, refund: int, paid: int, shop_number: str, *,
+                      mchid: str = "1900000109", appid: str = "wxd678efh567hg6787",
+                      refund_time: str | None = None) -> dict[str, Any]:
+        """The decrypted resource of a business-circle refund (MALL_REFUND.SUCCESS, 场内退款通知)."""
+        return {"mchid": mchid, "merchant_name": "微信支付商圈", "shop_name": f"商铺 {shop_number}",
+                "shop_number": shop_number, "appid": appid, "openid": openid,
+                "refund_time": refund_time or dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
+                "pay_amount": paid, "refund_amount": refund, "transaction_id": transaction_id,
+                "refund_id": refund_id}
+
     def notification(self, event_type: str, resource: dict[str, Any], *, apiv3_key: str | None = None) -> bytes:
         """The body WeChat Pay posts: the resource encrypted with AEAD_AES_256_GCM."""
         nonce = secrets.token_hex(6)  # 12 characters
-        ad = "transaction" if event_type.startswith("TRANSACTION") else "refund"
+        ad = ("transaction" if "TRANSACTION" in event_type else "refund" if "REFUND" in event_type
+              else "mall_auth" if event_type.startswith("MALL_AUTH") else "refund")
         key = (apiv3_key or self.apiv3_key).encode()
         ciphertext = AESGCM(key).encrypt(nonce.encode(), orjson.dumps(resource), ad.encode())
         body = {
@@ -133,7 +174,7 @@ class WeChatPaySimulator:
             "create_time": dt.datetime.now(BEIJING).isoformat(timespec="seconds"),
             "resource_type": "encrypt-resource",
             "event_type": event_type,
-            "summary": "支付成功" if ad == "transaction" else "退款成功",
+            "summary": {"transaction": "支付成功", "refund": "退款成功"}.get(ad, "授权成功"),
             "resource": {"original_type": ad, "algorithm": "AEAD_AES_256_GCM",
                          "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": ad,
                          "nonce": nonce},
@@ -154,6 +195,161 @@ class WeChatPaySimulator:
             "Wechatpay-Serial": serial or self.serial,
             "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
         }
+
+
+@dataclass
+class ApiCall:
+    """A call WeChat Pay's API took: its path, headers and decoded JSON body."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: dict[str, Any]
+
+
+_AUTH_FIELDS = re.compile(r'(\w+)="([^"]*)"')
+_POINTS_FIELDS = {"transaction_id": str, "appid": str, "openid": str, "earn_points": bool, "increased_points": int,
+                  "points_update_time": str, "no_points_remarks": str, "total_points": int, "sub_mchid": str}
+_PARKING_FIELDS = {"appid": str, "openid": str, "brandid": int, "plate_number": str, "state": str, "time": str,
+                   "sub_mchid": str}
+
+
+class WeChatPayApi:
+    """WeChat Pay's API for the business circle on 127.0.0.1 (points sync, parking sync): the
+    merchant's API key pair is made here, each call's Authorization is checked as WeChat Pay
+    does (mchid, serial, timestamp window, RSA-SHA256 over METHOD, path, timestamp, nonce and
+    body) and its body against the API's fields; `fail_status` makes it fail on demand."""
+
+    PATHS = ("/v3/businesscircle/points/notify", "/v3/businesscircle/parkings")
+
+    def __init__(self, mchid: str = "1900000109", brandid: int = 1000) -> None:
+        self.mchid, self.brandid = mchid, brandid
+        self.merchant_key = _new_key()
+        self.serial = secrets.token_hex(20).upper()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.calls: list[ApiCall] = []
+        self.refused: list[tuple[str, str]] = []  # (path, why) of calls answered 4xx
+        self.failed = 0  # calls answered `fail_status`
+        self.fail_status: int | None = None
+        self.lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, directory: Path) -> dict[str, str]:
+        """The LOYALTY_* variables of a worker that calls this API as the mall's merchant."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"merchant-{self.mchid}.key"
+        path.write_text(private_pem(self.merchant_key))
+        path.chmod(0o600)
+        return {"LOYALTY_WECHATPAY_MCHID": self.mchid, "LOYALTY_WECHATPAY_MERCHANT_KEY": str(path),
+                "LOYALTY_WECHATPAY_MERCHANT_SERIAL": self.serial, "LOYALTY_WECHATPAY_API_BASE": self.base_url,
+                "LOYALTY_WECHATPAY_CIRCLE_BRANDID": str(self.brandid)}
+
+    def why_unsigned(self, method: str, path: str, headers: dict[str, str], body: bytes) -> str | None:
+        """Why the call's Authorization is not the merchant's, or None if it is."""
+        scheme, _, params = headers.get("Authorization", "").partition(" ")
+        if scheme != "WECHATPAY2-SHA256-RSA2048":
+            return f"Authorization scheme {scheme!r}"
+        fields = dict(_AUTH_FIELDS.findall(params))
+        if fields.get("mchid") != self.mchid or fields.get("serial_no") != self.serial:
+            return f"mchid / serial_no {fields.get('mchid')!r} / {fields.get('serial_no')!r}"
+        ts, nonce = fields.get("timestamp", ""), fields.get("nonce_str", "")
+        if not ts.isdigit() or abs(time.time() - int(ts)) > 300 or not nonce:
+            return f"timestamp {ts!r} / nonce_str {nonce!r}"
+        try:
+            signature = base64.b64decode(fields.get("signature", ""), validate=True)
+            self.merchant_key.public_key().verify(signature, f"{method}\n{path}\n{ts}\n{nonce}\n".encode() + body
+                                                  + b"\n", padding.PKCS1v15(), hashes.SHA256())
+        except (ValueError, InvalidSignature):
+            return "signature does not verify with the merchant's key"
+        return None
+
+    @staticmethod
+    def why_bad_body(path: str, doc: Any) -> str | None:
+        """Why a body is not what the API takes, or None."""
+        kinds = _POINTS_FIELDS if path.endswith("/points/notify") else _PARKING_FIELDS
+        if not isinstance(doc, dict):
+            return "not a JSON object"
+        required = ({"transaction_id", "appid", "openid", "earn_points", "increased_points", "points_update_time"}
+                    if kinds is _POINTS_FIELDS else {"appid", "openid", "brandid", "plate_number", "state", "time"})
+        if missing := required - doc.keys():
+            return f"missing {sorted(missing)}"
+        for name, value in doc.items():
+            if name not in kinds or type(value) is not kinds[name]:
+                return f"{name}: {value!r} is not a {kinds.get(name, type(None)).__name__}"
+        times = ("points_update_time",) if kinds is _POINTS_FIELDS else ("time",)
+        for name in times:
+            try:
+                if dt.datetime.fromisoformat(doc[name]).tzinfo is None:
+                    return f"{name}: no UTC offset"
+            except ValueError:
+                return f"{name}: not RFC 3339"
+        if kinds is _POINTS_FIELDS:
+            if doc["earn_points"] != (doc["increased_points"] > 0):
+                return "earn_points and increased_points disagree"
+            if not doc["earn_points"] and not doc.get("no_points_remarks"):
+                return "no_points_remarks is required when earn_points is false"
+            if len(doc.get("no_points_remarks", "")) > 20:
+                return "no_points_remarks: over 20 characters"
+        elif doc["state"] not in ("IN", "OUT"):
+            return f"state {doc['state']!r}"
+        return None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        path = request.path_qs
+        headers = dict(request.headers)
+        why = self.why_unsigned(request.method, path, headers, body)
+        doc: Any = None
+        if why is None:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                why = "body is not JSON"
+        code = "SIGN_ERROR" if why is not None else "PARAM_ERROR"
+        why = why or self.why_bad_body(path, doc)
+        if why is not None:
+            with self.lock:
+                self.refused.append((path, why))
+            return web.json_response({"code": code, "message": why}, status=401 if code == "SIGN_ERROR" else 400)
+        if self.fail_status is not None:
+            with self.lock:
+                self.failed += 1
+            return web.json_response({"code": "SYSTEM_ERROR", "message": "系统繁忙"}, status=self.fail_status)
+        with self.lock:
+            self.calls.append(ApiCall(path, headers, body, doc))
+        return web.Response(status=204)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        for path in self.PATHS:
+            app.router.add_post(path, self._handle)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> WeChatPayApi:
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def calls_to(self, path_end: str, **match: Any) -> list[ApiCall]:
+        """The calls taken whose path ends with `path_end` and whose body has these values."""
+        with self.lock:
+            return [c for c in self.calls if c.path.endswith(path_end)
+                    and all(c.json.get(k) == v for k, v in match.items())]
 
 
 class AlipaySimulator:

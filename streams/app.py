@@ -30,6 +30,7 @@ import core_ext
 from streams.auth import mask_phone_bytes, mask_phones, parse_pos_keys, pseudonymise_body, redact_url
 from streams.errors import TransientError
 from streams.gateways import load_rsa_public_key
+from streams.gateways.circle import MerchantSigner
 from streams.gateways.mapping import GatewayConfig
 from streams.gateways.mapping import load_config as load_gateway_config
 from streams.gateways.wechatpay import WeChatPayKeys
@@ -149,6 +150,10 @@ class Runtime:
         self.gateways = load_gateways(settings, self.rules)
         self.wechatpay_keys = WeChatPayKeys.from_settings(settings.wechatpay_apiv3_key.get_secret_value(),
                                                           settings.wechatpay_platform_keys)
+        #: The mall's merchant identity that signs the business circle's calls (None: no circle).
+        self.circle_signer = MerchantSigner.from_settings(settings.wechatpay_mchid, settings.wechatpay_merchant_key,
+                                                          settings.wechatpay_merchant_serial,
+                                                          settings.wechatpay_api_base)
         self.alipay_key = (load_rsa_public_key(Path(settings.alipay_public_key).read_bytes(), "Alipay public key")
                            if settings.alipay_public_key else None)
         self.pos_keys = parse_pos_keys(settings.pos_keys.get_secret_value())

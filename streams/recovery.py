@@ -13,6 +13,7 @@ import orjson
 import core_ext
 from streams.app import runtime
 from streams.state import BOARD_SHARDS, BOARD_TTL_S, first_row
+from streams.state.circle import CIRCLE_KEEP_S
 from streams.state.keys import PARKING_SESSION_S
 from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
 
@@ -160,6 +161,19 @@ async def restore_bindings(offset: int, limit: int) -> int:
                 pipe.expire(key, left_s)
             bound += 1 if value and left_s > 0 else 0
             continue
+        if kind == "circle":  # a business-circle payment (streams/circle.py): pending again, or its sync cached
+            record = orjson.loads(value)
+            left_s = CIRCLE_KEEP_S - (now_ms - int(r["at_ms"])) // 1000
+            if left_s > 0:
+                pipe.set(key, value, ex=left_s)
+                if record.get("status") == "pending":
+                    pipe.zadd(b.circle_due_key, {record["transaction_id"]: now_ms})
+                bound += 1
+            continue
+        if kind == "circle_member":  # the openid a member authorised the business circle with
+            pipe.set(key, value)
+            bound += 1
+            continue
         if kind == "operator":  # an operator account (streams/operators.py), not a member's
             pipe.set(key, value)
             bound += 1
@@ -304,6 +318,8 @@ async def rebuild_members(members: list[str]) -> None:
         pipe.delete(b.history_key(member_id))
         if history:
             pipe.lpush(b.history_key(member_id), *history)
+            # Bounded like the live writes' (keys.py: history expires with the horizon).
+            pipe.expire(b.history_key(member_id), b.horizon_days * 86_400 + 86_400)
         if snapshot is not None:
             # The member's leaderboard scores as its last write left them, at that write's
             # version (later writes carry more: boards.rs version()).

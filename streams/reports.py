@@ -12,6 +12,7 @@ import orjson
 
 import core_ext
 from streams.app import runtime
+from streams.state.circle import CIRCLE_KEEP_S
 from streams.state.keys import PARKING_SESSION_S
 from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
 
@@ -46,9 +47,10 @@ KEPT_KINDS: dict[str, Callable[[Any], int]] = {
     "approval": lambda s: APPROVAL_KEEP_S,
     "merge": lambda s: MERGE_KEEP_S,
     "erasure": lambda s: ERASURE_KEEP_S,
+    "circle": lambda s: CIRCLE_KEEP_S,
 }
 #: Kinds of the bindings table whose Redis value is the row's value itself (not a member).
-VALUE_KINDS = frozenset({"operator"})
+VALUE_KINDS = frozenset({"operator", "circle_member"})
 
 
 async def reconcile_kinds() -> dict[str, Any]:

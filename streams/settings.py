@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     wechatpay_platform_keys: str = ""  # "serial=/path/key.pem,serial2=/path/cert.pem"
     alipay_public_key: str = ""  # path to the Alipay public key (PEM or bare base64)
     gateway_route_days: int = Field(400, ge=1)  # how long a gateway payment's route is kept for its refunds
+    # WeChat Pay smart business circle (智慧商圈, docs/gateways.md): the mall's merchant
+    # number and its APIv3 signing key (path and certificate serial) that sign the points
+    # sync and parking sync calls, WeChat Pay's API base (the simulator's in tests), and the
+    # circle's parking brand id. All empty: circle notifications are refused (503).
+    wechatpay_mchid: str = ""
+    wechatpay_merchant_key: str = ""  # path of the merchant's API private key (PEM)
+    wechatpay_merchant_serial: str = ""  # its certificate serial number
+    wechatpay_api_base: str = "https://api.mch.weixin.qq.com"
+    wechatpay_circle_brandid: int = Field(0, ge=0)  # 0: no parking status sync
+    wechatpay_circle_sync_interval_s: float = _env("LOYALTY_WECHATPAY_CIRCLE_SYNC_INTERVAL", 1.0, gt=0)
     # Pushes (coupons issued, expiry reminders) to the members' messaging webhook.
     push_webhook_url: str = ""
     push_secret: SecretStr = SecretStr("")

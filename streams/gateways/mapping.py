@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -42,6 +42,8 @@ class GatewayRoutes:
 
     routes: dict[tuple[str, str], Route]
     overrides: bool  # attach / passback_params may name the route
+    #: WeChat Pay smart business circle (智慧商圈): the mall's shops by `shop_number`.
+    circle_shops: dict[str, Route] = field(default_factory=dict)
 
     def route(self, account: str, sub_account: str, override: str | None) -> Route:
         """The route of a payment; GatewayError (retry: the config may be fixed) if none."""
@@ -62,6 +64,14 @@ class GatewayRoutes:
                 status=503,  # a retry the gateways accept, not an internal error (docs/gateways.md)
                 unrouted=account,
             )
+        return found
+
+    def circle_shop(self, shop_number: str) -> Route:
+        """The route of a business-circle payment's shop; GatewayError (retry) if none."""
+        found = self.circle_shops.get(shop_number)
+        if found is None:
+            raise GatewayError("shop_number", f"no [[wechatpay.circle_shops]] entry for shop {shop_number!r} in the "
+                               "gateways file", status=503, unrouted=f"shop:{shop_number}")
         return found
 
 
@@ -96,9 +106,10 @@ def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[s
             lenient: bool) -> GatewayRoutes:
     if not isinstance(section, dict):
         raise GatewayConfigError(f"{where}: must be a table")
-    unknown = set(section) - {"routes", "overrides"}
+    sections = {"routes", "overrides", "circle_shops"} if account_key == "mchid" else {"routes", "overrides"}
+    unknown = set(section) - sections
     if unknown:
-        raise GatewayConfigError(f"{where}: unknown field(s) {sorted(unknown)} (routes, overrides)")
+        raise GatewayConfigError(f"{where}: unknown field(s) {sorted(unknown)} ({', '.join(sorted(sections))})")
     overrides = section.get("overrides", True)
     if not isinstance(overrides, bool):
         raise GatewayConfigError(f"{where}.overrides: must be true or false")
@@ -132,7 +143,38 @@ def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[s
         if key in routes:
             raise GatewayConfigError(f"{at}: a second route for {account_key} {key[0]!r} {sub_key} {sub!r}")
         routes[key] = Route(entry["bu_id"], entry["merchant_id"], entry["category"])
-    return GatewayRoutes(routes, overrides)
+    return GatewayRoutes(routes, overrides, _circle_shops(where, section.get("circle_shops", []), bus, lenient))
+
+
+def _circle_shops(where: str, entries: Any, bus: set[str] | None, lenient: bool) -> dict[str, Route]:
+    """`[[wechatpay.circle_shops]]`: shop_number -> BU, merchant and category."""
+    if not isinstance(entries, list):
+        raise GatewayConfigError(f"{where}.circle_shops: must be an array of tables ([[wechatpay.circle_shops]])")
+    shops: dict[str, Route] = {}
+    allowed = {"shop_number", "bu_id", "merchant_id", "category"}
+    for i, entry in enumerate(entries):
+        at = f"{where}.circle_shops[{i}]"
+        if not isinstance(entry, dict):
+            raise GatewayConfigError(f"{at}: must be a table")
+        if set(entry) - allowed:
+            raise GatewayConfigError(f"{at}: unknown field(s) {sorted(set(entry) - allowed)} "
+                                     f"({', '.join(sorted(allowed))})")
+        for name in sorted(allowed):
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                raise GatewayConfigError(f"{at}.{name}: required (a string)")
+        for name in ("bu_id", "merchant_id", "category"):
+            if not is_valid_id(entry[name]):
+                raise GatewayConfigError(f"{at}.{name}: {entry[name]!r} is not a valid id (letters, digits, _ - . : @)")
+        if bus is not None and entry["bu_id"] not in bus:
+            problem = f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules"
+            if not lenient:
+                raise GatewayConfigError(problem)
+            log.error("%s; its payments will be refused until fixed", problem)
+            continue
+        if entry["shop_number"] in shops:
+            raise GatewayConfigError(f"{at}: a second entry for shop_number {entry['shop_number']!r}")
+        shops[entry["shop_number"]] = Route(entry["bu_id"], entry["merchant_id"], entry["category"])
+    return shops
 
 
 def parse_config(text: str, path: str, business_units: set[str] | None = None,

@@ -78,6 +78,11 @@ FAMILIES = (
     Family("receipt claim", r"receipt:.+", True, "the receipts' maximum age + 30 days (the receipts "
            "table has it)"),
     Family("repair marker", r"repaired", False, "one key: the Redis process last checked by a repair"),
+    Family("circle payment", r"circle:.+", True, "31 days after its points sync (the bindings table has it)"),
+    Family("circle sync index", r"circle-due", False, "an entry per business-circle payment until its points "
+           "are synced"),
+    Family("circle member", r"circle-member:.+", False, "one per member who authorised the business circle "
+           "(a member's fact)"),
 )
 
 
@@ -227,3 +232,16 @@ class KeySpace:
 
     def receipt_claim_key(self, receipt_id: str) -> str:
         return f"{self.ns}:receipt:{receipt_id}"
+
+    def circle_payment_key(self, transaction_id: str) -> str:
+        """A WeChat business-circle payment and its points sync (streams/state/circle.py)."""
+        return f"{self.ns}:circle:{transaction_id}"
+
+    @property
+    def circle_due_key(self) -> str:
+        """Business-circle payments whose points sync is due, by the time of its next try."""
+        return f"{self.ns}:circle-due"
+
+    def circle_member_key(self, member_id: str) -> str:
+        """The openid and app id with which a member authorised the business circle."""
+        return f"{self.ns}:circle-member:{member_id}"

@@ -6,6 +6,7 @@ per concern, each in its own module of streams/state:
 - budgets.py: reservations on budgets' own keys; schedules.py: reviews and wallet checks;
 - outbox.py: rows waiting for the ledger topic; boards.py: sharded leaderboards;
 - identities.py: payers, guests, referral phones, plates, gateway routes;
+- circle.py: WeChat business-circle payments to sync, members' circle authorisations;
 - security.py: nonces, event-id claims, rate limits, delivered pushes;
 - held.py: refunds held until their payment;
 - operators.py: the back office's accounts, failed logins, approvals.
@@ -21,6 +22,7 @@ through `run` (streams/state/resp.py); the HTTP paths use `apply`.
 from __future__ import annotations
 
 from streams.state.boards import BoardStore
+from streams.state.circle import CircleStore
 from streams.state.held import HeldRefundStore
 from streams.state.identities import IdentityStore
 from streams.state.mall import MallStore
@@ -31,5 +33,5 @@ from streams.state.security import SecurityStore
 
 
 class BalanceStore(MemberStore, OutboxStore, BoardStore, IdentityStore, SecurityStore, HeldRefundStore,
-                   OperatorStore, MallStore):
+                   OperatorStore, MallStore, CircleStore):
     """Every concern's store over one connection: what the runtime holds as `balances`."""

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devtools.gateways import simulators
+from devtools.gateways import WeChatPayApi, simulators
 from devtools.workers import WorkerProcess
 from streams.signing import signed_headers
 
@@ -54,6 +54,7 @@ BODIES = st.one_of(
 POSTS = ["/v1/callbacks/payment", "/v1/callbacks/member", "/v1/callbacks/parking", "/v1/redemptions",
          "/v1/holds", "/v1/coupons/redeem", f"/v1/members/{MEMBER}/plates", "/v1/holds/h-1/release",
          "/v1/redemptions/r-1/reverse", "/v1/callbacks/wechatpay", "/v1/callbacks/alipay",
+         "/v1/callbacks/wechatpay/circle/authorizations", "/v1/callbacks/wechatpay/circle/payments",
          f"/v1/admin/members/{MEMBER}/tier", "/v1/admin/rules/simulate", "/v1/admin/segments/refresh",
          "/v1/console/login", f"/v1/admin/members/{MEMBER}/unbind", f"/v1/admin/members/{MEMBER}/holds/h-1/cancel",
          f"/v1/admin/members/{MEMBER}/coupons/c-1/resend", f"/v1/admin/members/{MEMBER}/export",
@@ -84,8 +85,9 @@ def fw(services: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
     run_id = f"t-fuzz-{uuid.uuid4().hex[:8]}"
     tmp = tmp_path_factory.mktemp("fuzz")
     _wx, _ali, gateway_env = simulators(tmp / "gateway-keys")  # every endpoint configured and live
+    circle_env = WeChatPayApi().env(tmp / "merchant")  # the business circle's merchant (no call is made)
     w = WorkerProcess(run_id=run_id, data_dir=tmp / run_id,
-                      extra_env={**gateway_env, "LOYALTY_RATE_LIMIT_POS": "100000",
+                      extra_env={**gateway_env, **circle_env, "LOYALTY_RATE_LIMIT_POS": "100000",
                                  "LOYALTY_RATE_LIMIT_MEMBER": "100000"})
     w.start()
     body = orjson.dumps({**BASE, "event_id": f"fz-seed-{uuid.uuid4().hex[:6]}", "amount_fen": 50_000})

@@ -24,6 +24,7 @@ STATE_KINDS: dict[str, tuple[str, ...]] = {
     "partner exchanges": ("exchanges", "exchange_days"),
     "trigger history (last visit, formats, spend by day)": ("last_paid_ms", "formats_seen", "spend_days",
                                                             "spend_day", "spend_by_bu"),
+    "scheduled campaigns reached, pushes under the frequency cap": ("campaigns_reached", "pushes_at"),
     "points mall, receipts and members' events": ("mall_bought", "orders", "receipts", "purchases",
                                                   "receipts_auto", "signups", "no_show_until_ms"),
 }

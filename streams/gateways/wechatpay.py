@@ -121,6 +121,20 @@ def decrypt(notification: Mapping[str, Any], keys: WeChatPayKeys) -> dict[str, A
     return out
 
 
+def open_notification(headers: Mapping[str, str], body: bytes, keys: WeChatPayKeys, now_s: float,
+                      max_age_s: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A notification verified (signature, timestamp) and parsed, and its resource decrypted:
+    (notification, resource); GatewayError naming what is wrong otherwise."""
+    verify(headers, body, keys, now_s, max_age_s)
+    try:
+        notification: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise GatewayError("body", "is not JSON") from None
+    if not isinstance(notification, dict):
+        raise GatewayError("body", "must be a JSON object")
+    return notification, decrypt(notification, keys)
+
+
 def _str(obj: Mapping[str, Any], field: str, where: str = "") -> str:
     v = obj.get(field)
     if not isinstance(v, str) or not v:

@@ -37,7 +37,7 @@ from streams.gateways import GatewayError, wechatpay
 from streams.gateways import circle as circle_gw
 from streams.guests import credit_guest_payments
 from streams.http.common import read_body
-from streams.http.gateways import _accept, _refused, _wechat_fail
+from streams.http.gateways import accept_event, refuse_notification, wechat_fail
 from streams.metrics import counters
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def _paid(mapped: Any) -> None:
     if member_id is None:
         raise GatewayError("openid", f"openid {openid} has not authorised the business circle here yet; WeChat "
                            "Pay will send the payment again", status=503)
-    await _accept(SOURCE, mapped)
+    await accept_event(SOURCE, mapped)
     transaction_id = event["event_id"].removeprefix("wx:")
     known = await b.circle_payment(transaction_id)
     if known is not None:
@@ -104,7 +104,7 @@ async def _refunded(mapped: Any) -> None:
     if route is not None and route.get("payer", {}).get("id") != openid:
         raise GatewayError("openid", f"the refund names openid {openid} but its payment "
                            f"{mapped.event['refund_of']} was made by another payer")
-    await _accept(SOURCE, mapped)
+    await accept_event(SOURCE, mapped)
 
 
 async def take_notification(request: Request, view: View) -> Response:
@@ -114,16 +114,10 @@ async def take_notification(request: Request, view: View) -> Response:
     if keys is None or rt.circle_signer is None:
         log.error("a WeChat Pay business-circle notification arrived but LOYALTY_WECHATPAY_* (APIv3 key, platform "
                   "keys, merchant number and key) is not configured")
-        return _wechat_fail(view, 503, "WeChat Pay business-circle notifications are not configured here")
+        return wechat_fail(view, 503, "WeChat Pay business-circle notifications are not configured here")
     try:
-        wechatpay.verify(request.headers, body, keys, time.time(), rt.settings.signature_max_age_s)
-        try:
-            notification: Any = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise GatewayError("body", "is not JSON") from None
-        if not isinstance(notification, dict):
-            raise GatewayError("body", "must be a JSON object")
-        resource = wechatpay.decrypt(notification, keys)
+        notification, resource = wechatpay.open_notification(request.headers, body, keys, time.time(),
+                                                                      rt.settings.signature_max_age_s)
         event_type = circle_gw.event_type_of(notification)
         if event_type == circle_gw.AUTHORIZED:
             await _authorized(circle_gw.authorization(resource))
@@ -136,8 +130,8 @@ async def take_notification(request: Request, view: View) -> Response:
         else:
             await _refunded(mapped)
     except GatewayError as exc:
-        await _refused(SOURCE, exc, body)
-        return _wechat_fail(view, exc.status, str(exc))
+        await refuse_notification(SOURCE, exc, body)
+        return wechat_fail(view, exc.status, str(exc))
     return view.bytes(b"", status=204)
 
 

@@ -37,7 +37,7 @@ async def _dead_letter(source: str, exc: GatewayError, body: bytes) -> None:
         log.exception("could not dead-letter a %s notification (%s): %r", source, exc, body[:2000])
 
 
-async def _refused(source: str, exc: GatewayError, body: bytes) -> None:
+async def refuse_notification(source: str, exc: GatewayError, body: bytes) -> None:
     """A notification refused: logged, its merchant counted if unrouted, and dead-lettered
     unless Kafka was what failed (the gateway sends it again then)."""
     log.warning("%s notification refused (%d): %s", source, exc.status, exc)
@@ -47,7 +47,7 @@ async def _refused(source: str, exc: GatewayError, body: bytes) -> None:
         await _dead_letter(source, exc, body)
 
 
-async def _accept(source: str, mapped: Mapped) -> None:
+async def accept_event(source: str, mapped: Mapped) -> None:
     """Validates the mapped event in the core and sends it to Kafka (acks=all).
 
     Raises GatewayError when the event cannot be taken: the caller answers so that
@@ -100,7 +100,7 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _wechat_fail(view: View, status: int, message: str) -> Response:
+def wechat_fail(view: View, status: int, message: str) -> Response:
     return view.bytes(orjson.dumps({"code": "FAIL", "message": message}), content_type="application/json",
                       status=status)
 
@@ -115,24 +115,18 @@ class WeChatPayNotification(View):
         keys = rt.wechatpay_keys
         if keys is None:
             log.error("a WeChat Pay notification arrived but LOYALTY_WECHATPAY_* is not configured")
-            return _wechat_fail(self, 503, "WeChat Pay notifications are not configured here")
+            return wechat_fail(self, 503, "WeChat Pay notifications are not configured here")
         try:
-            wechatpay.verify(request.headers, body, keys, time.time(), rt.settings.signature_max_age_s)
-            try:
-                notification: Any = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise GatewayError("body", "is not JSON") from None
-            if not isinstance(notification, dict):
-                raise GatewayError("body", "must be a JSON object")
-            resource = wechatpay.decrypt(notification, keys)
+            notification, resource = wechatpay.open_notification(request.headers, body, keys, time.time(),
+                                                                          rt.settings.signature_max_age_s)
             mapped = wechatpay.to_event(notification, resource, rt.gateways.wechatpay)
             if mapped.kind == "ignored":
                 log.info("wechatpay notification %s ignored: %s", notification.get("id"), mapped.note)
                 return self.bytes(b"", status=204)
-            await _accept("wechatpay", mapped)
+            await accept_event("wechatpay", mapped)
         except GatewayError as exc:
-            await _refused("wechatpay", exc, body)
-            return _wechat_fail(self, exc.status, str(exc))
+            await refuse_notification("wechatpay", exc, body)
+            return wechat_fail(self, exc.status, str(exc))
         return self.bytes(b"", status=204)
 
 
@@ -153,8 +147,8 @@ class AlipayNotification(View):
             if mapped.kind == "ignored":
                 log.info("alipay notification %s ignored: %s", params.get("notify_id"), mapped.note)
                 return self.text("success")
-            await _accept("alipay", mapped)
+            await accept_event("alipay", mapped)
         except GatewayError as exc:
-            await _refused("alipay", exc, body)
+            await refuse_notification("alipay", exc, body)
             return self.text("fail", status=exc.status)
         return self.text("success")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.workers import WorkerProcess
+from devtools.workers import WebhookReceiver, WorkerProcess
 from streams.settings import ROOT
 
 
@@ -22,6 +22,15 @@ def services() -> None:
 def new_worker(tmp: Path, name: str, **env: str) -> WorkerProcess:
     run_id = f"t-{name}-{uuid.uuid4().hex[:8]}"
     return WorkerProcess(run_id=run_id, data_dir=tmp / run_id, extra_env=env)
+
+
+@pytest.fixture(scope="module")
+def receiver(request: pytest.FixtureRequest) -> Iterator[WebhookReceiver]:
+    """The members' messaging webhook: a real receiver on 127.0.0.1 that checks each push's
+    signature with the test module's PUSH_SECRET."""
+    r = WebhookReceiver(request.module.PUSH_SECRET).start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="module")

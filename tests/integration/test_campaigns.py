@@ -135,13 +135,6 @@ audience = {{ tags = ["bulk"] }}
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver(PUSH_SECRET).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def clock_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clock") / "now"
 

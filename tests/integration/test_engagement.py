@@ -159,13 +159,6 @@ WHEEL_ODDS = {"p-points": 0.20, "p-coupon": 0.10, "p-umbrella": 0.05, "": 0.65}
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver(PUSH_SECRET).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def ew(services: None, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     from tests.integration.conftest import new_worker
 

@@ -167,13 +167,6 @@ max_per_member = 1
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver(PUSH_SECRET).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def rules_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("mkt") / "marketing.toml"
     p.write_text(RULES)

@@ -41,13 +41,6 @@ def png(seed: int, size: tuple[int, int] = (32, 24), lines: tuple[str, ...] = ()
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    r = WebhookReceiver(PUSH_SECRET).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def rw(services: None, receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     from tests.integration.conftest import new_worker
 

@@ -4,7 +4,8 @@ Started only when LOYALTY_PUSH_WEBHOOK_URL is set (otherwise pushes wait in Kafk
 Each batch: pushes already delivered (Redis remembers every push id answered 2xx) are
 skipped, the rest are delivered concurrently (streams.pushes.Webhook: signed, timeout,
 retries with backoff), delivered ones are remembered, failed ones dead-lettered, and a
-`pushed` / `push_failed` coupon event goes to the ledger for the history.
+`pushed` / `push_failed` coupon event goes to the ledger for the history (a scheduled campaign's
+notice too: its push id as the coupon id, kind `notice`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ MAX_IN_FLIGHT = 256
 
 def _history_row(msg: dict[str, Any], d: Delivery, now_ms: int) -> dict[str, Any] | None:
     coupon = msg.get("coupon")
+    if msg.get("kind") == "campaign_notice":  # a scheduled campaign's notice: its delivery, by its push id
+        return {
+            "event_id": "push", "member_id": msg.get("member_id", ""), "kind": "pushed" if d.ok else "push_failed",
+            "coupon_id": msg.get("push_id", ""), "template": "", "coupon_kind": "notice",
+            "trigger": f"campaign:{msg.get('campaign', '')}:{msg.get('run', '')}", "valid_until_ms": 0,
+            "occurred_at_ms": now_ms, "processed_at_ms": now_ms,
+            "reason": f"attempts={d.attempts} status={d.status} latency_ms={d.latency_ms} {d.error}".strip(),
+        }
     if msg.get("type") != "coupon_issued" or not isinstance(coupon, dict):
         return None
     return {

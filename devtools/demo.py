@@ -189,11 +189,13 @@ def _member_lane(event: dict[str, Any]) -> str:
 
 
 def _settled(worker: WorkerProcess) -> bool:
-    """Every callback Kafka took (and every credited guest payment) has been processed."""
+    """Every callback Kafka took (and every credited guest payment, and every member event the
+    worker's schedules sent: wallet checks, tier reviews) has been processed."""
     m = worker.metrics()
     done = (m["events_applied_total"] + m["events_duplicate_total"] + m["events_rejected_total"]
             + m["events_guest_total"] + m["refunds_held_total"])
-    return done >= m["callbacks_accepted_total"] + m["guest_payments_credited_total"] + m["refunds_released_total"]
+    return done >= (m["callbacks_accepted_total"] + m["guest_payments_credited_total"] + m["refunds_released_total"]
+                    + m.get("scheduled_events_sent_total", 0))
 
 
 def _settled_in_ledger(worker: WorkerProcess, http_ops: int, what: str) -> None:
@@ -210,14 +212,17 @@ def _settled_in_ledger(worker: WorkerProcess, http_ops: int, what: str) -> None:
 
 def _counts_at_rest(worker: WorkerProcess, http_ops: int, timeout_s: float = 60.0) -> tuple[dict[str, int], Any]:
     """The worker's counters and the ledger's totals read at one moment of rest: the
-    worker's own timers (wallet checks, tier reviews) may apply an event between two reads,
-    so both are read again until the applied count did not move across the ledger's read
-    and the ledger has every applied event (or the time is up: the last reads, as they are)."""
+    worker's own timers (wallet checks, tier reviews) may send and apply an event between two
+    reads, so both are read again, each time after every consumed partition caught up, until
+    neither the applied nor the scheduled count moved across the ledger's read and the ledger
+    has every applied event (or the time is up: the last reads, as they are)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        worker.wait_caught_up()
         m = worker.metrics()
         _, totals = worker.get("/v1/admin/ledger/totals", admin=True)
-        still = worker.metrics()["events_applied_total"] == m["events_applied_total"]
+        again = worker.metrics()
+        still = all(again.get(k, 0) == m.get(k, 0) for k in ("events_applied_total", "scheduled_events_sent_total"))
         if (still and int(totals.get("events", 0)) == m["events_applied_total"] + http_ops) \
                 or time.monotonic() > deadline:
             return m, totals
@@ -426,14 +431,15 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
     counts_tie = (m["events_applied_total"] + http_ops == totals["events"]
                   and m["events_applied_total"] + m["events_rejected_total"] + m["events_guest_total"] + held
                   == len(accepted_ids) + credited + eng["sv_payments"] + office["member_events"]
-                  + mall["receipt_payments"] + sched["pushes"])
+                  + mall["receipt_payments"] + sched["pushes"] + m.get("scheduled_events_sent_total", 0))
     if not counts_tie:
         print(f"demo: events not accounted for: applied {m['events_applied_total']:,} + HTTP operations {http_ops:,} "
               f"vs ledger events {int(totals['events']):,}; applied + rejected + guest + held "
               f"{m['events_applied_total'] + m['events_rejected_total'] + m['events_guest_total'] + held:,} vs "
               f"accepted {len(accepted_ids):,} + credited {credited:,} + stored value {eng['sv_payments']:,} "
               f"+ back office {office['member_events']:,} + receipts {mall['receipt_payments']:,} "
-              f"+ campaign pushes {sched['pushes']:,}", flush=True)
+              f"+ campaign pushes {sched['pushes']:,} + scheduled {m.get('scheduled_events_sent_total', 0):,}",
+              flush=True)
     engaged_ok = eng["errors"] == 0 and audited == eng["plays"] and sv_rec["clean"] and mall["errors"] == 0 \
         and mall["ok"] and sched["ok"]
     unbounded = worker.keys_out_of_bounds()
@@ -502,7 +508,8 @@ async def _drive(worker: WorkerProcess, settings: Settings, day: DemoDay, concur
         f"up at once, {mall['salon_waiting']} waitlisted; {mall['salon_cancelled']} cancelled, "
         f"{mall['salon_promoted']} promoted in order; checked in at the door {mall['salon_checked_in']}",
         f"scheduled campaigns (next day) {_fmt(sched['reached']):>12}   members reached: "
-        + "; ".join(f"{r['campaign']} {r['reached']:,} (pushed {r['pushed']:,}, held {r['held']:,})"
+        + "; ".join(f"{r['campaign']} {r['reached']:,} (pushed {r['pushed']:,}, delivered {r['delivered']:,}, "
+                    f"held {r['held']:,})"
                     for r in sched["kpi"])
         + f"; notices received by the webhook {_fmt(sched['notices'])}, coffees issued {_fmt(sched['coffees'])}",
         f"Redis keys out of bounds       {_fmt(len(unbounded)):>12}   (every key of a family in "
@@ -570,9 +577,16 @@ def _next_morning(worker: WorkerProcess, receiver: WebhookReceiver) -> dict[str,
             "scheduled_campaigns"]
         return sum(r["reached"] for r in kpi) == pushes
     worker.wait_until(figures, timeout=60, what="the campaigns' figures in ClickHouse")
-    by = {r["campaign"]: r for r in kpi}
+
+    def by_id() -> dict[str, dict[str, Any]]:
+        return {r["campaign"]: r for r in kpi}
+    by = by_id()
     worker.wait_until(lambda: notices() >= by[NUDGE]["pushed"], timeout=60, what="every notice received")
+    worker.wait_until(lambda: figures() and by_id()[NUDGE]["delivered"] >= by[NUDGE]["pushed"], timeout=60,
+                      what="every notice's delivery in ClickHouse")
+    by = by_id()
     ok = (runs[NUDGE]["total"] == expected == by[NUDGE]["reached"] and notices() == by[NUDGE]["pushed"]
+          == by[NUDGE]["delivered"]
           and by[THANKS]["issued"] == by[THANKS]["pushed"] and by[NUDGE]["pushed"] + by[NUDGE]["held"]
           == by[NUDGE]["reached"])
     return {"pushes": pushes, "reached": sum(r["reached"] for r in kpi), "kpi": kpi, "notices": notices(),

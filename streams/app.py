@@ -436,6 +436,30 @@ record_facts = loyalty.record_facts
 consumer_lag = loyalty.consumer_lag
 
 
+def leader_timer(interval: float) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+    """A timer that runs on the group's leader only, like Faust's `on_leader=True`, but safe in
+    an ingress process: one that consumes nothing (producer-only) has no consumer to ask who
+    leads, and Faust's own check there crashes the worker; it runs no leader's timer."""
+    from faust.exceptions import ConsumerNotStarted
+
+    def register(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        @functools.wraps(fn)
+        async def on_leader() -> None:
+            if app.producer_only:
+                return
+            try:
+                leading = app.is_leader()
+            except ConsumerNotStarted:  # the worker is still starting: the next round asks again
+                return
+            if leading:
+                await fn()
+
+        app.timer(interval=interval)(on_leader)
+        return fn
+
+    return register
+
+
 def _register_gauges() -> None:
     from streams import metrics
 

@@ -30,6 +30,7 @@ import core_ext
 from streams import bi, metrics, segments
 from streams.app import (
     app,
+    leader_timer,
     member_events_topic,
     record_binding,
     runtime,
@@ -137,7 +138,7 @@ async def refresh_segments() -> segments.RefreshReport:
 
 if runtime.settings.segments_interval_s > 0:
 
-    @app.timer(interval=runtime.settings.segments_interval_s, on_leader=True)
+    @leader_timer(runtime.settings.segments_interval_s)
     async def scheduled_segments_refresh() -> None:
         """The scheduled refresh (LOYALTY_SEGMENTS_INTERVAL), on one worker of the group."""
         try:

@@ -30,7 +30,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from streams import clock, schedules
-from streams.app import app, member_events_topic, runtime
+from streams.app import app, leader_timer, member_events_topic, runtime
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, operator_of
 from streams.inputs import is_valid_id
@@ -162,7 +162,7 @@ async def run_send(send_id: str) -> None:
         _running.discard(send_id)
 
 
-@app.timer(interval=5.0, on_leader=True)
+@leader_timer(5.0)
 async def resume_audience_sends() -> None:
     """Sends left unfinished by a worker that died (no progress for 30 s), taken up again."""
     try:

@@ -32,7 +32,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from streams import clock, schedules
-from streams.app import app, member_events_topic, record_facts, runtime
+from streams.app import app, leader_timer, member_events_topic, record_facts, runtime
 from streams.http.common import error_response, json_response
 from streams.inputs import is_valid_id
 from streams.metrics import counters
@@ -185,7 +185,7 @@ async def tick() -> list[tuple[str, str, str]]:
     return out
 
 
-@app.timer(interval=runtime.settings.schedule_interval_s, on_leader=True)
+@leader_timer(runtime.settings.schedule_interval_s)
 async def run_scheduled_campaigns() -> None:
     """The scheduler's round, on the group's leader."""
     try:

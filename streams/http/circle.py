@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
-from streams.app import TRANSIENT, app, record_binding, runtime
+from streams.app import TRANSIENT, app, leader_timer, record_binding, runtime
 from streams.circle import sync_due_payments
 from streams.gateways import GatewayError, wechatpay
 from streams.gateways import circle as circle_gw
@@ -151,7 +151,7 @@ class CirclePaymentNotification(View):
         return await take_notification(request, self)
 
 
-@app.timer(interval=runtime.settings.wechatpay_circle_sync_interval_s, on_leader=True)
+@leader_timer(runtime.settings.wechatpay_circle_sync_interval_s)
 async def sync_circle_points() -> None:
     """The leader syncs the points of circle payments applied (streams/circle.py)."""
     try:

@@ -25,7 +25,7 @@ import orjson
 from faust.web import Request, Response, View
 
 import core_ext
-from streams.app import app, runtime
+from streams.app import app, leader_timer, runtime
 from streams.http.common import (
     catalogue_reader,
     error_response,
@@ -141,7 +141,7 @@ async def expire_order(member_id: str, order_id: str) -> str:
     return f"not expired: {outcome}"
 
 
-@app.timer(interval=30.0, on_leader=True)
+@leader_timer(30.0)
 async def expire_mall_orders() -> None:
     """Orders past their collection deadline, expired (a few hundred a round)."""
     try:

@@ -38,7 +38,7 @@ import orjson
 from faust.web import Request, Response, View
 
 import core_ext
-from streams.app import app, member_events_topic, record_binding, runtime
+from streams.app import app, leader_timer, member_events_topic, record_binding, runtime
 from streams.errors import InputError
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, member_in_scope, operator_of
@@ -236,7 +236,7 @@ async def run_undo(merge: dict[str, Any]) -> dict[str, Any]:
         _running.discard(mid)
 
 
-@app.timer(interval=10.0, on_leader=True)
+@leader_timer(10.0)
 async def resume_merges() -> None:
     """Merges and undos left half-way by a worker that died, taken up again."""
     try:

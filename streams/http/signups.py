@@ -23,7 +23,7 @@ import orjson
 from faust.web import Request, Response, View
 
 import core_ext
-from streams.app import app, runtime
+from streams.app import app, leader_timer, runtime
 from streams.http.common import (
     Refused,
     catalogue_reader,
@@ -206,7 +206,7 @@ async def promote(event: str) -> list[str]:
     return promoted
 
 
-@app.timer(interval=10.0, on_leader=True)
+@leader_timer(10.0)
 async def events_round() -> None:
     """Seats given back (or added by the rules) go to the waitlist; an event over closes:
     its no-shows are recorded (points kept, the ban) and its waitlist let go."""

@@ -275,6 +275,8 @@ def test_runs_wait_for_their_time_then_reach_their_audience_once(cw: WorkerProce
             by["win-back"]["held"]) == (2, 1, 1, 1), by["win-back"]
     # The second day the members pushed twice this week are held: cap-a's coupon too.
     assert (by["cap-a"]["pushed"], by["cap-a"]["issued"], by["cap-a"]["capped"]) == (2, 2, 2), by["cap-a"]
+    # Delivered: the webhook's 2xx of the coupons' pushes and of the notices alike.
+    assert (by["cap-a"]["delivered"], by["cap-b"]["delivered"], by["win-back"]["delivered"]) == (2, 2, 1), by
 
 
 def test_the_birthday_run_on_the_first(cw: WorkerProcess, clock_file: Path) -> None:
@@ -332,6 +334,25 @@ def test_campaign_routes_answer_what_is_asked(cw: WorkerProcess) -> None:
     status, born = cw.post("/v1/admin/audiences/preview",
                            orjson.dumps({"audience": {"birthday_month": True, "tags": ["bd"]}}), headers)
     assert status == 200 and born["count"] >= 1 and all(m.startswith("bd-yes-") for m in born["sample"]), born
+    # Every condition over the stored states, at the clock's time (the bulk run's): the dormant
+    # wb member's lot (its month 95 days before now) expires at the start of the 13th month
+    # after it, the other's (10 days before now) at least two months later; the gift coupons
+    # of the birthday and the bulk runs are still valid; all registered a few weeks before;
+    # both wb members paid in the mall.
+    lot = NOW - dt.timedelta(days=95)
+    expires = dt.datetime(lot.year + (lot.month + 12) // 12, (lot.month + 12) % 12 + 1, 1, tzinfo=TZ)
+    days_left = (expires - (BULK_AT + dt.timedelta(seconds=30))).days
+    for audience, want in (({"points_expiring_within_days": days_left + 1, "tags": ["wb"]}, 1),
+                           ({"points_expiring_within_days": days_left - 1, "tags": ["wb"]}, 0),
+                           ({"min_points": 1, "tags": ["wb"]}, 2),
+                           ({"holds_coupon": "gift", "tags": ["bd"]}, 1),
+                           ({"holds_coupon": "gift"}, BULK + 1),
+                           ({"registered_within_days": 60, "tags": ["bd"]}, 2),
+                           ({"registered_within_days": 7, "tags": ["bd"]}, 0),
+                           ({"formats": ["mall"], "tags": ["wb"]}, 2),
+                           ({"dormant_days": 90, "paid_within_days": 200, "tags": ["wb"]}, 1)):
+        status, got = cw.post("/v1/admin/audiences/preview", orjson.dumps({"audience": audience}), headers)
+        assert (status, got.get("count")) == (200, want), (audience, got)
     for bad, field in (({"audience_id": "nope"}, "audience_id"),
                        ({"audience": {"dormant_days": -1}}, "audience.dormant_days"),
                        ({"audience": {"birthday_month": "yes"}}, "audience.birthday_month"),
@@ -375,6 +396,17 @@ def test_the_console_shows_the_campaigns_and_counts_their_audiences(cw: WorkerPr
         page.click("#aud-preview")
         page.wait_for_selector("#aud-status[data-count='1']")
         page.screenshot(path=str(SHOTS / "console-campaigns.png"), full_page=True)
+        # The dashboard's campaigns table: the KPI's rows as the operator reads them.
+        dash = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        dash.goto(f"{cw.base_url}/dashboard?from={NOW.date()}&to={(BULK_AT + dt.timedelta(days=1)).date()}")
+        dash.fill("#token", cw.admin_token)
+        dash.click("#apply")
+        dash.wait_for_selector("body[data-loaded='1']", timeout=60_000)
+        rows = int(dash.get_attribute("#campaigns", "data-rows") or 0)
+        assert rows == 6, rows
+        bulk_row = dash.inner_text("#campaigns tr:has-text('bulk')")
+        assert bulk_row.split("\t")[:5] == ["bulk", "1", f"{BULK}", f"{BULK}", f"{BULK}"], bulk_row
+        dash.screenshot(path=str(SHOTS / "dashboard-campaigns.png"), full_page=True)
         browser.close()
 
 

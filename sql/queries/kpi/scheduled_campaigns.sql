@@ -1,6 +1,7 @@
 -- Scheduled campaigns in [start, end): runs, members reached (sent the campaign's push),
--- pushed (a coupon or a notice) and held (the frequency cap, once per dormancy, a payment
--- since, the member limit; `capped` the frequency cap alone); their coupons issued and
+-- pushed (a coupon or a notice), delivered (the webhook answered 2xx) and held (the
+-- frequency cap, once per dormancy, a payment since, the member limit; `capped` the
+-- frequency cap alone); their coupons issued and
 -- redeemed (less returned), the sales of the payments that redeemed them, the cost (the
 -- issuer's share of the discounts) and ROI = those sales per fen of cost (bp).
 WITH
@@ -19,6 +20,7 @@ WITH
            WHERE startsWith(trigger, 'campaign:')
              AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}),
     coup AS (SELECT cid, uniqExactIf(coupon_id, kind = 'issued') AS issued,
+                    uniqExactIf(coupon_id, kind = 'pushed') AS delivered,
                     countIf(kind = 'redeemed') - countIf(kind = 'returned') AS redeemed,
                     sumIf(issuer_share_fen, kind IN ('redeemed', 'returned')) AS cost
              FROM ev GROUP BY cid),
@@ -27,7 +29,8 @@ WITH
               FROM ev INNER JOIN paid ON ev.event_id = paid.event_id
               WHERE ev.kind = 'redeemed' GROUP BY ev.cid)
 SELECT r.campaign AS campaign, r.runs AS runs, r.reached AS reached, r.pushed AS pushed, r.held AS held,
-       r.capped AS capped, c.issued AS issued, c.redeemed AS redeemed, s.sold AS sales_fen, c.cost AS cost_fen,
+       r.capped AS capped, c.delivered AS delivered, c.issued AS issued, c.redeemed AS redeemed,
+       s.sold AS sales_fen, c.cost AS cost_fen,
        if(c.cost <= 0, 0, intDiv(s.sold * 10000, c.cost)) AS roi_bp
 FROM reach AS r
 LEFT JOIN coup AS c ON r.campaign = c.cid

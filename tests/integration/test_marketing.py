@@ -134,7 +134,7 @@ coupon = "pct-10"
 [[triggers]]
 id = "come-back"
 on = "win_back"
-dormant_days = 60
+dormant_days = 45
 coupon = "coffee"
 
 [[triggers]]
@@ -263,10 +263,16 @@ def test_each_trigger_issues_a_coupon_and_pushes_it(mw: WorkerProcess, receiver:
     mw.wait_until(lambda: any(d["rule"] == "coupon" for s in mw.get(sessions_path)[1]["sessions"]
                               for d in s["deductions"]), timeout=30, what="the coupon deduction")
 
-    # Win-back: a member whose last payment was 70 days ago pays again. Points earned then
-    # expire within the 60-day reminder window: points_expiring, via the wallet check.
+    # Win-back: a member whose last payment was on the 1st of the month before last (59-92
+    # days ago, whatever today is) pays again. Points earned then expire at the start of next
+    # month (validity 2 months), within the 60-day reminder window and not yet expired:
+    # points_expiring, via the wallet check. (A fixed "70 days ago" fell in the month three
+    # months back early in a month: its lot had expired already.)
     d = f"m-{uuid.uuid4().hex[:8]}"
-    pay(mw, d, 1_000, days_ago=70)
+    local_now = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
+    month_before_last = ((local_now.replace(day=1) - dt.timedelta(days=1)).replace(day=1) - dt.timedelta(days=1)) \
+        .replace(day=1, hour=12, minute=0, second=0, microsecond=0)
+    pay(mw, d, 1_000, days_ago=(local_now - month_before_last).total_seconds() / 86_400)
     mw.wait_until(lambda: mw.get(f"/v1/members/{d}")[0] == 200, timeout=30, what="the old payment")
     pay(mw, d, 1_000)
     wait_triggers(mw, receiver, d, {"come-back", "expiring"})

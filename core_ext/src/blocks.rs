@@ -344,17 +344,91 @@ struct Parking<'a> {
     deductions: &'a RawValue,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Message<'a> {
-    #[serde(borrow, default)]
-    ledger: Vec<Row<'a>>,
-    #[serde(borrow, default)]
-    guests: Vec<Guest<'a>>,
-    #[serde(borrow, default)]
-    parking: Vec<Parking<'a>>,
-    #[serde(borrow, default)]
-    coupons: Vec<Row<'a>>,
+/// The keys a ledger-topic message may have.
+const MESSAGE_FIELDS: &[&str] = &["ledger", "guests", "parking", "coupons"];
+
+/// Where a message's rows go while it is read: each row is encoded as soon as it is
+/// parsed (no list of rows is built), the first refusal kept to name the message.
+struct Enc<'o> {
+    tables: &'o mut [Block],
+    boards: &'o mut Vec<(String, String, i64, i64)>,
+    refused: Option<String>,
+}
+
+impl Enc<'_> {
+    fn keep<E: serde::de::Error>(&mut self, done: Result<(), String>) -> Result<(), E> {
+        done.map_err(|reason| {
+            let e = E::custom(&reason);
+            self.refused = Some(reason);
+            e
+        })
+    }
+}
+
+/// A message `{"ledger": [...], "guests": [...], "parking": [...], "coupons": [...]}`
+/// (every key optional, no other), read and encoded in one pass.
+struct MessageVisitor<'e, 'o>(&'e mut Enc<'o>);
+
+impl<'de> serde::de::Visitor<'de> for MessageVisitor<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a ledger message (an object of ledger, guests, parking and coupons lists)")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let enc = self.0;
+        let mut seen = [false; 4];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let Some(at) = MESSAGE_FIELDS.iter().position(|f| *f == key) else {
+                return Err(serde::de::Error::unknown_field(&key, MESSAGE_FIELDS));
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(serde::de::Error::duplicate_field(MESSAGE_FIELDS[at]));
+            }
+            match at {
+                0 | 3 => map.next_value_seed(Rows { enc: &mut *enc, coupons: at == 3 })?,
+                1 => {
+                    let guests: Vec<Guest<'de>> = map.next_value()?;
+                    for g in &guests {
+                        encode_guest(g, enc.tables);
+                    }
+                }
+                _ => {
+                    let sessions: Vec<Parking<'de>> = map.next_value()?;
+                    for p in &sessions {
+                        encode_parking(p, enc.tables);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message's "ledger" or "coupons" list, each row encoded as it is read.
+struct Rows<'e, 'o> {
+    enc: &'e mut Enc<'o>,
+    coupons: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Rows<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Rows<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of rows")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(row) = seq.next_element::<Row<'de>>()? {
+            let done = encode_row(&row, self.coupons, self.enc.tables, self.enc.boards);
+            self.enc.keep(done)?;
+        }
+        Ok(())
+    }
 }
 
 /// One table's rows of a batch of messages, encoded.
@@ -411,281 +485,273 @@ fn ident(id: &mut Vec<u8>, parts: &[&str]) {
     id.push(0x1e);
 }
 
-/// The encoded rows of one message (appended to `out` only if the whole message is good).
-fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, String, i64, i64)>) -> Result<(), String> {
-    let mut local: Vec<Block> = vec![Block::default(); TABLES.len()];
-    let mut local_boards = Vec::new();
-    let rows = msg.ledger.iter().chain(msg.coupons.iter());
-    for (k, r) in rows.enumerate() {
-        let from_coupons = k >= msg.ledger.len();
-        let table = if from_coupons { Some("coupon_events") } else { r.table.as_deref() };
-        match table {
-            None => {
-                let b = &mut local[0];
-                let d = &mut b.data;
-                let (eid, mid, kind) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.kind, "kind")?);
-                put_str(d, eid);
-                put_str(d, mid);
-                put_str(d, kind);
-                put_i64(d, need_i(r.points, "points")?);
-                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
-                put_str(d, need(&r.bu_id, "bu_id")?);
-                put_str(d, need(&r.format, "format")?);
-                put_str(d, need(&r.merchant_id, "merchant_id")?);
-                put_str(d, need(&r.category, "category")?);
-                put_str(d, need(&r.channel, "channel")?);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_str(d, need(&r.refund_of, "refund_of")?);
-                put_str(d, need(&r.tier, "tier")?);
-                put_str(d, need(&r.rules_version, "rules_version")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                put_str(d, r.explain.map_or("[]", |e| e.get()));
-                let lots = r.lots.map(|l| l.get()).filter(|l| !l.trim().is_empty() && l.trim() != "[]").unwrap_or("");
-                put_str(d, lots);
-                d.extend_from_slice(&r.batch_index.unwrap_or(0).to_le_bytes());
-                b.rows += 1;
-                ident(&mut b.identity, &[mid, eid, kind]);
-                for (board, score, version) in r.boards.iter().flatten() {
-                    local_boards.push((board.to_string(), mid.to_string(), *score, *version));
-                }
-            }
-            Some("coupon_events") => {
-                let b = &mut local[4];
-                let d = &mut b.data;
-                let (eid, mid, kind, cid) = (
-                    need(&r.event_id, "event_id")?,
-                    need(&r.member_id, "member_id")?,
-                    need(&r.kind, "kind")?,
-                    need(&r.coupon_id, "coupon_id")?,
-                );
-                put_str(d, eid);
-                put_str(d, mid);
-                put_str(d, kind);
-                put_str(d, cid);
-                put_str(d, r.template.as_deref().unwrap_or(""));
-                put_str(d, r.trigger.as_deref().unwrap_or(""));
-                put_str(d, r.coupon_kind.as_deref().unwrap_or(""));
-                put_i64(d, r.face_value_fen.unwrap_or(0));
-                put_i64(d, r.discount_fen.unwrap_or(0));
-                put_i64(d, r.merchant_share_fen.unwrap_or(0));
-                put_i64(d, r.issuer_share_fen.unwrap_or(0));
-                put_i64(d, r.valid_until_ms.unwrap_or(0));
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                put_str(d, r.rules_version.as_deref().unwrap_or(""));
-                put_str(d, r.reason.as_deref().unwrap_or(""));
-                put_str(d, r.bu_id.as_deref().unwrap_or(""));
-                put_str(d, r.merchant_id.as_deref().unwrap_or(""));
-                b.rows += 1;
-                ident(&mut b.identity, &[cid, kind, eid]);
-            }
-            Some("game_draws") => {
-                let b = &mut local[5];
-                let d = &mut b.data;
-                let (eid, mid, gid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.game_id, "game_id")?);
-                put_str(d, eid);
-                put_str(d, mid);
-                put_str(d, gid);
-                put_str(d, need(&r.game_kind, "game_kind")?);
-                put_i64(d, need_i(r.draw, "draw")?);
-                put_i64(d, need_i(r.odds_total, "odds_total")?);
-                put_str(d, need(&r.odds, "odds")?);
-                put_str(d, need(&r.prize_id, "prize_id")?);
-                put_str(d, need(&r.outcome, "outcome")?);
-                put_i64(d, need_i(r.cost_points, "cost_points")?);
-                put_str(d, need(&r.rules_version, "rules_version")?);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                b.rows += 1;
-                ident(&mut b.identity, &[gid, mid, eid]);
-            }
-            Some("stored_value") => {
-                let b = &mut local[6];
-                let d = &mut b.data;
-                let (eid, mid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?);
-                put_str(d, eid);
-                put_str(d, mid);
-                put_str(d, need(&r.kind, "kind")?);
-                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
-                put_i64(d, need_i(r.balance_after_fen, "balance_after_fen")?);
-                put_str(d, need(&r.bu_id, "bu_id")?);
-                put_str(d, need(&r.merchant_id, "merchant_id")?);
-                put_str(d, need(&r.category, "category")?);
-                put_str(d, need(&r.channel, "channel")?);
-                put_str(d, need(&r.refund_of, "refund_of")?);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                b.rows += 1;
-                ident(&mut b.identity, &[mid, eid]);
-            }
-            Some("member_states") => {
-                let b = &mut local[7];
-                let d = &mut b.data;
-                let mid = need(&r.member_id, "member_id")?;
-                let seq = need_i(r.seq, "seq")?;
-                let state = r.state.ok_or("field \"state\" is missing")?.get();
-                put_str(d, mid);
-                put_i64(d, seq);
-                put_str(d, state);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                b.rows += 1;
-                ident(&mut b.identity, &[mid, &seq.to_string()]);
-            }
-            Some("bindings") => {
-                let b = &mut local[8];
-                let d = &mut b.data;
-                let key = need(&r.key, "key")?;
-                let at = need_i(r.processed_at_ms, "processed_at_ms")?;
-                put_str(d, key);
-                put_str(d, need(&r.kind, "kind")?);
-                put_str(d, r.member_id.as_deref().unwrap_or(""));
-                put_str(d, r.value.as_deref().unwrap_or(""));
-                put_i64(d, at);
-                b.rows += 1;
-                ident(&mut b.identity, &[key, &at.to_string()]);
-            }
-            Some("op_records") => {
-                let b = &mut local[9];
-                let d = &mut b.data;
-                let (mid, eid) = (need(&r.member_id, "member_id")?, need(&r.event_id, "event_id")?);
-                let at = need_i(r.processed_at_ms, "processed_at_ms")?;
-                put_str(d, mid);
-                put_str(d, eid);
-                put_str(d, need(&r.record, "record")?);
-                put_i64(d, at);
-                b.rows += 1;
-                ident(&mut b.identity, &[mid, eid, &at.to_string()]);
-            }
-            Some("held_refunds") => {
-                let b = &mut local[10];
-                let d = &mut b.data;
-                let (mid, pid, eid, status) = (
-                    need(&r.member_id, "member_id")?,
-                    need(&r.payment_id, "payment_id")?,
-                    need(&r.event_id, "event_id")?,
-                    need(&r.status, "status")?,
-                );
-                put_str(d, mid);
-                put_str(d, pid);
-                put_str(d, eid);
-                put_str(d, status);
-                put_str(d, r.body.as_deref().unwrap_or(""));
-                put_i64(d, need_i(r.deadline_ms, "deadline_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                b.rows += 1;
-                ident(&mut b.identity, &[mid, pid, eid, status]);
-            }
-            Some("audit_log") => {
-                let b = &mut local[11];
-                let d = &mut b.data;
-                let rid = need(&r.event_id, "event_id")?;
-                put_str(d, rid);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_str(d, need(&r.operator, "operator")?);
-                put_str(d, need(&r.role, "role")?);
-                put_str(d, r.scope.as_deref().unwrap_or(""));
-                put_str(d, need(&r.action, "action")?);
-                put_str(d, r.member_id.as_deref().unwrap_or(""));
-                put_str(d, r.target.as_deref().unwrap_or(""));
-                put_i64(d, need_i(r.http_status, "http_status")?);
-                put_str(d, r.before.map_or("null", |v| v.get()));
-                put_str(d, r.after.map_or("null", |v| v.get()));
-                b.rows += 1;
-                ident(&mut b.identity, &[rid]);
-            }
-            Some("receipts") => {
-                let b = &mut local[12];
-                let d = &mut b.data;
-                let (rid, status, eid) = (need(&r.receipt_id, "receipt_id")?, need(&r.status, "status")?, need(&r.event_id, "event_id")?);
-                put_str(d, rid);
-                put_str(d, status);
-                put_str(d, eid);
-                put_str(d, need(&r.member_id, "member_id")?);
-                put_str(d, need(&r.merchant_id, "merchant_id")?);
-                put_str(d, r.bu_id.as_deref().unwrap_or(""));
-                put_i64(d, need_i(r.amount_fen, "amount_fen")?);
-                put_str(d, need(&r.receipt_no, "receipt_no")?);
-                put_i64(d, need_i(r.purchased_at_ms, "purchased_at_ms")?);
-                put_str(d, r.image.as_deref().unwrap_or(""));
-                put_str(d, r.reason.as_deref().unwrap_or(""));
-                put_str(d, r.operator.as_deref().unwrap_or(""));
-                put_i64(d, need_i(r.submitted_at_ms, "submitted_at_ms")?);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                put_str(d, r.rules_version.as_deref().unwrap_or(""));
-                b.rows += 1;
-                ident(&mut b.identity, &[rid, status]);
-            }
-            Some(other) => return Err(format!("unknown table {other:?}")),
-        }
-        // The event's settlement lines (ledger, coupon and stored-value rows carry them).
-        if let Some(lines) = &r.settlement {
-            if table == Some("game_draws") {
-                continue;
-            }
-            let b = &mut local[2];
-            let (eid, kind) = (need(&r.event_id, "event_id")?, need(&r.kind, "kind")?);
-            for (n, line) in lines.iter().enumerate() {
-                let d = &mut b.data;
-                put_str(d, eid);
-                put_str(d, kind);
-                d.extend_from_slice(&u16::try_from(n).map_err(|_| "too many settlement lines")?.to_le_bytes());
-                put_str(d, need(&r.member_id, "member_id")?);
-                put_str(d, &line.account);
-                put_i64(d, line.amount_fen);
-                put_i64(d, line.points);
-                put_str(d, need(&r.bu_id, "bu_id")?);
-                put_str(d, need(&r.merchant_id, "merchant_id")?);
-                put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
-                put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
-                b.rows += 1;
-                ident(&mut b.identity, &[eid, kind, &n.to_string()]);
+/// One ledger or coupon row of a message, encoded into its table (and its settlement lines).
+fn encode_row(r: &Row, from_coupons: bool, out: &mut [Block], boards: &mut Vec<(String, String, i64, i64)>) -> Result<(), String> {
+    let table = if from_coupons { Some("coupon_events") } else { r.table.as_deref() };
+    match table {
+        None => {
+            let b = &mut out[0];
+            let d = &mut b.data;
+            let (eid, mid, kind) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.kind, "kind")?);
+            put_str(d, eid);
+            put_str(d, mid);
+            put_str(d, kind);
+            put_i64(d, need_i(r.points, "points")?);
+            put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+            put_str(d, need(&r.bu_id, "bu_id")?);
+            put_str(d, need(&r.format, "format")?);
+            put_str(d, need(&r.merchant_id, "merchant_id")?);
+            put_str(d, need(&r.category, "category")?);
+            put_str(d, need(&r.channel, "channel")?);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_str(d, need(&r.refund_of, "refund_of")?);
+            put_str(d, need(&r.tier, "tier")?);
+            put_str(d, need(&r.rules_version, "rules_version")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            put_str(d, r.explain.map_or("[]", |e| e.get()));
+            let lots = r.lots.map(|l| l.get()).filter(|l| !l.trim().is_empty() && l.trim() != "[]").unwrap_or("");
+            put_str(d, lots);
+            d.extend_from_slice(&r.batch_index.unwrap_or(0).to_le_bytes());
+            b.rows += 1;
+            ident(&mut b.identity, &[mid, eid, kind]);
+            for (board, score, version) in r.boards.iter().flatten() {
+                boards.push((board.to_string(), mid.to_string(), *score, *version));
             }
         }
-    }
-    for g in &msg.guests {
-        let b = &mut local[1];
-        let d = &mut b.data;
-        put_str(d, &g.event_id);
-        put_str(d, &g.type_);
-        put_str(d, &g.payer_kind);
-        put_str(d, &g.payer_id);
-        put_i64(d, g.amount_fen);
-        put_str(d, &g.bu_id);
-        put_str(d, &g.format);
-        put_str(d, &g.merchant_id);
-        put_str(d, &g.category);
-        put_str(d, &g.channel);
-        put_i64(d, g.occurred_at_ms);
-        put_str(d, &g.refund_of);
-        put_i64(d, g.processed_at_ms);
-        b.rows += 1;
-        ident(&mut b.identity, &[&g.payer_id, &g.event_id, &g.type_]);
-    }
-    for p in &msg.parking {
-        let b = &mut local[3];
-        let d = &mut b.data;
-        put_str(d, &p.event_id);
-        put_str(d, &p.status);
-        put_str(d, &p.plate);
-        put_str(d, &p.car_park);
-        put_str(d, &p.member_id);
-        put_i64(d, p.entry_ms);
-        put_i64(d, p.exit_ms);
-        for v in [p.minutes, p.gross_fee_fen, p.fee_fen, p.points_used, p.points_value_fen, p.due_fen] {
-            put_i64(d, v);
+        Some("coupon_events") => {
+            let b = &mut out[4];
+            let d = &mut b.data;
+            let (eid, mid, kind, cid) = (
+                need(&r.event_id, "event_id")?,
+                need(&r.member_id, "member_id")?,
+                need(&r.kind, "kind")?,
+                need(&r.coupon_id, "coupon_id")?,
+            );
+            put_str(d, eid);
+            put_str(d, mid);
+            put_str(d, kind);
+            put_str(d, cid);
+            put_str(d, r.template.as_deref().unwrap_or(""));
+            put_str(d, r.trigger.as_deref().unwrap_or(""));
+            put_str(d, r.coupon_kind.as_deref().unwrap_or(""));
+            put_i64(d, r.face_value_fen.unwrap_or(0));
+            put_i64(d, r.discount_fen.unwrap_or(0));
+            put_i64(d, r.merchant_share_fen.unwrap_or(0));
+            put_i64(d, r.issuer_share_fen.unwrap_or(0));
+            put_i64(d, r.valid_until_ms.unwrap_or(0));
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            put_str(d, r.rules_version.as_deref().unwrap_or(""));
+            put_str(d, r.reason.as_deref().unwrap_or(""));
+            put_str(d, r.bu_id.as_deref().unwrap_or(""));
+            put_str(d, r.merchant_id.as_deref().unwrap_or(""));
+            b.rows += 1;
+            ident(&mut b.identity, &[cid, kind, eid]);
         }
-        put_str(d, p.deductions.get());
-        b.rows += 1;
-        ident(&mut b.identity, &[&p.car_park, &p.event_id]);
+        Some("game_draws") => {
+            let b = &mut out[5];
+            let d = &mut b.data;
+            let (eid, mid, gid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?, need(&r.game_id, "game_id")?);
+            put_str(d, eid);
+            put_str(d, mid);
+            put_str(d, gid);
+            put_str(d, need(&r.game_kind, "game_kind")?);
+            put_i64(d, need_i(r.draw, "draw")?);
+            put_i64(d, need_i(r.odds_total, "odds_total")?);
+            put_str(d, need(&r.odds, "odds")?);
+            put_str(d, need(&r.prize_id, "prize_id")?);
+            put_str(d, need(&r.outcome, "outcome")?);
+            put_i64(d, need_i(r.cost_points, "cost_points")?);
+            put_str(d, need(&r.rules_version, "rules_version")?);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            b.rows += 1;
+            ident(&mut b.identity, &[gid, mid, eid]);
+        }
+        Some("stored_value") => {
+            let b = &mut out[6];
+            let d = &mut b.data;
+            let (eid, mid) = (need(&r.event_id, "event_id")?, need(&r.member_id, "member_id")?);
+            put_str(d, eid);
+            put_str(d, mid);
+            put_str(d, need(&r.kind, "kind")?);
+            put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+            put_i64(d, need_i(r.balance_after_fen, "balance_after_fen")?);
+            put_str(d, need(&r.bu_id, "bu_id")?);
+            put_str(d, need(&r.merchant_id, "merchant_id")?);
+            put_str(d, need(&r.category, "category")?);
+            put_str(d, need(&r.channel, "channel")?);
+            put_str(d, need(&r.refund_of, "refund_of")?);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            b.rows += 1;
+            ident(&mut b.identity, &[mid, eid]);
+        }
+        Some("member_states") => {
+            let b = &mut out[7];
+            let d = &mut b.data;
+            let mid = need(&r.member_id, "member_id")?;
+            let seq = need_i(r.seq, "seq")?;
+            let state = r.state.ok_or("field \"state\" is missing")?.get();
+            put_str(d, mid);
+            put_i64(d, seq);
+            put_str(d, state);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            b.rows += 1;
+            ident(&mut b.identity, &[mid, &seq.to_string()]);
+        }
+        Some("bindings") => {
+            let b = &mut out[8];
+            let d = &mut b.data;
+            let key = need(&r.key, "key")?;
+            let at = need_i(r.processed_at_ms, "processed_at_ms")?;
+            put_str(d, key);
+            put_str(d, need(&r.kind, "kind")?);
+            put_str(d, r.member_id.as_deref().unwrap_or(""));
+            put_str(d, r.value.as_deref().unwrap_or(""));
+            put_i64(d, at);
+            b.rows += 1;
+            ident(&mut b.identity, &[key, &at.to_string()]);
+        }
+        Some("op_records") => {
+            let b = &mut out[9];
+            let d = &mut b.data;
+            let (mid, eid) = (need(&r.member_id, "member_id")?, need(&r.event_id, "event_id")?);
+            let at = need_i(r.processed_at_ms, "processed_at_ms")?;
+            put_str(d, mid);
+            put_str(d, eid);
+            put_str(d, need(&r.record, "record")?);
+            put_i64(d, at);
+            b.rows += 1;
+            ident(&mut b.identity, &[mid, eid, &at.to_string()]);
+        }
+        Some("held_refunds") => {
+            let b = &mut out[10];
+            let d = &mut b.data;
+            let (mid, pid, eid, status) = (
+                need(&r.member_id, "member_id")?,
+                need(&r.payment_id, "payment_id")?,
+                need(&r.event_id, "event_id")?,
+                need(&r.status, "status")?,
+            );
+            put_str(d, mid);
+            put_str(d, pid);
+            put_str(d, eid);
+            put_str(d, status);
+            put_str(d, r.body.as_deref().unwrap_or(""));
+            put_i64(d, need_i(r.deadline_ms, "deadline_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            b.rows += 1;
+            ident(&mut b.identity, &[mid, pid, eid, status]);
+        }
+        Some("audit_log") => {
+            let b = &mut out[11];
+            let d = &mut b.data;
+            let rid = need(&r.event_id, "event_id")?;
+            put_str(d, rid);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_str(d, need(&r.operator, "operator")?);
+            put_str(d, need(&r.role, "role")?);
+            put_str(d, r.scope.as_deref().unwrap_or(""));
+            put_str(d, need(&r.action, "action")?);
+            put_str(d, r.member_id.as_deref().unwrap_or(""));
+            put_str(d, r.target.as_deref().unwrap_or(""));
+            put_i64(d, need_i(r.http_status, "http_status")?);
+            put_str(d, r.before.map_or("null", |v| v.get()));
+            put_str(d, r.after.map_or("null", |v| v.get()));
+            b.rows += 1;
+            ident(&mut b.identity, &[rid]);
+        }
+        Some("receipts") => {
+            let b = &mut out[12];
+            let d = &mut b.data;
+            let (rid, status, eid) = (need(&r.receipt_id, "receipt_id")?, need(&r.status, "status")?, need(&r.event_id, "event_id")?);
+            put_str(d, rid);
+            put_str(d, status);
+            put_str(d, eid);
+            put_str(d, need(&r.member_id, "member_id")?);
+            put_str(d, need(&r.merchant_id, "merchant_id")?);
+            put_str(d, r.bu_id.as_deref().unwrap_or(""));
+            put_i64(d, need_i(r.amount_fen, "amount_fen")?);
+            put_str(d, need(&r.receipt_no, "receipt_no")?);
+            put_i64(d, need_i(r.purchased_at_ms, "purchased_at_ms")?);
+            put_str(d, r.image.as_deref().unwrap_or(""));
+            put_str(d, r.reason.as_deref().unwrap_or(""));
+            put_str(d, r.operator.as_deref().unwrap_or(""));
+            put_i64(d, need_i(r.submitted_at_ms, "submitted_at_ms")?);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            put_str(d, r.rules_version.as_deref().unwrap_or(""));
+            b.rows += 1;
+            ident(&mut b.identity, &[rid, status]);
+        }
+        Some(other) => return Err(format!("unknown table {other:?}")),
     }
-    for (all, one) in out.iter_mut().zip(local) {
-        all.rows += one.rows;
-        all.data.extend_from_slice(&one.data);
-        all.identity.extend_from_slice(&one.identity);
+    // The event's settlement lines (ledger, coupon and stored-value rows carry them).
+    if let Some(lines) = &r.settlement {
+        if table == Some("game_draws") {
+            return Ok(());
+        }
+        let b = &mut out[2];
+        let (eid, kind) = (need(&r.event_id, "event_id")?, need(&r.kind, "kind")?);
+        for (n, line) in lines.iter().enumerate() {
+            let d = &mut b.data;
+            put_str(d, eid);
+            put_str(d, kind);
+            d.extend_from_slice(&u16::try_from(n).map_err(|_| "too many settlement lines")?.to_le_bytes());
+            put_str(d, need(&r.member_id, "member_id")?);
+            put_str(d, &line.account);
+            put_i64(d, line.amount_fen);
+            put_i64(d, line.points);
+            put_str(d, need(&r.bu_id, "bu_id")?);
+            put_str(d, need(&r.merchant_id, "merchant_id")?);
+            put_i64(d, need_i(r.occurred_at_ms, "occurred_at_ms")?);
+            put_i64(d, need_i(r.processed_at_ms, "processed_at_ms")?);
+            b.rows += 1;
+            ident(&mut b.identity, &[eid, kind, &n.to_string()]);
+        }
     }
-    boards.extend(local_boards);
     Ok(())
+}
+
+/// A guest payment of a message.
+fn encode_guest(g: &Guest, out: &mut [Block]) {
+    let b = &mut out[1];
+    let d = &mut b.data;
+    put_str(d, &g.event_id);
+    put_str(d, &g.type_);
+    put_str(d, &g.payer_kind);
+    put_str(d, &g.payer_id);
+    put_i64(d, g.amount_fen);
+    put_str(d, &g.bu_id);
+    put_str(d, &g.format);
+    put_str(d, &g.merchant_id);
+    put_str(d, &g.category);
+    put_str(d, &g.channel);
+    put_i64(d, g.occurred_at_ms);
+    put_str(d, &g.refund_of);
+    put_i64(d, g.processed_at_ms);
+    b.rows += 1;
+    ident(&mut b.identity, &[&g.payer_id, &g.event_id, &g.type_]);
+}
+
+/// A parking session of a message.
+fn encode_parking(p: &Parking, out: &mut [Block]) {
+    let b = &mut out[3];
+    let d = &mut b.data;
+    put_str(d, &p.event_id);
+    put_str(d, &p.status);
+    put_str(d, &p.plate);
+    put_str(d, &p.car_park);
+    put_str(d, &p.member_id);
+    put_i64(d, p.entry_ms);
+    put_i64(d, p.exit_ms);
+    for v in [p.minutes, p.gross_fee_fen, p.fee_fen, p.points_used, p.points_value_fen, p.due_fen] {
+        put_i64(d, v);
+    }
+    put_str(d, p.deductions.get());
+    b.rows += 1;
+    ident(&mut b.identity, &[&p.car_park, &p.event_id]);
 }
 
 /// Encodes a batch of ledger-topic messages; a message that cannot be stored is left out
@@ -693,8 +759,20 @@ fn encode_message(msg: &Message, out: &mut [Block], boards: &mut Vec<(String, St
 pub fn encode(messages: &[&[u8]]) -> Blocks {
     let mut out = Blocks { tables: vec![Block::default(); TABLES.len()], ..Blocks::default() };
     for (i, raw) in messages.iter().enumerate() {
-        let parsed: Result<Message, String> = serde_json::from_slice(raw).map_err(|e| format!("not a ledger message: {e}"));
-        if let Err(reason) = parsed.and_then(|m| encode_message(&m, &mut out.tables, &mut out.boards)) {
+        // What the tables held before this message: a refused message is cut off whole.
+        let marks: Vec<(usize, usize, usize)> = out.tables.iter().map(|b| (b.rows, b.data.len(), b.identity.len())).collect();
+        let boards_mark = out.boards.len();
+        let mut enc = Enc { tables: &mut out.tables, boards: &mut out.boards, refused: None };
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let read = serde::Deserializer::deserialize_map(&mut de, MessageVisitor(&mut enc)).and_then(|()| de.end());
+        if let Err(e) = read {
+            let reason = enc.refused.take().unwrap_or_else(|| format!("not a ledger message: {e}"));
+            for (b, (rows, data, identity)) in out.tables.iter_mut().zip(marks) {
+                b.rows = rows;
+                b.data.truncate(data);
+                b.identity.truncate(identity);
+            }
+            out.boards.truncate(boards_mark);
             out.poison.push((i, reason));
         }
     }
@@ -822,6 +900,35 @@ mod tests {
         let mut v = Vec::new();
         put_str(&mut v, &long);
         assert_eq!(&v[..2], &[0xac, 0x02], "LEB128 length");
+    }
+
+    #[test]
+    fn a_refused_message_leaves_nothing_behind_even_rows_read_before_the_refusal() {
+        let row = |e: &str| {
+            format!(
+                r#"{{"boards": [["w:all", 5, 1]], "event_id": "{e}", "member_id": "m1", "kind": "earn", "points": 5,
+                "amount_fen": 500, "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c",
+                "channel": "w", "occurred_at_ms": 1, "refund_of": "", "tier": "normal", "rules_version": "v",
+                "processed_at_ms": 2, "settlement": [{{"account": "gateway", "amount_fen": -500, "points": 0}}]}}"#
+            )
+        };
+        let good = format!(r#"{{"ledger": [{}], "guests": []}}"#, row("e1"));
+        let alone = encode(&[good.as_bytes()]);
+        let late_refusal = format!(r#"{{"ledger": [{}, {{"event_id": "e3", "member_id": "m1", "kind": "earn"}}]}}"#, row("e2"));
+        let unknown_key = format!(r#"{{"ledger": [{}], "extra": []}}"#, row("e4"));
+        let twice = format!(r#"{{"ledger": [{}], "ledger": []}}"#, row("e5"));
+        let cut = format!(r#"{{"ledger": [{}], "guests": ["#, row("e6"));
+        let b = encode(&[good.as_bytes(), late_refusal.as_bytes(), unknown_key.as_bytes(), twice.as_bytes(), cut.as_bytes()]);
+        let reasons: Vec<(usize, &str)> = b.poison.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(reasons[0], (1, r#"field "points" is missing"#));
+        assert!(reasons[1].0 == 2 && reasons[1].1.contains("unknown field `extra`"), "{reasons:?}");
+        assert!(reasons[2].0 == 3 && reasons[2].1.contains("duplicate field `ledger`"), "{reasons:?}");
+        assert!(reasons[3].0 == 4 && reasons[3].1.starts_with("not a ledger message: EOF"), "{reasons:?}");
+        for (with, without) in b.tables.iter().zip(&alone.tables) {
+            assert_eq!((with.rows, &with.data, &with.identity), (without.rows, &without.data, &without.identity));
+        }
+        assert_eq!(b.boards, alone.boards);
+        assert_eq!((alone.tables[0].rows, alone.tables[2].rows), (1, 1));
     }
 
     #[test]

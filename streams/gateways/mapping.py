@@ -102,6 +102,23 @@ class GatewayConfig:
 _KEYS = {"wechatpay": ("mchid", "sub_mchid"), "alipay": ("app_id", "seller_id")}
 
 
+def _place_usable(at: str, entry: dict[str, Any], bus: set[str] | None, lenient: bool) -> bool:
+    """Checks the place an entry routes to (BU, merchant, category ids; the BU one of the
+    rules'). An unknown BU refuses the file, or, lenient, is logged and the entry left out:
+    a worker keeps running and that entry's payments are refused (and retried by the
+    gateway) until the rules or the routes are fixed."""
+    for name in ("bu_id", "merchant_id", "category"):
+        if not is_valid_id(entry[name]):
+            raise GatewayConfigError(f"{at}.{name}: {entry[name]!r} is not a valid id (letters, digits, _ - . : @)")
+    if bus is not None and entry["bu_id"] not in bus:
+        problem = f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules"
+        if not lenient:
+            raise GatewayConfigError(problem)
+        log.error("%s; its payments will be refused until fixed", problem)
+        return False
+    return True
+
+
 def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[str] | None,
             lenient: bool) -> GatewayRoutes:
     if not isinstance(section, dict):
@@ -125,19 +142,10 @@ def _routes(where: str, section: Any, account_key: str, sub_key: str, bus: set[s
         for name in (account_key, "bu_id", "merchant_id", "category"):
             if not isinstance(entry.get(name), str) or not entry[name]:
                 raise GatewayConfigError(f"{at}.{name}: required (a string)")
-        for name in ("bu_id", "merchant_id", "category"):
-            if not is_valid_id(entry[name]):
-                raise GatewayConfigError(f"{at}.{name}: {entry[name]!r} is not a valid id (letters, digits, _ - . : @)")
         sub = entry.get(sub_key, "")
         if not isinstance(sub, str):
             raise GatewayConfigError(f"{at}.{sub_key}: must be a string")
-        if bus is not None and entry["bu_id"] not in bus:
-            problem = f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules"
-            if not lenient:
-                raise GatewayConfigError(problem)
-            # A worker keeps running: this route's payments are refused (and retried by
-            # the gateway) until the rules or the routes are fixed.
-            log.error("%s; its payments will be refused until fixed", problem)
+        if not _place_usable(at, entry, bus, lenient):
             continue
         key = (entry[account_key], sub)
         if key in routes:
@@ -162,14 +170,7 @@ def _circle_shops(where: str, entries: Any, bus: set[str] | None, lenient: bool)
         for name in sorted(allowed):
             if not isinstance(entry.get(name), str) or not entry[name]:
                 raise GatewayConfigError(f"{at}.{name}: required (a string)")
-        for name in ("bu_id", "merchant_id", "category"):
-            if not is_valid_id(entry[name]):
-                raise GatewayConfigError(f"{at}.{name}: {entry[name]!r} is not a valid id (letters, digits, _ - . : @)")
-        if bus is not None and entry["bu_id"] not in bus:
-            problem = f"{at}.bu_id: {entry['bu_id']!r} is not a business unit of the rules"
-            if not lenient:
-                raise GatewayConfigError(problem)
-            log.error("%s; its payments will be refused until fixed", problem)
+        if not _place_usable(at, entry, bus, lenient):
             continue
         if entry["shop_number"] in shops:
             raise GatewayConfigError(f"{at}: a second entry for shop_number {entry['shop_number']!r}")

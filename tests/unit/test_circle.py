@@ -25,20 +25,6 @@ OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 
 
 @pytest.fixture(scope="module")
-def wx() -> WeChatPaySimulator:
-    return WeChatPaySimulator()
-
-
-@pytest.fixture(scope="module")
-def wx_keys(wx: WeChatPaySimulator, tmp_path_factory: pytest.TempPathFactory) -> wechatpay.WeChatPayKeys:
-    env = wx.env(tmp_path_factory.mktemp("keys"))
-    keys = wechatpay.WeChatPayKeys.from_settings(env["LOYALTY_WECHATPAY_APIV3_KEY"],
-                                                 env["LOYALTY_WECHATPAY_PLATFORM_KEYS"])
-    assert keys is not None
-    return keys
-
-
-@pytest.fixture(scope="module")
 def api() -> WeChatPayApi:
     return WeChatPayApi()  # not started: its checks are called directly
 

@@ -23,22 +23,8 @@ CONFIG = load_config(ROOT / "rules" / "gateways.toml")
 
 
 @pytest.fixture(scope="module")
-def wx() -> WeChatPaySimulator:
-    return WeChatPaySimulator()
-
-
-@pytest.fixture(scope="module")
 def ali() -> AlipaySimulator:
     return AlipaySimulator()
-
-
-@pytest.fixture(scope="module")
-def wx_keys(wx: WeChatPaySimulator, tmp_path_factory: pytest.TempPathFactory) -> wechatpay.WeChatPayKeys:
-    env = wx.env(tmp_path_factory.mktemp("keys"))
-    keys = wechatpay.WeChatPayKeys.from_settings(env["LOYALTY_WECHATPAY_APIV3_KEY"],
-                                                 env["LOYALTY_WECHATPAY_PLATFORM_KEYS"])
-    assert keys is not None
-    return keys
 
 
 def sdk_wechatpay(wx: WeChatPaySimulator) -> WeChatPay:

@@ -1,5 +1,14 @@
 """The loyalty engine's Rust core (pure, batch-shaped), as a Python package."""
 
+import os
+
+# The extension allocates through mimalloc, which by default gives freed pages back to the
+# OS 10 ms after they empty: between two batches, so every batch faulted its memory in again
+# (the kernel zeroing pages was ~7% of the core's time under perf). Freed memory is kept 1 s
+# (`MIMALLOC_PURGE_DELAY`, read when the extension loads; an operator's own value wins):
+# the core benchmark's rate +15-25% (benchmarks/README.md), a few MB more resident.
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "1000")
+
 from core_ext._core import (
     AccrualBatch,
     BatchReport,

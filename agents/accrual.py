@@ -150,8 +150,10 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         redis_s += ph.mark("reserve")
         # The round's outbox and the members' writes in one round trip: the commands run in
         # order, so the outbox is there before any record that names it.
-        outbox = await _off(batch.outbox_plan, secrets.token_hex(4), OUTBOX_TTL_S, inline=small)
-        write = await _off(batch.write_plan, inline=small)
+        # Inline whatever the batch's size: ~3 µs an event of work, less than the two hand-offs
+        # to the core thread and back cost on a busy machine.
+        outbox = batch.outbox_plan(secrets.token_hex(4), OUTBOX_TTL_S)
+        write = batch.write_plan()
         redis_s += ph.mark("outbox")
         if len(write) > 1 and _fault("accrual-die-mid-write"):
             await store.run(outbox, "outbox")
@@ -185,8 +187,8 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
     # pushes (Redis has the coupons now) and notices go to Kafka, then the round's outbox is
     # deleted and the members' recent movements and schedules are written. If the process
     # dies first, the outbox is still there: the batch's redelivery or the sweeper sends it.
-    messages = await _off(batch.ledger_messages, inline=small)
-    pushes = [(p.key, p.value) for p in await _off(batch.pushes, inline=small)]
+    messages = batch.ledger_messages()  # joins rows already built: inline, like the plans
+    pushes = [(p.key, p.value) for p in batch.pushes()]
     notices = [(n.key, n.value) for n in batch.notices()]
     trim = [*batch.trim_plan(), *batch.schedule_plan(store.tier_reviews_key, store.wallet_checks_key)]
     redis_s += ph.mark("send")

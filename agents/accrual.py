@@ -219,7 +219,7 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
                                event_id=d.event_id)
     await _await_all(redirected)
     report = batch.report()
-    await _off(batch.release, inline=small)
+    batch.release()  # ~0.5 ms a thousand events, the GIL released: less than a hand-off
     ph.mark("after")
     return report
 

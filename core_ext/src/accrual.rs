@@ -5,7 +5,7 @@
 use crate::campaigns::{self, PaymentView};
 use crate::errors::{CoreError, CoreResult};
 use crate::events::{EventKind, PaymentEvent, RECEIPT_CHANNEL};
-use crate::ledger::{rows_json, LedgerRow, Part};
+use crate::ledger::{history_json, rows_json, LedgerRow, Part};
 use crate::rules::{OnRefund, RuleSet, Shortfall};
 use crate::state::{same_purchase, MemberState, Purchase};
 use crate::tiers::{self, TierChange};
@@ -26,6 +26,9 @@ pub struct Applied {
     /// Campaign budget consumed: (campaign id, points).
     pub campaigns: Vec<(String, i64)>,
     pub rows_json: String,
+    /// The member history's entry for the event, when it was written with the rows (a
+    /// payment or refund with no row added after); otherwise it is read off `rows_json`.
+    pub history_json: Option<String>,
     /// A notification for the member (an expiry reminder), as JSON.
     pub notice: Option<String>,
     /// What the event's record keeps as its points (a payment: what it earned).
@@ -51,6 +54,7 @@ impl Applied {
             clawback_points: 0,
             campaigns: Vec::new(),
             rows_json,
+            history_json: None,
             notice: None,
             record_points: points,
             used_points: 0,
@@ -253,9 +257,10 @@ pub fn accrue_payment(
         tier_before,
         used_lots: Vec::new(),
     };
-    let mut rows =
+    let (mut rows, mut history) =
         payment_rows(rules, ev, member_id, "earn", total, &parts, &tier.id, change.as_ref(), &lines, now_ms);
     if ev.points_used > 0 {
+        history = None;
         let (lots, short) = wallet::spend_used(rules, state, ev.hold_id.as_deref(), ev.points_used, ev.occurred_at_ms);
         let mut used_parts = vec![Part::new("points_used", ev.hold_id.clone().unwrap_or_default(), -ev.points_used)];
         if short > 0 {
@@ -271,6 +276,7 @@ pub fn accrue_payment(
         clawback_points: 0,
         campaigns: consumed,
         rows_json: rows,
+        history_json: history,
         notice: None,
         record_points: total,
         used_points: ev.points_used,
@@ -376,9 +382,10 @@ pub fn accrue_refund(
     };
     let reversed = settlement::split_refund(&original_split, original.refunded_amount_fen, ev.amount_fen);
     let lines = settlement::payment_lines(&ev.bu_id, &ev.merchant_id, &reversed, taken, funded, returned, -1);
-    let mut rows =
+    let (mut rows, mut history) =
         payment_rows(rules, ev, member_id, "clawback", -taken, &parts, &tier.id, change.as_ref(), &lines, now_ms);
     if returned > 0 {
+        history = None;
         // Points the member used in the payment come back with the refund, into the lots
         // they came from (with those lots' expiry; a record without them: this month's).
         let used_lots = booking.map_or(&[][..], |b| b.used_lots.as_slice());
@@ -394,6 +401,7 @@ pub fn accrue_refund(
             clawback_points: clawback,
             campaigns: Vec::new(),
             rows_json: rows,
+            history_json: history,
             notice: None,
             record_points: returned - taken,
             used_points: 0,
@@ -503,7 +511,8 @@ fn row_of<'a>(
     }
 }
 
-/// The rows of a payment or refund: its own, and a tier change it caused.
+/// The rows of a payment or refund (its own, and a tier change it caused) and the
+/// member history's entry for them.
 #[allow(clippy::too_many_arguments)]
 fn payment_rows(
     rules: &RuleSet,
@@ -516,10 +525,13 @@ fn payment_rows(
     change: Option<&TierChange>,
     lines: &[settlement::Line],
     now_ms: i64,
-) -> String {
+) -> (String, Option<String>) {
     let row = LedgerRow { settlement: lines, ..row_of(rules, ev, member_id, kind, points, parts, tier, now_ms) };
     match change {
-        None => rows_json(&[row]),
+        None => {
+            let rows = [row];
+            (rows_json(&rows), Some(history_json(&rows)))
+        }
         Some(c) => {
             let explain = [Part::new(c.reason, format!("{}->{}", c.from, c.to), 0)];
             let change_row = LedgerRow {
@@ -531,7 +543,8 @@ fn payment_rows(
                 settlement: &[],
                 ..row.clone()
             };
-            rows_json(&[row, change_row])
+            let rows = [row, change_row];
+            (rows_json(&rows), Some(history_json(&rows)))
         }
     }
 }

@@ -929,7 +929,10 @@ impl AccrualBatch {
             let first = w.events.len().saturating_sub(self.cfg.history_len.max(0) as usize);
             let history = w.events[first..]
                 .iter()
-                .filter_map(|&i| self.evs[i].applied.as_ref().and_then(|a| history_entry(&a.rows_json)))
+                .filter_map(|&i| {
+                    let a = self.evs[i].applied.as_ref()?;
+                    a.history_json.clone().or_else(|| history_entry(&a.rows_json))
+                })
                 .collect();
             self.done_members.push(Done {
                 member: m.id.clone(),
@@ -1338,7 +1341,7 @@ pub const HISTORY_DROPS: [&str; 9] =
 /// The member API's entry for an event: its rows without HISTORY_DROPS (what a person
 /// reads), as a JSON array; each row keeps its fields in their order. One pass over the
 /// rows' text, values copied as they are (no tree of the rows is built).
-fn history_entry(rows_json: &str) -> Option<String> {
+pub(crate) fn history_entry(rows_json: &str) -> Option<String> {
     let rows: Vec<KeptFields> = serde_json::from_str(rows_json).ok()?;
     if rows.is_empty() {
         return None;

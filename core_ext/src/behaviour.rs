@@ -337,6 +337,7 @@ pub fn apply_member_event(
         clawback_points: 0,
         campaigns: Vec::new(),
         rows_json: rows,
+        history_json: None,
         notice,
         record_points: points + returned_points,
         used_points: 0,

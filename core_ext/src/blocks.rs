@@ -763,8 +763,13 @@ pub fn encode(messages: &[&[u8]]) -> Blocks {
         let marks: Vec<(usize, usize, usize)> = out.tables.iter().map(|b| (b.rows, b.data.len(), b.identity.len())).collect();
         let boards_mark = out.boards.len();
         let mut enc = Enc { tables: &mut out.tables, boards: &mut out.boards, refused: None };
-        let mut de = serde_json::Deserializer::from_slice(raw);
-        let read = serde::Deserializer::deserialize_map(&mut de, MessageVisitor(&mut enc)).and_then(|()| de.end());
+        // The message's text checked as UTF-8 once, not string by string as it is read.
+        let read = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8 text: {e}")).and_then(|text| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde::Deserializer::deserialize_map(&mut de, MessageVisitor(&mut enc))
+                .and_then(|()| de.end())
+                .map_err(|e| e.to_string())
+        });
         if let Err(e) = read {
             let reason = enc.refused.take().unwrap_or_else(|| format!("not a ledger message: {e}"));
             for (b, (rows, data, identity)) in out.tables.iter_mut().zip(marks) {
@@ -850,9 +855,11 @@ mod tests {
         })
         .to_string();
         let poison = br#"{"ledger": [{"event_id": "x", "member_id": "m", "kind": "earn"}]}"#;
-        let b = encode(&[good.as_bytes(), b"not json", poison]);
-        assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
+        let latin1 = b"{\"ledger\": [{\"event_id\": \"caf\xe9\"}]}";
+        let b = encode(&[good.as_bytes(), b"not json", poison, latin1]);
+        assert_eq!(b.poison.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert!(b.poison[1].1.contains("\"points\" is missing"), "{:?}", b.poison);
+        assert!(b.poison[2].1.starts_with("not a ledger message: not UTF-8 text"), "{:?}", b.poison);
         let rows: Vec<usize> = b.tables.iter().map(|t| t.rows).collect();
         assert_eq!(rows, vec![1, 1, 2, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1]);
         let rc = &b.tables[12].data;

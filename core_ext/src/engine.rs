@@ -377,6 +377,7 @@ impl Marketing<'_> {
             return;
         }
         applied.campaigns.extend(consumed);
+        applied.history_json = None; // the history is read off the rows with these added
         let extra = coupons::rows_json(&rows).join(",");
         let body = applied.rows_json.trim_end();
         applied.rows_json = match body.strip_suffix(']') {

@@ -671,7 +671,8 @@ struct FastPayment<'a> {
 }
 
 fn parse_fast(raw: &[u8]) -> Option<PaymentEvent> {
-    let f: FastPayment = serde_json::from_slice(raw).ok()?;
+    // UTF-8 checked once for the body, not string by string as serde reads it.
+    let f: FastPayment = serde_json::from_str(std::str::from_utf8(raw).ok()?).ok()?;
     let kind = match f.kind.as_ref() {
         "payment" => EventKind::Payment,
         "refund" => EventKind::Refund,

@@ -89,3 +89,44 @@ impl<'a> LedgerRow<'a> {
 pub fn rows_json(rows: &[LedgerRow]) -> String {
     serde_json::to_string(rows).expect("ledger rows always serialise")
 }
+
+/// A ledger row as the member API's history shows it: the fields of batch.rs's
+/// `HISTORY_DROPS` left out, and an empty `refund_of`; the others in the row's order.
+#[derive(Serialize)]
+struct HistoryRow<'r> {
+    event_id: &'r str,
+    kind: &'r str,
+    points: i64,
+    amount_fen: i64,
+    bu_id: &'r str,
+    merchant_id: &'r str,
+    occurred_at_ms: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    refund_of: &'r str,
+    rules_version: &'r str,
+    explain: &'r [Part],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    lots: &'r [[i64; 2]],
+}
+
+/// The member history's entry for an event's rows, written from the rows themselves
+/// (what batch.rs would otherwise read back out of their JSON).
+pub fn history_json(rows: &[LedgerRow]) -> String {
+    let kept: Vec<HistoryRow> = rows
+        .iter()
+        .map(|r| HistoryRow {
+            event_id: r.event_id,
+            kind: r.kind,
+            points: r.points,
+            amount_fen: r.amount_fen,
+            bu_id: r.bu_id,
+            merchant_id: r.merchant_id,
+            occurred_at_ms: r.occurred_at_ms,
+            refund_of: r.refund_of,
+            rules_version: r.rules_version,
+            explain: r.explain,
+            lots: r.lots,
+        })
+        .collect();
+    serde_json::to_string(&kept).expect("history rows always serialise")
+}

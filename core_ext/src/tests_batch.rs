@@ -382,3 +382,43 @@ fn a_guest_payment_reusing_an_event_id_with_another_body_is_refused_and_its_fact
     let m: serde_json::Value = serde_json::from_slice(&again.ledger_messages()[0]).unwrap();
     assert_eq!(m["guests"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn the_history_written_with_the_rows_is_the_one_read_off_their_json() {
+    // A payment and its refund (written with their rows), and a payment paying with points
+    // (a row added after: its entry is read off the JSON), for one member.
+    let rules = Arc::new(RuleSet::from_toml(RULES, "b.toml").unwrap());
+    let mut used = serde_json::from_slice::<serde_json::Value>(&pay("p2", Some("m1"), 6_000)).unwrap();
+    used["points_used"] = json!(50);
+    let env = envelope::pack(&[pay("p1", Some("m1"), 10_000), refund("r1", "m1", "p1", 4_000),
+                               serde_json::to_vec(&used).unwrap()]);
+    let mut b = AccrualBatch::decode(rules, cfg(), &[&env], NOW);
+    let read = b.read_plan();
+    let asked = args(&read[1]).len() - 2;
+    let mut replies = read_reply(3, Some(r#"{"balance":500}"#), &vec![None; asked]);
+    replies.extend(std::iter::repeat_n(Reply::Nil, read.len() - 2));
+    b.read_done(&replies).unwrap();
+    let reserve = b.reserve_plan();
+    let grants = reserve.iter().map(|c| Reply::Array(vec![Reply::Int(1); (args(c).len() - 6) / 3])).collect::<Vec<_>>();
+    b.reserve_done(&grants).unwrap();
+    b.outbox_plan("tok", 600);
+    let write = b.write_plan();
+    b.write_done(&vec![Reply::Array(vec![bulk("ok")]); write.len()]).unwrap();
+    assert_eq!((b.kind(0), b.kind(1), b.kind(2)), (Kind::Applied, Kind::Applied, Kind::Applied));
+    let msgs = b.ledger_messages();
+    let m: serde_json::Value = serde_json::from_slice(&msgs[0]).unwrap();
+    let trims = b.trim_plan();
+    let push = trims.iter().map(|c| args(c)).find(|a| a[0] == b"LPUSH").expect("the history is written");
+    assert_eq!(push.len(), 2 + 3);
+    for (entry, id) in push[2..].iter().zip(["p1", "r1", "p2"]) {
+        let rows: Vec<&serde_json::Value> =
+            m["ledger"].as_array().unwrap().iter().filter(|r| r["event_id"] == id && r.get("table").is_none()).collect();
+        let want = crate::batch::history_entry(&serde_json::to_string(&rows).unwrap()).unwrap();
+        let got = std::str::from_utf8(entry).unwrap();
+        let parsed = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(parsed(got), parsed(&want), "{id}");
+        assert!(got.starts_with(&format!(r#"[{{"event_id":"{id}","kind":"#)), "the rows' order: {got}");
+    }
+    assert!(std::str::from_utf8(&push[4]).unwrap().contains(r#""kind":"redeem""#), "p2 has its points row");
+    assert!(std::str::from_utf8(&push[3]).unwrap().contains(r#""refund_of":"p1""#));
+}

@@ -107,8 +107,10 @@ pub fn evaluate_refs(
 ) -> BatchResult {
     assert!(events.len() == applied.len() && events.len() == originals.len(), "one flag and record per event");
     let mut seen: HashSet<(&str, &str)> = HashSet::default();
-    let mut payments: HashMap<(String, String), PaymentRecord> = HashMap::default();
-    let mut bookings: HashMap<(String, String), Booking> = HashMap::default();
+    // Keyed by (member id, payment id) borrowed from the events: no copies per payment.
+    let mut payments: HashMap<(&str, &str), PaymentRecord> = HashMap::default();
+    // A payment applied in this batch -> its outcome's index (its booking is in it).
+    let mut bookings: HashMap<(&str, &str), usize> = HashMap::default();
     let mut working: HashMap<String, Working> = HashMap::default();
     let mut order: Vec<String> = Vec::new();
     let mut budget_spent = stored.budget_spent.clone();
@@ -159,13 +161,19 @@ pub fn evaluate_refs(
         // A refund books where its payment was: the payment's business unit, merchant
         // and category, whatever its own callback says (a different one is refused).
         let event_id = ev.event_id();
+        let refund_of = match ev {
+            Event::Payment(p) => p.refund_of.as_deref().unwrap_or_default(),
+            Event::Member(_) => "",
+        };
         let mut refund_booking: Option<Booking> = None;
         if let Event::Payment(p) = ev {
             if let (EventKind::Refund, Some(of)) = (p.kind, &p.refund_of) {
-                let key = (member_id.to_string(), of.clone());
                 let booked = bookings
-                    .get(&key)
-                    .cloned()
+                    .get(&(member_id, refund_of))
+                    .and_then(|&at| match &outcomes[at] {
+                        Outcome::Apply(a) => a.booking.clone(),
+                        _ => None,
+                    })
                     .or_else(|| original.as_ref().and_then(|o| o.booking.clone()))
                     .filter(|b| !b.bu_id.is_empty());
                 if let Some(b) = booked {
@@ -202,11 +210,12 @@ pub fn evaluate_refs(
         let result = match ev {
             Event::Payment(p) if p.kind == EventKind::Payment => {
                 accrual::accrue_payment(rules, p, member_id, state, &mut budget_spent, now_ms).inspect(|a| {
-                    if let Some(b) = &a.booking {
-                        bookings.insert((member_id.to_string(), p.event_id.clone()), b.clone());
+                    if a.booking.is_some() {
+                        // Its outcome is the next one pushed (an applied event's, below).
+                        bookings.insert((member_id, event_id), outcomes.len());
                     }
                     payments.insert(
-                        (member_id.to_string(), p.event_id.clone()),
+                        (member_id, event_id),
                         PaymentRecord {
                             amount_fen: p.amount_fen,
                             points: a.record_points,
@@ -217,8 +226,8 @@ pub fn evaluate_refs(
                 })
             }
             Event::Payment(p) => {
-                let of = p.refund_of.clone().unwrap_or_default();
-                let key = (member_id.to_string(), of.clone());
+                let of = refund_of;
+                let key = (member_id, of);
                 match payments.get(&key).copied().or(original.as_ref().map(|o| o.payment)) {
                     None => {
                         outcomes.push(Outcome::Held(CoreError::rejected(
@@ -256,13 +265,10 @@ pub fn evaluate_refs(
             Ok(mut applied) => {
                 if let Some((before, was_registered)) = &before {
                     let refund_done = match ev {
-                        Event::Payment(p) if p.kind == EventKind::Refund => {
-                            let of = p.refund_of.clone().unwrap_or_default();
-                            payments
-                                .get(&(member_id.to_string(), of.clone()))
-                                .is_some_and(|r| r.refunded_amount_fen >= r.amount_fen)
-                                .then_some(of)
-                        }
+                        Event::Payment(p) if p.kind == EventKind::Refund => payments
+                            .get(&(member_id, refund_of))
+                            .is_some_and(|r| r.refunded_amount_fen >= r.amount_fen)
+                            .then(|| refund_of.to_string()),
                         _ => None,
                     };
                     let m = Marketing { member_id, before, was_registered: was_registered.is_some(), refund_done };
@@ -272,11 +278,8 @@ pub fn evaluate_refs(
                     let delta = if p.kind == EventKind::Payment { applied.record_points } else { -applied.clawback_points };
                     applied.boards = crate::boards::score(rules, state, &p.bu_id, p.occurred_at_ms, delta);
                 }
-                applied.rows_json = stamp_rows(&applied.rows_json, outcomes.len());
-                if !applied.boards.is_empty() {
-                    let version = crate::boards::version(w.expected_seq + 1, outcomes.len());
-                    applied.rows_json = stamp_boards(&applied.rows_json, &applied.boards, version);
-                }
+                let version = crate::boards::version(w.expected_seq + 1, outcomes.len());
+                applied.rows_json = stamp(&applied.rows_json, outcomes.len(), &applied.boards, version);
                 w.touched = true;
                 seen.insert((member_id, event_id));
                 outcomes.push(Outcome::Apply(applied));
@@ -298,7 +301,8 @@ pub fn evaluate_refs(
             })
         })
         .collect();
-    let mut payments: Vec<((String, String), PaymentRecord)> = payments.into_iter().collect();
+    let mut payments: Vec<((String, String), PaymentRecord)> =
+        payments.into_iter().map(|((m, p), r)| ((m.to_string(), p.to_string()), r)).collect();
     payments.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     BatchResult { outcomes, members, payments }
 }
@@ -388,20 +392,85 @@ impl Marketing<'_> {
     }
 }
 
-/// Puts the boards an event moved on its first ledger row: `"boards":[[board, score,
-/// version], ...]`, for the leaderboard consumer of the ledger topic.
-fn stamp_boards(rows_json: &str, boards: &[(String, i64)], version: i64) -> String {
-    let list: Vec<(&str, i64, i64)> = boards.iter().map(|(b, s)| (b.as_str(), *s, version)).collect();
-    let json = serde_json::to_string(&list).expect("boards always serialise");
-    match rows_json.strip_prefix("[{") {
-        Some(rest) => format!("[{{\"boards\":{json},{rest}"),
-        None => rows_json.to_string(),
+/// Stamps an event's ledger rows, in one copy of their text: the event's index in the
+/// batch on each row (the rows of one batch share processed_at, and recovery replays them
+/// in the order they were applied), and the boards the event moved on its first row,
+/// `"boards":[[board, score, version], ...]`, for the leaderboard consumer of the ledger topic.
+fn stamp(rows_json: &str, index: usize, boards: &[(String, i64)], version: i64) -> String {
+    const ROW: &str = r#"{"event_id":"#;
+    let boards_json = (!boards.is_empty()).then(|| {
+        let list: Vec<(&str, i64, i64)> = boards.iter().map(|(b, s)| (b.as_str(), *s, version)).collect();
+        serde_json::to_string(&list).expect("boards always serialise")
+    });
+    let index = index.to_string();
+    // Room for the stamps of a payment's rows (its own, a tier change, points used).
+    let mut out = String::with_capacity(
+        rows_json.len() + 3 * (index.len() + 16) + boards_json.as_ref().map_or(0, |b| b.len() + 10),
+    );
+    let mut rest = rows_json;
+    if let (Some(b), Some(after)) = (&boards_json, rows_json.strip_prefix("[{")) {
+        out.push_str("[{\"boards\":");
+        out.push_str(b);
+        out.push(',');
+        rest = after;
+        if let Some(tail) = after.strip_prefix(&ROW[1..]) {
+            push_index(&mut out, &index);
+            rest = tail;
+        }
     }
+    while let Some(at) = rest.find(ROW) {
+        out.push_str(&rest[..at]);
+        out.push('{');
+        push_index(&mut out, &index);
+        rest = &rest[at + ROW.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
-/// Puts the event's index in the batch on each of its ledger rows, so that the rows
-/// of one batch (which share processed_at) keep the order they were applied in:
-/// recovery replays them in that order.
-fn stamp_rows(rows_json: &str, index: usize) -> String {
-    rows_json.replace(r#"{"event_id":"#, &format!(r#"{{"batch_index":{index},"event_id":"#))
+/// `"batch_index":N,"event_id":` (a row's opening brace written before).
+fn push_index(out: &mut String, index: &str) {
+    out.push_str("\"batch_index\":");
+    out.push_str(index);
+    out.push_str(",\"event_id\":");
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::stamp;
+
+    /// The stamps as they were first written: a textual replace, then the boards.
+    fn two_passes(rows_json: &str, index: usize, boards: &[(String, i64)], version: i64) -> String {
+        let rows = rows_json.replace(r#"{"event_id":"#, &format!(r#"{{"batch_index":{index},"event_id":"#));
+        if boards.is_empty() {
+            return rows;
+        }
+        let list: Vec<(&str, i64, i64)> = boards.iter().map(|(b, s)| (b.as_str(), *s, version)).collect();
+        match rows.strip_prefix("[{") {
+            Some(rest) => format!("[{{\"boards\":{},{rest}", serde_json::to_string(&list).unwrap()),
+            None => rows,
+        }
+    }
+
+    #[test]
+    fn one_pass_stamps_what_the_two_passes_did() {
+        let boards = [("w:2025-W48:group:0".to_string(), 120), ("m:2025-11:bu:mall:3".to_string(), 7)];
+        let cases = [
+            r#"[{"event_id":"p1","kind":"earn","points":12}]"#,
+            r#"[{"event_id":"p1","kind":"earn"},{"event_id":"p1","kind":"tier_change","explain":[{"rule":"x"}]}]"#,
+            r#"[{"event_id":"p1","kind":"earn"},{"table":"coupon_events","event_id":"p1","coupon_id":"c"}]"#,
+            r#"[{"table":"coupon_events","event_id":"p1"},{"event_id":"p1","kind":"earn"}]"#,
+            r#"[]"#,
+            "",
+        ];
+        for rows in cases {
+            for (index, b) in [(0, &boards[..0]), (7, &boards[..1]), (1234, &boards[..])] {
+                assert_eq!(stamp(rows, index, b, 99), two_passes(rows, index, b, 99), "{rows} {index}");
+            }
+        }
+        assert_eq!(
+            stamp(r#"[{"event_id":"p1"}]"#, 3, &boards[..1], 5),
+            r#"[{"boards":[["w:2025-W48:group:0",120,5]],"batch_index":3,"event_id":"p1"}]"#
+        );
+    }
 }

@@ -3,9 +3,10 @@
 Started only when LOYALTY_PUSH_WEBHOOK_URL is set (otherwise pushes wait in Kafka).
 Each batch: pushes already delivered (Redis remembers every push id answered 2xx) are
 skipped, the rest are delivered concurrently (streams.pushes.Webhook: signed, timeout,
-retries with backoff), delivered ones are remembered, failed ones dead-lettered, and a
-`pushed` / `push_failed` coupon event goes to the ledger for the history (a scheduled campaign's
-notice too: its push id as the coupon id, kind `notice`).
+retries with backoff), failed ones dead-lettered, a `pushed` / `push_failed` coupon event goes
+to the ledger for the history (a scheduled campaign's notice too: its push id as the coupon id,
+kind `notice`), and only then are the delivered ones remembered: a kill in between delivers them
+again under the same push ids, and the history keeps one row per push and outcome.
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
 
     results = await asyncio.gather(*(one(pid) for pid in todo))
     delivered = [d.push_id for d in results if d.ok]
-    await rt.balances.mark_pushed(delivered)
     now_ms = int(time.time() * 1000)
     rows = []
     for d in results:
@@ -107,9 +107,10 @@ async def deliver_batch(webhook: Webhook, session: aiohttp.ClientSession, values
         row = _history_row(msg, d, now_ms)
         if row is not None:
             rows.append(row)
-    if rows:
+    if rows:  # the durable record first: a kill before Redis remembers the pushes re-delivers them (same push ids)
         fut = await ledger_topic.send(value=orjson.dumps({"coupons": rows}), force=True)
         await fut
+    await rt.balances.mark_pushed(delivered)
     log.info("pushes: %d delivered, %d failed, %d already delivered", len(delivered), len(todo) - len(delivered),
              len(values) - len(todo))
 

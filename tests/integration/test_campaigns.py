@@ -315,6 +315,17 @@ def test_a_run_killed_midway_resumes_and_reaches_each_member_once(cw: WorkerProc
     cw.wait_until(lambda: all(receiver.pushes_for(m) for m in members), timeout=90, what="every member pushed")
     # One push each (a delivery in flight at the kill may arrive twice: the same push id).
     assert {m: len({p["push_id"] for p in receiver.pushes_for(m)}) for m in members} == dict.fromkeys(members, 1)
+    # Every delivery recorded in the history, those of the batch the kill cut short too.
+    cw.wait_until(lambda: bulk_kpi(cw)["delivered"] == BULK, timeout=60, what="every delivery in the history")
+    assert (bulk_kpi(cw)["pushed"], bulk_kpi(cw)["issued"]) == (BULK, BULK)
+
+
+def bulk_kpi(w: WorkerProcess) -> dict[str, Any]:
+    status, kpis = w.get(f"/v1/admin/kpis?kpi=scheduled_campaigns&from={NOW.date()}"
+                         f"&to={(BULK_AT + dt.timedelta(days=1)).date()}")
+    assert status == 200, kpis
+    return next((r for r in kpis["kpis"]["scheduled_campaigns"] if r["campaign"] == "bulk"),
+                {"delivered": -1, "pushed": -1, "issued": -1})
 
 
 def test_campaign_routes_answer_what_is_asked(cw: WorkerProcess) -> None:

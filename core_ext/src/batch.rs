@@ -20,8 +20,9 @@ use crate::events::{self, Event, EventKind, MemberKind};
 use crate::record::{self, Record};
 use crate::resp::{Command, Reply};
 use crate::rules::RuleSet;
+use memchr::memmem::Finder;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 pub const DAY_MS: i64 = 86_400_000;
 /// A ledger-topic message stays well under Kafka's default 1 MB request limit.
@@ -1160,7 +1161,8 @@ impl AccrualBatch {
                 _ => None,
             };
             let Some(rows) = rows else { continue };
-            if !rows.contains("\"coupon_events\"") {
+            static COUPONS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"coupon_events\""));
+            if COUPONS.find(rows.as_bytes()).is_none() {
                 continue;
             }
             let Ok(parsed) = serde_json::from_str::<Vec<serde_json::Value>>(rows) else { continue };
@@ -1272,7 +1274,8 @@ fn join_rows(a: &str, b: &str) -> String {
 }
 
 fn count_rows(rows_json: &str) -> usize {
-    rows_json.matches("\"event_id\"").count()
+    static EVENT_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"event_id\""));
+    EVENT_ID.find_iter(rows_json.as_bytes()).count()
 }
 
 /// The ledger-topic messages for these rows (each event's JSON array) and guest facts:

@@ -10,7 +10,9 @@ use crate::events::{Event, EventKind, PaymentEvent};
 use crate::record::Booking;
 use crate::rules::RuleSet;
 use crate::state::MemberState;
+use memchr::memmem::Finder;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::LazyLock;
 
 pub use crate::record::Original;
 
@@ -398,6 +400,8 @@ impl Marketing<'_> {
 /// `"boards":[[board, score, version], ...]`, for the leaderboard consumer of the ledger topic.
 fn stamp(rows_json: &str, index: usize, boards: &[(String, i64)], version: i64) -> String {
     const ROW: &str = r#"{"event_id":"#;
+    // (memchr's SIMD search, built once: std's two-way search was ~2% of the core)
+    static ROWS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(ROW));
     let boards_json = (!boards.is_empty()).then(|| {
         let list: Vec<(&str, i64, i64)> = boards.iter().map(|(b, s)| (b.as_str(), *s, version)).collect();
         serde_json::to_string(&list).expect("boards always serialise")
@@ -418,7 +422,7 @@ fn stamp(rows_json: &str, index: usize, boards: &[(String, i64)], version: i64) 
             rest = tail;
         }
     }
-    while let Some(at) = rest.find(ROW) {
+    while let Some(at) = ROWS.find(rest.as_bytes()) {
         out.push_str(&rest[..at]);
         out.push('{');
         push_index(&mut out, &index);

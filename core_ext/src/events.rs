@@ -641,7 +641,7 @@ struct FastPayment<'a> {
     kind: Cow<'a, str>,
     #[serde(borrow)]
     occurred_at: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "crate::text::opt_cow")]
     member_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     bu_id: Cow<'a, str>,
@@ -652,7 +652,7 @@ struct FastPayment<'a> {
     amount_fen: i64,
     #[serde(borrow)]
     channel: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "crate::text::opt_cow")]
     refund_of: Option<Cow<'a, str>>,
     #[serde(default)]
     payer: Option<serde::de::IgnoredAny>,

@@ -27,6 +27,7 @@ pub mod rules_file;
 pub mod settlement;
 pub mod simulate;
 pub mod state;
+pub mod text;
 pub mod tiers;
 pub mod time;
 pub mod rebuild;

@@ -480,7 +480,7 @@ impl AccrualBatch {
                 }
             }
         }
-        let payments: HashMap<(String, String), PaymentRecord> = result.payments.into_iter().collect();
+        let payments = result.payments;
         let mut writes = Vec::with_capacity(result.members.len());
         for &i in &round.idx {
             self.evs[i].state_row = None;

@@ -76,8 +76,8 @@ pub struct BatchResult {
     pub outcomes: Vec<Outcome>,
     pub members: Vec<MemberUpdate>,
     /// Payments applied or refunded in the batch, as their records stand after it:
-    /// ((member id, payment id), record).
-    pub payments: Vec<((String, String), PaymentRecord)>,
+    /// (member id, payment id) -> record.
+    pub payments: HashMap<(String, String), PaymentRecord>,
 }
 
 struct Working {
@@ -303,9 +303,7 @@ pub fn evaluate_refs(
             })
         })
         .collect();
-    let mut payments: Vec<((String, String), PaymentRecord)> =
-        payments.into_iter().map(|((m, p), r)| ((m.to_string(), p.to_string()), r)).collect();
-    payments.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let payments = payments.into_iter().map(|((m, p), r)| ((m.to_string(), p.to_string()), r)).collect();
     BatchResult { outcomes, members, payments }
 }
 

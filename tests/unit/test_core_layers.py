@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2] / "core_ext" / "src"
 #: Lowest first: the basic types; time; events (input); records; the compiled rules; the
 #: rules loader and the Redis reply reader; the operations; the batch; the bindings.
 LAYERS: list[set[str]] = [
-    {"errors", "settlement", "state", "blocks", "envelope", "coupon_rules", "parking_rules"},
+    {"errors", "text", "settlement", "state", "blocks", "envelope", "coupon_rules", "parking_rules"},
     {"time", "ledger"},
     {"events"},
     {"record", "engage_rules"},

@@ -14,6 +14,7 @@ import core_ext
 from streams.app import runtime
 from streams.state import BOARD_SHARDS, BOARD_TTL_S, first_row
 from streams.state.circle import CIRCLE_KEEP_S
+from streams.state.jobs import OPEN_STATUSES
 from streams.state.keys import PARKING_SESSION_S
 from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
 
@@ -156,6 +157,9 @@ async def restore_bindings(offset: int, limit: int) -> int:
                 pipe.delete(key)
             elif kind in ("route", "approval", "merge", "erasure"):
                 pipe.set(key, value, ex=left_s)
+                if kind in OPEN_STATUSES and orjson.loads(value).get("status") in OPEN_STATUSES[kind]:
+                    # in progress: where the leader's timer looks for it (streams/state/jobs.py)
+                    pipe.zadd(b.open_jobs_key(kind), {r["key"].split(":", 1)[1]: now_ms})
             else:
                 pipe.hset(key, mapping=orjson.loads(value))
                 pipe.expire(key, left_s)

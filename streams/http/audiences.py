@@ -118,17 +118,12 @@ async def members_of(audience: dict[str, Any]) -> list[str]:
 MAX_MEMBERS = 500_000
 
 
-def _key(send_id: str) -> str:
-    return runtime.balances.audience_send_key(send_id)
-
-
 async def _load(send_id: str) -> dict[str, Any] | None:
-    raw = await runtime.balances.redis.get(_key(send_id))
-    return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+    return await runtime.balances.load_job("audience-send", send_id)
 
 
-async def _save(send: dict[str, Any]) -> None:
-    await runtime.balances.redis.set(_key(send["send_id"]), orjson.dumps(send), ex=SEND_KEEP_S)
+async def _save(send: dict[str, Any], create: bool = False) -> bool:
+    return await runtime.balances.save_job("audience-send", send["send_id"], send, SEND_KEEP_S, create=create)
 
 
 async def run_send(send_id: str) -> None:
@@ -168,9 +163,8 @@ async def resume_audience_sends() -> None:
     try:
         rt = await runtime.started()
         now_ms = int(time.time() * 1000)
-        async for key in rt.balances.redis.scan_iter(match=_key("*"), count=500):
-            send = await _load((key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
-            if send and send["status"] == "sending" and send["send_id"] not in _running \
+        for send in await rt.balances.open_jobs("audience-send"):
+            if send["send_id"] not in _running \
                     and now_ms - send["beat_ms"] > STALE_MS:
                 log.warning("audience send %s stalled at %d of %d: taken up again", send["send_id"], send["done"],
                             len(send["members"]))
@@ -214,7 +208,7 @@ class AudienceSend(View):
         send = {"send_id": send_id, "template": template, "audience": audience, "members": members, "done": 0,
                 "status": "sending", "by": op.login, "started_at_ms": int(time.time() * 1000),
                 "beat_ms": int(time.time() * 1000)}
-        if not await rt.balances.redis.set(_key(send_id), orjson.dumps(send), nx=True, ex=SEND_KEEP_S):
+        if not await _save(send, create=True):
             return json_response(self, _public(await _load(send_id) or send), 200)
         start_send(send_id)
         request["audit"] = {"action": "audience.send", "target": send_id, "before": None,

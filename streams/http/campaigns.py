@@ -62,12 +62,12 @@ def _key(campaign: str, run: str) -> str:
 
 
 async def _load(campaign: str, run: str) -> dict[str, Any] | None:
-    raw = await runtime.balances.redis.get(_key(campaign, run))
-    return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+    return await runtime.balances.load_job("campaign-run", f"{campaign}:{run}")
 
 
-async def _save(rec: dict[str, Any]) -> None:
-    await runtime.balances.redis.set(_key(rec["campaign"], rec["run"]), orjson.dumps(rec), ex=RUN_KEEP_S)
+async def _save(rec: dict[str, Any], create: bool = False) -> bool:
+    return await runtime.balances.save_job("campaign-run", f"{rec['campaign']}:{rec['run']}", rec, RUN_KEEP_S,
+                                           create=create)
 
 
 async def audience(campaign: dict[str, Any], at_ms: int) -> list[str]:
@@ -150,7 +150,7 @@ async def start_due(campaign: dict[str, Any], run: str, at_ms: int) -> str:
     wall = int(time.time() * 1000)
     rec = {"campaign": cid, "run": run, "at_ms": at_ms, "members": members, "done": 0, "status": "sending",
            "started_at_ms": wall, "beat_ms": wall}
-    if not await rt.balances.redis.set(_key(cid, run), orjson.dumps(rec), nx=True, ex=RUN_KEEP_S):
+    if not await _save(rec, create=True):
         return "running"
     counters["campaign_runs_started_total"] += 1
     log.info("campaign %s run %s (%s, due %s): members in its audience: %d", cid, run,
@@ -172,10 +172,9 @@ async def tick() -> list[tuple[str, str, str]]:
         if due is not None:
             out.append((c["id"], due[0], await start_due(c, *due)))
     wall = int(time.time() * 1000)
-    async for key in rt.balances.redis.scan_iter(match=_key("*", "*"), count=500):
-        campaign, run = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 2)[1:]
-        rec = await _load(campaign, run)
-        if rec and rec["status"] == "sending" and f"{campaign}:{run}" not in _running \
+    for rec in await rt.balances.open_jobs("campaign-run"):
+        campaign, run = rec["campaign"], rec["run"]
+        if f"{campaign}:{run}" not in _running \
                 and wall - rec["beat_ms"] > settings.schedule_stale_s * 1000:
             log.warning("campaign %s run %s stalled at %d of %d: taken up again", campaign, run, rec["done"],
                         len(rec["members"]))

@@ -242,8 +242,8 @@ async def resume_merges() -> None:
     try:
         rt = await runtime.started()
         now_ms = int(time.time() * 1000)
-        for merge in await rt.balances.merges():
-            if merge.get("status") in ("merging", "undoing") and merge["merge_id"] not in _running \
+        for merge in await rt.balances.open_jobs("merge"):
+            if merge["merge_id"] not in _running \
                     and now_ms - int(merge.get("beat_ms", 0)) > STALE_MS:
                 log.warning("merge %s left %s: taken up again", merge["merge_id"], merge["status"])
                 await (run_merge(merge) if merge["status"] == "merging" else run_undo(merge))

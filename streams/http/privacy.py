@@ -164,8 +164,8 @@ async def resume_erasures() -> None:
         if not rt.ledger.held:  # this worker does not hold the store
             return
         now_ms = int(time.time() * 1000)
-        for erasure in await rt.balances.erasures():
-            if erasure.get("status") == "erasing" and erasure["erasure_id"] not in _running \
+        for erasure in await rt.balances.open_jobs("erasure"):
+            if erasure["erasure_id"] not in _running \
                     and now_ms - int(erasure.get("beat_ms", 0)) > 60_000:
                 log.warning("erasure %s left half-way: taken up again", erasure["erasure_id"])
                 await run_erasure(erasure)

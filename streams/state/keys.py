@@ -67,6 +67,8 @@ FAMILIES = (
     Family("campaign run", r"campaign-run:[^:]+:.+", True,
            "40 days (the audit trail has each run finished; its pushes are the members' facts)"),
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
+    Family("open jobs", r"open:.+", False,
+           "four keys; an entry per audience send, campaign run, merge or erasure in progress, until it ends"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
@@ -213,6 +215,10 @@ class KeySpace:
 
     def alias_key(self, member_id: str) -> str:
         return f"{self.ns}:alias:{member_id}"
+
+    def open_jobs_key(self, kind: str) -> str:
+        """The index of a kind's jobs in progress (streams/state/jobs.py)."""
+        return f"{self.ns}:open:{kind}"
 
     def merge_key(self, merge_id: str) -> str:
         return f"{self.ns}:merge:{merge_id}"

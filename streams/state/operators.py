@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from streams.operators import Operator
-from streams.state.base import StoreBase
+from streams.state.jobs import JobStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
@@ -95,7 +95,7 @@ return 1
 """
 
 
-class OperatorStore(StoreBase):
+class OperatorStore(JobStore):
     async def unbind(self, key: str, member_id: str) -> bool:
         """Removes `<ns>:<key>` (a plate, an external id, a referral phone) if it is bound
         to `member_id`; False if it is not (another member's, or none)."""
@@ -208,7 +208,7 @@ class OperatorStore(StoreBase):
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def save_merge(self, merge: dict[str, Any]) -> None:
-        await self.redis.set(self.merge_key(merge["merge_id"]), orjson.dumps(merge), ex=MERGE_KEEP_S)
+        await self.save_job("merge", merge["merge_id"], merge, MERGE_KEEP_S)
 
     async def merges(self) -> list[dict[str, Any]]:
         out = []
@@ -227,15 +227,7 @@ class OperatorStore(StoreBase):
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def save_erasure(self, erasure: dict[str, Any]) -> None:
-        await self.redis.set(self.erasure_key(erasure["erasure_id"]), orjson.dumps(erasure), ex=ERASURE_KEEP_S)
-
-    async def erasures(self) -> list[dict[str, Any]]:
-        out = []
-        async for key in self.redis.scan_iter(match=self.erasure_key("*"), count=500):
-            raw = await self.redis.get(key)
-            if raw is not None:
-                out.append(orjson.loads(raw))
-        return out
+        await self.save_job("erasure", erasure["erasure_id"], erasure, ERASURE_KEEP_S)
 
     async def outboxes_pending(self, member_ids: list[str]) -> bool:
         """Whether any of these members has ledger rows not yet sent (its outbox)."""

@@ -1,0 +1,103 @@
+"""The index of long jobs in progress (streams/state/jobs.py) on the real Redis: the timers
+that take up a stalled audience send, campaign run, merge or erasure read it instead of
+scanning the keyspace, so it must hold every job in progress and nothing else for long."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from streams.settings import Settings
+from streams.state import BalanceStore
+from streams.state import jobs as jobs_module
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(services: None) -> AsyncIterator[BalanceStore]:
+    s = BalanceStore(Settings.from_env().redis_url, f"t-jobs-{uuid.uuid4().hex[:8]}")
+    await s.setup()
+    yield s
+    async for key in s.redis.scan_iter(match=f"{s.ns}:*", count=1000):
+        await s.redis.delete(key)
+    await s.close()
+
+
+def ids(jobs: list[dict[str, object]], field: str) -> set[object]:
+    return {j[field] for j in jobs}
+
+
+async def test_a_job_is_indexed_while_in_progress_and_leaves_when_it_ends(store: BalanceStore) -> None:
+    assert store.job_key("audience-send", "s-1") == store.audience_send_key("s-1")
+    assert store.job_key("campaign-run", "c:2026-12-01") == store.campaign_run_key("c", "2026-12-01")
+    assert store.job_key("merge", "mg-1") == store.merge_key("mg-1")
+    assert store.job_key("erasure", "er-1") == store.erasure_key("er-1")
+    with pytest.raises(ValueError, match="no kind of job 'nope'"):
+        store.job_key("nope", "x")
+
+    send = {"send_id": "s-1", "status": "sending", "done": 0}
+    assert await store.save_job("audience-send", "s-1", send, 60, create=True)
+    assert not await store.save_job("audience-send", "s-1", send | {"done": 9}, 60, create=True), "one record"
+    assert ids(await store.open_jobs("audience-send"), "send_id") == {"s-1"}
+    assert (await store.load_job("audience-send", "s-1"))["done"] == 0  # type: ignore[index]
+    await store.save_job("audience-send", "s-1", send | {"status": "sent"}, 60)
+    assert await store.open_jobs("audience-send") == []
+    assert await store.redis.zcard(store.open_jobs_key("audience-send")) == 0, "an ended job leaves the index"
+    assert (await store.load_job("audience-send", "s-1"))["status"] == "sent"  # type: ignore[index]
+
+    # A merge is in progress while merging and again while undoing; erasures on their own index.
+    merge = {"merge_id": "mg-1", "status": "merging"}
+    await store.save_merge(merge)
+    await store.save_erasure({"erasure_id": "er-1", "status": "erasing"})
+    assert ids(await store.open_jobs("merge"), "merge_id") == {"mg-1"}
+    await store.save_merge(merge | {"status": "merged"})
+    assert await store.open_jobs("merge") == []
+    await store.save_merge(merge | {"status": "undoing"})
+    assert [j["status"] for j in await store.open_jobs("merge")] == ["undoing"]
+    assert ids(await store.open_jobs("erasure"), "erasure_id") == {"er-1"}
+    assert await store.redis.ttl(store.merge_key("mg-1")) > 60 * 86_400, "the record keeps its expiry"
+
+
+async def test_jobs_saved_before_the_index_existed_are_found_once(store: BalanceStore) -> None:
+    # Records written the old way (no index): the first read of a store indexes the open ones.
+    for run, status in (("r1", "sending"), ("r2", "sent")):
+        await store.redis.set(store.campaign_run_key("c", run), orjson.dumps(
+            {"campaign": "c", "run": run, "status": status}))
+    found = await store.open_jobs("campaign-run")
+    assert [(j["campaign"], j["run"]) for j in found] == [("c", "r1")]
+    assert await store.redis.zrange(store.open_jobs_key("campaign-run"), 0, -1) == ["c:r1"]
+    # Later reads take the index only: a record written the old way now is not seen.
+    await store.redis.set(store.campaign_run_key("c", "r3"), orjson.dumps(
+        {"campaign": "c", "run": "r3", "status": "sending"}))
+    assert [j["run"] for j in await store.open_jobs("campaign-run")] == ["r1"]
+
+
+async def test_an_entry_whose_job_is_gone_is_dropped_only_when_stale(store: BalanceStore,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    index = store.open_jobs_key("erasure")
+    await store.save_erasure({"erasure_id": "er-1", "status": "erasing"})
+    await store.save_erasure({"erasure_id": "er-2", "status": "erasing"})
+    await store.redis.delete(store.erasure_key("er-1"), store.erasure_key("er-2"))  # expired, say
+    # Fresh entries stay (a save may be between its index entry and its record).
+    assert await store.open_jobs("erasure") == []
+    assert await store.redis.zcard(index) == 2
+    # Once stale they go, unless saved open again after the reader looked.
+    old = int(time.time() * 1000) - jobs_module.PRUNE_AFTER_MS - 1_000
+    await store.redis.zadd(index, {"er-1": old, "er-2": old})
+    real_eval = store.redis.eval
+
+    async def saved_again_meanwhile(script: str, numkeys: int, key: str, job_id: str, score: int) -> object:
+        if job_id == "er-2":  # another worker saves er-2 open between the read and the drop
+            await store.save_erasure({"erasure_id": "er-2", "status": "erasing"})
+        return await real_eval(script, numkeys, key, job_id, score)
+
+    monkeypatch.setattr(store.redis, "eval", saved_again_meanwhile)
+    assert await store.open_jobs("erasure") == []
+    assert await store.redis.zrange(index, 0, -1) == ["er-2"], "er-1 dropped; er-2 kept, saved open again"
+    monkeypatch.setattr(store.redis, "eval", real_eval)
+    assert ids(await store.open_jobs("erasure"), "erasure_id") == {"er-2"}

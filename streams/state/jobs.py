@@ -64,11 +64,14 @@ class JobStore(StoreBase):
         return bool(stored)
 
     async def open_jobs(self, kind: str) -> list[dict[str, Any]]:
-        """The records of the kind's jobs in progress. The first call of a store indexes the
-        open jobs saved before the index existed (one SCAN of the kind's keys)."""
+        """The records of the kind's jobs in progress. The first call on a Redis indexes the
+        open jobs saved before the index existed (one SCAN of the kind's keys), and marks
+        the kind indexed (`<ns>:jobs-indexed`) so that no later process scans again."""
         indexed: set[str] = self.__dict__.setdefault("_jobs_indexed", set())
         if kind not in indexed:
-            await self._index_open_jobs(kind)
+            if not await self.redis.sismember(self.jobs_indexed_key, kind):
+                await self._index_open_jobs(kind)
+                await self.redis.sadd(self.jobs_indexed_key, kind)
             indexed.add(kind)
         index = self.open_jobs_key(kind)
         scored: list[tuple[str | bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]

@@ -69,6 +69,7 @@ FAMILIES = (
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
     Family("open jobs", r"open:.+", False,
            "four keys; an entry per audience send, campaign run, merge or erasure in progress, until it ends"),
+    Family("jobs indexed", r"jobs-indexed", False, "one key: the kinds of job whose older records were indexed"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
@@ -219,6 +220,11 @@ class KeySpace:
     def open_jobs_key(self, kind: str) -> str:
         """The index of a kind's jobs in progress (streams/state/jobs.py)."""
         return f"{self.ns}:open:{kind}"
+
+    @property
+    def jobs_indexed_key(self) -> str:
+        """The kinds of job whose records saved before the index have been indexed."""
+        return f"{self.ns}:jobs-indexed"
 
     def merge_key(self, merge_id: str) -> str:
         return f"{self.ns}:merge:{merge_id}"

@@ -71,10 +71,18 @@ async def test_jobs_saved_before_the_index_existed_are_found_once(store: Balance
     found = await store.open_jobs("campaign-run")
     assert [(j["campaign"], j["run"]) for j in found] == [("c", "r1")]
     assert await store.redis.zrange(store.open_jobs_key("campaign-run"), 0, -1) == ["c:r1"]
-    # Later reads take the index only: a record written the old way now is not seen.
+    # Later reads, of this process or another, take the index only: a record written the
+    # old way now is not seen.
     await store.redis.set(store.campaign_run_key("c", "r3"), orjson.dumps(
         {"campaign": "c", "run": "r3", "status": "sending"}))
     assert [j["run"] for j in await store.open_jobs("campaign-run")] == ["r1"]
+    other = BalanceStore(store.url, store.ns)
+    await other.setup()
+    try:
+        assert [j["run"] for j in await other.open_jobs("campaign-run")] == ["r1"]
+        assert await other.redis.smembers(store.jobs_indexed_key) == {"campaign-run"}
+    finally:
+        await other.close()
 
 
 async def test_an_entry_whose_job_is_gone_is_dropped_only_when_stale(store: BalanceStore,

@@ -160,6 +160,9 @@ async def restore_bindings(offset: int, limit: int) -> int:
                 if kind in OPEN_STATUSES and orjson.loads(value).get("status") in OPEN_STATUSES[kind]:
                     # in progress: where the leader's timer looks for it (streams/state/jobs.py)
                     pipe.zadd(b.open_jobs_key(kind), {r["key"].split(":", 1)[1]: now_ms})
+                elif kind == "approval":  # listed through its index
+                    asked = int(orjson.loads(value).get("requested_at_ms") or r["at_ms"])
+                    pipe.zadd(b.approvals_index_key, {r["key"].split(":", 1)[1]: asked}, nx=True)
             else:
                 pipe.hset(key, mapping=orjson.loads(value))
                 pipe.expire(key, left_s)

@@ -8,12 +8,14 @@ load, and grow with the number of members.
 A job in progress is in the index before its record says so, and leaves it only after its
 record says it ended, so a worker dying between the two writes never hides one. An entry
 whose record is gone (expired) or ended is dropped by the reader once it has not been saved
-open for `PRUNE_AFTER_MS`, and only if it was not saved open again meanwhile (a script on
+open for `STALE_ENTRY_MS`, and only if it was not saved open again meanwhile (a script on
 the index's own key)."""
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,8 +29,9 @@ OPEN_STATUSES: dict[str, frozenset[str]] = {
     "merge": frozenset({"merging", "undoing"}),
     "erasure": frozenset({"erasing"}),
 }
-#: An entry whose job is gone or ended is dropped after this long without an open save.
-PRUNE_AFTER_MS = 60_000
+#: An index entry whose record is gone (or whose job ended) is dropped after this long
+#: (never sooner: a save may be between its index entry and its record).
+STALE_ENTRY_MS = 60_000
 
 # Drops an index entry only while its score is the one the reader saw (no open save since).
 _DROP_IF_UNCHANGED = """
@@ -64,15 +67,9 @@ class JobStore(StoreBase):
         return bool(stored)
 
     async def open_jobs(self, kind: str) -> list[dict[str, Any]]:
-        """The records of the kind's jobs in progress. The first call on a Redis indexes the
-        open jobs saved before the index existed (one SCAN of the kind's keys), and marks
-        the kind indexed (`<ns>:jobs-indexed`) so that no later process scans again."""
-        indexed: set[str] = self.__dict__.setdefault("_jobs_indexed", set())
-        if kind not in indexed:
-            if not await self.redis.sismember(self.jobs_indexed_key, kind):
-                await self._index_open_jobs(kind)
-                await self.redis.sadd(self.jobs_indexed_key, kind)
-            indexed.add(kind)
+        """The records of the kind's jobs in progress (the open ones saved before the index
+        existed are indexed first, once: `index_once`)."""
+        await self.index_once(kind, self.job_key(kind, "*"), functools.partial(self._index_open_job, kind))
         index = self.open_jobs_key(kind)
         scored: list[tuple[str | bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
             index, 0, -1, withscores=True)
@@ -88,17 +85,29 @@ class JobStore(StoreBase):
             job = None if raw is None else orjson.loads(raw)
             if job is not None and job.get("status") in OPEN_STATUSES[kind]:
                 out.append(job)
-            elif now - marked > PRUNE_AFTER_MS:
+            elif now - marked > STALE_ENTRY_MS:
                 await self.redis.eval(_DROP_IF_UNCHANGED, 1, index, job_id, int(marked))
         return out
 
-    async def _index_open_jobs(self, kind: str) -> None:
-        prefix = self.job_key(kind, "")
-        async for key in self.redis.scan_iter(match=prefix + "*", count=1000):
-            raw = await self.redis.get(key)
-            if raw is not None and orjson.loads(raw).get("status") in OPEN_STATUSES[kind]:
-                await self.redis.zadd(self.open_jobs_key(kind), {_text(key)[len(prefix):]: int(time.time() * 1000)},
-                                      nx=True)
+    async def _index_open_job(self, kind: str, key: str, raw: bytes | str) -> None:
+        if orjson.loads(raw).get("status") in OPEN_STATUSES[kind]:
+            job_id = key[len(self.job_key(kind, "")):]
+            await self.redis.zadd(self.open_jobs_key(kind), {job_id: int(time.time() * 1000)}, nx=True)
+
+    async def index_once(self, name: str, match: str, index: Callable[[str, bytes | str], Awaitable[None]]) -> None:
+        """Indexes the records saved before their index existed: the first call on a Redis
+        scans the keys matching `match` once and hands each record to `index`, then marks
+        `name` indexed (`<ns>:jobs-indexed`) so that no later process scans again."""
+        indexed: set[str] = self.__dict__.setdefault("_jobs_indexed", set())
+        if name in indexed:
+            return
+        if not await self.redis.sismember(self.jobs_indexed_key, name):
+            async for key in self.redis.scan_iter(match=match, count=1000):
+                raw = await self.redis.get(key)
+                if raw is not None:
+                    await index(_text(key), raw)
+            await self.redis.sadd(self.jobs_indexed_key, name)
+        indexed.add(name)
 
 
 def _check_kind(kind: str) -> None:

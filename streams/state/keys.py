@@ -69,7 +69,8 @@ FAMILIES = (
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
     Family("open jobs", r"open:.+", False,
            "four keys; an entry per audience send, campaign run, merge or erasure in progress, until it ends"),
-    Family("jobs indexed", r"jobs-indexed", False, "one key: the kinds of job whose older records were indexed"),
+    Family("jobs indexed", r"jobs-indexed", False, "one key: the indexes whose older records were indexed"),
+    Family("approval index", r"approvals", False, "one key; an entry per approval, dropped with it after 30 days"),
     Family("merge", r"merge:.+", True, "67 days, past the undo window (the bindings table has it)"),
     Family("erasure", r"erasure:.+", True, "400 days; no member id in it once done (the bindings table has it)"),
     Family("mall order index", r"mall-orders", False, "an entry per points-mall order to collect, until collected, "
@@ -222,8 +223,13 @@ class KeySpace:
         return f"{self.ns}:open:{kind}"
 
     @property
+    def approvals_index_key(self) -> str:
+        """Every approval of the last 30 days, scored by when it was asked."""
+        return f"{self.ns}:approvals"
+
+    @property
     def jobs_indexed_key(self) -> str:
-        """The kinds of job whose records saved before the index have been indexed."""
+        """The indexes whose records saved before the index existed have been indexed."""
         return f"{self.ns}:jobs-indexed"
 
     def merge_key(self, merge_id: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from streams.operators import Operator
-from streams.state.jobs import JobStore
+from streams.state.jobs import STALE_ENTRY_MS, JobStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
@@ -163,8 +164,11 @@ class OperatorStore(JobStore):
         return bool(await self.redis.exists(self.revoked_session_key(sid)))
 
     async def add_approval(self, approval: dict[str, Any]) -> dict[str, Any]:
-        """Stores a pending approval once (by id); answers the one stored."""
+        """Stores a pending approval once (by id); answers the one stored. It is in the
+        index of approvals (scored by when it was asked) before its record exists."""
         key = self.approval_key(approval["approval_id"])
+        at_ms = int(approval.get("requested_at_ms") or time.time() * 1000)
+        await self.redis.zadd(self.approvals_index_key, {approval["approval_id"]: at_ms}, nx=True)
         await self.redis.set(key, orjson.dumps(approval), nx=True, ex=APPROVAL_KEEP_S)
         return orjson.loads(await self.redis.get(key))  # type: ignore[no-any-return]
 
@@ -181,12 +185,30 @@ class OperatorStore(JobStore):
         return bool(int(reply[0])), orjson.loads(reply[1])
 
     async def approvals(self) -> list[dict[str, Any]]:
+        """The approvals of the last 30 days, newest first, read through their index (not a
+        scan of the keyspace: the console's member page asks on every view)."""
+        await self.index_once("approval", self.approval_key("*"), self._index_approval)
+        index, now = self.approvals_index_key, int(time.time() * 1000)
+        await self.redis.zremrangebyscore(index, "-inf", now - APPROVAL_KEEP_S * 1000)
+        scored: list[tuple[str, float]] = await self.redis.zrevrange(  # type: ignore[assignment]
+            index, 0, -1, withscores=True)
+        if not scored:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for approval_id, _ in scored:
+            pipe.get(self.approval_key(approval_id))
         out = []
-        async for key in self.redis.scan_iter(match=self.approval_key("*"), count=500):
-            raw = await self.redis.get(key)
+        for (approval_id, at_ms), raw in zip(scored, await pipe.execute(), strict=True):
             if raw is not None:
                 out.append(orjson.loads(raw))
+            elif now - at_ms > STALE_ENTRY_MS:  # gone (erased); a fresh one may be a save under way
+                await self.redis.zrem(index, approval_id)
         return sorted(out, key=lambda a: a.get("requested_at_ms", 0), reverse=True)
+
+    async def _index_approval(self, key: str, raw: bytes | str) -> None:
+        approval = orjson.loads(raw)
+        at_ms = int(approval.get("requested_at_ms") or time.time() * 1000)
+        await self.redis.zadd(self.approvals_index_key, {approval["approval_id"]: at_ms}, nx=True)
 
     async def rebind(self, key: str, from_member: str, to_member: str) -> bool:
         """Moves `<ns>:<key>` (a plate, an external id) from one member to another while it
@@ -287,6 +309,7 @@ class OperatorStore(JobStore):
         for approval in await self.approvals():
             if approval.get("member_id") in members:
                 n += await r.delete(self.approval_key(approval["approval_id"]))
+                await r.zrem(self.approvals_index_key, approval["approval_id"])
         async for k in r.scan_iter(match=self.receipt_claim_key("rc-*"), count=500):
             holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
             if (holder.decode() if isinstance(holder, bytes) else holder) in members:

@@ -1,6 +1,7 @@
-"""The index of long jobs in progress (streams/state/jobs.py) on the real Redis: the timers
-that take up a stalled audience send, campaign run, merge or erasure read it instead of
-scanning the keyspace, so it must hold every job in progress and nothing else for long."""
+"""The indexes that replace scans of the keyspace, on the real Redis: long jobs in progress
+(streams/state/jobs.py), which the timers that take up a stalled audience send, campaign
+run, merge or erasure read, so it must hold every job in progress and nothing else for
+long; and the approvals, which the console's member page lists on every view."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ async def test_an_entry_whose_job_is_gone_is_dropped_only_when_stale(store: Bala
     assert await store.open_jobs("erasure") == []
     assert await store.redis.zcard(index) == 2
     # Once stale they go, unless saved open again after the reader looked.
-    old = int(time.time() * 1000) - jobs_module.PRUNE_AFTER_MS - 1_000
+    old = int(time.time() * 1000) - jobs_module.STALE_ENTRY_MS - 1_000
     await store.redis.zadd(index, {"er-1": old, "er-2": old})
     real_eval = store.redis.eval
 
@@ -109,3 +110,29 @@ async def test_an_entry_whose_job_is_gone_is_dropped_only_when_stale(store: Bala
     assert await store.redis.zrange(index, 0, -1) == ["er-2"], "er-1 dropped; er-2 kept, saved open again"
     monkeypatch.setattr(store.redis, "eval", real_eval)
     assert ids(await store.open_jobs("erasure"), "erasure_id") == {"er-2"}
+
+
+async def test_approvals_listed_through_their_index(store: BalanceStore) -> None:
+    now = int(time.time() * 1000)
+    # One saved before the index existed: found by the first listing (once per Redis).
+    await store.redis.set(store.approval_key("ap-old"), orjson.dumps(
+        {"approval_id": "ap-old", "member_id": "m-1", "status": "pending", "requested_at_ms": now - 5_000}))
+    for n in (1, 2):
+        stored = await store.add_approval({"approval_id": f"ap-{n}", "member_id": f"m-{n}", "status": "pending",
+                                           "requested_at_ms": now + n})
+        assert stored["approval_id"] == f"ap-{n}"
+    again = await store.add_approval({"approval_id": "ap-1", "member_id": "m-9", "status": "pending",
+                                      "requested_at_ms": now + 99})
+    assert again["member_id"] == "m-1", "stored once, by id"
+    assert [a["approval_id"] for a in await store.approvals()] == ["ap-2", "ap-1", "ap-old"]
+    assert await store.redis.sismember(store.jobs_indexed_key, "approval")
+    # A decision keeps it listed; an approval deleted (an erasure) leaves once its entry is
+    # stale; one older than the records' 30 days leaves the index.
+    assert (await store.decide_approval("ap-1", {"approval_id": "ap-1", "member_id": "m-1",
+                                                 "status": "approved"}))[0]
+    await store.redis.delete(store.approval_key("ap-2"), store.approval_key("ap-old"))
+    await store.redis.zadd(store.approvals_index_key, {"ap-old": now - 61_000, "ap-ancient": now - 31 * 86_400_000})
+    listed = await store.approvals()
+    assert [(a["approval_id"], a["status"]) for a in listed] == [("ap-1", "approved")]
+    assert await store.redis.zrange(store.approvals_index_key, 0, -1) == ["ap-1", "ap-2"], \
+        "ap-2 was asked a moment ago (its record may be on its way); ap-old and ap-ancient dropped"

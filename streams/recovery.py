@@ -157,9 +157,11 @@ async def restore_bindings(offset: int, limit: int) -> int:
                 pipe.delete(key)
             elif kind in ("route", "approval", "merge", "erasure"):
                 pipe.set(key, value, ex=left_s)
-                if kind in OPEN_STATUSES and orjson.loads(value).get("status") in OPEN_STATUSES[kind]:
-                    # in progress: where the leader's timer looks for it (streams/state/jobs.py)
-                    pipe.zadd(b.open_jobs_key(kind), {r["key"].split(":", 1)[1]: now_ms})
+                if kind in OPEN_STATUSES:  # a job: listed through its indexes (streams/state/jobs.py)
+                    job_id = r["key"].split(":", 1)[1]
+                    pipe.zadd(b.jobs_key(kind), {job_id: int(r["at_ms"])})
+                    if orjson.loads(value).get("status") in OPEN_STATUSES[kind]:  # in progress
+                        pipe.zadd(b.open_jobs_key(kind), {job_id: now_ms})
                 elif kind == "approval":  # listed through its index
                     asked = int(orjson.loads(value).get("requested_at_ms") or r["at_ms"])
                     pipe.zadd(b.approvals_index_key, {r["key"].split(":", 1)[1]: asked}, nx=True)

@@ -38,7 +38,6 @@ from streams.metrics import counters
 
 log = logging.getLogger(__name__)
 
-SEND_KEEP_S = 30 * 86_400
 STALE_MS = 30_000
 PAGE = 200
 #: What an audience may say (docs/marketing.md has each); every one optional, all must hold.
@@ -123,7 +122,7 @@ async def _load(send_id: str) -> dict[str, Any] | None:
 
 
 async def _save(send: dict[str, Any], create: bool = False) -> bool:
-    return await runtime.balances.save_job("audience-send", send["send_id"], send, SEND_KEEP_S, create=create)
+    return await runtime.balances.save_job("audience-send", send["send_id"], send, create=create)
 
 
 async def run_send(send_id: str) -> None:

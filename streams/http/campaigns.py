@@ -39,7 +39,6 @@ from streams.metrics import counters
 
 log = logging.getLogger(__name__)
 
-RUN_KEEP_S = 40 * 86_400
 PAGE = 200
 #: Runs this process is sending now ("campaign:run"), and their tasks.
 _running: set[str] = set()
@@ -57,17 +56,12 @@ def now_ms() -> int:
     return clock.now_ms(runtime.settings.clock_file)
 
 
-def _key(campaign: str, run: str) -> str:
-    return runtime.balances.campaign_run_key(campaign, run)
-
-
 async def _load(campaign: str, run: str) -> dict[str, Any] | None:
     return await runtime.balances.load_job("campaign-run", f"{campaign}:{run}")
 
 
 async def _save(rec: dict[str, Any], create: bool = False) -> bool:
-    return await runtime.balances.save_job("campaign-run", f"{rec['campaign']}:{rec['run']}", rec, RUN_KEEP_S,
-                                           create=create)
+    return await runtime.balances.save_job("campaign-run", f"{rec['campaign']}:{rec['run']}", rec, create=create)
 
 
 async def audience(campaign: dict[str, Any], at_ms: int) -> list[str]:
@@ -208,11 +202,7 @@ class Campaigns(View):
         now, offset = now_ms(), rt.rules.utc_offset_minutes
         out = []
         for c in campaigns_of(rt.rules):
-            runs = []
-            async for key in rt.balances.redis.scan_iter(match=_key(c["id"], "*"), count=500):
-                rec = await _load(c["id"], (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
-                if rec is not None:
-                    runs.append(_public(rec))
+            runs = [_public(rec) for rec in await rt.balances.jobs("campaign-run", prefix=f"{c['id']}:")]
             due = schedules.due_run(c, now, offset, rt.settings.schedule_grace_s * 1000)
             out.append({**c, "when": schedules.describe(c["schedule"], offset), "due_now": due and due[0],
                         "runs": sorted(runs, key=lambda r: r["run"], reverse=True)[:10]})

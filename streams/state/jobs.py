@@ -1,15 +1,15 @@
 """Long jobs a worker can die in the middle of: audience sends, campaign runs, merges and
-erasures. Each has a record (a plain key with an expiry) and, while it is in progress, an
-entry in its kind's index of open jobs (`<ns>:open:<kind>`, scored by when the job was last
-saved open). The timers that take up a stalled job read that index instead of scanning the
-keyspace: four SCANs of every key every 5-10 s were Redis's largest cost under a steady
-load, and grow with the number of members.
+erasures. Each has a record (a plain key with an expiry) and two indexes per kind, scored
+by the job's last save: every job whose record is kept (`<ns>:jobs:<kind>`, for the
+listings and an erasure's sweep) and the jobs in progress (`<ns>:open:<kind>`, for the
+timers that take up a stalled job). Both replace scans of the keyspace: four SCANs of every
+key every 5-10 s were Redis's largest cost under a steady load, and grow with the members.
 
-A job in progress is in the index before its record says so, and leaves it only after its
-record says it ended, so a worker dying between the two writes never hides one. An entry
-whose record is gone (expired) or ended is dropped by the reader once it has not been saved
-open for `STALE_ENTRY_MS`, and only if it was not saved open again meanwhile (a script on
-the index's own key)."""
+A job is in its indexes before its record says it is in progress, and leaves the open one
+only after its record says it ended, so a worker dying between the two writes never hides
+one. An entry whose record is gone (expired, erased) or ended is dropped by a reader once
+it has not been saved for `STALE_ENTRY_MS`, and only if it was not saved again meanwhile (a
+script on the index's own key)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ OPEN_STATUSES: dict[str, frozenset[str]] = {
     "merge": frozenset({"merging", "undoing"}),
     "erasure": frozenset({"erasing"}),
 }
+#: How long each kind's record is kept after its last save.
+KEEP_S: dict[str, int] = {
+    "audience-send": 30 * 86_400,  # its coupons are the members' durable facts
+    "campaign-run": 40 * 86_400,  # the audit trail has each run finished
+    "merge": 67 * 86_400,  # past the longest undo window (LOYALTY_MERGE_UNDO_DAYS, 60 at most)
+    "erasure": 400 * 86_400,  # no member id in it once done: answers a repeated request
+}
 #: An index entry whose record is gone (or whose job ended) is dropped after this long
 #: (never sooner: a save may be between its index entry and its record).
 STALE_ENTRY_MS = 60_000
@@ -42,7 +49,7 @@ return 0
 
 
 class JobStore(StoreBase):
-    """Records of long jobs and the index of the open ones."""
+    """Records of long jobs, the index of all of them and the index of the open ones."""
 
     def job_key(self, kind: str, job_id: str) -> str:
         """The record of a job: the kind's key of keys.py (`audience_send_key`, ...); a
@@ -54,45 +61,68 @@ class JobStore(StoreBase):
         raw = await self.redis.get(self.job_key(kind, job_id))
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
-    async def save_job(self, kind: str, job_id: str, job: dict[str, Any], keep_s: int, *,
-                       create: bool = False) -> bool:
-        """Saves a job's record for `keep_s`. `create`: only if it has none (False if it had)."""
+    async def save_job(self, kind: str, job_id: str, job: dict[str, Any], *, create: bool = False) -> bool:
+        """Saves a job's record (kept `KEEP_S[kind]`). `create`: only if it has none (False
+        if it had)."""
         is_open = job["status"] in OPEN_STATUSES[kind]
-        index = self.open_jobs_key(kind)
+        index, now = self.open_jobs_key(kind), int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)  # two keys of their own slots: no transaction
+        pipe.zadd(self.jobs_key(kind), {job_id: now})
         if is_open:
-            await self.redis.zadd(index, {job_id: int(time.time() * 1000)})
-        stored = await self.redis.set(self.job_key(kind, job_id), orjson.dumps(job), ex=keep_s, nx=create)
+            pipe.zadd(index, {job_id: now})
+        await pipe.execute()
+        stored = await self.redis.set(self.job_key(kind, job_id), orjson.dumps(job), ex=KEEP_S[kind], nx=create)
         if stored and not is_open:
             await self.redis.zrem(index, job_id)
         return bool(stored)
 
+    async def jobs(self, kind: str, prefix: str = "") -> list[dict[str, Any]]:
+        """The records of the kind's jobs (all it keeps), the last saved first; `prefix`: only
+        the ids that start with it (a campaign's runs: `<campaign>:`)."""
+        await self._index_kind(kind)
+        index, now = self.jobs_key(kind), int(time.time() * 1000)
+        await self.redis.zremrangebyscore(index, "-inf", now - KEEP_S[kind] * 1000)
+        scored: list[tuple[str | bytes, float]] = await self.redis.zrevrange(  # type: ignore[assignment]
+            index, 0, -1, withscores=True)
+        return await self._records(kind, index, [(i, at) for i, at in map(_entry, scored) if i.startswith(prefix)],
+                                   now, lambda job: True)
+
     async def open_jobs(self, kind: str) -> list[dict[str, Any]]:
-        """The records of the kind's jobs in progress (the open ones saved before the index
-        existed are indexed first, once: `index_once`)."""
-        await self.index_once(kind, self.job_key(kind, "*"), functools.partial(self._index_open_job, kind))
-        index = self.open_jobs_key(kind)
+        """The records of the kind's jobs in progress."""
+        await self._index_kind(kind)
+        index, now = self.open_jobs_key(kind), int(time.time() * 1000)
         scored: list[tuple[str | bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
             index, 0, -1, withscores=True)
-        entries = [(_text(job_id), float(score)) for job_id, score in scored]
+        return await self._records(kind, index, [_entry(e) for e in scored], now,
+                                   lambda job: job.get("status") in OPEN_STATUSES[kind])
+
+    async def _records(self, kind: str, index: str, entries: list[tuple[str, float]], now: int,
+                       wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The records of an index's entries that are `wanted`. An entry whose record is gone
+        or not wanted is dropped once stale, unless saved again after this read."""
         if not entries:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for job_id, _ in entries:
             pipe.get(self.job_key(kind, job_id))
-        now = int(time.time() * 1000)
         out = []
         for (job_id, marked), raw in zip(entries, await pipe.execute(), strict=True):
             job = None if raw is None else orjson.loads(raw)
-            if job is not None and job.get("status") in OPEN_STATUSES[kind]:
+            if job is not None and wanted(job):
                 out.append(job)
             elif now - marked > STALE_ENTRY_MS:
                 await self.redis.eval(_DROP_IF_UNCHANGED, 1, index, job_id, int(marked))
         return out
 
-    async def _index_open_job(self, kind: str, key: str, raw: bytes | str) -> None:
+    async def _index_kind(self, kind: str) -> None:
+        """Indexes the kind's records saved before its indexes existed (once: `index_once`)."""
+        await self.index_once(kind, self.job_key(kind, "*"), functools.partial(self._index_job, kind))
+
+    async def _index_job(self, kind: str, key: str, raw: bytes | str) -> None:
+        job_id, now = key[len(self.job_key(kind, "")):], int(time.time() * 1000)
+        await self.redis.zadd(self.jobs_key(kind), {job_id: now}, nx=True)
         if orjson.loads(raw).get("status") in OPEN_STATUSES[kind]:
-            job_id = key[len(self.job_key(kind, "")):]
-            await self.redis.zadd(self.open_jobs_key(kind), {job_id: int(time.time() * 1000)}, nx=True)
+            await self.redis.zadd(self.open_jobs_key(kind), {job_id: now}, nx=True)
 
     async def index_once(self, name: str, match: str, index: Callable[[str, bytes | str], Awaitable[None]]) -> None:
         """Indexes the records saved before their index existed: the first call on a Redis
@@ -113,6 +143,10 @@ class JobStore(StoreBase):
 def _check_kind(kind: str) -> None:
     if kind not in OPEN_STATUSES:
         raise ValueError(f"no kind of job {kind!r}: one of {', '.join(OPEN_STATUSES)}")
+
+
+def _entry(scored: tuple[str | bytes, float]) -> tuple[str, float]:
+    return _text(scored[0]), float(scored[1])
 
 
 def _text(v: str | bytes) -> str:

@@ -67,6 +67,8 @@ FAMILIES = (
     Family("campaign run", r"campaign-run:[^:]+:.+", True,
            "40 days (the audit trail has each run finished; its pushes are the members' facts)"),
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),
+    Family("jobs", r"jobs:.+", False,
+           "four keys; an entry per audience send, campaign run, merge or erasure while its record is kept"),
     Family("open jobs", r"open:.+", False,
            "four keys; an entry per audience send, campaign run, merge or erasure in progress, until it ends"),
     Family("jobs indexed", r"jobs-indexed", False, "one key: the indexes whose older records were indexed"),
@@ -217,6 +219,10 @@ class KeySpace:
 
     def alias_key(self, member_id: str) -> str:
         return f"{self.ns}:alias:{member_id}"
+
+    def jobs_key(self, kind: str) -> str:
+        """The index of a kind's jobs whose records are kept, scored by their last save."""
+        return f"{self.ns}:jobs:{kind}"
 
     def open_jobs_key(self, kind: str) -> str:
         """The index of a kind's jobs in progress (streams/state/jobs.py)."""

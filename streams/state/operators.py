@@ -16,14 +16,12 @@ from typing import Any
 import orjson
 
 from streams.operators import Operator
-from streams.state.jobs import STALE_ENTRY_MS, JobStore
+from streams.state.jobs import KEEP_S, STALE_ENTRY_MS, JobStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
-#: A merge's record is kept past the longest undo window (LOYALTY_MERGE_UNDO_DAYS, 60 at most).
-MERGE_KEEP_S = 67 * 86_400
-#: An erasure's record (no member id in it once done) answers a repeated request this long.
-ERASURE_KEEP_S = 400 * 86_400
+MERGE_KEEP_S = KEEP_S["merge"]
+ERASURE_KEEP_S = KEEP_S["erasure"]
 
 # Moves an approval out of "pending" once: a second decision (a double click, two checkers
 # at once) gets the first decision back and changes nothing.
@@ -230,15 +228,10 @@ class OperatorStore(JobStore):
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def save_merge(self, merge: dict[str, Any]) -> None:
-        await self.save_job("merge", merge["merge_id"], merge, MERGE_KEEP_S)
+        await self.save_job("merge", merge["merge_id"], merge)
 
     async def merges(self) -> list[dict[str, Any]]:
-        out = []
-        async for key in self.redis.scan_iter(match=self.merge_key("*"), count=500):
-            raw = await self.redis.get(key)
-            if raw is not None:
-                out.append(orjson.loads(raw))
-        return out
+        return await self.jobs("merge")
 
     async def event_records(self, member_id: str) -> dict[str, str]:
         """A member's applied-event records (id -> record), as the accrual wrote them."""
@@ -249,7 +242,7 @@ class OperatorStore(JobStore):
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def save_erasure(self, erasure: dict[str, Any]) -> None:
-        await self.save_job("erasure", erasure["erasure_id"], erasure, ERASURE_KEEP_S)
+        await self.save_job("erasure", erasure["erasure_id"], erasure)
 
     async def outboxes_pending(self, member_ids: list[str]) -> bool:
         """Whether any of these members has ledger rows not yet sent (its outbox)."""
@@ -314,13 +307,12 @@ class OperatorStore(JobStore):
             holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
             if (holder.decode() if isinstance(holder, bytes) else holder) in members:
                 n += bool(await r.set(k, pseudonym, xx=True, keepttl=True))
-        for pattern in (self.audience_send_key("*"), self.campaign_run_key("*", "*")):
-            async for k in r.scan_iter(match=pattern, count=500):
-                raw = await r.get(k)
-                send = orjson.loads(raw) if raw else {}
+        for kind in ("audience-send", "campaign-run"):
+            for send in await self.jobs(kind):
                 if members & set(send.get("members") or []):
                     send["members"] = [pseudonym if m in members else m for m in send["members"]]
-                    await r.set(k, orjson.dumps(send), keepttl=True)
+                    job_id = send["send_id"] if kind == "audience-send" else f"{send['campaign']}:{send['run']}"
+                    await r.set(self.job_key(kind, job_id), orjson.dumps(send), keepttl=True)
                     n += 1
         return n
 

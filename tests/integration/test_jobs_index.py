@@ -42,11 +42,11 @@ async def test_a_job_is_indexed_while_in_progress_and_leaves_when_it_ends(store:
         store.job_key("nope", "x")
 
     send = {"send_id": "s-1", "status": "sending", "done": 0}
-    assert await store.save_job("audience-send", "s-1", send, 60, create=True)
-    assert not await store.save_job("audience-send", "s-1", send | {"done": 9}, 60, create=True), "one record"
+    assert await store.save_job("audience-send", "s-1", send, create=True)
+    assert not await store.save_job("audience-send", "s-1", send | {"done": 9}, create=True), "one record"
     assert ids(await store.open_jobs("audience-send"), "send_id") == {"s-1"}
     assert (await store.load_job("audience-send", "s-1"))["done"] == 0  # type: ignore[index]
-    await store.save_job("audience-send", "s-1", send | {"status": "sent"}, 60)
+    await store.save_job("audience-send", "s-1", send | {"status": "sent"})
     assert await store.open_jobs("audience-send") == []
     assert await store.redis.zcard(store.open_jobs_key("audience-send")) == 0, "an ended job leaves the index"
     assert (await store.load_job("audience-send", "s-1"))["status"] == "sent"  # type: ignore[index]
@@ -62,6 +62,31 @@ async def test_a_job_is_indexed_while_in_progress_and_leaves_when_it_ends(store:
     assert [j["status"] for j in await store.open_jobs("merge")] == ["undoing"]
     assert ids(await store.open_jobs("erasure"), "erasure_id") == {"er-1"}
     assert await store.redis.ttl(store.merge_key("mg-1")) > 60 * 86_400, "the record keeps its expiry"
+    assert 29 * 86_400 < await store.redis.ttl(store.audience_send_key("s-1")) <= 30 * 86_400
+
+
+async def test_every_kept_job_is_listed_last_saved_first(store: BalanceStore) -> None:
+    for run in ("2026-11-29", "2026-11-30", "2026-12-01"):
+        await store.save_job("campaign-run", f"win-back:{run}", {"campaign": "win-back", "run": run,
+                                                                 "status": "sending"}, create=True)
+    await store.save_job("campaign-run", "win-back-2:2026-12-01", {"campaign": "win-back-2", "run": "2026-12-01",
+                                                                   "status": "sent"})
+    await store.save_job("campaign-run", "win-back:2026-11-29", {"campaign": "win-back", "run": "2026-11-29",
+                                                                 "status": "sent"})
+    runs = await store.jobs("campaign-run", prefix="win-back:")
+    assert [(r["run"], r["status"]) for r in runs] == [
+        ("2026-11-29", "sent"), ("2026-12-01", "sending"), ("2026-11-30", "sending")]
+    assert len(await store.jobs("campaign-run")) == 4
+    assert {r["run"] for r in await store.open_jobs("campaign-run")} == {"2026-11-30", "2026-12-01"}
+    # An index entry older than the kind's records are kept goes; so does a stale one whose
+    # record is gone.
+    index = store.jobs_key("campaign-run")
+    now = int(time.time() * 1000)
+    await store.redis.zadd(index, {"win-back:2026-11-30": now - jobs_module.KEEP_S["campaign-run"] * 1000 - 1})
+    await store.redis.delete(store.campaign_run_key("win-back", "2026-12-01"))
+    await store.redis.zadd(index, {"win-back:2026-12-01": now - jobs_module.STALE_ENTRY_MS - 1_000})
+    assert [r["run"] for r in await store.jobs("campaign-run", prefix="win-back:")] == ["2026-11-29"]
+    assert set(await store.redis.zrange(index, 0, -1)) == {"win-back:2026-11-29", "win-back-2:2026-12-01"}
 
 
 async def test_jobs_saved_before_the_index_existed_are_found_once(store: BalanceStore) -> None:

@@ -185,6 +185,7 @@ async def restore_bindings(offset: int, limit: int) -> int:
             continue
         if kind == "operator":  # an operator account (streams/operators.py), not a member's
             pipe.set(key, value)
+            pipe.sadd(b.operators_index_key, r["key"].split(":", 1)[1])
             bound += 1
             continue
         if not member_id:

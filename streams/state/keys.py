@@ -59,6 +59,7 @@ FAMILIES = (
     Family("event claim", r"eid:.+", True, "LOYALTY_EVENT_CLAIM_DAYS (35)"),
     Family("rate limit", r"rl:.+", True, "2 s"),
     Family("operator", r"op:[a-z0-9_.-]+", False, "one per operator account (the bindings table has it)"),
+    Family("operator index", r"operators", False, "one key; an entry per operator account"),
     Family("login failures", r"op-fail:.+", True, "LOYALTY_LOGIN_LOCK (900 s)"),
     Family("revoked session", r"op-revoked:.+", True, "a session's life (LOYALTY_CONSOLE_SESSION)"),
     Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
@@ -197,6 +198,11 @@ class KeySpace:
 
     def operator_key(self, login: str) -> str:
         return f"{self.ns}:op:{login}"
+
+    @property
+    def operators_index_key(self) -> str:
+        """The logins of every operator account."""
+        return f"{self.ns}:operators"
 
     def login_failures_key(self, login: str) -> str:
         return f"{self.ns}:op-fail:{login}"

@@ -120,19 +120,28 @@ class OperatorStore(JobStore):
         return None if raw is None else Operator.from_json(raw)
 
     async def put_operator(self, op: Operator) -> None:
+        await self.redis.sadd(self.operators_index_key, op.login)
         await self.redis.set(self.operator_key(op.login), op.to_json())
 
     async def add_operator(self, op: Operator) -> bool:
         """False if the login exists already."""
+        await self.redis.sadd(self.operators_index_key, op.login)
         return bool(await self.redis.set(self.operator_key(op.login), op.to_json(), nx=True))
 
     async def operators(self) -> list[Operator]:
-        out = []
-        async for key in self.redis.scan_iter(match=self.operator_key("*"), count=500):
-            raw = await self.redis.get(key)
-            if raw is not None:
-                out.append(Operator.from_json(raw))
-        return sorted(out, key=lambda o: o.login)
+        """Every operator account, by login, read through the index of logins (not a scan
+        of the keyspace)."""
+        await self.index_once("operator", self.operator_key("*"), self._index_operator)
+        logins = sorted(await self.redis.smembers(self.operators_index_key))
+        if not logins:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for login in logins:
+            pipe.get(self.operator_key(login))
+        return [Operator.from_json(raw) for raw in await pipe.execute() if raw is not None]
+
+    async def _index_operator(self, key: str, raw: bytes | str) -> None:
+        await self.redis.sadd(self.operators_index_key, key[len(self.operator_key("")):])
 
     async def login_failures(self, login: str) -> tuple[int, int]:
         """Failed logins within the lock window and the seconds left of it."""

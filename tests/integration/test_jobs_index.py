@@ -161,3 +161,17 @@ async def test_approvals_listed_through_their_index(store: BalanceStore) -> None
     assert [(a["approval_id"], a["status"]) for a in listed] == [("ap-1", "approved")]
     assert await store.redis.zrange(store.approvals_index_key, 0, -1) == ["ap-1", "ap-2"], \
         "ap-2 was asked a moment ago (its record may be on its way); ap-old and ap-ancient dropped"
+
+
+async def test_operators_listed_through_their_index(store: BalanceStore) -> None:
+    from streams.operators import Operator
+
+    # An account saved before the index existed is found by the first listing.
+    await store.redis.set(store.operator_key("zz-old"), Operator("zz-old", "group_admin").to_json())
+    assert await store.add_operator(Operator("cs-li", "customer_service"))
+    assert not await store.add_operator(Operator("cs-li", "group_admin")), "the login exists already"
+    await store.put_operator(Operator("bu-wang", "bu_admin", bu="sh-mall"))
+    listed = await store.operators()
+    assert [(o.login, o.role) for o in listed] == [("bu-wang", "bu_admin"), ("cs-li", "customer_service"),
+                                                   ("zz-old", "group_admin")]
+    assert await store.redis.smembers(store.operators_index_key) == {"bu-wang", "cs-li", "zz-old"}

@@ -96,17 +96,24 @@ def remove_run_data(kafka_bootstrap: str, redis_url: str, prefix: str) -> None:
         r.close()
 
 
-def remove_test_leftovers(kafka_bootstrap: str, redis_url: str) -> int:
+#: The namespaces benchmark runs use (benchmarks/): `scripts/bench` removes what killed runs
+#: left under them before it measures.
+BENCH_PREFIXES = ("bench-", "lat-", "ceil-", "ing-", "soak-", "naive-bench-", "noop-bench-", "t-")
+
+
+def remove_test_leftovers(kafka_bootstrap: str, redis_url: str, prefixes: tuple[str, ...] = ("t-",)) -> tuple[int, int]:
     """Deletes what earlier test runs on this machine left behind (a run killed before its
-    cleanup): topics named `t-...` and Redis keys under `t-...:`. Returns the topics
-    deleted. A local Kafka with hundreds of stale partitions is slow to serve new ones."""
+    cleanup): topics and Redis keys whose names start with one of `prefixes` (tests: `t-`).
+    Returns (topics, keys) deleted. A local Kafka with hundreds of stale partitions is slow
+    to serve new ones, and a Redis holding a killed benchmark's keys rewrites them with its
+    AOF during every later run."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def drop_topics() -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
-            topics = [t for t in await admin.list_topics() if t.startswith("t-")]
+            topics = [t for t in await admin.list_topics() if t.startswith(prefixes)]
             for i in range(0, len(topics), 200):
                 await admin.delete_topics(topics[i:i + 200])
             return len(topics)
@@ -115,13 +122,15 @@ def remove_test_leftovers(kafka_bootstrap: str, redis_url: str) -> int:
 
     dropped = asyncio.run(drop_topics())
     r = redis_client(redis_url)
+    removed = 0
     try:
-        keys = list(r.scan_iter(match="t-*", count=1000))
-        for i in range(0, len(keys), 1000):
-            r.unlink(*keys[i:i + 1000])
+        for prefix in prefixes:
+            keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+            for i in range(0, len(keys), 1000):
+                removed += r.unlink(*keys[i:i + 1000])
     finally:
         r.close()
-    return dropped
+    return dropped, removed
 
 
 @dataclass

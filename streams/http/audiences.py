@@ -6,9 +6,10 @@ the members' stored states and the ledger (sql/queries/campaign_audience.sql, th
 the scheduled campaigns'); its count and a sample, and a send of one coupon template to
 every member of it.
 
-A send is a record in Redis (`audience-send:<id>`: template, audience, members, progress)
-and a `coupon_grant` member event per member (event id `grant-<send>-<member>`), applied in
-order with the member's events: a member gets the coupon once per send, whatever is sent
+A send is a record in Redis (`audience-send:<id>`: template, audience, progress), its
+members in a key written once (`audience-send-members:<id>`), and a `coupon_grant` member
+event per member (event id `grant-<send>-<member>`), applied in order with the member's
+events: a member gets the coupon once per send, whatever is sent
 twice. The sending runs in the background, LOYALTY_AUDIENCE_SEND_RATE members a second,
 saving its progress after each page; a send whose worker died (no progress for 30 s) is
 taken up again by the leader's timer from its last page.
@@ -121,8 +122,8 @@ async def _load(send_id: str) -> dict[str, Any] | None:
     return await runtime.balances.load_job("audience-send", send_id)
 
 
-async def _save(send: dict[str, Any], create: bool = False) -> bool:
-    return await runtime.balances.save_job("audience-send", send["send_id"], send, create=create)
+async def _save(send: dict[str, Any], create: bool = False, members: list[str] | None = None) -> bool:
+    return await runtime.balances.save_job("audience-send", send["send_id"], send, create=create, members=members)
 
 
 async def run_send(send_id: str) -> None:
@@ -135,7 +136,12 @@ async def run_send(send_id: str) -> None:
         if send is None or send["status"] != "sending":
             return
         rate = max(1, runtime.settings.audience_send_rate)
-        members: list[str] = send["members"]
+        members = await runtime.balances.job_members("audience-send", send_id, send)
+        if len(members) != send["total"]:
+            send["status"], send["failed"] = "failed", f"its members' list is gone ({len(members)} of {send['total']})"
+            await _save(send)
+            log.error("audience send %s: %s; stopped", send_id, send["failed"])
+            return
         while send["done"] < len(members):
             page = members[send["done"]:send["done"] + PAGE]
             t0 = time.monotonic()
@@ -165,8 +171,9 @@ async def resume_audience_sends() -> None:
         for send in await rt.balances.open_jobs("audience-send"):
             if send["send_id"] not in _running \
                     and now_ms - send["beat_ms"] > STALE_MS:
+                await rt.balances.job_members("audience-send", send["send_id"], send)  # out of an older record
                 log.warning("audience send %s stalled at %d of %d: taken up again", send["send_id"], send["done"],
-                            len(send["members"]))
+                            send["total"])
                 send["beat_ms"] = now_ms
                 await _save(send)
                 start_send(send["send_id"])
@@ -204,10 +211,10 @@ class AudienceSend(View):
             return error_response(self, 400, f"audience: {len(members):,} members; at most {MAX_MEMBERS:,} a send "
                                   "(narrow it, or send in parts)", "audience")
         op = operator_of(request)
-        send = {"send_id": send_id, "template": template, "audience": audience, "members": members, "done": 0,
+        send = {"send_id": send_id, "template": template, "audience": audience, "total": len(members), "done": 0,
                 "status": "sending", "by": op.login, "started_at_ms": int(time.time() * 1000),
                 "beat_ms": int(time.time() * 1000)}
-        if not await _save(send, create=True):
+        if not await _save(send, create=True, members=members):
             return json_response(self, _public(await _load(send_id) or send), 200)
         start_send(send_id)
         request["audit"] = {"action": "audience.send", "target": send_id, "before": None,
@@ -216,7 +223,10 @@ class AudienceSend(View):
 
 
 def _public(send: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in send.items() if k != "members"} | {"total": len(send["members"])}
+    """A send as the API shows it (a record saved before the members had a key of their
+    own still holds them)."""
+    return {k: v for k, v in send.items() if k != "members"} | {
+        "total": send["total"] if "total" in send else len(send["members"])}
 
 
 @app.page("/v1/admin/audiences/sends/{send_id}")

@@ -5,8 +5,9 @@ Every LOYALTY_SCHEDULE_INTERVAL seconds the leader looks for each campaign's run
 (its latest scheduled time, at most LOYALTY_SCHEDULE_GRACE ago; streams/schedules.py). A run
 not seen before has its audience evaluated in ClickHouse at the run's time
 (sql/queries/campaign_audience.sql) and saved in Redis (`campaign-run:<campaign>:<run>`:
-members and progress), then each member gets one `campaign_push` member event (event id
-`cp-<campaign>-<run>-<member>`), sent page by page at LOYALTY_AUDIENCE_SEND_RATE members a
+progress; its members written once in `campaign-run-members:<campaign>:<run>`), then each
+member gets one `campaign_push` member event (event id `cp-<campaign>-<run>-<member>`), sent
+page by page at LOYALTY_AUDIENCE_SEND_RATE members a
 second, the progress saved after each page. The core decides per member (the frequency
 cap, once per dormancy, the template's limit) and issues the coupon or the notice, which the
 notifier pushes once. A run finished is written to the audit trail (action `campaign.run`),
@@ -60,8 +61,9 @@ async def _load(campaign: str, run: str) -> dict[str, Any] | None:
     return await runtime.balances.load_job("campaign-run", f"{campaign}:{run}")
 
 
-async def _save(rec: dict[str, Any], create: bool = False) -> bool:
-    return await runtime.balances.save_job("campaign-run", f"{rec['campaign']}:{rec['run']}", rec, create=create)
+async def _save(rec: dict[str, Any], create: bool = False, members: list[str] | None = None) -> bool:
+    return await runtime.balances.save_job("campaign-run", f"{rec['campaign']}:{rec['run']}", rec, create=create,
+                                           members=members)
 
 
 async def audience(campaign: dict[str, Any], at_ms: int) -> list[str]:
@@ -97,7 +99,12 @@ async def send_run(campaign: str, run: str) -> None:
         if rec is None or rec["status"] != "sending":
             return
         rate = max(1, runtime.settings.audience_send_rate)
-        members: list[str] = rec["members"]
+        members = await runtime.balances.job_members("campaign-run", name, rec)
+        if len(members) != rec["total"]:
+            rec["status"], rec["failed"] = "failed", f"its members' list is gone ({len(members)} of {rec['total']})"
+            await _save(rec)
+            log.error("campaign %s run %s: %s; stopped", campaign, run, rec["failed"])
+            return
         occurred = dt.datetime.fromtimestamp(rec["at_ms"] / 1000, dt.UTC).isoformat(timespec="milliseconds")
         while rec["done"] < len(members):
             page = members[rec["done"]:rec["done"] + PAGE]
@@ -142,9 +149,9 @@ async def start_due(campaign: dict[str, Any], run: str, at_ms: int) -> str:
         return "finished before"
     members = await audience(campaign, at_ms)
     wall = int(time.time() * 1000)
-    rec = {"campaign": cid, "run": run, "at_ms": at_ms, "members": members, "done": 0, "status": "sending",
+    rec = {"campaign": cid, "run": run, "at_ms": at_ms, "total": len(members), "done": 0, "status": "sending",
            "started_at_ms": wall, "beat_ms": wall}
-    if not await _save(rec, create=True):
+    if not await _save(rec, create=True, members=members):
         return "running"
     counters["campaign_runs_started_total"] += 1
     log.info("campaign %s run %s (%s, due %s): members in its audience: %d", cid, run,
@@ -170,8 +177,9 @@ async def tick() -> list[tuple[str, str, str]]:
         campaign, run = rec["campaign"], rec["run"]
         if f"{campaign}:{run}" not in _running \
                 and wall - rec["beat_ms"] > settings.schedule_stale_s * 1000:
+            await rt.balances.job_members("campaign-run", f"{campaign}:{run}", rec)  # out of an older record
             log.warning("campaign %s run %s stalled at %d of %d: taken up again", campaign, run, rec["done"],
-                        len(rec["members"]))
+                        rec["total"])
             rec["beat_ms"] = wall
             await _save(rec)
             _start(campaign, run)
@@ -188,7 +196,10 @@ async def run_scheduled_campaigns() -> None:
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in rec.items() if k != "members"} | {"total": len(rec["members"])}
+    """A run as the API shows it (a record saved before the members had a key of their own
+    still holds them)."""
+    return {k: v for k, v in rec.items() if k != "members"} | {
+        "total": rec["total"] if "total" in rec else len(rec["members"])}
 
 
 def _find(campaign: str) -> dict[str, Any] | None:

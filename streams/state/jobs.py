@@ -36,6 +36,8 @@ KEEP_S: dict[str, int] = {
     "merge": 67 * 86_400,  # past the longest undo window (LOYALTY_MERGE_UNDO_DAYS, 60 at most)
     "erasure": 400 * 86_400,  # no member id in it once done: answers a repeated request
 }
+#: The kinds whose jobs go to a list of members (kept in a key of its own).
+MEMBER_LISTS = ("audience-send", "campaign-run")
 #: An index entry whose record is gone (or whose job ended) is dropped after this long
 #: (never sooner: a save may be between its index entry and its record).
 STALE_ENTRY_MS = 60_000
@@ -57,16 +59,44 @@ class JobStore(StoreBase):
         _check_kind(kind)
         return f"{self.ns}:{kind}:{job_id}"
 
+    def job_members_key(self, kind: str, job_id: str) -> str:
+        """The members a send or a run goes to, written once (`<kind>-members:<id>`): the
+        record, saved after every page, stays small."""
+        if kind not in MEMBER_LISTS:
+            raise ValueError(f"a {kind} has no members' list: only {', '.join(MEMBER_LISTS)}")
+        return f"{self.ns}:{kind}-members:{job_id}"
+
+    async def job_members(self, kind: str, job_id: str, job: dict[str, Any]) -> list[str]:
+        """The members of a send or a run. A record saved with its members in it (before
+        they had a key of their own) has them moved out: its next save is small."""
+        if "members" in job:
+            members: list[str] = job.pop("members")
+            job["total"] = len(members)
+            await self.redis.set(self.job_members_key(kind, job_id), orjson.dumps(members), nx=True,
+                                 ex=KEEP_S[kind])
+            return members
+        raw = await self.redis.get(self.job_members_key(kind, job_id))
+        return [] if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+
+    async def set_job_members(self, kind: str, job_id: str, members: list[str]) -> None:
+        """Replaces a send's or a run's members, keeping the key's expiry (an erasure)."""
+        await self.redis.set(self.job_members_key(kind, job_id), orjson.dumps(members), xx=True, keepttl=True)
+
     async def load_job(self, kind: str, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.job_key(kind, job_id))
         return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
-    async def save_job(self, kind: str, job_id: str, job: dict[str, Any], *, create: bool = False) -> bool:
+    async def save_job(self, kind: str, job_id: str, job: dict[str, Any], *, create: bool = False,
+                       members: list[str] | None = None) -> bool:
         """Saves a job's record (kept `KEEP_S[kind]`). `create`: only if it has none (False
-        if it had)."""
+        if it had). `members` (a new send or run): its members, written first, once."""
+        if "members" in job:
+            raise ValueError("a job's members go in their own key (members=...), not in its record")
         is_open = job["status"] in OPEN_STATUSES[kind]
         index, now = self.open_jobs_key(kind), int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=False)  # two keys of their own slots: no transaction
+        pipe = self.redis.pipeline(transaction=False)  # keys of their own slots: no transaction
+        if members is not None:
+            pipe.set(self.job_members_key(kind, job_id), orjson.dumps(members), nx=True, ex=KEEP_S[kind])
         pipe.zadd(self.jobs_key(kind), {job_id: now})
         if is_open:
             pipe.zadd(index, {job_id: now})

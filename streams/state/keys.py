@@ -65,6 +65,8 @@ FAMILIES = (
     Family("approval", r"approval:.+", True, "30 days (the bindings table has it)"),
     Family("rules lock", r"rules-lock", True, "30 s (held while a rules version is published)"),
     Family("audience send", r"audience-send:.+", True, "30 days (its coupons are the members' durable facts)"),
+    Family("members of a send or run", r"(audience-send|campaign-run)-members:.+", True,
+           "as long as the send's or run's record (written once; jobs.py)"),
     Family("campaign run", r"campaign-run:[^:]+:.+", True,
            "40 days (the audit trail has each run finished; its pushes are the members' facts)"),
     Family("alias", r"alias:.+", False, "one per merged account (a member's fact)"),

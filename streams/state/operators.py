@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streams.operators import Operator
-from streams.state.jobs import KEEP_S, STALE_ENTRY_MS, JobStore
+from streams.state.jobs import KEEP_S, MEMBER_LISTS, STALE_ENTRY_MS, JobStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
@@ -316,12 +316,15 @@ class OperatorStore(JobStore):
             holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
             if (holder.decode() if isinstance(holder, bytes) else holder) in members:
                 n += bool(await r.set(k, pseudonym, xx=True, keepttl=True))
-        for kind in ("audience-send", "campaign-run"):
+        for kind in MEMBER_LISTS:
             for send in await self.jobs(kind):
-                if members & set(send.get("members") or []):
-                    send["members"] = [pseudonym if m in members else m for m in send["members"]]
-                    job_id = send["send_id"] if kind == "audience-send" else f"{send['campaign']}:{send['run']}"
+                job_id = send["send_id"] if kind == "audience-send" else f"{send['campaign']}:{send['run']}"
+                older = "members" in send  # saved with its members in it: moved out, then saved without
+                sent_to = await self.job_members(kind, job_id, send)
+                if older:
                     await r.set(self.job_key(kind, job_id), orjson.dumps(send), keepttl=True)
+                if members & set(sent_to):
+                    await self.set_job_members(kind, job_id, [pseudonym if m in members else m for m in sent_to])
                     n += 1
         return n
 

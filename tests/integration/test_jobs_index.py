@@ -175,3 +175,36 @@ async def test_operators_listed_through_their_index(store: BalanceStore) -> None
     assert [(o.login, o.role) for o in listed] == [("bu-wang", "bu_admin"), ("cs-li", "customer_service"),
                                                    ("zz-old", "group_admin")]
     assert await store.redis.smembers(store.operators_index_key) == {"bu-wang", "cs-li", "zz-old"}
+
+
+async def test_a_send_s_members_are_written_once_beside_a_small_record(store: BalanceStore) -> None:
+    members = [f"m-{n:06d}" for n in range(20_000)]
+    send = {"send_id": "big", "status": "sending", "total": len(members), "done": 0}
+    assert await store.save_job("audience-send", "big", send, create=True, members=members)
+    assert not await store.save_job("audience-send", "big", send, create=True, members=["other"]), "one send"
+    assert await store.job_members("audience-send", "big", dict(send)) == members, "the first members kept"
+    for done in range(200, 2_001, 200):  # a page saved: the record only
+        await store.save_job("audience-send", "big", send | {"done": done})
+    assert await store.redis.strlen(store.job_key("audience-send", "big")) < 200
+    assert 29 * 86_400 < await store.redis.ttl(store.job_members_key("audience-send", "big")) <= 30 * 86_400
+    with pytest.raises(ValueError, match="own key"):
+        await store.save_job("audience-send", "big", send | {"members": members})
+    with pytest.raises(ValueError, match="has no members' list"):
+        store.job_members_key("merge", "mg-1")
+    # An erasure replaces a member by its pseudonym, keeping the expiry.
+    await store.set_job_members("audience-send", "big", ["erased-1", *members[1:]])
+    assert (await store.job_members("audience-send", "big", {}))[:2] == ["erased-1", "m-000001"]
+    assert await store.redis.ttl(store.job_members_key("audience-send", "big")) > 29 * 86_400
+
+
+async def test_a_run_saved_with_its_members_inside_has_them_moved_out(store: BalanceStore) -> None:
+    # A record written before the members had a key of their own.
+    old = {"campaign": "c", "run": "r1", "status": "sending", "done": 2, "members": ["a", "b", "c"]}
+    await store.redis.set(store.campaign_run_key("c", "r1"), orjson.dumps(old), ex=3_600)
+    [rec] = await store.open_jobs("campaign-run")
+    assert await store.job_members("campaign-run", "c:r1", rec) == ["a", "b", "c"]
+    assert "members" not in rec and rec["total"] == 3
+    await store.save_job("campaign-run", "c:r1", rec | {"done": 3, "status": "sent"})
+    stored = orjson.loads(await store.redis.get(store.campaign_run_key("c", "r1")))
+    assert "members" not in stored and (stored["total"], stored["done"]) == (3, 3)
+    assert await store.job_members("campaign-run", "c:r1", stored) == ["a", "b", "c"]

@@ -171,7 +171,8 @@ async def resume_audience_sends() -> None:
         for send in await rt.balances.open_jobs("audience-send"):
             if send["send_id"] not in _running \
                     and now_ms - send["beat_ms"] > STALE_MS:
-                await rt.balances.job_members("audience-send", send["send_id"], send)  # out of an older record
+                if "members" in send:  # an older record: its members moved out before it is saved
+                    await rt.balances.job_members("audience-send", send["send_id"], send)
                 log.warning("audience send %s stalled at %d of %d: taken up again", send["send_id"], send["done"],
                             send["total"])
                 send["beat_ms"] = now_ms

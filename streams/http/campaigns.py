@@ -177,7 +177,8 @@ async def tick() -> list[tuple[str, str, str]]:
         campaign, run = rec["campaign"], rec["run"]
         if f"{campaign}:{run}" not in _running \
                 and wall - rec["beat_ms"] > settings.schedule_stale_s * 1000:
-            await rt.balances.job_members("campaign-run", f"{campaign}:{run}", rec)  # out of an older record
+            if "members" in rec:  # an older record: its members moved out before it is saved
+                await rt.balances.job_members("campaign-run", f"{campaign}:{run}", rec)
             log.warning("campaign %s run %s stalled at %d of %d: taken up again", campaign, run, rec["done"],
                         rec["total"])
             rec["beat_ms"] = wall

@@ -344,11 +344,12 @@ pub struct PyEventBatch {
 impl PyEventBatch {
     #[staticmethod]
     fn decode(py: Python<'_>, records: Vec<Bound<'_, PyBytes>>) -> Self {
-        // One copy of each record (a memcpy), so that the parse can run without the GIL.
-        let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
+        // Borrowed, not copied: `bytes` cannot change and `records` holds them while the
+        // parse runs without the GIL.
+        let refs: Vec<&[u8]> = records.iter().map(|b| b.as_bytes()).collect();
         let events = py.detach(|| {
-            let mut out = Vec::with_capacity(owned.len());
-            for rec in &owned {
+            let mut out = Vec::with_capacity(refs.len());
+            for rec in &refs {
                 match crate::envelope::unpack(rec) {
                     Ok(bodies) => out.extend(bodies.into_iter().map(events::parse_event)),
                     Err(e) => out.push(Err(e)),
@@ -542,10 +543,10 @@ pub fn simulate<'py>(
     rules: &PyRuleSet,
     bodies: Vec<Bound<'py, PyBytes>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
     let rules_inner = Arc::clone(&rules.inner);
     let r = py.detach(|| {
-        let events: Vec<_> = bodies.iter().map(|b| events::parse_event(b)).collect();
+        let events: Vec<_> = refs.iter().map(|b| events::parse_event(b)).collect();
         crate::simulate::simulate(&rules_inner, &events)
     });
     let d = PyDict::new(py);

@@ -306,14 +306,13 @@ impl PyAccrualBatch {
         if !(1..=1_000).contains(&members_per_call) {
             return Err(InvalidArgumentError::new_err("members_per_call must be from 1 to 1000"));
         }
-        let owned: Vec<Vec<u8>> = records.iter().map(|b| b.as_bytes().to_vec()).collect();
+        // Borrowed, not copied: `bytes` cannot change and `records` holds them while the
+        // GIL is released.
+        let refs: Vec<&[u8]> = records.iter().map(|b| b.as_bytes()).collect();
         let cfg = Config { ns: namespace.to_string(), horizon_ms: horizon_days * batch::DAY_MS, history_len, members_per_call };
         let rules = std::sync::Arc::clone(&rules.inner);
         let for_batch = std::sync::Arc::clone(&rules);
-        let inner = py.detach(|| {
-            let refs: Vec<&[u8]> = owned.iter().map(|r| r.as_slice()).collect();
-            AccrualBatch::decode(for_batch, cfg, &refs, now_ms)
-        });
+        let inner = py.detach(|| AccrualBatch::decode(for_batch, cfg, &refs, now_ms));
         Ok(PyAccrualBatch { inner, rules })
     }
 
@@ -536,9 +535,10 @@ pub fn ledger_blocks(
     messages: Vec<Bound<'_, PyBytes>>,
     boards: Option<(String, u32, i64)>,
 ) -> PyResult<PyLedgerBlocks> {
-    let owned: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
+    // Borrowed, not copied (a batch's messages are megabytes): `bytes` cannot change and
+    // `messages` holds them while the GIL is released.
+    let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
     let (b, board_cmds) = py.detach(|| {
-        let refs: Vec<&[u8]> = owned.iter().map(|m| m.as_slice()).collect();
         let b = crate::blocks::encode(&refs);
         let cmds = match &boards {
             Some((ns, shards, ttl_s)) if !b.boards.is_empty() => crate::boards::commands(ns, &b.boards, (*shards).max(1), *ttl_s),

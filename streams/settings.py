@@ -140,7 +140,10 @@ class Settings(BaseSettings):
     # The hot path (docs/hot-path.md): how long event records live (a refund or a duplicate
     # arriving later is refused), recent movements kept per member, and the ingress's
     # envelopes (group commit: callbacks arriving while a produce is in flight share a record).
-    kafka_compression: str = "zstd"  # what the worker's producer compresses with ("" for none)
+    # What the worker's producer compresses with ("" for none). Measured on the pipeline
+    # (benchmarks/README.md, 2026-12-01): zstd and none cost the same CPU an event; lz4
+    # (aiokafka's, through cramjam) took 28% more of the worker's CPU.
+    kafka_compression: str = "zstd"
     refund_horizon_days: int = Field(400, ge=1)
     # A refund that arrives before its payment is held this long (longer than the gateways'
     # retry windows), then dead-lettered with the reason (docs/rules.md: Refunds).

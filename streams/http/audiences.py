@@ -36,6 +36,7 @@ from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, operator_of
 from streams.inputs import is_valid_id
 from streams.metrics import counters
+from streams.state.jobs import public_job
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,8 @@ async def run_send(send_id: str) -> None:
         if send is None or send["status"] != "sending":
             return
         rate = max(1, runtime.settings.audience_send_rate)
-        members = await runtime.balances.job_members("audience-send", send_id, send)
-        if len(members) != send["total"]:
-            send["status"], send["failed"] = "failed", f"its members' list is gone ({len(members)} of {send['total']})"
-            await _save(send)
+        members = await runtime.balances.members_to_send("audience-send", send_id, send)
+        if members is None:
             log.error("audience send %s: %s; stopped", send_id, send["failed"])
             return
         while send["done"] < len(members):
@@ -206,7 +205,7 @@ class AudienceSend(View):
         audience = audience_of(body.get("audience"), body.get("audience_id"))
         existing = await _load(send_id)
         if existing is not None:  # a retry: answered as it stands
-            return json_response(self, _public(existing), 200)
+            return json_response(self, public_job(existing), 200)
         members = await members_of(audience)
         if len(members) > MAX_MEMBERS:
             return error_response(self, 400, f"audience: {len(members):,} members; at most {MAX_MEMBERS:,} a send "
@@ -216,18 +215,13 @@ class AudienceSend(View):
                 "status": "sending", "by": op.login, "started_at_ms": int(time.time() * 1000),
                 "beat_ms": int(time.time() * 1000)}
         if not await _save(send, create=True, members=members):
-            return json_response(self, _public(await _load(send_id) or send), 200)
+            return json_response(self, public_job(await _load(send_id) or send), 200)
         start_send(send_id)
         request["audit"] = {"action": "audience.send", "target": send_id, "before": None,
                             "after": {"template": template, "audience": audience, "members": len(members)}}
-        return json_response(self, _public(send), 202)
+        return json_response(self, public_job(send), 202)
 
 
-def _public(send: dict[str, Any]) -> dict[str, Any]:
-    """A send as the API shows it (a record saved before the members had a key of their
-    own still holds them)."""
-    return {k: v for k, v in send.items() if k != "members"} | {
-        "total": send["total"] if "total" in send else len(send["members"])}
 
 
 @app.page("/v1/admin/audiences/sends/{send_id}")
@@ -238,5 +232,5 @@ class AudienceSendStatus(View):
             return error_response(self, 404, f"no audience send {send_id}", "send_id")
         rt = await runtime.started()
         issued = await rt.ledger.query("audience_issued", {"trigger": f"audience:{send_id}"})
-        return json_response(self, {**_public(send), "issued": int(issued[0]["issued"]),
+        return json_response(self, {**public_job(send), "issued": int(issued[0]["issued"]),
                                     "issued_members": int(issued[0]["members"])})

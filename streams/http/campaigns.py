@@ -37,6 +37,7 @@ from streams.app import app, leader_timer, member_events_topic, record_facts, ru
 from streams.http.common import error_response, json_response
 from streams.inputs import is_valid_id
 from streams.metrics import counters
+from streams.state.jobs import public_job
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,8 @@ async def send_run(campaign: str, run: str) -> None:
         if rec is None or rec["status"] != "sending":
             return
         rate = max(1, runtime.settings.audience_send_rate)
-        members = await runtime.balances.job_members("campaign-run", name, rec)
-        if len(members) != rec["total"]:
-            rec["status"], rec["failed"] = "failed", f"its members' list is gone ({len(members)} of {rec['total']})"
-            await _save(rec)
+        members = await runtime.balances.members_to_send("campaign-run", name, rec)
+        if members is None:
             log.error("campaign %s run %s: %s; stopped", campaign, run, rec["failed"])
             return
         occurred = dt.datetime.fromtimestamp(rec["at_ms"] / 1000, dt.UTC).isoformat(timespec="milliseconds")
@@ -196,11 +195,6 @@ async def run_scheduled_campaigns() -> None:
         log.exception("the scheduled campaigns' round failed; the next round tries again")
 
 
-def _public(rec: dict[str, Any]) -> dict[str, Any]:
-    """A run as the API shows it (a record saved before the members had a key of their own
-    still holds them)."""
-    return {k: v for k, v in rec.items() if k != "members"} | {
-        "total": rec["total"] if "total" in rec else len(rec["members"])}
 
 
 def _find(campaign: str) -> dict[str, Any] | None:
@@ -214,7 +208,7 @@ class Campaigns(View):
         now, offset = now_ms(), rt.rules.utc_offset_minutes
         out = []
         for c in campaigns_of(rt.rules):
-            runs = [_public(rec) for rec in await rt.balances.jobs("campaign-run", prefix=f"{c['id']}:")]
+            runs = [public_job(rec) for rec in await rt.balances.jobs("campaign-run", prefix=f"{c['id']}:")]
             due = schedules.due_run(c, now, offset, rt.settings.schedule_grace_s * 1000)
             out.append({**c, "when": schedules.describe(c["schedule"], offset), "due_now": due and due[0],
                         "runs": sorted(runs, key=lambda r: r["run"], reverse=True)[:10]})
@@ -238,4 +232,4 @@ class CampaignRun(View):
         rec = await _load(campaign, run) if is_valid_id(campaign) and is_valid_id(run) else None
         if rec is None:
             return error_response(self, 404, f"no run {run} of campaign {campaign} (runs are kept 40 days)", "run")
-        return json_response(self, _public(rec))
+        return json_response(self, public_job(rec))

@@ -78,6 +78,16 @@ class JobStore(StoreBase):
         raw = await self.redis.get(self.job_members_key(kind, job_id))
         return [] if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
 
+    async def members_to_send(self, kind: str, job_id: str, job: dict[str, Any]) -> list[str] | None:
+        """The members of a send or a run about to go on; None, the job saved as failed, if
+        its members' list is gone or short (it must not finish having sent to nobody)."""
+        members = await self.job_members(kind, job_id, job)
+        if len(members) == job["total"]:
+            return members
+        job["status"], job["failed"] = "failed", f"its members' list is gone ({len(members)} of {job['total']})"
+        await self.save_job(kind, job_id, job)
+        return None
+
     async def set_job_members(self, kind: str, job_id: str, members: list[str]) -> None:
         """Replaces a send's or a run's members, keeping the key's expiry (an erasure)."""
         await self.redis.set(self.job_members_key(kind, job_id), orjson.dumps(members), xx=True, keepttl=True)
@@ -168,6 +178,13 @@ class JobStore(StoreBase):
                     await index(_text(key), raw)
             await self.redis.sadd(self.jobs_indexed_key, name)
         indexed.add(name)
+
+
+def public_job(job: dict[str, Any]) -> dict[str, Any]:
+    """A send or a run as the API shows it: how many members, not who (a record saved before
+    the members had a key of their own still holds them)."""
+    return {k: v for k, v in job.items() if k != "members"} | {
+        "total": job["total"] if "total" in job else len(job["members"])}
 
 
 def _check_kind(kind: str) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "board_commands",
     "board_shard",
+    "candidate_boards",
     "check_image_name",
     "check_json_object",
     "check_member_event",
@@ -430,6 +431,10 @@ def board_commands(namespace: str, updates: list[tuple[str, str, int, int]], sha
 
 def board_shard(member: str, shards: int) -> int:
     """The shard of a board a member's score lives in."""
+
+def candidate_boards(bu_id: str, at_ms: int, utc_offset_minutes: int) -> list[str]:
+    """Every board (week and month, group-wide and per business unit) that an event at
+    `bu_id`, `at_ms` could count on, whatever the rules define."""
 
 def ledger_blocks(messages: list[bytes], boards: tuple[str, int, int] | None = None) -> LedgerBlocks:
     """Encodes ledger-topic messages into one RowBinary block per table and, given the

@@ -592,6 +592,13 @@ pub fn board_commands<'py>(
     plan(py, crate::boards::commands(namespace, &updates, shards, ttl_s))
 }
 
+/// Every board (week and month, group-wide and per business unit) that an event at
+/// `bu_id`, `at_ms` could count on, whatever the rules define.
+#[pyfunction]
+pub fn candidate_boards(bu_id: &str, at_ms: i64, utc_offset_minutes: i64) -> Vec<String> {
+    crate::boards::candidate_boards(bu_id, at_ms, utc_offset_minutes)
+}
+
 /// The shard of a board a member's score lives in.
 #[pyfunction]
 pub fn board_shard(member: &str, shards: u32) -> u32 {

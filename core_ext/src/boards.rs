@@ -14,25 +14,42 @@ pub fn boards_of(rules: &RuleSet, bu_id: &str, at_ms: i64) -> Vec<String> {
     if defs.is_empty() {
         return Vec::new();
     }
-    let Some(local) = chrono::DateTime::from_timestamp_millis(at_ms + rules.utc_offset_minutes * 60_000) else {
+    let Some(local) = local_time(at_ms, rules.utc_offset_minutes) else {
         return Vec::new();
     };
-    let local = local.naive_utc();
-    let w = local.iso_week();
-    defs.iter()
-        .map(|d| {
-            let period = if d.monthly {
-                format!("m:{}-{:02}", local.year(), local.month())
-            } else {
-                format!("w:{}-W{:02}", w.year(), w.week())
-            };
-            if d.per_bu {
-                format!("{period}:bu:{bu_id}")
-            } else {
-                format!("{period}:all")
-            }
-        })
+    defs.iter().map(|d| board_name(&local, d.monthly, d.per_bu, bu_id)).collect()
+}
+
+/// Every board any rules could define that an event at `bu_id`, `at_ms` counts on (the
+/// week's and the month's, group-wide and the business unit's): an erasure takes the
+/// member off each of them without knowing which rules scored it.
+pub fn candidate_boards(bu_id: &str, at_ms: i64, utc_offset_minutes: i64) -> Vec<String> {
+    let Some(local) = local_time(at_ms, utc_offset_minutes) else {
+        return Vec::new();
+    };
+    [(false, false), (false, true), (true, false), (true, true)]
+        .iter()
+        .map(|&(monthly, per_bu)| board_name(&local, monthly, per_bu, bu_id))
         .collect()
+}
+
+fn local_time(at_ms: i64, utc_offset_minutes: i64) -> Option<chrono::NaiveDateTime> {
+    chrono::DateTime::from_timestamp_millis(at_ms + utc_offset_minutes * 60_000).map(|t| t.naive_utc())
+}
+
+/// A board's name: its period (`w:2026-W48`, `m:2026-11`) and scope (`all`, `bu:<id>`).
+fn board_name(local: &chrono::NaiveDateTime, monthly: bool, per_bu: bool, bu_id: &str) -> String {
+    let period = if monthly {
+        format!("m:{}-{:02}", local.year(), local.month())
+    } else {
+        let w = local.iso_week();
+        format!("w:{}-W{:02}", w.year(), w.week())
+    };
+    if per_bu {
+        format!("{period}:bu:{bu_id}")
+    } else {
+        format!("{period}:all")
+    }
 }
 
 /// Adds `delta` to the member's score on each board an event counts on; returns the
@@ -159,6 +176,22 @@ multiplier_pct = 100
         assert!(!st.boards.contains_key("w:2026-W48:all") && !st.boards.contains_key("m:2026-11:bu:mall-a"));
         assert!(st.boards.contains_key("w:2026-W49:all") && st.boards.contains_key("m:2026-12:bu:mall-a"));
         assert!(version(3, 7) > version(2, 1_000_000) && version(3, 8) > version(3, 7));
+    }
+
+    #[test]
+    fn candidates_hold_every_board_the_rules_could_score() {
+        let r = rules(
+            "[[leaderboards]]\nperiod = \"week\"\nscope = \"group\"\n[[leaderboards]]\nperiod = \"month\"\nscope = \"bu\"\n",
+        );
+        // 2026-11-30 23:30 +08:00 is Monday of week 49 locally, still November; in UTC it is 15:30.
+        let at = crate::time::parse_instant_ms("2026-11-30T23:30:00+08:00").unwrap();
+        let all = candidate_boards("mall-a", at, 480);
+        assert_eq!(all, vec!["w:2026-W49:all", "w:2026-W49:bu:mall-a", "m:2026-11:all", "m:2026-11:bu:mall-a"]);
+        for name in boards_of(&r, "mall-a", at) {
+            assert!(all.contains(&name), "{name} not among the candidates");
+        }
+        // The local day decides: at +00:00 the same instant is still Monday 15:30, at -16:00 Sunday (week 48).
+        assert_eq!(candidate_boards("mall-a", at, -960)[0], "w:2026-W48:all");
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn core_module(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()>
     m.add_function(wrap_pyfunction!(bindings_batch::decode_event, m)?)?;
     m.add_function(wrap_pyfunction!(bindings_batch::board_commands, m)?)?;
     m.add_function(wrap_pyfunction!(bindings_batch::board_shard, m)?)?;
+    m.add_function(wrap_pyfunction!(bindings_batch::candidate_boards, m)?)?;
     m.add_function(wrap_pyfunction!(bindings_batch::envelope_pack, m)?)?;
     m.add_function(wrap_pyfunction!(bindings_batch::envelope_unpack, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::validate_payment, m)?)?;

@@ -11,10 +11,14 @@ derived from the member id, so nothing leads back):
 2. once the ledger has those rows, ClickHouse (streams/sinks/ledger.py
    `erase_members_sync`): ledger, stored value, game draws, settlement lines and coupon
    events re-keyed to the pseudonym; states, segments, records, held refunds and bindings
-   deleted; the payers' guest payments and gateway routes deleted; plates blanked; the audit
-   trail's rows about them keep who did what and when, under the pseudonym, without details;
+   deleted; the payers' guest payments, gateway routes and their plates' parking sessions
+   deleted; plates blanked; the audit trail's rows about them keep who did what and when,
+   under the pseudonym, without details;
 3. Redis: the members' keys, bindings (ids, plates, referral phones, aliases), guest
-   payments, parking sessions, schedules, leaderboard entries, merge records and approvals.
+   payments, parking sessions, schedules, leaderboard entries, held refunds, merge records
+   and approvals; receipt and event claims name the pseudonym. Every key is found from
+   what ClickHouse said before step 2 (`_what_names`, kept in the record while it is
+   erasing) or an index: no scan of the keyspace.
 
 Kafka's records cannot be edited: the inputs, the ledger topic and the dead letters keep
 copies until their retention ends (7, 14 and 30 days); the erasure's record says when the
@@ -41,12 +45,14 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
+import core_ext
 from streams.app import app, record_binding, runtime
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, operator_of
 from streams.http.merges import MergeRefused, check_event, send_and_wait
 from streams.inputs import is_valid_id
 from streams.metrics import counters
+from streams.state.operators import NAMED, Named
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,54 @@ async def _ledger_has(event_ids: list[str]) -> bool:
     return int(rows[0]["n"]) >= len(event_ids)
 
 
+async def _what_names(ids: list[str], pseudonym: str) -> dict[str, Any]:
+    """What in Redis names the members, found in ClickHouse (its bindings, ledger and
+    receipts) without scanning Redis' keyspace: their bound keys (external ids, plates,
+    referral phones), payers, plates and the parking sessions of those plates, gateway
+    routes of their payers, event ids, the inviters whose reward names them, receipt photos
+    and claims, and every leaderboard their payments could have scored on. The pseudonym
+    is asked too: a ledger or receipt row already re-keyed is still theirs."""
+    rt = await runtime.started()
+    q = rt.ledger.query_sql
+    keys = sorted({r["key"] for r in await q(
+        "SELECT DISTINCT key FROM bindings WHERE member_id IN {m:Array(String)}"
+        " AND kind IN ('identity', 'plate', 'referral_phone')", {"m": ids})})
+    payers = [k.split(":", 2)[1:] for k in keys if k.startswith("id:")]
+    plates = [k.removeprefix("plate:") for k in keys if k.startswith("plate:")]
+    mine = {"m": [*ids, pseudonym]}
+    # Bucketed by a quarter of an hour (every UTC offset is a multiple of one): a payment's
+    # boards are its business unit's and the group's, of its local week and month.
+    scored = await q("SELECT DISTINCT bu_id, intDiv(toUnixTimestamp64Milli(occurred_at), 900000) AS q15"
+                     " FROM ledger WHERE member_id IN {m:Array(String)} AND bu_id != ''", mine)
+    offset = rt.rules.utc_offset_minutes
+    boards = sorted({b for r in scored for at in (int(r["q15"]) * 900_000, int(r["q15"]) * 900_000 + 899_999)
+                     for b in core_ext.candidate_boards(r["bu_id"], at, offset)})
+    return {
+        "keys": keys, "payers": payers, "plates": plates,
+        "parking": [r["key"] for r in await q(
+            "SELECT DISTINCT key FROM bindings WHERE kind = 'parking'"
+            " AND arrayExists(p -> endsWith(key, concat(':', p)), {p:Array(String)})", {"p": plates})]
+        if plates else [],
+        "routes": [r["key"] for r in await q(
+            "SELECT DISTINCT key FROM bindings WHERE kind = 'route' AND"
+            " arrayExists(e -> position(value, e) > 0, {e:Array(String)})", {"e": [e for _, e in payers]})],
+        "inviters": [[r["member_id"], r["event_id"]] for r in await q(
+            "SELECT DISTINCT member_id, event_id FROM ledger WHERE event_id IN {r:Array(String)}",
+            {"r": [f"referral:{m}" for m in ids]})],
+        # Their events' claims (`eid:<event id>`) name them: the events in the ledger, the
+        # refunds held or dead-lettered at their deadline, and whatever else their records hold.
+        "event_ids": sorted({r["event_id"] for r in await q(
+            "SELECT DISTINCT event_id FROM ledger WHERE member_id IN {m:Array(String)}"
+            " UNION DISTINCT SELECT DISTINCT event_id FROM held_refunds WHERE member_id IN {m:Array(String)}", mine)}
+                            | {e for m in ids for e in await rt.balances.event_records(m)}),
+        "images": [r["image"] for r in await q(
+            "SELECT DISTINCT image FROM receipts WHERE member_id IN {m:Array(String)} AND image != ''", mine)],
+        "receipts": [r["receipt_id"] for r in await q(
+            "SELECT DISTINCT receipt_id FROM receipts WHERE member_id IN {m:Array(String)}", mine)],
+        "boards": boards,
+    }
+
+
 async def run_erasure(erasure: dict[str, Any]) -> dict[str, Any]:
     """Takes an erasure as far as it goes: "erased", "erasing" (the leader's timer goes on
     with it) or "refused" with the reason. Idempotent."""
@@ -117,31 +171,25 @@ async def run_erasure(erasure: dict[str, Any]) -> dict[str, Any]:
                 await _save(erasure)
                 return erasure
             await asyncio.sleep(0.2)
-        bound = await rt.ledger.query_sql(
-            "SELECT DISTINCT key, kind FROM bindings WHERE member_id IN {m:Array(String)}"
-            " AND kind IN ('identity', 'plate', 'referral_phone')", {"m": ids})
-        keys = sorted({r["key"] for r in bound})
-        payers = [tuple(k.split(":", 2)[1:]) for k in keys if k.startswith("id:")]
-        plates = [k.removeprefix("plate:") for k in keys if k.startswith("plate:")]
-        routes = [r["key"] for r in await rt.ledger.query_sql(
-            "SELECT DISTINCT key FROM bindings WHERE kind = 'route' AND"
-            " arrayExists(e -> position(value, e) > 0, {e:Array(String)})", {"e": [e for _, e in payers]})]
-        refs = [f"referral:{m}" for m in ids]
-        inviters = await rt.ledger.query_sql(
-            "SELECT DISTINCT member_id, event_id FROM ledger WHERE event_id IN {r:Array(String)}", {"r": refs})
-        event_ids = [r["event_id"] for r in await rt.ledger.query_sql(
-            "SELECT DISTINCT event_id FROM ledger WHERE member_id IN {m:Array(String)}", {"m": ids})]
-        images = [r["image"] for r in await rt.ledger.query_sql(
-            "SELECT DISTINCT image FROM receipts WHERE member_id IN {m:Array(String)} AND image != ''", {"m": ids})]
+        found = erasure.get("found")
+        if found is None:
+            # What names them, read once and kept in the record while it is erasing: once
+            # ClickHouse is erased it cannot say again, and a worker killed after that step
+            # still finds every Redis key to erase.
+            found = await _what_names(ids, erasure["pseudonym"])
+            erasure["found"] = found
+            await _save(erasure)
+        named = Named(**{**{k: found[k] for k in NAMED}, "payers": [(kind, ext) for kind, ext in found["payers"]]})
         touched = await rt.ledger.in_thread(rt.ledger.erase_members_sync, ids, erasure["pseudonym"],
-                                            payers, plates, keys)
-        touched["receipt_images"] = await asyncio.to_thread(_delete_images, images)
+                                            named.payers, named.plates, named.keys)
+        touched["receipt_images"] = await asyncio.to_thread(_delete_images, found["images"])
         alias = erasure["pseudonym"]
-        removed = await rt.balances.erase_members(ids, alias, keys, payers, plates, routes, event_ids)
-        for row in inviters:
-            m = row["event_id"].removeprefix("referral:")
-            removed += await rt.balances.rewrite_mentions(row["member_id"], [
-                (row["event_id"], f"referral:{alias}"), (orjson.dumps(m).decode(), orjson.dumps(alias).decode())])
+        removed = await rt.balances.erase_members(ids, alias, named)
+        for inviter, ref in found["inviters"]:
+            m = ref.removeprefix("referral:")
+            removed += await rt.balances.rewrite_mentions(inviter, [
+                (ref, f"referral:{alias}"), (orjson.dumps(m).decode(), orjson.dumps(alias).decode())])
+        erasure.pop("found")
         erasure.update(status="erased", clickhouse=touched, redis_keys=removed, accounts=len(ids),
                        kafka_gone_by_ms=int(time.time() * 1000) + KAFKA_KEEP_MS)
         await _save(erasure)
@@ -174,7 +222,8 @@ async def resume_erasures() -> None:
 
 
 def _answer(view: View, erasure: dict[str, Any]) -> Response:
-    return json_response(view, erasure, {"erased": 200, "erasing": 202}.get(erasure["status"], 409))
+    shown = {k: v for k, v in erasure.items() if k != "found"}  # what names them: not shown
+    return json_response(view, shown, {"erased": 200, "erasing": 202}.get(erasure["status"], 409))
 
 
 @app.page("/v1/admin/members/{member_id}/erase")

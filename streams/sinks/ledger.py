@@ -271,10 +271,12 @@ class LedgerStore:
             touched[table] = count(table, "member_id IN {ids:Array(String)}")
             c.command(f"ALTER TABLE `{table}` DELETE WHERE member_id IN {{ids:Array(String)}}"
                       " SETTINGS mutations_sync = 1", parameters=p)
-        # Bindings: the members' own, every row of a key once theirs, aliases of them, and the
-        # gateway routes that name one of their payers.
+        # Bindings: the members' own, every row of a key once theirs, aliases of them, the
+        # gateway routes that name one of their payers and the parking sessions of their plates
+        # (`park:<car park>:<plate>`).
         routes = "kind = 'route' AND arrayExists(e -> position(value, e) > 0, {exts:Array(String)})"
-        where = (f"member_id IN {{ids:Array(String)}} OR key IN {{keys:Array(String)}} OR ({routes})"
+        parked = "kind = 'parking' AND arrayExists(x -> endsWith(key, concat(':', x)), {plates:Array(String)})"
+        where = (f"member_id IN {{ids:Array(String)}} OR key IN {{keys:Array(String)}} OR ({routes}) OR ({parked})"
                  " OR key IN arrayMap(m -> concat('alias:', m), {ids:Array(String)})")
         touched["bindings"] = count("bindings", where)
         c.command(f"ALTER TABLE bindings DELETE WHERE {where} SETTINGS mutations_sync = 1", parameters=p)

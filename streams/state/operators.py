@@ -11,15 +11,38 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+import core_ext
 from streams.operators import Operator
+from streams.state.boards import BOARD_SHARDS
 from streams.state.jobs import KEEP_S, MEMBER_LISTS, STALE_ENTRY_MS, JobStore
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
+
+
+@dataclass(frozen=True)
+class Named:
+    """What names the members of an erasure, as ClickHouse had it before it was erased
+    (streams/http/privacy.py `_what_names`): bound keys, payers (kind, id), plates, parking
+    sessions and gateway routes (bindings keys), event ids, receipt ids and leaderboards."""
+
+    keys: list[str]
+    payers: list[tuple[str, str]]
+    plates: list[str]
+    parking: list[str]
+    routes: list[str]
+    event_ids: list[str]
+    receipts: list[str]
+    boards: list[str]
+
+
+#: The fields of `Named`, as an erasure's record keeps them while it is erasing.
+NAMED = tuple(Named.__dataclass_fields__)
 MERGE_KEEP_S = KEEP_S["merge"]
 ERASURE_KEEP_S = KEEP_S["erasure"]
 
@@ -260,18 +283,18 @@ class OperatorStore(JobStore):
                 return True
         return False
 
-    async def erase_members(self, ids: list[str], pseudonym: str, keys: list[str], payers: list[tuple[str, str]],
-                            plates: list[str], routes: list[str], event_ids: list[str]) -> int:
+    async def erase_members(self, ids: list[str], pseudonym: str, named: Named) -> int:
         """A personal data erasure in Redis (streams/http/privacy.py): the members' keys,
         their bindings (while still theirs), aliases, guest payments, parking sessions,
         gateway routes, schedules, leaderboard entries, held refunds, merge records and
-        approvals; audience sends, receipt claims and the claims of their events
-        (`event_ids`) name the pseudonym instead. Returns keys and entries removed or rewritten."""
-        r, ns, n = self.redis, self.ns, 0
+        approvals; audience sends, receipt claims and the claims of their events name the
+        pseudonym instead. Every key is named by what ClickHouse said of them (`named`) or
+        by an index: nothing scans the keyspace. Returns keys and entries removed or rewritten."""
+        r, n = self.redis, 0
         members = set(ids)
-        names = [*ids, *[e for _, e in payers]]
-        for start in range(0, len(event_ids), 500):
-            page = [self.event_claim_key(e) for e in event_ids[start:start + 500]]
+        names = [*ids, *[e for _, e in named.payers]]
+        for start in range(0, len(named.event_ids), 500):
+            page = [self.event_claim_key(e) for e in named.event_ids[start:start + 500]]
             pipe = r.pipeline(transaction=False)  # GETs, not MGET: on a cluster the keys are in many slots
             for key in page:
                 pipe.get(key)
@@ -279,32 +302,35 @@ class OperatorStore(JobStore):
                 text = claimant.decode() if isinstance(claimant, bytes) else claimant
                 if text and any(x in text for x in names):
                     n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
+        # One pass over each index whose entries start with a member ("member<TAB>...").
+        held = self.held_key  # type: ignore[attr-defined]  # HeldRefundStore's, in the same store
+        for index in (self.mall_orders_key, held):
+            async for entry, _score in r.zscan_iter(index, count=1000):
+                text = entry.decode() if isinstance(entry, bytes) else entry
+                member, _, payment = text.partition("\t")
+                if member in members:
+                    n += await r.zrem(index, entry)
+                    if index == held:  # the refunds held for that payment
+                        n += await r.delete(self.held_refunds_key(member, payment))  # type: ignore[attr-defined]
         for m in ids:
             n += await r.delete(self.member_key(m), self.records_key(m), self.outbox_key(m), self.history_key(m))
             n += await r.delete(self.alias_key(m))  # a slot of its own
-            async for k in r.scan_iter(match=f"{ns}:parked:{{{m}}}:*", count=500):
-                n += await r.delete(k)
             n += await r.zrem(self.tier_reviews_key, m) + await r.zrem(self.wallet_checks_key, m)
             n += await r.zrem(self.outbox_index_key(zlib.crc32(m.encode()) % OUTBOX_INDEX_SHARDS), m)
-            async for entry, _score in r.zscan_iter(self.mall_orders_key, match=f"{m}\t*"):
-                n += await r.zrem(self.mall_orders_key, entry)
-            held = self.held_key  # type: ignore[attr-defined]  # HeldRefundStore's, in the same store
-            async for entry, _score in r.zscan_iter(held, match=f"{m}\t*"):  # entries are "member<TAB>payment"
-                n += await r.zrem(held, entry)
-        for key in keys:
+            shard = core_ext.board_shard(m, BOARD_SHARDS)  # a member's score is in one shard of a board
+            pipe = r.pipeline(transaction=False)  # one slot a board: no transaction
+            for board in named.boards:
+                scores, versions = self.board_keys(board, shard)
+                pipe.zrem(scores, m)
+                pipe.hdel(versions, m)
+            n += sum(int(x) for x in await pipe.execute()) if named.boards else 0
+        for key in named.keys:
             for m in ids:
                 n += int(await self.unbind(key, m))
-        for kind, ext in payers:
+        for kind, ext in named.payers:
             n += await r.delete(self.guest_key(kind, ext))
-        for key in routes:
-            n += await r.delete(f"{ns}:{key}")
-        for plate in plates:
-            async for k in r.scan_iter(match=f"{ns}:park:*:{plate}", count=500):
-                n += await r.delete(k)
-        async for k in r.scan_iter(match=f"{ns}:lb:*", count=500):
-            n += await r.zrem(k, *ids)
-        async for k in r.scan_iter(match=f"{ns}:lbv:*", count=500):
-            n += await r.hdel(k, *ids)
+        for key in [*named.routes, *named.parking]:  # bindings rows' keys, without the namespace
+            n += await r.delete(f"{self.ns}:{key}")
         for merge in await self.merges():
             if merge.get("from") in members or merge.get("into") in members:
                 n += await r.delete(self.merge_key(merge["merge_id"]))
@@ -312,10 +338,11 @@ class OperatorStore(JobStore):
             if approval.get("member_id") in members:
                 n += await r.delete(self.approval_key(approval["approval_id"]))
                 await r.zrem(self.approvals_index_key, approval["approval_id"])
-        async for k in r.scan_iter(match=self.receipt_claim_key("rc-*"), count=500):
-            holder = await r.get(k)  # the receipt stays claimed (not earned twice), by the pseudonym
+        for receipt_id in named.receipts:
+            key = self.receipt_claim_key(receipt_id)
+            holder = await r.get(key)  # the receipt stays claimed (not earned twice), by the pseudonym
             if (holder.decode() if isinstance(holder, bytes) else holder) in members:
-                n += bool(await r.set(k, pseudonym, xx=True, keepttl=True))
+                n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
         for kind in MEMBER_LISTS:
             for send in await self.jobs(kind):
                 job_id = send["send_id"] if kind == "audience-send" else f"{send['campaign']}:{send['run']}"

@@ -124,7 +124,7 @@ class JobStore(StoreBase):
         await self.redis.zremrangebyscore(index, "-inf", now - KEEP_S[kind] * 1000)
         scored: list[tuple[str | bytes, float]] = await self.redis.zrevrange(  # type: ignore[assignment]
             index, 0, -1, withscores=True)
-        return await self._records(kind, index, [(i, at) for i, at in map(_entry, scored) if i.startswith(prefix)],
+        return await self._records(kind, index, [(i, at) for i, at in map(index_entry, scored) if i.startswith(prefix)],
                                    now, lambda job: True)
 
     async def open_jobs(self, kind: str) -> list[dict[str, Any]]:
@@ -133,25 +133,31 @@ class JobStore(StoreBase):
         index, now = self.open_jobs_key(kind), int(time.time() * 1000)
         scored: list[tuple[str | bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
             index, 0, -1, withscores=True)
-        return await self._records(kind, index, [_entry(e) for e in scored], now,
+        return await self._records(kind, index, [index_entry(e) for e in scored], now,
                                    lambda job: job.get("status") in OPEN_STATUSES[kind])
 
     async def _records(self, kind: str, index: str, entries: list[tuple[str, float]], now: int,
                        wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        """The records of an index's entries that are `wanted`. An entry whose record is gone
-        or not wanted is dropped once stale, unless saved again after this read."""
+        return await self.indexed_records(index, entries, now, functools.partial(self.job_key, kind), wanted)
+
+    async def indexed_records(self, index: str, entries: list[tuple[str, float]], now: int,
+                              key_of: Callable[[str], str],
+                              wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The JSON records (at `key_of(id)`) of an index's (id, score) entries that are
+        `wanted`, in the entries' order. An entry whose record is gone or not wanted is
+        dropped once stale, unless saved again after this read."""
         if not entries:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for job_id, _ in entries:
-            pipe.get(self.job_key(kind, job_id))
+        for record_id, _ in entries:
+            pipe.get(key_of(record_id))
         out = []
-        for (job_id, marked), raw in zip(entries, await pipe.execute(), strict=True):
-            job = None if raw is None else orjson.loads(raw)
-            if job is not None and wanted(job):
-                out.append(job)
+        for (record_id, marked), raw in zip(entries, await pipe.execute(), strict=True):
+            record = None if raw is None else orjson.loads(raw)
+            if record is not None and wanted(record):
+                out.append(record)
             elif now - marked > STALE_ENTRY_MS:
-                await self.redis.eval(_DROP_IF_UNCHANGED, 1, index, job_id, int(marked))
+                await self.redis.eval(_DROP_IF_UNCHANGED, 1, index, record_id, int(marked))
         return out
 
     async def _index_kind(self, kind: str) -> None:
@@ -192,7 +198,8 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"no kind of job {kind!r}: one of {', '.join(OPEN_STATUSES)}")
 
 
-def _entry(scored: tuple[str | bytes, float]) -> tuple[str, float]:
+def index_entry(scored: tuple[str | bytes, float]) -> tuple[str, float]:
+    """A sorted set's (member, score) reply as (id, score)."""
     return _text(scored[0]), float(scored[1])
 
 

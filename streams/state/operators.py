@@ -19,7 +19,7 @@ import orjson
 import core_ext
 from streams.operators import Operator
 from streams.state.boards import BOARD_SHARDS
-from streams.state.jobs import KEEP_S, MEMBER_LISTS, STALE_ENTRY_MS, JobStore
+from streams.state.jobs import KEEP_S, MEMBER_LISTS, JobStore, index_entry
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
@@ -220,19 +220,11 @@ class OperatorStore(JobStore):
         await self.index_once("approval", self.approval_key("*"), self._index_approval)
         index, now = self.approvals_index_key, int(time.time() * 1000)
         await self.redis.zremrangebyscore(index, "-inf", now - APPROVAL_KEEP_S * 1000)
-        scored: list[tuple[str, float]] = await self.redis.zrevrange(  # type: ignore[assignment]
+        scored: list[tuple[str | bytes, float]] = await self.redis.zrevrange(  # type: ignore[assignment]
             index, 0, -1, withscores=True)
-        if not scored:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for approval_id, _ in scored:
-            pipe.get(self.approval_key(approval_id))
-        out = []
-        for (approval_id, at_ms), raw in zip(scored, await pipe.execute(), strict=True):
-            if raw is not None:
-                out.append(orjson.loads(raw))
-            elif now - at_ms > STALE_ENTRY_MS:  # gone (erased); a fresh one may be a save under way
-                await self.redis.zrem(index, approval_id)
+        # A record gone (erased) drops its entry; a fresh one may be a save under way.
+        out = await self.indexed_records(index, [index_entry(e) for e in scored], now, self.approval_key,
+                                         lambda approval: True)
         return sorted(out, key=lambda a: a.get("requested_at_ms", 0), reverse=True)
 
     async def _index_approval(self, key: str, raw: bytes | str) -> None:

@@ -789,6 +789,26 @@ def test_merchant_staff_redeem_coupons_at_their_own_merchant_in_the_browser(cw: 
     assert row["operator"] == "shop-qian" and row["target"] == coupon
 
 
+def named_in_redis(w: WorkerProcess, texts: list[str]) -> list[tuple[str, list[str]]]:
+    """The keys of the worker's namespace whose name or value holds one of `texts`, with
+    the texts found (strings, hashes, sorted sets, lists and sets are read whole)."""
+    r = redis_client(w.redis_url)
+    out = []
+    for key in r.scan_iter(match=f"{w.run_id}:*", count=1000):
+        k = key.decode() if isinstance(key, bytes) else key
+        kind = r.type(k)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        value = (r.get(k) if kind == "string" else
+                 orjson.dumps({str(a): str(b) for a, b in r.hgetall(k).items()}) if kind == "hash" else
+                 orjson.dumps([str(x) for x in r.zrange(k, 0, -1)]) if kind == "zset" else
+                 orjson.dumps([str(x) for x in r.lrange(k, 0, -1)]) if kind == "list" else
+                 orjson.dumps(sorted(str(x) for x in r.smembers(k))) if kind == "set" else b"")
+        text = k + (value.decode(errors="replace") if isinstance(value, bytes) else str(value or ""))
+        if found := [t for t in texts if t in text]:
+            out.append((k, found))
+    return out
+
+
 def test_a_member_erased_everywhere_while_the_books_keep_the_amounts(cw: WorkerProcess) -> None:
     """PIPL erasure: a group admin (not customer service) erases a member with a phone, an
     openid, a plate, a profile, payments, an inviter and audit rows; asked again it answers
@@ -882,15 +902,7 @@ def test_a_member_erased_everywhere_while_the_books_keep_the_amounts(cw: WorkerP
     assert (claim.decode() if isinstance(claim, bytes) else claim) == alias, "the receipt stays claimed, by the alias"
 
     secrets_of_m = [m, pseudonym(cw.pii_key, phone), phone, openid, plate]
-    r = redis_client(cw.redis_url)
-    for key in r.scan_iter(match=f"{cw.run_id}:*", count=1000):
-        k = key.decode() if isinstance(key, bytes) else key
-        kind = r.type(k)
-        value = (r.get(k) if kind in ("string", b"string") else
-                 orjson.dumps({str(a): str(b) for a, b in r.hgetall(k).items()}) if kind in ("hash", b"hash") else
-                 orjson.dumps([str(x) for x in r.zrange(k, 0, -1)]) if kind in ("zset", b"zset") else b"")
-        text = k + (value.decode(errors="replace") if isinstance(value, bytes) else str(value or ""))
-        assert not [s for s in secrets_of_m if s in text], (k, [s for s in secrets_of_m if s in text])
+    assert not named_in_redis(cw, secrets_of_m)
     cw.stop()  # the embedded store belongs to the worker: read it after it stopped
     try:
         dump = subprocess.run([sys.executable, "-c", DUMP_STORE, f"chdb://{cw.data_dir / 'chdb'}"],
@@ -900,3 +912,51 @@ def test_a_member_erased_everywhere_while_the_books_keep_the_amounts(cw: WorkerP
     left = {s: [line[:160] for line in dump.splitlines() if s in line][:3] for s in secrets_of_m}
     assert not any(left.values()), left
     assert alias in dump, "the amounts stay, under the pseudonym"
+
+
+def test_an_erasure_whose_worker_died_after_clickhouse_finishes_from_what_it_found(worker_factory: Any,
+                                                                                  tmp_path: Path) -> None:
+    """The worker dies right after ClickHouse was erased (a fault injected): ClickHouse no
+    longer says which ids, plates and parking sessions were the member's, so the erasure,
+    asked again, takes up what it found before that step (kept in its record while it is
+    erasing) and no Redis key or value names the member, its phone, openid or plate."""
+    from streams.auth import pseudonym
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    w: WorkerProcess = worker_factory("erase-kill", LOYALTY_FAULTS_DIR=str(faults))
+    w.start()
+    add_operator(w, "admin-wang", "group_admin")
+    tag = uuid.uuid4().hex[:8]
+    m, phone, openid, plate = f"ek-{tag}", f"138{int(tag, 16) % 10**8:08d}", f"o-ek-{tag}", "沪K" + tag[:5].upper()
+    member_event(w, {"event_id": f"reg-{tag}", "type": "register", "occurred_at": now_iso(), "member_id": m,
+                     "external_ids": [{"kind": "phone", "id": phone}, {"kind": "wechat", "id": openid}]})
+    pay(w, m, "sh-mall", "sh-mall-shop-01", 12_300)
+    body = orjson.dumps({"plate": plate, "auto_pay": False})
+    assert w.post(f"/v1/members/{m}/plates", body, w.pos_headers(body))[0] == 200
+    body = orjson.dumps({"event_id": f"in-{tag}", "type": "entry", "occurred_at": now_iso(), "plate": plate,
+                         "car_park": "sh-park", "gate": "g1"})
+    assert w.post("/v1/callbacks/parking", body, signed_headers(w.callback_secret, body))[0] == 202
+    w.wait_caught_up()
+    secrets_of_m = [m, pseudonym(w.pii_key, phone), phone, openid, plate]
+    before = {t for _, found in named_in_redis(w, secrets_of_m) for t in found}
+    assert before == set(secrets_of_m) - {phone}, "each is in Redis before (the phone only as its pseudonym)"
+
+    admin = Console(w)
+    assert admin.login("admin-wang")[0] == 200
+    asked = {"reason": "PIPL request by the member", "confirm": m}
+    (faults / "erasure-die-after-clickhouse").touch()
+    with pytest.raises(OSError):  # the worker died answering
+        admin.call("POST", f"/v1/admin/members/{m}/erase", asked)
+    assert w.proc is not None and w.proc.wait(30) == 137
+    assert not (faults / "erasure-die-after-clickhouse").exists()
+    assert named_in_redis(w, secrets_of_m), "Redis not erased yet: the worker died before"
+    w.start()
+    admin = Console(w)
+    assert admin.login("admin-wang")[0] == 200
+    status, erased, _ = admin.call("POST", f"/v1/admin/members/{m}/erase", asked)
+    assert status == 200 and erased["status"] == "erased" and "found" not in erased, erased
+    assert m not in orjson.dumps(erased).decode()
+    assert named_in_redis(w, secrets_of_m) == []
+    assert w.get(f"/v1/members/{m}")[0] == 404
+    assert w.get(f"/v1/admin/members/search?kind=wechat&q={openid}")[1]["members"] == []

@@ -133,6 +133,13 @@ async def _what_names(ids: list[str], pseudonym: str) -> dict[str, Any]:
     offset = rt.rules.utc_offset_minutes
     boards = sorted({b for r in scored for at in (int(r["q15"]) * 900_000, int(r["q15"]) * 900_000 + 899_999)
                      for b in core_ext.candidate_boards(r["bu_id"], at, offset)})
+    # Their events' claims (`eid:<event id>`) name them: the events in the ledger, the
+    # refunds held or dead-lettered at their deadline, and whatever else their records hold.
+    events = {r["event_id"] for r in await q(
+        "SELECT DISTINCT event_id FROM ledger WHERE member_id IN {m:Array(String)} UNION DISTINCT"
+        " SELECT DISTINCT event_id FROM held_refunds WHERE member_id IN {m:Array(String)}", mine)}
+    for m in ids:
+        events.update(await rt.balances.event_records(m))
     return {
         "keys": keys, "payers": payers, "plates": plates,
         "parking": [r["key"] for r in await q(
@@ -145,12 +152,7 @@ async def _what_names(ids: list[str], pseudonym: str) -> dict[str, Any]:
         "inviters": [[r["member_id"], r["event_id"]] for r in await q(
             "SELECT DISTINCT member_id, event_id FROM ledger WHERE event_id IN {r:Array(String)}",
             {"r": [f"referral:{m}" for m in ids]})],
-        # Their events' claims (`eid:<event id>`) name them: the events in the ledger, the
-        # refunds held or dead-lettered at their deadline, and whatever else their records hold.
-        "event_ids": sorted({r["event_id"] for r in await q(
-            "SELECT DISTINCT event_id FROM ledger WHERE member_id IN {m:Array(String)}"
-            " UNION DISTINCT SELECT DISTINCT event_id FROM held_refunds WHERE member_id IN {m:Array(String)}", mine)}
-                            | {e for m in ids for e in await rt.balances.event_records(m)}),
+        "event_ids": sorted(events),
         "images": [r["image"] for r in await q(
             "SELECT DISTINCT image FROM receipts WHERE member_id IN {m:Array(String)} AND image != ''", mine)],
         "receipts": [r["receipt_id"] for r in await q(

@@ -23,6 +23,8 @@ from streams.state.jobs import KEEP_S, MEMBER_LISTS, JobStore, index_entry
 from streams.state.keys import OUTBOX_INDEX_SHARDS
 
 APPROVAL_KEEP_S = 30 * 86_400
+MERGE_KEEP_S = KEEP_S["merge"]
+ERASURE_KEEP_S = KEEP_S["erasure"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,6 @@ class Named:
 
 #: The fields of `Named`, as an erasure's record keeps them while it is erasing.
 NAMED = tuple(Named.__dataclass_fields__)
-MERGE_KEEP_S = KEEP_S["merge"]
-ERASURE_KEEP_S = KEEP_S["erasure"]
 
 # Moves an approval out of "pending" once: a second decision (a double click, two checkers
 # at once) gets the first decision back and changes nothing.

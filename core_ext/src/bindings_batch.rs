@@ -548,7 +548,12 @@ pub fn ledger_blocks(
     });
     let board_plan = board_cmds.iter().map(|c| PyBytes::new(py, c).unbind()).collect();
     let mut tables = Vec::new();
-    for (t, block) in crate::blocks::TABLES.iter().zip(b.tables) {
+    // The ledger's block last: once a ledger row can be read, every other row of its
+    // message (the member's state, its records) can be too, so `reconcile` and `rebuild`,
+    // which go by the ledger, never see a write's rows without its state.
+    let mut pairs: Vec<_> = crate::blocks::TABLES.iter().zip(b.tables).collect();
+    pairs.sort_by_key(|(t, _)| t.name == crate::blocks::LEDGER.name);
+    for (t, block) in pairs {
         if block.rows == 0 {
             continue;
         }

@@ -150,7 +150,7 @@ pub const RECEIPTS: Table = Table {
     ],
 };
 
-/// Every table, in the order the sink inserts them.
+/// Every table; the sink inserts them in this order but the ledger last (bindings_batch.rs).
 pub const TABLES: [&Table; 13] = [
     &LEDGER, &GUESTS, &SETTLEMENT, &PARKING, &COUPONS, &DRAWS, &STORED, &STATES, &BINDINGS, &OP_RECORDS, &HELD, &AUDIT,
     &RECEIPTS,

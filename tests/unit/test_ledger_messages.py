@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import orjson
 
+import core_ext
 from streams.messages import LEDGER_MESSAGE_BYTES, ledger_messages
+from streams.state.records import state_row
 
 
 def test_a_large_batch_is_split_and_nothing_is_lost() -> None:
@@ -22,3 +24,18 @@ def test_a_large_batch_is_split_and_nothing_is_lost() -> None:
     assert ledger_messages([], []) == []
     (one,) = ledger_messages(events[:3], [])
     assert len(orjson.loads(one)["ledger"]) == 6
+
+
+def test_the_ledger_block_is_inserted_after_the_rows_that_go_with_it() -> None:
+    """Reconcile and rebuild go by the ledger: once a write's ledger row can be read, its
+    state and records must already be in (the sink inserts the blocks in this order)."""
+    row = {"event_id": "e1", "member_id": "m1", "kind": "earn", "points": 120, "amount_fen": 12000,
+           "bu_id": "mall", "format": "mall", "merchant_id": "s", "category": "c", "channel": "wechat",
+           "occurred_at_ms": 1000, "refund_of": "", "tier": "normal", "rules_version": "v",
+           "processed_at_ms": 2000, "explain": []}
+    rows = [row, *orjson.loads(state_row("m1", 7, '{"lots":[]}', 2000))]
+    (message,) = ledger_messages([orjson.dumps(rows).decode()], [])
+    blocks = core_ext.ledger_blocks([message])
+    assert not blocks.poison
+    names = [tb.table for tb in blocks.tables]
+    assert set(names) == {"ledger", "member_states"} and names[-1] == "ledger"

@@ -22,17 +22,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
 import core_ext
+from streams import faults
 from streams.app import (
     TRANSIENT,
     app,
@@ -82,21 +81,12 @@ async def _off(fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
     return await asyncio.get_running_loop().run_in_executor(_CORE, lambda: fn(*args))
 
 
-def _fault(name: str) -> bool:
-    """A fault the fault tests inject (LOYALTY_FAULTS_DIR/<name>; unset in production)."""
-    faults = runtime.settings.faults_dir
-    return bool(faults) and (Path(faults) / name).exists()
-
-
-async def _die_half_written(store: Any, write: Sequence[bytes]) -> None:
-    """Fault injection: sends half of the batch's ly_apply calls (each atomic in Redis),
-    then dies like a SIGKILL (once: the fault file goes first), leaving an envelope half
-    applied."""
-    (Path(runtime.settings.faults_dir) / "accrual-die-mid-write").unlink()
+async def _die_half_written(store: Any, outbox: Sequence[bytes], write: Sequence[bytes]) -> None:
+    """Fault injection: writes the outbox and half of the batch's ly_apply calls (each
+    atomic in Redis), then dies like a SIGKILL, leaving an envelope half applied."""
+    await store.run(outbox, "outbox")
     await store.run(write[: len(write) // 2], "write (half, fault injected)")
-    log.warning("fault injected: dying with %d of %d member writes done", len(write) // 2, len(write))
-    logging.shutdown()
-    os._exit(137)
+    faults.die_like_sigkill(f"accrual-die-mid-write: {len(write) // 2} of {len(write)} member writes done")
 
 
 class ConflictsPersist(TransientError):
@@ -155,9 +145,8 @@ async def process_event_batch(records: Sequence[bytes]) -> core_ext.BatchReport:
         outbox = batch.outbox_plan(secrets.token_hex(4), OUTBOX_TTL_S)
         write = batch.write_plan()
         redis_s += ph.mark("outbox")
-        if len(write) > 1 and _fault("accrual-die-mid-write"):
-            await store.run(outbox, "outbox")
-            await _die_half_written(store, write)
+        if len(write) > 1 and faults.take(runtime.settings.faults_dir, "accrual-die-mid-write"):
+            await _die_half_written(store, outbox, write)
         if store.cluster:
             # On a cluster the outbox and the members are on different primaries: the
             # outbox is written first, in a round trip of its own.

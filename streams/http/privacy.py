@@ -38,16 +38,15 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 from faust.web import Request, Response, View
 
 import core_ext
+from streams import faults
 from streams.app import app, record_binding, runtime
 from streams.http.common import Refused, error_response, json_response
 from streams.http.console import json_body, operator_of
@@ -98,17 +97,6 @@ async def _ledger_has(event_ids: list[str]) -> bool:
     rows = await rt.ledger.query_sql("SELECT count() AS n FROM ledger WHERE event_id IN {e:Array(String)}",
                                      {"e": event_ids})
     return int(rows[0]["n"]) >= len(event_ids)
-
-
-def _die_if_injected(name: str) -> None:
-    """Fault injection for the fault tests (LOYALTY_FAULTS_DIR/<name>; unset in production):
-    dies like a SIGKILL, once (the file goes first)."""
-    faults = runtime.settings.faults_dir
-    if faults and (fault := Path(faults) / name).exists():
-        fault.unlink()
-        log.warning("fault injected: %s", name)
-        logging.shutdown()
-        os._exit(137)
 
 
 async def _what_names(ids: list[str], pseudonym: str) -> dict[str, Any]:
@@ -198,7 +186,8 @@ async def run_erasure(erasure: dict[str, Any]) -> dict[str, Any]:
         touched = await rt.ledger.in_thread(rt.ledger.erase_members_sync, ids, erasure["pseudonym"],
                                             named.payers, named.plates, named.keys)
         touched["receipt_images"] = await asyncio.to_thread(_delete_images, found["images"])
-        _die_if_injected("erasure-die-after-clickhouse")
+        if faults.take(runtime.settings.faults_dir, "erasure-die-after-clickhouse"):
+            faults.die_like_sigkill("erasure-die-after-clickhouse")
         alias = erasure["pseudonym"]
         removed = await rt.balances.erase_members(ids, alias, named)
         for inviter, ref in found["inviters"]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -57,7 +57,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
     at = _ms(event["occurred_at"])
     session_key = b.parking_key(park, plate)
     if event["type"] == "entry":
-        current = await b.redis.hgetall(session_key)
+        current = cast(dict[str, str], await b.redis.hgetall(session_key))
         if current.get("entry_event") == event_id:
             return None  # replayed
         anomaly = None
@@ -77,7 +77,7 @@ async def handle_parking_event(event: dict[str, Any]) -> dict[str, Any] | None:
         return anomaly
     if await b.redis.exists(b.parking_closed_key(event_id)):
         return None  # replayed exit
-    current = await b.redis.hgetall(session_key)
+    current = cast(dict[str, str], await b.redis.hgetall(session_key))
     # No entry on record: priced as a whole day (the lost-ticket rule).
     entry_ms = int(current["entry_ms"]) if current else at - DAY_MS
     status = "closed" if current else "exit_without_entry"

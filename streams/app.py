@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import faust
 import orjson
@@ -41,6 +42,9 @@ from streams.rules_store import Published, follow, publish, read_history
 from streams.settings import Settings
 from streams.sinks.ledger import LedgerStore
 from streams.state import BalanceStore
+
+if TYPE_CHECKING:
+    from faust.transport.consumer import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +353,8 @@ class LoyaltyApp:
     def consumer_lag(self) -> dict[str, float]:
         """Per assigned partition: the highwater mark less the committed offset."""
         out: dict[str, float] = {}
-        consumer = self.app.consumer
+        # Faust's Consumer (the driver's subclasses it) keeps `_committed_offset`; ConsumerT does not declare it.
+        consumer = cast("Consumer", self.app.consumer)
         for tp in consumer.assignment():
             committed = consumer._committed_offset.get(tp)  # Faust keeps it; no public accessor
             out[f'topic="{tp.topic}",partition="{tp.partition}"'] = max(

@@ -516,8 +516,8 @@ def admin_call(settings: Settings, path: str, body: bytes | None = None) -> dict
                     raise
         raise AssertionError("unreachable: Retrying returns or raises")
     except WorkerUnavailable as busy:
-        exc = busy.error
-        print(f"error: worker answered 503: {exc.read().decode(errors='replace')} (asked 6 times)", file=sys.stderr)
+        error = busy.error
+        print(f"error: worker answered 503: {error.read().decode(errors='replace')} (asked 6 times)", file=sys.stderr)
         return EXIT_NO_ANSWER
     except urllib.error.HTTPError as exc:
         print(f"error: worker answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -17,6 +17,13 @@ from streams.state.circle import CIRCLE_KEEP_S
 from streams.state.jobs import OPEN_STATUSES
 from streams.state.keys import PARKING_SESSION_S
 from streams.state.operators import APPROVAL_KEEP_S, ERASURE_KEEP_S, MERGE_KEEP_S
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    # redis-py's hset takes a Mapping[EncodableT, EncodableT], invariant in its key: a
+    # dict[str, str] is cast to it.
+    from redis.typing import EncodableT
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ async def restore_guests() -> int:
         if left_s <= 0:
             continue
         pipe.delete(key)
-        pipe.hset(key, mapping=facts)
+        pipe.hset(key, mapping=cast("Mapping[EncodableT, EncodableT]", facts))
         pipe.expire(key, left_s)
     await pipe.execute()
     n = sum(len(f) for f in payers.values())
@@ -321,7 +328,7 @@ async def rebuild_members(members: list[str]) -> None:
         if merged_from:
             entries = {**await merged_records(merged_from, now_ms), **entries}
         if entries:
-            pipe.hset(b.records_key(member_id), mapping=entries)
+            pipe.hset(b.records_key(member_id), mapping=cast("Mapping[EncodableT, EncodableT]", entries))
             pipe.expire(b.records_key(member_id), b.horizon_days * 86_400 + 86_400)
         recent = list(dict.fromkeys(r["event_id"] for r in items))[-b.history_len:]
         history = [h for h in (first_row(orjson.dumps(by_event[e]).decode()) for e in recent) if h]
@@ -346,10 +353,10 @@ async def rebuild_members(members: list[str]) -> None:
             if o.get("status") in OPEN_ORDERS and o.get("collect_by_ms"):
                 pipe.zadd(b.mall_orders_key, {f"{member_id}\t{order_id}": int(o["collect_by_ms"])})
         for event, su in (parsed.get("signups") or {}).items():
-            key = {"registered": b.event_in_key(event), "waitlisted": b.event_wait_key(event)}.get(su.get("status"))
-            if key is not None and event in event_ends:
-                pipe.zadd(key, {member_id: int(su.get("signed_at_ms") or 0)})
-                pipe.pexpireat(key, event_ends[event] + EVENT_KEEP_MS)
+            seats = {"registered": b.event_in_key(event), "waitlisted": b.event_wait_key(event)}.get(su.get("status"))
+            if seats is not None and event in event_ends:
+                pipe.zadd(seats, {member_id: int(su.get("signed_at_ms") or 0)})
+                pipe.pexpireat(seats, event_ends[event] + EVENT_KEEP_MS)
     await pipe.execute()
     if boards:
         await b.apply_board_plan(core_ext.board_commands(b.ns, boards, BOARD_SHARDS, BOARD_TTL_S))
@@ -372,7 +379,8 @@ async def repair() -> dict[str, Any]:
     rt = await runtime.started()
     before = await reconcile(every_mismatch=True)
     mismatched = [m["member_id"] for m in before["mismatches"]]
-    behind, ahead = [], []
+    behind: list[str] = []
+    ahead: list[str] = []
     for start in range(0, len(mismatched), 500):
         page = mismatched[start:start + 500]
         in_ledger: dict[str, set[str]] = {m: set() for m in page}
@@ -432,7 +440,7 @@ async def budget_targets() -> list[tuple[str, int, int, set[str]]]:
     given = {r["budget_id"]: int(r["units"]) for r in await rt.ledger.query("budgets_spent")}
     out = []
     for budget_id, _limit in rt.rules.budgets:
-        fields = await b.redis.hgetall(b.budget_key(budget_id))
+        fields = cast(dict[str, str], await b.redis.hgetall(b.budget_key(budget_id)))
         reserved = {f[2:]: int(v.split("|", 1)[0]) for f, v in fields.items() if f.startswith("r:")}
         done: set[str] = set()
         ids = list(reserved)

@@ -109,9 +109,9 @@ async def reconcile_kinds() -> dict[str, Any]:
     examples: list[str] = []
     total = int((await rt.ledger.query("bindings_count"))[0]["bindings"])
     for offset in range(0, total, 5000):
-        page = await rt.ledger.query("bindings_page", {"offset": offset, "limit": 5000})
+        bindings = await rt.ledger.query("bindings_page", {"offset": offset, "limit": 5000})
         pipe = b.redis.pipeline(transaction=False)
-        for r in page:
+        for r in bindings:
             key = f"{b.ns}:{r['key']}"
             if r["kind"] in KEPT_KINDS:
                 pipe.exists(key)
@@ -120,7 +120,7 @@ async def reconcile_kinds() -> dict[str, Any]:
             else:
                 pipe.get(key)
         now_ms = int(time.time() * 1000)
-        for r, owner in zip(page, await pipe.execute(), strict=True):
+        for r, owner in zip(bindings, await pipe.execute(), strict=True):
             checked += 1
             if r["kind"] in KEPT_KINDS:
                 # A parking session or gateway route: in Redis while it lasts (the TTL gone

@@ -36,7 +36,7 @@ from streams.app import (
     runtime,
 )
 from streams.gateways.mapping import GatewayConfigError
-from streams.http.common import admin_denied, error_response, json_response, read_body
+from streams.http.common import admin_denied, error_response, json_response, read_body, web_request
 from streams.http.console import member_in_scope, operator_of, statement_in_scope
 from streams.inputs import BadInput, date_in, instant_in, is_valid_id, json_object, require
 from streams.reports import held_refunds, reconcile, settlement_statement
@@ -293,8 +293,9 @@ class MemberTier(View):
         applied = await _wait_applied(member_id, event_id, timeout_s=10.0)
         log.info("operator override of %s to %s until %s (%s)", member_id, tier, until,
                  "applied" if applied else "queued")
-        request["audit"] = {"action": "member.tier-override", "member_id": member_id, "target": event_id,
-                            "before": {"tier": tier_before}, "after": {"tier": tier, "until": until}}
+        web_request(request)["audit"] = {
+            "action": "member.tier-override", "member_id": member_id, "target": event_id,
+            "before": {"tier": tier_before}, "after": {"tier": tier, "until": until}}
         return json_response(self, {"member_id": member_id, "tier": tier, "until": until, "applied": applied},
                              200 if applied else 202)
 
@@ -334,8 +335,9 @@ class MemberAdjustment(View):
                 "status": "pending", "requested_by": op.login, "bu": op.bu,
                 "requested_at_ms": int(time.time() * 1000)})
             await record_binding("approval", f"approval:{adjustment_id}", member_id, orjson.dumps(pending).decode())
-            request["audit"] = {"action": "member.adjust.requested", "member_id": member_id,
-                                "target": adjustment_id, "before": None, "after": pending}
+            web_request(request)["audit"] = {
+                "action": "member.adjust.requested", "member_id": member_id,
+                "target": adjustment_id, "before": None, "after": pending}
             return json_response(self, {**pending, "applied": False}, 202 if pending["status"] == "pending" else 200)
         if points < 0 and not await rt.balances.event_record(member_id, f"adj:{adjustment_id}"):
             available = await available_points(member_id)
@@ -343,9 +345,10 @@ class MemberAdjustment(View):
                 return error_response(self, 409, f"the member has {available} points available, the adjustment "
                                       f"takes {-points}", "points", available=available)
         applied, before, after = await send_adjustment(member_id, adjustment_id, points, str(reason))
-        request["audit"] = {"action": "member.adjust", "member_id": member_id, "target": adjustment_id,
-                            "before": {"available": before}, "after": {"available": after, "points": points,
-                                                                        "reason": reason}}
+        web_request(request)["audit"] = {
+            "action": "member.adjust", "member_id": member_id, "target": adjustment_id,
+            "before": {"available": before}, "after": {"available": after, "points": points,
+                                                        "reason": reason}}
         return json_response(self, {"member_id": member_id, "adjustment_id": adjustment_id, "points": points,
                                     "applied": applied}, 201 if applied else 202)
 
@@ -455,8 +458,9 @@ class RulesReload(View):
         except GatewayConfigError as exc:
             return error_response(self, 400, str(exc), "gateways")
         after = runtime.rules_published
-        request["audit"] = {"action": "rules.reload", "target": str(runtime.settings.rules_path),
-                            "before": before.summary() if before else None, "after": after.summary() if after else None}
+        web_request(request)["audit"] = {
+            "action": "rules.reload", "target": str(runtime.settings.rules_path),
+            "before": before.summary() if before else None, "after": after.summary() if after else None}
         return json_response(self, {"version": rules.version, "number": after.number if after else None,
                                     "gateways": runtime.gateways.path})
 

@@ -32,7 +32,7 @@ from faust.web import Request, Response, View
 
 from streams import clock, schedules
 from streams.app import app, leader_timer, member_events_topic, runtime
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, web_request
 from streams.http.console import json_body, operator_of
 from streams.inputs import is_valid_id
 from streams.metrics import counters
@@ -217,8 +217,9 @@ class AudienceSend(View):
         if not await _save(send, create=True, members=members):
             return json_response(self, public_job(await _load(send_id) or send), 200)
         start_send(send_id)
-        request["audit"] = {"action": "audience.send", "target": send_id, "before": None,
-                            "after": {"template": template, "audience": audience, "members": len(members)}}
+        web_request(request)["audit"] = {
+            "action": "audience.send", "target": send_id, "before": None,
+            "after": {"template": template, "audience": audience, "members": len(members)}}
         return json_response(self, public_job(send), 202)
 
 

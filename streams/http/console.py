@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web as aiohttp_web
@@ -37,7 +37,7 @@ import core_ext
 from streams import operators as ops
 from streams.app import app, notifications_topic, record_binding, record_facts, runtime
 from streams.auth import pseudonym
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, web_request
 from streams.http.members import release_hold
 from streams.inputs import PLATE, BadInput, date_in, is_valid_id
 from streams.metrics import counters
@@ -60,7 +60,7 @@ def _codec() -> ops.SessionCodec:
 
 def operator_of(request: Request) -> ops.Operator:
     """The operator `operator_access` let through (a view under /v1/admin only)."""
-    op = request.get("operator")
+    op = web_request(request).get("operator")
     if op is None:
         raise Refused(401, "not signed in")
     return op  # type: ignore[no-any-return]
@@ -189,7 +189,7 @@ class Login(View):
 
     async def post(self, request: Request) -> Response:
         codec = _codec()
-        if not _same_origin(request):
+        if not _same_origin(web_request(request)):
             return error_response(self, 403, "login from another origin refused")
         body = await json_body(request)
         login, password = body.get("login"), body.get("password")
@@ -227,7 +227,7 @@ class Login(View):
 @app.page("/v1/console/logout")
 class Logout(View):
     async def post(self, request: Request) -> Response:
-        op, session = await _session_operator(request)
+        op, session = await _session_operator(web_request(request))
         if not hmac.compare_digest(request.headers.get("X-CSRF-Token", "").encode(), session.csrf.encode()):
             return error_response(self, 403, "CSRF token missing or wrong: reload the console")
         rt = await runtime.started()
@@ -240,7 +240,7 @@ class Logout(View):
 class WhoAmI(View):
     async def get(self, request: Request) -> Response:
         op = operator_of(request)
-        session: ops.Session | None = request.get("session")
+        session: ops.Session | None = web_request(request).get("session")
         return json_response(self, {**op.public(), "csrf": session.csrf if session else None,
                                     "permissions": sorted(ops.GRANTS[op.role]),
                                     "approval_points": runtime.settings.approval_points})
@@ -251,8 +251,9 @@ async def _save_operator(request: Request, before: ops.Operator | None, after: o
     rt = await runtime.started()
     await rt.balances.put_operator(after)
     await record_binding("operator", f"op:{after.login}", "", after.to_json())
-    request["audit"] = {"action": action, "target": after.login,
-                        "before": before.public() if before else None, "after": after.public()}
+    web_request(request)["audit"] = {
+        "action": action, "target": after.login,
+        "before": before.public() if before else None, "after": after.public()}
     log.info("operator %s: %s (%s)", action, after.login, after.role)
 
 
@@ -402,7 +403,7 @@ class MemberSearch(View):
                 external = pseudonym(key, q)
             elif not is_valid_id(q):
                 return error_response(self, 400, f"q: not a {kind} id", "q")
-            member_id = await rt.balances.redis.get(rt.balances.identity_key(kind, external))
+            member_id = cast(str | None, await rt.balances.redis.get(rt.balances.identity_key(kind, external)))
         if member_id:
             await member_in_scope(request, member_id)
         return json_response(self, {"kind": kind, "members": [member_id] if member_id else []})
@@ -492,10 +493,11 @@ async def _decide(view: View, request: Request, approval_id: str, approve: bool)
         applied, before, after = await apply_adjustment(stored["member_id"], approval_id, stored["points"],
                                                         stored["reason"])
         stored = {**stored, "applied": applied}
-    request["audit"] = {"action": f"member.adjust.{'approved' if approve else 'rejected'}",
-                        "member_id": stored["member_id"], "target": approval_id,
-                        "before": {"available": before, "approval": "pending"},
-                        "after": {"available": after, "approval": stored["status"], "points": stored["points"]}}
+    web_request(request)["audit"] = {
+        "action": f"member.adjust.{'approved' if approve else 'rejected'}",
+        "member_id": stored["member_id"], "target": approval_id,
+        "before": {"available": before, "approval": "pending"},
+        "after": {"available": after, "approval": stored["status"], "points": stored["points"]}}
     return json_response(view, stored)
 
 
@@ -534,8 +536,9 @@ class Unbind(View):
         if not await rt.balances.unbind(key, member_id):
             return error_response(self, 404, f"{key} is not bound to {member_id}", "key")
         await record_binding(kind, key, "")
-        request["audit"] = {"action": "member.unbind", "member_id": member_id, "target": key,
-                            "before": {"key": key, "member_id": member_id}, "after": None}
+        web_request(request)["audit"] = {
+            "action": "member.unbind", "member_id": member_id, "target": key,
+            "before": {"key": key, "member_id": member_id}, "after": None}
         return json_response(self, {"member_id": member_id, "unbound": key})
 
 
@@ -549,8 +552,9 @@ class CancelHold(View):
         await member_in_scope(request, member_id)
 
         def audited(points: int) -> None:
-            request["audit"] = {"action": "member.hold-cancel", "member_id": member_id, "target": hold_id,
-                                "before": {"hold": hold_id, "points": points}, "after": {"released": points}}
+            web_request(request)["audit"] = {
+                "action": "member.hold-cancel", "member_id": member_id, "target": hold_id,
+                "before": {"hold": hold_id, "points": points}, "after": {"released": points}}
         return await release_hold(self, member_id, hold_id, audited)
 
 
@@ -583,8 +587,9 @@ class ResendCoupon(View):
                              "occurred_at_ms": now_ms, "processed_at_ms": now_ms})
         fut = await notifications_topic.send(key=member_id.encode(), value=push, force=True)
         await fut
-        request["audit"] = {"action": "member.coupon-resend", "member_id": member_id, "target": coupon_id,
-                            "before": None, "after": {"push_id": push_id}}
+        web_request(request)["audit"] = {
+            "action": "member.coupon-resend", "member_id": member_id, "target": coupon_id,
+            "before": None, "after": {"push_id": push_id}}
         return json_response(self, {"member_id": member_id, "coupon_id": coupon_id, "push_id": push_id}, 202)
 
 
@@ -619,7 +624,8 @@ class ExportMember(View):
             "audit": audit_rows,
         }
         body = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
-        request["audit"] = {"action": "member.export", "member_id": member_id, "target": member_id,
-                            "before": None, "after": {"bytes": len(body), "ledger_rows": len(doc["ledger"])}}
+        web_request(request)["audit"] = {
+            "action": "member.export", "member_id": member_id, "target": member_id,
+            "before": None, "after": {"bytes": len(body), "ledger_rows": len(doc["ledger"])}}
         return self.bytes(body, content_type="application/json", headers={
             "Content-Disposition": f'attachment; filename="member-{member_id}.json"', "Cache-Control": "no-store"})

@@ -40,7 +40,7 @@ from faust.web import Request, Response, View
 import core_ext
 from streams.app import app, leader_timer, member_events_topic, record_binding, runtime
 from streams.errors import InputError
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, web_request
 from streams.http.console import json_body, member_in_scope, operator_of
 from streams.inputs import is_valid_id
 from streams.metrics import counters
@@ -307,12 +307,13 @@ class MergeMember(View):
         before = {"from": await _state(member_id), "into": await _state(into)}
         await _save(merge)
         merge = await run_merge(merge)
-        request["audit"] = {"action": "member.merge", "member_id": member_id, "target": into,
-                            "before": {"from_balance": _points_of(before["from"]),
-                                       "into_balance": _points_of(before["into"]),
-                                       "from_tier": before["from"].get("tier"),
-                                       "into_tier": before["into"].get("tier")},
-                            "after": {k: merge.get(k) for k in ("merge_id", "status", "points", "moved", "refused")}}
+        web_request(request)["audit"] = {
+            "action": "member.merge", "member_id": member_id, "target": into,
+            "before": {"from_balance": _points_of(before["from"]),
+                       "into_balance": _points_of(before["into"]),
+                       "from_tier": before["from"].get("tier"),
+                       "into_tier": before["into"].get("tier")},
+            "after": {k: merge.get(k) for k in ("merge_id", "status", "points", "moved", "refused")}}
         return _answer(self, merge)
 
 
@@ -360,7 +361,8 @@ class UndoMerge(View):
             await _save(merge)
         if merge_id not in _running:
             merge = await run_undo(merge)
-        request["audit"] = {"action": "member.merge-undo", "member_id": merge["from"], "target": merge["into"],
-                            "before": {"status": "merged"},
-                            "after": {k: merge.get(k) for k in ("merge_id", "status", "points_back", "undo_refused")}}
+        web_request(request)["audit"] = {
+            "action": "member.merge-undo", "member_id": merge["from"], "target": merge["into"],
+            "before": {"status": "merged"},
+            "after": {k: merge.get(k) for k in ("merge_id", "status", "points_back", "undo_refused")}}
         return _answer(self, merge)

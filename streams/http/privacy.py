@@ -48,7 +48,7 @@ from faust.web import Request, Response, View
 import core_ext
 from streams import faults
 from streams.app import app, record_binding, runtime
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, web_request
 from streams.http.console import json_body, operator_of
 from streams.http.merges import MergeRefused, check_event, send_and_wait
 from streams.inputs import is_valid_id
@@ -270,7 +270,8 @@ class EraseMember(View):
             await _save(erasure)
         if erasure["status"] == "erasing" and eid not in _running:
             erasure = await run_erasure(erasure)
-        request["audit"] = {"action": "member.erase", "member_id": erasure["pseudonym"], "target": eid,
-                            "before": None,
-                            "after": {k: erasure.get(k) for k in ("status", "clickhouse", "redis_keys", "refused")}}
+        web_request(request)["audit"] = {
+            "action": "member.erase", "member_id": erasure["pseudonym"], "target": eid,
+            "before": None,
+            "after": {k: erasure.get(k) for k in ("status", "clickhouse", "redis_keys", "refused")}}
         return _answer(self, erasure)

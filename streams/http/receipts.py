@@ -34,7 +34,15 @@ from PIL import Image, UnidentifiedImageError
 
 import core_ext
 from streams.app import app, notifications_topic, runtime
-from streams.http.common import Refused, account_of, error_response, json_response, member_state_part, read_signed
+from streams.http.common import (
+    Refused,
+    account_of,
+    error_response,
+    json_response,
+    member_state_part,
+    read_signed,
+    web_request,
+)
 from streams.http.console import json_body, operator_of
 from streams.http.engage import engage
 from streams.inputs import is_valid_id
@@ -254,9 +262,10 @@ class ReviewDecision(View):
 
         async def then(answer: dict[str, Any]) -> None:
             counters[f"receipts_{answer['status']}_total"] += 1
-            request["audit"] = {"action": f"receipt.{decision}", "member_id": member_id, "target": receipt_id,
-                                "before": {"status": "pending"},
-                                "after": {"status": answer["status"], "reason": answer.get("reason")}}
+            web_request(request)["audit"] = {
+                "action": f"receipt.{decision}", "member_id": member_id, "target": receipt_id,
+                "before": {"status": "pending"},
+                "after": {"status": answer["status"], "reason": answer.get("reason")}}
             if answer["status"] == "rejected":
                 await notify_rejected(member_id, receipt_id, answer)
             log.info("receipt %s of %s %s by %s", receipt_id, member_id, answer["status"], op.login)

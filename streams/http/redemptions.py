@@ -19,7 +19,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from streams.app import app, runtime
-from streams.http.common import Refused, error_response, json_response
+from streams.http.common import Refused, error_response, json_response, web_request
 from streams.http.console import json_body, operator_of, statement_in_scope
 from streams.http.members import redeem_coupon_now
 from streams.inputs import BadInput, date_in, is_valid_id
@@ -60,9 +60,10 @@ class ConsoleRedemption(View):
             "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")})
 
         def audited(answer: dict[str, Any]) -> None:
-            request["audit"] = {"action": "coupon.redeem", "member_id": member_id, "target": coupon_id,
-                                "before": {"status": "active"},
-                                "after": {k: answer.get(k) for k in ("payment_id", "discount_fen", "merchant_id")}}
+            web_request(request)["audit"] = {
+                "action": "coupon.redeem", "member_id": member_id, "target": coupon_id,
+                "before": {"status": "active"},
+                "after": {k: answer.get(k) for k in ("payment_id", "discount_fen", "merchant_id")}}
         return await redeem_coupon_now(self, till, str(member_id), audited)
 
 

@@ -13,7 +13,7 @@ POST /v1/admin/merchants         {"merchant": {...}, "why": text}: added or edit
 from __future__ import annotations
 
 import tomllib
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from faust.web import Request, Response, View
@@ -22,7 +22,7 @@ import core_ext
 from streams.app import app, runtime
 from streams.gateways.mapping import GatewayConfigError
 from streams.http.admin import backtest
-from streams.http.common import error_response, json_response
+from streams.http.common import error_response, json_response, web_request
 from streams.http.console import operator_of
 from streams.inputs import BadInput, instant_in
 from streams.rules_scope import changes_outside, merchants_of, with_merchant
@@ -84,7 +84,9 @@ class RulesCheck(View):
         answer: dict[str, Any] = {"ok": True, "version": candidate.version}
         if body.get("from") or body.get("to"):
             try:
-                start, end = instant_in(body.get("from"), "from"), instant_in(body.get("to"), "to")
+                # Not a string (None, a number): instant_in's TypeError, answered 400 below.
+                start, end = (instant_in(cast(str, body.get("from")), "from"),
+                              instant_in(cast(str, body.get("to")), "to"))
             except (BadInput, ValueError, TypeError) as exc:
                 return error_response(self, 400, f"from / to: ISO-8601 instants ({exc})", "from")
             answer["preview"] = await backtest(candidate, start, end)
@@ -109,8 +111,9 @@ async def _publish(view: View, request: Request, text: str, why: str, source: st
         return _rules_error(view, exc)
     except GatewayConfigError as exc:
         return error_response(view, 400, str(exc), "gateways")
-    request["audit"] = {"action": action, "target": f"rules #{entry.number}",
-                        "before": before.summary() if before else None, "after": entry.summary()}
+    web_request(request)["audit"] = {
+        "action": action, "target": f"rules #{entry.number}",
+        "before": before.summary() if before else None, "after": entry.summary()}
     return json_response(view, entry.summary(), 201)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -43,6 +43,8 @@ class StoreBase(KeySpace):
         # A blocking pool: under a burst, requests wait for a free connection (up to 10 s)
         # instead of failing with "too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=128, timeout=10)
+        #: Decodes its replies (decode_responses; the cluster client of `_use_cluster` too): str,
+        #: never bytes, where redis-py types a reply `bytes | str`, hence the stores' casts to str.
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.channel: RawChannel | ClusterChannel = RawChannel(url)
         #: For writes that are safe on a Redis that restarted before its repair (leaderboard
@@ -58,7 +60,7 @@ class StoreBase(KeySpace):
         Cluster switches the store to a cluster-aware client (redis-py's RedisCluster, which
         finds the other nodes) and the accrual channel to one routed by slot."""
         await self.redis.ping()
-        config = await self.redis.config_get("hash-max-listpack-*")
+        config = cast(dict[str, str], await self.redis.config_get("hash-max-listpack-*"))
         if int((await self.redis.info("cluster")).get("cluster_enabled", 0)):
             await self._use_cluster()
             # Every ly_apply call names one hash slot: one member per call.

@@ -5,7 +5,7 @@ payment): a list per (member, payment), an index scored by deadline, and the mem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from streams.state.base import StoreBase
 
@@ -34,7 +34,7 @@ class HeldRefundStore(StoreBase):
 
     async def held_due(self, now_ms: int, limit: int = 500) -> list[tuple[str, str, list[str]]]:
         """(member, payment, held bodies) whose deadline has passed, oldest first."""
-        due = await self.redis.zrangebyscore(self.held_key, "-inf", now_ms, start=0, num=limit)
+        due = cast(list[str], await self.redis.zrangebyscore(self.held_key, "-inf", now_ms, start=0, num=limit))
         pairs = [tuple(entry.split("\t", 1)) for entry in due]
         pipe = self.redis.pipeline(transaction=False)
         for member_id, payment_id in pairs:
@@ -44,7 +44,7 @@ class HeldRefundStore(StoreBase):
     async def held_list(self, limit: int = 1000) -> tuple[int, list[dict[str, Any]]]:
         """How many payments have refunds held, and the oldest `limit` of them."""
         total = await self.redis.zcard(self.held_key)
-        entries = await self.redis.zrange(self.held_key, 0, limit - 1, withscores=True)
+        entries = cast(list[tuple[str, float]], await self.redis.zrange(self.held_key, 0, limit - 1, withscores=True))
         pipe = self.redis.pipeline(transaction=False)
         for entry, _ in entries:
             pipe.llen(self.held_refunds_key(*entry.split("\t", 1)))

@@ -5,7 +5,7 @@ gateway payments their refunds will need."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -25,7 +25,7 @@ class IdentityStore(StoreBase):
         return await self.redis.get(key) == member_id
 
     async def resolve(self, kind: str, external_id: str) -> str | None:
-        return await self.redis.get(self.identity_key(kind, external_id))  # type: ignore[no-any-return]
+        return cast(str | None, await self.redis.get(self.identity_key(kind, external_id)))
 
     async def resolve_many(self, payers: Sequence[tuple[str, str]]) -> list[str | None]:
         """Members of several payers in one round trip."""
@@ -41,11 +41,11 @@ class IdentityStore(StoreBase):
         """Binds an external id to a member unless bound already; returns the owner."""
         key = self.identity_key(kind, external_id)
         await self.redis.set(key, member_id, nx=True)
-        return await self.redis.get(key)  # type: ignore[no-any-return]
+        return cast(str, await self.redis.get(key))  # bound just above
 
     async def guest_payments(self, kind: str, external_id: str) -> list[dict[str, Any]]:
         """A payer's guest payments as payment bodies without a member, oldest first."""
-        facts = await self.redis.hgetall(self.guest_key(kind, external_id))
+        facts = cast(dict[str, str], await self.redis.hgetall(self.guest_key(kind, external_id)))
         return sorted((guest_payment(event_id, fact) for event_id, fact in facts.items()),
                       key=lambda e: e["occurred_at"])
 
@@ -53,16 +53,16 @@ class IdentityStore(StoreBase):
         await self.redis.delete(self.guest_key(kind, external_id))
 
     async def plate_binding(self, plate: str) -> dict[str, str]:
-        return await self.redis.hgetall(self.plate_key(plate))  # type: ignore[no-any-return]
+        return cast(dict[str, str], await self.redis.hgetall(self.plate_key(plate)))
 
     async def bind_plate(self, plate: str, member_id: str, auto_pay: bool) -> str:
         """Binds a plate to a member unless another member has it; returns the owner."""
         key = self.plate_key(plate)
         await self.redis.hsetnx(key, "member_id", member_id)
-        owner = await self.redis.hget(key, "member_id")
+        owner = cast(str, await self.redis.hget(key, "member_id"))  # set just above
         if owner == member_id:
             await self.redis.hset(key, "auto_pay", "1" if auto_pay else "0")
-        return owner  # type: ignore[no-any-return]
+        return owner
 
     async def remember_route(self, payment_event_id: str, route: dict[str, Any], keep_days: int) -> None:
         """What a gateway's refund notification will not say again: the payer and the BU,

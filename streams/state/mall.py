@@ -7,6 +7,8 @@ event."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from streams.state.base import StoreBase
 
 
@@ -19,7 +21,8 @@ class MallStore(StoreBase):
 
     async def mall_orders_due(self, now_ms: int, limit: int) -> list[tuple[str, str]]:
         """(member, order) of orders whose collection deadline has passed, oldest first."""
-        due = await self.redis.zrangebyscore(self.mall_orders_key, "-inf", now_ms, start=0, num=limit)
+        due = cast(list[bytes | str], await self.redis.zrangebyscore(self.mall_orders_key, "-inf", now_ms, start=0,
+                                                                    num=limit))
         out = []
         for entry in due:
             text = entry.decode() if isinstance(entry, bytes) else entry
@@ -59,7 +62,7 @@ class MallStore(StoreBase):
     async def next_waiting(self, event: str) -> tuple[str, int] | None:
         """Takes the first member of the waitlist off it (put back with `join_waitlist`
         and the same time when the promotion does not happen)."""
-        got = await self.redis.zpopmin(self.event_wait_key(event), 1)
+        got = cast(list[tuple[bytes | str, float]], await self.redis.zpopmin(self.event_wait_key(event), 1))
         if not got:
             return None
         member, score = got[0]
@@ -79,5 +82,6 @@ class MallStore(StoreBase):
         """Every member with a seat or waiting (the event's close goes through them)."""
         out: list[str] = []
         for key in (self.event_in_key(event), self.event_wait_key(event)):
-            out += [m.decode() if isinstance(m, bytes) else m for m in await self.redis.zrange(key, 0, -1)]
+            members = cast(list[bytes | str], await self.redis.zrange(key, 0, -1))
+            out += [m.decode() if isinstance(m, bytes) else m for m in members]
         return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from streams.state.base import DAY_MS
 from streams.state.budgets import BudgetStore
@@ -59,7 +59,7 @@ class MemberStore(BudgetStore, ScheduleStore):
         for e in g.events:
             records += [e.event_id, encode_json_record(e, now)]
             if e.refund_of is not None:
-                original = await self.redis.hget(self.records_key(g.member_id), e.refund_of)
+                original = cast(str | None, await self.redis.hget(self.records_key(g.member_id), e.refund_of))
                 again = refunded_record(original, e) if original else None
                 if again is not None:
                     records += [e.refund_of, again]
@@ -93,19 +93,20 @@ class MemberStore(BudgetStore, ScheduleStore):
         return "ok" if ok else "conflict"
 
     async def member(self, member_id: str) -> dict[str, str] | None:
-        data = await self.redis.hgetall(self.member_key(member_id))
+        data = cast(dict[str, str], await self.redis.hgetall(self.member_key(member_id)))
         return data or None
 
     async def history(self, member_id: str) -> list[str]:
-        return list(await self.redis.lrange(self.history_key(member_id), 0, self.history_len - 1))
+        return list(cast(list[str], await self.redis.lrange(self.history_key(member_id), 0, self.history_len - 1)))
 
     async def member_state(self, member_id: str) -> tuple[int, str | None, int]:
         """(seq, state JSON, balance) of a member."""
-        seq, state, balance = await self.redis.hmget(self.member_key(member_id), ["seq", "state", "balance"])
+        seq, state, balance = cast(list[str | None],
+                                   await self.redis.hmget(self.member_key(member_id), ["seq", "state", "balance"]))
         return int(seq or 0), state, int(balance or 0)
 
     async def event_record(self, member_id: str, event_id: str) -> EventRecord | None:
-        return decode_record(await self.redis.hget(self.records_key(member_id), event_id))
+        return decode_record(cast(str | None, await self.redis.hget(self.records_key(member_id), event_id)))
 
     async def payments_since(self, member_id: str, since_ms: int) -> list[tuple[int, str, int, str]]:
         """The member's payments paid at or after `since_ms`, from their event records:

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -155,7 +155,7 @@ class OperatorStore(JobStore):
         """Every operator account, by login, read through the index of logins (not a scan
         of the keyspace)."""
         await self.index_once("operator", self.operator_key("*"), self._index_operator)
-        logins = sorted(await self.redis.smembers(self.operators_index_key))
+        logins = sorted(cast(set[str], await self.redis.smembers(self.operators_index_key)))
         if not logins:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -200,7 +200,7 @@ class OperatorStore(JobStore):
         at_ms = int(approval.get("requested_at_ms") or time.time() * 1000)
         await self.redis.zadd(self.approvals_index_key, {approval["approval_id"]: at_ms}, nx=True)
         await self.redis.set(key, orjson.dumps(approval), nx=True, ex=APPROVAL_KEEP_S)
-        return orjson.loads(await self.redis.get(key))  # type: ignore[no-any-return]
+        return orjson.loads(cast(str, await self.redis.get(key)))  # type: ignore[no-any-return]
 
     async def approval(self, approval_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.approval_key(approval_id))
@@ -239,7 +239,7 @@ class OperatorStore(JobStore):
 
     async def alias_of(self, member_id: str) -> str | None:
         """The account a merged account's id now answers for, or None."""
-        return await self.redis.get(self.alias_key(member_id))  # type: ignore[no-any-return]
+        return cast(str | None, await self.redis.get(self.alias_key(member_id)))
 
     async def set_alias(self, member_id: str, into: str | None) -> None:
         if into is None:
@@ -259,7 +259,7 @@ class OperatorStore(JobStore):
 
     async def event_records(self, member_id: str) -> dict[str, str]:
         """A member's applied-event records (id -> record), as the accrual wrote them."""
-        return await self.redis.hgetall(self.records_key(member_id))  # type: ignore[no-any-return]
+        return cast(dict[str, str], await self.redis.hgetall(self.records_key(member_id)))
 
     async def erasure(self, erasure_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.erasure_key(erasure_id))

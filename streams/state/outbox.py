@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import cast
 
 import orjson
 
@@ -28,8 +29,9 @@ class OutboxStore(StoreBase):
         out = []
         for shard in range(OUTBOX_INDEX_SHARDS):
             key = self.outbox_index_key(shard)
-            for member_id in await self.redis.zrangebyscore(key, "-inf", older_than_ms, start=0, num=500):
-                rows = await self.redis.hgetall(self.outbox_key(member_id))
+            members = cast(list[str], await self.redis.zrangebyscore(key, "-inf", older_than_ms, start=0, num=500))
+            for member_id in members:
+                rows = cast(dict[str, str], await self.redis.hgetall(self.outbox_key(member_id)))
                 if rows:
                     out.append((member_id, rows))
                 else:
@@ -44,7 +46,8 @@ class OutboxStore(StoreBase):
 
     async def stale_outboxes(self, older_than_ms: int, limit: int = 50) -> list[str]:
         """Tokens of round outboxes created before `older_than_ms`."""
-        return list(await self.redis.zrangebyscore(self.round_outboxes_key, "-inf", older_than_ms, start=0, num=limit))
+        return list(cast(list[str], await self.redis.zrangebyscore(self.round_outboxes_key, "-inf", older_than_ms,
+                                                                   start=0, num=limit)))
 
     async def outbox_rows(self, token: str) -> list[str]:
         """The ledger rows (JSON arrays) of the events a round outbox holds that the round
@@ -60,7 +63,7 @@ class OutboxStore(StoreBase):
             member_id = decoded[0].get("member_id") if decoded else None
             if member_id is None:
                 continue
-            record = await self.redis.hget(self.records_key(member_id), event_id)
+            record = cast(str | None, await self.redis.hget(self.records_key(member_id), event_id))
             if record is not None and record.endswith(f"|@{token}"):
                 out.append(rows)
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import hiredis
@@ -84,7 +84,7 @@ class RawChannel:
         scheme = urlparse(url).scheme
         if scheme not in ("redis", "unix"):
             raise ValueError(f"the accrual channel speaks redis:// or unix:// only, not {scheme}://")
-        self.params = parse_url(url)
+        self.params: dict[str, Any] = cast(dict[str, Any], parse_url(url))
         self.timeout_s = timeout_s
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(size)

@@ -3,6 +3,8 @@ member is due, updated after the member's write, idempotently (ZADD of the same 
 
 from __future__ import annotations
 
+from typing import cast
+
 from streams.state.base import StoreBase
 
 
@@ -11,7 +13,8 @@ class ScheduleStore(StoreBase):
 
     async def due(self, key: str, now_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
         """Members whose scheduled review or wallet check (`key`) is due."""
-        items = await self.redis.zrangebyscore(key, "-inf", now_ms, start=0, num=limit, withscores=True)
+        items = cast(list[tuple[str, float]],
+                     await self.redis.zrangebyscore(key, "-inf", now_ms, start=0, num=limit, withscores=True))
         return [(m, int(score)) for m, score in items]
 
     async def unschedule(self, key: str, member_id: str, at_ms: int) -> None:

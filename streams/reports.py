@@ -133,7 +133,7 @@ async def reconcile_kinds() -> dict[str, Any]:
                         examples.append(f"{r['key']}: missing in Redis")
                 continue
             if r["kind"] in VALUE_KINDS:
-                if (owner.decode() if isinstance(owner, bytes) else owner or "") != r["value"]:
+                if (owner or "") != r["value"]:
                     differ += 1
                     if len(examples) < 5:
                         examples.append(f"{r['key']}: Redis differs from the facts")

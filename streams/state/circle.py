@@ -7,7 +7,7 @@ A cache of durable facts: every record written here is also a `bindings` row (ki
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -40,8 +40,7 @@ class CircleStore(StoreBase):
 
     async def circle_due(self, now_ms: int, limit: int = 200) -> list[str]:
         """Transactions whose sync is due now, the longest waiting first."""
-        due = await self.redis.zrangebyscore(self.circle_due_key, "-inf", now_ms, start=0, num=limit)
-        return [t.decode() if isinstance(t, bytes) else str(t) for t in due]
+        return cast(list[str], await self.redis.zrangebyscore(self.circle_due_key, "-inf", now_ms, start=0, num=limit))
 
     async def circle_later(self, transaction_id: str, due_ms: int) -> None:
         await self.redis.zadd(self.circle_due_key, {transaction_id: due_ms})

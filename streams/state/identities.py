@@ -39,9 +39,10 @@ class IdentityStore(StoreBase):
 
     async def bind(self, kind: str, external_id: str, member_id: str) -> str:
         """Binds an external id to a member unless bound already; returns the owner."""
-        key = self.identity_key(kind, external_id)
-        await self.redis.set(key, member_id, nx=True)
-        return cast(str, await self.redis.get(key))  # bound just above
+        # One command (SET NX GET): the owner it answers is the one that holds the binding.
+        before = cast(str | None, await self.redis.set(self.identity_key(kind, external_id), member_id, nx=True,
+                                                       get=True))
+        return member_id if before is None else before
 
     async def guest_payments(self, kind: str, external_id: str) -> list[dict[str, Any]]:
         """A payer's guest payments as payment bodies without a member, oldest first."""

@@ -21,12 +21,10 @@ class MallStore(StoreBase):
 
     async def mall_orders_due(self, now_ms: int, limit: int) -> list[tuple[str, str]]:
         """(member, order) of orders whose collection deadline has passed, oldest first."""
-        due = cast(list[bytes | str], await self.redis.zrangebyscore(self.mall_orders_key, "-inf", now_ms, start=0,
-                                                                    num=limit))
+        due = cast(list[str], await self.redis.zrangebyscore(self.mall_orders_key, "-inf", now_ms, start=0, num=limit))
         out = []
         for entry in due:
-            text = entry.decode() if isinstance(entry, bytes) else entry
-            member_id, _, order_id = text.partition("\t")
+            member_id, _, order_id = entry.partition("\t")
             out.append((member_id, order_id))
         return out
 
@@ -35,15 +33,12 @@ class MallStore(StoreBase):
         key = self.receipt_claim_key(receipt_id)
         if await self.redis.set(key, member_id, nx=True, ex=ttl_s):
             return True, member_id
-        holder = await self.redis.get(key)
-        text = holder.decode() if isinstance(holder, bytes) else (holder or "")
-        return False, text
+        return False, cast(str | None, await self.redis.get(key)) or ""
 
     async def release_receipt(self, receipt_id: str, member_id: str) -> None:
         """Gives back a claim made for a submission the engine refused (still this member's)."""
         key = self.receipt_claim_key(receipt_id)
-        holder = await self.redis.get(key)
-        if (holder.decode() if isinstance(holder, bytes) else holder) == member_id:
+        if await self.redis.get(key) == member_id:
             await self.redis.delete(key)
 
     async def join_waitlist(self, event: str, member_id: str, at_ms: int, expire_at_ms: int) -> None:
@@ -62,11 +57,11 @@ class MallStore(StoreBase):
     async def next_waiting(self, event: str) -> tuple[str, int] | None:
         """Takes the first member of the waitlist off it (put back with `join_waitlist`
         and the same time when the promotion does not happen)."""
-        got = cast(list[tuple[bytes | str, float]], await self.redis.zpopmin(self.event_wait_key(event), 1))
+        got = cast(list[tuple[str, float]], await self.redis.zpopmin(self.event_wait_key(event), 1))
         if not got:
             return None
         member, score = got[0]
-        return (member.decode() if isinstance(member, bytes) else member), int(score)
+        return member, int(score)
 
     async def seat(self, event: str, member_id: str, at_ms: int, expire_at_ms: int) -> None:
         key = self.event_in_key(event)
@@ -82,6 +77,5 @@ class MallStore(StoreBase):
         """Every member with a seat or waiting (the event's close goes through them)."""
         out: list[str] = []
         for key in (self.event_in_key(event), self.event_wait_key(event)):
-            members = cast(list[bytes | str], await self.redis.zrange(key, 0, -1))
-            out += [m.decode() if isinstance(m, bytes) else m for m in members]
+            out += cast(list[str], await self.redis.zrange(key, 0, -1))
         return out

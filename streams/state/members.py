@@ -113,13 +113,12 @@ class MemberStore(BudgetStore, ScheduleStore):
         (paid at ms, merchant, amount fen, event id). A receipt is checked against them."""
         out: list[tuple[int, str, int, str]] = []
         async for event_id, value in self.redis.hscan_iter(self.records_key(member_id), count=500):
-            rec = decode_record(value.decode() if isinstance(value, bytes) else value)
+            rec = decode_record(value)
             if rec is None or rec.kind != "payment":
                 continue
             at = rec.fields.get("at_ms", "")
             if at.lstrip("-").isdigit() and int(at) >= since_ms:
-                eid = event_id.decode() if isinstance(event_id, bytes) else event_id
-                out.append((int(at), rec.fields.get("merchant_id", ""), int(rec.fields.get("amount", "0")), eid))
+                out.append((int(at), rec.fields.get("merchant_id", ""), int(rec.fields.get("amount", "0")), event_id))
         return out
 
     async def sv_balances(self) -> dict[str, tuple[int, str | None]]:

@@ -199,8 +199,10 @@ class OperatorStore(JobStore):
         key = self.approval_key(approval["approval_id"])
         at_ms = int(approval.get("requested_at_ms") or time.time() * 1000)
         await self.redis.zadd(self.approvals_index_key, {approval["approval_id"]: at_ms}, nx=True)
-        await self.redis.set(key, orjson.dumps(approval), nx=True, ex=APPROVAL_KEEP_S)
-        return orjson.loads(cast(str, await self.redis.get(key)))  # type: ignore[no-any-return]
+        # One command (SET NX GET): the approval answered is the one stored.
+        body = orjson.dumps(approval)
+        before = cast(str | None, await self.redis.set(key, body, nx=True, get=True, ex=APPROVAL_KEEP_S))
+        return orjson.loads(body if before is None else before)  # type: ignore[no-any-return]
 
     async def approval(self, approval_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self.approval_key(approval_id))
@@ -291,15 +293,13 @@ class OperatorStore(JobStore):
             for key in page:
                 pipe.get(key)
             for key, claimant in zip(page, await pipe.execute(), strict=True):
-                text = claimant.decode() if isinstance(claimant, bytes) else claimant
-                if text and any(x in text for x in names):
+                if claimant and any(x in claimant for x in names):
                     n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
         # One pass over each index whose entries start with a member ("member<TAB>...").
         held = self.held_key  # type: ignore[attr-defined]  # HeldRefundStore's, in the same store
         for index in (self.mall_orders_key, held):
             async for entry, _score in r.zscan_iter(index, count=1000):
-                text = entry.decode() if isinstance(entry, bytes) else entry
-                member, _, payment = text.partition("\t")
+                member, _, payment = entry.partition("\t")
                 if member in members:
                     n += await r.zrem(index, entry)
                     if index == held:  # the refunds held for that payment
@@ -333,7 +333,7 @@ class OperatorStore(JobStore):
         for receipt_id in named.receipts:
             key = self.receipt_claim_key(receipt_id)
             holder = await r.get(key)  # the receipt stays claimed (not earned twice), by the pseudonym
-            if (holder.decode() if isinstance(holder, bytes) else holder) in members:
+            if holder in members:
                 n += bool(await r.set(key, pseudonym, xx=True, keepttl=True))
         for kind in MEMBER_LISTS:
             for send in await self.jobs(kind):
@@ -359,7 +359,7 @@ class OperatorStore(JobStore):
                 await r.hdel(records, old)
                 n = 1
         history = self.history_key(member_id)
-        entries = [e.decode() if isinstance(e, bytes) else e for e in await r.lrange(history, 0, -1)]
+        entries = cast(list[str], await r.lrange(history, 0, -1))
         if any(old in e for e in entries for old, _ in pairs):
             for old, new in pairs:
                 entries = [e.replace(old, new) for e in entries]

@@ -59,8 +59,12 @@ class IdentityStore(StoreBase):
     async def bind_plate(self, plate: str, member_id: str, auto_pay: bool) -> str:
         """Binds a plate to a member unless another member has it; returns the owner."""
         key = self.plate_key(plate)
-        await self.redis.hsetnx(key, "member_id", member_id)
-        owner = cast(str, await self.redis.hget(key, "member_id"))  # set just above
+        owner: str | None = None
+        while owner is None:  # an unbinding between the two commands: the plate is free again
+            if await self.redis.hsetnx(key, "member_id", member_id):
+                owner = member_id
+            else:
+                owner = cast(str | None, await self.redis.hget(key, "member_id"))
         if owner == member_id:
             await self.redis.hset(key, "auto_pay", "1" if auto_pay else "0")
         return owner
